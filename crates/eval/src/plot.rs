@@ -1,0 +1,306 @@
+//! Line charts written as SVG (plotters' SVG backend; text is emitted as SVG `<text>`).
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::{Error, Result};
+
+/// How a series is drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeriesStyle {
+    /// A solid line.
+    Solid,
+    /// A dashed line (bounds, references).
+    Dashed,
+    /// Markers only (measured points).
+    Markers,
+}
+
+/// One named series of `(x, y)` points.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// Legend label.
+    pub name: String,
+    /// Points in drawing order.
+    pub points: Vec<(f64, f64)>,
+    /// Line, dashes or markers.
+    pub style: SeriesStyle,
+    /// Palette index; `None` picks the series' position.
+    pub color: Option<usize>,
+}
+
+/// A line chart: a title, axis labels, optional log axes, several series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinePlot {
+    title: String,
+    x_label: String,
+    y_label: String,
+    log_x: bool,
+    log_y: bool,
+    size: (u32, u32),
+    series: Vec<Series>,
+}
+
+/// Ten distinguishable colours (the "tab10" palette).
+const PALETTE: [(u8, u8, u8); 10] = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+];
+
+fn plot_err(e: impl std::fmt::Display) -> Error {
+    Error::Plot(e.to_string())
+}
+
+impl LinePlot {
+    /// An empty 800×560 chart with this title.
+    pub fn new(title: impl Into<String>) -> Self {
+        Self {
+            title: title.into(),
+            x_label: String::new(),
+            y_label: String::new(),
+            log_x: false,
+            log_y: false,
+            size: (800, 560),
+            series: Vec::new(),
+        }
+    }
+
+    /// Sets the x-axis label.
+    pub fn x_label(mut self, label: impl Into<String>) -> Self {
+        self.x_label = label.into();
+        self
+    }
+
+    /// Sets the y-axis label.
+    pub fn y_label(mut self, label: impl Into<String>) -> Self {
+        self.y_label = label.into();
+        self
+    }
+
+    /// Log10 x axis (points with x ≤ 0 are skipped).
+    pub fn log_x(mut self, on: bool) -> Self {
+        self.log_x = on;
+        self
+    }
+
+    /// Log10 y axis (points with y ≤ 0 are skipped).
+    pub fn log_y(mut self, on: bool) -> Self {
+        self.log_y = on;
+        self
+    }
+
+    /// Sets the image size in pixels.
+    pub fn size(mut self, width: u32, height: u32) -> Self {
+        self.size = (width, height);
+        self
+    }
+
+    /// Adds a series.
+    pub fn series(mut self, series: Series) -> Self {
+        self.series.push(series);
+        self
+    }
+
+    /// Maps a point to drawing coordinates (log10 on log axes); `None` if it cannot be drawn.
+    fn map(&self, (x, y): (f64, f64)) -> Option<(f64, f64)> {
+        let tx = if self.log_x {
+            (x > 0.0).then(|| x.log10())
+        } else {
+            Some(x)
+        };
+        let ty = if self.log_y {
+            (y > 0.0).then(|| y.log10())
+        } else {
+            Some(y)
+        };
+        match (tx, ty) {
+            (Some(a), Some(b)) if a.is_finite() && b.is_finite() => Some((a, b)),
+            _ => None,
+        }
+    }
+
+    /// Writes the chart as SVG; returns the number of points skipped (non-finite, or ≤ 0 on a
+    /// log axis). An empty chart or a series with no drawable point is an error.
+    pub fn write_svg(&self, path: impl AsRef<Path>) -> Result<usize> {
+        let path = path.as_ref();
+        if self.series.is_empty() {
+            return Err(Error::Invalid(format!(
+                "plot '{}' has no series",
+                self.title
+            )));
+        }
+        let mut skipped = 0;
+        let mut mapped = Vec::with_capacity(self.series.len());
+        for s in &self.series {
+            let pts: Vec<(f64, f64)> = s.points.iter().filter_map(|&p| self.map(p)).collect();
+            skipped += s.points.len() - pts.len();
+            if pts.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "series '{}' of plot '{}' has no drawable point",
+                    s.name, self.title
+                )));
+            }
+            mapped.push(pts);
+        }
+        let range = |f: fn(&(f64, f64)) -> f64| {
+            let (lo, hi) = mapped
+                .iter()
+                .flatten()
+                .map(f)
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+                    (a.min(v), b.max(v))
+                });
+            let pad = if hi > lo { 0.04 * (hi - lo) } else { 0.5 };
+            (lo - pad)..(hi + pad)
+        };
+        let (xr, yr) = (range(|p| p.0), range(|p| p.1));
+
+        let root = SVGBackend::new(path, self.size).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(&self.title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(44)
+            .y_label_area_size(72)
+            .build_cartesian_2d(xr, yr)
+            .map_err(plot_err)?;
+        let fmt = |log: bool| {
+            move |v: &f64| {
+                if log {
+                    format!("1e{v:.1}")
+                } else {
+                    format!("{v:.3}")
+                }
+            }
+        };
+        let (fx, fy) = (fmt(self.log_x), fmt(self.log_y));
+        chart
+            .configure_mesh()
+            .x_desc(self.x_label.as_str())
+            .y_desc(self.y_label.as_str())
+            .x_label_formatter(&fx)
+            .y_label_formatter(&fy)
+            .draw()
+            .map_err(plot_err)?;
+        for (i, (s, pts)) in self.series.iter().zip(mapped).enumerate() {
+            let (r, g, b) = PALETTE[s.color.unwrap_or(i) % PALETTE.len()];
+            let color = RGBColor(r, g, b);
+            let legend = match s.style {
+                SeriesStyle::Solid => chart
+                    .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                    .map_err(plot_err)?,
+                SeriesStyle::Dashed => chart
+                    .draw_series(DashedLineSeries::new(pts, 6, 4, color.stroke_width(1)))
+                    .map_err(plot_err)?,
+                SeriesStyle::Markers => chart
+                    .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+                    .map_err(plot_err)?,
+            };
+            legend.label(s.name.as_str()).legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
+        Ok(skipped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
+    }
+
+    #[test]
+    fn writes_svg_with_title_labels_and_legend() {
+        let d = dir();
+        let path = d.path().join("p.svg");
+        let pts: Vec<(f64, f64)> = (0..20).map(|t| (t as f64, 0.7f64.powi(t))).collect();
+        let skipped = LinePlot::new("Convergence")
+            .x_label("steps t")
+            .y_label("error")
+            .log_y(true)
+            .series(Series {
+                name: "reference CG".into(),
+                points: pts.clone(),
+                style: SeriesStyle::Solid,
+                color: None,
+            })
+            .series(Series {
+                name: "bound".into(),
+                points: pts.clone(),
+                style: SeriesStyle::Dashed,
+                color: None,
+            })
+            .series(Series {
+                name: "LAT".into(),
+                points: pts,
+                style: SeriesStyle::Markers,
+                color: Some(3),
+            })
+            .write_svg(&path)
+            .unwrap();
+        assert_eq!(skipped, 0);
+        let svg = std::fs::read_to_string(&path).unwrap();
+        for needle in ["<svg", "Convergence", "reference CG", "steps t", "error"] {
+            assert!(svg.contains(needle), "SVG lacks {needle}");
+        }
+    }
+
+    #[test]
+    fn log_axis_skips_non_positive_points_and_counts_them() {
+        let d = dir();
+        let pts = vec![(0.0, 1.0), (1.0, 0.0), (2.0, -1.0), (3.0, 0.1)];
+        let skipped = LinePlot::new("t")
+            .log_y(true)
+            .series(Series {
+                name: "s".into(),
+                points: pts,
+                style: SeriesStyle::Solid,
+                color: None,
+            })
+            .write_svg(d.path().join("p.svg"))
+            .unwrap();
+        assert_eq!(skipped, 2);
+    }
+
+    #[test]
+    fn empty_plots_and_undrawable_series_are_errors() {
+        let d = dir();
+        assert!(LinePlot::new("empty")
+            .write_svg(d.path().join("a.svg"))
+            .unwrap_err()
+            .to_string()
+            .contains("no series"));
+        let nan = Series {
+            name: "nan".into(),
+            points: vec![(0.0, f64::NAN)],
+            style: SeriesStyle::Solid,
+            color: None,
+        };
+        let e = LinePlot::new("x")
+            .series(nan)
+            .write_svg(d.path().join("b.svg"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'nan'"), "{e}");
+    }
+}

@@ -1,0 +1,6 @@
+//! Weight assignments ("constructions") for the generic LAT.
+//!
+//! A construction only chooses weights and masks; the forward pass is [`crate::lat::Lat`]'s.
+
+pub mod cg;
+mod weights;

@@ -1,0 +1,40 @@
+//! Linear-attention transformers (LATs) whose constructed weights run conjugate gradient.
+//!
+//! [`lat`] is a generic LAT forward pass (unnormalised multi-head linear attention with explicit
+//! masks, gated token-wise MLP blocks, residuals). [`construct::cg`] assigns its weights so that
+//! `t` layers perform exactly `t` steps of CG, or Jacobi-preconditioned CG, for kernel ridge
+//! regression `(K + λI) α = y` with `K = ΦΦᵀ`; [`reference`] is the plain-f64 CG it is checked
+//! against.
+//!
+//! ```
+//! use candle_core::Device;
+//! use metarep_lat_cg::construct::cg::{CgLat, CgSpec};
+//! use metarep_lat_cg::mask::TokenLayout;
+//! use metarep_lat_cg::problem::{rbf_problem, RbfProblemSpec};
+//! use metarep_lat_cg::reference::{pcg, Preconditioner};
+//! use rand::SeedableRng;
+//!
+//! # fn main() -> metarep_lat_cg::Result<()> {
+//! let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+//! let spec = RbfProblemSpec { n_support: 16, n_query: 4, dim: 3, features: 32, lengthscale: 1.0, noise: 0.0 };
+//! let problem = rbf_problem(&mut rng, &spec, 0.1)?;
+//! let dev = Device::Cpu;
+//! let layout = TokenLayout::new(16, 4)?;
+//! let model = CgLat::build(CgSpec { layout, features: 32, lambda: 0.1, preconditioner: Preconditioner::None, steps: 5 }, &dev)?;
+//! let states = model.lat.forward_with_states(&model.embed(&[problem.clone()], &dev)?)?;
+//! let lat = model.read_state(&states[model.state_index(5)?], 0)?;
+//! let cg = pcg(&problem.system_matrix(), &problem.y, 5, Preconditioner::None)?;
+//! assert!((lat.alpha - &cg.states[5].alpha).norm() <= 1e-9 * cg.states[5].alpha.norm());
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod construct;
+pub mod convergence;
+pub mod error;
+pub mod lat;
+pub mod mask;
+pub mod problem;
+pub mod reference;
+
+pub use error::{Error, Result};

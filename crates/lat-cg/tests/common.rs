@@ -1,0 +1,49 @@
+//! Shared helpers for the LAT→CG tests.
+#![allow(dead_code)]
+
+use candle_core::Device;
+use metarep_lat_cg::construct::cg::{CgLat, CgSpec};
+use metarep_lat_cg::mask::TokenLayout;
+use metarep_lat_cg::problem::{
+    lambda_for_condition, log_spaced_scales, rbf_problem, scaled_supports, KrrProblem,
+    RbfProblemSpec,
+};
+use metarep_lat_cg::reference::Preconditioner;
+use rand::SeedableRng;
+
+/// A random RBF problem with `n` supports, `m` queries, `2n` features and `K + λI` of condition
+/// number `kappa`.
+pub fn problem(seed: u64, n: usize, m: usize, kappa: f64) -> KrrProblem {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let spec = RbfProblemSpec {
+        n_support: n,
+        n_query: m,
+        dim: 2,
+        features: 2 * n,
+        lengthscale: 2.0,
+        noise: 0.1,
+    };
+    let mut prob = rbf_problem(&mut rng, &spec, 0.0).unwrap();
+    prob.lambda = lambda_for_condition(&prob.phi, kappa).unwrap();
+    prob
+}
+
+/// A copy of `prob` with support amplitudes spanning `10^{±spread}` and a nugget, on which plain
+/// CG is badly conditioned and Jacobi preconditioning is not.
+pub fn badly_scaled(prob: KrrProblem, spread: f64) -> KrrProblem {
+    let scales = log_spaced_scales(prob.n(), spread);
+    scaled_supports(&prob, &scales, 0.1).unwrap()
+}
+
+/// The CG LAT for `prob` with `steps` CG layers.
+pub fn model(prob: &KrrProblem, steps: usize, pre: Preconditioner) -> CgLat {
+    let layout = TokenLayout::new(prob.n(), prob.phi_query.nrows()).unwrap();
+    let spec = CgSpec {
+        layout,
+        features: prob.p(),
+        lambda: prob.lambda,
+        preconditioner: pre,
+        steps,
+    };
+    CgLat::build(spec, &Device::Cpu).unwrap()
+}

@@ -1,0 +1,238 @@
+//! Lemmas A, B, C of the LAT→CG construction, each against the f64 reference.
+#![allow(clippy::needless_range_loop)] // token-indexed loops read like the lemmas
+
+mod common;
+
+use candle_core::{DType, Device};
+use common::{model, problem};
+use metarep_lat_cg::reference::{inverse_diagonal, rel_diff, Preconditioner};
+use nalgebra::DVector;
+
+const TOL: f64 = 1e-6;
+
+fn col(x: &[Vec<f64>], rows: std::ops::Range<usize>, chan: usize) -> DVector<f64> {
+    DVector::from_iterator(rows.len(), rows.map(|i| x[i][chan]))
+}
+
+#[test]
+fn lemma_a_matvec_head_computes_regularised_kernel_product() {
+    for (seed, n) in [(1u64, 4usize), (2, 17), (3, 64)] {
+        for pre in [Preconditioner::None, Preconditioner::Jacobi] {
+            let prob = problem(seed, n, 2, 100.0);
+            let m = model(&prob, 2, pre);
+            let dev = Device::Cpu;
+            let states = m
+                .lat
+                .forward_with_states(&m.embed(std::slice::from_ref(&prob), &dev).unwrap())
+                .unwrap();
+            let x0 = &states[m.state_index(0).unwrap()];
+            let attn = m
+                .cg_layer(1)
+                .unwrap()
+                .attention(x0)
+                .unwrap()
+                .get(0)
+                .unwrap()
+                .to_vec2::<f64>()
+                .unwrap();
+            let input = x0.get(0).unwrap().to_vec2::<f64>().unwrap();
+            let a = prob.system_matrix();
+            let s = &m.channels.scratch;
+            // Run one CG layer first so that the direction channel is non-zero too.
+            let x1 = &states[m.state_index(1).unwrap()];
+            let attn1 = m
+                .cg_layer(2)
+                .unwrap()
+                .attention(x1)
+                .unwrap()
+                .get(0)
+                .unwrap()
+                .to_vec2::<f64>()
+                .unwrap();
+            let input1 = x1.get(0).unwrap().to_vec2::<f64>().unwrap();
+            let z = col(&input, 0..n, m.channels.z);
+            assert!(
+                rel_diff(&col(&attn, 0..n, s.az), &(&a * &z)) <= TOL,
+                "Az seed {seed} n {n}"
+            );
+            let (z1, p1) = (
+                col(&input1, 0..n, m.channels.z),
+                col(&input1, 0..n, m.channels.p),
+            );
+            assert!(p1.norm() > 0.0);
+            assert!(
+                rel_diff(&col(&attn1, 0..n, s.az), &(&a * &z1)) <= TOL,
+                "Az₁ seed {seed} n {n}"
+            );
+            assert!(
+                rel_diff(&col(&attn1, 0..n, s.ap), &(&a * &p1)) <= TOL,
+                "Ap₀ seed {seed} n {n}"
+            );
+            // The query and the aggregator receive nothing from the mat-vec heads.
+            for tok in n..n + 3 {
+                assert_eq!(attn[tok][s.az], 0.0);
+            }
+        }
+    }
+}
+
+#[test]
+fn lemma_b_reductions_reach_every_support_and_the_aggregator() {
+    for (seed, n) in [(4u64, 8usize), (5, 33), (6, 64)] {
+        let prob = problem(seed, n, 3, 50.0);
+        let m = model(&prob, 2, Preconditioner::Jacobi);
+        let dev = Device::Cpu;
+        let states = m
+            .lat
+            .forward_with_states(&m.embed(std::slice::from_ref(&prob), &dev).unwrap())
+            .unwrap();
+        // Layer 2's input has every state channel populated.
+        let x1 = &states[m.state_index(1).unwrap()];
+        let attn = m
+            .cg_layer(2)
+            .unwrap()
+            .attention(x1)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .to_vec2::<f64>()
+            .unwrap();
+        let input = x1.get(0).unwrap().to_vec2::<f64>().unwrap();
+        let c = &m.channels;
+        let (r, z, p) = (
+            col(&input, 0..n, c.r),
+            col(&input, 0..n, c.z),
+            col(&input, 0..n, c.p),
+        );
+        let s = &c.scratch;
+        let mut expected = vec![
+            (s.rz, r.dot(&z)),
+            (s.zz, z.dot(&z)),
+            (s.zp, z.dot(&p)),
+            (s.pp, p.dot(&p)),
+        ];
+        let (uz, up) = (prob.phi.transpose() * &z, prob.phi.transpose() * &p);
+        for (j, (cz, cp)) in s.uz.clone().zip(s.up.clone()).enumerate() {
+            expected.push((cz, uz[j]));
+            expected.push((cp, up[j]));
+        }
+        let scale_u = uz.norm().max(up.norm());
+        for tok in 0..=n {
+            for &(chan, want) in &expected {
+                let got = attn[tok][chan];
+                let scale = if s.uz.contains(&chan) || s.up.contains(&chan) {
+                    scale_u
+                } else {
+                    want.abs()
+                };
+                assert!(
+                    (got - want).abs() <= TOL * scale,
+                    "token {tok} chan {chan}: {got} vs {want}"
+                );
+            }
+        }
+        for tok in n + 1..n + 4 {
+            for &(chan, _) in &expected {
+                assert_eq!(attn[tok][chan], 0.0, "query token {tok} must not aggregate");
+            }
+        }
+    }
+}
+
+#[test]
+fn lemma_c_one_layer_is_one_step_from_any_state() {
+    // For every k, CG layer k maps whatever state it is given (the LAT's own state k−1) to one
+    // reference (P)CG step from that same state. This holds at every step, including those past
+    // the point where f64 CG trajectories stop being reproducible (see tests/stack.rs), as long
+    // as the residual is above the rounding floor: once ‖r‖ < 1e-6‖y‖ the recursively updated
+    // residual carries relative errors ~ ε‖y‖/‖r‖, in the LAT as in textbook CG.
+    use metarep_lat_cg::reference::{pcg_step, CgState};
+    for (seed, n, kappa) in [(7u64, 24usize, 300.0), (8, 64, 1e3), (9, 40, 100.0)] {
+        for pre in [Preconditioner::None, Preconditioner::Jacobi] {
+            let prob = problem(seed, n, 2, kappa);
+            let t = 20;
+            let m = model(&prob, t, pre);
+            let a = prob.system_matrix();
+            let dinv = inverse_diagonal(&a, pre).unwrap();
+            let dev = Device::Cpu;
+            let states = m
+                .lat
+                .forward_with_states(&m.embed(std::slice::from_ref(&prob), &dev).unwrap())
+                .unwrap();
+            let mut checked = 0;
+            for k in 1..=t {
+                let before = m
+                    .read_state(&states[m.state_index(k - 1).unwrap()], 0)
+                    .unwrap();
+                if before.r.norm() < 1e-6 * prob.y.norm() {
+                    break;
+                }
+                checked += 1;
+                // The direction of step k, from the carried previous direction and r·z.
+                let beta = before.r.dot(&before.z) / before.rz_prev;
+                let p = &before.z + beta * &before.p_prev;
+                let given = CgState {
+                    alpha: before.alpha,
+                    r: before.r,
+                    z: before.z,
+                    p,
+                };
+                let (want, gamma, _) = pcg_step(&given, &(&a * &given.p), &dinv);
+                let after = m.read_state(&states[m.state_index(k).unwrap()], 0).unwrap();
+                let ctx = format!("seed {seed} n {n} κ {kappa} {pre:?} step {k}");
+                assert!(rel_diff(&after.alpha, &want.alpha) <= TOL, "α {ctx}");
+                assert!(
+                    rel_diff(&after.r, &want.r) <= TOL,
+                    "r {ctx}: {:.3e}",
+                    rel_diff(&after.r, &want.r)
+                );
+                assert!(rel_diff(&after.z, &want.z) <= TOL, "z {ctx}");
+                assert!(rel_diff(&after.p_prev, &given.p) <= TOL, "p {ctx}");
+                let (g, b, rz) = after.aggregator;
+                assert!((g - gamma).abs() <= TOL * gamma.abs(), "γ {ctx}");
+                // At k = 1 the β register multiplies the zero direction p₋₁ and is not meaningful.
+                if k > 1 {
+                    assert!(
+                        (b - beta).abs() <= TOL * beta.abs(),
+                        "β {ctx}: {b} vs {beta}"
+                    );
+                }
+                let rz_want = given.r.dot(&given.z);
+                assert!((rz - rz_want).abs() <= TOL * rz_want.abs(), "r·z {ctx}");
+            }
+            assert!(
+                checked >= 8,
+                "seed {seed} {pre:?}: only {checked} steps above the rounding floor"
+            );
+        }
+    }
+}
+
+#[test]
+fn setup_layer_forms_the_preconditioner_and_first_residual() {
+    let prob = common::badly_scaled(problem(8, 16, 1, 100.0), 1.0);
+    let m = model(&prob, 1, Preconditioner::Jacobi);
+    let dev = Device::Cpu;
+    let states = m
+        .lat
+        .forward_with_states(&m.embed(std::slice::from_ref(&prob), &dev).unwrap())
+        .unwrap();
+    let x0 = states[m.state_index(0).unwrap()]
+        .get(0)
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap();
+    let a = prob.system_matrix();
+    let d = inverse_diagonal(&a, Preconditioner::Jacobi).unwrap();
+    let n = prob.n();
+    assert!(rel_diff(&col(&x0, 0..n, m.channels.dinv), &d) <= TOL);
+    assert!(rel_diff(&col(&x0, 0..n, m.channels.z), &prob.y.component_mul(&d)) <= TOL);
+    assert_eq!(col(&x0, 0..n, m.channels.p).norm(), 0.0);
+    // Scratch channels are clean between layers, on every token.
+    for row in &x0 {
+        for chan in m.channels.scratch.range() {
+            assert_eq!(row[chan], 0.0);
+        }
+    }
+    assert_eq!(states[0].dtype(), DType::F64);
+}

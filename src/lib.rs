@@ -1,0 +1,17 @@
+//! metarep: transformer research in Rust, built on candle.
+//!
+//! This facade re-exports the workspace crates so that a project can depend on one crate:
+//!
+//! - [`core`]: device, dtype policy, seeded RNG, config + overrides, run manifest, metrics,
+//!   checkpoints, errors.
+//! - [`eval`]: plots (SVG) and tables (CSV, markdown).
+//! - [`lat_cg`]: linear-attention transformers whose constructed weights run conjugate gradient.
+//!
+//! ```
+//! use metarep::lat_cg::reference::cg_bound;
+//! assert!(cg_bound(100.0, 10) < 0.3);
+//! ```
+
+pub use metarep_core as core;
+pub use metarep_eval as eval;
+pub use metarep_lat_cg as lat_cg;

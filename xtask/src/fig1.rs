@@ -1,0 +1,148 @@
+//! fig1: LAT → CG convergence at three condition numbers, with the rate bound.
+
+use std::path::Path;
+
+use candle_core::Device;
+use metarep_core::config::load_config;
+use metarep_core::rng::{derive_seed, seeded};
+use metarep_eval::plot::{LinePlot, Series, SeriesStyle};
+use metarep_eval::table::{Cell, Table};
+use metarep_lat_cg::convergence::run_convergence;
+use metarep_lat_cg::problem::{lambda_for_condition, rbf_problem, RbfProblemSpec};
+use metarep_lat_cg::reference::Preconditioner;
+use serde::{Deserialize, Serialize};
+
+use crate::output::ResultDir;
+use crate::BoxError;
+
+/// Settings of fig1 (`configs/fig1.toml`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fig1Config {
+    seed: u64,
+    n_support: usize,
+    n_query: usize,
+    dim: usize,
+    features: usize,
+    lengthscale: f64,
+    noise: f64,
+    kappas: Vec<f64>,
+    steps: usize,
+}
+
+/// Tolerance of `--check` on the LAT-vs-CG deviation.
+const MAX_DEV: f64 = 1e-6;
+
+/// Runs fig1 and writes `dir`.
+pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxError> {
+    let cfg: Fig1Config = load_config(config, overrides)?;
+    let mut out = ResultDir::start(dir, &cfg, vec![cfg.seed])?;
+    let spec = RbfProblemSpec {
+        n_support: cfg.n_support,
+        n_query: cfg.n_query,
+        dim: cfg.dim,
+        features: cfg.features,
+        lengthscale: cfg.lengthscale,
+        noise: cfg.noise,
+    };
+    let base = rbf_problem(
+        &mut seeded(derive_seed(cfg.seed, "fig1/problem")),
+        &spec,
+        0.0,
+    )?;
+    let mut table = Table::new(vec![
+        "kappa",
+        "t",
+        "lat_error",
+        "cg_error",
+        "bound",
+        "dev_lat_vs_cg",
+        "dev_cg_vs_cg",
+        "reproducible",
+    ]);
+    let mut plot = LinePlot::new("LAT → CG: A-norm error vs depth")
+        .x_label("CG layers t")
+        .y_label("‖α_t − α*‖_A / ‖α*‖_A")
+        .log_y(true);
+    let (mut max_dev, mut bound_holds, mut min_repro) = (0.0f64, true, usize::MAX);
+    for (i, &kappa) in cfg.kappas.iter().enumerate() {
+        let mut prob = base.clone();
+        prob.lambda = lambda_for_condition(&prob.phi, kappa)?;
+        let run = run_convergence(&prob, cfg.steps, Preconditioner::None, &Device::Cpu)?;
+        for r in &run.rows {
+            table.push_row(vec![
+                Cell::from(kappa),
+                Cell::from(r.t as i64),
+                Cell::from(r.lat_error),
+                Cell::from(r.cg_error),
+                Cell::from(r.bound),
+                Cell::from(r.dev_lat_vs_cg),
+                Cell::from(r.dev_cg_vs_cg),
+                Cell::from(r.t <= run.reproducible_steps),
+            ])?;
+        }
+        let pts = |f: fn(&metarep_lat_cg::convergence::ConvergenceRow) -> f64| -> Vec<(f64, f64)> {
+            run.rows.iter().map(|r| (r.t as f64, f(r))).collect()
+        };
+        plot = plot
+            .series(Series {
+                name: format!("LAT, κ = {kappa}"),
+                points: pts(|r| r.lat_error),
+                style: SeriesStyle::Markers,
+                color: Some(i),
+            })
+            .series(Series {
+                name: format!("CG, κ = {kappa}"),
+                points: pts(|r| r.cg_error),
+                style: SeriesStyle::Solid,
+                color: Some(i),
+            })
+            .series(Series {
+                name: format!("bound, κ = {kappa}"),
+                points: pts(|r| r.bound),
+                style: SeriesStyle::Dashed,
+                color: Some(i),
+            });
+        let tag = format!("kappa_{kappa}");
+        let m = &mut out.metrics;
+        m.set_number(&format!("lambda_{tag}"), prob.lambda);
+        m.set_number(
+            &format!("reproducible_steps_{tag}"),
+            run.reproducible_steps as f64,
+        );
+        m.set_number(
+            &format!("max_rel_dev_lat_vs_cg_{tag}"),
+            run.max_dev_reproducible(),
+        );
+        m.set_number(
+            &format!("max_rel_dev_lat_vs_cg_all_steps_{tag}"),
+            run.max_dev_all(),
+        );
+        m.set_number(
+            &format!("max_rel_dev_cg_vs_cg_all_steps_{tag}"),
+            run.max_jitter_all(),
+        );
+        m.set_number(
+            &format!("final_error_{tag}"),
+            run.rows.last().map_or(f64::NAN, |r| r.lat_error),
+        );
+        m.set_bool(&format!("bound_holds_{tag}"), run.bound_holds());
+        max_dev = max_dev.max(run.max_dev_reproducible());
+        bound_holds &= run.bound_holds();
+        min_repro = min_repro.min(run.reproducible_steps);
+        println!(
+            "   κ = {kappa:>6}: reproducible t ≤ {:>2}, max |LAT−CG| there {:.2e}; all t: |LAT−CG| {:.2e} vs |CG'−CG| {:.2e}",
+            run.reproducible_steps,
+            run.max_dev_reproducible(),
+            run.max_dev_all(),
+            run.max_jitter_all()
+        );
+    }
+    out.metrics.set_number("max_rel_dev_lat_vs_cg", max_dev);
+    out.metrics
+        .set_number("min_reproducible_steps", min_repro as f64);
+    out.metrics.set_bool("bound_holds", bound_holds);
+    out.table("convergence", &table)?;
+    out.plot("fig1", &plot)?;
+    out.finish(max_dev <= MAX_DEV && bound_holds && min_repro >= 4)
+}

@@ -1,0 +1,99 @@
+//! `cargo xtask`: reproduce registered results, run benchmarks.
+//!
+//! ```text
+//! cargo xtask reproduce --list
+//! cargo xtask reproduce fig1 [--check] [--config FILE] [--set key=value ...] [--out results]
+//! cargo xtask reproduce all --check
+//! cargo xtask bench lat_cg
+//! ```
+
+mod bench;
+mod fig1;
+mod fig2;
+mod output;
+mod registry;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    about = "metarep developer tasks: reproduce results, benchmarks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Reproduce a registered result (writes results/<id>/).
+    Reproduce {
+        /// Result id (see --list), or `all`.
+        id: Option<String>,
+        /// Print the registry and exit.
+        #[arg(long)]
+        list: bool,
+        /// Exit non-zero when an acceptance threshold fails.
+        #[arg(long)]
+        check: bool,
+        /// Config file (default: configs/<id>.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Config overrides `key.path=value` (repeatable).
+        #[arg(long = "set")]
+        overrides: Vec<String>,
+        /// Output root.
+        #[arg(long, default_value = "results")]
+        out: PathBuf,
+    },
+    /// Run a benchmark (writes results/bench/<name>.json).
+    Bench {
+        /// Benchmark name: lat_cg.
+        name: String,
+        /// Output root.
+        #[arg(long, default_value = "results")]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Reproduce {
+            id,
+            list,
+            check,
+            config,
+            overrides,
+            out,
+        } => {
+            if list {
+                print!("{}", registry::listing());
+                return ExitCode::SUCCESS;
+            }
+            match id {
+                None => Err("give a result id or --list".into()),
+                Some(id) => registry::reproduce(&id, check, config.as_deref(), &overrides, &out),
+            }
+        }
+        Command::Bench { name, out } => bench::run(&name, &out),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("check failed: an acceptance threshold was not met (see metrics.json)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Errors of xtask commands.
+pub type BoxError = Box<dyn std::error::Error>;

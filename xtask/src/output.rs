@@ -1,0 +1,54 @@
+//! Writing a result directory: data (CSV), figures (SVG), `metrics.json`, `manifest.json`.
+
+use std::path::{Path, PathBuf};
+
+use metarep_core::manifest::RunManifest;
+use metarep_core::metrics::FlatMetrics;
+use metarep_eval::plot::LinePlot;
+use metarep_eval::table::Table;
+use serde::Serialize;
+
+use crate::BoxError;
+
+/// An open result directory; `finish` writes the metrics and the manifest.
+pub struct ResultDir {
+    dir: PathBuf,
+    manifest: RunManifest,
+    /// Named numbers and booleans written to `metrics.json`.
+    pub metrics: FlatMetrics,
+}
+
+impl ResultDir {
+    /// Creates `dir` and starts the run manifest for `config` and `seeds`.
+    pub fn start(dir: &Path, config: &impl Serialize, seeds: Vec<u64>) -> Result<Self, BoxError> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let manifest = RunManifest::start(config, seeds, "metarep", env!("CARGO_PKG_VERSION"))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            manifest,
+            metrics: FlatMetrics::new(),
+        })
+    }
+
+    /// Writes `table` as `<name>.csv` and `<name>.md`.
+    pub fn table(&self, name: &str, table: &Table) -> Result<(), BoxError> {
+        table.write_csv(self.dir.join(format!("{name}.csv")))?;
+        table.write_markdown(self.dir.join(format!("{name}.md")))?;
+        Ok(())
+    }
+
+    /// Writes `plot` as `<name>.svg`.
+    pub fn plot(&self, name: &str, plot: &LinePlot) -> Result<(), BoxError> {
+        plot.write_svg(self.dir.join(format!("{name}.svg")))?;
+        Ok(())
+    }
+
+    /// Records `pass`, writes `metrics.json` and `manifest.json`; returns `pass`.
+    pub fn finish(mut self, pass: bool) -> Result<bool, BoxError> {
+        self.metrics.set_bool("pass", pass);
+        self.metrics.write_json(&self.dir.join("metrics.json"))?;
+        self.manifest.finish();
+        self.manifest.write_json(&self.dir.join("manifest.json"))?;
+        Ok(pass)
+    }
+}
