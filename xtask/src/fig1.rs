@@ -17,15 +17,9 @@ use crate::BoxError;
 
 /// Settings of fig1 (`configs/fig1.toml`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Fig1Config {
     seed: u64,
-    n_support: usize,
-    n_query: usize,
-    dim: usize,
-    features: usize,
-    lengthscale: f64,
-    noise: f64,
+    problem: RbfProblemSpec,
     kappas: Vec<f64>,
     steps: usize,
 }
@@ -37,17 +31,9 @@ const MAX_DEV: f64 = 1e-6;
 pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxError> {
     let cfg: Fig1Config = load_config(config, overrides)?;
     let mut out = ResultDir::start(dir, &cfg, vec![cfg.seed])?;
-    let spec = RbfProblemSpec {
-        n_support: cfg.n_support,
-        n_query: cfg.n_query,
-        dim: cfg.dim,
-        features: cfg.features,
-        lengthscale: cfg.lengthscale,
-        noise: cfg.noise,
-    };
     let base = rbf_problem(
         &mut seeded(derive_seed(cfg.seed, "fig1/problem")),
-        &spec,
+        &cfg.problem,
         0.0,
     )?;
     let mut table = Table::new(vec![

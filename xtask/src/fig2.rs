@@ -17,15 +17,9 @@ use crate::BoxError;
 
 /// Settings of fig2 (`configs/fig2.toml`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Fig2Config {
     seed: u64,
-    n_support: usize,
-    n_query: usize,
-    dim: usize,
-    features: usize,
-    lengthscale: f64,
-    noise: f64,
+    problem: RbfProblemSpec,
     spread: f64,
     nugget: f64,
     steps: usize,
@@ -41,22 +35,14 @@ fn steps_metric(steps: Option<usize>) -> f64 {
 pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxError> {
     let cfg: Fig2Config = load_config(config, overrides)?;
     let mut out = ResultDir::start(dir, &cfg, vec![cfg.seed])?;
-    let spec = RbfProblemSpec {
-        n_support: cfg.n_support,
-        n_query: cfg.n_query,
-        dim: cfg.dim,
-        features: cfg.features,
-        lengthscale: cfg.lengthscale,
-        noise: cfg.noise,
-    };
     let base = rbf_problem(
         &mut seeded(derive_seed(cfg.seed, "fig2/problem")),
-        &spec,
+        &cfg.problem,
         0.0,
     )?;
     let prob = scaled_supports(
         &base,
-        &log_spaced_scales(cfg.n_support, cfg.spread),
+        &log_spaced_scales(cfg.problem.n_support, cfg.spread),
         cfg.nugget,
     )?;
     let plain = run_convergence(&prob, cfg.steps, Preconditioner::None, &Device::Cpu)?;

@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{canonical_value, config_hash};
 use crate::error::{Error, Result};
-use crate::fsutil::atomic_write;
 use crate::time::now_rfc3339;
 
 /// The `manifest.json` written next to every result.
@@ -74,16 +73,12 @@ impl RunManifest {
 
     /// Writes the manifest as pretty JSON, atomically.
     pub fn write_json(&self, path: &Path) -> Result<()> {
-        let mut text =
-            serde_json::to_string_pretty(self).map_err(|e| Error::json(path.display(), e))?;
-        text.push('\n');
-        atomic_write(path, text.as_bytes())
+        crate::fsutil::write_json_pretty(path, self)
     }
 
     /// Reads a manifest written by [`RunManifest::write_json`].
     pub fn read_json(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::json(path.display(), e))
+        crate::fsutil::read_json(path)
     }
 }
 

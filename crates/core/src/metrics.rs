@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
-use crate::fsutil::{atomic_write, ensure_dir};
+use crate::fsutil::ensure_dir;
 
 /// Appends one JSON object per line to a file; buffered, flushed on [`MetricsSink::flush`]
 /// and on drop.
@@ -185,16 +185,12 @@ impl FlatMetrics {
 
     /// Writes the metrics as a pretty JSON object, atomically.
     pub fn write_json(&self, path: &Path) -> Result<()> {
-        let mut text =
-            serde_json::to_string_pretty(self).map_err(|e| Error::json(path.display(), e))?;
-        text.push('\n');
-        atomic_write(path, text.as_bytes())
+        crate::fsutil::write_json_pretty(path, self)
     }
 
     /// Reads metrics written by [`FlatMetrics::write_json`].
     pub fn read_json(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::json(path.display(), e))
+        crate::fsutil::read_json(path)
     }
 }
 

@@ -28,7 +28,7 @@ mod tests {
 
     #[test]
     fn significant_digits_and_scientific_ranges() {
-        assert_eq!(fmt_sig(3.14159, 3), "3.14");
+        assert_eq!(fmt_sig(4.56789, 3), "4.57");
         assert_eq!(fmt_sig(1234.6, 4), "1235");
         assert_eq!(fmt_sig(0.012345, 2), "0.012");
         assert_eq!(fmt_sig(1.5e-7, 3), "1.50e-7");

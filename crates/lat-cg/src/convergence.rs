@@ -10,7 +10,6 @@ use nalgebra::DVector;
 
 use crate::construct::cg::{CgLat, CgSpec};
 use crate::error::{Error, Result};
-use crate::mask::TokenLayout;
 use crate::problem::KrrProblem;
 use crate::reference::{
     a_norm, agreeing_steps, cg_bound, exact_solution, pcg, pcg_factored,
@@ -106,15 +105,7 @@ pub fn run_convergence(
     pre: Preconditioner,
     device: &Device,
 ) -> Result<ConvergenceRun> {
-    let layout = TokenLayout::new(prob.n(), prob.phi_query.nrows())?;
-    let spec = CgSpec {
-        layout,
-        features: prob.p(),
-        lambda: prob.lambda,
-        preconditioner: pre,
-        steps,
-    };
-    let model = CgLat::build(spec, device)?;
+    let model = CgLat::build(CgSpec::for_problem(prob, steps, pre)?, device)?;
     let states = model
         .lat
         .forward_with_states(&model.embed(std::slice::from_ref(prob), device)?)?;

@@ -142,8 +142,8 @@ impl RandomFourierFeatures {
     }
 }
 
-/// Settings of a random RBF kernel ridge problem.
-#[derive(Debug, Clone, Copy)]
+/// Settings of a random RBF kernel ridge problem (a `[problem]` table in experiment configs).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RbfProblemSpec {
     /// Number of supports `n`.
     pub n_support: usize,

@@ -3,7 +3,6 @@
 
 use candle_core::Device;
 use metarep_lat_cg::construct::cg::{CgLat, CgSpec};
-use metarep_lat_cg::mask::TokenLayout;
 use metarep_lat_cg::problem::{
     lambda_for_condition, log_spaced_scales, rbf_problem, scaled_supports, KrrProblem,
     RbfProblemSpec,
@@ -37,13 +36,25 @@ pub fn badly_scaled(prob: KrrProblem, spread: f64) -> KrrProblem {
 
 /// The CG LAT for `prob` with `steps` CG layers.
 pub fn model(prob: &KrrProblem, steps: usize, pre: Preconditioner) -> CgLat {
-    let layout = TokenLayout::new(prob.n(), prob.phi_query.nrows()).unwrap();
-    let spec = CgSpec {
-        layout,
-        features: prob.p(),
-        lambda: prob.lambda,
-        preconditioner: pre,
-        steps,
-    };
-    CgLat::build(spec, &Device::Cpu).unwrap()
+    CgLat::build(CgSpec::for_problem(prob, steps, pre).unwrap(), &Device::Cpu).unwrap()
+}
+
+/// The residual stream of `m` on `prob` before layer 0 and after every layer.
+pub fn states(m: &CgLat, prob: &KrrProblem) -> Vec<candle_core::Tensor> {
+    let x = m.embed(std::slice::from_ref(prob), &Device::Cpu).unwrap();
+    m.lat.forward_with_states(&x).unwrap()
+}
+
+/// For CG layer `k`: its input rows and its attention sublayer's output rows (problem 0).
+pub fn layer_io(
+    m: &CgLat,
+    states: &[candle_core::Tensor],
+    k: usize,
+) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
+    let x = &states[m.state_index(k - 1).unwrap()];
+    let attn = m.cg_layer(k).unwrap().attention(x).unwrap();
+    (
+        x.get(0).unwrap().to_vec2().unwrap(),
+        attn.get(0).unwrap().to_vec2().unwrap(),
+    )
 }

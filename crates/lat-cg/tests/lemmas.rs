@@ -4,7 +4,7 @@
 mod common;
 
 use candle_core::{DType, Device};
-use common::{model, problem};
+use common::{layer_io, model, problem, states};
 use metarep_lat_cg::reference::{inverse_diagonal, rel_diff, Preconditioner};
 use nalgebra::DVector;
 
@@ -20,36 +20,12 @@ fn lemma_a_matvec_head_computes_regularised_kernel_product() {
         for pre in [Preconditioner::None, Preconditioner::Jacobi] {
             let prob = problem(seed, n, 2, 100.0);
             let m = model(&prob, 2, pre);
-            let dev = Device::Cpu;
-            let states = m
-                .lat
-                .forward_with_states(&m.embed(std::slice::from_ref(&prob), &dev).unwrap())
-                .unwrap();
-            let x0 = &states[m.state_index(0).unwrap()];
-            let attn = m
-                .cg_layer(1)
-                .unwrap()
-                .attention(x0)
-                .unwrap()
-                .get(0)
-                .unwrap()
-                .to_vec2::<f64>()
-                .unwrap();
-            let input = x0.get(0).unwrap().to_vec2::<f64>().unwrap();
+            let states = states(&m, &prob);
+            let (input, attn) = layer_io(&m, &states, 1);
             let a = prob.system_matrix();
             let s = &m.channels.scratch;
-            // Run one CG layer first so that the direction channel is non-zero too.
-            let x1 = &states[m.state_index(1).unwrap()];
-            let attn1 = m
-                .cg_layer(2)
-                .unwrap()
-                .attention(x1)
-                .unwrap()
-                .get(0)
-                .unwrap()
-                .to_vec2::<f64>()
-                .unwrap();
-            let input1 = x1.get(0).unwrap().to_vec2::<f64>().unwrap();
+            // Layer 2 too, where the direction channel is non-zero.
+            let (input1, attn1) = layer_io(&m, &states, 2);
             let z = col(&input, 0..n, m.channels.z);
             assert!(
                 rel_diff(&col(&attn, 0..n, s.az), &(&a * &z)) <= TOL,
@@ -81,23 +57,8 @@ fn lemma_b_reductions_reach_every_support_and_the_aggregator() {
     for (seed, n) in [(4u64, 8usize), (5, 33), (6, 64)] {
         let prob = problem(seed, n, 3, 50.0);
         let m = model(&prob, 2, Preconditioner::Jacobi);
-        let dev = Device::Cpu;
-        let states = m
-            .lat
-            .forward_with_states(&m.embed(std::slice::from_ref(&prob), &dev).unwrap())
-            .unwrap();
         // Layer 2's input has every state channel populated.
-        let x1 = &states[m.state_index(1).unwrap()];
-        let attn = m
-            .cg_layer(2)
-            .unwrap()
-            .attention(x1)
-            .unwrap()
-            .get(0)
-            .unwrap()
-            .to_vec2::<f64>()
-            .unwrap();
-        let input = x1.get(0).unwrap().to_vec2::<f64>().unwrap();
+        let (input, attn) = layer_io(&m, &states(&m, &prob), 2);
         let c = &m.channels;
         let (r, z, p) = (
             col(&input, 0..n, c.r),

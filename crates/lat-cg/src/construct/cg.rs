@@ -226,6 +226,24 @@ pub struct CgSpec {
     pub steps: usize,
 }
 
+impl CgSpec {
+    /// The spec that fits `prob` (its `n`, `m`, `p` and `λ`) for `steps` CG layers.
+    pub fn for_problem(
+        prob: &KrrProblem,
+        steps: usize,
+        preconditioner: Preconditioner,
+    ) -> Result<Self> {
+        let layout = TokenLayout::new(prob.n(), prob.phi_query.nrows())?;
+        Ok(CgSpec {
+            layout,
+            features: prob.p(),
+            lambda: prob.lambda,
+            preconditioner,
+            steps,
+        })
+    }
+}
+
 /// A constructed LAT that runs (P)CG, with its channel map.
 #[derive(Debug, Clone)]
 pub struct CgLat {
