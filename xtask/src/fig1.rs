@@ -91,28 +91,28 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
             });
         let tag = format!("kappa_{kappa}");
         let m = &mut out.metrics;
-        m.set_number(&format!("lambda_{tag}"), prob.lambda);
+        m.set_number(format!("lambda_{tag}"), prob.lambda);
         m.set_number(
-            &format!("reproducible_steps_{tag}"),
+            format!("reproducible_steps_{tag}"),
             run.reproducible_steps as f64,
         );
         m.set_number(
-            &format!("max_rel_dev_lat_vs_cg_{tag}"),
+            format!("max_rel_dev_lat_vs_cg_{tag}"),
             run.max_dev_reproducible(),
         );
         m.set_number(
-            &format!("max_rel_dev_lat_vs_cg_all_steps_{tag}"),
+            format!("max_rel_dev_lat_vs_cg_all_steps_{tag}"),
             run.max_dev_all(),
         );
         m.set_number(
-            &format!("max_rel_dev_cg_vs_cg_all_steps_{tag}"),
+            format!("max_rel_dev_cg_vs_cg_all_steps_{tag}"),
             run.max_jitter_all(),
         );
         m.set_number(
-            &format!("final_error_{tag}"),
+            format!("final_error_{tag}"),
             run.rows.last().map_or(f64::NAN, |r| r.lat_error),
         );
-        m.set_bool(&format!("bound_holds_{tag}"), run.bound_holds());
+        m.set_bool(format!("bound_holds_{tag}"), run.bound_holds());
         max_dev = max_dev.max(run.max_dev_reproducible());
         bound_holds &= run.bound_holds();
         min_repro = min_repro.min(run.reproducible_steps);

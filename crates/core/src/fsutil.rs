@@ -65,6 +65,20 @@ fn sync_dir(_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes `value` as pretty JSON (with a final newline) to `path`, atomically.
+pub fn write_json_pretty(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let mut text =
+        serde_json::to_string_pretty(value).map_err(|e| Error::json(path.display(), e))?;
+    text.push('\n');
+    atomic_write(path, text.as_bytes())
+}
+
+/// Reads a JSON file into `T`; errors name the path.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::json(path.display(), e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,18 +98,4 @@ mod tests {
     fn bad_target_is_error() {
         assert!(atomic_write(Path::new("/"), b"x").is_err());
     }
-}
-
-/// Writes `value` as pretty JSON (with a final newline) to `path`, atomically.
-pub fn write_json_pretty(path: &Path, value: &impl serde::Serialize) -> Result<()> {
-    let mut text =
-        serde_json::to_string_pretty(value).map_err(|e| Error::json(path.display(), e))?;
-    text.push('\n');
-    atomic_write(path, text.as_bytes())
-}
-
-/// Reads a JSON file into `T`; errors name the path.
-pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::json(path.display(), e))
 }
