@@ -5,7 +5,7 @@ use std::path::Path;
 use candle_core::Device;
 use metarep_core::config::load_config;
 use metarep_core::rng::{derive_seed, seeded};
-use metarep_eval::plot::{LinePlot, Series, SeriesStyle};
+use metarep_eval::plot::{LegendPosition, LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
 use metarep_lat_cg::convergence::run_convergence;
 use metarep_lat_cg::problem::{lambda_for_condition, rbf_problem, RbfProblemSpec};
@@ -49,7 +49,8 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     let mut plot = LinePlot::new("LAT → CG: A-norm error vs depth")
         .x_label("CG layers t")
         .y_label("‖α_t − α*‖_A / ‖α*‖_A")
-        .log_y(true);
+        .log_y(true)
+        .legend(LegendPosition::LowerLeft);
     let (mut max_dev, mut bound_holds, mut min_repro) = (0.0f64, true, usize::MAX);
     for (i, &kappa) in cfg.kappas.iter().enumerate() {
         let mut prob = base.clone();

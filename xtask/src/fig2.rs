@@ -5,7 +5,7 @@ use std::path::Path;
 use candle_core::Device;
 use metarep_core::config::load_config;
 use metarep_core::rng::{derive_seed, seeded};
-use metarep_eval::plot::{LinePlot, Series, SeriesStyle};
+use metarep_eval::plot::{LegendPosition, LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
 use metarep_lat_cg::convergence::{run_convergence, ConvergenceRun};
 use metarep_lat_cg::problem::{log_spaced_scales, rbf_problem, scaled_supports, RbfProblemSpec};
@@ -74,6 +74,7 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         .x_label("CG layers t")
         .y_label("‖y − Aα_t‖ / ‖y‖")
         .log_y(true)
+        .legend(LegendPosition::LowerLeft)
         .series(Series {
             name: "LAT, plain".into(),
             points: pts(&plain, true),

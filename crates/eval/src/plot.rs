@@ -17,6 +17,20 @@ pub enum SeriesStyle {
     Markers,
 }
 
+/// Where the legend box goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LegendPosition {
+    /// Top right corner (default).
+    #[default]
+    UpperRight,
+    /// Top left corner.
+    UpperLeft,
+    /// Bottom left corner.
+    LowerLeft,
+    /// Bottom right corner.
+    LowerRight,
+}
+
 /// One named series of `(x, y)` points.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Series {
@@ -39,6 +53,7 @@ pub struct LinePlot {
     log_x: bool,
     log_y: bool,
     size: (u32, u32),
+    legend: LegendPosition,
     series: Vec<Series>,
 }
 
@@ -70,6 +85,7 @@ impl LinePlot {
             log_x: false,
             log_y: false,
             size: (800, 560),
+            legend: LegendPosition::default(),
             series: Vec::new(),
         }
     }
@@ -101,6 +117,12 @@ impl LinePlot {
     /// Sets the image size in pixels.
     pub fn size(mut self, width: u32, height: u32) -> Self {
         self.size = (width, height);
+        self
+    }
+
+    /// Places the legend box.
+    pub fn legend(mut self, position: LegendPosition) -> Self {
+        self.legend = position;
         self
     }
 
@@ -173,15 +195,7 @@ impl LinePlot {
             .y_label_area_size(72)
             .build_cartesian_2d(xr, yr)
             .map_err(plot_err)?;
-        let fmt = |log: bool| {
-            move |v: &f64| {
-                if log {
-                    format!("1e{v:.1}")
-                } else {
-                    format!("{v:.3}")
-                }
-            }
-        };
+        let fmt = |log: bool| move |v: &f64| tick_label(*v, log);
         let (fx, fy) = (fmt(self.log_x), fmt(self.log_y));
         chart
             .configure_mesh()
@@ -205,19 +219,52 @@ impl LinePlot {
                     .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
                     .map_err(plot_err)?,
             };
+            // The legend swatch shows the style: a line, a dashed line or a marker.
+            let (first, second, radius) = match s.style {
+                SeriesStyle::Solid => ((0, 9), (9, 18), 0),
+                SeriesStyle::Dashed => ((0, 7), (11, 18), 0),
+                SeriesStyle::Markers => ((9, 9), (9, 9), 3),
+            };
             legend.label(s.name.as_str()).legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                let line = color.stroke_width(2);
+                EmptyElement::at((x, y))
+                    + PathElement::new(vec![(first.0, 0), (first.1, 0)], line)
+                    + PathElement::new(vec![(second.0, 0), (second.1, 0)], line)
+                    + Circle::new((9, 0), radius, color.filled())
             });
         }
         chart
             .configure_series_labels()
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
+            .position(match self.legend {
+                LegendPosition::UpperRight => SeriesLabelPosition::UpperRight,
+                LegendPosition::UpperLeft => SeriesLabelPosition::UpperLeft,
+                LegendPosition::LowerLeft => SeriesLabelPosition::LowerLeft,
+                LegendPosition::LowerRight => SeriesLabelPosition::LowerRight,
+            })
             .draw()
             .map_err(plot_err)?;
         root.present().map_err(plot_err)?;
         Ok(skipped)
+    }
+}
+
+/// Tick text: integers without decimals, log axes as powers of ten (`1e-3`).
+fn tick_label(v: f64, log: bool) -> String {
+    let short = |x: f64| {
+        if (x - x.round()).abs() < 1e-9 {
+            format!("{x:.0}")
+        } else {
+            format!("{x:.2}")
+        }
+    };
+    if log {
+        format!("1e{}", short(v))
+    } else if v.abs() >= 1e4 || (v != 0.0 && v.abs() < 1e-2) {
+        format!("{v:.1e}")
+    } else {
+        short(v)
     }
 }
 
@@ -263,6 +310,14 @@ mod tests {
         for needle in ["<svg", "Convergence", "reference CG", "steps t", "error"] {
             assert!(svg.contains(needle), "SVG lacks {needle}");
         }
+    }
+
+    #[test]
+    fn tick_labels_are_short() {
+        assert_eq!(tick_label(5.0, false), "5");
+        assert_eq!(tick_label(2.5, false), "2.50");
+        assert_eq!(tick_label(-2.0, true), "1e-2");
+        assert_eq!(tick_label(0.001, false), "1.0e-3");
     }
 
     #[test]
