@@ -26,6 +26,7 @@
 
 pub mod format;
 pub mod plot;
+pub mod stats;
 pub mod table;
 
 /// Errors of metarep-eval.
