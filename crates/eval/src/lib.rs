@@ -24,10 +24,13 @@
 //! # }
 //! ```
 
+pub mod baselines;
 pub mod format;
+pub mod metrics;
 pub mod plot;
 pub mod stats;
 pub mod table;
+pub mod tasks;
 
 /// Errors of metarep-eval.
 #[derive(Debug, thiserror::Error)]

@@ -260,7 +260,7 @@ pub fn paired_permutation_test(
 
 /// Average ranks (1-based) of `values`, ties sharing their mean rank; also returns the tie
 /// group sizes.
-fn average_ranks(values: &[f64]) -> (Vec<f64>, Vec<usize>) {
+pub(crate) fn average_ranks(values: &[f64]) -> (Vec<f64>, Vec<usize>) {
     let mut order: Vec<usize> = (0..values.len()).collect();
     order.sort_by(|&i, &j| values[i].total_cmp(&values[j]));
     let mut ranks = vec![0.0; values.len()];

@@ -1,0 +1,3 @@
+//! In-context task generators, deterministic under a seed, each with a support/query split.
+
+pub mod linear;
