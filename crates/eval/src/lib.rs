@@ -26,6 +26,7 @@
 
 pub mod baselines;
 pub mod format;
+pub mod harness;
 pub mod metrics;
 pub mod plot;
 pub mod stats;

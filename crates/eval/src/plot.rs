@@ -34,7 +34,7 @@ pub enum LegendPosition {
 /// One named series of `(x, y)` points.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Series {
-    /// Legend label.
+    /// Legend label (empty: no legend entry).
     pub name: String,
     /// Points in drawing order.
     pub points: Vec<(f64, f64)>,
@@ -225,13 +225,16 @@ impl LinePlot {
                 SeriesStyle::Dashed => ((0, 7), (11, 18), 0),
                 SeriesStyle::Markers => ((9, 9), (9, 9), 3),
             };
-            legend.label(s.name.as_str()).legend(move |(x, y)| {
-                let line = color.stroke_width(2);
-                EmptyElement::at((x, y))
-                    + PathElement::new(vec![(first.0, 0), (first.1, 0)], line)
-                    + PathElement::new(vec![(second.0, 0), (second.1, 0)], line)
-                    + Circle::new((9, 0), radius, color.filled())
-            });
+            // A series with an empty name gets no legend entry.
+            if !s.name.is_empty() {
+                legend.label(s.name.as_str()).legend(move |(x, y)| {
+                    let line = color.stroke_width(2);
+                    EmptyElement::at((x, y))
+                        + PathElement::new(vec![(first.0, 0), (first.1, 0)], line)
+                        + PathElement::new(vec![(second.0, 0), (second.1, 0)], line)
+                        + Circle::new((9, 0), radius, color.filled())
+                });
+            }
         }
         chart
             .configure_series_labels()
