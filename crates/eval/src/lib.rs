@@ -52,6 +52,24 @@ pub enum Error {
     Invalid(String),
 }
 
+impl Error {
+    /// An invalid value: `invalid {what}: {reason}`.
+    pub fn invalid(what: impl std::fmt::Display, reason: impl std::fmt::Display) -> Self {
+        Error::Invalid(format!("invalid {what}: {reason}"))
+    }
+
+    /// A shape mismatch: `shape mismatch for {what}: expected {expected}, got {got}`.
+    pub fn shape(
+        what: impl std::fmt::Display,
+        expected: impl std::fmt::Display,
+        got: impl std::fmt::Display,
+    ) -> Self {
+        Error::Invalid(format!(
+            "shape mismatch for {what}: expected {expected}, got {got}"
+        ))
+    }
+}
+
 /// Result with this crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 

@@ -3,8 +3,8 @@
 //! [`lat`] is a generic LAT forward pass (unnormalised multi-head linear attention with explicit
 //! masks, gated token-wise MLP blocks, residuals). [`construct::cg`] assigns its weights so that
 //! `t` layers perform exactly `t` steps of CG, or Jacobi-preconditioned CG, for kernel ridge
-//! regression `(K + λI) α = y` with `K = ΦΦᵀ`; [`reference`] is the plain-f64 CG it is checked
-//! against.
+//! regression `(K + λI) α = y` with `K = ΦΦᵀ`; [`reference`] (re-exported from metarep-eval) is the
+//! plain-f64 CG it is checked against.
 //!
 //! ```
 //! use candle_core::Device;
@@ -34,7 +34,10 @@ pub mod convergence;
 pub mod error;
 pub mod lat;
 pub mod mask;
-pub mod problem;
-pub mod reference;
+
+/// Reference CG and PCG in f64 (from metarep-eval, where the baselines live).
+pub use metarep_eval::baselines::cg as reference;
+/// Kernel ridge problems (from metarep-eval, where the task generators live).
+pub use metarep_eval::tasks::kernel as problem;
 
 pub use error::{Error, Result};

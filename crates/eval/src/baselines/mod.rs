@@ -3,6 +3,7 @@
 //! Loss convention for the linear baselines: `L(w) = ‖Xw − y‖² / (2n)`, Hessian `H = XᵀX / n`,
 //! smoothness `L = λ_max(H)`, strong convexity `μ = λ_min(H)`.
 
+pub mod cg;
 mod linear;
 mod local;
 

@@ -1,3 +1,4 @@
 //! In-context task generators, deterministic under a seed, each with a support/query split.
 
+pub mod kernel;
 pub mod linear;

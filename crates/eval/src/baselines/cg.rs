@@ -12,7 +12,7 @@
 
 use nalgebra::{DMatrix, DVector, RealField};
 
-use crate::error::{Error, Result};
+use crate::{Error, Result};
 
 /// Which preconditioner CG uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

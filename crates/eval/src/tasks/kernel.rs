@@ -4,8 +4,8 @@ use nalgebra::{DMatrix, DVector};
 use rand::Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 
-use crate::error::{Error, Result};
-use crate::reference::system_matrix;
+use crate::baselines::cg::system_matrix;
+use crate::{Error, Result};
 
 /// A kernel ridge problem `(ΦΦᵀ + λI) α = y` with query points to predict at.
 #[derive(Debug, Clone)]
