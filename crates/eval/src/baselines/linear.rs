@@ -2,6 +2,7 @@
 
 use nalgebra::{DMatrix, DVector};
 
+use super::cg::{pcg, Preconditioner};
 use super::LinearFit;
 use crate::{Error, Result};
 
@@ -216,6 +217,39 @@ impl LinearFit for NewtonSchulz {
     }
 }
 
+/// (Preconditioned) conjugate gradient on `(H + λI) w = Xᵀy / n` from `w₀ = 0`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConjugateGradient {
+    /// Number of steps.
+    pub steps: usize,
+    /// Ridge `λ ≥ 0`.
+    pub lambda: f64,
+    /// Plain or Jacobi.
+    pub preconditioner: Preconditioner,
+}
+
+impl LinearFit for ConjugateGradient {
+    fn name(&self) -> String {
+        match self.preconditioner {
+            Preconditioner::None => format!("CG({} steps)", self.steps),
+            Preconditioner::Jacobi => format!("PCG({} steps)", self.steps),
+        }
+    }
+
+    fn weights(&self, x: &DMatrix<f64>, y: &DVector<f64>) -> Result<DVector<f64>> {
+        check(x, y)?;
+        let d = x.ncols();
+        let a = hessian(x) + DMatrix::identity(d, d) * self.lambda;
+        let b = x.transpose() * y / x.nrows() as f64;
+        let trace = pcg(&a, &b, self.steps, self.preconditioner)?;
+        Ok(trace
+            .states
+            .last()
+            .map(|s| s.alpha.clone())
+            .unwrap_or_else(|| DVector::zeros(d)))
+    }
+}
+
 /// The averaging estimator `w = Xᵀy / n` (one GD step of size 1 from zero).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Averaging;
@@ -336,6 +370,43 @@ mod tests {
             }
         }
         assert!(*errs.last().unwrap() < 1e-12);
+    }
+
+    #[test]
+    fn cg_is_exact_after_as_many_steps_as_distinct_eigenvalues() {
+        // H = Q diag(ev) Qᵀ with three distinct eigenvalues among eight.
+        let d = 8;
+        let ev = [1.0, 1.0, 2.0, 2.0, 2.0, 5.0, 5.0, 1.0];
+        let g = task(d, d, 0.0, 7).0;
+        let rot = g.qr().q();
+        let x = DMatrix::from_diagonal(&DVector::from_iterator(
+            d,
+            ev.iter().map(|e: &f64| (e * d as f64).sqrt()),
+        )) * rot.transpose();
+        let y = DVector::from_fn(d, |i, _| (i as f64 + 1.0).sin());
+        let exact = MinNormLeastSquares.weights(&x, &y).unwrap();
+        let three = ConjugateGradient {
+            steps: 3,
+            lambda: 0.0,
+            preconditioner: Preconditioner::None,
+        }
+        .weights(&x, &y)
+        .unwrap();
+        let two = ConjugateGradient {
+            steps: 2,
+            lambda: 0.0,
+            preconditioner: Preconditioner::None,
+        }
+        .weights(&x, &y)
+        .unwrap();
+        assert!(
+            (&three - &exact).norm() < 1e-10 * exact.norm(),
+            "CG after 3 steps"
+        );
+        assert!(
+            (&two - &exact).norm() > 1e-4 * exact.norm(),
+            "2 steps cannot be exact"
+        );
     }
 
     #[test]

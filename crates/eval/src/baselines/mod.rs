@@ -8,8 +8,8 @@ mod linear;
 mod local;
 
 pub use linear::{
-    Averaging, GradientDescent, MinNormLeastSquares, NewtonSchulz, PreconditionedGd, Ridge,
-    StepSize,
+    Averaging, ConjugateGradient, GradientDescent, MinNormLeastSquares, NewtonSchulz,
+    PreconditionedGd, Ridge, StepSize,
 };
 pub use local::{KNearestNeighbours, MeanLabel};
 
