@@ -1,4 +1,6 @@
 //! In-context task generators, deterministic under a seed, each with a support/query split.
 
+pub mod exact_kernel;
+pub mod glm;
 pub mod kernel;
 pub mod linear;
