@@ -4,3 +4,4 @@ pub mod exact_kernel;
 pub mod glm;
 pub mod kernel;
 pub mod linear;
+pub mod text;
