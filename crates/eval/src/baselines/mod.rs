@@ -1,12 +1,16 @@
-//! Baseline predictors for in-context regression behind one [`Predictor`] trait.
+//! Baseline predictors for in-context regression behind one [`Predictor`] trait: ridge oracle,
+//! minimum-norm least squares, GD (fixed, 1/L, tuned step), Jacobi-preconditioned GD, GD++,
+//! CG/PCG, Newton–Schulz, averaging, k-nearest neighbours, mean label.
 //!
 //! Loss convention for the linear baselines: `L(w) = ‖Xw − y‖² / (2n)`, Hessian `H = XᵀX / n`,
 //! smoothness `L = λ_max(H)`, strong convexity `μ = λ_min(H)`.
 
 pub mod cg;
+mod gdpp;
 mod linear;
 mod local;
 
+pub use gdpp::GdPlusPlus;
 pub use linear::{
     Averaging, ConjugateGradient, GradientDescent, MinNormLeastSquares, NewtonSchulz,
     PreconditionedGd, Ridge, StepSize,
