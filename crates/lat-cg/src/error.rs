@@ -27,6 +27,9 @@ pub enum Error {
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// An error from metarep-core (checkpoints, metrics, RNG helpers).
+    #[error(transparent)]
+    Core(#[from] metarep_core::Error),
     /// An error from a task generator or a reference solver (metarep-eval).
     #[error(transparent)]
     Eval(#[from] metarep_eval::Error),

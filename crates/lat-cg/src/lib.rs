@@ -32,8 +32,10 @@
 pub mod construct;
 pub mod convergence;
 pub mod error;
+pub mod icl;
 pub mod lat;
 pub mod mask;
+pub mod train;
 
 /// Reference CG and PCG in f64 (from metarep-eval, where the baselines live).
 pub use metarep_eval::baselines::cg as reference;

@@ -183,6 +183,52 @@ impl LinearTaskSpec {
     }
 }
 
+/// The setting of von Oswald et al. (2023): `x ~ U(low, high)^d`, `w ~ N(0, I_d)`, `y = wᵀx + σε`.
+pub fn uniform_task(
+    rng: &mut impl Rng,
+    dim: usize,
+    n_support: usize,
+    n_query: usize,
+    (low, high): (f64, f64),
+    noise: f64,
+) -> Result<RegressionTask> {
+    if dim == 0 || n_support == 0 {
+        return Err(Error::invalid(
+            "uniform task",
+            format!("need d ≥ 1 and n ≥ 1, got d = {dim}, n = {n_support}"),
+        ));
+    }
+    if !(low < high && low.is_finite() && high.is_finite()) {
+        return Err(Error::invalid(
+            "uniform task",
+            format!("need low < high, got [{low}, {high}]"),
+        ));
+    }
+    let mut uniform = |rows: usize| DMatrix::from_fn(rows, dim, |_, _| rng.random_range(low..high));
+    let x_support = uniform(n_support);
+    let x_query = uniform(n_query);
+    let w_true = DVector::from_fn(dim, |_, _| {
+        Distribution::<f64>::sample(&StandardNormal, rng)
+    });
+    let noise = DVector::from_fn(n_support, |_, _| {
+        noise * Distribution::<f64>::sample(&StandardNormal, rng)
+    });
+    let y_support = &x_support * &w_true + noise;
+    let y_query = &x_query * &w_true;
+    let var = (high - low).powi(2) / 12.0;
+    let mean = 0.5 * (low + high);
+    let covariance =
+        DMatrix::identity(dim, dim) * var + DMatrix::from_element(dim, dim, mean * mean);
+    Ok(RegressionTask {
+        x_support,
+        y_support,
+        x_query,
+        y_query,
+        w_true,
+        covariance,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +316,19 @@ mod tests {
         );
         assert_eq!(a.x_support, b.x_support);
         assert_eq!(a.y_support, b.y_support);
+    }
+
+    #[test]
+    fn uniform_tasks_are_in_range_and_exactly_linear() {
+        let t = uniform_task(&mut seeded(3), 10, 10, 4, (-1.0, 1.0), 0.0).unwrap();
+        assert!(t
+            .x_support
+            .iter()
+            .chain(t.x_query.iter())
+            .all(|v| (-1.0..1.0).contains(v)));
+        assert!((&t.x_query * &t.w_true - &t.y_query).norm() < 1e-12);
+        assert!(uniform_task(&mut seeded(3), 10, 0, 4, (-1.0, 1.0), 0.0).is_err());
+        assert!(uniform_task(&mut seeded(3), 10, 5, 4, (1.0, -1.0), 0.0).is_err());
     }
 
     #[test]

@@ -1,0 +1,436 @@
+//! Training the generic LAT on in-context regression (von Oswald et al. 2023 setting).
+//!
+//! Tokens `e_i = (x_i, y_i)` for the `n` supports and `e_q = (x_q, 0)` for the query, one row
+//! each (`[batch, n + 1, d + 1]`); every token reads the supports only (the query is never a key);
+//! the prediction is the query's `y` channel after the last layer; the loss is `0.5 · MSE`.
+//! Weights are candle [`Var`]s used through the same [`Lat`] forward pass as constructions.
+//!
+//! Training uses AdamW (implemented here so that its moments can be checkpointed), linear warmup
+//! then cosine decay, global-norm gradient clipping, a checkpoint every N steps with exact resume
+//! (each step's batch is drawn from a generator seeded by `(seed, step)`), a progress bar and a
+//! JSONL metrics log.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use metarep_core::checkpoint::{load_checkpoint, save_checkpoint};
+use metarep_core::metrics::MetricsSink;
+use metarep_core::rng::{derive_seed, seeded};
+use metarep_eval::tasks::linear::RegressionTask;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::lat::{Lat, LatLayer, LinearAttentionHead};
+
+/// A batch of in-context regression problems as LAT input.
+#[derive(Debug, Clone)]
+pub struct IclBatch {
+    /// Tokens `[batch, n + 1, d + 1]`.
+    pub tokens: Tensor,
+    /// Query targets `[batch]`.
+    pub targets: Tensor,
+}
+
+/// Lays out the first query of each task as an [`IclBatch`] (all tasks must share `n` and `d`).
+pub fn icl_batch(tasks: &[RegressionTask], dtype: DType, device: &Device) -> Result<IclBatch> {
+    let first = tasks
+        .first()
+        .ok_or_else(|| Error::invalid("batch", "no tasks"))?;
+    let (n, d) = (first.x_support.nrows(), first.x_support.ncols());
+    let c = d + 1;
+    let mut data = Vec::with_capacity(tasks.len() * (n + 1) * c);
+    let mut targets = Vec::with_capacity(tasks.len());
+    for (b, t) in tasks.iter().enumerate() {
+        if t.x_support.nrows() != n || t.x_support.ncols() != d || t.x_query.nrows() == 0 {
+            return Err(Error::shape(
+                format!("task {b}"),
+                format!("n = {n}, d = {d}, ≥ 1 query"),
+                format!(
+                    "n = {}, d = {}, {} queries",
+                    t.x_support.nrows(),
+                    t.x_support.ncols(),
+                    t.x_query.nrows()
+                ),
+            ));
+        }
+        for i in 0..n {
+            data.extend(t.x_support.row(i).iter());
+            data.push(t.y_support[i]);
+        }
+        data.extend(t.x_query.row(0).iter());
+        data.push(0.0);
+        targets.push(t.y_query[0]);
+    }
+    let tokens = Tensor::from_vec(data, (tasks.len(), n + 1, c), device)?.to_dtype(dtype)?;
+    let targets = Tensor::from_vec(targets, tasks.len(), device)?.to_dtype(dtype)?;
+    Ok(IclBatch { tokens, targets })
+}
+
+/// Shape of a trainable in-context LAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IclLatConfig {
+    /// Input dimension `d` (tokens have `d + 1` channels).
+    pub dim: usize,
+    /// Supports per problem `n`.
+    pub n_support: usize,
+    /// Layers.
+    pub layers: usize,
+    /// Heads per layer (each with `d_k = d_v = d + 1`).
+    pub heads: usize,
+}
+
+/// A LAT whose weights are trainable [`Var`]s (attention only, no MLP).
+#[derive(Debug, Clone)]
+pub struct TrainableLat {
+    /// Its shape.
+    pub config: IclLatConfig,
+    /// Named parameters, in a fixed order (`l{layer}.h{head}.{wq|wk|wv|wo}`).
+    pub params: Vec<(String, Var)>,
+    mask: Tensor,
+}
+
+impl TrainableLat {
+    /// Random initialisation `N(0, init_std²)` from `seed`, in `dtype` on `device`.
+    pub fn new(
+        config: IclLatConfig,
+        init_std: f64,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        if config.dim == 0 || config.n_support == 0 || config.layers == 0 || config.heads == 0 {
+            return Err(Error::invalid(
+                "LAT config",
+                format!("all sizes must be ≥ 1: {config:?}"),
+            ));
+        }
+        let c = config.dim + 1;
+        let mut rng = seeded(seed);
+        let mut params = Vec::new();
+        for l in 0..config.layers {
+            for h in 0..config.heads {
+                for name in ["wq", "wk", "wv", "wo"] {
+                    let values = metarep_core::rng::normal_vec(&mut rng, c * c, 0.0, init_std)?;
+                    let t = Tensor::from_vec(values, (c, c), device)?.to_dtype(dtype)?;
+                    params.push((format!("l{l}.h{h}.{name}"), Var::from_tensor(&t)?));
+                }
+            }
+        }
+        let tokens = config.n_support + 1;
+        let mask: Vec<f64> = (0..tokens * tokens)
+            .map(|k| {
+                if k % tokens < config.n_support {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (tokens, tokens), device)?.to_dtype(dtype)?;
+        Ok(Self {
+            config,
+            params,
+            mask,
+        })
+    }
+
+    /// The LAT these weights define (tensors share the variables, so gradients flow).
+    pub fn lat(&self) -> Result<Lat> {
+        let c = self.config.dim + 1;
+        let mut layers = Vec::with_capacity(self.config.layers);
+        for chunk in self.params.chunks(4 * self.config.heads) {
+            let mut heads = Vec::with_capacity(self.config.heads);
+            for h in chunk.chunks(4) {
+                let t = |i: usize| h[i].1.as_tensor().clone();
+                heads.push(LinearAttentionHead::new(
+                    t(0),
+                    t(1),
+                    t(2),
+                    t(3),
+                    self.mask.clone(),
+                    c,
+                    self.config.n_support + 1,
+                )?);
+            }
+            layers.push(LatLayer { heads, mlp: vec![] });
+        }
+        Ok(Lat {
+            channels: c,
+            tokens: self.config.n_support + 1,
+            layers,
+        })
+    }
+
+    /// Query predictions `[batch]`: the query's `y` channel after the last layer.
+    pub fn predict(&self, tokens: &Tensor) -> Result<Tensor> {
+        let out = self.lat()?.forward(tokens)?;
+        let n = self.config.n_support;
+        Ok(out
+            .narrow(1, n, 1)?
+            .narrow(2, self.config.dim, 1)?
+            .flatten_all()?)
+    }
+
+    /// `0.5 · mean((ŷ − y)²)` on a batch.
+    pub fn loss(&self, batch: &IclBatch) -> Result<Tensor> {
+        let diff = (self.predict(&batch.tokens)? - &batch.targets)?;
+        Ok((diff.sqr()?.mean_all()? * 0.5)?)
+    }
+}
+
+/// Optimiser and schedule settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Optimisation steps.
+    pub steps: usize,
+    /// Problems per batch.
+    pub batch: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Linear warmup steps (then cosine decay to 0).
+    pub warmup: usize,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (0 = off).
+    pub clip: f64,
+    /// Checkpoint every this many steps (0 = never).
+    pub checkpoint_every: usize,
+    /// Log a metrics line every this many steps.
+    pub log_every: usize,
+    /// Seed of the data stream.
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// Learning rate at `step` (0-based): linear warmup, then cosine decay.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup {
+            return self.lr * (step + 1) as f64 / self.warmup as f64;
+        }
+        let progress = (step - self.warmup) as f64 / (self.steps - self.warmup).max(1) as f64;
+        0.5 * self.lr * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+    }
+}
+
+/// AdamW with its moments kept as tensors (so they can be checkpointed).
+#[derive(Debug, Clone)]
+pub struct AdamW {
+    /// `β₁`.
+    pub beta1: f64,
+    /// `β₂`.
+    pub beta2: f64,
+    /// `ε`.
+    pub eps: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    /// First moments, one per parameter.
+    pub m: Vec<Tensor>,
+    /// Second moments, one per parameter.
+    pub v: Vec<Tensor>,
+    /// Steps taken.
+    pub t: usize,
+}
+
+impl AdamW {
+    /// Zero moments for `params`.
+    pub fn new(params: &[(String, Var)], weight_decay: f64) -> Result<Self> {
+        let zeros = |p: &Var| p.as_tensor().zeros_like();
+        Ok(Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+            m: params
+                .iter()
+                .map(|(_, p)| zeros(p))
+                .collect::<candle_core::Result<_>>()?,
+            v: params
+                .iter()
+                .map(|(_, p)| zeros(p))
+                .collect::<candle_core::Result<_>>()?,
+            t: 0,
+        })
+    }
+
+    /// One update with gradients `grads` (same order as `params`) and learning rate `lr`.
+    pub fn step(&mut self, params: &[(String, Var)], grads: &[Tensor], lr: f64) -> Result<()> {
+        self.t += 1;
+        let (b1, b2) = (self.beta1, self.beta2);
+        let (c1, c2) = (1.0 - b1.powi(self.t as i32), 1.0 - b2.powi(self.t as i32));
+        for (i, ((_, p), g)) in params.iter().zip(grads).enumerate() {
+            self.m[i] = ((&self.m[i] * b1)? + (g * (1.0 - b1))?)?;
+            self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            let update = ((&self.m[i] / c1)? / ((&self.v[i] / c2)?.sqrt()? + self.eps)?)?;
+            let decayed = (p.as_tensor() * (1.0 - lr * self.weight_decay))?;
+            p.set(&(decayed - (update * lr)?)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Summary of a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainReport {
+    /// Step the run started from (0, or the resumed checkpoint's step).
+    pub start_step: usize,
+    /// Steps completed in total (the step it stopped at).
+    pub steps: usize,
+    /// Loss on the last batch.
+    pub final_loss: f64,
+    /// Wall time of this run in seconds.
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CheckpointState {
+    step: usize,
+    adam_t: usize,
+    model: IclLatConfig,
+    train: TrainConfig,
+}
+
+/// Where a training run writes and how it starts and stops.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunControl<'a> {
+    /// Output directory: `metrics.jsonl` and `checkpoint/` (none: nothing written).
+    pub out: Option<&'a Path>,
+    /// Continue from `out/checkpoint`.
+    pub resume: bool,
+    /// Stop after this many steps in total (as if interrupted); the schedule still spans
+    /// `TrainConfig::steps`.
+    pub stop_at: Option<usize>,
+}
+
+/// Trains `model` with batches from `sample(step_seed)`; with an output directory it logs
+/// `metrics.jsonl` and checkpoints into `out/checkpoint`, from which `resume` continues.
+pub fn train(
+    model: &TrainableLat,
+    cfg: &TrainConfig,
+    sample: impl Fn(u64) -> Result<IclBatch>,
+    run: RunControl,
+) -> Result<TrainReport> {
+    let RunControl {
+        out,
+        resume,
+        stop_at,
+    } = run;
+    if cfg.steps == 0 || cfg.batch == 0 {
+        return Err(Error::invalid(
+            "train config",
+            "steps and batch must be ≥ 1",
+        ));
+    }
+    let mut adam = AdamW::new(&model.params, cfg.weight_decay)?;
+    let mut start = 0;
+    let ckpt_dir = out.map(|o| o.join("checkpoint"));
+    if resume {
+        let dir = ckpt_dir
+            .as_ref()
+            .ok_or_else(|| Error::invalid("resume", "needs an output directory"))?;
+        let device = model.params[0].1.device().clone();
+        let (tensors, state): (_, CheckpointState) = load_checkpoint(dir, &device)?;
+        if state.model != model.config {
+            return Err(Error::invalid(
+                "checkpoint",
+                format!("model {:?} does not match {:?}", state.model, model.config),
+            ));
+        }
+        let get = |name: &str| -> Result<Tensor> {
+            tensors
+                .get(name)
+                .cloned()
+                .ok_or_else(|| Error::invalid("checkpoint", format!("missing tensor {name}")))
+        };
+        for (i, (name, p)) in model.params.iter().enumerate() {
+            p.set(&get(name)?.to_dtype(p.dtype())?)?;
+            adam.m[i] = get(&format!("adam.m.{name}"))?.to_dtype(p.dtype())?;
+            adam.v[i] = get(&format!("adam.v.{name}"))?.to_dtype(p.dtype())?;
+        }
+        adam.t = state.adam_t;
+        start = state.step;
+    }
+    let mut sink = match out {
+        Some(o) => {
+            let path = o.join("metrics.jsonl");
+            Some(if resume {
+                MetricsSink::append(&path)?
+            } else {
+                MetricsSink::create(&path)?
+            })
+        }
+        None => None,
+    };
+    let bar = indicatif::ProgressBar::new(cfg.steps as u64);
+    bar.set_position(start as u64);
+    if std::env::var_os("METAREP_NO_PROGRESS").is_some() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let clock = std::time::Instant::now();
+    let mut final_loss = f64::NAN;
+    let end = stop_at.unwrap_or(cfg.steps).min(cfg.steps);
+    for step in start..end {
+        let batch = sample(derive_seed(cfg.seed, &format!("batch/{step}")))?;
+        let loss = model.loss(&batch)?;
+        let grads = loss.backward()?;
+        let mut gs = Vec::with_capacity(model.params.len());
+        for (name, p) in &model.params {
+            gs.push(
+                grads
+                    .get(p.as_tensor())
+                    .cloned()
+                    .ok_or_else(|| Error::invalid("gradient", format!("none for {name}")))?,
+            );
+        }
+        let norm = gs
+            .iter()
+            .map(|g| g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>())
+            .sum::<candle_core::Result<f64>>()?
+            .sqrt();
+        if cfg.clip > 0.0 && norm > cfg.clip {
+            let scale = cfg.clip / norm;
+            gs = gs
+                .iter()
+                .map(|g| g * scale)
+                .collect::<candle_core::Result<_>>()?;
+        }
+        adam.step(&model.params, &gs, cfg.lr_at(step))?;
+        final_loss = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !final_loss.is_finite() {
+            return Err(Error::invalid(
+                "training",
+                format!("loss became {final_loss} at step {step}"),
+            ));
+        }
+        if let Some(s) = sink.as_mut() {
+            if cfg.log_every > 0 && (step % cfg.log_every == 0 || step + 1 == cfg.steps) {
+                s.log(&serde_json::json!({"step": step, "loss": final_loss, "grad_norm": norm, "lr": cfg.lr_at(step)}))?;
+            }
+        }
+        let done = step + 1;
+        if let Some(dir) = ckpt_dir.as_ref() {
+            if cfg.checkpoint_every > 0 && (done % cfg.checkpoint_every == 0 || done == end) {
+                let mut tensors = Vec::new();
+                for (i, (name, p)) in model.params.iter().enumerate() {
+                    tensors.push((name.clone(), p.as_tensor().clone()));
+                    tensors.push((format!("adam.m.{name}"), adam.m[i].clone()));
+                    tensors.push((format!("adam.v.{name}"), adam.v[i].clone()));
+                }
+                let state = CheckpointState {
+                    step: done,
+                    adam_t: adam.t,
+                    model: model.config,
+                    train: *cfg,
+                };
+                save_checkpoint(dir, &tensors, &state)?;
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(TrainReport {
+        start_step: start,
+        steps: end,
+        final_loss,
+        seconds: clock.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,192 @@
+//! Trained LATs on in-context linear regression: the von Oswald et al. one-layer result, exact
+//! resume, and bad input.
+
+use candle_core::{DType, Device};
+use metarep_lat_cg::icl::{
+    gd_one_step_sensitivity, lat_loss, sensitivity_cosine, tuned_gd, VonOswaldSetting,
+};
+use metarep_lat_cg::train::{
+    icl_batch, train, IclLatConfig, RunControl, TrainConfig, TrainableLat,
+};
+
+#[test]
+fn one_trained_layer_matches_one_optimally_tuned_gd_step() {
+    let setting = VonOswaldSetting::default();
+    let (model, report) = setting.train_lat(1, 0, None).unwrap();
+    let held_out = setting.tasks(999, setting.held_out).unwrap();
+    let lat = lat_loss(&model, &held_out).unwrap();
+    let (gd, gd_loss) = tuned_gd(1, &held_out).unwrap();
+    let rel = (lat - gd_loss).abs() / gd_loss;
+    let eta = match gd.step {
+        metarep_eval::baselines::StepSize::Fixed(e) => e,
+        other => panic!("grid gives fixed steps, got {other:?}"),
+    };
+    let cos = sensitivity_cosine(&model, &held_out[..2000], gd_one_step_sensitivity(eta)).unwrap();
+    eprintln!("trained 1-layer LAT: loss {lat:.4} vs GD-1 {gd_loss:.4} (η {eta:.3}); rel {rel:.4}; sensitivity cosine {cos:.5}; {:.1}s", report.seconds);
+    assert!(
+        rel <= 0.05,
+        "trained loss {lat} vs tuned GD {gd_loss}: {rel:.3} relative"
+    );
+    assert!(cos >= 0.99, "sensitivity cosine {cos}");
+}
+
+fn small() -> (IclLatConfig, TrainConfig) {
+    let model = IclLatConfig {
+        dim: 3,
+        n_support: 6,
+        layers: 2,
+        heads: 1,
+    };
+    let cfg = TrainConfig {
+        steps: 60,
+        batch: 16,
+        lr: 1e-2,
+        warmup: 5,
+        weight_decay: 0.01,
+        clip: 1.0,
+        checkpoint_every: 10,
+        log_every: 1,
+        seed: 4,
+    };
+    (model, cfg)
+}
+
+fn sampler(seed: u64) -> metarep_lat_cg::Result<metarep_lat_cg::train::IclBatch> {
+    let setting = VonOswaldSetting {
+        dim: 3,
+        n_support: 6,
+        ..Default::default()
+    };
+    icl_batch(&setting.tasks(seed, 16)?, DType::F32, &Device::Cpu)
+}
+
+fn params(m: &TrainableLat) -> Vec<f32> {
+    m.params
+        .iter()
+        .flat_map(|(_, v)| {
+            v.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn interrupted_and_resumed_training_equals_an_uninterrupted_run() {
+    let (mc, cfg) = small();
+    let dir = tempfile::tempdir().unwrap();
+    let straight = TrainableLat::new(mc, 0.1, 1, DType::F32, &Device::Cpu).unwrap();
+    let full = train(&straight, &cfg, sampler, RunControl::default()).unwrap();
+
+    let resumed = TrainableLat::new(mc, 0.1, 1, DType::F32, &Device::Cpu).unwrap();
+    let first = train(
+        &resumed,
+        &cfg,
+        sampler,
+        RunControl {
+            out: Some(dir.path()),
+            resume: false,
+            stop_at: Some(30),
+        },
+    )
+    .unwrap();
+    assert_eq!(first.steps, 30);
+    // A fresh process would build a fresh model: different init, overwritten by the checkpoint.
+    let fresh = TrainableLat::new(mc, 0.1, 77, DType::F32, &Device::Cpu).unwrap();
+    let second = train(
+        &fresh,
+        &cfg,
+        sampler,
+        RunControl {
+            out: Some(dir.path()),
+            resume: true,
+            stop_at: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(second.start_step, 30);
+    let rel = (second.final_loss - full.final_loss).abs() / full.final_loss;
+    assert!(
+        rel <= 0.01,
+        "final loss {} vs uninterrupted {}",
+        second.final_loss,
+        full.final_loss
+    );
+    let (a, b) = (params(&straight), params(&fresh));
+    let max = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(max <= 1e-5, "parameters differ by {max}");
+    let log = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        log.lines().count(),
+        60,
+        "one metrics line per step across both runs"
+    );
+}
+
+#[test]
+fn bad_training_input_is_an_error() {
+    let (mc, cfg) = small();
+    let model = TrainableLat::new(mc, 0.1, 1, DType::F32, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let e = train(
+        &model,
+        &cfg,
+        sampler,
+        RunControl {
+            out: Some(dir.path()),
+            resume: true,
+            stop_at: None,
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("checkpoint"), "{e}");
+    let mut zero = cfg;
+    zero.steps = 0;
+    assert!(train(&model, &zero, sampler, RunControl::default()).is_err());
+    assert!(TrainableLat::new(
+        IclLatConfig { dim: 0, ..mc },
+        0.1,
+        1,
+        DType::F32,
+        &Device::Cpu
+    )
+    .is_err());
+    // A checkpoint of another shape is refused by name.
+    train(
+        &model,
+        &cfg,
+        sampler,
+        RunControl {
+            out: Some(dir.path()),
+            resume: false,
+            stop_at: Some(10),
+        },
+    )
+    .unwrap();
+    let other = TrainableLat::new(
+        IclLatConfig { layers: 1, ..mc },
+        0.1,
+        1,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let e = train(
+        &other,
+        &cfg,
+        sampler,
+        RunControl {
+            out: Some(dir.path()),
+            resume: true,
+            stop_at: None,
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("does not match"), "{e}");
+}
