@@ -5,7 +5,7 @@
 //! use metarep_eval::harness::{Sweep, DEFAULT_SEEDS};
 //! # fn main() -> metarep_eval::Result<()> {
 //! let result = Sweep::new(&DEFAULT_SEEDS, &[1.0, 2.0, 4.0]).run(|seed, x| {
-//!     Ok(vec![("x²".to_string(), x * x + seed as f64 * 0.01)])
+//!     Ok::<_, metarep_eval::Error>(vec![("x²".to_string(), x * x + seed as f64 * 0.01)])
 //! })?;
 //! let rows = result.summary(0.95)?;
 //! assert_eq!(rows.len(), 3);
@@ -83,15 +83,16 @@ impl Sweep {
         }
     }
 
-    /// Calls `measure(seed, x)` for every pair; it returns `(method, value)` pairs.
-    pub fn run(
+    /// Calls `measure(seed, x)` for every pair; it returns `(method, value)` pairs. The closure
+    /// may use any error type that this crate's [`Error`] converts into.
+    pub fn run<E: From<Error>>(
         &self,
-        mut measure: impl FnMut(u64, f64) -> Result<Vec<(String, f64)>>,
-    ) -> Result<SweepResult> {
+        mut measure: impl FnMut(u64, f64) -> std::result::Result<Vec<(String, f64)>, E>,
+    ) -> std::result::Result<SweepResult, E> {
         if self.seeds.is_empty() || self.xs.is_empty() {
-            return Err(Error::Invalid(
-                "a sweep needs at least one seed and one setting".into(),
-            ));
+            return Err(
+                Error::Invalid("a sweep needs at least one seed and one setting".into()).into(),
+            );
         }
         let mut measurements = Vec::new();
         for &x in &self.xs {
@@ -204,25 +205,32 @@ impl SweepResult {
             let mine: Vec<&SummaryRow> = rows.iter().filter(|r| r.method == method).collect();
             let pts =
                 |f: fn(&SummaryRow) -> f64| mine.iter().map(|r| (r.x, f(r))).collect::<Vec<_>>();
-            plot = plot
-                .series(Series {
-                    name: method.clone(),
-                    points: pts(|r| r.mean),
-                    style: SeriesStyle::Solid,
-                    color: Some(i),
-                })
-                .series(Series {
-                    name: format!("{method} {:.0}% CI", level * 100.0),
-                    points: pts(|r| r.low),
-                    style: SeriesStyle::Dashed,
-                    color: Some(i),
-                })
-                .series(Series {
-                    name: String::new(),
-                    points: pts(|r| r.high),
-                    style: SeriesStyle::Dashed,
-                    color: Some(i),
-                });
+            plot = plot.series(Series {
+                name: method.clone(),
+                points: pts(|r| r.mean),
+                style: SeriesStyle::Solid,
+                color: Some(i),
+            });
+            // A t-interval from few seeds can reach below zero: on a log axis those band points
+            // cannot be drawn, so they are left out (and a band with none left is omitted).
+            let band_name = format!("{method} {:.0}% CI", level * 100.0);
+            for (name, band) in [
+                (band_name, pts(|r| r.low)),
+                (String::new(), pts(|r| r.high)),
+            ] {
+                let band: Vec<(f64, f64)> = band
+                    .into_iter()
+                    .filter(|&(_, y)| !log_y || y > 0.0)
+                    .collect();
+                if !band.is_empty() {
+                    plot = plot.series(Series {
+                        name,
+                        points: band,
+                        style: SeriesStyle::Dashed,
+                        color: Some(i),
+                    });
+                }
+            }
         }
         Ok(plot)
     }
@@ -250,7 +258,7 @@ mod tests {
     fn summary_matches_student_t_per_method_and_setting() {
         let sweep = Sweep::new(&ABLATION_SEEDS, &[1.0, 2.0]);
         let result = sweep
-            .run(|seed, x| Ok(vec![("a".into(), x + seed as f64), ("b".into(), -x)]))
+            .run(|seed, x| Ok::<_, Error>(vec![("a".into(), x + seed as f64), ("b".into(), -x)]))
             .unwrap();
         assert_eq!(result.measurements.len(), 2 * 5 * 2);
         let rows = result.summary(0.95).unwrap();
@@ -268,7 +276,7 @@ mod tests {
     fn writes_table_and_figure() {
         let dir = tempfile::tempdir().unwrap();
         let result = Sweep::new(&DEFAULT_SEEDS, &[1.0, 2.0, 3.0])
-            .run(|s, x| Ok(vec![("m".into(), x * (1.0 + s as f64 * 0.1))]))
+            .run(|s, x| Ok::<_, Error>(vec![("m".into(), x * (1.0 + s as f64 * 0.1))]))
             .unwrap();
         result
             .write(dir.path(), "sweep", ("layers", "loss"), false)
@@ -281,8 +289,21 @@ mod tests {
     }
 
     #[test]
+    fn log_plots_drop_non_positive_band_points() {
+        let dir = tempfile::tempdir().unwrap();
+        // Two seeds far apart: the lower CI end is negative.
+        let result = Sweep::new(&[0, 1], &[1.0])
+            .run(|s, _| Ok::<_, Error>(vec![("m".into(), if s == 0 { 0.01 } else { 1.0 })]))
+            .unwrap();
+        assert!(result.summary(0.95).unwrap()[0].low < 0.0);
+        result.write(dir.path(), "log", ("x", "y"), true).unwrap();
+    }
+
+    #[test]
     fn errors_propagate_and_empty_sweeps_are_rejected() {
-        assert!(Sweep::new(&[], &[1.0]).run(|_, _| Ok(vec![])).is_err());
+        assert!(Sweep::new(&[], &[1.0])
+            .run(|_, _| Ok::<_, Error>(vec![]))
+            .is_err());
         let e = Sweep::new(&[0], &[1.0])
             .run(|_, _| Err(Error::Invalid("boom".into())))
             .unwrap_err();

@@ -258,10 +258,12 @@ impl AdamW {
         let (b1, b2) = (self.beta1, self.beta2);
         let (c1, c2) = (1.0 - b1.powi(self.t as i32), 1.0 - b2.powi(self.t as i32));
         for (i, ((_, p), g)) in params.iter().zip(grads).enumerate() {
-            self.m[i] = ((&self.m[i] * b1)? + (g * (1.0 - b1))?)?;
-            self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            // Detached: the moments must not keep each step's autograd graph alive.
+            let g = g.detach();
+            self.m[i] = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?.detach();
+            self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?.detach();
             let update = ((&self.m[i] / c1)? / ((&self.v[i] / c2)?.sqrt()? + self.eps)?)?;
-            let decayed = (p.as_tensor() * (1.0 - lr * self.weight_decay))?;
+            let decayed = (p.as_tensor().detach() * (1.0 - lr * self.weight_decay))?;
             p.set(&(decayed - (update * lr)?)?)?;
         }
         Ok(())
