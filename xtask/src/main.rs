@@ -10,6 +10,7 @@
 mod bench;
 mod fig1;
 mod fig2;
+mod fig6;
 mod output;
 mod registry;
 

@@ -34,6 +34,13 @@ pub const REGISTRY: &[Experiment] = &[
         threshold: "Jacobi LAT reaches 1e-6 relative residual in fewer steps than plain CG; LAT = PCG to 1e-6 while reproducible",
         run: crate::fig2::run,
     },
+    Experiment {
+        id: "fig6",
+        title: "Trained LATs vs GD, GD++, CG and least squares on in-context regression (von Oswald et al. setting)",
+        example: "icl_train",
+        threshold: "1-layer trained LAT within 5% of tuned one-step GD and sensitivity cosine ≥ 0.99, every seed",
+        run: crate::fig6::run,
+    },
 ];
 
 /// The registry as a printable table.
