@@ -3,7 +3,7 @@
 //! ```text
 //! cargo xtask reproduce --list
 //! cargo xtask reproduce fig1 [--check] [--config FILE] [--set key=value ...] [--out results]
-//! cargo xtask reproduce all --check
+//! cargo xtask reproduce all --check [--quick]
 //! cargo xtask bench lat_cg
 //! ```
 
@@ -41,6 +41,9 @@ enum Command {
         /// Exit non-zero when an acceptance threshold fails.
         #[arg(long)]
         check: bool,
+        /// Use `configs/<id>.quick.toml` where one exists (smaller runs, same checks; CI uses it).
+        #[arg(long)]
+        quick: bool,
         /// Config file (default: configs/<id>.toml).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -53,7 +56,7 @@ enum Command {
     },
     /// Run a benchmark (writes results/bench/<name>.json).
     Bench {
-        /// Benchmark name: lat_cg.
+        /// Benchmark name (an unknown name lists the known ones).
         name: String,
         /// Output root.
         #[arg(long, default_value = "results")]
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
             id,
             list,
             check,
+            quick,
             config,
             overrides,
             out,
@@ -78,7 +82,9 @@ fn main() -> ExitCode {
             }
             match id {
                 None => Err("give a result id or --list".into()),
-                Some(id) => registry::reproduce(&id, check, config.as_deref(), &overrides, &out),
+                Some(id) => {
+                    registry::reproduce(&id, check, quick, config.as_deref(), &overrides, &out)
+                }
             }
         }
         Command::Bench { name, out } => bench::run(&name, &out),

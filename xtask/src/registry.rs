@@ -55,10 +55,25 @@ pub fn listing() -> String {
     s
 }
 
+/// The config an experiment runs with: `explicit` if given; with `quick`,
+/// `configs/<id>.quick.toml` where it exists (a smaller run with the same checks, for CI);
+/// otherwise `configs/<id>.toml`.
+pub fn config_path(id: &str, explicit: Option<&Path>, quick: bool) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_path_buf();
+    }
+    let quick_path = PathBuf::from(format!("configs/{id}.quick.toml"));
+    if quick && quick_path.exists() {
+        return quick_path;
+    }
+    PathBuf::from(format!("configs/{id}.toml"))
+}
+
 /// Reproduces `id` (or `all`); returns whether every check passed (always `true` without `check`).
 pub fn reproduce(
     id: &str,
     check: bool,
+    quick: bool,
     config: Option<&Path>,
     overrides: &[String],
     out: &Path,
@@ -75,11 +90,9 @@ pub fn reproduce(
     };
     let mut all_pass = true;
     for e in selected {
-        let cfg: PathBuf = config
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from(format!("configs/{}.toml", e.id)));
+        let cfg = config_path(e.id, config, quick);
         let dir = out.join(e.id);
-        println!("== {} : {}", e.id, e.title);
+        println!("== {} : {} ({})", e.id, e.title, cfg.display());
         let pass = (e.run)(&cfg, overrides, &dir)?;
         println!("   wrote {} (pass = {pass})", dir.display());
         all_pass &= pass;
@@ -119,7 +132,7 @@ mod tests {
 
     #[test]
     fn unknown_id_is_an_error_naming_it() {
-        let err = reproduce("fig99", false, None, &[], Path::new("/nonexistent"))
+        let err = reproduce("fig99", false, false, None, &[], Path::new("/nonexistent"))
             .unwrap_err()
             .to_string();
         assert!(err.contains("fig99") && err.contains("fig1"), "{err}");

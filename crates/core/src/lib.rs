@@ -2,7 +2,8 @@
 //! ([`DeviceSpec`]), float precision policy ([`DTypePolicy`]), seeded randomness ([`rng`]),
 //! TOML configs with `key.path=value` overrides and strict unknown-key errors ([`config`]),
 //! run manifests ([`RunManifest`]), metrics files ([`MetricsSink`], [`FlatMetrics`]),
-//! atomic file writes ([`fsutil`]) and safetensors checkpoints ([`checkpoint`]), all
+//! atomic file writes ([`fsutil`]), safetensors checkpoints ([`checkpoint`]) and the shared
+//! optimiser pieces (AdamW, warmup + cosine schedule, gradient clipping: [`optim`]), all
 //! reporting failures through one [`Error`] type.
 //!
 //! ```
@@ -40,6 +41,7 @@ pub mod error;
 pub mod fsutil;
 pub mod manifest;
 pub mod metrics;
+pub mod optim;
 pub mod rng;
 pub mod time;
 

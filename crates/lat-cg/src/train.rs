@@ -5,8 +5,8 @@
 //! the prediction is the query's `y` channel after the last layer; the loss is `0.5 · MSE`.
 //! Weights are candle [`Var`]s used through the same [`Lat`] forward pass as constructions.
 //!
-//! Training uses AdamW (implemented here so that its moments can be checkpointed), linear warmup
-//! then cosine decay, global-norm gradient clipping, a checkpoint every N steps with exact resume
+//! Training uses AdamW with checkpointed moments, linear warmup then cosine decay and global-norm
+//! gradient clipping (all from [`metarep_core::optim`]), a checkpoint every N steps with exact resume
 //! (each step's batch is drawn from a generator seeded by `(seed, step)`), a progress bar and a
 //! JSONL metrics log.
 
@@ -15,6 +15,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 use metarep_core::checkpoint::{load_checkpoint, save_checkpoint};
 use metarep_core::metrics::MetricsSink;
+use metarep_core::optim::{clip_grad_norm, gradients, AdamW, WarmupCosine};
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_eval::tasks::linear::RegressionTask;
 use serde::{Deserialize, Serialize};
@@ -202,71 +203,18 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    /// Learning rate at `step` (0-based): linear warmup, then cosine decay.
+    /// Its learning-rate schedule: linear warmup, then cosine decay to 0 at `steps`.
+    pub fn schedule(&self) -> WarmupCosine {
+        WarmupCosine {
+            lr: self.lr,
+            warmup: self.warmup,
+            steps: self.steps,
+        }
+    }
+
+    /// Learning rate at `step` (0-based).
     pub fn lr_at(&self, step: usize) -> f64 {
-        if step < self.warmup {
-            return self.lr * (step + 1) as f64 / self.warmup as f64;
-        }
-        let progress = (step - self.warmup) as f64 / (self.steps - self.warmup).max(1) as f64;
-        0.5 * self.lr * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
-    }
-}
-
-/// AdamW with its moments kept as tensors (so they can be checkpointed).
-#[derive(Debug, Clone)]
-pub struct AdamW {
-    /// `β₁`.
-    pub beta1: f64,
-    /// `β₂`.
-    pub beta2: f64,
-    /// `ε`.
-    pub eps: f64,
-    /// Decoupled weight decay.
-    pub weight_decay: f64,
-    /// First moments, one per parameter.
-    pub m: Vec<Tensor>,
-    /// Second moments, one per parameter.
-    pub v: Vec<Tensor>,
-    /// Steps taken.
-    pub t: usize,
-}
-
-impl AdamW {
-    /// Zero moments for `params`.
-    pub fn new(params: &[(String, Var)], weight_decay: f64) -> Result<Self> {
-        let zeros = |p: &Var| p.as_tensor().zeros_like();
-        Ok(Self {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay,
-            m: params
-                .iter()
-                .map(|(_, p)| zeros(p))
-                .collect::<candle_core::Result<_>>()?,
-            v: params
-                .iter()
-                .map(|(_, p)| zeros(p))
-                .collect::<candle_core::Result<_>>()?,
-            t: 0,
-        })
-    }
-
-    /// One update with gradients `grads` (same order as `params`) and learning rate `lr`.
-    pub fn step(&mut self, params: &[(String, Var)], grads: &[Tensor], lr: f64) -> Result<()> {
-        self.t += 1;
-        let (b1, b2) = (self.beta1, self.beta2);
-        let (c1, c2) = (1.0 - b1.powi(self.t as i32), 1.0 - b2.powi(self.t as i32));
-        for (i, ((_, p), g)) in params.iter().zip(grads).enumerate() {
-            // Detached: the moments must not keep each step's autograd graph alive.
-            let g = g.detach();
-            self.m[i] = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?.detach();
-            self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?.detach();
-            let update = ((&self.m[i] / c1)? / ((&self.v[i] / c2)?.sqrt()? + self.eps)?)?;
-            let decayed = (p.as_tensor().detach() * (1.0 - lr * self.weight_decay))?;
-            p.set(&(decayed - (update * lr)?)?)?;
-        }
-        Ok(())
+        self.schedule().lr_at(step)
     }
 }
 
@@ -337,18 +285,7 @@ pub fn train(
                 format!("model {:?} does not match {:?}", state.model, model.config),
             ));
         }
-        let get = |name: &str| -> Result<Tensor> {
-            tensors
-                .get(name)
-                .cloned()
-                .ok_or_else(|| Error::invalid("checkpoint", format!("missing tensor {name}")))
-        };
-        for (i, (name, p)) in model.params.iter().enumerate() {
-            p.set(&get(name)?.to_dtype(p.dtype())?)?;
-            adam.m[i] = get(&format!("adam.m.{name}"))?.to_dtype(p.dtype())?;
-            adam.v[i] = get(&format!("adam.v.{name}"))?.to_dtype(p.dtype())?;
-        }
-        adam.t = state.adam_t;
+        adam.restore(&model.params, &tensors, state.adam_t)?;
         start = state.step;
     }
     let mut sink = match out {
@@ -373,28 +310,7 @@ pub fn train(
     for step in start..end {
         let batch = sample(derive_seed(cfg.seed, &format!("batch/{step}")))?;
         let loss = model.loss(&batch)?;
-        let grads = loss.backward()?;
-        let mut gs = Vec::with_capacity(model.params.len());
-        for (name, p) in &model.params {
-            gs.push(
-                grads
-                    .get(p.as_tensor())
-                    .cloned()
-                    .ok_or_else(|| Error::invalid("gradient", format!("none for {name}")))?,
-            );
-        }
-        let norm = gs
-            .iter()
-            .map(|g| g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>())
-            .sum::<candle_core::Result<f64>>()?
-            .sqrt();
-        if cfg.clip > 0.0 && norm > cfg.clip {
-            let scale = cfg.clip / norm;
-            gs = gs
-                .iter()
-                .map(|g| g * scale)
-                .collect::<candle_core::Result<_>>()?;
-        }
+        let (gs, norm) = clip_grad_norm(&gradients(&loss, &model.params)?, cfg.clip)?;
         adam.step(&model.params, &gs, cfg.lr_at(step))?;
         final_loss = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !final_loss.is_finite() {
@@ -411,12 +327,7 @@ pub fn train(
         let done = step + 1;
         if let Some(dir) = ckpt_dir.as_ref() {
             if cfg.checkpoint_every > 0 && (done % cfg.checkpoint_every == 0 || done == end) {
-                let mut tensors = Vec::new();
-                for (i, (name, p)) in model.params.iter().enumerate() {
-                    tensors.push((name.clone(), p.as_tensor().clone()));
-                    tensors.push((format!("adam.m.{name}"), adam.m[i].clone()));
-                    tensors.push((format!("adam.v.{name}"), adam.v[i].clone()));
-                }
+                let tensors = adam.checkpoint_tensors(&model.params);
                 let state = CheckpointState {
                     step: done,
                     adam_t: adam.t,

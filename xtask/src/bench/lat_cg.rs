@@ -1,11 +1,8 @@
-//! Benchmarks (`cargo xtask bench <name>`), written to `results/bench/<name>.json`.
-//!
 //! `lat_cg`: time of one CG layer of the constructed LAT vs one reference CG step (dense mat-vec
 //! plus vector updates) at n = 256 and 1024 supports, f32 and f64, read against the ratio of their
 //! FLOP counts.
 
 use std::path::Path;
-use std::time::Instant;
 
 use candle_core::{DType, Device};
 use metarep_core::rng::seeded;
@@ -16,15 +13,8 @@ use metarep_lat_cg::reference::{inverse_diagonal, pcg_step, CgState, Preconditio
 use nalgebra::{DMatrix, DVector, RealField};
 use serde::Serialize;
 
+use super::{median_ms, write_report};
 use crate::BoxError;
-
-/// Runs benchmark `name`.
-pub fn run(name: &str, out: &Path) -> Result<bool, BoxError> {
-    match name {
-        "lat_cg" => lat_cg(out),
-        other => Err(format!("unknown benchmark '{other}'; known: lat_cg").into()),
-    }
-}
 
 #[derive(Serialize)]
 struct LatCgRow {
@@ -41,19 +31,6 @@ struct LatCgRow {
     within_4x_of_flop_ratio: bool,
 }
 
-/// Median wall time in milliseconds of `f` over `reps` runs after one warm-up.
-fn median_ms(reps: usize, mut f: impl FnMut() -> Result<(), BoxError>) -> Result<f64, BoxError> {
-    f()?;
-    let mut times = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let start = Instant::now();
-        f()?;
-        times.push(start.elapsed().as_secs_f64() * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[reps / 2])
-}
-
 fn cg_step_ms<T: RealField + Copy>(
     a: &DMatrix<T>,
     state: &CgState<T>,
@@ -67,7 +44,8 @@ fn cg_step_ms<T: RealField + Copy>(
     })
 }
 
-fn lat_cg(out: &Path) -> Result<bool, BoxError> {
+/// Runs the benchmark and writes `results/bench/lat_cg.json`.
+pub fn run(out: &Path) -> Result<bool, BoxError> {
     let features = 128;
     let mut rows = Vec::new();
     println!(
@@ -148,16 +126,13 @@ fn lat_cg(out: &Path) -> Result<bool, BoxError> {
             });
         }
     }
-    let dir = out.join("bench");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("lat_cg.json");
-    let json = serde_json::json!({
-        "benchmark": "lat_cg",
-        "what": "one constructed-LAT CG layer (batch 1, n + 2 tokens) vs one reference CG step (dense mat-vec + updates, nalgebra, 1 thread)",
-        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "rows": rows,
-    });
-    metarep_core::fsutil::atomic_write(&path, serde_json::to_string_pretty(&json)?.as_bytes())?;
-    println!("  wrote {}", path.display());
+    write_report(
+        out,
+        "lat_cg",
+        serde_json::json!({
+            "what": "one constructed-LAT CG layer (batch 1, n + 2 tokens) vs one reference CG step (dense mat-vec + updates, nalgebra, 1 thread)",
+            "rows": rows,
+        }),
+    )?;
     Ok(true)
 }
