@@ -23,7 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .transpose()
         .map_err(|_| "LAYERS must be a positive integer")?
         .unwrap_or(1);
-    let setting = VonOswaldSetting::default();
+    let setting = VonOswaldSetting::default().depth_scaled(layers);
     println!(
         "training a {layers}-layer LAT (1 head) on d = {}, n = {}: {} steps × {} tasks, AdamW lr {}",
         setting.dim, setting.n_support, setting.train.steps, setting.train.batch, setting.train.lr

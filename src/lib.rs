@@ -4,7 +4,8 @@
 //!
 //! - [`core`]: device, dtype policy, seeded RNG, config + overrides, run manifest, metrics,
 //!   checkpoints, errors.
-//! - [`eval`]: plots (SVG) and tables (CSV, markdown).
+//! - [`eval`]: task generators, baselines, metrics, statistics, the multi-seed harness, plots
+//!   (SVG) and tables (CSV, markdown).
 //! - [`lat_cg`]: linear-attention transformers whose constructed weights run conjugate gradient.
 //!
 //! ```

@@ -38,11 +38,7 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     let mut one_layer = Vec::new();
     let result = Sweep::new(&cfg.seeds, &xs).run(|seed, x| {
         let layers = x as usize;
-        // Unnormalised linear attention stacks into a polynomial of degree ~3^layers: the peak
-        // learning rate is divided by layers^1.5 (at 5 layers lr 0.02 and 0.02/5 both diverged
-        // for some seed; 0.02/5^1.5 did not).
-        let mut setting = base;
-        setting.train.lr = cfg.train.lr / (layers as f64).powf(1.5);
+        let setting = base.depth_scaled(layers);
         let held = setting.tasks(
             metarep_core::rng::derive_seed(seed, "fig6/held-out"),
             cfg.held_out,

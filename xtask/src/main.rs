@@ -11,6 +11,7 @@ mod bench;
 mod fig1;
 mod fig2;
 mod fig6;
+mod fig7;
 mod output;
 mod registry;
 

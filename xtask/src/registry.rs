@@ -41,6 +41,13 @@ pub const REGISTRY: &[Experiment] = &[
         threshold: "1-layer trained LAT within 5% of tuned one-step GD and sensitivity cosine ≥ 0.99, every seed",
         run: crate::fig6::run,
     },
+    Experiment {
+        id: "fig7",
+        title: "Linear probes of GD and CG state in every layer of trained LATs and of the constructed CG LAT",
+        example: "icl_probes",
+        threshold: "constructed CG LAT: every CG state probe (r_t, α_t, p_t−1) held-out cosine ≥ 0.99; every shuffled-target control R² < 0.1",
+        run: crate::fig7::run,
+    },
 ];
 
 /// The registry as a printable table.

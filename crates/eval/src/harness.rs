@@ -126,17 +126,17 @@ impl SweepResult {
         out
     }
 
-    /// Mean ± CI per (method, x); with a single seed the interval collapses to the value.
+    /// Mean ± CI per (method, x), settings in first-seen order (measurements may come in any
+    /// order); with a single seed the interval collapses to the value.
     pub fn summary(&self, level: f64) -> Result<Vec<SummaryRow>> {
         let mut rows = Vec::new();
         for method in self.methods() {
-            let mut xs: Vec<f64> = self
-                .measurements
-                .iter()
-                .filter(|m| m.method == method)
-                .map(|m| m.x)
-                .collect();
-            xs.dedup();
+            let mut xs: Vec<f64> = Vec::new();
+            for m in self.measurements.iter().filter(|m| m.method == method) {
+                if !xs.contains(&m.x) {
+                    xs.push(m.x);
+                }
+            }
             for x in xs {
                 let values: Vec<f64> = self
                     .measurements
@@ -253,6 +253,28 @@ impl SweepResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summary_groups_measurements_recorded_seed_by_seed() {
+        let mut r = SweepResult {
+            seeds: vec![0, 1],
+            measurements: vec![],
+        };
+        for seed in [0u64, 1] {
+            for x in [1.0, 2.0] {
+                r.measurements.push(Measurement {
+                    method: "m".into(),
+                    x,
+                    seed,
+                    value: x + seed as f64,
+                });
+            }
+        }
+        let rows = r.summary(0.95).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].x, rows[0].mean, rows[0].n), (1.0, 1.5, 2));
+        assert_eq!((rows[1].x, rows[1].mean, rows[1].n), (2.0, 2.5, 2));
+    }
 
     #[test]
     fn summary_matches_student_t_per_method_and_setting() {

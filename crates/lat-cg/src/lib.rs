@@ -4,7 +4,9 @@
 //! masks, gated token-wise MLP blocks, residuals). [`construct::cg`] assigns its weights so that
 //! `t` layers perform exactly `t` steps of CG, or Jacobi-preconditioned CG, for kernel ridge
 //! regression `(K + λI) α = y` with `K = ΦΦᵀ`; [`reference`] (re-exported from metarep-eval) is the
-//! plain-f64 CG it is checked against.
+//! plain-f64 CG it is checked against. [`train`] and [`icl`] train LATs on in-context regression
+//! (the von Oswald et al. setting); [`probe`] and [`solver_probe`] read solver state (GD and CG
+//! iterates, residuals, directions) out of any LAT's residual stream with linear probes.
 //!
 //! ```
 //! use candle_core::Device;
@@ -35,6 +37,8 @@ pub mod error;
 pub mod icl;
 pub mod lat;
 pub mod mask;
+pub mod probe;
+pub mod solver_probe;
 pub mod train;
 
 /// Reference CG and PCG in f64 (from metarep-eval, where the baselines live).
