@@ -3,20 +3,47 @@
 //! A LAT acts on a token matrix `x` of shape `[batch, tokens, channels]`. Each layer is
 //!
 //! ```text
-//! x ← x + Σ_h ((x W_Q^h)(x W_K^h)ᵀ ⊙ M^h) (x W_V^h) W_O^h      (unnormalised linear attention)
+//! x ← x + Σ_h P^h(x) (x W_V^h) W_O^h                              (attention heads)
 //! x ← x + G_1(x);  x ← x + G_2(x); ...                           (token-wise gated MLP blocks)
 //! ```
 //!
 //! with an explicit 0/1 mask `M^h` of shape `[tokens, tokens]` per head (row = reader, column =
-//! key). The same code runs trained and constructed weights; nothing here knows about CG.
+//! key) and scores `S^h = (x W_Q^h)(x W_K^h)ᵀ`. The attention pattern `P^h` depends on the head's
+//! [`AttentionKind`]: `S ⊙ M` (unnormalised linear attention, the LAT proper), the row softmax of
+//! `scale · S` over the keys `M` allows (a softmax transformer), or `exp(scale · S) ⊙ M`
+//! (unnormalised exponential attention). The same code runs trained and constructed weights;
+//! nothing here knows about CG.
 
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::error::{Error, Result};
 
-/// One head of unnormalised linear attention with an explicit mask.
+/// How a head turns scores `S = (x W_Q)(x W_K)ᵀ` and its mask `M` into an attention pattern.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AttentionKind {
+    /// `P = S ⊙ M`: unnormalised linear attention (the LAT's heads).
+    Linear,
+    /// `P_ij = exp(scale·S_ij) / Σ_{l: M_il ≠ 0} exp(scale·S_il)` where `M_ij ≠ 0`, else 0; a
+    /// row with no allowed key is all zeros. Computed with the row maximum subtracted.
+    Softmax {
+        /// Logit scale (inverse temperature `1/τ`; `1/√d_k` in a standard transformer).
+        scale: f64,
+    },
+    /// `P_ij = exp(scale·S_ij)` where `M_ij ≠ 0`, else 0: softmax without the row normalisation.
+    Exponential {
+        /// Logit scale (inverse temperature).
+        scale: f64,
+    },
+}
+
+/// The LAT's name for an [`AttentionHead`]: [`AttentionHead::new`] builds a linear one.
+pub type LinearAttentionHead = AttentionHead;
+
+/// One attention head with an explicit mask; its [`AttentionKind`] says how scores become weights.
 #[derive(Debug, Clone)]
-pub struct LinearAttentionHead {
+pub struct AttentionHead {
+    /// How scores become the attention pattern.
+    pub kind: AttentionKind,
     /// Query projection `[channels, d_k]`.
     pub w_q: Tensor,
     /// Key projection `[channels, d_k]`.
@@ -58,16 +85,17 @@ pub struct GatedMlp {
     pub w_out: Tensor,
 }
 
-/// One LAT layer: multi-head linear attention, then token-wise MLP blocks, each with residual.
+/// One LAT layer: multi-head attention, then token-wise MLP blocks, each with residual.
 #[derive(Debug, Clone, Default)]
 pub struct LatLayer {
     /// Attention heads (may be empty: the layer is then MLP-only).
-    pub heads: Vec<LinearAttentionHead>,
+    pub heads: Vec<AttentionHead>,
     /// Token-wise MLP blocks applied in order (may be empty).
     pub mlp: Vec<GatedMlp>,
 }
 
-/// A linear-attention transformer: a stack of [`LatLayer`]s over a fixed token count.
+/// A transformer over a fixed token count: a stack of [`LatLayer`]s. With linear heads it is a
+/// LAT; with softmax heads, a softmax-attention transformer (same forward pass).
 #[derive(Debug, Clone)]
 pub struct Lat {
     /// Number of channels of the token matrix.
@@ -94,8 +122,8 @@ fn expect_dims(t: &Tensor, what: &str, expected: &[usize]) -> Result<()> {
     Ok(())
 }
 
-impl LinearAttentionHead {
-    /// Builds a head after checking that all shapes agree with `channels` and `tokens`.
+impl AttentionHead {
+    /// Builds a linear head after checking that all shapes agree with `channels` and `tokens`.
     pub fn new(
         w_q: Tensor,
         w_k: Tensor,
@@ -113,6 +141,7 @@ impl LinearAttentionHead {
         expect_dims(&w_o, "W_O", &[d_v, channels])?;
         expect_dims(&mask, "attention mask", &[tokens, tokens])?;
         Ok(Self {
+            kind: AttentionKind::Linear,
             w_q,
             w_k,
             w_v,
@@ -121,14 +150,54 @@ impl LinearAttentionHead {
         })
     }
 
-    /// Head output `[batch, tokens, channels]` for input `x` `[batch, tokens, channels]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// The same head with attention kind `kind`; a non-finite scale is an error.
+    pub fn with_kind(mut self, kind: AttentionKind) -> Result<Self> {
+        if let AttentionKind::Softmax { scale } | AttentionKind::Exponential { scale } = kind {
+            if !scale.is_finite() {
+                return Err(Error::invalid(
+                    "attention scale",
+                    format!("must be finite, got {scale}"),
+                ));
+            }
+        }
+        self.kind = kind;
+        Ok(self)
+    }
+
+    /// Attention pattern `[batch, tokens, tokens]` (row = reader, column = key) for input `x`
+    /// `[batch, tokens, channels]` (TransformerLens' `hook_pattern`; for a linear head, the
+    /// masked scores).
+    pub fn pattern(&self, x: &Tensor) -> Result<Tensor> {
         let q = x.broadcast_matmul(&self.w_q)?;
         let k = x.broadcast_matmul(&self.w_k)?;
-        let v = x.broadcast_matmul(&self.w_v)?;
         let scores = q.matmul(&k.transpose(1, 2)?.contiguous()?)?;
-        let scores = scores.broadcast_mul(&self.mask)?;
-        let mixed = scores.matmul(&v)?;
+        let allowed = || -> Result<Tensor> { Ok(self.mask.ne(0.0)?.broadcast_as(scores.shape())?) };
+        Ok(match self.kind {
+            AttentionKind::Linear => scores.broadcast_mul(&self.mask)?,
+            AttentionKind::Softmax { scale } => {
+                let neg_inf = Tensor::full(f64::NEG_INFINITY, scores.shape(), scores.device())?
+                    .to_dtype(scores.dtype())?;
+                let logits = allowed()?.where_cond(&(&scores * scale)?, &neg_inf)?;
+                // Subtract the row maximum over the allowed keys (0 for a row with none, whose
+                // entries are all −∞ and become 0). The maximum's own term is exp(0) = 1, so a
+                // non-empty row sums to ≥ 1 and `max(sum, 1)` only changes the empty rows.
+                let row_max = logits.max_keepdim(D::Minus1)?;
+                let empty = row_max.eq(f64::NEG_INFINITY)?;
+                let row_max = empty.where_cond(&row_max.zeros_like()?, &row_max)?;
+                let e = logits.broadcast_sub(&row_max)?.exp()?;
+                let sum = e.sum_keepdim(D::Minus1)?.maximum(1.0)?;
+                e.broadcast_div(&sum)?
+            }
+            AttentionKind::Exponential { scale } => {
+                allowed()?.where_cond(&(&scores * scale)?.exp()?, &scores.zeros_like()?)?
+            }
+        })
+    }
+
+    /// Head output `[batch, tokens, channels]` for input `x` `[batch, tokens, channels]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let v = x.broadcast_matmul(&self.w_v)?;
+        let mixed = self.pattern(x)?.matmul(&v)?;
         Ok(mixed.broadcast_matmul(&self.w_o)?)
     }
 
@@ -140,7 +209,13 @@ impl LinearAttentionHead {
         let (c, d_k, d_v) = (c as u64, d_k as u64, d_v as u64);
         let proj = 2 * n * c * (2 * d_k + d_v) + 2 * n * d_v * c;
         let attn = 2 * n * n * d_k + n * n + 2 * n * n * d_v;
-        Ok(batch as u64 * (proj + attn))
+        // Scale, exp and (for softmax) max, sum and divide: a few operations per score.
+        let weights = match self.kind {
+            AttentionKind::Linear => 0,
+            AttentionKind::Softmax { .. } => 4 * n * n,
+            AttentionKind::Exponential { .. } => 2 * n * n,
+        };
+        Ok(batch as u64 * (proj + attn + weights))
     }
 }
 
@@ -270,7 +345,8 @@ impl Lat {
         for layer in &self.layers {
             let mut heads = Vec::with_capacity(layer.heads.len());
             for h in &layer.heads {
-                heads.push(LinearAttentionHead {
+                heads.push(AttentionHead {
+                    kind: h.kind,
                     w_q: cv(&h.w_q)?,
                     w_k: cv(&h.w_k)?,
                     w_v: cv(&h.w_v)?,

@@ -97,6 +97,11 @@ pub enum PhaseMask {
     Reduction,
     /// Readout phase: queries read supports; nobody else reads anything.
     Readout,
+    /// Compute phase, softmax mat-vec heads: supports read supports and the aggregator, whose
+    /// zero key makes it an attention sink of logit 0 (`docs/route_a_theorem.md`).
+    SupportToSupportAndSink,
+    /// Readout phase with the sink: queries read supports and the aggregator.
+    ReadoutWithSink,
 }
 
 impl PhaseMask {
@@ -108,6 +113,10 @@ impl PhaseMask {
             PhaseMask::SupportSelf => reader == Support && key == Support && same,
             PhaseMask::Reduction => matches!(reader, Support | Aggregator) && key == Support,
             PhaseMask::Readout => reader == Query && key == Support,
+            PhaseMask::SupportToSupportAndSink => {
+                reader == Support && matches!(key, Support | Aggregator)
+            }
+            PhaseMask::ReadoutWithSink => reader == Query && matches!(key, Support | Aggregator),
         }
     }
 

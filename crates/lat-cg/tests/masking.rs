@@ -14,8 +14,13 @@ fn no_mask_lets_supports_or_the_aggregator_read_queries() {
         PhaseMask::SupportSelf,
         PhaseMask::Reduction,
         PhaseMask::Readout,
+        PhaseMask::SupportToSupportAndSink,
+        PhaseMask::ReadoutWithSink,
     ];
     assert!(queries_unread(&all));
+    assert!(PhaseMask::SupportToSupportAndSink.allows(Role::Support, Role::Aggregator, false));
+    assert!(!PhaseMask::SupportToSupportAndSink.allows(Role::Aggregator, Role::Support, false));
+    assert!(PhaseMask::ReadoutWithSink.allows(Role::Query, Role::Aggregator, false));
     assert!(PhaseMask::Readout.allows(Role::Query, Role::Support, false));
     assert!(!PhaseMask::Readout.allows(Role::Query, Role::Query, true));
     assert!(!PhaseMask::Reduction.allows(Role::Query, Role::Support, false));

@@ -3,4 +3,4 @@
 //! A construction only chooses weights and masks; the forward pass is [`crate::lat::Lat`]'s.
 
 pub mod cg;
-mod weights;
+pub mod weights;

@@ -1,4 +1,6 @@
-//! Small helpers that write sparse weight matrices for constructions.
+//! Small helpers that write sparse weight matrices for constructions: a hidden unit or a head is
+//! described by sparse linear forms over named channels, and these functions turn the forms into
+//! the dense `W_Q, W_K, W_V, W_O` and MLP matrices of the generic forward pass.
 
 use candle_core::{Device, Tensor};
 
@@ -7,8 +9,10 @@ use crate::lat::{Activation, GatedMlp, LinearAttentionHead};
 
 /// A sparse linear form `Σ coef · x[channel]` plus a bias.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Form {
+pub struct Form {
+    /// `(channel, coefficient)` pairs.
     pub terms: Vec<(usize, f64)>,
+    /// Constant term (used by MLP units; ignored by attention projections).
     pub bias: f64,
 }
 
@@ -37,9 +41,12 @@ impl Form {
 
 /// A hidden unit of a gated MLP block: `σ(a(x)) · g(x)` written to `out` with coefficients.
 #[derive(Debug, Clone)]
-pub(crate) struct Unit {
+pub struct Unit {
+    /// The activated branch `a(x)`.
     pub a: Form,
+    /// The linear gate `g(x)`.
     pub gate: Form,
+    /// `(channel, coefficient)` pairs the unit's value is added to.
     pub out: Vec<(usize, f64)>,
 }
 
@@ -86,7 +93,7 @@ fn matrix(
 }
 
 /// Projection `[channels, cols]` whose column `j` computes the form `forms[j]` (biases ignored).
-pub(crate) fn projection(channels: usize, forms: &[Form], device: &Device) -> Result<Tensor> {
+pub fn projection(channels: usize, forms: &[Form], device: &Device) -> Result<Tensor> {
     let entries = forms
         .iter()
         .enumerate()
@@ -95,11 +102,7 @@ pub(crate) fn projection(channels: usize, forms: &[Form], device: &Device) -> Re
 }
 
 /// Output map `[rows, channels]` where row `i` adds to channels `outs[i]`.
-pub(crate) fn output(
-    channels: usize,
-    outs: &[Vec<(usize, f64)>],
-    device: &Device,
-) -> Result<Tensor> {
+pub fn output(channels: usize, outs: &[Vec<(usize, f64)>], device: &Device) -> Result<Tensor> {
     let entries = outs
         .iter()
         .enumerate()
@@ -107,8 +110,9 @@ pub(crate) fn output(
     matrix(outs.len(), channels, entries, device)
 }
 
-/// A head reading queries `q`, keys `k`, values `v` and writing value `i` to `outs[i]`.
-pub(crate) fn head(
+/// A linear head reading queries `q`, keys `k`, values `v` and writing value `i` to `outs[i]`
+/// (change its kind with [`crate::lat::AttentionHead::with_kind`]).
+pub fn head(
     channels: usize,
     q: &[Form],
     k: &[Form],
@@ -130,7 +134,7 @@ pub(crate) fn head(
 }
 
 /// A gated MLP block made of `units`, all with activation `act`.
-pub(crate) fn block(
+pub fn block(
     channels: usize,
     act: Activation,
     units: &[Unit],
