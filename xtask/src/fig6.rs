@@ -9,11 +9,21 @@ use metarep_lat_cg::icl::{
     baseline_loss, cg_loss, gd_one_step_sensitivity, lat_loss, sensitivity_cosine, tuned_gd,
     tuned_gdpp, VonOswaldSetting,
 };
-use metarep_lat_cg::train::TrainConfig;
+use metarep_lat_cg::train::{IclAttention, TrainConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::output::ResultDir;
 use crate::BoxError;
+
+/// The softmax-attention variant trained beside the LAT.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SoftmaxConfig {
+    /// Depths at which it is trained (a subset of `layers`).
+    layers: Vec<usize>,
+    heads: usize,
+    /// Peak learning rate (not depth-scaled).
+    lr: f64,
+}
 
 /// Settings of fig6 (`configs/fig6.toml`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -23,6 +33,7 @@ pub struct Fig6Config {
     held_out: usize,
     tuning_tasks: usize,
     train: TrainConfig,
+    softmax: SoftmaxConfig,
 }
 
 /// Runs fig6 and writes `dir`.
@@ -52,7 +63,7 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         let (gdpp, _) = tuned_gdpp(layers, &tuning)?;
         let lat = lat_loss(&model, &held)?;
         let gd_loss = baseline_loss(&gd, &held)?;
-        let row = vec![
+        let mut row = vec![
             ("trained LAT".to_string(), lat),
             ("GD (tuned η)".to_string(), gd_loss),
             (
@@ -65,6 +76,21 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
                 baseline_loss(&MinNormLeastSquares, &held)?,
             ),
         ];
+        if cfg.softmax.layers.contains(&layers) {
+            let mut soft = base;
+            soft.train.lr = cfg.softmax.lr;
+            let shape = soft.model(layers, cfg.softmax.heads, IclAttention::Softmax);
+            let (model, report) = soft.train_model(shape, seed, None)?;
+            let loss = lat_loss(&model, &held)?;
+            println!(
+                "   seed {seed}, {layers} layer(s): softmax TF {loss:.4} (trained in {:.0}s)",
+                report.seconds
+            );
+            row.push((
+                format!("trained softmax TF ({} heads)", cfg.softmax.heads),
+                loss,
+            ));
+        }
         if layers == 1 {
             let eta = match gd.step {
                 StepSize::Fixed(e) => e,
@@ -99,13 +125,15 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         pass &= rel <= 0.05 && *cos >= 0.99;
     }
     for r in result.summary(0.95)? {
+        // "GD++ (tuned η, γ)" → "gdpp_tuned", "trained softmax TF (2 heads)" → ...
         let key = r
             .method
-            .split(' ')
-            .next()
-            .unwrap_or("method")
             .to_lowercase()
-            .replace("++", "pp");
+            .replace("++", "pp")
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .join("_");
         out.metrics
             .set_number(format!("loss_{key}_layers_{}", r.x), r.mean);
     }

@@ -21,7 +21,7 @@ use metarep_eval::tasks::linear::RegressionTask;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::lat::{Lat, LatLayer, LinearAttentionHead};
+use crate::lat::{AttentionHead, AttentionKind, Lat, LatLayer};
 
 /// A batch of in-context regression problems as LAT input.
 #[derive(Debug, Clone)]
@@ -67,6 +67,29 @@ pub fn icl_batch(tasks: &[RegressionTask], dtype: DType, device: &Device) -> Res
     Ok(IclBatch { tokens, targets })
 }
 
+/// Which attention a trainable in-context model uses (the rest of the forward pass is shared).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IclAttention {
+    /// Unnormalised linear attention: the LAT.
+    #[default]
+    Linear,
+    /// Row-softmax attention over the supports with logit scale `1/√(d + 1)`.
+    Softmax,
+}
+
+impl IclAttention {
+    /// The head kind for tokens of `channels` channels.
+    pub fn kind(self, channels: usize) -> AttentionKind {
+        match self {
+            IclAttention::Linear => AttentionKind::Linear,
+            IclAttention::Softmax => AttentionKind::Softmax {
+                scale: 1.0 / (channels as f64).sqrt(),
+            },
+        }
+    }
+}
+
 /// Shape of a trainable in-context LAT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IclLatConfig {
@@ -78,9 +101,13 @@ pub struct IclLatConfig {
     pub layers: usize,
     /// Heads per layer (each with `d_k = d_v = d + 1`).
     pub heads: usize,
+    /// Linear (the LAT) or softmax attention.
+    #[serde(default)]
+    pub attention: IclAttention,
 }
 
-/// A LAT whose weights are trainable [`Var`]s (attention only, no MLP).
+/// A LAT (or, with [`IclAttention::Softmax`], a softmax-attention transformer) whose weights are
+/// trainable [`Var`]s (attention only, no MLP).
 #[derive(Debug, Clone)]
 pub struct TrainableLat {
     /// Its shape.
@@ -143,15 +170,18 @@ impl TrainableLat {
             let mut heads = Vec::with_capacity(self.config.heads);
             for h in chunk.chunks(4) {
                 let t = |i: usize| h[i].1.as_tensor().clone();
-                heads.push(LinearAttentionHead::new(
-                    t(0),
-                    t(1),
-                    t(2),
-                    t(3),
-                    self.mask.clone(),
-                    c,
-                    self.config.n_support + 1,
-                )?);
+                heads.push(
+                    AttentionHead::new(
+                        t(0),
+                        t(1),
+                        t(2),
+                        t(3),
+                        self.mask.clone(),
+                        c,
+                        self.config.n_support + 1,
+                    )?
+                    .with_kind(self.config.attention.kind(c))?,
+                );
             }
             layers.push(LatLayer { heads, mlp: vec![] });
         }

@@ -6,7 +6,7 @@ use metarep_lat_cg::icl::{
     gd_one_step_sensitivity, lat_loss, sensitivity_cosine, tuned_gd, VonOswaldSetting,
 };
 use metarep_lat_cg::train::{
-    icl_batch, train, IclLatConfig, RunControl, TrainConfig, TrainableLat,
+    icl_batch, train, IclAttention, IclLatConfig, RunControl, TrainConfig, TrainableLat,
 };
 
 #[test]
@@ -36,6 +36,7 @@ fn small() -> (IclLatConfig, TrainConfig) {
         n_support: 6,
         layers: 2,
         heads: 1,
+        attention: IclAttention::Linear,
     };
     let cfg = TrainConfig {
         steps: 60,
@@ -75,7 +76,17 @@ fn params(m: &TrainableLat) -> Vec<f32> {
 
 #[test]
 fn interrupted_and_resumed_training_equals_an_uninterrupted_run() {
+    resume_equals_uninterrupted(IclAttention::Linear);
+}
+
+#[test]
+fn the_softmax_variant_resumes_exactly_too() {
+    resume_equals_uninterrupted(IclAttention::Softmax);
+}
+
+fn resume_equals_uninterrupted(attention: IclAttention) {
     let (mc, cfg) = small();
+    let mc = IclLatConfig { attention, ..mc };
     let dir = tempfile::tempdir().unwrap();
     let straight = TrainableLat::new(mc, 0.1, 1, DType::F32, &Device::Cpu).unwrap();
     let full = train(&straight, &cfg, sampler, RunControl::default()).unwrap();
@@ -126,6 +137,53 @@ fn interrupted_and_resumed_training_equals_an_uninterrupted_run() {
         log.lines().count(),
         60,
         "one metrics line per step across both runs"
+    );
+}
+
+#[test]
+fn the_softmax_variant_learns_in_context_and_differs_from_the_lat() {
+    let setting = VonOswaldSetting {
+        dim: 3,
+        n_support: 6,
+        ..Default::default()
+    };
+    let mut cfg = small().1;
+    cfg.steps = 600;
+    cfg.batch = 128;
+    cfg.lr = 1e-2;
+    let shape = setting.model(1, 2, IclAttention::Softmax);
+    let model = TrainableLat::new(shape, 0.1, 2, DType::F32, &Device::Cpu).unwrap();
+    let held = setting.tasks(99, 2000).unwrap();
+    let before = lat_loss(&model, &held).unwrap();
+    let sample = |s: u64| icl_batch(&setting.tasks(s, 128)?, DType::F32, &Device::Cpu);
+    train(&model, &cfg, sample, RunControl::default()).unwrap();
+    let after = lat_loss(&model, &held).unwrap();
+    // Predicting 0 costs E[y²]/2 = d/6 = 0.5 here; one tuned GD step is the reference.
+    let zero = held.iter().map(|t| 0.5 * t.y_query[0].powi(2)).sum::<f64>() / held.len() as f64;
+    let (_, gd) = tuned_gd(1, &held).unwrap();
+    eprintln!("softmax TF: loss {before:.4} → {after:.4}; zero predictor {zero:.4}, GD-1 {gd:.4}");
+    assert!(after < 0.8 * zero, "{after} vs zero predictor {zero}");
+    // The same initial weights with linear heads compute something else.
+    let soft = TrainableLat::new(shape, 0.5, 3, DType::F32, &Device::Cpu).unwrap();
+    let linear_shape = IclLatConfig {
+        attention: IclAttention::Linear,
+        ..shape
+    };
+    let linear = TrainableLat::new(linear_shape, 0.5, 3, DType::F32, &Device::Cpu).unwrap();
+    let batch = icl_batch(&held[..64], DType::F32, &Device::Cpu).unwrap();
+    let (a, b) = (
+        soft.predict(&batch.tokens).unwrap(),
+        linear.predict(&batch.tokens).unwrap(),
+    );
+    let gap = (a - &b).unwrap().abs().unwrap().max_all().unwrap();
+    let scale = b.abs().unwrap().max_all().unwrap();
+    let (gap, scale) = (
+        gap.to_scalar::<f32>().unwrap(),
+        scale.to_scalar::<f32>().unwrap(),
+    );
+    assert!(
+        gap > 1e-2 * scale,
+        "softmax and linear heads agree: {gap} vs {scale}"
     );
 }
 

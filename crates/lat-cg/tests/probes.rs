@@ -7,7 +7,7 @@ use metarep_lat_cg::construct::cg::{CgLat, CgSpec};
 use metarep_lat_cg::problem::{rbf_problem, KrrProblem, RbfProblemSpec};
 use metarep_lat_cg::reference::Preconditioner;
 use metarep_lat_cg::solver_probe::{probe_layers, ProbeSet, Target};
-use metarep_lat_cg::train::{IclLatConfig, TrainableLat};
+use metarep_lat_cg::train::{IclAttention, IclLatConfig, TrainableLat};
 
 fn problems(seed: u64, count: usize) -> Vec<KrrProblem> {
     let spec = RbfProblemSpec {
@@ -69,6 +69,7 @@ fn a_trained_lat_input_exposes_y_and_nonlinear_targets_score_lower() {
         n_support: 8,
         layers: 2,
         heads: 1,
+        attention: IclAttention::Linear,
     };
     let model = TrainableLat::new(config, 0.1, 0, candle_core::DType::F32, &Device::Cpu).unwrap();
     let setting = metarep_lat_cg::icl::VonOswaldSetting {
