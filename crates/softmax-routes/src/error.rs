@@ -21,6 +21,14 @@ pub enum Error {
         /// What was given.
         got: String,
     },
+    /// A run produced NaN or infinite outputs (out of the dtype's range; the message says why).
+    #[error("non-finite {what}: {reason}")]
+    NonFinite {
+        /// What was non-finite.
+        what: String,
+        /// The likely cause.
+        reason: String,
+    },
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -298,15 +298,17 @@ impl ExpTask {
     }
 
     /// The ridge that gives `K + λI` condition number `kappa` (an error when `K` is already
-    /// better conditioned).
+    /// better conditioned): metarep-eval's formula for `K = ΦΦᵀ`, applied to `Φ = K^{1/2}`.
     pub fn lambda_for_kappa(&self, kappa: f64) -> Result<f64> {
-        // λ = (σ_max − κ σ_min)/(κ − 1), as metarep-eval computes it for K = ΦΦᵀ: pass a square
-        // root Φ = V diag(√σ) of this K.
-        let eig = self.gram()?.symmetric_eigen();
-        let root =
-            &eig.eigenvectors * DMatrix::from_diagonal(&eig.eigenvalues.map(|s| s.max(0.0).sqrt()));
-        Ok(lambda_for_condition(&root, kappa)?)
+        Ok(lambda_for_condition(&square_root(&self.gram()?), kappa)?)
     }
+}
+
+/// A square root `Φ = V diag(√max(σ, 0))` of a symmetric PSD matrix (`ΦΦᵀ = K` up to rounding):
+/// the feature form in which metarep-eval's factored solvers take a kernel.
+pub fn square_root(k: &DMatrix<f64>) -> DMatrix<f64> {
+    let eig = k.clone().symmetric_eigen();
+    &eig.eigenvectors * DMatrix::from_diagonal(&eig.eigenvalues.map(|s| s.max(0.0).sqrt()))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! attention rows compare with kernel smoothers (`docs/route_a_theorem.md`).
 
 use candle_core::{DType, Device};
+use metarep_eval::baselines::cg::condition_number;
 use metarep_eval::metrics::{cosine, rmse, spearman};
 use metarep_lat_cg::mask::TokenLayout;
 use nalgebra::{DMatrix, DVector};
@@ -90,13 +91,13 @@ pub fn evaluate(task: &ExpTask, model: &RouteAModel, dtype: DType) -> Result<Rou
         .ok_or_else(|| Error::invalid("model", "no layers"))?;
     let predictions = m.predictions(out)?.row(0).transpose();
     if !predictions.iter().all(|v| v.is_finite()) {
-        return Err(Error::invalid(
-            "Route A run",
-            format!(
-                "non-finite predictions in {dtype:?} (max logit {:.1}: exp over- or underflows)",
+        return Err(Error::NonFinite {
+            what: format!("Route A predictions in {dtype:?}"),
+            reason: format!(
+                "max logit {:.1}: kernel entries up to e^{0:.0} overflow exp or the products of CG",
                 max_logit(&task.kernel, &task.prompt.x)?
             ),
-        ));
+        });
     }
     let oracle = task.oracle()?.predictions;
     let nw = nadaraya_watson(task)?;
@@ -112,6 +113,16 @@ pub fn evaluate(task: &ExpTask, model: &RouteAModel, dtype: DType) -> Result<Rou
         rmse_model,
         rmse_oracle,
     })
+}
+
+/// Condition number of `D^{-1/2}(K + λI)D^{-1/2}` with `D = I + diag(K1)`: the system that the
+/// softmax normaliser (sink included) preconditions when it is kept as a row-sum preconditioner
+/// instead of being undone (`docs/route_a_theorem.md`, Remark 2).
+pub fn row_sum_preconditioned_kappa(task: &ExpTask) -> Result<f64> {
+    let k = task.gram()?;
+    let d = DVector::from_fn(k.nrows(), |i, _| (1.0 + k.row(i).sum()).powf(-0.5));
+    let scaled = DMatrix::from_diagonal(&d) * task.system_matrix()? * DMatrix::from_diagonal(&d);
+    Ok(condition_number(&scaled))
 }
 
 /// Largest logit `⟨Ux_i, Ux_j⟩/τ` over pairs of rows of `x` (the overflow criterion).

@@ -8,15 +8,17 @@ use std::path::Path;
 use candle_core::DType;
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_core::DTypePolicy;
-use metarep_eval::baselines::cg::{condition_number, pcg, Preconditioner};
+use metarep_eval::baselines::cg::{condition_number, pcg, pcg_factored, Preconditioner};
 use metarep_eval::harness::{Sweep, SweepResult};
 use metarep_eval::table::{Cell, Table};
 use serde::{Deserialize, Serialize};
 
 use crate::construct::HeadSharing;
 use crate::error::{Error, Result};
-use crate::kernel::{sample_exp_task, ExpTask, ExpTaskSpec};
-use crate::route_a::{evaluate, kernel_error, max_logit, RouteAModel};
+use crate::kernel::{sample_exp_task, square_root, ExpTask, ExpTaskSpec};
+use crate::route_a::{
+    evaluate, kernel_error, max_logit, row_sum_preconditioned_kappa, RouteAModel,
+};
 
 /// A setting swept by a knob sweep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,13 +210,20 @@ pub struct AblationConfig {
     pub taus: Vec<f64>,
 }
 
-/// Mean ± 95% CI cells for `values`.
+/// Mean ± 95% CI of the finite `values` as a cell; when some are not finite (a tolerance never
+/// reached, a dtype's range left), the cell says how many of them the statistic is over.
 fn ci_cell(values: &[f64]) -> Result<Cell> {
-    if values.len() < 2 {
-        return Ok(Cell::from(values.first().copied().unwrap_or(f64::NAN)));
-    }
-    let ci = metarep_eval::stats::mean_ci(values, 0.95)?;
-    Ok(Cell::from(ci.display(3)))
+    let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    let text = match finite.len() {
+        0 => "none finite".to_string(),
+        1 => metarep_eval::format::fmt_sig(finite[0], 3),
+        _ => metarep_eval::stats::mean_ci(&finite, 0.95)?.display(3),
+    };
+    Ok(Cell::from(if finite.len() < values.len() {
+        format!("{text} ({} of {} finite)", finite.len(), values.len())
+    } else {
+        text
+    }))
 }
 
 fn summary_row(
@@ -236,7 +245,8 @@ fn summary_row(
     Ok(row)
 }
 
-const SHARING_METRICS: [&str; 4] = [
+const SHARING_METRICS: [&str; 5] = [
+    "textbook CG' vs CG_t (f64)",
     "dev vs CG_t (f64)",
     "dev vs CG_t (f32)",
     "rmse ratio (f32)",
@@ -244,7 +254,8 @@ const SHARING_METRICS: [&str; 4] = [
 ];
 
 /// Shared vs dedicated kernel heads: heads per CG step, weight count, deviation of the readout
-/// from reference CG after the same `t` (f64 and f32), RMSE ratio and rank correlation (f32).
+/// from reference CG after the same `t` (f64 and f32, next to how far a second textbook f64 CG
+/// drifts from it), RMSE ratio and rank correlation (f32).
 pub fn head_sharing_table(cfg: &AblationConfig) -> Result<Table> {
     let variants = [HeadSharing::Shared, HeadSharing::Dedicated];
     let result =
@@ -258,8 +269,20 @@ pub fn head_sharing_table(cfg: &AblationConfig) -> Result<Table> {
             };
             let a = task.system_matrix()?;
             let cg = pcg(&a, &task.prompt.y, cfg.steps, Preconditioner::None)?;
-            let f_cg = task.query_gram()? * &cg.states[cfg.steps].alpha;
-            let mut out = Vec::new();
+            let kq = task.query_gram()?;
+            let f_cg = &kq * &cg.states[cfg.steps].alpha;
+            let other = pcg_factored(
+                &square_root(&task.gram()?),
+                task.lambda,
+                &task.prompt.y,
+                cfg.steps,
+                Preconditioner::None,
+            )?;
+            let f_other = &kq * &other.states[cfg.steps].alpha;
+            let mut out = vec![(
+                SHARING_METRICS[0].to_string(),
+                (&f_other - &f_cg).norm() / f_cg.norm(),
+            )];
             for (dtype, name) in [(DType::F64, "f64"), (DType::F32, "f32")] {
                 let e = evaluate(&task, &model, dtype)?;
                 out.push((
@@ -318,8 +341,9 @@ pub fn head_sharing_table(cfg: &AblationConfig) -> Result<Table> {
     Ok(table)
 }
 
-const TEMPERATURE_METRICS: [&str; 8] = [
+const TEMPERATURE_METRICS: [&str; 9] = [
     "kappa(K + λI)",
+    "kappa, row-sum preconditioned",
     "max logit",
     "eps_f32 / ‖K‖",
     "rounding bound / ‖K‖",
@@ -357,22 +381,22 @@ pub fn temperature_table(cfg: &AblationConfig) -> Result<Table> {
                 .iter()
                 .position(|s| (&task.prompt.y - &a * &s.alpha).norm() <= 1e-6 * y_norm)
                 .map_or(f64::NAN, |t| t as f64);
-            Ok(vec![
-                (TEMPERATURE_METRICS[0].into(), condition_number(&a)),
-                (
-                    TEMPERATURE_METRICS[1].into(),
-                    max_logit(&task.kernel, &task.prompt.x)?,
-                ),
-                (TEMPERATURE_METRICS[2].into(), k.op_error / k.kernel_norm),
-                (TEMPERATURE_METRICS[3].into(), k.bound / k.kernel_norm),
-                (TEMPERATURE_METRICS[4].into(), e.rmse_ratio),
-                (TEMPERATURE_METRICS[5].into(), e.spearman_vs_oracle),
-                (
-                    TEMPERATURE_METRICS[6].into(),
-                    e.rmse_nadaraya_watson / e.rmse_oracle,
-                ),
-                (TEMPERATURE_METRICS[7].into(), to_tol),
-            ])
+            let values = [
+                condition_number(&a),
+                row_sum_preconditioned_kappa(&task)?,
+                max_logit(&task.kernel, &task.prompt.x)?,
+                k.op_error / k.kernel_norm,
+                k.bound / k.kernel_norm,
+                e.rmse_ratio,
+                e.spearman_vs_oracle,
+                e.rmse_nadaraya_watson / e.rmse_oracle,
+                to_tol,
+            ];
+            Ok(TEMPERATURE_METRICS
+                .iter()
+                .zip(values)
+                .map(|(name, v)| (name.to_string(), v))
+                .collect())
         })?;
     let mut headers = vec!["tau"];
     headers.extend(TEMPERATURE_METRICS);

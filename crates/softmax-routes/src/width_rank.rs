@@ -4,10 +4,13 @@
 //! the query error against full KRR is compared with the bound of `docs/width_rank_theorem.md`.
 
 use candle_core::{DType, Device};
-use metarep_eval::baselines::cg::{exact_solution, Preconditioner};
+use metarep_eval::baselines::cg::{
+    agreeing_steps, exact_solution, pcg, pcg_factored, Preconditioner,
+};
 use metarep_eval::tasks::kernel::KrrProblem;
 use metarep_eval::tasks::linear::{LinearTaskSpec, RegressionTask, Spectrum};
 use metarep_lat_cg::construct::cg::{CgLat, CgSpec};
+use metarep_lat_cg::convergence::REPRODUCIBLE_TOL;
 use nalgebra::{DMatrix, DVector};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -124,6 +127,9 @@ pub struct WidthRankPoint {
     pub bound: f64,
     /// The same with `‖E‖₂` replaced by `tr E` (for the optimal sketch, the spectral tail).
     pub bound_tail: f64,
+    /// The a-posteriori bound (Remark 2): `√‖E‖₂ ‖α‖` replaced by the norm `‖Qᵀw*‖` of the part of
+    /// the full primal solution `w* = Φᵀα` outside the sketch.
+    pub bound_a_posteriori: f64,
     /// `‖E‖₂` for `E = K − K̂`.
     pub residual_norm: f64,
     /// `tr E`.
@@ -136,6 +142,17 @@ pub struct WidthRankPoint {
     pub effective_dim: f64,
     /// `‖f̂_m − f̂_m*‖ / ‖f*‖`: the model against exact KRR on the same sketch (solver error).
     pub solver_dev: f64,
+    /// `‖f̂_m − f̂_m^CG‖ / ‖f̂_m^CG‖`: the model against reference f64 CG on the sketched system
+    /// after the same `m + 1` steps (the construction's own error).
+    pub model_vs_cg: f64,
+    /// `‖f̂_m^CG − f̂_m*‖ / ‖f*‖`: reference CG's own distance from exact sketched KRR after `m + 1`
+    /// steps (finite-precision CG needs more than `m + 1` steps to terminate).
+    pub cg_dev: f64,
+    /// Whether two textbook f64 CGs (dense and factored mat-vec) agree to 1e-9 over the first `m`
+    /// steps (step `m + 1` then only finishes `α`; its new direction is rounding noise once CG
+    /// terminates): where they do not, no CG implementation is reproducible to 1e-6 (fig1's
+    /// criterion).
+    pub reproducible: bool,
 }
 
 /// Runs the width-`m` LAT on `task` with ridge `lambda` (f64, `m + 1` CG steps: `K̂ + λI` has at
@@ -175,34 +192,47 @@ pub fn measure(
     let e = &k - &sketched.phi * sketched.phi.transpose();
     let (e_op, e_tr) = (spectral_norm(&e), e.trace().max(0.0));
     let complement = DMatrix::identity(x.ncols(), x.ncols()) - &p_basis * p_basis.transpose();
-    let a_norm = alpha.norm();
-    let rms_bound = |e: f64| -> f64 {
+    // Per query: ‖Qᵀφ_q‖·T + ‖Pᵀφ_q‖·√e·T/(2√λ), with T bounding the discarded part of the
+    // primal solution ‖Qᵀw*‖ (w* = Φᵀα): a priori T = √e‖α‖ (Theorem 1), a posteriori T = ‖Qᵀw*‖.
+    let rms_bound = |e: f64, tail_of_solution: f64| -> f64 {
         let sq: f64 = (0..xq.nrows())
             .map(|q| {
                 let phi = xq.row(q).transpose();
-                let b = a_norm
-                    * (e.sqrt() * (&complement * &phi).norm()
-                        + e * (p_basis.transpose() * &phi).norm() / (2.0 * lambda.sqrt()));
+                let b = tail_of_solution
+                    * ((&complement * &phi).norm()
+                        + e.sqrt() * (p_basis.transpose() * &phi).norm() / (2.0 * lambda.sqrt()));
                 b * b
             })
             .sum();
         (sq / xq.nrows() as f64).sqrt()
     };
+    let solution_tail = (&complement * (x.transpose() * &alpha)).norm();
     let spectrum = kernel_spectrum(x);
     let rms = |v: DVector<f64>| (v.norm_squared() / v.len() as f64).sqrt();
-    let solver_dev = (&f_model - &f_sketch).norm() / f_star.norm().max(f64::MIN_POSITIVE);
+    let f_norm = f_star.norm().max(f64::MIN_POSITIVE);
+    let solver_dev = (&f_model - &f_sketch).norm() / f_norm;
+    let cg = pcg(&sketched.system_matrix(), y, m + 1, Preconditioner::None)?;
+    let other = pcg_factored(&sketched.phi, lambda, y, m + 1, Preconditioner::None)?;
+    let reproducible = agreeing_steps(&cg, &other, REPRODUCIBLE_TOL) >= m;
+    let f_cg = sketched.predict(&cg.states[m + 1].alpha);
+    let model_vs_cg = (&f_model - &f_cg).norm() / f_cg.norm().max(f64::MIN_POSITIVE);
+    let cg_dev = (&f_cg - &f_sketch).norm() / f_norm;
     Ok(WidthRankPoint {
         width: m,
         error: rms(&f_model - &f_star),
         sketch_error: rms(&f_sketch - &f_star),
         f_rms: rms(f_star.clone()),
-        bound: rms_bound(e_op),
-        bound_tail: rms_bound(e_tr),
+        bound: rms_bound(e_op, e_op.sqrt() * alpha.norm()),
+        bound_tail: rms_bound(e_tr, e_tr.sqrt() * alpha.norm()),
+        bound_a_posteriori: rms_bound(e_op, solution_tail),
         residual_norm: e_op,
         residual_trace: e_tr,
         tail: spectrum.iter().skip(m).sum(),
         sigma_next: spectrum.get(m).copied().unwrap_or(0.0),
         effective_dim: effective_dimension(&spectrum, lambda),
         solver_dev,
+        model_vs_cg,
+        cg_dev,
+        reproducible,
     })
 }

@@ -3,7 +3,7 @@
 
 use metarep_core::rng::seeded;
 use metarep_eval::baselines::cg::{agreeing_steps, pcg, pcg_factored, CgTrace, Preconditioner};
-use metarep_softmax_routes::kernel::{sample_exp_task, ExpTask, ExpTaskSpec};
+use metarep_softmax_routes::kernel::{sample_exp_task, square_root, ExpTask, ExpTaskSpec};
 use nalgebra::DMatrix;
 
 /// A Route A task with `n` supports, `m` queries, inputs of dimension `d`.
