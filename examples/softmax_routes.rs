@@ -13,7 +13,7 @@
 
 use candle_core::DType;
 use metarep::core::rng::seeded;
-use metarep::softmax_routes::construct::HeadSharing;
+use metarep::softmax_routes::construct::{HeadSharing, Preconditioning};
 use metarep::softmax_routes::kernel::{sample_exp_task, ExpTaskSpec};
 use metarep::softmax_routes::route_a::{evaluate, RouteAModel};
 use metarep::softmax_routes::route_b::{centred_problem, operator_error, CentredSpec};
@@ -46,6 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             sharing: HeadSharing::Shared,
             normalised: true,
             width: None,
+            preconditioner: Preconditioning::None,
         };
         let e = evaluate(&task, &model, DType::F32)?;
         println!(

@@ -12,6 +12,7 @@ use metarep_eval::baselines::cg::condition_number;
 use metarep_eval::harness::Sweep;
 use metarep_eval::plot::{LegendPosition, LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
+use metarep_softmax_routes::construct::Preconditioning;
 use metarep_softmax_routes::kernel::{sample_exp_task, ExpTask, ExpTaskSpec};
 use metarep_softmax_routes::route_a::{
     evaluate, kernel_error, max_logit, row_sum_preconditioned_kappa, smoother_alignment,
@@ -134,8 +135,20 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         };
         let e = evaluate(&tk, &model, dtype)?;
         let e64 = evaluate(&tk, &model, DType::F64)?;
+        let pre = evaluate(
+            &tk,
+            &RouteAModel {
+                preconditioner: Preconditioning::RowSum,
+                ..model
+            },
+            dtype,
+        )?;
         Ok(vec![
             (format!("model ({})", cfg.dtype.name()), e.rmse_ratio),
+            (
+                format!("model, row-sum PCG ({})", cfg.dtype.name()),
+                pre.rmse_ratio,
+            ),
             ("model (f64)".to_string(), e64.rmse_ratio),
             (
                 "Nadaraya–Watson".to_string(),

@@ -66,12 +66,12 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         "σ_{⌈2d_λ⌉+1} < λ (all seeds)",
     ]);
     for (i, &decay) in cfg.decays.iter().enumerate() {
-        let task_for = |seed: u64| {
-            power_law_task(
+        let task_for = |seed: u64| -> Result<_, BoxError> {
+            Ok(power_law_task(
                 &mut seeded(derive_seed(seed, &format!("fig5/decay{decay}"))),
                 &cfg.task,
                 decay,
-            )
+            )?)
         };
         let result = Sweep::new(&cfg.seeds, &xs).run(|seed, m| -> Result<_, BoxError> {
             let task = task_for(seed)?;

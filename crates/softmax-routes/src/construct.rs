@@ -20,6 +20,9 @@
 //! (`Ar`, `Ap_prev`, `r·r`, `β`, the new direction `p` and `Ap` by linearity) and a *reduction
 //! layer* (`p·Ap`, `γ`, the updates). Model depth is `1 + 2t + 1` (setup, CG, readout).
 //!
+//! With [`Preconditioning::RowSum`] the solver is preconditioned CG whose `M⁻¹` is the sink
+//! weight itself: the softmax normalisation kept as a diagonal preconditioner instead of undone.
+//!
 //! The MLP blocks are the LAT's gated blocks with `σ ∈ {identity, reciprocal}`
 //! (`docs/lat_to_cg_proof.md`); the masks are the LAT's, with the aggregator as an extra key in
 //! Route A's kernel heads ([`PhaseMask::SupportToSupportAndSink`]).
@@ -61,6 +64,19 @@ pub enum HeadSharing {
     Dedicated,
 }
 
+/// Preconditioner of Route A's CG: the softmax normaliser undone (plain CG) or kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preconditioning {
+    /// Plain CG (`M = I`).
+    #[default]
+    None,
+    /// PCG with `M = I + diag(K1)`: `M⁻¹` is the sink weight `w_i = 1/(1 + Σ_j K_ij)` that a
+    /// softmax kernel head puts on the sink, i.e. the row normalisation kept as a diagonal
+    /// preconditioner (`docs/route_a_theorem.md`, Remark 2).
+    RowSum,
+}
+
 /// The mat-vec a construction realises.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MatVec {
@@ -72,6 +88,8 @@ pub enum MatVec {
         sharing: HeadSharing,
         /// Softmax heads (`true`) or unnormalised exponential heads (`false`, same weights).
         normalised: bool,
+        /// Plain CG or PCG with the row-sum (softmax normaliser) preconditioner.
+        preconditioner: Preconditioning,
     },
     /// Route B: `K = ΦΦᵀ` approximated by `(n/ε_s)(softmax_{ε_s} − uniform)`.
     SmallLogit {
@@ -114,13 +132,17 @@ pub struct SoftmaxCgChannels {
     pub p: usize,
     /// Readout `f_t(x_q)` on queries.
     pub f: usize,
-    /// `r_{k−1}·r_{k−1}` on supports and the aggregator (1 before the first step).
-    pub rr_prev: usize,
-    /// Token-wise `r_i²`, the input of the next `r·r` reduction.
-    pub prod_rr: usize,
+    /// Preconditioned residual `z_k = M⁻¹ r_k` (`= r_k` for plain CG).
+    pub z: usize,
+    /// `M⁻¹` diagonal (1 on supports for plain CG).
+    pub dinv: usize,
+    /// `r_{k−1}·z_{k−1}` on supports and the aggregator (1 before the first step).
+    pub rz_prev: usize,
+    /// Token-wise `r_i z_i`, the input of the next `r·z` reduction.
+    pub prod_rz: usize,
     /// Row normaliser `1/w_i = 1 + Σ_j K_ij` (dedicated Route A heads only; 0 otherwise).
     pub denorm: usize,
-    /// Aggregator registers `(γ_k, β_{k−1}, r_{k−1}·r_{k−1})`.
+    /// Aggregator registers `(γ_k, β_{k−1}, r_{k−1}·z_{k−1})`.
     pub agg: [usize; 3],
     /// Scratch channels (zero between CG steps).
     pub scratch: Scratch,
@@ -133,22 +155,22 @@ pub struct SoftmaxCgChannels {
 /// to cancellation when `|new| ≪ |x|`, as `r·r` does once CG converges).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scratch {
-    /// Raw head output for `K r` (normalised, or Route B's difference of heads).
+    /// Raw head output for `K z` (normalised, or Route B's difference of heads).
     pub hr: usize,
     /// Raw head output for `K p_prev`.
     pub hp: usize,
     /// Sink weight `w_i` (Route A) of the head that wrote `hr`, `hp` or `hf`.
     pub w: usize,
-    /// `(A r)_i`.
+    /// `(A z)_i`.
     pub ar: usize,
     /// `(A p_prev)_i`.
     pub ap_prev: usize,
-    /// The new direction `p = r + β p_prev`, before it moves into `p`.
+    /// The new direction `p = z + β p_prev`, before it moves into `p`.
     pub p_next: usize,
     /// `(A p)_i` for the new direction (kept until the reduction layer).
     pub ap: usize,
-    /// `Σ r²` (kept until the reduction layer).
-    pub rr: usize,
+    /// `Σ r z` (kept until the reduction layer).
+    pub rz: usize,
     /// `β`.
     pub beta: usize,
     /// Token-wise `p_i (Ap)_i`.
@@ -172,7 +194,7 @@ impl Scratch {
             self.ap_prev,
             self.p_next,
             self.ap,
-            self.rr,
+            self.rz,
             self.beta,
             self.prod_pap,
             self.pap,
@@ -191,8 +213,8 @@ impl SoftmaxCgChannels {
             next - 1
         };
         let (is_support, is_aggregator, is_query) = (one(), one(), one());
-        let (alpha, r, p, f, rr_prev, prod_rr, denorm) =
-            (one(), one(), one(), one(), one(), one(), one());
+        let (alpha, r, z, dinv, p, f) = (one(), one(), one(), one(), one(), one());
+        let (rz_prev, prod_rz, denorm) = (one(), one(), one());
         let agg = [one(), one(), one()];
         let scratch = Scratch {
             hr: one(),
@@ -202,7 +224,7 @@ impl SoftmaxCgChannels {
             ap_prev: one(),
             p_next: one(),
             ap: one(),
-            rr: one(),
+            rz: one(),
             beta: one(),
             prod_pap: one(),
             pap: one(),
@@ -216,10 +238,12 @@ impl SoftmaxCgChannels {
             is_query,
             alpha,
             r,
+            z,
+            dinv,
             p,
             f,
-            rr_prev,
-            prod_rr,
+            rz_prev,
+            prod_rz,
             denorm,
             agg,
             total: scratch.hf + 1,
@@ -246,15 +270,17 @@ pub struct StepState {
     pub alpha: DVector<f64>,
     /// Recursively updated residual `r_k` at the supports.
     pub r: DVector<f64>,
+    /// Preconditioned residual `z_k` at the supports.
+    pub z: DVector<f64>,
     /// `p_{k−1}` at the supports.
     pub p_prev: DVector<f64>,
-    /// Aggregator registers `(γ_k, β_{k−1}, r_{k−1}·r_{k−1})`.
+    /// Aggregator registers `(γ_k, β_{k−1}, r_{k−1}·z_{k−1})`.
     pub aggregator: (f64, f64, f64),
 }
 
 impl SoftmaxCg {
-    /// Builds the weights. Errors on `λ < 0`, `t = 0`, `d = 0`, `ε_s ≤ 0` or a kernel whose
-    /// input dimension is not `d`.
+    /// Builds the weights. Errors on `λ < 0`, `t = 0`, `d = 0`, `ε_s ≤ 0`, a kernel whose input
+    /// dimension is not `d`, or the row-sum preconditioner with unnormalised heads.
     pub fn build(spec: SoftmaxCgSpec, device: &Device) -> Result<Self> {
         if !(spec.lambda.is_finite() && spec.lambda >= 0.0) {
             return Err(Error::invalid(
@@ -276,6 +302,14 @@ impl SoftmaxCg {
                     format!("[{}, {}]", kernel.width(), kernel.dim()),
                 ))
             }
+            MatVec::ExpKernel {
+                normalised: false,
+                preconditioner: Preconditioning::RowSum,
+                ..
+            } => return Err(Error::invalid(
+                "preconditioner",
+                "the row-sum preconditioner is the softmax normaliser: it needs normalised heads",
+            )),
             MatVec::SmallLogit { eps } if !(eps.is_finite() && *eps > 0.0) => {
                 return Err(Error::invalid(
                     "logit scale ε_s",
@@ -384,6 +418,7 @@ impl SoftmaxCg {
         Ok(StepState {
             alpha: col(ch.alpha),
             r: col(ch.r),
+            z: col(ch.z),
             p_prev: col(ch.p),
             aggregator: (agg[ch.agg[0]], agg[ch.agg[1]], agg[ch.agg[2]]),
         })
@@ -543,6 +578,7 @@ impl Builder<'_> {
                 kernel,
                 sharing,
                 normalised,
+                ..
             } => {
                 let (qk, kind) = self.exp_forms(kernel, *normalised);
                 let mask = if readout {
@@ -641,17 +677,28 @@ impl Builder<'_> {
         )
     }
 
-    /// Setup: (dedicated Route A) `denorm = 1/w` from a sink-only head; `r·r` register = 1 on
-    /// supports and the aggregator; `prod_rr = r²`.
+    fn row_sum(&self) -> bool {
+        matches!(
+            self.spec.matvec,
+            MatVec::ExpKernel {
+                preconditioner: Preconditioning::RowSum,
+                ..
+            }
+        )
+    }
+
+    /// Setup: (dedicated or row-sum Route A) the sink weight `w = 1/(1 + Σ_j K_ij)` from a
+    /// sink-only head, kept as `denorm = 1/w` (dedicated) and as `M⁻¹ = w` (row-sum);
+    /// `z₀ = M⁻¹ y`; `r·z` register = 1 on supports and the aggregator; `prod_rz = r ⊙ z`.
     fn setup(&self) -> Result<LatLayer> {
         let (ch, c, dev) = (self.ch, self.ch.total, self.device);
         let mut heads = Vec::new();
         let mut mlp = Vec::new();
-        if self.dedicated() {
-            if let MatVec::ExpKernel {
-                kernel, normalised, ..
-            } = &self.spec.matvec
-            {
+        if let MatVec::ExpKernel {
+            kernel, normalised, ..
+        } = &self.spec.matvec
+        {
+            if self.dedicated() || self.row_sum() {
                 let (qk, kind) = self.exp_forms(kernel, *normalised);
                 heads.push(self.head(
                     kind,
@@ -660,6 +707,8 @@ impl Builder<'_> {
                     &[vec![(ch.scratch.w, 1.0)]],
                     PhaseMask::SupportToSupportAndSink,
                 )?);
+            }
+            if self.dedicated() {
                 let a = Form::of(&[
                     (ch.scratch.w, 1.0),
                     (ch.is_aggregator, 1.0),
@@ -673,43 +722,53 @@ impl Builder<'_> {
                 )?);
             }
         }
-        let mut units = vec![
-            Unit::product(ch.r, ch.r, &[(ch.prod_rr, 1.0)]),
+        // M⁻¹: the sink weight (zero off the supports) or 1 on the supports.
+        let dinv = if self.row_sum() {
+            ch.scratch.w
+        } else {
+            ch.is_support
+        };
+        let registers = [
+            Unit::linear(Form::ch(dinv), &[(ch.dinv, 1.0)]),
             Unit::linear(
                 Form::of(&[(ch.is_support, 1.0), (ch.is_aggregator, 1.0)]),
-                &[(ch.rr_prev, 1.0)],
+                &[(ch.rz_prev, 1.0)],
             ),
         ];
-        units.extend(clear(&[ch.scratch.w]));
-        mlp.push(block(c, Activation::Identity, &units, dev)?);
+        let mut precondition = vec![Unit::product(ch.dinv, ch.r, &[(ch.z, 1.0)])];
+        precondition.extend(clear(&[ch.scratch.w]));
+        let product = [Unit::product(ch.r, ch.z, &[(ch.prod_rz, 1.0)])];
+        mlp.push(block(c, Activation::Identity, &registers, dev)?);
+        mlp.push(block(c, Activation::Identity, &precondition, dev)?);
+        mlp.push(block(c, Activation::Identity, &product, dev)?);
         Ok(LatLayer { heads, mlp })
     }
 
-    /// Mat-vec layer of step `k`: `A r_{k−1}`, `A p_{k−2}`, `Σ r²`, `β_{k−1}`,
-    /// `p_{k−1} = r_{k−1} + β p_{k−2}`, `A p_{k−1}` by linearity, `prod_pap = p ⊙ Ap`.
+    /// Mat-vec layer of step `k`: `A z_{k−1}`, `A p_{k−2}`, `Σ r z`, `β_{k−1}`,
+    /// `p_{k−1} = z_{k−1} + β p_{k−2}`, `A p_{k−1}` by linearity, `prod_pap = p ⊙ Ap`.
     fn matvec_layer(&self) -> Result<LatLayer> {
         let (ch, c, dev) = (self.ch, self.ch.total, self.device);
         let s = &ch.scratch;
         let lam = self.spec.lambda;
-        let mut heads = self.kernel_heads(&[ch.r, ch.p], &[s.hr, s.hp], false)?;
-        heads.push(self.sum_head(ch.prod_rr, s.rr)?);
+        let mut heads = self.kernel_heads(&[ch.z, ch.p], &[s.hr, s.hp], false)?;
+        heads.push(self.sum_head(ch.prod_rz, s.rz)?);
         let rescale = self.rescale_block(
             &[(s.hr, s.ar), (s.hp, s.ap_prev)],
             &[ch.is_aggregator, ch.is_query],
             false,
         )?;
-        // β = Σr² / (r·r)_prev (the +is_query keeps 1/· finite on queries, where Σr² = 0).
+        // β = Σrz / (r·z)_prev (the +is_query keeps 1/· finite on queries, where Σrz = 0).
         let beta = [Unit::gated(
-            guarded(&[(ch.rr_prev, 1.0), (ch.is_query, 1.0)]),
-            Form::ch(s.rr),
+            guarded(&[(ch.rz_prev, 1.0), (ch.is_query, 1.0)]),
+            Form::ch(s.rz),
             &[(s.beta, 1.0)],
         )];
         let ridge = [
-            Unit::linear(Form::of(&[(ch.r, lam)]), &[(s.ar, 1.0)]),
+            Unit::linear(Form::of(&[(ch.z, lam)]), &[(s.ar, 1.0)]),
             Unit::linear(Form::of(&[(ch.p, lam)]), &[(s.ap_prev, 1.0)]),
         ];
         let direction = [
-            Unit::linear(Form::ch(ch.r), &[(s.p_next, 1.0)]),
+            Unit::linear(Form::ch(ch.z), &[(s.p_next, 1.0)]),
             Unit::product(s.beta, ch.p, &[(s.p_next, 1.0)]),
             Unit::linear(Form::ch(s.ar), &[(s.ap, 1.0)]),
             Unit::product(s.beta, s.ap_prev, &[(s.ap, 1.0)]),
@@ -730,34 +789,37 @@ impl Builder<'_> {
     }
 
     /// Reduction layer of step `k`: `Σ p·Ap`, `γ_k`, `α += γp`, `r −= γAp`, registers,
-    /// `prod_rr = r²`, scratch cleared.
+    /// `z = M⁻¹ r`, `prod_rz = r ⊙ z`, scratch cleared.
     fn reduction_layer(&self) -> Result<LatLayer> {
         let (ch, c, dev) = (self.ch, self.ch.total, self.device);
         let s = &ch.scratch;
         let heads = vec![self.sum_head(s.prod_pap, s.pap)?];
         let gamma = [Unit::gated(
             guarded(&[(s.pap, 1.0), (ch.is_query, 1.0)]),
-            Form::ch(s.rr),
+            Form::ch(s.rz),
             &[(s.gamma, 1.0)],
         )];
         let mut update = vec![
             Unit::product(s.gamma, ch.p, &[(ch.alpha, 1.0)]),
             Unit::product(s.gamma, s.ap, &[(ch.r, -1.0)]),
         ];
-        update.extend(clear(&[ch.rr_prev, ch.prod_rr]));
+        update.extend(clear(&[ch.rz_prev, ch.prod_rz, ch.z]));
         update.extend(clear(&ch.agg));
-        // Σr² is read by supports and the aggregator only, so it lands where the register lives.
-        let mut registers = vec![Unit::linear(Form::ch(s.rr), &[(ch.rr_prev, 1.0)])];
-        for (src, reg) in [s.gamma, s.beta, s.rr].into_iter().zip(ch.agg) {
+        // Σrz is read by supports and the aggregator only, so it lands where the register lives.
+        let mut registers = vec![
+            Unit::linear(Form::ch(s.rz), &[(ch.rz_prev, 1.0)]),
+            Unit::product(ch.dinv, ch.r, &[(ch.z, 1.0)]),
+        ];
+        for (src, reg) in [s.gamma, s.beta, s.rz].into_iter().zip(ch.agg) {
             registers.push(Unit::product(src, ch.is_aggregator, &[(reg, 1.0)]));
         }
         registers.extend(clear(&s.all()));
-        let square = [Unit::product(ch.r, ch.r, &[(ch.prod_rr, 1.0)])];
+        let product = [Unit::product(ch.r, ch.z, &[(ch.prod_rz, 1.0)])];
         let mlp = vec![
             block(c, Activation::Reciprocal, &gamma, dev)?,
             block(c, Activation::Identity, &update, dev)?,
             block(c, Activation::Identity, &registers, dev)?,
-            block(c, Activation::Identity, &square, dev)?,
+            block(c, Activation::Identity, &product, dev)?,
         ];
         Ok(LatLayer { heads, mlp })
     }

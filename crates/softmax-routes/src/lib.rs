@@ -11,7 +11,9 @@
 //! use candle_core::{DType, Device};
 //! use metarep_core::rng::seeded;
 //! use metarep_lat_cg::mask::TokenLayout;
-//! use metarep_softmax_routes::construct::{HeadSharing, MatVec, SoftmaxCg, SoftmaxCgSpec};
+//! use metarep_softmax_routes::construct::{
+//!     HeadSharing, MatVec, Preconditioning, SoftmaxCg, SoftmaxCgSpec,
+//! };
 //! use metarep_softmax_routes::kernel::{sample_exp_task, ExpTaskSpec};
 //!
 //! # fn main() -> metarep_softmax_routes::Result<()> {
@@ -23,7 +25,12 @@
 //!     input_dim: 2,
 //!     lambda: task.lambda,
 //!     steps: 16,
-//!     matvec: MatVec::ExpKernel { kernel: task.kernel.clone(), sharing: HeadSharing::Shared, normalised: true },
+//!     matvec: MatVec::ExpKernel {
+//!         kernel: task.kernel.clone(),
+//!         sharing: HeadSharing::Shared,
+//!         normalised: true,
+//!         preconditioner: Preconditioning::None,
+//!     },
 //! }, &Device::Cpu)?;
 //! let states = model.run(std::slice::from_ref(&task.prompt), DType::F64)?;
 //! let f = model.predictions(states.last().unwrap())?;

@@ -3,13 +3,13 @@
 //! attention rows compare with kernel smoothers (`docs/route_a_theorem.md`).
 
 use candle_core::{DType, Device};
-use metarep_eval::baselines::cg::condition_number;
+use metarep_eval::baselines::cg::{condition_number, pcg_step, CgState, CgTrace};
 use metarep_eval::metrics::{cosine, rmse, spearman};
 use metarep_lat_cg::mask::TokenLayout;
 use nalgebra::{DMatrix, DVector};
 use serde::{Deserialize, Serialize};
 
-use crate::construct::{HeadSharing, MatVec, SoftmaxCg, SoftmaxCgSpec};
+use crate::construct::{HeadSharing, MatVec, Preconditioning, SoftmaxCg, SoftmaxCgSpec};
 use crate::error::{Error, Result};
 use crate::kernel::{ExpKernel, ExpTask};
 
@@ -25,6 +25,9 @@ pub struct RouteAModel {
     /// Rows of `U` the heads use (`None`: all of them).
     #[serde(default)]
     pub width: Option<usize>,
+    /// Plain CG, or PCG with the softmax normaliser as preconditioner.
+    #[serde(default)]
+    pub preconditioner: Preconditioning,
 }
 
 impl RouteAModel {
@@ -44,6 +47,7 @@ impl RouteAModel {
                     kernel,
                     sharing: self.sharing,
                     normalised: self.normalised,
+                    preconditioner: self.preconditioner,
                 },
             },
             &Device::Cpu,
@@ -119,10 +123,58 @@ pub fn evaluate(task: &ExpTask, model: &RouteAModel, dtype: DType) -> Result<Rou
 /// softmax normaliser (sink included) preconditions when it is kept as a row-sum preconditioner
 /// instead of being undone (`docs/route_a_theorem.md`, Remark 2).
 pub fn row_sum_preconditioned_kappa(task: &ExpTask) -> Result<f64> {
+    let d = DMatrix::from_diagonal(&row_sum_inverse(task)?.map(f64::sqrt));
+    Ok(condition_number(&(&d * task.system_matrix()? * &d)))
+}
+
+/// `M⁻¹` of the row-sum preconditioner: `1/(1 + Σ_j K_ij)`, the sink weight of a softmax
+/// kernel head.
+pub fn row_sum_inverse(task: &ExpTask) -> Result<DVector<f64>> {
     let k = task.gram()?;
-    let d = DVector::from_fn(k.nrows(), |i, _| (1.0 + k.row(i).sum()).powf(-0.5));
-    let scaled = DMatrix::from_diagonal(&d) * task.system_matrix()? * DMatrix::from_diagonal(&d);
-    Ok(condition_number(&scaled))
+    Ok(DVector::from_fn(k.nrows(), |i, _| {
+        1.0 / (1.0 + k.row(i).sum())
+    }))
+}
+
+/// Textbook preconditioned CG from `α₀ = 0` with mat-vec `matvec` and `M⁻¹ = dinv`, stepping
+/// metarep-eval's [`pcg_step`] (which also backs its plain and Jacobi CG).
+pub fn reference_pcg(
+    matvec: impl Fn(&DVector<f64>) -> DVector<f64>,
+    y: &DVector<f64>,
+    dinv: &DVector<f64>,
+    steps: usize,
+) -> CgTrace {
+    let z = y.component_mul(dinv);
+    let mut state = CgState {
+        alpha: DVector::zeros(y.len()),
+        r: y.clone(),
+        z: z.clone(),
+        p: z,
+    };
+    let mut trace = CgTrace {
+        states: vec![state.clone()],
+        gammas: vec![],
+        betas: vec![],
+    };
+    for _ in 0..steps {
+        let (next, gamma, beta) = pcg_step(&state, &matvec(&state.p), dinv);
+        trace.gammas.push(gamma);
+        trace.betas.push(beta);
+        trace.states.push(next.clone());
+        state = next;
+    }
+    trace
+}
+
+/// Reference (P)CG in f64 on `task`'s system `K + λI` for `pre` (what a Route A model with
+/// that preconditioner computes step by step).
+pub fn reference_cg(task: &ExpTask, steps: usize, pre: Preconditioning) -> Result<CgTrace> {
+    let a = task.system_matrix()?;
+    let dinv = match pre {
+        Preconditioning::None => DVector::from_element(a.nrows(), 1.0),
+        Preconditioning::RowSum => row_sum_inverse(task)?,
+    };
+    Ok(reference_pcg(|p| &a * p, &task.prompt.y, &dinv, steps))
 }
 
 /// Largest logit `⟨Ux_i, Ux_j⟩/τ` over pairs of rows of `x` (the overflow criterion).

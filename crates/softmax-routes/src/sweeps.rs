@@ -13,11 +13,11 @@ use metarep_eval::harness::{Sweep, SweepResult};
 use metarep_eval::table::{Cell, Table};
 use serde::{Deserialize, Serialize};
 
-use crate::construct::HeadSharing;
+use crate::construct::{HeadSharing, Preconditioning};
 use crate::error::{Error, Result};
 use crate::kernel::{sample_exp_task, square_root, ExpTask, ExpTaskSpec};
 use crate::route_a::{
-    evaluate, kernel_error, max_logit, row_sum_preconditioned_kappa, RouteAModel,
+    evaluate, kernel_error, max_logit, reference_cg, row_sum_preconditioned_kappa, RouteAModel,
 };
 
 /// A setting swept by a knob sweep.
@@ -34,8 +34,9 @@ pub enum Knob {
     Width,
     /// Temperature `τ` (values: τ; kernel and oracle change together).
     Tau,
-    /// Softmax vs unnormalised exponential kernel heads, and the Nadaraya–Watson smoother that
-    /// keeps the normalisation (values: τ).
+    /// Softmax kernel heads with the normalisation undone, unnormalised exponential heads (same
+    /// weights), softmax heads whose normalisation is kept as a row-sum preconditioner, and the
+    /// Nadaraya–Watson smoother that keeps it without a solver (values: τ).
     Normalisation,
 }
 
@@ -109,18 +110,24 @@ pub fn measure_knob(cfg: &KnobConfig, knob: Knob, seed: u64, x: f64) -> Result<V
     let dtype = cfg.dtype.compute;
     if knob == Knob::Normalisation {
         let mut out = Vec::new();
-        for (name, normalised) in [("softmax", true), ("exponential", false)] {
+        let variants = [
+            ("softmax", true, Preconditioning::None),
+            ("exponential", false, Preconditioning::None),
+            ("softmax, row-sum PCG", true, Preconditioning::RowSum),
+        ];
+        for (name, normalised, preconditioner) in variants {
             let e = evaluate(
                 &task,
                 &RouteAModel {
                     normalised,
+                    preconditioner,
                     ..model
                 },
                 dtype,
             )?;
             out.push((format!("{name}: rmse ratio"), e.rmse_ratio));
             out.push((format!("{name}: rel dev vs oracle"), e.rel_dev_vs_oracle));
-            if normalised {
+            if preconditioner == Preconditioning::None && normalised {
                 out.push((
                     "nadaraya-watson: rmse ratio".to_string(),
                     e.rmse_nadaraya_watson / e.rmse_oracle,
@@ -266,6 +273,7 @@ pub fn head_sharing_table(cfg: &AblationConfig) -> Result<Table> {
                 sharing: variants[x as usize],
                 normalised: true,
                 width: None,
+                preconditioner: Preconditioning::None,
             };
             let a = task.system_matrix()?;
             let cg = pcg(&a, &task.prompt.y, cfg.steps, Preconditioner::None)?;
@@ -306,6 +314,7 @@ pub fn head_sharing_table(cfg: &AblationConfig) -> Result<Table> {
             sharing,
             normalised: true,
             width: None,
+            preconditioner: Preconditioning::None,
         }
         .build(&task)?;
         let weights: usize = model
@@ -341,7 +350,7 @@ pub fn head_sharing_table(cfg: &AblationConfig) -> Result<Table> {
     Ok(table)
 }
 
-const TEMPERATURE_METRICS: [&str; 9] = [
+const TEMPERATURE_METRICS: [&str; 11] = [
     "kappa(K + λI)",
     "kappa, row-sum preconditioned",
     "max logit",
@@ -351,10 +360,13 @@ const TEMPERATURE_METRICS: [&str; 9] = [
     "spearman vs oracle (f32)",
     "nadaraya-watson rmse ratio",
     "CG steps to 1e-6 residual",
+    "rmse ratio, row-sum PCG (f32)",
+    "row-sum PCG steps to 1e-6 residual",
 ];
 
-/// Temperature ablation: conditioning, logit range, the f32 kernel error and its bound, and the
-/// f32 model's RMSE ratio and rank correlation at each `τ`.
+/// Temperature ablation: conditioning (plain and row-sum preconditioned), logit range, the f32
+/// kernel error and its bound, the f32 model's RMSE ratio and rank correlation, and steps to a
+/// 1e-6 residual for CG and row-sum PCG at each `τ`.
 pub fn temperature_table(cfg: &AblationConfig) -> Result<Table> {
     let result =
         Sweep::new(&cfg.seeds, &cfg.taus).run(|seed, tau| -> Result<Vec<(String, f64)>> {
@@ -365,22 +377,27 @@ pub fn temperature_table(cfg: &AblationConfig) -> Result<Table> {
                 sharing: HeadSharing::Shared,
                 normalised: true,
                 width: None,
+                preconditioner: Preconditioning::None,
             };
             let a = task.system_matrix()?;
             let k = kernel_error(&model.build(&task)?, &task, DType::F32)?;
             let e = evaluate(&task, &model, DType::F32)?;
             let y_norm = task.prompt.y.norm();
-            let trace = pcg(
-                &a,
-                &task.prompt.y,
-                4 * task.prompt.n(),
-                Preconditioner::None,
+            let to_tol = |pre| -> Result<f64> {
+                Ok(reference_cg(&task, 4 * task.prompt.n(), pre)?
+                    .states
+                    .iter()
+                    .position(|s| (&task.prompt.y - &a * &s.alpha).norm() <= 1e-6 * y_norm)
+                    .map_or(f64::NAN, |t| t as f64))
+            };
+            let pre = evaluate(
+                &task,
+                &RouteAModel {
+                    preconditioner: Preconditioning::RowSum,
+                    ..model
+                },
+                DType::F32,
             )?;
-            let to_tol = trace
-                .states
-                .iter()
-                .position(|s| (&task.prompt.y - &a * &s.alpha).norm() <= 1e-6 * y_norm)
-                .map_or(f64::NAN, |t| t as f64);
             let values = [
                 condition_number(&a),
                 row_sum_preconditioned_kappa(&task)?,
@@ -390,7 +407,9 @@ pub fn temperature_table(cfg: &AblationConfig) -> Result<Table> {
                 e.rmse_ratio,
                 e.spearman_vs_oracle,
                 e.rmse_nadaraya_watson / e.rmse_oracle,
-                to_tol,
+                to_tol(Preconditioning::None)?,
+                pre.rmse_ratio,
+                to_tol(Preconditioning::RowSum)?,
             ];
             Ok(TEMPERATURE_METRICS
                 .iter()

@@ -32,10 +32,7 @@ pub fn reference(
     steps: usize,
 ) -> (CgTrace, usize) {
     let n = a.nrows();
-    let k = a - DMatrix::identity(n, n) * lambda;
-    let eig = k.clone().symmetric_eigen();
-    let root =
-        &eig.eigenvectors * DMatrix::from_diagonal(&eig.eigenvalues.map(|s| s.max(0.0).sqrt()));
+    let root = square_root(&(a - DMatrix::identity(n, n) * lambda));
     let cg = pcg(a, y, steps, Preconditioner::None).unwrap();
     let other = pcg_factored(&root, lambda, y, steps, Preconditioner::None).unwrap();
     let repro = agreeing_steps(&cg, &other, 1e-9);

@@ -5,7 +5,9 @@ mod common;
 use candle_core::{DType, Device};
 use common::{exp_task, reference};
 use metarep_lat_cg::mask::TokenLayout;
-use metarep_softmax_routes::construct::{HeadSharing, MatVec, SoftmaxCg, SoftmaxCgSpec};
+use metarep_softmax_routes::construct::{
+    HeadSharing, MatVec, Preconditioning, SoftmaxCg, SoftmaxCgSpec,
+};
 use metarep_softmax_routes::kernel::{ExpKernel, Prompt};
 use metarep_softmax_routes::route_a::{evaluate, kernel_error, smoother_alignment, RouteAModel};
 use nalgebra::{DMatrix, DVector};
@@ -16,6 +18,7 @@ fn model(steps: usize, sharing: HeadSharing, normalised: bool) -> RouteAModel {
         sharing,
         normalised,
         width: None,
+        preconditioner: Preconditioning::None,
     }
 }
 
@@ -212,6 +215,7 @@ fn bad_construction_inputs_are_errors_naming_the_problem() {
         kernel: task.kernel.clone(),
         sharing: HeadSharing::Shared,
         normalised: true,
+        preconditioner: Preconditioning::None,
     };
     let err = |s: SoftmaxCgSpec| SoftmaxCg::build(s, &Device::Cpu).unwrap_err().to_string();
     assert!(err(spec(-1.0, 2, a.clone(), 2)).contains("λ"));
@@ -255,4 +259,63 @@ fn running_far_past_convergence_stays_finite() {
             e.rel_dev_vs_oracle
         );
     }
+}
+
+#[test]
+fn row_sum_preconditioned_model_equals_reference_pcg_in_f64() {
+    use metarep_eval::baselines::cg::agreeing_steps;
+    use metarep_softmax_routes::kernel::square_root;
+    use metarep_softmax_routes::route_a::{reference_cg, reference_pcg, row_sum_inverse};
+    // A peaked kernel (τ = 0.3), where the row-sum preconditioner matters.
+    let mut task = exp_task(21, 24, 4, 3);
+    task.kernel = ExpKernel::new(task.kernel.u.clone(), 0.3).unwrap();
+    let steps = 12;
+    let cg = reference_cg(&task, steps, Preconditioning::RowSum).unwrap();
+    // Yardstick: the same PCG with the mat-vec in factored form.
+    let root = square_root(&task.gram().unwrap());
+    let lam = task.lambda;
+    let other = reference_pcg(
+        |p| &root * (root.transpose() * p) + p * lam,
+        &task.prompt.y,
+        &row_sum_inverse(&task).unwrap(),
+        steps,
+    );
+    let repro = agreeing_steps(&cg, &other, 1e-9);
+    assert!(repro >= 4, "only {repro} reproducible steps");
+    for sharing in [HeadSharing::Shared, HeadSharing::Dedicated] {
+        let m = RouteAModel {
+            preconditioner: Preconditioning::RowSum,
+            ..model(steps, sharing, true)
+        }
+        .build(&task)
+        .unwrap();
+        let states = m
+            .run(std::slice::from_ref(&task.prompt), DType::F64)
+            .unwrap();
+        for t in 1..=repro.min(steps) {
+            let s = m.read_state(&states[m.state_index(t).unwrap()], 0).unwrap();
+            let want = &cg.states[t];
+            let dev_a = (&s.alpha - &want.alpha).norm() / want.alpha.norm();
+            let dev_z = (&s.z - &want.z).norm() / cg.states[0].z.norm();
+            assert!(
+                dev_a <= 1e-6 && dev_z <= 1e-6,
+                "{sharing:?} t={t}: {dev_a:e} {dev_z:e}"
+            );
+        }
+    }
+    // The preconditioner pays off on this kernel: fewer steps to a 1e-6 residual.
+    let a = task.system_matrix().unwrap();
+    let y = &task.prompt.y;
+    let to_tol = |trace: &metarep_eval::baselines::cg::CgTrace| {
+        trace
+            .states
+            .iter()
+            .position(|s| (y - &a * &s.alpha).norm() <= 1e-6 * y.norm())
+    };
+    let plain = to_tol(&reference_cg(&task, 200, Preconditioning::None).unwrap());
+    let pre = to_tol(&reference_cg(&task, 200, Preconditioning::RowSum).unwrap()).unwrap();
+    assert!(
+        plain.is_none_or(|p| pre < p),
+        "row-sum {pre} vs plain {plain:?}"
+    );
 }
