@@ -182,6 +182,11 @@ fn scratch_is_clear_between_steps() {
         let states = m
             .run(std::slice::from_ref(&task.prompt), DType::F64)
             .unwrap();
+        assert_eq!(
+            m.channels.total,
+            2 + 28,
+            "docs/route_a_theorem.md: d + 28 channels"
+        );
         let scratch = m.channels.scratch.all();
         for t in 0..=3 {
             let x = states[m.state_index(t).unwrap()]
