@@ -9,7 +9,7 @@
 //! - Width–rank: a width-m CG transformer on a power-law kernel; query error against full KRR and
 //!   the bound.
 //!
-//! Run: `cargo run --release --example softmax_routes [-- SEED]`
+//! Run: `cargo run --release --example softmax_routes`
 
 use candle_core::DType;
 use metarep::core::rng::seeded;
@@ -20,12 +20,7 @@ use metarep::softmax_routes::route_b::{centred_problem, operator_error, CentredS
 use metarep::softmax_routes::width_rank::{measure, power_law_task, Sketch, WidthRankSpec};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let seed: u64 = match std::env::args().nth(1) {
-        Some(s) => s
-            .parse()
-            .map_err(|_| format!("SEED must be an unsigned integer, got '{s}'"))?,
-        None => 0,
-    };
+    let seed = 0;
     let spec = ExpTaskSpec {
         n_support: 64,
         n_query: 64,

@@ -34,7 +34,7 @@ use metarep_lat_cg::construct::weights::{block, head, Form, Unit};
 use metarep_lat_cg::lat::{
     channels as read_channels, Activation, AttentionHead, AttentionKind, Lat, LatLayer,
 };
-use metarep_lat_cg::mask::{PhaseMask, TokenLayout};
+use metarep_lat_cg::mask::{PhaseMask, PromptChannels, TokenLayout};
 use nalgebra::{DMatrix, DVector};
 
 use crate::error::{Error, Result};
@@ -205,6 +205,17 @@ impl Scratch {
 }
 
 impl SoftmaxCgChannels {
+    /// Where the prompt goes: inputs, labels (into `r`) and role flags.
+    pub fn prompt(&self) -> PromptChannels {
+        PromptChannels {
+            input: self.input.clone(),
+            label: self.r,
+            is_support: self.is_support,
+            is_aggregator: self.is_aggregator,
+            is_query: self.is_query,
+        }
+    }
+
     /// The layout for input width `d`.
     pub fn new(d: usize) -> Self {
         let mut next = d;
@@ -375,23 +386,12 @@ impl SoftmaxCg {
                     format!("n = {}, m = {}, d = {}", pr.n(), pr.m(), pr.dim()),
                 ));
             }
-            let base = bi * tokens * c;
-            let mut set = |tok: usize, chan: usize, v: f64| data[base + tok * c + chan] = v;
-            for i in 0..n {
-                for (j, col) in ch.input.clone().enumerate() {
-                    set(i, col, pr.x[(i, j)]);
-                }
-                set(i, ch.is_support, 1.0);
-                set(i, ch.r, pr.y[i]);
-            }
-            set(layout.aggregator(), ch.is_aggregator, 1.0);
-            for q in 0..m {
-                let tok = layout.first_query() + q;
-                for (j, col) in ch.input.clone().enumerate() {
-                    set(tok, col, pr.x_query[(q, j)]);
-                }
-                set(tok, ch.is_query, 1.0);
-            }
+            layout.write_prompt(
+                &ch.prompt(),
+                c,
+                (&pr.x, &pr.y, &pr.x_query),
+                &mut data[bi * tokens * c..(bi + 1) * tokens * c],
+            );
         }
         Ok(Tensor::from_vec(data, (prompts.len(), tokens, c), device)?)
     }
@@ -426,17 +426,7 @@ impl SoftmaxCg {
 
     /// Query predictions `[batch, m]` from the final stream.
     pub fn predictions(&self, out: &Tensor) -> Result<DMatrix<f64>> {
-        let layout = self.spec.layout;
-        let f = read_channels(out, self.channels.f..self.channels.f + 1)?
-            .narrow(1, layout.first_query(), layout.n_query)?
-            .squeeze(2)?
-            .to_dtype(DType::F64)?;
-        let (b, m) = f.dims2()?;
-        Ok(DMatrix::from_row_slice(
-            b,
-            m,
-            &f.flatten_all()?.to_vec1::<f64>()?,
-        ))
+        Ok(self.spec.layout.read_queries(out, self.channels.f)?)
     }
 
     /// The support operator `K̃` `[n, n]` the kernel heads and their MLP rescaling realise in

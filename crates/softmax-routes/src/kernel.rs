@@ -22,42 +22,18 @@ pub struct Prompt {
 }
 
 impl Prompt {
-    /// Checks `n ≥ 1`, `m ≥ 1`, `d ≥ 1`, matching shapes and finite values.
+    /// Checks `n ≥ 1`, `m ≥ 1`, `d ≥ 1`, matching shapes and finite values (metarep-eval's
+    /// checks for a kernel ridge problem, plus at least one query).
     pub fn new(x: DMatrix<f64>, y: DVector<f64>, x_query: DMatrix<f64>) -> Result<Self> {
-        if x.nrows() == 0 || x.ncols() == 0 || x_query.nrows() == 0 {
-            return Err(Error::invalid(
-                "prompt",
-                format!(
-                    "needs ≥ 1 support, ≥ 1 query and d ≥ 1 (got n = {}, m = {}, d = {})",
-                    x.nrows(),
-                    x_query.nrows(),
-                    x.ncols()
-                ),
-            ));
+        if x_query.nrows() == 0 {
+            return Err(Error::invalid("prompt", "needs at least one query (m = 0)"));
         }
-        if y.len() != x.nrows() {
-            return Err(Error::shape(
-                "labels y",
-                format!("[{}]", x.nrows()),
-                format!("[{}]", y.len()),
-            ));
-        }
-        if x_query.ncols() != x.ncols() {
-            return Err(Error::shape(
-                "query inputs",
-                format!("[m, {}]", x.ncols()),
-                format!("[{}, {}]", x_query.nrows(), x_query.ncols()),
-            ));
-        }
-        if !x
-            .iter()
-            .chain(y.iter())
-            .chain(x_query.iter())
-            .all(|v| v.is_finite())
-        {
-            return Err(Error::invalid("prompt", "contains NaN or infinite values"));
-        }
-        Ok(Self { x, y, x_query })
+        let p = KrrProblem::new(x, y, 0.0, x_query)?;
+        Ok(Self {
+            x: p.phi,
+            y: p.y,
+            x_query: p.phi_query,
+        })
     }
 
     /// Number of supports `n`.

@@ -3,7 +3,7 @@
 //! attention rows compare with kernel smoothers (`docs/route_a_theorem.md`).
 
 use candle_core::{DType, Device};
-use metarep_eval::baselines::cg::{condition_number, pcg_step, CgState, CgTrace};
+use metarep_eval::baselines::cg::{condition_number, pcg, CgState, CgTrace, Preconditioner};
 use metarep_eval::metrics::{cosine, rmse, spearman};
 use metarep_lat_cg::mask::TokenLayout;
 use nalgebra::{DMatrix, DVector};
@@ -136,45 +136,42 @@ pub fn row_sum_inverse(task: &ExpTask) -> Result<DVector<f64>> {
     }))
 }
 
-/// Textbook preconditioned CG from `α₀ = 0` with mat-vec `matvec` and `M⁻¹ = dinv`, stepping
-/// metarep-eval's [`pcg_step`] (which also backs its plain and Jacobi CG).
-pub fn reference_pcg(
-    matvec: impl Fn(&DVector<f64>) -> DVector<f64>,
-    y: &DVector<f64>,
-    dinv: &DVector<f64>,
-    steps: usize,
-) -> CgTrace {
-    let z = y.component_mul(dinv);
-    let mut state = CgState {
-        alpha: DVector::zeros(y.len()),
-        r: y.clone(),
-        z: z.clone(),
-        p: z,
-    };
-    let mut trace = CgTrace {
-        states: vec![state.clone()],
-        gammas: vec![],
-        betas: vec![],
-    };
-    for _ in 0..steps {
-        let (next, gamma, beta) = pcg_step(&state, &matvec(&state.p), dinv);
-        trace.gammas.push(gamma);
-        trace.betas.push(beta);
-        trace.states.push(next.clone());
-        state = next;
-    }
-    trace
-}
-
 /// Reference (P)CG in f64 on `task`'s system `K + λI` for `pre` (what a Route A model with
-/// that preconditioner computes step by step).
+/// that preconditioner computes step by step). Row-sum PCG (`M = D`) is run as metarep-eval's CG
+/// on `D^{-1/2}(K + λI)D^{-1/2}` with `y' = D^{-1/2}y`, mapped back by `α = D^{-1/2}α'`,
+/// `r = D^{1/2}r'`, `z = M⁻¹r = D^{-1/2}r'`, `p = D^{-1/2}p'` (the same `γ`, `β`).
 pub fn reference_cg(task: &ExpTask, steps: usize, pre: Preconditioning) -> Result<CgTrace> {
     let a = task.system_matrix()?;
-    let dinv = match pre {
-        Preconditioning::None => DVector::from_element(a.nrows(), 1.0),
-        Preconditioning::RowSum => row_sum_inverse(task)?,
-    };
-    Ok(reference_pcg(|p| &a * p, &task.prompt.y, &dinv, steps))
+    let y = &task.prompt.y;
+    match pre {
+        Preconditioning::None => Ok(pcg(&a, y, steps, Preconditioner::None)?),
+        Preconditioning::RowSum => {
+            let s = row_sum_inverse(task)?.map(f64::sqrt);
+            let scale = DMatrix::from_diagonal(&s);
+            let scaled = pcg(
+                &(&scale * a * &scale),
+                &y.component_mul(&s),
+                steps,
+                Preconditioner::None,
+            )?;
+            Ok(unscale(scaled, &s))
+        }
+    }
+}
+
+/// Maps a CG trace on `D^{-1/2}AD^{-1/2}` back to PCG on `A` with `M = D` (`s = diag(D^{-1/2})`).
+pub fn unscale(trace: CgTrace, s: &DVector<f64>) -> CgTrace {
+    let states = trace
+        .states
+        .into_iter()
+        .map(|st| CgState {
+            alpha: st.alpha.component_mul(s),
+            r: st.r.component_div(s),
+            z: st.r.component_mul(s),
+            p: st.p.component_mul(s),
+        })
+        .collect();
+    CgTrace { states, ..trace }
 }
 
 /// Largest logit `⟨Ux_i, Ux_j⟩/τ` over pairs of rows of `x` (the overflow criterion).

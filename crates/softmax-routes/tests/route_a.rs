@@ -22,6 +22,37 @@ fn model(steps: usize, sharing: HeadSharing, normalised: bool) -> RouteAModel {
     }
 }
 
+/// Steps `1..=steps` of the model equal reference (P)CG to 1e-6: `α`, `r`, `z`, and the
+/// aggregator's `γ_t`, `β_{t−1}`.
+fn assert_steps_match(
+    m: &SoftmaxCg,
+    states: &[candle_core::Tensor],
+    cg: &metarep_eval::baselines::cg::CgTrace,
+    steps: usize,
+    what: &str,
+) {
+    let rel = |a: &DVector<f64>, b: &DVector<f64>, scale: f64| (a - b).norm() / scale;
+    for t in 1..=steps {
+        let s = m.read_state(&states[m.state_index(t).unwrap()], 0).unwrap();
+        let want = &cg.states[t];
+        let devs = [
+            rel(&s.alpha, &want.alpha, want.alpha.norm()),
+            rel(&s.r, &want.r, cg.states[0].r.norm()),
+            rel(&s.z, &want.z, cg.states[0].z.norm()),
+            (s.aggregator.0 - cg.gammas[t - 1]).abs() / cg.gammas[t - 1].abs(),
+            if t >= 2 {
+                (s.aggregator.1 - cg.betas[t - 2]).abs() / cg.betas[t - 2].abs()
+            } else {
+                0.0
+            },
+        ];
+        assert!(
+            devs.iter().all(|&d| d <= 1e-6),
+            "{what} t={t}: α, r, z, γ, β {devs:?}"
+        );
+    }
+}
+
 const VARIANTS: [(HeadSharing, bool); 4] = [
     (HeadSharing::Shared, true),
     (HeadSharing::Dedicated, true),
@@ -45,23 +76,13 @@ fn every_cg_step_equals_reference_cg_in_f64() {
             let states = m
                 .run(std::slice::from_ref(&task.prompt), DType::F64)
                 .unwrap();
-            for t in 1..=repro.min(steps) {
-                let s = m.read_state(&states[m.state_index(t).unwrap()], 0).unwrap();
-                let want = &cg.states[t];
-                let dev_a = (&s.alpha - &want.alpha).norm() / want.alpha.norm();
-                let dev_r = (&s.r - &want.r).norm() / cg.states[0].r.norm();
-                assert!(
-                    dev_a <= 1e-6 && dev_r <= 1e-6,
-                    "{sharing:?}/{normalised} t={t}: {dev_a:e} {dev_r:e}"
-                );
-                // The aggregator holds γ_t and β_{t−1} of reference CG.
-                let (gamma, _, _) = s.aggregator;
-                assert!((gamma - cg.gammas[t - 1]).abs() <= 1e-6 * cg.gammas[t - 1].abs());
-                if t >= 2 {
-                    let beta = s.aggregator.1;
-                    assert!((beta - cg.betas[t - 2]).abs() <= 1e-6 * cg.betas[t - 2].abs());
-                }
-            }
+            assert_steps_match(
+                &m,
+                &states,
+                &cg,
+                repro.min(steps),
+                &format!("{sharing:?}/{normalised}"),
+            );
             // The readout is k(x_q, X) α_t.
             let f = m
                 .predictions(states.last().unwrap())
@@ -268,23 +289,36 @@ fn running_far_past_convergence_stays_finite() {
 
 #[test]
 fn row_sum_preconditioned_model_equals_reference_pcg_in_f64() {
-    use metarep_eval::baselines::cg::agreeing_steps;
+    use metarep_eval::baselines::cg::{agreeing_steps, pcg_factored, Preconditioner};
     use metarep_softmax_routes::kernel::square_root;
-    use metarep_softmax_routes::route_a::{reference_cg, reference_pcg, row_sum_inverse};
+    use metarep_softmax_routes::route_a::{reference_cg, row_sum_inverse, unscale};
     // A peaked kernel (τ = 0.3), where the row-sum preconditioner matters.
     let mut task = exp_task(21, 24, 4, 3);
     task.kernel = ExpKernel::new(task.kernel.u.clone(), 0.3).unwrap();
     let steps = 12;
     let cg = reference_cg(&task, steps, Preconditioning::RowSum).unwrap();
-    // Yardstick: the same PCG with the mat-vec in factored form.
+    // Yardstick: the same PCG with the mat-vec in factored form, D^{-1/2}[K^{1/2}, √λ I].
+    let s = row_sum_inverse(&task).unwrap().map(f64::sqrt);
+    let n = task.prompt.n();
     let root = square_root(&task.gram().unwrap());
-    let lam = task.lambda;
-    let other = reference_pcg(
-        |p| &root * (root.transpose() * p) + p * lam,
-        &task.prompt.y,
-        &row_sum_inverse(&task).unwrap(),
+    let factor = nalgebra::DMatrix::from_fn(n, 2 * n, |i, j| {
+        s[i] * if j < n {
+            root[(i, j)]
+        } else if j - n == i {
+            task.lambda.sqrt()
+        } else {
+            0.0
+        }
+    });
+    let other = pcg_factored(
+        &factor,
+        0.0,
+        &task.prompt.y.component_mul(&s),
         steps,
-    );
+        Preconditioner::None,
+    )
+    .unwrap();
+    let other = unscale(other, &s);
     let repro = agreeing_steps(&cg, &other, 1e-9);
     assert!(repro >= 4, "only {repro} reproducible steps");
     for sharing in [HeadSharing::Shared, HeadSharing::Dedicated] {
@@ -297,16 +331,13 @@ fn row_sum_preconditioned_model_equals_reference_pcg_in_f64() {
         let states = m
             .run(std::slice::from_ref(&task.prompt), DType::F64)
             .unwrap();
-        for t in 1..=repro.min(steps) {
-            let s = m.read_state(&states[m.state_index(t).unwrap()], 0).unwrap();
-            let want = &cg.states[t];
-            let dev_a = (&s.alpha - &want.alpha).norm() / want.alpha.norm();
-            let dev_z = (&s.z - &want.z).norm() / cg.states[0].z.norm();
-            assert!(
-                dev_a <= 1e-6 && dev_z <= 1e-6,
-                "{sharing:?} t={t}: {dev_a:e} {dev_z:e}"
-            );
-        }
+        assert_steps_match(
+            &m,
+            &states,
+            &cg,
+            repro.min(steps),
+            &format!("row-sum {sharing:?}"),
+        );
     }
     // The preconditioner pays off on this kernel: fewer steps to a 1e-6 residual.
     let a = task.system_matrix().unwrap();
