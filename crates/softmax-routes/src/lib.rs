@@ -3,9 +3,12 @@
 //! [`construct`] assigns the weights of the generic forward pass ([`metarep_lat_cg::lat::Lat`] with
 //! softmax heads) so that it runs conjugate gradient (CG) on `(K + λI) α = y`, two layers per
 //! step: **Route A** realises the exponential kernel `exp(⟨Ux, Ux'⟩/τ)` exactly, undoing the
-//! softmax normalisation through an attention sink (`docs/route_a_theorem.md`); **Route B**
-//! approximates the dot-product kernel with a small-logit softmax head minus a uniform head
-//! (`docs/route_b_bound.md`). [`kernel`] holds the exponential kernel and Route A's tasks.
+//! softmax normalisation through an attention sink, or keeping it as a row-sum preconditioner
+//! (`docs/route_a_theorem.md`); **Route B** approximates the dot-product kernel with a small-logit
+//! softmax head minus a uniform head (`docs/route_b_bound.md`). [`kernel`] holds the exponential
+//! kernel and Route A's tasks; [`route_a`], [`route_b`] and [`width_rank`] the measurements behind
+//! fig3, fig4 and fig5 (`docs/width_rank_theorem.md`); [`sweeps`] the knob sweeps and ablations,
+//! run through metarep-eval's multi-seed harness.
 //!
 //! ```
 //! use candle_core::{DType, Device};
