@@ -7,6 +7,8 @@
 //! - [`eval`]: task generators, baselines, metrics, statistics, the multi-seed harness, plots
 //!   (SVG) and tables (CSV, markdown).
 //! - [`lat_cg`]: linear-attention transformers whose constructed weights run conjugate gradient.
+//! - [`softmax_routes`]: softmax-attention transformers that solve kernel ridge regression in
+//!   context (Route A, Route B, width–rank sketches).
 //!
 //! ```
 //! use metarep::lat_cg::reference::cg_bound;
@@ -16,3 +18,4 @@
 pub use metarep_core as core;
 pub use metarep_eval as eval;
 pub use metarep_lat_cg as lat_cg;
+pub use metarep_softmax_routes as softmax_routes;

@@ -10,10 +10,15 @@
 mod bench;
 mod fig1;
 mod fig2;
+mod fig3;
+mod fig4;
+mod fig5;
 mod fig6;
 mod fig7;
 mod output;
 mod registry;
+mod routes_ablations;
+mod routes_knobs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

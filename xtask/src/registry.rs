@@ -35,6 +35,27 @@ pub const REGISTRY: &[Experiment] = &[
         run: crate::fig2::run,
     },
     Experiment {
+        id: "fig3",
+        title: "Route A: softmax attention as an exponential-kernel KRR solver (accuracy, ε vs τ and ‖U‖, attention vs smoothers, silent failure)",
+        example: "softmax_routes",
+        threshold: "RMSE within 5% of the oracle (every seed, f32); ‖K̃ − K_exp‖₂ ≤ rounding bound everywhere; attention rows ~ Nadaraya–Watson weights (corr ≥ 0.99)",
+        run: crate::fig3::run,
+    },
+    Experiment {
+        id: "fig4",
+        title: "Route B: small-logit softmax minus uniform head as the dot-product mat-vec; error over CG steps",
+        example: "softmax_routes",
+        threshold: "per-mat-vec operator error ≤ 1e-2 at ε_s on toy problems (n ≤ 128, p ≤ 64, f64 and f32); ≤ a-priori bound; residual gap = Eα_t ≤ O(εt) bound; sup_t dev/(εt) within 2× across the ε_s with per-mat-vec error ≤ 1e-2",
+        run: crate::fig4::run,
+    },
+    Experiment {
+        id: "fig5",
+        title: "Width–rank: width-m heads run KRR on a rank-m sketch; error vs m with the bound and the spectrum",
+        example: "softmax_routes",
+        threshold: "sketched-KRR query error ≤ a-posteriori bound ≤ a-priori bound at every (decay, m, seed, sketch); width-m LAT = reference CG to 1e-6 where f64 CG is reproducible (fig1's criterion)",
+        run: crate::fig5::run,
+    },
+    Experiment {
         id: "fig6",
         title: "Trained LATs vs GD, GD++, CG and least squares on in-context regression (von Oswald et al. setting)",
         example: "icl_train",
@@ -47,6 +68,20 @@ pub const REGISTRY: &[Experiment] = &[
         example: "icl_probes",
         threshold: "constructed CG LAT: every CG state probe (r_t, α_t, p_t−1) held-out cosine ≥ 0.99; every shuffled-target control R² < 0.1",
         run: crate::fig7::run,
+    },
+    Experiment {
+        id: "routes_knobs",
+        title: "Route A knob sweeps: λ, κ, depth t, head width m, temperature τ, normalisation on/off (3 seeds)",
+        example: "softmax_routes",
+        threshold: "every sweep point finite",
+        run: crate::routes_knobs::run,
+    },
+    Experiment {
+        id: "routes_ablations",
+        title: "Route A ablations: shared vs dedicated kernel heads; temperature",
+        example: "softmax_routes",
+        threshold: "none (tables)",
+        run: crate::routes_ablations::run,
     },
 ];
 

@@ -1,7 +1,8 @@
 //! Linear-attention transformers (LATs) whose constructed weights run conjugate gradient.
 //!
 //! [`lat`] is a generic LAT forward pass (unnormalised multi-head linear attention with explicit
-//! masks, gated token-wise MLP blocks, residuals). [`construct::cg`] assigns its weights so that
+//! masks, gated token-wise MLP blocks, residuals; a head may instead be softmax or exponential,
+//! which metarep-softmax-routes builds on). [`construct::cg`] assigns its weights so that
 //! `t` layers perform exactly `t` steps of CG, or Jacobi-preconditioned CG, for kernel ridge
 //! regression `(K + λI) α = y` with `K = ΦΦᵀ`; [`reference`] (re-exported from metarep-eval) is the
 //! plain-f64 CG it is checked against. [`train`] and [`icl`] train LATs on in-context regression

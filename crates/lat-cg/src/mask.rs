@@ -3,7 +3,10 @@
 //! Token order is fixed: `n` support tokens, then one aggregator token, then `m` query tokens.
 //! A mask is a `[tokens, tokens]` 0/1 matrix, row = reader, column = key.
 
-use candle_core::{Device, Tensor};
+use std::ops::Range;
+
+use candle_core::{DType, Device, Tensor, D};
+use nalgebra::{DMatrix, DVector};
 
 use crate::error::{Error, Result};
 
@@ -83,6 +86,68 @@ impl TokenLayout {
             }
         }
         m
+    }
+}
+
+/// Where a constructed solver reads an in-context prompt from the token matrix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptChannels {
+    /// Input (feature) channels of supports and queries.
+    pub input: Range<usize>,
+    /// Label channel of the supports (the solver's initial residual).
+    pub label: usize,
+    /// 1 on supports.
+    pub is_support: usize,
+    /// 1 on the aggregator.
+    pub is_aggregator: usize,
+    /// 1 on queries.
+    pub is_query: usize,
+}
+
+impl TokenLayout {
+    /// Writes one prompt into `tokens`, the row-major `[tokens, channels]` block of one batch
+    /// element: inputs and role flags of supports and queries, labels of supports, the
+    /// aggregator flag. The caller checks that `x` is `[n, input]`, `y` `[n]` and `x_query`
+    /// `[m, input]` for this layout.
+    pub fn write_prompt(
+        &self,
+        ch: &PromptChannels,
+        channels: usize,
+        (x, y, x_query): (&DMatrix<f64>, &DVector<f64>, &DMatrix<f64>),
+        tokens: &mut [f64],
+    ) {
+        let mut set = |tok: usize, chan: usize, v: f64| tokens[tok * channels + chan] = v;
+        for i in 0..self.n_support {
+            for (j, col) in ch.input.clone().enumerate() {
+                set(i, col, x[(i, j)]);
+            }
+            set(i, ch.is_support, 1.0);
+            set(i, ch.label, y[i]);
+        }
+        set(self.aggregator(), ch.is_aggregator, 1.0);
+        for q in 0..self.n_query {
+            let tok = self.first_query() + q;
+            for (j, col) in ch.input.clone().enumerate() {
+                set(tok, col, x_query[(q, j)]);
+            }
+            set(tok, ch.is_query, 1.0);
+        }
+    }
+
+    /// Channel `chan` of every query token of a stream `[batch, tokens, channels]`, as an f64
+    /// matrix `[batch, n_query]` (a solver's predictions).
+    pub fn read_queries(&self, x: &Tensor, chan: usize) -> Result<DMatrix<f64>> {
+        let f = x
+            .narrow(D::Minus1, chan, 1)?
+            .narrow(1, self.first_query(), self.n_query)?
+            .squeeze(2)?
+            .to_dtype(DType::F64)?;
+        let (b, m) = f.dims2()?;
+        Ok(DMatrix::from_row_slice(
+            b,
+            m,
+            &f.flatten_all()?.to_vec1::<f64>()?,
+        ))
     }
 }
 

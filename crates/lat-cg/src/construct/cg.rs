@@ -18,8 +18,8 @@ use nalgebra::{DMatrix, DVector};
 
 use super::weights::{block, head, Form, Unit};
 use crate::error::{Error, Result};
-use crate::lat::{channels as read_channels, Activation, Lat, LatLayer};
-use crate::mask::{PhaseMask, TokenLayout};
+use crate::lat::{Activation, Lat, LatLayer};
+use crate::mask::{PhaseMask, PromptChannels, TokenLayout};
 use crate::problem::KrrProblem;
 use crate::reference::Preconditioner;
 
@@ -176,6 +176,17 @@ impl CgChannels {
             agg_rz,
             scratch,
             total,
+        }
+    }
+
+    /// Where the prompt goes: features, labels (into `r`) and role flags.
+    pub fn prompt(&self) -> PromptChannels {
+        PromptChannels {
+            input: self.phi.clone(),
+            label: self.r,
+            is_support: self.is_support,
+            is_aggregator: self.is_aggregator,
+            is_query: self.is_query,
         }
     }
 
@@ -379,23 +390,12 @@ impl CgLat {
                     }
                 }
             }
-            let base = bi * tokens * c;
-            let mut set = |tok: usize, chan: usize, v: f64| data[base + tok * c + chan] = v;
-            for i in 0..n {
-                for (j, col) in ch.phi.clone().enumerate() {
-                    set(i, col, prob.phi[(i, j)]);
-                }
-                set(i, ch.is_support, 1.0);
-                set(i, ch.r, prob.y[i]);
-            }
-            set(layout.aggregator(), ch.is_aggregator, 1.0);
-            for q in 0..m {
-                let tok = layout.first_query() + q;
-                for (j, col) in ch.phi.clone().enumerate() {
-                    set(tok, col, prob.phi_query[(q, j)]);
-                }
-                set(tok, ch.is_query, 1.0);
-            }
+            layout.write_prompt(
+                &ch.prompt(),
+                c,
+                (&prob.phi, &prob.y, &prob.phi_query),
+                &mut data[bi * tokens * c..(bi + 1) * tokens * c],
+            );
         }
         Ok(Tensor::from_vec(data, (problems.len(), tokens, c), device)?)
     }
@@ -419,17 +419,7 @@ impl CgLat {
 
     /// Query predictions `[batch, m]` read from the readout channel of the final stream.
     pub fn predictions(&self, out: &Tensor) -> Result<DMatrix<f64>> {
-        let layout = self.spec.layout;
-        let f = read_channels(out, self.channels.f..self.channels.f + 1)?
-            .narrow(1, layout.first_query(), layout.n_query)?
-            .squeeze(2)?
-            .to_dtype(DType::F64)?;
-        let (b, m) = f.dims2()?;
-        Ok(DMatrix::from_row_slice(
-            b,
-            m,
-            &f.flatten_all()?.to_vec1::<f64>()?,
-        ))
+        self.spec.layout.read_queries(out, self.channels.f)
     }
 }
 
