@@ -58,3 +58,22 @@ pub fn layer_io(
         attn.get(0).unwrap().to_vec2().unwrap(),
     )
 }
+
+/// A problem whose `n` feature rows are random unit vectors in `ℝ^rank` (labels and `q` queries
+/// Gaussian): `K + λI` has at most `rank + 1` distinct eigenvalues and a constant diagonal, so
+/// plain and Jacobi-preconditioned CG both terminate after `rank + 1` steps in exact arithmetic.
+pub fn unit_rows(seed: u64, n: usize, rank: usize, lambda: f64) -> KrrProblem {
+    use rand_distr::{Distribution, StandardNormal};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut gauss = |rows: usize, cols: usize| {
+        nalgebra::DMatrix::from_fn(rows, cols, |_, _| StandardNormal.sample(&mut rng))
+    };
+    let mut phi: nalgebra::DMatrix<f64> = gauss(n, rank);
+    for mut row in phi.row_iter_mut() {
+        let norm = row.norm();
+        row /= norm;
+    }
+    let y = gauss(n, 1).column(0).into_owned();
+    let queries = gauss(2, rank);
+    KrrProblem::new(phi, y, lambda, queries).unwrap()
+}

@@ -8,6 +8,12 @@
 //! fresh mat-vec and `p·Ap = ‖Φᵀp‖² + λ‖p‖²` (a sum of squares, no cancellation). The derivation
 //! is in `docs/lat_to_cg_proof.md`.
 //!
+//! Every channel a step changes is cleared by one MLP block and written by a later one (or, for
+//! `α`, `r` and the new direction's mat-vecs, takes CG's own increment `x + δ`); no value is ever
+//! formed as `x + (new − x)`, which loses `new` to cancellation once `|new| ≪ |x|` — as `r·z` does
+//! when CG converges. The divisions for `β` and `γ` carry [`DIVISION_GUARD`], so a layer run after
+//! exact convergence (`r·z = 0`) takes `β = γ = 0` and leaves the state where it is.
+//!
 //! Assumption of the theorem: the token-wise MLP blocks are *gated* (`σ(xW_a) ⊙ xW_b`) with
 //! `σ ∈ {identity, reciprocal}`, i.e. they can form products and ratios of channels exactly.
 
@@ -16,7 +22,7 @@ use std::ops::Range;
 use candle_core::{DType, Device, Tensor};
 use nalgebra::{DMatrix, DVector};
 
-use super::weights::{block, head, Form, Unit};
+use super::weights::{block, clear, head, Form, Unit};
 use crate::error::{Error, Result};
 use crate::lat::{Activation, Lat, LatLayer};
 use crate::mask::{PhaseMask, PromptChannels, TokenLayout};
@@ -25,6 +31,15 @@ use crate::reference::Preconditioner;
 
 /// Number of setup layers before the first CG layer.
 pub const SETUP_LAYERS: usize = 1;
+
+/// Added to the denominators of `β = r·z / (r·z)_prev` and `γ = r·z / p·Ap`. Without it a layer
+/// run after `r·z` has become exactly 0 (labels `y = 0`, or a residual that underflows long past
+/// convergence) divides 0 by 0; with it `β = γ = 0` there and `α` stays put. Where the
+/// denominator `D` is positive it scales `β` and `γ` by `D/(D + 10⁻³⁰)`, a relative change below
+/// `10⁻³⁰/D`: below f64 rounding while `r·z`, `p·Ap` ≥ 1e-14 (e.g. labels of order 1 down to a
+/// residual of 1e-7), and only ever shrinking steps. It is representable in f32 (min normal
+/// 1.2e-38).
+pub const DIVISION_GUARD: f64 = 1e-30;
 
 /// The channel map of the CG token matrix (one row per token).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,13 +79,17 @@ pub struct CgChannels {
     pub total: usize,
 }
 
-/// Scratch channels written and cleared inside one layer.
+/// Scratch channels written and cleared inside one layer (zero between layers, so every head
+/// writes into a zero channel).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scratch {
-    /// `((K + λI) z)_i`.
+    /// `((K + λI) z)_i`, then `(A p)_i` for the new direction `p = z + βp_prev` (B2 adds
+    /// `β (A p_prev)_i`).
     pub az: usize,
-    /// `((K + λI) p_prev)_i`, then `(A p)_i` for the new direction.
+    /// `((K + λI) p_prev)_i`.
     pub ap: usize,
+    /// The new direction `p = z + βp_prev`, before it moves into `p`.
+    pub p_next: usize,
     /// `Σ r z`.
     pub rz: usize,
     /// `Σ z z`.
@@ -79,9 +98,9 @@ pub struct Scratch {
     pub zp: usize,
     /// `Σ p_prev p_prev`.
     pub pp: usize,
-    /// `Φᵀz` (p channels).
+    /// `Φᵀz`, then `Φᵀp` for the new direction (B2 adds `βΦᵀp_prev`) (p channels).
     pub uz: Range<usize>,
-    /// `Φᵀp_prev`, then `Φᵀp` (p channels).
+    /// `Φᵀp_prev` (p channels).
     pub up: Range<usize>,
     /// `β`.
     pub beta: usize,
@@ -100,8 +119,19 @@ pub struct Scratch {
 impl Scratch {
     fn all(&self) -> Vec<usize> {
         let mut v = vec![
-            self.az, self.ap, self.rz, self.zz, self.zp, self.pp, self.beta, self.t1, self.t2,
-            self.pap, self.gamma, self.norm,
+            self.az,
+            self.ap,
+            self.p_next,
+            self.rz,
+            self.zz,
+            self.zp,
+            self.pp,
+            self.beta,
+            self.t1,
+            self.t2,
+            self.pap,
+            self.gamma,
+            self.norm,
         ];
         v.extend(self.uz.clone());
         v.extend(self.up.clone());
@@ -126,7 +156,8 @@ impl CgChannels {
         let (is_support, is_aggregator, is_query) = (one(), one(), one());
         let (alpha, r, z, pp, dinv, f, rz_prev) = (one(), one(), one(), one(), one(), one(), one());
         let (agg_gamma, agg_beta, agg_rz) = (one(), one(), one());
-        let (az, ap, rz, zz, zp, ppp, beta, t1, t2, pap, gamma, norm) = (
+        let (az, ap, p_next, rz, zz, zp, ppp, beta, t1, t2, pap, gamma, norm) = (
+            one(),
             one(),
             one(),
             one(),
@@ -146,6 +177,7 @@ impl CgChannels {
         let scratch = Scratch {
             az,
             ap,
+            p_next,
             rz,
             zz,
             zp,
@@ -550,11 +582,11 @@ impl Builder<'_> {
                 )?);
             }
         }
-        let units = [
+        let mut units = vec![
             Unit::product(ch.dinv, ch.r, &[(ch.z, 1.0)]),
             Unit::linear(self.readers(), &[(ch.rz_prev, 1.0)]),
-            Unit::linear(Form::of(&[(s.norm, -1.0)]), &[(s.norm, 1.0)]),
         ];
+        units.extend(clear(&[s.norm]));
         mlp.push(block(c, Activation::Identity, &units, dev)?);
         Ok(LatLayer { heads: vec![], mlp })
     }
@@ -572,72 +604,67 @@ impl Builder<'_> {
         heads.push(self.feature_reduction_head(ch.z, &s.uz)?);
         heads.push(self.feature_reduction_head(ch.p, &s.up)?);
 
-        // B1: β = r·z / (r·z)_prev (the +is_query keeps 1/· finite on query tokens).
+        // B1: β = r·z / ((r·z)_prev + guard) (the +is_query keeps 1/· finite on query tokens).
         let b1 = [Unit::gated(
-            Form::of(&[(ch.rz_prev, 1.0), (ch.is_query, 1.0)]),
+            Form::of(&[(ch.rz_prev, 1.0), (ch.is_query, 1.0)]).with_bias(DIVISION_GUARD),
             Form::ch(s.rz),
             &[(s.beta, 1.0)],
         )];
-        // B2: p ← z + βp, Ap ← Az + βAp, Φᵀp ← Φᵀz + βΦᵀp, t1 = β z·p, t2 = β p·p.
+        // B2: p_next = z + βp (into a zero channel); az += β·ap and uz += β·up, which makes them
+        // A p_next and Φᵀp_next by linearity; t1 = β z·p, t2 = β p·p.
         let mut b2 = vec![
-            Unit::linear(Form::of(&[(ch.z, 1.0), (ch.p, -1.0)]), &[(ch.p, 1.0)]),
-            Unit::product(s.beta, ch.p, &[(ch.p, 1.0)]),
-            Unit::linear(Form::of(&[(s.az, 1.0), (s.ap, -1.0)]), &[(s.ap, 1.0)]),
-            Unit::product(s.beta, s.ap, &[(s.ap, 1.0)]),
+            Unit::linear(Form::ch(ch.z), &[(s.p_next, 1.0)]),
+            Unit::product(s.beta, ch.p, &[(s.p_next, 1.0)]),
+            Unit::product(s.beta, s.ap, &[(s.az, 1.0)]),
             Unit::product(s.beta, s.zp, &[(s.t1, 1.0)]),
             Unit::product(s.beta, s.pp, &[(s.t2, 1.0)]),
         ];
         for (uz, up) in s.uz.clone().zip(s.up.clone()) {
-            b2.push(Unit::linear(
-                Form::of(&[(uz, 1.0), (up, -1.0)]),
-                &[(up, 1.0)],
-            ));
-            b2.push(Unit::product(s.beta, up, &[(up, 1.0)]));
+            b2.push(Unit::product(s.beta, up, &[(uz, 1.0)]));
         }
-        // B3: p·Ap = ‖Φᵀp‖² + λ(z·z + 2β z·p + β² p·p).
+        // B3: p·Ap = ‖Φᵀp‖² + λ(z·z + 2β z·p + β² p·p); clear the state channels that B5 and B6
+        // rewrite (nothing after B2 reads them).
         let mut b3: Vec<Unit> =
-            s.up.clone()
-                .map(|up| Unit::product(up, up, &[(s.pap, 1.0)]))
+            s.uz.clone()
+                .map(|uz| Unit::product(uz, uz, &[(s.pap, 1.0)]))
                 .collect();
         b3.push(Unit::linear(
             Form::of(&[(s.zz, lam), (s.t1, 2.0 * lam)]),
             &[(s.pap, 1.0)],
         ));
         b3.push(Unit::product(s.beta, s.t2, &[(s.pap, lam)]));
-        // B4: γ = r·z / p·Ap.
+        b3.extend(clear(&[
+            ch.p,
+            ch.z,
+            ch.rz_prev,
+            ch.agg_gamma,
+            ch.agg_beta,
+            ch.agg_rz,
+        ]));
+        // B4: γ = r·z / (p·Ap + guard).
         let b4 = [Unit::gated(
-            Form::of(&[(s.pap, 1.0), (ch.is_query, 1.0)]),
+            Form::of(&[(s.pap, 1.0), (ch.is_query, 1.0)]).with_bias(DIVISION_GUARD),
             Form::ch(s.rz),
             &[(s.gamma, 1.0)],
         )];
-        // B5: α += γp, r −= γAp, registers, clear scratch.
+        // B5: α += γp, r −= γAp; p, r·z and the aggregator registers written into the channels B3
+        // cleared; scratch cleared.
         let mut b5 = vec![
-            Unit::product(s.gamma, ch.p, &[(ch.alpha, 1.0)]),
-            Unit::product(s.gamma, s.ap, &[(ch.r, -1.0)]),
-            Unit::linear(
-                Form::of(&[(s.rz, 1.0), (ch.rz_prev, -1.0)]),
-                &[(ch.rz_prev, 1.0)],
-            ),
+            Unit::product(s.gamma, s.p_next, &[(ch.alpha, 1.0)]),
+            Unit::product(s.gamma, s.az, &[(ch.r, -1.0)]),
+            Unit::linear(Form::ch(s.p_next), &[(ch.p, 1.0)]),
+            Unit::linear(Form::ch(s.rz), &[(ch.rz_prev, 1.0)]),
         ];
         for (src, reg) in [
             (s.gamma, ch.agg_gamma),
             (s.beta, ch.agg_beta),
             (s.rz, ch.agg_rz),
         ] {
-            b5.push(Unit::gated(
-                Form::of(&[(src, 1.0), (reg, -1.0)]),
-                Form::ch(ch.is_aggregator),
-                &[(reg, 1.0)],
-            ));
+            b5.push(Unit::product(src, ch.is_aggregator, &[(reg, 1.0)]));
         }
-        for x in s.all() {
-            b5.push(Unit::linear(Form::of(&[(x, -1.0)]), &[(x, 1.0)]));
-        }
-        // B6: z ← d ⊙ r.
-        let b6 = [
-            Unit::linear(Form::of(&[(ch.z, -1.0)]), &[(ch.z, 1.0)]),
-            Unit::product(ch.dinv, ch.r, &[(ch.z, 1.0)]),
-        ];
+        b5.extend(clear(&s.all()));
+        // B6: z = d ⊙ r (B3 cleared z).
+        let b6 = [Unit::product(ch.dinv, ch.r, &[(ch.z, 1.0)])];
         let mlp = vec![
             block(c, Activation::Reciprocal, &b1, dev)?,
             block(c, Activation::Identity, &b2, dev)?,

@@ -37,6 +37,11 @@ impl Form {
     pub fn ch(channel: usize) -> Self {
         Self::of(&[(channel, 1.0)])
     }
+
+    /// The same form with constant term `bias`.
+    pub fn with_bias(self, bias: f64) -> Self {
+        Self { bias, ..self }
+    }
 }
 
 /// A hidden unit of a gated MLP block: `σ(a(x)) · g(x)` written to `out` with coefficients.
@@ -77,6 +82,15 @@ impl Unit {
             out: out.to_vec(),
         }
     }
+}
+
+/// Units that clear `channels`: each adds `−x[channel]` to its channel, which the residual add
+/// turns into exactly 0 (so that a later block can write a new value without cancellation).
+pub fn clear(channels: &[usize]) -> Vec<Unit> {
+    channels
+        .iter()
+        .map(|&x| Unit::linear(Form::of(&[(x, -1.0)]), &[(x, 1.0)]))
+        .collect()
 }
 
 fn matrix(
