@@ -6,8 +6,10 @@ use crate::node::{LayoutTags, NodeRef, Producer, Provenance};
 
 /// Bytes of every file header.
 pub const HEADER_LEN: usize = 32;
-/// Bytes of a frame's length + checksum prefix.
-pub const FRAME_PREFIX: usize = 8;
+/// Bytes of a frame's prefix: length, length check, payload checksum.
+pub const FRAME_PREFIX: usize = 12;
+/// Mixed into the length check so that a zero prefix is never valid.
+const LEN_CHECK_SALT: u32 = 0x4754_5245;
 /// Largest accepted frame payload (64 MiB).
 pub const MAX_PAYLOAD: u32 = 64 << 20;
 /// Bytes of a node record's fixed header (before tokens or gist).
@@ -152,12 +154,14 @@ impl FileHeader {
     }
 }
 
-/// Appends a frame (`len u32 | crc32c(len ++ payload) u32 | payload`) to `out`.
+/// Appends a frame to `out`: `len u32 | crc32c(len) ^ salt u32 | crc32c(payload) u32 |
+/// payload`. The length has its own check so that a damaged length is told apart from a torn
+/// write (a frame whose checked length runs past the end of the file).
 pub fn encode_frame(payload: &[u8], out: &mut Vec<u8>) {
     let len = (payload.len() as u32).to_le_bytes();
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&len), payload);
     out.extend_from_slice(&len);
-    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&(crc32c::crc32c(&len) ^ LEN_CHECK_SALT).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
     out.extend_from_slice(payload);
 }
 
@@ -182,21 +186,20 @@ pub fn read_frame(bytes: &[u8]) -> FrameRead<'_> {
     if bytes.len() < FRAME_PREFIX {
         return FrameRead::Truncated;
     }
-    let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-    let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    let word = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    let (len, len_check, crc) = (word(0), word(4), word(8));
+    if crc32c::crc32c(&bytes[..4]) ^ LEN_CHECK_SALT != len_check {
+        return FrameRead::Bad("frame length check mismatch".into());
+    }
     if len > MAX_PAYLOAD {
-        return if bytes[..FRAME_PREFIX].iter().all(|b| *b == 0) {
-            FrameRead::Truncated
-        } else {
-            FrameRead::Bad(format!("frame length {len} exceeds {MAX_PAYLOAD}"))
-        };
+        return FrameRead::Bad(format!("frame length {len} exceeds {MAX_PAYLOAD}"));
     }
     let total = FRAME_PREFIX + len as usize;
     if bytes.len() < total {
         return FrameRead::Truncated;
     }
     let payload = &bytes[FRAME_PREFIX..total];
-    if crc32c::crc32c_append(crc32c::crc32c(&bytes[..4]), payload) != crc {
+    if crc32c::crc32c(payload) != crc {
         return FrameRead::Bad("frame checksum mismatch".into());
     }
     FrameRead::Ok { payload, total }
@@ -312,6 +315,17 @@ pub struct Hwm {
     pub end: u64,
 }
 
+/// A segment sealed (rotated away from) by a commit, with its final length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sealed {
+    /// The level.
+    pub level: u8,
+    /// The segment number.
+    pub seg: u32,
+    /// Its final length in bytes.
+    pub len: u64,
+}
+
 /// A prune or restore in a commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PruneOp {
@@ -335,6 +349,8 @@ pub struct CommitRecord {
     pub hwms: Vec<Hwm>,
     /// Prunes and restores applied by this commit, in order.
     pub ops: Vec<PruneOp>,
+    /// Segments sealed by this commit (their lengths are checked on open).
+    pub sealed: Vec<Sealed>,
 }
 
 /// An entry of the commit log.
@@ -374,6 +390,8 @@ impl LogEntry {
                 }
                 out.extend_from_slice(&(c.hwms.len() as u32).to_le_bytes());
                 out.extend_from_slice(&(c.ops.len() as u32).to_le_bytes());
+                out.extend_from_slice(&(c.sealed.len() as u32).to_le_bytes());
+                out.extend_from_slice(&0u32.to_le_bytes());
                 for h in &c.hwms {
                     out.extend_from_slice(&h.seg.to_le_bytes());
                     out.extend_from_slice(&0u32.to_le_bytes());
@@ -386,6 +404,11 @@ impl LogEntry {
                     };
                     out.extend_from_slice(&[code, n.level, 0, 0, 0, 0, 0, 0]);
                     out.extend_from_slice(&n.index.to_le_bytes());
+                }
+                for x in &c.sealed {
+                    out.extend_from_slice(&[x.level, 0, 0, 0]);
+                    out.extend_from_slice(&x.seg.to_le_bytes());
+                    out.extend_from_slice(&x.len.to_le_bytes());
                 }
             }
             LogEntry::Tag { name, version } => {
@@ -415,6 +438,8 @@ impl LogEntry {
                 let tokens = c.u64()?;
                 let n_levels = c.u32()? as usize;
                 let n_ops = c.u32()? as usize;
+                let n_sealed = c.u32()? as usize;
+                c.u32()?;
                 if n_levels > MAX_LEVELS {
                     return bad(format!("commit lists {n_levels} levels (max {MAX_LEVELS})"));
                 }
@@ -441,12 +466,23 @@ impl LogEntry {
                         _ => return bad(format!("unknown prune op code {code}")),
                     });
                 }
+                let mut sealed = Vec::with_capacity(n_sealed);
+                for _ in 0..n_sealed {
+                    let level = c.u8()?;
+                    c.take(3)?;
+                    sealed.push(Sealed {
+                        level,
+                        seg: c.u32()?,
+                        len: c.u64()?,
+                    });
+                }
                 LogEntry::Commit(CommitRecord {
                     version,
                     timestamp_ms,
                     tokens,
                     hwms,
                     ops,
+                    sealed,
                 })
             }
             ENTRY_TAG => {
@@ -668,9 +704,20 @@ pub fn scan_frames(bytes: &[u8], start: usize) -> (Vec<FrameAt>, ScanEnd) {
     (frames, ScanEnd::Clean)
 }
 
+/// A parsed file of frames: its header, each item with its offset, and how the scan ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedFile<T> {
+    /// The file header.
+    pub header: FileHeader,
+    /// Each decoded frame with its offset.
+    pub items: Vec<(u64, T)>,
+    /// How the frame scan ended.
+    pub end: ScanEnd,
+}
+
 /// Parses a whole segment file image: its header, then every record (checked and decoded).
-/// Returns the header and each record's header and offset. For fuzzing and `verify`.
-pub fn parse_segment(bytes: &[u8]) -> DResult<(FileHeader, Vec<(u64, RecordHeader)>, ScanEnd)> {
+/// For fuzzing and tools.
+pub fn parse_segment(bytes: &[u8]) -> DResult<ParsedFile<RecordHeader>> {
     let h = FileHeader::decode(bytes)?;
     if h.magic != SEGMENT_MAGIC {
         return bad("not a segment file (bad magic)");
@@ -684,11 +731,15 @@ pub fn parse_segment(bytes: &[u8]) -> DResult<(FileHeader, Vec<(u64, RecordHeade
             .map_err(|e| DecodeError(format!("record at {}: {e}", f.offset)))?;
         out.push((f.offset, rh));
     }
-    Ok((h, out, end))
+    Ok(ParsedFile {
+        header: h,
+        items: out,
+        end,
+    })
 }
 
 /// Parses a whole commit-log image: its header, then every entry.
-pub fn parse_log(bytes: &[u8]) -> DResult<(FileHeader, Vec<(u64, LogEntry)>, ScanEnd)> {
+pub fn parse_log(bytes: &[u8]) -> DResult<ParsedFile<LogEntry>> {
     let h = FileHeader::decode(bytes)?;
     if h.magic != LOG_MAGIC {
         return bad("not a commit log (bad magic)");
@@ -701,7 +752,11 @@ pub fn parse_log(bytes: &[u8]) -> DResult<(FileHeader, Vec<(u64, LogEntry)>, Sca
             .map_err(|e| DecodeError(format!("log entry at {}: {e}", f.offset)))?;
         out.push((f.offset, e));
     }
-    Ok((h, out, end))
+    Ok(ParsedFile {
+        header: h,
+        items: out,
+        end,
+    })
 }
 
 /// Parses a whole index-checkpoint image.
@@ -726,10 +781,14 @@ mod tests {
         assert_eq!(frames.len(), 2);
         assert_eq!(end, ScanEnd::Clean);
         let (_, end) = scan_frames(&buf[..buf.len() - 3], 0);
-        assert_eq!(end, ScanEnd::Torn(13));
+        assert_eq!(end, ScanEnd::Torn(17));
         let mut flipped = buf.clone();
-        flipped[9] ^= 1;
+        flipped[13] ^= 1;
         assert!(matches!(scan_frames(&flipped, 0).1, ScanEnd::Bad(0, _)));
+        // A damaged length is damage, not a torn tail, even when it points past the end.
+        let mut long = buf.clone();
+        long[17] = 200;
+        assert!(matches!(scan_frames(&long, 0).1, ScanEnd::Bad(17, _)));
         let mut zeros = buf.clone();
         zeros.extend_from_slice(&[0; 20]);
         assert_eq!(scan_frames(&zeros, 0).1, ScanEnd::Torn(buf.len() as u64));
@@ -762,6 +821,11 @@ mod tests {
             tokens: 70,
             hwms: vec![Hwm { seg: 1, end: 99 }],
             ops: vec![PruneOp::Prune(NodeRef::new(1, 2))],
+            sealed: vec![Sealed {
+                level: 1,
+                seg: 0,
+                len: 4096,
+            }],
         });
         assert_eq!(LogEntry::decode(&e.encode()).unwrap(), e);
         let t = LogEntry::Tag {

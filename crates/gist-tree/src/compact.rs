@@ -6,7 +6,6 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -185,6 +184,14 @@ impl Writer {
                 tokens: c.tokens,
                 hwms: (0..c.hwms.len()).map(|l| new_hwms[l][i]).collect(),
                 ops,
+                // Every segment the copy sealed is recorded with the last kept commit.
+                sealed: if i + 1 == retained.len() {
+                    segs.iter_mut()
+                        .flat_map(SegmentWriter::take_sealed)
+                        .collect()
+                } else {
+                    Vec::new()
+                },
             };
             log.append(&LogEntry::Commit(rec.clone()), false)?;
             history.commits.push(rec);
@@ -218,7 +225,7 @@ impl Writer {
         write_current(self.dir(), new_gen_no)?;
         std::fs::remove_dir_all(&old_gen).map_err(|e| Error::io(&old_gen, e))?;
         report.bytes_after = segment_bytes(&new_gen);
-        let storage = Arc::new(Storage::new(new_gen, meta));
+        let storage = Storage::shared(new_gen, meta);
         self.replace_generation(new_gen_no, storage, segs, log, history, new_state);
         self.write_checkpoint()?;
         Ok(report)

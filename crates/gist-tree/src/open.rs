@@ -1,6 +1,7 @@
 //! Opening a tree: the directory layout, the commit log, segment checks and — for a writer —
 //! crash recovery that cuts uncommitted tails and reports exactly what it dropped.
 
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
@@ -182,6 +183,7 @@ fn check_level(
     meta: &TreeMeta,
     level: u8,
     hwm: Option<Hwm>,
+    sealed: &BTreeMap<(u8, u32), u64>,
     mode: Mode,
     report: &mut RecoveryReport,
 ) -> Result<()> {
@@ -192,6 +194,29 @@ fn check_level(
             let path = segment_path(gen, level, seg);
             let bytes = read_prefix(&path, level)?;
             check_segment_header(&bytes, &path, meta, level, seg)?;
+            if seg == h.seg {
+                continue;
+            }
+            let len = std::fs::metadata(&path)
+                .map_err(|e| Error::io(&path, e))?
+                .len();
+            match sealed.get(&(level, seg)) {
+                Some(want) if *want == len => {}
+                Some(want) => {
+                    return Err(Error::corrupt(
+                        &path,
+                        len.min(*want),
+                        format!("sealed segment is {len} bytes, the commit log says {want}"),
+                    ))
+                }
+                None => {
+                    return Err(Error::corrupt(
+                        &path,
+                        0,
+                        "sealed segment with no recorded length in the commit log",
+                    ))
+                }
+            }
         }
         let path = segment_path(gen, level, h.seg);
         let len = std::fs::metadata(&path)
@@ -387,12 +412,20 @@ pub(crate) fn load(
             report.foreign_files.push(entry.path());
         }
     }
+    let sealed: BTreeMap<(u8, u32), u64> = history
+        .commits
+        .iter()
+        .flat_map(|c| &c.sealed)
+        .map(|s| ((s.level, s.seg), s.len))
+        .collect();
+    // Every sealed segment of a generation is recorded: by the commit that sealed it, or, after
+    // compaction, by the newest commit of the rewritten log.
     for level in 0..codec::MAX_LEVELS as u8 {
         let hwm = head.hwms.get(level as usize).copied();
         if hwm.is_none() && !level_dir(&gen_path, level).exists() {
             continue;
         }
-        check_level(&gen_path, meta, level, hwm, mode, &mut report)?;
+        check_level(&gen_path, meta, level, hwm, &sealed, mode, &mut report)?;
     }
     let base = if use_checkpoint {
         match load_checkpoint(&gen_path, meta, gen, &history) {

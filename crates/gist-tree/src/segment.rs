@@ -2,10 +2,11 @@
 //! through shared memory maps (remapped when a file has grown); writing through one buffered
 //! appender per level that rotates to a new file past the tree's `segment_bytes`.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use memmap2::{Advice, Mmap};
 
@@ -100,13 +101,25 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// Storage over `gen_dir`.
-    pub fn new(gen_dir: PathBuf, meta: TreeMeta) -> Self {
-        Storage {
-            gen_dir,
+    /// The storage over `gen_dir`, shared process-wide: every handle on one generation gets the
+    /// same maps, so that compaction can map all files for every live snapshot before it unlinks
+    /// them.
+    pub fn shared(gen_dir: PathBuf, meta: TreeMeta) -> Arc<Self> {
+        static ALL: Mutex<BTreeMap<PathBuf, Weak<Storage>>> = Mutex::new(BTreeMap::new());
+        let mut all = ALL.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|_, w| w.strong_count() > 0);
+        if let Some(s) = all.get(&gen_dir).and_then(Weak::upgrade) {
+            if s.meta == meta {
+                return s;
+            }
+        }
+        let s = Arc::new(Storage {
+            gen_dir: gen_dir.clone(),
             meta,
             maps: (0..MAX_LEVELS).map(|_| RwLock::new(Vec::new())).collect(),
-        }
+        });
+        all.insert(gen_dir, Arc::downgrade(&s));
+        s
     }
 
     /// Reads and checksums the record of `level` at `loc`.
@@ -228,6 +241,8 @@ pub struct SegmentWriter {
     unsynced: Vec<File>,
     dirty: bool,
     new_files: bool,
+    /// Segments sealed since the last `take_sealed`, with their final lengths.
+    sealed: Vec<codec::Sealed>,
 }
 
 /// Write buffer size of a segment appender.
@@ -267,6 +282,7 @@ impl SegmentWriter {
             unsynced: Vec::new(),
             dirty: new_files,
             new_files,
+            sealed: Vec::new(),
         })
     }
 
@@ -276,6 +292,11 @@ impl SegmentWriter {
             seg: self.seg,
             end: self.len,
         }
+    }
+
+    /// The segments sealed since the last call.
+    pub fn take_sealed(&mut self) -> Vec<codec::Sealed> {
+        std::mem::take(&mut self.sealed)
     }
 
     /// Appends one framed record, rotating to a new segment first if this one is full.
@@ -326,6 +347,11 @@ impl SegmentWriter {
             )));
         }
         self.write_buf()?;
+        self.sealed.push(codec::Sealed {
+            level: self.level,
+            seg: self.seg,
+            len: self.len,
+        });
         let next = SegmentWriter::open(&self.gen_dir, meta, self.level, self.seg + 1, 0)?;
         let old = std::mem::replace(&mut self.file, next.file);
         self.unsynced.push(old);

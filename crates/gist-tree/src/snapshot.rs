@@ -33,14 +33,31 @@ pub(crate) struct Shared {
     pub dir: PathBuf,
     pub meta: TreeMeta,
     pub head: RwLock<Head>,
-    /// In-process pins: version → live snapshots.
-    pub pins: Mutex<BTreeMap<u64, usize>>,
     /// Whether snapshots pin through files in `DIR/pins/` (read-only handles in other processes).
     pub pin_files: bool,
     pub telemetry: Option<Telemetry>,
 }
 
 static PIN_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// In-process pins of every tree this process opened: canonical tree dir → version → live
+/// snapshots. Process-wide, so that snapshots outlive the writer handle that made them.
+static PINS: Mutex<BTreeMap<PathBuf, BTreeMap<u64, usize>>> = Mutex::new(BTreeMap::new());
+
+fn with_pins<T>(dir: &Path, f: impl FnOnce(&mut BTreeMap<u64, usize>) -> T) -> T {
+    let mut all = PINS.lock().unwrap_or_else(|p| p.into_inner());
+    let pins = all.entry(dir.to_path_buf()).or_default();
+    let out = f(pins);
+    if pins.is_empty() {
+        all.remove(dir);
+    }
+    out
+}
+
+/// Versions pinned by live snapshots in this process.
+pub(crate) fn process_pins(dir: &Path) -> Vec<u64> {
+    with_pins(dir, |p| p.keys().copied().collect())
+}
 
 /// The pins directory of a tree.
 pub fn pins_dir(dir: &Path) -> PathBuf {
@@ -68,12 +85,7 @@ impl Pin {
             std::fs::write(&path, format!("{version}\n")).map_err(|e| Error::io(&path, e))?;
             file = Some(path);
         } else {
-            *shared
-                .pins
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(version)
-                .or_default() += 1;
+            with_pins(&shared.dir, |p| *p.entry(version).or_default() += 1);
         }
         Ok(Pin {
             shared: shared.clone(),
@@ -89,13 +101,14 @@ impl Drop for Pin {
             let _ = std::fs::remove_file(f);
             return;
         }
-        let mut pins = self.shared.pins.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = pins.get_mut(&self.version) {
-            *n -= 1;
-            if *n == 0 {
-                pins.remove(&self.version);
+        with_pins(&self.shared.dir, |pins| {
+            if let Some(n) = pins.get_mut(&self.version) {
+                *n -= 1;
+                if *n == 0 {
+                    pins.remove(&self.version);
+                }
             }
-        }
+        });
     }
 }
 
@@ -496,6 +509,11 @@ impl Snapshot {
     }
 }
 
+/// The canonical form of a tree directory (the key of its process-wide pins).
+pub(crate) fn canonical(dir: &Path) -> Result<PathBuf> {
+    std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))
+}
+
 /// A read-only handle for processes other than the writer's: it never modifies the tree (an
 /// uncommitted tail of a live writer is simply ignored) and pins the versions its snapshots read
 /// through files in `DIR/pins/`, which compaction honours.
@@ -510,7 +528,7 @@ impl Reader {
     pub fn open(dir: &Path, telemetry: bool) -> Result<Reader> {
         let meta = TreeMeta::load(dir)?;
         let loaded = load(dir, &meta, Mode::ReadOnly, true)?;
-        let storage = Arc::new(Storage::new(gen_dir(dir, loaded.gen), meta));
+        let storage = Storage::shared(gen_dir(&canonical(dir)?, loaded.gen), meta);
         let telemetry = if telemetry {
             Some(Telemetry::open(dir, &meta, false)?.0)
         } else {
@@ -518,13 +536,12 @@ impl Reader {
         };
         Ok(Reader {
             shared: Arc::new(Shared {
-                dir: dir.to_path_buf(),
+                dir: canonical(dir)?,
                 meta,
                 head: RwLock::new(Head {
                     storage,
                     state: Arc::new(loaded.state),
                 }),
-                pins: Mutex::new(BTreeMap::new()),
                 pin_files: true,
                 telemetry,
             }),

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use crate::codec::{self, CommitRecord, LogEntry, PruneOp, RecordHeader, KIND_GIST, KIND_TOKENS};
 use crate::config::{FsyncPolicy, TreeConfig, TreeMeta, WriterOptions, FORMAT_VERSION};
@@ -124,6 +124,7 @@ impl Writer {
                 tokens: 0,
                 hwms: Vec::new(),
                 ops: Vec::new(),
+                sealed: Vec::new(),
             }),
             true,
         )?;
@@ -142,6 +143,7 @@ impl Writer {
         summarizer: Box<dyn Summarizer + Send>,
     ) -> Result<(Writer, RecoveryReport)> {
         let meta = TreeMeta::load(dir)?;
+        let dir = &crate::snapshot::canonical(dir)?;
         let lock = lock(dir)?;
         let loaded = load(dir, &meta, Mode::Repair, true)?;
         let mut report = loaded.report;
@@ -158,7 +160,7 @@ impl Writer {
         } else {
             None
         };
-        let storage = Arc::new(Storage::new(g, meta));
+        let storage = Storage::shared(g, meta);
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             meta,
@@ -166,7 +168,6 @@ impl Writer {
                 storage: storage.clone(),
                 state: Arc::new(loaded.state.clone()),
             }),
-            pins: Mutex::new(BTreeMap::new()),
             pin_files: false,
             telemetry,
         });
@@ -621,6 +622,11 @@ impl Writer {
             tokens: pending.tokens,
             hwms: self.segs.iter().map(SegmentWriter::hwm).collect(),
             ops: pending.ops,
+            sealed: self
+                .segs
+                .iter_mut()
+                .flat_map(SegmentWriter::take_sealed)
+                .collect(),
         };
         self.log.append(&LogEntry::Commit(record.clone()), sync)?;
         self.commits_since_sync = if sync { 0 } else { self.commits_since_sync + 1 };
@@ -767,13 +773,8 @@ impl Writer {
     /// Versions pinned by live snapshots (in this process and, through pin files, others) and
     /// by named snapshots.
     pub fn pinned_versions(&self) -> Result<BTreeSet<u64>> {
-        let mut v: BTreeSet<u64> = self
-            .shared
-            .pins
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .copied()
+        let mut v: BTreeSet<u64> = crate::snapshot::process_pins(&self.shared.dir)
+            .into_iter()
             .collect();
         v.extend(crate::snapshot::file_pins(&self.shared.dir)?);
         v.extend(self.history.tags.values().copied());
