@@ -104,8 +104,22 @@ impl fmt::Display for Producer {
 }
 
 /// Layout tags of a node's content, a bit set (a gist carries the union of its children's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+/// Serialised as the list of tag names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct LayoutTags(pub u16);
+
+impl Serialize for LayoutTags {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.names().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for LayoutTags {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let names = Vec::<String>::deserialize(d)?;
+        LayoutTags::parse(&names.join(",")).map_err(serde::de::Error::custom)
+    }
+}
 
 impl LayoutTags {
     /// A heading.
@@ -142,10 +156,17 @@ impl LayoutTags {
         self.0 & other.0 == other.0
     }
 
-    /// Parses a comma-separated list of tag names (`code,table`); empty string = no tags.
+    /// Parses a comma-separated list of tag names (`code,table`; `bitN` for unnamed bits);
+    /// empty string = no tags.
     pub fn parse(s: &str) -> Result<Self> {
         let mut bits = 0u16;
         for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if let Some(b) = name.strip_prefix("bit").and_then(|b| b.parse::<u16>().ok()) {
+                if b < 16 {
+                    bits |= 1 << b;
+                    continue;
+                }
+            }
             let pos = Self::NAMES.iter().position(|n| *n == name).ok_or_else(|| {
                 Error::Invalid(format!(
                     "unknown layout tag `{name}`; known: {}",
