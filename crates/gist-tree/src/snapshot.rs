@@ -568,4 +568,9 @@ impl Reader {
     pub fn meta(&self) -> &TreeMeta {
         &self.shared.meta
     }
+
+    /// The tree directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
 }
