@@ -61,7 +61,8 @@ fn readers_see_consistent_snapshots_while_the_writer_commits() {
             let r = Reader::open(dir.path(), false).unwrap();
             std::thread::spawn(move || {
                 let mut seen = 0;
-                while !stop.load(Ordering::Relaxed) {
+                // At least 20 rounds, and on until the writer is done.
+                while seen < 20 || !stop.load(Ordering::Relaxed) {
                     // A fresh reader per round follows the writer's commits.
                     let r2 = Reader::open(r.dir(), false).unwrap();
                     let s = r2.snapshot().unwrap();
