@@ -165,6 +165,16 @@ pub fn encode_frame(payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
+/// Fills in the prefix of a frame whose payload was written in place after `FRAME_PREFIX`
+/// reserved bytes (`frame` is the whole frame).
+pub fn seal_frame(frame: &mut [u8]) {
+    let (prefix, payload) = frame.split_at_mut(FRAME_PREFIX);
+    let len = (payload.len() as u32).to_le_bytes();
+    prefix[..4].copy_from_slice(&len);
+    prefix[4..8].copy_from_slice(&(crc32c::crc32c(&len) ^ LEN_CHECK_SALT).to_le_bytes());
+    prefix[8..].copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+}
+
 /// The outcome of reading one frame at an offset.
 #[derive(Debug, PartialEq, Eq)]
 pub enum FrameRead<'a> {
@@ -233,6 +243,12 @@ pub struct RecordHeader {
 
 /// Encodes a node record payload: header then `data` (token ids LE u32, or gist bytes).
 pub fn encode_node(h: &RecordHeader, data: &[u8], out: &mut Vec<u8>) {
+    encode_node_header(h, out);
+    out.extend_from_slice(data);
+}
+
+/// Encodes the fixed header of a node record (the data bytes follow it).
+pub fn encode_node_header(h: &RecordHeader, out: &mut Vec<u8>) {
     let p = &h.provenance;
     out.push(h.kind);
     out.push(h.node.level);
@@ -252,7 +268,6 @@ pub fn encode_node(h: &RecordHeader, data: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&p.producer.version.to_le_bytes());
     out.extend_from_slice(&p.score.unwrap_or(0.0).to_le_bytes());
     out.extend_from_slice(&u32::from(p.score.is_some()).to_le_bytes());
-    out.extend_from_slice(data);
 }
 
 /// Decodes a node record payload into its header and data bytes.

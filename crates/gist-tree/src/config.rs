@@ -42,40 +42,48 @@ impl GistDType {
         }
     }
 
-    /// Encodes `values` in this dtype, appending little-endian bytes to `out`.
+    /// Encodes `values` in this dtype, appending little-endian bytes to `out` (f16/bf16 use the
+    /// CPU's vector conversions where it has them).
     pub fn encode(self, values: &[f32], out: &mut Vec<u8>) {
+        use half::slice::HalfFloatSliceExt;
+        out.reserve(values.len() * self.size());
         match self {
             GistDType::F16 => {
-                for v in values {
-                    out.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes());
-                }
+                let mut h = vec![half::f16::ZERO; values.len()];
+                h.convert_from_f32_slice(values);
+                out.extend(h.iter().flat_map(|x| x.to_le_bytes()));
             }
             GistDType::Bf16 => {
-                for v in values {
-                    out.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes());
-                }
+                let mut h = vec![half::bf16::ZERO; values.len()];
+                h.convert_from_f32_slice(values);
+                out.extend(h.iter().flat_map(|x| x.to_le_bytes()));
             }
-            GistDType::F32 => {
-                for v in values {
-                    out.extend_from_slice(&v.to_le_bytes());
-                }
-            }
+            GistDType::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
         }
     }
 
-    /// Decodes little-endian `bytes` (a whole number of elements) into `out`.
+    /// Decodes little-endian `bytes` (a whole number of elements) and appends them to `out`.
     pub fn decode(self, bytes: &[u8], out: &mut Vec<f32>) {
+        use half::slice::HalfFloatSliceExt;
+        let start = out.len();
+        let n = bytes.len() / self.size();
         match self {
-            GistDType::F16 => out.extend(
-                bytes
+            GistDType::F16 => {
+                let h: Vec<half::f16> = bytes
                     .chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
-            ),
-            GistDType::Bf16 => out.extend(
-                bytes
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
+                    .collect();
+                out.resize(start + n, 0.0);
+                h.convert_to_f32_slice(&mut out[start..]);
+            }
+            GistDType::Bf16 => {
+                let h: Vec<half::bf16> = bytes
                     .chunks_exact(2)
-                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
-            ),
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]))
+                    .collect();
+                out.resize(start + n, 0.0);
+                h.convert_to_f32_slice(&mut out[start..]);
+            }
             GistDType::F32 => out.extend(
                 bytes
                     .chunks_exact(4)

@@ -407,7 +407,8 @@ pub(crate) fn load(
         if !(is_level
             || name == "commits.log"
             || name == "index.ckpt"
-            || name.starts_with(".index.ckpt.tmp"))
+            || name.starts_with(".index.ckpt.tmp")
+            || name == "index.ckpt.tmp")
         {
             report.foreign_files.push(entry.path());
         }

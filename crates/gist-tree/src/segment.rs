@@ -299,9 +299,15 @@ impl SegmentWriter {
         std::mem::take(&mut self.sealed)
     }
 
-    /// Appends one framed record, rotating to a new segment first if this one is full.
-    pub fn append(&mut self, meta: &TreeMeta, payload: &[u8]) -> Result<Loc> {
-        let total = (codec::FRAME_PREFIX + payload.len()) as u64;
+    /// Appends one framed record of `payload_len` bytes that `fill` writes in place (rotating
+    /// to a new segment first if this one is full).
+    pub fn append_with(
+        &mut self,
+        meta: &TreeMeta,
+        payload_len: usize,
+        fill: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Loc> {
+        let total = (codec::FRAME_PREFIX + payload_len) as u64;
         if self.len > HEADER_LEN as u64 && self.len + total > meta.config.segment_bytes {
             self.rotate(meta)?;
         }
@@ -315,13 +321,28 @@ impl SegmentWriter {
             seg: self.seg,
             offset: self.len,
         };
-        codec::encode_frame(payload, &mut self.buf);
+        let start = self.buf.len();
+        self.buf.resize(start + codec::FRAME_PREFIX, 0);
+        fill(&mut self.buf);
+        if self.buf.len() != start + total as usize {
+            let got = self.buf.len() - start - codec::FRAME_PREFIX;
+            self.buf.truncate(start);
+            return Err(Error::Invalid(format!(
+                "record encoder wrote {got} bytes, announced {payload_len}"
+            )));
+        }
+        codec::seal_frame(&mut self.buf[start..]);
         self.len += total;
         self.dirty = true;
         if self.buf.len() >= WRITE_BUF {
             self.write_buf()?;
         }
         Ok(loc)
+    }
+
+    /// Appends one framed record.
+    pub fn append(&mut self, meta: &TreeMeta, payload: &[u8]) -> Result<Loc> {
+        self.append_with(meta, payload.len(), |b| b.extend_from_slice(payload))
     }
 
     fn path(&self) -> PathBuf {

@@ -297,6 +297,18 @@ impl Snapshot {
         })
     }
 
+    /// Where `node`'s record lives: segment file, frame offset and frame length (for tools and
+    /// benchmarks that read the bytes another way).
+    pub fn locate(&self, node: NodeRef) -> Result<(PathBuf, u64, usize)> {
+        let loc = self.loc(node)?;
+        let view = self.storage.read(node.level, loc)?;
+        Ok((
+            crate::segment::segment_path(&self.storage.gen_dir, node.level, loc.seg),
+            loc.offset,
+            codec::FRAME_PREFIX + view.payload().len(),
+        ))
+    }
+
     /// Reads `node` without decoding its data (one index lookup, one checksum); counted in
     /// telemetry.
     pub fn get_raw(&self, node: NodeRef) -> Result<RawNode> {

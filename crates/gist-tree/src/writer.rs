@@ -28,6 +28,37 @@ struct Block {
     prov: Provenance,
 }
 
+/// Buffers reused by every commit.
+#[derive(Debug, Default)]
+struct Scratch {
+    ids: Vec<u32>,
+    gists: Vec<f32>,
+    out: Vec<f32>,
+    bytes: Vec<u8>,
+    provs: Vec<Provenance>,
+}
+
+/// The gists one level of a commit made, in index order (flat, `[n, d]`).
+#[derive(Debug, Default)]
+struct Made {
+    nodes: Vec<u64>,
+    gists: Vec<f32>,
+    provs: Vec<Provenance>,
+}
+
+impl Made {
+    fn clear(&mut self) {
+        self.nodes.clear();
+        self.gists.clear();
+        self.provs.clear();
+    }
+
+    fn get(&self, node: u64, d: usize) -> Option<(&[f32], Provenance)> {
+        let k = self.nodes.binary_search(&node).ok()?;
+        Some((&self.gists[k * d..(k + 1) * d], self.provs[k]))
+    }
+}
+
 /// Changes since the last commit.
 #[derive(Debug, Default)]
 struct Pending {
@@ -55,6 +86,7 @@ pub struct Writer {
     /// The committed state plus pending prunes/restores.
     pub(crate) state: VersionState,
     pending: Pending,
+    scratch: Scratch,
     commits_since_sync: u32,
     bytes_since_checkpoint: u64,
     poisoned: bool,
@@ -186,6 +218,7 @@ impl Writer {
             history: loaded.history,
             state: loaded.state,
             pending,
+            scratch: Scratch::default(),
             commits_since_sync: 0,
             // Recovery rescanned records newer than the checkpoint; checkpoint again soon.
             bytes_since_checkpoint: if report.checkpoint_version == Some(report.version) {
@@ -466,12 +499,22 @@ impl Writer {
         Ok(&mut self.segs[level as usize])
     }
 
-    fn write_record(&mut self, header: &RecordHeader, data: &[u8]) -> Result<()> {
-        let mut payload = Vec::with_capacity(codec::NODE_HEADER + data.len());
-        codec::encode_node(header, data, &mut payload);
+    /// Writes a record whose `data_len` data bytes `fill` appends after the header.
+    fn write_record(
+        &mut self,
+        header: &RecordHeader,
+        data_len: usize,
+        fill: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<()> {
         let meta = self.shared.meta;
-        let loc = self.seg(header.node.level)?.append(&meta, &payload)?;
-        self.bytes_since_checkpoint += (payload.len() + codec::FRAME_PREFIX) as u64;
+        let len = codec::NODE_HEADER + data_len;
+        let loc = self
+            .seg(header.node.level)?
+            .append_with(&meta, len, |buf| {
+                codec::encode_node_header(header, buf);
+                fill(buf);
+            })?;
+        self.bytes_since_checkpoint += (len + codec::FRAME_PREFIX) as u64;
         self.state.set_loc(header.node, loc);
         Ok(())
     }
@@ -490,12 +533,11 @@ impl Writer {
     fn commit_inner(&mut self) -> Result<u64> {
         let version = self.state.version + 1;
         let cfg = *self.config();
-        let (b, d) = (cfg.block as usize, cfg.width as usize);
         let pending = std::mem::take(&mut self.pending);
         self.pending.tokens = pending.tokens;
         self.state.set_tokens(pending.tokens, cfg.block);
 
-        let mut level_nodes: Vec<u64> = pending
+        let level_nodes: Vec<u64> = pending
             .blocks
             .keys()
             .chain(&pending.touched)
@@ -504,10 +546,6 @@ impl Writer {
             .into_iter()
             .collect();
         for (idx, blk) in &pending.blocks {
-            let mut data = Vec::with_capacity(blk.tokens.len() * 4);
-            for t in &blk.tokens {
-                data.extend_from_slice(&t.to_le_bytes());
-            }
             let h = RecordHeader {
                 kind: KIND_TOKENS,
                 node: NodeRef::new(0, *idx),
@@ -515,97 +553,15 @@ impl Writer {
                 version,
                 provenance: blk.prov,
             };
-            self.write_record(&h, &data)?;
+            self.write_record(&h, blk.tokens.len() * 4, |buf| {
+                buf.extend(blk.tokens.iter().flat_map(|t| t.to_le_bytes()))
+            })?;
         }
 
-        // Gists of the previous level made by this commit: index → (gist, provenance).
-        let mut prev: BTreeMap<u64, (Vec<f32>, Provenance)> = BTreeMap::new();
-        for level in 1..self.state.levels.len() as u8 {
-            let count = self.state.count(level);
-            let nodes: Vec<u64> = if level == 1 {
-                level_nodes.iter().copied().filter(|j| *j < count).collect()
-            } else {
-                let mut v: Vec<u64> = level_nodes.iter().map(|j| j / b as u64).collect();
-                v.dedup();
-                v.retain(|j| *j < count);
-                v
-            };
-            if nodes.is_empty() {
-                break;
-            }
-            let mut made = BTreeMap::new();
-            let max_batch = self.summarizer.max_batch().max(1);
-            for chunk in nodes.chunks(max_batch) {
-                let mut provs = Vec::with_capacity(chunk.len());
-                let mut out = vec![0.0f32; chunk.len() * d];
-                if level == 1 {
-                    let mut ids = Vec::with_capacity(chunk.len() * b);
-                    for j in chunk {
-                        let (toks, prov) = match pending.blocks.get(j) {
-                            Some(blk) => (blk.tokens.clone(), blk.prov),
-                            None => {
-                                let (h, data) = self.read_committed(NodeRef::new(0, *j))?;
-                                let t = data
-                                    .chunks_exact(4)
-                                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                                    .collect::<Vec<_>>();
-                                (t, h.provenance)
-                            }
-                        };
-                        if toks.len() != b {
-                            return Err(Error::Invalid(format!(
-                                "block {j} holds {} tokens, a complete block needs {b}",
-                                toks.len()
-                            )));
-                        }
-                        ids.extend_from_slice(&toks);
-                        provs.push(prov);
-                    }
-                    self.run_summarizer(level, chunk, ChildData::Tokens(&ids), &mut out)?;
-                } else {
-                    let mut gists = Vec::with_capacity(chunk.len() * b * d);
-                    for j in chunk {
-                        let mut prov: Option<Provenance> = None;
-                        for c in j * b as u64..(j + 1) * b as u64 {
-                            let p = match prev.get(&c) {
-                                Some((g, p)) => {
-                                    gists.extend_from_slice(g);
-                                    *p
-                                }
-                                None => {
-                                    let (h, data) =
-                                        self.read_committed(NodeRef::new(level - 1, c))?;
-                                    cfg.dtype.decode(&data, &mut gists);
-                                    h.provenance
-                                }
-                            };
-                            prov = Some(prov.map_or(p, |q| q.merge(&p)));
-                        }
-                        provs.push(prov.unwrap_or_default());
-                    }
-                    self.run_summarizer(level, chunk, ChildData::Gists(&gists), &mut out)?;
-                }
-                let producer = self.summarizer.producer();
-                let mut bytes = Vec::with_capacity(cfg.gist_bytes());
-                for ((j, g), prov) in chunk.iter().zip(out.chunks_exact(d)).zip(provs) {
-                    let gist: Vec<f32> = g.iter().map(|v| cfg.dtype.round_trip(*v)).collect();
-                    bytes.clear();
-                    cfg.dtype.encode(&gist, &mut bytes);
-                    let prov = Provenance { producer, ..prov };
-                    let h = RecordHeader {
-                        kind: KIND_GIST,
-                        node: NodeRef::new(level, *j),
-                        count: d as u32,
-                        version,
-                        provenance: prov,
-                    };
-                    self.write_record(&h, &bytes)?;
-                    made.insert(*j, (gist, prov));
-                }
-            }
-            prev = made;
-            level_nodes = nodes;
-        }
+        let mut sc = std::mem::take(&mut self.scratch);
+        let r = self.make_gists(&mut sc, &pending, level_nodes, version);
+        self.scratch = sc;
+        r?;
 
         let sync = match self.opts.fsync {
             FsyncPolicy::EveryCommit => true,
@@ -638,6 +594,116 @@ impl Writer {
             self.write_checkpoint()?;
         }
         Ok(version)
+    }
+
+    /// Recomputes the gists above the dirty level-0 blocks `level_nodes`, level by level.
+    fn make_gists(
+        &mut self,
+        sc: &mut Scratch,
+        pending: &Pending,
+        mut level_nodes: Vec<u64>,
+        version: u64,
+    ) -> Result<()> {
+        let cfg = *self.config();
+        let (b, d) = (cfg.block as usize, cfg.width as usize);
+        let mut prev = Made::default();
+        let mut made = Made::default();
+        for level in 1..self.state.levels.len() as u8 {
+            let count = self.state.count(level);
+            let nodes: Vec<u64> = if level == 1 {
+                level_nodes.iter().copied().filter(|j| *j < count).collect()
+            } else {
+                let mut v: Vec<u64> = level_nodes.iter().map(|j| j / b as u64).collect();
+                v.dedup();
+                v.retain(|j| *j < count);
+                v
+            };
+            if nodes.is_empty() {
+                break;
+            }
+            made.clear();
+            let max_batch = self.summarizer.max_batch().max(1);
+            for chunk in nodes.chunks(max_batch) {
+                sc.provs.clear();
+                sc.out.clear();
+                sc.out.resize(chunk.len() * d, 0.0);
+                if level == 1 {
+                    sc.ids.clear();
+                    for j in chunk {
+                        let start = sc.ids.len();
+                        let prov = match pending.blocks.get(j) {
+                            Some(blk) => {
+                                sc.ids.extend_from_slice(&blk.tokens);
+                                blk.prov
+                            }
+                            None => {
+                                let (h, data) = self.read_committed(NodeRef::new(0, *j))?;
+                                sc.ids.extend(
+                                    data.chunks_exact(4)
+                                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                                );
+                                h.provenance
+                            }
+                        };
+                        if sc.ids.len() - start != b {
+                            return Err(Error::Invalid(format!(
+                                "block {j} holds {} tokens, a complete block needs {b}",
+                                sc.ids.len() - start
+                            )));
+                        }
+                        sc.provs.push(prov);
+                    }
+                    self.run_summarizer(level, chunk, ChildData::Tokens(&sc.ids), &mut sc.out)?;
+                } else {
+                    sc.gists.clear();
+                    for j in chunk {
+                        let mut prov: Option<Provenance> = None;
+                        for c in j * b as u64..(j + 1) * b as u64 {
+                            let p = match prev.get(c, d) {
+                                Some((g, p)) => {
+                                    sc.gists.extend_from_slice(g);
+                                    p
+                                }
+                                None => {
+                                    let (h, data) =
+                                        self.read_committed(NodeRef::new(level - 1, c))?;
+                                    cfg.dtype.decode(&data, &mut sc.gists);
+                                    h.provenance
+                                }
+                            };
+                            prov = Some(prov.map_or(p, |q| q.merge(&p)));
+                        }
+                        sc.provs.push(prov.unwrap_or_default());
+                    }
+                    self.run_summarizer(level, chunk, ChildData::Gists(&sc.gists), &mut sc.out)?;
+                }
+                let producer = self.summarizer.producer();
+                sc.bytes.clear();
+                cfg.dtype.encode(&sc.out, &mut sc.bytes);
+                // What a reader will get back: the gists rounded to the stored dtype.
+                let first = made.gists.len();
+                cfg.dtype.decode(&sc.bytes, &mut made.gists);
+                let gb = cfg.gist_bytes();
+                for (k, (j, prov)) in chunk.iter().zip(&sc.provs).enumerate() {
+                    let prov = Provenance { producer, ..*prov };
+                    let h = RecordHeader {
+                        kind: KIND_GIST,
+                        node: NodeRef::new(level, *j),
+                        count: d as u32,
+                        version,
+                        provenance: prov,
+                    };
+                    let data = &sc.bytes[k * gb..(k + 1) * gb];
+                    self.write_record(&h, gb, |buf| buf.extend_from_slice(data))?;
+                    made.nodes.push(*j);
+                    made.provs.push(prov);
+                }
+                debug_assert_eq!(made.gists.len() - first, chunk.len() * d);
+            }
+            std::mem::swap(&mut prev, &mut made);
+            level_nodes = nodes;
+        }
+        Ok(())
     }
 
     fn run_summarizer(
@@ -702,7 +768,16 @@ impl Writer {
         };
         let mut bytes = header.encode().to_vec();
         bytes.extend_from_slice(&ck.encode_body());
-        metarep_core::atomic_write(&checkpoint_path(&self.storage.gen_dir), &bytes)?;
+        let path = checkpoint_path(&self.storage.gen_dir);
+        if self.opts.fsync == FsyncPolicy::EveryCommit {
+            metarep_core::atomic_write(&path, &bytes)?;
+        } else {
+            // No fsync (it would flush every dirty segment page with it on ext4): a checkpoint
+            // lost or torn by power loss fails its checksum and open rescans instead.
+            let tmp = path.with_extension("ckpt.tmp");
+            std::fs::write(&tmp, &bytes).map_err(|e| Error::io(&tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        }
         self.bytes_since_checkpoint = 0;
         Ok(())
     }
