@@ -6,6 +6,7 @@
 //!   checkpoints, errors.
 //! - [`eval`]: plots (SVG) and tables (CSV, markdown).
 //! - [`lat_cg`]: linear-attention transformers whose constructed weights run conjugate gradient.
+//! - [`gist_tree`]: the crash-safe, versioned, disk-backed gist tree (MegaContext's memory).
 //!
 //! ```
 //! use metarep::lat_cg::reference::cg_bound;
@@ -14,4 +15,5 @@
 
 pub use metarep_core as core;
 pub use metarep_eval as eval;
+pub use metarep_gist_tree as gist_tree;
 pub use metarep_lat_cg as lat_cg;
