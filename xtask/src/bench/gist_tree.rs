@@ -440,8 +440,7 @@ fn run_in(
     std::fs::remove_file(gen.join("index.ckpt"))?;
     let seg0 = segment_files(&tree)
         .into_iter()
-        .filter(|p| p.parent().is_some_and(|d| d.ends_with("L00")))
-        .next_back()
+        .rfind(|p| p.parent().is_some_and(|d| d.ends_with("L00")))
         .ok_or("no level-0 segment")?;
     std::fs::OpenOptions::new()
         .append(true)
