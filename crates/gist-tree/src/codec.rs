@@ -458,9 +458,9 @@ impl LogEntry {
                 if n_levels > MAX_LEVELS {
                     return bad(format!("commit lists {n_levels} levels (max {MAX_LEVELS})"));
                 }
-                if n_ops > c.rest().len() / 16 {
+                if n_ops.saturating_add(n_sealed) > c.rest().len() / 16 {
                     return bad(format!(
-                        "commit lists {n_ops} ops, more than its bytes hold"
+                        "commit lists {n_ops} ops and {n_sealed} sealed segments, more than its bytes hold"
                     ));
                 }
                 let mut hwms = Vec::with_capacity(n_levels);
@@ -843,6 +843,11 @@ mod tests {
             }],
         });
         assert_eq!(LogEntry::decode(&e.encode()).unwrap(), e);
+        // Found by `cargo fuzz`: a huge sealed-segment count must not allocate.
+        let mut huge = vec![0u8; 48];
+        huge[0] = 1;
+        huge[43] = 0x17;
+        assert!(LogEntry::decode(&huge).is_err());
         let t = LogEntry::Tag {
             name: "x".into(),
             version: 2,
