@@ -9,6 +9,7 @@
 //! - [`lat_cg`]: linear-attention transformers whose constructed weights run conjugate gradient.
 //! - [`softmax_routes`]: softmax-attention transformers that solve kernel ridge regression in
 //!   context (Route A, Route B, width–rank sketches).
+//! - [`gist_tree`]: the crash-safe, versioned, disk-backed gist tree (MegaContext's memory).
 //!
 //! ```
 //! use metarep::lat_cg::reference::cg_bound;
@@ -17,5 +18,6 @@
 
 pub use metarep_core as core;
 pub use metarep_eval as eval;
+pub use metarep_gist_tree as gist_tree;
 pub use metarep_lat_cg as lat_cg;
 pub use metarep_softmax_routes as softmax_routes;

@@ -5,6 +5,7 @@
 //! cargo xtask reproduce fig1 [--check] [--config FILE] [--set key=value ...] [--out results]
 //! cargo xtask reproduce all --check [--quick]
 //! cargo xtask bench lat_cg
+//! cargo xtask bench gist_tree --set size_gib=0.25
 //! ```
 
 mod bench;
@@ -67,6 +68,9 @@ enum Command {
         /// Output root.
         #[arg(long, default_value = "results")]
         out: PathBuf,
+        /// Benchmark settings `key=value` (repeatable; each benchmark lists its keys).
+        #[arg(long = "set")]
+        settings: Vec<String>,
     },
 }
 
@@ -93,7 +97,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Bench { name, out } => bench::run(&name, &out),
+        Command::Bench {
+            name,
+            out,
+            settings,
+        } => bench::run(&name, &out, &settings),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

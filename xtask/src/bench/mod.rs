@@ -2,26 +2,54 @@
 //!
 //! One module per benchmark; [`BENCHES`] is the list `run` dispatches on.
 
+mod gist_tree;
 mod lat_cg;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use crate::BoxError;
 
-/// A registered benchmark: its name and what runs it.
-type Bench = (&'static str, fn(&Path) -> Result<bool, BoxError>);
+/// A registered benchmark: its name, what runs it and the `--set` keys it accepts.
+type Bench = (
+    &'static str,
+    fn(&Path) -> Result<bool, BoxError>,
+    &'static [&'static str],
+);
 
 /// Every benchmark, by name.
-const BENCHES: &[Bench] = &[("lat_cg", lat_cg::run)];
+const BENCHES: &[Bench] = &[
+    ("lat_cg", lat_cg::run, &[]),
+    ("gist_tree", gist_tree::run, gist_tree::SETTINGS),
+];
 
-/// Runs benchmark `name` with output root `out`.
-pub fn run(name: &str, out: &Path) -> Result<bool, BoxError> {
-    let known: Vec<&str> = BENCHES.iter().map(|(n, _)| *n).collect();
-    let (_, f) = BENCHES
+static SETTINGS: OnceLock<BTreeMap<String, String>> = OnceLock::new();
+
+/// The value of `--set key=value` for the running benchmark, if given.
+pub fn setting(key: &str) -> Option<&'static str> {
+    SETTINGS.get()?.get(key).map(String::as_str)
+}
+
+/// Runs benchmark `name` with output root `out` and `key=value` settings.
+pub fn run(name: &str, out: &Path, settings: &[String]) -> Result<bool, BoxError> {
+    let known: Vec<&str> = BENCHES.iter().map(|(n, _, _)| *n).collect();
+    let (_, f, keys) = BENCHES
         .iter()
-        .find(|(n, _)| *n == name)
+        .find(|(n, _, _)| *n == name)
         .ok_or_else(|| format!("unknown benchmark '{name}'; known: {}", known.join(", ")))?;
+    let mut map = BTreeMap::new();
+    for s in settings {
+        let (k, v) = s
+            .split_once('=')
+            .ok_or_else(|| format!("bad --set `{s}`: expected key=value"))?;
+        if !keys.contains(&k) {
+            return Err(format!("benchmark '{name}' has no setting `{k}`; known: {keys:?}").into());
+        }
+        map.insert(k.to_string(), v.to_string());
+    }
+    let _ = SETTINGS.set(map);
     f(out)
 }
 

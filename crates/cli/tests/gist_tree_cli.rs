@@ -1,0 +1,97 @@
+//! The `metarep gist-tree` commands, run as a user would: build, read, edit, prune, restore,
+//! snapshot, compact, verify and stats on a small tree.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn metarep(args: &[&str]) -> (bool, Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_metarep"))
+        .arg("gist-tree")
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    (
+        out.status.success(),
+        json,
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn build_read_edit_prune_restore_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("t");
+    let t = tree.to_str().unwrap();
+    let ok = |args: &[&str]| {
+        let (ok, json, err) = metarep(args);
+        assert!(ok, "{args:?} failed: {err}");
+        json
+    };
+    ok(&[
+        "init", "--tree", t, "--block", "4", "--width", "3", "--dtype", "bf16",
+    ]);
+    let ids: Vec<String> = (0..40).map(|i| i.to_string()).collect();
+    let j = ok(&[
+        "append",
+        "--tree",
+        t,
+        "--tokens",
+        &ids.join(" "),
+        "--source",
+        "3",
+        "--tags",
+        "code",
+    ]);
+    assert_eq!(j["version"], 1);
+    assert_eq!(j["tokens"], 40);
+    let j = ok(&["range", "--tree", t, "--start", "5", "--end", "9"]);
+    assert_eq!(j["tokens"], serde_json::json!([5, 6, 7, 8]));
+    let j = ok(&["get", "--tree", t, "--node", "2:1"]);
+    assert_eq!(j["provenance"]["tags"], serde_json::json!(["code"]));
+    let before = j["data"]["Gist"].clone();
+    ok(&["snapshot", "--tree", t, "--name", "v1"]);
+    ok(&["edit", "--tree", t, "--start", "20", "--tokens", "99,98"]);
+    let j = ok(&["range", "--tree", t, "--start", "19", "--end", "23"]);
+    assert_eq!(j["tokens"], serde_json::json!([19, 99, 98, 22]));
+    let j = ok(&["get", "--tree", t, "--node", "2:1", "--version", "1"]);
+    assert_eq!(j["data"]["Gist"], before);
+    let j = ok(&["prune", "--tree", t, "--node", "2:0"]);
+    assert_eq!(j["pruned"], serde_json::json!(["2:0"]));
+    let (ok_read, _, err) = metarep(&["get", "--tree", t, "--node", "0:1"]);
+    assert!(!ok_read && err.contains("pruned"), "{err}");
+    ok(&["restore", "--tree", t, "--node", "2:0"]);
+    ok(&["get", "--tree", t, "--node", "0:1"]);
+    let j = ok(&[
+        "prune",
+        "--tree",
+        t,
+        "--level",
+        "1",
+        "--below",
+        "1",
+        "--dry-run",
+    ]);
+    assert!(!j["would_prune"].as_array().unwrap().is_empty());
+    let j = ok(&["compact", "--tree", t]);
+    assert_eq!(j["floor"], 1, "the named snapshot pins version 1");
+    let j = ok(&["verify", "--tree", t]);
+    assert_eq!(j["problems"], serde_json::json!([]));
+    let j = ok(&["stats", "--tree", t]);
+    assert_eq!(j["tags"]["v1"], 1);
+    assert!(j["telemetry"]["total_accesses"].as_u64().unwrap() > 0);
+
+    // verify exits non-zero on damage and names the file.
+    let seg = tree.join("gen-000002/L00/000000.seg");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let n = bytes.len();
+    bytes[n - 5] ^= 0x40;
+    std::fs::write(&seg, bytes).unwrap();
+    let (ok_verify, j, _) = metarep(&["verify", "--tree", t]);
+    assert!(!ok_verify);
+    assert!(j["problems"][0].as_str().unwrap().contains("000000.seg"));
+    let (ok_missing, _, err) = metarep(&["stats"]);
+    assert!(!ok_missing && err.contains("--tree"));
+}

@@ -1,0 +1,897 @@
+//! The single writer: appends and edits token spans, prunes and restores subtrees, and commits
+//! them as a new version. A commit writes the changed level-0 blocks, recomputes only the gists
+//! on their paths to the root (batched through the [`Summarizer`]), flushes the segments, and
+//! then appends the commit entry that makes it all visible at once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use crate::codec::{self, CommitRecord, LogEntry, PruneOp, RecordHeader, KIND_GIST, KIND_TOKENS};
+use crate::config::{FsyncPolicy, TreeConfig, TreeMeta, WriterOptions, FORMAT_VERSION};
+use crate::error::{Error, Result};
+use crate::index::{Loc, ABSENT, PRUNED};
+use crate::log::{History, LogWriter};
+use crate::node::{now_ms, NodeRef, Provenance};
+use crate::open::{checkpoint_path, gen_dir, load, write_current, Mode, RecoveryReport};
+use crate::segment::{SegmentWriter, Storage};
+use crate::snapshot::{Head, Shared, Snapshot};
+use crate::state::VersionState;
+use crate::summarize::{ChildData, Summarizer, SummaryBatch};
+use crate::telemetry::Telemetry;
+
+/// A level-0 block being rewritten by the pending commit: its full content.
+#[derive(Debug, Clone)]
+struct Block {
+    tokens: Vec<u32>,
+    prov: Provenance,
+}
+
+/// Buffers reused by every commit.
+#[derive(Debug, Default)]
+struct Scratch {
+    ids: Vec<u32>,
+    gists: Vec<f32>,
+    out: Vec<f32>,
+    bytes: Vec<u8>,
+    provs: Vec<Provenance>,
+}
+
+/// The gists one level of a commit made, in index order (flat, `[n, d]`).
+#[derive(Debug, Default)]
+struct Made {
+    nodes: Vec<u64>,
+    gists: Vec<f32>,
+    provs: Vec<Provenance>,
+}
+
+impl Made {
+    fn clear(&mut self) {
+        self.nodes.clear();
+        self.gists.clear();
+        self.provs.clear();
+    }
+
+    fn get(&self, node: u64, d: usize) -> Option<(&[f32], Provenance)> {
+        let k = self.nodes.binary_search(&node).ok()?;
+        Some((&self.gists[k * d..(k + 1) * d], self.provs[k]))
+    }
+}
+
+/// Changes since the last commit.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Token count including pending appends.
+    tokens: u64,
+    /// Blocks to write, with their full new content.
+    blocks: BTreeMap<u64, Block>,
+    /// Blocks whose ancestors' gists must be recomputed although the block is unchanged.
+    touched: BTreeSet<u64>,
+    /// Prunes and restores, in call order (already applied to the writer's state).
+    ops: Vec<PruneOp>,
+}
+
+/// The one writer of a tree (holds `DIR/LOCK`). Readers take [`Snapshot`]s from it or open a
+/// [`crate::Reader`] in another process.
+pub struct Writer {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) storage: Arc<Storage>,
+    pub(crate) gen: u32,
+    pub(crate) opts: WriterOptions,
+    summarizer: Box<dyn Summarizer + Send>,
+    pub(crate) segs: Vec<SegmentWriter>,
+    pub(crate) log: LogWriter,
+    pub(crate) history: History,
+    /// The committed state plus pending prunes/restores.
+    pub(crate) state: VersionState,
+    pending: Pending,
+    scratch: Scratch,
+    commits_since_sync: u32,
+    bytes_since_checkpoint: u64,
+    poisoned: bool,
+    _lock: File,
+}
+
+fn lock(dir: &Path) -> Result<File> {
+    let path = dir.join("LOCK");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on a file descriptor we own; the lock is released when the file closes
+    // (including when the process dies).
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(Error::Locked { path });
+    }
+    Ok(f)
+}
+
+fn new_tree_id(dir: &Path) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    metarep_core::rng::derive_seed(
+        nanos ^ ((std::process::id() as u64) << 32),
+        &dir.to_string_lossy(),
+    )
+}
+
+impl Writer {
+    /// Creates a new, empty tree in `dir` (version 0) and opens it for writing.
+    pub fn create(
+        dir: &Path,
+        config: TreeConfig,
+        opts: WriterOptions,
+        summarizer: Box<dyn Summarizer + Send>,
+    ) -> Result<Writer> {
+        config.validate()?;
+        if dir.join("tree.json").exists() {
+            return Err(Error::AlreadyExists {
+                path: dir.to_path_buf(),
+            });
+        }
+        metarep_core::ensure_dir(dir)?;
+        let meta = TreeMeta {
+            format: FORMAT_VERSION,
+            tree_id: new_tree_id(dir),
+            config,
+        };
+        let _lock = lock(dir)?;
+        // Leftovers of an interrupted `create` (no tree.json yet) are ours to replace.
+        let g = gen_dir(dir, 1);
+        if g.exists() {
+            std::fs::remove_dir_all(&g).map_err(|e| Error::io(&g, e))?;
+        }
+        metarep_core::ensure_dir(&g)?;
+        let mut log = LogWriter::create(&g, &meta, 1)?;
+        log.append(
+            &LogEntry::Commit(CommitRecord {
+                version: 0,
+                timestamp_ms: now_ms(),
+                tokens: 0,
+                hwms: Vec::new(),
+                ops: Vec::new(),
+                sealed: Vec::new(),
+            }),
+            true,
+        )?;
+        crate::segment::sync_dir(&g)?;
+        write_current(dir, 1)?;
+        metarep_core::fsutil::write_json_pretty(&dir.join("tree.json"), &meta)?;
+        drop(_lock);
+        Ok(Writer::open(dir, opts, summarizer)?.0)
+    }
+
+    /// Opens the tree in `dir` for writing, recovering from a crash: uncommitted tails are cut
+    /// and the report says what was dropped.
+    pub fn open(
+        dir: &Path,
+        opts: WriterOptions,
+        summarizer: Box<dyn Summarizer + Send>,
+    ) -> Result<(Writer, RecoveryReport)> {
+        let meta = TreeMeta::load(dir)?;
+        let dir = &crate::snapshot::canonical(dir)?;
+        let lock = lock(dir)?;
+        let loaded = load(dir, &meta, Mode::Repair, true)?;
+        let mut report = loaded.report;
+        let g = gen_dir(dir, loaded.gen);
+        let mut segs = Vec::with_capacity(loaded.state.hwms.len());
+        for (level, h) in loaded.state.hwms.iter().enumerate() {
+            segs.push(SegmentWriter::open(&g, &meta, level as u8, h.seg, h.end)?);
+        }
+        let log = LogWriter::open(&g, loaded.log_tail.valid_len)?;
+        let telemetry = if opts.telemetry {
+            let (t, torn) = Telemetry::open(dir, &meta, true)?;
+            report.telemetry_torn_bytes = torn;
+            Some(t)
+        } else {
+            None
+        };
+        let storage = Storage::shared(g, meta);
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            meta,
+            head: RwLock::new(Head {
+                storage: storage.clone(),
+                state: Arc::new(loaded.state.clone()),
+            }),
+            pin_files: false,
+            telemetry,
+        });
+        let pending = Pending {
+            tokens: loaded.state.tokens,
+            ..Pending::default()
+        };
+        let writer = Writer {
+            shared,
+            storage,
+            gen: loaded.gen,
+            opts,
+            summarizer,
+            segs,
+            log,
+            history: loaded.history,
+            state: loaded.state,
+            pending,
+            scratch: Scratch::default(),
+            commits_since_sync: 0,
+            // Recovery rescanned records newer than the checkpoint; checkpoint again soon.
+            bytes_since_checkpoint: if report.checkpoint_version == Some(report.version) {
+                0
+            } else {
+                1
+            },
+            poisoned: false,
+            _lock: lock,
+        };
+        report.version = writer.state.version;
+        Ok((writer, report))
+    }
+
+    /// The tree directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// The tree's shape.
+    pub fn config(&self) -> &TreeConfig {
+        &self.shared.meta.config
+    }
+
+    /// The tree's metadata.
+    pub fn meta(&self) -> &TreeMeta {
+        &self.shared.meta
+    }
+
+    /// The newest committed version.
+    pub fn version(&self) -> u64 {
+        self.history.head().map_or(0, |c| c.version)
+    }
+
+    /// Tokens in the stream including uncommitted appends.
+    pub fn token_count(&self) -> u64 {
+        self.pending.tokens
+    }
+
+    /// Whether there are uncommitted changes.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.blocks.is_empty()
+            || !self.pending.touched.is_empty()
+            || !self.pending.ops.is_empty()
+    }
+
+    /// The commit history and named snapshots.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// A snapshot of the newest committed version.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        self.shared.snapshot()
+    }
+
+    /// A snapshot of any readable committed version.
+    pub fn snapshot_at(&self, version: u64) -> Result<Snapshot> {
+        self.shared.snapshot_at(&self.history, version)
+    }
+
+    /// Replaces the summariser (e.g. a new compressor checkpoint); later commits use it.
+    pub fn set_summarizer(&mut self, summarizer: Box<dyn Summarizer + Send>) {
+        self.summarizer = summarizer;
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.poisoned {
+            return Err(Error::Invalid(
+                "a commit of this writer failed; reopen the tree to recover".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The pending content of block `blk` (loaded from the committed tree on first touch).
+    fn block_mut(&mut self, blk: u64) -> Result<&mut Block> {
+        if !self.pending.blocks.contains_key(&blk) {
+            let node = NodeRef::new(0, blk);
+            if let Some(root) = self.state.hidden_by(node, self.config().block) {
+                return Err(Error::Pruned { node, root });
+            }
+            let block = if blk < self.state.count(0) {
+                let (h, data) = self.read_committed(node)?;
+                Block {
+                    tokens: data
+                        .chunks_exact(4)
+                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                    prov: h.provenance,
+                }
+            } else {
+                Block {
+                    tokens: Vec::new(),
+                    prov: Provenance::default(),
+                }
+            };
+            self.pending.blocks.insert(blk, block);
+        }
+        self.pending
+            .blocks
+            .get_mut(&blk)
+            .ok_or_else(|| Error::Invalid(format!("block {blk} vanished from the pending set")))
+    }
+
+    /// Reads a committed record of the writer's state (no pruning check, no telemetry).
+    fn read_committed(&self, node: NodeRef) -> Result<(RecordHeader, Vec<u8>)> {
+        let entry = self.state.entry(node);
+        let loc = Loc::unpack(entry).ok_or_else(|| {
+            match self.state.hidden_by(node, self.config().block) {
+                Some(root) => Error::Reclaimed { root },
+                None => Error::Invalid(format!("node {node} has no record")),
+            }
+        })?;
+        let view = self.storage.read(node.level, loc)?;
+        let (h, data) = codec::decode_node(view.payload()).map_err(|e| {
+            Error::corrupt(
+                crate::segment::segment_path(&self.storage.gen_dir, node.level, loc.seg),
+                loc.offset,
+                e.0,
+            )
+        })?;
+        Ok((h, data.to_vec()))
+    }
+
+    /// Appends tokens to the stream (visible after [`Writer::commit`]). `prov` describes the
+    /// whole run; a block filled by several runs carries their merged provenance.
+    pub fn append(&mut self, tokens: &[u32], prov: &Provenance) -> Result<()> {
+        self.check_usable()?;
+        let b = self.config().block as u64;
+        let mut pos = self.pending.tokens;
+        let mut rest = tokens;
+        while !rest.is_empty() {
+            let blk = pos / b;
+            let block = self.block_mut(blk)?;
+            let take = ((b - pos % b) as usize).min(rest.len());
+            block.prov = if block.tokens.is_empty() {
+                *prov
+            } else {
+                block.prov.merge(prov)
+            };
+            block.tokens.extend_from_slice(&rest[..take]);
+            pos += take as u64;
+            rest = &rest[take..];
+        }
+        self.pending.tokens = pos;
+        Ok(())
+    }
+
+    /// Replaces tokens `[start, start + tokens.len())` (same length; inside the stream,
+    /// uncommitted appends included). Only the touched blocks and their ancestors are rewritten
+    /// at commit; older versions keep the old content.
+    pub fn edit(&mut self, start: u64, tokens: &[u32], prov: &Provenance) -> Result<()> {
+        self.check_usable()?;
+        let end = start
+            .checked_add(tokens.len() as u64)
+            .filter(|e| *e <= self.pending.tokens)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "edit of {} tokens at {start} reaches past the stream's {} tokens",
+                    tokens.len(),
+                    self.pending.tokens
+                ))
+            })?;
+        let b = self.config().block as u64;
+        // Check every block first so that a refused edit changes nothing.
+        for blk in start / b..end.div_ceil(b) {
+            let node = NodeRef::new(0, blk);
+            if let Some(root) = self.state.hidden_by(node, b as u32) {
+                return Err(Error::Pruned { node, root });
+            }
+        }
+        let mut pos = start;
+        let mut rest = tokens;
+        while !rest.is_empty() {
+            let blk = pos / b;
+            let block = self.block_mut(blk)?;
+            let off = (pos % b) as usize;
+            let take = (b as usize - off).min(rest.len());
+            block.tokens[off..off + take].copy_from_slice(&rest[..take]);
+            block.prov = block.prov.merge(prov);
+            pos += take as u64;
+            rest = &rest[take..];
+        }
+        Ok(())
+    }
+
+    /// Recomputes, at the next commit, every gist above token span `span` with the current
+    /// summariser (e.g. after [`Writer::set_summarizer`] with a new compressor checkpoint).
+    pub fn resummarize(&mut self, span: std::ops::Range<u64>) -> Result<()> {
+        self.check_usable()?;
+        let committed = self.state.count(0);
+        let b = self.config().block as u64;
+        for blk in span.start / b..span.end.div_ceil(b).min(committed) {
+            if self
+                .state
+                .hidden_by(NodeRef::new(0, blk), b as u32)
+                .is_none()
+            {
+                self.pending.touched.insert(blk);
+            }
+        }
+        Ok(())
+    }
+
+    fn check_committed_node(&self, node: NodeRef) -> Result<()> {
+        let count = self.state.count(node.level);
+        if node.index >= count {
+            return Err(Error::NoSuchNode {
+                node,
+                version: self.state.version,
+                count,
+            });
+        }
+        if node.level == 0 {
+            return Err(Error::Invalid(format!(
+                "node {node} is a token block; prune a gist node (level ≥ 1) to hide its detail"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Soft-deletes the descendants of `node` (level ≥ 1, committed): readers see its gist but
+    /// get [`Error::Pruned`] below it, until [`Writer::restore`]. Space is reclaimed only by
+    /// [`Writer::compact`].
+    pub fn prune(&mut self, node: NodeRef) -> Result<()> {
+        self.check_usable()?;
+        self.check_committed_node(node)?;
+        if self.state.entry(node) & PRUNED != 0 {
+            return Err(Error::Invalid(format!("node {node} is already pruned")));
+        }
+        if let Some(root) = self.state.hidden_by(node, self.config().block) {
+            return Err(Error::Pruned { node, root });
+        }
+        let b = self.config().block as u64;
+        let span = node.token_span(b as u32);
+        if self
+            .pending
+            .blocks
+            .range(span.start / b..span.end / b)
+            .next()
+            .is_some()
+        {
+            return Err(Error::Invalid(format!(
+                "node {node} has uncommitted edits; commit them before pruning"
+            )));
+        }
+        let op = PruneOp::Prune(node);
+        self.state.apply_op(op);
+        self.pending.ops.push(op);
+        Ok(())
+    }
+
+    /// Undoes a prune of `node` (fails with [`Error::Reclaimed`] if compaction dropped its
+    /// descendants).
+    pub fn restore(&mut self, node: NodeRef) -> Result<()> {
+        self.check_usable()?;
+        self.check_committed_node(node)?;
+        if self.state.entry(node) & PRUNED == 0 {
+            return Err(Error::Invalid(format!("node {node} is not a pruned root")));
+        }
+        let child = node.children(self.config().block)[0];
+        if self.state.entry(child) & ABSENT != 0 {
+            return Err(Error::Reclaimed { root: node });
+        }
+        let op = PruneOp::Restore(node);
+        self.state.apply_op(op);
+        self.pending.ops.push(op);
+        Ok(())
+    }
+
+    fn seg(&mut self, level: u8) -> Result<&mut SegmentWriter> {
+        while self.segs.len() <= level as usize {
+            let l = self.segs.len() as u8;
+            let w = SegmentWriter::open(&self.storage.gen_dir, &self.shared.meta, l, 0, 0)?;
+            self.segs.push(w);
+        }
+        Ok(&mut self.segs[level as usize])
+    }
+
+    /// Writes a record whose `data_len` data bytes `fill` appends after the header.
+    fn write_record(
+        &mut self,
+        header: &RecordHeader,
+        data_len: usize,
+        fill: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<()> {
+        let meta = self.shared.meta;
+        let len = codec::NODE_HEADER + data_len;
+        let loc = self
+            .seg(header.node.level)?
+            .append_with(&meta, len, |buf| {
+                codec::encode_node_header(header, buf);
+                fill(buf);
+            })?;
+        self.bytes_since_checkpoint += (len + codec::FRAME_PREFIX) as u64;
+        self.state.set_loc(header.node, loc);
+        Ok(())
+    }
+
+    /// Makes every pending change visible as a new version and returns its number. With
+    /// [`FsyncPolicy::EveryCommit`] it is durable when this returns.
+    pub fn commit(&mut self) -> Result<u64> {
+        self.check_usable()?;
+        let r = self.commit_inner();
+        if r.is_err() {
+            self.poisoned = true;
+        }
+        r
+    }
+
+    fn commit_inner(&mut self) -> Result<u64> {
+        let version = self.state.version + 1;
+        let cfg = *self.config();
+        let pending = std::mem::take(&mut self.pending);
+        self.pending.tokens = pending.tokens;
+        self.state.set_tokens(pending.tokens, cfg.block);
+
+        let level_nodes: Vec<u64> = pending
+            .blocks
+            .keys()
+            .chain(&pending.touched)
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for (idx, blk) in &pending.blocks {
+            let h = RecordHeader {
+                kind: KIND_TOKENS,
+                node: NodeRef::new(0, *idx),
+                count: blk.tokens.len() as u32,
+                version,
+                provenance: blk.prov,
+            };
+            self.write_record(&h, blk.tokens.len() * 4, |buf| {
+                buf.extend(blk.tokens.iter().flat_map(|t| t.to_le_bytes()))
+            })?;
+        }
+
+        let mut sc = std::mem::take(&mut self.scratch);
+        let r = self.make_gists(&mut sc, &pending, level_nodes, version);
+        self.scratch = sc;
+        r?;
+
+        let sync = match self.opts.fsync {
+            FsyncPolicy::EveryCommit => true,
+            FsyncPolicy::EveryN(n) => self.commits_since_sync + 1 >= n,
+            FsyncPolicy::Off => false,
+        };
+        let forget = self.opts.fsync == FsyncPolicy::Off;
+        for s in &mut self.segs {
+            s.flush(sync, forget)?;
+        }
+        let record = CommitRecord {
+            version,
+            timestamp_ms: now_ms(),
+            tokens: pending.tokens,
+            hwms: self.segs.iter().map(SegmentWriter::hwm).collect(),
+            ops: pending.ops,
+            sealed: self
+                .segs
+                .iter_mut()
+                .flat_map(SegmentWriter::take_sealed)
+                .collect(),
+        };
+        self.log.append(&LogEntry::Commit(record.clone()), sync)?;
+        self.commits_since_sync = if sync { 0 } else { self.commits_since_sync + 1 };
+        self.state.hwms = record.hwms.clone();
+        self.state.version = version;
+        self.history.commits.push(record);
+        self.publish(self.storage.clone());
+        if self.bytes_since_checkpoint >= self.opts.checkpoint_bytes {
+            self.write_checkpoint()?;
+        }
+        Ok(version)
+    }
+
+    /// Recomputes the gists above the dirty level-0 blocks `level_nodes`, level by level.
+    fn make_gists(
+        &mut self,
+        sc: &mut Scratch,
+        pending: &Pending,
+        mut level_nodes: Vec<u64>,
+        version: u64,
+    ) -> Result<()> {
+        let cfg = *self.config();
+        let (b, d) = (cfg.block as usize, cfg.width as usize);
+        let mut prev = Made::default();
+        let mut made = Made::default();
+        for level in 1..self.state.levels.len() as u8 {
+            let count = self.state.count(level);
+            let nodes: Vec<u64> = if level == 1 {
+                level_nodes.iter().copied().filter(|j| *j < count).collect()
+            } else {
+                let mut v: Vec<u64> = level_nodes.iter().map(|j| j / b as u64).collect();
+                v.dedup();
+                v.retain(|j| *j < count);
+                v
+            };
+            if nodes.is_empty() {
+                break;
+            }
+            made.clear();
+            let max_batch = self.summarizer.max_batch().max(1);
+            for chunk in nodes.chunks(max_batch) {
+                sc.provs.clear();
+                sc.out.clear();
+                sc.out.resize(chunk.len() * d, 0.0);
+                if level == 1 {
+                    sc.ids.clear();
+                    for j in chunk {
+                        let start = sc.ids.len();
+                        let prov = match pending.blocks.get(j) {
+                            Some(blk) => {
+                                sc.ids.extend_from_slice(&blk.tokens);
+                                blk.prov
+                            }
+                            None => {
+                                let (h, data) = self.read_committed(NodeRef::new(0, *j))?;
+                                sc.ids.extend(
+                                    data.chunks_exact(4)
+                                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                                );
+                                h.provenance
+                            }
+                        };
+                        if sc.ids.len() - start != b {
+                            return Err(Error::Invalid(format!(
+                                "block {j} holds {} tokens, a complete block needs {b}",
+                                sc.ids.len() - start
+                            )));
+                        }
+                        sc.provs.push(prov);
+                    }
+                    self.run_summarizer(level, chunk, ChildData::Tokens(&sc.ids), &mut sc.out)?;
+                } else {
+                    sc.gists.clear();
+                    for j in chunk {
+                        let mut prov: Option<Provenance> = None;
+                        for c in j * b as u64..(j + 1) * b as u64 {
+                            let p = match prev.get(c, d) {
+                                Some((g, p)) => {
+                                    sc.gists.extend_from_slice(g);
+                                    p
+                                }
+                                None => {
+                                    let (h, data) =
+                                        self.read_committed(NodeRef::new(level - 1, c))?;
+                                    cfg.dtype.decode(&data, &mut sc.gists);
+                                    h.provenance
+                                }
+                            };
+                            prov = Some(prov.map_or(p, |q| q.merge(&p)));
+                        }
+                        sc.provs.push(prov.unwrap_or_default());
+                    }
+                    self.run_summarizer(level, chunk, ChildData::Gists(&sc.gists), &mut sc.out)?;
+                }
+                let producer = self.summarizer.producer();
+                sc.bytes.clear();
+                cfg.dtype.encode(&sc.out, &mut sc.bytes);
+                // What a reader will get back: the gists rounded to the stored dtype.
+                let first = made.gists.len();
+                cfg.dtype.decode(&sc.bytes, &mut made.gists);
+                let gb = cfg.gist_bytes();
+                for (k, (j, prov)) in chunk.iter().zip(&sc.provs).enumerate() {
+                    let prov = Provenance { producer, ..*prov };
+                    let h = RecordHeader {
+                        kind: KIND_GIST,
+                        node: NodeRef::new(level, *j),
+                        count: d as u32,
+                        version,
+                        provenance: prov,
+                    };
+                    let data = &sc.bytes[k * gb..(k + 1) * gb];
+                    self.write_record(&h, gb, |buf| buf.extend_from_slice(data))?;
+                    made.nodes.push(*j);
+                    made.provs.push(prov);
+                }
+                debug_assert_eq!(made.gists.len() - first, chunk.len() * d);
+            }
+            std::mem::swap(&mut prev, &mut made);
+            level_nodes = nodes;
+        }
+        Ok(())
+    }
+
+    fn run_summarizer(
+        &mut self,
+        level: u8,
+        nodes: &[u64],
+        children: ChildData<'_>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let cfg = *self.config();
+        let batch = SummaryBatch {
+            level,
+            nodes,
+            block: cfg.block as usize,
+            width: cfg.width as usize,
+            children,
+        };
+        self.summarizer.summarize(&batch, out)?;
+        if let Some(bad) = out.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Summarizer {
+                producer: self.summarizer.producer().to_string(),
+                reason: format!(
+                    "non-finite value in the gist of node {level}:{}",
+                    nodes[bad / cfg.width as usize]
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Publishes the writer's state as the head snapshot.
+    pub(crate) fn publish(&self, storage: Arc<Storage>) {
+        let mut head = self.shared.head.write().unwrap_or_else(|p| p.into_inner());
+        *head = Head {
+            storage,
+            state: Arc::new(self.state.clone()),
+        };
+    }
+
+    /// Writes the index checkpoint of the head version (so that the next open reads it instead
+    /// of scanning the segments).
+    pub fn write_checkpoint(&mut self) -> Result<()> {
+        let state = self
+            .shared
+            .head
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .state
+            .clone();
+        let ck = codec::Checkpoint {
+            version: state.version,
+            tokens: state.tokens,
+            hwms: state.hwms.clone(),
+            entries: state.levels.iter().map(|l| l.to_vec()).collect(),
+        };
+        let header = codec::FileHeader {
+            magic: codec::CHECKPOINT_MAGIC,
+            tree_id: self.shared.meta.tree_id,
+            tag: 0,
+            seq: self.gen,
+            format: FORMAT_VERSION,
+        };
+        let mut bytes = header.encode().to_vec();
+        bytes.extend_from_slice(&ck.encode_body());
+        let path = checkpoint_path(&self.storage.gen_dir);
+        if self.opts.fsync == FsyncPolicy::EveryCommit {
+            metarep_core::atomic_write(&path, &bytes)?;
+        } else {
+            // No fsync (it would flush every dirty segment page with it on ext4): a checkpoint
+            // lost or torn by power loss fails its checksum and open rescans instead.
+            let tmp = path.with_extension("ckpt.tmp");
+            std::fs::write(&tmp, &bytes).map_err(|e| Error::io(&tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        }
+        self.bytes_since_checkpoint = 0;
+        Ok(())
+    }
+
+    /// Names version `version` (a persistent snapshot, pinned against compaction).
+    pub fn tag(&mut self, name: &str, version: u64) -> Result<()> {
+        self.check_usable()?;
+        if name.is_empty() || name.len() > 256 {
+            return Err(Error::Invalid(format!(
+                "snapshot name must be 1..=256 bytes, got {:?}",
+                name
+            )));
+        }
+        if self.history.commit(version).is_none() {
+            return Err(Error::NoSuchVersion {
+                version,
+                oldest: self.history.oldest(),
+                head: self.version(),
+            });
+        }
+        self.log.append(
+            &LogEntry::Tag {
+                name: name.to_string(),
+                version,
+            },
+            true,
+        )?;
+        self.history.tags.insert(name.to_string(), version);
+        Ok(())
+    }
+
+    /// Removes the named snapshot `name`.
+    pub fn untag(&mut self, name: &str) -> Result<()> {
+        self.check_usable()?;
+        if !self.history.tags.contains_key(name) {
+            return Err(Error::Invalid(format!("no snapshot named {name:?}")));
+        }
+        self.log.append(
+            &LogEntry::Untag {
+                name: name.to_string(),
+            },
+            true,
+        )?;
+        self.history.tags.remove(name);
+        Ok(())
+    }
+
+    /// Flushes telemetry and writes a checkpoint; uncommitted changes are discarded.
+    pub fn close(mut self) -> Result<()> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        if let Some(t) = &self.shared.telemetry {
+            t.flush()?;
+        }
+        if !self.poisoned && self.bytes_since_checkpoint > 0 {
+            self.write_checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// The directory of the live generation.
+    pub fn gen_dir(&self) -> PathBuf {
+        self.storage.gen_dir.clone()
+    }
+
+    /// Versions pinned by live snapshots (in this process and, through pin files, others) and
+    /// by named snapshots.
+    pub fn pinned_versions(&self) -> Result<BTreeSet<u64>> {
+        let mut v: BTreeSet<u64> = crate::snapshot::process_pins(&self.shared.dir)
+            .into_iter()
+            .collect();
+        v.extend(crate::snapshot::file_pins(&self.shared.dir)?);
+        v.extend(self.history.tags.values().copied());
+        Ok(v)
+    }
+
+    pub(crate) fn shared_meta(&self) -> TreeMeta {
+        self.shared.meta
+    }
+
+    pub(crate) fn replace_generation(
+        &mut self,
+        gen: u32,
+        storage: Arc<Storage>,
+        segs: Vec<SegmentWriter>,
+        log: LogWriter,
+        history: History,
+        state: VersionState,
+    ) {
+        self.gen = gen;
+        self.storage = storage.clone();
+        self.segs = segs;
+        self.log = log;
+        self.history = history;
+        self.state = state;
+        self.publish(storage);
+        self.bytes_since_checkpoint = 1;
+    }
+
+    pub(crate) fn ensure_no_pending(&self, what: &str) -> Result<()> {
+        if self.has_pending() {
+            return Err(Error::Invalid(format!(
+                "commit pending changes before {what}"
+            )));
+        }
+        self.check_usable()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Best effort: the commit log is the truth; a missing checkpoint only costs a rescan.
+        let _ = self.finish();
+    }
+}

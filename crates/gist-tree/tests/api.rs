@@ -1,0 +1,204 @@
+//! Behaviour of the public API beyond the model test: incremental recompute touches only the
+//! path to the root, concurrent readers see consistent snapshots, covers and working sets tile
+//! their span, telemetry drives utility pruning, and pins (in-process, reader pin files, named
+//! snapshots) hold compaction back.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use metarep_gist_tree::prune::{select_by_signal, Signal};
+use metarep_gist_tree::telemetry::AccessStats;
+use metarep_gist_tree::{
+    FsyncPolicy, GistDType, MeanPool, NodeRef, Piece, Provenance, Reader, TreeConfig, WorkingItem,
+    Writer, WriterOptions,
+};
+
+fn writer(dir: &std::path::Path, block: u32) -> Writer {
+    let cfg = TreeConfig {
+        block,
+        width: 8,
+        dtype: GistDType::F32,
+        segment_bytes: 1 << 16,
+    };
+    let opts = WriterOptions {
+        fsync: FsyncPolicy::Off,
+        ..WriterOptions::default()
+    };
+    Writer::create(dir, cfg, opts, Box::new(MeanPool::new(8, 1).unwrap())).unwrap()
+}
+
+#[test]
+fn an_edit_rewrites_only_its_block_and_ancestors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = writer(dir.path(), 4);
+    w.append(&(0..256).collect::<Vec<u32>>(), &Provenance::default())
+        .unwrap();
+    w.commit().unwrap();
+    w.edit(100, &[7], &Provenance::default()).unwrap();
+    let v = w.commit().unwrap();
+    let s = w.snapshot().unwrap();
+    let mut rewritten = Vec::new();
+    for l in 0..s.levels() as u8 {
+        for i in 0..s.count(l) {
+            if s.get(NodeRef::new(l, i)).unwrap().written_at == v {
+                rewritten.push(NodeRef::new(l, i));
+            }
+        }
+    }
+    let want = [(0, 25), (1, 25), (2, 6), (3, 1), (4, 0)].map(|(l, i)| NodeRef::new(l, i));
+    assert_eq!(rewritten, want);
+}
+
+#[test]
+fn readers_see_consistent_snapshots_while_the_writer_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = writer(dir.path(), 8);
+    let stop = Arc::new(AtomicBool::new(false));
+    let first = w.snapshot().unwrap();
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            let r = Reader::open(dir.path(), false).unwrap();
+            std::thread::spawn(move || {
+                let mut seen = 0;
+                // At least 20 rounds, and on until the writer is done.
+                while seen < 20 || !stop.load(Ordering::Relaxed) {
+                    // A fresh reader per round follows the writer's commits.
+                    let r2 = Reader::open(r.dir(), false).unwrap();
+                    let s = r2.snapshot().unwrap();
+                    let n = s.token_count();
+                    assert_eq!(n, s.version() * 37, "version and length agree");
+                    let t = s.tokens(0..n).unwrap();
+                    assert!(t.iter().enumerate().all(|(i, v)| *v == i as u32));
+                    seen += 1;
+                }
+                seen
+            })
+        })
+        .collect();
+    for v in 0..60u32 {
+        let t: Vec<u32> = (v * 37..(v + 1) * 37).collect();
+        w.append(&t, &Provenance::default()).unwrap();
+        w.commit().unwrap();
+        // An in-process snapshot taken earlier never changes.
+        assert_eq!(first.token_count(), 0);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        assert!(r.join().unwrap() > 0);
+    }
+}
+
+#[test]
+fn cover_and_working_set_tile_the_span() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = writer(dir.path(), 4);
+    w.append(&(0..150).collect::<Vec<u32>>(), &Provenance::default())
+        .unwrap();
+    w.commit().unwrap();
+    let s = w.snapshot().unwrap();
+    for (span, max) in [(0..150, 3), (3..141, 2), (17..18, 3), (0..64, 1)] {
+        let pieces = s.cover(span.clone(), max).unwrap();
+        let items = s.working_set(&pieces).unwrap();
+        let mut pos = span.start;
+        for it in &items {
+            match it {
+                WorkingItem::Tokens { start, ids } => {
+                    assert_eq!(*start, pos);
+                    assert_eq!(ids[0], pos as u32);
+                    pos += ids.len() as u64;
+                }
+                WorkingItem::Gist { node, span, gist } => {
+                    assert!(node.level >= 1 && node.level <= max);
+                    assert_eq!(span.start, pos);
+                    assert_eq!(gist, &s.gist(*node).unwrap());
+                    pos = span.end;
+                }
+            }
+        }
+        assert_eq!(pos, span.end);
+    }
+    // The coarsest cover of 0..128 at level 3 is two level-3 gists; expanding one gives level 2.
+    let pieces = s.cover(0..128, 3).unwrap();
+    assert_eq!(
+        pieces,
+        vec![
+            Piece::Node(NodeRef::new(3, 0)),
+            Piece::Node(NodeRef::new(3, 1))
+        ]
+    );
+    let expanded: Vec<Piece> = NodeRef::new(3, 0)
+        .children(4)
+        .into_iter()
+        .map(Piece::Node)
+        .collect();
+    assert_eq!(s.working_set(&expanded).unwrap().len(), 4);
+    // A pruned subtree is stood for by its root.
+    w.prune(NodeRef::new(2, 1)).unwrap();
+    w.commit().unwrap();
+    let s = w.snapshot().unwrap();
+    let pieces = s.cover(16..32, 1).unwrap();
+    assert_eq!(pieces, vec![Piece::Node(NodeRef::new(2, 1))]);
+}
+
+#[test]
+fn telemetry_drives_utility_pruning() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = writer(dir.path(), 4);
+    w.append(&(0..64).collect::<Vec<u32>>(), &Provenance::default())
+        .unwrap();
+    w.commit().unwrap();
+    let s = w.snapshot().unwrap();
+    for _ in 0..3 {
+        s.tokens(0..16).unwrap();
+    }
+    s.get(NodeRef::new(2, 3)).unwrap();
+    drop(s);
+    w.close().unwrap();
+    let meta = metarep_gist_tree::TreeMeta::load(dir.path()).unwrap();
+    let access = AccessStats::load(dir.path(), &meta).unwrap();
+    assert_eq!(access.nodes[&NodeRef::new(0, 0)].count, 3);
+    let (mut w, _) = Writer::open(
+        dir.path(),
+        WriterOptions::default(),
+        Box::new(MeanPool::new(8, 1).unwrap()),
+    )
+    .unwrap();
+    let snap = w.snapshot().unwrap();
+    let cold = select_by_signal(&snap, 2, 1.0, Signal::Accesses, &access).unwrap();
+    assert_eq!(cold, vec![NodeRef::new(2, 1), NodeRef::new(2, 2)]);
+    for n in &cold {
+        w.prune(*n).unwrap();
+    }
+    w.commit().unwrap();
+    assert_eq!(w.snapshot().unwrap().pruned_roots(), cold);
+}
+
+#[test]
+fn pins_hold_compaction_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = writer(dir.path(), 4);
+    for v in 0..5u32 {
+        w.append(&[v; 10], &Provenance::default()).unwrap();
+        w.edit(0, &[100 + v], &Provenance::default()).unwrap();
+        w.commit().unwrap();
+    }
+    let reader = Reader::open(dir.path(), false).unwrap();
+    let old = reader.snapshot_at(2).unwrap();
+    let rep = w.compact().unwrap();
+    assert_eq!(rep.floor, 2);
+    assert!(rep.superseded_dropped > 0);
+    assert_eq!(old.tokens(0..1).unwrap(), vec![101]);
+    assert_eq!(w.snapshot_at(2).unwrap().tokens(0..1).unwrap(), vec![101]);
+    assert!(w.snapshot_at(1).is_err());
+    drop(old);
+    w.tag("keep", 3).unwrap();
+    assert_eq!(w.compact().unwrap().floor, 3);
+    w.untag("keep").unwrap();
+    let rep = w.compact().unwrap();
+    assert_eq!(rep.floor, 5);
+    assert!(rep.bytes_after < rep.bytes_before);
+    assert_eq!(w.snapshot().unwrap().tokens(0..1).unwrap(), vec![104]);
+    drop(w);
+    assert!(metarep_gist_tree::verify(dir.path()).unwrap().ok());
+}

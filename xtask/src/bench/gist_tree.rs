@@ -1,0 +1,574 @@
+//! `gist_tree`: the disk-backed gist tree against plain files, in one run.
+//!
+//! - Append throughput (MB/s, nodes/s) with fsync off and with fsync per commit, vs a plain
+//!   sequential write of the same bytes in the same chunk sizes (target: ≥ 70% with fsync off).
+//! - Random read latency p50/p99 by (level, index) over the tree, warm and cold (pages dropped
+//!   with `posix_fadvise(DONTNEED)`, checked with `mincore`), vs reading the same record bytes
+//!   from a plain memory map (target: within 2×).
+//! - Open time: clean (index checkpoint) and worst-case recovery (no checkpoint, torn tail).
+//!
+//! Settings (`--set key=value`): `size_gib` (tree size, default 1), `reads` (samples per
+//! latency measurement, default 20000), `fsync_mib` (data written in the fsync-per-commit run,
+//! default 64). The tree is written under `target/gist-bench/` and deleted afterwards.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use memmap2::{Advice, Mmap};
+use metarep_gist_tree::{
+    ChildData, FsyncPolicy, GistDType, MeanPool, NodeRef, Producer, Provenance, Reader, Summarizer,
+    SummaryBatch, TreeConfig, Writer, WriterOptions,
+};
+use rand::Rng;
+use serde_json::json;
+
+use super::{setting, write_report};
+use crate::BoxError;
+
+/// The `--set` keys this benchmark accepts.
+pub const SETTINGS: &[&str] = &["size_gib", "reads", "fsync_mib"];
+
+const BLOCK: u32 = 32;
+const WIDTH: u32 = 256;
+/// Tokens per commit (2048 blocks, about 1.7 MB of records).
+const COMMIT_TOKENS: usize = 1 << 16;
+
+fn num(key: &str, default: f64) -> Result<f64, BoxError> {
+    match setting(key) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<f64>()
+            .ok()
+            .filter(|x| *x > 0.0)
+            .ok_or_else(|| format!("--set {key}={v}: expected a positive number").into()),
+    }
+}
+
+/// A summariser that costs O(d) per node, so that the append benchmark measures the storage
+/// engine rather than a compressor: a level-1 gist is its block's first token id scaled,
+/// higher levels copy the first child.
+struct CheapSummarizer;
+
+impl Summarizer for CheapSummarizer {
+    fn producer(&self) -> Producer {
+        Producer { id: 99, version: 1 }
+    }
+
+    fn summarize(
+        &mut self,
+        batch: &SummaryBatch<'_>,
+        out: &mut [f32],
+    ) -> metarep_gist_tree::Result<()> {
+        let (b, d) = (batch.block, batch.width);
+        for (i, o) in out.chunks_exact_mut(d).enumerate() {
+            match batch.children {
+                ChildData::Tokens(t) => o.fill(t[i * b] as f32 * 1e-3),
+                ChildData::Gists(g) => o.copy_from_slice(&g[i * b * d..i * b * d + d]),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn config() -> TreeConfig {
+    TreeConfig {
+        block: BLOCK,
+        width: WIDTH,
+        dtype: GistDType::F16,
+        segment_bytes: 256 << 20,
+    }
+}
+
+/// Bytes of segment files and commit log under a tree directory.
+fn tree_bytes(dir: &Path) -> u64 {
+    fn walk(p: &Path) -> u64 {
+        std::fs::read_dir(p)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| {
+                        let p = e.path();
+                        if p.is_dir() {
+                            walk(&p)
+                        } else if p.extension().is_some_and(|x| x == "seg")
+                            || p.file_name().is_some_and(|n| n == "commits.log")
+                        {
+                            e.metadata().map(|m| m.len()).unwrap_or(0)
+                        } else {
+                            0
+                        }
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    walk(dir)
+}
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for gen in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if !gen.file_name().to_string_lossy().starts_with("gen-") {
+            continue;
+        }
+        for level in std::fs::read_dir(gen.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for f in std::fs::read_dir(level.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if f.path().extension().is_some_and(|x| x == "seg") {
+                    out.push(f.path());
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// CPU seconds used by this process so far (user + system).
+fn cpu_secs() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+struct AppendRun {
+    secs: f64,
+    cpu: f64,
+    bytes: u64,
+    nodes: u64,
+    commits: u64,
+}
+
+/// Appends `tokens` tokens (random ids) in commits of COMMIT_TOKENS.
+fn append_tree(
+    dir: &Path,
+    tokens: u64,
+    fsync: FsyncPolicy,
+    summarizer: Box<dyn Summarizer + Send>,
+) -> Result<AppendRun, BoxError> {
+    let opts = WriterOptions {
+        fsync,
+        telemetry: false,
+        ..WriterOptions::default()
+    };
+    let mut rng = metarep_core::rng::seeded(7);
+    let batch: Vec<Vec<u32>> = (0..8)
+        .map(|_| {
+            (0..COMMIT_TOKENS)
+                .map(|_| rng.random_range(0..50_000))
+                .collect()
+        })
+        .collect();
+    let start = Instant::now();
+    let cpu0 = cpu_secs();
+    let mut w = Writer::create(dir, config(), opts, summarizer)?;
+    let mut done = 0u64;
+    let mut commits = 0u64;
+    let pb = progress(tokens, "append");
+    while done < tokens {
+        let n = COMMIT_TOKENS.min((tokens - done) as usize);
+        let t = &batch[commits as usize % batch.len()][..n];
+        w.append(
+            t,
+            &Provenance::source(commits, done * 4, (done + n as u64) * 4),
+        )?;
+        w.commit()?;
+        done += n as u64;
+        commits += 1;
+        pb.set_position(done);
+    }
+    let snap = w.snapshot()?;
+    let nodes: u64 = (0..snap.levels() as u8).map(|l| snap.count(l)).sum();
+    drop(snap);
+    w.close()?;
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - cpu0;
+    pb.finish_and_clear();
+    Ok(AppendRun {
+        secs,
+        cpu,
+        bytes: tree_bytes(dir),
+        nodes,
+        commits,
+    })
+}
+
+fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    if std::env::var_os("METAREP_NO_PROGRESS").is_some() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Writes `bytes` bytes to `path` in `chunk`-byte writes, fdatasync after each with `sync`;
+/// returns wall and CPU seconds.
+fn plain_write(path: &Path, bytes: u64, chunk: usize, sync: bool) -> Result<(f64, f64), BoxError> {
+    let buf: Vec<u8> = (0..chunk).map(|i| (i * 31 % 251) as u8).collect();
+    let start = Instant::now();
+    let cpu0 = cpu_secs();
+    let mut f = File::create(path)?;
+    let mut done = 0u64;
+    while done < bytes {
+        let n = chunk.min((bytes - done) as usize);
+        f.write_all(&buf[..n])?;
+        if sync {
+            f.sync_data()?;
+        }
+        done += n as u64;
+    }
+    drop(f);
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - cpu0;
+    // Out of the timing: flush and drop so the next measurement starts clean.
+    File::open(path)?.sync_all()?;
+    std::fs::remove_file(path)?;
+    Ok((secs, cpu))
+}
+
+/// Drops a file's pages from the page cache; returns the fraction still resident after.
+fn drop_cache(path: &Path) -> Result<f64, BoxError> {
+    let f = File::open(path)?;
+    f.sync_all()?;
+    // SAFETY: advisory call on a descriptor we own.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    resident_fraction(&f)
+}
+
+fn resident_fraction(f: &File) -> Result<f64, BoxError> {
+    let len = f.metadata()?.len() as usize;
+    if len == 0 {
+        return Ok(0.0);
+    }
+    // SAFETY: read-only map of a file nobody truncates during the benchmark; only its
+    // residency is queried, the bytes are not read.
+    let map = unsafe { Mmap::map(f)? };
+    let page = 4096usize;
+    let mut vec = vec![0u8; len.div_ceil(page)];
+    // SAFETY: `vec` has one byte per page of the mapping.
+    let r = unsafe { libc::mincore(map.as_ptr() as *mut libc::c_void, len, vec.as_mut_ptr()) };
+    if r != 0 {
+        return Err(format!("mincore failed on {}", std::io::Error::last_os_error()).into());
+    }
+    Ok(vec.iter().filter(|b| *b & 1 == 1).count() as f64 / vec.len() as f64)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Latency {
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn latency(mut ns: Vec<f64>) -> Latency {
+    ns.sort_by(f64::total_cmp);
+    Latency {
+        p50_us: percentile(&ns, 0.5) / 1e3,
+        p99_us: percentile(&ns, 0.99) / 1e3,
+    }
+}
+
+/// Random nodes, uniform over all nodes of the tree.
+fn sample_nodes(counts: &[u64], n: usize, seed: u64) -> Vec<NodeRef> {
+    let total: u64 = counts.iter().sum();
+    let mut rng = metarep_core::rng::seeded(seed);
+    (0..n)
+        .map(|_| {
+            let mut k = rng.random_range(0..total);
+            for (l, c) in counts.iter().enumerate() {
+                if k < *c {
+                    return NodeRef::new(l as u8, k);
+                }
+                k -= c;
+            }
+            NodeRef::new(0, 0)
+        })
+        .collect()
+}
+
+/// Times tree reads (`get_raw` + copy of the record's data) of `nodes`; nanoseconds each.
+fn time_tree_reads(
+    dir: &Path,
+    nodes: &[NodeRef],
+    decode: bool,
+    telemetry: bool,
+) -> Result<Vec<f64>, BoxError> {
+    let reader = Reader::open(dir, telemetry)?;
+    let snap = reader.snapshot()?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut out = Vec::with_capacity(nodes.len());
+    for n in nodes {
+        let t = Instant::now();
+        if decode {
+            std::hint::black_box(snap.get(*n)?);
+        } else {
+            let raw = snap.get_raw(*n)?;
+            buf.clear();
+            buf.extend_from_slice(raw.data());
+            std::hint::black_box(&buf);
+        }
+        out.push(t.elapsed().as_nanos() as f64);
+    }
+    Ok(out)
+}
+
+/// Times plain-mmap reads (copy of the same record bytes) at known locations; ns each.
+fn time_plain_reads(locs: &[(usize, u64, usize)], files: &[PathBuf]) -> Result<Vec<f64>, BoxError> {
+    let maps: Vec<Mmap> = files
+        .iter()
+        .map(|p| {
+            // SAFETY: read-only map of a closed tree's file; nothing writes it during the run.
+            let m = unsafe { Mmap::map(&File::open(p)?) }?;
+            let _ = m.advise(Advice::Random);
+            Ok(m)
+        })
+        .collect::<Result<_, BoxError>>()?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut out = Vec::with_capacity(locs.len());
+    for (f, off, len) in locs {
+        let t = Instant::now();
+        buf.clear();
+        buf.extend_from_slice(&maps[*f][*off as usize..*off as usize + len]);
+        std::hint::black_box(&buf);
+        out.push(t.elapsed().as_nanos() as f64);
+    }
+    Ok(out)
+}
+
+/// Runs the benchmark and writes `results/bench/gist_tree.json`.
+pub fn run(out: &Path) -> Result<bool, BoxError> {
+    let size_gib = num("size_gib", 1.0)?;
+    let reads = num("reads", 20_000.0)? as usize;
+    let fsync_mib = num("fsync_mib", 64.0)?;
+    let root = PathBuf::from("target/gist-bench");
+    if root.exists() {
+        std::fs::remove_dir_all(&root)?;
+    }
+    std::fs::create_dir_all(&root)?;
+    let result = run_in(&root, size_gib, reads, fsync_mib, out);
+    let _ = std::fs::remove_dir_all(&root);
+    result
+}
+
+fn run_in(
+    root: &Path,
+    size_gib: f64,
+    reads: usize,
+    fsync_mib: f64,
+    out: &Path,
+) -> Result<bool, BoxError> {
+    // About 827 bytes of records per 32-token block (block + level-1 gist + higher gists).
+    let bytes_per_token = 827.0 / BLOCK as f64;
+    let tokens = (size_gib * (1u64 << 30) as f64 / bytes_per_token) as u64;
+    let tree = root.join("tree");
+    let plain = root.join("plain.bin");
+
+    println!("  append {tokens} tokens (fsync off) ...");
+    let run_off = append_tree(&tree, tokens, FsyncPolicy::Off, Box::new(CheapSummarizer))?;
+    let chunk = (run_off.bytes / run_off.commits.max(1)) as usize;
+    // Plain write of the same bytes in the same chunk size, before and after the tree's
+    // pages are flushed; the faster one is the reference.
+    for f in segment_files(&tree) {
+        File::open(&f)?.sync_all()?;
+    }
+    let plain_a = plain_write(&plain, run_off.bytes, chunk, false)?;
+    let plain_b = plain_write(&plain, run_off.bytes, chunk, false)?;
+    let plain_secs = plain_a.0.min(plain_b.0);
+    let plain_cpu = plain_a.1.min(plain_b.1);
+    let mb = run_off.bytes as f64 / 1e6;
+    let tree_mbs = mb / run_off.secs;
+    let plain_mbs = mb / plain_secs;
+    let append_ratio = tree_mbs / plain_mbs;
+    println!(
+        "  append, fsync off: {tree_mbs:.0} MB/s, {:.0} nodes/s; plain write {plain_mbs:.0} MB/s; ratio {append_ratio:.2} (CPU s: tree {:.2}, plain {:.2})",
+        run_off.nodes as f64 / run_off.secs, run_off.cpu, plain_cpu
+    );
+
+    // fsync per commit on a smaller stream.
+    let sync_tree = root.join("sync-tree");
+    let sync_tokens = ((fsync_mib * 1e6 / bytes_per_token) as u64).min(tokens);
+    let run_sync = append_tree(
+        &sync_tree,
+        sync_tokens,
+        FsyncPolicy::EveryCommit,
+        Box::new(CheapSummarizer),
+    )?;
+    let sync_chunk = (run_sync.bytes / run_sync.commits.max(1)) as usize;
+    let plain_sync = plain_write(&plain, run_sync.bytes, sync_chunk, true)?.0;
+    let sync_mbs = run_sync.bytes as f64 / 1e6 / run_sync.secs;
+    let plain_sync_mbs = run_sync.bytes as f64 / 1e6 / plain_sync;
+    std::fs::remove_dir_all(&sync_tree)?;
+    println!(
+        "  append, fsync per commit: {sync_mbs:.0} MB/s vs plain write + fdatasync per chunk {plain_sync_mbs:.0} MB/s"
+    );
+
+    // The mean-pooling summariser's cost, for reference (small stream).
+    let mp_tree = root.join("meanpool-tree");
+    let mp_tokens = (64e6 / bytes_per_token) as u64;
+    let run_mp = append_tree(
+        &mp_tree,
+        mp_tokens.min(tokens),
+        FsyncPolicy::Off,
+        Box::new(MeanPool::new(WIDTH as usize, 0)?),
+    )?;
+    std::fs::remove_dir_all(&mp_tree)?;
+    let mp_mbs = run_mp.bytes as f64 / 1e6 / run_mp.secs;
+
+    // Open: clean (checkpoint), then worst-case recovery (no checkpoint, torn tail).
+    let t = Instant::now();
+    let (w, rep) = Writer::open(&tree, WriterOptions::default(), Box::new(CheapSummarizer))?;
+    let open_clean = t.elapsed().as_secs_f64();
+    let clean_used_checkpoint = rep.checkpoint_version.is_some();
+    drop(w);
+    let gen = tree.join(std::fs::read_to_string(tree.join("CURRENT"))?.trim());
+    std::fs::remove_file(gen.join("index.ckpt"))?;
+    let seg0 = segment_files(&tree)
+        .into_iter()
+        .rfind(|p| p.parent().is_some_and(|d| d.ends_with("L00")))
+        .ok_or("no level-0 segment")?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&seg0)?
+        .write_all(&[7u8; 100])?;
+    let t = Instant::now();
+    let (w, rep) = Writer::open(&tree, WriterOptions::default(), Box::new(CheapSummarizer))?;
+    let open_recover = t.elapsed().as_secs_f64();
+    let dropped = rep.dropped.iter().map(|d| d.bytes).sum::<u64>();
+    w.close()?; // writes a fresh checkpoint
+    println!(
+        "  open {:.1} GiB: clean {open_clean:.3} s (checkpoint), recovery without checkpoint {open_recover:.3} s (cut {dropped} torn bytes)",
+        run_off.bytes as f64 / (1u64 << 30) as f64
+    );
+
+    // Random reads.
+    let (files, locs_of) = {
+        let r = Reader::open(&tree, false)?;
+        let s = r.snapshot()?;
+        let counts: Vec<u64> = (0..s.levels() as u8).map(|l| s.count(l)).collect();
+        let files = segment_files(&tree);
+        let nodes = sample_nodes(&counts, 3 * reads, 11);
+        let mut locs = Vec::with_capacity(nodes.len());
+        for n in &nodes {
+            let (path, off, len) = s.locate(*n)?;
+            let f = files
+                .iter()
+                .position(|p| p.canonicalize().ok() == path.canonicalize().ok())
+                .ok_or("segment not listed")?;
+            locs.push((*n, (f, off, len)));
+        }
+        (files, locs)
+    };
+    let nodes: Vec<NodeRef> = locs_of.iter().map(|(n, _)| *n).collect();
+    let locs: Vec<(usize, u64, usize)> = locs_of.iter().map(|(_, l)| *l).collect();
+    let warm_set = &nodes[..reads];
+    // Warm: everything touched once first.
+    time_tree_reads(&tree, warm_set, false, true)?;
+    time_plain_reads(&locs[..reads], &files)?;
+    let warm_tree = latency(time_tree_reads(&tree, warm_set, false, true)?);
+    let warm_tree_no_tel = latency(time_tree_reads(&tree, warm_set, false, false)?);
+    let warm_tree_decoded = latency(time_tree_reads(&tree, warm_set, true, true)?);
+    let warm_plain = latency(time_plain_reads(&locs[..reads], &files)?);
+    // Cold: drop the pages, then read nodes not read before (disjoint samples for each side).
+    let mut resident = 0.0f64;
+    for f in &files {
+        resident = resident.max(drop_cache(f)?);
+    }
+    let cold_tree = latency(time_tree_reads(
+        &tree,
+        &nodes[reads..2 * reads],
+        false,
+        true,
+    )?);
+    let mut resident_b = 0.0f64;
+    for f in &files {
+        resident_b = resident_b.max(drop_cache(f)?);
+    }
+    let cold_plain = latency(time_plain_reads(&locs[2 * reads..], &files)?);
+    let cold_dropped = resident.max(resident_b) < 0.05;
+    println!(
+        "  random reads (n = {reads}), warm: tree p50 {:.2} µs p99 {:.2} µs (telemetry off: p50 {:.2}; decoded to f32: p50 {:.2} p99 {:.2}); plain mmap p50 {:.2} p99 {:.2}",
+        warm_tree.p50_us, warm_tree.p99_us, warm_tree_no_tel.p50_us, warm_tree_decoded.p50_us, warm_tree_decoded.p99_us, warm_plain.p50_us, warm_plain.p99_us
+    );
+    println!(
+        "  random reads, cold (pages resident after fadvise: {:.1}%): tree p50 {:.1} µs p99 {:.1} µs; plain mmap p50 {:.1} p99 {:.1}",
+        100.0 * resident.max(resident_b),
+        cold_tree.p50_us, cold_tree.p99_us, cold_plain.p50_us, cold_plain.p99_us
+    );
+    let warm_ratio = warm_tree.p50_us / warm_plain.p50_us;
+    let cold_ratio = cold_tree.p50_us / cold_plain.p50_us;
+    let pass_append = append_ratio >= 0.7;
+    let pass_warm = warm_ratio <= 2.0;
+    let pass_cold = cold_ratio <= 2.0;
+    write_report(
+        out,
+        "gist_tree",
+        json!({
+            "what": "gist tree (block 32, width 256, f16) vs plain sequential write / plain mmap read of the same bytes; cheap O(d) summariser in the append runs",
+            "tree_bytes": run_off.bytes,
+            "tree_nodes": run_off.nodes,
+            "tokens": tokens,
+            "commits": run_off.commits,
+            "append_fsync_off": {
+                "tree_mb_s": tree_mbs,
+                "tree_nodes_s": run_off.nodes as f64 / run_off.secs,
+                "plain_write_mb_s": plain_mbs,
+                "plain_write_runs_s": [plain_a.0, plain_b.0],
+                "tree_cpu_s": run_off.cpu,
+                "tree_wall_s": run_off.secs,
+                "plain_write_cpu_s": plain_cpu,
+                "chunk_bytes": chunk,
+                "ratio": append_ratio,
+                "target_ratio": 0.7,
+                "pass": pass_append,
+            },
+            "append_fsync_per_commit": {
+                "bytes": run_sync.bytes,
+                "commits": run_sync.commits,
+                "tree_mb_s": sync_mbs,
+                "tree_nodes_s": run_sync.nodes as f64 / run_sync.secs,
+                "plain_write_fdatasync_per_chunk_mb_s": plain_sync_mbs,
+                "ratio": sync_mbs / plain_sync_mbs,
+            },
+            "append_mean_pool_fsync_off_mb_s": mp_mbs,
+            "open_clean_s": open_clean,
+            "open_clean_used_checkpoint": clean_used_checkpoint,
+            "open_recovery_no_checkpoint_s": open_recover,
+            "recovery_dropped_bytes": dropped,
+            "reads": reads,
+            "warm": {
+                "tree_p50_us": warm_tree.p50_us, "tree_p99_us": warm_tree.p99_us,
+                "tree_no_telemetry_p50_us": warm_tree_no_tel.p50_us, "tree_no_telemetry_p99_us": warm_tree_no_tel.p99_us,
+                "tree_decoded_p50_us": warm_tree_decoded.p50_us, "tree_decoded_p99_us": warm_tree_decoded.p99_us,
+                "plain_mmap_p50_us": warm_plain.p50_us, "plain_mmap_p99_us": warm_plain.p99_us,
+                "p50_ratio": warm_ratio, "p99_ratio": warm_tree.p99_us / warm_plain.p99_us,
+                "pass": pass_warm,
+            },
+            "cold": {
+                "fadvise_dropped_pages": cold_dropped,
+                "max_resident_fraction_after_fadvise": resident.max(resident_b),
+                "tree_p50_us": cold_tree.p50_us, "tree_p99_us": cold_tree.p99_us,
+                "plain_mmap_p50_us": cold_plain.p50_us, "plain_mmap_p99_us": cold_plain.p99_us,
+                "p50_ratio": cold_ratio, "p99_ratio": cold_tree.p99_us / cold_plain.p99_us,
+                "pass": pass_cold,
+            },
+            "size_gib_setting": size_gib,
+        }),
+    )?;
+    Ok(pass_append && pass_warm && pass_cold)
+}
