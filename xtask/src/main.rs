@@ -5,12 +5,14 @@
 //! cargo xtask reproduce fig1 [--check] [--config FILE] [--set key=value ...] [--out results]
 //! cargo xtask reproduce all --check [--quick]
 //! cargo xtask bench lat_cg
+//! cargo xtask fixtures parity|minilm|minilm-reference
 //! ```
 
 mod bench;
 mod fig1;
 mod fig2;
 mod fig6;
+mod fixtures;
 mod output;
 mod registry;
 
@@ -62,6 +64,11 @@ enum Command {
         #[arg(long, default_value = "results")]
         out: PathBuf,
     },
+    /// Build or fetch test fixtures (an unknown name lists the known ones).
+    Fixtures {
+        /// Fixture set name.
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -88,6 +95,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Bench { name, out } => bench::run(&name, &out),
+        Command::Fixtures { name } => fixtures::run(&name),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
