@@ -32,11 +32,13 @@
 
 pub mod cache;
 pub mod config;
+pub mod dla;
 pub mod error;
 pub mod families;
 pub mod hf_config;
 pub mod hooks;
 pub mod init;
+pub mod interventions;
 pub mod loading;
 pub mod model;
 pub mod ops;
