@@ -44,6 +44,7 @@ pub mod model;
 pub mod ops;
 pub mod store;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 
 pub use cache::{ActivationCache, Stack};
