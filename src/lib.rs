@@ -6,6 +6,8 @@
 //!   checkpoints, errors.
 //! - [`eval`]: plots (SVG) and tables (CSV, markdown).
 //! - [`lat_cg`]: linear-attention transformers whose constructed weights run conjugate gradient.
+//! - [`model`]: hookable transformers (GPT-2, GPT-NeoX, Llama family, BERT) loading Hugging Face
+//!   checkpoints, with TransformerLens hook points, caches, interventions, attribution, trainer.
 //!
 //! ```
 //! use metarep::lat_cg::reference::cg_bound;
@@ -15,3 +17,4 @@
 pub use metarep_core as core;
 pub use metarep_eval as eval;
 pub use metarep_lat_cg as lat_cg;
+pub use metarep_model as model;

@@ -103,7 +103,8 @@ impl ActivationCache {
     }
 
     /// Writes every activation (TransformerLens names) as `dtype` into a safetensors file, plus
-    /// any `extra` named tensors (e.g. `logits`).
+    /// any `extra` named tensors (e.g. `logits`; integer tensors such as token ids keep their
+    /// dtype).
     pub fn save_safetensors(
         &self,
         path: &Path,
@@ -112,7 +113,12 @@ impl ActivationCache {
     ) -> Result<()> {
         let mut named: Vec<(String, Tensor)> = Vec::with_capacity(self.acts.len() + extra.len());
         for (name, t) in extra {
-            named.push((name.to_string(), t.to_dtype(dtype)?.contiguous()?));
+            let t = if t.dtype().is_float() {
+                t.to_dtype(dtype)?
+            } else {
+                (*t).clone()
+            };
+            named.push((name.to_string(), t.contiguous()?));
         }
         for (p, t) in &self.acts {
             named.push((p.to_string(), t.to_dtype(dtype)?.contiguous()?));
