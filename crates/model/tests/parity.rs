@@ -111,7 +111,7 @@ fn bert_encoder_matches() {
 }
 
 #[test]
-fn manifest_lists_every_parity_file_with_its_hash() {
+fn manifest_hashes_match_the_checked_in_fixtures() {
     use sha2::{Digest, Sha256};
     let root = common::fixtures();
     let manifest: serde_json::Value =
@@ -121,7 +121,8 @@ fn manifest_lists_every_parity_file_with_its_hash() {
     let mut checked = 0;
     for e in entries {
         let file = e["file"].as_str().unwrap();
-        if !file.starts_with("parity/") {
+        // `../target/...`: fetched outside git (MiniLM); other helpers' fixtures may follow.
+        if file.starts_with("../") {
             continue;
         }
         let bytes = std::fs::read(root.join(file)).unwrap_or_else(|err| panic!("{file}: {err}"));
