@@ -207,7 +207,9 @@ fn trained_models_save_and_load_as_checkpoints() {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
-    assert_eq!(d, 0.0);
+    // The trainer's weights carry gradients (composite softmax), the loaded ones use the fused
+    // kernel: equal up to rounding.
+    assert!(d < 1e-5, "{d}");
     // The weights are stored under TransformerLens state-dict names and shapes.
     let st =
         candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu).unwrap();

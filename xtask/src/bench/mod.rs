@@ -2,6 +2,7 @@
 //!
 //! One module per benchmark; [`BENCHES`] is the list `run` dispatches on.
 
+mod forward;
 mod lat_cg;
 
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use crate::BoxError;
 type Bench = (&'static str, fn(&Path) -> Result<bool, BoxError>);
 
 /// Every benchmark, by name.
-const BENCHES: &[Bench] = &[("lat_cg", lat_cg::run)];
+const BENCHES: &[Bench] = &[("forward", forward::run), ("lat_cg", lat_cg::run)];
 
 /// Runs benchmark `name` with output root `out`.
 pub fn run(name: &str, out: &Path) -> Result<bool, BoxError> {
