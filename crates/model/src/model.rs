@@ -13,7 +13,9 @@ use crate::families::load_weights;
 use crate::hf_config::{metarep_config_json, parse_hf_config};
 use crate::hooks::{CacheHooks, HookFilter, HookPoint, Hooks, NoHooks};
 use crate::loading::{resolve, LoadOptions, ModelFiles};
-use crate::ops::{activation, linear, softmax_last_dim, upcast};
+use crate::ops::{
+    activation, linear, norm_apply, norm_stats, softmax_last_dim, upcast, use_norm_kernel,
+};
 use crate::store::TensorStore;
 use crate::tokenizer::Tokenizer;
 use crate::weights::{NormWeights, Weights};
@@ -557,6 +559,9 @@ impl HookedTransformer {
         normalized_at: HookPoint,
         hooks: &mut H,
     ) -> Result<Tensor> {
+        if use_norm_kernel(x) && ln.w.dtype() == DType::F32 {
+            return self.norm_fused(x, ln, scale_at, normalized_at, hooks);
+        }
         let dtype = x.dtype();
         let x = upcast(x)?;
         let eps = self.cfg.eps;
@@ -581,6 +586,36 @@ impl HookedTransformer {
             }
         };
         Ok(out.to_dtype(dtype)?)
+    }
+
+    /// [`HookedTransformer::norm`] with the fused kernels (two passes instead of nine ops).
+    fn norm_fused<H: Hooks>(
+        &self,
+        x: &Tensor,
+        ln: &NormWeights,
+        scale_at: HookPoint,
+        normalized_at: HookPoint,
+        hooks: &mut H,
+    ) -> Result<Tensor> {
+        let layer_norm = self.cfg.norm == NormKind::LayerNorm;
+        let mut stats = norm_stats(x, layer_norm, self.cfg.eps)?;
+        if hooks.wants(scale_at) {
+            let scale = stats.narrow(D::Minus1, 1, 1)?.contiguous()?;
+            let new = hook(hooks, scale_at, scale.clone())?;
+            if new.id() != scale.id() {
+                stats = Tensor::cat(&[&stats.narrow(D::Minus1, 0, 1)?, &new], D::Minus1)?;
+            }
+        }
+        if !layer_norm {
+            let y = hook(hooks, normalized_at, norm_apply(x, &stats, None)?)?;
+            return Ok(y.broadcast_mul(&ln.w)?);
+        }
+        let b = match &ln.b {
+            Some(b) => b.clone(),
+            None => ln.w.zeros_like()?,
+        };
+        let y = norm_apply(x, &stats, Some(&Tensor::stack(&[&ln.w, &b], 0)?))?;
+        hook(hooks, normalized_at, y)
     }
 
     /// Block `l`'s first norm applied to `x` (with its hooks).
@@ -692,10 +727,11 @@ impl HookedTransformer {
             }
             None => (q, k),
         };
-        let qh = q.transpose(1, 2)?.contiguous()?;
+        // [batch, head, pos, d_head]; the 1/√d_head scale rides along the copy of q.
+        let qh = q.transpose(1, 2)?.affine(1.0 / (dh as f64).sqrt(), 0.0)?;
         let kh = repeat_kv(k.transpose(1, 2)?.contiguous()?, cfg.kv_group())?;
         let vh = repeat_kv(v.transpose(1, 2)?.contiguous()?, cfg.kv_group())?;
-        let mut scores = (qh.matmul(&kh.t()?)? * (1.0 / (dh as f64).sqrt()))?;
+        let mut scores = qh.contiguous()?.matmul(&kh.t()?)?;
         if let Some(m) = mask {
             scores = scores.broadcast_add(m)?;
         }

@@ -8,7 +8,7 @@
 //! `gelu_tanh(x) = x σ(2z)` with `z = √(2/π)(x + 0.044715 x³)` (identical to the tanh form), and
 //! `gelu(x) = x Φ(x)` with erf from Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7).
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use crate::config::Activation;
@@ -212,6 +212,121 @@ impl CustomOp1 for SoftmaxLastDim {
     }
 }
 
+/// Whether the fused norm kernels apply (f32 on the CPU, no gradient).
+pub fn use_norm_kernel(x: &Tensor) -> bool {
+    use_kernel(x) && x.dtype() == DType::F32
+}
+
+/// Per-row statistics of `x: [..., d]` for a norm: `[..., 2]` holding the mean (0 unless
+/// `center`) and the scale `sqrt(mean((x − mean)²) + eps)`, in one parallel pass (f32, CPU).
+pub fn norm_stats(x: &Tensor, center: bool, eps: f64) -> Result<Tensor> {
+    Ok(x.contiguous()?
+        .apply_op1_no_bwd(&NormStats { center, eps })?)
+}
+
+/// `(x − mean) / scale` for `stats` from [`norm_stats`] (possibly with a replaced scale), then
+/// `⊙ w + b` when `wb` (`[2, d]`: `w` and `b` stacked) is given; one parallel pass.
+pub fn norm_apply(x: &Tensor, stats: &Tensor, wb: Option<&Tensor>) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let wb = match wb {
+        Some(t) => t.contiguous()?,
+        None => Tensor::new(&[1f32, 0.0], x.device())?
+            .reshape((2, 1))?
+            .broadcast_as((2, d))?
+            .contiguous()?,
+    };
+    Ok(x.contiguous()?
+        .apply_op3_no_bwd(&stats.contiguous()?, &wb, &NormApply)?)
+}
+
+struct NormStats {
+    center: bool,
+    eps: f64,
+}
+
+impl CustomOp1 for NormStats {
+    fn name(&self) -> &'static str {
+        "metarep-norm-stats"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(v) = storage else {
+            candle_core::bail!("metarep norm kernel: f32 only");
+        };
+        let x = contiguous(v, layout)?;
+        let dims = layout.shape().dims();
+        let d = dims.last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; 2 * (x.len() / d)];
+        let (center, eps) = (self.center, self.eps as f32);
+        let rows_per_task = (CHUNK / d).max(1);
+        out.par_chunks_mut(2 * rows_per_task)
+            .zip(x.par_chunks(d * rows_per_task))
+            .for_each(|(o, xs)| {
+                for (o, row) in o.chunks_mut(2).zip(xs.chunks(d)) {
+                    let mean = if center {
+                        row.iter().sum::<f32>() / d as f32
+                    } else {
+                        0.0
+                    };
+                    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+                    o[0] = mean;
+                    o[1] = (var + eps).sqrt();
+                }
+            });
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = 2;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+}
+
+struct NormApply;
+
+impl CustomOp3 for NormApply {
+    fn name(&self) -> &'static str {
+        "metarep-norm-apply"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(st), CpuStorage::F32(wb)) = (s1, s2, s3) else {
+            candle_core::bail!("metarep norm kernel: f32 only");
+        };
+        let (x, st, wb) = (contiguous(x, l1)?, contiguous(st, l2)?, contiguous(wb, l3)?);
+        let d = l1.shape().dims().last().copied().unwrap_or(1).max(1);
+        if st.len() * d != 2 * x.len() || wb.len() != 2 * d {
+            candle_core::bail!("metarep norm kernel: stats or weights do not match the input");
+        }
+        let (w, b) = wb.split_at(d);
+        let mut out = vec![0f32; x.len()];
+        let rows_per_task = (CHUNK / d).max(1);
+        out.par_chunks_mut(d * rows_per_task)
+            .zip(x.par_chunks(d * rows_per_task))
+            .zip(st.par_chunks(2 * rows_per_task))
+            .for_each(|((o, xs), st)| {
+                for ((o, row), s) in o.chunks_mut(d).zip(xs.chunks(d)).zip(st.chunks(2)) {
+                    let (mean, inv) = (s[0], 1.0 / s[1]);
+                    for (((o, &v), &w), &b) in o.iter_mut().zip(row).zip(w).zip(b) {
+                        *o = (v - mean) * inv * w + b;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
 /// Half-precision tensors are upcast to f32 for reductions (norms, softmax); returns the
 /// tensor to compute with.
 pub fn upcast(x: &Tensor) -> Result<Tensor> {
@@ -281,6 +396,39 @@ mod tests {
         );
         let half = activation(&x.to_dtype(DType::BF16).unwrap(), Activation::GeluNew).unwrap();
         assert_eq!(half.dtype(), DType::BF16);
+    }
+
+    #[test]
+    fn fused_norm_matches_the_composite_ops() {
+        let x = Tensor::randn(1f32, 2.0, (2, 5, 48), &Device::Cpu).unwrap();
+        let w = Tensor::randn(1f32, 0.1, 48, &Device::Cpu).unwrap();
+        let b = Tensor::randn(0f32, 0.1, 48, &Device::Cpu).unwrap();
+        let stats = norm_stats(&x, true, 1e-5).unwrap();
+        assert_eq!(stats.dims(), &[2, 5, 2]);
+        let y = norm_apply(&x, &stats, Some(&Tensor::stack(&[&w, &b], 0).unwrap())).unwrap();
+        let xc = x
+            .broadcast_sub(&x.mean_keepdim(D::Minus1).unwrap())
+            .unwrap();
+        let scale = (xc.sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + 1e-5)
+            .unwrap()
+            .sqrt()
+            .unwrap();
+        let want = xc
+            .broadcast_div(&scale)
+            .unwrap()
+            .broadcast_mul(&w)
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        assert!(max_diff(&y, &want) < 1e-5);
+        assert!(max_diff(&stats.narrow(2, 1, 1).unwrap(), &scale) < 1e-5);
+        let rms = norm_stats(&x, false, 1e-6).unwrap();
+        let y = norm_apply(&x, &rms, None).unwrap();
+        let scale = (x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + 1e-6)
+            .unwrap()
+            .sqrt()
+            .unwrap();
+        assert!(max_diff(&y, &x.broadcast_div(&scale).unwrap()) < 1e-5);
     }
 
     #[test]

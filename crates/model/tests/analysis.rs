@@ -151,8 +151,29 @@ fn frozen_norm_scales_and_patterns_reproduce_the_run() {
     let cache_ref = &cache;
     let mut hooks =
         HookSet::new().add_where(frozen, move |p, _| Ok(Some(cache_ref.get(p)?.clone())));
-    let out = model.run_with_hooks(input, &mut hooks).unwrap();
+    let out = model.run_with_hooks(input.clone(), &mut hooks).unwrap();
     assert!(max_diff(&out, &clean) < 1e-5);
+    // A replaced scale is the one the norm divides by.
+    let mut both = (
+        HookSet::new().add(HookPoint::LnFinalScale, |_, s| Ok(Some((s * 2.0)?))),
+        CacheHooks::new(HookFilter::All.resolve(model.config()).unwrap()),
+    );
+    model.run(&input, &mut both, RunTo::Logits).unwrap();
+    let acts = &both.1.acts;
+    let x = &acts[&HookPoint::ResidPost(1)];
+    let ln = model.ln_final().unwrap();
+    let want = x
+        .broadcast_sub(&x.mean_keepdim(candle_core::D::Minus1).unwrap())
+        .unwrap()
+        .broadcast_div(&acts[&HookPoint::LnFinalScale])
+        .unwrap()
+        .broadcast_mul(&ln.w)
+        .unwrap()
+        .broadcast_add(ln.b.as_ref().unwrap())
+        .unwrap();
+    assert!(max_diff(&acts[&HookPoint::LnFinalNormalized], &want) < 1e-5);
+    let doubled = (cache.get(HookPoint::LnFinalScale).unwrap() * 2.0).unwrap();
+    assert!(max_diff(&acts[&HookPoint::LnFinalScale], &doubled) < 1e-6);
 }
 
 #[test]

@@ -48,6 +48,7 @@ fn check_case(case: &str) -> usize {
         let d = max_abs_diff(&ours, hidden, &valid_bp);
         assert!(d <= TOL, "{case}: hidden states differ by {d}");
     }
+    let mut worst = (0f32, String::new());
     for (p, name) in &points {
         let ours = cache.get(*p).unwrap();
         let reference = &refs[&format!("act.{name}")];
@@ -58,7 +59,16 @@ fn check_case(case: &str) -> usize {
             max_abs_diff(ours, reference, &valid_bp)
         };
         assert!(d <= TOL, "{case}: hook {name} differs by {d}");
+        if d > worst.0 {
+            worst = (d, name.clone());
+        }
     }
+    println!(
+        "{case}: {} hooks, worst max |diff| {:.2e} at {}",
+        points.len(),
+        worst.0,
+        worst.1
+    );
     points.len()
 }
 
