@@ -40,6 +40,7 @@ pub mod hooks;
 pub mod init;
 pub mod interventions;
 pub mod loading;
+pub mod memory;
 pub mod model;
 pub mod ops;
 pub mod pooling;
