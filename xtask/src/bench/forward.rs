@@ -25,7 +25,7 @@ use crate::BoxError;
 
 const BATCH: usize = 4;
 const POS: usize = 128;
-const REPS: usize = 9;
+const REPS: usize = 15;
 const VARIANTS: [&str; 3] = ["plain", "cache_all", "cache_resid_post"];
 
 fn gpt2_small() -> ModelConfig {
@@ -44,32 +44,36 @@ fn forward_flops(cfg: &ModelConfig, b: usize, p: usize) -> f64 {
     cfg.n_layers as f64 * per_layer + t * 2.0 * d * v
 }
 
-/// Best f32 GFLOP/s of candle's matmul over a few large shapes, each timed by its fastest of 7
-/// runs (the machine's practical peak).
-fn matmul_peak() -> Result<(f64, Vec<serde_json::Value>), BoxError> {
-    let mut best = 0f64;
-    let mut rows = Vec::new();
-    for (m, k, n) in [
-        (512, 768, 3072),
-        (1024, 1024, 1024),
-        (2048, 2048, 2048),
-        (512, 768, 50257),
-    ] {
-        let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
-        let b = Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu)?;
-        a.matmul(&b)?;
-        let mut ms = f64::INFINITY;
-        for _ in 0..7 {
+/// The matmul shapes the peak is taken over: the model's MLP shape, squares, the unembedding.
+const PEAK_SHAPES: [(usize, usize, usize); 4] = [
+    (512, 768, 3072),
+    (1024, 1024, 1024),
+    (2048, 2048, 2048),
+    (512, 768, 50257),
+];
+
+/// Operands for each peak shape.
+fn peak_operands() -> Result<Vec<(Tensor, Tensor)>, BoxError> {
+    PEAK_SHAPES
+        .iter()
+        .map(|&(m, k, n)| {
+            Ok((
+                Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?,
+                Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu)?,
+            ))
+        })
+        .collect()
+}
+
+/// Times one matmul per peak shape (ms).
+fn time_peak(ops: &[(Tensor, Tensor)]) -> Result<Vec<f64>, BoxError> {
+    ops.iter()
+        .map(|(a, b)| {
             let start = Instant::now();
-            std::hint::black_box(a.matmul(&b)?);
-            ms = ms.min(start.elapsed().as_secs_f64() * 1e3);
-        }
-        let gflops = 2.0 * (m * k * n) as f64 / (ms * 1e6);
-        println!("  matmul {m}×{k}×{n}: {ms:.1} ms, {gflops:.1} GFLOP/s");
-        rows.push(serde_json::json!({"m": m, "k": k, "n": n, "ms": ms, "gflops": gflops}));
-        best = best.max(gflops);
-    }
-    Ok((best, rows))
+            std::hint::black_box(a.matmul(b)?);
+            Ok(start.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect()
 }
 
 /// The TransformerLens timing server (see the Python script).
@@ -188,9 +192,13 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
             n.clone()
         }
     };
-    // times[side][variant][rep]; side 0 = metarep, 1 = TransformerLens.
+    // times[side][variant][rep]; side 0 = metarep, 1 = TransformerLens; peak[rep][shape].
     let mut times = vec![vec![Vec::new(); 3]; 2];
+    let operands = peak_operands()?;
+    time_peak(&operands)?;
+    let mut peak_ms = Vec::with_capacity(REPS);
     for rep in 0..REPS {
+        peak_ms.push(time_peak(&operands)?);
         for (i, v) in VARIANTS.iter().enumerate() {
             times[0][i].push(ours(v)?);
             if let Ok(server) = tl.as_mut() {
@@ -221,7 +229,34 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
     let tokens = (BATCH * POS) as f64;
     let tps = |ms: f64| tokens / (ms / 1e3);
     let flops = forward_flops(&cfg, BATCH, POS);
-    let (peak, peak_rows) = matmul_peak()?;
+    let shape_gflops =
+        |ms: f64, (m, k, n): (usize, usize, usize)| 2.0 * (m * k * n) as f64 / (ms * 1e6);
+    // Per repetition: the best rate over the shapes; overall: the best repetition.
+    let peak_per_rep: Vec<f64> = peak_ms
+        .iter()
+        .map(|row| {
+            row.iter()
+                .zip(PEAK_SHAPES)
+                .map(|(&ms, s)| shape_gflops(ms, s))
+                .fold(0.0, f64::max)
+        })
+        .collect();
+    let peak = peak_per_rep.iter().copied().fold(0.0, f64::max);
+    let peak_rows: Vec<serde_json::Value> = PEAK_SHAPES
+        .iter()
+        .enumerate()
+        .map(|(i, &(m, k, n))| {
+            let best = peak_ms.iter().map(|r| r[i]).fold(f64::INFINITY, f64::min);
+            println!("  matmul {m}×{k}×{n}: best {best:.1} ms, {:.1} GFLOP/s", shape_gflops(best, (m, k, n)));
+            serde_json::json!({"m": m, "k": k, "n": n, "best_ms": best, "gflops": shape_gflops(best, (m, k, n))})
+        })
+        .collect();
+    // The plain forward's rate over the same repetition's peak.
+    let frac_per_rep: Vec<f64> = times[0][0]
+        .iter()
+        .zip(&peak_per_rep)
+        .map(|(ms, p)| flops / (ms * 1e6) / p)
+        .collect();
     let summary = |t: &[Vec<f64>]| -> serde_json::Value {
         let (pm, cm, rm) = (median(&t[0]), median(&t[1]), median(&t[2]));
         let (pn, cn, rn) = (min(&t[0]), min(&t[1]), min(&t[2]));
@@ -232,19 +267,22 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
             "plain_tokens_per_s": {"median": tps(pm), "best": tps(pn)},
             "cache_all_overhead": {"median_of_ratios": ratio(&t[1], &t[0]) - 1.0, "of_minimums": cn / pn - 1.0},
             "cache_resid_post_overhead": {"median_of_ratios": ratio(&t[2], &t[0]) - 1.0, "of_minimums": rn / pn - 1.0},
-            "fraction_of_matmul_peak": {"median": flops / (pm * 1e6) / peak, "best": flops / (pn * 1e6) / peak},
             "all_ms": t,
         })
     };
     let default = summary(&times[0]);
+    let fraction = serde_json::json!({
+        "best_over_best": flops / (min(&times[0][0]) * 1e6) / peak,
+        "median_of_same_repetition": median(&frac_per_rep),
+    });
     let with_retain = summary(&kept);
     let g = |v: &serde_json::Value, a: &str, b: &str| v[a][b].as_f64().unwrap_or(f64::NAN);
     println!(
-        "  metarep: plain {:.1} ms median / {:.1} best ({:.0}% / {:.0}% of the {peak:.1} GFLOP/s matmul peak); cache all {all} hooks {:+.1}% (median ratio) / {:+.1}% (minimums); with retain_freed_memory {:+.1}% / {:+.1}%",
+        "  metarep: plain {:.1} ms median / {:.1} best ({:.0}% of the {peak:.1} GFLOP/s matmul peak best-over-best, {:.0}% median of same-repetition ratios); cache all {all} hooks {:+.1}% (median ratio) / {:+.1}% (minimums); with retain_freed_memory {:+.1}% / {:+.1}%",
         g(&default, "plain_ms", "median"),
         g(&default, "plain_ms", "min"),
-        100.0 * g(&default, "fraction_of_matmul_peak", "median"),
-        100.0 * g(&default, "fraction_of_matmul_peak", "best"),
+        100.0 * fraction["best_over_best"].as_f64().unwrap_or(f64::NAN),
+        100.0 * fraction["median_of_same_repetition"].as_f64().unwrap_or(f64::NAN),
         100.0 * g(&default, "cache_all_overhead", "median_of_ratios"),
         100.0 * g(&default, "cache_all_overhead", "of_minimums"),
         100.0 * g(&with_retain, "cache_all_overhead", "median_of_ratios"),
@@ -283,13 +321,14 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
     let target = |v: &serde_json::Value, a: &str, b: &str, ok: &dyn Fn(f64) -> bool| ok(g(v, a, b));
     let body = serde_json::json!({
         "what": "GPT-2-small shape (12 layers, d_model 768, 12 heads, d_mlp 3072, vocab 50257), random weights, batch 4 x 128, f32 CPU",
-        "method": "9 repetitions; each times every variant once on each side, interleaved with TransformerLens (the machine is shared); reported as medians and minimums (least interference), ratios as medians of per-repetition ratios and as ratios of minimums; then the metarep runs again after metarep_model::memory::retain_freed_memory()",
+        "method": "15 repetitions; each times the matmul peak shapes once and every variant once on each side, interleaved with TransformerLens (the machine is shared); reported as medians and minimums (least interference), ratios as medians of per-repetition ratios and as ratios of minimums; then the metarep runs again after metarep_model::memory::retain_freed_memory()",
         "tokens": BATCH * POS,
         "load_average_at_end": load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         "cache_all_hooks": all,
         "forward_gflop": flops / 1e9,
         "matmul_peak_gflops": peak,
         "matmul_shapes": peak_rows,
+        "fraction_of_matmul_peak": fraction,
         "metarep": default,
         "metarep_retain_freed_memory": with_retain,
         "retain_freed_memory_applied": retained,
@@ -297,7 +336,7 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
         "note": note,
         "targets": {
             "speedup_vs_transformer_lens_ge_1_3": {"median_of_ratios": speedup("median_of_ratios").map(|s| s >= 1.3), "of_minimums": speedup("of_minimums").map(|s| s >= 1.3)},
-            "fraction_of_matmul_peak_ge_0_6": {"median": target(&default, "fraction_of_matmul_peak", "median", &|f| f >= 0.6), "best": target(&default, "fraction_of_matmul_peak", "best", &|f| f >= 0.6)},
+            "fraction_of_matmul_peak_ge_0_6": {"best_over_best": fraction["best_over_best"].as_f64().map(|f| f >= 0.6), "median_of_same_repetition": fraction["median_of_same_repetition"].as_f64().map(|f| f >= 0.6)},
             "cache_all_overhead_le_0_1": {
                 "default_median": target(&default, "cache_all_overhead", "median_of_ratios", &|f| f <= 0.1),
                 "default_minimums": target(&default, "cache_all_overhead", "of_minimums", &|f| f <= 0.1),
