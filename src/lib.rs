@@ -10,6 +10,8 @@
 //! - [`softmax_routes`]: softmax-attention transformers that solve kernel ridge regression in
 //!   context (Route A, Route B, width–rank sketches).
 //! - [`gist_tree`]: the crash-safe, versioned, disk-backed gist tree (MegaContext's memory).
+//! - [`model`]: hookable transformers (GPT-2, GPT-NeoX, Llama family, BERT) loading Hugging Face
+//!   checkpoints, with TransformerLens hook points, caches, interventions, attribution, trainer.
 //!
 //! ```
 //! use metarep::lat_cg::reference::cg_bound;
@@ -20,4 +22,5 @@ pub use metarep_core as core;
 pub use metarep_eval as eval;
 pub use metarep_gist_tree as gist_tree;
 pub use metarep_lat_cg as lat_cg;
+pub use metarep_model as model;
 pub use metarep_softmax_routes as softmax_routes;

@@ -6,6 +6,7 @@
 //! cargo xtask reproduce all --check [--quick]
 //! cargo xtask bench lat_cg
 //! cargo xtask bench gist_tree --set size_gib=0.25
+//! cargo xtask fixtures parity|minilm|minilm-reference
 //! ```
 
 mod bench;
@@ -16,6 +17,7 @@ mod fig4;
 mod fig5;
 mod fig6;
 mod fig7;
+mod fixtures;
 mod output;
 mod registry;
 mod routes_ablations;
@@ -72,6 +74,11 @@ enum Command {
         #[arg(long = "set")]
         settings: Vec<String>,
     },
+    /// Build or fetch test fixtures (an unknown name lists the known ones).
+    Fixtures {
+        /// Fixture set name.
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -102,6 +109,7 @@ fn main() -> ExitCode {
             out,
             settings,
         } => bench::run(&name, &out, &settings),
+        Command::Fixtures { name } => fixtures::run(&name),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

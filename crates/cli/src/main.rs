@@ -1,5 +1,14 @@
-//! `metarep`: the metarep command-line tool. One subcommand group per module.
+//! `metarep`: the command-line tool of metarep, one subcommand group per module.
+//!
+//! ```text
+//! metarep forward --model DIR_OR_HUB_ID (--text "..." | --tokens 1,2,3) --out FILE.safetensors \
+//!     [--cache 'blocks.*.hook_resid_post'] [--dtype f32|f16|bf16]
+//! metarep gist-tree init|append|get|range|edit|snapshot|prune|restore|compact|verify|stats --tree DIR
+//! ```
+//!
+//! Exit status: 0 on success, 1 when a check fails (`gist-tree verify`), 2 on an error.
 
+mod forward;
 mod gist_tree;
 
 use std::process::ExitCode;
@@ -10,7 +19,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "metarep",
     version,
-    about = "metarep: transformer research tools"
+    about = "metarep: transformer research in Rust"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -19,6 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a model on one input; write logits and chosen activations to safetensors.
+    Forward(forward::Args),
     /// Build, read and check a disk-backed gist tree (MegaContext).
     GistTree(gist_tree::GistTreeArgs),
 }
@@ -26,6 +37,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Forward(args) => forward::run(args).map(|()| true),
         Command::GistTree(args) => gist_tree::run(args),
     };
     match result {

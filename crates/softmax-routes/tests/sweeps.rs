@@ -51,8 +51,15 @@ fn ci_subset_of_the_knob_sweeps_runs_and_shows_the_expected_trends() {
     // Worse conditioning at fixed depth: further from the oracle.
     let kappa = get(Knob::Kappa);
     assert!(mean(kappa, "rel dev vs oracle", 10.0) < mean(kappa, "rel dev vs oracle", 1000.0));
-    // Softmax and exponential heads compute the same kernel: same predictions up to rounding.
-    let norm = get(Knob::Normalisation);
+    // Softmax and exponential heads compute the same kernel: the same predictions up to
+    // rounding (within 1%). Checked in f64 (measured: 5e-4 apart at τ = 0.5): at τ = 0.5
+    // (κ(A) ≈ 7e4) f32 CG amplifies rounding so much that the f32 ratios move by ~2% with the
+    // matmul kernel alone (AVX2 vs AVX-512), which would make the check depend on the CPU.
+    let mut f64_cfg: KnobConfig =
+        load_config(std::path::Path::new(QUICK), &["dtype=\"f64\"".to_string()]).unwrap();
+    f64_cfg.sweep.retain(|s| s.knob == Knob::Normalisation);
+    let f64_results = run_knobs(&f64_cfg).unwrap();
+    let norm = &f64_results[0].1;
     for tau in [0.5, 2.0] {
         let (s, e) = (
             mean(norm, "softmax: rmse ratio", tau),

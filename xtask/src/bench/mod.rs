@@ -2,6 +2,7 @@
 //!
 //! One module per benchmark; [`BENCHES`] is the list `run` dispatches on.
 
+mod forward;
 mod gist_tree;
 mod lat_cg;
 
@@ -21,6 +22,7 @@ type Bench = (
 
 /// Every benchmark, by name.
 const BENCHES: &[Bench] = &[
+    ("forward", forward::run, &[]),
     ("lat_cg", lat_cg::run, &[]),
     ("gist_tree", gist_tree::run, gist_tree::SETTINGS),
 ];

@@ -1,0 +1,989 @@
+//! [`HookedTransformer`]: one forward pass for every supported family, with a hook at every
+//! TransformerLens hook point, and TransformerLens-style weight accessors.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::cache::ActivationCache;
+use crate::config::{LmHead, ModelConfig, NormKind};
+use crate::error::{Error, Result};
+use crate::families::load_weights;
+use crate::hf_config::{metarep_config_json, parse_hf_config};
+use crate::hooks::{CacheHooks, HookFilter, HookPoint, Hooks, NoHooks};
+use crate::loading::{resolve, LoadOptions, ModelFiles};
+use crate::ops::{
+    activation, linear, norm_apply, norm_stats, softmax_last_dim, upcast, use_norm_kernel,
+};
+use crate::store::TensorStore;
+use crate::tokenizer::Tokenizer;
+use crate::weights::{NormWeights, Weights};
+
+/// A batch of model input: token ids and, optionally, a padding mask and BERT token types.
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// Token ids `[batch, pos]` (any integer dtype).
+    pub tokens: Tensor,
+    /// `[batch, pos]`, 1 for real tokens and 0 for padding (keys that are 0 get no attention).
+    pub attention_mask: Option<Tensor>,
+    /// BERT segment ids `[batch, pos]` (zeros when absent).
+    pub token_type_ids: Option<Tensor>,
+}
+
+impl Input {
+    /// Token ids only.
+    pub fn new(tokens: Tensor) -> Self {
+        Input {
+            tokens,
+            attention_mask: None,
+            token_type_ids: None,
+        }
+    }
+
+    /// Adds a padding mask `[batch, pos]` (1 = token, 0 = padding).
+    pub fn with_attention_mask(mut self, mask: Tensor) -> Self {
+        self.attention_mask = Some(mask);
+        self
+    }
+
+    /// Adds BERT token-type ids `[batch, pos]`.
+    pub fn with_token_types(mut self, types: Tensor) -> Self {
+        self.token_type_ids = Some(types);
+        self
+    }
+
+    /// Token ids from rows of equal length, on `device`.
+    pub fn from_ids(rows: &[Vec<u32>], device: &Device) -> Result<Self> {
+        let p = rows.first().map(Vec::len).unwrap_or(0);
+        if rows.is_empty() || p == 0 || rows.iter().any(|r| r.len() != p) {
+            return Err(Error::shape(
+                "token rows",
+                "≥ 1 non-empty rows of equal length",
+                format!(
+                    "lengths {:?}",
+                    rows.iter().map(Vec::len).collect::<Vec<_>>()
+                ),
+            ));
+        }
+        let flat: Vec<u32> = rows.iter().flatten().copied().collect();
+        Ok(Input::new(Tensor::from_vec(flat, (rows.len(), p), device)?))
+    }
+}
+
+impl From<Tensor> for Input {
+    fn from(tokens: Tensor) -> Self {
+        Input::new(tokens)
+    }
+}
+
+impl From<&Tensor> for Input {
+    fn from(tokens: &Tensor) -> Self {
+        Input::new(tokens.clone())
+    }
+}
+
+/// Where a run stops and what it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunTo {
+    /// Logits `[batch, pos, d_vocab]`.
+    Logits,
+    /// The hidden states the head reads `[batch, pos, d_model]`: after `ln_final` for decoders,
+    /// the last block's output for BERT (HF's `last_hidden_state`).
+    Hidden,
+    /// TransformerLens's `stop_at_layer`: run the embeddings and blocks `0..n` and return the
+    /// residual stream entering block `n` `[batch, pos, d_model]` (`n = n_layers`: after the last
+    /// block, before the final norm).
+    Layer(usize),
+}
+
+/// A transformer whose forward pass exposes every TransformerLens hook point.
+///
+/// Cloning is cheap (the weights are shared).
+#[derive(Debug, Clone)]
+pub struct HookedTransformer {
+    cfg: Arc<ModelConfig>,
+    weights: Arc<Weights>,
+    /// The effective unembedding `[d_model, d_vocab]` (a view of `W_E` when tied).
+    w_u: Option<Tensor>,
+    inv_freq: Option<Vec<f64>>,
+    tokenizer: Option<Arc<Tokenizer>>,
+}
+
+/// Calls `hooks` at `point` when it wants to, checking a replacement keeps the shape.
+#[inline(always)]
+fn hook<H: Hooks>(hooks: &mut H, point: HookPoint, act: Tensor) -> Result<Tensor> {
+    if !hooks.wants(point) {
+        return Ok(act);
+    }
+    let shape = act.dims().to_vec();
+    let (dtype, device) = (act.dtype(), act.device().clone());
+    let out = hooks.apply(point, act)?;
+    if out.dims() != shape.as_slice() {
+        return Err(Error::HookShape {
+            hook: point.to_string(),
+            expected: shape,
+            got: out.dims().to_vec(),
+        });
+    }
+    if out.dtype() != dtype {
+        return Ok(out.to_dtype(dtype)?.to_device(&device)?);
+    }
+    Ok(out)
+}
+
+impl HookedTransformer {
+    /// A model from a config and weights; the weights' shapes are checked against the config.
+    pub fn new(cfg: ModelConfig, weights: Weights) -> Result<Self> {
+        cfg.validate()?;
+        // Re-reading every tensor by name checks presence and shapes in one place.
+        let named = weights.named_tensors().into_iter().collect();
+        Weights::from_named(&cfg, &named)?;
+        let w_u = match (&weights.w_u, cfg.lm_head) {
+            (_, LmHead::None) => None,
+            (Some(w_u), _) => Some(w_u.clone()),
+            (None, _) => Some(weights.w_e.t()?),
+        };
+        let inv_freq = cfg.rotary.as_ref().map(|r| r.inv_freq());
+        Ok(Self {
+            cfg: Arc::new(cfg),
+            weights: Arc::new(weights),
+            w_u,
+            inv_freq,
+            tokenizer: None,
+        })
+    }
+
+    /// Loads a local directory or a hub id (see [`crate::loading`]).
+    pub fn from_pretrained(spec: &str, opts: &LoadOptions) -> Result<Self> {
+        Self::from_files(&resolve(spec, opts)?, opts)
+    }
+
+    /// Loads the checkpoint in directory `dir`.
+    pub fn from_dir(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        Self::from_files(&crate::loading::local_files(dir)?, opts)
+    }
+
+    /// Loads a checkpoint from its files.
+    pub fn from_files(files: &ModelFiles, opts: &LoadOptions) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(&files.config).map_err(|e| Error::io(&files.config, e))?;
+        let mut cfg = parse_hf_config(&text, &files.config)?;
+        let mut store = TensorStore::open(&files.weights, opts.dtype, &opts.device)?;
+        let weights = load_weights(&mut cfg, &mut store)?;
+        let mut model = Self::new(cfg, weights)?;
+        if let Some(t) = &files.tokenizer {
+            model.tokenizer = Some(Arc::new(Tokenizer::from_file(t)?));
+        }
+        Ok(model)
+    }
+
+    /// Writes `config.json` (`model_type = "metarep"`), `model.safetensors` (TransformerLens
+    /// state-dict names) and, if the model has one, `tokenizer.json` into `dir`.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        metarep_core::ensure_dir(dir)?;
+        let tensors = self.weights.to_tl_state_dict(&self.cfg)?;
+        let bytes =
+            safetensors::tensor::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), None)
+                .map_err(|e| Error::Invalid(format!("serializing weights: {e}")))?;
+        metarep_core::atomic_write(&dir.join("model.safetensors"), &bytes)?;
+        let mut cfg = metarep_config_json(&self.cfg)?;
+        cfg.push('\n');
+        metarep_core::atomic_write(&dir.join("config.json"), cfg.as_bytes())?;
+        if let Some(tok) = &self.tokenizer {
+            tok.save(&dir.join("tokenizer.json"))?;
+        }
+        Ok(())
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The weights (internal layout).
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    /// The tokenizer loaded with the checkpoint, if it had one.
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_deref()
+    }
+
+    /// Attaches a tokenizer.
+    pub fn with_tokenizer(mut self, tokenizer: Tokenizer) -> Self {
+        self.tokenizer = Some(Arc::new(tokenizer));
+        self
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.weights.w_e.device()
+    }
+
+    /// The dtype the forward pass runs in.
+    pub fn dtype(&self) -> DType {
+        self.weights.w_e.dtype()
+    }
+
+    /// The same model with weights converted to `dtype`.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let map = self
+            .weights
+            .named_tensors()
+            .into_iter()
+            .map(|(n, t)| Ok((n, t.to_dtype(dtype)?)))
+            .collect::<Result<_>>()?;
+        let mut m = Self::new((*self.cfg).clone(), Weights::from_named(&self.cfg, &map)?)?;
+        m.tokenizer = self.tokenizer.clone();
+        Ok(m)
+    }
+
+    /// What [`HookedTransformer::forward`] returns: logits, or hidden states for a headless
+    /// checkpoint (e.g. a sentence-embedding `BertModel`).
+    pub fn default_output(&self) -> RunTo {
+        if self.cfg.lm_head == LmHead::None {
+            RunTo::Hidden
+        } else {
+            RunTo::Logits
+        }
+    }
+
+    /// The plain forward pass: logits `[batch, pos, d_vocab]` (hidden states for a headless model).
+    pub fn forward(&self, input: impl Into<Input>) -> Result<Tensor> {
+        self.run(&input.into(), &mut NoHooks, self.default_output())
+    }
+
+    /// Forward pass with `hooks` reading or replacing activations.
+    pub fn run_with_hooks<H: Hooks>(
+        &self,
+        input: impl Into<Input>,
+        hooks: &mut H,
+    ) -> Result<Tensor> {
+        self.run(&input.into(), hooks, self.default_output())
+    }
+
+    /// Forward pass recording the hooks `filter` selects.
+    pub fn run_with_cache(
+        &self,
+        input: impl Into<Input>,
+        filter: impl Into<HookFilter>,
+    ) -> Result<(Tensor, ActivationCache)> {
+        self.run_with_cache_to(&input.into(), filter, self.default_output())
+    }
+
+    /// [`HookedTransformer::run_with_cache`] stopping at `to` (e.g. `RunTo::Layer(n)`).
+    pub fn run_with_cache_to(
+        &self,
+        input: &Input,
+        filter: impl Into<HookFilter>,
+        to: RunTo,
+    ) -> Result<(Tensor, ActivationCache)> {
+        let mut cache = CacheHooks::new(filter.into().resolve(&self.cfg)?);
+        let out = self.run(input, &mut cache, to)?;
+        Ok((out, ActivationCache::new(self.clone(), cache.acts)))
+    }
+
+    /// The general forward pass: embeddings, blocks and head, calling `hooks` at every hook
+    /// point, up to `to`.
+    pub fn run<H: Hooks>(&self, input: &Input, hooks: &mut H, to: RunTo) -> Result<Tensor> {
+        let n_layers = match to {
+            RunTo::Layer(n) if n > self.cfg.n_layers => {
+                return Err(Error::Invalid(format!(
+                    "stop_at_layer {n} is beyond the model's {} layers",
+                    self.cfg.n_layers
+                )))
+            }
+            RunTo::Layer(n) => n,
+            _ => self.cfg.n_layers,
+        };
+        let tokens = self.check_tokens(&input.tokens)?;
+        let (b, p) = tokens.dims2()?;
+        let mask = self.attention_bias(b, p, input.attention_mask.as_ref())?;
+        let rope = self.rope_tables(p)?;
+        let mut x = self.embed(&tokens, input.token_type_ids.as_ref(), hooks)?;
+        for l in 0..n_layers {
+            x = self.block(l, x, mask.as_ref(), rope.as_ref(), hooks)?;
+        }
+        if let RunTo::Layer(_) = to {
+            return Ok(x);
+        }
+        let hidden = match &self.weights.ln_final {
+            Some(ln) => self.norm(
+                &x,
+                ln,
+                HookPoint::LnFinalScale,
+                HookPoint::LnFinalNormalized,
+                hooks,
+            )?,
+            None => x,
+        };
+        if to == RunTo::Hidden {
+            return Ok(hidden);
+        }
+        self.unembed(&hidden)
+    }
+
+    /// Logits from hidden states `[batch, pos, d_model]` (the head only).
+    pub fn unembed(&self, hidden: &Tensor) -> Result<Tensor> {
+        let w_u = self.w_u.as_ref().ok_or_else(|| {
+            Error::Unsupported(
+                "this checkpoint has no LM head (no unembedding); use RunTo::Hidden".into(),
+            )
+        })?;
+        let (b, p, d) = hidden.dims3()?;
+        let mut h = hidden.reshape((b * p, d))?;
+        if let Some(head) = &self.weights.mlm_head {
+            h = activation(&linear(&h, &head.w, Some(&head.b))?, self.cfg.act)?;
+            h = self
+                .norm(
+                    &h.unsqueeze(0)?,
+                    &head.ln,
+                    HookPoint::LnFinalScale,
+                    HookPoint::LnFinalNormalized,
+                    &mut NoHooks,
+                )?
+                .squeeze(0)?;
+        }
+        let logits = linear(&h, w_u, self.weights.b_u.as_ref())?;
+        Ok(logits.reshape((b, p, self.cfg.d_vocab))?)
+    }
+
+    /// Validates token ids (`[batch, pos]`, each `< d_vocab`) and returns them as u32.
+    fn check_tokens(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (b, p) = tokens
+            .dims2()
+            .map_err(|_| Error::shape("tokens", "[batch, pos]", format!("{:?}", tokens.dims())))?;
+        if b == 0 || p == 0 {
+            return Err(Error::shape(
+                "tokens",
+                "a non-empty [batch, pos]",
+                format!("{:?}", tokens.dims()),
+            ));
+        }
+        if self.cfg.learned_positions && p > self.cfg.n_ctx {
+            return Err(Error::shape(
+                "tokens",
+                format!("at most n_ctx = {} positions", self.cfg.n_ctx),
+                format!("{p} positions"),
+            ));
+        }
+        if tokens.dtype().is_float() {
+            return Err(Error::shape(
+                "tokens",
+                "an integer dtype",
+                format!("{:?}", tokens.dtype()),
+            ));
+        }
+        let ids = tokens
+            .to_dtype(DType::I64)?
+            .to_device(&Device::Cpu)?
+            .to_vec2::<i64>()?;
+        for (bi, row) in ids.iter().enumerate() {
+            for (pi, &id) in row.iter().enumerate() {
+                if id < 0 || id as usize >= self.cfg.d_vocab {
+                    return Err(Error::TokenOutOfRange {
+                        id: id.clamp(0, u32::MAX as i64) as u32,
+                        batch: bi,
+                        pos: pi,
+                        vocab: self.cfg.d_vocab,
+                    });
+                }
+            }
+        }
+        Ok(tokens.to_dtype(DType::U32)?.to_device(self.device())?)
+    }
+
+    /// The additive attention bias `[batch or 1, 1, q, k]` (0 or `-inf`), or `None` when every
+    /// query sees every key.
+    fn attention_bias(
+        &self,
+        b: usize,
+        p: usize,
+        padding: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
+        let window = self.cfg.sliding_window;
+        let mut bias = if self.cfg.causal || window.is_some() {
+            let mut m = vec![0f32; p * p];
+            for q in 0..p {
+                for k in 0..p {
+                    let future = self.cfg.causal && k > q;
+                    let too_old = window.is_some_and(|w| q >= k + w);
+                    if future || too_old {
+                        m[q * p + k] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            Some(Tensor::from_vec(m, (1, 1, p, p), &Device::Cpu)?)
+        } else {
+            None
+        };
+        if let Some(mask) = padding {
+            if mask.dims() != [b, p] {
+                return Err(Error::shape(
+                    "attention_mask",
+                    format!("[{b}, {p}]"),
+                    format!("{:?}", mask.dims()),
+                ));
+            }
+            let rows = mask
+                .to_dtype(DType::F32)?
+                .to_device(&Device::Cpu)?
+                .to_vec2::<f32>()?;
+            let mut keys = vec![0f32; b * p];
+            for (bi, row) in rows.iter().enumerate() {
+                if row.iter().all(|&v| v == 0.0) {
+                    return Err(Error::Invalid(format!(
+                        "attention_mask row {bi} masks every token"
+                    )));
+                }
+                for (k, &v) in row.iter().enumerate() {
+                    if v != 0.0 && v != 1.0 {
+                        return Err(Error::shape(
+                            "attention_mask",
+                            "values 0 or 1",
+                            format!("{v} at [{bi}, {k}]"),
+                        ));
+                    }
+                    if v == 0.0 {
+                        keys[bi * p + k] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            let keys = Tensor::from_vec(keys, (b, 1, 1, p), &Device::Cpu)?;
+            bias = Some(match bias {
+                Some(c) => c.broadcast_add(&keys)?,
+                None => keys,
+            });
+        }
+        bias.map(|t| Ok(t.to_dtype(self.dtype())?.to_device(self.device())?))
+            .transpose()
+    }
+
+    /// `(cos, sin)` tables `[pos, rotary_dim / 2]` for positions `0..p`.
+    fn rope_tables(&self, p: usize) -> Result<Option<(Tensor, Tensor)>> {
+        let Some(inv) = &self.inv_freq else {
+            return Ok(None);
+        };
+        let half = inv.len();
+        let mut cos = Vec::with_capacity(p * half);
+        let mut sin = Vec::with_capacity(p * half);
+        for pos in 0..p {
+            for f in inv {
+                // f32 angles, as the reference implementations compute them.
+                let angle = (pos as f32) * (*f as f32);
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        let dev = self.device();
+        let dt = self.dtype();
+        Ok(Some((
+            Tensor::from_vec(cos, (1, p, 1, half), dev)?.to_dtype(dt)?,
+            Tensor::from_vec(sin, (1, p, 1, half), dev)?.to_dtype(dt)?,
+        )))
+    }
+
+    fn embed<H: Hooks>(
+        &self,
+        tokens: &Tensor,
+        types: Option<&Tensor>,
+        hooks: &mut H,
+    ) -> Result<Tensor> {
+        let (b, p) = tokens.dims2()?;
+        let d = self.cfg.d_model;
+        let w = &self.weights;
+        let e = w
+            .w_e
+            .index_select(&tokens.flatten_all()?, 0)?
+            .reshape((b, p, d))?;
+        let mut x = hook(hooks, HookPoint::Embed, e)?;
+        if let Some(w_pos) = &w.w_pos {
+            let pe = w_pos
+                .narrow(0, 0, p)?
+                .unsqueeze(0)?
+                .broadcast_as((b, p, d))?;
+            let pe = hook(hooks, HookPoint::PosEmbed, pe)?;
+            x = (x + pe)?;
+        }
+        if let Some(w_tt) = &w.w_token_type {
+            let ids = match types {
+                Some(t) => {
+                    if t.dims() != [b, p] {
+                        return Err(Error::shape(
+                            "token_type_ids",
+                            format!("[{b}, {p}]"),
+                            format!("{:?}", t.dims()),
+                        ));
+                    }
+                    let ids = t.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
+                    if let Some(bad) = ids
+                        .iter()
+                        .find(|&&i| i < 0 || i as usize >= self.cfg.n_token_types)
+                    {
+                        return Err(Error::Invalid(format!(
+                            "token type id {bad} is out of range ({} types)",
+                            self.cfg.n_token_types
+                        )));
+                    }
+                    t.to_dtype(DType::U32)?
+                        .to_device(self.device())?
+                        .flatten_all()?
+                }
+                None => Tensor::zeros(b * p, DType::U32, self.device())?,
+            };
+            let te = w_tt.index_select(&ids, 0)?.reshape((b, p, d))?;
+            let te = hook(hooks, HookPoint::TokenTypeEmbed, te)?;
+            x = (x + te)?;
+        }
+        if let Some(ln) = &w.embed_ln {
+            x = self.norm(
+                &x,
+                ln,
+                HookPoint::EmbedLnScale,
+                HookPoint::EmbedLnNormalized,
+                hooks,
+            )?;
+        }
+        Ok(x)
+    }
+
+    /// TransformerLens LayerNorm / RMSNorm with `hook_scale` and `hook_normalized` (LayerNorm's
+    /// normalized output includes `w` and `b`; RMSNorm's is before `w`, as in TransformerLens).
+    fn norm<H: Hooks>(
+        &self,
+        x: &Tensor,
+        ln: &NormWeights,
+        scale_at: HookPoint,
+        normalized_at: HookPoint,
+        hooks: &mut H,
+    ) -> Result<Tensor> {
+        if use_norm_kernel(x) && ln.w.dtype() == DType::F32 {
+            return self.norm_fused(x, ln, scale_at, normalized_at, hooks);
+        }
+        let dtype = x.dtype();
+        let x = upcast(x)?;
+        let eps = self.cfg.eps;
+        let out = match self.cfg.norm {
+            NormKind::LayerNorm => {
+                let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+                let scale = (xc.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
+                let scale = hook(hooks, scale_at, scale)?;
+                let mut y = xc
+                    .broadcast_div(&scale)?
+                    .broadcast_mul(&ln.w.to_dtype(x.dtype())?)?;
+                if let Some(b) = &ln.b {
+                    y = y.broadcast_add(&b.to_dtype(x.dtype())?)?;
+                }
+                hook(hooks, normalized_at, y)?
+            }
+            NormKind::RmsNorm => {
+                let scale = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
+                let scale = hook(hooks, scale_at, scale)?;
+                let y = hook(hooks, normalized_at, x.broadcast_div(&scale)?)?;
+                y.broadcast_mul(&ln.w.to_dtype(x.dtype())?)?
+            }
+        };
+        Ok(out.to_dtype(dtype)?)
+    }
+
+    /// [`HookedTransformer::norm`] with the fused kernels (two passes instead of nine ops).
+    fn norm_fused<H: Hooks>(
+        &self,
+        x: &Tensor,
+        ln: &NormWeights,
+        scale_at: HookPoint,
+        normalized_at: HookPoint,
+        hooks: &mut H,
+    ) -> Result<Tensor> {
+        let layer_norm = self.cfg.norm == NormKind::LayerNorm;
+        let mut stats = norm_stats(x, layer_norm, self.cfg.eps)?;
+        if hooks.wants(scale_at) {
+            let scale = stats.narrow(D::Minus1, 1, 1)?.contiguous()?;
+            let new = hook(hooks, scale_at, scale.clone())?;
+            if new.id() != scale.id() {
+                stats = Tensor::cat(&[&stats.narrow(D::Minus1, 0, 1)?, &new], D::Minus1)?;
+            }
+        }
+        if !layer_norm {
+            let y = hook(hooks, normalized_at, norm_apply(x, &stats, None)?)?;
+            return Ok(y.broadcast_mul(&ln.w)?);
+        }
+        let b = match &ln.b {
+            Some(b) => b.clone(),
+            None => ln.w.zeros_like()?,
+        };
+        let y = norm_apply(x, &stats, Some(&Tensor::stack(&[&ln.w, &b], 0)?))?;
+        hook(hooks, normalized_at, y)
+    }
+
+    /// Block `l`'s first norm applied to `x` (with its hooks).
+    fn apply_ln1<H: Hooks>(&self, l: usize, x: &Tensor, hooks: &mut H) -> Result<Tensor> {
+        let ln = &self.weights.blocks[l].ln1;
+        self.norm(
+            x,
+            ln,
+            HookPoint::Ln1Scale(l),
+            HookPoint::Ln1Normalized(l),
+            hooks,
+        )
+    }
+
+    /// Block `l`'s second norm applied to `x` (with its hooks).
+    fn apply_ln2<H: Hooks>(&self, l: usize, x: &Tensor, hooks: &mut H) -> Result<Tensor> {
+        let ln = self.weights.blocks[l]
+            .ln2
+            .as_ref()
+            .ok_or_else(|| Error::Invalid(format!("block {l} has no ln2")))?;
+        self.norm(
+            x,
+            ln,
+            HookPoint::Ln2Scale(l),
+            HookPoint::Ln2Normalized(l),
+            hooks,
+        )
+    }
+
+    fn block<H: Hooks>(
+        &self,
+        l: usize,
+        x: Tensor,
+        mask: Option<&Tensor>,
+        rope: Option<&(Tensor, Tensor)>,
+        hooks: &mut H,
+    ) -> Result<Tensor> {
+        let has_mlp = self.weights.blocks[l].mlp.is_some();
+        let resid = hook(hooks, HookPoint::ResidPre(l), x)?;
+        if self.cfg.post_norm {
+            let attn_out = self.attention(l, &resid, mask, rope, hooks)?;
+            let mid = hook(hooks, HookPoint::ResidMid(l), (resid + attn_out)?)?;
+            let normed = self.apply_ln1(l, &mid, hooks)?;
+            let post = if has_mlp {
+                (&normed + self.mlp(l, &normed, hooks)?)?
+            } else {
+                normed
+            };
+            let post = hook(hooks, HookPoint::ResidPost(l), post)?;
+            return self.apply_ln2(l, &post, hooks);
+        }
+        let normed = self.apply_ln1(l, &resid, hooks)?;
+        let attn_out = self.attention(l, &normed, mask, rope, hooks)?;
+        let post = if !has_mlp {
+            (resid + attn_out)?
+        } else if self.cfg.parallel_residual {
+            let mlp_out = self.mlp(l, &self.apply_ln2(l, &resid, hooks)?, hooks)?;
+            ((resid + attn_out)? + mlp_out)?
+        } else {
+            let mid = hook(hooks, HookPoint::ResidMid(l), (resid + attn_out)?)?;
+            let mlp_out = self.mlp(l, &self.apply_ln2(l, &mid, hooks)?, hooks)?;
+            (mid + mlp_out)?
+        };
+        hook(hooks, HookPoint::ResidPost(l), post)
+    }
+
+    /// Rotates the first `rotary.dim` channels of `x: [batch, pos, heads, d_head]`.
+    fn apply_rope(&self, x: &Tensor, (cos, sin): &(Tensor, Tensor)) -> Result<Tensor> {
+        let dh = self.cfg.d_head;
+        let half = cos.dim(3)?;
+        let x1 = x.narrow(3, 0, half)?;
+        let x2 = x.narrow(3, half, half)?;
+        let r1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+        let r2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
+        if 2 * half == dh {
+            Ok(Tensor::cat(&[r1, r2], 3)?)
+        } else {
+            Ok(Tensor::cat(
+                &[r1, r2, x.narrow(3, 2 * half, dh - 2 * half)?],
+                3,
+            )?)
+        }
+    }
+
+    fn attention<H: Hooks>(
+        &self,
+        l: usize,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        rope: Option<&(Tensor, Tensor)>,
+        hooks: &mut H,
+    ) -> Result<Tensor> {
+        let a = &self.weights.blocks[l].attn;
+        let cfg = &self.cfg;
+        let (b, p, d) = x.dims3()?;
+        let (h, hk, dh) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
+        let x2 = x.reshape((b * p, d))?;
+        let q = linear(&x2, &a.w_q, a.b_q.as_ref())?.reshape((b, p, h, dh))?;
+        let q = hook(hooks, HookPoint::Q(l), q)?;
+        let k = linear(&x2, &a.w_k, a.b_k.as_ref())?.reshape((b, p, hk, dh))?;
+        let k = hook(hooks, HookPoint::K(l), k)?;
+        let v = linear(&x2, &a.w_v, a.b_v.as_ref())?.reshape((b, p, hk, dh))?;
+        let v = hook(hooks, HookPoint::V(l), v)?;
+        let (q, k) = match rope {
+            Some(tables) => {
+                let q = hook(hooks, HookPoint::RotQ(l), self.apply_rope(&q, tables)?)?;
+                let k = hook(hooks, HookPoint::RotK(l), self.apply_rope(&k, tables)?)?;
+                (q, k)
+            }
+            None => (q, k),
+        };
+        // [batch, head, pos, d_head]; the 1/√d_head scale rides along the copy of q.
+        let qh = q.transpose(1, 2)?.affine(1.0 / (dh as f64).sqrt(), 0.0)?;
+        let kh = repeat_kv(k.transpose(1, 2)?.contiguous()?, cfg.kv_group())?;
+        let vh = repeat_kv(v.transpose(1, 2)?.contiguous()?, cfg.kv_group())?;
+        let mut scores = qh.contiguous()?.matmul(&kh.t()?)?;
+        if let Some(m) = mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        let scores = hook(hooks, HookPoint::AttnScores(l), scores)?;
+        let pattern = upcast(&scores)
+            .and_then(|s| softmax_last_dim(&s))?
+            .to_dtype(scores.dtype())?;
+        let pattern = hook(hooks, HookPoint::Pattern(l), pattern)?;
+        let z = pattern.matmul(&vh)?.transpose(1, 2)?.contiguous()?;
+        let z = hook(hooks, HookPoint::Z(l), z)?;
+        let out = if hooks.wants(HookPoint::HeadResult(l)) {
+            let result = self.head_results(l, &z)?;
+            let result = hook(hooks, HookPoint::HeadResult(l), result)?;
+            let summed = result.sum(2)?;
+            match &a.b_o {
+                Some(bo) => summed.broadcast_add(bo)?,
+                None => summed,
+            }
+        } else {
+            linear(&z.reshape((b * p, h * dh))?, &a.w_o, a.b_o.as_ref())?.reshape((b, p, d))?
+        };
+        hook(hooks, HookPoint::AttnOut(l), out)
+    }
+
+    /// Each head's output `z_h W_O[h]` `[batch, pos, n_heads, d_model]` (no `b_O`) from
+    /// `z: [batch, pos, n_heads, d_head]` of layer `l`.
+    pub fn head_results(&self, l: usize, z: &Tensor) -> Result<Tensor> {
+        let (b, p, h, dh) = z.dims4()?;
+        let d = self.cfg.d_model;
+        let zt = z.reshape((b * p, h, dh))?.transpose(0, 1)?.contiguous()?;
+        let w_o = self.w_o(l)?;
+        let r = zt.matmul(&w_o)?; // [h, b·p, d]
+        Ok(r.transpose(0, 1)?.reshape((b, p, h, d))?)
+    }
+
+    fn mlp<H: Hooks>(&self, l: usize, x: &Tensor, hooks: &mut H) -> Result<Tensor> {
+        let m = self.weights.blocks[l]
+            .mlp
+            .as_ref()
+            .ok_or_else(|| Error::Invalid(format!("block {l} has no MLP")))?;
+        let (b, p, d) = x.dims3()?;
+        let dm = self.cfg.d_mlp;
+        let x2 = x.reshape((b * p, d))?;
+        let post = match &m.w_gate {
+            Some(w_gate) => {
+                let pre = hook(
+                    hooks,
+                    HookPoint::MlpPre(l),
+                    x2.matmul(w_gate)?.reshape((b, p, dm))?,
+                )?;
+                let lin = linear(&x2, &m.w_in, m.b_in.as_ref())?.reshape((b, p, dm))?;
+                let lin = hook(hooks, HookPoint::MlpPreLinear(l), lin)?;
+                (activation(&pre, self.cfg.act)? * lin)?
+            }
+            None => {
+                let pre = linear(&x2, &m.w_in, m.b_in.as_ref())?.reshape((b, p, dm))?;
+                let pre = hook(hooks, HookPoint::MlpPre(l), pre)?;
+                activation(&pre, self.cfg.act)?
+            }
+        };
+        let post = hook(hooks, HookPoint::MlpPost(l), post)?;
+        let out =
+            linear(&post.reshape((b * p, dm))?, &m.w_out, m.b_out.as_ref())?.reshape((b, p, d))?;
+        hook(hooks, HookPoint::MlpOut(l), out)
+    }
+}
+
+/// Repeats each key/value head `group` times along dim 1 (grouped-query attention).
+fn repeat_kv(x: Tensor, group: usize) -> Result<Tensor> {
+    if group == 1 {
+        return Ok(x);
+    }
+    let (b, hk, p, dh) = x.dims4()?;
+    Ok(x.unsqueeze(2)?
+        .broadcast_as((b, hk, group, p, dh))?
+        .reshape((b, hk * group, p, dh))?)
+}
+
+/// TransformerLens-style weight accessors (`W_Q` → [`HookedTransformer::w_q`], ...), in
+/// TransformerLens shapes. Key/value accessors repeat grouped heads to `n_heads`, as
+/// TransformerLens's `W_K` does.
+impl HookedTransformer {
+    fn layer(&self, l: usize) -> Result<&crate::weights::BlockWeights> {
+        self.weights.blocks.get(l).ok_or_else(|| {
+            Error::Invalid(format!(
+                "layer {l} is out of range ({} layers)",
+                self.cfg.n_layers
+            ))
+        })
+    }
+
+    fn heads_in(&self, t: &Tensor, n: usize) -> Result<Tensor> {
+        let (d, dh) = (self.cfg.d_model, self.cfg.d_head);
+        let t = t.reshape((d, n, dh))?.permute((1, 0, 2))?.contiguous()?;
+        self.repeat_heads(t, n)
+    }
+
+    fn repeat_heads(&self, t: Tensor, n: usize) -> Result<Tensor> {
+        let group = self.cfg.n_heads / n;
+        if group == 1 {
+            return Ok(t);
+        }
+        let mut dims = t.dims().to_vec();
+        let mut bdims = dims.clone();
+        bdims.insert(1, group);
+        dims[0] *= group;
+        Ok(t.unsqueeze(1)?.broadcast_as(bdims)?.reshape(dims)?)
+    }
+
+    fn bias_heads(&self, b: Option<&Tensor>, n: usize) -> Result<Tensor> {
+        let t = self.or_zeros(b, n * self.cfg.d_head)?;
+        self.repeat_heads(t.reshape((n, self.cfg.d_head))?, n)
+    }
+
+    /// `b`, or zeros of length `n` when the model has no such bias.
+    fn or_zeros(&self, b: Option<&Tensor>, n: usize) -> Result<Tensor> {
+        match b {
+            Some(b) => Ok(b.clone()),
+            None => Ok(Tensor::zeros(n, self.dtype(), self.device())?),
+        }
+    }
+
+    /// Token embedding `W_E: [d_vocab, d_model]`.
+    pub fn w_e(&self) -> &Tensor {
+        &self.weights.w_e
+    }
+
+    /// Learned positions `W_pos: [n_ctx, d_model]` (models with learned positions).
+    pub fn w_pos(&self) -> Option<&Tensor> {
+        self.weights.w_pos.as_ref()
+    }
+
+    /// Unembedding `W_U: [d_model, d_vocab]` (models with a head).
+    pub fn w_u(&self) -> Option<&Tensor> {
+        self.w_u.as_ref()
+    }
+
+    /// Unembedding bias `b_U: [d_vocab]` (zeros when the head has none).
+    pub fn b_u(&self) -> Result<Tensor> {
+        match &self.weights.b_u {
+            Some(b) => Ok(b.clone()),
+            None => Ok(Tensor::zeros(
+                self.cfg.d_vocab,
+                self.dtype(),
+                self.device(),
+            )?),
+        }
+    }
+
+    /// `W_Q[l]: [n_heads, d_model, d_head]`.
+    pub fn w_q(&self, l: usize) -> Result<Tensor> {
+        self.heads_in(&self.layer(l)?.attn.w_q, self.cfg.n_heads)
+    }
+
+    /// `W_K[l]: [n_heads, d_model, d_head]` (grouped heads repeated).
+    pub fn w_k(&self, l: usize) -> Result<Tensor> {
+        self.heads_in(&self.layer(l)?.attn.w_k, self.cfg.n_kv_heads)
+    }
+
+    /// `W_V[l]: [n_heads, d_model, d_head]` (grouped heads repeated).
+    pub fn w_v(&self, l: usize) -> Result<Tensor> {
+        self.heads_in(&self.layer(l)?.attn.w_v, self.cfg.n_kv_heads)
+    }
+
+    /// `W_O[l]: [n_heads, d_head, d_model]`.
+    pub fn w_o(&self, l: usize) -> Result<Tensor> {
+        let c = &self.cfg;
+        Ok(self
+            .layer(l)?
+            .attn
+            .w_o
+            .reshape((c.n_heads, c.d_head, c.d_model))?)
+    }
+
+    /// `b_Q[l]: [n_heads, d_head]` (zeros when absent).
+    pub fn b_q(&self, l: usize) -> Result<Tensor> {
+        self.bias_heads(self.layer(l)?.attn.b_q.as_ref(), self.cfg.n_heads)
+    }
+
+    /// `b_K[l]: [n_heads, d_head]` (zeros when absent; grouped heads repeated).
+    pub fn b_k(&self, l: usize) -> Result<Tensor> {
+        self.bias_heads(self.layer(l)?.attn.b_k.as_ref(), self.cfg.n_kv_heads)
+    }
+
+    /// `b_V[l]: [n_heads, d_head]` (zeros when absent; grouped heads repeated).
+    pub fn b_v(&self, l: usize) -> Result<Tensor> {
+        self.bias_heads(self.layer(l)?.attn.b_v.as_ref(), self.cfg.n_kv_heads)
+    }
+
+    /// `b_O[l]: [d_model]` (zeros when absent).
+    pub fn b_o(&self, l: usize) -> Result<Tensor> {
+        match &self.layer(l)?.attn.b_o {
+            Some(b) => Ok(b.clone()),
+            None => Ok(Tensor::zeros(
+                self.cfg.d_model,
+                self.dtype(),
+                self.device(),
+            )?),
+        }
+    }
+
+    fn mlp_weights(&self, l: usize) -> Result<&crate::weights::MlpWeights> {
+        self.layer(l)?
+            .mlp
+            .as_ref()
+            .ok_or_else(|| Error::Invalid(format!("layer {l} has no MLP (attention-only model)")))
+    }
+
+    /// `W_in[l]: [d_model, d_mlp]`.
+    pub fn w_in(&self, l: usize) -> Result<Tensor> {
+        Ok(self.mlp_weights(l)?.w_in.clone())
+    }
+
+    /// `W_gate[l]: [d_model, d_mlp]` (gated MLPs).
+    pub fn w_gate(&self, l: usize) -> Result<Option<Tensor>> {
+        Ok(self.mlp_weights(l)?.w_gate.clone())
+    }
+
+    /// `W_out[l]: [d_mlp, d_model]`.
+    pub fn w_out(&self, l: usize) -> Result<Tensor> {
+        Ok(self.mlp_weights(l)?.w_out.clone())
+    }
+
+    /// `b_in[l]: [d_mlp]` (zeros when absent).
+    pub fn b_in(&self, l: usize) -> Result<Tensor> {
+        self.or_zeros(self.mlp_weights(l)?.b_in.as_ref(), self.cfg.d_mlp)
+    }
+
+    /// `b_out[l]: [d_model]` (zeros when absent).
+    pub fn b_out(&self, l: usize) -> Result<Tensor> {
+        match &self.mlp_weights(l)?.b_out {
+            Some(b) => Ok(b.clone()),
+            None => Ok(Tensor::zeros(
+                self.cfg.d_model,
+                self.dtype(),
+                self.device(),
+            )?),
+        }
+    }
+
+    /// The final norm's weights (`ln_final.w`, `ln_final.b`).
+    pub fn ln_final(&self) -> Option<&NormWeights> {
+        self.weights.ln_final.as_ref()
+    }
+
+    /// Block `l`'s first norm (`ln1`).
+    pub fn ln1(&self, l: usize) -> Result<&NormWeights> {
+        Ok(&self.layer(l)?.ln1)
+    }
+
+    /// Block `l`'s second norm (`ln2`), when it has one.
+    pub fn ln2(&self, l: usize) -> Result<Option<&NormWeights>> {
+        Ok(self.layer(l)?.ln2.as_ref())
+    }
+}
