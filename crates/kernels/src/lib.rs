@@ -44,5 +44,5 @@ pub use adam::{adamw_update, AdamStep};
 pub use cpu::{Real, INACTIVE};
 pub use error::{Error, Result};
 pub use rows::normalize_rows_;
-pub use select::{batch_topk, select_above, topk_per_row, Selection};
-pub use sparse::{gather_dot, gather_vector, scatter_outer, sparse_decode};
+pub use select::{batch_topk, select_above, topk_of_product, topk_per_row, Selection};
+pub use sparse::{gather_dot, gather_vector, scatter_outer, sparse_decode, to_dense};

@@ -6,6 +6,8 @@
 //!   by value, largest first.
 //! - [`select_above`]: every entry above a per-column threshold, in column order.
 //! - [`batch_topk`]: the `total` largest *positive* entries of the whole batch (BatchTopK).
+//! - [`topk_of_product`]: [`topk_per_row`] of `x · wᵀ`, tile by tile, never holding the
+//!   whole product.
 //!
 //! Entries equal to `-inf` are never selected; rows with fewer entries than slots are padded
 //! with [`INACTIVE`] and value 0. A NaN in the input is an error naming its row.
@@ -50,6 +52,60 @@ pub fn topk_per_row(x: &Tensor, k: usize, offset: Option<&Tensor>) -> Result<Sel
         ),
     }
 }
+
+/// Top-k selections of the rows of the product `x · wᵀ` (`x`: `[batch, d]`, `w`: `[n, d]`), one
+/// per request `(k, offset)`, computed [`PRODUCT_TILE`] rows at a time so that the dense
+/// `[batch, n]` product is never materialised whole (a TopK encoder's selection step; the
+/// product itself is candle's matmul).
+pub fn topk_of_product(
+    x: &Tensor,
+    w: &Tensor,
+    requests: &[(usize, Option<&Tensor>)],
+) -> Result<Vec<Selection>> {
+    const OP: &str = "topk_of_product";
+    check_cpu(OP, x)?;
+    check_cpu(OP, w)?;
+    let dtype = check_float(OP, "input", x)?;
+    same_dtype(OP, dtype, &[("weight", w)])?;
+    let (b, d) = dims2(OP, "input", x)?;
+    let (_, dw) = dims2(OP, "weight", w)?;
+    if d != dw {
+        return Err(Error::shape(
+            OP,
+            format!("input has {d} columns, weight rows have {dw}"),
+        ));
+    }
+    let wt = w.t()?;
+    let mut parts: Vec<Vec<Selection>> = vec![Vec::new(); requests.len()];
+    for r0 in (0..b).step_by(PRODUCT_TILE) {
+        let len = PRODUCT_TILE.min(b - r0);
+        let p = x.narrow(0, r0, len)?.matmul(&wt)?;
+        for (part, &(k, offset)) in parts.iter_mut().zip(requests) {
+            part.push(topk_per_row(&p, k, offset)?);
+        }
+    }
+    parts
+        .into_iter()
+        .zip(requests)
+        .map(|(part, &(k, _))| {
+            if part.is_empty() {
+                return Ok(Selection {
+                    indices: Tensor::zeros((0, k), DType::U32, x.device())?,
+                    values: Tensor::zeros((0, k), dtype, x.device())?,
+                });
+            }
+            let idx: Vec<&Tensor> = part.iter().map(|s| &s.indices).collect();
+            let val: Vec<&Tensor> = part.iter().map(|s| &s.values).collect();
+            Ok(Selection {
+                indices: Tensor::cat(&idx, 0)?,
+                values: Tensor::cat(&val, 0)?,
+            })
+        })
+        .collect()
+}
+
+/// Rows per tile of [`topk_of_product`].
+pub const PRODUCT_TILE: usize = 512;
 
 /// Every entry of `x + offset` strictly above `threshold[column]` (`threshold`: `[n]`), in
 /// column order; `slots` is the largest count over rows.

@@ -10,6 +10,8 @@
 //!   (→ [`scatter_outer`]).
 //! - [`scatter_outer`]: `out[i] = Σ_{(b,j): indices[b,j] = i} values[b,j] · input[b]` →
 //!   `[n, d]`, zero rows for latents that no slot names (a weight gradient).
+//! - [`to_dense`]: the dense `[batch, n]` form `A` itself, differentiable in `values`
+//!   (gather of the output gradient at the active slots).
 //! - [`gather_vector`]: `out[b,j] = v[indices[b,j]]` → `[batch, slots]` (a per-latent bias at
 //!   the active slots), differentiable in `v` (scatter-add of the output gradient).
 //!
@@ -112,6 +114,20 @@ pub fn gather_vector(indices: &Tensor, v: &Tensor) -> Result<Tensor> {
     Ok(indices
         .contiguous()?
         .apply_op2(&v.contiguous()?, GatherVector)?)
+}
+
+/// `[batch, n]`: the dense codes, `values[b,j]` summed into column `indices[b,j]`
+/// (differentiable in `values`).
+///
+/// `indices`, `values`: `[batch, slots]`; f32 or f64, CPU.
+pub fn to_dense(indices: &Tensor, values: &Tensor, n: usize) -> Result<Tensor> {
+    const OP: &str = "to_dense";
+    let (b, k) = check_indices(OP, indices, n)?;
+    check_float(OP, "values", values)?;
+    check_same_shape(OP, "values", values, (b, k))?;
+    Ok(indices
+        .contiguous()?
+        .apply_op2(&values.contiguous()?, ToDense { n })?)
 }
 
 fn check_weight(op: &'static str, weight: &Tensor) -> Result<(usize, usize)> {
@@ -610,6 +626,78 @@ impl CustomOp2 for GatherVector {
                 }
             }
             Ok((None, Some(Tensor::from_vec(out, n, v.device())?)))
+        })
+    }
+}
+
+struct ToDense {
+    n: usize,
+}
+
+impl CustomOp2 for ToDense {
+    fn name(&self) -> &'static str {
+        "to_dense"
+    }
+
+    fn cpu_fwd(
+        &self,
+        si: &CpuStorage,
+        li: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, k) = dims_of(li)?;
+        let idx = cpu_slice::<u32>(si, li)?;
+        let n = self.n;
+        let out = float_dispatch!(sv, self.name(), |T| {
+            let v = cpu_slice::<T>(sv, lv)?;
+            let mut out = vec![<T as num_traits::Zero>::zero(); b * n];
+            for (p, (&i, &x)) in idx.iter().zip(v).enumerate() {
+                if (i as usize) < n {
+                    out[(p / k) * n + i as usize] += x;
+                }
+            }
+            <T as candle_core::WithDType>::to_cpu_storage_owned(out)
+        });
+        Ok((out, Shape::from((b, n))))
+    }
+
+    fn bwd(
+        &self,
+        indices: &Tensor,
+        values: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        if !values.track_op() {
+            return Ok((None, None));
+        }
+        let grad = grad.contiguous()?;
+        let (_, k) = indices.dims2()?;
+        let n = self.n;
+        let (is, il) = indices.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        let (Storage::Cpu(is), Storage::Cpu(gs)) = (&*is, &*gs) else {
+            candle_core::bail!("to_dense: backward expects CPU tensors");
+        };
+        let idx = cpu_slice::<u32>(is, il)?;
+        float_dispatch!(gs, self.name(), |T| {
+            let g = cpu_slice::<T>(gs, gl)?;
+            let out: Vec<T> = idx
+                .iter()
+                .enumerate()
+                .map(|(p, &i)| {
+                    if (i as usize) < n {
+                        g[(p / k) * n + i as usize]
+                    } else {
+                        <T as num_traits::Zero>::zero()
+                    }
+                })
+                .collect();
+            Ok((
+                None,
+                Some(Tensor::from_vec(out, values.dims(), values.device())?),
+            ))
         })
     }
 }

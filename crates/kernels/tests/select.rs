@@ -193,3 +193,33 @@ fn fused_adamw_follows_the_formula_and_normalisation_gives_unit_rows() {
     assert_eq!(r[1], vec![0.0, 0.0]);
     assert!((r[2][0] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-7);
 }
+
+#[test]
+fn topk_of_product_equals_topk_of_the_full_product() {
+    let (b, d, n) = (1100, 6, 40); // three tiles, the last partial
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let x: Vec<f32> = (0..b * d).map(|_| rng.random::<f32>() - 0.5).collect();
+    let w: Vec<f32> = (0..n * d).map(|_| rng.random::<f32>() - 0.5).collect();
+    let x = Tensor::from_vec(x, (b, d), &Device::Cpu).unwrap();
+    let w = Tensor::from_vec(w, (n, d), &Device::Cpu).unwrap();
+    let mut mask = vec![f32::NEG_INFINITY; n];
+    mask[3] = 0.0;
+    mask[7] = 0.1;
+    let mask = Tensor::from_vec(mask, n, &Device::Cpu).unwrap();
+    let got = metarep_kernels::topk_of_product(&x, &w, &[(5, None), (2, Some(&mask))]).unwrap();
+    let p = x.matmul(&w.t().unwrap()).unwrap();
+    let want = [
+        topk_per_row(&p, 5, None).unwrap(),
+        topk_per_row(&p, 2, Some(&mask)).unwrap(),
+    ];
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(
+            g.indices.to_vec2::<u32>().unwrap(),
+            w.indices.to_vec2::<u32>().unwrap()
+        );
+        assert_eq!(
+            g.values.to_vec2::<f32>().unwrap(),
+            w.values.to_vec2::<f32>().unwrap()
+        );
+    }
+}

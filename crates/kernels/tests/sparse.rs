@@ -377,3 +377,21 @@ fn gather_vector_reads_the_bias_and_scatters_its_gradient() {
         .to_string()
         .contains("index 3"));
 }
+
+#[test]
+fn to_dense_sums_slots_and_gathers_its_gradient() {
+    let idx = Tensor::from_vec(vec![1u32, 1, INACTIVE, 0], (2, 2), &Device::Cpu).unwrap();
+    let v = Var::from_tensor(&Tensor::new(&[[1.0f32, 2.0], [5.0, 3.0]], &Device::Cpu).unwrap())
+        .unwrap();
+    let d = metarep_kernels::to_dense(&idx, v.as_tensor(), 3).unwrap();
+    assert_eq!(
+        d.to_vec2::<f32>().unwrap(),
+        vec![vec![0.0, 3.0, 0.0], vec![3.0, 0.0, 0.0]]
+    );
+    let w = Tensor::new(&[[1.0f32, 10.0, 100.0], [1000.0, 1e4, 1e5]], &Device::Cpu).unwrap();
+    let g = (d * w).unwrap().sum_all().unwrap().backward().unwrap();
+    assert_eq!(
+        g.get(v.as_tensor()).unwrap().to_vec2::<f32>().unwrap(),
+        vec![vec![10.0, 10.0], vec![0.0, 1000.0]]
+    );
+}
