@@ -11,6 +11,7 @@ mod bench;
 mod fig1;
 mod fig2;
 mod fig6;
+mod fig9;
 mod output;
 mod registry;
 

@@ -41,6 +41,13 @@ pub const REGISTRY: &[Experiment] = &[
         threshold: "1-layer trained LAT within 5% of tuned one-step GD and sensitivity cosine ≥ 0.99, every seed",
         run: crate::fig6::run,
     },
+    Experiment {
+        id: "fig9",
+        title: "SAEs on ground-truth systems (BFS, DFS, stack machine): reconstruction, feature recovery, causal edits",
+        example: "sae_ground_truth",
+        threshold: "explained variance > 0.95 for every trained SAE on every linear mixture",
+        run: crate::fig9::run,
+    },
 ];
 
 /// The registry as a printable table.

@@ -150,20 +150,7 @@ pub fn run(
                 obs.narrow(0, split, traj.rows() - split)?,
             );
             let truth = mix.directions()?;
-            let clean_test = Tensor::from_vec(
-                (split..traj.rows())
-                    .flat_map(|r| {
-                        mix.clean(&traj.states[r * f..(r + 1) * f])
-                            .iter()
-                            .map(|&v| v as f32)
-                            .collect::<Vec<_>>()
-                    })
-                    .collect::<Vec<f32>>(),
-                (traj.rows() - split, mixing.d_obs),
-                &Device::Cpu,
-            )?;
             let readout = Readout::fit(&train_obs, train_states, f)?;
-            let _ = clean_test;
             for named in &cfg.saes {
                 let config = named.sae.config(mixing.d_obs)?;
                 let seed = derive_seed(
@@ -240,8 +227,25 @@ pub fn score(
             ..Default::default()
         },
     )?;
-    let (best, matches) = max_cosines(sae.w_dec.as_tensor(), truth)?;
+    let (best, _) = max_cosines(sae.w_dec.as_tensor(), truth)?;
     let codes = sae.encode(obs)?.to_dense(sae.config.d_sae)?;
+    // Activation and causal tests use the best-matching latent among those that fire on the
+    // test set: a never-firing near-duplicate direction represents nothing.
+    let fired = codes
+        .gt(0.0)?
+        .to_dtype(DType::F32)?
+        .sum(0)?
+        .to_vec1::<f32>()?;
+    let live: Vec<u32> = (0..fired.len() as u32)
+        .filter(|&i| fired[i as usize] > 0.0)
+        .collect();
+    let matches = if live.is_empty() {
+        vec![0; truth.dim(0)?]
+    } else {
+        let idx = Tensor::from_vec(live.clone(), live.len(), &Device::Cpu)?;
+        let (_, m) = max_cosines(&sae.w_dec.as_tensor().index_select(&idx, 0)?, truth)?;
+        m.iter().map(|&j| live[j] as usize).collect()
+    };
     let f1 = matched_f1(&codes, states, &matches)?;
     let c = causal_edits(sae, obs, states, &matches, readout, causal)?;
     Ok(Scores {
