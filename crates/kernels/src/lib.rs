@@ -6,8 +6,10 @@
 //! [`gather_dot`] are differentiable candle ops whose backward passes are each other and
 //! [`scatter_outer`], so `loss.backward()` never builds a dense `[batch, n]` gradient. Per-row
 //! selection ([`topk_per_row`], [`select_above`], [`batch_topk`]) turns a dense pre-activation
-//! into such a sparse code, [`adamw_update`] is a fused in-place AdamW step and
-//! [`normalize_rows_`] keeps decoder rows at unit norm.
+//! into such a sparse code. For dense (ReLU-family) encoders, [`linear_encode`] is
+//! `act(x·wᵀ + b)` with a backward that skips the input gradient an SAE does not need.
+//! [`adamw_update`] is a fused in-place AdamW step and [`normalize_rows_`] keeps decoder rows
+//! at unit norm.
 //!
 //! Shapes are `[batch, slots]` for indices (u32) and values, `[n, d]` for weights whose rows are
 //! latent directions, `[batch, d]` for dense inputs and outputs; f32 and f64. An index equal to
@@ -35,6 +37,7 @@
 
 pub mod adam;
 mod cpu;
+pub mod dense;
 pub mod error;
 pub mod rows;
 pub mod select;
@@ -42,6 +45,7 @@ pub mod sparse;
 
 pub use adam::{adamw_update, AdamStep};
 pub use cpu::{Real, INACTIVE};
+pub use dense::{column_sums, count_positive, linear_encode};
 pub use error::{Error, Result};
 pub use rows::normalize_rows_;
 pub use select::{batch_topk, select_above, topk_of_product, topk_per_row, Selection};

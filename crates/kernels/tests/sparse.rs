@@ -6,20 +6,13 @@ use metarep_kernels::{gather_dot, scatter_outer, sparse_decode, Error, INACTIVE}
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+mod common;
+use common::{on_one_thread, randn};
+
 const B: usize = 7;
 const K: usize = 5;
 const N: usize = 23;
 const D: usize = 19;
-
-fn randn(rng: &mut ChaCha8Rng, shape: (usize, usize), dtype: DType) -> Tensor {
-    let v: Vec<f64> = (0..shape.0 * shape.1)
-        .map(|_| rng.random::<f64>() * 2.0 - 1.0)
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
-}
 
 /// Random indices with repeats within rows (forced in row 0) and some INACTIVE slots.
 fn indices(rng: &mut ChaCha8Rng) -> (Tensor, Vec<u32>) {
@@ -310,12 +303,7 @@ fn results_do_not_depend_on_the_thread_count() {
             .unwrap()
     };
     let many = run();
-    let one = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap()
-        .install(run);
-    assert_eq!(many, one);
+    assert_eq!(many, on_one_thread(run));
 }
 
 #[test]
@@ -343,12 +331,12 @@ fn shapes_spanning_several_tiles_and_latent_groups_match_dense() {
     for (q, &i) in idx_v.iter().enumerate() {
         assert!((gd[q / k][q % k] - p[q / k][i as usize]).abs() < 1e-12);
     }
-    let one = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
-    let dec1 = one.install(|| sparse_decode(&idx, &vals, &w).unwrap());
-    let so1 = one.install(|| scatter_outer(&idx, &vals, &x, n).unwrap());
+    let (dec1, so1) = on_one_thread(|| {
+        (
+            sparse_decode(&idx, &vals, &w).unwrap(),
+            scatter_outer(&idx, &vals, &x, n).unwrap(),
+        )
+    });
     assert_eq!(
         dec.to_vec2::<f64>().unwrap(),
         dec1.to_vec2::<f64>().unwrap()
