@@ -79,12 +79,7 @@ impl Latents {
     pub fn fire_counts(&self, d_sae: usize) -> Result<Vec<u64>> {
         let mut counts = vec![0u64; d_sae];
         match self {
-            Latents::Dense(t) => {
-                let on = t.detach().gt(0.0)?.to_dtype(DType::F32)?.sum(0)?;
-                for (c, v) in counts.iter_mut().zip(on.to_vec1::<f32>()?) {
-                    *c = v as u64;
-                }
-            }
+            Latents::Dense(t) => counts = metarep_kernels::count_positive(&t.detach())?,
             Latents::Sparse { indices, values } => {
                 let idx = indices.flatten_all()?.to_vec1::<u32>()?;
                 let val = values

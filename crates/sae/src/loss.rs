@@ -14,7 +14,7 @@
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use metarep_core::rng::{derive_seed, normal_vec, seeded};
-use metarep_kernels::{gather_vector, sparse_decode, to_dense, INACTIVE};
+use metarep_kernels::{column_sums, gather_vector, sparse_decode, to_dense, INACTIVE};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Architecture, DecoderNorm};
@@ -279,8 +279,8 @@ pub fn l1_of(sae: &Sae, latents: &Latents) -> Result<Tensor> {
     let rows = latents.batch()?.max(1) as f64;
     let folded = sae.config.decoder_norm == DecoderNorm::Folded;
     let sum = match latents {
-        Latents::Dense(f) if folded => f.sum(0)?.mul(&sae.decoder_norms()?)?.sum_all()?,
-        Latents::Dense(f) => f.sum_all()?,
+        Latents::Dense(f) if folded => column_sums(f)?.mul(&sae.decoder_norms()?)?.sum_all()?,
+        Latents::Dense(f) => column_sums(f)?.sum_all()?,
         Latents::Sparse { indices, values } if folded => {
             (values * gather_vector(indices, &sae.decoder_norms()?)?)?.sum_all()?
         }

@@ -10,15 +10,16 @@
 //! pre-activations exactly with [`gather_dot`], so that every gradient of the step is sparse
 //! ([`gather_dot`], [`gather_vector`], [`sparse_decode`] and their backward kernels). Dense
 //! encoders write the bias as `c = b_enc − w_enc·b_dec` so that the input itself needs no
-//! gradient (`∂/∂x` of a dense encoder is a full extra matmul).
+//! gradient, and run through [`linear_encode`], whose backward skips `∂/∂x` (a full extra
+//! matmul that candle's generic matmul backward would form).
 
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use metarep_core::rng::derive_seed;
 use metarep_kernels::{
-    batch_topk, gather_dot, gather_vector, normalize_rows_, sparse_decode, topk_of_product,
-    topk_per_row,
+    batch_topk, column_sums, gather_dot, gather_vector, linear_encode, normalize_rows_,
+    sparse_decode, topk_of_product, topk_per_row,
 };
 
 use crate::baselines::unit_rows;
@@ -465,10 +466,10 @@ impl View {
     }
 
     /// `W_enc·x + c` with `c = b − W_enc·b_dec` under the pre-encoder bias (so `x` needs no
-    /// gradient).
+    /// gradient), through [`linear_encode`].
     fn dense_pre(&self, x: &Tensor) -> Result<Tensor> {
-        let s = x.matmul(&self.w_enc.t()?)?;
-        Ok(s.broadcast_add(&self.encoder_bias(&self.b_enc)?)?)
+        let c = self.encoder_bias(&self.b_enc)?;
+        Ok(linear_encode(x, &self.w_enc, &c, false)?)
     }
 
     /// `b − W_enc·b_dec` with the pre-encoder bias, else `b`.
@@ -487,7 +488,8 @@ impl View {
         let mut pass = ForwardPass::new(x.clone(), Latents::Dense(x.clone()), x.clone(), None);
         match self.config.architecture {
             Architecture::Relu => {
-                pass.latents = Latents::Dense(self.dense_pre(x)?.relu()?);
+                let c = self.encoder_bias(&self.b_enc)?;
+                pass.latents = Latents::Dense(linear_encode(x, &self.w_enc, &c, true)?);
             }
             Architecture::JumpRelu { bandwidth, .. } => {
                 let pre = self.dense_pre(x)?;
@@ -505,16 +507,14 @@ impl View {
                 let b_mag = self.b_mag.as_ref().ok_or_else(|| missing("b_mag"))?;
                 let zero = self.b_enc.zeros_like()?;
                 // s = W_enc (x − b_dec); π_gate = s + b_gate; magnitude = ReLU(e^r ⊙ s + b_mag).
-                let s = x
-                    .matmul(&self.w_enc.t()?)?
-                    .broadcast_add(&self.encoder_bias(&zero)?)?;
+                let s = linear_encode(x, &self.w_enc, &self.encoder_bias(&zero)?, false)?;
                 let pi = s.broadcast_add(&self.b_enc)?;
                 let gate = pi.detach().gt(0.0)?.to_dtype(x.dtype())?;
                 let mag = s.broadcast_mul(&r.exp()?)?.broadcast_add(b_mag)?.relu()?;
                 if sparsity {
                     let pi_act = pi.relu()?;
                     let norms = self.w_dec.sqr()?.sum(1)?.sqrt()?;
-                    pass.gate_l1 = Some((pi_act.sum(0)?.mul(&norms)?.sum_all()? / rows)?);
+                    pass.gate_l1 = Some((column_sums(&pi_act)?.mul(&norms)?.sum_all()? / rows)?);
                     let via_gate = pi_act
                         .matmul(&self.w_dec.detach())?
                         .broadcast_add(&self.b_dec.detach())?;

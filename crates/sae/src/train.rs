@@ -27,7 +27,7 @@ use crate::config::{Architecture, InputNorm, SaeConfig};
 use crate::error::{Error, Result};
 use crate::loss::{total_loss, LossConfig, Probe};
 use crate::metrics::VarianceSums;
-use crate::sae::{Sae, TrainForward};
+use crate::sae::{ForwardPass, Sae, TrainForward};
 use crate::source::{ActivationSource, Batch};
 
 /// Optimisation and bookkeeping settings.
@@ -186,6 +186,120 @@ struct Position {
     tokens: u64,
 }
 
+/// The optimisation state of a run: parameters (the SAE's and the probe's), AdamW moments and
+/// the dead-latent counters. [`train`] drives it over a source; [`Trainer::step`] is one step
+/// on one batch (benchmarks, custom loops).
+#[derive(Debug)]
+pub struct Trainer {
+    /// Training settings.
+    pub cfg: TrainConfig,
+    /// The probe of the probe-guided loss, when it is on.
+    pub probe: Option<Probe>,
+    /// SAE and probe parameters, in checkpoint order.
+    pub params: Vec<(String, Var)>,
+    /// AdamW state (moments, step count).
+    pub adam: AdamW,
+    /// Tokens since each latent last fired.
+    pub since_fired: Vec<u64>,
+}
+
+/// What one step produced.
+#[derive(Debug)]
+pub struct StepOutcome {
+    /// The forward pass (normalised space).
+    pub pass: ForwardPass,
+    /// Total loss.
+    pub loss: f64,
+    /// Named unweighted loss terms.
+    pub parts: Vec<(String, f64)>,
+    /// Gradient norm before clipping (NaN when clipping is off).
+    pub grad_norm: f64,
+    /// Learning rate used.
+    pub lr: f64,
+}
+
+impl Trainer {
+    /// Fresh optimiser state for `sae` (checks `cfg` against its architecture).
+    pub fn new(sae: &Sae, cfg: &TrainConfig) -> Result<Self> {
+        cfg.validate(&sae.config.architecture)?;
+        let device = sae.w_dec.device().clone();
+        let probe = match cfg.loss.probe {
+            Some(p) => Some(Probe::new(sae.config.d_sae, p.classes, cfg.seed, &device)?),
+            None => None,
+        };
+        let mut params = sae.params();
+        if let Some(p) = &probe {
+            params.extend(p.params());
+        }
+        let adam = AdamW::new(&params, cfg.weight_decay)?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            probe,
+            params,
+            adam,
+            since_fired: vec![0; sae.config.d_sae],
+        })
+    }
+
+    /// Latents that have not fired for `dead_window` tokens.
+    pub fn dead_mask(&self) -> Vec<bool> {
+        self.since_fired
+            .iter()
+            .map(|&s| s >= self.cfg.dead_window)
+            .collect()
+    }
+
+    /// Fraction of dead latents.
+    pub fn dead_fraction(&self) -> f64 {
+        dead_fraction(&self.since_fired, self.cfg.dead_window)
+    }
+
+    /// One optimisation step on a batch of raw activations at schedule step `step`: forward,
+    /// loss, backward, (clipping), fused AdamW, decoder renormalisation, BatchTopK threshold and
+    /// dead-latent counters.
+    pub fn step(&mut self, sae: &mut Sae, batch: &Batch, step: usize) -> Result<StepOutcome> {
+        let rows = batch.x.dim(0)?;
+        let (x, _) = sae.normalize_input(&batch.x)?;
+        let dead = self.dead_mask();
+        let opts = TrainForward {
+            sparsity: self.cfg.loss.wants_sparsity(),
+            aux_k: self.cfg.loss.aux_k.map(|a| (a.k_aux, dead.as_slice())),
+        };
+        let pass = sae.forward(&x, &opts)?;
+        let loss = total_loss(sae, &pass, batch, &self.cfg.loss, self.probe.as_ref(), step)?;
+        let value = loss.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !value.is_finite() {
+            return Err(Error::Training(format!(
+                "loss became {value} at step {step}"
+            )));
+        }
+        let grads = gradients(&loss.total, &self.params)?;
+        let (grads, grad_norm) = if self.cfg.clip > 0.0 {
+            clip_grad_norm(&grads, self.cfg.clip)?
+        } else {
+            (grads, f64::NAN)
+        };
+        let lr = self.cfg.schedule().lr_at(step);
+        fused_adam_step(&mut self.adam, &self.params, &grads, lr)?;
+        sae.after_step()?;
+        if let Some(min) = pass.batch_min {
+            let r = self.cfg.threshold_lr;
+            sae.batch_threshold = (1.0 - r) * sae.batch_threshold + r * min;
+        }
+        let fired = pass.latents.fire_counts(sae.config.d_sae)?;
+        for (s, &f) in self.since_fired.iter_mut().zip(&fired) {
+            *s = if f > 0 { 0 } else { *s + rows as u64 };
+        }
+        Ok(StepOutcome {
+            pass,
+            loss: value,
+            parts: loss.parts,
+            grad_norm,
+            lr,
+        })
+    }
+}
+
 /// Trains `sae` (and a probe, when the probe loss is on) on `source`.
 pub fn train(
     sae: &mut Sae,
@@ -193,7 +307,6 @@ pub fn train(
     cfg: &TrainConfig,
     run: RunControl,
 ) -> Result<TrainReport> {
-    cfg.validate(&sae.config.architecture)?;
     if source.d_in() != sae.config.d_in {
         return Err(Error::shape(
             "training activations",
@@ -201,17 +314,8 @@ pub fn train(
             format!("d_in = {}", source.d_in()),
         ));
     }
+    let mut t = Trainer::new(sae, cfg)?;
     let device = sae.w_dec.device().clone();
-    let probe = match cfg.loss.probe {
-        Some(p) => Some(Probe::new(sae.config.d_sae, p.classes, cfg.seed, &device)?),
-        None => None,
-    };
-    let mut params = sae.params();
-    if let Some(p) = &probe {
-        params.extend(p.params());
-    }
-    let mut adam = AdamW::new(&params, cfg.weight_decay)?;
-    let mut since_fired = vec![0u64; sae.config.d_sae];
     let mut pos = Position::default();
     let ckpt_dir = run.out.map(|o| o.join("checkpoint"));
     let train_sha256 = config_hash(cfg)?;
@@ -227,11 +331,11 @@ pub fn train(
                 dir.display()
             )));
         }
-        adam.restore(&params, &tensors, state.adam_t)?;
+        t.adam.restore(&t.params, &tensors, state.adam_t)?;
         let tracker = tensors
             .get(TRACKER)
             .ok_or_else(|| Error::Invalid(format!("checkpoint has no tensor {TRACKER}")))?;
-        since_fired = tracker
+        t.since_fired = tracker
             .to_dtype(DType::F64)?
             .to_vec1::<f64>()?
             .iter()
@@ -268,106 +372,29 @@ pub fn train(
     let start = pos.step;
     let tokens_at_start = pos.tokens;
     let end = run.stop_at.unwrap_or(cfg.steps).min(cfg.steps);
-    let schedule = cfg.schedule();
     let mut final_loss = f64::NAN;
     let mut resampled = 0;
     for step in start..end {
         let batch = next_batch(source, cfg.batch, &mut pos)?;
-        let rows = batch.x.dim(0)?;
-        let (x, _) = sae.normalize_input(&batch.x)?;
-        let dead: Vec<bool> = since_fired.iter().map(|&s| s >= cfg.dead_window).collect();
-        let opts = TrainForward {
-            sparsity: cfg.loss.wants_sparsity(),
-            aux_k: cfg.loss.aux_k.map(|a| (a.k_aux, dead.as_slice())),
-        };
-        let pass = sae.forward(&x, &opts)?;
-        let loss = total_loss(sae, &pass, &batch, &cfg.loss, probe.as_ref(), step)?;
-        final_loss = loss.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if !final_loss.is_finite() {
-            return Err(Error::Training(format!(
-                "loss became {final_loss} at step {step}"
-            )));
-        }
-        let grads = gradients(&loss.total, &params)?;
-        let (grads, grad_norm) = if cfg.clip > 0.0 {
-            clip_grad_norm(&grads, cfg.clip)?
-        } else {
-            (grads, f64::NAN)
-        };
-        let lr = schedule.lr_at(step);
-        fused_adam_step(&mut adam, &params, &grads, lr)?;
-        sae.after_step()?;
-        if let Some(min) = pass.batch_min {
-            sae.batch_threshold =
-                (1.0 - cfg.threshold_lr) * sae.batch_threshold + cfg.threshold_lr * min;
-        }
-        let fired = pass.latents.fire_counts(sae.config.d_sae)?;
-        for (s, &f) in since_fired.iter_mut().zip(&fired) {
-            *s = if f > 0 { 0 } else { *s + rows as u64 };
-        }
+        let out = t.step(sae, &batch, step)?;
+        final_loss = out.loss;
         pos.step = step + 1;
-        pos.tokens += rows as u64;
+        pos.tokens += batch.x.dim(0)? as u64;
         if let Some(r) = cfg.resample {
             if pos.step % r.every == 0 && pos.step < r.until {
-                let n = resample_dead(
-                    sae,
-                    &mut adam,
-                    &params,
-                    &pass.x,
-                    &pass.recon,
-                    &mut since_fired,
-                    cfg,
-                    r,
-                    step,
-                )?;
-                resampled += n;
+                resampled += resample_dead(sae, &mut t, &out.pass.x, &out.pass.recon, r, step)?;
             }
         }
         let log_now = cfg.log_every > 0 && (step % cfg.log_every == 0 || pos.step == cfg.steps);
         if let (Some(s), true) = (sink.as_mut(), log_now) {
-            let mut rec = serde_json::Map::new();
-            rec.insert("step".into(), step.into());
-            rec.insert("tokens".into(), pos.tokens.into());
-            rec.insert("epoch".into(), pos.epoch.into());
-            rec.insert("lr".into(), lr.into());
-            rec.insert("loss".into(), final_loss.into());
-            for (name, v) in &loss.parts {
-                rec.insert(format!("loss_{name}"), (*v).into());
-            }
-            let mut sums = VarianceSums::default();
-            sums.add(&pass.x, &pass.recon)?;
-            let (l0, l1) = pass.latents.l0_l1()?;
-            rec.insert("mse".into(), sums.mse().into());
-            rec.insert(
-                "explained_variance".into(),
-                sums.explained_variance().into(),
-            );
-            rec.insert("l0".into(), l0.into());
-            rec.insert("l1".into(), l1.into());
-            rec.insert(
-                "dead_fraction".into(),
-                dead_fraction(&since_fired, cfg.dead_window).into(),
-            );
-            if grad_norm.is_finite() {
-                rec.insert("grad_norm".into(), grad_norm.into());
-            }
-            if let (Some(p), Some(labels)) = (&probe, &batch.labels) {
-                rec.insert(
-                    "probe_accuracy".into(),
-                    p.accuracy(&pass.latents, labels)?.into(),
-                );
-            }
             let secs = clock.elapsed().as_secs_f64().max(1e-9);
-            rec.insert(
-                "tokens_per_s".into(),
-                ((pos.tokens - tokens_at_start) as f64 / secs).into(),
-            );
-            s.log(&serde_json::Value::Object(rec))?;
+            let rate = (pos.tokens - tokens_at_start) as f64 / secs;
+            s.log(&log_record(&t, &out, &batch, pos, step, rate)?)?;
             s.flush()?;
         }
         let ckpt_now = cfg.checkpoint_every > 0 && pos.step % cfg.checkpoint_every == 0;
         if let (Some(dir), true) = (&ckpt_dir, ckpt_now || pos.step == end) {
-            save(dir, &adam, &params, &since_fired, sae, pos, &train_sha256)?;
+            save(dir, &t, sae, pos, &train_sha256)?;
         }
         bar.inc(1);
         if step % 10 == 0 {
@@ -380,10 +407,52 @@ pub fn train(
         steps: pos.step.max(start),
         tokens: pos.tokens,
         final_loss,
-        dead_fraction: dead_fraction(&since_fired, cfg.dead_window),
+        dead_fraction: t.dead_fraction(),
         resampled,
         seconds: clock.elapsed().as_secs_f64(),
     })
+}
+
+/// One metrics line.
+fn log_record(
+    t: &Trainer,
+    out: &StepOutcome,
+    batch: &Batch,
+    pos: Position,
+    step: usize,
+    tokens_per_s: f64,
+) -> Result<serde_json::Value> {
+    let mut rec = serde_json::Map::new();
+    rec.insert("step".into(), step.into());
+    rec.insert("tokens".into(), pos.tokens.into());
+    rec.insert("epoch".into(), pos.epoch.into());
+    rec.insert("lr".into(), out.lr.into());
+    rec.insert("loss".into(), out.loss.into());
+    for (name, v) in &out.parts {
+        rec.insert(format!("loss_{name}"), (*v).into());
+    }
+    let mut sums = VarianceSums::default();
+    sums.add(&out.pass.x, &out.pass.recon)?;
+    let (l0, l1) = out.pass.latents.l0_l1()?;
+    rec.insert("mse".into(), sums.mse().into());
+    rec.insert(
+        "explained_variance".into(),
+        sums.explained_variance().into(),
+    );
+    rec.insert("l0".into(), l0.into());
+    rec.insert("l1".into(), l1.into());
+    rec.insert("dead_fraction".into(), t.dead_fraction().into());
+    if out.grad_norm.is_finite() {
+        rec.insert("grad_norm".into(), out.grad_norm.into());
+    }
+    if let (Some(p), Some(labels)) = (&t.probe, &batch.labels) {
+        rec.insert(
+            "probe_accuracy".into(),
+            p.accuracy(&out.pass.latents, labels)?.into(),
+        );
+    }
+    rec.insert("tokens_per_s".into(), tokens_per_s.into());
+    Ok(serde_json::Value::Object(rec))
 }
 
 fn dead_fraction(since_fired: &[u64], window: u64) -> f64 {
@@ -479,27 +548,19 @@ fn initialise_from_data(
     Ok(())
 }
 
-fn save(
-    dir: &Path,
-    adam: &AdamW,
-    params: &[(String, Var)],
-    since_fired: &[u64],
-    sae: &Sae,
-    pos: Position,
-    train_sha256: &str,
-) -> Result<()> {
-    let mut tensors = adam.checkpoint_tensors(params);
-    let tracker: Vec<f64> = since_fired.iter().map(|&v| v as f64).collect();
+fn save(dir: &Path, t: &Trainer, sae: &Sae, pos: Position, train_sha256: &str) -> Result<()> {
+    let mut tensors = t.adam.checkpoint_tensors(&t.params);
+    let tracker: Vec<f64> = t.since_fired.iter().map(|&v| v as f64).collect();
     tensors.push((
         TRACKER.to_string(),
-        Tensor::from_vec(tracker, since_fired.len(), &Device::Cpu)?,
+        Tensor::from_vec(tracker, t.since_fired.len(), &Device::Cpu)?,
     ));
     let state = CheckpointState {
         step: pos.step,
         epoch: pos.epoch,
         batch_in_epoch: pos.batch_in_epoch,
         tokens: pos.tokens,
-        adam_t: adam.t,
+        adam_t: t.adam.t,
         sae: sae.config,
         train_sha256: train_sha256.to_string(),
         batch_threshold: sae.batch_threshold,
@@ -532,18 +593,21 @@ fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
 }
 
 /// Resamples dead latents from the current batch; returns how many.
-#[allow(clippy::too_many_arguments)]
 fn resample_dead(
     sae: &Sae,
-    adam: &mut AdamW,
-    params: &[(String, Var)],
+    t: &mut Trainer,
     x: &Tensor,
     recon: &Tensor,
-    since_fired: &mut [u64],
-    cfg: &TrainConfig,
     r: Resample,
     step: usize,
 ) -> Result<usize> {
+    let Trainer {
+        cfg,
+        params,
+        adam,
+        since_fired,
+        ..
+    } = t;
     let dead: Vec<usize> = (0..since_fired.len())
         .filter(|&i| since_fired[i] >= cfg.dead_window)
         .collect();

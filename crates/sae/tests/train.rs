@@ -4,7 +4,10 @@
 use candle_core::{DType, Device, Tensor};
 use metarep_core::parse_config;
 use metarep_sae::metrics::{evaluate, EvalConfig};
-use metarep_sae::{train, Architecture, RunControl, Sae, SaeConfig, TensorSource, TrainConfig};
+use metarep_sae::train::Trainer;
+use metarep_sae::{
+    train, ActivationSource, Architecture, RunControl, Sae, SaeConfig, TensorSource, TrainConfig,
+};
 
 fn cfg(extra: &str) -> TrainConfig {
     let log = if extra.contains("log_every") {
@@ -86,6 +89,29 @@ fn params_of(sae: &Sae) -> Vec<Vec<f32>> {
                 .unwrap()
         })
         .collect()
+}
+
+#[test]
+fn stepping_a_trainer_by_hand_equals_train() {
+    let (x, _) = mixture(4);
+    let mut cfg = cfg("b_dec_init_mean = false\n[loss]\nl1 = 0.03\n");
+    (cfg.steps, cfg.warmup) = (12, 2);
+    let config = SaeConfig::new(16, 4, Architecture::Relu).unwrap();
+    let mut by_train = Sae::new(config, 0, DType::F32, &Device::Cpu).unwrap();
+    let mut by_hand = Sae::new(config, 0, DType::F32, &Device::Cpu).unwrap();
+    let mut source = TensorSource::new(x.clone(), 3).unwrap();
+    let report = train(&mut by_train, &mut source, &cfg, RunControl::default()).unwrap();
+    let mut trainer = Trainer::new(&by_hand, &cfg).unwrap();
+    let mut source = TensorSource::new(x, 3).unwrap();
+    source.start_epoch(0).unwrap();
+    let mut last = f64::NAN;
+    for step in 0..cfg.steps {
+        let batch = source.next_batch(cfg.batch).unwrap().unwrap();
+        last = trainer.step(&mut by_hand, &batch, step).unwrap().loss;
+    }
+    assert_eq!(params_of(&by_hand), params_of(&by_train));
+    assert_eq!(last, report.final_loss);
+    assert_eq!(trainer.dead_fraction(), report.dead_fraction);
 }
 
 fn metrics_lines(dir: &std::path::Path) -> Vec<serde_json::Value> {
