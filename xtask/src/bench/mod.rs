@@ -3,6 +3,7 @@
 //! One module per benchmark; [`BENCHES`] is the list `run` dispatches on.
 
 mod lat_cg;
+mod sae;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -13,7 +14,7 @@ use crate::BoxError;
 type Bench = (&'static str, fn(&Path) -> Result<bool, BoxError>);
 
 /// Every benchmark, by name.
-const BENCHES: &[Bench] = &[("lat_cg", lat_cg::run)];
+const BENCHES: &[Bench] = &[("lat_cg", lat_cg::run), ("sae", sae::run)];
 
 /// Runs benchmark `name` with output root `out`.
 pub fn run(name: &str, out: &Path) -> Result<bool, BoxError> {
