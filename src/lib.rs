@@ -12,6 +12,9 @@
 //! - [`gist_tree`]: the crash-safe, versioned, disk-backed gist tree (MegaContext's memory).
 //! - [`model`]: hookable transformers (GPT-2, GPT-NeoX, Llama family, BERT) loading Hugging Face
 //!   checkpoints, with TransformerLens hook points, caches, interventions, attribution, trainer.
+//! - [`kernels`]: hot ops as candle CustomOps (sparse latent ops, top-k selection, fused AdamW).
+//! - [`sae`]: sparse autoencoders (ReLU + L1, TopK, BatchTopK, JumpReLU, Gated), losses, trainer,
+//!   metrics, SAELens export/import, ground-truth systems.
 //!
 //! ```
 //! use metarep::lat_cg::reference::cg_bound;
@@ -21,6 +24,8 @@
 pub use metarep_core as core;
 pub use metarep_eval as eval;
 pub use metarep_gist_tree as gist_tree;
+pub use metarep_kernels as kernels;
 pub use metarep_lat_cg as lat_cg;
 pub use metarep_model as model;
+pub use metarep_sae as sae;
 pub use metarep_softmax_routes as softmax_routes;

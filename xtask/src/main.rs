@@ -17,6 +17,7 @@ mod fig4;
 mod fig5;
 mod fig6;
 mod fig7;
+mod fig9;
 mod fixtures;
 mod output;
 mod registry;

@@ -4,12 +4,15 @@
 //! metarep forward --model DIR_OR_HUB_ID (--text "..." | --tokens 1,2,3) --out FILE.safetensors \
 //!     [--cache 'blocks.*.hook_resid_post'] [--dtype f32|f16|bf16]
 //! metarep gist-tree init|append|get|range|edit|snapshot|prune|restore|compact|verify|stats --tree DIR
+//! metarep sae train --acts FILE --arch topk --k 32 --expansion 16 --out DIR [--steps N] ...
+//! metarep sae eval --sae DIR --acts FILE [--json]
 //! ```
 //!
 //! Exit status: 0 on success, 1 when a check fails (`gist-tree verify`), 2 on an error.
 
 mod forward;
 mod gist_tree;
+mod sae;
 
 use std::process::ExitCode;
 
@@ -32,6 +35,8 @@ enum Command {
     Forward(forward::Args),
     /// Build, read and check a disk-backed gist tree (MegaContext).
     GistTree(gist_tree::GistTreeArgs),
+    /// Train and evaluate sparse autoencoders.
+    Sae(sae::Args),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +44,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Forward(args) => forward::run(args).map(|()| true),
         Command::GistTree(args) => gist_tree::run(args),
+        Command::Sae(args) => sae::run(args).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@
 mod forward;
 mod gist_tree;
 mod lat_cg;
+mod sae;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ const BENCHES: &[Bench] = &[
     ("forward", forward::run, &[]),
     ("lat_cg", lat_cg::run, &[]),
     ("gist_tree", gist_tree::run, gist_tree::SETTINGS),
+    ("sae", sae::run, &[]),
 ];
 
 static SETTINGS: OnceLock<BTreeMap<String, String>> = OnceLock::new();

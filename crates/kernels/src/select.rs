@@ -1,0 +1,365 @@
+//! Choosing the active latents of each row of a dense pre-activation `[batch, n]`, with an
+//! optional per-column offset `[n]` added on the fly (an encoder bias, or `-inf` to exclude
+//! columns), as a [`Selection`]: `[batch, slots]` u32 indices and the matching values.
+//!
+//! - [`topk_per_row`]: the `k` largest entries of each row (ties: lower column first), sorted
+//!   by value, largest first.
+//! - [`select_above`]: every entry above a per-column threshold, in column order.
+//! - [`batch_topk`]: the `total` largest *positive* entries of the whole batch (BatchTopK).
+//! - [`topk_of_product`]: [`topk_per_row`] of `x · wᵀ`, tile by tile, never holding the
+//!   whole product.
+//!
+//! Entries equal to `-inf` are never selected; rows with fewer entries than slots are padded
+//! with [`INACTIVE`] and value 0. A NaN in the input is an error naming its row.
+//! The per-row work is spread over threads with rayon.
+
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
+
+use crate::cpu::{check_cpu, check_float, dims2, same_dtype, slice, with_simd, Real, INACTIVE};
+use crate::error::{Error, Result};
+
+/// Active latents of a batch: `indices` `[batch, slots]` u32 (`INACTIVE` pads) and `values`
+/// `[batch, slots]` (0 at pads).
+#[derive(Debug, Clone)]
+pub struct Selection {
+    /// Column of each selected entry, `[batch, slots]` u32.
+    pub indices: Tensor,
+    /// Value (input + offset) of each selected entry, `[batch, slots]`.
+    pub values: Tensor,
+}
+
+/// The `k` largest entries of each row of `x + offset` (`k ≤ n`).
+pub fn topk_per_row(x: &Tensor, k: usize, offset: Option<&Tensor>) -> Result<Selection> {
+    const OP: &str = "topk_per_row";
+    let (_, n) = check_input(OP, x, offset)?;
+    if k > n {
+        return Err(Error::shape(
+            OP,
+            format!("k = {k} exceeds the row length {n}"),
+        ));
+    }
+    match x.dtype() {
+        DType::F32 => pad(
+            per_row::<f32>(OP, x, offset, |r, o| top_k(r, o, k))?,
+            Some(k),
+            x.device(),
+        ),
+        _ => pad(
+            per_row::<f64>(OP, x, offset, |r, o| top_k(r, o, k))?,
+            Some(k),
+            x.device(),
+        ),
+    }
+}
+
+/// Top-k selections of the rows of the product `x · wᵀ` (`x`: `[batch, d]`, `w`: `[n, d]`), one
+/// per request `(k, offset)`, computed [`PRODUCT_TILE`] rows at a time so that the dense
+/// `[batch, n]` product is never materialised whole (a TopK encoder's selection step; the
+/// product itself is candle's matmul).
+pub fn topk_of_product(
+    x: &Tensor,
+    w: &Tensor,
+    requests: &[(usize, Option<&Tensor>)],
+) -> Result<Vec<Selection>> {
+    const OP: &str = "topk_of_product";
+    check_cpu(OP, x)?;
+    check_cpu(OP, w)?;
+    let dtype = check_float(OP, "input", x)?;
+    same_dtype(OP, dtype, &[("weight", w)])?;
+    let (b, d) = dims2(OP, "input", x)?;
+    let (_, dw) = dims2(OP, "weight", w)?;
+    if d != dw {
+        return Err(Error::shape(
+            OP,
+            format!("input has {d} columns, weight rows have {dw}"),
+        ));
+    }
+    let wt = w.t()?;
+    let mut parts: Vec<Vec<Selection>> = vec![Vec::new(); requests.len()];
+    for r0 in (0..b).step_by(PRODUCT_TILE) {
+        let len = PRODUCT_TILE.min(b - r0);
+        let p = x.narrow(0, r0, len)?.matmul(&wt)?;
+        for (part, &(k, offset)) in parts.iter_mut().zip(requests) {
+            part.push(topk_per_row(&p, k, offset)?);
+        }
+    }
+    parts
+        .into_iter()
+        .zip(requests)
+        .map(|(part, &(k, _))| {
+            if part.is_empty() {
+                return Ok(Selection {
+                    indices: Tensor::zeros((0, k), DType::U32, x.device())?,
+                    values: Tensor::zeros((0, k), dtype, x.device())?,
+                });
+            }
+            let idx: Vec<&Tensor> = part.iter().map(|s| &s.indices).collect();
+            let val: Vec<&Tensor> = part.iter().map(|s| &s.values).collect();
+            Ok(Selection {
+                indices: Tensor::cat(&idx, 0)?,
+                values: Tensor::cat(&val, 0)?,
+            })
+        })
+        .collect()
+}
+
+/// Rows per tile of [`topk_of_product`].
+pub const PRODUCT_TILE: usize = 512;
+
+/// Every entry of `x + offset` strictly above `threshold[column]` (`threshold`: `[n]`), in
+/// column order; `slots` is the largest count over rows.
+pub fn select_above(x: &Tensor, offset: Option<&Tensor>, threshold: &Tensor) -> Result<Selection> {
+    const OP: &str = "select_above";
+    let (_, n) = check_input(OP, x, offset)?;
+    check_vector(OP, "threshold", threshold, x, n)?;
+    match x.dtype() {
+        DType::F32 => select_above_t::<f32>(x, offset, threshold),
+        _ => select_above_t::<f64>(x, offset, threshold),
+    }
+}
+
+fn select_above_t<T: Real>(
+    x: &Tensor,
+    offset: Option<&Tensor>,
+    threshold: &Tensor,
+) -> Result<Selection> {
+    let thr = threshold.contiguous()?;
+    let (ts, tl) = thr.storage_and_layout();
+    let t = slice::<T>(&ts, tl)?;
+    pad(
+        per_row::<T>("select_above", x, offset, |r, o| above(r, o, Some(t)))?,
+        None,
+        x.device(),
+    )
+}
+
+/// The `total` largest positive entries of `x + offset` over the whole batch (ties: earlier row,
+/// then lower column first), and the smallest selected value (0 when none is selected).
+pub fn batch_topk(x: &Tensor, total: usize, offset: Option<&Tensor>) -> Result<(Selection, f64)> {
+    const OP: &str = "batch_topk";
+    check_input(OP, x, offset)?;
+    match x.dtype() {
+        DType::F32 => batch_topk_t::<f32>(x, total, offset),
+        _ => batch_topk_t::<f64>(x, total, offset),
+    }
+}
+
+fn batch_topk_t<T: Real>(
+    x: &Tensor,
+    total: usize,
+    offset: Option<&Tensor>,
+) -> Result<(Selection, f64)> {
+    let mut rows = per_row::<T>("batch_topk", x, offset, |r, o| above(r, o, None))?;
+    let mut all: Vec<T> = rows
+        .iter()
+        .flat_map(|r| r.iter().map(|&(_, v)| v))
+        .collect();
+    let mut threshold = all.iter().fold(None, |m: Option<T>, &v| {
+        Some(m.map_or(v, |m| num_traits::Float::min(m, v)))
+    });
+    if all.len() > total {
+        if total == 0 {
+            rows.iter_mut().for_each(Vec::clear);
+            threshold = None;
+        } else {
+            // The total-th largest value; ties at it are kept in (row, column) order.
+            let (_, t, _) = all.select_nth_unstable_by(total - 1, |a, b| {
+                b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal)
+            });
+            let t = *t;
+            let mut ties = total - all.iter().filter(|&&v| v > t).count();
+            for r in rows.iter_mut() {
+                r.retain(|&(_, v)| {
+                    if v > t {
+                        true
+                    } else if v == t && ties > 0 {
+                        ties -= 1;
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+            threshold = Some(t);
+        }
+    }
+    let t = threshold.map_or(0.0, |t| candle_core::WithDType::to_f64(t));
+    Ok((pad(rows, None, x.device())?, t))
+}
+
+fn check_input(op: &'static str, x: &Tensor, offset: Option<&Tensor>) -> Result<(usize, usize)> {
+    check_cpu(op, x)?;
+    check_float(op, "input", x)?;
+    let (b, n) = dims2(op, "input", x)?;
+    if let Some(o) = offset {
+        check_vector(op, "offset", o, x, n)?;
+    }
+    Ok((b, n))
+}
+
+fn check_vector(op: &'static str, name: &str, v: &Tensor, x: &Tensor, n: usize) -> Result<()> {
+    check_cpu(op, v)?;
+    same_dtype(op, x.dtype(), &[(name, v)])?;
+    if v.dims() != [n] {
+        return Err(Error::shape(
+            op,
+            format!("{name} has shape {:?}, expected [{n}]", v.dims()),
+        ));
+    }
+    Ok(())
+}
+
+/// Entries per block of [`top_k`]'s scan: a block whose maximum cannot enter the heap is skipped.
+const CHUNK: usize = 32;
+
+/// Selected (column, value) pairs of one row.
+type Row<T> = Vec<(u32, T)>;
+
+/// Applies `rule` to every row of `x` (with the offset slice) in parallel; `rule` returns `None`
+/// when the row holds a NaN.
+fn per_row<T: Real>(
+    op: &'static str,
+    x: &Tensor,
+    offset: Option<&Tensor>,
+    rule: impl Fn(&[T], Option<&[T]>) -> Option<Row<T>> + Sync,
+) -> Result<Vec<Row<T>>> {
+    let x = x.contiguous()?;
+    let offset = offset.map(|o| o.contiguous()).transpose()?;
+    let n = x.dim(1)?;
+    let (xs, xl) = x.storage_and_layout();
+    let data = slice::<T>(&xs, xl)?;
+    let guard = offset.as_ref().map(|o| o.storage_and_layout());
+    let off = guard.as_ref().map(|(s, l)| slice::<T>(s, l)).transpose()?;
+    if n == 0 {
+        return Ok(vec![Vec::new(); x.dim(0)?]);
+    }
+    let rows: Vec<Option<Row<T>>> = data
+        .par_chunks(n)
+        .map(|r| with_simd(|| rule(r, off)))
+        .collect();
+    rows.into_iter()
+        .enumerate()
+        .map(|(b, r)| r.ok_or_else(|| Error::shape(op, format!("input row {b} contains NaN"))))
+        .collect()
+}
+
+/// Heap key: larger value first, then lower column.
+#[inline]
+fn better<T: Real>(a: (u32, T), b: (u32, T)) -> bool {
+    a.1 > b.1 || (a.1 == b.1 && a.0 < b.0)
+}
+
+/// The `k` best entries of one row (see [`better`]), best first, via a size-`k` min-heap: most
+/// entries are rejected by one comparison with the heap's worst.
+fn top_k<T: Real>(row: &[T], off: Option<&[T]>, k: usize) -> Option<Row<T>> {
+    let mut heap: Vec<(u32, T)> = Vec::with_capacity(k);
+    let mut buf = [T::zero(); CHUNK];
+    for (c, chunk) in row.chunks(CHUNK).enumerate() {
+        let base = c * CHUNK;
+        // Offset, NaN check and chunk maximum in one vectorisable sweep.
+        let mut nan = false;
+        let mut max = T::neg_infinity();
+        for (l, &v) in chunk.iter().enumerate() {
+            let v = off.map_or(v, |o| v + o[base + l]);
+            buf[l] = v;
+            nan |= v.is_nan();
+            max = if v > max { v } else { max };
+        }
+        if nan {
+            return None;
+        }
+        // A full heap's worst has a lower column than this chunk, so a tie cannot displace it.
+        if k == 0 || (heap.len() == k && max <= heap[0].1) {
+            continue;
+        }
+        for (l, &v) in buf[..chunk.len()].iter().enumerate() {
+            if v == T::neg_infinity() {
+                continue;
+            }
+            let e = ((base + l) as u32, v);
+            if heap.len() < k {
+                heap.push(e);
+                sift_up(&mut heap);
+            } else if better(e, heap[0]) {
+                heap[0] = e;
+                sift_down(&mut heap);
+            }
+        }
+    }
+    heap.sort_by(|a, b| {
+        if better(*a, *b) {
+            std::cmp::Ordering::Less
+        } else {
+            std::cmp::Ordering::Greater
+        }
+    });
+    Some(heap)
+}
+
+/// Restores the min-heap (worst at the root) after a push.
+fn sift_up<T: Real>(h: &mut [(u32, T)]) {
+    let mut c = h.len() - 1;
+    while c > 0 {
+        let p = (c - 1) / 2;
+        if better(h[p], h[c]) {
+            h.swap(p, c);
+            c = p;
+        } else {
+            break;
+        }
+    }
+}
+
+/// Restores the min-heap after replacing the root.
+fn sift_down<T: Real>(h: &mut [(u32, T)]) {
+    let mut p = 0;
+    loop {
+        let (l, r) = (2 * p + 1, 2 * p + 2);
+        let mut w = p;
+        if l < h.len() && better(h[w], h[l]) {
+            w = l;
+        }
+        if r < h.len() && better(h[w], h[r]) {
+            w = r;
+        }
+        if w == p {
+            return;
+        }
+        h.swap(p, w);
+        p = w;
+    }
+}
+
+/// Entries of one row above `threshold[i]` (0 when `None`), in column order.
+fn above<T: Real>(row: &[T], off: Option<&[T]>, threshold: Option<&[T]>) -> Option<Row<T>> {
+    let mut out = Vec::new();
+    for (i, &v) in row.iter().enumerate() {
+        let v = off.map_or(v, |o| v + o[i]);
+        if v.is_nan() {
+            return None;
+        }
+        if v > threshold.map_or(T::zero(), |t| t[i]) {
+            out.push((i as u32, v));
+        }
+    }
+    Some(out)
+}
+
+/// Pads rows to `slots` (default: the longest row) with `INACTIVE` / 0 into a [`Selection`].
+fn pad<T: Real>(rows: Vec<Row<T>>, slots: Option<usize>, device: &Device) -> Result<Selection> {
+    let b = rows.len();
+    let w = slots.unwrap_or_else(|| rows.iter().map(Vec::len).max().unwrap_or(0));
+    let mut idx = vec![INACTIVE; b * w];
+    let mut val = vec![T::zero(); b * w];
+    for (r, row) in rows.iter().enumerate() {
+        for (j, &(i, v)) in row.iter().enumerate() {
+            idx[r * w + j] = i;
+            val[r * w + j] = v;
+        }
+    }
+    Ok(Selection {
+        indices: Tensor::from_vec(idx, (b, w), device)?,
+        values: Tensor::from_vec(val, (b, w), device)?,
+    })
+}

@@ -1,0 +1,54 @@
+//! Baselines that put a trained SAE's scores in context.
+//!
+//! - [`null_sae`]: an SAE of the same architecture and width that learned nothing — random
+//!   unit decoder directions, the encoder tied to them, `b_dec` at the data mean. It cannot
+//!   represent the identity (its directions are random and, for TopK, only `k` are used), so
+//!   its reconstruction and feature-recovery scores are the floor a trained SAE must clear.
+//! - [`random_directions`]: random unit vectors, the chance level of direction-matching
+//!   scores such as the mean max cosine similarity.
+
+use candle_core::{DType, Device, Tensor};
+use metarep_core::rng::{derive_seed, normal_vec, seeded};
+
+use crate::config::{DecoderNorm, SaeConfig};
+use crate::error::{Error, Result};
+use crate::sae::Sae;
+
+/// The untrained null SAE for data with column mean `data_mean` `[d_in]`.
+pub fn null_sae(config: SaeConfig, data_mean: &Tensor, seed: u64) -> Result<Sae> {
+    let mut config = config;
+    config.decoder_norm = DecoderNorm::Unit;
+    let sae = Sae::new(
+        config,
+        derive_seed(seed, "baseline/null"),
+        DType::F32,
+        &Device::Cpu,
+    )?;
+    if data_mean.dims() != [config.d_in] {
+        return Err(Error::shape(
+            "data mean",
+            format!("[{}]", config.d_in),
+            format!("{:?}", data_mean.dims()),
+        ));
+    }
+    sae.b_dec
+        .set(&data_mean.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)?;
+    Ok(sae)
+}
+
+/// `n` random unit vectors in `R^d` as rows `[n, d]` (f32).
+pub fn random_directions(n: usize, d: usize, seed: u64) -> Result<Tensor> {
+    let v = unit_rows(n, d, derive_seed(seed, "baseline/random-directions"))?;
+    Ok(Tensor::from_vec(v, (n, d), &Device::Cpu)?.to_dtype(DType::F32)?)
+}
+
+/// `n · d` values: `n` rows of Gaussian directions scaled to unit norm, drawn from `seed`.
+pub(crate) fn unit_rows(n: usize, d: usize, seed: u64) -> Result<Vec<f64>> {
+    let mut v = normal_vec(&mut seeded(seed), n * d, 0.0, 1.0)?;
+    for row in v.chunks_mut(d.max(1)) {
+        let len = row.iter().map(|a| a * a).sum::<f64>().sqrt();
+        row.iter_mut()
+            .for_each(|a| *a /= len.max(f64::MIN_POSITIVE));
+    }
+    Ok(v)
+}

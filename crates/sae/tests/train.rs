@@ -1,0 +1,304 @@
+//! Training: every architecture learns a sparse mixture; exact resume; dead-latent handling;
+//! the optional loss terms.
+
+use candle_core::{DType, Device, Tensor};
+use metarep_core::parse_config;
+use metarep_sae::metrics::{evaluate, EvalConfig};
+use metarep_sae::train::Trainer;
+use metarep_sae::{
+    train, ActivationSource, Architecture, RunControl, Sae, SaeConfig, TensorSource, TrainConfig,
+};
+
+fn cfg(extra: &str) -> TrainConfig {
+    let log = if extra.contains("log_every") {
+        ""
+    } else {
+        "log_every = 0\n"
+    };
+    let text = format!("seed = 1\nbatch = 128\nsteps = 600\nlr = 0.01\nwarmup = 20\n{log}{extra}");
+    parse_config(&text, &[]).unwrap()
+}
+
+/// Train and test rows of one sparse mixture (same directions).
+fn mixture(seed: u64) -> (Tensor, Tensor) {
+    let x = metarep_sae::ground_truth::sparse_mixture(6144, 16, 32, 3, seed).unwrap();
+    (
+        x.narrow(0, 0, 3072).unwrap(),
+        x.narrow(0, 3072, 3072).unwrap(),
+    )
+}
+
+fn ev(sae: &Sae, x: &Tensor) -> f64 {
+    let mut s = TensorSource::new(x.clone(), 0).unwrap();
+    evaluate(sae, &mut s, &EvalConfig::default())
+        .unwrap()
+        .explained_variance
+}
+
+#[test]
+fn every_architecture_learns_a_sparse_mixture() {
+    let (train_x, test_x) = mixture(1);
+    let cases = [
+        (Architecture::Relu, "[loss]\nl1 = 0.03\n"),
+        (
+            Architecture::TopK { k: 4 },
+            "dead_window = 1024\n[loss.aux_k]\nk_aux = 8\ncoeff = 0.03125\n",
+        ),
+        (
+            Architecture::BatchTopK { k: 4 },
+            "dead_window = 1024\n[loss.aux_k]\nk_aux = 8\ncoeff = 0.03125\n",
+        ),
+        (
+            Architecture::JumpRelu {
+                init_threshold: 0.05,
+                bandwidth: 0.05,
+            },
+            "[loss]\nl0 = 0.002\n",
+        ),
+        (Architecture::Gated, "[loss]\nl1 = 0.05\n"),
+    ];
+    let mut failures = Vec::new();
+    for (arch, extra) in cases {
+        let config = SaeConfig::new(16, 4, arch).unwrap();
+        let mut sae = Sae::new(config, 0, DType::F32, &Device::Cpu).unwrap();
+        let null = metarep_sae::baselines::null_sae(config, &train_x.mean(0).unwrap(), 0).unwrap();
+        let mut source = TensorSource::new(train_x.clone(), 3).unwrap();
+        let report = train(&mut sae, &mut source, &cfg(extra), RunControl::default()).unwrap();
+        let (trained, base) = (ev(&sae, &test_x), ev(&null, &test_x));
+        println!(
+            "{arch:?}: EV {trained:.3} (null {base:.3}), final loss {:.4}",
+            report.final_loss
+        );
+        if !(trained > 0.85 && trained > base + 0.3) {
+            failures.push(format!(
+                "{arch:?}: explained variance {trained} (null {base})"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
+fn params_of(sae: &Sae) -> Vec<Vec<f32>> {
+    sae.params()
+        .iter()
+        .map(|(_, v)| {
+            v.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn stepping_a_trainer_by_hand_equals_train() {
+    let (x, _) = mixture(4);
+    let mut cfg = cfg("b_dec_init_mean = false\n[loss]\nl1 = 0.03\n");
+    (cfg.steps, cfg.warmup) = (12, 2);
+    let config = SaeConfig::new(16, 4, Architecture::Relu).unwrap();
+    let mut by_train = Sae::new(config, 0, DType::F32, &Device::Cpu).unwrap();
+    let mut by_hand = Sae::new(config, 0, DType::F32, &Device::Cpu).unwrap();
+    let mut source = TensorSource::new(x.clone(), 3).unwrap();
+    let report = train(&mut by_train, &mut source, &cfg, RunControl::default()).unwrap();
+    let mut trainer = Trainer::new(&by_hand, &cfg).unwrap();
+    let mut source = TensorSource::new(x, 3).unwrap();
+    source.start_epoch(0).unwrap();
+    let mut last = f64::NAN;
+    for step in 0..cfg.steps {
+        let batch = source.next_batch(cfg.batch).unwrap().unwrap();
+        last = trainer.step(&mut by_hand, &batch, step).unwrap().loss;
+    }
+    assert_eq!(params_of(&by_hand), params_of(&by_train));
+    assert_eq!(last, report.final_loss);
+    assert_eq!(trainer.dead_fraction(), report.dead_fraction);
+}
+
+fn metrics_lines(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("tokens_per_s");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn a_resumed_run_equals_the_uninterrupted_run() {
+    let (x, _) = mixture(4);
+    // TopK with dead latents and aux-K; ReLU with resampling (its RNG and the moment reset).
+    let cases = [
+        (Architecture::TopK { k: 3 }, "dead_window = 256\ncheckpoint_every = 7\nlog_every = 5\n[loss.aux_k]\nk_aux = 6\ncoeff = 0.1\n"),
+        (Architecture::Relu, "dead_window = 256\ncheckpoint_every = 7\nlog_every = 5\n[loss]\nl1 = 3.0\n[resample]\nevery = 10\nuntil = 40\nencoder_scale = 0.2\n"),
+    ];
+    for (arch, extra) in cases {
+        let mut c = cfg(extra);
+        c.steps = 45; // 3072 rows / 128 = 24 batches per epoch: the run crosses an epoch
+        let config = SaeConfig::new(16, 4, arch).unwrap();
+        let run = |stop: Option<usize>, resume: bool, dir: &std::path::Path, sae: &mut Sae| {
+            let mut source = TensorSource::new(x.clone(), 9).unwrap();
+            train(
+                sae,
+                &mut source,
+                &c,
+                RunControl {
+                    out: Some(dir),
+                    resume,
+                    stop_at: stop,
+                },
+            )
+            .unwrap()
+        };
+        let full_dir = tempfile::tempdir().unwrap();
+        let mut full = Sae::new(config, 5, DType::F32, &Device::Cpu).unwrap();
+        let whole = run(None, false, full_dir.path(), &mut full);
+
+        let part_dir = tempfile::tempdir().unwrap();
+        let mut first = Sae::new(config, 5, DType::F32, &Device::Cpu).unwrap();
+        run(Some(30), false, part_dir.path(), &mut first);
+        // An interruption after step 30 but before the next checkpoint: the metrics file has
+        // lines past the checkpoint at 28; resuming must drop them, not duplicate them.
+        let mut resumed = Sae::new(config, 99, DType::F32, &Device::Cpu).unwrap();
+        std::fs::copy(
+            part_dir.path().join("checkpoint/state.json"),
+            part_dir.path().join("state.bak"),
+        )
+        .unwrap();
+        let rest = run(None, true, part_dir.path(), &mut resumed);
+        assert_eq!(rest.start_step, 30);
+        assert_eq!(
+            params_of(&full),
+            params_of(&resumed),
+            "{arch:?}: parameters differ"
+        );
+        assert_eq!(whole.final_loss, rest.final_loss);
+        assert_eq!(
+            whole.resampled > 0,
+            matches!(arch, Architecture::Relu),
+            "{arch:?}: {whole:?}"
+        );
+        assert_eq!(
+            metrics_lines(full_dir.path()),
+            metrics_lines(part_dir.path()),
+            "{arch:?}: metrics"
+        );
+    }
+}
+
+#[test]
+fn dead_latents_feed_the_aux_loss_and_resampling_revives_them() {
+    let (x, _) = mixture(5);
+    // Heavily over-complete TopK: many latents never win, go dead after 512 tokens, and get the
+    // auxiliary loss.
+    let config = SaeConfig::new(16, 8, Architecture::TopK { k: 2 }).unwrap();
+    let mut sae = Sae::new(config, 0, DType::F32, &Device::Cpu).unwrap();
+    let mut c = cfg("dead_window = 512\nlog_every = 1\n[loss.aux_k]\nk_aux = 8\ncoeff = 0.03125\n");
+    c.steps = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let mut source = TensorSource::new(x.clone(), 0).unwrap();
+    train(
+        &mut sae,
+        &mut source,
+        &c,
+        RunControl {
+            out: Some(dir.path()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let lines = metrics_lines(dir.path());
+    assert!(
+        lines[0].get("loss_aux_k").is_none(),
+        "nothing is dead at step 0"
+    );
+    let later = lines
+        .iter()
+        .filter(|l| l.get("loss_aux_k").is_some())
+        .count();
+    assert!(later > 0 && lines.last().unwrap()["dead_fraction"].as_f64().unwrap() > 0.0);
+
+    // A ReLU SAE whose L1 kills latents: resampling points them at badly reconstructed inputs.
+    let config = SaeConfig::new(16, 4, Architecture::Relu).unwrap();
+    let mut sae = Sae::new(config, 0, DType::F32, &Device::Cpu).unwrap();
+    let mut c = cfg("dead_window = 384\n[loss]\nl1 = 3.0\n[resample]\nevery = 25\nuntil = 60\nencoder_scale = 0.2\n");
+    c.steps = 60;
+    let mut source = TensorSource::new(x, 0).unwrap();
+    let report = train(&mut sae, &mut source, &c, RunControl::default()).unwrap();
+    assert!(report.resampled > 0, "{report:?}");
+}
+
+#[test]
+fn optional_loss_terms_switch_on_and_train() {
+    let (x, _) = mixture(6);
+    let labels: Vec<u32> = (0..3072u32).map(|i| i % 3).collect();
+    let labels = Tensor::from_vec(labels, 3072, &Device::Cpu).unwrap();
+    let extra = "log_every = 1\n[loss]\nl1 = 0.03\n[loss.decorrelation]\ncoeff = 0.1\nrows = 64\n[loss.probe]\ncoeff = 0.5\nclasses = 3\n[loss.temporal]\ncoeff = 0.01\n";
+    for arch in [Architecture::Relu, Architecture::TopK { k: 4 }] {
+        let config = SaeConfig::new(16, 2, arch).unwrap();
+        let mut sae = Sae::new(config, 0, DType::F32, &Device::Cpu).unwrap();
+        let mut c = cfg(extra);
+        c.steps = 10;
+        let dir = tempfile::tempdir().unwrap();
+        let mut source = TensorSource::new(x.clone(), 0)
+            .unwrap()
+            .with_labels(labels.clone())
+            .unwrap()
+            .with_window(8)
+            .unwrap();
+        train(
+            &mut sae,
+            &mut source,
+            &c,
+            RunControl {
+                out: Some(dir.path()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let last = metrics_lines(dir.path()).pop().unwrap();
+        for key in [
+            "loss_decorrelation",
+            "loss_probe",
+            "loss_temporal",
+            "loss_l1",
+            "probe_accuracy",
+        ] {
+            let v = last.get(key).and_then(|v| v.as_f64());
+            assert!(v.is_some_and(f64::is_finite), "{arch:?}: {key} = {v:?}");
+        }
+    }
+    // Temporal smoothness needs windows; the probe needs labels.
+    let config = SaeConfig::new(16, 2, Architecture::Relu).unwrap();
+    let mut sae = Sae::new(config, 0, DType::F32, &Device::Cpu).unwrap();
+    let mut source = TensorSource::new(x.clone(), 0).unwrap();
+    let e = train(
+        &mut sae,
+        &mut source,
+        &cfg("[loss.temporal]\ncoeff = 1.0\n"),
+        RunControl::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("window"), "{e}");
+    let e = train(
+        &mut sae,
+        &mut source,
+        &cfg("[loss.probe]\ncoeff = 1.0\nclasses = 3\n"),
+        RunControl::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("labels"), "{e}");
+    let e = train(
+        &mut sae,
+        &mut source,
+        &cfg("[loss]\nl0 = 1.0\n"),
+        RunControl::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("jumprelu"), "{e}");
+}

@@ -1,0 +1,285 @@
+//! `sae`: one training step (forward, backward, AdamW, decoder renormalisation) of a TopK
+//! (k = 32) and a ReLU + L1 sparse autoencoder, d_in = 768, expansion 16, batch 4096, f32 on
+//! the CPU — metarep-sae vs a plain PyTorch implementation of the same model, loss and
+//! optimiser (`xtask/python/bench_sae.py`, run with `$METAREP_PYTHON`, default `python3`;
+//! skipped with a note when it or torch is missing), in the same run, as tokens/s and ratios.
+//! Peak memory: each side's peak resident set (metarep: `VmHWM` of this process, reset before
+//! each measurement through `/proc/self/clear_refs`; PyTorch: `ru_maxrss` of its process).
+
+use std::path::Path;
+use std::process::Command;
+
+use candle_core::{DType, Device, Tensor};
+use metarep_core::rng::{derive_seed, normal_vec, seeded};
+use metarep_sae::source::Batch;
+use metarep_sae::train::Trainer;
+use metarep_sae::{Architecture, LossConfig, Sae, SaeConfig, TrainConfig};
+use serde::Serialize;
+
+use super::write_report;
+use crate::BoxError;
+
+const D_IN: usize = 768;
+const EXPANSION: usize = 16;
+const BATCH: usize = 4096;
+const K: usize = 32;
+const L1: f64 = 5.0;
+const LR: f64 = 3e-4;
+/// Timed steps per side (after one warm-up step).
+const STEPS: usize = 5;
+/// Targets of the issue: metarep tokens/s over PyTorch tokens/s.
+const TOPK_TARGET: f64 = 4.0;
+const RELU_TARGET: f64 = 1.2;
+
+#[derive(Serialize)]
+struct Side {
+    /// Median wall time of a step.
+    step_ms: f64,
+    /// Median CPU time (user + system, all threads) of a step: less sensitive than wall time to
+    /// other processes competing for the 2 cores.
+    step_cpu_ms: f64,
+    tokens_per_s: f64,
+    peak_rss_mb: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Row {
+    arch: &'static str,
+    metarep: Side,
+    pytorch: Option<Side>,
+    /// torch version, thread count and the SIMD level its CPU kernels dispatch to.
+    pytorch_build: Option<serde_json::Value>,
+    speedup: Option<f64>,
+    /// PyTorch CPU time per step over metarep's.
+    cpu_time_ratio: Option<f64>,
+    target: f64,
+    meets_target: Option<bool>,
+}
+
+/// Runs the benchmark and writes `results/bench/sae.json`.
+pub fn run(out: &Path) -> Result<bool, BoxError> {
+    let load_before = load_average();
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    println!(
+        "  {:<6} {:>16} {:>9} {:>8} | {:>16} {:>9} {:>8} | speedup (target), CPU-time ratio",
+        "arch",
+        "metarep ms (cpu)",
+        "tokens/s",
+        "peak MB",
+        "PyTorch ms (cpu)",
+        "tokens/s",
+        "peak MB"
+    );
+    for (arch, name, target) in [
+        (Architecture::TopK { k: K }, "topk", TOPK_TARGET),
+        (Architecture::Relu, "relu", RELU_TARGET),
+    ] {
+        let metarep = time_metarep(arch)?;
+        let (pytorch, pytorch_build) = match time_pytorch(name) {
+            Ok((s, build)) => (Some(s), Some(build)),
+            Err(e) => {
+                notes.push(format!("PyTorch side of {name} skipped: {e}"));
+                (None, None)
+            }
+        };
+        let speedup = pytorch
+            .as_ref()
+            .map(|p| metarep.tokens_per_s / p.tokens_per_s);
+        let cpu_time_ratio = pytorch
+            .as_ref()
+            .map(|p| p.step_cpu_ms / metarep.step_cpu_ms);
+        let fmt_mb = |s: &Side| s.peak_rss_mb.map_or("n/a".into(), |m| format!("{m:.0}"));
+        let fmt_ms = |s: &Side| format!("{:.1} ({:.0})", s.step_ms, s.step_cpu_ms);
+        println!(
+            "  {name:<6} {:>16} {:>9.0} {:>8} | {:>16} {:>9} {:>8} | {} ({target}×), {}",
+            fmt_ms(&metarep),
+            metarep.tokens_per_s,
+            fmt_mb(&metarep),
+            pytorch.as_ref().map_or("skipped".into(), fmt_ms),
+            pytorch
+                .as_ref()
+                .map_or("-".into(), |p| format!("{:.0}", p.tokens_per_s)),
+            pytorch.as_ref().map_or("-".into(), fmt_mb),
+            speedup.map_or("-".into(), |s| format!("{s:.2}×")),
+            cpu_time_ratio.map_or("-".into(), |r| format!("{r:.2}×")),
+        );
+        rows.push(Row {
+            arch: name,
+            metarep,
+            pytorch,
+            pytorch_build,
+            speedup,
+            cpu_time_ratio,
+            target,
+            meets_target: speedup.map(|s| s >= target),
+        });
+    }
+    for n in &notes {
+        println!("  note: {n}");
+    }
+    write_report(
+        out,
+        "sae",
+        serde_json::json!({
+            "what": "one SAE training step (forward, backward, AdamW, decoder renormalisation), d_in 768, expansion 16, batch 4096, f32 CPU; metarep-sae vs plain PyTorch, same run; median of 5 steps after 1 warm-up; step_cpu_ms = median CPU time (all threads) per step",
+            "d_in": D_IN, "expansion": EXPANSION, "batch": BATCH, "k": K, "l1": L1,
+            "rows": rows,
+            "notes": notes,
+            "load_average_before": load_before,
+            "load_average_after": load_average(),
+        }),
+    )?;
+    Ok(true)
+}
+
+fn time_metarep(arch: Architecture) -> Result<Side, BoxError> {
+    reset_peak_rss();
+    let config = SaeConfig::new(D_IN, EXPANSION, arch)?;
+    let mut sae = Sae::new(config, 0, DType::F32, &Device::Cpu)?;
+    let loss = LossConfig {
+        l1: if arch == Architecture::Relu { L1 } else { 0.0 },
+        ..Default::default()
+    };
+    let cfg = TrainConfig {
+        seed: 0,
+        batch: BATCH,
+        steps: 1_000_000,
+        lr: LR,
+        warmup: 0,
+        weight_decay: 0.0,
+        clip: 0.0,
+        loss,
+        dead_window: 10_000_000,
+        resample: None,
+        b_dec_init_mean: false,
+        norm_batches: 1,
+        threshold_lr: 0.01,
+        checkpoint_every: 0,
+        log_every: 0,
+    };
+    let mut trainer = Trainer::new(&sae, &cfg)?;
+    let x = normal_vec(
+        &mut seeded(derive_seed(0, "bench/sae")),
+        BATCH * D_IN,
+        0.0,
+        1.0,
+    )?;
+    let batch = Batch {
+        x: Tensor::from_vec(x, (BATCH, D_IN), &Device::Cpu)?.to_dtype(DType::F32)?,
+        labels: None,
+        window: 1,
+    };
+    trainer.step(&mut sae, &batch, 0)?; // warm-up
+    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+    for step in 1..=STEPS {
+        let (c0, t0) = (cpu_ms(), std::time::Instant::now());
+        trainer.step(&mut sae, &batch, step)?;
+        wall.push(t0.elapsed().as_secs_f64() * 1e3);
+        cpu.push(cpu_ms() - c0);
+    }
+    let ms = median(wall);
+    Ok(Side {
+        step_ms: ms,
+        step_cpu_ms: median(cpu),
+        tokens_per_s: BATCH as f64 / (ms / 1e3),
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
+/// The PyTorch side's timings and build facts (version, threads, CPU capability).
+fn time_pytorch(arch: &str) -> Result<(Side, serde_json::Value), BoxError> {
+    let python = std::env::var("METAREP_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/bench_sae.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(arch)
+        .args([
+            "--d-in",
+            &D_IN.to_string(),
+            "--expansion",
+            &EXPANSION.to_string(),
+        ])
+        .args([
+            "--batch",
+            &BATCH.to_string(),
+            "--k",
+            &K.to_string(),
+            "--l1",
+            &L1.to_string(),
+        ])
+        .args(["--steps", &STEPS.to_string(), "--warmup", "1"])
+        .output()
+        .map_err(|e| {
+            format!("cannot run `{python}` ({e}); set METAREP_PYTHON to a Python with torch")
+        })?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or("").to_string();
+        return Err(format!("`{python} {}` failed: {last}", script.display()).into());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let num = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_f64())
+            .ok_or_else(|| format!("bench_sae.py output has no `{k}`"))
+    };
+    let side = Side {
+        step_ms: num("step_ms")?,
+        step_cpu_ms: num("step_cpu_ms")?,
+        tokens_per_s: num("tokens_per_s")?,
+        peak_rss_mb: v.get("peak_rss_mb").and_then(|x| x.as_f64()),
+    };
+    let build = serde_json::json!({
+        "torch": v.get("torch"),
+        "threads": v.get("threads"),
+        "cpu_capability": v.get("cpu_capability"),
+    });
+    Ok((side, build))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// CPU time (user + system) of this process so far, in ms (Linux; clock ticks of 10 ms).
+fn cpu_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (tick(11) + tick(12)) * 10.0
+}
+
+/// Resets this process's peak resident set (`VmHWM`) to its current size (Linux).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// `VmHWM` of this process in MB (Linux), if readable.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// The 1-minute load average (Linux), to read timings on a shared machine against.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
