@@ -38,6 +38,9 @@ pub enum Error {
     /// An error from a metarep kernel.
     #[error(transparent)]
     Kernel(#[from] metarep_kernels::Error),
+    /// An error from metarep-model (the language model an SAE is spliced into).
+    #[error(transparent)]
+    Model(#[from] metarep_model::Error),
     /// An error from candle.
     #[error("candle error: {0}")]
     Candle(#[from] candle_core::Error),

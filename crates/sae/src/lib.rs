@@ -1,7 +1,8 @@
 //! metarep-sae: sparse autoencoders for interpretability — ReLU + L1, TopK, BatchTopK,
 //! JumpReLU and Gated SAEs ([`Sae`], [`SaeConfig`]), their losses ([`loss`]), a trainer with
 //! exact resume ([`train`]), evaluation metrics ([`metrics`]), baselines ([`baselines`]),
-//! SAELens-format export and import ([`saelens`]) and systems with exactly known latent state
+//! SAELens-format export and import ([`saelens`]), CE loss recovered and KL with the SAE spliced
+//! into a language model at its hook ([`splice`]) and systems with exactly known latent state
 //! to test them on ([`ground_truth`]).
 //!
 //! TopK-style SAEs run on the sparse kernels of metarep-kernels: the decoder forward and every
@@ -39,6 +40,7 @@ pub mod metrics;
 pub mod sae;
 pub mod saelens;
 pub mod source;
+pub mod splice;
 pub mod ste;
 pub mod train;
 
