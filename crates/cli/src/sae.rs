@@ -17,8 +17,10 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use metarep_core::config::parse_config;
 use metarep_core::fsutil::write_json_pretty;
+use metarep_model::{HookPoint, HookedTransformer, Input, LoadOptions};
 use metarep_sae::metrics::{evaluate, EvalConfig};
 use metarep_sae::saelens::{export, import, SaeLensInfo};
+use metarep_sae::splice::{splice_scores, SpliceScores};
 use metarep_sae::{load_activations, train, RunControl, Sae, SaeSpec, TrainConfig};
 use serde::{Deserialize, Serialize};
 
@@ -116,6 +118,20 @@ struct EvalArgs {
     /// Evaluate at most this many rows.
     #[arg(long)]
     max_rows: Option<usize>,
+    /// Also splice the SAE into this model (HF-style directory) and report CE loss recovered
+    /// and KL against zero and mean ablation (needs `--tokens`).
+    #[arg(long, requires = "tokens")]
+    model: Option<PathBuf>,
+    /// Hook to splice at (default: `metadata.hook_name` of the SAE's cfg.json).
+    #[arg(long)]
+    hook: Option<String>,
+    /// Token sequences for `--model`: one per line, ids separated by commas or spaces, all of
+    /// the same length ≥ 2 (inputs predict the next id).
+    #[arg(long, requires = "model")]
+    tokens: Option<PathBuf>,
+    /// Sequences per forward pass for `--model`.
+    #[arg(long, default_value_t = 8)]
+    seqs_per_batch: usize,
     /// Print the full report as JSON (with the density histogram).
     #[arg(long)]
     json: bool,
@@ -247,7 +263,7 @@ fn run_train(a: TrainArgs) -> Result<(), Box<dyn Error>> {
 }
 
 fn run_eval(a: EvalArgs) -> Result<(), Box<dyn Error>> {
-    let (sae, _) = import(&a.sae)?;
+    let (sae, info) = import(&a.sae)?;
     let mut source = load_activations(&a.acts, a.key.as_deref())?.into_source(0, false)?;
     let report = evaluate(
         &sae,
@@ -258,12 +274,101 @@ fn run_eval(a: EvalArgs) -> Result<(), Box<dyn Error>> {
             ..Default::default()
         },
     )?;
+    let spliced = match (&a.model, &a.tokens) {
+        (Some(model), Some(tokens)) => {
+            let hook = match &a.hook {
+                Some(h) => h.clone(),
+                None => info
+                    .metadata
+                    .get("hook_name")
+                    .and_then(|v| v.as_str())
+                    .filter(|h| !h.is_empty())
+                    .ok_or("the SAE's cfg.json names no hook (metadata.hook_name): pass --hook")?
+                    .to_string(),
+            };
+            Some(splice(&sae, model, &hook, tokens, a.seqs_per_batch)?)
+        }
+        _ => None,
+    };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut v = serde_json::to_value(&report)?;
+        if let Some(s) = &spliced {
+            v["splice"] = serde_json::to_value(s)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     print_report(&a.sae, &report);
+    if let Some(s) = &spliced {
+        println!(
+            "  spliced into the model at {} ({} predicted tokens):",
+            s.hook, s.tokens
+        );
+        println!(
+            "    CE clean {:.4}, with SAE {:.4}, zero-ablated {:.4}, mean-ablated {:.4}",
+            s.ce_clean, s.ce_sae, s.ce_zero, s.ce_mean
+        );
+        println!(
+            "    CE loss recovered {:.4} (vs zero), {:.4} (vs mean)",
+            s.recovered_zero, s.recovered_mean
+        );
+        println!(
+            "    KL to clean: SAE {:.5}, zero {:.5}, mean {:.5}",
+            s.kl_sae, s.kl_zero, s.kl_mean
+        );
+    }
     Ok(())
+}
+
+/// CE loss recovered and KL of `sae` spliced into the model at `hook`, on the sequences of
+/// `tokens` in batches of `per_batch`.
+fn splice(
+    sae: &Sae,
+    model: &Path,
+    hook: &str,
+    tokens: &Path,
+    per_batch: usize,
+) -> Result<SpliceScores, Box<dyn Error>> {
+    let model = HookedTransformer::from_dir(model, &LoadOptions::default())?;
+    let point = HookPoint::parse_for(hook, model.config())?;
+    let rows = read_token_rows(tokens)?;
+    let batches = rows
+        .chunks(per_batch.max(1))
+        .map(|c| Input::from_ids(c, &Device::Cpu).map(|i| i.tokens))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(splice_scores(&model, sae, point, &batches)?)
+}
+
+/// Token-id rows of a text file: one sequence per line, ids separated by commas or whitespace,
+/// equal lengths ≥ 2; blank lines are skipped.
+fn read_token_rows(path: &Path) -> Result<Vec<Vec<u32>>, Box<dyn Error>> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut rows: Vec<Vec<u32>> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row = line
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|t| !t.is_empty())
+            .map(|t| t.parse::<u32>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{} line {}: not a token id ({e})", path.display(), i + 1))?;
+        if row.len() < 2 || rows.first().is_some_and(|r| r.len() != row.len()) {
+            return Err(format!(
+                "{} line {}: {} ids; every sequence needs the same length ≥ 2",
+                path.display(),
+                i + 1,
+                row.len()
+            )
+            .into());
+        }
+        rows.push(row);
+    }
+    if rows.is_empty() {
+        return Err(format!("{}: no token sequences", path.display()).into());
+    }
+    Ok(rows)
 }
 
 fn print_report(sae: &Path, r: &metarep_sae::metrics::EvalReport) {

@@ -80,7 +80,6 @@ fn train_then_eval_a_topk_sae_from_an_npy_file() {
         report["explained_variance"].as_f64().unwrap() > 0.5,
         "{report}"
     );
-    let _ = (Tensor::zeros(1, DType::F32, &Device::Cpu), ());
 }
 
 #[test]
@@ -124,4 +123,68 @@ fn bad_input_gets_a_named_error() {
         out.to_str().unwrap(),
     ]);
     assert!(!ok && stderr.contains("typo"), "{stderr}");
+}
+
+/// An exact SAE (latents ±e_i, so ReLU(x) − ReLU(−x) = x) on the GPT-2 parity fixture's
+/// `blocks.0.hook_resid_post`: CE loss recovered is 1 through the CLI too.
+#[test]
+fn eval_splices_the_sae_into_a_model() {
+    use metarep_sae::saelens::{export, SaeLensInfo};
+
+    let dir = tempfile::tempdir().unwrap();
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/parity/gpt2");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    let d = cfg["n_embd"].as_u64().unwrap() as usize;
+    let sae = metarep_sae::baselines::exact_sae(d).unwrap();
+    let sae_dir = dir.path().join("sae");
+    export(
+        &sae,
+        &sae_dir,
+        &SaeLensInfo::for_hook("gpt2-fixture", "blocks.0.hook_resid_post"),
+    )
+    .unwrap();
+    let acts = dir.path().join("acts.npy");
+    Tensor::randn(0f32, 1.0, (64, d), &Device::Cpu)
+        .unwrap()
+        .write_npy(&acts)
+        .unwrap();
+    let tokens = dir.path().join("tokens.txt");
+    std::fs::write(
+        &tokens,
+        "1, 2, 3, 4, 5, 6\n7 8 9 10 11 12\n\n13,14,15,16,17,18\n",
+    )
+    .unwrap();
+    let args = |tok: &std::path::Path| {
+        vec![
+            "sae".to_string(),
+            "eval".into(),
+            "--sae".into(),
+            sae_dir.to_str().unwrap().into(),
+            "--acts".into(),
+            acts.to_str().unwrap().into(),
+            "--model".into(),
+            model.to_str().unwrap().into(),
+            "--tokens".into(),
+            tok.to_str().unwrap().into(),
+            "--seqs-per-batch".into(),
+            "2".into(),
+            "--json".into(),
+        ]
+    };
+    let a = args(&tokens);
+    let (ok, stdout, stderr) = metarep(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let splice = &report["splice"];
+    assert_eq!(splice["hook"], "blocks.0.hook_resid_post");
+    assert_eq!(splice["tokens"], 3 * 5);
+    let recovered = splice["recovered_zero"].as_f64().unwrap();
+    assert!((recovered - 1.0).abs() < 1e-3, "{splice}");
+
+    // A ragged token file is an error naming its line.
+    std::fs::write(&tokens, "1 2 3\n4 5\n").unwrap();
+    let a = args(&tokens);
+    let (ok, _, stderr) = metarep(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!ok && stderr.contains("line 2"), "{stderr}");
 }

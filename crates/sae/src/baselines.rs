@@ -6,11 +6,16 @@
 //!   its reconstruction and feature-recovery scores are the floor a trained SAE must clear.
 //! - [`random_directions`]: random unit vectors, the chance level of direction-matching
 //!   scores such as the mean max cosine similarity.
+//! - [`exact_sae`]: the ceiling — `2·d` ReLU latents `±e_i` with
+//!   `ReLU(x) − ReLU(−x) = x`, so it reconstructs every input exactly (explained variance 1,
+//!   CE loss recovered 1 when spliced into a model); a check of evaluation pipelines.
 
 use candle_core::{DType, Device, Tensor};
 use metarep_core::rng::{derive_seed, normal_vec, seeded};
 
-use crate::config::{DecoderNorm, SaeConfig};
+use std::collections::HashMap;
+
+use crate::config::{Architecture, DecoderNorm, SaeConfig};
 use crate::error::{Error, Result};
 use crate::sae::Sae;
 
@@ -51,4 +56,26 @@ pub(crate) fn unit_rows(n: usize, d: usize, seed: u64) -> Result<Vec<f64>> {
             .for_each(|a| *a /= len.max(f64::MIN_POSITIVE));
     }
     Ok(v)
+}
+
+/// A ReLU SAE with `2·d` latents `±e_i` (f32, CPU, no pre-encoder bias) that reconstructs
+/// every input `[rows, d]` exactly: the ceiling of every reconstruction score.
+pub fn exact_sae(d: usize) -> Result<Sae> {
+    let mut config = SaeConfig::new(d, 2, Architecture::Relu)?;
+    config.pre_encoder_bias = false;
+    let eye = Tensor::eye(d, DType::F32, &Device::Cpu)?;
+    let dirs = Tensor::cat(&[&eye, &eye.neg()?], 0)?;
+    let tensors = HashMap::from([
+        ("w_enc".to_string(), dirs.clone()),
+        (
+            "b_enc".to_string(),
+            Tensor::zeros(2 * d, DType::F32, &Device::Cpu)?,
+        ),
+        ("w_dec".to_string(), dirs),
+        (
+            "b_dec".to_string(),
+            Tensor::zeros(d, DType::F32, &Device::Cpu)?,
+        ),
+    ]);
+    Sae::from_tensors(config, &tensors)
 }

@@ -1,11 +1,11 @@
 //! An SAE spliced into the tiny GPT-2 parity fixture: an exact (identity) SAE recovers all of
 //! the loss, an untrained one does not, and mismatched widths or hooks are errors.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use metarep_model::{HookPoint, HookedTransformer, LoadOptions};
+use metarep_sae::baselines::exact_sae;
 use metarep_sae::splice::splice_scores;
 use metarep_sae::{Architecture, Sae, SaeConfig};
 
@@ -24,25 +24,8 @@ fn sequences(model: &HookedTransformer) -> Vec<Tensor> {
         .collect()
 }
 
-/// ReLU SAE with latents ±e_i: ReLU(x) − ReLU(−x) = x, so it reconstructs exactly.
 fn identity_sae(d: usize) -> Sae {
-    let mut cfg = SaeConfig::new(d, 2, Architecture::Relu).unwrap();
-    cfg.pre_encoder_bias = false;
-    let eye = Tensor::eye(d, DType::F32, &Device::Cpu).unwrap();
-    let dirs = Tensor::cat(&[&eye, &eye.neg().unwrap()], 0).unwrap();
-    let tensors = HashMap::from([
-        ("w_enc".to_string(), dirs.clone()),
-        (
-            "b_enc".to_string(),
-            Tensor::zeros(2 * d, DType::F32, &Device::Cpu).unwrap(),
-        ),
-        ("w_dec".to_string(), dirs),
-        (
-            "b_dec".to_string(),
-            Tensor::zeros(d, DType::F32, &Device::Cpu).unwrap(),
-        ),
-    ]);
-    Sae::from_tensors(cfg, &tensors).unwrap()
+    exact_sae(d).unwrap()
 }
 
 #[test]
