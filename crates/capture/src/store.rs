@@ -1,0 +1,369 @@
+//! The activation store: one directory per hook holding safetensors shards (one tensor
+//! `activations` `[tokens, d_in]` each) and `meta.json` describing the store and listing every
+//! finished shard with its token count and SHA-256.
+//!
+//! Writes are crash-safe: a shard is written to a temporary file and renamed, then `meta.json`
+//! is replaced the same way, so a shard exists for readers only once it is listed. Shards hold
+//! whole contexts and their boundaries depend only on the settings, so an interrupted capture
+//! resumes at the first unlisted shard and reproduces exactly the bytes an uninterrupted one
+//! would have written.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use metarep_core::fsutil::{atomic_write, ensure_dir, read_json, write_json_pretty};
+use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::dataset::{hex, TokenDataset};
+use crate::error::{Error, Result};
+
+/// Name of the store description in a store directory.
+pub const META_FILE: &str = "meta.json";
+/// Name of the tensor inside every shard.
+pub const TENSOR_NAME: &str = "activations";
+/// Version of the on-disk layout.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// One finished shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    /// File name inside the store directory.
+    pub file: String,
+    /// Rows (tokens) in it.
+    pub tokens: usize,
+    /// Hex SHA-256 of the file.
+    pub sha256: String,
+}
+
+/// `meta.json`: what a store holds and how it was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreMeta {
+    /// [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// The model (directory or hub id as given).
+    pub model: String,
+    /// Hex SHA-256 of the model's configuration (JSON).
+    pub model_config_sha256: String,
+    /// TransformerLens hook name.
+    pub hook: String,
+    /// Stored dtype: `f32`, `f16` or `bf16`.
+    pub dtype: String,
+    /// Row width.
+    pub d_in: usize,
+    /// Tokens per context (model input length).
+    pub context: usize,
+    /// Contexts per shard (the last shard may hold fewer).
+    pub contexts_per_shard: usize,
+    /// The dataset file as given.
+    pub dataset: String,
+    /// Hex SHA-256 of the dataset file.
+    pub dataset_sha256: String,
+    /// Tokens the dataset yields (all contexts).
+    pub dataset_tokens: usize,
+    /// Finished shards, in order.
+    pub shards: Vec<ShardInfo>,
+    /// True once every context of the dataset is stored.
+    pub complete: bool,
+}
+
+impl StoreMeta {
+    /// Reads and checks `dir/meta.json`.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join(META_FILE);
+        if !path.is_file() {
+            return Err(Error::file(dir, "not an activation store (no meta.json)"));
+        }
+        let meta: StoreMeta = read_json(&path)?;
+        if meta.format_version != FORMAT_VERSION {
+            return Err(Error::file(
+                &path,
+                format!(
+                    "format version {} (this build reads {FORMAT_VERSION})",
+                    meta.format_version
+                ),
+            ));
+        }
+        store_dtype(&meta.dtype).map_err(|e| Error::file(&path, e.to_string()))?;
+        if meta.d_in == 0 || meta.context == 0 || meta.contexts_per_shard == 0 {
+            return Err(Error::file(
+                &path,
+                "d_in, context and contexts_per_shard must be ≥ 1",
+            ));
+        }
+        Ok(meta)
+    }
+
+    /// Tokens in the finished shards.
+    pub fn tokens(&self) -> usize {
+        self.shards.iter().map(|s| s.tokens).sum()
+    }
+
+    /// The candle dtype of the shards.
+    pub fn candle_dtype(&self) -> Result<DType> {
+        store_dtype(&self.dtype)
+    }
+}
+
+/// `f32` / `f16` / `bf16` → candle dtype.
+pub fn store_dtype(name: &str) -> Result<DType> {
+    match name {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => Err(Error::Invalid(format!(
+            "store dtype `{other}` (expected f32, f16 or bf16)"
+        ))),
+    }
+}
+
+/// Settings of a capture run.
+#[derive(Debug, Clone)]
+pub struct CaptureSpec {
+    /// Hooks to store (one store directory each, named after the hook).
+    pub hooks: Vec<HookPoint>,
+    /// `f32`, `f16` or `bf16`.
+    pub dtype: String,
+    /// Target tokens per shard (rounded up to whole contexts).
+    pub shard_tokens: usize,
+    /// Contexts per forward pass.
+    pub batch_contexts: usize,
+    /// The model's name as recorded in the metadata.
+    pub model_name: String,
+    /// Stop after this many contexts in this run (a budget; the rest is done by a later run).
+    pub max_contexts: Option<usize>,
+}
+
+/// What a capture run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaptureReport {
+    /// Store directory per hook.
+    pub stores: Vec<PathBuf>,
+    /// Contexts already stored when the run started (resumed from there).
+    pub resumed_at_context: usize,
+    /// Tokens captured by this run (per hook).
+    pub tokens_this_run: usize,
+    /// Tokens stored in total (per hook).
+    pub tokens_total: usize,
+    /// True when every store is complete.
+    pub complete: bool,
+    /// Wall time of this run (s).
+    pub seconds: f64,
+}
+
+/// Directory of `hook`'s store under `out`.
+pub fn store_dir(out: &Path, hook: HookPoint) -> PathBuf {
+    out.join(hook.name())
+}
+
+/// The writer of one hook's store.
+struct ShardWriter {
+    dir: PathBuf,
+    meta: StoreMeta,
+    dtype: DType,
+    pending: Vec<Tensor>,
+}
+
+impl ShardWriter {
+    /// Contexts already stored.
+    fn done(&self) -> usize {
+        self.meta.tokens() / self.meta.context
+    }
+
+    /// Writes `pending` as the next shard, then lists it in `meta.json`.
+    fn flush(&mut self, last: bool) -> Result<()> {
+        if !self.pending.is_empty() {
+            let rows = Tensor::cat(&self.pending, 0)?
+                .to_dtype(self.dtype)?
+                .contiguous()?;
+            self.pending.clear();
+            let bytes = safetensors::tensor::serialize([(TENSOR_NAME, &rows)], None)
+                .map_err(|e| Error::Invalid(format!("serializing a shard: {e}")))?;
+            let file = format!("shard_{:06}.safetensors", self.meta.shards.len());
+            atomic_write(&self.dir.join(&file), &bytes)?;
+            self.meta.shards.push(ShardInfo {
+                file,
+                tokens: rows.dim(0)?,
+                sha256: hex(&Sha256::digest(&bytes)),
+            });
+        }
+        self.meta.complete = last;
+        write_json_pretty(&self.dir.join(META_FILE), &self.meta)?;
+        Ok(())
+    }
+}
+
+/// Runs `model` over `data` and stores the activations of `spec.hooks` under `out` (one store
+/// per hook, see [`store_dir`]), resuming stores that a previous run left unfinished.
+/// `progress(tokens_done, tokens_total)` is called after every forward pass.
+pub fn capture(
+    model: &HookedTransformer,
+    data: &TokenDataset,
+    out: &Path,
+    spec: &CaptureSpec,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<CaptureReport> {
+    let start = Instant::now();
+    if spec.hooks.is_empty() {
+        return Err(Error::Invalid("no hooks to capture".into()));
+    }
+    if spec.batch_contexts == 0 || spec.shard_tokens == 0 {
+        return Err(Error::Invalid(
+            "batch_contexts and shard_tokens must be ≥ 1".into(),
+        ));
+    }
+    let dtype = store_dtype(&spec.dtype)?;
+    let cfg = model.config();
+    let context = data.sequences[0].len();
+    let per_shard = spec.shard_tokens.div_ceil(context);
+    let config_json = serde_json::to_vec(cfg).map_err(|e| Error::Invalid(e.to_string()))?;
+    let mut writers = Vec::with_capacity(spec.hooks.len());
+    for &hook in &spec.hooks {
+        hook.check_available(cfg)?;
+        let fresh = StoreMeta {
+            format_version: FORMAT_VERSION,
+            model: spec.model_name.clone(),
+            model_config_sha256: hex(&Sha256::digest(&config_json)),
+            hook: hook.name(),
+            dtype: spec.dtype.clone(),
+            d_in: hook_width(model, hook)?,
+            context,
+            contexts_per_shard: per_shard,
+            dataset: data.path.display().to_string(),
+            dataset_sha256: data.sha256.clone(),
+            dataset_tokens: data.tokens(),
+            shards: Vec::new(),
+            complete: false,
+        };
+        let dir = store_dir(out, hook);
+        let meta = open_or_create(&dir, fresh)?;
+        writers.push(ShardWriter {
+            dir,
+            meta,
+            dtype,
+            pending: Vec::new(),
+        });
+    }
+    let resumed_at = writers.iter().map(ShardWriter::done).min().unwrap_or(0);
+    let total = data.sequences.len();
+    let budget_end = spec
+        .max_contexts
+        .map_or(total, |m| (resumed_at + m).min(total));
+    let filter = HookFilter::patterns(&spec.hooks.iter().map(|h| h.name()).collect::<Vec<_>>());
+    let mut s = resumed_at;
+    progress(s * context, total * context);
+    while s < budget_end {
+        // Batches never cross a shard boundary, so a resumed run computes the same batches.
+        let shard_end = (s / per_shard + 1) * per_shard;
+        let end = (s + spec.batch_contexts).min(shard_end).min(budget_end);
+        let input = Input::from_ids(&data.sequences[s..end], &Device::Cpu)?;
+        let (_, cache) = model.run_with_cache(input, filter.clone())?;
+        for w in &mut writers {
+            if end <= w.done() {
+                continue; // this hook's store is already past this batch
+            }
+            let act = cache.get(HookPoint::parse_for(&w.meta.hook, cfg)?)?;
+            let rows = act.reshape(((), w.meta.d_in))?.to_dtype(DType::F32)?;
+            w.pending.push(rows);
+            if end.is_multiple_of(per_shard) || end == total {
+                w.flush(end == total)?;
+            }
+        }
+        s = end;
+        progress(s * context, total * context);
+    }
+    let complete = writers.iter().all(|w| w.meta.complete);
+    Ok(CaptureReport {
+        stores: writers.iter().map(|w| w.dir.clone()).collect(),
+        resumed_at_context: resumed_at,
+        tokens_this_run: (s - resumed_at) * context,
+        tokens_total: writers.iter().map(|w| w.meta.tokens()).min().unwrap_or(0),
+        complete,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Last dimension of the activation at `hook` (from a one-token run).
+fn hook_width(model: &HookedTransformer, hook: HookPoint) -> Result<usize> {
+    let input = Input::from_ids(&[vec![0]], &Device::Cpu)?;
+    let (_, cache) = model.run_with_cache(input, HookFilter::patterns(&[hook.name()]))?;
+    let act = cache.get(hook)?;
+    let dims = act.dims();
+    if dims.len() != 3 {
+        return Err(Error::Invalid(format!(
+            "hook {} has shape {dims:?}; the store takes [batch, pos, d] hooks (flatten per-head hooks such as hook_z is not supported)",
+            hook.name()
+        )));
+    }
+    Ok(dims[2])
+}
+
+/// The store's meta: the existing one when its settings match `fresh` (after deleting shards
+/// it does not list and temporary files), else `fresh`, written.
+fn open_or_create(dir: &Path, fresh: StoreMeta) -> Result<StoreMeta> {
+    ensure_dir(dir)?;
+    if !dir.join(META_FILE).exists() {
+        write_json_pretty(&dir.join(META_FILE), &fresh)?;
+        return Ok(fresh);
+    }
+    let meta = StoreMeta::read(dir)?;
+    let pairs: [(&str, String, String); 7] = [
+        (
+            "model_config_sha256",
+            meta.model_config_sha256.clone(),
+            fresh.model_config_sha256.clone(),
+        ),
+        ("hook", meta.hook.clone(), fresh.hook.clone()),
+        ("dtype", meta.dtype.clone(), fresh.dtype.clone()),
+        ("d_in", meta.d_in.to_string(), fresh.d_in.to_string()),
+        (
+            "context",
+            meta.context.to_string(),
+            fresh.context.to_string(),
+        ),
+        (
+            "contexts_per_shard",
+            meta.contexts_per_shard.to_string(),
+            fresh.contexts_per_shard.to_string(),
+        ),
+        (
+            "dataset_sha256",
+            meta.dataset_sha256.clone(),
+            fresh.dataset_sha256.clone(),
+        ),
+    ];
+    for (key, stored, requested) in pairs {
+        if stored != requested {
+            return Err(Error::Mismatch {
+                path: dir.to_path_buf(),
+                key: key.into(),
+                stored,
+                requested,
+            });
+        }
+    }
+    for shard in &meta.shards {
+        if !dir.join(&shard.file).is_file() {
+            return Err(Error::file(
+                dir.join(&shard.file),
+                "listed in meta.json but missing",
+            ));
+        }
+    }
+    // Files a crash left behind: temporaries and shards written but never listed.
+    let listed: Vec<&str> = meta.shards.iter().map(|s| s.file.as_str()).collect();
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::file(dir, e.to_string()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stray_tmp = name.starts_with('.') && name.contains(".tmp.");
+        let stray_shard = name.starts_with("shard_") && !listed.contains(&name.as_str());
+        if stray_tmp || stray_shard {
+            std::fs::remove_file(entry.path())
+                .map_err(|e| Error::file(entry.path(), e.to_string()))?;
+        }
+    }
+    Ok(meta)
+}
