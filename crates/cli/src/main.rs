@@ -1,6 +1,7 @@
 //! `metarep`: the command-line tool of metarep, one subcommand group per module.
 //!
 //! ```text
+//! metarep capture --model DIR --data FILE --hooks 'blocks.6.hook_resid_post' --out DIR [--dtype f16]
 //! metarep forward --model DIR_OR_HUB_ID (--text "..." | --tokens 1,2,3) --out FILE.safetensors \
 //!     [--cache 'blocks.*.hook_resid_post'] [--dtype f32|f16|bf16]
 //! metarep gist-tree init|append|get|range|edit|snapshot|prune|restore|compact|verify|stats --tree DIR
@@ -10,6 +11,7 @@
 //!
 //! Exit status: 0 on success, 1 when a check fails (`gist-tree verify`), 2 on an error.
 
+mod capture;
 mod forward;
 mod gist_tree;
 mod sae;
@@ -31,6 +33,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Store hook activations over a token dataset as sharded safetensors (resumable).
+    Capture(capture::Args),
     /// Run a model on one input; write logits and chosen activations to safetensors.
     Forward(forward::Args),
     /// Build, read and check a disk-backed gist tree (MegaContext).
@@ -42,6 +46,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Capture(args) => capture::run(args).map(|()| true),
         Command::Forward(args) => forward::run(args).map(|()| true),
         Command::GistTree(args) => gist_tree::run(args),
         Command::Sae(args) => sae::run(args).map(|()| true),

@@ -15,13 +15,16 @@ use std::error::Error;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
+use metarep_capture::StoreMeta;
 use metarep_core::config::parse_config;
 use metarep_core::fsutil::write_json_pretty;
 use metarep_model::{HookPoint, HookedTransformer, Input, LoadOptions};
 use metarep_sae::metrics::{evaluate, EvalConfig};
 use metarep_sae::saelens::{export, import, SaeLensInfo};
 use metarep_sae::splice::{splice_scores, SpliceScores};
-use metarep_sae::{load_activations, train, RunControl, Sae, SaeSpec, TrainConfig};
+use metarep_sae::{
+    load_activations, train, ActivationSource, RunControl, Sae, SaeSpec, StoreSource, TrainConfig,
+};
 use serde::{Deserialize, Serialize};
 
 /// `metarep sae` arguments.
@@ -41,10 +44,13 @@ enum Command {
 
 #[derive(clap::Args)]
 struct TrainArgs {
-    /// Activations: `.npy` or `.safetensors` (an activation-store directory once
-    /// metarep-capture provides one).
+    /// Activations: `.npy`, `.safetensors`, or an activation-store directory of `metarep
+    /// capture` (`OUT/<hook>`, streamed through a shuffle buffer).
     #[arg(long)]
     acts: PathBuf,
+    /// Shuffle-buffer rows when `--acts` is a store directory.
+    #[arg(long, default_value_t = 1 << 18)]
+    buffer_rows: usize,
     /// Tensor name inside a safetensors file.
     #[arg(long)]
     key: Option<String>,
@@ -93,10 +99,11 @@ struct TrainArgs {
     /// Continue from `--out/checkpoint`.
     #[arg(long)]
     resume: bool,
-    /// Hook point recorded in the exported cfg.json (e.g. `blocks.6.hook_resid_post`).
+    /// Hook point recorded in the exported cfg.json (e.g. `blocks.6.hook_resid_post`;
+    /// default: the store's hook when `--acts` is a store).
     #[arg(long, default_value = "")]
     hook: String,
-    /// Model recorded in the exported cfg.json.
+    /// Model recorded in the exported cfg.json (default: the store's model).
     #[arg(long, default_value = "")]
     model: String,
 }
@@ -106,7 +113,7 @@ struct EvalArgs {
     /// SAELens-format SAE directory (e.g. `OUT/sae` of `metarep sae train`).
     #[arg(long)]
     sae: PathBuf,
-    /// Activations: `.npy` or `.safetensors`.
+    /// Activations: `.npy`, `.safetensors` or an activation-store directory.
     #[arg(long)]
     acts: PathBuf,
     /// Tensor name inside a safetensors file.
@@ -222,13 +229,30 @@ fn train_file(a: &TrainArgs, d_in: usize) -> Result<TrainFile, Box<dyn Error>> {
     Ok(parse_config(&base, &sets)?)
 }
 
-fn run_train(a: TrainArgs) -> Result<(), Box<dyn Error>> {
-    let loaded = load_activations(&a.acts, a.key.as_deref())?;
-    let (rows, d_in) = loaded.data.dims2()?;
+fn run_train(mut a: TrainArgs) -> Result<(), Box<dyn Error>> {
+    // A store directory is streamed; a file is loaded into memory.
+    let (loaded, rows, d_in) = if a.acts.is_dir() {
+        let meta = StoreMeta::read(&a.acts)?;
+        if a.hook.is_empty() {
+            a.hook = meta.hook.clone();
+        }
+        if a.model.is_empty() {
+            a.model = meta.model.clone();
+        }
+        (None, meta.tokens(), meta.d_in)
+    } else {
+        let loaded = load_activations(&a.acts, a.key.as_deref())?;
+        let (rows, d_in) = loaded.data.dims2()?;
+        (Some(loaded), rows, d_in)
+    };
     let file = train_file(&a, d_in)?;
     let config = file.sae.config(d_in)?;
+    let seed = file.train.seed;
+    let mut source: Box<dyn ActivationSource> = match loaded {
+        Some(l) => Box::new(l.into_source(seed, a.windows)?),
+        None => Box::new(StoreSource::open(&a.acts, seed, a.buffer_rows)?),
+    };
     let mut sae = Sae::new(config, file.train.seed, DType::F32, &Device::Cpu)?;
-    let mut source = loaded.into_source(file.train.seed, a.windows)?;
     std::fs::create_dir_all(&a.out).map_err(|e| format!("creating {}: {e}", a.out.display()))?;
     write_json_pretty(&a.out.join("config.json"), &file)?;
     println!(
@@ -239,7 +263,7 @@ fn run_train(a: TrainArgs) -> Result<(), Box<dyn Error>> {
     );
     let report = train(
         &mut sae,
-        &mut source,
+        source.as_mut(),
         &file.train,
         RunControl {
             out: Some(&a.out),
@@ -264,10 +288,14 @@ fn run_train(a: TrainArgs) -> Result<(), Box<dyn Error>> {
 
 fn run_eval(a: EvalArgs) -> Result<(), Box<dyn Error>> {
     let (sae, info) = import(&a.sae)?;
-    let mut source = load_activations(&a.acts, a.key.as_deref())?.into_source(0, false)?;
+    let mut source: Box<dyn ActivationSource> = if a.acts.is_dir() {
+        Box::new(StoreSource::open(&a.acts, 0, a.batch.max(1 << 16))?)
+    } else {
+        Box::new(load_activations(&a.acts, a.key.as_deref())?.into_source(0, false)?)
+    };
     let report = evaluate(
         &sae,
-        &mut source,
+        source.as_mut(),
         &EvalConfig {
             batch: a.batch,
             max_rows: a.max_rows,

@@ -38,6 +38,9 @@ pub enum Error {
     /// An error from a metarep kernel.
     #[error(transparent)]
     Kernel(#[from] metarep_kernels::Error),
+    /// An error from metarep-capture (activation stores).
+    #[error(transparent)]
+    Capture(#[from] metarep_capture::Error),
     /// An error from metarep-model (the language model an SAE is spliced into).
     #[error(transparent)]
     Model(#[from] metarep_model::Error),

@@ -49,5 +49,5 @@ pub use error::{Error, Result};
 pub use latents::Latents;
 pub use loss::LossConfig;
 pub use sae::Sae;
-pub use source::{load_activations, ActivationSource, Batch, TensorSource};
+pub use source::{load_activations, ActivationSource, Batch, StoreSource, TensorSource};
 pub use train::{train, RunControl, TrainConfig, TrainReport};

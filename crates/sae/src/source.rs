@@ -332,3 +332,43 @@ pub fn load_activations(path: &Path, key: Option<&str>) -> Result<LoadedActivati
         labels,
     })
 }
+
+/// A metarep-capture activation store as a training source: shuffled batches across its shards
+/// through a bounded shuffle buffer ([`metarep_capture::StoreReader`]), rows of one token each.
+#[derive(Debug)]
+pub struct StoreSource {
+    reader: metarep_capture::StoreReader,
+}
+
+impl StoreSource {
+    /// Opens the store in `dir` (a hook's directory, with `meta.json`), shuffling under `seed`
+    /// with a buffer of `buffer_rows` rows.
+    pub fn open(dir: &Path, seed: u64, buffer_rows: usize) -> Result<Self> {
+        Ok(Self {
+            reader: metarep_capture::StoreReader::open(dir, seed, buffer_rows)?,
+        })
+    }
+
+    /// The store's description (hook, model, tokens, shards).
+    pub fn meta(&self) -> &metarep_capture::StoreMeta {
+        self.reader.meta()
+    }
+}
+
+impl ActivationSource for StoreSource {
+    fn d_in(&self) -> usize {
+        self.reader.d_in()
+    }
+
+    fn start_epoch(&mut self, epoch: u64) -> Result<()> {
+        Ok(self.reader.start_epoch(epoch)?)
+    }
+
+    fn next_batch(&mut self, batch: usize) -> Result<Option<Batch>> {
+        Ok(self.reader.next_batch(batch)?.map(|x| Batch {
+            x,
+            labels: None,
+            window: 1,
+        }))
+    }
+}

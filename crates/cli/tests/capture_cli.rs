@@ -1,0 +1,118 @@
+//! `metarep capture` on the GPT-2 parity fixture: an interrupted run, its resumption, errors.
+
+use std::path::Path;
+use std::process::Command;
+
+fn metarep(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_metarep"))
+        .args(args)
+        .env("METAREP_NO_PROGRESS", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn capture_stops_resumes_and_names_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/parity/gpt2");
+    let data = dir.path().join("data.jsonl");
+    let lines: Vec<String> = (0..6)
+        .map(|d| {
+            format!(
+                "{{\"tokens\": [{}]}}",
+                (0..10)
+                    .map(|i| ((d * 13 + i * 5) % 40).to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let out = dir.path().join("acts");
+    let base = [
+        "capture",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--hooks",
+        "blocks.*.hook_resid_post",
+        "--out",
+        out.to_str().unwrap(),
+        "--context",
+        "6",
+        "--shard-tokens",
+        "12",
+    ];
+    let f16 = ["--dtype", "f16"];
+    let (ok, stdout, stderr) = metarep(&[&base[..], &f16, &["--max-contexts", "5"]].concat());
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("incomplete"), "{stdout}");
+    let (ok, stdout, stderr) = metarep(&[&base[..], &f16].concat());
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("resumed at context 4") && !stdout.contains("incomplete"),
+        "{stdout}"
+    );
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("blocks.1.hook_resid_post/meta.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["complete"], true);
+    assert_eq!(meta["dtype"], "f16");
+    assert_eq!(meta["shards"].as_array().unwrap().len(), 5); // 10 contexts, 2 per shard
+
+    let (ok, _, stderr) = metarep(
+        &[
+            &base[..5],
+            &["--hooks", "blocks.9.*", "--out", out.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert!(!ok && stderr.contains("blocks.9"), "{stderr}");
+    // Resuming with other settings is refused, naming the setting.
+    // The store trains an SAE directly; its hook and model go into the exported cfg.json.
+    let store = out.join("blocks.1.hook_resid_post");
+    let run = dir.path().join("sae");
+    let (ok, stdout, stderr) = metarep(&[
+        "sae",
+        "train",
+        "--acts",
+        store.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--k",
+        "2",
+        "--expansion",
+        "2",
+        "--steps",
+        "20",
+        "--batch",
+        "16",
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("on 60 rows"), "{stdout}");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("sae/cfg.json")).unwrap()).unwrap();
+    assert_eq!(cfg["metadata"]["hook_name"], "blocks.1.hook_resid_post");
+    let (ok, stdout, stderr) = metarep(&[
+        "sae",
+        "eval",
+        "--sae",
+        run.join("sae").to_str().unwrap(),
+        "--acts",
+        store.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["rows"], 60);
+
+    let (ok, _, stderr) = metarep(&[&base[..], &["--dtype", "f32"]].concat());
+    assert!(!ok && stderr.contains("dtype = f16, not f32"), "{stderr}");
+}
