@@ -38,15 +38,21 @@ pub enum Error {
     /// An error from a metarep kernel.
     #[error(transparent)]
     Kernel(#[from] metarep_kernels::Error),
-    /// An error from metarep-capture (activation stores).
+    /// An error from metarep-capture (activation stores; boxed, it is large).
     #[error(transparent)]
-    Capture(#[from] metarep_capture::Error),
+    Capture(Box<metarep_capture::Error>),
     /// An error from metarep-model (the language model an SAE is spliced into).
     #[error(transparent)]
     Model(#[from] metarep_model::Error),
     /// An error from candle.
     #[error("candle error: {0}")]
     Candle(#[from] candle_core::Error),
+}
+
+impl From<metarep_capture::Error> for Error {
+    fn from(e: metarep_capture::Error) -> Self {
+        Error::Capture(Box::new(e))
+    }
 }
 
 /// `Result` with this crate's [`Error`].
