@@ -40,4 +40,6 @@ pub mod store;
 pub use dataset::TokenDataset;
 pub use error::{Error, Result};
 pub use reader::StoreReader;
-pub use store::{capture, store_dir, CaptureReport, CaptureSpec, ShardInfo, StoreMeta};
+pub use store::{
+    capture, store_dir, CaptureReport, CaptureSpec, ShardInfo, StoreMeta, StoreWriter,
+};

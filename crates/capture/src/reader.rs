@@ -4,20 +4,19 @@
 //! Each epoch visits the shards in a seeded random order. Rows go into a shuffle buffer; a
 //! batch draws rows uniformly from it without replacement, and the next shard is loaded only
 //! when fewer than `buffer_rows` rows remain. Memory is therefore bounded by `buffer_rows` plus
-//! one shard, and every stored row appears exactly once per epoch. Each shard's SHA-256 and
+//! one shard, and every stored row appears exactly once per epoch. Each shard's CRC-32C and
 //! shape are checked against `meta.json` when it is loaded: a corrupt or truncated shard is an
 //! error naming its file, never data.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use metarep_core::rng::{derive_seed, seeded};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use sha2::{Digest, Sha256};
 
-use crate::dataset::hex;
 use crate::error::{Error, Result};
 use crate::store::{StoreMeta, TENSOR_NAME};
 
@@ -90,8 +89,10 @@ impl StoreReader {
         let d = self.meta.d_in;
         while self.buffered_rows() < self.buffer_rows.max(batch) {
             let Some(i) = self.queue.pop() else { break };
-            let shard = self.load_shard(i)?;
-            self.buffer.extend(shard.flatten_all()?.to_vec1::<f32>()?);
+            let mut buffer = std::mem::take(&mut self.buffer);
+            let read = self.read_shard_into(i, &mut buffer);
+            self.buffer = buffer;
+            read?;
         }
         let n = self.buffered_rows().min(batch);
         if n == 0 {
@@ -117,15 +118,32 @@ impl StoreReader {
             .shards
             .get(i)
             .ok_or_else(|| Error::Invalid(format!("shard index {i} out of range")))?;
+        let mut rows = Vec::new();
+        self.read_shard_into(i, &mut rows)?;
+        Ok(Tensor::from_vec(
+            rows,
+            (info.tokens, self.meta.d_in),
+            &Device::Cpu,
+        )?)
+    }
+
+    /// Appends shard `i`'s rows (f32, row-major) to `out` after checking its checksum, header,
+    /// dtype and shape against `meta.json`.
+    fn read_shard_into(&self, i: usize, out: &mut Vec<f32>) -> Result<()> {
+        let info = self
+            .meta
+            .shards
+            .get(i)
+            .ok_or_else(|| Error::Invalid(format!("shard index {i} out of range")))?;
         let path = self.dir.join(&info.file);
         let bytes = std::fs::read(&path).map_err(|e| Error::file(&path, e.to_string()))?;
-        let sha = hex(&Sha256::digest(&bytes));
-        if sha != info.sha256 {
+        let crc = crc32c::crc32c(&bytes);
+        if crc != info.crc32c {
             return Err(Error::file(
                 &path,
                 format!(
-                    "corrupt or truncated shard: SHA-256 {sha} ≠ {} in meta.json ({} bytes)",
-                    info.sha256,
+                    "corrupt or truncated shard: CRC-32C {crc:#010x} ≠ {:#010x} in meta.json ({} bytes)",
+                    info.crc32c,
                     bytes.len()
                 ),
             ));
@@ -135,21 +153,50 @@ impl StoreReader {
         let view = st
             .tensor(TENSOR_NAME)
             .map_err(|_| Error::file(&path, format!("no tensor `{TENSOR_NAME}`")))?;
-        let t = candle_core::safetensors::Load::load(&view, &Device::Cpu)
-            .map_err(|e| Error::file(&path, format!("unreadable tensor: {e}")))?;
-        if t.dims() != [info.tokens, self.meta.d_in] || t.dtype() != self.meta.candle_dtype()? {
+        let want = [info.tokens, self.meta.d_in];
+        let dtype = match view.dtype() {
+            safetensors::Dtype::F32 => DType::F32,
+            safetensors::Dtype::F16 => DType::F16,
+            safetensors::Dtype::BF16 => DType::BF16,
+            _ => DType::U8,
+        };
+        if view.shape() != want || dtype != self.meta.candle_dtype()? {
             return Err(Error::file(
                 &path,
                 format!(
-                    "holds {:?} {:?}, meta.json says [{}, {}] {}",
-                    t.dims(),
-                    t.dtype(),
-                    info.tokens,
-                    self.meta.d_in,
+                    "holds {:?} {:?}, meta.json says {want:?} {}",
+                    view.shape(),
+                    view.dtype(),
                     self.meta.dtype
                 ),
             ));
         }
-        Ok(t.to_dtype(DType::F32)?)
+        decode(dtype, view.data(), out);
+        Ok(())
+    }
+}
+
+/// Appends little-endian `data` of `dtype` (f32, f16 or bf16) to `out` as f32.
+fn decode(dtype: DType, data: &[u8], out: &mut Vec<f32>) {
+    let start = out.len();
+    match dtype {
+        DType::F16 | DType::BF16 => {
+            let bits: Vec<u16> = data
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            out.resize(start + bits.len(), 0.0);
+            if dtype == DType::F16 {
+                bits.reinterpret_cast::<half::f16>()
+                    .convert_to_f32_slice(&mut out[start..]);
+            } else {
+                bits.reinterpret_cast::<half::bf16>()
+                    .convert_to_f32_slice(&mut out[start..]);
+            }
+        }
+        _ => out.extend(
+            data.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        ),
     }
 }

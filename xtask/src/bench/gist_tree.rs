@@ -13,7 +13,6 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -25,7 +24,8 @@ use metarep_gist_tree::{
 use rand::Rng;
 use serde_json::json;
 
-use super::{setting, write_report};
+use super::disk::{cpu_secs, drop_cache, num, plain_write};
+use super::write_report;
 use crate::BoxError;
 
 /// The `--set` keys this benchmark accepts.
@@ -35,17 +35,6 @@ const BLOCK: u32 = 32;
 const WIDTH: u32 = 256;
 /// Tokens per commit (2048 blocks, about 1.7 MB of records).
 const COMMIT_TOKENS: usize = 1 << 16;
-
-fn num(key: &str, default: f64) -> Result<f64, BoxError> {
-    match setting(key) {
-        None => Ok(default),
-        Some(v) => v
-            .parse::<f64>()
-            .ok()
-            .filter(|x| *x > 0.0)
-            .ok_or_else(|| format!("--set {key}={v}: expected a positive number").into()),
-    }
-}
 
 /// A summariser that costs O(d) per node, so that the append benchmark measures the storage
 /// engine rather than a compressor: a level-1 gist is its block's first token id scaled,
@@ -133,17 +122,6 @@ fn segment_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// CPU seconds used by this process so far (user + system).
-fn cpu_secs() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-}
-
 struct AppendRun {
     secs: f64,
     cpu: f64,
@@ -213,58 +191,6 @@ fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::new(len);
     pb.set_message(what.to_string());
     pb
-}
-
-/// Writes `bytes` bytes to `path` in `chunk`-byte writes, fdatasync after each with `sync`;
-/// returns wall and CPU seconds.
-fn plain_write(path: &Path, bytes: u64, chunk: usize, sync: bool) -> Result<(f64, f64), BoxError> {
-    let buf: Vec<u8> = (0..chunk).map(|i| (i * 31 % 251) as u8).collect();
-    let start = Instant::now();
-    let cpu0 = cpu_secs();
-    let mut f = File::create(path)?;
-    let mut done = 0u64;
-    while done < bytes {
-        let n = chunk.min((bytes - done) as usize);
-        f.write_all(&buf[..n])?;
-        if sync {
-            f.sync_data()?;
-        }
-        done += n as u64;
-    }
-    drop(f);
-    let secs = start.elapsed().as_secs_f64();
-    let cpu = cpu_secs() - cpu0;
-    // Out of the timing: flush and drop so the next measurement starts clean.
-    File::open(path)?.sync_all()?;
-    std::fs::remove_file(path)?;
-    Ok((secs, cpu))
-}
-
-/// Drops a file's pages from the page cache; returns the fraction still resident after.
-fn drop_cache(path: &Path) -> Result<f64, BoxError> {
-    let f = File::open(path)?;
-    f.sync_all()?;
-    // SAFETY: advisory call on a descriptor we own.
-    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    resident_fraction(&f)
-}
-
-fn resident_fraction(f: &File) -> Result<f64, BoxError> {
-    let len = f.metadata()?.len() as usize;
-    if len == 0 {
-        return Ok(0.0);
-    }
-    // SAFETY: read-only map of a file nobody truncates during the benchmark; only its
-    // residency is queried, the bytes are not read.
-    let map = unsafe { Mmap::map(f)? };
-    let page = 4096usize;
-    let mut vec = vec![0u8; len.div_ceil(page)];
-    // SAFETY: `vec` has one byte per page of the mapping.
-    let r = unsafe { libc::mincore(map.as_ptr() as *mut libc::c_void, len, vec.as_mut_ptr()) };
-    if r != 0 {
-        return Err(format!("mincore failed on {}", std::io::Error::last_os_error()).into());
-    }
-    Ok(vec.iter().filter(|b| *b & 1 == 1).count() as f64 / vec.len() as f64)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -2,6 +2,8 @@
 //!
 //! One module per benchmark; [`BENCHES`] is the list `run` dispatches on.
 
+mod capture;
+mod disk;
 mod forward;
 mod gist_tree;
 mod lat_cg;
@@ -26,6 +28,7 @@ const BENCHES: &[Bench] = &[
     ("forward", forward::run, &[]),
     ("lat_cg", lat_cg::run, &[]),
     ("gist_tree", gist_tree::run, gist_tree::SETTINGS),
+    ("capture", capture::run, capture::SETTINGS),
     ("sae", sae::run, &[]),
 ];
 
