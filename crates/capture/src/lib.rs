@@ -32,6 +32,7 @@
 
 #![warn(missing_docs)]
 
+mod codec;
 pub mod dataset;
 pub mod error;
 pub mod reader;

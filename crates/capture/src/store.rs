@@ -1,6 +1,6 @@
 //! The activation store: one directory per hook holding safetensors shards (one tensor
 //! `activations` `[tokens, d_in]` each) and `meta.json` describing the store and listing every
-//! finished shard with its token count and SHA-256.
+//! finished shard with its token count and CRC-32C.
 //!
 //! Writes are crash-safe: a shard is written to a temporary file and renamed, then `meta.json`
 //! is replaced the same way, so a shard exists for readers only once it is listed. Shards hold
@@ -9,15 +9,16 @@
 //! would have written.
 
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
-use half::slice::HalfFloatSliceExt;
-use metarep_core::fsutil::{atomic_write, ensure_dir, read_json, write_json_pretty};
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
+use metarep_core::fsutil::{atomic_write_parts, ensure_dir, read_json, write_json_pretty};
 use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::codec::encode;
 use crate::dataset::{hex, TokenDataset};
 use crate::error::{Error, Result};
 
@@ -160,15 +161,28 @@ pub fn store_dir(out: &Path, hook: HookPoint) -> PathBuf {
     out.join(hook.name())
 }
 
-/// The writer of one store: rows are buffered and written as a shard on
-/// [`StoreWriter::finish_shard`], after which `meta.json` lists it. [`capture`] drives one per
-/// hook; it is public for writing activations computed elsewhere.
+/// The writer of one store: rows are encoded in the stored dtype as they are pushed and
+/// written as a shard on [`StoreWriter::finish_shard`], after which `meta.json` lists it.
+/// [`capture`] drives one per hook; it is public for writing activations computed elsewhere.
+///
+/// A shard's file and the `meta.json` that lists it are written by a background thread while
+/// the caller computes the next rows; at most one shard is in flight. An error of that write
+/// surfaces from the next [`StoreWriter::finish_shard`] or [`StoreWriter::close`], after which
+/// the writer refuses further work (reopen the store: `meta.json` on disk lists only the shards
+/// that were fully written). The last shard (`finish_shard(true)`) is written before the call
+/// returns.
 #[derive(Debug)]
 pub struct StoreWriter {
     dir: PathBuf,
     meta: StoreMeta,
     dtype: DType,
-    pending: Vec<Tensor>,
+    /// Rows of the current shard, encoded (little-endian bytes of `dtype`).
+    pending: Vec<u8>,
+    pending_rows: usize,
+    /// The background write of the previous shard; it hands its buffer back for reuse.
+    in_flight: Option<JoinHandle<Result<Vec<u8>>>>,
+    /// Set once a background write failed.
+    failed: Option<String>,
 }
 
 impl StoreWriter {
@@ -182,10 +196,13 @@ impl StoreWriter {
             meta,
             dtype,
             pending: Vec::new(),
+            pending_rows: 0,
+            in_flight: None,
+            failed: None,
         })
     }
 
-    /// The store's description as written so far.
+    /// The store's description, including a shard whose background write is still running.
     pub fn meta(&self) -> &StoreMeta {
         &self.meta
     }
@@ -195,8 +212,9 @@ impl StoreWriter {
         self.meta.tokens() / self.meta.context
     }
 
-    /// Buffers rows `[n, d_in]` (any float dtype) for the current shard.
+    /// Encodes rows `[n, d_in]` (any float dtype) into the current shard.
     pub fn push(&mut self, rows: Tensor) -> Result<()> {
+        self.check_healthy()?;
         if rows.dims().len() != 2 || rows.dim(1)? != self.meta.d_in {
             return Err(Error::Invalid(format!(
                 "rows of shape {:?} for a store of width {}",
@@ -204,52 +222,125 @@ impl StoreWriter {
                 self.meta.d_in
             )));
         }
-        self.pending.push(rows);
+        let rows_f32 = rows.to_dtype(DType::F32)?;
+        let (storage, layout) = rows_f32.storage_and_layout();
+        match (&*storage, layout.contiguous_offsets()) {
+            // Read in place when the rows are contiguous f32 in CPU memory (the usual case).
+            (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => {
+                encode(self.dtype, &v[a..b], &mut self.pending)
+            }
+            _ => {
+                drop(storage);
+                let flat = rows_f32.flatten_all()?.to_vec1::<f32>()?;
+                encode(self.dtype, &flat, &mut self.pending);
+            }
+        }
+        self.pending_rows += rows.dim(0)?;
         Ok(())
     }
 
-    /// Writes the buffered rows as the next shard, then lists it in `meta.json` (marking the
-    /// store complete when `last`).
+    /// Writes the pushed rows as the next shard, then lists it in `meta.json` (marking the
+    /// store complete when `last`, in which case everything is on disk when this returns).
     pub fn finish_shard(&mut self, last: bool) -> Result<()> {
-        if !self.pending.is_empty() {
-            let rows = convert(&Tensor::cat(&self.pending, 0)?, self.dtype)?;
-            self.pending.clear();
-            let bytes = safetensors::tensor::serialize([(TENSOR_NAME, &rows)], None)
-                .map_err(|e| Error::Invalid(format!("serializing a shard: {e}")))?;
+        let mut recycled = self.wait()?;
+        let mut shard = None;
+        if self.pending_rows > 0 {
+            let data = std::mem::take(&mut self.pending);
+            let header = shard_header(self.dtype, self.pending_rows, self.meta.d_in, data.len());
             let file = format!("shard_{:06}.safetensors", self.meta.shards.len());
-            atomic_write(&self.dir.join(&file), &bytes)?;
             self.meta.shards.push(ShardInfo {
-                file,
-                tokens: rows.dim(0)?,
-                crc32c: crc32c::crc32c(&bytes),
+                file: file.clone(),
+                tokens: self.pending_rows,
+                crc32c: crc32c::crc32c_append(crc32c::crc32c(&header), &data),
             });
+            self.pending_rows = 0;
+            shard = Some((self.dir.join(file), header, data));
         }
+        recycled.clear();
+        self.pending = recycled;
         self.meta.complete = last;
-        write_json_pretty(&self.dir.join(META_FILE), &self.meta)?;
+        let meta_path = self.dir.join(META_FILE);
+        let meta = self.meta.clone();
+        let job = move || -> Result<Vec<u8>> {
+            let mut buffer = Vec::new();
+            if let Some((path, header, data)) = shard {
+                atomic_write_parts(&path, &[&header, &data])?;
+                buffer = data;
+            }
+            write_json_pretty(&meta_path, &meta)?;
+            Ok(buffer)
+        };
+        if last {
+            if let Err(e) = job() {
+                self.failed = Some(e.to_string());
+                return Err(e);
+            }
+        } else {
+            self.in_flight = Some(std::thread::spawn(job));
+        }
         Ok(())
+    }
+
+    /// Waits for the shard in flight and returns the store's description as on disk.
+    pub fn close(mut self) -> Result<StoreMeta> {
+        self.wait()?;
+        Ok(self.meta.clone())
+    }
+
+    /// Waits for the background write, if any; returns its buffer for reuse.
+    fn wait(&mut self) -> Result<Vec<u8>> {
+        self.check_healthy()?;
+        let Some(handle) = self.in_flight.take() else {
+            return Ok(Vec::new());
+        };
+        let outcome = handle
+            .join()
+            .unwrap_or_else(|_| Err(Error::Invalid("the shard writer thread panicked".into())));
+        if let Err(e) = &outcome {
+            self.failed = Some(e.to_string());
+        }
+        outcome
+    }
+
+    fn check_healthy(&self) -> Result<()> {
+        match &self.failed {
+            None => Ok(()),
+            Some(e) => Err(Error::file(
+                &self.dir,
+                format!("an earlier shard write failed ({e}); reopen the store to resume"),
+            )),
+        }
     }
 }
 
-/// `rows` in `dtype`, converting f32 to f16/bf16 with `half`'s vectorised slice conversion
-/// (candle's element-wise cast is several times slower on the write path).
-fn convert(rows: &Tensor, dtype: DType) -> Result<Tensor> {
-    let rows = rows.to_dtype(DType::F32)?;
-    let shape = rows.shape().clone();
-    let flat = rows.flatten_all()?.to_vec1::<f32>()?;
-    let t = match dtype {
-        DType::F16 => {
-            let mut out = vec![half::f16::ZERO; flat.len()];
-            out.convert_from_f32_slice(&flat);
-            Tensor::from_vec(out, shape, &Device::Cpu)?
+impl Drop for StoreWriter {
+    fn drop(&mut self) {
+        if let Err(e) = self.wait() {
+            // Nothing is lost: meta.json lists only complete shards, and a resumed capture
+            // rewrites the rest. Still, say so.
+            eprintln!("metarep-capture: {e}");
         }
-        DType::BF16 => {
-            let mut out = vec![half::bf16::ZERO; flat.len()];
-            out.convert_from_f32_slice(&flat);
-            Tensor::from_vec(out, shape, &Device::Cpu)?
-        }
-        _ => Tensor::from_vec(flat, shape, &Device::Cpu)?,
+    }
+}
+
+/// The safetensors prefix of a shard holding one tensor [`TENSOR_NAME`] `[rows, d_in]` of
+/// `data_len` bytes: the header length (u64, little-endian) and the JSON header, padded with
+/// spaces to a multiple of 8 bytes so the data stays aligned.
+fn shard_header(dtype: DType, rows: usize, d_in: usize, data_len: usize) -> Vec<u8> {
+    let name = match dtype {
+        DType::F16 => "F16",
+        DType::BF16 => "BF16",
+        _ => "F32",
     };
-    Ok(t)
+    let mut json = serde_json::json!({
+        TENSOR_NAME: {"dtype": name, "shape": [rows, d_in], "data_offsets": [0, data_len]}
+    })
+    .to_string()
+    .into_bytes();
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&json);
+    out
 }
 
 /// Runs `model` over `data` and stores the activations of `spec.hooks` under `out` (one store
@@ -328,13 +419,17 @@ pub fn capture(
         s = end;
         progress(s * context, total * context);
     }
-    let complete = writers.iter().all(|w| w.meta.complete);
+    let stores: Vec<PathBuf> = writers.iter().map(|w| w.dir.clone()).collect();
+    let metas = writers
+        .into_iter()
+        .map(StoreWriter::close)
+        .collect::<Result<Vec<_>>>()?;
     Ok(CaptureReport {
-        stores: writers.iter().map(|w| w.dir.clone()).collect(),
+        stores,
         resumed_at_context: resumed_at,
         tokens_this_run: (s - resumed_at) * context,
-        tokens_total: writers.iter().map(|w| w.meta.tokens()).min().unwrap_or(0),
-        complete,
+        tokens_total: metas.iter().map(StoreMeta::tokens).min().unwrap_or(0),
+        complete: metas.iter().all(|m| m.complete),
         seconds: start.elapsed().as_secs_f64(),
     })
 }

@@ -133,6 +133,22 @@ fn stored_rows_are_the_model_activations_and_each_epoch_reads_every_row_once() {
         orders.push(all.to_vec2::<f32>().unwrap());
     }
     assert_ne!(orders[0], orders[1]);
+    // Buffers smaller than a batch, spanning several shards (rows served from several read
+    // buffers, compacted), and holding the whole store: still every row once per epoch.
+    for (buffer, batch) in [(1, 3), (40, 5), (1000, 7)] {
+        let mut r = StoreReader::open(store, 3, buffer).unwrap();
+        for epoch in 0..3 {
+            r.start_epoch(epoch).unwrap();
+            let mut batches = Vec::new();
+            while let Some(b) = r.next_batch(batch).unwrap() {
+                assert!(b.dim(0).unwrap() <= batch);
+                assert!(r.buffered_rows() <= buffer.max(batch) + shard_rows);
+                batches.push(b);
+            }
+            let all = Tensor::cat(&batches, 0).unwrap();
+            assert_eq!(row_set(&all), row_set(&stored), "buffer {buffer}");
+        }
+    }
     // Same seed, same epoch: same order.
     let mut again = StoreReader::open(store, 7, 10).unwrap();
     let first = again
@@ -226,4 +242,40 @@ fn corrupt_shards_mismatched_settings_and_bad_data_are_named_errors() {
     std::fs::write(&short, "{\"text\": \"hello\"}\n").unwrap();
     let e = TokenDataset::load(&short, None, 1).unwrap_err().to_string();
     assert!(e.contains("line 1") && e.contains("tokenizer"), "{e}");
+}
+
+#[test]
+fn a_failed_background_shard_write_surfaces_and_stops_the_writer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let meta = StoreMeta {
+        format_version: metarep_capture::store::FORMAT_VERSION,
+        model: "m".into(),
+        model_config_sha256: String::new(),
+        hook: "blocks.0.hook_resid_post".into(),
+        dtype: "f16".into(),
+        d_in: 3,
+        context: 2,
+        contexts_per_shard: 1,
+        dataset: "d".into(),
+        dataset_sha256: String::new(),
+        dataset_tokens: 6,
+        shards: Vec::new(),
+        complete: false,
+    };
+    let rows = Tensor::ones((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let mut w = metarep_capture::StoreWriter::open(&dir, meta).unwrap();
+    w.push(rows.clone()).unwrap();
+    w.finish_shard(true).unwrap();
+    // A directory where the next shard's file should go: its background write fails.
+    let blocker = dir.join("shard_000001.safetensors");
+    std::fs::create_dir_all(blocker.join("x")).unwrap();
+    w.push(rows.clone()).unwrap();
+    w.finish_shard(false).unwrap();
+    let e = w.finish_shard(true).unwrap_err().to_string();
+    assert!(e.contains("shard_000001"), "{e}");
+    let e = w.push(rows).unwrap_err().to_string();
+    assert!(e.contains("reopen the store"), "{e}");
+    // meta.json lists only the shard that was written.
+    assert_eq!(StoreMeta::read(&dir).unwrap().shards.len(), 1);
 }

@@ -25,6 +25,12 @@ fn parent_dir(path: &Path) -> PathBuf {
 /// Atomically replaces `path` with `bytes`: readers see the old file or the new one, never a
 /// partial write. Creates the parent directory if needed.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    atomic_write_parts(path, &[bytes])
+}
+
+/// [`atomic_write`] of a file whose bytes are `parts` one after the other (no concatenation
+/// in memory).
+pub fn atomic_write_parts(path: &Path, parts: &[&[u8]]) -> Result<()> {
     let file_name = path.file_name().ok_or_else(|| {
         Error::Invalid(format!("cannot write to {}: no file name", path.display()))
     })?;
@@ -36,7 +42,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         std::process::id(),
         TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    let result = write_and_sync(&tmp, bytes)
+    let result = write_and_sync(&tmp, parts)
         .and_then(|()| fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
     if result.is_err() {
         // Best effort clean-up; the original error is what matters.
@@ -46,9 +52,11 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(&dir)
 }
 
-fn write_and_sync(tmp: &Path, bytes: &[u8]) -> Result<()> {
+fn write_and_sync(tmp: &Path, parts: &[&[u8]]) -> Result<()> {
     let mut f = File::create(tmp).map_err(|e| Error::io(tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(tmp, e))?;
+    for bytes in parts {
+        f.write_all(bytes).map_err(|e| Error::io(tmp, e))?;
+    }
     f.sync_all().map_err(|e| Error::io(tmp, e))
 }
 
@@ -92,6 +100,14 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"two");
         let names: Vec<_> = fs::read_dir(p.parent().unwrap()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn parts_are_written_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        atomic_write_parts(&p, &[b"ab", b"", b"cde"]).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"abcde");
     }
 
     #[test]

@@ -35,13 +35,24 @@ pub fn cpu_secs() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
-/// Writes `bytes` bytes to `path` in `chunk`-byte writes, fdatasync after each with `sync`;
-/// returns wall and CPU seconds.
+/// When a plain write syncs to disk (inside the timing).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// fdatasync after every chunk.
+    EachChunk,
+    /// One fdatasync after the last chunk.
+    AtEnd,
+    /// Never (page-cache speed; synced untimed afterwards).
+    Never,
+}
+
+/// Writes `bytes` bytes to `path` in `chunk`-byte writes, syncing as `sync` says; returns
+/// wall and CPU seconds.
 pub fn plain_write(
     path: &Path,
     bytes: u64,
     chunk: usize,
-    sync: bool,
+    sync: Sync,
 ) -> Result<(f64, f64), BoxError> {
     let buf: Vec<u8> = (0..chunk).map(|i| (i * 31 % 251) as u8).collect();
     let start = Instant::now();
@@ -51,10 +62,13 @@ pub fn plain_write(
     while done < bytes {
         let n = chunk.min((bytes - done) as usize);
         f.write_all(&buf[..n])?;
-        if sync {
+        if sync == Sync::EachChunk {
             f.sync_data()?;
         }
         done += n as u64;
+    }
+    if sync == Sync::AtEnd {
+        f.sync_data()?;
     }
     drop(f);
     let secs = start.elapsed().as_secs_f64();

@@ -24,7 +24,7 @@ use metarep_gist_tree::{
 use rand::Rng;
 use serde_json::json;
 
-use super::disk::{cpu_secs, drop_cache, num, plain_write};
+use super::disk::{cpu_secs, drop_cache, num, plain_write, Sync};
 use super::write_report;
 use crate::BoxError;
 
@@ -313,8 +313,8 @@ fn run_in(
     for f in segment_files(&tree) {
         File::open(&f)?.sync_all()?;
     }
-    let plain_a = plain_write(&plain, run_off.bytes, chunk, false)?;
-    let plain_b = plain_write(&plain, run_off.bytes, chunk, false)?;
+    let plain_a = plain_write(&plain, run_off.bytes, chunk, Sync::Never)?;
+    let plain_b = plain_write(&plain, run_off.bytes, chunk, Sync::Never)?;
     let plain_secs = plain_a.0.min(plain_b.0);
     let plain_cpu = plain_a.1.min(plain_b.1);
     let mb = run_off.bytes as f64 / 1e6;
@@ -336,7 +336,7 @@ fn run_in(
         Box::new(CheapSummarizer),
     )?;
     let sync_chunk = (run_sync.bytes / run_sync.commits.max(1)) as usize;
-    let plain_sync = plain_write(&plain, run_sync.bytes, sync_chunk, true)?.0;
+    let plain_sync = plain_write(&plain, run_sync.bytes, sync_chunk, Sync::EachChunk)?.0;
     let sync_mbs = run_sync.bytes as f64 / 1e6 / run_sync.secs;
     let plain_sync_mbs = run_sync.bytes as f64 / 1e6 / plain_sync;
     std::fs::remove_dir_all(&sync_tree)?;
