@@ -55,9 +55,65 @@ pub fn spearman(a: &DVector<f64>, b: &DVector<f64>) -> Result<f64> {
     Ok(if den > 0.0 { ca.dot(&cb) / den } else { 0.0 })
 }
 
+/// Area under the ROC curve of `scores` for the binary `labels` (the probability that a random
+/// positive outscores a random negative, ties counting one half: the Mann–Whitney U statistic
+/// over `n_pos · n_neg`).
+pub fn auroc(scores: &[f64], labels: &[bool]) -> Result<f64> {
+    Ok(aurocs(scores, &[labels])?[0])
+}
+
+/// [`auroc`] of one score vector against several label vectors, ranking the scores once.
+pub fn aurocs(scores: &[f64], label_sets: &[&[bool]]) -> Result<Vec<f64>> {
+    let ranks = crate::stats::average_ranks(scores).0;
+    label_sets
+        .iter()
+        .map(|labels| {
+            if labels.len() != scores.len() {
+                return Err(Error::Invalid(format!(
+                    "auroc: {} scores but {} labels",
+                    scores.len(),
+                    labels.len()
+                )));
+            }
+            let pos = labels.iter().filter(|&&l| l).count();
+            let neg = labels.len() - pos;
+            if pos == 0 || neg == 0 {
+                return Err(Error::Invalid(format!(
+                    "auroc needs both classes ({pos} positive, {neg} negative labels)"
+                )));
+            }
+            let rank_sum: f64 = ranks
+                .iter()
+                .zip(*labels)
+                .filter(|(_, &l)| l)
+                .map(|(r, _)| r)
+                .sum();
+            let u = rank_sum - (pos * (pos + 1)) as f64 / 2.0;
+            Ok(u / (pos * neg) as f64)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auroc_on_known_cases() {
+        let s = [0.1, 0.4, 0.35, 0.8];
+        let l = [false, false, true, true];
+        // Pairs (pos, neg): (0.35 > 0.1), (0.35 < 0.4), (0.8 > both): 3 of 4.
+        assert_eq!(auroc(&s, &l).unwrap(), 0.75);
+        assert_eq!(auroc(&[1.0, 2.0], &[false, true]).unwrap(), 1.0);
+        assert_eq!(auroc(&[2.0, 1.0], &[false, true]).unwrap(), 0.0);
+        // All tied: one half.
+        assert_eq!(auroc(&[0.0; 4], &l).unwrap(), 0.5);
+        assert!(auroc(&s, &[true; 4])
+            .unwrap_err()
+            .to_string()
+            .contains("both classes"));
+        assert!(auroc(&s, &l[..2]).is_err());
+    }
 
     #[test]
     fn metrics_on_known_values() {

@@ -2,6 +2,7 @@
 
 pub mod exact_kernel;
 pub mod glm;
+pub mod grammar;
 pub mod kernel;
 pub mod linear;
 pub mod text;
