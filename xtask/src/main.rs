@@ -11,6 +11,7 @@
 
 mod bench;
 mod fig1;
+mod fig10;
 mod fig2;
 mod fig3;
 mod fig4;
