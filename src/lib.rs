@@ -13,6 +13,8 @@
 //! - [`model`]: hookable transformers (GPT-2, GPT-NeoX, Llama family, BERT) loading Hugging Face
 //!   checkpoints, with TransformerLens hook points, caches, interventions, attribution, trainer.
 //! - [`kernels`]: hot ops as candle CustomOps (sparse latent ops, top-k selection, fused AdamW).
+//! - [`capture`]: activations to disk (sharded stores, shuffled reader), attention-head
+//!   detectors, staged ablations, the induction-2l model's training.
 //! - [`sae`]: sparse autoencoders (ReLU + L1, TopK, BatchTopK, JumpReLU, Gated), losses, trainer,
 //!   metrics, SAELens export/import, ground-truth systems.
 //!
@@ -21,6 +23,7 @@
 //! assert!(cg_bound(100.0, 10) < 0.3);
 //! ```
 
+pub use metarep_capture as capture;
 pub use metarep_core as core;
 pub use metarep_eval as eval;
 pub use metarep_gist_tree as gist_tree;

@@ -14,13 +14,15 @@ use metarep_core::rng::{derive_seed, seeded};
 use metarep_eval::metrics::aurocs;
 use metarep_eval::plot::{LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
-use metarep_eval::tasks::grammar::{GrammarSpec, Sample, LATENTS};
+use metarep_eval::tasks::grammar::{
+    GrammarSpec, Sample, ATTRACTOR, DOMAINS, LATENTS, PAST, SUBJECT_PLURAL, VERB_NEXT,
+};
 use metarep_model::train::{LmBatch, RunControl as LmRun, TrainConfig as LmTrain, Trainer};
 use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input, LoadOptions, ModelConfig};
+use metarep_sae::baselines::{null_sae, random_directions};
 use metarep_sae::metrics::VarianceSums;
 use metarep_sae::splice::splice_scores;
 use metarep_sae::{train, Architecture, InputNorm, RunControl, Sae, SaeSpec, StoreSource};
-use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use crate::output::ResultDir;
@@ -156,15 +158,19 @@ pub fn agreement(
     let (mut right, mut n, mut right_attr, mut n_attr) = (0usize, 0usize, 0usize, 0usize);
     for (s, p) in samples.iter().zip(&probs) {
         for (t, l) in s.labels.iter().enumerate() {
-            if !l[4] || l[2] {
+            if !l[VERB_NEXT] || l[PAST] {
                 continue;
             }
             let mass = |ids: &[u32]| ids.iter().map(|&i| p[t][i as usize]).sum::<f32>();
-            let (good, bad) = if l[0] { (&plur, &sing) } else { (&sing, &plur) };
+            let (good, bad) = if l[SUBJECT_PLURAL] {
+                (&plur, &sing)
+            } else {
+                (&sing, &plur)
+            };
             let ok = mass(good) > mass(bad);
             n += 1;
             right += usize::from(ok);
-            if l[3] {
+            if l[ATTRACTOR] {
                 n_attr += 1;
                 right_attr += usize::from(ok);
             }
@@ -200,25 +206,79 @@ struct Row {
     train_seconds: f64,
 }
 
-/// Best AUROC per label over the columns of `codes` (`[rows, n]`), each column as a score;
-/// with `signed`, a column's negation counts too (for directions, which have no sign).
-fn best_aurocs(codes: &Tensor, labels: &[Vec<bool>], signed: bool) -> Result<Vec<f64>, BoxError> {
-    let cols = codes
-        .t()?
-        .contiguous()?
-        .to_dtype(DType::F64)?
-        .to_vec2::<f64>()?;
-    let sets: Vec<&[bool]> = labels.iter().map(Vec::as_slice).collect();
-    let mut best = vec![0.0f64; labels.len()];
-    for col in &cols {
-        if col.iter().all(|&v| v == col[0]) {
-            continue; // a latent that never fires scores 0.5
+/// The grammar latents as detection questions: per latent, the held-out rows it is asked on
+/// (its [`DOMAINS`] entry) and the labels there.
+struct Questions {
+    rows: Vec<Option<Vec<usize>>>,
+    labels: Vec<Vec<bool>>,
+}
+
+impl Questions {
+    fn new(samples: &[Sample]) -> Self {
+        let flat: Vec<[bool; 6]> = samples.iter().flat_map(|s| s.labels.clone()).collect();
+        let (mut rows, mut labels) = (Vec::new(), Vec::new());
+        for (j, domain) in DOMAINS.iter().enumerate() {
+            let keep: Vec<usize> = (0..flat.len())
+                .filter(|&r| domain.is_none_or(|d| flat[r][d]))
+                .collect();
+            labels.push(keep.iter().map(|&r| flat[r][j]).collect());
+            rows.push(domain.map(|_| keep));
         }
-        for (b, a) in best.iter_mut().zip(aurocs(col, &sets)?) {
-            *b = b.max(if signed { a.max(1.0 - a) } else { a });
-        }
+        Self { rows, labels }
     }
-    Ok(best)
+
+    /// Best AUROC per latent over the columns of `scores` (`[rows, n]`); with `signed`, a
+    /// column's negation counts too (directions have no sign; SAE latents do).
+    fn best(&self, scores: &Tensor, signed: bool) -> Result<Vec<f64>, BoxError> {
+        let cols = scores
+            .t()?
+            .contiguous()?
+            .to_dtype(DType::F64)?
+            .to_vec2::<f64>()?;
+        let everywhere: Vec<usize> = (0..self.labels.len())
+            .filter(|&j| self.rows[j].is_none())
+            .collect();
+        let sets: Vec<&[bool]> = everywhere
+            .iter()
+            .map(|&j| self.labels[j].as_slice())
+            .collect();
+        let mut best = vec![0.5f64; self.labels.len()];
+        let mut keep =
+            |j: usize, a: f64| best[j] = best[j].max(if signed { a.max(1.0 - a) } else { a });
+        for col in &cols {
+            if col.iter().all(|&v| v == col[0]) {
+                continue; // a latent that never fires scores 0.5
+            }
+            for (&j, a) in everywhere.iter().zip(aurocs(col, &sets)?) {
+                keep(j, a);
+            }
+            for (j, rows) in self.rows.iter().enumerate() {
+                if let Some(rows) = rows {
+                    let sub: Vec<f64> = rows.iter().map(|&r| col[r]).collect();
+                    keep(j, aurocs(&sub, &[&self.labels[j]])?[0]);
+                }
+            }
+        }
+        Ok(best)
+    }
+}
+
+/// Scores of one SAE on the held-out tokens.
+fn score(
+    sae: &Sae,
+    model: &HookedTransformer,
+    hook: HookPoint,
+    x: &Tensor,
+    tokens: &Tensor,
+    questions: &Questions,
+) -> Result<(f64, f64, metarep_sae::splice::SpliceScores, Vec<f64>), BoxError> {
+    let latents = sae.encode(x)?;
+    let mut sums = VarianceSums::default();
+    sums.add(x, &sae.reconstruct(x)?)?;
+    let (l0, _) = latents.l0_l1()?;
+    let splice = splice_scores(model, sae, hook, std::slice::from_ref(tokens))?;
+    let auroc = questions.best(&latents.to_dense(sae.config.d_sae)?, false)?;
+    Ok((sums.explained_variance(), l0, splice, auroc))
 }
 
 /// Runs fig10 and writes `dir`.
@@ -294,13 +354,7 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         HookFilter::patterns(&[hook.name()]),
     )?;
     let x = cache.get(hook)?.reshape(((), cfg.lm.d_model))?;
-    let labels: Vec<Vec<bool>> = (0..LATENTS.len())
-        .map(|j| {
-            eval.iter()
-                .flat_map(|s| s.labels.iter().map(move |l| l[j]))
-                .collect()
-        })
-        .collect();
+    let questions = Questions::new(&eval);
 
     let mut rows = Vec::new();
     println!(
@@ -330,18 +384,12 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
                 &cfg.sweep.train,
                 RunControl::default(),
             )?;
-            let latents = sae.encode(&x)?;
-            let recon = sae.reconstruct(&x)?;
-            let mut sums = VarianceSums::default();
-            sums.add(&x, &recon)?;
-            let (l0, _) = latents.l0_l1()?;
-            let splice = splice_scores(&model, &sae, hook, std::slice::from_ref(&eval_tokens))?;
-            let codes = latents.to_dense(sae.config.d_sae)?;
-            let auroc = best_aurocs(&codes, &labels, false)?;
+            let (explained_variance, l0, splice, auroc) =
+                score(&sae, &model, hook, &x, &eval_tokens, &questions)?;
             let row = Row {
                 expansion,
                 k,
-                explained_variance: sums.explained_variance(),
+                explained_variance,
                 l0,
                 dead_fraction: tr.dead_fraction,
                 ce_recovered_zero: splice.recovered_zero,
@@ -365,20 +413,53 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
             rows.push(row);
         }
     }
-    // Random directions, as many as the widest SAE has latents.
+    // Baselines: a null SAE as wide as the widest (first k), random directions as many as
+    // its latents, and the residual stream's own coordinates (either sign).
     let widest = cfg.sweep.expansions.iter().max().copied().unwrap_or(1) * cfg.lm.d_model;
-    let mut rng = seeded(derive_seed(cfg.seed, "fig10/random"));
-    let dirs: Vec<f32> = (0..cfg.lm.d_model * widest)
-        .map(|_| StandardNormal.sample(&mut rng))
-        .collect();
-    let dirs = Tensor::from_vec(dirs, (cfg.lm.d_model, widest), &Device::Cpu)?;
-    let random = best_aurocs(&x.matmul(&dirs)?, &labels, true)?;
+    let k0 = cfg.sweep.ks.first().copied().unwrap_or(1);
+    let null_cfg = SaeSpec {
+        architecture: Architecture::TopK { k: k0 },
+        expansion: widest / cfg.lm.d_model,
+        pre_encoder_bias: true,
+        input_norm: InputNorm::default(),
+        decoder_norm: None,
+    }
+    .config(cfg.lm.d_model)?;
+    let null = null_sae(null_cfg, &x.mean(0)?, cfg.seed)?;
+    let (null_ev, null_l0, null_splice, null_auroc) =
+        score(&null, &model, hook, &x, &eval_tokens, &questions)?;
+    println!(
+        "   null SAE ({widest}, k = {k0}): EV {null_ev:.4}, L0 {null_l0:.2}, CE recovered {:.3}, {:.3} (CE clean {:.3}, zero {:.3}, mean {:.3}, SAE {:.3}); AUROC {}",
+        null_splice.recovered_zero,
+        null_splice.recovered_mean,
+        null_splice.ce_clean,
+        null_splice.ce_zero,
+        null_splice.ce_mean,
+        null_splice.ce_sae,
+        fmt_aurocs(&null_auroc)
+    );
+    let dirs = random_directions(widest, cfg.lm.d_model, cfg.seed)?;
+    let random = questions.best(&x.matmul(&dirs.t()?)?, true)?;
     println!(
         "   random directions ({widest}, either sign): {}",
         fmt_aurocs(&random)
     );
+    let basis = questions.best(&x, true)?;
+    println!(
+        "   residual coordinates ({}, either sign): {}",
+        cfg.lm.d_model,
+        fmt_aurocs(&basis)
+    );
+    let baselines = [
+        (format!("null SAE ({widest}, k = {k0})"), null_auroc),
+        (format!("random directions ({widest}, ±)"), random.clone()),
+        (
+            format!("residual coordinates ({}, ±)", cfg.lm.d_model),
+            basis,
+        ),
+    ];
 
-    let table = table(&rows, &random)?;
+    let table = table(&rows, &baselines)?;
     out.table("fig10", &table)?;
     plots(&rows, dir)?;
     out.metrics.set_number("agreement", agree);
@@ -394,6 +475,9 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
             out.metrics.set_number(format!("{key}_auroc_{name}"), *a);
         }
     }
+    out.metrics.set_number("null_explained_variance", null_ev);
+    out.metrics
+        .set_number("null_ce_recovered_zero", null_splice.recovered_zero);
     for (name, a) in LATENTS.iter().zip(&random) {
         out.metrics.set_number(format!("random_auroc_{name}"), *a);
     }
@@ -421,7 +505,7 @@ fn fmt_aurocs(a: &[f64]) -> String {
         .join(" ")
 }
 
-fn table(rows: &[Row], random: &[f64]) -> Result<Table, BoxError> {
+fn table(rows: &[Row], baselines: &[(String, Vec<f64>)]) -> Result<Table, BoxError> {
     let mut headers = vec![
         "expansion".to_string(),
         "k".into(),
@@ -450,11 +534,13 @@ fn table(rows: &[Row], random: &[f64]) -> Result<Table, BoxError> {
         cells.push(Cell::Num(r.train_seconds));
         t.push_row(cells)?;
     }
-    let mut cells = vec![Cell::from("random directions"), Cell::from("")];
-    cells.extend((0..6).map(|_| Cell::from("")));
-    cells.extend(random.iter().map(|a| Cell::Num(*a)));
-    cells.push(Cell::from(""));
-    t.push_row(cells)?;
+    for (name, auroc) in baselines {
+        let mut cells = vec![Cell::from(name.clone())];
+        cells.extend((0..7).map(|_| Cell::from("")));
+        cells.extend(auroc.iter().map(|a| Cell::Num(*a)));
+        cells.push(Cell::from(""));
+        t.push_row(cells)?;
+    }
     Ok(t)
 }
 

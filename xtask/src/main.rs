@@ -18,6 +18,7 @@ mod fig4;
 mod fig5;
 mod fig6;
 mod fig7;
+mod fig8;
 mod fig9;
 mod fixtures;
 mod output;

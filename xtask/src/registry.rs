@@ -84,6 +84,13 @@ pub const REGISTRY: &[Experiment] = &[
         run: crate::routes_ablations::run,
     },
     Experiment {
+        id: "fig8",
+        title: "Induction heads in induction-2l: per-head detector scores, first vs second repeat loss, staged ablations of the top induction heads",
+        example: "induction_heads",
+        threshold: "top induction head in layer 1 with score > 0.4 and every layer-0 head below; second-repeat loss < 0.5 × first; zeroing the top head raises it (95% intervals apart)",
+        run: crate::fig8::run,
+    },
+    Experiment {
         id: "fig9",
         title: "SAEs on ground-truth systems (BFS, DFS, stack machine): reconstruction, feature recovery, causal edits",
         example: "sae_ground_truth",

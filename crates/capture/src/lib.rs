@@ -5,7 +5,11 @@
 //!   (f32, f16 or bf16) with a `meta.json` per store; writes are atomic and an interrupted
 //!   capture resumes without duplicating or losing tokens;
 //! - [`reader`]: [`StoreReader`] streams shuffled batches across shards with bounded memory,
-//!   deterministic under a seed, checking every shard's checksum.
+//!   deterministic under a seed, checking every shard's checksum;
+//! - [`detectors`]: induction, previous-token, duplicate-token and prefix-matching scores of
+//!   every attention head on repeated random tokens, loss per position;
+//! - [`ablation`]: staged zero / mean / resample ablations of heads and neurons with loss,
+//!   accuracy, entropy and logit-difference deltas.
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -32,9 +36,12 @@
 
 #![warn(missing_docs)]
 
+pub mod ablation;
 mod codec;
 pub mod dataset;
+pub mod detectors;
 pub mod error;
+pub mod induction;
 pub mod reader;
 pub mod store;
 

@@ -361,4 +361,118 @@ mod tests {
             .to_string();
         assert!(e.contains("'nan'"), "{e}");
     }
+
+    #[test]
+    fn heatmap_writes_every_value_and_rejects_ragged_input() {
+        let d = dir();
+        let path = d.path().join("h.svg");
+        let h = Heatmap {
+            title: "scores".into(),
+            row_label: "layer".into(),
+            col_label: "head".into(),
+            values: vec![vec![0.1, 0.9], vec![0.25, 0.5]],
+        };
+        h.write_svg(&path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        for v in ["0.10", "0.90", "0.25", "0.50"] {
+            assert!(svg.contains(v), "{v}");
+        }
+        let ragged = Heatmap {
+            values: vec![vec![0.1, 0.9], vec![0.2]],
+            ..h.clone()
+        };
+        assert!(ragged.write_svg(&path).is_err());
+        let nan = Heatmap {
+            values: vec![vec![f64::NAN]],
+            ..h
+        };
+        assert!(nan.write_svg(&path).is_err());
+    }
+}
+
+/// A heat map of a matrix: one cell per entry, shaded white (the minimum) to dark blue (the
+/// maximum), with the value written in the cell.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heatmap {
+    /// Title.
+    pub title: String,
+    /// Row axis description (rows are drawn top to bottom).
+    pub row_label: String,
+    /// Column axis description.
+    pub col_label: String,
+    /// `values[row][col]`.
+    pub values: Vec<Vec<f64>>,
+}
+
+impl Heatmap {
+    /// Writes the map as SVG. Empty or ragged matrices and non-finite values are errors.
+    pub fn write_svg(&self, path: impl AsRef<Path>) -> Result<()> {
+        let rows = self.values.len();
+        let cols = self.values.first().map_or(0, Vec::len);
+        if rows == 0 || cols == 0 || self.values.iter().any(|r| r.len() != cols) {
+            return Err(Error::Invalid(format!(
+                "heat map '{}' needs a non-empty rectangular matrix",
+                self.title
+            )));
+        }
+        if self.values.iter().flatten().any(|v| !v.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "heat map '{}' has a non-finite value",
+                self.title
+            )));
+        }
+        let (lo, hi) = self
+            .values
+            .iter()
+            .flatten()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
+        let span = if hi > lo { hi - lo } else { 1.0 };
+        let size = ((90 + 70 * cols) as u32, (110 + 50 * rows) as u32);
+        let root = SVGBackend::new(path.as_ref(), size).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(&self.title, ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(36)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0..cols, 0..rows)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc(self.col_label.as_str())
+            .y_desc(self.row_label.as_str())
+            .x_labels(cols)
+            .y_labels(rows)
+            .x_label_formatter(&|c| format!("{c}"))
+            .y_label_formatter(&|r| format!("{}", rows.saturating_sub(1).saturating_sub(*r)))
+            .draw()
+            .map_err(plot_err)?;
+        for (r, row) in self.values.iter().enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                let t = (v - lo) / span;
+                let shade = |full: f64| (255.0 - t * (255.0 - full)).round() as u8;
+                let fill = RGBColor(shade(31.0), shade(119.0), shade(180.0));
+                let y = rows - 1 - r;
+                chart
+                    .draw_series(std::iter::once(Rectangle::new(
+                        [(c, y), (c + 1, y + 1)],
+                        fill.filled(),
+                    )))
+                    .map_err(plot_err)?;
+                let ink = if t > 0.55 { WHITE } else { BLACK };
+                chart
+                    .draw_series(std::iter::once(Text::new(
+                        format!("{v:.2}"),
+                        (c, y + 1),
+                        ("sans-serif", 13).into_font().color(&ink),
+                    )))
+                    .map_err(plot_err)?;
+            }
+        }
+        root.present().map_err(plot_err)?;
+        Ok(())
+    }
 }

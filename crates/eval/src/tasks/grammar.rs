@@ -9,7 +9,8 @@
 //!
 //! Per token, [`LATENTS`] are labelled from the prefix up to and including that token (what a
 //! causal model can know there):
-//! - `subject_plural`: a main-clause subject has been read, its verb not yet, and it is plural;
+//! - `subject_pending`: a main-clause subject has been read, its verb not yet;
+//! - `subject_plural`: ... and that subject is plural;
 //! - `in_relative`: inside a relative clause (from `that` through its verb);
 //! - `past`: the sentence is in the past tense;
 //! - `attractor`: a noun of the other number than the pending main subject has been read
@@ -22,12 +23,38 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Result};
 
 /// Names of the per-token latent labels, in [`Sample::labels`] order.
-pub const LATENTS: [&str; 5] = [
+pub const LATENTS: [&str; 6] = [
+    "subject_pending",
     "subject_plural",
     "in_relative",
     "past",
     "attractor",
     "verb_next",
+];
+
+/// Index of `subject_pending` in [`LATENTS`].
+pub const SUBJECT_PENDING: usize = 0;
+/// Index of `subject_plural`.
+pub const SUBJECT_PLURAL: usize = 1;
+/// Index of `in_relative`.
+pub const IN_RELATIVE: usize = 2;
+/// Index of `past`.
+pub const PAST: usize = 3;
+/// Index of `attractor`.
+pub const ATTRACTOR: usize = 4;
+/// Index of `verb_next`.
+pub const VERB_NEXT: usize = 5;
+
+/// The tokens on which each latent is a question: `Some(j)` means only where latent `j` holds
+/// (subject number and attractors are asked about while a subject is pending; comparing a
+/// plural-subject token with an unrelated one would test the wrong thing), `None` everywhere.
+pub const DOMAINS: [Option<usize>; 6] = [
+    None,
+    Some(SUBJECT_PENDING),
+    None,
+    None,
+    Some(SUBJECT_PENDING),
+    None,
 ];
 
 /// Sizes and probabilities of the grammar.
@@ -86,7 +113,7 @@ pub struct Sample {
     /// Token ids, starting with BOS (id 0).
     pub tokens: Vec<u32>,
     /// `labels[t][j]`: latent `LATENTS[j]` at token `t`.
-    pub labels: Vec<[bool; 5]>,
+    pub labels: Vec<[bool; 6]>,
 }
 
 /// What the generator tracks while it emits a sentence.
@@ -181,7 +208,7 @@ impl GrammarSpec {
         }
         let mut out = Sample {
             tokens: vec![BOS],
-            labels: vec![[false; 5]],
+            labels: vec![[false; 6]],
         };
         while out.tokens.len() < len {
             self.sentence(rng, &mut out);
@@ -206,7 +233,7 @@ impl GrammarSpec {
         self.noun_phrase(rng, out, &mut st, plural, 0, true);
         // The main verb: `verb_next` marks the token before it.
         if let Some(last) = out.labels.last_mut() {
-            last[4] = true;
+            last[VERB_NEXT] = true;
         }
         let stem = rng.random_range(0..self.verbs);
         let verb = self.verb(stem, plural, st.past);
@@ -265,6 +292,7 @@ impl GrammarSpec {
 fn emit(out: &mut Sample, token: u32, st: &State) {
     out.tokens.push(token);
     out.labels.push([
+        st.subject.is_some(),
         st.subject == Some(true),
         st.relative_depth > 0,
         st.past,
@@ -289,26 +317,30 @@ mod tests {
             assert!(s.tokens.iter().all(|&t| (t as usize) < spec.vocab()));
             for t in 0..63 {
                 let l = s.labels[t];
-                if l[3] {
+                // Number and attractors are only ever labelled while a subject is pending.
+                assert!(l[SUBJECT_PENDING] || !(l[SUBJECT_PLURAL] || l[ATTRACTOR]));
+                if l[ATTRACTOR] {
                     attractors += 1;
                 }
-                if l[1] {
+                if l[IN_RELATIVE] {
                     relatives += 1;
                 }
-                if !l[4] {
+                if !l[VERB_NEXT] {
                     continue;
                 }
+                assert!(l[SUBJECT_PENDING]);
                 // The next token is the main verb, in the sentence's tense, agreeing in number.
                 verbs += 1;
                 let v = s.tokens[t + 1];
-                if l[2] {
+                if l[PAST] {
                     assert!((0..spec.verbs).any(|i| spec.verb(i, false, true) == v));
                 } else {
-                    assert!(spec.present_verbs(l[0]).contains(&v), "t {t}");
-                    assert!(!spec.present_verbs(!l[0]).contains(&v));
+                    let plural = l[SUBJECT_PLURAL];
+                    assert!(spec.present_verbs(plural).contains(&v), "t {t}");
+                    assert!(!spec.present_verbs(!plural).contains(&v));
                 }
                 // After the verb no subject is pending.
-                assert!(!s.labels[t + 1][0] && !s.labels[t + 1][3]);
+                assert!(!s.labels[t + 1][SUBJECT_PENDING] && !s.labels[t + 1][ATTRACTOR]);
             }
         }
         assert!(verbs > 500 && attractors > 200 && relatives > 200);

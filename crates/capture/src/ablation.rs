@@ -1,0 +1,328 @@
+//! Staged ablations: a config names heads and neurons and how to ablate them (zero, mean over
+//! a reference set, resample from it); stages run alone or cumulatively, and each reports how
+//! the model's predictions change on an evaluation set.
+//!
+//! Per stage, over the evaluated positions: loss delta (mean next-token cross-entropy),
+//! accuracy delta (argmax = target), entropy delta of the output distribution, and — when the
+//! evaluation set names an alternative token per position — the mean logit difference
+//! `logit[target] − logit[alternative]` and its delta.
+//!
+//! ```toml
+//! cumulative = false
+//! [[stages]]
+//! name = "top induction head"
+//! kind = "zero"            # zero | mean | resample
+//! heads = [[1, 3]]         # (layer, head)
+//! neurons = []             # (layer, neuron)
+//! ```
+
+use candle_core::{DType, Tensor, D};
+use metarep_model::interventions::{mean_activation, Intervention, Interventions};
+use metarep_model::{HookFilter, HookPoint, HookedTransformer, Hooks, Input, NoHooks};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How ablated components are replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AblationKind {
+    /// By zero.
+    Zero,
+    /// By their mean over the reference set (batch and positions).
+    Mean,
+    /// By their value on the reference set's sequences (same shape as the evaluation set).
+    Resample,
+}
+
+/// One stage: components and how to ablate them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// Label in reports.
+    pub name: String,
+    /// Ablation kind.
+    pub kind: AblationKind,
+    /// Attention heads `(layer, head)` (ablated at `hook_z`).
+    #[serde(default)]
+    pub heads: Vec<(usize, usize)>,
+    /// MLP neurons `(layer, neuron)` (ablated at `mlp.hook_post`).
+    #[serde(default)]
+    pub neurons: Vec<(usize, usize)>,
+}
+
+/// A staged ablation run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AblationConfig {
+    /// Each stage adds to the ones before it (else each runs alone).
+    #[serde(default)]
+    pub cumulative: bool,
+    /// The stages, in order.
+    pub stages: Vec<Stage>,
+}
+
+/// What is evaluated: sequences, which next-token predictions count, and optional
+/// alternatives.
+#[derive(Debug, Clone)]
+pub struct EvalSet {
+    /// Token ids `[batch, n]`; position `p` predicts token `p + 1`.
+    pub tokens: Tensor,
+    /// Which of the `n − 1` predictions count, `[batch, n − 1]` (any dtype, nonzero = yes);
+    /// `None`: all.
+    pub mask: Option<Tensor>,
+    /// An alternative token per prediction `[batch, n − 1]` (u32) for the logit difference.
+    pub alternative: Option<Tensor>,
+}
+
+/// Prediction metrics over the counted positions.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Metrics {
+    /// Mean cross-entropy (nats).
+    pub loss: f64,
+    /// Fraction predicted exactly (argmax).
+    pub accuracy: f64,
+    /// Mean entropy of the output distribution (nats).
+    pub entropy: f64,
+    /// Mean `logit[target] − logit[alternative]` (NaN without alternatives).
+    pub logit_diff: f64,
+}
+
+/// One stage's result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageReport {
+    /// The stage's name.
+    pub name: String,
+    /// Components ablated in this run (all earlier stages' too when cumulative).
+    pub components: usize,
+    /// Metrics with the ablation.
+    pub ablated: Metrics,
+    /// Ablated minus clean, per metric.
+    pub delta: Metrics,
+}
+
+/// Clean metrics and one report per stage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AblationReport {
+    /// Without any ablation.
+    pub clean: Metrics,
+    /// Per stage.
+    pub stages: Vec<StageReport>,
+}
+
+impl AblationConfig {
+    /// Checks every layer, head and neuron index against the model's shape; an error names the
+    /// stage and the index.
+    pub fn validate(&self, model: &HookedTransformer) -> Result<()> {
+        let cfg = model.config();
+        if self.stages.is_empty() {
+            return Err(Error::Invalid("ablation config has no stages".into()));
+        }
+        for s in &self.stages {
+            for &(l, h) in &s.heads {
+                if l >= cfg.n_layers || h >= cfg.n_heads {
+                    return Err(Error::Invalid(format!(
+                        "stage `{}`: head ({l}, {h}) out of range (the model has {} layers of {} heads)",
+                        s.name, cfg.n_layers, cfg.n_heads
+                    )));
+                }
+            }
+            for &(l, n) in &s.neurons {
+                if cfg.attn_only || l >= cfg.n_layers || n >= cfg.d_mlp {
+                    return Err(Error::Invalid(format!(
+                        "stage `{}`: neuron ({l}, {n}) out of range (the model has {} layers of {} MLP neurons)",
+                        s.name,
+                        cfg.n_layers,
+                        if cfg.attn_only { 0 } else { cfg.d_mlp }
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `config` on `eval`; `reference` `[batch', n]` supplies means (mean) or replacement
+/// activations (resample: same shape as `eval.tokens`).
+pub fn run_ablations(
+    model: &HookedTransformer,
+    config: &AblationConfig,
+    eval: &EvalSet,
+    reference: Option<&Tensor>,
+) -> Result<AblationReport> {
+    config.validate(model)?;
+    let clean = metrics(model, eval, &mut NoHooks)?;
+    let needs_ref = config.stages.iter().any(|s| s.kind != AblationKind::Zero);
+    let reference_cache = match (needs_ref, reference) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(Error::Invalid(
+                "mean and resample ablations need a reference set".into(),
+            ))
+        }
+        (true, Some(r)) => {
+            if config
+                .stages
+                .iter()
+                .any(|s| s.kind == AblationKind::Resample)
+                && r.dims() != eval.tokens.dims()
+            {
+                return Err(Error::Invalid(format!(
+                    "resampling needs reference tokens shaped like the evaluation set ({:?}), got {:?}",
+                    eval.tokens.dims(),
+                    r.dims()
+                )));
+            }
+            let cfg = model.config();
+            let mut names: Vec<String> =
+                (0..cfg.n_layers).map(|l| HookPoint::Z(l).name()).collect();
+            if !cfg.attn_only {
+                names.extend((0..cfg.n_layers).map(|l| HookPoint::MlpPost(l).name()));
+            }
+            let input = r.narrow(1, 0, r.dim(1)? - 1)?;
+            Some(
+                model
+                    .run_with_cache(Input::new(input), HookFilter::patterns(&names))?
+                    .1,
+            )
+        }
+    };
+    let mut active: Vec<Intervention> = Vec::new();
+    let mut stages = Vec::new();
+    for s in &config.stages {
+        if !config.cumulative {
+            active.clear();
+        }
+        for &(l, h) in &s.heads {
+            active.push(match s.kind {
+                AblationKind::Zero => Intervention::zero_heads(l, &[h]),
+                AblationKind::Mean => {
+                    let z = reference_cache.as_ref().map(|c| c.get(HookPoint::Z(l)));
+                    Intervention::mean_heads(l, &[h], mean_activation(need(z)?, true)?)
+                }
+                AblationKind::Resample => {
+                    let z = reference_cache.as_ref().map(|c| c.get(HookPoint::Z(l)));
+                    Intervention::resample_heads(l, &[h], need(z)?.clone())
+                }
+            });
+        }
+        for &(l, n) in &s.neurons {
+            active.push(match s.kind {
+                AblationKind::Zero => Intervention::zero_neurons(l, &[n]),
+                AblationKind::Mean => {
+                    let a = reference_cache
+                        .as_ref()
+                        .map(|c| c.get(HookPoint::MlpPost(l)));
+                    Intervention::mean_neurons(l, &[n], mean_activation(need(a)?, true)?)
+                }
+                AblationKind::Resample => {
+                    let a = reference_cache
+                        .as_ref()
+                        .map(|c| c.get(HookPoint::MlpPost(l)));
+                    Intervention::resample_neurons(l, &[n], need(a)?.clone())
+                }
+            });
+        }
+        let mut hooks = Interventions::new(active.clone());
+        let ablated = metrics(model, eval, &mut hooks)?;
+        stages.push(StageReport {
+            name: s.name.clone(),
+            components: active.len(),
+            ablated,
+            delta: Metrics {
+                loss: ablated.loss - clean.loss,
+                accuracy: ablated.accuracy - clean.accuracy,
+                entropy: ablated.entropy - clean.entropy,
+                logit_diff: ablated.logit_diff - clean.logit_diff,
+            },
+        });
+    }
+    Ok(AblationReport { clean, stages })
+}
+
+/// `log softmax` over the last dimension.
+pub(crate) fn log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?;
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+fn need(t: Option<std::result::Result<&Tensor, metarep_model::Error>>) -> Result<&Tensor> {
+    Ok(t.ok_or_else(|| Error::Invalid("no reference activations".into()))??)
+}
+
+/// Prediction metrics of `model` on `eval` with `hooks` applied.
+pub fn metrics<H: Hooks>(
+    model: &HookedTransformer,
+    eval: &EvalSet,
+    hooks: &mut H,
+) -> Result<Metrics> {
+    let (_, n) = eval.tokens.dims2()?;
+    if n < 2 {
+        return Err(Error::Invalid(
+            "evaluation sequences need ≥ 2 tokens".into(),
+        ));
+    }
+    let input = eval.tokens.narrow(1, 0, n - 1)?;
+    let targets = eval
+        .tokens
+        .narrow(1, 1, n - 1)?
+        .to_dtype(DType::U32)?
+        .contiguous()?;
+    let logits = model
+        .run_with_hooks(Input::new(input), hooks)?
+        .to_dtype(DType::F32)?;
+    let logp = log_softmax(&logits)?;
+    let pick = |ids: &Tensor| -> Result<Tensor> {
+        Ok(logits
+            .gather(&ids.unsqueeze(D::Minus1)?, D::Minus1)?
+            .squeeze(D::Minus1)?)
+    };
+    let nll = logp
+        .gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?
+        .squeeze(D::Minus1)?
+        .neg()?;
+    let correct = logits
+        .argmax(D::Minus1)?
+        .eq(&targets)?
+        .to_dtype(DType::F32)?;
+    let entropy = (logp.exp()? * &logp)?.sum(D::Minus1)?.neg()?;
+    let mask = match &eval.mask {
+        Some(m) => m.ne(0u32 as f64)?.to_dtype(DType::F32)?,
+        None => Tensor::ones(nll.dims(), DType::F32, nll.device())?,
+    };
+    if mask.dims() != nll.dims() {
+        return Err(Error::Invalid(format!(
+            "mask shape {:?}, expected {:?}",
+            mask.dims(),
+            nll.dims()
+        )));
+    }
+    let count = mask.sum_all()?.to_scalar::<f32>()? as f64;
+    if count == 0.0 {
+        return Err(Error::Invalid("the mask selects no position".into()));
+    }
+    let avg = |t: &Tensor| -> Result<f64> {
+        Ok((t * &mask)?.sum_all()?.to_scalar::<f32>()? as f64 / count)
+    };
+    let logit_diff = match &eval.alternative {
+        Some(alt) => {
+            if alt.dims() != nll.dims() {
+                return Err(Error::Invalid(format!(
+                    "alternative shape {:?}, expected {:?}",
+                    alt.dims(),
+                    nll.dims()
+                )));
+            }
+            avg(&(pick(&targets)? - pick(&alt.to_dtype(DType::U32)?)?)?)?
+        }
+        None => f64::NAN,
+    };
+    Ok(Metrics {
+        loss: avg(&nll)?,
+        accuracy: avg(&correct)?,
+        entropy: avg(&entropy)?,
+        logit_diff,
+    })
+}

@@ -1,0 +1,193 @@
+//! Head detectors, token losses and staged ablations on a small random model and on the
+//! checked-in induction-2l model.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use metarep_capture::ablation::{run_ablations, AblationConfig, AblationKind, EvalSet, Stage};
+use metarep_capture::detectors::{
+    head_scores, repeat_losses, repeated_tokens, token_losses, HeadScores,
+};
+use metarep_core::rng::seeded;
+use metarep_model::train::{cross_entropy, LmBatch};
+use metarep_model::{HookedTransformer, Input, LoadOptions, ModelConfig, NoHooks};
+
+fn small() -> HookedTransformer {
+    let mut cfg = ModelConfig::gpt2_like(2, 16, 2, 12, 16);
+    cfg.d_mlp = 8;
+    HookedTransformer::random(cfg, 3, DType::F32, &Device::Cpu).unwrap()
+}
+
+fn stage(kind: AblationKind, heads: Vec<(usize, usize)>, neurons: Vec<(usize, usize)>) -> Stage {
+    Stage {
+        name: format!("{heads:?} {neurons:?}"),
+        kind,
+        heads,
+        neurons,
+    }
+}
+
+#[test]
+fn repeated_tokens_repeat_and_scores_are_attention_fractions() {
+    let t = repeated_tokens(&mut seeded(0), 3, 5, 12).unwrap();
+    assert_eq!(t.dims(), &[3, 11]);
+    for row in t.to_vec2::<u32>().unwrap() {
+        assert_eq!(row[0], 0);
+        assert_eq!(row[1..6], row[6..11]);
+        assert!(row[1..].iter().all(|&x| (1..12).contains(&x)));
+    }
+    assert!(repeated_tokens(&mut seeded(0), 3, 5, 1).is_err());
+
+    let model = small();
+    let s = head_scores(&model, &t).unwrap();
+    for m in [
+        &s.induction,
+        &s.previous_token,
+        &s.duplicate_token,
+        &s.prefix_matching,
+    ] {
+        assert_eq!((m.len(), m[0].len()), (2, 2));
+        assert!(m.iter().flatten().all(|&v| (0.0..=1.0 + 1e-6).contains(&v)));
+    }
+    let ranked = HeadScores::ranked(&s.induction);
+    assert_eq!(ranked.len(), 4);
+    assert!(ranked.windows(2).all(|w| w[0].2 >= w[1].2));
+    assert!(head_scores(&model, &t.narrow(1, 0, 10).unwrap()).is_err());
+}
+
+#[test]
+fn token_losses_average_to_the_training_loss() {
+    let model = small();
+    let t = repeated_tokens(&mut seeded(1), 4, 6, 12).unwrap();
+    let per = token_losses(&model, &t, &mut NoHooks).unwrap();
+    let mean = per.iter().flatten().sum::<f64>() / (per.len() * per[0].len()) as f64;
+    let batch = LmBatch::next_token(&t).unwrap();
+    let logits = model
+        .run_with_hooks(Input::new(batch.tokens.clone()), &mut NoHooks)
+        .unwrap();
+    let ce = cross_entropy(&logits, &batch.targets, None)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
+    assert!((mean - ce).abs() < 1e-5, "{mean} vs {ce}");
+    let (first, second) = repeat_losses(&per[0]).unwrap();
+    assert!(first.is_finite() && second.is_finite());
+    assert!(repeat_losses(&per[0][..3]).is_err()); // 3 predictions is not 2·len
+}
+
+#[test]
+fn staged_ablations_report_deltas_and_bad_indices_are_named() {
+    let model = small();
+    let t = repeated_tokens(&mut seeded(2), 4, 6, 12).unwrap();
+    let eval = EvalSet {
+        tokens: t.clone(),
+        mask: None,
+        alternative: Some(Tensor::zeros((4, 12), DType::U32, &Device::Cpu).unwrap()),
+    };
+    let reference = repeated_tokens(&mut seeded(3), 4, 6, 12).unwrap();
+    for kind in [
+        AblationKind::Zero,
+        AblationKind::Mean,
+        AblationKind::Resample,
+    ] {
+        let config = AblationConfig {
+            cumulative: true,
+            stages: vec![
+                stage(kind, vec![(0, 1)], vec![]),
+                stage(kind, vec![(1, 0)], vec![(1, 3)]),
+            ],
+        };
+        let r = run_ablations(&model, &config, &eval, Some(&reference)).unwrap();
+        assert_eq!(r.stages.len(), 2);
+        assert_eq!((r.stages[0].components, r.stages[1].components), (1, 3));
+        for s in &r.stages {
+            assert!((s.ablated.loss - r.clean.loss - s.delta.loss).abs() < 1e-12);
+            assert!(s.delta.loss != 0.0, "{kind:?}: ablation changed nothing");
+            assert!(s.ablated.logit_diff.is_finite());
+        }
+    }
+    // An empty ablation changes nothing.
+    let none = AblationConfig {
+        cumulative: false,
+        stages: vec![stage(AblationKind::Zero, vec![], vec![])],
+    };
+    let r = run_ablations(&model, &none, &eval, None).unwrap();
+    assert_eq!(r.stages[0].delta.loss, 0.0);
+
+    let bad = |stage: Stage| {
+        let c = AblationConfig {
+            cumulative: false,
+            stages: vec![stage],
+        };
+        run_ablations(&model, &c, &eval, Some(&reference))
+            .unwrap_err()
+            .to_string()
+    };
+    let e = bad(stage(AblationKind::Zero, vec![(0, 2)], vec![]));
+    assert!(e.contains("head (0, 2)"), "{e}");
+    let e = bad(stage(AblationKind::Zero, vec![(2, 0)], vec![]));
+    assert!(e.contains("head (2, 0)"), "{e}");
+    let e = bad(stage(AblationKind::Mean, vec![], vec![(0, 8)]));
+    assert!(e.contains("neuron (0, 8)"), "{e}");
+    let c = AblationConfig {
+        cumulative: false,
+        stages: vec![stage(AblationKind::Mean, vec![(0, 0)], vec![])],
+    };
+    let e = run_ablations(&model, &c, &eval, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("reference"), "{e}");
+}
+
+#[test]
+fn the_induction_fixture_has_a_layer_one_induction_head_that_matters() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/induction-2l");
+    let model = HookedTransformer::from_dir(&dir, &LoadOptions::default()).unwrap();
+    let t = repeated_tokens(&mut seeded(5), 16, 25, model.config().d_vocab).unwrap();
+    let s = head_scores(&model, &t).unwrap();
+    let (l, h, score) = HeadScores::ranked(&s.induction)[0];
+    assert_eq!(l, 1, "top induction head L{l}H{h} ({score})");
+    assert!(score > 0.4, "{score}");
+    let per = token_losses(&model, &t, &mut NoHooks).unwrap();
+    let (first, second): (Vec<f64>, Vec<f64>) =
+        per.iter().map(|r| repeat_losses(r).unwrap()).unzip();
+    let (f, s2) = (
+        first.iter().sum::<f64>() / 16.0,
+        second.iter().sum::<f64>() / 16.0,
+    );
+    assert!(s2 < 0.5 * f, "second repeat {s2} vs first {f}");
+}
+
+#[test]
+fn induction_training_sequences_repeat_a_segment_at_random_places() {
+    use metarep_capture::induction::InductionSpec;
+    let spec = InductionSpec {
+        batch: 50,
+        ..InductionSpec::default()
+    };
+    let t = spec.batch_tokens(7, 0).unwrap();
+    assert_eq!(t.dims(), &[50, spec.n_ctx + 1]);
+    assert_eq!(
+        t.to_vec2::<u32>().unwrap(),
+        spec.batch_tokens(7, 0).unwrap().to_vec2::<u32>().unwrap()
+    );
+    let mut starts = std::collections::BTreeSet::new();
+    for row in t.to_vec2::<u32>().unwrap() {
+        assert_eq!(row[0], 0);
+        // Some window of min_segment tokens occurs twice without overlapping.
+        let w = spec.min_segment;
+        let first = (1..row.len() - w)
+            .find(|&i| (i + w..=row.len() - w).any(|j| row[i..i + w] == row[j..j + w]))
+            .expect("no repeated segment");
+        starts.insert(first);
+    }
+    assert!(
+        starts.len() > 10,
+        "repeats always start at the same places: {starts:?}"
+    );
+    let bad = InductionSpec {
+        min_segment: 40,
+        ..InductionSpec::default()
+    };
+    assert!(bad.batch_tokens(0, 0).is_err());
+}
