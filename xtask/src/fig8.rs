@@ -2,18 +2,21 @@
 //! duplicate-token and prefix-matching scores on repeated random tokens (heat maps), the
 //! in-context loss on the first and the second repeat, and staged ablations of the top
 //! induction heads (alone and cumulatively, zero and mean) with the second-repeat loss each
-//! leaves. The arithmetic model and its tokenization diagnostics are not built yet.
+//! leaves; a scale sweep of the top head (×0 to ×3); activation patching clean → corrupted
+//! by layer and position and by head. The arithmetic model and its tokenization diagnostics
+//! are not built yet.
 
 use std::path::Path;
 
 use candle_core::Tensor;
 use metarep_capture::ablation::{
-    run_ablations, AblationConfig, AblationKind, AblationReport, EvalSet, Stage,
+    run_ablations, scale_sweep, AblationConfig, AblationKind, AblationReport, EvalSet, Stage,
 };
 use metarep_capture::detectors::{
     head_scores, repeat_losses, repeated_tokens, token_losses, HeadScores,
 };
 use metarep_capture::induction::InductionSpec;
+use metarep_capture::patching::{patch, PatchSet};
 use metarep_core::config::load_config;
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_eval::plot::{Heatmap, LinePlot, Series, SeriesStyle};
@@ -216,7 +219,64 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         );
     }
 
+    // Scaling the top induction head from 0 (off) through 1 (clean) to 3 (amplified).
+    let factors: Vec<f64> = (0..=12).map(|i| 0.25 * i as f64).collect();
+    let swept = scale_sweep(&model, &eval, &[(tl, th)], &[], &factors)?;
+    LinePlot::new(format!(
+        "fig8: second-repeat loss with L{tl}H{th} scaled (induction-2l)"
+    ))
+    .x_label("scale factor of the head's output")
+    .y_label("loss (nats)")
+    .series(Series {
+        name: format!("L{tl}H{th}"),
+        points: factors
+            .iter()
+            .zip(&swept)
+            .map(|(f, m)| (*f, m.loss))
+            .collect(),
+        style: SeriesStyle::Solid,
+        color: Some(0),
+    })
+    .write_svg(dir.join("fig8_scale_sweep.svg"))?;
+    println!(
+        "  L{tl}H{th} scaled ×0, ×1, ×2, ×3: second-repeat loss {:.3}, {:.3}, {:.3}, {:.3}",
+        swept[0].loss, swept[4].loss, swept[8].loss, swept[12].loss
+    );
+
+    // Activation patching: clean [BOS, s, s₁..s_j] predicts s_{j+1}; the corrupted prompt has
+    // another first copy, so only the clean run's activations can tell the answer.
+    let patch_set = patch_prompts(&cfg, spec.vocab)?;
+    let patched = patch(&model, &patch_set)?;
+    Heatmap {
+        title: "fig8: residual stream patched clean → corrupted (share of the logit difference restored)".into(),
+        row_label: "layer (hook_resid_pre)".into(),
+        col_label: "position".into(),
+        values: patched.resid.clone(),
+    }
+    .write_svg(dir.join("fig8_patch_resid.svg"))?;
+    Heatmap {
+        title: "fig8: head outputs patched clean → corrupted".into(),
+        row_label: "layer".into(),
+        col_label: "head".into(),
+        values: patched.heads.clone(),
+    }
+    .write_svg(dir.join("fig8_patch_heads.svg"))?;
+    let best_patch = HeadScores::ranked(&patched.heads)[0];
+    println!(
+        "  patching: logit difference clean {:.2}, corrupted {:.2}; best head L{}H{} restores {:.0}%",
+        patched.clean_logit_diff,
+        patched.corrupted_logit_diff,
+        best_patch.0,
+        best_patch.1,
+        100.0 * best_patch.2
+    );
+
     let m = &mut out.metrics;
+    m.set_number("scale0_loss", swept[0].loss);
+    m.set_number("scale3_loss", swept[12].loss);
+    m.set_number("patch_clean_logit_diff", patched.clean_logit_diff);
+    m.set_number("patch_corrupted_logit_diff", patched.corrupted_logit_diff);
+    m.set_number("patch_best_head_restored", best_patch.2);
     m.set_number("top_induction_layer", tl as f64);
     m.set_number("top_induction_head", th as f64);
     m.set_number("top_induction_score", ranked[0].2);
@@ -257,6 +317,34 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         && second.estimate < SECOND_REPEAT_MAX * first.estimate
         && a_second.low > second.high;
     out.finish(pass)
+}
+
+/// Clean `[BOS, s, s₁..s_j]` and corrupted `[BOS, s', s₁..s_j]` prompts, `j = 3·segment / 4` (deep
+/// enough into the copy for the fixture to be confident);
+/// the answer is `s_{j+1}`, the alternative `s'_{j+1}`.
+fn patch_prompts(cfg: &Fig8Config, vocab: usize) -> Result<PatchSet, BoxError> {
+    let j = 3 * cfg.segment / 4;
+    let mut rng = seeded(derive_seed(cfg.seed, "fig8/patch"));
+    let a = repeated_tokens(&mut rng, cfg.batch, cfg.segment, vocab)?.to_vec2::<u32>()?;
+    let b = repeated_tokens(&mut rng, cfg.batch, cfg.segment, vocab)?.to_vec2::<u32>()?;
+    let n = 1 + cfg.segment + j;
+    let (mut clean, mut corrupted, mut answer, mut alternative) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (x, y) in a.iter().zip(&b) {
+        clean.extend_from_slice(&x[..n]);
+        corrupted.push(x[0]);
+        corrupted.extend_from_slice(&y[1..=cfg.segment]);
+        corrupted.extend_from_slice(&x[cfg.segment + 1..n]);
+        answer.push(x[j + 1]);
+        alternative.push(y[j + 1]);
+    }
+    let dev = &candle_core::Device::Cpu;
+    Ok(PatchSet {
+        clean: Tensor::from_vec(clean, (cfg.batch, n), dev)?,
+        corrupted: Tensor::from_vec(corrupted, (cfg.batch, n), dev)?,
+        answer: Tensor::from_vec(answer, cfg.batch, dev)?,
+        alternative: Tensor::from_vec(alternative, cfg.batch, dev)?,
+    })
 }
 
 fn head_table(s: &HeadScores) -> Result<Table, BoxError> {

@@ -326,3 +326,42 @@ pub fn metrics<H: Hooks>(
         logit_diff,
     })
 }
+
+/// Metrics with the `heads` and `neurons` all scaled by each of `factors` (0 suppresses, 1 is
+/// the clean model, > 1 amplifies): one [`Metrics`] per factor, in order.
+pub fn scale_sweep(
+    model: &HookedTransformer,
+    eval: &EvalSet,
+    heads: &[(usize, usize)],
+    neurons: &[(usize, usize)],
+    factors: &[f64],
+) -> Result<Vec<Metrics>> {
+    let probe = AblationConfig {
+        cumulative: false,
+        stages: vec![Stage {
+            name: "scale sweep".into(),
+            kind: AblationKind::Zero,
+            heads: heads.to_vec(),
+            neurons: neurons.to_vec(),
+        }],
+    };
+    probe.validate(model)?;
+    factors
+        .iter()
+        .map(|&f| {
+            if !f.is_finite() {
+                return Err(Error::Invalid(format!("scale factor {f} is not finite")));
+            }
+            let list = heads
+                .iter()
+                .map(|&(l, h)| Intervention::scale_heads(l, &[h], f))
+                .chain(
+                    neurons
+                        .iter()
+                        .map(|&(l, n)| Intervention::scale_neurons(l, &[n], f)),
+                )
+                .collect();
+            metrics(model, eval, &mut Interventions::new(list))
+        })
+        .collect()
+}

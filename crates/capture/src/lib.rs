@@ -9,7 +9,9 @@
 //! - [`detectors`]: induction, previous-token, duplicate-token and prefix-matching scores of
 //!   every attention head on repeated random tokens, loss per position;
 //! - [`ablation`]: staged zero / mean / resample ablations of heads and neurons with loss,
-//!   accuracy, entropy and logit-difference deltas.
+//!   accuracy, entropy and logit-difference deltas, and scale sweeps (suppress to amplify);
+//! - [`patching`]: activation patching clean → corrupted, per layer and position and per head;
+//! - [`induction`]: the induction-2l model's data and training.
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -42,6 +44,7 @@ pub mod dataset;
 pub mod detectors;
 pub mod error;
 pub mod induction;
+pub mod patching;
 pub mod reader;
 pub mod store;
 

@@ -191,3 +191,88 @@ fn induction_training_sequences_repeat_a_segment_at_random_places() {
     };
     assert!(bad.batch_tokens(0, 0).is_err());
 }
+
+#[test]
+fn scale_sweep_is_clean_at_one_and_zero_ablation_at_zero() {
+    use metarep_capture::ablation::{metrics, scale_sweep};
+    let model = small();
+    let t = repeated_tokens(&mut seeded(4), 4, 6, 12).unwrap();
+    let eval = EvalSet {
+        tokens: t,
+        mask: None,
+        alternative: None,
+    };
+    let sweep = scale_sweep(&model, &eval, &[(1, 0)], &[(0, 2)], &[0.0, 1.0, 2.5]).unwrap();
+    let clean = metrics(&model, &eval, &mut NoHooks).unwrap();
+    assert!((sweep[1].loss - clean.loss).abs() < 1e-9);
+    let zero = run_ablations(
+        &model,
+        &AblationConfig {
+            cumulative: false,
+            stages: vec![stage(AblationKind::Zero, vec![(1, 0)], vec![(0, 2)])],
+        },
+        &eval,
+        None,
+    )
+    .unwrap();
+    assert!((sweep[0].loss - zero.stages[0].ablated.loss).abs() < 1e-9);
+    assert!(sweep[2].loss != clean.loss);
+    assert!(scale_sweep(&model, &eval, &[(3, 0)], &[], &[1.0]).is_err());
+}
+
+#[test]
+fn patching_positions_where_the_prompts_agree_restores_nothing_and_heads_restore_induction() {
+    use metarep_capture::patching::{patch, PatchSet};
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/induction-2l");
+    let model = HookedTransformer::from_dir(&dir, &LoadOptions::default()).unwrap();
+    // Deep enough into the second copy for the fixture's induction to be confident.
+    let (len, j, b) = (25usize, 16usize, 16usize);
+    let x = repeated_tokens(&mut seeded(8), b, len, 64)
+        .unwrap()
+        .to_vec2::<u32>()
+        .unwrap();
+    let y = repeated_tokens(&mut seeded(9), b, len, 64)
+        .unwrap()
+        .to_vec2::<u32>()
+        .unwrap();
+    let n = 1 + len + j;
+    let (mut clean, mut corrupted, mut answer, mut alt) = (vec![], vec![], vec![], vec![]);
+    for (x, y) in x.iter().zip(&y) {
+        clean.extend_from_slice(&x[..n]);
+        corrupted.push(0);
+        corrupted.extend_from_slice(&y[1..=len]);
+        corrupted.extend_from_slice(&x[len + 1..n]);
+        answer.push(x[j + 1]);
+        alt.push(y[j + 1]);
+    }
+    let dev = &Device::Cpu;
+    let set = PatchSet {
+        clean: Tensor::from_vec(clean, (b, n), dev).unwrap(),
+        corrupted: Tensor::from_vec(corrupted, (b, n), dev).unwrap(),
+        answer: Tensor::from_vec(answer, b, dev).unwrap(),
+        alternative: Tensor::from_vec(alt, b, dev).unwrap(),
+    };
+    let r = patch(&model, &set).unwrap();
+    assert!(r.clean_logit_diff > r.corrupted_logit_diff + 1.0, "{r:?}");
+    // Layer 0's input at a position depends on that token alone: where the prompts hold the
+    // same token, patching it changes nothing.
+    for pos in std::iter::once(0).chain(len + 1..n) {
+        assert!(
+            r.resid[0][pos].abs() < 1e-6,
+            "pos {pos}: {}",
+            r.resid[0][pos]
+        );
+    }
+    // The answer comes through a layer-1 head.
+    let best = HeadScores::ranked(&r.heads)[0];
+    assert_eq!(best.0, 1, "{best:?}");
+    assert!(best.2 > 0.2, "{best:?}");
+    let same = PatchSet {
+        corrupted: set.clean.clone(),
+        ..set
+    };
+    assert!(patch(&model, &same)
+        .unwrap_err()
+        .to_string()
+        .contains("nothing to patch"));
+}

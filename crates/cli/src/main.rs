@@ -1,6 +1,7 @@
 //! `metarep`: the command-line tool of metarep, one subcommand group per module.
 //!
 //! ```text
+//! metarep ablate --model DIR --config ABLATIONS.toml --tokens FILE.ids [--reference FILE.ids] [--out T.md]
 //! metarep capture --model DIR --data FILE --hooks 'blocks.6.hook_resid_post' --out DIR [--dtype f16]
 //! metarep forward --model DIR_OR_HUB_ID (--text "..." | --tokens 1,2,3) --out FILE.safetensors \
 //!     [--cache 'blocks.*.hook_resid_post'] [--dtype f32|f16|bf16]
@@ -11,6 +12,7 @@
 //!
 //! Exit status: 0 on success, 1 when a check fails (`gist-tree verify`), 2 on an error.
 
+mod ablate;
 mod capture;
 mod forward;
 mod gist_tree;
@@ -33,6 +35,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Ablate heads and neurons in stages (zero, mean, resample) and report the changes.
+    Ablate(ablate::Args),
     /// Store hook activations over a token dataset as sharded safetensors (resumable).
     Capture(capture::Args),
     /// Run a model on one input; write logits and chosen activations to safetensors.
@@ -46,6 +50,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Ablate(args) => ablate::run(args).map(|()| true),
         Command::Capture(args) => capture::run(args).map(|()| true),
         Command::Forward(args) => forward::run(args).map(|()| true),
         Command::GistTree(args) => gist_tree::run(args),

@@ -1,20 +1,9 @@
 //! `metarep capture` on the GPT-2 parity fixture: an interrupted run, its resumption, errors.
 
 use std::path::Path;
-use std::process::Command;
 
-fn metarep(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_metarep"))
-        .args(args)
-        .env("METAREP_NO_PROGRESS", "1")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::metarep;
 
 #[test]
 fn capture_stops_resumes_and_names_bad_input() {

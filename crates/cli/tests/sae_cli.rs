@@ -1,21 +1,9 @@
 //! `metarep sae train` then `metarep sae eval` on a small `.npy` file.
 
-use std::process::Command;
-
 use candle_core::{DType, Device, Tensor};
 
-fn metarep(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_metarep"))
-        .args(args)
-        .env("METAREP_NO_PROGRESS", "1")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::metarep;
 
 #[test]
 fn train_then_eval_a_topk_sae_from_an_npy_file() {

@@ -1,0 +1,130 @@
+//! Activation patching (clean → corrupted): run the corrupted prompts with one activation
+//! taken from the clean run, and see how much of the clean behaviour comes back.
+//!
+//! The behaviour is the logit difference `logit[answer] − logit[alternative]` at the last
+//! position, averaged over prompts. A patch's score is normalised:
+//! `(patched − corrupted) / (clean − corrupted)`, 1 when the patch restores the clean logit
+//! difference and 0 when it changes nothing. Two sweeps give heat maps: the residual stream
+//! (`hook_resid_pre`) per layer and position, and every head's output (`hook_z`) per layer and
+//! head (all positions).
+
+use candle_core::{DType, Tensor, D};
+use metarep_model::interventions::{Intervention, Interventions};
+use metarep_model::{HookFilter, HookPoint, HookedTransformer, Hooks, Input, NoHooks};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// Clean and corrupted prompts of the same shape, and the answer and alternative token per
+/// prompt (read at the last position).
+#[derive(Debug, Clone)]
+pub struct PatchSet {
+    /// Clean prompts `[batch, pos]`.
+    pub clean: Tensor,
+    /// Corrupted prompts `[batch, pos]`.
+    pub corrupted: Tensor,
+    /// The correct answer per prompt `[batch]` (u32).
+    pub answer: Tensor,
+    /// The alternative per prompt `[batch]` (u32).
+    pub alternative: Tensor,
+}
+
+/// Normalised patching scores.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PatchReport {
+    /// Mean logit difference on the clean prompts.
+    pub clean_logit_diff: f64,
+    /// ... on the corrupted prompts.
+    pub corrupted_logit_diff: f64,
+    /// `[layer][position]`: residual stream patched at `blocks.{layer}.hook_resid_pre`.
+    pub resid: Vec<Vec<f64>>,
+    /// `[layer][head]`: one head's `hook_z` patched at every position.
+    pub heads: Vec<Vec<f64>>,
+}
+
+/// Mean `logit[answer] − logit[alternative]` at the last position under `hooks`.
+fn logit_diff<H: Hooks>(
+    model: &HookedTransformer,
+    tokens: &Tensor,
+    set: &PatchSet,
+    hooks: &mut H,
+) -> Result<f64> {
+    let logits = model.run_with_hooks(Input::new(tokens.clone()), hooks)?;
+    let last = logits.dim(1)? - 1;
+    let at = logits
+        .narrow(1, last, 1)?
+        .squeeze(1)?
+        .to_dtype(DType::F32)?
+        .contiguous()?;
+    let pick = |ids: &Tensor| -> Result<Tensor> {
+        Ok(at
+            .gather(&ids.to_dtype(DType::U32)?.unsqueeze(D::Minus1)?, D::Minus1)?
+            .squeeze(D::Minus1)?)
+    };
+    let diff = (pick(&set.answer)? - pick(&set.alternative)?)?;
+    Ok(diff.mean_all()?.to_scalar::<f32>()? as f64)
+}
+
+/// Runs both sweeps.
+pub fn patch(model: &HookedTransformer, set: &PatchSet) -> Result<PatchReport> {
+    let (b, p) = set.clean.dims2()?;
+    if set.corrupted.dims() != [b, p] || set.answer.dims() != [b] || set.alternative.dims() != [b] {
+        return Err(Error::Invalid(format!(
+            "patching needs clean and corrupted [batch, pos] of one shape and answers [batch]: got {:?}, {:?}, {:?}, {:?}",
+            set.clean.dims(),
+            set.corrupted.dims(),
+            set.answer.dims(),
+            set.alternative.dims()
+        )));
+    }
+    let cfg = model.config();
+    let names: Vec<String> = (0..cfg.n_layers)
+        .flat_map(|l| [HookPoint::ResidPre(l).name(), HookPoint::Z(l).name()])
+        .collect();
+    let (_, cache) =
+        model.run_with_cache(Input::new(set.clean.clone()), HookFilter::patterns(&names))?;
+    let clean = logit_diff(model, &set.clean, set, &mut NoHooks)?;
+    let corrupted = logit_diff(model, &set.corrupted, set, &mut NoHooks)?;
+    let span = clean - corrupted;
+    if span.abs() < 1e-9 {
+        return Err(Error::Invalid(
+            "clean and corrupted prompts give the same logit difference: nothing to patch".into(),
+        ));
+    }
+    let score = |iv: Intervention| -> Result<f64> {
+        let v = logit_diff(
+            model,
+            &set.corrupted,
+            set,
+            &mut Interventions::new(vec![iv]),
+        )?;
+        Ok((v - corrupted) / span)
+    };
+    let mut resid = Vec::with_capacity(cfg.n_layers);
+    let mut heads = Vec::with_capacity(cfg.n_layers);
+    for l in 0..cfg.n_layers {
+        let source = cache.get(HookPoint::ResidPre(l))?.clone();
+        resid.push(
+            (0..p)
+                .map(|pos| {
+                    score(
+                        Intervention::patch(HookPoint::ResidPre(l), source.clone())
+                            .at_positions(&[pos]),
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?,
+        );
+        let z = cache.get(HookPoint::Z(l))?.clone();
+        heads.push(
+            (0..cfg.n_heads)
+                .map(|h| score(Intervention::patch(HookPoint::Z(l), z.clone()).at_channels(&[h])))
+                .collect::<Result<Vec<_>>>()?,
+        );
+    }
+    Ok(PatchReport {
+        clean_logit_diff: clean,
+        corrupted_logit_diff: corrupted,
+        resid,
+        heads,
+    })
+}
