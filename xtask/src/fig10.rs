@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use metarep_capture::{capture, store_dir, CaptureSpec, TokenDataset};
 use metarep_core::config::load_config;
 use metarep_core::rng::{derive_seed, seeded};
@@ -17,8 +17,11 @@ use metarep_eval::table::{Cell, Table};
 use metarep_eval::tasks::grammar::{
     GrammarSpec, Sample, ATTRACTOR, DOMAINS, LATENTS, PAST, SUBJECT_PLURAL, VERB_NEXT,
 };
+use metarep_model::ops::softmax_last_dim;
 use metarep_model::train::{LmBatch, RunControl as LmRun, TrainConfig as LmTrain, Trainer};
-use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input, LoadOptions, ModelConfig};
+use metarep_model::{
+    HookFilter, HookPoint, HookedTransformer, Input, LoadOptions, ModelConfig, NoHooks,
+};
 use metarep_sae::baselines::{null_sae, random_directions};
 use metarep_sae::metrics::VarianceSums;
 use metarep_sae::splice::splice_scores;
@@ -48,7 +51,7 @@ pub struct LmSpec {
     pub heads: usize,
     /// Context length (tokens per sequence).
     pub n_ctx: usize,
-    /// Training steps, batch (sequences), peak learning rate, warmup.
+    /// Training steps.
     pub steps: usize,
     /// Sequences per step.
     pub batch: usize,
@@ -149,11 +152,8 @@ pub fn agreement(
     grammar: &GrammarSpec,
     samples: &[Sample],
 ) -> Result<(f64, f64, usize), BoxError> {
-    let logits = model.run_with_cache(
-        Input::new(tokens_tensor(samples)?),
-        HookFilter::patterns(&[] as &[String]),
-    )?;
-    let probs = candle_nn_softmax(&logits.0)?.to_vec3::<f32>()?;
+    let logits = model.run_with_hooks(Input::new(tokens_tensor(samples)?), &mut NoHooks)?;
+    let probs = softmax_last_dim(&logits)?.to_vec3::<f32>()?;
     let (sing, plur) = (grammar.present_verbs(false), grammar.present_verbs(true));
     let (mut right, mut n, mut right_attr, mut n_attr) = (0usize, 0usize, 0usize, 0usize);
     for (s, p) in samples.iter().zip(&probs) {
@@ -181,13 +181,6 @@ pub fn agreement(
         right_attr as f64 / n_attr.max(1) as f64,
         n_attr,
     ))
-}
-
-/// Softmax over the last dimension.
-fn candle_nn_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?;
-    let e = x.broadcast_sub(&max)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
 /// One trained SAE's scores.

@@ -18,7 +18,10 @@
 
 use candle_core::{DType, Tensor, D};
 use metarep_model::interventions::{mean_activation, Intervention, Interventions};
-use metarep_model::{HookFilter, HookPoint, HookedTransformer, Hooks, Input, NoHooks};
+use metarep_model::ops::log_softmax_last_dim;
+use metarep_model::{
+    ActivationCache, HookFilter, HookPoint, HookedTransformer, Hooks, Input, NoHooks,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -193,33 +196,30 @@ pub fn run_ablations(
         if !config.cumulative {
             active.clear();
         }
+        let rc = reference_cache.as_ref();
         for &(l, h) in &s.heads {
+            let z = HookPoint::Z(l);
             active.push(match s.kind {
                 AblationKind::Zero => Intervention::zero_heads(l, &[h]),
                 AblationKind::Mean => {
-                    let z = reference_cache.as_ref().map(|c| c.get(HookPoint::Z(l)));
-                    Intervention::mean_heads(l, &[h], mean_activation(need(z)?, true)?)
+                    Intervention::mean_heads(l, &[h], mean_activation(reference_at(rc, z)?, true)?)
                 }
                 AblationKind::Resample => {
-                    let z = reference_cache.as_ref().map(|c| c.get(HookPoint::Z(l)));
-                    Intervention::resample_heads(l, &[h], need(z)?.clone())
+                    Intervention::resample_heads(l, &[h], reference_at(rc, z)?.clone())
                 }
             });
         }
         for &(l, n) in &s.neurons {
+            let post = HookPoint::MlpPost(l);
             active.push(match s.kind {
                 AblationKind::Zero => Intervention::zero_neurons(l, &[n]),
-                AblationKind::Mean => {
-                    let a = reference_cache
-                        .as_ref()
-                        .map(|c| c.get(HookPoint::MlpPost(l)));
-                    Intervention::mean_neurons(l, &[n], mean_activation(need(a)?, true)?)
-                }
+                AblationKind::Mean => Intervention::mean_neurons(
+                    l,
+                    &[n],
+                    mean_activation(reference_at(rc, post)?, true)?,
+                ),
                 AblationKind::Resample => {
-                    let a = reference_cache
-                        .as_ref()
-                        .map(|c| c.get(HookPoint::MlpPost(l)));
-                    Intervention::resample_neurons(l, &[n], need(a)?.clone())
+                    Intervention::resample_neurons(l, &[n], reference_at(rc, post)?.clone())
                 }
             });
         }
@@ -240,16 +240,10 @@ pub fn run_ablations(
     Ok(AblationReport { clean, stages })
 }
 
-/// `log softmax` over the last dimension.
-pub(crate) fn log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?;
-    let shifted = x.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    shifted.broadcast_sub(&lse)
-}
-
-fn need(t: Option<std::result::Result<&Tensor, metarep_model::Error>>) -> Result<&Tensor> {
-    Ok(t.ok_or_else(|| Error::Invalid("no reference activations".into()))??)
+/// The reference run's activation at `point`.
+fn reference_at(cache: Option<&ActivationCache>, point: HookPoint) -> Result<&Tensor> {
+    let cache = cache.ok_or_else(|| Error::Invalid("no reference activations".into()))?;
+    Ok(cache.get(point)?)
 }
 
 /// Prediction metrics of `model` on `eval` with `hooks` applied.
@@ -273,7 +267,7 @@ pub fn metrics<H: Hooks>(
     let logits = model
         .run_with_hooks(Input::new(input), hooks)?
         .to_dtype(DType::F32)?;
-    let logp = log_softmax(&logits)?;
+    let logp = log_softmax_last_dim(&logits)?;
     let pick = |ids: &Tensor| -> Result<Tensor> {
         Ok(logits
             .gather(&ids.unsqueeze(D::Minus1)?, D::Minus1)?

@@ -16,11 +16,11 @@
 //! repeat.
 
 use candle_core::{Device, Tensor, D};
+use metarep_model::ops::log_softmax_last_dim;
 use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input};
 use rand::Rng;
 use serde::Serialize;
 
-use crate::ablation::log_softmax;
 use crate::error::{Error, Result};
 
 /// Token id placed first in every repeated sequence.
@@ -79,7 +79,7 @@ impl HeadScores {
 
 /// Runs the four detectors on `tokens` `[batch, 2·len + 1]` (as made by [`repeated_tokens`]).
 pub fn head_scores(model: &HookedTransformer, tokens: &Tensor) -> Result<HeadScores> {
-    let (batch, n) = tokens.dims2()?;
+    let (_, n) = tokens.dims2()?;
     if n < 3 || n.is_multiple_of(2) {
         return Err(Error::Invalid(format!(
             "head_scores: sequences of 2·len + 1 tokens expected, got {n}"
@@ -104,68 +104,56 @@ pub fn head_scores(model: &HookedTransformer, tokens: &Tensor) -> Result<HeadSco
         let p = cache
             .get(HookPoint::Pattern(l))?
             .to_dtype(candle_core::DType::F32)?;
-        let p = to_vec4(&p)?;
-        let heads = p[0].len();
-        let mut row = [
-            vec![0.0; heads],
-            vec![0.0; heads],
-            vec![0.0; heads],
-            vec![0.0; heads],
-        ];
-        for h in 0..heads {
-            let (mut ind, mut prev, mut dup, mut pre) = ((0.0, 0), (0.0, 0), (0.0, 0), (0.0, 0));
-            for b in 0..batch {
-                let a = &p[b][h];
-                let t = &ids[b];
+        // Per head: induction, previous-token, duplicate-token, prefix-matching.
+        let mut means = vec![[Mean::default(); 4]; p.dim(1)?];
+        for (b, t) in ids.iter().enumerate() {
+            let per_head = p.get(b)?.to_vec3::<f32>()?;
+            for (m, a) in means.iter_mut().zip(&per_head) {
                 for q in 1..n {
-                    prev.0 += f64::from(a[q][q - 1]);
-                    prev.1 += 1;
+                    let row = &a[q];
                     if q > len {
-                        ind.0 += f64::from(a[q][q - len + 1]);
-                        ind.1 += 1;
+                        m[0].add(f64::from(row[q - len + 1]));
                     }
-                    let same: Vec<usize> = (0..q).filter(|&k| t[k] == t[q]).collect();
-                    if !same.is_empty() {
-                        dup.0 += same.iter().map(|&k| f64::from(a[q][k])).sum::<f64>();
-                        dup.1 += 1;
+                    m[1].add(f64::from(row[q - 1]));
+                    if let Some(v) = mass(row, (0..q).filter(|&k| t[k] == t[q])) {
+                        m[2].add(v);
                     }
-                    let after: Vec<usize> = (1..q).filter(|&k| t[k - 1] == t[q]).collect();
-                    if !after.is_empty() {
-                        pre.0 += after.iter().map(|&k| f64::from(a[q][k])).sum::<f64>();
-                        pre.1 += 1;
+                    if let Some(v) = mass(row, (1..q).filter(|&k| t[k - 1] == t[q])) {
+                        m[3].add(v);
                     }
                 }
             }
-            for (slot, (sum, count)) in row.iter_mut().zip([ind, prev, dup, pre]) {
-                slot[h] = sum / count.max(1) as f64;
-            }
         }
-        let [ind, prev, dup, pre] = row;
-        scores.induction.push(ind);
-        scores.previous_token.push(prev);
-        scores.duplicate_token.push(dup);
-        scores.prefix_matching.push(pre);
+        let column = |i: usize| -> Vec<f64> { means.iter().map(|m| m[i].get()).collect() };
+        scores.induction.push(column(0));
+        scores.previous_token.push(column(1));
+        scores.duplicate_token.push(column(2));
+        scores.prefix_matching.push(column(3));
     }
     Ok(scores)
 }
 
-fn to_vec4(t: &Tensor) -> Result<Vec<Vec<Vec<Vec<f32>>>>> {
-    let (b, h, q, k) = t.dims4()?;
-    let flat = t.flatten_all()?.to_vec1::<f32>()?;
-    Ok((0..b)
-        .map(|bi| {
-            (0..h)
-                .map(|hi| {
-                    (0..q)
-                        .map(|qi| {
-                            let at = ((bi * h + hi) * q + qi) * k;
-                            flat[at..at + k].to_vec()
-                        })
-                        .collect()
-                })
-                .collect()
-        })
-        .collect())
+/// A running mean (0 when empty).
+#[derive(Debug, Default, Clone, Copy)]
+struct Mean {
+    sum: f64,
+    n: usize,
+}
+
+impl Mean {
+    fn add(&mut self, v: f64) {
+        self.sum += v;
+        self.n += 1;
+    }
+
+    fn get(self) -> f64 {
+        self.sum / self.n.max(1) as f64
+    }
+}
+
+/// Total attention of a query `row` on `keys`, or `None` when there are no such keys.
+fn mass(row: &[f32], keys: impl Iterator<Item = usize>) -> Option<f64> {
+    keys.map(|k| f64::from(row[k])).reduce(|x, y| x + y)
 }
 
 /// Next-token loss (nats) of every sequence at every predicted position, `[batch][n − 1]`, for
@@ -184,7 +172,7 @@ pub fn token_losses<H: metarep_model::Hooks>(
     let input = tokens.narrow(1, 0, n - 1)?;
     let targets = tokens.narrow(1, 1, n - 1)?.contiguous()?;
     let logits = model.run_with_hooks(Input::new(input), hooks)?;
-    let logp = log_softmax(&logits.to_dtype(candle_core::DType::F32)?)?;
+    let logp = log_softmax_last_dim(&logits)?;
     let picked = logp
         .gather(
             &targets

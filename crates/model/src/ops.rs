@@ -224,6 +224,15 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     softmax_composite(x)
 }
 
+/// `log softmax` over the last dimension, in f32 (inputs of other dtypes are converted):
+/// `x − max − log Σ exp(x − max)`.
+pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let x = x.to_dtype(candle_core::DType::F32)?;
+    let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(shifted.broadcast_sub(&lse)?)
+}
+
 /// [`softmax_last_dim`] as differentiable candle ops.
 pub fn softmax_composite(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?;

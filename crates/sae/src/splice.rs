@@ -12,8 +12,9 @@
 //! The model and the SAE may differ in dtype; the activation is converted to the SAE's dtype
 //! and the reconstruction back.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 use metarep_model::hooks::{HookPoint, HookSet};
+use metarep_model::ops::log_softmax_last_dim;
 use metarep_model::train::cross_entropy;
 use metarep_model::{HookedTransformer, Input};
 
@@ -89,13 +90,13 @@ pub fn splice_scores(
         .map(|r| run_replaced(model, &input, point, r));
         let count = b * (n - 1);
         tokens += count;
-        let clean_logp = log_softmax(&clean)?;
+        let clean_logp = log_softmax_last_dim(&clean)?;
         ce[0] += count as f64 * cross_entropy(&clean, &targets, None)?.to_scalar::<f32>()? as f64;
         for (i, run) in runs.into_iter().enumerate() {
             let logits = run?;
             ce[i + 1] +=
                 count as f64 * cross_entropy(&logits, &targets, None)?.to_scalar::<f32>()? as f64;
-            kl[i] += kl_sum(&clean_logp, &log_softmax(&logits)?)?;
+            kl[i] += kl_sum(&clean_logp, &log_softmax_last_dim(&logits)?)?;
         }
     }
     let t = tokens as f64;
@@ -186,15 +187,6 @@ fn run_replaced(
         Ok(Some(new))
     });
     Ok(model.run_with_hooks(input.clone(), &mut hooks)?)
-}
-
-/// `log_softmax` over the vocabulary, f32.
-fn log_softmax(logits: &Tensor) -> Result<Tensor> {
-    let l = logits.to_dtype(DType::F32)?;
-    let max = l.max_keepdim(D::Minus1)?;
-    let shifted = l.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    Ok(shifted.broadcast_sub(&lse)?)
 }
 
 /// `Σ_tokens KL(p ‖ q)` from log-probabilities `[batch, pos, vocab]`.

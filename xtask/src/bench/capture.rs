@@ -28,7 +28,7 @@ use metarep_model::{HookPoint, HookedTransformer, ModelConfig};
 use serde_json::json;
 
 use super::disk::{cpu_secs, drop_cache, num, plain_write, Sync};
-use super::write_report;
+use super::{median, write_report};
 use crate::BoxError;
 
 /// The `--set` keys this benchmark accepts.
@@ -66,12 +66,6 @@ fn files_under(dir: &Path) -> Result<Vec<PathBuf>, BoxError> {
         .collect();
     v.sort();
     Ok(v)
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Runs the benchmark and writes `results/bench/capture.json`.

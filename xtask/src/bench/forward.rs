@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor};
 use metarep_model::{HookFilter, HookedTransformer, Input, ModelConfig};
 
-use super::write_report;
+use super::{median, write_report};
 use crate::BoxError;
 
 const BATCH: usize = 4;
@@ -138,12 +138,6 @@ impl Drop for TlServer {
         let _ = writeln!(self.stdin, "quit");
         let _ = self.child.wait();
     }
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn min(v: &[f64]) -> f64 {

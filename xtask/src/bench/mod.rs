@@ -60,6 +60,13 @@ pub fn run(name: &str, out: &Path, settings: &[String]) -> Result<bool, BoxError
     f(out)
 }
 
+/// The median of `v` (the upper middle value for even lengths); `v` must be non-empty.
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// Median wall time in milliseconds of `f` over `reps` runs after one warm-up.
 pub fn median_ms(
     reps: usize,
@@ -72,8 +79,7 @@ pub fn median_ms(
         f()?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
     }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    Ok(median(&times))
 }
 
 /// Writes `results/bench/<name>.json`: `body` (a JSON object) plus the benchmark name and the

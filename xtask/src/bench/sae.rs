@@ -16,7 +16,7 @@ use metarep_sae::train::Trainer;
 use metarep_sae::{Architecture, LossConfig, Sae, SaeConfig, TrainConfig};
 use serde::Serialize;
 
-use super::write_report;
+use super::{median, write_report};
 use crate::BoxError;
 
 const D_IN: usize = 768;
@@ -178,10 +178,10 @@ fn time_metarep(arch: Architecture) -> Result<Side, BoxError> {
         wall.push(t0.elapsed().as_secs_f64() * 1e3);
         cpu.push(cpu_ms() - c0);
     }
-    let ms = median(wall);
+    let ms = median(&wall);
     Ok(Side {
         step_ms: ms,
-        step_cpu_ms: median(cpu),
+        step_cpu_ms: median(&cpu),
         tokens_per_s: BATCH as f64 / (ms / 1e3),
         peak_rss_mb: peak_rss_mb(),
     })
@@ -236,11 +236,6 @@ fn time_pytorch(arch: &str) -> Result<(Side, serde_json::Value), BoxError> {
         "cpu_capability": v.get("cpu_capability"),
     });
     Ok((side, build))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// CPU time (user + system) of this process so far, in ms (Linux; clock ticks of 10 ms).
