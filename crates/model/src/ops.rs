@@ -56,9 +56,12 @@ pub fn activation_composite(x: &Tensor, act: Activation) -> Result<Tensor> {
     Ok(match act {
         Activation::Gelu => x.gelu_erf()?,
         Activation::GeluNew => {
-            // x σ(2z) = x / (1 + exp(−2z)), z = c (x + a x³).
+            // x σ(2z) = x / (1 + exp(−2z)), z = c (x + a x³). 2z is clamped to ±40 (σ is
+            // within 5e-18 of 0 or 1 there): unclamped, exp(−2z) overflows for x ≲ −10 and the
+            // backward pass turns 0 · ∞ into NaN.
             let c = (2.0 / std::f64::consts::PI).sqrt();
-            let two_z = (x.sqr()?.affine(2.0 * c * GELU_A as f64, 2.0 * c)? * x)?;
+            let two_z =
+                (x.sqr()?.affine(2.0 * c * GELU_A as f64, 2.0 * c)? * x)?.clamp(-40.0, 40.0)?;
             (x / (two_z.neg()?.exp()? + 1.0)?)?
         }
         Activation::Relu => x.relu()?,
@@ -629,5 +632,23 @@ mod tests {
         let f = |x: f32| 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + GELU_A * x * x * x)).tanh());
         let fd = (f(0.5 + 1e-3) - f(0.5 - 1e-3)) / 2e-3;
         assert!((grad[1] - fd).abs() < 1e-3, "{grad:?} vs {fd}");
+    }
+
+    #[test]
+    fn gelu_new_gradients_stay_finite_for_large_inputs() {
+        let v =
+            Var::from_tensor(&Tensor::new(&[-60.0f32, -12.0, 12.0, 60.0], &Device::Cpu).unwrap())
+                .unwrap();
+        let y = activation(v.as_tensor(), Activation::GeluNew).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let grad = g.get(v.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        let y = y.to_vec1::<f32>().unwrap();
+        for (i, want) in [(0, 0.0f32), (1, 0.0), (2, 1.0), (3, 1.0)] {
+            assert!((grad[i] - want).abs() < 1e-6, "{grad:?}");
+            assert!(
+                (y[i] - want * [-60.0f32, -12.0, 12.0, 60.0][i]).abs() < 1e-6,
+                "{y:?}"
+            );
+        }
     }
 }
