@@ -43,6 +43,12 @@ impl ResultDir {
         Ok(())
     }
 
+    /// Records an extra manifest field (e.g. a model's or a dataset's hash).
+    pub fn extra(&mut self, key: &str, value: &impl Serialize) -> Result<(), BoxError> {
+        self.manifest.set_extra(key, value)?;
+        Ok(())
+    }
+
     /// Records `pass`, writes `metrics.json` and `manifest.json`; returns `pass`.
     pub fn finish(mut self, pass: bool) -> Result<bool, BoxError> {
         self.metrics.set_bool("pass", pass);

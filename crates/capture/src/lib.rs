@@ -11,7 +11,12 @@
 //! - [`ablation`]: staged zero / mean / resample ablations of heads and neurons with loss,
 //!   accuracy, entropy and logit-difference deltas, and scale sweeps (suppress to amplify);
 //! - [`patching`]: activation patching clean → corrupted, per layer and position and per head;
-//! - [`induction`]: the induction-2l model's data and training.
+//! - [`attribution`]: direct logit attribution of a chosen token to heads, MLP layers and
+//!   neurons;
+//! - [`tokenization`]: operand and answer token counts of arithmetic prompts, exact-answer
+//!   accuracy and loss by tokenization class, stress grids over operand length and operation;
+//! - [`induction`]: the induction-2l model's data and training;
+//! - [`arith`]: the arith model's BPE tokenizer, data and training.
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -39,6 +44,8 @@
 #![warn(missing_docs)]
 
 pub mod ablation;
+pub mod arith;
+pub mod attribution;
 mod codec;
 pub mod dataset;
 pub mod detectors;
@@ -47,6 +54,7 @@ pub mod induction;
 pub mod patching;
 pub mod reader;
 pub mod store;
+pub mod tokenization;
 
 pub use dataset::TokenDataset;
 pub use error::{Error, Result};

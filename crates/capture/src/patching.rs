@@ -42,6 +42,36 @@ pub struct PatchReport {
     pub heads: Vec<Vec<f64>>,
 }
 
+impl PatchReport {
+    /// The report as markdown: the two logit differences, then the residual-stream table
+    /// (layers × positions) and the head table (layers × heads) of normalised scores.
+    pub fn to_markdown(&self) -> String {
+        let grid = |corner: &str, col: &str, rows: &[Vec<f64>]| -> String {
+            let cols = rows.first().map_or(0, Vec::len);
+            let mut t = format!("| {corner} |");
+            for c in 0..cols {
+                t.push_str(&format!(" {col} {c} |"));
+            }
+            t.push_str(&format!("\n|---|{}\n", "---|".repeat(cols)));
+            for (l, row) in rows.iter().enumerate() {
+                t.push_str(&format!("| layer {l} |"));
+                for v in row {
+                    t.push_str(&format!(" {v:.3} |"));
+                }
+                t.push('\n');
+            }
+            t
+        };
+        format!(
+            "logit difference: clean {:.4}, corrupted {:.4}\n\nresidual stream (hook_resid_pre), share restored:\n\n{}\nhead outputs (hook_z), share restored:\n\n{}",
+            self.clean_logit_diff,
+            self.corrupted_logit_diff,
+            grid("resid_pre", "pos", &self.resid),
+            grid("z", "head", &self.heads)
+        )
+    }
+}
+
 /// Mean `logit[answer] − logit[alternative]` at the last position under `hooks`.
 fn logit_diff<H: Hooks>(
     model: &HookedTransformer,

@@ -5,6 +5,7 @@
 //! metarep capture --model DIR --data FILE --hooks 'blocks.6.hook_resid_post' --out DIR [--dtype f16]
 //! metarep forward --model DIR_OR_HUB_ID (--text "..." | --tokens 1,2,3) --out FILE.safetensors \
 //!     [--cache 'blocks.*.hook_resid_post'] [--dtype f32|f16|bf16]
+//! metarep patch --model DIR --pairs PAIRS.jsonl [--prepend TOKEN] [--out DIR]
 //! metarep gist-tree init|append|get|range|edit|snapshot|prune|restore|compact|verify|stats --tree DIR
 //! metarep sae train --acts FILE --arch topk --k 32 --expansion 16 --out DIR [--steps N] ...
 //! metarep sae eval --sae DIR --acts FILE [--json]
@@ -16,6 +17,7 @@ mod ablate;
 mod capture;
 mod forward;
 mod gist_tree;
+mod patch;
 mod sae;
 
 use std::process::ExitCode;
@@ -41,6 +43,9 @@ enum Command {
     Capture(capture::Args),
     /// Run a model on one input; write logits and chosen activations to safetensors.
     Forward(forward::Args),
+    /// Patch activations clean → corrupted per layer, position and head; report the share
+    /// of the logit difference restored.
+    Patch(patch::Args),
     /// Build, read and check a disk-backed gist tree (MegaContext).
     GistTree(gist_tree::GistTreeArgs),
     /// Train and evaluate sparse autoencoders.
@@ -54,6 +59,7 @@ fn main() -> ExitCode {
         Command::Capture(args) => capture::run(args).map(|()| true),
         Command::Forward(args) => forward::run(args).map(|()| true),
         Command::GistTree(args) => gist_tree::run(args),
+        Command::Patch(args) => patch::run(args).map(|()| true),
         Command::Sae(args) => sae::run(args).map(|()| true),
     };
     match result {

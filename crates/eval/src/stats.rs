@@ -11,7 +11,7 @@ use statrs::distribution::{ContinuousCDF, Normal, StudentsT};
 use crate::{Error, Result};
 
 /// A two-sided confidence interval around a point estimate.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Interval {
     /// The point estimate (the statistic on the original sample).
     pub estimate: f64,

@@ -159,8 +159,9 @@ pub fn numeric_mae(outputs: &[String], targets: &[f64]) -> Result<(f64, usize)> 
     ))
 }
 
-/// An arithmetic operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An arithmetic operation (`add`, `sub`, `mul` in configs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Op {
     /// `a + b`.
     Add,
@@ -171,7 +172,11 @@ pub enum Op {
 }
 
 impl Op {
-    fn symbol(self) -> char {
+    /// Every operation, in order.
+    pub const ALL: [Op; 3] = [Op::Add, Op::Sub, Op::Mul];
+
+    /// The operator as written in prompts: `+`, `-`, `*`.
+    pub fn symbol(self) -> char {
         match self {
             Op::Add => '+',
             Op::Sub => '-',
@@ -179,7 +184,8 @@ impl Op {
         }
     }
 
-    fn apply(self, a: i64, b: i64) -> i64 {
+    /// The result `a ∘ b`.
+    pub fn apply(self, a: i64, b: i64) -> i64 {
         match self {
             Op::Add => a + b,
             Op::Sub => a - b,
@@ -205,6 +211,11 @@ pub enum Tier {
     Symbolic {
         /// Largest operand digit count.
         max_digits: u32,
+    },
+    /// Operands with exactly `digits` digits (stress tests over operand length).
+    Exact {
+        /// Digit count of both operands.
+        digits: u32,
     },
 }
 
@@ -249,7 +260,8 @@ impl ArithmeticSuite {
         let max = match self.tier {
             Tier::InDistribution { max_digits }
             | Tier::NearOod { max_digits }
-            | Tier::Symbolic { max_digits } => max_digits,
+            | Tier::Symbolic { max_digits }
+            | Tier::Exact { digits: max_digits } => max_digits,
         };
         if !(1..=9).contains(&max) {
             return Err(Error::invalid(
@@ -261,6 +273,7 @@ impl ArithmeticSuite {
             .map(|_| {
                 let (lo, hi) = match self.tier {
                     Tier::NearOod { max_digits } => (max_digits + 1, max_digits + 1),
+                    Tier::Exact { digits } => (digits, digits),
                     _ => (1, max),
                 };
                 let (a, b) = (operand(rng, lo, hi), operand(rng, lo, hi));
@@ -367,6 +380,15 @@ mod tests {
         .sample(&mut seeded(3), 3)
         .unwrap();
         assert!(sym[0].text.prompt.starts_with("Let a = "));
+        let exact = ArithmeticSuite {
+            tier: Tier::Exact { digits: 4 },
+            ops: vec![Op::Mul],
+        }
+        .sample(&mut seeded(4), 200)
+        .unwrap();
+        assert!(exact
+            .iter()
+            .all(|p| (1000..10000).contains(&p.a) && (1000..10000).contains(&p.b)));
         assert!(ArithmeticSuite {
             tier: Tier::InDistribution { max_digits: 0 },
             ops: vec![Op::Add]

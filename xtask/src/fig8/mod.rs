@@ -3,8 +3,9 @@
 //! in-context loss on the first and the second repeat, and staged ablations of the top
 //! induction heads (alone and cumulatively, zero and mean) with the second-repeat loss each
 //! leaves; a scale sweep of the top head (×0 to ×3); activation patching clean → corrupted
-//! by layer and position and by head. The arithmetic model and its tokenization diagnostics
-//! are not built yet.
+//! by layer and position and by head. The arithmetic part is in [`arith`].
+
+mod arith;
 
 use std::path::Path;
 
@@ -53,6 +54,8 @@ pub struct Fig8Config {
     pub resamples: usize,
     /// Induction heads ablated in the staged run (the top ones by score).
     pub ablate_top: usize,
+    /// The arithmetic part.
+    pub arith: arith::ArithConfig,
 }
 
 /// Mean first- and second-repeat loss with 95% bootstrap intervals over sequences.
@@ -311,12 +314,19 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     m.set_number("induction_heads_ablation_gap_closed", all_closed);
     let best_layer0 = scores.induction[0].iter().copied().fold(0.0, f64::max);
     m.set_number("best_layer0_induction_score", best_layer0);
-    let pass = tl == 1
+    let induction_pass = tl == 1
         && ranked[0].2 > INDUCTION_THRESHOLD
         && best_layer0 < INDUCTION_THRESHOLD
         && second.estimate < SECOND_REPEAT_MAX * first.estimate
         && a_second.low > second.high;
-    out.finish(pass)
+    out.extra(
+        "induction_2l_sha256",
+        &crate::fixtures::sha256_file(&fixture.join("model.safetensors"))?,
+    )?;
+    out.metrics.set_bool("induction_pass", induction_pass);
+    let arith_pass = arith::run(&cfg.arith, cfg.seed, cfg.resamples, &mut out, dir)?;
+    out.metrics.set_bool("arith_pass", arith_pass);
+    out.finish(induction_pass && arith_pass)
 }
 
 /// Clean `[BOS, s, s₁..s_j]` and corrupted `[BOS, s', s₁..s_j]` prompts, `j = 3·segment / 4` (deep

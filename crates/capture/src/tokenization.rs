@@ -1,0 +1,368 @@
+//! Tokenization diagnostics for arithmetic prompts: how many tokens each operand and the answer
+//! take, whether the model answers each prompt exactly, and accuracy and loss split by
+//! tokenization class (both operands single-token vs any multi-token) and over stress grids
+//! of operand length and operation.
+//!
+//! Works with any tokenizer that reports character offsets: a token belongs to an operand (or
+//! the answer) when its offsets overlap the operand's characters. A prompt is answered
+//! correctly when the argmax prediction is right at every answer token and at the end token
+//! (greedy decoding would produce exactly the answer).
+
+use candle_core::{DType, Device, Tensor, D};
+use metarep_eval::stats::{bootstrap_ci, BootstrapMethod, Interval};
+use metarep_eval::tasks::text::{ArithmeticProblem, ArithmeticSuite, Op, Tier};
+use metarep_model::ops::log_softmax_last_dim;
+use metarep_model::{HookedTransformer, Hooks, Input, Tokenizer};
+use rand::Rng;
+use serde::Serialize;
+
+use crate::ablation::EvalSet;
+use crate::error::{Error, Result};
+
+/// Special tokens around each problem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Framing {
+    /// Prepended before the prompt.
+    pub bos: Option<u32>,
+    /// Appended after the answer (and predicted: part of the score).
+    pub eos: Option<u32>,
+    /// Right padding in batches.
+    pub pad: u32,
+}
+
+/// One problem as token ids, with its token counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenizedProblem {
+    /// The problem.
+    pub problem: ArithmeticProblem,
+    /// `[bos] prompt answer [eos]`.
+    pub ids: Vec<u32>,
+    /// Index in `ids` of the first answer token (≥ 1).
+    pub answer_start: usize,
+    /// Predictions that are scored: the answer tokens, plus the end token when framed.
+    pub scored: usize,
+    /// Tokens of the left and the right operand.
+    pub operand_tokens: [usize; 2],
+    /// Tokens of the answer (the end token excluded).
+    pub answer_tokens: usize,
+}
+
+/// Whether both operands are single tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenClass {
+    /// Both operands are one token each.
+    Single,
+    /// At least one operand takes several tokens.
+    Multi,
+}
+
+impl TokenizedProblem {
+    /// The problem's tokenization class.
+    pub fn class(&self) -> TokenClass {
+        if self.operand_tokens == [1, 1] {
+            TokenClass::Single
+        } else {
+            TokenClass::Multi
+        }
+    }
+}
+
+/// Tokens whose byte offsets overlap `span`.
+fn tokens_in(offsets: &[(usize, usize)], span: (usize, usize)) -> usize {
+    offsets
+        .iter()
+        .filter(|&&(s, e)| s < span.1 && e > span.0)
+        .count()
+}
+
+/// Tokenizes `problem` (`prompt + answer`, one text) and counts the tokens of each operand and
+/// of the answer; an error names the problem when a token straddles the prompt and the answer.
+pub fn tokenize_problem(
+    tokenizer: &Tokenizer,
+    problem: &ArithmeticProblem,
+    framing: &Framing,
+) -> Result<TokenizedProblem> {
+    let prompt = &problem.text.prompt;
+    let text = format!("{prompt}{}", problem.text.answer);
+    let enc = tokenizer.encode(&text, false)?;
+    let first_answer = enc
+        .offsets
+        .iter()
+        .position(|&(s, _)| s >= prompt.len())
+        .ok_or_else(|| Error::Invalid(format!("{text:?}: the answer has no token of its own")))?;
+    if first_answer == 0 || enc.offsets[first_answer - 1].1 > prompt.len() {
+        return Err(Error::Invalid(format!(
+            "{text:?}: a token spans the end of the prompt, so the answer cannot be scored alone"
+        )));
+    }
+    let span_of = |needle: &str, from: usize| -> Result<(usize, usize)> {
+        prompt[from..]
+            .find(needle)
+            .map(|i| (from + i, from + i + needle.len()))
+            .ok_or_else(|| Error::Invalid(format!("operand {needle} not found in {prompt:?}")))
+    };
+    let a = span_of(&problem.a.to_string(), 0)?;
+    let b = span_of(&problem.b.to_string(), a.1)?;
+    let mut ids = Vec::with_capacity(enc.ids.len() + 2);
+    ids.extend(framing.bos);
+    let answer_start = ids.len() + first_answer;
+    if answer_start == 0 {
+        return Err(Error::Invalid(format!(
+            "{text:?}: nothing precedes the answer (add a beginning-of-sequence token)"
+        )));
+    }
+    ids.extend_from_slice(&enc.ids);
+    ids.extend(framing.eos);
+    let answer_tokens = enc.ids.len() - first_answer;
+    Ok(TokenizedProblem {
+        problem: problem.clone(),
+        ids,
+        answer_start,
+        scored: answer_tokens + usize::from(framing.eos.is_some()),
+        operand_tokens: [tokens_in(&enc.offsets, a), tokens_in(&enc.offsets, b)],
+        answer_tokens,
+    })
+}
+
+/// [`tokenize_problem`] on each problem.
+pub fn tokenize_all(
+    tokenizer: &Tokenizer,
+    problems: &[ArithmeticProblem],
+    framing: &Framing,
+) -> Result<Vec<TokenizedProblem>> {
+    problems
+        .iter()
+        .map(|p| tokenize_problem(tokenizer, p, framing))
+        .collect()
+}
+
+/// Right-pads `problems` with `pad` into tokens `[batch, n]` (u32) and the mask `[batch, n − 1]`
+/// (f32, 1 on the scored predictions: position `p` predicts token `p + 1`).
+pub fn padded(problems: &[TokenizedProblem], pad: u32) -> Result<(Tensor, Tensor)> {
+    let n = problems
+        .iter()
+        .map(|p| p.ids.len())
+        .max()
+        .ok_or_else(|| Error::Invalid("no problems to pad".into()))?;
+    let mut ids = Vec::with_capacity(problems.len() * n);
+    let mut mask = Vec::with_capacity(problems.len() * (n - 1));
+    for p in problems {
+        ids.extend_from_slice(&p.ids);
+        ids.extend(std::iter::repeat_n(pad, n - p.ids.len()));
+        let scored = p.answer_start - 1..p.answer_start - 1 + p.scored;
+        mask.extend((0..n - 1).map(|i| f32::from(scored.contains(&i))));
+    }
+    let dev = &Device::Cpu;
+    Ok((
+        Tensor::from_vec(ids, (problems.len(), n), dev)?,
+        Tensor::from_vec(mask, (problems.len(), n - 1), dev)?,
+    ))
+}
+
+/// The problems as an [`EvalSet`] whose mask counts the scored predictions (for staged
+/// ablations and scale sweeps).
+pub fn eval_set(problems: &[TokenizedProblem], pad: u32) -> Result<EvalSet> {
+    let (tokens, mask) = padded(problems, pad)?;
+    Ok(EvalSet {
+        tokens,
+        mask: Some(mask),
+        alternative: None,
+    })
+}
+
+/// How the model does on one problem.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ProblemScore {
+    /// Every scored prediction is the argmax.
+    pub correct: bool,
+    /// Mean cross-entropy over the scored predictions (nats).
+    pub loss: f64,
+}
+
+/// Scores every problem under `hooks`, `batch` problems per forward pass.
+pub fn score_problems<H: Hooks>(
+    model: &HookedTransformer,
+    problems: &[TokenizedProblem],
+    pad: u32,
+    batch: usize,
+    hooks: &mut H,
+) -> Result<Vec<ProblemScore>> {
+    let n_ctx = model.config().n_ctx;
+    if let Some(p) = problems.iter().find(|p| p.ids.len() - 1 > n_ctx) {
+        return Err(Error::Invalid(format!(
+            "{:?} takes {} tokens, above the model's context of {n_ctx}",
+            p.problem.text.prompt,
+            p.ids.len() - 1
+        )));
+    }
+    let mut out = Vec::with_capacity(problems.len());
+    for chunk in problems.chunks(batch.max(1)) {
+        let (tokens, mask) = padded(chunk, pad)?;
+        let n = tokens.dim(1)?;
+        let targets = tokens.narrow(1, 1, n - 1)?.contiguous()?;
+        let logits = model
+            .run_with_hooks(Input::new(tokens.narrow(1, 0, n - 1)?), hooks)?
+            .to_dtype(DType::F32)?;
+        let nll = log_softmax_last_dim(&logits)?
+            .gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?
+            .squeeze(D::Minus1)?
+            .neg()?
+            .to_vec2::<f32>()?;
+        let hit = logits.argmax(D::Minus1)?.eq(&targets)?.to_vec2::<u8>()?;
+        let mask = mask.to_vec2::<f32>()?;
+        for r in 0..chunk.len() {
+            let (mut wrong, mut loss) = (false, 0.0f64);
+            for i in (0..n - 1).filter(|&i| mask[r][i] > 0.0) {
+                wrong |= hit[r][i] == 0;
+                loss += nll[r][i] as f64;
+            }
+            out.push(ProblemScore {
+                correct: !wrong,
+                loss: loss / chunk[r].scored as f64,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Accuracy and loss of a group of problems, with 95% bootstrap intervals over problems
+/// (NaN bounds for fewer than 2 problems).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct GroupSummary {
+    /// Problems in the group.
+    pub count: usize,
+    /// Exact-answer accuracy.
+    pub accuracy: Interval,
+    /// Mean answer loss (nats per scored token).
+    pub loss: Interval,
+}
+
+/// Summarises `scores` with `resamples` bootstrap resamples.
+pub fn summarize(
+    scores: &[ProblemScore],
+    resamples: usize,
+    rng: &mut impl Rng,
+) -> Result<GroupSummary> {
+    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
+    let mut ci = |xs: Vec<f64>| -> Result<Interval> {
+        if xs.len() < 2 {
+            return Ok(Interval {
+                estimate: if xs.is_empty() { f64::NAN } else { xs[0] },
+                low: f64::NAN,
+                high: f64::NAN,
+                level: 0.95,
+            });
+        }
+        Ok(bootstrap_ci(
+            &xs,
+            mean,
+            0.95,
+            resamples,
+            BootstrapMethod::Percentile,
+            rng,
+        )?)
+    };
+    Ok(GroupSummary {
+        count: scores.len(),
+        accuracy: ci(scores
+            .iter()
+            .map(|s| f64::from(u8::from(s.correct)))
+            .collect())?,
+        loss: ci(scores.iter().map(|s| s.loss).collect())?,
+    })
+}
+
+/// Summaries of the single-token and the multi-token problems.
+pub fn by_class(
+    problems: &[TokenizedProblem],
+    scores: &[ProblemScore],
+    resamples: usize,
+    rng: &mut impl Rng,
+) -> Result<Vec<(TokenClass, GroupSummary)>> {
+    if problems.len() != scores.len() {
+        return Err(Error::Invalid(format!(
+            "{} problems but {} scores",
+            problems.len(),
+            scores.len()
+        )));
+    }
+    [TokenClass::Single, TokenClass::Multi]
+        .into_iter()
+        .map(|class| {
+            let group: Vec<ProblemScore> = problems
+                .iter()
+                .zip(scores)
+                .filter(|(p, _)| p.class() == class)
+                .map(|(_, s)| *s)
+                .collect();
+            Ok((class, summarize(&group, resamples, rng)?))
+        })
+        .collect()
+}
+
+/// One cell of a stress grid: an operation at one operand length.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StressCell {
+    /// The operation.
+    pub op: Op,
+    /// Digits of both operands.
+    pub digits: u32,
+    /// Accuracy and loss.
+    pub summary: GroupSummary,
+    /// Mean tokens per operand.
+    pub operand_tokens: f64,
+    /// Mean answer tokens.
+    pub answer_tokens: f64,
+}
+
+/// A stress grid: for every operation and every operand length in `digits` (exactly that many
+/// digits on both sides), `per_cell` fresh problems scored.
+pub struct StressGrid<'a> {
+    /// The model under test.
+    pub model: &'a HookedTransformer,
+    /// Its tokenizer.
+    pub tokenizer: &'a Tokenizer,
+    /// How problems are framed.
+    pub framing: Framing,
+    /// Problems per cell.
+    pub per_cell: usize,
+    /// Bootstrap resamples.
+    pub resamples: usize,
+}
+
+impl StressGrid<'_> {
+    /// Runs the grid, cells in `ops`-major order.
+    pub fn run(&self, ops: &[Op], digits: &[u32], rng: &mut impl Rng) -> Result<Vec<StressCell>> {
+        let mut cells = Vec::with_capacity(ops.len() * digits.len());
+        for &op in ops {
+            for &d in digits {
+                let suite = ArithmeticSuite {
+                    tier: Tier::Exact { digits: d },
+                    ops: vec![op],
+                };
+                let problems = tokenize_all(
+                    self.tokenizer,
+                    &suite.sample(rng, self.per_cell)?,
+                    &self.framing,
+                )?;
+                let mut hooks = metarep_model::NoHooks;
+                let scores =
+                    score_problems(self.model, &problems, self.framing.pad, 256, &mut hooks)?;
+                let mean = |f: &dyn Fn(&TokenizedProblem) -> f64| {
+                    problems.iter().map(f).sum::<f64>() / problems.len() as f64
+                };
+                cells.push(StressCell {
+                    op,
+                    digits: d,
+                    summary: summarize(&scores, self.resamples, rng)?,
+                    operand_tokens: mean(&|p| {
+                        0.5 * (p.operand_tokens[0] + p.operand_tokens[1]) as f64
+                    }),
+                    answer_tokens: mean(&|p| p.answer_tokens as f64),
+                });
+            }
+        }
+        Ok(cells)
+    }
+}

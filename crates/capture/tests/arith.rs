@@ -1,0 +1,269 @@
+//! The arith model's tokenizer and data, tokenization diagnostics and answer attribution, on
+//! small random models and on the checked-in arith fixture.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor, D};
+use metarep_capture::arith::{framing, ArithSpec, EOT};
+use metarep_capture::attribution::answer_attribution;
+use metarep_capture::tokenization::{
+    by_class, eval_set, padded, score_problems, summarize, tokenize_all, StressGrid, TokenClass,
+};
+use metarep_core::rng::seeded;
+use metarep_eval::tasks::text::Op;
+use metarep_model::{HookedTransformer, Input, LoadOptions, ModelConfig, NoHooks};
+
+fn small_spec() -> ArithSpec {
+    ArithSpec {
+        corpus: 3000,
+        vocab: 48,
+        ..ArithSpec::default()
+    }
+}
+
+fn fixture() -> HookedTransformer {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/arith/seed-0");
+    HookedTransformer::from_dir(&dir, &LoadOptions::default()).unwrap()
+}
+
+#[test]
+fn the_tokenizer_is_deterministic_and_splits_numbers_both_ways() {
+    let spec = small_spec();
+    let (a, b) = (
+        spec.train_tokenizer().unwrap(),
+        spec.train_tokenizer().unwrap(),
+    );
+    assert_eq!(a.vocab_size(), 48);
+    assert_eq!(
+        a.inner().to_string(false).unwrap(),
+        b.inner().to_string(false).unwrap()
+    );
+    let fr = framing(&a).unwrap();
+    assert_eq!(Some(fr.pad), a.token_to_id(EOT));
+    let problems = spec.suite().sample(&mut seeded(5), 300).unwrap();
+    let tokenized = tokenize_all(&a, &problems, &fr).unwrap();
+    let single = tokenized
+        .iter()
+        .filter(|p| p.class() == TokenClass::Single)
+        .count();
+    assert!(
+        single > 0 && single < 300,
+        "{single} single-token problems of 300"
+    );
+    for p in &tokenized {
+        assert_eq!(p.ids[0], fr.pad);
+        assert_eq!(*p.ids.last().unwrap(), fr.pad);
+        assert_eq!(p.scored, p.answer_tokens + 1);
+        assert_eq!(p.answer_start + p.answer_tokens + 1, p.ids.len());
+        // The answer tokens decode to the answer; each operand has ≤ one token per digit
+        // plus the word-start marker.
+        let answer = a
+            .decode(&p.ids[p.answer_start..p.ids.len() - 1], true)
+            .unwrap();
+        assert_eq!(answer.trim(), p.problem.text.answer.trim());
+        for (k, v) in [p.problem.a, p.problem.b].iter().enumerate() {
+            let digits = v.to_string().len();
+            assert!((1..=digits + 1).contains(&p.operand_tokens[k]), "{p:?}");
+        }
+    }
+}
+
+#[test]
+fn batches_mask_only_answers_and_reject_overlong_problems() {
+    let spec = small_spec();
+    let tok = spec.train_tokenizer().unwrap();
+    let batch = spec.batch(&tok, 3, 0).unwrap();
+    let mask = batch.loss_mask.unwrap().to_vec2::<f32>().unwrap();
+    let targets = batch.targets.to_vec2::<u32>().unwrap();
+    let eot = tok.token_to_id(EOT).unwrap();
+    for (m, t) in mask.iter().zip(&targets) {
+        // The last scored target of each row is the closing EOT; nothing after it counts.
+        let last = m.iter().rposition(|&x| x > 0.0).unwrap();
+        assert_eq!(t[last], eot);
+        assert!(m[..last].iter().rev().take_while(|&&x| x > 0.0).count() >= 1);
+    }
+    assert_eq!(batch.tokens.dim(0).unwrap(), spec.batch);
+    let tight = ArithSpec { n_ctx: 4, ..spec };
+    let err = tight.batch(&tok, 0, 0).unwrap_err().to_string();
+    assert!(err.contains("n_ctx"), "{err}");
+}
+
+#[test]
+fn exact_answer_scores_match_greedy_decoding() {
+    let model = fixture();
+    let tok = model.tokenizer().unwrap().clone();
+    let fr = framing(&tok).unwrap();
+    let spec = ArithSpec::default();
+    let problems = tokenize_all(
+        &tok,
+        &spec.suite().sample(&mut seeded(11), 40).unwrap(),
+        &fr,
+    )
+    .unwrap();
+    let scores = score_problems(&model, &problems, fr.pad, 7, &mut NoHooks).unwrap();
+    for (p, s) in problems.iter().zip(&scores) {
+        // Greedy decoding from the prompt, one token at a time, and the loss of the true
+        // answer fed token by token.
+        let last_logits = |ids: &[u32]| {
+            model
+                .forward(Input::from_ids(&[ids.to_vec()], &Device::Cpu).unwrap())
+                .unwrap()
+                .get(0)
+                .unwrap()
+                .get(ids.len() - 1)
+                .unwrap()
+        };
+        let mut greedy = p.ids[..p.answer_start].to_vec();
+        let mut forced = greedy.clone();
+        let mut loss = 0.0;
+        for k in 0..p.scored {
+            let next = last_logits(&greedy)
+                .argmax(D::Minus1)
+                .unwrap()
+                .to_scalar::<u32>()
+                .unwrap();
+            greedy.push(next);
+            let logits = last_logits(&forced);
+            let want = p.ids[p.answer_start + k];
+            let lse = logits.exp().unwrap().sum_all().unwrap().log().unwrap();
+            loss += (lse - logits.get(want as usize).unwrap())
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64;
+            forced.push(want);
+        }
+        assert_eq!(
+            s.correct,
+            greedy[p.answer_start..] == p.ids[p.answer_start..],
+            "{p:?}"
+        );
+        assert!(
+            (s.loss - loss / p.scored as f64).abs() < 1e-4,
+            "{} vs {}",
+            s.loss,
+            loss
+        );
+    }
+}
+
+#[test]
+fn the_fixture_is_sometimes_wrong_and_worse_on_multi_token_operands() {
+    let model = fixture();
+    let tok = model.tokenizer().unwrap().clone();
+    let fr = framing(&tok).unwrap();
+    let problems = tokenize_all(
+        &tok,
+        &ArithSpec::default()
+            .suite()
+            .sample(&mut seeded(12), 600)
+            .unwrap(),
+        &fr,
+    )
+    .unwrap();
+    let scores = score_problems(&model, &problems, fr.pad, 256, &mut NoHooks).unwrap();
+    let all = summarize(&scores, 500, &mut seeded(0)).unwrap();
+    assert!(
+        (0.4..=0.9).contains(&all.accuracy.estimate),
+        "accuracy {}",
+        all.accuracy.estimate
+    );
+    let classes = by_class(&problems, &scores, 500, &mut seeded(0)).unwrap();
+    assert_eq!(classes[0].0, TokenClass::Single);
+    assert_eq!(classes[0].1.count + classes[1].1.count, 600);
+    assert!(
+        classes[0].1.accuracy.low > classes[1].1.accuracy.high,
+        "{classes:?}"
+    );
+    assert!(by_class(&problems[1..], &scores, 500, &mut seeded(0)).is_err());
+}
+
+#[test]
+fn stress_grids_scale_operand_length_and_grow_token_counts() {
+    let model = fixture();
+    let tok = model.tokenizer().unwrap().clone();
+    let grid = StressGrid {
+        model: &model,
+        tokenizer: &tok,
+        framing: framing(&tok).unwrap(),
+        per_cell: 20,
+        resamples: 200,
+    };
+    let cells = grid
+        .run(&[Op::Add, Op::Mul], &[1, 3, 6], &mut seeded(3))
+        .unwrap();
+    assert_eq!(cells.len(), 6);
+    for op_cells in cells.chunks(3) {
+        assert!(op_cells[0].operand_tokens < op_cells[1].operand_tokens);
+        assert!(op_cells[1].operand_tokens < op_cells[2].operand_tokens);
+        assert!(op_cells.iter().all(|c| c.summary.count == 20));
+    }
+    assert_eq!((cells[3].op, cells[5].digits), (Op::Mul, 6));
+}
+
+#[test]
+fn eval_sets_count_the_scored_predictions() {
+    let spec = small_spec();
+    let tok = spec.train_tokenizer().unwrap();
+    let fr = framing(&tok).unwrap();
+    let problems =
+        tokenize_all(&tok, &spec.suite().sample(&mut seeded(1), 9).unwrap(), &fr).unwrap();
+    let set = eval_set(&problems, fr.pad).unwrap();
+    let mask = set.mask.unwrap().to_vec2::<f32>().unwrap();
+    for (m, p) in mask.iter().zip(&problems) {
+        assert_eq!(m.iter().sum::<f32>() as usize, p.scored);
+        assert_eq!(m[p.answer_start - 1], 1.0);
+    }
+    assert!(padded(&[], 0).is_err());
+}
+
+#[test]
+fn answer_attribution_parts_sum_to_the_logit() {
+    let mut cfg = ModelConfig::gpt2_like(2, 16, 2, 12, 8);
+    cfg.d_mlp = 24;
+    let model = HookedTransformer::random(cfg, 4, DType::F32, &Device::Cpu).unwrap();
+    let tokens = Tensor::new(&[[1u32, 5, 7, 2, 0], [3, 3, 9, 11, 4]], &Device::Cpu).unwrap();
+    let (positions, targets) = ([3usize, 4], [6u32, 10]);
+    let a = answer_attribution(&model, &tokens, &positions, &targets).unwrap();
+    let logits = model.forward(Input::new(tokens.clone())).unwrap();
+    let want = (logits
+        .get(0)
+        .unwrap()
+        .get(3)
+        .unwrap()
+        .get(6)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        + logits
+            .get(1)
+            .unwrap()
+            .get(4)
+            .unwrap()
+            .get(10)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()) as f64
+        / 2.0;
+    assert!((a.logit - want).abs() < 1e-4, "{} vs {want}", a.logit);
+    assert_eq!(
+        (a.heads.len(), a.heads[0].len(), a.neurons[1].len()),
+        (2, 2, 24)
+    );
+    for l in 0..2 {
+        let parts: f64 = a.neurons[l].iter().sum::<f64>() + a.mlp_bias[l];
+        assert!(
+            (parts - a.mlps[l]).abs() < 1e-4,
+            "layer {l}: {parts} vs {}",
+            a.mlps[l]
+        );
+    }
+    assert!(answer_attribution(&model, &tokens, &[3, 5], &targets)
+        .unwrap_err()
+        .to_string()
+        .contains("position 5"));
+    assert!(answer_attribution(&model, &tokens, &positions, &[6, 12])
+        .unwrap_err()
+        .to_string()
+        .contains("target token 12"));
+    assert!(answer_attribution(&model, &tokens, &[3], &targets).is_err());
+}
