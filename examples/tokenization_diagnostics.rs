@@ -36,6 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("A few prompts and their token counts (operand a, operand b, answer):");
     for p in problems.iter().take(6) {
         let pieces: Vec<String> = p
+            .framed
             .ids
             .iter()
             .map(|&i| tokenizer.id_to_token(i).unwrap_or_default())
@@ -45,7 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             p.problem.text.prompt,
             p.problem.text.answer,
             p.operand_tokens,
-            p.answer_tokens,
+            p.framed.answer_tokens,
             pieces.join(" ")
         );
     }

@@ -30,21 +30,42 @@ pub struct Framing {
     pub pad: u32,
 }
 
-/// One problem as token ids, with its token counts.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TokenizedProblem {
-    /// The problem.
-    pub problem: ArithmeticProblem,
+/// A prompt and its answer as framed token ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Framed {
     /// `[bos] prompt answer [eos]`.
     pub ids: Vec<u32>,
     /// Index in `ids` of the first answer token (≥ 1).
     pub answer_start: usize,
     /// Predictions that are scored: the answer tokens, plus the end token when framed.
     pub scored: usize,
-    /// Tokens of the left and the right operand.
-    pub operand_tokens: [usize; 2],
     /// Tokens of the answer (the end token excluded).
     pub answer_tokens: usize,
+    /// Byte offsets in `prompt + answer` of the text's tokens (`ids` without the framing).
+    pub offsets: Vec<(usize, usize)>,
+}
+
+impl AsRef<Framed> for Framed {
+    fn as_ref(&self) -> &Framed {
+        self
+    }
+}
+
+/// One arithmetic problem as token ids, with its operands' token counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenizedProblem {
+    /// The problem.
+    pub problem: ArithmeticProblem,
+    /// Its framed ids.
+    pub framed: Framed,
+    /// Tokens of the left and the right operand.
+    pub operand_tokens: [usize; 2],
+}
+
+impl AsRef<Framed> for TokenizedProblem {
+    fn as_ref(&self) -> &Framed {
+        &self.framed
+    }
 }
 
 /// Whether both operands are single tokens.
@@ -76,34 +97,26 @@ fn tokens_in(offsets: &[(usize, usize)], span: (usize, usize)) -> usize {
         .count()
 }
 
-/// Tokenizes `problem` (`prompt + answer`, one text) and counts the tokens of each operand and
-/// of the answer; an error names the problem when a token straddles the prompt and the answer.
-pub fn tokenize_problem(
+/// Tokenizes `prompt + answer` as one text and frames it; an error names the text when a token
+/// straddles the prompt and the answer or the answer has no token.
+pub fn frame(
     tokenizer: &Tokenizer,
-    problem: &ArithmeticProblem,
+    prompt: &str,
+    answer: &str,
     framing: &Framing,
-) -> Result<TokenizedProblem> {
-    let prompt = &problem.text.prompt;
-    let text = format!("{prompt}{}", problem.text.answer);
+) -> Result<Framed> {
+    let text = format!("{prompt}{answer}");
     let enc = tokenizer.encode(&text, false)?;
     let first_answer = enc
         .offsets
         .iter()
         .position(|&(s, _)| s >= prompt.len())
         .ok_or_else(|| Error::Invalid(format!("{text:?}: the answer has no token of its own")))?;
-    if first_answer == 0 || enc.offsets[first_answer - 1].1 > prompt.len() {
+    if first_answer > 0 && enc.offsets[first_answer - 1].1 > prompt.len() {
         return Err(Error::Invalid(format!(
             "{text:?}: a token spans the end of the prompt, so the answer cannot be scored alone"
         )));
     }
-    let span_of = |needle: &str, from: usize| -> Result<(usize, usize)> {
-        prompt[from..]
-            .find(needle)
-            .map(|i| (from + i, from + i + needle.len()))
-            .ok_or_else(|| Error::Invalid(format!("operand {needle} not found in {prompt:?}")))
-    };
-    let a = span_of(&problem.a.to_string(), 0)?;
-    let b = span_of(&problem.b.to_string(), a.1)?;
     let mut ids = Vec::with_capacity(enc.ids.len() + 2);
     ids.extend(framing.bos);
     let answer_start = ids.len() + first_answer;
@@ -115,13 +128,35 @@ pub fn tokenize_problem(
     ids.extend_from_slice(&enc.ids);
     ids.extend(framing.eos);
     let answer_tokens = enc.ids.len() - first_answer;
-    Ok(TokenizedProblem {
-        problem: problem.clone(),
+    Ok(Framed {
         ids,
         answer_start,
         scored: answer_tokens + usize::from(framing.eos.is_some()),
-        operand_tokens: [tokens_in(&enc.offsets, a), tokens_in(&enc.offsets, b)],
         answer_tokens,
+        offsets: enc.offsets,
+    })
+}
+
+/// Frames `problem` and counts the tokens of each operand.
+pub fn tokenize_problem(
+    tokenizer: &Tokenizer,
+    problem: &ArithmeticProblem,
+    framing: &Framing,
+) -> Result<TokenizedProblem> {
+    let prompt = &problem.text.prompt;
+    let framed = frame(tokenizer, prompt, &problem.text.answer, framing)?;
+    let span_of = |needle: &str, from: usize| -> Result<(usize, usize)> {
+        prompt[from..]
+            .find(needle)
+            .map(|i| (from + i, from + i + needle.len()))
+            .ok_or_else(|| Error::Invalid(format!("operand {needle} not found in {prompt:?}")))
+    };
+    let a = span_of(&problem.a.to_string(), 0)?;
+    let b = span_of(&problem.b.to_string(), a.1)?;
+    Ok(TokenizedProblem {
+        problem: problem.clone(),
+        operand_tokens: [tokens_in(&framed.offsets, a), tokens_in(&framed.offsets, b)],
+        framed,
     })
 }
 
@@ -139,15 +174,16 @@ pub fn tokenize_all(
 
 /// Right-pads `problems` with `pad` into tokens `[batch, n]` (u32) and the mask `[batch, n − 1]`
 /// (f32, 1 on the scored predictions: position `p` predicts token `p + 1`).
-pub fn padded(problems: &[TokenizedProblem], pad: u32) -> Result<(Tensor, Tensor)> {
+pub fn padded<T: AsRef<Framed>>(problems: &[T], pad: u32) -> Result<(Tensor, Tensor)> {
     let n = problems
         .iter()
-        .map(|p| p.ids.len())
+        .map(|p| p.as_ref().ids.len())
         .max()
         .ok_or_else(|| Error::Invalid("no problems to pad".into()))?;
     let mut ids = Vec::with_capacity(problems.len() * n);
     let mut mask = Vec::with_capacity(problems.len() * (n - 1));
     for p in problems {
+        let p = p.as_ref();
         ids.extend_from_slice(&p.ids);
         ids.extend(std::iter::repeat_n(pad, n - p.ids.len()));
         let scored = p.answer_start - 1..p.answer_start - 1 + p.scored;
@@ -162,7 +198,7 @@ pub fn padded(problems: &[TokenizedProblem], pad: u32) -> Result<(Tensor, Tensor
 
 /// The problems as an [`EvalSet`] whose mask counts the scored predictions (for staged
 /// ablations and scale sweeps).
-pub fn eval_set(problems: &[TokenizedProblem], pad: u32) -> Result<EvalSet> {
+pub fn eval_set<T: AsRef<Framed>>(problems: &[T], pad: u32) -> Result<EvalSet> {
     let (tokens, mask) = padded(problems, pad)?;
     Ok(EvalSet {
         tokens,
@@ -181,18 +217,22 @@ pub struct ProblemScore {
 }
 
 /// Scores every problem under `hooks`, `batch` problems per forward pass.
-pub fn score_problems<H: Hooks>(
+pub fn score_problems<T: AsRef<Framed>, H: Hooks>(
     model: &HookedTransformer,
-    problems: &[TokenizedProblem],
+    problems: &[T],
     pad: u32,
     batch: usize,
     hooks: &mut H,
 ) -> Result<Vec<ProblemScore>> {
     let n_ctx = model.config().n_ctx;
-    if let Some(p) = problems.iter().find(|p| p.ids.len() - 1 > n_ctx) {
+    if let Some((i, p)) = problems
+        .iter()
+        .map(AsRef::as_ref)
+        .enumerate()
+        .find(|(_, p)| p.ids.len() - 1 > n_ctx)
+    {
         return Err(Error::Invalid(format!(
-            "{:?} takes {} tokens, above the model's context of {n_ctx}",
-            p.problem.text.prompt,
+            "problem {i} takes {} tokens, above the model's context of {n_ctx}",
             p.ids.len() - 1
         )));
     }
@@ -219,7 +259,7 @@ pub fn score_problems<H: Hooks>(
             }
             out.push(ProblemScore {
                 correct: !wrong,
-                loss: loss / chunk[r].scored as f64,
+                loss: loss / chunk[r].as_ref().scored as f64,
             });
         }
     }
@@ -359,7 +399,7 @@ impl StressGrid<'_> {
                     operand_tokens: mean(&|p| {
                         0.5 * (p.operand_tokens[0] + p.operand_tokens[1]) as f64
                     }),
-                    answer_tokens: mean(&|p| p.answer_tokens as f64),
+                    answer_tokens: mean(&|p| p.framed.answer_tokens as f64),
                 });
             }
         }

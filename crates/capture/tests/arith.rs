@@ -8,6 +8,7 @@ use metarep_capture::arith::{framing, ArithSpec, EOT};
 use metarep_capture::attribution::answer_attribution;
 use metarep_capture::tokenization::{
     by_class, eval_set, padded, score_problems, summarize, tokenize_all, StressGrid, TokenClass,
+    TokenizedProblem,
 };
 use metarep_core::rng::seeded;
 use metarep_eval::tasks::text::Op;
@@ -51,14 +52,20 @@ fn the_tokenizer_is_deterministic_and_splits_numbers_both_ways() {
         "{single} single-token problems of 300"
     );
     for p in &tokenized {
-        assert_eq!(p.ids[0], fr.pad);
-        assert_eq!(*p.ids.last().unwrap(), fr.pad);
-        assert_eq!(p.scored, p.answer_tokens + 1);
-        assert_eq!(p.answer_start + p.answer_tokens + 1, p.ids.len());
+        assert_eq!(p.framed.ids[0], fr.pad);
+        assert_eq!(*p.framed.ids.last().unwrap(), fr.pad);
+        assert_eq!(p.framed.scored, p.framed.answer_tokens + 1);
+        assert_eq!(
+            p.framed.answer_start + p.framed.answer_tokens + 1,
+            p.framed.ids.len()
+        );
         // The answer tokens decode to the answer; each operand has ≤ one token per digit
         // plus the word-start marker.
         let answer = a
-            .decode(&p.ids[p.answer_start..p.ids.len() - 1], true)
+            .decode(
+                &p.framed.ids[p.framed.answer_start..p.framed.ids.len() - 1],
+                true,
+            )
             .unwrap();
         assert_eq!(answer.trim(), p.problem.text.answer.trim());
         for (k, v) in [p.problem.a, p.problem.b].iter().enumerate() {
@@ -113,10 +120,10 @@ fn exact_answer_scores_match_greedy_decoding() {
                 .get(ids.len() - 1)
                 .unwrap()
         };
-        let mut greedy = p.ids[..p.answer_start].to_vec();
+        let mut greedy = p.framed.ids[..p.framed.answer_start].to_vec();
         let mut forced = greedy.clone();
         let mut loss = 0.0;
-        for k in 0..p.scored {
+        for k in 0..p.framed.scored {
             let next = last_logits(&greedy)
                 .argmax(D::Minus1)
                 .unwrap()
@@ -124,7 +131,7 @@ fn exact_answer_scores_match_greedy_decoding() {
                 .unwrap();
             greedy.push(next);
             let logits = last_logits(&forced);
-            let want = p.ids[p.answer_start + k];
+            let want = p.framed.ids[p.framed.answer_start + k];
             let lse = logits.exp().unwrap().sum_all().unwrap().log().unwrap();
             loss += (lse - logits.get(want as usize).unwrap())
                 .unwrap()
@@ -134,11 +141,11 @@ fn exact_answer_scores_match_greedy_decoding() {
         }
         assert_eq!(
             s.correct,
-            greedy[p.answer_start..] == p.ids[p.answer_start..],
+            greedy[p.framed.answer_start..] == p.framed.ids[p.framed.answer_start..],
             "{p:?}"
         );
         assert!(
-            (s.loss - loss / p.scored as f64).abs() < 1e-4,
+            (s.loss - loss / p.framed.scored as f64).abs() < 1e-4,
             "{} vs {}",
             s.loss,
             loss
@@ -210,10 +217,10 @@ fn eval_sets_count_the_scored_predictions() {
     let set = eval_set(&problems, fr.pad).unwrap();
     let mask = set.mask.unwrap().to_vec2::<f32>().unwrap();
     for (m, p) in mask.iter().zip(&problems) {
-        assert_eq!(m.iter().sum::<f32>() as usize, p.scored);
-        assert_eq!(m[p.answer_start - 1], 1.0);
+        assert_eq!(m.iter().sum::<f32>() as usize, p.framed.scored);
+        assert_eq!(m[p.framed.answer_start - 1], 1.0);
     }
-    assert!(padded(&[], 0).is_err());
+    assert!(padded::<TokenizedProblem>(&[], 0).is_err());
 }
 
 #[test]

@@ -294,7 +294,7 @@ fn prompt_table(
             Cell::from(p.problem.text.answer.trim().to_string()),
             Cell::Int(p.operand_tokens[0] as i64),
             Cell::Int(p.operand_tokens[1] as i64),
-            Cell::Int(p.answer_tokens as i64),
+            Cell::Int(p.framed.answer_tokens as i64),
             Cell::from(match p.class() {
                 TokenClass::Single => "single",
                 TokenClass::Multi => "multi",
@@ -312,16 +312,16 @@ fn prompt_batch(
     problems: &[TokenizedProblem],
     pad: u32,
 ) -> Result<(Tensor, Vec<usize>, Vec<u32>), BoxError> {
-    let n = problems.iter().map(|p| p.answer_start).max().unwrap_or(1);
+    let n = problems.iter().map(|p| p.framed.answer_start).max().unwrap_or(1);
     let mut ids = Vec::with_capacity(problems.len() * n);
     for p in problems {
-        ids.extend_from_slice(&p.ids[..p.answer_start]);
-        ids.extend(std::iter::repeat_n(pad, n - p.answer_start));
+        ids.extend_from_slice(&p.framed.ids[..p.framed.answer_start]);
+        ids.extend(std::iter::repeat_n(pad, n - p.framed.answer_start));
     }
     Ok((
         Tensor::from_vec(ids, (problems.len(), n), &candle_core::Device::Cpu)?,
-        problems.iter().map(|p| p.answer_start - 1).collect(),
-        problems.iter().map(|p| p.ids[p.answer_start]).collect(),
+        problems.iter().map(|p| p.framed.answer_start - 1).collect(),
+        problems.iter().map(|p| p.framed.ids[p.framed.answer_start]).collect(),
     ))
 }
 
@@ -612,7 +612,7 @@ fn patching(
     let adds: Vec<&TokenizedProblem> = problems
         .iter()
         .filter(|p| {
-            p.problem.op == Op::Add && p.class() == TokenClass::Single && p.answer_start == 5
+            p.problem.op == Op::Add && p.class() == TokenClass::Single && p.framed.answer_start == 5
         })
         .collect();
     let (mut clean, mut corrupted, mut answer, mut alternative) =
@@ -624,12 +624,12 @@ fn patching(
             .cycle()
             .skip(i + 1)
             .take(adds.len())
-            .find(|q| q.ids[5] != p.ids[5])
+            .find(|q| q.framed.ids[5] != p.framed.ids[5])
         {
-            clean.extend_from_slice(&p.ids[..5]);
-            corrupted.extend_from_slice(&q.ids[..5]);
-            answer.push(p.ids[5]);
-            alternative.push(q.ids[5]);
+            clean.extend_from_slice(&p.framed.ids[..5]);
+            corrupted.extend_from_slice(&q.framed.ids[..5]);
+            answer.push(p.framed.ids[5]);
+            alternative.push(q.framed.ids[5]);
         }
     }
     let b = answer.len();
