@@ -14,9 +14,12 @@
 //!   checkpoints, with TransformerLens hook points, caches, interventions, attribution, trainer.
 //! - [`kernels`]: hot ops as candle CustomOps (sparse latent ops, top-k selection, fused AdamW).
 //! - [`capture`]: activations to disk (sharded stores, shuffled reader), attention-head
-//!   detectors, staged ablations, the induction-2l model's training.
+//!   detectors, staged ablations, patching, attribution, tokenization diagnostics, the
+//!   induction-2l and arith models' training.
 //! - [`sae`]: sparse autoencoders (ReLU + L1, TopK, BatchTopK, JumpReLU, Gated), losses, trainer,
 //!   metrics, SAELens export/import, ground-truth systems.
+//! - [`second_order`]: second-order effects of MLP neurons through later attention heads, exact
+//!   read-out decompositions, per-neuron principal components, sparse text decompositions.
 //!
 //! ```
 //! use metarep::lat_cg::reference::cg_bound;
@@ -31,4 +34,5 @@ pub use metarep_kernels as kernels;
 pub use metarep_lat_cg as lat_cg;
 pub use metarep_model as model;
 pub use metarep_sae as sae;
+pub use metarep_second_order as second_order;
 pub use metarep_softmax_routes as softmax_routes;

@@ -12,6 +12,7 @@
 mod bench;
 mod fig1;
 mod fig10;
+mod fig11;
 mod fig2;
 mod fig3;
 mod fig4;

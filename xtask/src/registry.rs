@@ -104,6 +104,13 @@ pub const REGISTRY: &[Experiment] = &[
         threshold: "agreement ≥ 0.9 at main verbs; explained variance > 0.95 for every SAE",
         run: crate::fig10::run,
     },
+    Experiment {
+        id: "fig11",
+        title: "Second-order effects of MLP neurons on the arith model: correctness direction, layer and neuron selection, per-neuron PC1 and sparse lexicon decompositions, ablations",
+        example: "second_order",
+        threshold: "decomposition reproduces the logits within 1e-4; correct validation problems score above incorrect ones on the correctness direction",
+        run: crate::fig11::run,
+    },
 ];
 
 /// The registry as a printable table.

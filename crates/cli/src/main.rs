@@ -9,6 +9,7 @@
 //! metarep gist-tree init|append|get|range|edit|snapshot|prune|restore|compact|verify|stats --tree DIR
 //! metarep sae train --acts FILE --arch topk --k 32 --expansion 16 --out DIR [--steps N] ...
 //! metarep sae eval --sae DIR --acts FILE [--json]
+//! metarep second-order --model DIR --run RUN [--config FILE.toml] [--stage NAME] [--force]
 //! ```
 //!
 //! Exit status: 0 on success, 1 when a check fails (`gist-tree verify`), 2 on an error.
@@ -19,6 +20,7 @@ mod forward;
 mod gist_tree;
 mod patch;
 mod sae;
+mod second_order;
 
 use std::process::ExitCode;
 
@@ -50,6 +52,8 @@ enum Command {
     GistTree(gist_tree::GistTreeArgs),
     /// Train and evaluate sparse autoencoders.
     Sae(sae::Args),
+    /// Second-order neuron effects: the resumable pipeline, one stage or all.
+    SecondOrder(second_order::Args),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Command::GistTree(args) => gist_tree::run(args),
         Command::Patch(args) => patch::run(args).map(|()| true),
         Command::Sae(args) => sae::run(args).map(|()| true),
+        Command::SecondOrder(args) => second_order::run(args).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

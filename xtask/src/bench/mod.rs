@@ -8,6 +8,7 @@ mod forward;
 mod gist_tree;
 mod lat_cg;
 mod sae;
+mod second_order;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ const BENCHES: &[Bench] = &[
     ("gist_tree", gist_tree::run, gist_tree::SETTINGS),
     ("capture", capture::run, capture::SETTINGS),
     ("sae", sae::run, &[]),
+    ("second_order", second_order::run, second_order::SETTINGS),
 ];
 
 static SETTINGS: OnceLock<BTreeMap<String, String>> = OnceLock::new();

@@ -312,7 +312,11 @@ fn prompt_batch(
     problems: &[TokenizedProblem],
     pad: u32,
 ) -> Result<(Tensor, Vec<usize>, Vec<u32>), BoxError> {
-    let n = problems.iter().map(|p| p.framed.answer_start).max().unwrap_or(1);
+    let n = problems
+        .iter()
+        .map(|p| p.framed.answer_start)
+        .max()
+        .unwrap_or(1);
     let mut ids = Vec::with_capacity(problems.len() * n);
     for p in problems {
         ids.extend_from_slice(&p.framed.ids[..p.framed.answer_start]);
@@ -321,7 +325,10 @@ fn prompt_batch(
     Ok((
         Tensor::from_vec(ids, (problems.len(), n), &candle_core::Device::Cpu)?,
         problems.iter().map(|p| p.framed.answer_start - 1).collect(),
-        problems.iter().map(|p| p.framed.ids[p.framed.answer_start]).collect(),
+        problems
+            .iter()
+            .map(|p| p.framed.ids[p.framed.answer_start])
+            .collect(),
     ))
 }
 

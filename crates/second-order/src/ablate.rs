@@ -1,0 +1,249 @@
+//! Stage 8, ablations, each reported as the change of the mean correctness score and of the
+//! first-answer-token accuracy (argmax at the read-out) over all prompts:
+//!
+//! - `mean-ablate neurons`: every selected neuron's activation replaced by its mean over real
+//!   prompt positions, in the model (all its effects go: direct, second-order and higher);
+//! - in the final normalised stream, each selected neuron's second-order effect `e` is edited
+//!   (`μ` its mean over prompts, `c = e − μ`, `v` its PC direction, `t` the unit OMP text
+//!   reconstruction of `v`):
+//!   `remove all effects` (`e → μ`), `remove significant` (`e → μ` only where ‖c‖ is above the
+//!   neuron's threshold), `remove insignificant` (only where it is not), `rank-1` (`e → μ +
+//!   (c·v) v`), `text` (`e → μ + (c·v) t`).
+//!
+//! The edits act on the recorded stream at the read-out, so they change only the first answer
+//! token's prediction; the task accuracy here is first-answer-token accuracy. File:
+//! `ablations.json`.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, D};
+use metarep_model::interventions::{Action, Intervention, Interventions};
+use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input};
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::NeuronAnalysis;
+use crate::data::Representations;
+use crate::error::{Error, Result};
+use crate::select::{final_with, masked_mean, real_positions, take_rows};
+use crate::store::EffectIndex;
+
+/// One ablation's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AblationResult {
+    /// What was done.
+    pub name: String,
+    /// Mean correctness score after it.
+    pub score: f64,
+    /// Change from clean.
+    pub delta_score: f64,
+    /// Mean over prompts of |score change| (the mean change cancels for centred edits).
+    pub mean_abs_score_change: f64,
+    /// First-answer-token accuracy after it.
+    pub accuracy: f64,
+    /// Change from clean.
+    pub delta_accuracy: f64,
+}
+
+/// Sums over prompts: correctness score, first-token hits, |score change from clean|.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    score: f64,
+    hits: f64,
+    abs_change: f64,
+}
+
+impl Tally {
+    fn add(&mut self, o: Tally) {
+        self.score += o.score;
+        self.hits += o.hits;
+        self.abs_change += o.abs_change;
+    }
+}
+
+/// The [`Tally`] of final streams `[b, d]` for prompts `idx`.
+type Measure<'a> = dyn Fn(&Tensor, &[usize]) -> Result<Tally> + 'a;
+
+/// The representation-space edits, in report order.
+const EDITS: [&str; 5] = [
+    "remove all effects",
+    "remove significant",
+    "remove insignificant",
+    "rank-1",
+    "text",
+];
+
+/// Runs every ablation over `reps` in chunks of the effect store.
+pub fn ablations(
+    model: &HookedTransformer,
+    reps: &Representations,
+    direction: &Tensor,
+    index: &EffectIndex,
+    analyses: &[NeuronAnalysis],
+    dir: &Path,
+) -> Result<Vec<AblationResult>> {
+    let cfg = model.config();
+    let w_u = model
+        .w_u()
+        .ok_or_else(|| Error::Unsupported("a model without an unembedding".into()))?
+        .to_dtype(DType::F32)?;
+    let b_u = model.b_u()?.to_dtype(DType::F32)?;
+    let n = reps.len();
+    let clean_scores = crate::direction::scores(&reps.final_normed, direction)?;
+    let measure = |finals: &Tensor, idx: &[usize]| -> Result<Tally> {
+        let scores = finals
+            .matmul(&direction.unsqueeze(1)?)?
+            .squeeze(1)?
+            .to_vec1::<f32>()?;
+        let pred = finals
+            .matmul(&w_u)?
+            .broadcast_add(&b_u)?
+            .argmax(D::Minus1)?
+            .to_vec1::<u32>()?;
+        let hits = idx
+            .iter()
+            .zip(&pred)
+            .filter(|(&i, &p)| reps.answer_first[i] == p)
+            .count();
+        Ok(Tally {
+            score: scores.iter().map(|&x| x as f64).sum(),
+            hits: hits as f64,
+            abs_change: idx
+                .iter()
+                .zip(&scores)
+                .map(|(&i, &x)| (x as f64 - clean_scores[i] as f64).abs())
+                .sum(),
+        })
+    };
+    // Per stored layer: means, directions, text directions and thresholds in slot order.
+    let mut per_layer = Vec::new();
+    for layer in &index.layers {
+        let find = |neuron: usize| {
+            analyses
+                .iter()
+                .find(|a| a.layer == layer.layer && a.neuron == neuron)
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "no analysis of neuron {neuron} of layer {}",
+                        layer.layer
+                    ))
+                })
+        };
+        let an = layer
+            .neurons
+            .iter()
+            .map(|&k| find(k))
+            .collect::<Result<Vec<_>>>()?;
+        let stack = |f: &dyn Fn(&NeuronAnalysis) -> Vec<f32>| -> Result<Tensor> {
+            let rows: Vec<f32> = an.iter().flat_map(|a| f(a)).collect();
+            Ok(Tensor::from_vec(
+                rows,
+                (an.len(), cfg.d_model),
+                &Device::Cpu,
+            )?)
+        };
+        per_layer.push((
+            layer.layer,
+            stack(&|a| a.pc.mean.clone())?,
+            stack(&|a| a.pc.direction.clone())?,
+            stack(&|a| a.text_direction.clone())?,
+            Tensor::from_vec(
+                an.iter().map(|a| a.pc.threshold).collect::<Vec<_>>(),
+                an.len(),
+                &Device::Cpu,
+            )?,
+        ));
+    }
+    let mut clean = Tally::default();
+    let mut edited = [Tally::default(); EDITS.len()];
+    for c in 0..index.chunks() {
+        let idx: Vec<usize> = (c * index.chunk..((c + 1) * index.chunk).min(n)).collect();
+        let finals = take_rows(&reps.final_normed, &idx)?;
+        clean.add(measure(&finals, &idx)?);
+        let mut deltas = vec![finals.zeros_like()?; EDITS.len()];
+        for (layer, mu, v, t, thr) in &per_layer {
+            let e = index.read_chunk(dir, *layer, c)?; // [b, k, d]
+            let centred = e.broadcast_sub(&mu.unsqueeze(0)?)?;
+            let proj = centred
+                .broadcast_mul(&v.unsqueeze(0)?)?
+                .sum_keepdim(D::Minus1)?; // [b, k, 1]
+            let sig = centred
+                .sqr()?
+                .sum_keepdim(D::Minus1)?
+                .sqrt()?
+                .broadcast_gt(&thr.reshape((1, thr.dim(0)?, 1))?)?
+                .to_dtype(DType::F32)?;
+            let rank1 = proj.broadcast_mul(&v.unsqueeze(0)?)?;
+            let text = proj.broadcast_mul(&t.unsqueeze(0)?)?;
+            let removed = [
+                centred.clone(),
+                centred.broadcast_mul(&sig)?,
+                centred.broadcast_mul(&(1.0 - &sig)?)?,
+                (&centred - rank1)?,
+                (&centred - text)?,
+            ];
+            for (d, r) in deltas.iter_mut().zip(removed) {
+                *d = (&*d - r.sum(1)?)?;
+            }
+        }
+        for (k, d) in deltas.iter().enumerate() {
+            edited[k].add(measure(&(&finals + d)?, &idx)?);
+        }
+    }
+    let nf = n as f64;
+    let result = |name: &str, t: Tally| AblationResult {
+        name: name.into(),
+        score: t.score / nf,
+        delta_score: (t.score - clean.score) / nf,
+        mean_abs_score_change: t.abs_change / nf,
+        accuracy: t.hits / nf,
+        delta_accuracy: (t.hits - clean.hits) / nf,
+    };
+    let mut out = vec![result("clean", clean)];
+    out.push(result(
+        "mean-ablate neurons",
+        mean_ablate(model, reps, index, &measure)?,
+    ));
+    for (k, name) in EDITS.iter().enumerate() {
+        out.push(result(name, edited[k]));
+    }
+    Ok(out)
+}
+
+/// The tally with every stored neuron mean-ablated in the model.
+fn mean_ablate(
+    model: &HookedTransformer,
+    reps: &Representations,
+    index: &EffectIndex,
+    measure: &Measure,
+) -> Result<Tally> {
+    let n = reps.len();
+    let all: Vec<usize> = (0..n).collect();
+    let positions: Vec<usize> = reps.positions.clone();
+    let mask = real_positions(&positions, reps.tokens.dim(1)?)?;
+    let points: Vec<HookPoint> = index
+        .layers
+        .iter()
+        .map(|e| HookPoint::MlpPost(e.layer))
+        .collect();
+    let (_, cache) =
+        model.run_with_cache(Input::new(reps.tokens.clone()), HookFilter::Points(points))?;
+    let list = index
+        .layers
+        .iter()
+        .map(|e| {
+            let mean = masked_mean(cache.get(HookPoint::MlpPost(e.layer))?, &mask)?;
+            Ok(
+                Intervention::new(HookPoint::MlpPost(e.layer), Action::Replace(mean))
+                    .at_channels(&e.neurons),
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut total = Tally::default();
+    for chunk in all.chunks(index.chunk) {
+        let tokens = take_rows(&reps.tokens, chunk)?;
+        let pos: Vec<usize> = chunk.iter().map(|&i| positions[i]).collect();
+        let finals = final_with(model, &tokens, &pos, Interventions::new(list.clone()))?;
+        total.add(measure(&finals, chunk)?);
+    }
+    Ok(total)
+}

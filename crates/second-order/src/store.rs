@@ -1,0 +1,217 @@
+//! Stage 5 on disk: second-order effects of the selected neurons, computed one batch of
+//! prompts at a time (one forward pass each) and written per layer and chunk as safetensors,
+//! `effects/L{layer}-{chunk:05}.safetensors` with `effects` `[chunk, neurons of the layer,
+//! d_model]` (f16 or f32) and `scores` `[chunk, neurons]` f32 (projections on the correctness
+//! direction). The full `[examples × neurons × d_model]` tensor never exists in memory; an
+//! interrupted run keeps its finished chunks and resumes after them. `effects/index.json`
+//! lists layers, neurons and chunks, and the total second-order mass (Σ‖effect‖ over prompts)
+//! of every neuron of every layer, for the layer-concentration statistic.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Tensor};
+use metarep_model::HookedTransformer;
+use serde::{Deserialize, Serialize};
+
+use crate::data::Representations;
+use crate::effects::{NeuronPaths, Readout};
+use crate::error::{Error, Result};
+use crate::io::{read_tensors, write_json, write_tensors};
+use crate::select::take_rows;
+
+/// One layer's stored neurons.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerEffects {
+    /// MLP layer.
+    pub layer: usize,
+    /// Its selected neurons, in stored order.
+    pub neurons: Vec<usize>,
+}
+
+/// `effects/index.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EffectIndex {
+    /// Stored dtype: `f16` or `f32`.
+    pub dtype: String,
+    /// Prompts per chunk.
+    pub chunk: usize,
+    /// Prompts in all.
+    pub examples: usize,
+    /// Stored layers.
+    pub layers: Vec<LayerEffects>,
+    /// Per MLP layer: Σ over prompts and all its neurons of ‖second-order effect‖.
+    pub mass_per_layer: Vec<f64>,
+    /// Same, restricted to the selected neurons, per layer.
+    pub selected_mass_per_layer: Vec<f64>,
+}
+
+/// The file of `layer`'s chunk `c` under `dir/effects`.
+pub fn chunk_path(dir: &Path, layer: usize, c: usize) -> PathBuf {
+    dir.join("effects")
+        .join(format!("L{layer}-{c:05}.safetensors"))
+}
+
+/// Groups `(layer, neuron)`s by layer, in layer order.
+pub fn by_layer(selected: &[(usize, usize)]) -> Vec<LayerEffects> {
+    let mut layers: Vec<LayerEffects> = Vec::new();
+    let mut sorted = selected.to_vec();
+    sorted.sort();
+    for (l, n) in sorted {
+        match layers.last_mut() {
+            Some(e) if e.layer == l => e.neurons.push(n),
+            _ => layers.push(LayerEffects {
+                layer: l,
+                neurons: vec![n],
+            }),
+        }
+    }
+    layers
+}
+
+/// How effects are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Prompts per forward pass and per file.
+    pub chunk: usize,
+    /// `F16` or `F32`.
+    pub dtype: DType,
+}
+
+/// Computes and writes the effects of `selected` over every prompt of `reps` into
+/// `dir/effects`; `progress(done, total)` after each chunk.
+pub fn write_effects(
+    model: &HookedTransformer,
+    reps: &Representations,
+    selected: &[(usize, usize)],
+    direction: &Tensor,
+    dir: &Path,
+    opts: StoreOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<EffectIndex> {
+    let StoreOptions { chunk, dtype } = opts;
+    let dtype_name = match dtype {
+        DType::F16 => "f16",
+        DType::F32 => "f32",
+        other => {
+            return Err(Error::Invalid(format!(
+                "effects are stored as f16 or f32, not {other:?}"
+            )))
+        }
+    };
+    let chunk = chunk.max(1);
+    let cfg = model.config();
+    let layers = by_layer(selected);
+    std::fs::create_dir_all(dir.join("effects")).map_err(|e| Error::io(dir, e))?;
+    let paths = layers
+        .iter()
+        .map(|e| NeuronPaths::new(model, e.layer, &e.neurons))
+        .collect::<Result<Vec<_>>>()?;
+    // Every neuron of every layer with a later attention layer, in blocks, for the masses.
+    let block = 256usize;
+    let all_paths = (0..cfg.n_layers.saturating_sub(1))
+        .map(|l| {
+            (0..cfg.d_mlp)
+                .step_by(block)
+                .map(|s| {
+                    let ns: Vec<usize> = (s..(s + block).min(cfg.d_mlp)).collect();
+                    NeuronPaths::new(model, l, &ns)
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut mass = vec![0.0f64; cfg.n_layers];
+    let mut selected_mass = vec![0.0f64; cfg.n_layers];
+    let n = reps.len();
+    let chunks = n.div_ceil(chunk);
+    for c in 0..chunks {
+        let idx: Vec<usize> = (c * chunk..((c + 1) * chunk).min(n)).collect();
+        let tokens = take_rows(&reps.tokens, &idx)?;
+        let positions: Vec<usize> = idx.iter().map(|&i| reps.positions[i]).collect();
+        let readout = Readout::new(model, &tokens, &positions)?;
+        for (l, blocks) in all_paths.iter().enumerate() {
+            for p in blocks {
+                let e = readout.second_order_paths(p)?;
+                mass[l] += e.sqr()?.sum(2)?.sqrt()?.sum_all()?.to_scalar::<f32>()? as f64;
+            }
+        }
+        for (e, p) in layers.iter().zip(&paths) {
+            let path = chunk_path(dir, e.layer, c);
+            let effects = readout.second_order_paths(p)?;
+            selected_mass[e.layer] += effects
+                .sqr()?
+                .sum(2)?
+                .sqrt()?
+                .sum_all()?
+                .to_scalar::<f32>()? as f64;
+            if path.is_file() {
+                continue; // Written by an interrupted earlier run.
+            }
+            let scores = effects
+                .matmul(
+                    &direction
+                        .unsqueeze(0)?
+                        .unsqueeze(2)?
+                        .broadcast_as((idx.len(), cfg.d_model, 1))?
+                        .contiguous()?,
+                )?
+                .squeeze(2)?;
+            write_tensors(
+                &path,
+                &HashMap::from([
+                    ("effects".to_string(), effects.to_dtype(dtype)?),
+                    ("scores".to_string(), scores),
+                ]),
+            )?;
+        }
+        progress(c + 1, chunks);
+    }
+    let index = EffectIndex {
+        dtype: dtype_name.into(),
+        chunk,
+        examples: n,
+        layers,
+        mass_per_layer: mass,
+        selected_mass_per_layer: selected_mass,
+    };
+    write_json(&dir.join("effects").join("index.json"), &index)?;
+    Ok(index)
+}
+
+impl EffectIndex {
+    /// Chunks per layer.
+    pub fn chunks(&self) -> usize {
+        self.examples.div_ceil(self.chunk)
+    }
+
+    /// Effects `[examples, d_model]` f32 of the stored neurons `slots` of `layer` (indices into
+    /// that layer's `neurons`), read chunk by chunk.
+    pub fn read(&self, dir: &Path, layer: usize, slots: &[usize]) -> Result<Vec<Tensor>> {
+        let stored = self
+            .layers
+            .iter()
+            .find(|e| e.layer == layer)
+            .ok_or_else(|| Error::Invalid(format!("no stored effects for layer {layer}")))?;
+        if let Some(s) = slots.iter().find(|&&s| s >= stored.neurons.len()) {
+            return Err(Error::Invalid(format!(
+                "layer {layer} stores {} neurons, no slot {s}",
+                stored.neurons.len()
+            )));
+        }
+        let mut parts: Vec<Vec<Tensor>> = vec![Vec::with_capacity(self.chunks()); slots.len()];
+        for c in 0..self.chunks() {
+            let [effects] = read_tensors(&chunk_path(dir, layer, c), ["effects"])?;
+            for (k, &s) in slots.iter().enumerate() {
+                parts[k].push(effects.narrow(1, s, 1)?.squeeze(1)?.to_dtype(DType::F32)?);
+            }
+        }
+        parts.iter().map(|p| Ok(Tensor::cat(p, 0)?)).collect()
+    }
+
+    /// All stored effects of `layer` for the prompts of chunk `c`, `[chunk, neurons, d_model]`
+    /// f32.
+    pub fn read_chunk(&self, dir: &Path, layer: usize, c: usize) -> Result<Tensor> {
+        let [effects] = read_tensors(&chunk_path(dir, layer, c), ["effects"])?;
+        Ok(effects.to_dtype(DType::F32)?)
+    }
+}

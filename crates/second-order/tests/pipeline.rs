@@ -1,0 +1,175 @@
+//! The resumable pipeline end to end on the checked-in arith fixture: every stage's files,
+//! resuming, the stored effects against a fresh computation, and bad configs and data.
+
+use std::path::{Path, PathBuf};
+
+use metarep_model::{HookedTransformer, LoadOptions};
+use metarep_second_order::ablate::AblationResult;
+use metarep_second_order::data::Representations;
+use metarep_second_order::store::{chunk_path, EffectIndex};
+use metarep_second_order::{Pipeline, PipelineConfig, Readout, Stage};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn model() -> HookedTransformer {
+    HookedTransformer::from_dir(
+        &root().join("fixtures/arith/seed-0"),
+        &LoadOptions::default(),
+    )
+    .unwrap()
+}
+
+fn config() -> PipelineConfig {
+    PipelineConfig {
+        data: None,
+        problems: 150,
+        max_digits: 2,
+        seed: 3,
+        frame_token: Some("<|endoftext|>".into()),
+        top_layers: 6,
+        top_neurons: 12,
+        pca_k: 20,
+        omp_atoms: 8,
+        lexicon: root().join("fixtures/lexicon/math.txt"),
+        batch: 32,
+        effects_dtype: "f16".into(),
+    }
+}
+
+fn read<T: serde::de::DeserializeOwned>(p: &Path) -> T {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+#[test]
+fn the_pipeline_writes_every_stage_and_resumes() {
+    let model = model();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let p = Pipeline::open(&model, config(), &run).unwrap();
+    let mut lines = Vec::new();
+    p.run_to(Stage::Report, false, |l| lines.push(l.to_string()))
+        .unwrap();
+    assert_eq!(lines.len(), 8);
+    for s in Stage::ALL {
+        assert!(p.done(s), "{s:?}");
+    }
+    // Layer 1 has no later attention: only layer 0 is stored, in 5 chunks of ≤ 32 prompts.
+    let index: EffectIndex = read(&run.join("effects/index.json"));
+    assert_eq!(
+        (index.examples, index.chunks(), index.dtype.as_str()),
+        (150, 5, "f16")
+    );
+    assert_eq!(index.layers.len(), 1);
+    assert_eq!(index.layers[0].layer, 0);
+    assert_eq!(index.layers[0].neurons.len(), 12);
+    assert!(chunk_path(&run, 0, 4).is_file() && !chunk_path(&run, 0, 5).exists());
+
+    // The stored effects are the method's effects (to f16 rounding).
+    let reps = Representations::load(&run).unwrap();
+    let tokens = reps.tokens.narrow(0, 32, 32).unwrap();
+    let fresh = Readout::new(&model, &tokens, &reps.positions[32..64])
+        .unwrap()
+        .second_order(0, &index.layers[0].neurons)
+        .unwrap();
+    let stored = index.read_chunk(&run, 0, 1).unwrap();
+    let scale = fresh
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let gap = (fresh - stored)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(gap <= 1e-3 * scale, "{gap} vs scale {scale}");
+
+    // Significant and insignificant removals split the full removal exactly.
+    let abl: Vec<AblationResult> = read(&run.join("ablations.json"));
+    let get = |n: &str| abl.iter().find(|r| r.name == n).unwrap().clone();
+    let (all, sig, insig) = (
+        get("remove all effects"),
+        get("remove significant"),
+        get("remove insignificant"),
+    );
+    assert!((sig.delta_score + insig.delta_score - all.delta_score).abs() < 1e-4);
+    assert!(all.mean_abs_score_change > 0.0);
+    assert_eq!(get("clean").delta_score, 0.0);
+
+    // Resume: only the removed stages run again, with the same result.
+    let before = std::fs::read(run.join("ablations.json")).unwrap();
+    std::fs::remove_file(run.join("ablations.json")).unwrap();
+    std::fs::remove_file(run.join("report.md")).unwrap();
+    let mut lines = Vec::new();
+    p.run_to(Stage::Report, false, |l| lines.push(l.to_string()))
+        .unwrap();
+    assert_eq!(
+        lines.iter().filter(|l| l.ends_with("done earlier")).count(),
+        6
+    );
+    assert_eq!(std::fs::read(run.join("ablations.json")).unwrap(), before);
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(report.contains("## Ablations") && report.contains("## Top neurons"));
+}
+
+#[test]
+fn bad_configs_and_data_are_named() {
+    let model = model();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    Pipeline::open(&model, config(), &run).unwrap();
+    let other = PipelineConfig {
+        top_neurons: 5,
+        ..config()
+    };
+    let err = Pipeline::open(&model, other, &run)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("another config"), "{err}");
+    let err = Pipeline::open(
+        &model,
+        PipelineConfig {
+            effects_dtype: "bf16".into(),
+            ..config()
+        },
+        &dir.path().join("b"),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("effects_dtype"), "{err}");
+    assert!(Stage::parse("pca").is_ok());
+    assert!(Stage::parse("everything")
+        .unwrap_err()
+        .to_string()
+        .contains("stages: eval"));
+
+    let data = dir.path().join("problems.jsonl");
+    std::fs::write(
+        &data,
+        "{\"prompt\": \"1 + 2 =\", \"answer\": \" 3\"}\n{\"prompt\": 4}\n",
+    )
+    .unwrap();
+    let p = Pipeline::open(
+        &model,
+        PipelineConfig {
+            data: Some(data.clone()),
+            ..config()
+        },
+        &dir.path().join("c"),
+    )
+    .unwrap();
+    let err = p.run(Stage::Eval).unwrap_err().to_string();
+    assert!(err.contains("problems.jsonl:2"), "{err}");
+    // A later stage without its inputs names the missing file.
+    let err = p.run(Stage::Direction).unwrap_err().to_string();
+    assert!(err.contains("eval"), "{err}");
+}

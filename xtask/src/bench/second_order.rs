@@ -1,0 +1,211 @@
+//! `second_order`: effects of N neurons of one MLP layer on a batch, computed in one pass
+//! (`Readout::new` — one forward pass with a cache — then `second_order` and `direct` for all N
+//! neurons as matmuls) vs the naive method (one clean forward pass, then one forward pass per
+//! neuron with that neuron zeroed, reading the change of the final normalised stream at the
+//! read-out positions), same batch, same machine, medians over `reps`. Target: ≥ 100×.
+//!
+//! The naive change is direct + second-order + higher-order terms (later MLPs, the attention
+//! patterns and norm scales the neuron moves), so it is a check only up to those terms: on a
+//! subset of neurons the report gives the relative error of direct + second-order against it,
+//! and against path patching (`path_patched_effect`, which freezes exactly what the method
+//! freezes) the maximum absolute difference, which must be rounding.
+//!
+//! Two models: the `arith` fixture (seed 0, 2 layers: layer 0, its first N neurons, 64 arith
+//! prompts) and a GPT-2-small-shaped random model (12 layers, d_model 768, d_mlp 3072: layer 5,
+//! 8 prompts of 64 random tokens). Peak resident memory (`VmHWM`) is reported after each.
+//! Settings: `neurons` (default 100), `reps` (default 3).
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use metarep_capture::arith::{framing, ArithSpec};
+use metarep_capture::tokenization::tokenize_all;
+use metarep_core::rng::seeded;
+use metarep_model::interventions::{Intervention, Interventions};
+use metarep_model::{HookedTransformer, Input, LoadOptions, ModelConfig, NoHooks, RunTo};
+use metarep_second_order::{naive_effect, path_patched_effect, Readout};
+use rand::Rng;
+use serde_json::json;
+
+use super::{median, setting, write_report};
+use crate::BoxError;
+
+/// The `--set` keys this benchmark accepts.
+pub const SETTINGS: &[&str] = &["neurons", "reps"];
+const TARGET: f64 = 100.0;
+/// Neurons on which the naive and path-patched effects are compared.
+const CHECKED: usize = 8;
+
+/// Peak resident memory of this process so far (MiB), from `/proc/self/status`.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// The final normalised stream `[b, d]` at `positions` under an optional zeroed neuron.
+fn readout_hidden(
+    model: &HookedTransformer,
+    tokens: &Tensor,
+    positions: &[usize],
+    zero: Option<(usize, usize)>,
+) -> Result<Tensor, BoxError> {
+    let input = Input::new(tokens.clone());
+    let hidden = match zero {
+        Some((l, n)) => model.run(
+            &input,
+            &mut Interventions::new(vec![Intervention::zero_neurons(l, &[n])]),
+            RunTo::Hidden,
+        )?,
+        None => model.run(&input, &mut NoHooks, RunTo::Hidden)?,
+    };
+    let rows = positions
+        .iter()
+        .enumerate()
+        .map(|(r, &p)| hidden.get(r)?.get(p))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::stack(&rows, 0)?.to_dtype(DType::F32)?)
+}
+
+fn norm(t: &Tensor) -> Result<f64, BoxError> {
+    Ok(t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64)
+}
+
+/// Times both methods on one model and checks agreement on a subset.
+fn case(
+    name: &str,
+    model: &HookedTransformer,
+    tokens: &Tensor,
+    positions: &[usize],
+    layer: usize,
+    neurons: &[usize],
+    reps: usize,
+) -> Result<serde_json::Value, BoxError> {
+    let (mut single, mut naive) = (Vec::new(), Vec::new());
+    let mut effects = None;
+    for _ in 0..reps {
+        let t = Instant::now();
+        let r = Readout::new(model, tokens, positions)?;
+        let so = r.second_order(layer, neurons)?;
+        let di = r.direct(layer, neurons)?;
+        single.push(t.elapsed().as_secs_f64());
+        effects = Some((so, di));
+        let t = Instant::now();
+        let clean = readout_hidden(model, tokens, positions, None)?;
+        for &n in neurons {
+            let _change = (&clean - readout_hidden(model, tokens, positions, Some((layer, n)))?)?;
+        }
+        naive.push(t.elapsed().as_secs_f64());
+    }
+    let (so, di) = effects.ok_or("no repetitions")?;
+    let (mut rel, mut rel_direct, mut patch_gap) = (Vec::new(), Vec::new(), 0.0f64);
+    for (k, &n) in neurons.iter().enumerate().take(CHECKED) {
+        let truth = naive_effect(model, tokens, positions, layer, n)?;
+        let s = so.narrow(1, k, 1)?.squeeze(1)?;
+        let d = di.narrow(1, k, 1)?.squeeze(1)?;
+        let scale = norm(&truth)?.max(1e-12);
+        rel.push(norm(&(&truth - (&d + &s)?)?)? / scale);
+        rel_direct.push(norm(&(&truth - &d)?)? / scale);
+        let pp = path_patched_effect(model, tokens, positions, layer, n)?;
+        let gap = (pp.second_order - &s)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()? as f64;
+        patch_gap = patch_gap.max(gap);
+    }
+    let (ts, tn) = (median(&single), median(&naive));
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    println!(
+        "  {name}: {} neurons of layer {layer}, batch {}: one pass {:.1} ms, naive {:.1} ms → {:.0}× (target ≥ {TARGET}×); naive vs direct + second-order: relative error {:.3} (direct alone {:.3}); vs path patching max |Δ| {patch_gap:.1e}; peak RSS {:.0} MiB",
+        neurons.len(),
+        tokens.dim(0)?,
+        1e3 * ts,
+        1e3 * tn,
+        tn / ts,
+        mean(&rel),
+        mean(&rel_direct),
+        peak_rss_mib()
+    );
+    Ok(json!({
+        "neurons": neurons.len(),
+        "layer": layer,
+        "batch": tokens.dim(0)?,
+        "positions": tokens.dim(1)?,
+        "one_pass_ms": 1e3 * ts,
+        "naive_ms": 1e3 * tn,
+        "speedup": tn / ts,
+        "target_met": tn / ts >= TARGET,
+        "checked_neurons": rel.len(),
+        "naive_rel_error_direct_plus_second_order": mean(&rel),
+        "naive_rel_error_direct_only": mean(&rel_direct),
+        "path_patching_max_abs_diff": patch_gap,
+        "peak_rss_mib": peak_rss_mib(),
+    }))
+}
+
+/// Runs the benchmark and writes `results/bench/second_order.json`.
+pub fn run(out: &Path) -> Result<bool, BoxError> {
+    let n: usize = setting("neurons").map_or(Ok(100), str::parse)?;
+    let reps: usize = setting("reps").map_or(Ok(3), str::parse)?;
+    let root = crate::fixtures::repo_root();
+    let arith = HookedTransformer::from_dir(
+        &crate::fixtures::arith::dir(&root, 0),
+        &LoadOptions::default(),
+    )?;
+    let tok = arith
+        .tokenizer()
+        .ok_or("arith fixture without tokenizer")?
+        .clone();
+    let fr = framing(&tok)?;
+    let problems = tokenize_all(
+        &tok,
+        &ArithSpec::default().suite().sample(&mut seeded(1), 64)?,
+        &fr,
+    )?;
+    let len = problems
+        .iter()
+        .map(|p| p.framed.answer_start)
+        .max()
+        .unwrap_or(1);
+    let mut ids = Vec::new();
+    for p in &problems {
+        ids.extend_from_slice(&p.framed.ids[..p.framed.answer_start]);
+        ids.extend(std::iter::repeat_n(fr.pad, len - p.framed.answer_start));
+    }
+    let tokens = Tensor::from_vec(ids, (problems.len(), len), &Device::Cpu)?;
+    let positions: Vec<usize> = problems.iter().map(|p| p.framed.answer_start - 1).collect();
+    let neurons: Vec<usize> = (0..n.min(arith.config().d_mlp)).collect();
+    let small = case("arith", &arith, &tokens, &positions, 0, &neurons, reps)?;
+
+    let mut cfg = ModelConfig::gpt2_like(12, 768, 12, 50257, 1024);
+    cfg.d_mlp = 3072;
+    let gpt2 = HookedTransformer::random(cfg, 0, DType::F32, &Device::Cpu)?;
+    let mut rng = seeded(2);
+    let (b, p) = (8usize, 64usize);
+    let ids: Vec<u32> = (0..b * p).map(|_| rng.random_range(0..50257u32)).collect();
+    let tokens = Tensor::from_vec(ids, (b, p), &Device::Cpu)?;
+    let positions = vec![p - 1; b];
+    let neurons: Vec<usize> = (0..n.min(3072)).map(|i| i * 29 % 3072).collect();
+    let large = case(
+        "gpt2-small-shaped",
+        &gpt2,
+        &tokens,
+        &positions,
+        5,
+        &neurons,
+        reps,
+    )?;
+    let met = [&small, &large].iter().all(|c| c["target_met"] == true);
+    write_report(
+        out,
+        "second_order",
+        json!({ "target_speedup": TARGET, "arith": small, "gpt2_small_shaped": large, "reps": reps }),
+    )?;
+    Ok(met)
+}
