@@ -9,7 +9,7 @@
 //! ```
 //!
 //! The run directory is `target/second-order-example/` (deleted first); the same pipeline runs
-//! stage by stage with `metarep second-order --model DIR --run DIR --config FILE --stage NAME`,
+//! stage by stage with `metarep second-order STAGE --model DIR --run DIR --config FILE`,
 //! and `cargo xtask reproduce fig11` reports it.
 
 use std::path::PathBuf;

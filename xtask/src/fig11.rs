@@ -51,6 +51,10 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     let pipeline = Pipeline::open(&model, pcfg, &run_dir)?;
     pipeline.run_to(Stage::Report, false, |line| println!("  {line}"))?;
     let files = RunFiles::load(&run_dir)?;
+    out.extra(
+        "dataset_sha256",
+        &crate::fixtures::sha256_file(&run_dir.join("eval.jsonl"))?,
+    )?;
     std::fs::copy(run_dir.join("report.md"), dir.join("fig11_report.md"))?;
     for f in [
         "layers.csv",

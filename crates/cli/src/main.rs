@@ -9,7 +9,7 @@
 //! metarep gist-tree init|append|get|range|edit|snapshot|prune|restore|compact|verify|stats --tree DIR
 //! metarep sae train --acts FILE --arch topk --k 32 --expansion 16 --out DIR [--steps N] ...
 //! metarep sae eval --sae DIR --acts FILE [--json]
-//! metarep second-order --model DIR --run RUN [--config FILE.toml] [--stage NAME] [--force]
+//! metarep second-order [STAGE] --model DIR --run RUN [--config FILE.toml] [--force]
 //! ```
 //!
 //! Exit status: 0 on success, 1 when a check fails (`gist-tree verify`), 2 on an error.

@@ -3,9 +3,9 @@
 //! already done are skipped, so an interrupted run resumes.
 //!
 //! ```text
-//! metarep second-order --model DIR --run RUN --config second_order.toml            # everything
-//! metarep second-order --model DIR --run RUN --stage effects                        # up to effects
-//! metarep second-order --model DIR --run RUN --stage ablate --force                 # redo ablate
+//! metarep second-order --model DIR --run RUN --config second_order.toml    # every stage
+//! metarep second-order effects --model DIR --run RUN                        # up to effects
+//! metarep second-order ablate --model DIR --run RUN --force                 # redo ablate
 //! ```
 //!
 //! The config (TOML) holds `metarep_second_order::PipelineConfig`'s fields; without
@@ -30,9 +30,9 @@ pub struct Args {
     config: Option<PathBuf>,
     /// Run every stage up to this one: eval, direction, layers, neurons, effects, pca, ablate,
     /// report.
-    #[arg(long, default_value = "report")]
+    #[arg(default_value = "report")]
     stage: String,
-    /// Run `--stage` again even if its output exists.
+    /// Run STAGE again even if its output exists.
     #[arg(long)]
     force: bool,
 }

@@ -27,14 +27,13 @@ fn second_order_runs_stage_by_stage() {
     );
     let (ok, stdout, stderr) = metarep(&[
         "second-order",
+        "effects",
         "--model",
         m,
         "--run",
         r,
         "--config",
         c,
-        "--stage",
-        "effects",
     ]);
     assert!(ok, "{stderr}");
     assert!(
@@ -50,6 +49,6 @@ fn second_order_runs_stage_by_stage() {
         "{stdout}"
     );
     assert!(run.join("report.md").is_file());
-    let (ok, _, stderr) = metarep(&["second-order", "--model", m, "--run", r, "--stage", "all"]);
+    let (ok, _, stderr) = metarep(&["second-order", "all", "--model", m, "--run", r]);
     assert!(!ok && stderr.contains("unknown stage `all`"), "{stderr}");
 }

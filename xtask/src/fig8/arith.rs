@@ -104,6 +104,19 @@ pub fn run(
         cfg.problems,
     )?;
     let problems = tokenize_all(&main.tokenizer, &raw, &main.framing)?;
+    let texts: Vec<String> = raw
+        .iter()
+        .map(|p| format!("{}{}", p.text.prompt, p.text.answer))
+        .collect();
+    out.extra(
+        "arith_dataset_sha256",
+        &metarep_core::config::sha256_hex(texts.join("\n").as_bytes()),
+    )?;
+    let hashes = SEEDS
+        .iter()
+        .map(|&s| crate::fixtures::sha256_file(&seed_dir(&root, s).join("model.safetensors")))
+        .collect::<Result<Vec<_>, _>>()?;
+    out.extra("arith_model_sha256", &hashes)?;
     let mut rng = seeded(derive_seed(seed, "fig8/arith/bootstrap"));
 
     // Accuracy per seed, overall, by tokenization class and by operation.
