@@ -65,6 +65,22 @@ fn centre(x: &Tensor) -> Result<Tensor> {
     Ok(x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?)
 }
 
+/// The prompt-independent part of the linearised final norm on the last axis: centring
+/// (LayerNorm) and `⊙ w_final`; `F(c)` is this divided by each prompt's recorded scale.
+fn final_linear(model: &HookedTransformer, x: &Tensor) -> Result<Tensor> {
+    match model.ln_final() {
+        Some(ln) => {
+            let x = if model.config().norm == NormKind::LayerNorm {
+                centre(x)?
+            } else {
+                x.clone()
+            };
+            Ok(x.broadcast_mul(&f32(&ln.w)?)?)
+        }
+        None => Ok(x.clone()),
+    }
+}
+
 /// Checks `tokens: [batch, n]` and one read-out position per prompt, returning `(batch, n)`.
 fn check_prompts(tokens: &Tensor, positions: &[usize]) -> Result<(usize, usize)> {
     let (b, n) = tokens.dims2().map_err(|_| {
@@ -153,7 +169,9 @@ struct FinalNorm {
 
 /// The prompt-independent neuron path matrices of one MLP layer:
 /// `P_{l'h} = (centred(W_out[l][n]) ⊙ w_ln1_{l'}) W_V[l'][h] W_O[l'][h]` for every head `h` of
-/// every later layer `l'` (centring for LayerNorm only).
+/// every later layer `l'` (centring for LayerNorm only), with the final norm's
+/// prompt-independent part applied (centring for LayerNorm, `⊙ w_final`), so that a prompt's
+/// effect is `Σ α P` divided by its recorded final scale.
 ///
 /// Build once and reuse across batches with [`Readout::second_order_paths`]; memory is
 /// `neurons · (n_layers − layer − 1) · n_heads · d_model` floats, so chunk the neurons of wide
@@ -196,7 +214,8 @@ impl NeuronPaths {
         let paths = if per_layer.is_empty() {
             None
         } else {
-            Some(Tensor::cat(&per_layer, 0)?.transpose(0, 1)?.contiguous()?)
+            let p = Tensor::cat(&per_layer, 0)?.transpose(0, 1)?.contiguous()?;
+            Some(final_linear(model, &p)?.contiguous()?)
         };
         Ok(NeuronPaths {
             layer,
@@ -431,20 +450,27 @@ impl Readout {
         }
         let rows = Tensor::cat(&self.rows[paths.layer + 1..], 1)?; // [b, K, n]
         let m = self.mlp_post[paths.layer].index_select(&index(&paths.neurons, p.device())?, 2)?;
-        let alpha = rows.matmul(&m.contiguous()?)?; // [b, K, k]
+        let mut alpha = rows.matmul(&m.contiguous()?)?; // [b, K, k]
+        if let Some(s) = &self.final_norm.scale {
+            alpha = alpha.broadcast_div(&s.reshape((b, 1, 1))?)?;
+        }
         let alpha = alpha.permute((2, 0, 1))?.contiguous()?; // [k, b, K]
-        let e = alpha.matmul(p)?.transpose(0, 1)?.contiguous()?; // [b, k, d]
-        self.normalise(&e)
+                                                             // The paths already carry the final norm's centring and weight: e = F(Σ α P).
+        Ok(alpha.matmul(p)?.transpose(0, 1)?.contiguous()?) // [b, k, d]
     }
 
     /// Direct effects `F(m_n(q) W_out[layer][n])` of `neurons` `[batch, neurons, d_model]` f32.
     pub fn direct(&self, layer: usize, neurons: &[usize]) -> Result<Tensor> {
         check_neurons(&self.model, layer, neurons)?;
         let idx = index(neurons, self.model.device())?;
-        let m = at_positions(&self.mlp_post[layer], &self.positions)?.index_select(&idx, 1)?;
+        let mut m = at_positions(&self.mlp_post[layer], &self.positions)?.index_select(&idx, 1)?;
+        if let Some(s) = &self.final_norm.scale {
+            m = m.broadcast_div(&s.reshape((self.batch, 1))?)?;
+        }
+        // F(m w) = (m / s) · final_linear(w): the norm's fixed part applied once per neuron.
         let w = f32(&self.model.w_out(layer)?)?.index_select(&idx, 0)?; // [k, d]
-        let e = m.unsqueeze(2)?.broadcast_mul(&w.unsqueeze(0)?)?;
-        self.normalise(&e)
+        let g = final_linear(&self.model, &w)?;
+        Ok(m.unsqueeze(2)?.broadcast_mul(&g.unsqueeze(0)?)?)
     }
 
     /// `Σ_h Σ_p A_{l'h}[q, p] (centred(x(p)) / s_{l'}(p) ⊙ w_ln1) W_V^h W_O^h` for residual
