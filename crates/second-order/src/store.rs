@@ -4,8 +4,9 @@
 //! d_model]` (f16 or f32) and `scores` `[chunk, neurons]` f32 (projections on the correctness
 //! direction). The full `[examples × neurons × d_model]` tensor never exists in memory; an
 //! interrupted run keeps its finished chunks and resumes after them. `effects/index.json`
-//! lists layers, neurons and chunks, and the total second-order mass (Σ‖effect‖ over prompts)
-//! of every neuron of every layer, for the layer-concentration statistic.
+//! lists layers, neurons and chunks, and the total second-order mass (Σ‖effect‖ over the first
+//! chunk's prompts) of every neuron of every layer, for the layer-concentration statistic; those
+//! path matrices are built one block of neurons at a time.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -40,9 +41,10 @@ pub struct EffectIndex {
     pub examples: usize,
     /// Stored layers.
     pub layers: Vec<LayerEffects>,
-    /// Per MLP layer: Σ over prompts and all its neurons of ‖second-order effect‖.
+    /// Per MLP layer: Σ over the first chunk's prompts and all its neurons of ‖second-order
+    /// effect‖ (an estimate from one chunk: every neuron's paths are costly for wide models).
     pub mass_per_layer: Vec<f64>,
-    /// Same, restricted to the selected neurons, per layer.
+    /// Same, restricted to the selected neurons, per layer (same prompts).
     pub selected_mass_per_layer: Vec<f64>,
 }
 
@@ -107,19 +109,6 @@ pub fn write_effects(
         .iter()
         .map(|e| NeuronPaths::new(model, e.layer, &e.neurons))
         .collect::<Result<Vec<_>>>()?;
-    // Every neuron of every layer with a later attention layer, in blocks, for the masses.
-    let block = 256usize;
-    let all_paths = (0..cfg.n_layers.saturating_sub(1))
-        .map(|l| {
-            (0..cfg.d_mlp)
-                .step_by(block)
-                .map(|s| {
-                    let ns: Vec<usize> = (s..(s + block).min(cfg.d_mlp)).collect();
-                    NeuronPaths::new(model, l, &ns)
-                })
-                .collect::<Result<Vec<_>>>()
-        })
-        .collect::<Result<Vec<_>>>()?;
     let mut mass = vec![0.0f64; cfg.n_layers];
     let mut selected_mass = vec![0.0f64; cfg.n_layers];
     let n = reps.len();
@@ -129,21 +118,15 @@ pub fn write_effects(
         let tokens = take_rows(&reps.tokens, &idx)?;
         let positions: Vec<usize> = idx.iter().map(|&i| reps.positions[i]).collect();
         let readout = Readout::new(model, &tokens, &positions)?;
-        for (l, blocks) in all_paths.iter().enumerate() {
-            for p in blocks {
-                let e = readout.second_order_paths(p)?;
-                mass[l] += e.sqr()?.sum(2)?.sqrt()?.sum_all()?.to_scalar::<f32>()? as f64;
-            }
+        if c == 0 {
+            layer_masses(model, &readout, &mut mass)?;
         }
         for (e, p) in layers.iter().zip(&paths) {
             let path = chunk_path(dir, e.layer, c);
             let effects = readout.second_order_paths(p)?;
-            selected_mass[e.layer] += effects
-                .sqr()?
-                .sum(2)?
-                .sqrt()?
-                .sum_all()?
-                .to_scalar::<f32>()? as f64;
+            if c == 0 {
+                selected_mass[e.layer] += total_norm(&effects)?;
+            }
             if path.is_file() {
                 continue; // Written by an interrupted earlier run.
             }
@@ -176,6 +159,36 @@ pub fn write_effects(
     };
     write_json(&dir.join("effects").join("index.json"), &index)?;
     Ok(index)
+}
+
+/// Σ over prompts and neurons of ‖effect‖ for `effects: [b, k, d]`.
+fn total_norm(effects: &Tensor) -> Result<f64> {
+    Ok(effects
+        .sqr()?
+        .sum(2)?
+        .sqrt()?
+        .sum_all()?
+        .to_scalar::<f32>()? as f64)
+}
+
+/// Adds to `mass[l]` the total second-order mass of every neuron of every layer with a later
+/// attention layer on `readout`'s prompts, building path matrices one block of neurons at a
+/// time (a block's paths are dropped before the next is built).
+fn layer_masses(model: &HookedTransformer, readout: &Readout, mass: &mut [f64]) -> Result<()> {
+    const BLOCK: usize = 256;
+    let cfg = model.config();
+    for (l, m) in mass
+        .iter_mut()
+        .enumerate()
+        .take(cfg.n_layers.saturating_sub(1))
+    {
+        for start in (0..cfg.d_mlp).step_by(BLOCK) {
+            let block: Vec<usize> = (start..(start + BLOCK).min(cfg.d_mlp)).collect();
+            let paths = NeuronPaths::new(model, l, &block)?;
+            *m += total_norm(&readout.second_order_paths(&paths)?)?;
+        }
+    }
+    Ok(())
 }
 
 impl EffectIndex {
