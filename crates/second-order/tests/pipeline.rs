@@ -173,3 +173,36 @@ fn bad_configs_and_data_are_named() {
     let err = p.run(Stage::Direction).unwrap_err().to_string();
     assert!(err.contains("eval"), "{err}");
 }
+
+#[test]
+fn greedy_transcripts_agree_with_teacher_forced_scores() {
+    use metarep_capture::arith::framing;
+    use metarep_capture::tokenization::score_problems;
+    use metarep_second_order::data::{evaluate, frame_all, Problem};
+
+    let model = model();
+    let tok = model.tokenizer().unwrap().clone();
+    let fr = framing(&tok).unwrap();
+    let problems: Vec<Problem> = (0..60)
+        .map(|i| {
+            let (a, b) = (i * 7 % 100, i * 13 % 100);
+            Problem {
+                prompt: format!("{a} + {b} ="),
+                answer: format!(" {}", a + b),
+            }
+        })
+        .collect();
+    let reps = evaluate(&model, &problems, &fr, 16).unwrap();
+    let framed = frame_all(&tok, &problems, &fr).unwrap();
+    let scores = score_problems(&model, &framed, fr.pad, 16, &mut metarep_model::NoHooks).unwrap();
+    for (t, s) in reps.transcripts.iter().zip(&scores) {
+        assert_eq!(t.correct, s.correct, "{t:?}");
+        if t.correct {
+            assert_eq!(t.completion.trim(), t.answer.trim());
+        }
+    }
+    assert!(
+        reps.transcripts.iter().any(|t| t.correct) && reps.transcripts.iter().any(|t| !t.correct)
+    );
+    assert_eq!(reps.split(true).len(), 12);
+}
