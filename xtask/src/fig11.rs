@@ -6,8 +6,9 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Tensor};
+use candle_core::DType;
 use metarep_core::config::load_config;
+use metarep_model::ops::rows_at;
 use metarep_model::{HookedTransformer, Input, LoadOptions};
 use metarep_second_order::report::summary;
 use metarep_second_order::{Pipeline, PipelineConfig, Readout, RunFiles, Stage};
@@ -70,15 +71,9 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     let tokens = files.reps.tokens.narrow(0, 0, b)?;
     let positions = &files.reps.positions[..b];
     let parts = Readout::new(&model, &tokens, positions)?.decompose()?;
-    let logits = model
-        .forward(Input::new(tokens.clone()))?
-        .to_dtype(DType::F32)?;
-    let rows: Vec<Tensor> = positions
-        .iter()
-        .enumerate()
-        .map(|(r, &p)| logits.get(r)?.get(p))
-        .collect::<candle_core::Result<_>>()?;
-    let gap = (parts.logits(&model)? - Tensor::stack(&rows, 0)?)?
+    let logits =
+        rows_at(&model.forward(Input::new(tokens.clone()))?, positions)?.to_dtype(DType::F32)?;
+    let gap = (parts.logits(&model)? - logits)?
         .abs()?
         .max_all()?
         .to_scalar::<f32>()? as f64;

@@ -9,10 +9,9 @@
 //! merges of digits, so frequent numbers become one token and rare ones several. Training is
 //! stopped early on purpose (see [`ArithSpec::steps`]): the fixture must be sometimes wrong.
 
-use candle_core::{DType, Device};
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_eval::tasks::text::{ArithmeticSuite, Op, Tier};
-use metarep_model::train::{LmBatch, RunControl, TrainConfig, TrainReport, Trainer};
+use metarep_model::train::{LmBatch, TrainReport};
 use metarep_model::{HookedTransformer, ModelConfig, Tokenizer};
 use serde::{Deserialize, Serialize};
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
@@ -21,6 +20,7 @@ use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::AddedToken;
 
 use crate::error::{Error, Result};
+use crate::recipe::train_fixture;
 use crate::tokenization::{padded, tokenize_all, Framing};
 
 /// The tokenizer's one special token: beginning, end and padding of every sequence.
@@ -149,24 +149,10 @@ impl ArithSpec {
     /// Trains the model (f32, CPU) with `tokenizer` and returns it with the tokenizer attached.
     pub fn train(&self, tokenizer: &Tokenizer) -> Result<(HookedTransformer, TrainReport)> {
         let cfg = self.model_config(tokenizer.vocab_size());
-        let mut trainer = Trainer::new(cfg, self.seed, DType::F32, &Device::Cpu)?;
-        let mut source = |step: usize, seed: u64| -> metarep_model::Result<LmBatch> {
+        let (model, report) = train_fixture(cfg, self.seed, self.steps, self.lr, |step, seed| {
             self.batch(tokenizer, step, seed)
-                .map_err(|e| metarep_model::Error::Invalid(e.to_string()))
-        };
-        let tc = TrainConfig {
-            steps: self.steps,
-            lr: self.lr,
-            warmup: (self.steps / 20).max(1),
-            weight_decay: 0.01,
-            clip: 1.0,
-            log_every: 0,
-            seed: self.seed,
-            ..TrainConfig::default()
-        };
-        let report = trainer.train(&tc, &mut source, RunControl::default())?;
-        let model = trainer.model().clone().with_tokenizer(tokenizer.clone());
-        Ok((model, report))
+        })?;
+        Ok((model.with_tokenizer(tokenizer.clone()), report))
     }
 }
 

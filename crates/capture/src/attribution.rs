@@ -10,6 +10,7 @@
 
 use candle_core::{DType, Tensor, D};
 use metarep_model::dla::{direct_logit_attribution, dla_filter, LogitTarget};
+use metarep_model::ops::rows_at;
 use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input, NormKind};
 use serde::Serialize;
 
@@ -105,7 +106,7 @@ pub fn answer_attribution(
         let u = unembed_directions(model, &cache, positions, targets)?;
         for l in 0..cfg.n_layers {
             mlps.push(label(&format!("{l}_mlp_out"))?);
-            let post = pick_rows(cache.get(HookPoint::MlpPost(l))?, positions)?; // [b, d_mlp]
+            let post = rows_at_f32(cache.get(HookPoint::MlpPost(l))?, positions)?; // [b, d_mlp]
             let w_out = model.w_out(l)?.to_dtype(DType::F32)?; // [d_mlp, d]
             let g = u.matmul(&w_out.t()?)?; // [b, d_mlp]
             let effect = (post * g)?.mean(0)?.to_vec1::<f32>()?;
@@ -123,14 +124,9 @@ pub fn answer_attribution(
     })
 }
 
-/// Rows `[r, positions[r], ..]` of `act: [batch, pos, k]` as `[batch, k]` (f32).
-fn pick_rows(act: &Tensor, positions: &[usize]) -> Result<Tensor> {
-    let rows = positions
-        .iter()
-        .enumerate()
-        .map(|(r, &p)| act.get(r)?.get(p))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    Ok(Tensor::stack(&rows, 0)?.to_dtype(DType::F32)?)
+/// [`rows_at`] in f32.
+fn rows_at_f32(act: &Tensor, positions: &[usize]) -> Result<Tensor> {
+    Ok(rows_at(act, positions)?.to_dtype(DType::F32)?)
 }
 
 /// Per prompt, the residual direction whose dot product with a residual write gives its direct
@@ -152,7 +148,7 @@ fn unembed_directions(
         if model.config().norm == NormKind::LayerNorm {
             u = u.broadcast_sub(&u.mean_keepdim(D::Minus1)?)?;
         }
-        let scale = pick_rows(cache.get(HookPoint::LnFinalScale)?, positions)?; // [b, 1]
+        let scale = rows_at_f32(cache.get(HookPoint::LnFinalScale)?, positions)?; // [b, 1]
         u = u.broadcast_div(&scale)?;
     }
     Ok(u)

@@ -7,15 +7,16 @@
 //! content, not positions, tells where the repeat is. Token ids are in `1..vocab` (0 is BOS).
 //! Batches depend only on `(step, seed)`.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use metarep_core::rng::{derive_seed, seeded};
-use metarep_model::train::{LmBatch, RunControl, TrainConfig, TrainReport, Trainer};
+use metarep_model::train::{LmBatch, TrainReport};
 use metarep_model::{HookedTransformer, ModelConfig};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::detectors::BOS;
 use crate::error::{Error, Result};
+use crate::recipe::train_fixture;
 
 /// Model shape and training settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -100,24 +101,12 @@ impl InductionSpec {
 
     /// Trains the model (f32, CPU).
     pub fn train(&self) -> Result<(HookedTransformer, TrainReport)> {
-        let mut trainer = Trainer::new(self.model_config(), self.seed, DType::F32, &Device::Cpu)?;
-        let mut source = |step: usize, seed: u64| -> metarep_model::Result<LmBatch> {
-            let t = self
-                .batch_tokens(step, seed)
-                .map_err(|e| metarep_model::Error::Invalid(e.to_string()))?;
-            LmBatch::next_token(&t)
-        };
-        let tc = TrainConfig {
-            steps: self.steps,
-            lr: self.lr,
-            warmup: (self.steps / 20).max(1),
-            weight_decay: 0.01,
-            clip: 1.0,
-            log_every: 0,
-            seed: self.seed,
-            ..TrainConfig::default()
-        };
-        let report = trainer.train(&tc, &mut source, RunControl::default())?;
-        Ok((trainer.model().clone(), report))
+        train_fixture(
+            self.model_config(),
+            self.seed,
+            self.steps,
+            self.lr,
+            |step, seed| LmBatch::next_token(&self.batch_tokens(step, seed)?).map_err(Into::into),
+        )
     }
 }

@@ -53,6 +53,7 @@ pub mod error;
 pub mod induction;
 pub mod patching;
 pub mod reader;
+mod recipe;
 pub mod store;
 pub mod tokenization;
 

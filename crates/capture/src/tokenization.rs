@@ -196,6 +196,29 @@ pub fn padded<T: AsRef<Framed>>(problems: &[T], pad: u32) -> Result<(Tensor, Ten
     ))
 }
 
+/// The prompts alone (each cut before its answer), right-padded with `pad` into `[batch, n]`
+/// u32, and each prompt's last position (where the first answer token is predicted).
+pub fn prompt_batch<T: AsRef<Framed>>(problems: &[T], pad: u32) -> Result<(Tensor, Vec<usize>)> {
+    let n = problems
+        .iter()
+        .map(|p| p.as_ref().answer_start)
+        .max()
+        .ok_or_else(|| Error::Invalid("no prompts to batch".into()))?;
+    let mut ids = Vec::with_capacity(problems.len() * n);
+    for p in problems {
+        let p = p.as_ref();
+        ids.extend_from_slice(&p.ids[..p.answer_start]);
+        ids.extend(std::iter::repeat_n(pad, n - p.answer_start));
+    }
+    Ok((
+        Tensor::from_vec(ids, (problems.len(), n), &Device::Cpu)?,
+        problems
+            .iter()
+            .map(|p| p.as_ref().answer_start - 1)
+            .collect(),
+    ))
+}
+
 /// The problems as an [`EvalSet`] whose mask counts the scored predictions (for staged
 /// ablations and scale sweeps).
 pub fn eval_set<T: AsRef<Framed>>(problems: &[T], pad: u32) -> Result<EvalSet> {

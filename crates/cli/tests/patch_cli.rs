@@ -55,32 +55,26 @@ fn patch_prints_layer_position_and_head_tables() {
     assert!(out.join("patch_heads.svg").is_file() && out.join("patch_resid.svg").is_file());
 
     // Text prompts need a tokenizer; unequal lengths are named with their line.
-    std::fs::write(
-        &pairs,
+    let failing = |lines: &str| -> String {
+        std::fs::write(&pairs, lines).unwrap();
+        let (ok, _, stderr) = metarep(&[
+            "patch",
+            "--model",
+            &fixture("induction-2l"),
+            "--pairs",
+            pairs.to_str().unwrap(),
+        ]);
+        assert!(!ok, "{lines}");
+        stderr
+    };
+    let stderr = failing(
         "{\"clean\": \"a b\", \"corrupted\": \"a c\", \"answer\": 1, \"alternative\": 2}\n",
-    )
-    .unwrap();
-    let (ok, _, stderr) = metarep(&[
-        "patch",
-        "--model",
-        &fixture("induction-2l"),
-        "--pairs",
-        pairs.to_str().unwrap(),
-    ]);
-    assert!(!ok && stderr.contains("no tokenizer.json"), "{stderr}");
-    std::fs::write(
-        &pairs,
+    );
+    assert!(stderr.contains("no tokenizer.json"), "{stderr}");
+    let stderr = failing(
         "{\"clean\": [0, 1, 2], \"corrupted\": [0, 1, 2], \"answer\": 1, \"alternative\": 2}\n{\"clean\": [0, 1], \"corrupted\": [0, 1], \"answer\": 1, \"alternative\": 2}\n",
-    )
-    .unwrap();
-    let (ok, _, stderr) = metarep(&[
-        "patch",
-        "--model",
-        &fixture("induction-2l"),
-        "--pairs",
-        pairs.to_str().unwrap(),
-    ]);
-    assert!(!ok && stderr.contains("pairs.jsonl:2"), "{stderr}");
+    );
+    assert!(stderr.contains("pairs.jsonl:2"), "{stderr}");
 }
 
 #[test]

@@ -236,6 +236,37 @@ pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     Ok(shifted.broadcast_sub(&lse)?)
 }
 
+/// One row per prompt: `t[r, positions[r], ...]` of `t: [batch, n, ...]` → `[batch, ...]` (e.g.
+/// each prompt's read-out position of a right-padded batch); an error names a bad position.
+pub fn rows_at(t: &Tensor, positions: &[usize]) -> Result<Tensor> {
+    let dims = t.dims().to_vec();
+    if dims.len() < 2 || positions.len() != dims[0] {
+        return Err(crate::Error::Invalid(format!(
+            "rows_at: {} positions for a tensor of shape {dims:?}",
+            positions.len()
+        )));
+    }
+    let (b, n) = (dims[0], dims[1]);
+    if let Some(p) = positions.iter().find(|&&p| p >= n) {
+        return Err(crate::Error::Invalid(format!(
+            "rows_at: position {p} is outside {n} positions"
+        )));
+    }
+    let rest: usize = dims[2..].iter().product();
+    let idx: Vec<u32> = positions
+        .iter()
+        .enumerate()
+        .map(|(r, &q)| (r * n + q) as u32)
+        .collect();
+    let idx = Tensor::from_vec(idx, b, t.device())?;
+    let mut out = vec![b];
+    out.extend_from_slice(&dims[2..]);
+    Ok(t.contiguous()?
+        .reshape((b * n, rest))?
+        .index_select(&idx, 0)?
+        .reshape(out)?)
+}
+
 /// [`softmax_last_dim`] as differentiable candle ops.
 pub fn softmax_composite(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?;
@@ -632,6 +663,21 @@ mod tests {
         let f = |x: f32| 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + GELU_A * x * x * x)).tanh());
         let fd = (f(0.5 + 1e-3) - f(0.5 - 1e-3)) / 2e-3;
         assert!((grad[1] - fd).abs() < 1e-3, "{grad:?} vs {fd}");
+    }
+
+    #[test]
+    fn rows_at_picks_one_position_per_prompt() {
+        let t = Tensor::arange(0f32, 24.0, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3, 4))
+            .unwrap();
+        let r = rows_at(&t, &[2, 0]).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(r, [[8.0, 9.0, 10.0, 11.0], [12.0, 13.0, 14.0, 15.0]]);
+        assert!(rows_at(&t, &[3, 0])
+            .unwrap_err()
+            .to_string()
+            .contains("position 3"));
+        assert!(rows_at(&t, &[0]).is_err());
     }
 
     #[test]

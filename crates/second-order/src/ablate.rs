@@ -23,8 +23,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::analysis::NeuronAnalysis;
 use crate::data::Representations;
+use crate::effects::readout_stream;
 use crate::error::{Error, Result};
-use crate::select::{final_with, masked_mean, real_positions, take_rows};
+use crate::select::{masked_mean, real_positions, take_rows};
 use crate::store::EffectIndex;
 
 /// One ablation's result.
@@ -242,7 +243,7 @@ fn mean_ablate(
     for chunk in all.chunks(index.chunk) {
         let tokens = take_rows(&reps.tokens, chunk)?;
         let pos: Vec<usize> = chunk.iter().map(|&i| positions[i]).collect();
-        let finals = final_with(model, &tokens, &pos, Interventions::new(list.clone()))?;
+        let finals = readout_stream(model, &tokens, &pos, &mut Interventions::new(list.clone()))?;
         total.add(measure(&finals, chunk)?);
     }
     Ok(total)

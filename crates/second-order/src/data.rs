@@ -15,7 +15,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, D};
-use metarep_capture::tokenization::{frame, Framed, Framing};
+use metarep_capture::tokenization::{frame, prompt_batch, Framed, Framing};
+use metarep_model::ops::rows_at;
 use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input, Tokenizer};
 use serde::{Deserialize, Serialize};
 
@@ -84,15 +85,31 @@ pub fn frame_all(
         .collect()
 }
 
-/// Greedy completion of each prompt for as many steps as its answer is scored, batched.
-fn greedy(model: &HookedTransformer, framed: &[Framed], pad: u32) -> Result<Vec<Vec<u32>>> {
-    let b = framed.len();
+/// Greedy completion of each prompt for as many steps as its answer is scored, batched; the
+/// first step's forward pass also gives the final normalised stream at each prompt's last
+/// position, returned as `[batch, d_model]` f32.
+fn greedy(
+    model: &HookedTransformer,
+    framed: &[Framed],
+    pad: u32,
+) -> Result<(Vec<Vec<u32>>, Tensor)> {
+    let (tokens, positions) = prompt_batch(framed, pad)?;
+    let (logits, cache) = model.run_with_cache(
+        Input::new(tokens),
+        HookFilter::Points(vec![HookPoint::LnFinalNormalized]),
+    )?;
+    let finals =
+        rows_at(cache.get(HookPoint::LnFinalNormalized)?, &positions)?.to_dtype(DType::F32)?;
+    let first = rows_at(&logits, &positions)?
+        .argmax(D::Minus1)?
+        .to_vec1::<u32>()?;
     let mut seqs: Vec<Vec<u32>> = framed
         .iter()
-        .map(|f| f.ids[..f.answer_start].to_vec())
+        .zip(first)
+        .map(|(f, t)| [&f.ids[..f.answer_start], &[t]].concat())
         .collect();
     let steps = framed.iter().map(|f| f.scored).max().unwrap_or(0);
-    for step in 0..steps {
+    for step in 1..steps {
         let n = seqs.iter().map(Vec::len).max().unwrap_or(1);
         let rows: Vec<Vec<u32>> = seqs
             .iter()
@@ -102,20 +119,23 @@ fn greedy(model: &HookedTransformer, framed: &[Framed], pad: u32) -> Result<Vec<
                 r
             })
             .collect();
-        let logits = model.forward(Input::from_ids(&rows, &Device::Cpu)?)?;
-        let next = logits.argmax(D::Minus1)?.to_vec2::<u32>()?;
-        for r in 0..b {
-            if step < framed[r].scored {
+        let next = model
+            .forward(Input::from_ids(&rows, &Device::Cpu)?)?
+            .argmax(D::Minus1)?
+            .to_vec2::<u32>()?;
+        for (r, f) in framed.iter().enumerate() {
+            if step < f.scored {
                 let at = seqs[r].len() - 1;
                 seqs[r].push(next[r][at]);
             }
         }
     }
-    Ok(seqs
+    let completions = seqs
         .into_iter()
         .zip(framed)
         .map(|(s, f)| s[f.answer_start..].to_vec())
-        .collect())
+        .collect();
+    Ok((completions, finals))
 }
 
 /// Runs stage 1 on `problems` in batches of `batch`.
@@ -140,11 +160,11 @@ pub fn evaluate(
             framed[i].ids.len() - 1
         )));
     }
-    let n = framed.iter().map(|f| f.answer_start).max().unwrap_or(1);
     let mut transcripts = Vec::with_capacity(problems.len());
     let mut finals = Vec::new();
     for (c, chunk) in framed.chunks(batch.max(1)).enumerate() {
-        let completions = greedy(model, chunk, framing.pad)?;
+        let (completions, chunk_finals) = greedy(model, chunk, framing.pad)?;
+        finals.push(chunk_finals);
         for (k, (f, done)) in chunk.iter().zip(&completions).enumerate() {
             let i = c * batch.max(1) + k;
             transcripts.push(Transcript {
@@ -155,39 +175,15 @@ pub fn evaluate(
                 validation: i.is_multiple_of(5),
             });
         }
-        let (tokens, positions) = prompts(chunk, framing.pad, n)?;
-        let (_, cache) = model.run_with_cache(
-            Input::new(tokens),
-            HookFilter::Points(vec![HookPoint::LnFinalNormalized]),
-        )?;
-        let normed = cache
-            .get(HookPoint::LnFinalNormalized)?
-            .to_dtype(DType::F32)?;
-        for (r, &p) in positions.iter().enumerate() {
-            finals.push(normed.get(r)?.get(p)?);
-        }
     }
-    let (tokens, positions) = prompts(&framed, framing.pad, n)?;
+    let (tokens, positions) = prompt_batch(&framed, framing.pad)?;
     Ok(Representations {
         transcripts,
         tokens,
         positions,
         answer_first: framed.iter().map(|f| f.ids[f.answer_start]).collect(),
-        final_normed: Tensor::stack(&finals, 0)?,
+        final_normed: Tensor::cat(&finals, 0)?,
     })
-}
-
-/// Prompts cut before their answers, right-padded to `n`, and their read-out positions.
-fn prompts(framed: &[Framed], pad: u32, n: usize) -> Result<(Tensor, Vec<usize>)> {
-    let mut ids = Vec::with_capacity(framed.len() * n);
-    for f in framed {
-        ids.extend_from_slice(&f.ids[..f.answer_start]);
-        ids.extend(std::iter::repeat_n(pad, n - f.answer_start));
-    }
-    Ok((
-        Tensor::from_vec(ids, (framed.len(), n), &Device::Cpu)?,
-        framed.iter().map(|f| f.answer_start - 1).collect(),
-    ))
 }
 
 impl Representations {

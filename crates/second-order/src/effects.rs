@@ -32,6 +32,7 @@
 use candle_core::{DType, Device, Tensor, D};
 use metarep_model::hooks::HookSet;
 use metarep_model::interventions::{Intervention, Interventions};
+use metarep_model::ops::rows_at;
 use metarep_model::{
     HookFilter, HookPoint, HookedTransformer, Input, LmHead, NoHooks, NormKind, RunTo,
 };
@@ -41,23 +42,6 @@ use crate::error::{Error, Result};
 /// `t` as f32 (a no-op when it already is).
 fn f32(t: &Tensor) -> Result<Tensor> {
     Ok(t.to_dtype(DType::F32)?)
-}
-
-/// Rows `t[r, positions[r]]` of `t: [batch, n, rest...]` → `[batch, rest...]`.
-fn at_positions(t: &Tensor, positions: &[usize]) -> Result<Tensor> {
-    let dims = t.dims().to_vec();
-    let (b, n) = (dims[0], dims[1]);
-    let rest: usize = dims[2..].iter().product();
-    let idx: Vec<u32> = positions
-        .iter()
-        .enumerate()
-        .map(|(r, &q)| (r * n + q) as u32)
-        .collect();
-    let idx = Tensor::from_vec(idx, b, t.device())?;
-    let flat = t.contiguous()?.reshape((b * n, rest))?;
-    let mut out_dims = vec![b];
-    out_dims.extend_from_slice(&dims[2..]);
-    Ok(flat.index_select(&idx, 0)?.reshape(out_dims)?)
 }
 
 /// `x − mean(x)` over the last dimension.
@@ -333,7 +317,7 @@ impl Readout {
         for l in 0..cfg.n_layers {
             // [b, h, q, k] → [b, q, h, k] → rows at the read-out queries [b, h, k].
             let pattern = f32(cache.get(HookPoint::Pattern(l))?)?;
-            let row = at_positions(&pattern.transpose(1, 2)?, positions)?;
+            let row = rows_at(&pattern.transpose(1, 2)?, positions)?;
             row_sums.push(row.sum(D::Minus1)?);
             let (_, n, _) = cache.get(HookPoint::Ln1Scale(l))?.dims3()?;
             let scale = f32(cache.get(HookPoint::Ln1Scale(l))?)?.reshape((b, 1, n))?;
@@ -349,8 +333,7 @@ impl Readout {
                 w: Some(f32(&ln.w)?),
                 b: ln.b.as_ref().map(f32).transpose()?,
                 scale: Some(
-                    at_positions(&f32(cache.get(HookPoint::LnFinalScale)?)?, positions)?
-                        .reshape(b)?,
+                    rows_at(&f32(cache.get(HookPoint::LnFinalScale)?)?, positions)?.reshape(b)?,
                 ),
             },
             None => FinalNorm {
@@ -463,7 +446,7 @@ impl Readout {
     pub fn direct(&self, layer: usize, neurons: &[usize]) -> Result<Tensor> {
         check_neurons(&self.model, layer, neurons)?;
         let idx = index(neurons, self.model.device())?;
-        let mut m = at_positions(&self.mlp_post[layer], &self.positions)?.index_select(&idx, 1)?;
+        let mut m = rows_at(&self.mlp_post[layer], &self.positions)?.index_select(&idx, 1)?;
         if let Some(s) = &self.final_norm.scale {
             m = m.broadcast_div(&s.reshape((self.batch, 1))?)?;
         }
@@ -534,14 +517,14 @@ impl Readout {
         };
         push(
             "embed".into(),
-            self.normalise(&at_positions(&self.embed, &self.positions)?)?,
+            self.normalise(&rows_at(&self.embed, &self.positions)?)?,
         );
         // Everything in the residual stream that is not a neuron write, at every position.
         let mut rest = self.embed.clone();
         if let Some(pe) = &self.pos_embed {
             push(
                 "pos_embed".into(),
-                self.normalise(&at_positions(pe, &self.positions)?)?,
+                self.normalise(&rows_at(pe, &self.positions)?)?,
             );
             rest = (rest + pe)?;
         }
@@ -565,7 +548,7 @@ impl Readout {
                     .reshape((b, n, d))?;
                 push(
                     format!("L{lp} neurons direct"),
-                    self.normalise(&at_positions(&write, &self.positions)?)?,
+                    self.normalise(&rows_at(&write, &self.positions)?)?,
                 );
                 let b_out = f32(&model.b_out(lp)?)?;
                 push(
@@ -590,14 +573,16 @@ impl Readout {
 
 /// The normalised read-out stream (after the final norm, with its bias) `[batch, d_model]` f32
 /// of a run with `hooks`.
-fn hidden_at<H: metarep_model::Hooks>(
+/// The normalised read-out stream (the final norm's output, what the unembedding reads) at
+/// `positions` `[batch, d_model]` f32, with `hooks` applied to the forward pass.
+pub fn readout_stream<H: metarep_model::Hooks>(
     model: &HookedTransformer,
     tokens: &Tensor,
     positions: &[usize],
     hooks: &mut H,
 ) -> Result<Tensor> {
     let hidden = model.run(&Input::new(tokens.clone()), hooks, RunTo::Hidden)?;
-    at_positions(&f32(&hidden)?, positions)
+    Ok(rows_at(&f32(&hidden)?, positions)?)
 }
 
 /// The naive (total) effect of neuron `neuron` of layer `layer` `[batch, d_model]` f32: the
@@ -615,9 +600,9 @@ pub fn naive_effect(
     check_model(model)?;
     check_prompts(tokens, positions)?;
     check_neurons(model, layer, &[neuron])?;
-    let clean = hidden_at(model, tokens, positions, &mut NoHooks)?;
+    let clean = readout_stream(model, tokens, positions, &mut NoHooks)?;
     let mut ablate = Interventions::new(vec![Intervention::zero_neurons(layer, &[neuron])]);
-    let ablated = hidden_at(model, tokens, positions, &mut ablate)?;
+    let ablated = readout_stream(model, tokens, positions, &mut ablate)?;
     Ok((clean - ablated)?)
 }
 
@@ -665,7 +650,7 @@ pub fn path_patched_effect(
     let input = Input::new(tokens.clone());
     let (clean, cache) =
         model.run_with_cache_to(&input, HookFilter::Points(points.clone()), RunTo::Hidden)?;
-    let clean = at_positions(&f32(&clean)?, positions)?;
+    let clean = rows_at(&f32(&clean)?, positions)?;
     // One run per free attention layer (`None`: every later attention layer frozen).
     let run = |free: Option<usize>| -> Result<Tensor> {
         let mut hooks = HookSet::new();
@@ -681,7 +666,7 @@ pub fn path_patched_effect(
             }
         }
         let ablate = Interventions::new(vec![Intervention::zero_neurons(layer, &[neuron])]);
-        let ablated = hidden_at(model, tokens, positions, &mut (ablate, hooks))?;
+        let ablated = readout_stream(model, tokens, positions, &mut (ablate, hooks))?;
         Ok((&clean - ablated)?)
     };
     let direct = run(None)?;

@@ -13,11 +13,11 @@
 
 use candle_core::{DType, Device, Tensor};
 use metarep_model::interventions::{Action, Intervention, Interventions};
-use metarep_model::{HookFilter, HookPoint, HookedTransformer, Hooks, Input};
+use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input};
 use serde::{Deserialize, Serialize};
 
 use crate::data::Representations;
-use crate::effects::Readout;
+use crate::effects::{readout_stream, Readout};
 use crate::error::{Error, Result};
 
 /// One layer's mean-ablation result.
@@ -66,48 +66,6 @@ pub struct NeuronSelection {
     pub selected: Vec<(usize, usize)>,
 }
 
-/// Applies `inner` and records the final normalised stream (`ln_final.hook_normalized`).
-pub(crate) struct Record<H> {
-    pub(crate) inner: H,
-    pub(crate) recorded: Option<Tensor>,
-}
-
-impl<H: Hooks> Hooks for Record<H> {
-    fn wants(&self, point: HookPoint) -> bool {
-        point == HookPoint::LnFinalNormalized || self.inner.wants(point)
-    }
-
-    fn apply(&mut self, point: HookPoint, act: Tensor) -> metarep_model::Result<Tensor> {
-        let act = if self.inner.wants(point) {
-            self.inner.apply(point, act)?
-        } else {
-            act
-        };
-        if point == HookPoint::LnFinalNormalized {
-            self.recorded = Some(act.clone());
-        }
-        Ok(act)
-    }
-}
-
-/// The final normalised stream `[b, d]` at `positions` with `hooks` applied.
-pub(crate) fn final_with<H: Hooks>(
-    model: &HookedTransformer,
-    tokens: &Tensor,
-    positions: &[usize],
-    hooks: H,
-) -> Result<Tensor> {
-    let mut rec = Record {
-        inner: hooks,
-        recorded: None,
-    };
-    model.run_with_hooks(Input::new(tokens.clone()), &mut rec)?;
-    let normed = rec
-        .recorded
-        .ok_or_else(|| Error::Unsupported("a model without a final norm".into()))?;
-    at_positions(&normed, positions)
-}
-
 /// Rows `idx` of `t`.
 pub(crate) fn take_rows(t: &Tensor, idx: &[usize]) -> Result<Tensor> {
     let ids = Tensor::from_vec(
@@ -132,16 +90,6 @@ pub(crate) fn masked_mean(act: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let act = act.to_dtype(DType::F32)?;
     let count = mask.sum_all()?.to_scalar::<f32>()? as f64;
     Ok((act.broadcast_mul(mask)?.sum((0, 1))? / count)?)
-}
-
-/// The rows `[b, d]` of `normed: [b, n, d]` at `positions`.
-pub(crate) fn at_positions(normed: &Tensor, positions: &[usize]) -> Result<Tensor> {
-    let rows = positions
-        .iter()
-        .enumerate()
-        .map(|(r, &p)| normed.get(r)?.get(p))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    Ok(Tensor::stack(&rows, 0)?.to_dtype(DType::F32)?)
 }
 
 /// Stage 3: mean-ablates each MLP layer on the validation split; keeps the `top` layers with
@@ -178,11 +126,11 @@ pub fn select_layers(
     let mut layers = Vec::with_capacity(cfg.n_layers);
     for l in 0..cfg.n_layers {
         let mean = masked_mean(cache.get(HookPoint::MlpOut(l))?, &mask)?;
-        let hooks = Interventions::new(vec![Intervention::new(
+        let mut hooks = Interventions::new(vec![Intervention::new(
             HookPoint::MlpOut(l),
             Action::Replace(mean),
         )]);
-        let normed = final_with(model, &tokens, &positions, hooks)?;
+        let normed = readout_stream(model, &tokens, &positions, &mut hooks)?;
         layers.push(LayerEffect {
             layer: l,
             delta_score: score(&normed)? - clean_score,
@@ -250,13 +198,9 @@ pub fn rank_neurons(
             add(&mut sum_sq, m.sqr()?.sum((0, 1))?)?;
             add(&mut sum_abs, m.abs()?.sum((0, 1))?)?;
             // Direct effects on the score: [b, k, d] · direction → [b, k].
-            let d = readout.direct(l, &all)?.matmul(
-                &direction
-                    .unsqueeze(0)?
-                    .unsqueeze(2)?
-                    .broadcast_as((chunk.len(), cfg.d_model, 1))?
-                    .contiguous()?,
-            )?;
+            let d = readout
+                .direct(l, &all)?
+                .broadcast_matmul(&direction.unsqueeze(1)?)?;
             add(&mut direct, d.squeeze(2)?.abs()?.sum(0)?)?;
         }
     }

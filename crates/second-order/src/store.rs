@@ -131,13 +131,7 @@ pub fn write_effects(
                 continue; // Written by an interrupted earlier run.
             }
             let scores = effects
-                .matmul(
-                    &direction
-                        .unsqueeze(0)?
-                        .unsqueeze(2)?
-                        .broadcast_as((idx.len(), cfg.d_model, 1))?
-                        .contiguous()?,
-                )?
+                .broadcast_matmul(&direction.unsqueeze(1)?)?
                 .squeeze(2)?;
             write_tensors(
                 &path,

@@ -22,11 +22,11 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use metarep_capture::arith::{framing, ArithSpec};
-use metarep_capture::tokenization::tokenize_all;
+use metarep_capture::tokenization::{prompt_batch, tokenize_all};
 use metarep_core::rng::seeded;
 use metarep_model::interventions::{Intervention, Interventions};
-use metarep_model::{HookedTransformer, Input, LoadOptions, ModelConfig, NoHooks, RunTo};
-use metarep_second_order::{naive_effect, path_patched_effect, Readout};
+use metarep_model::{HookedTransformer, LoadOptions, ModelConfig, NoHooks};
+use metarep_second_order::{naive_effect, path_patched_effect, readout_stream, Readout};
 use rand::Rng;
 use serde_json::json;
 
@@ -49,30 +49,6 @@ fn peak_rss_mib() -> f64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kib| kib / 1024.0)
-}
-
-/// The final normalised stream `[b, d]` at `positions` under an optional zeroed neuron.
-fn readout_hidden(
-    model: &HookedTransformer,
-    tokens: &Tensor,
-    positions: &[usize],
-    zero: Option<(usize, usize)>,
-) -> Result<Tensor, BoxError> {
-    let input = Input::new(tokens.clone());
-    let hidden = match zero {
-        Some((l, n)) => model.run(
-            &input,
-            &mut Interventions::new(vec![Intervention::zero_neurons(l, &[n])]),
-            RunTo::Hidden,
-        )?,
-        None => model.run(&input, &mut NoHooks, RunTo::Hidden)?,
-    };
-    let rows = positions
-        .iter()
-        .enumerate()
-        .map(|(r, &p)| hidden.get(r)?.get(p))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    Ok(Tensor::stack(&rows, 0)?.to_dtype(DType::F32)?)
 }
 
 fn norm(t: &Tensor) -> Result<f64, BoxError> {
@@ -99,9 +75,10 @@ fn case(
         single.push(t.elapsed().as_secs_f64());
         effects = Some((so, di));
         let t = Instant::now();
-        let clean = readout_hidden(model, tokens, positions, None)?;
+        let clean = readout_stream(model, tokens, positions, &mut NoHooks)?;
         for &n in neurons {
-            let _change = (&clean - readout_hidden(model, tokens, positions, Some((layer, n)))?)?;
+            let mut zero = Interventions::new(vec![Intervention::zero_neurons(layer, &[n])]);
+            let _change = (&clean - readout_stream(model, tokens, positions, &mut zero)?)?;
         }
         naive.push(t.elapsed().as_secs_f64());
     }
@@ -170,18 +147,7 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
         &ArithSpec::default().suite().sample(&mut seeded(1), 64)?,
         &fr,
     )?;
-    let len = problems
-        .iter()
-        .map(|p| p.framed.answer_start)
-        .max()
-        .unwrap_or(1);
-    let mut ids = Vec::new();
-    for p in &problems {
-        ids.extend_from_slice(&p.framed.ids[..p.framed.answer_start]);
-        ids.extend(std::iter::repeat_n(fr.pad, len - p.framed.answer_start));
-    }
-    let tokens = Tensor::from_vec(ids, (problems.len(), len), &Device::Cpu)?;
-    let positions: Vec<usize> = problems.iter().map(|p| p.framed.answer_start - 1).collect();
+    let (tokens, positions) = prompt_batch(&problems, fr.pad)?;
     let neurons: Vec<usize> = (0..n.min(arith.config().d_mlp)).collect();
     let small = case("arith", &arith, &tokens, &positions, 0, &neurons, reps)?;
     // Every neuron of the layer: the naive cost grows with N, the one pass hardly.

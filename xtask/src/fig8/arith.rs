@@ -15,13 +15,14 @@ use metarep_capture::attribution::answer_attribution;
 use metarep_capture::detectors::HeadScores;
 use metarep_capture::patching::{patch, PatchSet};
 use metarep_capture::tokenization::{
-    by_class, eval_set, score_problems, summarize, tokenize_all, Framing, GroupSummary,
-    ProblemScore, StressGrid, TokenClass, TokenizedProblem,
+    by_class, eval_set, prompt_batch, score_problems, summarize, tokenize_all, Framing,
+    GroupSummary, ProblemScore, StressGrid, TokenClass, TokenizedProblem,
 };
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_eval::plot::{Heatmap, LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
 use metarep_eval::tasks::text::Op;
+use metarep_model::ops::rows_at;
 use metarep_model::{HookedTransformer, Input, LoadOptions, NoHooks, Tokenizer};
 use serde::{Deserialize, Serialize};
 
@@ -319,32 +320,6 @@ fn prompt_table(
     out.table("fig8_arith_prompts", &t)
 }
 
-/// Prompts cut right before the answer (right-padded), the last prompt position of each and the
-/// first answer token.
-fn prompt_batch(
-    problems: &[TokenizedProblem],
-    pad: u32,
-) -> Result<(Tensor, Vec<usize>, Vec<u32>), BoxError> {
-    let n = problems
-        .iter()
-        .map(|p| p.framed.answer_start)
-        .max()
-        .unwrap_or(1);
-    let mut ids = Vec::with_capacity(problems.len() * n);
-    for p in problems {
-        ids.extend_from_slice(&p.framed.ids[..p.framed.answer_start]);
-        ids.extend(std::iter::repeat_n(pad, n - p.framed.answer_start));
-    }
-    Ok((
-        Tensor::from_vec(ids, (problems.len(), n), &candle_core::Device::Cpu)?,
-        problems.iter().map(|p| p.framed.answer_start - 1).collect(),
-        problems
-            .iter()
-            .map(|p| p.framed.ids[p.framed.answer_start])
-            .collect(),
-    ))
-}
-
 /// DLA of the first answer token: heat map per head, table of the top heads, MLPs and
 /// neurons; checks that the parts sum to the logit. Returns (check, top head, top neuron).
 #[allow(clippy::type_complexity)]
@@ -355,18 +330,24 @@ fn attribution(
     out: &mut ResultDir,
     dir: &Path,
 ) -> Result<(bool, (usize, usize), (usize, usize)), BoxError> {
-    let (tokens, positions, targets) = prompt_batch(problems, main.framing.pad)?;
+    let (tokens, positions) = prompt_batch(problems, main.framing.pad)?;
+    let targets: Vec<u32> = problems
+        .iter()
+        .map(|p| p.framed.ids[p.framed.answer_start])
+        .collect();
     let a = answer_attribution(&main.model, &tokens, &positions, &targets)?;
     // The logit itself, for the exactness check.
-    let logits = main
-        .model
-        .forward(Input::new(tokens.clone()))?
+    let at_readout = rows_at(&main.model.forward(Input::new(tokens.clone()))?, &positions)?
         .to_dtype(candle_core::DType::F32)?;
-    let mut actual = 0.0;
-    for (r, (&p, &t)) in positions.iter().zip(&targets).enumerate() {
-        actual += logits.get(r)?.get(p)?.get(t as usize)?.to_scalar::<f32>()? as f64;
-    }
-    actual /= positions.len() as f64;
+    let picked = at_readout.gather(
+        &Tensor::from_vec(
+            targets.clone(),
+            (targets.len(), 1),
+            &candle_core::Device::Cpu,
+        )?,
+        1,
+    )?;
+    let actual = picked.mean_all()?.to_scalar::<f32>()? as f64;
     let layer_gap = a
         .mlps
         .iter()

@@ -1,0 +1,35 @@
+//! The training recipe shared by the fixture models (induction-2l, arith): f32 on the CPU,
+//! AdamW with weight decay 0.01, 5% linear warmup then cosine decay, gradient clipping at 1,
+//! no logging.
+
+use candle_core::{DType, Device};
+use metarep_model::train::{LmBatch, RunControl, TrainConfig, TrainReport, Trainer};
+use metarep_model::{HookedTransformer, ModelConfig};
+
+use crate::error::Result;
+
+/// Trains a fresh `cfg` model under `seed` for `steps` at peak `lr` on `batch(step, seed)`.
+pub(crate) fn train_fixture(
+    cfg: ModelConfig,
+    seed: u64,
+    steps: usize,
+    lr: f64,
+    mut batch: impl FnMut(usize, u64) -> Result<LmBatch>,
+) -> Result<(HookedTransformer, TrainReport)> {
+    let mut trainer = Trainer::new(cfg, seed, DType::F32, &Device::Cpu)?;
+    let mut source = |step: usize, seed: u64| -> metarep_model::Result<LmBatch> {
+        batch(step, seed).map_err(|e| metarep_model::Error::Invalid(e.to_string()))
+    };
+    let tc = TrainConfig {
+        steps,
+        lr,
+        warmup: (steps / 20).max(1),
+        weight_decay: 0.01,
+        clip: 1.0,
+        log_every: 0,
+        seed,
+        ..TrainConfig::default()
+    };
+    let report = trainer.train(&tc, &mut source, RunControl::default())?;
+    Ok((trainer.model().clone(), report))
+}
