@@ -14,11 +14,12 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use metarep::core::rng::seeded;
+use metarep::core::train::RunControl;
 use metarep::eval::metrics::aurocs;
 use metarep::eval::tasks::grammar::{GrammarSpec, LATENTS};
 use metarep::model::{HookFilter, HookPoint, HookedTransformer, Input, LoadOptions};
 use metarep::sae::splice::splice_scores;
-use metarep::sae::{train, Architecture, RunControl, Sae, SaeConfig, TensorSource, TrainConfig};
+use metarep::sae::{train, Architecture, Sae, SaeConfig, SaeTrainConfig, TensorSource};
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -63,7 +64,7 @@ fn main() -> BoxResult<()> {
         &Device::Cpu,
     )?;
     // Unlisted settings take their defaults (reconstruction loss only, no resampling).
-    let tc: TrainConfig = serde_json::from_value(serde_json::json!(
+    let tc: SaeTrainConfig = serde_json::from_value(serde_json::json!(
         {"seed": 0, "batch": 1024, "steps": 600, "lr": 0.002, "warmup": 50, "log_every": 0}
     ))?;
     let report = train(

@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use metarep_capture::{capture, store_dir, CaptureSpec, TokenDataset};
 use metarep_core::config::load_config;
 use metarep_core::rng::{derive_seed, seeded};
+use metarep_core::train::RunControl;
 use metarep_eval::metrics::aurocs;
 use metarep_eval::plot::{LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
@@ -18,14 +19,14 @@ use metarep_eval::tasks::grammar::{
     GrammarSpec, Sample, ATTRACTOR, DOMAINS, LATENTS, PAST, SUBJECT_PLURAL, VERB_NEXT,
 };
 use metarep_model::ops::softmax_last_dim;
-use metarep_model::train::{LmBatch, RunControl as LmRun, TrainConfig as LmTrain, Trainer};
+use metarep_model::train::{LmBatch, LmTrainConfig as LmTrain, LmTrainer};
 use metarep_model::{
     HookFilter, HookPoint, HookedTransformer, Input, LoadOptions, ModelConfig, NoHooks,
 };
 use metarep_sae::baselines::{null_sae, random_directions};
 use metarep_sae::metrics::VarianceSums;
 use metarep_sae::splice::splice_scores;
-use metarep_sae::{train, Architecture, InputNorm, RunControl, Sae, SaeSpec, StoreSource};
+use metarep_sae::{train, Architecture, InputNorm, Sae, SaeSpec, StoreSource};
 use serde::{Deserialize, Serialize};
 
 use crate::output::ResultDir;
@@ -70,7 +71,7 @@ pub struct Sweep {
     /// TopK k values.
     pub ks: Vec<usize>,
     /// SAE training settings (shared).
-    pub train: metarep_sae::TrainConfig,
+    pub train: metarep_sae::SaeTrainConfig,
 }
 
 /// `configs/fig10.toml`.
@@ -110,7 +111,7 @@ pub fn train_lm(
     seed: u64,
 ) -> Result<HookedTransformer, BoxError> {
     let cfg = model_config(grammar, lm);
-    let mut trainer = Trainer::new(cfg, seed, DType::F32, &Device::Cpu)?;
+    let mut trainer = LmTrainer::new(cfg, seed, DType::F32, &Device::Cpu)?;
     let (batch, len) = (lm.batch, lm.n_ctx + 1);
     let mut source = |step: usize, seed: u64| -> metarep_model::Result<LmBatch> {
         let mut rng = seeded(derive_seed(seed, &format!("fig10/lm/step{step}")));
@@ -129,7 +130,7 @@ pub fn train_lm(
         seed,
         ..LmTrain::default()
     };
-    let report = trainer.train(&tc, &mut source, LmRun::default())?;
+    let report = trainer.train(&tc, &mut source, None, RunControl::default())?;
     println!(
         "  language model: {} steps, loss {:.3} → {:.3} ({:.0} s)",
         report.steps, report.first_loss, report.final_loss, report.seconds

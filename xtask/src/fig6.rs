@@ -9,7 +9,7 @@ use metarep_lat_cg::icl::{
     baseline_loss, cg_loss, gd_one_step_sensitivity, lat_loss, sensitivity_cosine, tuned_gd,
     tuned_gdpp, VonOswaldSetting,
 };
-use metarep_lat_cg::train::{IclAttention, TrainConfig};
+use metarep_lat_cg::train::{IclAttention, IclTrainConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::output::ResultDir;
@@ -32,7 +32,7 @@ pub struct Fig6Config {
     layers: Vec<usize>,
     held_out: usize,
     tuning_tasks: usize,
-    train: TrainConfig,
+    train: IclTrainConfig,
     softmax: SoftmaxConfig,
 }
 

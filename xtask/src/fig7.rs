@@ -14,7 +14,7 @@ use metarep_lat_cg::icl::{tuned_gd, VonOswaldSetting};
 use metarep_lat_cg::problem::{rbf_problem, KrrProblem, RbfProblemSpec};
 use metarep_lat_cg::reference::Preconditioner;
 use metarep_lat_cg::solver_probe::{probe_layers, ProbeRow, ProbeSet, Target};
-use metarep_lat_cg::train::TrainConfig;
+use metarep_lat_cg::train::IclTrainConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::output::ResultDir;
@@ -38,7 +38,7 @@ pub struct Fig7Config {
     probe_train_tasks: usize,
     probe_test_tasks: usize,
     tuning_tasks: usize,
-    train: TrainConfig,
+    train: IclTrainConfig,
     constructed: ConstructedConfig,
 }
 

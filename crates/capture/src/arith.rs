@@ -10,8 +10,9 @@
 //! stopped early on purpose (see [`ArithSpec::steps`]): the fixture must be sometimes wrong.
 
 use metarep_core::rng::{derive_seed, seeded};
+use metarep_core::train::RunReport;
 use metarep_eval::tasks::text::{ArithmeticSuite, Op, Tier};
-use metarep_model::train::{LmBatch, TrainReport};
+use metarep_model::train::LmBatch;
 use metarep_model::{HookedTransformer, ModelConfig, Tokenizer};
 use serde::{Deserialize, Serialize};
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
@@ -147,7 +148,7 @@ impl ArithSpec {
     }
 
     /// Trains the model (f32, CPU) with `tokenizer` and returns it with the tokenizer attached.
-    pub fn train(&self, tokenizer: &Tokenizer) -> Result<(HookedTransformer, TrainReport)> {
+    pub fn train(&self, tokenizer: &Tokenizer) -> Result<(HookedTransformer, RunReport)> {
         let cfg = self.model_config(tokenizer.vocab_size());
         let (model, report) = train_fixture(cfg, self.seed, self.steps, self.lr, |step, seed| {
             self.batch(tokenizer, step, seed)

@@ -9,7 +9,8 @@
 
 use candle_core::{Device, Tensor};
 use metarep_core::rng::{derive_seed, seeded};
-use metarep_model::train::{LmBatch, TrainReport};
+use metarep_core::train::RunReport;
+use metarep_model::train::LmBatch;
 use metarep_model::{HookedTransformer, ModelConfig};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -100,7 +101,7 @@ impl InductionSpec {
     }
 
     /// Trains the model (f32, CPU).
-    pub fn train(&self) -> Result<(HookedTransformer, TrainReport)> {
+    pub fn train(&self) -> Result<(HookedTransformer, RunReport)> {
         train_fixture(
             self.model_config(),
             self.seed,

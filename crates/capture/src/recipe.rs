@@ -3,7 +3,8 @@
 //! no logging.
 
 use candle_core::{DType, Device};
-use metarep_model::train::{LmBatch, RunControl, TrainConfig, TrainReport, Trainer};
+use metarep_core::train::{RunControl, RunReport};
+use metarep_model::train::{LmBatch, LmTrainConfig, LmTrainer};
 use metarep_model::{HookedTransformer, ModelConfig};
 
 use crate::error::Result;
@@ -15,12 +16,12 @@ pub(crate) fn train_fixture(
     steps: usize,
     lr: f64,
     mut batch: impl FnMut(usize, u64) -> Result<LmBatch>,
-) -> Result<(HookedTransformer, TrainReport)> {
-    let mut trainer = Trainer::new(cfg, seed, DType::F32, &Device::Cpu)?;
+) -> Result<(HookedTransformer, RunReport)> {
+    let mut trainer = LmTrainer::new(cfg, seed, DType::F32, &Device::Cpu)?;
     let mut source = |step: usize, seed: u64| -> metarep_model::Result<LmBatch> {
         batch(step, seed).map_err(|e| metarep_model::Error::Invalid(e.to_string()))
     };
-    let tc = TrainConfig {
+    let tc = LmTrainConfig {
         steps,
         lr,
         warmup: (steps / 20).max(1),
@@ -28,8 +29,8 @@ pub(crate) fn train_fixture(
         clip: 1.0,
         log_every: 0,
         seed,
-        ..TrainConfig::default()
+        ..LmTrainConfig::default()
     };
-    let report = trainer.train(&tc, &mut source, RunControl::default())?;
+    let report = trainer.train(&tc, &mut source, None, RunControl::default())?;
     Ok((trainer.model().clone(), report))
 }

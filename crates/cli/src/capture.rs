@@ -61,13 +61,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         model_name: args.model.clone(),
         max_contexts: args.max_contexts,
     };
-    let bar = indicatif::ProgressBar::new(data.tokens() as u64);
-    if std::env::var_os("METAREP_NO_PROGRESS").is_some() {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    bar.set_style(indicatif::ProgressStyle::with_template(
-        "{bar:40} {pos}/{len} tokens ({per_sec}, eta {eta})",
-    )?);
+    let bar = metarep_core::progress::bar(data.tokens() as u64, "tokens");
     let report = capture(&model, &data, &args.out, &spec, |done, _| {
         bar.set_position(done as u64)
     })?;

@@ -8,7 +8,7 @@
 //!
 //! Activations (`--acts`): a `.npy` array or a `.safetensors` file (`--key` names the tensor;
 //! default `activations`), `[rows, d_in]` or `[sequences, positions, d_in]`. Every setting
-//! has a flag; any other field of the config (`[sae]` = `SaeSpec`, `[train]` = `TrainConfig`)
+//! has a flag; any other field of the config (`[sae]` = `SaeSpec`, `[train]` = `SaeTrainConfig`)
 //! can be given in `--config FILE.toml` or as `--set train.loss.l1_warmup=1000`.
 
 use std::error::Error;
@@ -18,12 +18,13 @@ use candle_core::{DType, Device};
 use metarep_capture::StoreMeta;
 use metarep_core::config::parse_config;
 use metarep_core::fsutil::write_json_pretty;
+use metarep_core::train::RunControl;
 use metarep_model::{HookPoint, HookedTransformer, Input, LoadOptions};
 use metarep_sae::metrics::{evaluate, EvalConfig};
 use metarep_sae::saelens::{export, import, SaeLensInfo};
 use metarep_sae::splice::{splice_scores, SpliceScores};
 use metarep_sae::{
-    load_activations, train, ActivationSource, RunControl, Sae, SaeSpec, StoreSource, TrainConfig,
+    load_activations, train, ActivationSource, Sae, SaeSpec, SaeTrainConfig, StoreSource,
 };
 use serde::{Deserialize, Serialize};
 
@@ -99,6 +100,10 @@ struct TrainArgs {
     /// Continue from `--out/checkpoint`.
     #[arg(long)]
     resume: bool,
+    /// With `--resume`: continue although the SAE or training config differs from the
+    /// checkpoint's (refused otherwise, naming the differing keys).
+    #[arg(long, requires = "resume")]
+    accept_config_change: bool,
     /// Hook point recorded in the exported cfg.json (e.g. `blocks.6.hook_resid_post`;
     /// default: the store's hook when `--acts` is a store).
     #[arg(long, default_value = "")]
@@ -149,7 +154,7 @@ struct EvalArgs {
 #[serde(deny_unknown_fields)]
 struct TrainFile {
     sae: SaeSpec,
-    train: TrainConfig,
+    train: SaeTrainConfig,
 }
 
 /// Defaults of `metarep sae train` (each overridable by a flag, `--config` or `--set`).
@@ -254,7 +259,10 @@ fn run_train(mut a: TrainArgs) -> Result<(), Box<dyn Error>> {
     };
     let mut sae = Sae::new(config, file.train.seed, DType::F32, &Device::Cpu)?;
     std::fs::create_dir_all(&a.out).map_err(|e| format!("creating {}: {e}", a.out.display()))?;
-    write_json_pretty(&a.out.join("config.json"), &file)?;
+    // A resumed run's config is recorded only once the checkpoint has accepted it.
+    if !a.resume {
+        write_json_pretty(&a.out.join("config.json"), &file)?;
+    }
     println!(
         "training a {} SAE: d_in {d_in}, d_sae {}, on {rows} rows from {}",
         config.architecture.name(),
@@ -269,8 +277,12 @@ fn run_train(mut a: TrainArgs) -> Result<(), Box<dyn Error>> {
             out: Some(&a.out),
             resume: a.resume,
             stop_at: None,
+            accept_config_change: a.accept_config_change,
         },
     )?;
+    if a.resume {
+        write_json_pretty(&a.out.join("config.json"), &file)?;
+    }
     let info = SaeLensInfo::for_hook(&a.model, &a.hook);
     let dir = a.out.join("sae");
     export(&sae, &dir, &info)?;

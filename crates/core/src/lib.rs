@@ -2,9 +2,10 @@
 //! ([`DeviceSpec`]), float precision policy ([`DTypePolicy`]), seeded randomness ([`rng`]),
 //! TOML configs with `key.path=value` overrides and strict unknown-key errors ([`config`]),
 //! run manifests ([`RunManifest`]), metrics files ([`MetricsSink`], [`FlatMetrics`]),
-//! atomic file writes ([`fsutil`]), safetensors checkpoints ([`checkpoint`]) and the shared
-//! optimiser pieces (AdamW, warmup + cosine schedule, gradient clipping: [`optim`]), all
-//! reporting failures through one [`Error`] type.
+//! atomic file writes ([`fsutil`]), safetensors checkpoints ([`checkpoint`]), the shared
+//! optimiser pieces (AdamW, warmup + cosine schedule, gradient clipping: [`optim`]), the one
+//! training run loop every trainer uses (resume, checkpoints, metrics log: [`train`]) and
+//! progress bars ([`progress`]), all reporting failures through one [`Error`] type.
 //!
 //! ```
 //! use metarep_core::{config, rng, DTypePolicy, DeviceSpec, FlatMetrics, RunManifest};
@@ -42,8 +43,10 @@ pub mod fsutil;
 pub mod manifest;
 pub mod metrics;
 pub mod optim;
+pub mod progress;
 pub mod rng;
 pub mod time;
+pub mod train;
 
 pub use checkpoint::{load_checkpoint, save_checkpoint};
 pub use config::{canonical_json, config_hash, load_config, parse_config};

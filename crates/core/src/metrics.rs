@@ -73,6 +73,30 @@ impl MetricsSink {
     }
 }
 
+/// Cuts the JSONL log at `path` back to the lines whose `step` is below `step` (what a run
+/// resuming from a checkpoint of step `step` keeps); lines without a step and lines cut short
+/// by an interruption are dropped. A missing file is left missing. Atomic.
+pub fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+    if !path.is_file() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut kept = String::new();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v.get("step")
+            .and_then(|s| s.as_u64())
+            .is_some_and(|s| s < step as u64)
+        {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    crate::fsutil::atomic_write(path, kept.as_bytes())
+}
+
 impl Drop for MetricsSink {
     fn drop(&mut self) {
         // Errors cannot be reported from drop; call `flush()` explicitly to see them.

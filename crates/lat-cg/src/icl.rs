@@ -6,6 +6,7 @@
 
 use candle_core::{DType, Device, Var};
 use metarep_core::rng::{derive_seed, seeded};
+use metarep_core::train::{RunControl, RunReport};
 use metarep_eval::baselines::{
     ConjugateGradient, GdPlusPlus, GradientDescent, Predictor, StepSize,
 };
@@ -14,10 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::reference::Preconditioner;
-use crate::train::{
-    icl_batch, train, IclAttention, IclLatConfig, RunControl, TrainConfig, TrainReport,
-    TrainableLat,
-};
+use crate::train::{icl_batch, train, IclAttention, IclLatConfig, IclTrainConfig, TrainableLat};
 
 /// Peak learning rate that trains the softmax variant (1–2 layers, 2 heads) in this setting; not
 /// depth-scaled. At 1 layer, lr 0.02 / 0.01 / 0.005 gave held-out loss 1.16 / 1.16 / 0.865.
@@ -33,7 +31,7 @@ pub struct VonOswaldSetting {
     /// Held-out tasks for evaluation.
     pub held_out: usize,
     /// Optimiser settings.
-    pub train: TrainConfig,
+    pub train: IclTrainConfig,
 }
 
 impl Default for VonOswaldSetting {
@@ -42,7 +40,7 @@ impl Default for VonOswaldSetting {
             dim: 10,
             n_support: 10,
             held_out: 10_000,
-            train: TrainConfig {
+            train: IclTrainConfig {
                 steps: 4000,
                 batch: 256,
                 lr: 2e-2,
@@ -101,7 +99,7 @@ impl VonOswaldSetting {
         layers: usize,
         seed: u64,
         out: Option<&std::path::Path>,
-    ) -> Result<(TrainableLat, TrainReport)> {
+    ) -> Result<(TrainableLat, RunReport)> {
         self.train_model(self.model(layers, 1, IclAttention::Linear), seed, out)
     }
 
@@ -112,7 +110,7 @@ impl VonOswaldSetting {
         config: IclLatConfig,
         seed: u64,
         out: Option<&std::path::Path>,
-    ) -> Result<(TrainableLat, TrainReport)> {
+    ) -> Result<(TrainableLat, RunReport)> {
         let device = Device::Cpu;
         let model =
             TrainableLat::new(config, 0.02, derive_seed(seed, "init"), DType::F32, &device)?;

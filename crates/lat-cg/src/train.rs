@@ -5,18 +5,19 @@
 //! the prediction is the query's `y` channel after the last layer; the loss is `0.5 · MSE`.
 //! Weights are candle [`Var`]s used through the same [`Lat`] forward pass as constructions.
 //!
-//! Training uses AdamW with checkpointed moments, linear warmup then cosine decay and global-norm
-//! gradient clipping (all from [`metarep_core::optim`]), a checkpoint every N steps with exact resume
-//! (each step's batch is drawn from a generator seeded by `(seed, step)`), a progress bar and a
-//! JSONL metrics log.
+//! Training uses AdamW with checkpointed moments and global-norm gradient clipping (from
+//! [`metarep_core::optim`]) in the run loop of [`metarep_core::train`] (warmup + cosine
+//! schedule, checkpoints with exact resume, the JSONL metrics log, progress bar); each step's
+//! batch is drawn from a generator seeded by `(seed, step)`.
 
-use std::path::Path;
+use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
-use metarep_core::checkpoint::{load_checkpoint, save_checkpoint};
-use metarep_core::metrics::MetricsSink;
 use metarep_core::optim::{clip_grad_norm, gradients, AdamW, WarmupCosine};
 use metarep_core::rng::{derive_seed, seeded};
+use metarep_core::train::{
+    run, Checkpoint, Plan, RunControl, RunReport, StepContext, StepOutput, TrainStep,
+};
 use metarep_eval::tasks::linear::RegressionTask;
 use serde::{Deserialize, Serialize};
 
@@ -211,7 +212,7 @@ impl TrainableLat {
 
 /// Optimiser and schedule settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct TrainConfig {
+pub struct IclTrainConfig {
     /// Optimisation steps.
     pub steps: usize,
     /// Problems per batch.
@@ -224,15 +225,15 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     /// Global gradient-norm clip (0 = off).
     pub clip: f64,
-    /// Checkpoint every this many steps (0 = never).
+    /// Checkpoint every this many steps (0 = only at the end of a run with an output dir).
     pub checkpoint_every: usize,
-    /// Log a metrics line every this many steps.
+    /// Log a metrics line every this many steps (0 = never).
     pub log_every: usize,
     /// Seed of the data stream.
     pub seed: u64,
 }
 
-impl TrainConfig {
+impl IclTrainConfig {
     /// Its learning-rate schedule: linear warmup, then cosine decay to 0 at `steps`.
     pub fn schedule(&self) -> WarmupCosine {
         WarmupCosine {
@@ -246,134 +247,76 @@ impl TrainConfig {
     pub fn lr_at(&self, step: usize) -> f64 {
         self.schedule().lr_at(step)
     }
-}
 
-/// Summary of a training run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainReport {
-    /// Step the run started from (0, or the resumed checkpoint's step).
-    pub start_step: usize,
-    /// Steps completed in total (the step it stopped at).
-    pub steps: usize,
-    /// Loss on the last batch.
-    pub final_loss: f64,
-    /// Wall time of this run in seconds.
-    pub seconds: f64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct CheckpointState {
-    step: usize,
-    adam_t: usize,
-    model: IclLatConfig,
-    train: TrainConfig,
-}
-
-/// Where a training run writes and how it starts and stops.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RunControl<'a> {
-    /// Output directory: `metrics.jsonl` and `checkpoint/` (none: nothing written).
-    pub out: Option<&'a Path>,
-    /// Continue from `out/checkpoint`.
-    pub resume: bool,
-    /// Stop after this many steps in total (as if interrupted); the schedule still spans
-    /// `TrainConfig::steps`.
-    pub stop_at: Option<usize>,
+    /// The run loop's plan.
+    pub fn plan(&self) -> Plan {
+        Plan {
+            checkpoint_every: self.checkpoint_every,
+            log_every: self.log_every,
+            ..Plan::new(self.steps, self.schedule())
+        }
+    }
 }
 
 /// Trains `model` with batches from `sample(step_seed)`; with an output directory it logs
-/// `metrics.jsonl` and checkpoints into `out/checkpoint`, from which `resume` continues.
+/// `metrics.jsonl` and checkpoints into `out/checkpoint`, from which `resume` continues (with
+/// the same model shape and training config).
 pub fn train(
     model: &TrainableLat,
-    cfg: &TrainConfig,
+    cfg: &IclTrainConfig,
     sample: impl Fn(u64) -> Result<IclBatch>,
-    run: RunControl,
-) -> Result<TrainReport> {
-    let RunControl {
-        out,
-        resume,
-        stop_at,
-    } = run;
-    if cfg.steps == 0 || cfg.batch == 0 {
-        return Err(Error::invalid(
-            "train config",
-            "steps and batch must be ≥ 1",
-        ));
+    control: RunControl,
+) -> Result<RunReport> {
+    if cfg.batch == 0 {
+        return Err(Error::invalid("train config", "batch must be ≥ 1"));
     }
-    let mut adam = AdamW::new(&model.params, cfg.weight_decay)?;
-    let mut start = 0;
-    let ckpt_dir = out.map(|o| o.join("checkpoint"));
-    if resume {
-        let dir = ckpt_dir
-            .as_ref()
-            .ok_or_else(|| Error::invalid("resume", "needs an output directory"))?;
-        let device = model.params[0].1.device().clone();
-        let (tensors, state): (_, CheckpointState) = load_checkpoint(dir, &device)?;
-        if state.model != model.config {
-            return Err(Error::invalid(
-                "checkpoint",
-                format!("model {:?} does not match {:?}", state.model, model.config),
-            ));
-        }
-        adam.restore(&model.params, &tensors, state.adam_t)?;
-        start = state.step;
-    }
-    let mut sink = match out {
-        Some(o) => {
-            let path = o.join("metrics.jsonl");
-            Some(if resume {
-                MetricsSink::append(&path)?
-            } else {
-                MetricsSink::create(&path)?
-            })
-        }
-        None => None,
+    let mut steps = IclSteps {
+        adam: AdamW::new(&model.params, cfg.weight_decay)?,
+        model,
+        cfg,
+        sample,
     };
-    let bar = indicatif::ProgressBar::new(cfg.steps as u64);
-    bar.set_position(start as u64);
-    if std::env::var_os("METAREP_NO_PROGRESS").is_some() {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    let config = serde_json::json!({ "model": model.config, "train": cfg });
+    run(&mut steps, &cfg.plan(), &config, control)
+}
+
+/// One in-context training run: the model, its optimiser and the data.
+struct IclSteps<'a, F> {
+    model: &'a TrainableLat,
+    adam: AdamW,
+    cfg: &'a IclTrainConfig,
+    sample: F,
+}
+
+impl<F: Fn(u64) -> Result<IclBatch>> TrainStep for IclSteps<'_, F> {
+    type Error = Error;
+
+    fn step(&mut self, ctx: &StepContext) -> Result<StepOutput> {
+        let batch = (self.sample)(derive_seed(self.cfg.seed, &format!("batch/{}", ctx.step)))?;
+        let params = &self.model.params;
+        let loss = self.model.loss(&batch)?;
+        let (grads, norm) = clip_grad_norm(&gradients(&loss, params)?, self.cfg.clip)?;
+        self.adam.step(params, &grads, ctx.lr)?;
+        let loss = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        Ok(StepOutput::loss(loss).with("grad_norm", norm))
     }
-    let clock = std::time::Instant::now();
-    let mut final_loss = f64::NAN;
-    let end = stop_at.unwrap_or(cfg.steps).min(cfg.steps);
-    for step in start..end {
-        let batch = sample(derive_seed(cfg.seed, &format!("batch/{step}")))?;
-        let loss = model.loss(&batch)?;
-        let (gs, norm) = clip_grad_norm(&gradients(&loss, &model.params)?, cfg.clip)?;
-        adam.step(&model.params, &gs, cfg.lr_at(step))?;
-        final_loss = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if !final_loss.is_finite() {
-            return Err(Error::invalid(
-                "training",
-                format!("loss became {final_loss} at step {step}"),
-            ));
-        }
-        if let Some(s) = sink.as_mut() {
-            if cfg.log_every > 0 && (step % cfg.log_every == 0 || step + 1 == cfg.steps) {
-                s.log(&serde_json::json!({"step": step, "loss": final_loss, "grad_norm": norm, "lr": cfg.lr_at(step)}))?;
-            }
-        }
-        let done = step + 1;
-        if let Some(dir) = ckpt_dir.as_ref() {
-            if cfg.checkpoint_every > 0 && (done % cfg.checkpoint_every == 0 || done == end) {
-                let tensors = adam.checkpoint_tensors(&model.params);
-                let state = CheckpointState {
-                    step: done,
-                    adam_t: adam.t,
-                    model: model.config,
-                    train: *cfg,
-                };
-                save_checkpoint(dir, &tensors, &state)?;
-            }
-        }
-        bar.inc(1);
+
+    fn checkpoint(&self) -> Result<Checkpoint> {
+        let tensors = self.adam.checkpoint_tensors(&self.model.params);
+        Ok(Checkpoint::new(tensors, self.adam.t)?)
     }
-    bar.finish_and_clear();
-    Ok(TrainReport {
-        start_step: start,
-        steps: end,
-        final_loss,
-        seconds: clock.elapsed().as_secs_f64(),
-    })
+
+    fn restore(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        state: serde_json::Value,
+    ) -> Result<()> {
+        let t: usize = serde_json::from_value(state)
+            .map_err(|e| Error::invalid("checkpoint state", e.to_string()))?;
+        Ok(self.adam.restore(&self.model.params, tensors, t)?)
+    }
+
+    fn device(&self) -> Device {
+        self.model.params[0].1.device().clone()
+    }
 }

@@ -188,7 +188,7 @@ pub fn hub_files(id: &str, opts: &LoadOptions) -> Result<ModelFiles> {
         ));
     }
     let api = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(cache_path.clone()))
-        .with_progress(std::env::var_os("METAREP_NO_PROGRESS").is_none())
+        .with_progress(metarep_core::progress::enabled())
         .build()
         .map_err(|e| Error::Hub {
             id: id.to_string(),

@@ -1,8 +1,8 @@
 //! A small-model trainer: next-token cross-entropy through the same [`HookedTransformer`]
-//! forward pass (weights are candle [`Var`]s), AdamW with checkpointed moments, linear warmup
-//! then cosine decay, global-norm gradient clipping (all from [`metarep_core::optim`]), a
-//! checkpoint every N steps with exact resume, a JSONL metrics log, optional periodic
-//! evaluation, and a progress bar (hidden when `METAREP_NO_PROGRESS` is set).
+//! forward pass (weights are candle [`Var`]s), AdamW with checkpointed moments and global-norm
+//! gradient clipping (from [`metarep_core::optim`]), run by [`metarep_core::train::run`]
+//! (warmup + cosine schedule, checkpoints with exact resume, the JSONL metrics log, optional
+//! periodic evaluation, progress bar).
 //!
 //! Data comes from a [`BatchSource`]: the batch of step `s` must depend only on `(s, seed)`, so
 //! that a resumed run sees exactly the batches an uninterrupted one would. Tasks plug in their
@@ -12,33 +12,34 @@
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
-//! use metarep_model::train::{LmBatch, RunControl, TrainConfig, Trainer};
+//! use metarep_core::train::RunControl;
+//! use metarep_model::train::{LmBatch, LmTrainConfig, LmTrainer};
 //! use metarep_model::ModelConfig;
 //!
 //! # fn main() -> metarep_model::Result<()> {
 //! let mut cfg = ModelConfig::gpt2_like(1, 16, 2, 8, 8);
 //! cfg.attn_only = true;
-//! let mut trainer = Trainer::new(cfg, 0, DType::F32, &Device::Cpu)?;
+//! let mut trainer = LmTrainer::new(cfg, 0, DType::F32, &Device::Cpu)?;
 //! // Every sequence counts up modulo 8 from a step-dependent start.
 //! let mut source = |step: usize, _seed: u64| {
 //!     let rows: Vec<u32> = (0..4).flat_map(|b| (0..8).map(move |p| ((step + b + p) % 8) as u32)).collect();
 //!     LmBatch::next_token(&Tensor::from_vec(rows, (4, 8), &Device::Cpu)?)
 //! };
-//! let tc = TrainConfig { steps: 30, lr: 0.03, warmup: 3, ..TrainConfig::default() };
-//! let report = trainer.train(&tc, &mut source, RunControl::default())?;
+//! let tc = LmTrainConfig { steps: 30, lr: 0.03, warmup: 3, ..LmTrainConfig::default() };
+//! let report = trainer.train(&tc, &mut source, None, RunControl::default())?;
 //! assert!(report.final_loss < report.first_loss);
 //! # Ok(())
 //! # }
 //! ```
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use metarep_core::checkpoint::{load_checkpoint, save_checkpoint};
-use metarep_core::metrics::MetricsSink;
 use metarep_core::optim::{clip_grad_norm, gradients, AdamW, WarmupCosine};
 use metarep_core::rng::derive_seed;
+use metarep_core::train::{
+    run, Checkpoint, Plan, RunControl, RunReport, StepContext, StepOutput, TrainStep,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ModelConfig;
@@ -137,7 +138,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, mask: Option<&Tensor>) -
 /// Optimiser, schedule, checkpointing and logging settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TrainConfig {
+pub struct LmTrainConfig {
     /// Optimisation steps.
     pub steps: usize,
     /// Peak learning rate.
@@ -152,15 +153,15 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Log a metrics line every this many steps (0 = never).
     pub log_every: usize,
-    /// Evaluate every this many steps (0 = never; needs an evaluator in [`RunControl`]).
+    /// Evaluate every this many steps (0 = only after the last; needs an [`Evaluator`]).
     pub eval_every: usize,
     /// Seed passed to the batch source.
     pub seed: u64,
 }
 
-impl Default for TrainConfig {
+impl Default for LmTrainConfig {
     fn default() -> Self {
-        TrainConfig {
+        LmTrainConfig {
             steps: 1000,
             lr: 1e-3,
             warmup: 100,
@@ -174,7 +175,7 @@ impl Default for TrainConfig {
     }
 }
 
-impl TrainConfig {
+impl LmTrainConfig {
     /// The learning-rate schedule.
     pub fn schedule(&self) -> WarmupCosine {
         WarmupCosine {
@@ -183,58 +184,31 @@ impl TrainConfig {
             steps: self.steps,
         }
     }
+
+    /// The run loop's plan.
+    pub fn plan(&self) -> Plan {
+        Plan {
+            steps: self.steps,
+            schedule: self.schedule(),
+            checkpoint_every: self.checkpoint_every,
+            log_every: self.log_every,
+            eval_every: self.eval_every,
+        }
+    }
 }
 
-/// An evaluation callback: `(model, step)` → named metrics, logged to `metrics.jsonl`.
+/// An evaluation callback: `(model, steps done)` → named metrics, logged to `metrics.jsonl`
+/// as `eval.*` every [`LmTrainConfig::eval_every`] steps and after the last.
 pub type Evaluator<'a> = &'a mut dyn FnMut(&HookedTransformer, usize) -> Result<Vec<(String, f64)>>;
 
-/// Where a run writes and how it starts and stops.
-#[derive(Default)]
-pub struct RunControl<'a> {
-    /// Output directory: `metrics.jsonl` and `checkpoint/` (none: nothing written).
-    pub out: Option<&'a Path>,
-    /// Continue from `out/checkpoint`.
-    pub resume: bool,
-    /// Stop after this many steps in total (as if interrupted; the schedule still spans
-    /// `TrainConfig::steps`).
-    pub stop_at: Option<usize>,
-    /// Called every `TrainConfig::eval_every` steps and at the end.
-    pub eval: Option<Evaluator<'a>>,
-}
-
-/// Summary of a run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainReport {
-    /// Step the run started from (0, or the checkpoint's step).
-    pub start_step: usize,
-    /// Step it stopped at.
-    pub steps: usize,
-    /// Loss of the first batch of this run.
-    pub first_loss: f64,
-    /// Loss of the last batch.
-    pub final_loss: f64,
-    /// Last evaluation metrics, if any.
-    pub eval: Vec<(String, f64)>,
-    /// Wall time of this run in seconds.
-    pub seconds: f64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct CheckpointState {
-    step: usize,
-    adam_t: usize,
-    model: ModelConfig,
-    train: TrainConfig,
-}
-
 /// A model being trained: its parameters are [`Var`]s shared with the model's weights.
-pub struct Trainer {
+pub struct LmTrainer {
     cfg: ModelConfig,
     params: Vec<(String, Var)>,
     model: HookedTransformer,
 }
 
-impl Trainer {
+impl LmTrainer {
     /// A freshly initialised model (TransformerLens's default initialisation, see
     /// [`crate::init`]) from `seed`.
     pub fn new(cfg: ModelConfig, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
@@ -280,115 +254,73 @@ impl Trainer {
         cross_entropy(&logits, &batch.targets, batch.loss_mask.as_ref())
     }
 
-    /// Trains for `tc.steps` (or up to `run.stop_at`) on batches from `source`.
+    /// Trains for `tc.steps` (or up to `run.stop_at`) on batches from `source`, evaluating
+    /// with `eval` when given. A resumed run must use the same model and training config.
     pub fn train(
         &mut self,
-        tc: &TrainConfig,
+        tc: &LmTrainConfig,
         source: &mut dyn BatchSource,
-        mut run: RunControl,
-    ) -> Result<TrainReport> {
-        if tc.steps == 0 {
-            return Err(Error::Invalid("train config: steps must be ≥ 1".into()));
-        }
-        let mut adam = AdamW::new(&self.params, tc.weight_decay)?;
-        let ckpt_dir: Option<PathBuf> = run.out.map(|o| o.join("checkpoint"));
-        let mut start = 0;
-        if run.resume {
-            let dir = ckpt_dir
-                .as_ref()
-                .ok_or_else(|| Error::Invalid("resume needs an output directory".into()))?;
-            let device = self.model.device().clone();
-            let (tensors, state): (_, CheckpointState) = load_checkpoint(dir, &device)?;
-            if state.model != self.cfg {
-                return Err(Error::Invalid(format!(
-                    "checkpoint {} was written for a different model config",
-                    dir.display()
-                )));
-            }
-            adam.restore(&self.params, &tensors, state.adam_t)?;
-            start = state.step;
-        }
-        let mut sink = match run.out {
-            Some(o) => {
-                let path = o.join("metrics.jsonl");
-                Some(if run.resume {
-                    MetricsSink::append(&path)?
-                } else {
-                    MetricsSink::create(&path)?
-                })
-            }
-            None => None,
-        };
-        let end = run.stop_at.unwrap_or(tc.steps).min(tc.steps);
-        let bar = indicatif::ProgressBar::new(tc.steps as u64);
-        if std::env::var_os("METAREP_NO_PROGRESS").is_some() {
-            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-        }
-        bar.set_position(start as u64);
-        let schedule = tc.schedule();
-        let clock = std::time::Instant::now();
-        let (mut first_loss, mut final_loss) = (f64::NAN, f64::NAN);
-        let mut eval = Vec::new();
-        for step in start..end {
-            let batch = source.batch(step, derive_seed(tc.seed, "train/batches"))?;
-            let loss = self.loss(&batch)?;
-            let (grads, norm) = clip_grad_norm(&gradients(&loss, &self.params)?, tc.clip)?;
-            let lr = schedule.lr_at(step);
-            adam.step(&self.params, &grads, lr)?;
-            final_loss = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            if step == start {
-                first_loss = final_loss;
-            }
-            if !final_loss.is_finite() {
-                return Err(Error::Invalid(format!(
-                    "training loss became {final_loss} at step {step}"
-                )));
-            }
-            let done = step + 1;
-            let last = done == end;
-            if let Some(s) = sink.as_mut() {
-                if tc.log_every > 0 && (step % tc.log_every == 0 || last) {
-                    s.log(&serde_json::json!({"step": step, "loss": final_loss, "grad_norm": norm, "lr": lr}))?;
-                }
-            }
-            if let Some(f) = run.eval.as_mut() {
-                if (tc.eval_every > 0 && done % tc.eval_every == 0) || last {
-                    eval = f(&self.model, done)?;
-                    if let Some(s) = sink.as_mut() {
-                        let mut rec = serde_json::Map::new();
-                        rec.insert("step".into(), done.into());
-                        for (k, v) in &eval {
-                            rec.insert(format!("eval.{k}"), serde_json::json!(v));
-                        }
-                        s.log(&rec)?;
-                    }
-                }
-            }
-            if let Some(dir) = ckpt_dir.as_ref() {
-                if (tc.checkpoint_every > 0 && done % tc.checkpoint_every == 0) || last {
-                    let state = CheckpointState {
-                        step: done,
-                        adam_t: adam.t,
-                        model: self.cfg.clone(),
-                        train: *tc,
-                    };
-                    save_checkpoint(dir, &adam.checkpoint_tensors(&self.params), &state)?;
-                }
-            }
-            bar.set_message(format!("loss {final_loss:.4}"));
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        if let Some(s) = sink.as_mut() {
-            s.flush()?;
-        }
-        Ok(TrainReport {
-            start_step: start,
-            steps: end.max(start),
-            first_loss,
-            final_loss,
+        eval: Option<Evaluator>,
+        control: RunControl,
+    ) -> Result<RunReport> {
+        let mut steps = LmSteps {
+            adam: AdamW::new(&self.params, tc.weight_decay)?,
+            trainer: self,
+            tc,
+            source,
             eval,
-            seconds: clock.elapsed().as_secs_f64(),
-        })
+        };
+        let config = serde_json::json!({ "model": &steps.trainer.cfg, "train": tc });
+        run(&mut steps, &tc.plan(), &config, control)
+    }
+}
+
+/// One language-model run: the trainer, its optimiser, the data and the evaluator.
+struct LmSteps<'a, 'e> {
+    trainer: &'a LmTrainer,
+    adam: AdamW,
+    tc: &'a LmTrainConfig,
+    source: &'a mut dyn BatchSource,
+    eval: Option<Evaluator<'e>>,
+}
+
+impl TrainStep for LmSteps<'_, '_> {
+    type Error = Error;
+
+    fn step(&mut self, ctx: &StepContext) -> Result<StepOutput> {
+        let seed = derive_seed(self.tc.seed, "train/batches");
+        let batch = self.source.batch(ctx.step, seed)?;
+        let params = &self.trainer.params;
+        let loss = self.trainer.loss(&batch)?;
+        let (grads, norm) = clip_grad_norm(&gradients(&loss, params)?, self.tc.clip)?;
+        self.adam.step(params, &grads, ctx.lr)?;
+        let loss = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        Ok(StepOutput::loss(loss).with("grad_norm", norm))
+    }
+
+    fn checkpoint(&self) -> Result<Checkpoint> {
+        let tensors = self.adam.checkpoint_tensors(&self.trainer.params);
+        Ok(Checkpoint::new(tensors, self.adam.t)?)
+    }
+
+    fn restore(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        state: serde_json::Value,
+    ) -> Result<()> {
+        let t: usize = serde_json::from_value(state)
+            .map_err(|e| Error::Invalid(format!("checkpoint state: {e}")))?;
+        Ok(self.adam.restore(&self.trainer.params, tensors, t)?)
+    }
+
+    fn device(&self) -> Device {
+        self.trainer.model.device().clone()
+    }
+
+    fn evaluate(&mut self, done: usize) -> Result<Vec<(String, f64)>> {
+        match self.eval.as_mut() {
+            Some(f) => f(&self.trainer.model, done),
+            None => Ok(Vec::new()),
+        }
     }
 }

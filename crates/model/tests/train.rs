@@ -1,9 +1,12 @@
 //! The small-model trainer learns, resumes exactly from a checkpoint, logs metrics, and saves a
 //! model that loads back through the ordinary checkpoint path.
 
+use std::path::Path;
+
 use candle_core::{DType, Device, Tensor};
 use metarep_core::rng::{derive_seed, seeded};
-use metarep_model::train::{cross_entropy, LmBatch, RunControl, TrainConfig, Trainer};
+use metarep_core::train::RunControl;
+use metarep_model::train::{cross_entropy, LmBatch, LmTrainConfig, LmTrainer};
 use metarep_model::{HookedTransformer, LoadOptions, ModelConfig};
 use rand::Rng;
 
@@ -40,8 +43,8 @@ fn repeat_batch(step: usize, seed: u64) -> metarep_model::Result<LmBatch> {
     )?))
 }
 
-fn tc(steps: usize) -> TrainConfig {
-    TrainConfig {
+fn tc(steps: usize) -> LmTrainConfig {
+    LmTrainConfig {
         steps,
         lr: 3e-3,
         warmup: 10,
@@ -56,7 +59,7 @@ fn tc(steps: usize) -> TrainConfig {
 
 #[test]
 fn learns_to_copy_repeated_segments() {
-    let mut trainer = Trainer::new(small_cfg(), 0, DType::F32, &Device::Cpu).unwrap();
+    let mut trainer = LmTrainer::new(small_cfg(), 0, DType::F32, &Device::Cpu).unwrap();
     let mut evals = 0;
     let mut eval = |m: &HookedTransformer, _step: usize| {
         evals += 1;
@@ -65,7 +68,7 @@ fn learns_to_copy_repeated_segments() {
         let loss = cross_entropy(&logits, &b.targets, b.loss_mask.as_ref())?.to_scalar::<f32>()?;
         Ok(vec![("heldout_loss".to_string(), loss as f64)])
     };
-    let cfg = TrainConfig {
+    let cfg = LmTrainConfig {
         eval_every: 100,
         ..tc(300)
     };
@@ -73,10 +76,8 @@ fn learns_to_copy_repeated_segments() {
         .train(
             &cfg,
             &mut repeat_batch,
-            RunControl {
-                eval: Some(&mut eval),
-                ..RunControl::default()
-            },
+            Some(&mut eval),
+            RunControl::default(),
         )
         .unwrap();
     let chance = (VOCAB as f64).ln();
@@ -89,49 +90,31 @@ fn learns_to_copy_repeated_segments() {
     assert_eq!(evals, 3);
 }
 
+/// A run into `out` stopped after `stop_at` steps.
+fn run_until(out: &Path, stop_at: Option<usize>, resume: bool, init_seed: u64) -> LmTrainer {
+    let mut t = LmTrainer::new(small_cfg(), init_seed, DType::F32, &Device::Cpu).unwrap();
+    let control = RunControl {
+        out: Some(out),
+        resume,
+        stop_at,
+        ..RunControl::default()
+    };
+    t.train(&tc(20), &mut repeat_batch, None, control).unwrap();
+    t
+}
+
 #[test]
-fn resume_from_a_checkpoint_is_exact() {
+fn a_run_killed_after_a_checkpoint_resumes_exactly_and_logs_each_step_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (dir.path().join("straight"), dir.path().join("interrupted"));
-    let cfg = tc(20);
-    let mut straight = Trainer::new(small_cfg(), 1, DType::F32, &Device::Cpu).unwrap();
-    let r1 = straight
-        .train(
-            &cfg,
-            &mut repeat_batch,
-            RunControl {
-                out: Some(&a),
-                ..RunControl::default()
-            },
-        )
-        .unwrap();
-    let mut first = Trainer::new(small_cfg(), 1, DType::F32, &Device::Cpu).unwrap();
-    first
-        .train(
-            &cfg,
-            &mut repeat_batch,
-            RunControl {
-                out: Some(&b),
-                stop_at: Some(12),
-                ..RunControl::default()
-            },
-        )
-        .unwrap();
-    // A fresh process: new trainer, same init seed irrelevant (weights come from the checkpoint).
-    let mut second = Trainer::new(small_cfg(), 999, DType::F32, &Device::Cpu).unwrap();
-    let r2 = second
-        .train(
-            &cfg,
-            &mut repeat_batch,
-            RunControl {
-                out: Some(&b),
-                resume: true,
-                ..RunControl::default()
-            },
-        )
-        .unwrap();
-    assert_eq!(r2.start_step, 12);
-    assert_eq!(r1.final_loss, r2.final_loss);
+    let [a, b, c] = ["straight", "killed", "ckpt"].map(|n| dir.path().join(n));
+    let straight = run_until(&a, None, false, 1);
+    // Killed at step 13, after the checkpoint of step 10: the log runs past the checkpoint.
+    run_until(&b, Some(13), false, 1);
+    run_until(&c, Some(10), false, 1);
+    std::fs::remove_dir_all(b.join("checkpoint")).unwrap();
+    std::fs::rename(c.join("checkpoint"), b.join("checkpoint")).unwrap();
+    // A fresh process: the init seed is irrelevant (weights come from the checkpoint).
+    let second = run_until(&b, None, true, 999);
     for ((n, p), (_, q)) in straight.params().iter().zip(second.params()) {
         let d = (p.as_tensor() - q.as_tensor())
             .unwrap()
@@ -143,11 +126,32 @@ fn resume_from_a_checkpoint_is_exact() {
             .unwrap();
         assert_eq!(d, 0.0, "{n} differs after resume");
     }
-    let lines = |p: &std::path::Path| std::fs::read_to_string(p.join("metrics.jsonl")).unwrap();
+    let lines = |p: &Path| std::fs::read_to_string(p.join("metrics.jsonl")).unwrap();
     assert_eq!(lines(&a), lines(&b));
-    assert_eq!(lines(&a).lines().count(), 20);
-    // Resuming a different model is refused.
-    let mut other = Trainer::new(
+    let steps: Vec<u64> = lines(&b)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, (0..20).collect::<Vec<u64>>());
+}
+
+#[test]
+fn resuming_another_model_or_config_or_nothing_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("run");
+    run_until(&b, Some(12), false, 1);
+    fn resume(out: &Path) -> RunControl<'_> {
+        RunControl {
+            out: Some(out),
+            resume: true,
+            ..RunControl::default()
+        }
+    }
+    let mut other = LmTrainer::new(
         ModelConfig::gpt2_like(1, 32, 4, VOCAB, 16),
         0,
         DType::F32,
@@ -155,28 +159,25 @@ fn resume_from_a_checkpoint_is_exact() {
     )
     .unwrap();
     let err = other
-        .train(
-            &cfg,
-            &mut repeat_batch,
-            RunControl {
-                out: Some(&b),
-                resume: true,
-                ..RunControl::default()
-            },
-        )
+        .train(&tc(20), &mut repeat_batch, None, resume(&b))
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("different model config"), "{err}");
-    let err = other
+    assert!(err.contains("model.n_layers: 2 → 1"), "{err}");
+    let mut same = LmTrainer::new(small_cfg(), 0, DType::F32, &Device::Cpu).unwrap();
+    let changed = LmTrainConfig { lr: 1e-2, ..tc(20) };
+    let err = same
+        .train(&changed, &mut repeat_batch, None, resume(&b))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("train.lr: 0.003 → 0.01"), "{err}");
+    let err = same
         .train(
-            &cfg,
+            &tc(20),
             &mut repeat_batch,
-            RunControl {
-                out: Some(&dir.path().join("none")),
-                resume: true,
-                ..RunControl::default()
-            },
+            None,
+            resume(&dir.path().join("none")),
         )
         .err()
         .unwrap()
@@ -189,9 +190,9 @@ fn trained_models_save_and_load_as_checkpoints() {
     let mut cfg = small_cfg();
     cfg.attn_only = true;
     cfg.d_mlp = 0;
-    let mut trainer = Trainer::new(cfg, 2, DType::F32, &Device::Cpu).unwrap();
+    let mut trainer = LmTrainer::new(cfg, 2, DType::F32, &Device::Cpu).unwrap();
     trainer
-        .train(&tc(5), &mut repeat_batch, RunControl::default())
+        .train(&tc(5), &mut repeat_batch, None, RunControl::default())
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     trainer.model().save_pretrained(dir.path()).unwrap();

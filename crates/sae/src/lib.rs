@@ -10,14 +10,15 @@
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
-//! use metarep_sae::{train, Architecture, RunControl, Sae, SaeConfig, TensorSource, TrainConfig};
+//! use metarep_core::train::RunControl;
+//! use metarep_sae::{train, Architecture, Sae, SaeConfig, SaeTrainConfig, TensorSource};
 //!
 //! // 512 rows of 3-sparse combinations of 24 directions in R^16.
 //! let x = metarep_sae::ground_truth::sparse_mixture(512, 16, 24, 3, 0)?;
 //! let mut source = TensorSource::new(x, 0)?;
 //! let config = SaeConfig::new(16, 2, Architecture::TopK { k: 3 })?;
 //! let mut sae = Sae::new(config, 0, DType::F32, &Device::Cpu)?;
-//! let cfg: TrainConfig = metarep_core::parse_config(
+//! let cfg: SaeTrainConfig = metarep_core::parse_config(
 //!     "seed = 0\nbatch = 64\nsteps = 40\nlr = 0.01\nwarmup = 5\nlog_every = 0\n",
 //!     &[],
 //! )?;
@@ -50,4 +51,4 @@ pub use latents::Latents;
 pub use loss::LossConfig;
 pub use sae::Sae;
 pub use source::{load_activations, ActivationSource, Batch, StoreSource, TensorSource};
-pub use train::{train, RunControl, TrainConfig, TrainReport};
+pub use train::{train, SaeTrainConfig, SaeTrainReport, SaeTrainer};

@@ -2,28 +2,25 @@
 //! [`metarep_core::optim::AdamW`], update by the fused kernel [`adamw_update`]) with linear
 //! warmup and cosine decay, optional gradient clipping, dead-latent tracking (tokens since each
 //! latent last fired) feeding the auxiliary-K loss and optional resampling, input-scale
-//! estimation and `b_dec` initialisation from the data, a checkpoint every N steps with exact
-//! resume, a JSONL metrics log and a progress bar (hidden when `METAREP_NO_PROGRESS` is set).
+//! estimation and `b_dec` initialisation from the data; the run loop of [`metarep_core::train`]
+//! does the rest (checkpoints with exact resume, the JSONL metrics log, progress bar).
 //!
 //! Exact resume: a checkpoint stores the parameters, Adam moments and step count, the dead-latent
 //! counters, the data position (epoch, batches into it), the BatchTopK threshold and the input
 //! scale; each epoch's order depends only on the source's seed, and every kernel sums in a fixed
 //! order, so a resumed run reproduces the uninterrupted one bit for bit.
 
-use std::path::Path;
+use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
-use metarep_core::checkpoint::{load_checkpoint, save_checkpoint};
-use metarep_core::config::config_hash;
-use metarep_core::fsutil::atomic_write;
-use metarep_core::metrics::MetricsSink;
 use metarep_core::optim::{clip_grad_norm, gradients, AdamW, WarmupCosine};
 use metarep_core::rng::{derive_seed, seeded};
+use metarep_core::train::{run, Checkpoint, Plan, RunControl, StepContext, StepOutput, TrainStep};
 use metarep_kernels::{adamw_update, AdamStep};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Architecture, InputNorm, SaeConfig};
+use crate::config::{Architecture, InputNorm};
 use crate::error::{Error, Result};
 use crate::loss::{total_loss, LossConfig, Probe};
 use crate::metrics::VarianceSums;
@@ -33,7 +30,7 @@ use crate::source::{ActivationSource, Batch};
 /// Optimisation and bookkeeping settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TrainConfig {
+pub struct SaeTrainConfig {
     /// Seed of everything random in training (resampling, probe init).
     pub seed: u64,
     /// Rows per batch.
@@ -105,7 +102,7 @@ pub struct Resample {
     pub encoder_scale: f64,
 }
 
-impl TrainConfig {
+impl SaeTrainConfig {
     /// The learning-rate schedule.
     pub fn schedule(&self) -> WarmupCosine {
         WarmupCosine {
@@ -130,21 +127,9 @@ impl TrainConfig {
     }
 }
 
-/// Where a run writes and how it starts and stops.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RunControl<'a> {
-    /// Output directory: `metrics.jsonl` and `checkpoint/` (none: nothing written).
-    pub out: Option<&'a Path>,
-    /// Continue from `out/checkpoint`.
-    pub resume: bool,
-    /// Stop after this many steps in total (as if interrupted); the schedule still spans
-    /// `TrainConfig::steps`.
-    pub stop_at: Option<usize>,
-}
-
 /// Summary of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainReport {
+pub struct SaeTrainReport {
     /// Step the run started from.
     pub start_step: usize,
     /// Step it stopped at.
@@ -161,15 +146,13 @@ pub struct TrainReport {
     pub seconds: f64,
 }
 
+/// The JSON state of an SAE checkpoint (the run loop adds the step and the config).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct CheckpointState {
-    step: usize,
     epoch: u64,
     batch_in_epoch: usize,
     tokens: u64,
     adam_t: usize,
-    sae: SaeConfig,
-    train_sha256: String,
     batch_threshold: f64,
     input_scale: f64,
 }
@@ -180,19 +163,18 @@ const TRACKER: &str = "tracker.since_fired";
 /// Data position of a run.
 #[derive(Debug, Clone, Copy, Default)]
 struct Position {
-    step: usize,
     epoch: u64,
     batch_in_epoch: usize,
     tokens: u64,
 }
 
 /// The optimisation state of a run: parameters (the SAE's and the probe's), AdamW moments and
-/// the dead-latent counters. [`train`] drives it over a source; [`Trainer::step`] is one step
+/// the dead-latent counters. [`train`] drives it over a source; [`SaeTrainer::step`] is one step
 /// on one batch (benchmarks, custom loops).
 #[derive(Debug)]
-pub struct Trainer {
+pub struct SaeTrainer {
     /// Training settings.
-    pub cfg: TrainConfig,
+    pub cfg: SaeTrainConfig,
     /// The probe of the probe-guided loss, when it is on.
     pub probe: Option<Probe>,
     /// SAE and probe parameters, in checkpoint order.
@@ -218,9 +200,9 @@ pub struct StepOutcome {
     pub lr: f64,
 }
 
-impl Trainer {
+impl SaeTrainer {
     /// Fresh optimiser state for `sae` (checks `cfg` against its architecture).
-    pub fn new(sae: &Sae, cfg: &TrainConfig) -> Result<Self> {
+    pub fn new(sae: &Sae, cfg: &SaeTrainConfig) -> Result<Self> {
         cfg.validate(&sae.config.architecture)?;
         let device = sae.w_dec.device().clone();
         let probe = match cfg.loss.probe {
@@ -300,13 +282,14 @@ impl Trainer {
     }
 }
 
-/// Trains `sae` (and a probe, when the probe loss is on) on `source`.
+/// Trains `sae` (and a probe, when the probe loss is on) on `source`. A resumed run must use
+/// the same SAE and training config (or set [`RunControl::accept_config_change`]).
 pub fn train(
     sae: &mut Sae,
     source: &mut dyn ActivationSource,
-    cfg: &TrainConfig,
-    run: RunControl,
-) -> Result<TrainReport> {
+    cfg: &SaeTrainConfig,
+    control: RunControl,
+) -> Result<SaeTrainReport> {
     if source.d_in() != sae.config.d_in {
         return Err(Error::shape(
             "training activations",
@@ -314,24 +297,102 @@ pub fn train(
             format!("d_in = {}", source.d_in()),
         ));
     }
-    let mut t = Trainer::new(sae, cfg)?;
-    let device = sae.w_dec.device().clone();
-    let mut pos = Position::default();
-    let ckpt_dir = run.out.map(|o| o.join("checkpoint"));
-    let train_sha256 = config_hash(cfg)?;
-    let metrics_path = run.out.map(|o| o.join("metrics.jsonl"));
-    if run.resume {
-        let dir = ckpt_dir
-            .as_ref()
-            .ok_or_else(|| Error::Invalid("resume needs an output directory".into()))?;
-        let (tensors, state): (_, CheckpointState) = load_checkpoint(dir, &device)?;
-        if state.sae != sae.config || state.train_sha256 != train_sha256 {
-            return Err(Error::Invalid(format!(
-                "checkpoint {} was written by a different SAE or training config",
-                dir.display()
-            )));
+    let plan = Plan {
+        checkpoint_every: cfg.checkpoint_every,
+        log_every: cfg.log_every,
+        ..Plan::new(cfg.steps, cfg.schedule())
+    };
+    let config = serde_json::json!({ "sae": sae.config, "train": cfg });
+    let mut steps = SaeSteps {
+        trainer: SaeTrainer::new(sae, cfg)?,
+        sae,
+        source,
+        pos: Position::default(),
+        tokens_at_start: 0,
+        resampled: 0,
+        clock: std::time::Instant::now(),
+    };
+    let report = run(&mut steps, &plan, &config, control)?;
+    Ok(SaeTrainReport {
+        start_step: report.start_step,
+        steps: report.steps,
+        tokens: steps.pos.tokens,
+        final_loss: report.final_loss,
+        dead_fraction: steps.trainer.dead_fraction(),
+        resampled: steps.resampled,
+        seconds: report.seconds,
+    })
+}
+
+/// One SAE run: the optimisation state, the SAE, the data and where the run is in it.
+struct SaeSteps<'a> {
+    trainer: SaeTrainer,
+    sae: &'a mut Sae,
+    source: &'a mut dyn ActivationSource,
+    pos: Position,
+    tokens_at_start: u64,
+    resampled: usize,
+    clock: std::time::Instant,
+}
+
+impl TrainStep for SaeSteps<'_> {
+    type Error = Error;
+
+    fn step(&mut self, ctx: &StepContext) -> Result<StepOutput> {
+        let cfg = &self.trainer.cfg;
+        let batch = next_batch(self.source, cfg.batch, &mut self.pos)?;
+        let out = self.trainer.step(self.sae, &batch, ctx.step)?;
+        self.pos.tokens += batch.x.dim(0)? as u64;
+        if let Some(r) = self.trainer.cfg.resample {
+            let done = ctx.step + 1;
+            if done % r.every == 0 && done < r.until {
+                self.resampled += resample_dead(
+                    self.sae,
+                    &mut self.trainer,
+                    &out.pass.x,
+                    &out.pass.recon,
+                    r,
+                    ctx.step,
+                )?;
+            }
         }
-        t.adam.restore(&t.params, &tensors, state.adam_t)?;
+        let mut output = StepOutput::loss(out.loss);
+        if ctx.logged {
+            let secs = self.clock.elapsed().as_secs_f64().max(1e-9);
+            let rate = (self.pos.tokens - self.tokens_at_start) as f64 / secs;
+            output.fields = log_record(&self.trainer, &out, &batch, self.pos, rate)?;
+        }
+        Ok(output)
+    }
+
+    fn checkpoint(&self) -> Result<Checkpoint> {
+        let t = &self.trainer;
+        let mut tensors = t.adam.checkpoint_tensors(&t.params);
+        let tracker: Vec<f64> = t.since_fired.iter().map(|&v| v as f64).collect();
+        tensors.push((
+            TRACKER.to_string(),
+            Tensor::from_vec(tracker, t.since_fired.len(), &Device::Cpu)?,
+        ));
+        let state = CheckpointState {
+            epoch: self.pos.epoch,
+            batch_in_epoch: self.pos.batch_in_epoch,
+            tokens: self.pos.tokens,
+            adam_t: t.adam.t,
+            batch_threshold: self.sae.batch_threshold,
+            input_scale: self.sae.input_scale,
+        };
+        Ok(Checkpoint::new(tensors, state)?)
+    }
+
+    fn restore(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        state: serde_json::Value,
+    ) -> Result<()> {
+        let state: CheckpointState = serde_json::from_value(state)
+            .map_err(|e| Error::Invalid(format!("SAE checkpoint state: {e}")))?;
+        let t = &mut self.trainer;
+        t.adam.restore(&t.params, tensors, state.adam_t)?;
         let tracker = tensors
             .get(TRACKER)
             .ok_or_else(|| Error::Invalid(format!("checkpoint has no tensor {TRACKER}")))?;
@@ -341,93 +402,41 @@ pub fn train(
             .iter()
             .map(|&v| v as u64)
             .collect();
-        sae.batch_threshold = state.batch_threshold;
-        sae.input_scale = state.input_scale;
-        pos = Position {
-            step: state.step,
+        self.sae.batch_threshold = state.batch_threshold;
+        self.sae.input_scale = state.input_scale;
+        self.pos = Position {
             epoch: state.epoch,
             batch_in_epoch: state.batch_in_epoch,
             tokens: state.tokens,
         };
-        source.start_epoch(pos.epoch)?;
-        source.skip(pos.batch_in_epoch, cfg.batch)?;
-        if let Some(path) = &metrics_path {
-            truncate_metrics(path, pos.step)?;
-        }
-    } else {
-        initialise_from_data(sae, source, cfg)?;
-        source.start_epoch(0)?;
+        self.tokens_at_start = state.tokens;
+        self.source.start_epoch(self.pos.epoch)?;
+        self.source.skip(self.pos.batch_in_epoch, t.cfg.batch)?;
+        Ok(())
     }
-    let mut sink = match &metrics_path {
-        Some(p) if run.resume => Some(MetricsSink::append(p)?),
-        Some(p) => Some(MetricsSink::create(p)?),
-        None => None,
-    };
-    let bar = indicatif::ProgressBar::new(cfg.steps as u64);
-    bar.set_position(pos.step as u64);
-    if std::env::var_os("METAREP_NO_PROGRESS").is_some() {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+
+    fn device(&self) -> Device {
+        self.sae.w_dec.device().clone()
     }
-    let clock = std::time::Instant::now();
-    let start = pos.step;
-    let tokens_at_start = pos.tokens;
-    let end = run.stop_at.unwrap_or(cfg.steps).min(cfg.steps);
-    let mut final_loss = f64::NAN;
-    let mut resampled = 0;
-    for step in start..end {
-        let batch = next_batch(source, cfg.batch, &mut pos)?;
-        let out = t.step(sae, &batch, step)?;
-        final_loss = out.loss;
-        pos.step = step + 1;
-        pos.tokens += batch.x.dim(0)? as u64;
-        if let Some(r) = cfg.resample {
-            if pos.step % r.every == 0 && pos.step < r.until {
-                resampled += resample_dead(sae, &mut t, &out.pass.x, &out.pass.recon, r, step)?;
-            }
-        }
-        let log_now = cfg.log_every > 0 && (step % cfg.log_every == 0 || pos.step == cfg.steps);
-        if let (Some(s), true) = (sink.as_mut(), log_now) {
-            let secs = clock.elapsed().as_secs_f64().max(1e-9);
-            let rate = (pos.tokens - tokens_at_start) as f64 / secs;
-            s.log(&log_record(&t, &out, &batch, pos, step, rate)?)?;
-            s.flush()?;
-        }
-        let ckpt_now = cfg.checkpoint_every > 0 && pos.step % cfg.checkpoint_every == 0;
-        if let (Some(dir), true) = (&ckpt_dir, ckpt_now || pos.step == end) {
-            save(dir, &t, sae, pos, &train_sha256)?;
-        }
-        bar.inc(1);
-        if step % 10 == 0 {
-            bar.set_message(format!("loss {final_loss:.4}"));
-        }
+
+    fn start(&mut self) -> Result<()> {
+        initialise_from_data(self.sae, self.source, &self.trainer.cfg)?;
+        self.source.start_epoch(0)?;
+        Ok(())
     }
-    bar.finish_and_clear();
-    Ok(TrainReport {
-        start_step: start,
-        steps: pos.step.max(start),
-        tokens: pos.tokens,
-        final_loss,
-        dead_fraction: t.dead_fraction(),
-        resampled,
-        seconds: clock.elapsed().as_secs_f64(),
-    })
 }
 
-/// One metrics line.
+/// The fields of one metrics line (the run loop adds `step`, `loss` and `lr`).
 fn log_record(
-    t: &Trainer,
+    t: &SaeTrainer,
     out: &StepOutcome,
     batch: &Batch,
     pos: Position,
-    step: usize,
     tokens_per_s: f64,
-) -> Result<serde_json::Value> {
+) -> Result<serde_json::Map<String, serde_json::Value>> {
     let mut rec = serde_json::Map::new();
-    rec.insert("step".into(), step.into());
     rec.insert("tokens".into(), pos.tokens.into());
     rec.insert("epoch".into(), pos.epoch.into());
-    rec.insert("lr".into(), out.lr.into());
-    rec.insert("loss".into(), out.loss.into());
     for (name, v) in &out.parts {
         rec.insert(format!("loss_{name}"), (*v).into());
     }
@@ -452,7 +461,7 @@ fn log_record(
         );
     }
     rec.insert("tokens_per_s".into(), tokens_per_s.into());
-    Ok(serde_json::Value::Object(rec))
+    Ok(rec)
 }
 
 fn dead_fraction(since_fired: &[u64], window: u64) -> f64 {
@@ -512,7 +521,7 @@ fn fused_adam_step(
 fn initialise_from_data(
     sae: &mut Sae,
     source: &mut dyn ActivationSource,
-    cfg: &TrainConfig,
+    cfg: &SaeTrainConfig,
 ) -> Result<()> {
     if sae.config.input_norm == InputNorm::ExpectedNorm {
         source.start_epoch(0)?;
@@ -548,60 +557,16 @@ fn initialise_from_data(
     Ok(())
 }
 
-fn save(dir: &Path, t: &Trainer, sae: &Sae, pos: Position, train_sha256: &str) -> Result<()> {
-    let mut tensors = t.adam.checkpoint_tensors(&t.params);
-    let tracker: Vec<f64> = t.since_fired.iter().map(|&v| v as f64).collect();
-    tensors.push((
-        TRACKER.to_string(),
-        Tensor::from_vec(tracker, t.since_fired.len(), &Device::Cpu)?,
-    ));
-    let state = CheckpointState {
-        step: pos.step,
-        epoch: pos.epoch,
-        batch_in_epoch: pos.batch_in_epoch,
-        tokens: pos.tokens,
-        adam_t: t.adam.t,
-        sae: sae.config,
-        train_sha256: train_sha256.to_string(),
-        batch_threshold: sae.batch_threshold,
-        input_scale: sae.input_scale,
-    };
-    Ok(save_checkpoint(dir, &tensors, &state)?)
-}
-
-/// Drops metrics lines at or after `step` (written after the checkpoint a run resumes from).
-fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
-    if !path.is_file() {
-        return Ok(());
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e.to_string()))?;
-    let mut kept = String::new();
-    for line in text.lines() {
-        let v: serde_json::Value = match serde_json::from_str(line) {
-            Ok(v) => v,
-            Err(_) => continue, // a line cut short by the interruption
-        };
-        if v.get("step")
-            .and_then(|s| s.as_u64())
-            .is_some_and(|s| (s as usize) < step)
-        {
-            kept.push_str(line);
-            kept.push('\n');
-        }
-    }
-    Ok(atomic_write(path, kept.as_bytes())?)
-}
-
 /// Resamples dead latents from the current batch; returns how many.
 fn resample_dead(
     sae: &Sae,
-    t: &mut Trainer,
+    t: &mut SaeTrainer,
     x: &Tensor,
     recon: &Tensor,
     r: Resample,
     step: usize,
 ) -> Result<usize> {
-    let Trainer {
+    let SaeTrainer {
         cfg,
         params,
         adam,

@@ -3,13 +3,14 @@
 
 use candle_core::{DType, Device, Tensor};
 use metarep_core::parse_config;
+use metarep_core::train::RunControl;
 use metarep_sae::metrics::{evaluate, EvalConfig};
-use metarep_sae::train::Trainer;
+use metarep_sae::SaeTrainer;
 use metarep_sae::{
-    train, ActivationSource, Architecture, RunControl, Sae, SaeConfig, TensorSource, TrainConfig,
+    train, ActivationSource, Architecture, Sae, SaeConfig, SaeTrainConfig, TensorSource,
 };
 
-fn cfg(extra: &str) -> TrainConfig {
+fn cfg(extra: &str) -> SaeTrainConfig {
     let log = if extra.contains("log_every") {
         ""
     } else {
@@ -101,7 +102,7 @@ fn stepping_a_trainer_by_hand_equals_train() {
     let mut by_hand = Sae::new(config, 0, DType::F32, &Device::Cpu).unwrap();
     let mut source = TensorSource::new(x.clone(), 3).unwrap();
     let report = train(&mut by_train, &mut source, &cfg, RunControl::default()).unwrap();
-    let mut trainer = Trainer::new(&by_hand, &cfg).unwrap();
+    let mut trainer = SaeTrainer::new(&by_hand, &cfg).unwrap();
     let mut source = TensorSource::new(x, 3).unwrap();
     source.start_epoch(0).unwrap();
     let mut last = f64::NAN;
@@ -148,6 +149,7 @@ fn a_resumed_run_equals_the_uninterrupted_run() {
                     out: Some(dir),
                     resume,
                     stop_at: stop,
+                    ..RunControl::default()
                 },
             )
             .unwrap()
@@ -156,19 +158,31 @@ fn a_resumed_run_equals_the_uninterrupted_run() {
         let mut full = Sae::new(config, 5, DType::F32, &Device::Cpu).unwrap();
         let whole = run(None, false, full_dir.path(), &mut full);
 
+        // Killed at step 33, after the checkpoint of step 28: the metrics file has lines past
+        // the checkpoint; resuming must drop them, not duplicate them.
         let part_dir = tempfile::tempdir().unwrap();
-        let mut first = Sae::new(config, 5, DType::F32, &Device::Cpu).unwrap();
-        run(Some(30), false, part_dir.path(), &mut first);
-        // An interruption after step 30 but before the next checkpoint: the metrics file has
-        // lines past the checkpoint at 28; resuming must drop them, not duplicate them.
-        let mut resumed = Sae::new(config, 99, DType::F32, &Device::Cpu).unwrap();
-        std::fs::copy(
-            part_dir.path().join("checkpoint/state.json"),
-            part_dir.path().join("state.bak"),
+        let ckpt_dir = tempfile::tempdir().unwrap();
+        run(
+            Some(33),
+            false,
+            part_dir.path(),
+            &mut Sae::new(config, 5, DType::F32, &Device::Cpu).unwrap(),
+        );
+        run(
+            Some(28),
+            false,
+            ckpt_dir.path(),
+            &mut Sae::new(config, 5, DType::F32, &Device::Cpu).unwrap(),
+        );
+        std::fs::remove_dir_all(part_dir.path().join("checkpoint")).unwrap();
+        std::fs::rename(
+            ckpt_dir.path().join("checkpoint"),
+            part_dir.path().join("checkpoint"),
         )
         .unwrap();
+        let mut resumed = Sae::new(config, 99, DType::F32, &Device::Cpu).unwrap();
         let rest = run(None, true, part_dir.path(), &mut resumed);
-        assert_eq!(rest.start_step, 30);
+        assert_eq!(rest.start_step, 28);
         assert_eq!(
             params_of(&full),
             params_of(&resumed),
@@ -180,11 +194,11 @@ fn a_resumed_run_equals_the_uninterrupted_run() {
             matches!(arch, Architecture::Relu),
             "{arch:?}: {whole:?}"
         );
-        assert_eq!(
-            metrics_lines(full_dir.path()),
-            metrics_lines(part_dir.path()),
-            "{arch:?}: metrics"
-        );
+        let lines = metrics_lines(part_dir.path());
+        assert_eq!(metrics_lines(full_dir.path()), lines, "{arch:?}: metrics");
+        let steps: Vec<u64> = lines.iter().map(|l| l["step"].as_u64().unwrap()).collect();
+        let expected: Vec<u64> = (0..45).filter(|s| s % 5 == 0 || *s == 44).collect();
+        assert_eq!(steps, expected, "{arch:?}: each logged step exactly once");
     }
 }
 

@@ -144,14 +144,6 @@ pub fn measure_knob(cfg: &KnobConfig, knob: Knob, seed: u64, x: f64) -> Result<V
     ])
 }
 
-fn progress(total: u64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(total);
-    if std::env::var_os("METAREP_NO_PROGRESS").is_some() {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    bar
-}
-
 /// Runs every sweep of `cfg` (with a progress bar).
 pub fn run_knobs(cfg: &KnobConfig) -> Result<Vec<(Knob, SweepResult)>> {
     let total: usize = cfg
@@ -159,7 +151,7 @@ pub fn run_knobs(cfg: &KnobConfig) -> Result<Vec<(Knob, SweepResult)>> {
         .iter()
         .map(|s| s.values.len() * cfg.seeds.len())
         .sum();
-    let bar = progress(total as u64);
+    let bar = metarep_core::progress::bar(total as u64, "sweep points");
     let mut out = Vec::new();
     for s in &cfg.sweep {
         let result = Sweep::new(&cfg.seeds, &s.values).run(|seed, x| {

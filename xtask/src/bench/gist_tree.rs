@@ -155,7 +155,7 @@ fn append_tree(
     let mut w = Writer::create(dir, config(), opts, summarizer)?;
     let mut done = 0u64;
     let mut commits = 0u64;
-    let pb = progress(tokens, "append");
+    let pb = metarep_core::progress::bar(tokens, "append");
     while done < tokens {
         let n = COMMIT_TOKENS.min((tokens - done) as usize);
         let t = &batch[commits as usize % batch.len()][..n];
@@ -182,15 +182,6 @@ fn append_tree(
         nodes,
         commits,
     })
-}
-
-fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
-    if std::env::var_os("METAREP_NO_PROGRESS").is_some() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let pb = indicatif::ProgressBar::new(len);
-    pb.set_message(what.to_string());
-    pb
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

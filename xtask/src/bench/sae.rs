@@ -12,8 +12,7 @@ use std::process::Command;
 use candle_core::{DType, Device, Tensor};
 use metarep_core::rng::{derive_seed, normal_vec, seeded};
 use metarep_sae::source::Batch;
-use metarep_sae::train::Trainer;
-use metarep_sae::{Architecture, LossConfig, Sae, SaeConfig, TrainConfig};
+use metarep_sae::{Architecture, LossConfig, Sae, SaeConfig, SaeTrainConfig, SaeTrainer};
 use serde::Serialize;
 
 use super::{median, write_report};
@@ -141,7 +140,7 @@ fn time_metarep(arch: Architecture) -> Result<Side, BoxError> {
         l1: if arch == Architecture::Relu { L1 } else { 0.0 },
         ..Default::default()
     };
-    let cfg = TrainConfig {
+    let cfg = SaeTrainConfig {
         seed: 0,
         batch: BATCH,
         steps: 1_000_000,
@@ -158,7 +157,7 @@ fn time_metarep(arch: Architecture) -> Result<Side, BoxError> {
         checkpoint_every: 0,
         log_every: 0,
     };
-    let mut trainer = Trainer::new(&sae, &cfg)?;
+    let mut trainer = SaeTrainer::new(&sae, &cfg)?;
     let x = normal_vec(
         &mut seeded(derive_seed(0, "bench/sae")),
         BATCH * D_IN,

@@ -21,7 +21,9 @@ use crate::ground_truth::systems::SystemSpec;
 use crate::metrics::{evaluate, EvalConfig};
 use crate::sae::Sae;
 use crate::source::TensorSource;
-use crate::train::{train, RunControl, TrainConfig};
+use metarep_core::train::RunControl;
+
+use crate::train::{train, SaeTrainConfig};
 
 /// One SAE configuration to train on every dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,7 +34,7 @@ pub struct NamedSae {
     /// Architecture and width.
     pub sae: SaeSpec,
     /// Training settings.
-    pub train: TrainConfig,
+    pub train: SaeTrainConfig,
 }
 
 /// The whole experiment.
@@ -177,8 +179,7 @@ pub fn run(
                     &named.train,
                     RunControl {
                         out: dir.as_deref(),
-                        resume: false,
-                        stop_at: None,
+                        ..RunControl::default()
                     },
                 )?;
                 row.train_seconds = report.seconds;
