@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 
-use metarep::capture::detectors::{
+use metarep::circuits::detectors::{
     head_scores, repeat_losses, repeated_tokens, token_losses, HeadScores,
 };
 use metarep::core::rng::seeded;

@@ -12,9 +12,10 @@
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use metarep::capture::ablation::{run_ablations, AblationConfig, AblationKind, EvalSet};
-use metarep::capture::detectors::repeated_tokens;
+use metarep::circuits::ablation::{run_ablations, AblationConfig, AblationKind};
+use metarep::circuits::detectors::repeated_tokens;
 use metarep::core::rng::seeded;
+use metarep::model::predictions::EvalSet;
 use metarep::model::{HookedTransformer, LoadOptions};
 
 const CONFIG: &str = r#"

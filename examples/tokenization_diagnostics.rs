@@ -12,11 +12,11 @@
 
 use std::path::PathBuf;
 
-use metarep::capture::arith::{framing, ArithSpec};
-use metarep::capture::tokenization::{by_class, score_problems, tokenize_all, StressGrid};
 use metarep::core::rng::seeded;
 use metarep::eval::tasks::text::Op;
 use metarep::model::{HookedTransformer, LoadOptions, NoHooks};
+use metarep::testbeds::arith::{framing, ArithSpec};
+use metarep::testbeds::tokenization::{by_class, score_problems, tokenize_all, StressGrid};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/arith/seed-0");

@@ -3,7 +3,7 @@
 //! This facade re-exports the workspace crates so that a project can depend on one crate:
 //!
 //! - [`core`]: device, dtype policy, seeded RNG, config + overrides, run manifest, metrics,
-//!   checkpoints, errors.
+//!   checkpoints, the training run loop, progress bars, errors.
 //! - [`eval`]: task generators, baselines, metrics, statistics, the multi-seed harness, plots
 //!   (SVG) and tables (CSV, markdown).
 //! - [`lat_cg`]: linear-attention transformers whose constructed weights run conjugate gradient.
@@ -13,9 +13,11 @@
 //! - [`model`]: hookable transformers (GPT-2, GPT-NeoX, Llama family, BERT) loading Hugging Face
 //!   checkpoints, with TransformerLens hook points, caches, interventions, attribution, trainer.
 //! - [`kernels`]: hot ops as candle CustomOps (sparse latent ops, top-k selection, fused AdamW).
-//! - [`capture`]: activations to disk (sharded stores, shuffled reader), attention-head
-//!   detectors, staged ablations, patching, attribution, tokenization diagnostics, the
-//!   induction-2l and arith models' training.
+//! - [`capture`]: activations to disk (sharded stores, shuffled reader).
+//! - [`circuits`]: attention-head detectors, staged ablations, activation patching, direct
+//!   logit attribution of answers.
+//! - [`testbeds`]: models with known structure trained here (induction-2l, arith with its BPE
+//!   tokenizer, grammar-lm), their task framing and tokenization diagnostics.
 //! - [`sae`]: sparse autoencoders (ReLU + L1, TopK, BatchTopK, JumpReLU, Gated), losses, trainer,
 //!   metrics, SAELens export/import, ground-truth systems.
 //! - [`second_order`]: second-order effects of MLP neurons through later attention heads, exact
@@ -27,6 +29,7 @@
 //! ```
 
 pub use metarep_capture as capture;
+pub use metarep_circuits as circuits;
 pub use metarep_core as core;
 pub use metarep_eval as eval;
 pub use metarep_gist_tree as gist_tree;
@@ -36,3 +39,4 @@ pub use metarep_model as model;
 pub use metarep_sae as sae;
 pub use metarep_second_order as second_order;
 pub use metarep_softmax_routes as softmax_routes;
+pub use metarep_testbeds as testbeds;

@@ -12,21 +12,17 @@ use metarep_capture::{capture, store_dir, CaptureSpec, TokenDataset};
 use metarep_core::config::load_config;
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_core::train::RunControl;
-use metarep_eval::metrics::aurocs;
 use metarep_eval::plot::{LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
-use metarep_eval::tasks::grammar::{
-    GrammarSpec, Sample, ATTRACTOR, DOMAINS, LATENTS, PAST, SUBJECT_PLURAL, VERB_NEXT,
-};
-use metarep_model::ops::softmax_last_dim;
-use metarep_model::train::{LmBatch, LmTrainConfig as LmTrain, LmTrainer};
-use metarep_model::{
-    HookFilter, HookPoint, HookedTransformer, Input, LoadOptions, ModelConfig, NoHooks,
-};
+use metarep_eval::tasks::grammar::{GrammarSpec, LATENTS};
+use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input, LoadOptions};
 use metarep_sae::baselines::{null_sae, random_directions};
 use metarep_sae::metrics::VarianceSums;
 use metarep_sae::splice::splice_scores;
 use metarep_sae::{train, Architecture, InputNorm, Sae, SaeSpec, StoreSource};
+use metarep_testbeds::grammar_lm::{
+    agreement, tokens_tensor, train_lm, Agreement, LatentQuestions, LmSpec,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::output::ResultDir;
@@ -36,31 +32,6 @@ use crate::BoxError;
 const AGREEMENT_TARGET: f64 = 0.9;
 /// Explained variance every SAE must reach (the fig9 target).
 const EV_TARGET: f64 = 0.95;
-
-/// The language model and how it is trained.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LmSpec {
-    /// Load the checked-in `fixtures/grammar-lm` instead of training (the settings below
-    /// must then match the fixture's).
-    pub fixture: bool,
-    /// Layers.
-    pub layers: usize,
-    /// Residual width.
-    pub d_model: usize,
-    /// Attention heads.
-    pub heads: usize,
-    /// Context length (tokens per sequence).
-    pub n_ctx: usize,
-    /// Training steps.
-    pub steps: usize,
-    /// Sequences per step.
-    pub batch: usize,
-    /// Peak learning rate.
-    pub lr: f64,
-    /// Warmup steps.
-    pub warmup: usize,
-}
 
 /// The SAE sweep.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,91 +70,6 @@ pub fn fixture_dir() -> std::path::PathBuf {
     crate::fixtures::repo_root().join("fixtures/grammar-lm")
 }
 
-/// The model configuration of `lm` for `grammar`.
-pub fn model_config(grammar: &GrammarSpec, lm: &LmSpec) -> ModelConfig {
-    ModelConfig::gpt2_like(lm.layers, lm.d_model, lm.heads, grammar.vocab(), lm.n_ctx)
-}
-
-/// Trains the language model of `lm` on `grammar` (batches depend only on `(step, seed)`).
-pub fn train_lm(
-    grammar: &GrammarSpec,
-    lm: &LmSpec,
-    seed: u64,
-) -> Result<HookedTransformer, BoxError> {
-    let cfg = model_config(grammar, lm);
-    let mut trainer = LmTrainer::new(cfg, seed, DType::F32, &Device::Cpu)?;
-    let (batch, len) = (lm.batch, lm.n_ctx + 1);
-    let mut source = |step: usize, seed: u64| -> metarep_model::Result<LmBatch> {
-        let mut rng = seeded(derive_seed(seed, &format!("fig10/lm/step{step}")));
-        let samples = grammar
-            .samples(&mut rng, batch, len)
-            .map_err(|e| metarep_model::Error::Invalid(e.to_string()))?;
-        LmBatch::next_token(&tokens_tensor(&samples)?)
-    };
-    let tc = LmTrain {
-        steps: lm.steps,
-        lr: lm.lr,
-        warmup: lm.warmup,
-        weight_decay: 0.01,
-        clip: 1.0,
-        log_every: 0,
-        seed,
-        ..LmTrain::default()
-    };
-    let report = trainer.train(&tc, &mut source, None, RunControl::default())?;
-    println!(
-        "  language model: {} steps, loss {:.3} → {:.3} ({:.0} s)",
-        report.steps, report.first_loss, report.final_loss, report.seconds
-    );
-    Ok(trainer.model().clone())
-}
-
-/// `[n, len]` u32 token ids of `samples`.
-fn tokens_tensor(samples: &[Sample]) -> candle_core::Result<Tensor> {
-    let len = samples.first().map_or(0, |s| s.tokens.len());
-    let flat: Vec<u32> = samples.iter().flat_map(|s| s.tokens.clone()).collect();
-    Tensor::from_vec(flat, (samples.len(), len), &Device::Cpu)
-}
-
-/// Agreement of the model's next-token distribution where the main verb comes next in the
-/// present tense: the fraction of positions where the correct-number verbs get more
-/// probability than the wrong-number ones (all, and with an attractor in between).
-pub fn agreement(
-    model: &HookedTransformer,
-    grammar: &GrammarSpec,
-    samples: &[Sample],
-) -> Result<(f64, f64, usize), BoxError> {
-    let logits = model.run_with_hooks(Input::new(tokens_tensor(samples)?), &mut NoHooks)?;
-    let probs = softmax_last_dim(&logits)?.to_vec3::<f32>()?;
-    let (sing, plur) = (grammar.present_verbs(false), grammar.present_verbs(true));
-    let (mut right, mut n, mut right_attr, mut n_attr) = (0usize, 0usize, 0usize, 0usize);
-    for (s, p) in samples.iter().zip(&probs) {
-        for (t, l) in s.labels.iter().enumerate() {
-            if !l[VERB_NEXT] || l[PAST] {
-                continue;
-            }
-            let mass = |ids: &[u32]| ids.iter().map(|&i| p[t][i as usize]).sum::<f32>();
-            let (good, bad) = if l[SUBJECT_PLURAL] {
-                (&plur, &sing)
-            } else {
-                (&sing, &plur)
-            };
-            let ok = mass(good) > mass(bad);
-            n += 1;
-            right += usize::from(ok);
-            if l[ATTRACTOR] {
-                n_attr += 1;
-                right_attr += usize::from(ok);
-            }
-        }
-    }
-    Ok((
-        right as f64 / n.max(1) as f64,
-        right_attr as f64 / n_attr.max(1) as f64,
-        n_attr,
-    ))
-}
-
 /// One trained SAE's scores.
 #[derive(Debug, Clone, Serialize)]
 struct Row {
@@ -200,63 +86,6 @@ struct Row {
     train_seconds: f64,
 }
 
-/// The grammar latents as detection questions: per latent, the held-out rows it is asked on
-/// (its [`DOMAINS`] entry) and the labels there.
-struct Questions {
-    rows: Vec<Option<Vec<usize>>>,
-    labels: Vec<Vec<bool>>,
-}
-
-impl Questions {
-    fn new(samples: &[Sample]) -> Self {
-        let flat: Vec<[bool; 6]> = samples.iter().flat_map(|s| s.labels.clone()).collect();
-        let (mut rows, mut labels) = (Vec::new(), Vec::new());
-        for (j, domain) in DOMAINS.iter().enumerate() {
-            let keep: Vec<usize> = (0..flat.len())
-                .filter(|&r| domain.is_none_or(|d| flat[r][d]))
-                .collect();
-            labels.push(keep.iter().map(|&r| flat[r][j]).collect());
-            rows.push(domain.map(|_| keep));
-        }
-        Self { rows, labels }
-    }
-
-    /// Best AUROC per latent over the columns of `scores` (`[rows, n]`); with `signed`, a
-    /// column's negation counts too (directions have no sign; SAE latents do).
-    fn best(&self, scores: &Tensor, signed: bool) -> Result<Vec<f64>, BoxError> {
-        let cols = scores
-            .t()?
-            .contiguous()?
-            .to_dtype(DType::F64)?
-            .to_vec2::<f64>()?;
-        let everywhere: Vec<usize> = (0..self.labels.len())
-            .filter(|&j| self.rows[j].is_none())
-            .collect();
-        let sets: Vec<&[bool]> = everywhere
-            .iter()
-            .map(|&j| self.labels[j].as_slice())
-            .collect();
-        let mut best = vec![0.5f64; self.labels.len()];
-        let mut keep =
-            |j: usize, a: f64| best[j] = best[j].max(if signed { a.max(1.0 - a) } else { a });
-        for col in &cols {
-            if col.iter().all(|&v| v == col[0]) {
-                continue; // a latent that never fires scores 0.5
-            }
-            for (&j, a) in everywhere.iter().zip(aurocs(col, &sets)?) {
-                keep(j, a);
-            }
-            for (j, rows) in self.rows.iter().enumerate() {
-                if let Some(rows) = rows {
-                    let sub: Vec<f64> = rows.iter().map(|&r| col[r]).collect();
-                    keep(j, aurocs(&sub, &[&self.labels[j]])?[0]);
-                }
-            }
-        }
-        Ok(best)
-    }
-}
-
 /// Scores of one SAE on the held-out tokens.
 fn score(
     sae: &Sae,
@@ -264,7 +93,7 @@ fn score(
     hook: HookPoint,
     x: &Tensor,
     tokens: &Tensor,
-    questions: &Questions,
+    questions: &LatentQuestions,
 ) -> Result<(f64, f64, metarep_sae::splice::SpliceScores, Vec<f64>), BoxError> {
     let latents = sae.encode(x)?;
     let mut sums = VarianceSums::default();
@@ -284,7 +113,7 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
 
     let model = if cfg.lm.fixture {
         let m = HookedTransformer::from_dir(&fixture_dir(), &LoadOptions::default())?;
-        if m.config() != &model_config(grammar, &cfg.lm) {
+        if m.config() != &cfg.lm.model_config(grammar) {
             return Err(format!(
                 "{} does not match the [lm] settings of {} (rebuild it: cargo xtask fixtures grammar-lm)",
                 fixture_dir().display(),
@@ -295,12 +124,21 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         println!("  language model: {}", fixture_dir().display());
         m
     } else {
-        train_lm(grammar, &cfg.lm, cfg.seed)?
+        let (model, report) = train_lm(grammar, &cfg.lm, cfg.seed)?;
+        println!(
+            "  language model: {} steps, loss {:.3} → {:.3} ({:.0} s)",
+            report.steps, report.first_loss, report.final_loss, report.seconds
+        );
+        model
     };
     let n_ctx = cfg.lm.n_ctx;
     let mut rng = seeded(derive_seed(cfg.seed, "fig10/eval"));
     let eval = grammar.samples(&mut rng, cfg.eval_sequences, n_ctx)?;
-    let (agree, agree_attr, n_attr) = agreement(&model, grammar, &eval)?;
+    let Agreement {
+        all: agree,
+        attractor: agree_attr,
+        attractor_cases: n_attr,
+    } = agreement(&model, grammar, &eval)?;
     println!("  agreement: {agree:.3} of main verbs, {agree_attr:.3} with an attractor ({n_attr})");
 
     // Capture the SAE training activations through an activation store.
@@ -348,7 +186,7 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         HookFilter::patterns(&[hook.name()]),
     )?;
     let x = cache.get(hook)?.reshape(((), cfg.lm.d_model))?;
-    let questions = Questions::new(&eval);
+    let questions = LatentQuestions::new(&eval);
 
     let mut rows = Vec::new();
     println!(

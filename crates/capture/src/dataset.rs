@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use metarep_model::Tokenizer;
+use metarep_model::TextEncoder;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -32,9 +32,10 @@ pub struct TokenDataset {
 }
 
 impl TokenDataset {
-    /// Reads `path` (see the module docs), tokenizing text with `tokenizer` (required for
-    /// `.jsonl` `"text"` fields and `.txt`), and cuts it into contexts of `context` tokens.
-    pub fn load(path: &Path, tokenizer: Option<&Tokenizer>, context: usize) -> Result<Self> {
+    /// Reads `path` (see the module docs), tokenizing text with `encoder` (a model's
+    /// [`text_encoder`](metarep_model::HookedTransformer::text_encoder); required for `.jsonl`
+    /// `"text"` fields and `.txt`), and cuts it into contexts of `context` tokens.
+    pub fn load(path: &Path, encoder: Option<&dyn TextEncoder>, context: usize) -> Result<Self> {
         if context == 0 {
             return Err(Error::Invalid("context length must be ≥ 1".into()));
         }
@@ -49,8 +50,8 @@ impl TokenDataset {
             }
             let at = |reason: String| Error::file(path, format!("line {}: {reason}", i + 1));
             let doc = match ext {
-                "jsonl" => jsonl_document(line, tokenizer).map_err(at)?,
-                "txt" => tokenize(line, tokenizer).map_err(at)?,
+                "jsonl" => jsonl_document(line, encoder).map_err(at)?,
+                "txt" => tokenize(line, encoder).map_err(at)?,
                 "ids" | "tokens" => parse_ids(line).map_err(at)?,
                 other => {
                     return Err(Error::file(
@@ -89,11 +90,11 @@ impl TokenDataset {
 
 fn jsonl_document(
     line: &str,
-    tokenizer: Option<&Tokenizer>,
+    encoder: Option<&dyn TextEncoder>,
 ) -> std::result::Result<Vec<u32>, String> {
     let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
     if let Some(t) = v.get("text").and_then(|t| t.as_str()) {
-        return tokenize(t, tokenizer);
+        return tokenize(t, encoder);
     }
     if let Some(ids) = v.get("tokens").and_then(|t| t.as_array()) {
         return ids
@@ -108,11 +109,12 @@ fn jsonl_document(
     Err("expected a `text` string or a `tokens` array".into())
 }
 
-fn tokenize(text: &str, tokenizer: Option<&Tokenizer>) -> std::result::Result<Vec<u32>, String> {
-    let tok = tokenizer.ok_or("text needs a tokenizer, and the model has none (give token ids)")?;
-    tok.encode(text, false)
-        .map(|e| e.ids)
-        .map_err(|e| e.to_string())
+fn tokenize(
+    text: &str,
+    encoder: Option<&dyn TextEncoder>,
+) -> std::result::Result<Vec<u32>, String> {
+    let enc = encoder.ok_or("text needs a tokenizer, and the model has none (give token ids)")?;
+    enc.encode_ids(text).map_err(|e| e.to_string())
 }
 
 /// Token ids separated by commas or whitespace.

@@ -31,9 +31,6 @@ pub enum Error {
     /// An error from metarep-model.
     #[error(transparent)]
     Model(#[from] metarep_model::Error),
-    /// An error from metarep-eval (tasks, statistics).
-    #[error(transparent)]
-    Eval(#[from] metarep_eval::Error),
     /// An error from metarep-core.
     #[error(transparent)]
     Core(#[from] metarep_core::Error),

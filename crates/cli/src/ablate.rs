@@ -1,13 +1,14 @@
 //! `metarep ablate`: staged ablations of attention heads and MLP neurons from a TOML config
-//! (see `metarep_capture::ablation`), evaluated on the next-token predictions of a token-id
+//! (see `metarep_circuits::ablation`), evaluated on the next-token predictions of a token-id
 //! file; prints (and with `--out` writes) a markdown table of loss, accuracy and entropy deltas.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use metarep_capture::ablation::{run_ablations, AblationConfig, EvalSet};
 use metarep_capture::TokenDataset;
+use metarep_circuits::ablation::{run_ablations, AblationConfig};
+use metarep_model::predictions::EvalSet;
 use metarep_model::{HookedTransformer, LoadOptions};
 
 /// Arguments of `metarep ablate`.
@@ -39,7 +40,7 @@ fn load_tokens(
     model: &HookedTransformer,
     context: usize,
 ) -> Result<Tensor, Box<dyn std::error::Error>> {
-    let data = TokenDataset::load(path, model.tokenizer(), context)?;
+    let data = TokenDataset::load(path, model.text_encoder(), context)?;
     if data.sequences.is_empty() {
         return Err(format!("{}: no sequence of {context} tokens", path.display()).into());
     }

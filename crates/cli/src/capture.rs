@@ -52,7 +52,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("no hook of this model matches {:?}", args.hooks).into());
     }
     hooks.sort();
-    let data = TokenDataset::load(&args.data, model.tokenizer(), args.context)?;
+    let data = TokenDataset::load(&args.data, model.text_encoder(), args.context)?;
     let spec = CaptureSpec {
         hooks,
         dtype: args.dtype.to_ascii_lowercase(),

@@ -1,4 +1,4 @@
-//! `metarep patch`: activation patching clean → corrupted (see `metarep_capture::patching`) on
+//! `metarep patch`: activation patching clean → corrupted (see `metarep_circuits::patching`) on
 //! prompt pairs from a JSONL file; prints the residual-stream (layer × position) and head
 //! (layer × head) tables of the share of the logit difference each patch restores, and with
 //! `--out DIR` writes them as markdown and SVG heat maps.
@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use metarep_capture::patching::{patch, PatchSet};
+use metarep_circuits::patching::{patch, PatchSet};
 use metarep_eval::plot::Heatmap;
 use metarep_model::{HookedTransformer, LoadOptions, Tokenizer};
 use serde::Deserialize;

@@ -217,6 +217,15 @@ impl HookedTransformer {
         self
     }
 
+    /// The model's text encoder (its tokenizer), if it has one; always `None` when built
+    /// without the `tokenizers` feature.
+    pub fn text_encoder(&self) -> Option<&dyn crate::text::TextEncoder> {
+        if let Some(t) = &self.tokenizer {
+            return Some(t.as_ref());
+        }
+        None
+    }
+
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         self.weights.w_e.device()

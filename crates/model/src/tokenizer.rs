@@ -165,3 +165,9 @@ impl Tokenizer {
         })
     }
 }
+
+impl crate::text::TextEncoder for Tokenizer {
+    fn encode_ids(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.encode(text, false)?.ids)
+    }
+}

@@ -15,9 +15,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, D};
-use metarep_capture::tokenization::{frame, prompt_batch, Framed, Framing};
 use metarep_model::ops::rows_at;
 use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input, Tokenizer};
+use metarep_testbeds::tokenization::{frame, prompt_batch, Framed, Framing};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -73,7 +73,7 @@ pub struct Representations {
     pub final_normed: Tensor,
 }
 
-/// Frames every problem with `framing` (see `metarep_capture::tokenization::frame`).
+/// Frames every problem with `framing` (see `metarep_testbeds::tokenization::frame`).
 pub fn frame_all(
     tokenizer: &Tokenizer,
     problems: &[Problem],

@@ -24,9 +24,9 @@ pub enum Error {
     /// An error from metarep-model.
     #[error(transparent)]
     Model(#[from] metarep_model::Error),
-    /// An error from metarep-capture (framing, tokenization), boxed: it is large.
+    /// An error from metarep-testbeds (framing, tokenization), boxed: it is large.
     #[error(transparent)]
-    Capture(Box<metarep_capture::Error>),
+    Testbeds(Box<metarep_testbeds::Error>),
     /// An error from metarep-core (files).
     #[error(transparent)]
     Core(#[from] metarep_core::Error),
@@ -48,9 +48,9 @@ impl Error {
     }
 }
 
-impl From<metarep_capture::Error> for Error {
-    fn from(e: metarep_capture::Error) -> Self {
-        Error::Capture(Box::new(e))
+impl From<metarep_testbeds::Error> for Error {
+    fn from(e: metarep_testbeds::Error) -> Self {
+        Error::Testbeds(Box::new(e))
     }
 }
 

@@ -18,10 +18,10 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::DType;
-use metarep_capture::tokenization::Framing;
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_eval::tasks::text::{ArithmeticSuite, Op, Tier};
 use metarep_model::HookedTransformer;
+use metarep_testbeds::tokenization::Framing;
 use serde::{Deserialize, Serialize};
 
 use crate::ablate::{ablations, AblationResult};

@@ -176,9 +176,9 @@ fn bad_configs_and_data_are_named() {
 
 #[test]
 fn greedy_transcripts_agree_with_teacher_forced_scores() {
-    use metarep_capture::arith::framing;
-    use metarep_capture::tokenization::score_problems;
     use metarep_second_order::data::{evaluate, frame_all, Problem};
+    use metarep_testbeds::arith::framing;
+    use metarep_testbeds::tokenization::score_problems;
 
     let model = model();
     let tok = model.tokenizer().unwrap().clone();

@@ -21,12 +21,12 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use metarep_capture::arith::{framing, ArithSpec};
-use metarep_capture::tokenization::{prompt_batch, tokenize_all};
 use metarep_core::rng::seeded;
 use metarep_model::interventions::{Intervention, Interventions};
 use metarep_model::{HookedTransformer, LoadOptions, ModelConfig, NoHooks};
 use metarep_second_order::{naive_effect, path_patched_effect, readout_stream, Readout};
+use metarep_testbeds::arith::{framing, ArithSpec};
+use metarep_testbeds::tokenization::{prompt_batch, tokenize_all};
 use rand::Rng;
 use serde_json::json;
 

@@ -9,21 +9,21 @@
 use std::path::Path;
 
 use candle_core::Tensor;
-use metarep_capture::ablation::{run_ablations, scale_sweep, AblationConfig, AblationKind, Stage};
-use metarep_capture::arith::{framing, ArithSpec};
-use metarep_capture::attribution::answer_attribution;
-use metarep_capture::detectors::HeadScores;
-use metarep_capture::patching::{patch, PatchSet};
-use metarep_capture::tokenization::{
-    by_class, eval_set, prompt_batch, score_problems, summarize, tokenize_all, Framing,
-    GroupSummary, ProblemScore, StressGrid, TokenClass, TokenizedProblem,
-};
+use metarep_circuits::ablation::{run_ablations, scale_sweep, AblationConfig, AblationKind, Stage};
+use metarep_circuits::attribution::answer_attribution;
+use metarep_circuits::detectors::HeadScores;
+use metarep_circuits::patching::{patch, PatchSet};
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_eval::plot::{Heatmap, LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
 use metarep_eval::tasks::text::Op;
 use metarep_model::ops::rows_at;
 use metarep_model::{HookedTransformer, Input, LoadOptions, NoHooks, Tokenizer};
+use metarep_testbeds::arith::{framing, ArithSpec};
+use metarep_testbeds::tokenization::{
+    by_class, eval_set, prompt_batch, score_problems, summarize, tokenize_all, Framing,
+    GroupSummary, ProblemScore, StressGrid, TokenClass, TokenizedProblem,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::fixtures::arith::{dir as seed_dir, SEEDS};

@@ -10,21 +10,22 @@ mod arith;
 use std::path::Path;
 
 use candle_core::Tensor;
-use metarep_capture::ablation::{
-    run_ablations, scale_sweep, AblationConfig, AblationKind, AblationReport, EvalSet, Stage,
+use metarep_circuits::ablation::{
+    run_ablations, scale_sweep, AblationConfig, AblationKind, AblationReport, Stage,
 };
-use metarep_capture::detectors::{
+use metarep_circuits::detectors::{
     head_scores, repeat_losses, repeated_tokens, token_losses, HeadScores,
 };
-use metarep_capture::induction::InductionSpec;
-use metarep_capture::patching::{patch, PatchSet};
+use metarep_circuits::patching::{patch, PatchSet};
 use metarep_core::config::load_config;
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_eval::plot::{Heatmap, LinePlot, Series, SeriesStyle};
 use metarep_eval::stats::{bootstrap_ci, BootstrapMethod, Interval};
 use metarep_eval::table::{Cell, Table};
 use metarep_model::interventions::{Intervention, Interventions};
+use metarep_model::predictions::EvalSet;
 use metarep_model::{HookedTransformer, LoadOptions, NoHooks};
+use metarep_testbeds::induction::InductionSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::output::ResultDir;

@@ -21,7 +21,7 @@ use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::AddedToken;
 
 use crate::error::{Error, Result};
-use crate::recipe::train_fixture;
+use crate::recipe::{default_warmup, train_fixture};
 use crate::tokenization::{padded, tokenize_all, Framing};
 
 /// The tokenizer's one special token: beginning, end and padding of every sequence.
@@ -150,9 +150,11 @@ impl ArithSpec {
     /// Trains the model (f32, CPU) with `tokenizer` and returns it with the tokenizer attached.
     pub fn train(&self, tokenizer: &Tokenizer) -> Result<(HookedTransformer, RunReport)> {
         let cfg = self.model_config(tokenizer.vocab_size());
-        let (model, report) = train_fixture(cfg, self.seed, self.steps, self.lr, |step, seed| {
-            self.batch(tokenizer, step, seed)
-        })?;
+        let warmup = default_warmup(self.steps);
+        let (model, report) =
+            train_fixture(cfg, self.seed, self.steps, self.lr, warmup, |step, seed| {
+                self.batch(tokenizer, step, seed)
+            })?;
         Ok((model.with_tokenizer(tokenizer.clone()), report))
     }
 }

@@ -4,11 +4,12 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use metarep_capture::ablation::{run_ablations, AblationConfig, AblationKind, EvalSet, Stage};
-use metarep_capture::detectors::{
+use metarep_circuits::ablation::{run_ablations, AblationConfig, AblationKind, Stage};
+use metarep_circuits::detectors::{
     head_scores, repeat_losses, repeated_tokens, token_losses, HeadScores,
 };
 use metarep_core::rng::seeded;
+use metarep_model::predictions::EvalSet;
 use metarep_model::train::{cross_entropy, LmBatch};
 use metarep_model::{HookedTransformer, Input, LoadOptions, ModelConfig, NoHooks};
 
@@ -159,42 +160,9 @@ fn the_induction_fixture_has_a_layer_one_induction_head_that_matters() {
 }
 
 #[test]
-fn induction_training_sequences_repeat_a_segment_at_random_places() {
-    use metarep_capture::induction::InductionSpec;
-    let spec = InductionSpec {
-        batch: 50,
-        ..InductionSpec::default()
-    };
-    let t = spec.batch_tokens(7, 0).unwrap();
-    assert_eq!(t.dims(), &[50, spec.n_ctx + 1]);
-    assert_eq!(
-        t.to_vec2::<u32>().unwrap(),
-        spec.batch_tokens(7, 0).unwrap().to_vec2::<u32>().unwrap()
-    );
-    let mut starts = std::collections::BTreeSet::new();
-    for row in t.to_vec2::<u32>().unwrap() {
-        assert_eq!(row[0], 0);
-        // Some window of min_segment tokens occurs twice without overlapping.
-        let w = spec.min_segment;
-        let first = (1..row.len() - w)
-            .find(|&i| (i + w..=row.len() - w).any(|j| row[i..i + w] == row[j..j + w]))
-            .expect("no repeated segment");
-        starts.insert(first);
-    }
-    assert!(
-        starts.len() > 10,
-        "repeats always start at the same places: {starts:?}"
-    );
-    let bad = InductionSpec {
-        min_segment: 40,
-        ..InductionSpec::default()
-    };
-    assert!(bad.batch_tokens(0, 0).is_err());
-}
-
-#[test]
 fn scale_sweep_is_clean_at_one_and_zero_ablation_at_zero() {
-    use metarep_capture::ablation::{metrics, scale_sweep};
+    use metarep_circuits::ablation::scale_sweep;
+    use metarep_model::predictions::metrics;
     let model = small();
     let t = repeated_tokens(&mut seeded(4), 4, 6, 12).unwrap();
     let eval = EvalSet {
@@ -222,7 +190,7 @@ fn scale_sweep_is_clean_at_one_and_zero_ablation_at_zero() {
 
 #[test]
 fn patching_positions_where_the_prompts_agree_restores_nothing_and_heads_restore_induction() {
-    use metarep_capture::patching::{patch, PatchSet};
+    use metarep_circuits::patching::{patch, PatchSet};
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/induction-2l");
     let model = HookedTransformer::from_dir(&dir, &LoadOptions::default()).unwrap();
     // Deep enough into the second copy for the fixture's induction to be confident.

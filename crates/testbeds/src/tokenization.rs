@@ -12,11 +12,11 @@ use candle_core::{DType, Device, Tensor, D};
 use metarep_eval::stats::{bootstrap_ci, BootstrapMethod, Interval};
 use metarep_eval::tasks::text::{ArithmeticProblem, ArithmeticSuite, Op, Tier};
 use metarep_model::ops::log_softmax_last_dim;
+use metarep_model::predictions::EvalSet;
 use metarep_model::{HookedTransformer, Hooks, Input, Tokenizer};
 use rand::Rng;
 use serde::Serialize;
 
-use crate::ablation::EvalSet;
 use crate::error::{Error, Result};
 
 /// Special tokens around each problem.

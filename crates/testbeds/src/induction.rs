@@ -15,9 +15,12 @@ use metarep_model::{HookedTransformer, ModelConfig};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::detectors::BOS;
 use crate::error::{Error, Result};
-use crate::recipe::train_fixture;
+use crate::recipe::{default_warmup, train_fixture};
+
+/// The BOS token id of the training sequences (the id the head detectors of
+/// `metarep_circuits::detectors` put first, too).
+pub const BOS: u32 = 0;
 
 /// Model shape and training settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -107,6 +110,7 @@ impl InductionSpec {
             self.seed,
             self.steps,
             self.lr,
+            default_warmup(self.steps),
             |step, seed| LmBatch::next_token(&self.batch_tokens(step, seed)?).map_err(Into::into),
         )
     }
