@@ -11,12 +11,11 @@
 
 use std::path::PathBuf;
 
-use metarep::circuits::detectors::{
-    head_scores, repeat_losses, repeated_tokens, token_losses, HeadScores,
-};
+use metarep::circuits::detectors::{head_scores, repeat_losses, repeated_tokens, token_losses};
+use metarep::circuits::ranking::ranked_heads;
 use metarep::core::rng::seeded;
 use metarep::model::interventions::{Intervention, Interventions};
-use metarep::model::{HookedTransformer, LoadOptions, NoHooks};
+use metarep::model::{Component, HookedTransformer, LoadOptions, NoHooks};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/induction-2l");
@@ -26,9 +25,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let s = head_scores(&model, &tokens)?;
     println!("head   induction  previous  duplicate  prefix-matching");
-    for (l, h, score) in HeadScores::ranked(&s.induction) {
+    let ranked = ranked_heads(&s.induction);
+    for &(head, score) in &ranked {
+        let Component::Head { layer: l, head: h } = head else {
+            continue;
+        };
         println!(
-            "L{l}H{h}   {score:.3}      {:.3}     {:.3}      {:.3}",
+            "{head}   {score:.3}      {:.3}     {:.3}      {:.3}",
             s.previous_token[l][h], s.duplicate_token[l][h], s.prefix_matching[l][h]
         );
     }
@@ -46,9 +49,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let (first, second) = mean_repeats(token_losses(&model, &tokens, &mut NoHooks)?)?;
     println!("loss on the first repeat {first:.3} nats, on the second {second:.3}");
-    let (l, h, _) = HeadScores::ranked(&s.induction)[0];
-    let mut off = Interventions::new(vec![Intervention::zero_heads(l, &[h])]);
+    let top = ranked[0].0;
+    let mut off = Interventions::new(vec![Intervention::zero(top)?]);
     let (a_first, a_second) = mean_repeats(token_losses(&model, &tokens, &mut off)?)?;
-    println!("with L{l}H{h} zeroed: first {a_first:.3}, second {a_second:.3}");
+    println!("with {top} zeroed: first {a_first:.3}, second {a_second:.3}");
     Ok(())
 }

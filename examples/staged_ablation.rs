@@ -23,15 +23,15 @@ cumulative = true
 [[stages]]
 name = "L1H0"
 kind = "zero"
-heads = [[1, 0]]
+components = ["L1H0"]
 [[stages]]
 name = "+ L1H1"
 kind = "zero"
-heads = [[1, 1]]
+components = ["L1H1"]
 [[stages]]
 name = "+ L1H3"
 kind = "zero"
-heads = [[1, 3]]
+components = ["L1H3"]
 "#;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use metarep_core::manifest::RunManifest;
 use metarep_core::metrics::FlatMetrics;
-use metarep_eval::plot::LinePlot;
+use metarep_eval::plot::{Heatmap, LinePlot};
 use metarep_eval::table::Table;
 use serde::Serialize;
 
@@ -43,6 +43,12 @@ impl ResultDir {
         Ok(())
     }
 
+    /// Writes `map` as `<name>.svg`.
+    pub fn heatmap(&self, name: &str, map: &Heatmap) -> Result<(), BoxError> {
+        map.write_svg(self.dir.join(format!("{name}.svg")))?;
+        Ok(())
+    }
+
     /// Records an extra manifest field (e.g. a model's or a dataset's hash).
     pub fn extra(&mut self, key: &str, value: &impl Serialize) -> Result<(), BoxError> {
         self.manifest.set_extra(key, value)?;
@@ -57,4 +63,16 @@ impl ResultDir {
         self.manifest.write_json(&self.dir.join("manifest.json"))?;
         Ok(pass)
     }
+}
+
+/// A method label as a metric key: lower case, `++` → `pp`, runs of other characters → `_`
+/// (`"GD++ (tuned η, γ)"` → `gdpp_tuned`).
+pub fn metric_key(label: &str) -> String {
+    label
+        .to_lowercase()
+        .replace("++", "pp")
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join("_")
 }

@@ -11,15 +11,16 @@
 //! cumulative = false
 //! [[stages]]
 //! name = "top induction head"
-//! kind = "zero"            # zero | mean | resample
-//! heads = [[1, 3]]         # (layer, head)
-//! neurons = []             # (layer, neuron)
+//! kind = "zero"                # zero | mean | resample
+//! components = ["L1H3", "L0N7"] # heads L{layer}H{head}, MLP neurons L{layer}N{neuron}
 //! ```
 
 use candle_core::Tensor;
 use metarep_model::interventions::{mean_activation, Intervention, Interventions};
 use metarep_model::predictions::{metrics, EvalSet, Metrics};
-use metarep_model::{ActivationCache, HookFilter, HookPoint, HookedTransformer, Input, NoHooks};
+use metarep_model::{
+    ActivationCache, Component, HookFilter, HookPoint, HookedTransformer, Input, NoHooks,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -44,12 +45,9 @@ pub struct Stage {
     pub name: String,
     /// Ablation kind.
     pub kind: AblationKind,
-    /// Attention heads `(layer, head)` (ablated at `hook_z`).
-    #[serde(default)]
-    pub heads: Vec<(usize, usize)>,
-    /// MLP neurons `(layer, neuron)` (ablated at `mlp.hook_post`).
-    #[serde(default)]
-    pub neurons: Vec<(usize, usize)>,
+    /// The components ablated: attention heads (at `hook_z`) and MLP neurons (at
+    /// `mlp.hook_post`).
+    pub components: Vec<Component>,
 }
 
 /// A staged ablation run.
@@ -86,34 +84,60 @@ pub struct AblationReport {
 }
 
 impl AblationConfig {
-    /// Checks every layer, head and neuron index against the model's shape; an error names the
-    /// stage and the index.
+    /// One stage per component, each ablated alone by `kind` (stages named by the component).
+    pub fn each_alone(components: &[Component], kind: AblationKind) -> Self {
+        AblationConfig {
+            cumulative: false,
+            stages: components
+                .iter()
+                .map(|&c| Stage {
+                    name: c.to_string(),
+                    kind,
+                    components: vec![c],
+                })
+                .collect(),
+        }
+    }
+
+    /// Checks every component exists in the model and is a head or a neuron; an error names
+    /// the stage and the component.
     pub fn validate(&self, model: &HookedTransformer) -> Result<()> {
-        let cfg = model.config();
         if self.stages.is_empty() {
             return Err(Error::Invalid("ablation config has no stages".into()));
         }
         for s in &self.stages {
-            for &(l, h) in &s.heads {
-                if l >= cfg.n_layers || h >= cfg.n_heads {
-                    return Err(Error::Invalid(format!(
-                        "stage `{}`: head ({l}, {h}) out of range (the model has {} layers of {} heads)",
-                        s.name, cfg.n_layers, cfg.n_heads
-                    )));
-                }
-            }
-            for &(l, n) in &s.neurons {
-                if cfg.attn_only || l >= cfg.n_layers || n >= cfg.d_mlp {
-                    return Err(Error::Invalid(format!(
-                        "stage `{}`: neuron ({l}, {n}) out of range (the model has {} layers of {} MLP neurons)",
-                        s.name,
-                        cfg.n_layers,
-                        if cfg.attn_only { 0 } else { cfg.d_mlp }
-                    )));
-                }
-            }
+            check_ablatable(&s.name, &s.components, model)?;
         }
         Ok(())
+    }
+}
+
+/// Checks `components` are heads or neurons of `model`; errors name `what` and the component.
+fn check_ablatable(what: &str, components: &[Component], model: &HookedTransformer) -> Result<()> {
+    for c in components {
+        if !matches!(c, Component::Head { .. } | Component::Neuron { .. }) {
+            return Err(Error::Invalid(format!(
+                "stage `{what}`: {c} cannot be ablated here (heads L{{l}}H{{h}} and neurons \
+                 L{{l}}N{{n}} can)"
+            )));
+        }
+        c.check(model.config())
+            .map_err(|e| Error::Invalid(format!("stage `{what}`: {e}")))?;
+    }
+    Ok(())
+}
+
+impl AblationReport {
+    /// Stage indices from the largest loss increase down (ties keep stage order).
+    pub fn by_loss_increase(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.stages.len()).collect();
+        order.sort_by(|&a, &b| {
+            self.stages[b]
+                .delta
+                .loss
+                .total_cmp(&self.stages[a].delta.loss)
+        });
+        order
     }
 }
 
@@ -169,31 +193,8 @@ pub fn run_ablations(
             active.clear();
         }
         let rc = reference_cache.as_ref();
-        for &(l, h) in &s.heads {
-            let z = HookPoint::Z(l);
-            active.push(match s.kind {
-                AblationKind::Zero => Intervention::zero_heads(l, &[h]),
-                AblationKind::Mean => {
-                    Intervention::mean_heads(l, &[h], mean_activation(reference_at(rc, z)?, true)?)
-                }
-                AblationKind::Resample => {
-                    Intervention::resample_heads(l, &[h], reference_at(rc, z)?.clone())
-                }
-            });
-        }
-        for &(l, n) in &s.neurons {
-            let post = HookPoint::MlpPost(l);
-            active.push(match s.kind {
-                AblationKind::Zero => Intervention::zero_neurons(l, &[n]),
-                AblationKind::Mean => Intervention::mean_neurons(
-                    l,
-                    &[n],
-                    mean_activation(reference_at(rc, post)?, true)?,
-                ),
-                AblationKind::Resample => {
-                    Intervention::resample_neurons(l, &[n], reference_at(rc, post)?.clone())
-                }
-            });
+        for &c in &s.components {
+            active.push(ablation(c, s.kind, rc)?);
         }
         let mut hooks = Interventions::new(active.clone());
         let ablated = metrics(model, eval, &mut hooks)?;
@@ -212,45 +213,71 @@ pub fn run_ablations(
     Ok(AblationReport { clean, stages })
 }
 
+/// The intervention that ablates head or neuron `c` by `kind`.
+fn ablation(
+    c: Component,
+    kind: AblationKind,
+    reference: Option<&ActivationCache>,
+) -> Result<Intervention> {
+    Ok(match (c, kind) {
+        (Component::Head { layer, head }, AblationKind::Zero) => {
+            Intervention::zero_heads(layer, &[head])
+        }
+        (Component::Head { layer, head }, AblationKind::Mean) => {
+            let z = reference_at(reference, HookPoint::Z(layer))?;
+            Intervention::mean_heads(layer, &[head], mean_activation(z, true)?)
+        }
+        (Component::Head { layer, head }, AblationKind::Resample) => {
+            let z = reference_at(reference, HookPoint::Z(layer))?;
+            Intervention::resample_heads(layer, &[head], z.clone())
+        }
+        (Component::Neuron { layer, neuron }, AblationKind::Zero) => {
+            Intervention::zero_neurons(layer, &[neuron])
+        }
+        (Component::Neuron { layer, neuron }, AblationKind::Mean) => {
+            let post = reference_at(reference, HookPoint::MlpPost(layer))?;
+            Intervention::mean_neurons(layer, &[neuron], mean_activation(post, true)?)
+        }
+        (Component::Neuron { layer, neuron }, AblationKind::Resample) => {
+            let post = reference_at(reference, HookPoint::MlpPost(layer))?;
+            Intervention::resample_neurons(layer, &[neuron], post.clone())
+        }
+        (other, _) => return Err(Error::Invalid(format!("{other} cannot be ablated"))),
+    })
+}
+
 /// The reference run's activation at `point`.
 fn reference_at(cache: Option<&ActivationCache>, point: HookPoint) -> Result<&Tensor> {
     let cache = cache.ok_or_else(|| Error::Invalid("no reference activations".into()))?;
     Ok(cache.get(point)?)
 }
 
-/// Metrics with the `heads` and `neurons` all scaled by each of `factors` (0 suppresses, 1 is
-/// the clean model, > 1 amplifies): one [`Metrics`] per factor, in order.
+/// Metrics with the heads and neurons among `components` all scaled by each of `factors` (0
+/// suppresses, 1 is the clean model, > 1 amplifies): one [`Metrics`] per factor, in order.
 pub fn scale_sweep(
     model: &HookedTransformer,
     eval: &EvalSet,
-    heads: &[(usize, usize)],
-    neurons: &[(usize, usize)],
+    components: &[Component],
     factors: &[f64],
 ) -> Result<Vec<Metrics>> {
-    let probe = AblationConfig {
-        cumulative: false,
-        stages: vec![Stage {
-            name: "scale sweep".into(),
-            kind: AblationKind::Zero,
-            heads: heads.to_vec(),
-            neurons: neurons.to_vec(),
-        }],
-    };
-    probe.validate(model)?;
+    check_ablatable("scale sweep", components, model)?;
     factors
         .iter()
         .map(|&f| {
             if !f.is_finite() {
                 return Err(Error::Invalid(format!("scale factor {f} is not finite")));
             }
-            let list = heads
+            let list = components
                 .iter()
-                .map(|&(l, h)| Intervention::scale_heads(l, &[h], f))
-                .chain(
-                    neurons
-                        .iter()
-                        .map(|&(l, n)| Intervention::scale_neurons(l, &[n], f)),
-                )
+                .filter_map(|&c| match c {
+                    Component::Head { layer, head } => {
+                        Some(Intervention::scale_heads(layer, &[head], f))
+                    }
+                    Component::Neuron { layer, neuron } => {
+                        Some(Intervention::scale_neurons(layer, &[neuron], f))
+                    }
+                    _ => None,
+                })
                 .collect();
             Ok(metrics(model, eval, &mut Interventions::new(list))?)
         })

@@ -8,13 +8,14 @@
 //! `u_t = w_ln ⊙ W_U[:, t]`, centred for LayerNorm. A layer's neuron effects plus its `b_out`
 //! term sum to the layer's `hook_mlp_out` attribution.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 use metarep_model::dla::{direct_logit_attribution, dla_filter, LogitTarget};
 use metarep_model::ops::rows_at;
-use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input, NormKind};
+use metarep_model::{Component, FrozenNorm, HookFilter, HookPoint, HookedTransformer, Input};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::ranking::{ranked_heads, ranked_neurons_by_magnitude};
 
 /// Mean direct effects on the chosen tokens' logits, over prompts.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -29,6 +30,62 @@ pub struct AnswerAttribution {
     pub mlp_bias: Vec<f64>,
     /// The mean chosen logit (all components summed).
     pub logit: f64,
+}
+
+/// How exactly an [`AnswerAttribution`] reproduces the model.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct AttributionCheck {
+    /// The mean chosen logit of a plain forward pass.
+    pub logit: f64,
+    /// The attribution's sum minus that logit.
+    pub sum_minus_logit: f64,
+    /// The largest `|MLP output − (neurons + b_out)|` over layers.
+    pub layer_gap: f64,
+}
+
+impl AttributionCheck {
+    /// Both gaps within `tol`.
+    pub fn exact(&self, tol: f64) -> bool {
+        self.sum_minus_logit.abs() < tol && self.layer_gap < tol
+    }
+}
+
+impl AnswerAttribution {
+    /// Heads by attribution, highest first.
+    pub fn ranked_heads(&self) -> Vec<(Component, f64)> {
+        ranked_heads(&self.heads)
+    }
+
+    /// Neurons by attribution magnitude, largest first.
+    pub fn ranked_neurons(&self) -> Vec<(Component, f64)> {
+        ranked_neurons_by_magnitude(&self.neurons)
+    }
+
+    /// Compares the attribution of `answer_attribution(model, tokens, positions, targets)`
+    /// with a plain forward pass on the same prompts.
+    pub fn check(
+        &self,
+        model: &HookedTransformer,
+        tokens: &Tensor,
+        positions: &[usize],
+        targets: &[u32],
+    ) -> Result<AttributionCheck> {
+        let logits = rows_at_f32(&model.forward(Input::new(tokens.clone()))?, positions)?;
+        let ids = Tensor::from_vec(targets.to_vec(), (targets.len(), 1), tokens.device())?;
+        let logit = logits.gather(&ids, 1)?.mean_all()?.to_scalar::<f32>()? as f64;
+        let layer_gap = self
+            .mlps
+            .iter()
+            .zip(&self.neurons)
+            .zip(&self.mlp_bias)
+            .map(|((m, ns), b)| (m - ns.iter().sum::<f64>() - b).abs())
+            .fold(0.0, f64::max);
+        Ok(AttributionCheck {
+            logit,
+            sum_minus_logit: self.logit - logit,
+            layer_gap,
+        })
+    }
 }
 
 /// Attributes, for each prompt `r` of `tokens: [batch, n]`, the logit of `targets[r]` at
@@ -87,17 +144,17 @@ pub fn answer_attribution(
         .iter()
         .map(|c| (0..b).map(|r| c[r][positions[r]] as f64).sum::<f64>() / b as f64)
         .collect();
-    let label = |name: &str| -> Result<f64> {
+    let label = |c: Component| -> Result<f64> {
         dla.labels
             .iter()
-            .position(|l| l == name)
+            .position(|&l| l == c)
             .map(|i| picked[i])
-            .ok_or_else(|| Error::Invalid(format!("attribution: no component `{name}`")))
+            .ok_or_else(|| Error::Invalid(format!("attribution: no component {c}")))
     };
     let heads = (0..cfg.n_layers)
-        .map(|l| {
+        .map(|layer| {
             (0..cfg.n_heads)
-                .map(|h| label(&format!("L{l}H{h}")))
+                .map(|head| label(Component::Head { layer, head }))
                 .collect()
         })
         .collect::<Result<Vec<Vec<f64>>>>()?;
@@ -105,7 +162,7 @@ pub fn answer_attribution(
     if cfg.has_mlp() {
         let u = unembed_directions(model, &cache, positions, targets)?;
         for l in 0..cfg.n_layers {
-            mlps.push(label(&format!("{l}_mlp_out"))?);
+            mlps.push(label(Component::Mlp(l))?);
             let post = rows_at_f32(cache.get(HookPoint::MlpPost(l))?, positions)?; // [b, d_mlp]
             let w_out = model.w_out(l)?.to_dtype(DType::F32)?; // [d_mlp, d]
             let g = u.matmul(&w_out.t()?)?; // [b, d_mlp]
@@ -142,14 +199,11 @@ fn unembed_directions(
         .ok_or_else(|| Error::Invalid("attribution: the model has no unembedding".into()))?
         .to_dtype(DType::F32)?;
     let idx = Tensor::from_vec(targets.to_vec(), targets.len(), w_u.device())?;
-    let mut u = w_u.t()?.contiguous()?.index_select(&idx, 0)?; // [b, d]
-    if let Some(ln) = model.ln_final() {
-        u = u.broadcast_mul(&ln.w.to_dtype(DType::F32)?)?;
-        if model.config().norm == NormKind::LayerNorm {
-            u = u.broadcast_sub(&u.mean_keepdim(D::Minus1)?)?;
-        }
-        let scale = rows_at_f32(cache.get(HookPoint::LnFinalScale)?, positions)?; // [b, 1]
-        u = u.broadcast_div(&scale)?;
-    }
-    Ok(u)
+    let u = w_u.t()?.contiguous()?.index_select(&idx, 0)?; // [b, d]
+    let norm = FrozenNorm::final_of(model).to_dtype(DType::F32)?;
+    let scale = match norm.scaled {
+        true => Some(rows_at_f32(cache.get(HookPoint::LnFinalScale)?, positions)?), // [b, 1]
+        false => None,
+    };
+    Ok(norm.read_direction(&u, scale.as_ref())?)
 }

@@ -16,6 +16,7 @@
 //! repeat.
 
 use candle_core::{Device, Tensor, D};
+use metarep_eval::stats::{bootstrap_ci, BootstrapMethod, Interval};
 use metarep_model::ops::log_softmax_last_dim;
 use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input};
 use rand::Rng;
@@ -62,19 +63,6 @@ pub struct HeadScores {
     pub duplicate_token: Vec<Vec<f64>>,
     /// Attention to positions right after earlier occurrences of the same token.
     pub prefix_matching: Vec<Vec<f64>>,
-}
-
-impl HeadScores {
-    /// Heads `(layer, head, score)` of `scores` sorted from the highest score down.
-    pub fn ranked(scores: &[Vec<f64>]) -> Vec<(usize, usize, f64)> {
-        let mut all: Vec<(usize, usize, f64)> = scores
-            .iter()
-            .enumerate()
-            .flat_map(|(l, hs)| hs.iter().enumerate().map(move |(h, &s)| (l, h, s)))
-            .collect();
-        all.sort_by(|a, b| b.2.total_cmp(&a.2));
-        all
-    }
 }
 
 /// Runs the four detectors on `tokens` `[batch, 2·len + 1]` (as made by [`repeated_tokens`]).
@@ -207,4 +195,44 @@ pub fn repeat_losses(per_position: &[f64]) -> Result<(f64, f64)> {
         per_position[r].iter().sum::<f64>() / k
     };
     Ok((mean(1..len), mean(len + 1..2 * len)))
+}
+
+/// Mean first- and second-repeat loss over sequences with 95% bootstrap intervals.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RepeatLosses {
+    /// Loss on the first repeat.
+    pub first: Interval,
+    /// Loss on the second repeat.
+    pub second: Interval,
+}
+
+impl RepeatLosses {
+    /// From [`token_losses`] of `[BOS, s, s]` sequences, with `resamples` percentile-bootstrap
+    /// resamples over sequences drawn from `rng` (first repeat first).
+    pub fn from_token_losses(
+        losses: &[Vec<f64>],
+        resamples: usize,
+        rng: &mut impl rand::Rng,
+    ) -> Result<Self> {
+        let (mut first, mut second) = (Vec::new(), Vec::new());
+        for row in losses {
+            let (a, b) = repeat_losses(row)?;
+            first.push(a);
+            second.push(b);
+        }
+        let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
+        let mut ci =
+            |xs: &[f64]| bootstrap_ci(xs, mean, 0.95, resamples, BootstrapMethod::Percentile, rng);
+        Ok(RepeatLosses {
+            first: ci(&first)?,
+            second: ci(&second)?,
+        })
+    }
+
+    /// The share of the gap between first- and second-repeat loss that `ablated` closes:
+    /// `(ablated second − second) / (first − second)` (1: induction fully removed).
+    pub fn gap_closed(&self, ablated: &RepeatLosses) -> f64 {
+        (ablated.second.estimate - self.second.estimate)
+            / (self.first.estimate - self.second.estimate)
+    }
 }

@@ -10,6 +10,9 @@ pub enum Error {
     /// An error from metarep-model.
     #[error(transparent)]
     Model(#[from] metarep_model::Error),
+    /// An error from metarep-eval (statistics).
+    #[error(transparent)]
+    Eval(#[from] metarep_eval::Error),
     /// An error from candle.
     #[error("candle error: {0}")]
     Candle(#[from] candle_core::Error),

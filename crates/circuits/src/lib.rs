@@ -7,13 +7,15 @@
 //!   accuracy, entropy and logit-difference deltas, and scale sweeps (suppress to amplify);
 //! - [`patching`]: activation patching clean → corrupted, per layer and position and per head;
 //! - [`attribution`]: direct logit attribution of a chosen token to heads, MLP layers and
-//!   neurons.
+//!   neurons;
+//! - [`ranking`]: components ranked by any of these scores.
 //!
 //! The clean baseline of every comparison is [`metarep_model::predictions::metrics`].
 //!
 //! ```
 //! use candle_core::{DType, Device};
-//! use metarep_circuits::detectors::{head_scores, repeated_tokens, HeadScores};
+//! use metarep_circuits::detectors::{head_scores, repeated_tokens};
+//! use metarep_circuits::ranking::ranked_heads;
 //! use metarep_model::{HookedTransformer, ModelConfig};
 //!
 //! let model = HookedTransformer::random(ModelConfig::gpt2_like(2, 16, 2, 20, 32), 0, DType::F32, &Device::Cpu)?;
@@ -21,8 +23,8 @@
 //! # use rand::SeedableRng;
 //! let tokens = repeated_tokens(&mut rng, 4, 8, 20)?; // [BOS, s, s], |s| = 8
 //! let scores = head_scores(&model, &tokens)?;
-//! let (layer, head, score) = HeadScores::ranked(&scores.induction)[0];
-//! assert!(layer < 2 && head < 2 && (0.0..=1.0).contains(&score));
+//! let (top, score) = ranked_heads(&scores.induction)[0];
+//! assert!(top.layer() < Some(2) && (0.0..=1.0).contains(&score));
 //! # Ok::<(), metarep_circuits::Error>(())
 //! ```
 
@@ -33,5 +35,6 @@ pub mod attribution;
 pub mod detectors;
 pub mod error;
 pub mod patching;
+pub mod ranking;
 
 pub use error::{Error, Result};

@@ -8,11 +8,13 @@
 //! (`hook_resid_pre`) per layer and position, and every head's output (`hook_z`) per layer and
 //! head (all positions).
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use metarep_model::interventions::{Intervention, Interventions};
+use metarep_model::predictions::PromptPair;
 use metarep_model::{HookFilter, HookPoint, HookedTransformer, Hooks, Input, NoHooks};
 use serde::Serialize;
 
+use crate::detectors::repeated_tokens;
 use crate::error::{Error, Result};
 
 /// Clean and corrupted prompts of the same shape, and the answer and alternative token per
@@ -27,6 +29,72 @@ pub struct PatchSet {
     pub answer: Tensor,
     /// The alternative per prompt `[batch]` (u32).
     pub alternative: Tensor,
+}
+
+impl PatchSet {
+    /// Stacks `pairs` (all of one prompt length) into a patch set.
+    pub fn from_pairs(pairs: &[PromptPair]) -> Result<Self> {
+        let n = pairs
+            .first()
+            .ok_or_else(|| Error::Invalid("patching needs at least one prompt pair".into()))?
+            .clean
+            .len();
+        if let Some((i, p)) = pairs
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.clean.len() != n || p.corrupted.len() != n)
+        {
+            return Err(Error::Invalid(format!(
+                "prompt pair {i} has {} clean and {} corrupted tokens; pair 0 has {n}",
+                p.clean.len(),
+                p.corrupted.len()
+            )));
+        }
+        let b = pairs.len();
+        let dev = &Device::Cpu;
+        let flat = |f: fn(&PromptPair) -> &[u32]| pairs.iter().flat_map(f).copied().collect();
+        Ok(PatchSet {
+            clean: Tensor::from_vec(flat(|p| &p.clean), (b, n), dev)?,
+            corrupted: Tensor::from_vec(flat(|p| &p.corrupted), (b, n), dev)?,
+            answer: Tensor::from_vec(pairs.iter().map(|p| p.answer).collect(), b, dev)?,
+            alternative: Tensor::from_vec(pairs.iter().map(|p| p.alternative).collect(), b, dev)?,
+        })
+    }
+}
+
+/// Induction prompt pairs: clean `[BOS, s, s₁..s_j]` predicting `s_{j+1}`, corrupted
+/// `[BOS, s', s₁..s_j]` (another first copy) suggesting `s'_{j+1}`, so only the clean run's
+/// first copy tells the answer; `batch` pairs of segments of `segment` tokens from `1..vocab`,
+/// `j = read_at` (`1 ≤ j < segment`).
+pub fn induction_pairs(
+    rng: &mut impl rand::Rng,
+    batch: usize,
+    segment: usize,
+    vocab: usize,
+    read_at: usize,
+) -> Result<Vec<PromptPair>> {
+    if read_at == 0 || read_at >= segment {
+        return Err(Error::Invalid(format!(
+            "induction pairs: read position {read_at} must be in 1..{segment}"
+        )));
+    }
+    let a = repeated_tokens(rng, batch, segment, vocab)?.to_vec2::<u32>()?;
+    let b = repeated_tokens(rng, batch, segment, vocab)?.to_vec2::<u32>()?;
+    let n = 1 + segment + read_at;
+    Ok(a.iter()
+        .zip(&b)
+        .map(|(x, y)| {
+            let mut corrupted = vec![x[0]];
+            corrupted.extend_from_slice(&y[1..=segment]);
+            corrupted.extend_from_slice(&x[segment + 1..n]);
+            PromptPair {
+                clean: x[..n].to_vec(),
+                corrupted,
+                answer: x[read_at + 1],
+                alternative: y[read_at + 1],
+            }
+        })
+        .collect())
 }
 
 /// Normalised patching scores.

@@ -5,13 +5,12 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use metarep_circuits::ablation::{run_ablations, AblationConfig, AblationKind, Stage};
-use metarep_circuits::detectors::{
-    head_scores, repeat_losses, repeated_tokens, token_losses, HeadScores,
-};
+use metarep_circuits::detectors::{head_scores, repeat_losses, repeated_tokens, token_losses};
+use metarep_circuits::ranking::ranked_heads;
 use metarep_core::rng::seeded;
 use metarep_model::predictions::EvalSet;
 use metarep_model::train::{cross_entropy, LmBatch};
-use metarep_model::{HookedTransformer, Input, LoadOptions, ModelConfig, NoHooks};
+use metarep_model::{Component, HookedTransformer, Input, LoadOptions, ModelConfig, NoHooks};
 
 fn small() -> HookedTransformer {
     let mut cfg = ModelConfig::gpt2_like(2, 16, 2, 12, 16);
@@ -19,12 +18,11 @@ fn small() -> HookedTransformer {
     HookedTransformer::random(cfg, 3, DType::F32, &Device::Cpu).unwrap()
 }
 
-fn stage(kind: AblationKind, heads: Vec<(usize, usize)>, neurons: Vec<(usize, usize)>) -> Stage {
+fn stage(kind: AblationKind, components: &[&str]) -> Stage {
     Stage {
-        name: format!("{heads:?} {neurons:?}"),
+        name: components.join(" "),
         kind,
-        heads,
-        neurons,
+        components: components.iter().map(|c| c.parse().unwrap()).collect(),
     }
 }
 
@@ -50,9 +48,9 @@ fn repeated_tokens_repeat_and_scores_are_attention_fractions() {
         assert_eq!((m.len(), m[0].len()), (2, 2));
         assert!(m.iter().flatten().all(|&v| (0.0..=1.0 + 1e-6).contains(&v)));
     }
-    let ranked = HeadScores::ranked(&s.induction);
+    let ranked = ranked_heads(&s.induction);
     assert_eq!(ranked.len(), 4);
-    assert!(ranked.windows(2).all(|w| w[0].2 >= w[1].2));
+    assert!(ranked.windows(2).all(|w| w[0].1 >= w[1].1));
     assert!(head_scores(&model, &t.narrow(1, 0, 10).unwrap()).is_err());
 }
 
@@ -93,10 +91,7 @@ fn staged_ablations_report_deltas_and_bad_indices_are_named() {
     ] {
         let config = AblationConfig {
             cumulative: true,
-            stages: vec![
-                stage(kind, vec![(0, 1)], vec![]),
-                stage(kind, vec![(1, 0)], vec![(1, 3)]),
-            ],
+            stages: vec![stage(kind, &["L0H1"]), stage(kind, &["L1H0", "L1N3"])],
         };
         let r = run_ablations(&model, &config, &eval, Some(&reference)).unwrap();
         assert_eq!(r.stages.len(), 2);
@@ -110,7 +105,7 @@ fn staged_ablations_report_deltas_and_bad_indices_are_named() {
     // An empty ablation changes nothing.
     let none = AblationConfig {
         cumulative: false,
-        stages: vec![stage(AblationKind::Zero, vec![], vec![])],
+        stages: vec![stage(AblationKind::Zero, &[])],
     };
     let r = run_ablations(&model, &none, &eval, None).unwrap();
     assert_eq!(r.stages[0].delta.loss, 0.0);
@@ -124,15 +119,20 @@ fn staged_ablations_report_deltas_and_bad_indices_are_named() {
             .unwrap_err()
             .to_string()
     };
-    let e = bad(stage(AblationKind::Zero, vec![(0, 2)], vec![]));
-    assert!(e.contains("head (0, 2)"), "{e}");
-    let e = bad(stage(AblationKind::Zero, vec![(2, 0)], vec![]));
-    assert!(e.contains("head (2, 0)"), "{e}");
-    let e = bad(stage(AblationKind::Mean, vec![], vec![(0, 8)]));
-    assert!(e.contains("neuron (0, 8)"), "{e}");
+    let e = bad(stage(AblationKind::Zero, &["L0H2"]));
+    assert!(
+        e.contains("stage `L0H2`") && e.contains("L0H2 is not in this model"),
+        "{e}"
+    );
+    let e = bad(stage(AblationKind::Zero, &["L2H0"]));
+    assert!(e.contains("L2H0 is not in this model"), "{e}");
+    let e = bad(stage(AblationKind::Mean, &["L0N8"]));
+    assert!(e.contains("L0N8 is not in this model"), "{e}");
+    let e = bad(stage(AblationKind::Zero, &["0_mlp_out"]));
+    assert!(e.contains("0_mlp_out cannot be ablated"), "{e}");
     let c = AblationConfig {
         cumulative: false,
-        stages: vec![stage(AblationKind::Mean, vec![(0, 0)], vec![])],
+        stages: vec![stage(AblationKind::Mean, &["L0H0"])],
     };
     let e = run_ablations(&model, &c, &eval, None)
         .unwrap_err()
@@ -146,8 +146,8 @@ fn the_induction_fixture_has_a_layer_one_induction_head_that_matters() {
     let model = HookedTransformer::from_dir(&dir, &LoadOptions::default()).unwrap();
     let t = repeated_tokens(&mut seeded(5), 16, 25, model.config().d_vocab).unwrap();
     let s = head_scores(&model, &t).unwrap();
-    let (l, h, score) = HeadScores::ranked(&s.induction)[0];
-    assert_eq!(l, 1, "top induction head L{l}H{h} ({score})");
+    let (top, score) = ranked_heads(&s.induction)[0];
+    assert_eq!(top.layer(), Some(1), "top induction head {top} ({score})");
     assert!(score > 0.4, "{score}");
     let per = token_losses(&model, &t, &mut NoHooks).unwrap();
     let (first, second): (Vec<f64>, Vec<f64>) =
@@ -170,14 +170,18 @@ fn scale_sweep_is_clean_at_one_and_zero_ablation_at_zero() {
         mask: None,
         alternative: None,
     };
-    let sweep = scale_sweep(&model, &eval, &[(1, 0)], &[(0, 2)], &[0.0, 1.0, 2.5]).unwrap();
+    let parts: Vec<Component> = ["L1H0", "L0N2"]
+        .iter()
+        .map(|c| c.parse().unwrap())
+        .collect();
+    let sweep = scale_sweep(&model, &eval, &parts, &[0.0, 1.0, 2.5]).unwrap();
     let clean = metrics(&model, &eval, &mut NoHooks).unwrap();
     assert!((sweep[1].loss - clean.loss).abs() < 1e-9);
     let zero = run_ablations(
         &model,
         &AblationConfig {
             cumulative: false,
-            stages: vec![stage(AblationKind::Zero, vec![(1, 0)], vec![(0, 2)])],
+            stages: vec![stage(AblationKind::Zero, &["L1H0", "L0N2"])],
         },
         &eval,
         None,
@@ -185,41 +189,26 @@ fn scale_sweep_is_clean_at_one_and_zero_ablation_at_zero() {
     .unwrap();
     assert!((sweep[0].loss - zero.stages[0].ablated.loss).abs() < 1e-9);
     assert!(sweep[2].loss != clean.loss);
-    assert!(scale_sweep(&model, &eval, &[(3, 0)], &[], &[1.0]).is_err());
+    let far = Component::Head { layer: 3, head: 0 };
+    assert!(scale_sweep(&model, &eval, &[far], &[1.0]).is_err());
 }
 
 #[test]
 fn patching_positions_where_the_prompts_agree_restores_nothing_and_heads_restore_induction() {
-    use metarep_circuits::patching::{patch, PatchSet};
+    use metarep_circuits::patching::{induction_pairs, patch, PatchSet};
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/induction-2l");
     let model = HookedTransformer::from_dir(&dir, &LoadOptions::default()).unwrap();
     // Deep enough into the second copy for the fixture's induction to be confident.
     let (len, j, b) = (25usize, 16usize, 16usize);
-    let x = repeated_tokens(&mut seeded(8), b, len, 64)
-        .unwrap()
-        .to_vec2::<u32>()
-        .unwrap();
-    let y = repeated_tokens(&mut seeded(9), b, len, 64)
-        .unwrap()
-        .to_vec2::<u32>()
-        .unwrap();
+    let pairs = induction_pairs(&mut seeded(8), b, len, 64, j).unwrap();
     let n = 1 + len + j;
-    let (mut clean, mut corrupted, mut answer, mut alt) = (vec![], vec![], vec![], vec![]);
-    for (x, y) in x.iter().zip(&y) {
-        clean.extend_from_slice(&x[..n]);
-        corrupted.push(0);
-        corrupted.extend_from_slice(&y[1..=len]);
-        corrupted.extend_from_slice(&x[len + 1..n]);
-        answer.push(x[j + 1]);
-        alt.push(y[j + 1]);
+    for p in &pairs {
+        assert_eq!((p.clean.len(), p.corrupted.len()), (n, n));
+        assert_eq!(p.clean[len + 1..], p.corrupted[len + 1..]);
+        assert_eq!(p.answer, p.clean[j + 1]);
     }
-    let dev = &Device::Cpu;
-    let set = PatchSet {
-        clean: Tensor::from_vec(clean, (b, n), dev).unwrap(),
-        corrupted: Tensor::from_vec(corrupted, (b, n), dev).unwrap(),
-        answer: Tensor::from_vec(answer, b, dev).unwrap(),
-        alternative: Tensor::from_vec(alt, b, dev).unwrap(),
-    };
+    assert!(induction_pairs(&mut seeded(8), b, len, 64, len).is_err());
+    let set = PatchSet::from_pairs(&pairs).unwrap();
     let r = patch(&model, &set).unwrap();
     assert!(r.clean_logit_diff > r.corrupted_logit_diff + 1.0, "{r:?}");
     // Layer 0's input at a position depends on that token alone: where the prompts hold the
@@ -232,9 +221,9 @@ fn patching_positions_where_the_prompts_agree_restores_nothing_and_heads_restore
         );
     }
     // The answer comes through a layer-1 head.
-    let best = HeadScores::ranked(&r.heads)[0];
-    assert_eq!(best.0, 1, "{best:?}");
-    assert!(best.2 > 0.2, "{best:?}");
+    let best = ranked_heads(&r.heads)[0];
+    assert_eq!(best.0.layer(), Some(1), "{best:?}");
+    assert!(best.1 > 0.2, "{best:?}");
     let same = PatchSet {
         corrupted: set.clean.clone(),
         ..set

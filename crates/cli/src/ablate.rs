@@ -17,8 +17,8 @@ pub struct Args {
     /// A model directory (config.json + safetensors) or a Hugging Face hub id.
     #[arg(long)]
     model: String,
-    /// The ablation config (TOML: `cumulative`, `[[stages]]` with `name`, `kind`, `heads`,
-    /// `neurons`).
+    /// The ablation config (TOML: `cumulative`, `[[stages]]` with `name`, `kind` and
+    /// `components`, e.g. `["L1H3", "L0N7"]`).
     #[arg(long)]
     config: PathBuf,
     /// Evaluation tokens: `.ids` / `.tokens` (ids per line), `.jsonl` or `.txt`.

@@ -23,7 +23,7 @@ fn ablate_prints_stages_and_names_bad_indices() {
     let config = dir.path().join("ablate.toml");
     std::fs::write(
         &config,
-        "cumulative = true\n[[stages]]\nname = \"L1H0\"\nkind = \"zero\"\nheads = [[1, 0]]\n[[stages]]\nname = \"L1H1\"\nkind = \"mean\"\nheads = [[1, 1]]\n",
+        "cumulative = true\n[[stages]]\nname = \"L1H0\"\nkind = \"zero\"\ncomponents = [\"L1H0\"]\n[[stages]]\nname = \"L1H1\"\nkind = \"mean\"\ncomponents = [\"L1H1\"]\n",
     )
     .unwrap();
     let out = dir.path().join("table.md");
@@ -60,7 +60,7 @@ fn ablate_prints_stages_and_names_bad_indices() {
 
     std::fs::write(
         &config,
-        "[[stages]]\nname = \"bad\"\nkind = \"zero\"\nheads = [[1, 9]]\n",
+        "[[stages]]\nname = \"bad\"\nkind = \"zero\"\ncomponents = [\"L1H9\"]\n",
     )
     .unwrap();
     let (ok, _, stderr) = metarep(&[
@@ -74,5 +74,8 @@ fn ablate_prints_stages_and_names_bad_indices() {
         "--context",
         "21",
     ]);
-    assert!(!ok && stderr.contains("head (1, 9)"), "{stderr}");
+    assert!(
+        !ok && stderr.contains("L1H9 is not in this model"),
+        "{stderr}"
+    );
 }

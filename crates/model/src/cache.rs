@@ -5,10 +5,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 
-use crate::config::NormKind;
+use crate::component::Component;
 use crate::error::{Error, Result};
+use crate::frozen_norm::FrozenNorm;
 use crate::hooks::HookPoint;
 use crate::model::HookedTransformer;
 
@@ -163,12 +164,8 @@ impl ActivationCache {
             Some(l) if l == n => HookPoint::LnFinalScale,
             Some(l) => HookPoint::Ln1Scale(l),
         };
-        let scale = self.get(scale_at)?;
-        let stack = match self.model.config().norm {
-            NormKind::LayerNorm => stack.broadcast_sub(&stack.mean_keepdim(D::Minus1)?)?,
-            NormKind::RmsNorm => stack.clone(),
-        };
-        Ok(stack.broadcast_div(&scale.to_dtype(stack.dtype())?)?)
+        let norm = FrozenNorm::unweighted(self.model.config().norm);
+        norm.apply(stack, Some(self.get(scale_at)?))
     }
 
     /// TransformerLens's `stack_head_results`: each head's output `z_h W_O[h]` for every layer
@@ -188,7 +185,7 @@ impl ActivationCache {
             };
             for head in 0..h {
                 parts.push(result.narrow(2, head, 1)?.squeeze(2)?);
-                labels.push(format!("L{l}H{head}"));
+                labels.push(Component::Head { layer: l, head }.to_string());
             }
         }
         let mut stack = Stack::new(parts, labels)?;
@@ -249,18 +246,18 @@ impl ActivationCache {
         let mut labels = Vec::new();
         if incl_embeds {
             parts.push(self.get(HookPoint::Embed)?.clone());
-            labels.push("embed".to_string());
+            labels.push(Component::Embed.to_string());
             if cfg.learned_positions {
                 parts.push(self.get(HookPoint::PosEmbed)?.clone());
-                labels.push("pos_embed".to_string());
+                labels.push(Component::PosEmbed.to_string());
             }
         }
         for l in 0..upto {
             parts.push(self.get(HookPoint::AttnOut(l))?.clone());
-            labels.push(format!("{l}_attn_out"));
+            labels.push(Component::AttnOut(l).to_string());
             if cfg.has_mlp() {
                 parts.push(self.get(HookPoint::MlpOut(l))?.clone());
-                labels.push(format!("{l}_mlp_out"));
+                labels.push(Component::Mlp(l).to_string());
             }
         }
         let mut stack = Stack::new(parts, labels)?;

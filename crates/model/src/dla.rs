@@ -2,18 +2,21 @@
 //!
 //! The final residual stream is a sum of components: token embedding, position embedding, each
 //! head's output `z_h W_O[h]` (or each layer's `hook_attn_out`), each layer's attention bias
-//! `b_O`, each layer's `hook_mlp_out`. With the final norm's scale `s` frozen at its recorded
-//! value (`ln_final.hook_scale`), the norm is affine in the stream, so each component `c`
-//! contributes `((c − mean(c)) / s) ⊙ w` (LayerNorm; RMSNorm: `c / s ⊙ w`) to the normalised
-//! stream and that times `W_U` to the logits; the norm's bias `b` and the unembedding bias
-//! `b_U` form one more component, `bias`. The contributions sum to the logits exactly (up to
-//! float rounding), which `tests/analysis.rs` checks.
+//! `b_O`, each layer's `hook_mlp_out` ([`Component`]s). With the final norm's scale `s` frozen
+//! at its recorded value (`ln_final.hook_scale`, [`FrozenNorm`]), the norm is affine in the
+//! stream, so each component `c` contributes `((c − mean(c)) / s) ⊙ w` (LayerNorm; RMSNorm:
+//! `c / s ⊙ w`) to the normalised stream and that times `W_U` to the logits; the norm's bias
+//! `b` and the unembedding bias `b_U` form one more component, [`Component::Bias`]. The
+//! contributions sum to the logits exactly (up to float rounding), which `tests/analysis.rs`
+//! checks.
 
 use candle_core::{DType, Tensor, D};
 
-use crate::cache::{ActivationCache, Stack};
-use crate::config::{LmHead, ModelConfig, NormKind};
+use crate::cache::ActivationCache;
+use crate::component::Component;
+use crate::config::{LmHead, ModelConfig};
 use crate::error::{Error, Result};
+use crate::frozen_norm::FrozenNorm;
 use crate::hooks::{HookFilter, HookPoint};
 
 /// What the contributions are measured on.
@@ -31,9 +34,9 @@ pub enum LogitTarget {
 /// Per-component contributions to the logits.
 #[derive(Debug, Clone)]
 pub struct Attribution {
-    /// Component labels: `embed`, `pos_embed`, `L{l}H{h}` (or `{l}_attn_out`), `{l}_attn_bias`,
-    /// `{l}_mlp_out`, `bias`.
-    pub labels: Vec<String>,
+    /// The components, in order: embed, pos_embed, per layer its heads (or its attention
+    /// output), attention bias and MLP output, then the final bias.
+    pub labels: Vec<Component>,
     /// `[components, batch, pos]` (`[components, batch, pos, d_vocab]` for
     /// [`LogitTarget::AllLogits`]).
     pub values: Tensor,
@@ -45,13 +48,15 @@ impl Attribution {
         Ok(self.values.sum(0)?)
     }
 
-    /// The contribution labelled `label`.
-    pub fn get(&self, label: &str) -> Result<Tensor> {
+    /// The contribution of `component`.
+    pub fn get(&self, component: Component) -> Result<Tensor> {
         let i = self
             .labels
             .iter()
-            .position(|l| l == label)
-            .ok_or_else(|| Error::Invalid(format!("no component labelled `{label}`")))?;
+            .position(|&l| l == component)
+            .ok_or_else(|| {
+                Error::Invalid(format!("no component {component} in the attribution"))
+            })?;
         Ok(self.values.get(i)?)
     }
 }
@@ -76,9 +81,18 @@ pub fn dla_filter(cfg: &ModelConfig, per_head: bool) -> HookFilter {
     HookFilter::Points(points)
 }
 
-/// The components of the final residual stream `[components, batch, pos, d_model]`, summing
-/// to the last block's `hook_resid_post`.
-pub fn residual_components(cache: &ActivationCache, per_head: bool) -> Result<Stack> {
+/// Residual-stream components `[components, batch, pos, d_model]` with their labels.
+#[derive(Debug, Clone)]
+pub struct ComponentStack {
+    /// The components' writes.
+    pub tensor: Tensor,
+    /// Which component each row is.
+    pub labels: Vec<Component>,
+}
+
+/// The components of the final residual stream, summing to the last block's
+/// `hook_resid_post`.
+pub fn residual_components(cache: &ActivationCache, per_head: bool) -> Result<ComponentStack> {
     let model = cache.model();
     let cfg = model.config();
     if cfg.post_norm {
@@ -89,10 +103,10 @@ pub fn residual_components(cache: &ActivationCache, per_head: bool) -> Result<St
         ));
     }
     let mut parts = vec![cache.get(HookPoint::Embed)?.clone()];
-    let mut labels = vec!["embed".to_string()];
+    let mut labels = vec![Component::Embed];
     if cfg.learned_positions {
         parts.push(cache.get(HookPoint::PosEmbed)?.contiguous()?);
-        labels.push("pos_embed".into());
+        labels.push(Component::PosEmbed);
     }
     let shape = parts[0].dims().to_vec();
     let heads = if per_head {
@@ -103,24 +117,24 @@ pub fn residual_components(cache: &ActivationCache, per_head: bool) -> Result<St
     let h = cfg.n_heads;
     for l in 0..cfg.n_layers {
         if let Some(heads) = &heads {
-            for i in l * h..(l + 1) * h {
-                parts.push(heads.tensor.get(i)?);
-                labels.push(heads.labels[i].clone());
+            for head in 0..h {
+                parts.push(heads.tensor.get(l * h + head)?);
+                labels.push(Component::Head { layer: l, head });
             }
             if cfg.out_bias {
                 parts.push(model.b_o(l)?.broadcast_as(shape.as_slice())?.contiguous()?);
-                labels.push(format!("{l}_attn_bias"));
+                labels.push(Component::AttnBias(l));
             }
         } else {
             parts.push(cache.get(HookPoint::AttnOut(l))?.clone());
-            labels.push(format!("{l}_attn_out"));
+            labels.push(Component::AttnOut(l));
         }
         if cfg.has_mlp() {
             parts.push(cache.get(HookPoint::MlpOut(l))?.clone());
-            labels.push(format!("{l}_mlp_out"));
+            labels.push(Component::Mlp(l));
         }
     }
-    Ok(Stack {
+    Ok(ComponentStack {
         tensor: Tensor::stack(&parts, 0)?,
         labels,
     })
@@ -144,21 +158,13 @@ pub fn direct_logit_attribution(
     let dtype = stack.tensor.dtype();
     let (c, b, p, d) = stack.tensor.dims4()?;
     // Linearise the final norm at its recorded scale.
-    let (ln_w, ln_b) = match model.ln_final() {
-        Some(ln) => (Some(ln.w.clone()), ln.b.clone()),
-        None => (None, None),
+    let norm = FrozenNorm::final_of(model);
+    let scale = match norm.scaled {
+        true => Some(cache.get(HookPoint::LnFinalScale)?),
+        false => None,
     };
-    let mut normed = match (model.ln_final(), cfg.norm) {
-        (Some(_), NormKind::LayerNorm) => stack
-            .tensor
-            .broadcast_sub(&stack.tensor.mean_keepdim(D::Minus1)?)?,
-        _ => stack.tensor.clone(),
-    };
-    if let Some(w) = &ln_w {
-        let scale = cache.get(HookPoint::LnFinalScale)?.to_dtype(dtype)?;
-        normed = normed.broadcast_div(&scale)?.broadcast_mul(w)?;
-    }
-    let bias_resid = match ln_b {
+    let normed = norm.apply(&stack.tensor, scale)?;
+    let bias_resid = match norm.b {
         Some(b_ln) => b_ln.broadcast_as((b, p, d))?.contiguous()?,
         None => Tensor::zeros((b, p, d), dtype, model.device())?,
     };
@@ -228,7 +234,7 @@ pub fn direct_logit_attribution(
         }
     };
     let mut labels = stack.labels;
-    labels.push("bias".into());
+    labels.push(Component::Bias);
     Ok(Attribution {
         labels,
         values: Tensor::cat(&[values, bias], 0)?,

@@ -27,6 +27,7 @@
 
 use candle_core::{DType, Tensor};
 
+use crate::component::Component;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::hooks::{HookPoint, Hooks};
@@ -104,6 +105,17 @@ impl Intervention {
     /// Zero-ablates `heads` of layer `layer` (at `hook_z`).
     pub fn zero_heads(layer: usize, heads: &[usize]) -> Self {
         Self::new(HookPoint::Z(layer), Action::Zero).at_channels(heads)
+    }
+
+    /// Zero-ablates one head or one MLP neuron; other components are an error naming them.
+    pub fn zero(component: Component) -> Result<Self> {
+        match component {
+            Component::Head { layer, head } => Ok(Self::zero_heads(layer, &[head])),
+            Component::Neuron { layer, neuron } => Ok(Self::zero_neurons(layer, &[neuron])),
+            other => Err(Error::Invalid(format!(
+                "{other} cannot be zero-ablated by an intervention (heads and neurons can)"
+            ))),
+        }
     }
 
     /// Mean-ablates `heads` of layer `layer` with `mean` (`[n_heads, d_head]` or `[pos,

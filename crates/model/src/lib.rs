@@ -31,10 +31,12 @@
 #![warn(missing_docs)]
 
 pub mod cache;
+pub mod component;
 pub mod config;
 pub mod dla;
 pub mod error;
 pub mod families;
+pub mod frozen_norm;
 pub mod hf_config;
 pub mod hooks;
 pub mod init;
@@ -52,8 +54,10 @@ pub mod train;
 pub mod weights;
 
 pub use cache::{ActivationCache, Stack};
+pub use component::Component;
 pub use config::{Activation, Family, LmHead, ModelConfig, NormKind, RopeScaling, Rotary};
 pub use error::{Error, Result};
+pub use frozen_norm::FrozenNorm;
 pub use hooks::{HookFilter, HookPoint, HookSet, Hooks, NoHooks};
 pub use loading::LoadOptions;
 pub use model::{HookedTransformer, Input, RunTo};

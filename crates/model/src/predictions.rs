@@ -26,6 +26,21 @@ pub struct EvalSet {
     pub alternative: Option<Tensor>,
 }
 
+/// A clean prompt and a corrupted one of the same length, with the token the clean prompt
+/// should predict next (`answer`) and the one the corrupted prompt suggests (`alternative`):
+/// one unit of a patching experiment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptPair {
+    /// Clean prompt token ids.
+    pub clean: Vec<u32>,
+    /// Corrupted prompt token ids (same length).
+    pub corrupted: Vec<u32>,
+    /// The clean answer.
+    pub answer: u32,
+    /// The corrupted prompt's answer.
+    pub alternative: u32,
+}
+
 /// Prediction metrics over the counted positions.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Metrics {

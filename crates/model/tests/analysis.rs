@@ -312,7 +312,7 @@ fn direct_logit_attribution_sums_to_the_logits() {
             "{case}"
         );
         // Attribution of one head equals its projected output on that token.
-        assert_eq!(diff.get("L1H0").unwrap().dims(), &[2, 7]);
+        assert_eq!(diff.get("L1H0".parse().unwrap()).unwrap().dims(), &[2, 7]);
     }
 }
 

@@ -34,7 +34,7 @@ use metarep_model::hooks::HookSet;
 use metarep_model::interventions::{Intervention, Interventions};
 use metarep_model::ops::rows_at;
 use metarep_model::{
-    HookFilter, HookPoint, HookedTransformer, Input, LmHead, NoHooks, NormKind, RunTo,
+    FrozenNorm, HookFilter, HookPoint, HookedTransformer, Input, LmHead, NoHooks, RunTo,
 };
 
 use crate::error::{Error, Result};
@@ -44,25 +44,14 @@ fn f32(t: &Tensor) -> Result<Tensor> {
     Ok(t.to_dtype(DType::F32)?)
 }
 
-/// `x − mean(x)` over the last dimension.
-fn centre(x: &Tensor) -> Result<Tensor> {
-    Ok(x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?)
+/// The final norm in f32, to be linearised at the recorded scale (see the module docs).
+fn final_norm(model: &HookedTransformer) -> Result<FrozenNorm> {
+    Ok(FrozenNorm::final_of(model).to_dtype(DType::F32)?)
 }
 
-/// The prompt-independent part of the linearised final norm on the last axis: centring
-/// (LayerNorm) and `⊙ w_final`; `F(c)` is this divided by each prompt's recorded scale.
-fn final_linear(model: &HookedTransformer, x: &Tensor) -> Result<Tensor> {
-    match model.ln_final() {
-        Some(ln) => {
-            let x = if model.config().norm == NormKind::LayerNorm {
-                centre(x)?
-            } else {
-                x.clone()
-            };
-            Ok(x.broadcast_mul(&f32(&ln.w)?)?)
-        }
-        None => Ok(x.clone()),
-    }
+/// Block `layer`'s `ln1` in f32.
+fn ln1(model: &HookedTransformer, layer: usize) -> Result<FrozenNorm> {
+    Ok(FrozenNorm::ln1_of(model, layer)?.to_dtype(DType::F32)?)
 }
 
 /// Checks `tokens: [batch, n]` and one read-out position per prompt, returning `(batch, n)`.
@@ -138,19 +127,6 @@ fn index(neurons: &[usize], device: &Device) -> Result<Tensor> {
     Ok(Tensor::from_vec(idx, neurons.len(), device)?)
 }
 
-/// The final norm linearised at its recorded scale (see the module docs).
-#[derive(Debug, Clone)]
-struct FinalNorm {
-    /// Centre before scaling (LayerNorm with a final norm).
-    centre: bool,
-    /// `w_final: [d_model]` (`None`: no final norm).
-    w: Option<Tensor>,
-    /// `b_final: [d_model]` (LayerNorm).
-    b: Option<Tensor>,
-    /// The recorded scale at each read-out position `[batch]` (`None`: no final norm).
-    scale: Option<Tensor>,
-}
-
 /// The prompt-independent neuron path matrices of one MLP layer:
 /// `P_{l'h} = (centred(W_out[l][n]) ⊙ w_ln1_{l'}) W_V[l'][h] W_O[l'][h]` for every head `h` of
 /// every later layer `l'` (centring for LayerNorm only), with the final norm's
@@ -180,14 +156,9 @@ impl NeuronPaths {
         let k = neurons.len();
         let h = cfg.n_heads;
         let w_out = f32(&model.w_out(layer)?)?.index_select(&index(neurons, model.device())?, 0)?;
-        let w_out = if cfg.norm == NormKind::LayerNorm {
-            centre(&w_out)?
-        } else {
-            w_out
-        };
         let mut per_layer = Vec::new();
         for lp in layer + 1..cfg.n_layers {
-            let u = w_out.broadcast_mul(&f32(&model.ln1(lp)?.w)?)?; // [k, d]
+            let u = ln1(model, lp)?.linear(&w_out)?; // [k, d]
             let u = u
                 .unsqueeze(0)?
                 .broadcast_as((h, k, cfg.d_model))?
@@ -199,7 +170,7 @@ impl NeuronPaths {
             None
         } else {
             let p = Tensor::cat(&per_layer, 0)?.transpose(0, 1)?.contiguous()?;
-            Some(final_linear(model, &p)?.contiguous()?)
+            Some(final_norm(model)?.linear(&p)?.contiguous()?)
         };
         Ok(NeuronPaths {
             layer,
@@ -217,7 +188,10 @@ pub struct Readout {
     model: HookedTransformer,
     positions: Vec<usize>,
     batch: usize,
-    final_norm: FinalNorm,
+    /// The final norm (f32), linearised at `final_scale`.
+    final_norm: FrozenNorm,
+    /// Its recorded scale at each read-out position `[batch]` (`None`: no final norm).
+    final_scale: Option<Tensor>,
     /// Per layer `l'`: `A_{l'h}[r, q_r, p] / s_{l'}(r, p)`, `[batch, n_heads, n]`.
     rows: Vec<Tensor>,
     /// Per layer: `Σ_p A_{l'h}[r, q_r, p]`, `[batch, n_heads]` (1 up to rounding).
@@ -327,21 +301,12 @@ impl Readout {
                 mlp_post.push(f32(cache.get(HookPoint::MlpPost(l))?)?);
             }
         }
-        let final_norm = match model.ln_final() {
-            Some(ln) => FinalNorm {
-                centre: cfg.norm == NormKind::LayerNorm,
-                w: Some(f32(&ln.w)?),
-                b: ln.b.as_ref().map(f32).transpose()?,
-                scale: Some(
-                    rows_at(&f32(cache.get(HookPoint::LnFinalScale)?)?, positions)?.reshape(b)?,
-                ),
-            },
-            None => FinalNorm {
-                centre: false,
-                w: None,
-                b: None,
-                scale: None,
-            },
+        let final_norm = final_norm(model)?;
+        let final_scale = match final_norm.scaled {
+            true => {
+                Some(rows_at(&f32(cache.get(HookPoint::LnFinalScale)?)?, positions)?.reshape(b)?)
+            }
+            false => None,
         };
         let pos_embed = if cfg.learned_positions {
             Some(f32(cache.get(HookPoint::PosEmbed)?)?.contiguous()?)
@@ -353,6 +318,7 @@ impl Readout {
             positions: positions.to_vec(),
             batch: b,
             final_norm,
+            final_scale,
             rows,
             row_sums,
             mlp_post,
@@ -389,17 +355,15 @@ impl Readout {
                 self.d_model()
             )));
         }
-        let fnorm = &self.final_norm;
-        let mut x = f32(c)?;
-        if fnorm.centre {
-            x = centre(&x)?;
-        }
-        if let (Some(w), Some(s)) = (&fnorm.w, &fnorm.scale) {
-            let mut sdims = vec![1usize; dims.len()];
-            sdims[0] = self.batch;
-            x = x.broadcast_div(&s.reshape(sdims)?)?.broadcast_mul(w)?;
-        }
-        Ok(x)
+        let scale = match &self.final_scale {
+            Some(s) => {
+                let mut sdims = vec![1usize; dims.len()];
+                sdims[0] = self.batch;
+                Some(s.reshape(sdims)?)
+            }
+            None => None,
+        };
+        Ok(self.final_norm.apply(&f32(c)?, scale.as_ref())?)
     }
 
     fn d_model(&self) -> usize {
@@ -434,7 +398,7 @@ impl Readout {
         let rows = Tensor::cat(&self.rows[paths.layer + 1..], 1)?; // [b, K, n]
         let m = self.mlp_post[paths.layer].index_select(&index(&paths.neurons, p.device())?, 2)?;
         let mut alpha = rows.matmul(&m.contiguous()?)?; // [b, K, k]
-        if let Some(s) = &self.final_norm.scale {
+        if let Some(s) = &self.final_scale {
             alpha = alpha.broadcast_div(&s.reshape((b, 1, 1))?)?;
         }
         let alpha = alpha.permute((2, 0, 1))?.contiguous()?; // [k, b, K]
@@ -447,12 +411,12 @@ impl Readout {
         check_neurons(&self.model, layer, neurons)?;
         let idx = index(neurons, self.model.device())?;
         let mut m = rows_at(&self.mlp_post[layer], &self.positions)?.index_select(&idx, 1)?;
-        if let Some(s) = &self.final_norm.scale {
+        if let Some(s) = &self.final_scale {
             m = m.broadcast_div(&s.reshape((self.batch, 1))?)?;
         }
-        // F(m w) = (m / s) · final_linear(w): the norm's fixed part applied once per neuron.
+        // F(m w) = (m / s) · linear(w): the norm's fixed part applied once per neuron.
         let w = f32(&self.model.w_out(layer)?)?.index_select(&idx, 0)?; // [k, d]
-        let g = final_linear(&self.model, &w)?;
+        let g = self.final_norm.linear(&w)?;
         Ok(m.unsqueeze(2)?.broadcast_mul(&g.unsqueeze(0)?)?)
     }
 
@@ -460,11 +424,7 @@ impl Readout {
     /// writes `x: [batch, n, d_model]` (before the final norm) `→ [batch, d_model]`.
     fn through_heads(&self, lp: usize, x: &Tensor) -> Result<Tensor> {
         let model = &self.model;
-        let x = if model.config().norm == NormKind::LayerNorm {
-            centre(x)?
-        } else {
-            x.clone()
-        };
+        let x = FrozenNorm::ln1_of(model, lp)?.centred(x)?;
         let y = self.rows[lp].matmul(&x.contiguous()?)?; // [b, h, d]
         let y = y.broadcast_mul(&f32(&model.ln1(lp)?.w)?)?;
         let y = y.transpose(0, 1)?.contiguous()?; // [h, b, d]
@@ -571,8 +531,24 @@ impl Readout {
     }
 }
 
-/// The normalised read-out stream (after the final norm, with its bias) `[batch, d_model]` f32
-/// of a run with `hooks`.
+/// How exactly [`Readout::decompose`] reproduces the model: the largest `|logit|` difference
+/// between the decomposition's logits and a plain forward pass at the read-out positions.
+pub fn decomposition_gap(
+    model: &HookedTransformer,
+    tokens: &Tensor,
+    positions: &[usize],
+) -> Result<f64> {
+    let parts = Readout::new(model, tokens, positions)?.decompose()?;
+    let logits = f32(&rows_at(
+        &model.forward(Input::new(tokens.clone()))?,
+        positions,
+    )?)?;
+    Ok((parts.logits(model)? - logits)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()? as f64)
+}
+
 /// The normalised read-out stream (the final norm's output, what the unembedding reads) at
 /// `positions` `[batch, d_model]` f32, with `hooks` applied to the forward pass.
 pub fn readout_stream<H: metarep_model::Hooks>(

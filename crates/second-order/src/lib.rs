@@ -67,8 +67,8 @@ pub mod select;
 pub mod store;
 
 pub use effects::{
-    naive_effect, path_patched_effect, readout_stream, Decomposition, NeuronPaths, PathPatched,
-    Readout,
+    decomposition_gap, naive_effect, path_patched_effect, readout_stream, Decomposition,
+    NeuronPaths, PathPatched, Readout,
 };
 pub use error::{Error, Result};
 pub use lexicon::Lexicon;

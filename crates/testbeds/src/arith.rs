@@ -12,6 +12,7 @@
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_core::train::RunReport;
 use metarep_eval::tasks::text::{ArithmeticSuite, Op, Tier};
+use metarep_model::predictions::PromptPair;
 use metarep_model::train::LmBatch;
 use metarep_model::{HookedTransformer, ModelConfig, Tokenizer};
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,7 @@ use tokenizers::AddedToken;
 
 use crate::error::{Error, Result};
 use crate::recipe::{default_warmup, train_fixture};
-use crate::tokenization::{padded, tokenize_all, Framing};
+use crate::tokenization::{padded, tokenize_all, Framing, TokenClass, TokenizedProblem};
 
 /// The tokenizer's one special token: beginning, end and padding of every sequence.
 pub const EOT: &str = "<|endoftext|>";
@@ -169,4 +170,34 @@ pub fn framing(tokenizer: &Tokenizer) -> Result<Framing> {
         eos: Some(eot),
         pad: eot,
     })
+}
+
+/// Patching pairs from additions with single-token operands, `[EOT, a, +, b, =]`: each
+/// paired with the next such addition whose answer starts with another token (the
+/// alternative); additions without such a partner are left out.
+pub fn addition_pairs(problems: &[TokenizedProblem]) -> Vec<PromptPair> {
+    let adds: Vec<&TokenizedProblem> = problems
+        .iter()
+        .filter(|p| {
+            p.problem.op == Op::Add && p.class() == TokenClass::Single && p.framed.answer_start == 5
+        })
+        .collect();
+    let mut pairs = Vec::new();
+    for (i, p) in adds.iter().enumerate() {
+        if let Some(q) = adds
+            .iter()
+            .cycle()
+            .skip(i + 1)
+            .take(adds.len())
+            .find(|q| q.framed.ids[5] != p.framed.ids[5])
+        {
+            pairs.push(PromptPair {
+                clean: p.framed.ids[..5].to_vec(),
+                corrupted: q.framed.ids[..5].to_vec(),
+                answer: p.framed.ids[5],
+                alternative: q.framed.ids[5],
+            });
+        }
+    }
+    pairs
 }

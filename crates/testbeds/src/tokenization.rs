@@ -364,6 +364,34 @@ pub fn by_class(
         .collect()
 }
 
+/// [`summarize`] per operation, in [`Op::ALL`] order.
+pub fn by_op(
+    problems: &[TokenizedProblem],
+    scores: &[ProblemScore],
+    resamples: usize,
+    rng: &mut impl Rng,
+) -> Result<Vec<(Op, GroupSummary)>> {
+    if problems.len() != scores.len() {
+        return Err(Error::Invalid(format!(
+            "{} problems but {} scores",
+            problems.len(),
+            scores.len()
+        )));
+    }
+    Op::ALL
+        .into_iter()
+        .map(|op| {
+            let group: Vec<ProblemScore> = problems
+                .iter()
+                .zip(scores)
+                .filter(|(p, _)| p.problem.op == op)
+                .map(|(_, s)| *s)
+                .collect();
+            Ok((op, summarize(&group, resamples, rng)?))
+        })
+        .collect()
+}
+
 /// One cell of a stress grid: an operation at one operand length.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct StressCell {

@@ -8,20 +8,18 @@
 
 use std::path::Path;
 
-use candle_core::Tensor;
-use metarep_circuits::ablation::{run_ablations, scale_sweep, AblationConfig, AblationKind, Stage};
+use metarep_circuits::ablation::{run_ablations, scale_sweep, AblationConfig, AblationKind};
 use metarep_circuits::attribution::answer_attribution;
-use metarep_circuits::detectors::HeadScores;
 use metarep_circuits::patching::{patch, PatchSet};
+use metarep_circuits::ranking::ranked_heads;
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_eval::plot::{Heatmap, LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
 use metarep_eval::tasks::text::Op;
-use metarep_model::ops::rows_at;
-use metarep_model::{HookedTransformer, Input, LoadOptions, NoHooks, Tokenizer};
-use metarep_testbeds::arith::{framing, ArithSpec};
+use metarep_model::{Component, HookedTransformer, LoadOptions, NoHooks, Tokenizer};
+use metarep_testbeds::arith::{addition_pairs, framing, ArithSpec};
 use metarep_testbeds::tokenization::{
-    by_class, eval_set, prompt_batch, score_problems, summarize, tokenize_all, Framing,
+    by_class, by_op, eval_set, prompt_batch, score_problems, summarize, tokenize_all, Framing,
     GroupSummary, ProblemScore, StressGrid, TokenClass, TokenizedProblem,
 };
 use serde::{Deserialize, Serialize};
@@ -86,25 +84,57 @@ fn load(root: &Path, seed: u64) -> Result<(Loaded, ArithSpec), BoxError> {
     ))
 }
 
+/// Seed 0's scored problems, shared by the sections.
+struct Scored<'a> {
+    main: &'a Loaded,
+    cfg: &'a ArithConfig,
+    problems: Vec<TokenizedProblem>,
+}
+
 /// Runs the arithmetic part into `out`; returns whether its checks pass.
 pub fn run(
     cfg: &ArithConfig,
     seed: u64,
     resamples: usize,
     out: &mut ResultDir,
-    dir: &Path,
 ) -> Result<bool, BoxError> {
     let root = crate::fixtures::repo_root();
-    let mut models = Vec::new();
-    for s in SEEDS {
-        models.push(load(&root, s)?);
-    }
+    let models = SEEDS
+        .iter()
+        .map(|&s| load(&root, s))
+        .collect::<Result<Vec<_>, _>>()?;
     let (main, spec) = &models[0];
+    let problems = dataset(main, spec, cfg, seed, out)?;
+    let fx = Scored {
+        main,
+        cfg,
+        problems,
+    };
+    let mut rng = seeded(derive_seed(seed, "fig8/arith/bootstrap"));
+    let (accuracies, main_classes) = accuracy_by_seed(&fx, &models, resamples, &mut rng, out)?;
+    stress_grid(&fx, seed, resamples, out)?;
+    let (dla_ok, top_head, top_neuron) = attribution(&fx, out)?;
+    let ablation = ablations(&fx, out)?;
+    sweeps(&fx, [top_head, ablation.0, top_neuron, ablation.1], out)?;
+    patching(&fx, out)?;
+    let acc = accuracies[0];
+    let both_classes = main_classes.iter().all(|(_, g)| g.count >= 30);
+    Ok((ACCURACY_RANGE.0..=ACCURACY_RANGE.1).contains(&acc) && both_classes && dla_ok)
+}
+
+/// The in-distribution problems (tokenized for seed 0; every seed shares the tokenizer), with
+/// the dataset's and the models' hashes in the manifest.
+fn dataset(
+    main: &Loaded,
+    spec: &ArithSpec,
+    cfg: &ArithConfig,
+    seed: u64,
+    out: &mut ResultDir,
+) -> Result<Vec<TokenizedProblem>, BoxError> {
     let raw = spec.suite().sample(
         &mut seeded(derive_seed(seed, "fig8/arith/problems")),
         cfg.problems,
     )?;
-    let problems = tokenize_all(&main.tokenizer, &raw, &main.framing)?;
     let texts: Vec<String> = raw
         .iter()
         .map(|p| format!("{}{}", p.text.prompt, p.text.answer))
@@ -113,14 +143,25 @@ pub fn run(
         "arith_dataset_sha256",
         &metarep_core::config::sha256_hex(texts.join("\n").as_bytes()),
     )?;
+    let root = crate::fixtures::repo_root();
     let hashes = SEEDS
         .iter()
         .map(|&s| crate::fixtures::sha256_file(&seed_dir(&root, s).join("model.safetensors")))
         .collect::<Result<Vec<_>, _>>()?;
     out.extra("arith_model_sha256", &hashes)?;
-    let mut rng = seeded(derive_seed(seed, "fig8/arith/bootstrap"));
+    Ok(tokenize_all(&main.tokenizer, &raw, &main.framing)?)
+}
 
-    // Accuracy per seed, overall, by tokenization class and by operation.
+/// Accuracy and loss per seed, overall, by tokenization class and by operation; the spread
+/// across seeds; every prompt of seed 0. Returns the accuracies and seed 0's classes.
+#[allow(clippy::type_complexity)]
+fn accuracy_by_seed(
+    fx: &Scored,
+    models: &[(Loaded, ArithSpec)],
+    resamples: usize,
+    rng: &mut impl rand::Rng,
+    out: &mut ResultDir,
+) -> Result<(Vec<f64>, Vec<(TokenClass, GroupSummary)>), BoxError> {
     let mut table = Table::new(vec![
         "seed",
         "group",
@@ -132,79 +173,76 @@ pub fn run(
         "loss low",
         "loss high",
     ]);
-    let mut accuracies = Vec::new();
-    let mut main_scores = Vec::new();
-    let mut main_classes = Vec::new();
-    for (loaded, s) in &models {
+    let (mut accuracies, mut main_classes) = (Vec::new(), Vec::new());
+    for (i, (loaded, s)) in models.iter().enumerate() {
         let scores = score_problems(
             &loaded.model,
-            &problems,
+            &fx.problems,
             loaded.framing.pad,
             256,
             &mut NoHooks,
         )?;
-        let mut groups = vec![("all".to_string(), summarize(&scores, resamples, &mut rng)?)];
-        let classes = by_class(&problems, &scores, resamples, &mut rng)?;
-        groups.extend(
-            classes
-                .iter()
-                .map(|(c, g)| (format!("{c:?}-token operands").to_lowercase(), *g)),
-        );
-        for op in Op::ALL {
-            let of_op: Vec<ProblemScore> = problems
-                .iter()
-                .zip(&scores)
-                .filter(|(p, _)| p.problem.op == op)
-                .map(|(_, s)| *s)
-                .collect();
-            groups.push((
-                format!("op {}", op.symbol()),
-                summarize(&of_op, resamples, &mut rng)?,
-            ));
+        let all = summarize(&scores, resamples, rng)?;
+        let classes = by_class(&fx.problems, &scores, resamples, rng)?;
+        let ops = by_op(&fx.problems, &scores, resamples, rng)?;
+        table.push_row(summary_row(s.seed, "all", &all))?;
+        for (c, g) in &classes {
+            table.push_row(summary_row(
+                s.seed,
+                &format!("{c:?}-token operands").to_lowercase(),
+                g,
+            ))?;
         }
-        for (name, g) in &groups {
-            table.push_row(summary_row(s.seed, name, g))?;
+        for (op, g) in &ops {
+            table.push_row(summary_row(s.seed, &format!("op {}", op.symbol()), g))?;
         }
         println!(
             "  arith seed {}: accuracy {} ({} problems); single-token operands {} (n = {}), multi-token {} (n = {})",
-            s.seed,
-            groups[0].1.accuracy.display(3),
-            groups[0].1.count,
-            classes[0].1.accuracy.display(3),
-            classes[0].1.count,
-            classes[1].1.accuracy.display(3),
-            classes[1].1.count,
+            s.seed, all.accuracy.display(3), all.count, classes[0].1.accuracy.display(3),
+            classes[0].1.count, classes[1].1.accuracy.display(3), classes[1].1.count,
         );
-        accuracies.push(groups[0].1.accuracy.estimate);
-        if main_scores.is_empty() {
-            main_scores = scores;
+        accuracies.push(all.accuracy.estimate);
+        if i == 0 {
+            prompt_table(&fx.problems, &scores, out)?;
             main_classes = classes;
         }
     }
     out.table("fig8_arith_accuracy", &table)?;
     let mean = accuracies.iter().sum::<f64>() / accuracies.len() as f64;
-    let spread_pp = 100.0
-        * (accuracies.iter().map(|a| (a - mean).powi(2)).sum::<f64>()
-            / (accuracies.len() - 1) as f64)
-            .sqrt();
+    let var = accuracies.iter().map(|a| (a - mean).powi(2)).sum::<f64>();
+    let spread_pp = 100.0 * (var / (accuracies.len() - 1) as f64).sqrt();
     println!(
-        "  arith accuracy across {} seeds: mean {:.3}, std {spread_pp:.1} pp (target < {SEED_SPREAD_TARGET_PP} pp)",
+        "  arith accuracy across {} seeds: mean {mean:.3}, std {spread_pp:.1} pp (target < {SEED_SPREAD_TARGET_PP} pp)",
         accuracies.len(),
-        mean
     );
-    prompt_table(&problems, &main_scores, out)?;
+    let m = &mut out.metrics;
+    m.set_number("arith_accuracy", accuracies[0]);
+    m.set_number("arith_accuracy_seed_mean", mean);
+    m.set_number("arith_accuracy_seed_std_pp", spread_pp);
+    m.set_bool(
+        "arith_seed_spread_target_met",
+        spread_pp < SEED_SPREAD_TARGET_PP,
+    );
+    for (c, g) in &main_classes {
+        let name = format!("{c:?}").to_lowercase();
+        m.set_number(format!("arith_accuracy_{name}_token"), g.accuracy.estimate);
+        m.set_number(format!("arith_problems_{name}_token"), g.count as f64);
+    }
+    Ok((accuracies, main_classes))
+}
 
-    // Stress grid on seed 0.
+/// Accuracy by operand length × operation on seed 0 (table and plot).
+fn stress_grid(fx: &Scored, seed: u64, resamples: usize, out: &ResultDir) -> Result<(), BoxError> {
     let grid = StressGrid {
-        model: &main.model,
-        tokenizer: &main.tokenizer,
-        framing: main.framing,
-        per_cell: cfg.stress_per_cell,
+        model: &fx.main.model,
+        tokenizer: &fx.main.tokenizer,
+        framing: fx.main.framing,
+        per_cell: fx.cfg.stress_per_cell,
         resamples,
     };
     let cells = grid.run(
         &Op::ALL,
-        &cfg.stress_digits,
+        &fx.cfg.stress_digits,
         &mut seeded(derive_seed(seed, "fig8/arith/stress")),
     )?;
     let mut stress = Table::new(vec![
@@ -246,30 +284,7 @@ pub fn run(
         });
     }
     out.table("fig8_arith_stress", &stress)?;
-    out.plot("fig8_arith_stress", &plot)?;
-
-    // Attribution, ablations, sweeps and patching on seed 0.
-    let (dla_ok, top_head, top_neuron) = attribution(main, &problems, cfg, out, dir)?;
-    let ablation = ablations(main, &problems, cfg, out)?;
-    sweeps(main, &problems, cfg, top_head, top_neuron, ablation, out)?;
-    patching(main, &problems, out, dir)?;
-
-    let m = &mut out.metrics;
-    let acc = accuracies[0];
-    m.set_number("arith_accuracy", acc);
-    m.set_number("arith_accuracy_seed_mean", mean);
-    m.set_number("arith_accuracy_seed_std_pp", spread_pp);
-    m.set_bool(
-        "arith_seed_spread_target_met",
-        spread_pp < SEED_SPREAD_TARGET_PP,
-    );
-    for (c, g) in &main_classes {
-        let name = format!("{c:?}").to_lowercase();
-        m.set_number(format!("arith_accuracy_{name}_token"), g.accuracy.estimate);
-        m.set_number(format!("arith_problems_{name}_token"), g.count as f64);
-    }
-    let both_classes = main_classes.iter().all(|(_, g)| g.count >= 30);
-    Ok((ACCURACY_RANGE.0..=ACCURACY_RANGE.1).contains(&acc) && both_classes && dla_ok)
+    out.plot("fig8_arith_stress", &plot)
 }
 
 fn summary_row(seed: u64, group: &str, g: &GroupSummary) -> Vec<Cell> {
@@ -322,58 +337,36 @@ fn prompt_table(
 
 /// DLA of the first answer token: heat map per head, table of the top heads, MLPs and
 /// neurons; checks that the parts sum to the logit. Returns (check, top head, top neuron).
-#[allow(clippy::type_complexity)]
-fn attribution(
-    main: &Loaded,
-    problems: &[TokenizedProblem],
-    cfg: &ArithConfig,
-    out: &mut ResultDir,
-    dir: &Path,
-) -> Result<(bool, (usize, usize), (usize, usize)), BoxError> {
-    let (tokens, positions) = prompt_batch(problems, main.framing.pad)?;
-    let targets: Vec<u32> = problems
+fn attribution(fx: &Scored, out: &mut ResultDir) -> Result<(bool, Component, Component), BoxError> {
+    let (tokens, positions) = prompt_batch(&fx.problems, fx.main.framing.pad)?;
+    let targets: Vec<u32> = fx
+        .problems
         .iter()
         .map(|p| p.framed.ids[p.framed.answer_start])
         .collect();
-    let a = answer_attribution(&main.model, &tokens, &positions, &targets)?;
-    // The logit itself, for the exactness check.
-    let at_readout = rows_at(&main.model.forward(Input::new(tokens.clone()))?, &positions)?
-        .to_dtype(candle_core::DType::F32)?;
-    let picked = at_readout.gather(
-        &Tensor::from_vec(
-            targets.clone(),
-            (targets.len(), 1),
-            &candle_core::Device::Cpu,
-        )?,
-        1,
-    )?;
-    let actual = picked.mean_all()?.to_scalar::<f32>()? as f64;
-    let layer_gap = a
-        .mlps
-        .iter()
-        .zip(&a.neurons)
-        .zip(&a.mlp_bias)
-        .map(|((m, ns), b)| (m - ns.iter().sum::<f64>() - b).abs())
-        .fold(0.0, f64::max);
-    let exact = (a.logit - actual).abs() < 1e-3 && layer_gap < 1e-3;
+    let a = answer_attribution(&fx.main.model, &tokens, &positions, &targets)?;
+    let check = a.check(&fx.main.model, &tokens, &positions, &targets)?;
     println!(
-        "  DLA of the first answer token: parts sum to {:.4} vs logit {actual:.4}; neurons + b_out vs MLP out: max gap {layer_gap:.1e}",
-        a.logit
+        "  DLA of the first answer token: parts sum to {:.4} vs logit {:.4}; neurons + b_out vs MLP out: max gap {:.1e}",
+        a.logit, check.logit, check.layer_gap
     );
-    Heatmap {
-        title: "fig8: direct logit attribution of the first answer token per head (arith seed 0)"
-            .into(),
-        row_label: "layer".into(),
-        col_label: "head".into(),
-        values: a.heads.clone(),
-    }
-    .write_svg(dir.join("fig8_arith_dla_heads.svg"))?;
+    out.heatmap(
+        "fig8_arith_dla_heads",
+        &Heatmap {
+            title:
+                "fig8: direct logit attribution of the first answer token per head (arith seed 0)"
+                    .into(),
+            row_label: "layer".into(),
+            col_label: "head".into(),
+            values: a.heads.clone(),
+        },
+    )?;
+    let (heads, neurons) = (a.ranked_heads(), a.ranked_neurons());
     let mut t = Table::new(vec!["kind", "component", "mean DLA (logit)"]);
-    let heads = HeadScores::ranked(&a.heads);
-    for &(l, h, v) in heads.iter().take(cfg.top) {
+    for &(c, v) in heads.iter().take(fx.cfg.top) {
         t.push_row(vec![
             Cell::from("head"),
-            Cell::from(format!("L{l}H{h}")),
+            Cell::from(c.to_string()),
             Cell::Num(v),
         ])?;
     }
@@ -384,92 +377,42 @@ fn attribution(
             Cell::Num(*v),
         ])?;
     }
-    let mut neurons: Vec<(usize, usize, f64)> = a
-        .neurons
-        .iter()
-        .enumerate()
-        .flat_map(|(l, row)| row.iter().enumerate().map(move |(n, &v)| (l, n, v)))
-        .collect();
-    neurons.sort_by(|x, y| y.2.abs().total_cmp(&x.2.abs()));
-    for &(l, n, v) in neurons.iter().take(cfg.top) {
+    for &(c, v) in neurons.iter().take(fx.cfg.top) {
         t.push_row(vec![
             Cell::from("neuron"),
-            Cell::from(format!("L{l}N{n}")),
+            Cell::from(c.to_string()),
             Cell::Num(v),
         ])?;
     }
     out.table("fig8_arith_dla", &t)?;
+    let mlps: Vec<String> = a.mlps.iter().map(|v| format!("{v:+.3}")).collect();
     println!(
-        "  top head by DLA L{}H{} ({:+.3}); top neuron L{}N{} ({:+.3}); MLP layers {:?}",
-        heads[0].0,
-        heads[0].1,
-        heads[0].2,
-        neurons[0].0,
-        neurons[0].1,
-        neurons[0].2,
-        a.mlps
-            .iter()
-            .map(|v| format!("{v:+.3}"))
-            .collect::<Vec<_>>()
+        "  top head by DLA {} ({:+.3}); top neuron {} ({:+.3}); MLP layers {mlps:?}",
+        heads[0].0, heads[0].1, neurons[0].0, neurons[0].1
     );
     out.metrics
-        .set_number("arith_dla_sum_minus_logit", a.logit - actual);
-    Ok((
-        exact,
-        (heads[0].0, heads[0].1),
-        (neurons[0].0, neurons[0].1),
-    ))
+        .set_number("arith_dla_sum_minus_logit", check.sum_minus_logit);
+    Ok((check.exact(1e-3), heads[0].0, neurons[0].0))
 }
 
-/// The most harmful single ablations: (head, neuron) with the largest loss increase.
-type TopAblated = ((usize, usize), (usize, usize));
-
-/// Every head and every neuron mean-ablated alone (means over the other problems): top ones by
-/// loss increase on the answer tokens.
-fn ablations(
-    main: &Loaded,
-    problems: &[TokenizedProblem],
-    cfg: &ArithConfig,
-    out: &mut ResultDir,
-) -> Result<TopAblated, BoxError> {
-    let n = cfg.ablation_problems.min(problems.len() / 2);
-    let eval = eval_set(&problems[..n], main.framing.pad)?;
-    let reference = eval_set(&problems[n..], main.framing.pad)?.tokens;
-    let mc = main.model.config();
-    let stage = |name: String, heads, neurons| Stage {
-        name,
-        kind: AblationKind::Mean,
-        heads,
-        neurons,
-    };
-    let mut stages = Vec::new();
-    for l in 0..mc.n_layers {
-        for h in 0..mc.n_heads {
-            stages.push(stage(format!("L{l}H{h}"), vec![(l, h)], vec![]));
-        }
-    }
-    for l in 0..mc.n_layers {
-        for k in 0..mc.d_mlp {
-            stages.push(stage(format!("L{l}N{k}"), vec![], vec![(l, k)]));
-        }
-    }
-    let report = run_ablations(
-        &main.model,
-        &AblationConfig {
-            cumulative: false,
-            stages,
-        },
-        &eval,
-        Some(&reference),
-    )?;
-    let heads = mc.n_layers * mc.n_heads;
-    let mut order: Vec<usize> = (0..report.stages.len()).collect();
-    order.sort_by(|&a, &b| {
-        report.stages[b]
-            .delta
-            .loss
-            .total_cmp(&report.stages[a].delta.loss)
-    });
+/// Every head and every neuron mean-ablated alone (means over the other problems): the top
+/// ones by loss increase on the answer tokens, as (head, neuron).
+fn ablations(fx: &Scored, out: &mut ResultDir) -> Result<(Component, Component), BoxError> {
+    let n = fx.cfg.ablation_problems.min(fx.problems.len() / 2);
+    let eval = eval_set(&fx.problems[..n], fx.main.framing.pad)?;
+    let reference = eval_set(&fx.problems[n..], fx.main.framing.pad)?.tokens;
+    let mc = fx.main.model.config();
+    let heads = (0..mc.n_layers)
+        .flat_map(|layer| (0..mc.n_heads).map(move |head| Component::Head { layer, head }));
+    let neurons = (0..mc.n_layers)
+        .flat_map(|layer| (0..mc.d_mlp).map(move |neuron| Component::Neuron { layer, neuron }));
+    let components: Vec<Component> = heads.chain(neurons).collect();
+    let config = AblationConfig::each_alone(&components, AblationKind::Mean);
+    let report = run_ablations(&fx.main.model, &config, &eval, Some(&reference))?;
+    let order = report.by_loss_increase();
+    let is_head = |&i: &usize| matches!(components[i], Component::Head { .. });
+    let top_heads: Vec<usize> = order.iter().copied().filter(is_head).collect();
+    let top_neurons: Vec<usize> = order.iter().copied().filter(|i| !is_head(i)).collect();
     let mut t = Table::new(vec![
         "kind",
         "component",
@@ -477,61 +420,36 @@ fn ablations(
         "Δ token accuracy",
         "Δ entropy",
     ]);
-    let mut add = |kind: &str, i: usize| {
-        let s = &report.stages[i];
-        t.push_row(vec![
-            Cell::from(kind),
-            Cell::from(s.name.clone()),
-            Cell::Num(s.delta.loss),
-            Cell::Num(s.delta.accuracy),
-            Cell::Num(s.delta.entropy),
-        ])
-    };
-    let top_heads: Vec<usize> = order.iter().copied().filter(|&i| i < heads).collect();
-    let top_neurons: Vec<usize> = order.iter().copied().filter(|&i| i >= heads).collect();
-    for &i in top_heads.iter().take(cfg.top) {
-        add("head", i)?;
-    }
-    for &i in top_neurons.iter().take(cfg.top) {
-        add("neuron", i)?;
+    for (kind, list) in [("head", &top_heads), ("neuron", &top_neurons)] {
+        for &i in list.iter().take(fx.cfg.top) {
+            let s = &report.stages[i];
+            t.push_row(vec![
+                Cell::from(kind),
+                Cell::from(s.name.clone()),
+                Cell::Num(s.delta.loss),
+                Cell::Num(s.delta.accuracy),
+                Cell::Num(s.delta.entropy),
+            ])?;
+        }
     }
     out.table("fig8_arith_ablations", &t)?;
-    let h = top_heads[0];
-    let k = top_neurons[0] - heads;
-    let neuron = (k / mc.d_mlp, k % mc.d_mlp);
+    let (h, k) = (&report.stages[top_heads[0]], &report.stages[top_neurons[0]]);
     println!(
         "  mean ablations on {n} problems (clean answer loss {:.3}): top head {} Δ loss {:+.3}, top neuron {} Δ loss {:+.3}",
-        report.clean.loss,
-        report.stages[h].name,
-        report.stages[h].delta.loss,
-        report.stages[top_neurons[0]].name,
-        report.stages[top_neurons[0]].delta.loss,
+        report.clean.loss, h.name, h.delta.loss, k.name, k.delta.loss,
     );
     let m = &mut out.metrics;
-    m.set_number(
-        "arith_top_head_ablation_delta_loss",
-        report.stages[h].delta.loss,
-    );
-    m.set_number(
-        "arith_top_neuron_ablation_delta_loss",
-        report.stages[top_neurons[0]].delta.loss,
-    );
-    Ok(((h / mc.n_heads, h % mc.n_heads), neuron))
+    m.set_number("arith_top_head_ablation_delta_loss", h.delta.loss);
+    m.set_number("arith_top_neuron_ablation_delta_loss", k.delta.loss);
+    Ok((components[top_heads[0]], components[top_neurons[0]]))
 }
 
-/// Scale sweeps (×0 to ×3) of the top heads and neurons by attribution and by ablation.
-fn sweeps(
-    main: &Loaded,
-    problems: &[TokenizedProblem],
-    cfg: &ArithConfig,
-    dla_head: (usize, usize),
-    dla_neuron: (usize, usize),
-    (abl_head, abl_neuron): TopAblated,
-    out: &mut ResultDir,
-) -> Result<(), BoxError> {
+/// Scale sweeps (×0 to ×3) of `[top head by DLA, by ablation, top neuron by DLA, by
+/// ablation]`.
+fn sweeps(fx: &Scored, chosen: [Component; 4], out: &mut ResultDir) -> Result<(), BoxError> {
     let eval = eval_set(
-        &problems[..cfg.ablation_problems.min(problems.len())],
-        main.framing.pad,
+        &fx.problems[..fx.cfg.ablation_problems.min(fx.problems.len())],
+        fx.main.framing.pad,
     )?;
     let factors: Vec<f64> = (0..=12).map(|i| 0.25 * i as f64).collect();
     let mut plot =
@@ -545,38 +463,18 @@ fn sweeps(
         "loss",
         "token accuracy",
     ]);
-    let runs = [
-        (
-            format!("head L{}H{}", dla_head.0, dla_head.1),
-            "attribution",
-            vec![dla_head],
-            vec![],
-        ),
-        (
-            format!("head L{}H{}", abl_head.0, abl_head.1),
-            "ablation",
-            vec![abl_head],
-            vec![],
-        ),
-        (
-            format!("neuron L{}N{}", dla_neuron.0, dla_neuron.1),
-            "attribution",
-            vec![],
-            vec![dla_neuron],
-        ),
-        (
-            format!("neuron L{}N{}", abl_neuron.0, abl_neuron.1),
-            "ablation",
-            vec![],
-            vec![abl_neuron],
-        ),
-    ];
-    for (i, (name, by, heads, neurons)) in runs.iter().enumerate() {
-        let swept = scale_sweep(&main.model, &eval, heads, neurons, &factors)?;
+    for (i, c) in chosen.into_iter().enumerate() {
+        let kind = if matches!(c, Component::Head { .. }) {
+            "head"
+        } else {
+            "neuron"
+        };
+        let (name, by) = (format!("{kind} {c}"), ["attribution", "ablation"][i % 2]);
+        let swept = scale_sweep(&fx.main.model, &eval, &[c], &factors)?;
         for (f, m) in factors.iter().zip(&swept) {
             t.push_row(vec![
                 Cell::from(name.clone()),
-                Cell::from(*by),
+                Cell::from(by),
                 Cell::Num(*f),
                 Cell::Num(m.loss),
                 Cell::Num(m.accuracy),
@@ -598,74 +496,49 @@ fn sweeps(
         });
     }
     out.table("fig8_arith_scale_sweeps", &t)?;
-    out.plot("fig8_arith_scale_sweeps", &plot)?;
-    Ok(())
+    out.plot("fig8_arith_scale_sweeps", &plot)
 }
 
 /// Patching on additions with single-token operands: clean `[EOT, a, +, b, =]`, corrupted
 /// another such addition whose sum starts with a different token (the alternative).
-fn patching(
-    main: &Loaded,
-    problems: &[TokenizedProblem],
-    out: &mut ResultDir,
-    dir: &Path,
-) -> Result<(), BoxError> {
-    let adds: Vec<&TokenizedProblem> = problems
-        .iter()
-        .filter(|p| {
-            p.problem.op == Op::Add && p.class() == TokenClass::Single && p.framed.answer_start == 5
-        })
-        .collect();
-    let (mut clean, mut corrupted, mut answer, mut alternative) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (i, p) in adds.iter().enumerate() {
-        // Partner: the next such addition with a different first answer token.
-        if let Some(q) = adds
-            .iter()
-            .cycle()
-            .skip(i + 1)
-            .take(adds.len())
-            .find(|q| q.framed.ids[5] != p.framed.ids[5])
-        {
-            clean.extend_from_slice(&p.framed.ids[..5]);
-            corrupted.extend_from_slice(&q.framed.ids[..5]);
-            answer.push(p.framed.ids[5]);
-            alternative.push(q.framed.ids[5]);
-        }
-    }
-    let b = answer.len();
+fn patching(fx: &Scored, out: &mut ResultDir) -> Result<(), BoxError> {
+    let pairs = addition_pairs(&fx.problems);
+    let b = pairs.len();
     if b < 8 {
         println!("  patching skipped: only {b} single-token addition pairs");
         return Ok(());
     }
-    let dev = &candle_core::Device::Cpu;
-    let set = PatchSet {
-        clean: Tensor::from_vec(clean, (b, 5), dev)?,
-        corrupted: Tensor::from_vec(corrupted, (b, 5), dev)?,
-        answer: Tensor::from_vec(answer, b, dev)?,
-        alternative: Tensor::from_vec(alternative, b, dev)?,
+    let r = patch(&fx.main.model, &PatchSet::from_pairs(&pairs)?)?;
+    let map = |title: &str, rows: &str, cols: &str, values: &[Vec<f64>]| Heatmap {
+        title: title.into(),
+        row_label: rows.into(),
+        col_label: cols.into(),
+        values: values.to_vec(),
     };
-    let r = patch(&main.model, &set)?;
-    Heatmap {
-        title: "fig8: arith residual stream patched clean → corrupted ([EOT, a, +, b, =])".into(),
-        row_label: "layer (hook_resid_pre)".into(),
-        col_label: "position".into(),
-        values: r.resid.clone(),
-    }
-    .write_svg(dir.join("fig8_arith_patch_resid.svg"))?;
-    Heatmap {
-        title: "fig8: arith head outputs patched clean → corrupted".into(),
-        row_label: "layer".into(),
-        col_label: "head".into(),
-        values: r.heads.clone(),
-    }
-    .write_svg(dir.join("fig8_arith_patch_heads.svg"))?;
-    let best = HeadScores::ranked(&r.heads)[0];
+    out.heatmap(
+        "fig8_arith_patch_resid",
+        &map(
+            "fig8: arith residual stream patched clean → corrupted ([EOT, a, +, b, =])",
+            "layer (hook_resid_pre)",
+            "position",
+            &r.resid,
+        ),
+    )?;
+    out.heatmap(
+        "fig8_arith_patch_heads",
+        &map(
+            "fig8: arith head outputs patched clean → corrupted",
+            "layer",
+            "head",
+            &r.heads,
+        ),
+    )?;
+    let (best, restored) = ranked_heads(&r.heads)[0];
     println!(
-        "  arith patching on {b} addition pairs: logit difference clean {:.2}, corrupted {:.2}; best head L{}H{} restores {:.0}%",
-        r.clean_logit_diff, r.corrupted_logit_diff, best.0, best.1, 100.0 * best.2
+        "  arith patching on {b} addition pairs: logit difference clean {:.2}, corrupted {:.2}; best head {best} restores {:.0}%",
+        r.clean_logit_diff, r.corrupted_logit_diff, 100.0 * restored
     );
     out.metrics
-        .set_number("arith_patch_best_head_restored", best.2);
+        .set_number("arith_patch_best_head_restored", restored);
     Ok(())
 }

@@ -11,20 +11,20 @@ use std::path::Path;
 
 use candle_core::Tensor;
 use metarep_circuits::ablation::{
-    run_ablations, scale_sweep, AblationConfig, AblationKind, AblationReport, Stage,
+    run_ablations, scale_sweep, AblationConfig, AblationKind, AblationReport,
 };
 use metarep_circuits::detectors::{
-    head_scores, repeat_losses, repeated_tokens, token_losses, HeadScores,
+    head_scores, repeated_tokens, token_losses, HeadScores, RepeatLosses,
 };
-use metarep_circuits::patching::{patch, PatchSet};
+use metarep_circuits::patching::{induction_pairs, patch, PatchSet};
+use metarep_circuits::ranking::ranked_heads;
 use metarep_core::config::load_config;
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_eval::plot::{Heatmap, LinePlot, Series, SeriesStyle};
-use metarep_eval::stats::{bootstrap_ci, BootstrapMethod, Interval};
 use metarep_eval::table::{Cell, Table};
 use metarep_model::interventions::{Intervention, Interventions};
 use metarep_model::predictions::EvalSet;
-use metarep_model::{HookedTransformer, LoadOptions, NoHooks};
+use metarep_model::{Component, HookedTransformer, LoadOptions, NoHooks};
 use metarep_testbeds::induction::InductionSpec;
 use serde::{Deserialize, Serialize};
 
@@ -59,39 +59,51 @@ pub struct Fig8Config {
     pub arith: arith::ArithConfig,
 }
 
-/// Mean first- and second-repeat loss with 95% bootstrap intervals over sequences.
-fn repeat_cis(
-    losses: &[Vec<f64>],
-    cfg: &Fig8Config,
-    tag: &str,
-) -> Result<(Interval, Interval), BoxError> {
-    let (mut first, mut second) = (Vec::new(), Vec::new());
-    for row in losses {
-        let (a, b) = repeat_losses(row)?;
-        first.push(a);
-        second.push(b);
-    }
-    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
-    let mut rng = seeded(derive_seed(cfg.seed, &format!("fig8/bootstrap/{tag}")));
-    let ci = |xs: &[f64], rng: &mut _| {
-        bootstrap_ci(
-            xs,
-            mean,
-            0.95,
-            cfg.resamples,
-            BootstrapMethod::Percentile,
-            rng,
-        )
-    };
-    Ok((ci(&first, &mut rng)?, ci(&second, &mut rng)?))
+/// The induction-2l model and what the sections share.
+struct Induction<'a> {
+    cfg: &'a Fig8Config,
+    model: HookedTransformer,
+    vocab: usize,
+    /// `[BOS, s, s]` evaluation sequences.
+    tokens: Tensor,
+    /// Heads by induction score, highest first.
+    ranked: Vec<(Component, f64)>,
 }
 
 /// Runs fig8 and writes `dir`.
 pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxError> {
     let cfg: Fig8Config = load_config(config, overrides)?;
     let mut out = ResultDir::start(dir, &cfg, vec![cfg.seed])?;
-    let root = crate::fixtures::repo_root();
-    let fixture = crate::fixtures::induction_2l::dir(&root);
+    let (model, spec) = load_fixture(&mut out)?;
+    let tokens = repeated_tokens(
+        &mut seeded(derive_seed(cfg.seed, "fig8/tokens")),
+        cfg.batch,
+        cfg.segment,
+        spec.vocab,
+    )?;
+    let scores = head_scores(&model, &tokens)?;
+    let fx = Induction {
+        cfg: &cfg,
+        model,
+        vocab: spec.vocab,
+        tokens,
+        ranked: ranked_heads(&scores.induction),
+    };
+    detector_maps(&fx, &scores, &out)?;
+    let (clean, top_off) = repeat_losses(&fx, &out)?;
+    staged_ablations(&fx, &out)?;
+    scale_top_head(&fx, &mut out)?;
+    patching(&fx, &mut out)?;
+    let all_off = all_induction_heads_zeroed(&fx, &clean)?;
+    let induction_pass = record(&fx, &scores, &clean, &top_off, all_off, &mut out);
+    let arith_pass = arith::run(&cfg.arith, cfg.seed, cfg.resamples, &mut out)?;
+    out.metrics.set_bool("arith_pass", arith_pass);
+    out.finish(induction_pass && arith_pass)
+}
+
+/// Loads `fixtures/induction-2l` and checks it against its `induction.json`.
+fn load_fixture(out: &mut ResultDir) -> Result<(HookedTransformer, InductionSpec), BoxError> {
+    let fixture = crate::fixtures::induction_2l::dir(&crate::fixtures::repo_root());
     let model = HookedTransformer::from_dir(&fixture, &LoadOptions::default())?;
     let spec: InductionSpec =
         serde_json::from_str(&std::fs::read_to_string(fixture.join("induction.json"))?)?;
@@ -102,16 +114,16 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         )
         .into());
     }
-    let tokens = repeated_tokens(
-        &mut seeded(derive_seed(cfg.seed, "fig8/tokens")),
-        cfg.batch,
-        cfg.segment,
-        spec.vocab,
+    out.extra(
+        "induction_2l_sha256",
+        &crate::fixtures::sha256_file(&fixture.join("model.safetensors"))?,
     )?;
+    Ok((model, spec))
+}
 
-    // Head detectors.
-    let scores = head_scores(&model, &tokens)?;
-    let maps: [(&str, &str, &Vec<Vec<f64>>); 4] = [
+/// Heat maps and a table of the four detector scores; prints the top heads.
+fn detector_maps(fx: &Induction, scores: &HeadScores, out: &ResultDir) -> Result<(), BoxError> {
+    let maps = [
         ("fig8_induction", "induction score", &scores.induction),
         (
             "fig8_previous_token",
@@ -130,109 +142,141 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         ),
     ];
     for (file, what, values) in maps {
-        Heatmap {
-            title: format!(
-                "fig8: {what} per head (induction-2l, [BOS, s, s], |s| = {})",
-                cfg.segment
-            ),
-            row_label: "layer".into(),
-            col_label: "head".into(),
-            values: values.clone(),
-        }
-        .write_svg(dir.join(format!("{file}.svg")))?;
+        let title = format!(
+            "fig8: {what} per head (induction-2l, [BOS, s, s], |s| = {})",
+            fx.cfg.segment
+        );
+        out.heatmap(file, &heatmap(title, "layer", "head", values))?;
     }
-    out.table("fig8_heads", &head_table(&scores)?)?;
-    let ranked = HeadScores::ranked(&scores.induction);
-    let induction_heads: Vec<(usize, usize, f64)> = ranked
-        .iter()
-        .copied()
-        .filter(|h| h.2 > INDUCTION_THRESHOLD)
-        .collect();
+    out.table("fig8_heads", &head_table(scores)?)?;
     println!("  induction scores (threshold {INDUCTION_THRESHOLD}):");
-    for (l, h, s) in ranked.iter().take(4) {
+    for &(c, s) in fx.ranked.iter().take(4) {
+        let (l, h) = layer_head(c)?;
         println!(
-            "    L{l}H{h}: induction {s:.3}, previous-token {:.3}, duplicate {:.3}, prefix-matching {:.3}",
-            scores.previous_token[*l][*h], scores.duplicate_token[*l][*h], scores.prefix_matching[*l][*h]
+            "    {c}: induction {s:.3}, previous-token {:.3}, duplicate {:.3}, prefix-matching {:.3}",
+            scores.previous_token[l][h], scores.duplicate_token[l][h], scores.prefix_matching[l][h]
         );
     }
+    Ok(())
+}
 
-    // In-context loss, clean and with the top induction head ablated.
-    let clean = token_losses(&model, &tokens, &mut NoHooks)?;
-    let (first, second) = repeat_cis(&clean, &cfg, "clean")?;
-    let (tl, th, _) = ranked[0];
-    let mut top_off = Interventions::new(vec![Intervention::zero_heads(tl, &[th])]);
-    let ablated = token_losses(&model, &tokens, &mut top_off)?;
-    let (a_first, a_second) = repeat_cis(&ablated, &cfg, "ablated")?;
-    let gap_closed = (a_second.estimate - second.estimate) / (first.estimate - second.estimate);
-    println!(
-        "  loss: first repeat {}, second {}; with L{tl}H{th} zeroed: first {}, second {} ({:.0}% of the gap closed)",
-        first.display(3), second.display(3), a_first.display(3), a_second.display(3), 100.0 * gap_closed
+/// Repeat losses clean and with the top induction head zeroed, and the loss-by-position plot.
+fn repeat_losses(
+    fx: &Induction,
+    out: &ResultDir,
+) -> Result<(RepeatLosses, RepeatLosses), BoxError> {
+    let clean = token_losses(&fx.model, &fx.tokens, &mut NoHooks)?;
+    let top = fx.ranked[0].0;
+    let ablated = token_losses(&fx.model, &fx.tokens, &mut zeroed(&[top])?)?;
+    let (c, a) = (
+        repeat_cis(fx, &clean, "clean")?,
+        repeat_cis(fx, &ablated, "ablated")?,
     );
-    position_plot(&clean, &ablated, tl, th, dir)?;
-
-    // Staged ablations of the top heads: alone and cumulatively, zero and mean.
-    let n = tokens.dim(1)?;
-    let mask: Vec<f32> = (0..cfg.batch)
-        .flat_map(|_| (0..n - 1).map(|p| f32::from(p > cfg.segment)))
-        .collect();
-    let eval = EvalSet {
-        tokens: tokens.clone(),
-        mask: Some(Tensor::from_vec(mask, (cfg.batch, n - 1), tokens.device())?),
-        alternative: None,
-    };
-    let reference = repeated_tokens(
-        &mut seeded(derive_seed(cfg.seed, "fig8/reference")),
-        cfg.batch,
-        cfg.segment,
-        spec.vocab,
+    println!(
+        "  loss: first repeat {}, second {}; with {top} zeroed: first {}, second {} ({:.0}% of the gap closed)",
+        c.first.display(3), c.second.display(3), a.first.display(3), a.second.display(3),
+        100.0 * c.gap_closed(&a)
+    );
+    out.plot(
+        "fig8_loss_by_position",
+        &position_plot(&clean, &ablated, top),
     )?;
-    let top: Vec<(usize, usize)> = ranked
+    Ok((c, a))
+}
+
+/// Repeat losses of `losses` with the bootstrap stream of `tag`.
+fn repeat_cis(fx: &Induction, losses: &[Vec<f64>], tag: &str) -> Result<RepeatLosses, BoxError> {
+    let mut rng = seeded(derive_seed(fx.cfg.seed, &format!("fig8/bootstrap/{tag}")));
+    Ok(RepeatLosses::from_token_losses(
+        losses,
+        fx.cfg.resamples,
+        &mut rng,
+    )?)
+}
+
+/// `(layer, head)` of a head component.
+fn layer_head(c: Component) -> Result<(usize, usize), BoxError> {
+    match c {
+        Component::Head { layer, head } => Ok((layer, head)),
+        other => Err(format!("{other} is not a head").into()),
+    }
+}
+
+/// Interventions zeroing `heads`.
+fn zeroed(heads: &[Component]) -> Result<Interventions, BoxError> {
+    let list = heads
         .iter()
-        .take(cfg.ablate_top)
-        .map(|h| (h.0, h.1))
+        .map(|&c| Intervention::zero(c))
+        .collect::<Result<_, _>>()?;
+    Ok(Interventions::new(list))
+}
+
+/// The second-repeat predictions as an evaluation set.
+fn second_repeat(fx: &Induction) -> Result<EvalSet, BoxError> {
+    let (batch, segment) = (fx.cfg.batch, fx.cfg.segment);
+    let n = fx.tokens.dim(1)?;
+    let mask: Vec<f32> = (0..batch)
+        .flat_map(|_| (0..n - 1).map(|p| f32::from(p > segment)))
+        .collect();
+    Ok(EvalSet {
+        tokens: fx.tokens.clone(),
+        mask: Some(Tensor::from_vec(mask, (batch, n - 1), fx.tokens.device())?),
+        alternative: None,
+    })
+}
+
+/// The top induction heads ablated alone and cumulatively, by zero and by mean.
+fn staged_ablations(fx: &Induction, out: &ResultDir) -> Result<(), BoxError> {
+    let eval = second_repeat(fx)?;
+    let reference = repeated_tokens(
+        &mut seeded(derive_seed(fx.cfg.seed, "fig8/reference")),
+        fx.cfg.batch,
+        fx.cfg.segment,
+        fx.vocab,
+    )?;
+    let top: Vec<Component> = fx
+        .ranked
+        .iter()
+        .take(fx.cfg.ablate_top)
+        .map(|h| h.0)
         .collect();
     let mut reports = Vec::new();
     for kind in [AblationKind::Zero, AblationKind::Mean] {
         for cumulative in [false, true] {
-            let stages = top
+            let config = AblationConfig {
+                cumulative,
+                ..AblationConfig::each_alone(&top, kind)
+            };
+            let report = run_ablations(&fx.model, &config, &eval, Some(&reference))?;
+            let deltas: Vec<String> = report
+                .stages
                 .iter()
-                .map(|&(l, h)| Stage {
-                    name: format!("L{l}H{h}"),
-                    kind,
-                    heads: vec![(l, h)],
-                    neurons: Vec::new(),
-                })
+                .map(|s| format!("{} {:+.3}", s.name, s.delta.loss))
                 .collect();
-            let config = AblationConfig { cumulative, stages };
-            let report = run_ablations(&model, &config, &eval, Some(&reference))?;
+            println!(
+                "  {kind:?} ablation, {}: second-repeat loss {:.3} → Δ {}",
+                if cumulative { "cumulative" } else { "alone" },
+                report.clean.loss,
+                deltas.join(", ")
+            );
             reports.push((kind, cumulative, report));
         }
     }
-    out.table("fig8_ablations", &ablation_table(&reports)?)?;
-    for (kind, cumulative, r) in &reports {
-        let deltas: Vec<String> = r
-            .stages
-            .iter()
-            .map(|s| format!("{} {:+.3}", s.name, s.delta.loss))
-            .collect();
-        println!(
-            "  {kind:?} ablation, {}: second-repeat loss {:.3} → Δ {}",
-            if *cumulative { "cumulative" } else { "alone" },
-            r.clean.loss,
-            deltas.join(", ")
-        );
-    }
+    out.table("fig8_ablations", &ablation_table(&reports)?)
+}
 
-    // Scaling the top induction head from 0 (off) through 1 (clean) to 3 (amplified).
+/// The top induction head scaled from 0 (off) through 1 (clean) to 3 (amplified).
+fn scale_top_head(fx: &Induction, out: &mut ResultDir) -> Result<(), BoxError> {
+    let top = fx.ranked[0].0;
     let factors: Vec<f64> = (0..=12).map(|i| 0.25 * i as f64).collect();
-    let swept = scale_sweep(&model, &eval, &[(tl, th)], &[], &factors)?;
-    LinePlot::new(format!(
-        "fig8: second-repeat loss with L{tl}H{th} scaled (induction-2l)"
+    let swept = scale_sweep(&fx.model, &second_repeat(fx)?, &[top], &factors)?;
+    let plot = LinePlot::new(format!(
+        "fig8: second-repeat loss with {top} scaled (induction-2l)"
     ))
     .x_label("scale factor of the head's output")
     .y_label("loss (nats)")
     .series(Series {
-        name: format!("L{tl}H{th}"),
+        name: top.to_string(),
         points: factors
             .iter()
             .zip(&swept)
@@ -240,122 +284,128 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
             .collect(),
         style: SeriesStyle::Solid,
         color: Some(0),
-    })
-    .write_svg(dir.join("fig8_scale_sweep.svg"))?;
+    });
+    out.plot("fig8_scale_sweep", &plot)?;
     println!(
-        "  L{tl}H{th} scaled ×0, ×1, ×2, ×3: second-repeat loss {:.3}, {:.3}, {:.3}, {:.3}",
+        "  {top} scaled ×0, ×1, ×2, ×3: second-repeat loss {:.3}, {:.3}, {:.3}, {:.3}",
         swept[0].loss, swept[4].loss, swept[8].loss, swept[12].loss
     );
+    out.metrics.set_number("scale0_loss", swept[0].loss);
+    out.metrics.set_number("scale3_loss", swept[12].loss);
+    Ok(())
+}
 
-    // Activation patching: clean [BOS, s, s₁..s_j] predicts s_{j+1}; the corrupted prompt has
-    // another first copy, so only the clean run's activations can tell the answer.
-    let patch_set = patch_prompts(&cfg, spec.vocab)?;
-    let patched = patch(&model, &patch_set)?;
-    Heatmap {
-        title: "fig8: residual stream patched clean → corrupted (share of the logit difference restored)".into(),
-        row_label: "layer (hook_resid_pre)".into(),
-        col_label: "position".into(),
-        values: patched.resid.clone(),
-    }
-    .write_svg(dir.join("fig8_patch_resid.svg"))?;
-    Heatmap {
-        title: "fig8: head outputs patched clean → corrupted".into(),
-        row_label: "layer".into(),
-        col_label: "head".into(),
-        values: patched.heads.clone(),
-    }
-    .write_svg(dir.join("fig8_patch_heads.svg"))?;
-    let best_patch = HeadScores::ranked(&patched.heads)[0];
+/// Activation patching: clean `[BOS, s, s₁..s_j]` predicts `s_{j+1}`, `j = 3·segment / 4`
+/// (deep enough into the copy for the fixture to be confident); the corrupted prompt has
+/// another first copy, so only the clean run's activations can tell the answer.
+fn patching(fx: &Induction, out: &mut ResultDir) -> Result<(), BoxError> {
+    let mut rng = seeded(derive_seed(fx.cfg.seed, "fig8/patch"));
+    let j = 3 * fx.cfg.segment / 4;
+    let pairs = induction_pairs(&mut rng, fx.cfg.batch, fx.cfg.segment, fx.vocab, j)?;
+    let patched = patch(&fx.model, &PatchSet::from_pairs(&pairs)?)?;
+    let title =
+        "fig8: residual stream patched clean → corrupted (share of the logit difference restored)";
+    out.heatmap(
+        "fig8_patch_resid",
+        &heatmap(
+            title.into(),
+            "layer (hook_resid_pre)",
+            "position",
+            &patched.resid,
+        ),
+    )?;
+    let title = "fig8: head outputs patched clean → corrupted";
+    out.heatmap(
+        "fig8_patch_heads",
+        &heatmap(title.into(), "layer", "head", &patched.heads),
+    )?;
+    let (best, restored) = ranked_heads(&patched.heads)[0];
     println!(
-        "  patching: logit difference clean {:.2}, corrupted {:.2}; best head L{}H{} restores {:.0}%",
+        "  patching: logit difference clean {:.2}, corrupted {:.2}; best head {best} restores {:.0}%",
         patched.clean_logit_diff,
         patched.corrupted_logit_diff,
-        best_patch.0,
-        best_patch.1,
-        100.0 * best_patch.2
+        100.0 * restored
     );
-
     let m = &mut out.metrics;
-    m.set_number("scale0_loss", swept[0].loss);
-    m.set_number("scale3_loss", swept[12].loss);
     m.set_number("patch_clean_logit_diff", patched.clean_logit_diff);
     m.set_number("patch_corrupted_logit_diff", patched.corrupted_logit_diff);
-    m.set_number("patch_best_head_restored", best_patch.2);
-    m.set_number("top_induction_layer", tl as f64);
-    m.set_number("top_induction_head", th as f64);
-    m.set_number("top_induction_score", ranked[0].2);
-    m.set_number(
-        "induction_heads_above_threshold",
-        induction_heads.len() as f64,
+    m.set_number("patch_best_head_restored", restored);
+    Ok(())
+}
+
+/// Every head above the induction threshold zeroed together: the share of the gap closed.
+fn all_induction_heads_zeroed(fx: &Induction, clean: &RepeatLosses) -> Result<f64, BoxError> {
+    let heads = induction_heads(fx);
+    let losses = token_losses(&fx.model, &fx.tokens, &mut zeroed(&heads)?)?;
+    let all = repeat_cis(fx, &losses, "all")?;
+    let closed = clean.gap_closed(&all);
+    println!(
+        "  all {} induction heads zeroed: second repeat {} ({:.0}% of the gap closed)",
+        heads.len(),
+        all.second.display(3),
+        100.0 * closed
     );
-    m.set_number("loss_first_repeat", first.estimate);
-    m.set_number("loss_second_repeat", second.estimate);
-    m.set_number("ablated_loss_first_repeat", a_first.estimate);
-    m.set_number("ablated_loss_second_repeat", a_second.estimate);
+    Ok(closed)
+}
+
+/// The heads whose induction score is above [`INDUCTION_THRESHOLD`].
+fn induction_heads(fx: &Induction) -> Vec<Component> {
+    fx.ranked
+        .iter()
+        .filter(|h| h.1 > INDUCTION_THRESHOLD)
+        .map(|h| h.0)
+        .collect()
+}
+
+/// The induction part's metrics; returns its check.
+fn record(
+    fx: &Induction,
+    scores: &HeadScores,
+    clean: &RepeatLosses,
+    top_off: &RepeatLosses,
+    all_closed: f64,
+    out: &mut ResultDir,
+) -> bool {
+    let (top, top_score) = fx.ranked[0];
+    let top_layer = top.layer().unwrap_or(usize::MAX);
+    let gap_closed = clean.gap_closed(top_off);
+    let above = induction_heads(fx).len();
+    let best_layer0 = scores.induction[0].iter().copied().fold(0.0, f64::max);
+    let m = &mut out.metrics;
+    m.set_number("top_induction_layer", top_layer as f64);
+    if let Component::Head { head, .. } = top {
+        m.set_number("top_induction_head", head as f64);
+    }
+    m.set_number("top_induction_score", top_score);
+    m.set_number("induction_heads_above_threshold", above as f64);
+    m.set_number("loss_first_repeat", clean.first.estimate);
+    m.set_number("loss_second_repeat", clean.second.estimate);
+    m.set_number("ablated_loss_first_repeat", top_off.first.estimate);
+    m.set_number("ablated_loss_second_repeat", top_off.second.estimate);
     m.set_number("top_head_ablation_gap_closed", gap_closed);
     m.set_bool(
         "top_head_ablation_target_met",
         gap_closed >= TOP_HEAD_GAP_TARGET,
     );
-    // All heads above the induction threshold zeroed together.
-    let mut all_off = Interventions::new(
-        induction_heads
-            .iter()
-            .map(|&(l, h, _)| Intervention::zero_heads(l, &[h]))
-            .collect(),
-    );
-    let (_, all_second) = repeat_cis(&token_losses(&model, &tokens, &mut all_off)?, &cfg, "all")?;
-    let all_closed = (all_second.estimate - second.estimate) / (first.estimate - second.estimate);
-    println!(
-        "  all {} induction heads zeroed: second repeat {} ({:.0}% of the gap closed)",
-        induction_heads.len(),
-        all_second.display(3),
-        100.0 * all_closed
-    );
     m.set_number("induction_heads_ablation_gap_closed", all_closed);
-    let best_layer0 = scores.induction[0].iter().copied().fold(0.0, f64::max);
     m.set_number("best_layer0_induction_score", best_layer0);
-    let induction_pass = tl == 1
-        && ranked[0].2 > INDUCTION_THRESHOLD
+    let pass = top_layer == 1
+        && top_score > INDUCTION_THRESHOLD
         && best_layer0 < INDUCTION_THRESHOLD
-        && second.estimate < SECOND_REPEAT_MAX * first.estimate
-        && a_second.low > second.high;
-    out.extra(
-        "induction_2l_sha256",
-        &crate::fixtures::sha256_file(&fixture.join("model.safetensors"))?,
-    )?;
-    out.metrics.set_bool("induction_pass", induction_pass);
-    let arith_pass = arith::run(&cfg.arith, cfg.seed, cfg.resamples, &mut out, dir)?;
-    out.metrics.set_bool("arith_pass", arith_pass);
-    out.finish(induction_pass && arith_pass)
+        && clean.second.estimate < SECOND_REPEAT_MAX * clean.first.estimate
+        && top_off.second.low > clean.second.high;
+    m.set_bool("induction_pass", pass);
+    pass
 }
 
-/// Clean `[BOS, s, s₁..s_j]` and corrupted `[BOS, s', s₁..s_j]` prompts, `j = 3·segment / 4` (deep
-/// enough into the copy for the fixture to be confident);
-/// the answer is `s_{j+1}`, the alternative `s'_{j+1}`.
-fn patch_prompts(cfg: &Fig8Config, vocab: usize) -> Result<PatchSet, BoxError> {
-    let j = 3 * cfg.segment / 4;
-    let mut rng = seeded(derive_seed(cfg.seed, "fig8/patch"));
-    let a = repeated_tokens(&mut rng, cfg.batch, cfg.segment, vocab)?.to_vec2::<u32>()?;
-    let b = repeated_tokens(&mut rng, cfg.batch, cfg.segment, vocab)?.to_vec2::<u32>()?;
-    let n = 1 + cfg.segment + j;
-    let (mut clean, mut corrupted, mut answer, mut alternative) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (x, y) in a.iter().zip(&b) {
-        clean.extend_from_slice(&x[..n]);
-        corrupted.push(x[0]);
-        corrupted.extend_from_slice(&y[1..=cfg.segment]);
-        corrupted.extend_from_slice(&x[cfg.segment + 1..n]);
-        answer.push(x[j + 1]);
-        alternative.push(y[j + 1]);
+/// A heat map titled `title` of `values` `[row][col]`.
+fn heatmap(title: String, rows: &str, cols: &str, values: &[Vec<f64>]) -> Heatmap {
+    Heatmap {
+        title,
+        row_label: rows.into(),
+        col_label: cols.into(),
+        values: values.to_vec(),
     }
-    let dev = &candle_core::Device::Cpu;
-    Ok(PatchSet {
-        clean: Tensor::from_vec(clean, (cfg.batch, n), dev)?,
-        corrupted: Tensor::from_vec(corrupted, (cfg.batch, n), dev)?,
-        answer: Tensor::from_vec(answer, cfg.batch, dev)?,
-        alternative: Tensor::from_vec(alternative, cfg.batch, dev)?,
-    })
 }
 
 fn head_table(s: &HeadScores) -> Result<Table, BoxError> {
@@ -413,16 +463,9 @@ fn ablation_table(reports: &[(AblationKind, bool, AblationReport)]) -> Result<Ta
 }
 
 /// Mean loss per position, clean and with the top induction head zeroed.
-fn position_plot(
-    clean: &[Vec<f64>],
-    ablated: &[Vec<f64>],
-    l: usize,
-    h: usize,
-    dir: &Path,
-) -> Result<(), BoxError> {
+fn position_plot(clean: &[Vec<f64>], ablated: &[Vec<f64>], top: Component) -> LinePlot {
     let mean_at = |rows: &[Vec<f64>]| -> Vec<(f64, f64)> {
-        let n = rows[0].len();
-        (0..n)
+        (0..rows[0].len())
             .map(|p| {
                 (
                     p as f64,
@@ -441,11 +484,9 @@ fn position_plot(
             color: Some(0),
         })
         .series(Series {
-            name: format!("L{l}H{h} zero-ablated"),
+            name: format!("{top} zero-ablated"),
             points: mean_at(ablated),
             style: SeriesStyle::Dashed,
             color: Some(3),
         })
-        .write_svg(dir.join("fig8_loss_by_position.svg"))?;
-    Ok(())
 }
