@@ -7,7 +7,7 @@ use metarep_core::config::load_config;
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_eval::plot::{LegendPosition, LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
-use metarep_lat_cg::convergence::run_convergence;
+use metarep_lat_cg::convergence::{run_convergence, ConvergenceRow, ConvergenceRun};
 use metarep_lat_cg::problem::{lambda_for_condition, rbf_problem, RbfProblemSpec};
 use metarep_lat_cg::reference::Preconditioner;
 use serde::{Deserialize, Serialize};
@@ -56,74 +56,12 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         let mut prob = base.clone();
         prob.lambda = lambda_for_condition(&prob.phi, kappa)?;
         let run = run_convergence(&prob, cfg.steps, Preconditioner::None, &Device::Cpu)?;
-        for r in &run.rows {
-            table.push_row(vec![
-                Cell::from(kappa),
-                Cell::from(r.t as i64),
-                Cell::from(r.lat_error),
-                Cell::from(r.cg_error),
-                Cell::from(r.bound),
-                Cell::from(r.dev_lat_vs_cg),
-                Cell::from(r.dev_cg_vs_cg),
-                Cell::from(r.t <= run.reproducible_steps),
-            ])?;
-        }
-        let pts = |f: fn(&metarep_lat_cg::convergence::ConvergenceRow) -> f64| -> Vec<(f64, f64)> {
-            run.rows.iter().map(|r| (r.t as f64, f(r))).collect()
-        };
-        plot = plot
-            .series(Series {
-                name: format!("LAT, κ = {kappa}"),
-                points: pts(|r| r.lat_error),
-                style: SeriesStyle::Markers,
-                color: Some(i),
-            })
-            .series(Series {
-                name: format!("CG, κ = {kappa}"),
-                points: pts(|r| r.cg_error),
-                style: SeriesStyle::Solid,
-                color: Some(i),
-            })
-            .series(Series {
-                name: format!("bound, κ = {kappa}"),
-                points: pts(|r| r.bound),
-                style: SeriesStyle::Dashed,
-                color: Some(i),
-            });
-        let tag = format!("kappa_{kappa}");
-        let m = &mut out.metrics;
-        m.set_number(format!("lambda_{tag}"), prob.lambda);
-        m.set_number(
-            format!("reproducible_steps_{tag}"),
-            run.reproducible_steps as f64,
-        );
-        m.set_number(
-            format!("max_rel_dev_lat_vs_cg_{tag}"),
-            run.max_dev_reproducible(),
-        );
-        m.set_number(
-            format!("max_rel_dev_lat_vs_cg_all_steps_{tag}"),
-            run.max_dev_all(),
-        );
-        m.set_number(
-            format!("max_rel_dev_cg_vs_cg_all_steps_{tag}"),
-            run.max_jitter_all(),
-        );
-        m.set_number(
-            format!("final_error_{tag}"),
-            run.rows.last().map_or(f64::NAN, |r| r.lat_error),
-        );
-        m.set_bool(format!("bound_holds_{tag}"), run.bound_holds());
+        add_rows(&mut table, kappa, &run)?;
+        plot = add_series(plot, i, kappa, &run);
+        record(&mut out, kappa, prob.lambda, &run);
         max_dev = max_dev.max(run.max_dev_reproducible());
         bound_holds &= run.bound_holds();
         min_repro = min_repro.min(run.reproducible_steps);
-        println!(
-            "   κ = {kappa:>6}: reproducible t ≤ {:>2}, max |LAT−CG| there {:.2e}; all t: |LAT−CG| {:.2e} vs |CG'−CG| {:.2e}",
-            run.reproducible_steps,
-            run.max_dev_reproducible(),
-            run.max_dev_all(),
-            run.max_jitter_all()
-        );
     }
     out.metrics.set_number("max_rel_dev_lat_vs_cg", max_dev);
     out.metrics
@@ -132,4 +70,72 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     out.table("convergence", &table)?;
     out.plot("fig1", &plot)?;
     out.finish(max_dev <= MAX_DEV && bound_holds && min_repro >= 4)
+}
+
+/// One row per depth of the run at `kappa`.
+fn add_rows(table: &mut Table, kappa: f64, run: &ConvergenceRun) -> Result<(), BoxError> {
+    for r in &run.rows {
+        table.push_row(vec![
+            Cell::from(kappa),
+            Cell::from(r.t as i64),
+            Cell::from(r.lat_error),
+            Cell::from(r.cg_error),
+            Cell::from(r.bound),
+            Cell::from(r.dev_lat_vs_cg),
+            Cell::from(r.dev_cg_vs_cg),
+            Cell::from(r.t <= run.reproducible_steps),
+        ])?;
+    }
+    Ok(())
+}
+
+/// LAT, CG and the bound at `kappa` in colour `i`.
+fn add_series(plot: LinePlot, i: usize, kappa: f64, run: &ConvergenceRun) -> LinePlot {
+    let pts = |f: fn(&ConvergenceRow) -> f64| -> Vec<(f64, f64)> {
+        run.rows.iter().map(|r| (r.t as f64, f(r))).collect()
+    };
+    let series = |name: &str, f: fn(&ConvergenceRow) -> f64, style| Series {
+        name: format!("{name}, κ = {kappa}"),
+        points: pts(f),
+        style,
+        color: Some(i),
+    };
+    plot.series(series("LAT", |r| r.lat_error, SeriesStyle::Markers))
+        .series(series("CG", |r| r.cg_error, SeriesStyle::Solid))
+        .series(series("bound", |r| r.bound, SeriesStyle::Dashed))
+}
+
+/// The metrics of the run at `kappa` (regulariser `lambda`).
+fn record(out: &mut ResultDir, kappa: f64, lambda: f64, run: &ConvergenceRun) {
+    let tag = format!("kappa_{kappa}");
+    let m = &mut out.metrics;
+    m.set_number(format!("lambda_{tag}"), lambda);
+    m.set_number(
+        format!("reproducible_steps_{tag}"),
+        run.reproducible_steps as f64,
+    );
+    m.set_number(
+        format!("max_rel_dev_lat_vs_cg_{tag}"),
+        run.max_dev_reproducible(),
+    );
+    m.set_number(
+        format!("max_rel_dev_lat_vs_cg_all_steps_{tag}"),
+        run.max_dev_all(),
+    );
+    m.set_number(
+        format!("max_rel_dev_cg_vs_cg_all_steps_{tag}"),
+        run.max_jitter_all(),
+    );
+    m.set_number(
+        format!("final_error_{tag}"),
+        run.rows.last().map_or(f64::NAN, |r| r.lat_error),
+    );
+    m.set_bool(format!("bound_holds_{tag}"), run.bound_holds());
+    println!(
+        "   κ = {kappa:>6}: reproducible t ≤ {:>2}, max |LAT−CG| there {:.2e}; all t: |LAT−CG| {:.2e} vs |CG'−CG| {:.2e}",
+        run.reproducible_steps,
+        run.max_dev_reproducible(),
+        run.max_dev_all(),
+        run.max_jitter_all()
+    );
 }

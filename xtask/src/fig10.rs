@@ -18,7 +18,7 @@ use metarep_eval::tasks::grammar::{GrammarSpec, LATENTS};
 use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input, LoadOptions};
 use metarep_sae::baselines::{null_sae, random_directions};
 use metarep_sae::metrics::VarianceSums;
-use metarep_sae::splice::splice_scores;
+use metarep_sae::splice::{splice_scores, SpliceScores};
 use metarep_sae::{train, Architecture, InputNorm, Sae, SaeSpec, StoreSource};
 use metarep_testbeds::grammar_lm::{
     agreement, tokens_tensor, train_lm, Agreement, LatentQuestions, LmSpec,
@@ -86,22 +86,30 @@ struct Row {
     train_seconds: f64,
 }
 
-/// Scores of one SAE on the held-out tokens.
-fn score(
-    sae: &Sae,
-    model: &HookedTransformer,
-    hook: HookPoint,
-    x: &Tensor,
-    tokens: &Tensor,
-    questions: &LatentQuestions,
-) -> Result<(f64, f64, metarep_sae::splice::SpliceScores, Vec<f64>), BoxError> {
-    let latents = sae.encode(x)?;
+/// Scores of one SAE on the held-out tokens: explained variance, L0, the splice scores and
+/// the best latent's AUROC per grammar latent.
+fn score(sae: &Sae, s: &Setup) -> Result<(f64, f64, SpliceScores, Vec<f64>), BoxError> {
+    let latents = sae.encode(&s.x)?;
     let mut sums = VarianceSums::default();
-    sums.add(x, &sae.reconstruct(x)?)?;
+    sums.add(&s.x, &sae.reconstruct(&s.x)?)?;
     let (l0, _) = latents.l0_l1()?;
-    let splice = splice_scores(model, sae, hook, std::slice::from_ref(tokens))?;
-    let auroc = questions.best(&latents.to_dense(sae.config.d_sae)?, false)?;
+    let splice = splice_scores(&s.model, sae, s.hook, std::slice::from_ref(&s.eval_tokens))?;
+    let auroc = s
+        .questions
+        .best(&latents.to_dense(sae.config.d_sae)?, false)?;
     Ok((sums.explained_variance(), l0, splice, auroc))
+}
+
+/// What the sections share: the model, the hook and the held-out evaluation set.
+struct Setup<'a> {
+    cfg: &'a Fig10Config,
+    model: HookedTransformer,
+    hook: HookPoint,
+    /// Held-out token ids `[sequences, n_ctx]`.
+    eval_tokens: Tensor,
+    /// Their activations at the hook `[tokens, d_model]`.
+    x: Tensor,
+    questions: LatentQuestions,
 }
 
 /// Runs fig10 and writes `dir`.
@@ -109,55 +117,96 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     let cfg: Fig10Config = load_config(config, overrides)?;
     cfg.grammar.validate()?;
     let mut out = ResultDir::start(dir, &cfg, vec![cfg.seed])?;
-    let grammar = &cfg.grammar;
+    let model = language_model(&cfg, config)?;
+    let mut rng = seeded(derive_seed(cfg.seed, "fig10/eval"));
+    let eval = cfg
+        .grammar
+        .samples(&mut rng, cfg.eval_sequences, cfg.lm.n_ctx)?;
+    let agree = agreement(&model, &cfg.grammar, &eval)?;
+    println!(
+        "  agreement: {:.3} of main verbs, {:.3} with an attractor ({})",
+        agree.all, agree.attractor, agree.attractor_cases
+    );
+    let hook = HookPoint::ResidPost(cfg.layer);
+    let acts = capture_store(&cfg, &model, hook, dir)?;
+    let eval_tokens = tokens_tensor(&eval)?;
+    let (_, cache) = model.run_with_cache(
+        Input::new(eval_tokens.clone()),
+        HookFilter::patterns(&[hook.name()]),
+    )?;
+    let x = cache.get(hook)?.reshape(((), cfg.lm.d_model))?;
+    let setup = Setup {
+        cfg: &cfg,
+        model,
+        hook,
+        eval_tokens,
+        x,
+        questions: LatentQuestions::new(&eval),
+    };
+    let rows = sae_sweep(&setup, &acts)?;
+    let (baselines, random) = baselines(&setup, &mut out)?;
+    out.table("fig10", &table(&rows, &baselines)?)?;
+    plots(&rows, dir)?;
+    let widest = setup
+        .cfg
+        .sweep
+        .expansions
+        .iter()
+        .max()
+        .copied()
+        .unwrap_or(1);
+    record(&rows, &random, widest, agree, &mut out);
+    let pass = agree.all >= AGREEMENT_TARGET
+        && !rows.is_empty()
+        && rows.iter().all(|r| r.explained_variance > EV_TARGET);
+    out.finish(pass)
+}
 
-    let model = if cfg.lm.fixture {
-        let m = HookedTransformer::from_dir(&fixture_dir(), &LoadOptions::default())?;
-        if m.config() != &cfg.lm.model_config(grammar) {
-            return Err(format!(
-                "{} does not match the [lm] settings of {} (rebuild it: cargo xtask fixtures grammar-lm)",
-                fixture_dir().display(),
-                config.display()
-            )
-            .into());
-        }
-        println!("  language model: {}", fixture_dir().display());
-        m
-    } else {
-        let (model, report) = train_lm(grammar, &cfg.lm, cfg.seed)?;
+/// The checked-in fixture (checked against the `[lm]` settings) or a freshly trained model.
+fn language_model(cfg: &Fig10Config, config: &Path) -> Result<HookedTransformer, BoxError> {
+    if !cfg.lm.fixture {
+        let (model, report) = train_lm(&cfg.grammar, &cfg.lm, cfg.seed)?;
         println!(
             "  language model: {} steps, loss {:.3} → {:.3} ({:.0} s)",
             report.steps, report.first_loss, report.final_loss, report.seconds
         );
-        model
-    };
-    let n_ctx = cfg.lm.n_ctx;
-    let mut rng = seeded(derive_seed(cfg.seed, "fig10/eval"));
-    let eval = grammar.samples(&mut rng, cfg.eval_sequences, n_ctx)?;
-    let Agreement {
-        all: agree,
-        attractor: agree_attr,
-        attractor_cases: n_attr,
-    } = agreement(&model, grammar, &eval)?;
-    println!("  agreement: {agree:.3} of main verbs, {agree_attr:.3} with an attractor ({n_attr})");
+        return Ok(model);
+    }
+    let m = HookedTransformer::from_dir(&fixture_dir(), &LoadOptions::default())?;
+    if m.config() != &cfg.lm.model_config(&cfg.grammar) {
+        return Err(format!(
+            "{} does not match the [lm] settings of {} (rebuild it: cargo xtask fixtures grammar-lm)",
+            fixture_dir().display(),
+            config.display()
+        )
+        .into());
+    }
+    println!("  language model: {}", fixture_dir().display());
+    Ok(m)
+}
 
-    // Capture the SAE training activations through an activation store.
+/// Captures the SAE training activations at `hook` into a fresh store under `dir/acts`;
+/// returns the store directory.
+fn capture_store(
+    cfg: &Fig10Config,
+    model: &HookedTransformer,
+    hook: HookPoint,
+    dir: &Path,
+) -> Result<std::path::PathBuf, BoxError> {
     let mut rng = seeded(derive_seed(cfg.seed, "fig10/capture"));
-    let corpus = grammar.samples(&mut rng, cfg.capture_sequences, n_ctx)?;
+    let corpus = cfg
+        .grammar
+        .samples(&mut rng, cfg.capture_sequences, cfg.lm.n_ctx)?;
     let ids = dir.join("corpus.ids");
     let lines: Vec<String> = corpus
         .iter()
         .map(|s| {
-            s.tokens
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(" ")
+            let ids: Vec<String> = s.tokens.iter().map(u32::to_string).collect();
+            ids.join(" ")
         })
         .collect();
     std::fs::write(&ids, lines.join("\n"))?;
-    let data = TokenDataset::load(&ids, None, n_ctx)?;
-    let hook = HookPoint::ResidPost(cfg.layer);
+    let data = TokenDataset::load(&ids, None, cfg.lm.n_ctx)?;
     let acts = dir.join("acts");
     // A store left by an earlier run (maybe of another config) is not reused.
     if acts.exists() {
@@ -171,53 +220,37 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         model_name: "grammar-lm".into(),
         max_contexts: None,
     };
-    let report = capture(&model, &data, &acts, &spec, |_, _| {})?;
+    let report = capture(model, &data, &acts, &spec, |_, _| {})?;
     println!(
         "  captured {} tokens of {} in {:.1} s",
         report.tokens_total,
         hook.name(),
         report.seconds
     );
+    Ok(store_dir(&acts, hook))
+}
 
-    // Held-out activations and labels.
-    let eval_tokens = tokens_tensor(&eval)?;
-    let (_, cache) = model.run_with_cache(
-        Input::new(eval_tokens.clone()),
-        HookFilter::patterns(&[hook.name()]),
-    )?;
-    let x = cache.get(hook)?.reshape(((), cfg.lm.d_model))?;
-    let questions = LatentQuestions::new(&eval);
-
-    let mut rows = Vec::new();
+/// Trains and scores one TopK SAE per (expansion, k) from the store.
+fn sae_sweep(s: &Setup, store: &Path) -> Result<Vec<Row>, BoxError> {
+    let cfg = s.cfg;
     println!(
         "   exp  k    EV      L0     CE rec (zero, mean)  KL      AUROC per latent ({})",
         LATENTS.join(", ")
     );
+    let mut rows = Vec::new();
     for &expansion in &cfg.sweep.expansions {
         for &k in &cfg.sweep.ks {
-            let sae_spec = SaeSpec {
-                architecture: Architecture::TopK { k },
-                expansion,
-                pre_encoder_bias: true,
-                input_norm: InputNorm::default(),
-                decoder_norm: None,
-            };
-            let sae_cfg = sae_spec.config(cfg.lm.d_model)?;
-            let mut sae = Sae::new(
-                sae_cfg,
-                derive_seed(cfg.seed, &format!("fig10/sae/{expansion}/{k}")),
-                DType::F32,
-                &Device::Cpu,
-            )?;
-            let mut source = StoreSource::open(&store_dir(&acts, hook), cfg.seed, 1 << 16)?;
+            let sae_cfg = topk_spec(expansion, k).config(cfg.lm.d_model)?;
+            let seed = derive_seed(cfg.seed, &format!("fig10/sae/{expansion}/{k}"));
+            let mut sae = Sae::new(sae_cfg, seed, DType::F32, &Device::Cpu)?;
+            let mut source = StoreSource::open(store, cfg.seed, 1 << 16)?;
             let tr = train(
                 &mut sae,
                 &mut source,
                 &cfg.sweep.train,
                 RunControl::default(),
             )?;
-            let (explained_variance, l0, splice, auroc) =
-                score(&sae, &model, hook, &x, &eval_tokens, &questions)?;
+            let (explained_variance, l0, splice, auroc) = score(&sae, s)?;
             let row = Row {
                 expansion,
                 k,
@@ -245,21 +278,34 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
             rows.push(row);
         }
     }
-    // Baselines: a null SAE as wide as the widest (first k), random directions as many as
-    // its latents, and the residual stream's own coordinates (either sign).
-    let widest = cfg.sweep.expansions.iter().max().copied().unwrap_or(1) * cfg.lm.d_model;
-    let k0 = cfg.sweep.ks.first().copied().unwrap_or(1);
-    let null_cfg = SaeSpec {
-        architecture: Architecture::TopK { k: k0 },
-        expansion: widest / cfg.lm.d_model,
+    Ok(rows)
+}
+
+/// A TopK SAE spec of `expansion` × d_model latents.
+fn topk_spec(expansion: usize, k: usize) -> SaeSpec {
+    SaeSpec {
+        architecture: Architecture::TopK { k },
+        expansion,
         pre_encoder_bias: true,
         input_norm: InputNorm::default(),
         decoder_norm: None,
     }
-    .config(cfg.lm.d_model)?;
-    let null = null_sae(null_cfg, &x.mean(0)?, cfg.seed)?;
-    let (null_ev, null_l0, null_splice, null_auroc) =
-        score(&null, &model, hook, &x, &eval_tokens, &questions)?;
+}
+
+/// Baselines: a null SAE as wide as the widest (first k), random directions as many as its
+/// latents, and the residual stream's own coordinates (either sign). Returns the AUROC rows
+/// and the random directions' AUROCs.
+#[allow(clippy::type_complexity)]
+fn baselines(
+    s: &Setup,
+    out: &mut ResultDir,
+) -> Result<(Vec<(String, Vec<f64>)>, Vec<f64>), BoxError> {
+    let (cfg, d) = (s.cfg, s.cfg.lm.d_model);
+    let widest = cfg.sweep.expansions.iter().max().copied().unwrap_or(1) * d;
+    let k0 = cfg.sweep.ks.first().copied().unwrap_or(1);
+    let null_cfg = topk_spec(widest / d, k0).config(d)?;
+    let null = null_sae(null_cfg, &s.x.mean(0)?, cfg.seed)?;
+    let (null_ev, null_l0, null_splice, null_auroc) = score(&null, s)?;
     println!(
         "   null SAE ({widest}, k = {k0}): EV {null_ev:.4}, L0 {null_l0:.2}, CE recovered {:.3}, {:.3} (CE clean {:.3}, zero {:.3}, mean {:.3}, SAE {:.3}); AUROC {}",
         null_splice.recovered_zero,
@@ -270,33 +316,34 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         null_splice.ce_sae,
         fmt_aurocs(&null_auroc)
     );
-    let dirs = random_directions(widest, cfg.lm.d_model, cfg.seed)?;
-    let random = questions.best(&x.matmul(&dirs.t()?)?, true)?;
+    out.metrics.set_number("null_explained_variance", null_ev);
+    out.metrics
+        .set_number("null_ce_recovered_zero", null_splice.recovered_zero);
+    let dirs = random_directions(widest, d, cfg.seed)?;
+    let random = s.questions.best(&s.x.matmul(&dirs.t()?)?, true)?;
     println!(
         "   random directions ({widest}, either sign): {}",
         fmt_aurocs(&random)
     );
-    let basis = questions.best(&x, true)?;
+    let basis = s.questions.best(&s.x, true)?;
     println!(
-        "   residual coordinates ({}, either sign): {}",
-        cfg.lm.d_model,
+        "   residual coordinates ({d}, either sign): {}",
         fmt_aurocs(&basis)
     );
-    let baselines = [
+    let rows = vec![
         (format!("null SAE ({widest}, k = {k0})"), null_auroc),
         (format!("random directions ({widest}, ±)"), random.clone()),
-        (
-            format!("residual coordinates ({}, ±)", cfg.lm.d_model),
-            basis,
-        ),
+        (format!("residual coordinates ({d}, ±)"), basis),
     ];
+    Ok((rows, random))
+}
 
-    let table = table(&rows, &baselines)?;
-    out.table("fig10", &table)?;
-    plots(&rows, dir)?;
-    out.metrics.set_number("agreement", agree);
-    out.metrics.set_number("agreement_attractor", agree_attr);
-    for r in &rows {
+/// The metrics (`widest`: the largest expansion).
+fn record(rows: &[Row], random: &[f64], widest: usize, agree: Agreement, out: &mut ResultDir) {
+    out.metrics.set_number("agreement", agree.all);
+    out.metrics
+        .set_number("agreement_attractor", agree.attractor);
+    for r in rows {
         let key = format!("x{}_k{}", r.expansion, r.k);
         out.metrics
             .set_number(format!("{key}_explained_variance"), r.explained_variance);
@@ -307,27 +354,17 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
             out.metrics.set_number(format!("{key}_auroc_{name}"), *a);
         }
     }
-    out.metrics.set_number("null_explained_variance", null_ev);
-    out.metrics
-        .set_number("null_ce_recovered_zero", null_splice.recovered_zero);
-    for (name, a) in LATENTS.iter().zip(&random) {
+    for (name, a) in LATENTS.iter().zip(random) {
         out.metrics.set_number(format!("random_auroc_{name}"), *a);
     }
     // Reported, not checked: whether, for every grammar latent, some widest SAE's latent
     // detects it better than every random direction (on this model it does not; see
     // docs/results.md). Checked: the model learned agreement and every SAE reconstructs.
-    let widest_rows: Vec<&Row> = rows
-        .iter()
-        .filter(|r| r.expansion * cfg.lm.d_model == widest)
-        .collect();
+    let widest_rows: Vec<&Row> = rows.iter().filter(|r| r.expansion == widest).collect();
     let beats_random =
         (0..LATENTS.len()).all(|j| widest_rows.iter().any(|r| r.auroc[j] > random[j]));
     out.metrics
         .set_bool("sae_beats_random_directions", beats_random);
-    let pass = agree >= AGREEMENT_TARGET
-        && !rows.is_empty()
-        && rows.iter().all(|r| r.explained_variance > EV_TARGET);
-    out.finish(pass)
 }
 
 fn fmt_aurocs(a: &[f64]) -> String {

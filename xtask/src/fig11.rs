@@ -6,12 +6,10 @@
 
 use std::path::Path;
 
-use candle_core::DType;
 use metarep_core::config::load_config;
-use metarep_model::ops::rows_at;
-use metarep_model::{HookedTransformer, Input, LoadOptions};
+use metarep_model::{HookedTransformer, LoadOptions};
 use metarep_second_order::report::summary;
-use metarep_second_order::{Pipeline, PipelineConfig, Readout, RunFiles, Stage};
+use metarep_second_order::{decomposition_gap, Pipeline, PipelineConfig, RunFiles, Stage};
 use serde::{Deserialize, Serialize};
 
 use crate::output::ResultDir;
@@ -34,6 +32,24 @@ pub struct Fig11Config {
 pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxError> {
     let cfg: Fig11Config = load_config(config, overrides)?;
     let mut out = ResultDir::start(dir, &cfg, vec![cfg.pipeline.seed])?;
+    let (model, files) = run_pipeline(&cfg, dir, &mut out)?;
+    // Exactness of the decomposition on the first batch of prompts.
+    let b = cfg.pipeline.batch.min(files.reps.len());
+    let tokens = files.reps.tokens.narrow(0, 0, b)?;
+    let gap = decomposition_gap(&model, &tokens, &files.reps.positions[..b])?;
+    let kept = report(&files, &dir.join("run"), gap)?;
+    record(&files, kept, gap, &mut out);
+    let info = &files.directions.info;
+    let separates = info.validation_scores.0 > info.validation_scores.1;
+    out.finish(gap < EXACT_TOL && separates && !files.analyses.is_empty())
+}
+
+/// Runs the whole pipeline into `dir/run` (fresh) and copies its report, tables and figure.
+fn run_pipeline(
+    cfg: &Fig11Config,
+    dir: &Path,
+    out: &mut ResultDir,
+) -> Result<(HookedTransformer, RunFiles), BoxError> {
     let root = crate::fixtures::repo_root();
     let model_dir = root.join(&cfg.model);
     let model = HookedTransformer::from_dir(&model_dir, &LoadOptions::default())
@@ -65,20 +81,12 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     ] {
         std::fs::copy(run_dir.join(f), dir.join(format!("fig11_{f}")))?;
     }
+    Ok((model, files))
+}
 
-    // Exactness of the decomposition on the first batch of prompts.
-    let b = cfg.pipeline.batch.min(files.reps.len());
-    let tokens = files.reps.tokens.narrow(0, 0, b)?;
-    let positions = &files.reps.positions[..b];
-    let parts = Readout::new(&model, &tokens, positions)?.decompose()?;
-    let logits =
-        rows_at(&model.forward(Input::new(tokens.clone()))?, positions)?.to_dtype(DType::F32)?;
-    let gap = (parts.logits(&model)? - logits)?
-        .abs()?
-        .max_all()?
-        .to_scalar::<f32>()? as f64;
-
-    let s = summary(&files);
+/// Prints the run's summary; returns how many lexicon entries were kept.
+fn report(files: &RunFiles, run_dir: &Path, gap: f64) -> Result<usize, BoxError> {
+    let s = summary(files);
     let lexicon: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run_dir.join("lexicon.json"))?)?;
     let kept = lexicon["kept"].as_array().map_or(0, Vec::len);
@@ -106,6 +114,12 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
             r.name, r.score, r.delta_score, r.mean_abs_score_change, r.accuracy, r.delta_accuracy
         );
     }
+    Ok(kept)
+}
+
+/// The metrics.
+fn record(files: &RunFiles, kept: usize, gap: f64, out: &mut ResultDir) {
+    let s = summary(files);
     let m = &mut out.metrics;
     m.set_number("accuracy", s.accuracy);
     m.set_number("lexicon_entries_kept", kept as f64);
@@ -125,7 +139,4 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
             r.mean_abs_score_change,
         );
     }
-    let separates = info.validation_scores.0 > info.validation_scores.1;
-    let pass = gap < EXACT_TOL && separates && !files.analyses.is_empty();
-    out.finish(pass)
 }

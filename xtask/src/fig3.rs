@@ -15,10 +15,9 @@ use metarep_eval::table::{Cell, Table};
 use metarep_softmax_routes::construct::Preconditioning;
 use metarep_softmax_routes::kernel::{sample_exp_task, ExpTask, ExpTaskSpec};
 use metarep_softmax_routes::route_a::{
-    evaluate, kernel_error, max_logit, row_sum_preconditioned_kappa, smoother_alignment,
+    evaluate, kernel_error, row_sum_preconditioned_kappa, silent_failure_cell, smoother_alignment,
     RouteAModel,
 };
-use metarep_softmax_routes::Error as RoutesError;
 use serde::{Deserialize, Serialize};
 
 use crate::output::ResultDir;
@@ -71,9 +70,20 @@ fn task(spec: &ExpTaskSpec, seed: u64) -> Result<ExpTask, BoxError> {
 pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxError> {
     let cfg: Fig3Config = load_config(config, overrides)?;
     let mut out = ResultDir::start(dir, &cfg, cfg.seeds.clone())?;
-    let dtype = cfg.dtype.compute;
+    let (worst_ratio, min_nw) = accuracy(&cfg, &mut out)?;
+    rmse_by_depth(&cfg, dir)?;
+    let bound_holds = kernel_error_sweep(&cfg, &mut out)?;
+    let silent_cells = silent_failure(&cfg, &mut out)?;
+    println!(
+        "   worst RMSE ratio {worst_ratio:.4} (≤ {MAX_RMSE_RATIO}); ε within the rounding bound: {bound_holds}; silent-failure cells: {silent_cells}"
+    );
+    out.finish(worst_ratio <= MAX_RMSE_RATIO && bound_holds && min_nw >= MIN_NW_CORRELATION)
+}
 
-    // 1. Accuracy against the oracle and attention alignment, per seed.
+/// Accuracy against the oracle and attention alignment, per seed; returns the worst RMSE
+/// ratio and the lowest attention-vs-Nadaraya–Watson correlation.
+fn accuracy(cfg: &Fig3Config, out: &mut ResultDir) -> Result<(f64, f64), BoxError> {
+    let dtype = cfg.dtype.compute;
     let mut acc = Table::new(vec![
         "seed",
         "rmse_model",
@@ -125,7 +135,12 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         krr_corr.iter().sum::<f64>() / krr_corr.len().max(1) as f64,
     );
 
-    // 2. RMSE ratio vs depth (f32 and f64 model, Nadaraya–Watson for reference).
+    Ok((worst_ratio, min_nw))
+}
+
+/// RMSE ratio vs depth (f32 and f64 model, row-sum PCG, Nadaraya–Watson for reference).
+fn rmse_by_depth(cfg: &Fig3Config, dir: &Path) -> Result<(), BoxError> {
+    let dtype = cfg.dtype.compute;
     let depths: Vec<f64> = cfg.depths.iter().map(|&t| t as f64).collect();
     let by_depth = Sweep::new(&cfg.seeds, &depths).run(|seed, t| -> Result<_, BoxError> {
         let tk = task(&cfg.task, seed)?;
@@ -163,7 +178,13 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         true,
     )?;
 
-    // 3. ε = ‖K̃ − K_exp‖₂ (run dtype) vs τ for each ‖U‖, with the rounding bound.
+    Ok(())
+}
+
+/// ε = ‖K̃ − K_exp‖₂ (run dtype) vs τ for each ‖U‖, with the rounding bound; returns whether
+/// the bound holds everywhere.
+fn kernel_error_sweep(cfg: &Fig3Config, out: &mut ResultDir) -> Result<bool, BoxError> {
+    let dtype = cfg.dtype.compute;
     let mut eps_table = Table::new(vec![
         "seed",
         "u_norm",
@@ -239,7 +260,12 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     out.metrics
         .set_bool("kernel_error_within_bound", bound_holds);
 
-    // 4. Silent failure: RMSE ratio and rank correlation with the oracle over d × ‖U‖.
+    Ok(bound_holds)
+}
+
+/// Silent failure: RMSE ratio and rank correlation with the oracle over d × ‖U‖; returns the
+/// number of silently failing cells.
+fn silent_failure(cfg: &Fig3Config, out: &mut ResultDir) -> Result<usize, BoxError> {
     let g = &cfg.silent;
     let mut silent = Table::new(vec![
         "dim",
@@ -252,16 +278,7 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         "spearman_vs_oracle",
         "silent_failure",
     ]);
-    let mut ratio_plot = LinePlot::new("Silent failure: RMSE / oracle RMSE")
-        .x_label("input dimension d")
-        .y_label("RMSE ratio")
-        .log_x(true)
-        .log_y(true);
-    let mut rank_plot = LinePlot::new("Silent failure: rank correlation with the oracle")
-        .x_label("input dimension d")
-        .y_label("Spearman ρ(model, oracle)")
-        .log_x(true)
-        .legend(LegendPosition::LowerLeft);
+    let (mut ratio_plot, mut rank_plot) = silent_plots();
     let (mut silent_cells, mut out_of_range) = (0usize, 0usize);
     for (i, &u_norm) in g.u_norms.iter().enumerate() {
         let (mut ratios, mut ranks) = (Vec::new(), Vec::new());
@@ -279,32 +296,28 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
             let (mut r_sum, mut s_sum) = (0.0, 0.0);
             for &seed in &cfg.seeds {
                 let t = task(&spec, seed)?;
-                // Kernels whose entries leave the run dtype's range are recorded as NaN.
-                let (ratio, rank) = match evaluate(&t, &model, dtype) {
-                    Ok(e) => (e.rmse_ratio, e.spearman_vs_oracle),
-                    Err(RoutesError::NonFinite { .. }) => {
-                        out_of_range += 1;
-                        (f64::NAN, f64::NAN)
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                let rmse_oracle = t.oracle()?.predictions.clone();
-                let rmse_oracle = metarep_eval::metrics::rmse(&rmse_oracle, &t.target)?;
-                let flag = (ratio - 1.0).abs() <= g.rmse_tolerance && rank < g.spearman_floor;
-                silent_cells += usize::from(flag);
+                let c = silent_failure_cell(
+                    &t,
+                    &model,
+                    cfg.dtype.compute,
+                    g.rmse_tolerance,
+                    g.spearman_floor,
+                )?;
+                silent_cells += usize::from(c.silent_failure);
+                out_of_range += usize::from(c.out_of_range);
                 silent.push_row(vec![
                     Cell::from(d as i64),
                     Cell::from(u_norm),
                     Cell::from(seed as i64),
-                    Cell::from(max_logit(&t.kernel, &t.prompt.x)?),
-                    Cell::from(condition_number(&t.system_matrix()?)),
-                    Cell::from(rmse_oracle),
-                    Cell::from(ratio),
-                    Cell::from(rank),
-                    Cell::from(flag),
+                    Cell::from(c.max_logit),
+                    Cell::from(c.kappa),
+                    Cell::from(c.rmse_oracle),
+                    Cell::from(c.rmse_ratio),
+                    Cell::from(c.spearman_vs_oracle),
+                    Cell::from(c.silent_failure),
                 ])?;
-                r_sum += ratio / cfg.seeds.len() as f64;
-                s_sum += rank / cfg.seeds.len() as f64;
+                r_sum += c.rmse_ratio / cfg.seeds.len() as f64;
+                s_sum += c.spearman_vs_oracle / cfg.seeds.len() as f64;
             }
             ratios.push((d as f64, r_sum));
             ranks.push((d as f64, s_sum));
@@ -325,9 +338,20 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         .set_number("silent_failure_cells", silent_cells as f64);
     out.metrics
         .set_number("silent_grid_out_of_range", out_of_range as f64);
-    println!(
-        "   worst RMSE ratio {worst_ratio:.4} (≤ {MAX_RMSE_RATIO}); ε within the rounding bound: {bound_holds}; silent-failure cells: {silent_cells}"
-    );
-    let pass = worst_ratio <= MAX_RMSE_RATIO && bound_holds && min_nw >= MIN_NW_CORRELATION;
-    out.finish(pass)
+    Ok(silent_cells)
+}
+
+/// Empty plots of the silent-failure grid: RMSE ratio and rank correlation vs dimension.
+fn silent_plots() -> (LinePlot, LinePlot) {
+    let ratio_plot = LinePlot::new("Silent failure: RMSE / oracle RMSE")
+        .x_label("input dimension d")
+        .y_label("RMSE ratio")
+        .log_x(true)
+        .log_y(true);
+    let rank_plot = LinePlot::new("Silent failure: rank correlation with the oracle")
+        .x_label("input dimension d")
+        .y_label("Spearman ρ(model, oracle)")
+        .log_x(true)
+        .legend(LegendPosition::LowerLeft);
+    (ratio_plot, rank_plot)
 }

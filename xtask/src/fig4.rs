@@ -10,7 +10,8 @@ use metarep_core::rng::{derive_seed, seeded};
 use metarep_eval::plot::{LegendPosition, LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
 use metarep_softmax_routes::route_b::{
-    centred_problem, cumulative, fit_line, operator_error, CentredSpec,
+    analyse_cumulative, centred_problem, constant_spread, operator_error, CentredSpec,
+    CumulativeAnalysis, CumulativeRow, LineFit,
 };
 use serde::{Deserialize, Serialize};
 
@@ -53,8 +54,14 @@ const MAX_CONSTANT_SPREAD: f64 = 2.0;
 pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxError> {
     let cfg: Fig4Config = load_config(config, overrides)?;
     let mut out = ResultDir::start(dir, &cfg, cfg.seeds.clone())?;
+    let (worst_at_eps, bound_holds) = operator_errors(&cfg, &mut out)?;
+    let (gap_ok, spread_ok) = cumulative_errors(&cfg, &mut out)?;
+    out.finish(worst_at_eps <= MAX_OPERATOR_ERROR && bound_holds && gap_ok && spread_ok)
+}
 
-    // 1. Operator error vs ε_s on every toy problem, f64 and f32, with the bound.
+/// Operator error vs ε_s on every toy problem, f64 and f32, with the bound; returns the worst
+/// error at the configured ε_s and whether the bound holds (f64).
+fn operator_errors(cfg: &Fig4Config, out: &mut ResultDir) -> Result<(f64, bool), BoxError> {
     let mut op = Table::new(vec![
         "seed",
         "n",
@@ -80,10 +87,8 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
                 lambda: cfg.lambda,
                 noise: cfg.noise,
             };
-            let prob = centred_problem(
-                &mut seeded(derive_seed(seed, &format!("fig4/{n}x{p}"))),
-                &spec,
-            )?;
+            let mut rng = seeded(derive_seed(seed, &format!("fig4/{n}x{p}")));
+            let prob = centred_problem(&mut rng, &spec)?;
             for (g, &eps) in grid.iter().enumerate() {
                 for (k, (dtype, name)) in [(DType::F64, "f64"), (DType::F32, "f32")]
                     .into_iter()
@@ -112,33 +117,34 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         }
     }
     out.table("operator_error", &op)?;
-    let curve = |k: usize| -> Vec<(f64, f64)> {
-        grid.iter().zip(&worst).map(|(&e, w)| (e, w[k])).collect()
+    out.plot("operator_error", &operator_plot(&grid, &worst))?;
+    out.metrics
+        .set_number("worst_operator_error_at_eps", worst_at_eps);
+    out.metrics.set_bool("operator_bound_holds", bound_holds);
+    println!(
+        "   worst per-mat-vec error at ε_s = {}: {worst_at_eps:.2e} (≤ {MAX_OPERATOR_ERROR}); bound holds: {bound_holds}",
+        cfg.eps
+    );
+    Ok((worst_at_eps, bound_holds))
+}
+
+/// The worst operator error over problems per ε_s (f64, f32) with the bound and the target.
+fn operator_plot(grid: &[f64], worst: &[[f64; 3]]) -> LinePlot {
+    let series = |name: &str, k: usize, style, color| Series {
+        name: name.into(),
+        points: grid.iter().zip(worst).map(|(&e, w)| (e, w[k])).collect(),
+        style,
+        color: Some(color),
     };
-    let plot = LinePlot::new("Route B: per-mat-vec operator error (worst over toy problems)")
+    LinePlot::new("Route B: per-mat-vec operator error (worst over toy problems)")
         .x_label("logit scale ε_s")
         .y_label("‖Ŝ − ΦΦᵀ‖₂ / ‖ΦΦᵀ‖₂")
         .log_x(true)
         .log_y(true)
         .legend(LegendPosition::LowerRight)
-        .series(Series {
-            name: "f64".into(),
-            points: curve(0),
-            style: SeriesStyle::Solid,
-            color: Some(0),
-        })
-        .series(Series {
-            name: "f32".into(),
-            points: curve(1),
-            style: SeriesStyle::Solid,
-            color: Some(1),
-        })
-        .series(Series {
-            name: "bound (Prop. 1)".into(),
-            points: curve(2),
-            style: SeriesStyle::Dashed,
-            color: Some(2),
-        })
+        .series(series("f64", 0, SeriesStyle::Solid, 0))
+        .series(series("f32", 1, SeriesStyle::Solid, 1))
+        .series(series("bound (Prop. 1)", 2, SeriesStyle::Dashed, 2))
         .series(Series {
             name: "target 1e-2".into(),
             points: vec![
@@ -147,13 +153,12 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
             ],
             style: SeriesStyle::Dashed,
             color: Some(7),
-        });
-    out.plot("operator_error", &plot)?;
-    out.metrics
-        .set_number("worst_operator_error_at_eps", worst_at_eps);
-    out.metrics.set_bool("operator_bound_holds", bound_holds);
+        })
+}
 
-    // 2. Cumulative error over CG steps.
+/// Error over CG steps for every seed and ε_s: the gap identity and bound, the `O(εt)`
+/// constant's spread across ε_s and the growth slopes; returns (gap check, spread check).
+fn cumulative_errors(cfg: &Fig4Config, out: &mut ResultDir) -> Result<(bool, bool), BoxError> {
     let c = &cfg.cumulative;
     let mut cum = Table::new(vec![
         "seed",
@@ -170,6 +175,95 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     ]);
     let (mut gap_ok, mut spread_ok) = (true, true);
     let (mut worst_spread, mut worst_spread_all) = (1.0f64, 1.0f64);
+    let mut slopes = vec![Vec::new(); c.eps.len()];
+    let mut first_seed = Vec::new();
+    for &seed in &cfg.seeds {
+        let mut rng = seeded(derive_seed(seed, "fig4/cumulative"));
+        let prob = centred_problem(&mut rng, &c.problem)?;
+        let runs = c
+            .eps
+            .iter()
+            .map(|&eps| analyse_cumulative(&prob, eps, c.steps, c.converged))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, (&eps, run)) in c.eps.iter().zip(&runs).enumerate() {
+            gap_ok &= run.gap_holds;
+            add_cumulative_rows(&mut cum, seed, eps, run)?;
+            slopes[i].extend(run.growth);
+            let m = &mut out.metrics;
+            m.set_number(format!("eps_rel_seed{seed}_eps{eps:e}"), run.eps_rel);
+            let last = run.rows.last().map_or(f64::NAN, |r| r.error);
+            m.set_number(format!("final_error_seed{seed}_eps{eps:e}"), last);
+            m.set_number(
+                format!("sup_dev_over_eps_t_seed{seed}_eps{eps:e}"),
+                run.sup_constant,
+            );
+        }
+        let spread = constant_spread(&runs, |r| r.eps_rel <= MAX_OPERATOR_ERROR);
+        worst_spread = worst_spread.max(spread);
+        worst_spread_all = worst_spread_all.max(constant_spread(&runs, |_| true));
+        spread_ok &= spread <= MAX_CONSTANT_SPREAD;
+        if first_seed.is_empty() {
+            first_seed = runs;
+        }
+    }
+    growth_slopes(&c.eps, &slopes, out);
+    out.table("cumulative", &cum)?;
+    let (collapse, errors) = cumulative_plots(&c.eps, &first_seed);
+    out.plot("cumulative_collapse", &collapse)?;
+    out.plot("cumulative_error", &errors)?;
+    let m = &mut out.metrics;
+    m.set_bool("gap_identity_and_bound_hold", gap_ok);
+    m.set_number("sup_dev_over_eps_t_spread", worst_spread);
+    m.set_number("sup_dev_over_eps_t_spread_all_eps", worst_spread_all);
+    println!(
+        "   gap identity/bound: {gap_ok}; sup dev/(εt) spread across ε_s with ε ≤ 1e-2: {worst_spread:.2} (≤ {MAX_CONSTANT_SPREAD}), across all ε_s: {worst_spread_all:.2}"
+    );
+    Ok((gap_ok, spread_ok))
+}
+
+/// One table row per step of `run`.
+fn add_cumulative_rows(
+    cum: &mut Table,
+    seed: u64,
+    eps: f64,
+    run: &CumulativeAnalysis,
+) -> Result<(), BoxError> {
+    for r in &run.rows {
+        cum.push_row(vec![
+            Cell::from(seed as i64),
+            Cell::from(eps),
+            Cell::from(run.eps_rel),
+            Cell::from(r.t as i64),
+            Cell::from(r.dev_vs_cg),
+            Cell::from(r.error),
+            Cell::from(r.cg_error),
+            Cell::from(r.cg_bound),
+            Cell::from(r.gap),
+            Cell::from(r.gap_identity),
+            Cell::from(r.gap_bound),
+        ])?;
+    }
+    Ok(())
+}
+
+/// Mean growth slope and R² per ε_s over the seeds that had a growth phase.
+fn growth_slopes(eps: &[f64], slopes: &[Vec<LineFit>], out: &mut ResultDir) {
+    for (&eps, fits) in eps.iter().zip(slopes) {
+        if fits.is_empty() {
+            continue;
+        }
+        let k = fits.len() as f64;
+        let slope = fits.iter().map(|f| f.slope).sum::<f64>() / k;
+        let r2 = fits.iter().map(|f| f.r2).sum::<f64>() / k;
+        out.metrics
+            .set_number(format!("growth_slope_per_eps_eps{eps:e}"), slope);
+        out.metrics.set_number(format!("growth_r2_eps{eps:e}"), r2);
+        println!("   ε_s = {eps:e}: deviation from exact CG grows {slope:.3}·ε per step while CG converges (R² {r2:.3})");
+    }
+}
+
+/// The first seed's deviation per unit error and error to the solution, per ε_s.
+fn cumulative_plots(eps: &[f64], runs: &[CumulativeAnalysis]) -> (LinePlot, LinePlot) {
     let mut collapse = LinePlot::new("Route B: deviation from exact CG per unit operator error")
         .x_label("CG steps t")
         .y_label("‖α_t − α_t^CG‖_A / (‖α*‖_A · ε)")
@@ -179,128 +273,37 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         .y_label("‖α_t − α*‖_A / ‖α*‖_A")
         .log_y(true)
         .legend(LegendPosition::LowerLeft);
-    let mut slopes = vec![Vec::new(); c.eps.len()];
-    for &seed in &cfg.seeds {
-        let prob = centred_problem(
-            &mut seeded(derive_seed(seed, "fig4/cumulative")),
-            &c.problem,
-        )?;
-        let (mut constants, mut in_regime) = (Vec::new(), Vec::new());
-        for (i, &eps) in c.eps.iter().enumerate() {
-            let eps_rel = operator_error(&prob, eps, DType::F64)?.measured;
-            in_regime.push(eps_rel <= MAX_OPERATOR_ERROR);
-            let rows = cumulative(&prob, eps, c.steps, DType::F64)?;
-            for r in &rows {
-                gap_ok &= r.gap <= r.gap_bound * (1.0 + 1e-9) + 1e-14
-                    && (r.gap - r.gap_identity).abs() <= 1e-6 * r.gap_identity + 1e-14;
-                cum.push_row(vec![
-                    Cell::from(seed as i64),
-                    Cell::from(eps),
-                    Cell::from(eps_rel),
-                    Cell::from(r.t as i64),
-                    Cell::from(r.dev_vs_cg),
-                    Cell::from(r.error),
-                    Cell::from(r.cg_error),
-                    Cell::from(r.cg_bound),
-                    Cell::from(r.gap),
-                    Cell::from(r.gap_identity),
-                    Cell::from(r.gap_bound),
-                ])?;
-            }
-            let per_eps: Vec<(f64, f64)> = rows
-                .iter()
-                .skip(1)
-                .map(|r| (r.t as f64, r.dev_vs_cg / eps_rel))
-                .collect();
-            constants.push(per_eps.iter().map(|&(t, d)| d / t).fold(0.0, f64::max));
-            let growth: Vec<(f64, f64)> = rows
-                .iter()
-                .skip(1)
-                .take_while(|r| r.cg_error > c.converged)
-                .map(|r| (r.t as f64, r.dev_vs_cg / eps_rel))
-                .collect();
-            if growth.len() >= 2 {
-                slopes[i].push(fit_line(&growth)?);
-            }
-            if seed == cfg.seeds[0] {
-                collapse = collapse.series(Series {
-                    name: format!("ε_s = {eps:e} (ε = {eps_rel:.1e})"),
-                    points: per_eps,
-                    style: SeriesStyle::Solid,
-                    color: Some(i),
+    let curve = |rows: &[CumulativeRow], f: fn(&CumulativeRow) -> f64| {
+        rows.iter().map(|r| (r.t as f64, f(r))).collect()
+    };
+    for (i, (&eps, run)) in eps.iter().zip(runs).enumerate() {
+        collapse = collapse.series(Series {
+            name: format!("ε_s = {eps:e} (ε = {:.1e})", run.eps_rel),
+            points: run.per_eps.clone(),
+            style: SeriesStyle::Solid,
+            color: Some(i),
+        });
+        errors = errors.series(Series {
+            name: format!("Route B, ε_s = {eps:e}"),
+            points: curve(&run.rows, |r| r.error),
+            style: SeriesStyle::Solid,
+            color: Some(i),
+        });
+        if i == 0 {
+            errors = errors
+                .series(Series {
+                    name: "exact CG".into(),
+                    points: curve(&run.rows, |r| r.cg_error),
+                    style: SeriesStyle::Markers,
+                    color: Some(7),
+                })
+                .series(Series {
+                    name: "CG bound".into(),
+                    points: curve(&run.rows, |r| r.cg_bound),
+                    style: SeriesStyle::Dashed,
+                    color: Some(7),
                 });
-                errors = errors.series(Series {
-                    name: format!("Route B, ε_s = {eps:e}"),
-                    points: rows.iter().map(|r| (r.t as f64, r.error)).collect(),
-                    style: SeriesStyle::Solid,
-                    color: Some(i),
-                });
-                if i == 0 {
-                    errors = errors
-                        .series(Series {
-                            name: "exact CG".into(),
-                            points: rows.iter().map(|r| (r.t as f64, r.cg_error)).collect(),
-                            style: SeriesStyle::Markers,
-                            color: Some(7),
-                        })
-                        .series(Series {
-                            name: "CG bound".into(),
-                            points: rows.iter().map(|r| (r.t as f64, r.cg_bound)).collect(),
-                            style: SeriesStyle::Dashed,
-                            color: Some(7),
-                        });
-                }
-            }
-            out.metrics
-                .set_number(format!("eps_rel_seed{seed}_eps{eps:e}"), eps_rel);
-            out.metrics.set_number(
-                format!("final_error_seed{seed}_eps{eps:e}"),
-                rows.last().map_or(f64::NAN, |r| r.error),
-            );
-        }
-        let spread_of = |keep: &dyn Fn(usize) -> bool| {
-            let (lo, hi) = (0..constants.len())
-                .filter(|&i| keep(i))
-                .fold((f64::INFINITY, 0.0f64), |(l, h), i| {
-                    (l.min(constants[i]), h.max(constants[i]))
-                });
-            hi / lo
-        };
-        let spread = spread_of(&|i| in_regime[i]);
-        worst_spread = worst_spread.max(spread);
-        worst_spread_all = worst_spread_all.max(spread_of(&|_| true));
-        spread_ok &= spread <= MAX_CONSTANT_SPREAD;
-        for (i, &eps) in c.eps.iter().enumerate() {
-            out.metrics.set_number(
-                format!("sup_dev_over_eps_t_seed{seed}_eps{eps:e}"),
-                constants[i],
-            );
         }
     }
-    for (i, &eps) in c.eps.iter().enumerate() {
-        if slopes[i].is_empty() {
-            continue;
-        }
-        let k = slopes[i].len() as f64;
-        let slope = slopes[i].iter().map(|f| f.slope).sum::<f64>() / k;
-        let r2 = slopes[i].iter().map(|f| f.r2).sum::<f64>() / k;
-        out.metrics
-            .set_number(format!("growth_slope_per_eps_eps{eps:e}"), slope);
-        out.metrics.set_number(format!("growth_r2_eps{eps:e}"), r2);
-        println!("   ε_s = {eps:e}: deviation from exact CG grows {slope:.3}·ε per step while CG converges (R² {r2:.3})");
-    }
-    out.table("cumulative", &cum)?;
-    out.plot("cumulative_collapse", &collapse)?;
-    out.plot("cumulative_error", &errors)?;
-    out.metrics.set_bool("gap_identity_and_bound_hold", gap_ok);
-    out.metrics
-        .set_number("sup_dev_over_eps_t_spread", worst_spread);
-    out.metrics
-        .set_number("sup_dev_over_eps_t_spread_all_eps", worst_spread_all);
-    println!(
-        "   worst per-mat-vec error at ε_s = {}: {worst_at_eps:.2e} (≤ {MAX_OPERATOR_ERROR}); bound holds: {bound_holds}; gap identity/bound: {gap_ok}; sup dev/(εt) spread across ε_s with ε ≤ 1e-2: {worst_spread:.2} (≤ {MAX_CONSTANT_SPREAD}), across all ε_s: {worst_spread_all:.2}",
-        cfg.eps
-    );
-    let pass = worst_at_eps <= MAX_OPERATOR_ERROR && bound_holds && gap_ok && spread_ok;
-    out.finish(pass)
+    (collapse, errors)
 }

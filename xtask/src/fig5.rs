@@ -10,8 +10,10 @@ use metarep_eval::harness::Sweep;
 use metarep_eval::plot::{LegendPosition, LinePlot, Series, SeriesStyle};
 use metarep_eval::stats::mean_ci;
 use metarep_eval::table::{Cell, Table};
+use metarep_eval::tasks::linear::RegressionTask;
 use metarep_softmax_routes::width_rank::{
-    effective_dimension, kernel_spectrum, measure, power_law_task, Sketch, WidthRankSpec,
+    kernel_spectrum, measure, power_law_task, Sketch, SpectrumSummary, WidthRankPoint,
+    WidthRankSpec,
 };
 use serde::{Deserialize, Serialize};
 
@@ -43,16 +45,136 @@ const SERIES: [(&str, SeriesStyle); 6] = [
     ("a-posteriori bound, population sketch", SeriesStyle::Dashed),
 ];
 
+/// What the sweep points say about the checks.
+#[derive(Debug, Default)]
+struct Checks {
+    bound_ok: bool,
+    solver_ok: bool,
+    worst_repro: f64,
+    worst_all: f64,
+    worst_solver: f64,
+    points: usize,
+    repro_points: usize,
+}
+
+impl Checks {
+    fn add(&mut self, p: &WidthRankPoint) {
+        self.bound_ok &= p.within_bounds();
+        self.points += 1;
+        self.worst_all = self.worst_all.max(p.model_vs_cg);
+        self.worst_solver = self.worst_solver.max(p.solver_dev);
+        if p.reproducible {
+            self.repro_points += 1;
+            self.worst_repro = self.worst_repro.max(p.model_vs_cg);
+            self.solver_ok &= p.model_vs_cg <= MAX_MODEL_VS_CG;
+        }
+    }
+}
+
 /// Runs fig5 and writes `dir`.
 pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxError> {
     let cfg: Fig5Config = load_config(config, overrides)?;
     let mut out = ResultDir::start(dir, &cfg, cfg.seeds.clone())?;
+    let mut checks = Checks {
+        bound_ok: true,
+        solver_ok: true,
+        ..Checks::default()
+    };
+    let mut spectra = Vec::new();
+    for &decay in &cfg.decays {
+        let task_for = |seed: u64| -> Result<RegressionTask, BoxError> {
+            let mut rng = seeded(derive_seed(seed, &format!("fig5/decay{decay}")));
+            Ok(power_law_task(&mut rng, &cfg.task, decay)?)
+        };
+        error_vs_width(&cfg, decay, &task_for, &mut checks, &mut out)?;
+        let all = cfg
+            .seeds
+            .iter()
+            .map(|&s| Ok(kernel_spectrum(&task_for(s)?.x_support)))
+            .collect::<Result<Vec<_>, BoxError>>()?;
+        spectra.push(SpectrumSummary::new(
+            &all,
+            cfg.task.lambda,
+            cfg.task.features,
+        )?);
+    }
+    spectrum_section(&cfg, &spectra, &mut out)?;
+    record(&checks, &mut out);
+    out.finish(checks.bound_ok && checks.solver_ok)
+}
+
+/// Query error and bounds vs head width at one decay rate (table, plot, metrics).
+fn error_vs_width(
+    cfg: &Fig5Config,
+    decay: f64,
+    task_for: &dyn Fn(u64) -> Result<RegressionTask, BoxError>,
+    checks: &mut Checks,
+    out: &mut ResultDir,
+) -> Result<(), BoxError> {
     let lambda = cfg.task.lambda;
     let xs: Vec<f64> = cfg.widths.iter().map(|&m| m as f64).collect();
-    let (mut bound_ok, mut solver_ok) = (true, true);
-    let (mut worst_repro, mut worst_all, mut worst_solver) = (0.0f64, 0.0f64, 0.0f64);
-    let (mut points, mut repro_points) = (0usize, 0usize);
-    let mut spectrum_plot = LinePlot::new("Spectrum of K = ΦΦᵀ (mean over seeds)")
+    let result = Sweep::new(&cfg.seeds, &xs).run(|seed, m| -> Result<_, BoxError> {
+        let task = task_for(seed)?;
+        let pop = measure(&task, lambda, Sketch::Population, m as usize)?;
+        let opt = measure(&task, lambda, Sketch::Optimal, m as usize)?;
+        checks.add(&pop);
+        checks.add(&opt);
+        Ok(vec![
+            (SERIES[0].0.to_string(), pop.error),
+            (SERIES[1].0.to_string(), opt.error),
+            (SERIES[2].0.to_string(), pop.bound),
+            (SERIES[3].0.to_string(), opt.bound),
+            (SERIES[4].0.to_string(), opt.bound_tail),
+            (SERIES[5].0.to_string(), pop.bound_a_posteriori),
+            ("sketch error, population".to_string(), pop.sketch_error),
+            ("‖E‖₂, population".to_string(), pop.residual_norm),
+            ("tr E, population".to_string(), pop.residual_trace),
+            ("σ_{m+1}(K)".to_string(), opt.sigma_next),
+            ("Σ_{i>m} σ_i(K)".to_string(), opt.tail),
+            ("RMS f*".to_string(), pop.f_rms),
+        ])
+    })?;
+    let name = format!("width_rank_decay{decay}");
+    out.table(&name, &result.table(0.95)?)?;
+    let rows = result.summary(0.95)?;
+    let mut plot = LinePlot::new(format!(
+        "Width–rank, spectrum decay i^-{decay}: query error vs head width (mean of {} seeds)",
+        cfg.seeds.len()
+    ))
+    .x_label("head width m")
+    .y_label("RMS |f̂_m − f*| over queries")
+    .log_y(true)
+    .legend(LegendPosition::LowerLeft);
+    for (k, (series, style)) in SERIES.iter().enumerate() {
+        plot = plot.series(Series {
+            name: (*series).to_string(),
+            points: rows
+                .iter()
+                .filter(|r| r.method == *series)
+                .map(|r| (r.x, r.mean))
+                .collect(),
+            style: *style,
+            color: Some(k),
+        });
+    }
+    out.plot(&name, &plot)?;
+    for (series, tag) in [(SERIES[0].0, "error"), (SERIES[2].0, "bound")] {
+        for r in rows.iter().filter(|r| r.method == series) {
+            out.metrics
+                .set_number(format!("{tag}_population_decay{decay}_m{}", r.x), r.mean);
+        }
+    }
+    Ok(())
+}
+
+/// The mean spectrum per decay rate against λ, and the effective dimensions.
+fn spectrum_section(
+    cfg: &Fig5Config,
+    spectra: &[SpectrumSummary],
+    out: &mut ResultDir,
+) -> Result<(), BoxError> {
+    let lambda = cfg.task.lambda;
+    let mut plot = LinePlot::new("Spectrum of K = ΦΦᵀ (mean over seeds)")
         .x_label("index i")
         .y_label("σ_i(K)")
         .log_x(true)
@@ -65,149 +187,59 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         "eigenvalues ≥ λ",
         "σ_{⌈2d_λ⌉+1} < λ (all seeds)",
     ]);
-    for (i, &decay) in cfg.decays.iter().enumerate() {
-        let task_for = |seed: u64| -> Result<_, BoxError> {
-            Ok(power_law_task(
-                &mut seeded(derive_seed(seed, &format!("fig5/decay{decay}"))),
-                &cfg.task,
-                decay,
-            )?)
-        };
-        let result = Sweep::new(&cfg.seeds, &xs).run(|seed, m| -> Result<_, BoxError> {
-            let task = task_for(seed)?;
-            let pop = measure(&task, lambda, Sketch::Population, m as usize)?;
-            let opt = measure(&task, lambda, Sketch::Optimal, m as usize)?;
-            for p in [&pop, &opt] {
-                bound_ok &= p.sketch_error <= p.bound_a_posteriori + 1e-12 * p.f_rms
-                    && p.bound_a_posteriori <= p.bound * (1.0 + 1e-12) + 1e-15;
-                points += 1;
-                worst_all = worst_all.max(p.model_vs_cg);
-                worst_solver = worst_solver.max(p.solver_dev);
-                if p.reproducible {
-                    repro_points += 1;
-                    worst_repro = worst_repro.max(p.model_vs_cg);
-                    solver_ok &= p.model_vs_cg <= MAX_MODEL_VS_CG;
-                }
-            }
-            Ok(vec![
-                (SERIES[0].0.to_string(), pop.error),
-                (SERIES[1].0.to_string(), opt.error),
-                (SERIES[2].0.to_string(), pop.bound),
-                (SERIES[3].0.to_string(), opt.bound),
-                (SERIES[4].0.to_string(), opt.bound_tail),
-                (SERIES[5].0.to_string(), pop.bound_a_posteriori),
-                ("sketch error, population".to_string(), pop.sketch_error),
-                ("‖E‖₂, population".to_string(), pop.residual_norm),
-                ("tr E, population".to_string(), pop.residual_trace),
-                ("σ_{m+1}(K)".to_string(), opt.sigma_next),
-                ("Σ_{i>m} σ_i(K)".to_string(), opt.tail),
-                ("RMS f*".to_string(), pop.f_rms),
-            ])
-        })?;
-        let name = format!("width_rank_decay{decay}");
-        out.table(&name, &result.table(0.95)?)?;
-        let rows = result.summary(0.95)?;
-        let mut plot = LinePlot::new(format!(
-            "Width–rank, spectrum decay i^-{decay}: query error vs head width (mean of {} seeds)",
-            cfg.seeds.len()
-        ))
-        .x_label("head width m")
-        .y_label("RMS |f̂_m − f*| over queries")
-        .log_y(true)
-        .legend(LegendPosition::LowerLeft);
-        for (k, (series, style)) in SERIES.iter().enumerate() {
-            plot = plot.series(Series {
-                name: (*series).to_string(),
-                points: rows
-                    .iter()
-                    .filter(|r| r.method == *series)
-                    .map(|r| (r.x, r.mean))
-                    .collect(),
-                style: *style,
-                color: Some(k),
-            });
-        }
-        out.plot(&name, &plot)?;
-
-        // The spectrum and the effective dimension.
-        let spectra: Vec<Vec<f64>> = cfg
-            .seeds
-            .iter()
-            .map(|&s| Ok(kernel_spectrum(&task_for(s)?.x_support)))
-            .collect::<Result<_, BoxError>>()?;
-        let len = spectra[0].len().min(cfg.task.features);
-        let mean: Vec<(f64, f64)> = (0..len)
-            .map(|j| {
-                let v = spectra.iter().map(|s| s[j]).sum::<f64>() / spectra.len() as f64;
-                ((j + 1) as f64, v)
-            })
-            .collect();
-        spectrum_plot = spectrum_plot.series(Series {
+    let cell = |v: &[f64]| -> Result<Cell, BoxError> {
+        Ok(Cell::from(if v.len() >= 2 {
+            mean_ci(v, 0.95)?.display(3)
+        } else {
+            format!("{:.3}", v[0])
+        }))
+    };
+    for (i, (&decay, s)) in cfg.decays.iter().zip(spectra).enumerate() {
+        plot = plot.series(Series {
             name: format!("decay {decay}"),
-            points: mean,
+            points: s
+                .mean
+                .iter()
+                .enumerate()
+                .map(|(j, &v)| ((j + 1) as f64, v))
+                .collect(),
             style: SeriesStyle::Solid,
             color: Some(i),
         });
-        let dims: Vec<f64> = spectra
-            .iter()
-            .map(|s| effective_dimension(s, lambda))
-            .collect();
-        let above: Vec<f64> = spectra
-            .iter()
-            .map(|s| s.iter().filter(|&&v| v >= lambda).count() as f64)
-            .collect();
-        let below = spectra.iter().zip(&dims).all(|(s, d)| {
-            let m = (2.0 * d).ceil() as usize;
-            s.get(m).is_none_or(|&v| v < lambda)
-        });
-        let cell = |v: &[f64]| -> Result<Cell, BoxError> {
-            Ok(Cell::from(if v.len() >= 2 {
-                mean_ci(v, 0.95)?.display(3)
-            } else {
-                format!("{:.3}", v[0])
-            }))
-        };
+        let dims = &s.effective_dims;
         eff.push_row(vec![
             Cell::from(decay),
-            cell(&dims)?,
+            cell(dims)?,
             cell(&dims.iter().map(|d| 2.0 * d).collect::<Vec<_>>())?,
-            cell(&above)?,
-            Cell::from(below),
+            cell(&s.above_lambda)?,
+            Cell::from(s.tail_below_lambda),
         ])?;
         out.metrics.set_number(
             format!("effective_dim_decay{decay}"),
             dims.iter().sum::<f64>() / dims.len() as f64,
         );
-        for r in rows
-            .iter()
-            .filter(|r| r.method == SERIES[0].0 || r.method == SERIES[2].0)
-        {
-            let tag = if r.method == SERIES[0].0 {
-                "error"
-            } else {
-                "bound"
-            };
-            out.metrics
-                .set_number(format!("{tag}_population_decay{decay}_m{}", r.x), r.mean);
-        }
     }
-    spectrum_plot = spectrum_plot.series(Series {
+    plot = plot.series(Series {
         name: format!("λ = {lambda}"),
         points: vec![(1.0, lambda), (cfg.task.features as f64, lambda)],
         style: SeriesStyle::Dashed,
         color: Some(7),
     });
-    out.plot("spectrum", &spectrum_plot)?;
-    out.table("effective_dimension", &eff)?;
+    out.plot("spectrum", &plot)?;
+    out.table("effective_dimension", &eff)
+}
+
+/// The check metrics.
+fn record(c: &Checks, out: &mut ResultDir) {
     let m = &mut out.metrics;
-    m.set_bool("sketch_error_within_bound", bound_ok);
-    m.set_number("max_model_vs_cg_reproducible", worst_repro);
-    m.set_number("max_model_vs_cg_all", worst_all);
-    m.set_number("max_model_vs_exact_sketched_krr", worst_solver);
-    m.set_number("reproducible_points", repro_points as f64);
-    m.set_number("points", points as f64);
+    m.set_bool("sketch_error_within_bound", c.bound_ok);
+    m.set_number("max_model_vs_cg_reproducible", c.worst_repro);
+    m.set_number("max_model_vs_cg_all", c.worst_all);
+    m.set_number("max_model_vs_exact_sketched_krr", c.worst_solver);
+    m.set_number("reproducible_points", c.repro_points as f64);
+    m.set_number("points", c.points as f64);
     println!(
-        "   sketched-KRR error within the bound everywhere: {bound_ok}; width-m LAT vs reference CG: {worst_repro:.1e} on the {repro_points}/{points} reproducible points (≤ {MAX_MODEL_VS_CG}), {worst_all:.1e} on all; vs exact sketched KRR {worst_solver:.1e}"
+        "   sketched-KRR error within the bound everywhere: {}; width-m LAT vs reference CG: {:.1e} on the {}/{} reproducible points (≤ {MAX_MODEL_VS_CG}), {:.1e} on all; vs exact sketched KRR {:.1e}",
+        c.bound_ok, c.worst_repro, c.repro_points, c.points, c.worst_all, c.worst_solver
     );
-    out.finish(bound_ok && solver_ok)
 }

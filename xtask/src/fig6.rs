@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use metarep_core::config::load_config;
+use metarep_core::rng::derive_seed;
 use metarep_eval::baselines::{MinNormLeastSquares, StepSize};
 use metarep_eval::harness::Sweep;
 use metarep_lat_cg::icl::{
@@ -36,77 +37,24 @@ pub struct Fig6Config {
     softmax: SoftmaxConfig,
 }
 
+/// One seed's one-layer comparison: trained LAT loss, tuned one-step GD loss and the
+/// sensitivity cosine between them.
+struct OneLayer {
+    seed: u64,
+    lat: f64,
+    gd: f64,
+    cosine: f64,
+}
+
 /// Runs fig6 and writes `dir`.
 pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxError> {
     let cfg: Fig6Config = load_config(config, overrides)?;
     let mut out = ResultDir::start(dir, &cfg, cfg.seeds.clone())?;
-    let base = VonOswaldSetting {
-        held_out: cfg.held_out,
-        train: cfg.train,
-        ..Default::default()
-    };
     let xs: Vec<f64> = cfg.layers.iter().map(|&l| l as f64).collect();
     let mut one_layer = Vec::new();
     let result = Sweep::new(&cfg.seeds, &xs).run(|seed, x| {
-        let layers = x as usize;
-        let setting = base.depth_scaled(layers);
-        let held = setting.tasks(
-            metarep_core::rng::derive_seed(seed, "fig6/held-out"),
-            cfg.held_out,
-        )?;
-        let tuning = setting.tasks(
-            metarep_core::rng::derive_seed(seed, "fig6/tuning"),
-            cfg.tuning_tasks,
-        )?;
-        let (model, report) = setting.train_lat(layers, seed, None)?;
-        let (gd, _) = tuned_gd(layers, &tuning)?;
-        let (gdpp, _) = tuned_gdpp(layers, &tuning)?;
-        let lat = lat_loss(&model, &held)?;
-        let gd_loss = baseline_loss(&gd, &held)?;
-        let mut row = vec![
-            ("trained LAT".to_string(), lat),
-            ("GD (tuned η)".to_string(), gd_loss),
-            (
-                "GD++ (tuned η, γ)".to_string(),
-                baseline_loss(&gdpp, &held)?,
-            ),
-            ("CG".to_string(), cg_loss(layers, &held)?),
-            (
-                "least squares (oracle)".to_string(),
-                baseline_loss(&MinNormLeastSquares, &held)?,
-            ),
-        ];
-        if cfg.softmax.layers.contains(&layers) {
-            let mut soft = base;
-            soft.train.lr = cfg.softmax.lr;
-            let shape = soft.model(layers, cfg.softmax.heads, IclAttention::Softmax);
-            let (model, report) = soft.train_model(shape, seed, None)?;
-            let loss = lat_loss(&model, &held)?;
-            println!(
-                "   seed {seed}, {layers} layer(s): softmax TF {loss:.4} (trained in {:.0}s)",
-                report.seconds
-            );
-            row.push((
-                format!("trained softmax TF ({} heads)", cfg.softmax.heads),
-                loss,
-            ));
-        }
-        if layers == 1 {
-            let eta = match gd.step {
-                StepSize::Fixed(e) => e,
-                _ => f64::NAN,
-            };
-            let cos = sensitivity_cosine(
-                &model,
-                &held[..held.len().min(2000)],
-                gd_one_step_sensitivity(eta),
-            )?;
-            one_layer.push((seed, lat, gd_loss, cos));
-        }
-        println!(
-            "   seed {seed}, {layers} layer(s): LAT {lat:.4}, GD {gd_loss:.4} (trained in {:.0}s)",
-            report.seconds
-        );
+        let (row, one) = compare(&cfg, seed, x as usize)?;
+        one_layer.extend(one);
         Ok::<_, BoxError>(row)
     })?;
     result.write(
@@ -116,26 +64,92 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         true,
     )?;
     let mut pass = !one_layer.is_empty();
-    for (seed, lat, gd, cos) in &one_layer {
-        let rel = (lat - gd).abs() / gd;
+    for o in &one_layer {
+        let rel = (o.lat - o.gd).abs() / o.gd;
+        let seed = o.seed;
         out.metrics
             .set_number(format!("one_layer_rel_gap_seed_{seed}"), rel);
-        out.metrics
-            .set_number(format!("one_layer_sensitivity_cosine_seed_{seed}"), *cos);
-        pass &= rel <= 0.05 && *cos >= 0.99;
+        out.metrics.set_number(
+            format!("one_layer_sensitivity_cosine_seed_{seed}"),
+            o.cosine,
+        );
+        pass &= rel <= 0.05 && o.cosine >= 0.99;
     }
     for r in result.summary(0.95)? {
-        // "GD++ (tuned η, γ)" → "gdpp_tuned", "trained softmax TF (2 heads)" → ...
-        let key = r
-            .method
-            .to_lowercase()
-            .replace("++", "pp")
-            .split(|c: char| !c.is_ascii_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .collect::<Vec<_>>()
-            .join("_");
+        let key = crate::output::metric_key(&r.method);
         out.metrics
             .set_number(format!("loss_{key}_layers_{}", r.x), r.mean);
     }
     out.finish(pass)
+}
+
+/// The trained models and every baseline at depth `layers` for `seed`: held-out losses by
+/// method, and the one-layer comparison when `layers` is 1.
+fn compare(
+    cfg: &Fig6Config,
+    seed: u64,
+    layers: usize,
+) -> Result<(Vec<(String, f64)>, Option<OneLayer>), BoxError> {
+    let base = VonOswaldSetting {
+        held_out: cfg.held_out,
+        train: cfg.train,
+        ..Default::default()
+    };
+    let setting = base.depth_scaled(layers);
+    let held = setting.tasks(derive_seed(seed, "fig6/held-out"), cfg.held_out)?;
+    let tuning = setting.tasks(derive_seed(seed, "fig6/tuning"), cfg.tuning_tasks)?;
+    let (model, report) = setting.train_lat(layers, seed, None)?;
+    let (gd, _) = tuned_gd(layers, &tuning)?;
+    let (gdpp, _) = tuned_gdpp(layers, &tuning)?;
+    let lat = lat_loss(&model, &held)?;
+    let gd_loss = baseline_loss(&gd, &held)?;
+    let mut row = vec![
+        ("trained LAT".to_string(), lat),
+        ("GD (tuned η)".to_string(), gd_loss),
+        (
+            "GD++ (tuned η, γ)".to_string(),
+            baseline_loss(&gdpp, &held)?,
+        ),
+        ("CG".to_string(), cg_loss(layers, &held)?),
+        (
+            "least squares (oracle)".to_string(),
+            baseline_loss(&MinNormLeastSquares, &held)?,
+        ),
+    ];
+    if cfg.softmax.layers.contains(&layers) {
+        let mut soft = base;
+        soft.train.lr = cfg.softmax.lr;
+        let shape = soft.model(layers, cfg.softmax.heads, IclAttention::Softmax);
+        let (model, report) = soft.train_model(shape, seed, None)?;
+        let loss = lat_loss(&model, &held)?;
+        println!(
+            "   seed {seed}, {layers} layer(s): softmax TF {loss:.4} (trained in {:.0}s)",
+            report.seconds
+        );
+        row.push((
+            format!("trained softmax TF ({} heads)", cfg.softmax.heads),
+            loss,
+        ));
+    }
+    let one = if layers == 1 {
+        let eta = match gd.step {
+            StepSize::Fixed(e) => e,
+            _ => f64::NAN,
+        };
+        let tasks = &held[..held.len().min(2000)];
+        let cosine = sensitivity_cosine(&model, tasks, gd_one_step_sensitivity(eta))?;
+        Some(OneLayer {
+            seed,
+            lat,
+            gd: gd_loss,
+            cosine,
+        })
+    } else {
+        None
+    };
+    println!(
+        "   seed {seed}, {layers} layer(s): LAT {lat:.4}, GD {gd_loss:.4} (trained in {:.0}s)",
+        report.seconds
+    );
+    Ok((row, one))
 }

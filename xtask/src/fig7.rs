@@ -162,7 +162,23 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
             });
         }
     }
+    out.table("probes", &probe_table(&all)?)?;
+    let mut models: Vec<String> = Vec::new();
+    for run in &all {
+        if !models.contains(&run.model) {
+            models.push(run.model.clone());
+        }
+    }
+    for model in &models {
+        let runs: Vec<&ModelProbes> = all.iter().filter(|r| &r.model == model).collect();
+        per_model(model, &runs, dir, &mut out)?;
+    }
+    let (constructed_min, max_control_r2) = record(&all, &mut out);
+    out.finish(constructed_min >= MIN_CONSTRUCTED_COSINE && max_control_r2 < MAX_CONTROL_R2)
+}
 
+/// Every probe row of every model and seed.
+fn probe_table(all: &[ModelProbes]) -> Result<Table, BoxError> {
     let mut table = Table::new(vec![
         "model",
         "seed",
@@ -173,7 +189,7 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         "control_cosine",
         "control_r2",
     ]);
-    for run in &all {
+    for run in all {
         for r in &run.rows {
             table.push_row(vec![
                 Cell::from(run.model.as_str()),
@@ -187,58 +203,61 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
             ])?;
         }
     }
-    out.table("probes", &table)?;
+    Ok(table)
+}
 
-    let mut models: Vec<String> = Vec::new();
-    for run in &all {
-        if !models.contains(&run.model) {
-            models.push(run.model.clone());
-        }
+/// Cosine and R² by layer for one model (over seeds), and its last layer's scores.
+fn per_model(
+    model: &str,
+    runs: &[&ModelProbes],
+    dir: &Path,
+    out: &mut ResultDir,
+) -> Result<(), BoxError> {
+    let slug = model
+        .replace("constructed CG LAT", "constructed")
+        .replace("trained LAT, ", "trained_")
+        .replace(' ', "_");
+    let axis = "residual stream after layer t (= solver step t)";
+    sweep(runs, |r| (r.score.cosine, r.score.control_cosine)).write(
+        dir,
+        &format!("{slug}_cosine"),
+        (axis, "held-out cosine"),
+        false,
+    )?;
+    sweep(runs, |r| (r.score.r2, r.score.control_r2)).write(
+        dir,
+        &format!("{slug}_r2"),
+        (axis, "held-out R²"),
+        false,
+    )?;
+    let last = runs
+        .iter()
+        .flat_map(|r| r.rows.iter())
+        .map(|r| r.layer)
+        .max()
+        .unwrap_or(0);
+    for target in Target::ALL {
+        let key = target
+            .name()
+            .split(' ')
+            .take(2)
+            .collect::<Vec<_>>()
+            .join("_")
+            .to_lowercase();
+        out.metrics.set_number(
+            format!("{slug}_last_layer_cosine_{key}"),
+            mean_at(runs, last, target, |r| r.score.cosine),
+        );
+        out.metrics.set_number(
+            format!("{slug}_last_layer_r2_{key}"),
+            mean_at(runs, last, target, |r| r.score.r2),
+        );
     }
-    for model in &models {
-        let runs: Vec<&ModelProbes> = all.iter().filter(|r| &r.model == model).collect();
-        let slug = model
-            .replace("constructed CG LAT", "constructed")
-            .replace("trained LAT, ", "trained_")
-            .replace(' ', "_");
-        let axes = ("residual stream after layer t (= solver step t)", "");
-        sweep(&runs, |r| (r.score.cosine, r.score.control_cosine)).write(
-            dir,
-            &format!("{slug}_cosine"),
-            (axes.0, "held-out cosine"),
-            false,
-        )?;
-        sweep(&runs, |r| (r.score.r2, r.score.control_r2)).write(
-            dir,
-            &format!("{slug}_r2"),
-            (axes.0, "held-out R²"),
-            false,
-        )?;
-        let last = runs
-            .iter()
-            .flat_map(|r| r.rows.iter())
-            .map(|r| r.layer)
-            .max()
-            .unwrap_or(0);
-        for target in Target::ALL {
-            let key = target
-                .name()
-                .split(' ')
-                .take(2)
-                .collect::<Vec<_>>()
-                .join("_");
-            let key = key.to_lowercase();
-            out.metrics.set_number(
-                format!("{slug}_last_layer_cosine_{key}"),
-                mean_at(&runs, last, target, |r| r.score.cosine),
-            );
-            out.metrics.set_number(
-                format!("{slug}_last_layer_r2_{key}"),
-                mean_at(&runs, last, target, |r| r.score.r2),
-            );
-        }
-    }
+    Ok(())
+}
 
+/// The check metrics: the constructed LAT's worst CG-state cosine and the largest control R².
+fn record(all: &[ModelProbes], out: &mut ResultDir) -> (f64, f64) {
     let cg_targets = [Target::CgResidual, Target::CgIterate, Target::CgDirection];
     let constructed_min = all
         .iter()
@@ -258,5 +277,5 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     println!(
         "   constructed CG LAT: min cosine of CG state probes {constructed_min:.5}; max control R² {max_control_r2:.4}"
     );
-    out.finish(constructed_min >= MIN_CONSTRUCTED_COSINE && max_control_r2 < MAX_CONTROL_R2)
+    (constructed_min, max_control_r2)
 }

@@ -296,3 +296,48 @@ pub fn smoother_alignment(
 pub fn pearson(a: &DVector<f64>, b: &DVector<f64>) -> Result<f64> {
     Ok(cosine(&a.add_scalar(-a.mean()), &b.add_scalar(-b.mean()))?)
 }
+
+/// One cell of the silent-failure grid: how a Route A model does on a task, and whether it
+/// fails silently (its RMSE looks fine while its predictions no longer rank like the oracle's).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SilentCell {
+    /// Largest kernel logit on the task.
+    pub max_logit: f64,
+    /// Condition number of the task's system matrix.
+    pub kappa: f64,
+    /// The oracle's RMSE.
+    pub rmse_oracle: f64,
+    /// Model RMSE / oracle RMSE (NaN when the kernel left the run dtype's range).
+    pub rmse_ratio: f64,
+    /// Spearman correlation of the model's predictions with the oracle's (NaN likewise).
+    pub spearman_vs_oracle: f64,
+    /// The kernel's entries left the run dtype's range.
+    pub out_of_range: bool,
+    /// `|rmse_ratio − 1| ≤ rmse_tolerance` while `spearman_vs_oracle < spearman_floor`.
+    pub silent_failure: bool,
+}
+
+/// Evaluates `model` on `task` in `dtype` as a [`SilentCell`].
+pub fn silent_failure_cell(
+    task: &ExpTask,
+    model: &RouteAModel,
+    dtype: DType,
+    rmse_tolerance: f64,
+    spearman_floor: f64,
+) -> Result<SilentCell> {
+    let (ratio, rank, out_of_range) = match evaluate(task, model, dtype) {
+        Ok(e) => (e.rmse_ratio, e.spearman_vs_oracle, false),
+        Err(Error::NonFinite { .. }) => (f64::NAN, f64::NAN, true),
+        Err(e) => return Err(e),
+    };
+    let oracle = task.oracle()?.predictions.clone();
+    Ok(SilentCell {
+        max_logit: max_logit(&task.kernel, &task.prompt.x)?,
+        kappa: condition_number(&task.system_matrix()?),
+        rmse_oracle: rmse(&oracle, &task.target)?,
+        rmse_ratio: ratio,
+        spearman_vs_oracle: rank,
+        out_of_range,
+        silent_failure: (ratio - 1.0).abs() <= rmse_tolerance && rank < spearman_floor,
+    })
+}

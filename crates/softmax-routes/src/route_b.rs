@@ -195,6 +195,80 @@ pub fn cumulative(
     Ok(rows)
 }
 
+/// What one Route B CG run says about the `O(εt)` claim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CumulativeAnalysis {
+    /// The realised per-mat-vec operator error `ε` (f64).
+    pub eps_rel: f64,
+    /// Every step compared with exact CG.
+    pub rows: Vec<CumulativeRow>,
+    /// `(t, dev_t / ε)` for `t ≥ 1`: the deviation per unit operator error.
+    pub per_eps: Vec<(f64, f64)>,
+    /// `sup_t dev_t / (ε t)`: the constant of `dev_t ≤ C ε t`.
+    pub sup_constant: f64,
+    /// The line through `dev_t / ε` over the growth phase (while exact CG's error is above
+    /// `converged`); `None` when that phase has fewer than two steps.
+    pub growth: Option<LineFit>,
+    /// Every step's residual gap equals `‖Eα_t‖` (Lemma 2's identity, to 1e-6) and stays
+    /// within its bound.
+    pub gap_holds: bool,
+}
+
+/// Runs [`cumulative`] in f64 at logit scale `eps` and summarises it (see
+/// [`CumulativeAnalysis`]).
+pub fn analyse_cumulative(
+    prob: &KrrProblem,
+    eps: f64,
+    steps: usize,
+    converged: f64,
+) -> Result<CumulativeAnalysis> {
+    let eps_rel = operator_error(prob, eps, DType::F64)?.measured;
+    let rows = cumulative(prob, eps, steps, DType::F64)?;
+    let gap_holds = rows.iter().all(|r| {
+        r.gap <= r.gap_bound * (1.0 + 1e-9) + 1e-14
+            && (r.gap - r.gap_identity).abs() <= 1e-6 * r.gap_identity + 1e-14
+    });
+    let per_eps: Vec<(f64, f64)> = rows
+        .iter()
+        .skip(1)
+        .map(|r| (r.t as f64, r.dev_vs_cg / eps_rel))
+        .collect();
+    let sup_constant = per_eps.iter().map(|&(t, d)| d / t).fold(0.0, f64::max);
+    let growth_phase: Vec<(f64, f64)> = rows
+        .iter()
+        .skip(1)
+        .take_while(|r| r.cg_error > converged)
+        .map(|r| (r.t as f64, r.dev_vs_cg / eps_rel))
+        .collect();
+    let growth = match growth_phase.len() >= 2 {
+        true => Some(fit_line(&growth_phase)?),
+        false => None,
+    };
+    Ok(CumulativeAnalysis {
+        eps_rel,
+        rows,
+        per_eps,
+        sup_constant,
+        growth,
+        gap_holds,
+    })
+}
+
+/// `max / min` of the constants `sup_t dev_t/(εt)` over the runs `keep` selects (0 when it
+/// selects none): how far the `O(εt)` constant varies across `ε`.
+pub fn constant_spread(
+    runs: &[CumulativeAnalysis],
+    keep: impl Fn(&CumulativeAnalysis) -> bool,
+) -> f64 {
+    let (lo, hi) = runs
+        .iter()
+        .filter(|r| keep(r))
+        .fold((f64::INFINITY, 0.0f64), |(l, h), r| {
+            (l.min(r.sup_constant), h.max(r.sup_constant))
+        });
+    hi / lo
+}
+
 /// A least-squares line `y = slope·x + intercept` with its coefficient of determination.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LineFit {

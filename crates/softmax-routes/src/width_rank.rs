@@ -110,6 +110,54 @@ pub fn effective_dimension(spectrum: &[f64], lambda: f64) -> f64 {
     spectrum.iter().map(|s| s / (s + lambda)).sum()
 }
 
+/// Spectra of several draws of one kernel family, summarised against the ridge `λ`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpectrumSummary {
+    /// The mean spectrum over draws, its first `len` eigenvalues (descending).
+    pub mean: Vec<f64>,
+    /// [`effective_dimension`] `d_λ` per draw.
+    pub effective_dims: Vec<f64>,
+    /// Eigenvalues `≥ λ` per draw.
+    pub above_lambda: Vec<f64>,
+    /// In every draw, `σ_{⌈2d_λ⌉+1} < λ` (or the spectrum is shorter than that).
+    pub tail_below_lambda: bool,
+}
+
+impl SpectrumSummary {
+    /// Summarises `spectra` (each descending, non-empty list) at ridge `lambda`, keeping at
+    /// most `len` eigenvalues of the mean.
+    pub fn new(spectra: &[Vec<f64>], lambda: f64, len: usize) -> Result<Self> {
+        let shortest = spectra.iter().map(Vec::len).min().unwrap_or(0);
+        if shortest == 0 {
+            return Err(Error::invalid(
+                "spectra",
+                "need at least one non-empty spectrum",
+            ));
+        }
+        let mean = (0..shortest.min(len))
+            .map(|j| spectra.iter().map(|s| s[j]).sum::<f64>() / spectra.len() as f64)
+            .collect();
+        let effective_dims: Vec<f64> = spectra
+            .iter()
+            .map(|s| effective_dimension(s, lambda))
+            .collect();
+        let above_lambda = spectra
+            .iter()
+            .map(|s| s.iter().filter(|&&v| v >= lambda).count() as f64)
+            .collect();
+        let tail_below_lambda = spectra.iter().zip(&effective_dims).all(|(s, d)| {
+            let m = (2.0 * d).ceil() as usize;
+            s.get(m).is_none_or(|&v| v < lambda)
+        });
+        Ok(SpectrumSummary {
+            mean,
+            effective_dims,
+            above_lambda,
+            tail_below_lambda,
+        })
+    }
+}
+
 /// One width–rank measurement. The bound is on exact KRR with the sketch (`sketch_error`); the
 /// model adds its solver error (`solver_dev`: `m + 1` finite-precision CG steps).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -153,6 +201,15 @@ pub struct WidthRankPoint {
     /// terminates): where they do not, no CG implementation is reproducible to 1e-6 (fig1's
     /// criterion).
     pub reproducible: bool,
+}
+
+impl WidthRankPoint {
+    /// The sketched-KRR error is within the a-posteriori bound, and that within the a-priori
+    /// bound (up to rounding).
+    pub fn within_bounds(&self) -> bool {
+        self.sketch_error <= self.bound_a_posteriori + 1e-12 * self.f_rms
+            && self.bound_a_posteriori <= self.bound * (1.0 + 1e-12) + 1e-15
+    }
 }
 
 /// Runs the width-`m` LAT on `task` with ridge `lambda` (f64, `m + 1` CG steps: `K̂ + λI` has at

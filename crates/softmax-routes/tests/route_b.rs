@@ -9,7 +9,8 @@ use metarep_eval::baselines::cg::{pcg, Preconditioner};
 use metarep_softmax_routes::kernel::Prompt;
 use metarep_softmax_routes::route_a::spectral_norm;
 use metarep_softmax_routes::route_b::{
-    build, centred_problem, cumulative, fit_line, operator_error, small_logit_operator, CentredSpec,
+    analyse_cumulative, build, centred_problem, constant_spread, cumulative, fit_line,
+    operator_error, small_logit_operator, CentredSpec,
 };
 
 fn spec(n: usize, p: usize) -> CentredSpec {
@@ -104,6 +105,26 @@ fn residual_gap_is_e_alpha_and_deviation_scales_with_eps() {
     }
     let ratio = devs[0] / devs[1];
     assert!((5.0..=20.0).contains(&ratio), "{devs:?}");
+}
+
+#[test]
+fn the_cumulative_analysis_finds_an_eps_t_constant_that_does_not_depend_on_eps() {
+    let prob = centred_problem(&mut seeded(4), &spec(32, 16)).unwrap();
+    let runs: Vec<_> = [1e-2, 1e-3]
+        .iter()
+        .map(|&eps| analyse_cumulative(&prob, eps, 12, 1e-6).unwrap())
+        .collect();
+    for r in &runs {
+        assert!(r.gap_holds);
+        assert_eq!(r.per_eps.len(), 12);
+        let c = r.per_eps.iter().map(|&(t, d)| d / t).fold(0.0, f64::max);
+        assert_eq!(c, r.sup_constant);
+        assert!(r.sup_constant > 0.0 && r.growth.is_some(), "{r:?}");
+    }
+    // ε and ε/10 give the same constant up to a small factor; selecting nothing gives 0.
+    let spread = constant_spread(&runs, |_| true);
+    assert!((1.0..2.0).contains(&spread), "{spread}");
+    assert_eq!(constant_spread(&runs, |_| false), 0.0);
 }
 
 #[test]
