@@ -30,7 +30,8 @@
 use std::ops::Range;
 
 use candle_core::{DType, Device, Tensor};
-use metarep_lat_cg::construct::weights::{block, head, Form, Unit};
+use metarep_lat_cg::construct::scaffold::{check_spec, embed_prompts, state_index, SolverChannels};
+use metarep_lat_cg::construct::weights::{block, clear, head, Form, Unit};
 use metarep_lat_cg::lat::{
     channels as read_channels, Activation, AttentionHead, AttentionKind, Lat, LatLayer,
 };
@@ -40,15 +41,10 @@ use nalgebra::{DMatrix, DVector};
 use crate::error::{Error, Result};
 use crate::kernel::{ExpKernel, Prompt};
 
-/// Layers before the first CG layer.
-pub const SETUP_LAYERS: usize = 1;
+pub use metarep_lat_cg::construct::scaffold::{SolverState, DIVISION_GUARD, SETUP_LAYERS};
+
 /// Layers per CG step (mat-vec layer, reduction layer).
 pub const LAYERS_PER_STEP: usize = 2;
-/// Added to the denominators of `β` and `γ`. Run past convergence, CG's recursive residual keeps
-/// shrinking until `r·r` underflows to 0 (textbook f32 CG then divides 0 by 0 within ~15 extra
-/// steps); with the guard `β = γ = 0` there and the iterate stays put. It biases `β` and `γ` by a
-/// relative `1e-30/(r·r)`, negligible unless labels are of order `1e-15` or smaller.
-pub const DIVISION_GUARD: f64 = 1e-30;
 
 /// How Route A's kernel heads are organised (the head-sharing ablation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -205,6 +201,18 @@ impl Scratch {
 }
 
 impl SoftmaxCgChannels {
+    /// The solver registers.
+    pub fn solver(&self) -> SolverChannels {
+        SolverChannels {
+            alpha: self.alpha,
+            r: self.r,
+            z: self.z,
+            p: self.p,
+            rz_prev: self.rz_prev,
+            agg: self.agg,
+        }
+    }
+
     /// Where the prompt goes: inputs, labels (into `r`) and role flags.
     pub fn prompt(&self) -> PromptChannels {
         PromptChannels {
@@ -274,37 +282,11 @@ pub struct SoftmaxCg {
     pub model: Lat,
 }
 
-/// Solver state read from the stream after a CG step.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepState {
-    /// `α_k` at the supports.
-    pub alpha: DVector<f64>,
-    /// Recursively updated residual `r_k` at the supports.
-    pub r: DVector<f64>,
-    /// Preconditioned residual `z_k` at the supports.
-    pub z: DVector<f64>,
-    /// `p_{k−1}` at the supports.
-    pub p_prev: DVector<f64>,
-    /// Aggregator registers `(γ_k, β_{k−1}, r_{k−1}·z_{k−1})`.
-    pub aggregator: (f64, f64, f64),
-}
-
 impl SoftmaxCg {
     /// Builds the weights. Errors on `λ < 0`, `t = 0`, `d = 0`, `ε_s ≤ 0`, a kernel whose input
     /// dimension is not `d`, or the row-sum preconditioner with unnormalised heads.
     pub fn build(spec: SoftmaxCgSpec, device: &Device) -> Result<Self> {
-        if !(spec.lambda.is_finite() && spec.lambda >= 0.0) {
-            return Err(Error::invalid(
-                "ridge λ",
-                format!("must be finite and ≥ 0, got {}", spec.lambda),
-            ));
-        }
-        if spec.steps == 0 {
-            return Err(Error::invalid("steps", "t must be ≥ 1"));
-        }
-        if spec.input_dim == 0 {
-            return Err(Error::invalid("input width", "d = 0"));
-        }
+        check_spec(spec.lambda, spec.steps, spec.input_dim, "input width d")?;
         match &spec.matvec {
             MatVec::ExpKernel { kernel, .. } if kernel.dim() != spec.input_dim => {
                 return Err(Error::shape(
@@ -355,45 +337,34 @@ impl SoftmaxCg {
 
     /// Index into `forward_with_states` output of the stream after `k ≤ t` CG steps.
     pub fn state_index(&self, k: usize) -> Result<usize> {
-        if k > self.spec.steps {
-            return Err(Error::invalid(
-                "step",
-                format!("{k} > constructed steps {}", self.spec.steps),
-            ));
-        }
-        Ok(SETUP_LAYERS + LAYERS_PER_STEP * k)
+        Ok(state_index(k, self.spec.steps, LAYERS_PER_STEP)?)
     }
 
     /// Lays prompts out as the token matrix `[batch, n + 1 + m, channels]` (f64 on `device`).
     pub fn embed(&self, prompts: &[Prompt], device: &Device) -> Result<Tensor> {
         let layout = self.spec.layout;
-        let (n, m, c, tokens) = (
-            layout.n_support,
-            layout.n_query,
-            self.channels.total,
-            layout.tokens(),
-        );
-        if prompts.is_empty() {
-            return Err(Error::invalid("batch", "no prompts to embed"));
-        }
-        let ch = &self.channels;
-        let mut data = vec![0.0f64; prompts.len() * tokens * c];
-        for (bi, pr) in prompts.iter().enumerate() {
-            if pr.n() != n || pr.m() != m || pr.dim() != self.spec.input_dim {
-                return Err(Error::shape(
+        let (n, m, d) = (layout.n_support, layout.n_query, self.spec.input_dim);
+        let check = |bi: usize, _| {
+            let pr = &prompts[bi];
+            if pr.n() != n || pr.m() != m || pr.dim() != d {
+                return Err(metarep_lat_cg::Error::shape(
                     format!("prompt {bi}"),
-                    format!("n = {n}, m = {m}, d = {}", self.spec.input_dim),
+                    format!("n = {n}, m = {m}, d = {d}"),
                     format!("n = {}, m = {}, d = {}", pr.n(), pr.m(), pr.dim()),
                 ));
             }
-            layout.write_prompt(
-                &ch.prompt(),
-                c,
-                (&pr.x, &pr.y, &pr.x_query),
-                &mut data[bi * tokens * c..(bi + 1) * tokens * c],
-            );
-        }
-        Ok(Tensor::from_vec(data, (prompts.len(), tokens, c), device)?)
+            Ok(())
+        };
+        let parts = prompts.iter().map(|p| (&p.x, &p.y, &p.x_query));
+        let ch = &self.channels;
+        Ok(embed_prompts(
+            &layout,
+            &ch.prompt(),
+            ch.total,
+            parts,
+            check,
+            device,
+        )?)
     }
 
     /// Runs the model in `dtype` on a batch of prompts; returns every residual stream (f64).
@@ -409,19 +380,11 @@ impl SoftmaxCg {
     }
 
     /// Reads the solver state of prompt `batch_index` from a stream `[batch, tokens, channels]`.
-    pub fn read_state(&self, x: &Tensor, batch_index: usize) -> Result<StepState> {
-        let x = x.get(batch_index)?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
-        let n = self.spec.layout.n_support;
-        let ch = &self.channels;
-        let col = |chan: usize| DVector::from_fn(n, |i, _| x[i][chan]);
-        let agg = &x[self.spec.layout.aggregator()];
-        Ok(StepState {
-            alpha: col(ch.alpha),
-            r: col(ch.r),
-            z: col(ch.z),
-            p_prev: col(ch.p),
-            aggregator: (agg[ch.agg[0]], agg[ch.agg[1]], agg[ch.agg[2]]),
-        })
+    pub fn read_state(&self, x: &Tensor, batch_index: usize) -> Result<SolverState> {
+        Ok(self
+            .channels
+            .solver()
+            .read(x, batch_index, &self.spec.layout)?)
     }
 
     /// Query predictions `[batch, m]` from the final stream.
@@ -477,22 +440,6 @@ struct Builder<'a> {
     ch: &'a SoftmaxCgChannels,
     spec: &'a SoftmaxCgSpec,
     device: &'a Device,
-}
-
-/// A denominator form with [`DIVISION_GUARD`] added.
-fn guarded(terms: &[(usize, f64)]) -> Form {
-    Form {
-        terms: terms.to_vec(),
-        bias: DIVISION_GUARD,
-    }
-}
-
-/// Units that clear channels: `x −= x`.
-fn clear(channels: &[usize]) -> Vec<Unit> {
-    channels
-        .iter()
-        .map(|&x| Unit::linear(Form::of(&[(x, -1.0)]), &[(x, 1.0)]))
-        .collect()
 }
 
 impl Builder<'_> {
@@ -749,7 +696,7 @@ impl Builder<'_> {
         )?;
         // β = Σrz / (r·z)_prev (the +is_query keeps 1/· finite on queries, where Σrz = 0).
         let beta = [Unit::gated(
-            guarded(&[(ch.rz_prev, 1.0), (ch.is_query, 1.0)]),
+            Form::of(&[(ch.rz_prev, 1.0), (ch.is_query, 1.0)]).with_bias(DIVISION_GUARD),
             Form::ch(s.rz),
             &[(s.beta, 1.0)],
         )];
@@ -785,7 +732,7 @@ impl Builder<'_> {
         let s = &ch.scratch;
         let heads = vec![self.sum_head(s.prod_pap, s.pap)?];
         let gamma = [Unit::gated(
-            guarded(&[(s.pap, 1.0), (ch.is_query, 1.0)]),
+            Form::of(&[(s.pap, 1.0), (ch.is_query, 1.0)]).with_bias(DIVISION_GUARD),
             Form::ch(s.rz),
             &[(s.gamma, 1.0)],
         )];

@@ -19,9 +19,10 @@
 
 use std::ops::Range;
 
-use candle_core::{DType, Device, Tensor};
-use nalgebra::{DMatrix, DVector};
+use candle_core::{Device, Tensor};
+use nalgebra::DMatrix;
 
+use super::scaffold::{check_spec, embed_prompts, state_index, SolverChannels};
 use super::weights::{block, clear, head, Form, Unit};
 use crate::error::{Error, Result};
 use crate::lat::{Activation, Lat, LatLayer};
@@ -29,17 +30,7 @@ use crate::mask::{PhaseMask, PromptChannels, TokenLayout};
 use crate::problem::KrrProblem;
 use crate::reference::Preconditioner;
 
-/// Number of setup layers before the first CG layer.
-pub const SETUP_LAYERS: usize = 1;
-
-/// Added to the denominators of `β = r·z / (r·z)_prev` and `γ = r·z / p·Ap`. Without it a layer
-/// run after `r·z` has become exactly 0 (labels `y = 0`, or a residual that underflows long past
-/// convergence) divides 0 by 0; with it `β = γ = 0` there and `α` stays put. Where the
-/// denominator `D` is positive it scales `β` and `γ` by `D/(D + 10⁻³⁰)`, a relative change below
-/// `10⁻³⁰/D`: below f64 rounding while `r·z`, `p·Ap` ≥ 1e-14 (e.g. labels of order 1 down to a
-/// residual of 1e-7), and only ever shrinking steps. It is representable in f32 (min normal
-/// 1.2e-38).
-pub const DIVISION_GUARD: f64 = 1e-30;
+pub use super::scaffold::{SolverState, DIVISION_GUARD, SETUP_LAYERS};
 
 /// The channel map of the CG token matrix (one row per token).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,6 +213,18 @@ impl CgChannels {
         }
     }
 
+    /// The solver registers.
+    pub fn solver(&self) -> SolverChannels {
+        SolverChannels {
+            alpha: self.alpha,
+            r: self.r,
+            z: self.z,
+            p: self.p,
+            rz_prev: self.rz_prev,
+            agg: [self.agg_gamma, self.agg_beta, self.agg_rz],
+        }
+    }
+
     /// Named channel ranges (for probes, plots and debugging).
     pub fn named(&self) -> Vec<(&'static str, Range<usize>)> {
         let one = |i: usize| i..i + 1;
@@ -298,38 +301,10 @@ pub struct CgLat {
     pub lat: Lat,
 }
 
-/// Solver state read from the residual stream after CG layer `k`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LatCgState {
-    /// `α_k` at the supports.
-    pub alpha: DVector<f64>,
-    /// `r_k` at the supports.
-    pub r: DVector<f64>,
-    /// `z_k` at the supports.
-    pub z: DVector<f64>,
-    /// `p_{k−1}`, the direction of step `k`, at the supports (0 before the first step).
-    pub p_prev: DVector<f64>,
-    /// `r_{k−1}·z_{k−1}` as held by the first support (1 before the first step).
-    pub rz_prev: f64,
-    /// Aggregator registers `(γ_k, β_{k−1}, r_{k−1}·z_{k−1})`.
-    pub aggregator: (f64, f64, f64),
-}
-
 impl CgLat {
     /// Builds the weights. Errors on `λ < 0`, `p = 0` or `t = 0`.
     pub fn build(spec: CgSpec, device: &Device) -> Result<Self> {
-        if !(spec.lambda.is_finite() && spec.lambda >= 0.0) {
-            return Err(Error::invalid(
-                "ridge λ",
-                format!("must be finite and ≥ 0, got {}", spec.lambda),
-            ));
-        }
-        if spec.features == 0 {
-            return Err(Error::invalid("features", "feature width p = 0"));
-        }
-        if spec.steps == 0 {
-            return Err(Error::invalid("steps", "t must be ≥ 1"));
-        }
+        check_spec(spec.lambda, spec.steps, spec.features, "feature width p")?;
         let ch = CgChannels::new(spec.features);
         let b = Builder {
             ch: &ch,
@@ -355,13 +330,7 @@ impl CgLat {
 
     /// Index into `forward_with_states` output of the stream after `k` CG steps (`k ≤ t`).
     pub fn state_index(&self, k: usize) -> Result<usize> {
-        if k > self.spec.steps {
-            return Err(Error::invalid(
-                "step",
-                format!("{k} > constructed steps {}", self.spec.steps),
-            ));
-        }
-        Ok(SETUP_LAYERS + k)
+        state_index(k, self.spec.steps, 1)
     }
 
     /// The LAT layer that performs CG step `k` (1-based).
@@ -377,23 +346,14 @@ impl CgLat {
 
     /// Lays problems out as the token matrix `[batch, n + 1 + m, channels]` (f64, on `device`).
     pub fn embed(&self, problems: &[KrrProblem], device: &Device) -> Result<Tensor> {
-        let layout = self.spec.layout;
-        let (n, m, c, tokens) = (
-            layout.n_support,
-            layout.n_query,
-            self.channels.total,
-            layout.tokens(),
-        );
-        if problems.is_empty() {
-            return Err(Error::invalid("batch", "no problems to embed"));
-        }
-        let ch = &self.channels;
-        let mut data = vec![0.0f64; problems.len() * tokens * c];
-        for (bi, prob) in problems.iter().enumerate() {
-            if prob.n() != n || prob.phi_query.nrows() != m || prob.p() != self.spec.features {
+        let (layout, spec) = (self.spec.layout, &self.spec);
+        let (n, m) = (layout.n_support, layout.n_query);
+        let check = |bi: usize, _| {
+            let prob = &problems[bi];
+            if prob.n() != n || prob.phi_query.nrows() != m || prob.p() != spec.features {
                 return Err(Error::shape(
                     format!("problem {bi}"),
-                    format!("n = {n}, m = {m}, p = {}", self.spec.features),
+                    format!("n = {n}, m = {m}, p = {}", spec.features),
                     format!(
                         "n = {}, m = {}, p = {}",
                         prob.n(),
@@ -402,16 +362,16 @@ impl CgLat {
                     ),
                 ));
             }
-            if (prob.lambda - self.spec.lambda).abs() > 0.0 {
+            if (prob.lambda - spec.lambda).abs() > 0.0 {
                 return Err(Error::invalid(
                     format!("problem {bi}"),
                     format!(
                         "λ = {} but the LAT was constructed for λ = {}",
-                        prob.lambda, self.spec.lambda
+                        prob.lambda, spec.lambda
                     ),
                 ));
             }
-            if self.spec.preconditioner == Preconditioner::Jacobi {
+            if spec.preconditioner == Preconditioner::Jacobi {
                 for i in 0..n {
                     let d = prob.phi.row(i).norm_squared() + prob.lambda;
                     if d.is_nan() || d <= 0.0 {
@@ -422,31 +382,18 @@ impl CgLat {
                     }
                 }
             }
-            layout.write_prompt(
-                &ch.prompt(),
-                c,
-                (&prob.phi, &prob.y, &prob.phi_query),
-                &mut data[bi * tokens * c..(bi + 1) * tokens * c],
-            );
-        }
-        Ok(Tensor::from_vec(data, (problems.len(), tokens, c), device)?)
+            Ok(())
+        };
+        let prompts = problems.iter().map(|p| (&p.phi, &p.y, &p.phi_query));
+        let ch = &self.channels;
+        embed_prompts(&layout, &ch.prompt(), ch.total, prompts, check, device)
     }
 
     /// Reads the solver state of problem `batch_index` from a residual stream `[batch, tokens, channels]`.
-    pub fn read_state(&self, x: &Tensor, batch_index: usize) -> Result<LatCgState> {
-        let x = x.get(batch_index)?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
-        let n = self.spec.layout.n_support;
-        let col = |chan: usize| DVector::from_fn(n, |i, _| x[i][chan]);
-        let ch = &self.channels;
-        let agg = &x[self.spec.layout.aggregator()];
-        Ok(LatCgState {
-            alpha: col(ch.alpha),
-            r: col(ch.r),
-            z: col(ch.z),
-            p_prev: col(ch.p),
-            rz_prev: x[0][ch.rz_prev],
-            aggregator: (agg[ch.agg_gamma], agg[ch.agg_beta], agg[ch.agg_rz]),
-        })
+    pub fn read_state(&self, x: &Tensor, batch_index: usize) -> Result<SolverState> {
+        self.channels
+            .solver()
+            .read(x, batch_index, &self.spec.layout)
     }
 
     /// Query predictions `[batch, m]` read from the readout channel of the final stream.

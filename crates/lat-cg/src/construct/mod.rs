@@ -3,4 +3,5 @@
 //! A construction only chooses weights and masks; the forward pass is [`crate::lat::Lat`]'s.
 
 pub mod cg;
+pub mod scaffold;
 pub mod weights;
