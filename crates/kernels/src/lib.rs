@@ -9,7 +9,8 @@
 //! into such a sparse code. For dense (ReLU-family) encoders, [`linear_encode`] is
 //! `act(x·wᵀ + b)` with a backward that skips the input gradient an SAE does not need.
 //! [`adamw_update`] is a fused in-place AdamW step and [`normalize_rows_`] keeps decoder rows
-//! at unit norm.
+//! at unit norm. [`forward`] holds the fused forward-pass kernels of the hooked transformers
+//! (activations, softmax, bias-fused linear, norms).
 //!
 //! Shapes are `[batch, slots]` for indices (u32) and values, `[n, d]` for weights whose rows are
 //! latent directions, `[batch, d]` for dense inputs and outputs; f32 and f64. An index equal to
@@ -39,6 +40,7 @@ pub mod adam;
 mod cpu;
 pub mod dense;
 pub mod error;
+pub mod forward;
 pub mod rows;
 pub mod select;
 pub mod sparse;

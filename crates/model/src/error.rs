@@ -145,6 +145,9 @@ pub enum Error {
     /// An error from metarep-core (checkpoints, metrics, RNG).
     #[error(transparent)]
     Core(#[from] metarep_core::Error),
+    /// An error from a fused kernel of metarep-kernels.
+    #[error(transparent)]
+    Kernel(#[from] metarep_kernels::Error),
 }
 
 /// `Result` with this crate's [`Error`].
