@@ -1,7 +1,15 @@
-//! Evaluation helpers for metarep: SVG line plots and CSV/markdown tables.
+//! metarep-eval: what every experiment is evaluated with, independent of any model crate.
 //!
-//! This crate grows with the research lines (task generators, baselines, statistics, the
-//! multi-seed harness); for now it holds what every result needs: a figure and a table.
+//! - [`tasks`]: in-context task generators, deterministic under a seed (linear and GLM
+//!   regression, kernel regression, an agreement grammar with per-token latents, numeric-label
+//!   text and arithmetic);
+//! - [`baselines`]: predictors for in-context regression behind one trait (ridge oracle, least
+//!   squares, GD, GD++, CG/PCG, Newton–Schulz, k-NN, ...);
+//! - [`metrics`]: MSE, cosine, Spearman, AUROC; [`stats`]: mean and bootstrap intervals,
+//!   permutation and Wilcoxon tests;
+//! - [`harness`]: the multi-seed sweep with per-method summaries;
+//! - [`plot`] and [`table`]: SVG line plots and heat maps, CSV/markdown tables; [`format`]:
+//!   number formatting.
 //!
 //! ```
 //! use metarep_eval::plot::{LinePlot, Series, SeriesStyle};
@@ -24,6 +32,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod baselines;
 pub mod format;
 pub mod harness;
@@ -32,6 +42,17 @@ pub mod plot;
 pub mod stats;
 pub mod table;
 pub mod tasks;
+
+/// Seeded generators for the unit tests (the same ChaCha8 streams as `metarep_core::rng`).
+#[cfg(test)]
+mod testing {
+    use rand::SeedableRng;
+
+    /// A ChaCha8 generator seeded from `seed`.
+    pub fn seeded(seed: u64) -> rand_chacha::ChaCha8Rng {
+        rand_chacha::ChaCha8Rng::seed_from_u64(seed)
+    }
+}
 
 /// Errors of metarep-eval.
 #[derive(Debug, thiserror::Error)]

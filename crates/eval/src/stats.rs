@@ -348,7 +348,7 @@ pub fn wilcoxon_signed_rank(a: &[f64], b: &[f64]) -> Result<TestResult> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use metarep_core::rng::seeded;
+    use crate::testing::seeded;
 
     const A: [f64; 12] = [
         1.83, 0.50, 1.62, 2.48, 1.68, 1.88, 1.55, 3.06, 1.30, 2.21, 0.79, 1.44,

@@ -32,6 +32,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod construct;
 pub mod convergence;
 pub mod error;

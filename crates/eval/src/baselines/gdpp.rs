@@ -90,7 +90,7 @@ mod tests {
     use super::*;
     use crate::baselines::{GradientDescent, StepSize};
     use crate::tasks::linear::{LinearTaskSpec, Spectrum};
-    use metarep_core::rng::seeded;
+    use crate::testing::seeded;
 
     fn task() -> crate::tasks::linear::RegressionTask {
         let spec = LinearTaskSpec {

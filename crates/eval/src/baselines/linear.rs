@@ -269,7 +269,7 @@ impl LinearFit for Averaging {
 mod tests {
     use super::*;
     use crate::tasks::linear::{LinearTaskSpec, Spectrum};
-    use metarep_core::rng::seeded;
+    use crate::testing::seeded;
 
     fn task(
         n: usize,

@@ -142,7 +142,7 @@ impl GlmTaskSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use metarep_core::rng::seeded;
+    use crate::testing::seeded;
 
     #[test]
     fn labels_follow_the_declared_mean() {

@@ -304,7 +304,7 @@ fn emit(out: &mut Sample, token: u32, st: &State) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use metarep_core::rng::seeded;
+    use crate::testing::seeded;
 
     #[test]
     fn main_verbs_agree_with_their_subject_and_labels_follow_the_sentence() {

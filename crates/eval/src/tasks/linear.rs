@@ -232,7 +232,7 @@ pub fn uniform_task(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use metarep_core::rng::seeded;
+    use crate::testing::seeded;
 
     #[test]
     fn declared_spectra_have_the_declared_condition_number() {

@@ -304,7 +304,7 @@ impl ArithmeticSuite {
 mod tests {
     use super::*;
     use crate::tasks::linear::Spectrum;
-    use metarep_core::rng::seeded;
+    use crate::testing::seeded;
 
     #[test]
     fn prompts_round_trip_through_the_extractor() {
