@@ -12,8 +12,8 @@ use metarep_lat_cg::problem::{lambda_for_condition, rbf_problem, RbfProblemSpec}
 use metarep_lat_cg::reference::Preconditioner;
 use serde::{Deserialize, Serialize};
 
+use crate::error::BoxError;
 use crate::output::ResultDir;
-use crate::BoxError;
 
 /// Settings of fig1 (`configs/fig1.toml`).
 #[derive(Debug, Clone, Serialize, Deserialize)]

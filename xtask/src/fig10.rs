@@ -25,8 +25,8 @@ use metarep_testbeds::grammar_lm::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::error::BoxError;
 use crate::output::ResultDir;
-use crate::BoxError;
 
 /// Agreement the language model must reach.
 const AGREEMENT_TARGET: f64 = 0.9;

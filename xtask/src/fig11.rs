@@ -12,8 +12,8 @@ use metarep_second_order::report::summary;
 use metarep_second_order::{decomposition_gap, Pipeline, PipelineConfig, RunFiles, Stage};
 use serde::{Deserialize, Serialize};
 
+use crate::error::BoxError;
 use crate::output::ResultDir;
-use crate::BoxError;
 
 /// The decomposition must reproduce the logits to this (f32).
 const EXACT_TOL: f64 = 1e-4;

@@ -12,8 +12,8 @@ use metarep_lat_cg::problem::{log_spaced_scales, rbf_problem, scaled_supports, R
 use metarep_lat_cg::reference::Preconditioner;
 use serde::{Deserialize, Serialize};
 
+use crate::error::BoxError;
 use crate::output::ResultDir;
-use crate::BoxError;
 
 /// Settings of fig2 (`configs/fig2.toml`).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -20,8 +20,8 @@ use metarep_softmax_routes::route_a::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::error::BoxError;
 use crate::output::ResultDir;
-use crate::BoxError;
 
 /// ε as a function of τ and ‖U‖.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -15,8 +15,8 @@ use metarep_softmax_routes::route_b::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::error::BoxError;
 use crate::output::ResultDir;
-use crate::BoxError;
 
 /// The cumulative-error runs.
 #[derive(Debug, Clone, Serialize, Deserialize)]

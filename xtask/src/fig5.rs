@@ -17,8 +17,8 @@ use metarep_softmax_routes::width_rank::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::error::BoxError;
 use crate::output::ResultDir;
-use crate::BoxError;
 
 /// Settings of fig5 (`configs/fig5.toml`).
 #[derive(Debug, Clone, Serialize, Deserialize)]

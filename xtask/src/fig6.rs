@@ -13,8 +13,8 @@ use metarep_lat_cg::icl::{
 use metarep_lat_cg::train::{IclAttention, IclTrainConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::error::BoxError;
 use crate::output::ResultDir;
-use crate::BoxError;
 
 /// The softmax-attention variant trained beside the LAT.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -17,8 +17,8 @@ use metarep_lat_cg::solver_probe::{probe_layers, ProbeRow, ProbeSet, Target};
 use metarep_lat_cg::train::IclTrainConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::error::BoxError;
 use crate::output::ResultDir;
-use crate::BoxError;
 
 /// The constructed-model part of fig7.
 #[derive(Debug, Clone, Serialize, Deserialize)]

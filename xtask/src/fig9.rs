@@ -10,8 +10,8 @@ use metarep_eval::table::{Cell, Table};
 use metarep_sae::ground_truth::experiment::{run as run_experiment, GroundTruthRow};
 use metarep_sae::ground_truth::GroundTruthConfig;
 
+use crate::error::BoxError;
 use crate::output::ResultDir;
-use crate::BoxError;
 
 /// Explained variance every trained SAE must reach on linear mixtures (the target).
 const EV_TARGET: f64 = 0.95;

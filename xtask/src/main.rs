@@ -10,6 +10,7 @@
 //! ```
 
 mod bench;
+mod error;
 mod fig1;
 mod fig10;
 mod fig11;
@@ -127,6 +128,3 @@ fn main() -> ExitCode {
         }
     }
 }
-
-/// Errors of xtask commands.
-pub type BoxError = Box<dyn std::error::Error>;

@@ -8,7 +8,7 @@ use metarep_eval::plot::{Heatmap, LinePlot};
 use metarep_eval::table::Table;
 use serde::Serialize;
 
-use crate::BoxError;
+use crate::error::BoxError;
 
 /// An open result directory; `finish` writes the metrics and the manifest.
 pub struct ResultDir {

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::BoxError;
+use crate::error::BoxError;
 
 /// One registered result.
 pub struct Experiment {

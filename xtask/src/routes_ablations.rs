@@ -6,8 +6,8 @@ use std::path::Path;
 use metarep_core::config::load_config;
 use metarep_softmax_routes::sweeps::{head_sharing_table, temperature_table, AblationConfig};
 
+use crate::error::BoxError;
 use crate::output::ResultDir;
-use crate::BoxError;
 
 /// Runs both ablations and writes `dir` (`head_sharing.*`, `temperature.*`).
 pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxError> {

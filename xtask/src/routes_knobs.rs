@@ -6,8 +6,8 @@ use std::path::Path;
 use metarep_core::config::load_config;
 use metarep_softmax_routes::sweeps::{run_knobs, write_knob, KnobConfig};
 
+use crate::error::BoxError;
 use crate::output::ResultDir;
-use crate::BoxError;
 
 /// Runs every sweep of the config and writes `dir` (`<knob>_quality.*`, `<knob>_deviation.*`).
 pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxError> {

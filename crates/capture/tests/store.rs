@@ -110,14 +110,7 @@ fn stored_rows_are_the_model_activations_and_each_epoch_reads_every_row_once() {
     )
     .unwrap();
     // The stored rows are the activations (up to batch-shape rounding).
-    let max = (&stored - &reference)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let max = metarep_core::compare::max_abs_diff(&stored, &reference).unwrap();
     assert!(max < 1e-5, "{max}");
     let mut orders = Vec::new();
     for epoch in 0..2 {

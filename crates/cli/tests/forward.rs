@@ -25,15 +25,8 @@ fn metarep(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn max_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+fn max_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
+    metarep_core::compare::max_abs_diff(a, b).unwrap()
 }
 
 #[test]

@@ -35,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod compare;
 pub mod config;
 pub mod device;
 pub mod dtype;

@@ -20,37 +20,20 @@
 //! from `(seed, step)` or from a data position kept in the checkpoint), so that a resumed run
 //! equals the uninterrupted one bit for bit.
 //!
+//! A plain trainer is a loss of the step index: [`AdamRun`] supplies the rest of the step.
+//!
 //! ```
-//! use std::collections::HashMap;
-//! use candle_core::{Device, Tensor, Var};
-//! use metarep_core::optim::{gradients, AdamW, WarmupCosine};
-//! use metarep_core::train::{run, Checkpoint, Plan, RunControl, StepContext, StepOutput, TrainStep};
+//! use candle_core::{DType, Device, Tensor, Var};
+//! use metarep_core::optim::WarmupCosine;
+//! use metarep_core::train::{run, AdamRun, Plan, RunControl};
 //!
-//! /// Fits `w` to minimise ‖w − 3‖².
-//! struct Fit { params: Vec<(String, Var)>, adam: AdamW }
-//!
-//! impl TrainStep for Fit {
-//!     type Error = metarep_core::Error;
-//!     fn step(&mut self, ctx: &StepContext) -> metarep_core::Result<StepOutput> {
-//!         let loss = (self.params[0].1.as_tensor() - 3.0)?.sqr()?.sum_all()?;
-//!         let grads = gradients(&loss, &self.params)?;
-//!         self.adam.step(&self.params, &grads, ctx.lr)?;
-//!         Ok(StepOutput::loss(loss.to_scalar::<f32>()? as f64))
-//!     }
-//!     fn checkpoint(&self) -> metarep_core::Result<Checkpoint> {
-//!         Checkpoint::new(self.adam.checkpoint_tensors(&self.params), self.adam.t)
-//!     }
-//!     fn restore(&mut self, tensors: &HashMap<String, Tensor>, state: serde_json::Value) -> metarep_core::Result<()> {
-//!         let t: usize = serde_json::from_value(state).map_err(|e| metarep_core::Error::json("state", e))?;
-//!         self.adam.restore(&self.params, tensors, t)
-//!     }
-//!     fn device(&self) -> Device { Device::Cpu }
-//! }
-//!
-//! let w = Var::from_tensor(&Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu)?)?;
-//! let params = vec![("w".to_string(), w)];
-//! let adam = AdamW::new(&params, 0.0)?;
-//! let mut fit = Fit { params, adam };
+//! // Fits w to minimise ‖w − 3‖².
+//! let w = Var::from_tensor(&Tensor::zeros(2, DType::F32, &Device::Cpu)?)?;
+//! let params = vec![("w".to_string(), w.clone())];
+//! let loss = |_step: usize| -> metarep_core::Result<Tensor> {
+//!     Ok((w.as_tensor() - 3.0)?.sqr()?.sum_all()?)
+//! };
+//! let mut fit = AdamRun::new(&params, 0.0, 1.0, loss)?;
 //! let plan = Plan::new(200, WarmupCosine { lr: 0.1, warmup: 10, steps: 200 });
 //! let report = run(&mut fit, &plan, &"fit w to 3", RunControl::default())?;
 //! assert!(report.final_loss < 1e-2 * report.first_loss);
@@ -60,14 +43,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{load_checkpoint, save_checkpoint};
 use crate::config::canonical_value;
 use crate::error::{Error, Result};
 use crate::metrics::{truncate_metrics, MetricsSink};
-use crate::optim::WarmupCosine;
+use crate::optim::{clip_grad_norm, gradients, AdamW, WarmupCosine};
 
 /// File name of the metrics log inside a run's output directory.
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -199,6 +182,96 @@ pub trait TrainStep {
     /// Named evaluation metrics after `done` steps (none by default).
     fn evaluate(&mut self, _done: usize) -> std::result::Result<Vec<(String, f64)>, Self::Error> {
         Ok(Vec::new())
+    }
+}
+
+/// A loss over parameters minimised by AdamW with global-norm clipping: the whole
+/// [`TrainStep`] of a plain trainer, which supplies only `loss(step)` (the loss of step `step`'s
+/// batch, a function of the step) and optionally `eval(steps done)`. Its checkpoint is the
+/// parameters, the AdamW moments and the step count; each step logs `grad_norm`.
+pub struct AdamRun<'a, E> {
+    params: &'a [(String, Var)],
+    adam: AdamW,
+    clip: f64,
+    loss: Box<LossFn<'a, E>>,
+    eval: Option<Box<EvalFn<'a, E>>>,
+}
+
+/// `step → loss` of an [`AdamRun`].
+pub type LossFn<'a, E> = dyn FnMut(usize) -> std::result::Result<Tensor, E> + 'a;
+/// `steps done → named metrics` of an [`AdamRun`].
+pub type EvalFn<'a, E> = dyn FnMut(usize) -> std::result::Result<Vec<(String, f64)>, E> + 'a;
+
+impl<'a, E: From<Error>> AdamRun<'a, E> {
+    /// Fresh AdamW state (decoupled weight decay `weight_decay`) for `params`; gradients are
+    /// clipped to global norm `clip` (0 = off).
+    pub fn new(
+        params: &'a [(String, Var)],
+        weight_decay: f64,
+        clip: f64,
+        loss: impl FnMut(usize) -> std::result::Result<Tensor, E> + 'a,
+    ) -> Result<Self> {
+        Ok(AdamRun {
+            params,
+            adam: AdamW::new(params, weight_decay)?,
+            clip,
+            loss: Box::new(loss),
+            eval: None,
+        })
+    }
+
+    /// Evaluates with `eval` every [`Plan::eval_every`] steps and after the last.
+    pub fn with_eval(
+        mut self,
+        eval: impl FnMut(usize) -> std::result::Result<Vec<(String, f64)>, E> + 'a,
+    ) -> Self {
+        self.eval = Some(Box::new(eval));
+        self
+    }
+}
+
+impl<E: From<Error>> TrainStep for AdamRun<'_, E> {
+    type Error = E;
+
+    fn step(&mut self, ctx: &StepContext) -> std::result::Result<StepOutput, E> {
+        let loss = (self.loss)(ctx.step)?;
+        let (grads, norm) = clip_grad_norm(&gradients(&loss, self.params)?, self.clip)?;
+        self.adam.step(self.params, &grads, ctx.lr)?;
+        let loss = loss
+            .to_dtype(DType::F64)
+            .and_then(|l| l.to_scalar::<f64>())
+            .map_err(Error::from)?;
+        Ok(StepOutput::loss(loss).with("grad_norm", norm))
+    }
+
+    fn checkpoint(&self) -> std::result::Result<Checkpoint, E> {
+        Ok(Checkpoint::new(
+            self.adam.checkpoint_tensors(self.params),
+            self.adam.t,
+        )?)
+    }
+
+    fn restore(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        state: serde_json::Value,
+    ) -> std::result::Result<(), E> {
+        let t: usize =
+            serde_json::from_value(state).map_err(|e| Error::json("AdamW step count", e))?;
+        Ok(self.adam.restore(self.params, tensors, t)?)
+    }
+
+    fn device(&self) -> Device {
+        self.params
+            .first()
+            .map_or(Device::Cpu, |(_, p)| p.device().clone())
+    }
+
+    fn evaluate(&mut self, done: usize) -> std::result::Result<Vec<(String, f64)>, E> {
+        match self.eval.as_mut() {
+            Some(f) => f(done),
+            None => Ok(Vec::new()),
+        }
     }
 }
 
@@ -411,8 +484,6 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::optim::{gradients, AdamW};
-    use candle_core::{DType, Var};
 
     /// Fits `w` to a step-dependent target, so that the run depends on the step index.
     struct Toy {

@@ -101,13 +101,30 @@ fn lock(dir: &Path) -> Result<File> {
         .write(true)
         .open(&path)
         .map_err(|e| Error::io(&path, e))?;
+    exclusive(&f, path)?;
+    Ok(f)
+}
+
+/// Takes the writer lock on `f` (a non-blocking `flock`, released when the file closes,
+/// including when the process dies).
+#[cfg(unix)]
+fn exclusive(f: &File, path: std::path::PathBuf) -> Result<()> {
     use std::os::unix::io::AsRawFd;
-    // SAFETY: flock on a file descriptor we own; the lock is released when the file closes
-    // (including when the process dies).
+    // SAFETY: flock on a file descriptor we own.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Err(Error::Locked { path });
     }
-    Ok(f)
+    Ok(())
+}
+
+/// Without `flock` a second writer could not be refused, so writing is refused instead.
+#[cfg(not(unix))]
+fn exclusive(_: &File, path: std::path::PathBuf) -> Result<()> {
+    Err(Error::Invalid(format!(
+        "{}: writing a gist tree needs an exclusive writer lock (flock), which this platform \
+         does not have; gist trees are written on Unix systems only (reading works anywhere)",
+        path.display()
+    )))
 }
 
 fn new_tree_id(dir: &Path) -> u64 {

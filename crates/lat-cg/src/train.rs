@@ -10,14 +10,10 @@
 //! schedule, checkpoints with exact resume, the JSONL metrics log, progress bar); each step's
 //! batch is drawn from a generator seeded by `(seed, step)`.
 
-use std::collections::HashMap;
-
 use candle_core::{DType, Device, Tensor, Var};
-use metarep_core::optim::{clip_grad_norm, gradients, AdamW, WarmupCosine};
+use metarep_core::optim::WarmupCosine;
 use metarep_core::rng::{derive_seed, seeded};
-use metarep_core::train::{
-    run, Checkpoint, Plan, RunControl, RunReport, StepContext, StepOutput, TrainStep,
-};
+use metarep_core::train::{run, AdamRun, Plan, RunControl, RunReport};
 use metarep_eval::tasks::linear::RegressionTask;
 use serde::{Deserialize, Serialize};
 
@@ -270,53 +266,8 @@ pub fn train(
     if cfg.batch == 0 {
         return Err(Error::invalid("train config", "batch must be ≥ 1"));
     }
-    let mut steps = IclSteps {
-        adam: AdamW::new(&model.params, cfg.weight_decay)?,
-        model,
-        cfg,
-        sample,
-    };
+    let loss = |step: usize| model.loss(&sample(derive_seed(cfg.seed, &format!("batch/{step}")))?);
+    let mut steps = AdamRun::new(&model.params, cfg.weight_decay, cfg.clip, loss)?;
     let config = serde_json::json!({ "model": model.config, "train": cfg });
     run(&mut steps, &cfg.plan(), &config, control)
-}
-
-/// One in-context training run: the model, its optimiser and the data.
-struct IclSteps<'a, F> {
-    model: &'a TrainableLat,
-    adam: AdamW,
-    cfg: &'a IclTrainConfig,
-    sample: F,
-}
-
-impl<F: Fn(u64) -> Result<IclBatch>> TrainStep for IclSteps<'_, F> {
-    type Error = Error;
-
-    fn step(&mut self, ctx: &StepContext) -> Result<StepOutput> {
-        let batch = (self.sample)(derive_seed(self.cfg.seed, &format!("batch/{}", ctx.step)))?;
-        let params = &self.model.params;
-        let loss = self.model.loss(&batch)?;
-        let (grads, norm) = clip_grad_norm(&gradients(&loss, params)?, self.cfg.clip)?;
-        self.adam.step(params, &grads, ctx.lr)?;
-        let loss = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        Ok(StepOutput::loss(loss).with("grad_norm", norm))
-    }
-
-    fn checkpoint(&self) -> Result<Checkpoint> {
-        let tensors = self.adam.checkpoint_tensors(&self.model.params);
-        Ok(Checkpoint::new(tensors, self.adam.t)?)
-    }
-
-    fn restore(
-        &mut self,
-        tensors: &HashMap<String, Tensor>,
-        state: serde_json::Value,
-    ) -> Result<()> {
-        let t: usize = serde_json::from_value(state)
-            .map_err(|e| Error::invalid("checkpoint state", e.to_string()))?;
-        Ok(self.adam.restore(&self.model.params, tensors, t)?)
-    }
-
-    fn device(&self) -> Device {
-        self.model.params[0].1.device().clone()
-    }
 }

@@ -4,26 +4,26 @@
 
 use candle_core::Tensor;
 
+use crate::checkpoint_tensors::CheckpointTensors;
 use crate::config::{Family, LmHead, ModelConfig};
 use crate::error::Result;
-use crate::store::TensorStore;
 use crate::weights::{AttnWeights, BlockWeights, MlmHeadWeights, MlpWeights, NormWeights, Weights};
 
 /// Converts the checkpoint in `st` for `cfg` (BERT: the head and pooler flags of `cfg` are set
 /// from which tensors exist), then checks no tensor is left over.
-pub fn load_weights(cfg: &mut ModelConfig, st: &mut TensorStore) -> Result<Weights> {
+pub fn load_weights(cfg: &mut ModelConfig, st: &mut CheckpointTensors) -> Result<Weights> {
     match cfg.family {
         Family::Gpt2 => gpt2(cfg, st),
         Family::GptNeox => neox(cfg, st),
         Family::Llama => llama(cfg, st),
         Family::Bert => bert(cfg, st),
-        Family::Metarep => Weights::from_tl_store(cfg, st),
+        Family::Metarep => Weights::from_tl_tensors(cfg, st),
     }
 }
 
 /// The first of `prefixes` under which `probe` exists (checkpoints saved from a bare model or
 /// from a model with a head differ by a prefix).
-fn prefix_of(st: &TensorStore, prefixes: &[&'static str], probe: &str) -> &'static str {
+fn prefix_of(st: &CheckpointTensors, prefixes: &[&'static str], probe: &str) -> &'static str {
     prefixes
         .iter()
         .find(|p| st.contains(&format!("{p}{probe}")))
@@ -32,12 +32,12 @@ fn prefix_of(st: &TensorStore, prefixes: &[&'static str], probe: &str) -> &'stat
 }
 
 /// An HF `nn.Linear` weight `[out, in]`, returned as `[in, out]`.
-fn linear_t(st: &mut TensorStore, name: &str, out: usize, inp: usize) -> Result<Tensor> {
+fn linear_t(st: &mut CheckpointTensors, name: &str, out: usize, inp: usize) -> Result<Tensor> {
     Ok(st.take(name, &[out, inp])?.t()?.contiguous()?)
 }
 
 /// A LayerNorm's `weight`/`bias` (or the old `gamma`/`beta`).
-fn layer_norm(st: &mut TensorStore, p: &str, d: usize, bias: bool) -> Result<NormWeights> {
+fn layer_norm(st: &mut CheckpointTensors, p: &str, d: usize, bias: bool) -> Result<NormWeights> {
     let w = st.take_any(&[format!("{p}.weight"), format!("{p}.gamma")], &[d])?;
     let b = if bias {
         Some(st.take_any(&[format!("{p}.bias"), format!("{p}.beta")], &[d])?)
@@ -47,7 +47,11 @@ fn layer_norm(st: &mut TensorStore, p: &str, d: usize, bias: bool) -> Result<Nor
     Ok(NormWeights { w, b })
 }
 
-fn untied_unembed(cfg: &ModelConfig, st: &mut TensorStore, name: &str) -> Result<Option<Tensor>> {
+fn untied_unembed(
+    cfg: &ModelConfig,
+    st: &mut CheckpointTensors,
+    name: &str,
+) -> Result<Option<Tensor>> {
     if cfg.tied_embeddings {
         st.skip(name);
         Ok(None)
@@ -56,7 +60,7 @@ fn untied_unembed(cfg: &ModelConfig, st: &mut TensorStore, name: &str) -> Result
     }
 }
 
-fn gpt2(cfg: &ModelConfig, st: &mut TensorStore) -> Result<Weights> {
+fn gpt2(cfg: &ModelConfig, st: &mut CheckpointTensors) -> Result<Weights> {
     let p = prefix_of(st, &["", "transformer."], "wte.weight");
     let d = cfg.d_model;
     let mut blocks = Vec::with_capacity(cfg.n_layers);
@@ -110,7 +114,7 @@ fn gpt2(cfg: &ModelConfig, st: &mut TensorStore) -> Result<Weights> {
     Ok(w)
 }
 
-fn neox(cfg: &ModelConfig, st: &mut TensorStore) -> Result<Weights> {
+fn neox(cfg: &ModelConfig, st: &mut CheckpointTensors) -> Result<Weights> {
     let (d, h, dh) = (cfg.d_model, cfg.n_heads, cfg.d_head);
     let mut blocks = Vec::with_capacity(cfg.n_layers);
     for l in 0..cfg.n_layers {
@@ -195,7 +199,7 @@ fn neox(cfg: &ModelConfig, st: &mut TensorStore) -> Result<Weights> {
     Ok(w)
 }
 
-fn llama(cfg: &ModelConfig, st: &mut TensorStore) -> Result<Weights> {
+fn llama(cfg: &ModelConfig, st: &mut CheckpointTensors) -> Result<Weights> {
     let (d, h, hk, dh, m) = (
         cfg.d_model,
         cfg.n_heads,
@@ -207,14 +211,17 @@ fn llama(cfg: &ModelConfig, st: &mut TensorStore) -> Result<Weights> {
     for l in 0..cfg.n_layers {
         let b = format!("model.layers.{l}");
         let a = format!("{b}.self_attn");
-        let opt_bias =
-            |st: &mut TensorStore, name: String, n: usize, on: bool| -> Result<Option<Tensor>> {
-                if on {
-                    st.take(&name, &[n]).map(Some)
-                } else {
-                    Ok(None)
-                }
-            };
+        let opt_bias = |st: &mut CheckpointTensors,
+                        name: String,
+                        n: usize,
+                        on: bool|
+         -> Result<Option<Tensor>> {
+            if on {
+                st.take(&name, &[n]).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
         let attn = AttnWeights {
             w_q: linear_t(st, &format!("{a}.q_proj.weight"), h * dh, d)?,
             w_k: linear_t(st, &format!("{a}.k_proj.weight"), hk * dh, d)?,
@@ -268,7 +275,7 @@ fn llama(cfg: &ModelConfig, st: &mut TensorStore) -> Result<Weights> {
     Ok(w)
 }
 
-fn bert(cfg: &mut ModelConfig, st: &mut TensorStore) -> Result<Weights> {
+fn bert(cfg: &mut ModelConfig, st: &mut CheckpointTensors) -> Result<Weights> {
     let p = prefix_of(st, &["", "bert."], "embeddings.word_embeddings.weight");
     let d = cfg.d_model;
     let m = cfg.d_mlp;
@@ -291,7 +298,8 @@ fn bert(cfg: &mut ModelConfig, st: &mut TensorStore) -> Result<Weights> {
     for l in 0..cfg.n_layers {
         let b = format!("{p}encoder.layer.{l}");
         let s = format!("{b}.attention.self");
-        let bias = |st: &mut TensorStore, name: String, n: usize| st.take(&name, &[n]).map(Some);
+        let bias =
+            |st: &mut CheckpointTensors, name: String, n: usize| st.take(&name, &[n]).map(Some);
         let attn = AttnWeights {
             w_q: linear_t(st, &format!("{s}.query.weight"), d, d)?,
             w_k: linear_t(st, &format!("{s}.key.weight"), d, d)?,

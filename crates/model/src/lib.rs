@@ -31,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod cache;
+pub mod checkpoint_tensors;
 pub mod component;
 pub mod config;
 pub mod dla;
@@ -40,6 +41,7 @@ pub mod frozen_norm;
 pub mod hf_config;
 pub mod hooks;
 pub mod init;
+pub mod input;
 pub mod interventions;
 pub mod loading;
 pub mod memory;
@@ -47,7 +49,6 @@ pub mod model;
 pub mod ops;
 pub mod pooling;
 pub mod predictions;
-pub mod store;
 pub mod text;
 pub mod tokenizer;
 pub mod train;
@@ -59,8 +60,9 @@ pub use config::{Activation, Family, LmHead, ModelConfig, NormKind, RopeScaling,
 pub use error::{Error, Result};
 pub use frozen_norm::FrozenNorm;
 pub use hooks::{HookFilter, HookPoint, HookSet, Hooks, NoHooks};
+pub use input::Input;
 pub use loading::LoadOptions;
-pub use model::{HookedTransformer, Input, RunTo};
+pub use model::{HookedTransformer, RunTo};
 pub use text::TextEncoder;
 pub use tokenizer::Tokenizer;
 pub use weights::Weights;

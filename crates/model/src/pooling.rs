@@ -4,7 +4,8 @@ use candle_core::{DType, Tensor, D};
 
 use crate::error::{Error, Result};
 use crate::hooks::NoHooks;
-use crate::model::{HookedTransformer, Input, RunTo};
+use crate::input::Input;
+use crate::model::{HookedTransformer, RunTo};
 
 /// How token states become one vector per sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::hooks::Hooks;
-use crate::model::{HookedTransformer, Input};
+use crate::input::Input;
+use crate::model::HookedTransformer;
 use crate::ops::log_softmax_last_dim;
 
 /// What is evaluated: sequences, which next-token predictions count, and optional

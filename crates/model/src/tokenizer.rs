@@ -6,7 +6,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
-use crate::model::Input;
+use crate::input::Input;
 
 /// One encoded text.
 #[derive(Debug, Clone, PartialEq, Eq)]

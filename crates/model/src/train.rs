@@ -35,18 +35,17 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use metarep_core::optim::{clip_grad_norm, gradients, AdamW, WarmupCosine};
+use metarep_core::optim::WarmupCosine;
 use metarep_core::rng::derive_seed;
-use metarep_core::train::{
-    run, Checkpoint, Plan, RunControl, RunReport, StepContext, StepOutput, TrainStep,
-};
+use metarep_core::train::{run, AdamRun, Plan, RunControl, RunReport};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::hooks::NoHooks;
 use crate::init::{default_init_std, random_weights};
-use crate::model::{HookedTransformer, Input, RunTo};
+use crate::input::Input;
+use crate::model::{HookedTransformer, RunTo};
 use crate::weights::Weights;
 
 /// One next-token-prediction batch.
@@ -263,64 +262,14 @@ impl LmTrainer {
         eval: Option<Evaluator>,
         control: RunControl,
     ) -> Result<RunReport> {
-        let mut steps = LmSteps {
-            adam: AdamW::new(&self.params, tc.weight_decay)?,
-            trainer: self,
-            tc,
-            source,
-            eval,
-        };
-        let config = serde_json::json!({ "model": &steps.trainer.cfg, "train": tc });
-        run(&mut steps, &tc.plan(), &config, control)
-    }
-}
-
-/// One language-model run: the trainer, its optimiser, the data and the evaluator.
-struct LmSteps<'a, 'e> {
-    trainer: &'a LmTrainer,
-    adam: AdamW,
-    tc: &'a LmTrainConfig,
-    source: &'a mut dyn BatchSource,
-    eval: Option<Evaluator<'e>>,
-}
-
-impl TrainStep for LmSteps<'_, '_> {
-    type Error = Error;
-
-    fn step(&mut self, ctx: &StepContext) -> Result<StepOutput> {
-        let seed = derive_seed(self.tc.seed, "train/batches");
-        let batch = self.source.batch(ctx.step, seed)?;
-        let params = &self.trainer.params;
-        let loss = self.trainer.loss(&batch)?;
-        let (grads, norm) = clip_grad_norm(&gradients(&loss, params)?, self.tc.clip)?;
-        self.adam.step(params, &grads, ctx.lr)?;
-        let loss = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        Ok(StepOutput::loss(loss).with("grad_norm", norm))
-    }
-
-    fn checkpoint(&self) -> Result<Checkpoint> {
-        let tensors = self.adam.checkpoint_tensors(&self.trainer.params);
-        Ok(Checkpoint::new(tensors, self.adam.t)?)
-    }
-
-    fn restore(
-        &mut self,
-        tensors: &HashMap<String, Tensor>,
-        state: serde_json::Value,
-    ) -> Result<()> {
-        let t: usize = serde_json::from_value(state)
-            .map_err(|e| Error::Invalid(format!("checkpoint state: {e}")))?;
-        Ok(self.adam.restore(&self.trainer.params, tensors, t)?)
-    }
-
-    fn device(&self) -> Device {
-        self.trainer.model.device().clone()
-    }
-
-    fn evaluate(&mut self, done: usize) -> Result<Vec<(String, f64)>> {
-        match self.eval.as_mut() {
-            Some(f) => f(&self.trainer.model, done),
-            None => Ok(Vec::new()),
+        let seed = derive_seed(tc.seed, "train/batches");
+        let this = &*self;
+        let loss = |step: usize| this.loss(&source.batch(step, seed)?);
+        let mut steps = AdamRun::new(&this.params, tc.weight_decay, tc.clip, loss)?;
+        if let Some(f) = eval {
+            steps = steps.with_eval(move |done| f(&this.model, done));
         }
+        let config = serde_json::json!({ "model": &this.cfg, "train": tc });
+        run(&mut steps, &tc.plan(), &config, control)
     }
 }

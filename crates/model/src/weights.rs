@@ -12,9 +12,9 @@ use std::collections::HashMap;
 
 use candle_core::Tensor;
 
+use crate::checkpoint_tensors::CheckpointTensors;
 use crate::config::{LmHead, ModelConfig};
 use crate::error::{Error, Result};
-use crate::store::TensorStore;
 
 /// A normalisation layer's scale `w` and (LayerNorm only) shift `b`, each `[d]`.
 #[derive(Debug, Clone)]
@@ -248,7 +248,7 @@ impl Weights {
 
     /// Reads TransformerLens state-dict names and shapes (`embed.W_E`, `blocks.{l}.attn.W_Q
     /// [n_heads, d_model, d_head]`, `_W_K` under grouped-query attention, ...) from `store`.
-    pub fn from_tl_store(cfg: &ModelConfig, store: &mut TensorStore) -> Result<Self> {
+    pub fn from_tl_tensors(cfg: &ModelConfig, store: &mut CheckpointTensors) -> Result<Self> {
         let store = std::cell::RefCell::new(store);
         let get = |name: &str, shape: &[usize]| store.borrow_mut().take(name, shape);
         let opt = |name: &str, shape: &[usize], present: bool| -> Result<Option<Tensor>> {

@@ -10,17 +10,8 @@ use metarep_model::hooks::{CacheHooks, HookSet};
 use metarep_model::interventions::{mean_activation, Intervention, Interventions};
 use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input, NoHooks, RunTo};
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    metarep_core::compare::max_abs_diff(a, b).unwrap()
 }
 
 fn fixture(case: &str) -> (HookedTransformer, Input) {
@@ -363,15 +354,7 @@ fn head_and_neuron_ablations_touch_only_their_channels() {
         let zh = z.narrow(2, h, 1).unwrap();
         let orig = z0.narrow(2, h, 1).unwrap();
         if h == 1 || h == 3 {
-            assert_eq!(
-                zh.abs()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap(),
-                0.0
-            );
+            assert_eq!(metarep_core::compare::max_abs(&zh).unwrap(), 0.0);
         } else {
             assert_eq!(max_diff(&zh, &orig), 0.0);
         }
@@ -419,14 +402,7 @@ fn head_and_neuron_ablations_touch_only_their_channels() {
     let (zeroed, c) = run_recorded(&model, &input, vec![Intervention::zero_neurons(1, &[0, 5])]);
     let post = c.get(HookPoint::MlpPost(1)).unwrap();
     assert_eq!(
-        post.narrow(2, 5, 1)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap(),
+        metarep_core::compare::max_abs(&post.narrow(2, 5, 1).unwrap()).unwrap(),
         0.0
     );
     let orig = cache.get(HookPoint::MlpPost(1)).unwrap();

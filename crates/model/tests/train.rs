@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
+use metarep_core::compare::max_abs_diff;
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_core::train::RunControl;
 use metarep_model::train::{cross_entropy, LmBatch, LmTrainConfig, LmTrainer};
@@ -116,14 +117,7 @@ fn a_run_killed_after_a_checkpoint_resumes_exactly_and_logs_each_step_once() {
     // A fresh process: the init seed is irrelevant (weights come from the checkpoint).
     let second = run_until(&b, None, true, 999);
     for ((n, p), (_, q)) in straight.params().iter().zip(second.params()) {
-        let d = (p.as_tensor() - q.as_tensor())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(p.as_tensor(), q.as_tensor()).unwrap();
         assert_eq!(d, 0.0, "{n} differs after resume");
     }
     let lines = |p: &Path| std::fs::read_to_string(p.join("metrics.jsonl")).unwrap();
@@ -200,14 +194,7 @@ fn trained_models_save_and_load_as_checkpoints() {
     let batch = repeat_batch(0, 0).unwrap();
     let a = trainer.model().forward(batch.tokens.clone()).unwrap();
     let b = loaded.forward(batch.tokens).unwrap();
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_abs_diff(&a, &b).unwrap();
     // The trainer's weights carry gradients (composite softmax), the loaded ones use the fused
     // kernel: equal up to rounding.
     assert!(d < 1e-5, "{d}");

@@ -11,13 +11,13 @@
 //!   CE loss recovered 1 when spliced into a model); a check of evaluation pipelines.
 
 use candle_core::{DType, Device, Tensor};
-use metarep_core::rng::{derive_seed, normal_vec, seeded};
+use metarep_core::rng::derive_seed;
 
 use std::collections::HashMap;
 
 use crate::config::{Architecture, DecoderNorm, SaeConfig};
 use crate::error::{Error, Result};
-use crate::sae::Sae;
+use crate::sae::{unit_rows, Sae};
 
 /// The untrained null SAE for data with column mean `data_mean` `[d_in]`.
 pub fn null_sae(config: SaeConfig, data_mean: &Tensor, seed: u64) -> Result<Sae> {
@@ -45,17 +45,6 @@ pub fn null_sae(config: SaeConfig, data_mean: &Tensor, seed: u64) -> Result<Sae>
 pub fn random_directions(n: usize, d: usize, seed: u64) -> Result<Tensor> {
     let v = unit_rows(n, d, derive_seed(seed, "baseline/random-directions"))?;
     Ok(Tensor::from_vec(v, (n, d), &Device::Cpu)?.to_dtype(DType::F32)?)
-}
-
-/// `n · d` values: `n` rows of Gaussian directions scaled to unit norm, drawn from `seed`.
-pub(crate) fn unit_rows(n: usize, d: usize, seed: u64) -> Result<Vec<f64>> {
-    let mut v = normal_vec(&mut seeded(seed), n * d, 0.0, 1.0)?;
-    for row in v.chunks_mut(d.max(1)) {
-        let len = row.iter().map(|a| a * a).sum::<f64>().sqrt();
-        row.iter_mut()
-            .for_each(|a| *a /= len.max(f64::MIN_POSITIVE));
-    }
-    Ok(v)
 }
 
 /// A ReLU SAE with `2·d` latents `±e_i` (f32, CPU, no pre-encoder bias) that reconstructs

@@ -16,13 +16,12 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use metarep_core::rng::derive_seed;
+use metarep_core::rng::{derive_seed, normal_vec, seeded};
 use metarep_kernels::{
     batch_topk, column_sums, gather_dot, gather_vector, linear_encode, normalize_rows_,
     sparse_decode, topk_of_product, topk_per_row,
 };
 
-use crate::baselines::unit_rows;
 use crate::config::{Architecture, DecoderNorm, InputNorm, SaeConfig};
 use crate::error::{Error, Result};
 use crate::latents::Latents;
@@ -534,4 +533,15 @@ fn missing(name: &str) -> Error {
     Error::Invalid(format!(
         "SAE parameter `{name}` is missing for its architecture"
     ))
+}
+
+/// `n · d` values: `n` rows of Gaussian directions scaled to unit norm, drawn from `seed`.
+pub(crate) fn unit_rows(n: usize, d: usize, seed: u64) -> Result<Vec<f64>> {
+    let mut v = normal_vec(&mut seeded(seed), n * d, 0.0, 1.0)?;
+    for row in v.chunks_mut(d.max(1)) {
+        let len = row.iter().map(|a| a * a).sum::<f64>().sqrt();
+        row.iter_mut()
+            .for_each(|a| *a /= len.max(f64::MIN_POSITIVE));
+    }
+    Ok(v)
 }

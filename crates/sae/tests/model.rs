@@ -30,16 +30,7 @@ fn perturb(sae: &Sae, seed: u64) {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
+    metarep_core::compare::max_abs_diff(a, b).unwrap()
 }
 
 #[test]

@@ -23,10 +23,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::analysis::NeuronAnalysis;
 use crate::data::Representations;
+use crate::effect_chunks::EffectIndex;
 use crate::effects::readout_stream;
 use crate::error::{Error, Result};
 use crate::select::{masked_mean, real_positions, take_rows};
-use crate::store::EffectIndex;
 
 /// One ablation's result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

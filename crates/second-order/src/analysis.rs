@@ -7,11 +7,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::effect_chunks::EffectIndex;
 use crate::error::Result;
 use crate::lexicon::Lexicon;
 use crate::omp::omp;
 use crate::pca::{neuron_pc, NeuronPc};
-use crate::store::EffectIndex;
 
 /// One neuron's principal component and text decomposition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -55,6 +55,7 @@ pub mod ablate;
 pub mod analysis;
 pub mod data;
 pub mod direction;
+pub mod effect_chunks;
 pub mod effects;
 pub mod error;
 mod io;
@@ -63,8 +64,8 @@ pub mod omp;
 pub mod pca;
 pub mod pipeline;
 pub mod report;
+pub mod run_files;
 pub mod select;
-pub mod store;
 
 pub use effects::{
     decomposition_gap, naive_effect, path_patched_effect, readout_stream, Decomposition,
@@ -74,4 +75,5 @@ pub use error::{Error, Result};
 pub use lexicon::Lexicon;
 pub use omp::{omp, Omp};
 pub use pca::{neuron_pc, NeuronPc};
-pub use pipeline::{Pipeline, PipelineConfig, RunFiles, Stage};
+pub use pipeline::{Pipeline, PipelineConfig, Stage};
+pub use run_files::RunFiles;

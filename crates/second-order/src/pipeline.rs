@@ -24,15 +24,15 @@ use metarep_model::HookedTransformer;
 use metarep_testbeds::tokenization::Framing;
 use serde::{Deserialize, Serialize};
 
-use crate::ablate::{ablations, AblationResult};
+use crate::ablate::ablations;
 use crate::analysis::{analyse, NeuronAnalysis};
 use crate::data::{evaluate, load_problems, Problem, Representations};
 use crate::direction::{directions, Directions};
+use crate::effect_chunks::{write_effects, ChunkOptions, EffectIndex};
 use crate::error::{Error, Result};
 use crate::io::{read_json, write_json};
 use crate::lexicon::Lexicon;
 use crate::select::{rank_neurons, select_layers, LayerSelection, NeuronSelection};
-use crate::store::{write_effects, EffectIndex, StoreOptions};
 
 /// Pipeline settings (TOML or JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -285,7 +285,7 @@ impl<'a> Pipeline<'a> {
                 } else {
                     DType::F32
                 };
-                let opts = StoreOptions {
+                let opts = ChunkOptions {
                     chunk: cfg.batch,
                     dtype,
                 };
@@ -320,38 +320,5 @@ impl<'a> Pipeline<'a> {
             }
             Stage::Report => crate::report::write_report(dir),
         }
-    }
-}
-
-/// Everything a finished run holds, read back from its directory.
-pub struct RunFiles {
-    /// Stage 1.
-    pub reps: Representations,
-    /// Stage 2.
-    pub directions: Directions,
-    /// Stage 3.
-    pub layers: LayerSelection,
-    /// Stage 4.
-    pub neurons: NeuronSelection,
-    /// Stage 5.
-    pub index: EffectIndex,
-    /// Stages 6–7.
-    pub analyses: Vec<NeuronAnalysis>,
-    /// Stage 8.
-    pub ablations: Vec<AblationResult>,
-}
-
-impl RunFiles {
-    /// Reads every stage's output from `dir`.
-    pub fn load(dir: &Path) -> Result<Self> {
-        Ok(RunFiles {
-            reps: Representations::load(dir)?,
-            directions: Directions::load(dir)?,
-            layers: read_json(&dir.join("layers.json"))?,
-            neurons: read_json(&dir.join("neurons.json"))?,
-            index: read_json(&dir.join("effects/index.json"))?,
-            analyses: read_json(&dir.join("neurons_pca.json"))?,
-            ablations: read_json(&dir.join("ablations.json"))?,
-        })
     }
 }

@@ -10,7 +10,7 @@ use metarep_eval::plot::{LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
 
 use crate::error::{Error, Result};
-use crate::pipeline::RunFiles;
+use crate::run_files::RunFiles;
 
 /// Summary numbers of a run.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]

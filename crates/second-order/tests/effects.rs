@@ -6,7 +6,7 @@ use metarep_core::rng::{derive_seed, normal_vec, seeded};
 use metarep_model::{Activation, HookedTransformer, ModelConfig, NormKind, Rotary, Weights};
 use metarep_second_order::{naive_effect, path_patched_effect, Error, NeuronPaths, Readout};
 
-const TOL: f32 = 1e-4;
+const TOL: f64 = 1e-4;
 
 /// The spec's small GPT-2-like model (TransformerLens init: unit norms, zero biases).
 fn gpt2_cfg() -> ModelConfig {
@@ -69,19 +69,12 @@ fn prompts(vocab: u32) -> (Tensor, Vec<usize>) {
     )
 }
 
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+fn max_abs(t: &Tensor) -> f64 {
+    metarep_core::compare::max_abs(t).unwrap()
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    max_abs(&(a - b).unwrap())
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    metarep_core::compare::max_abs_diff(a, b).unwrap()
 }
 
 fn norm(t: &Tensor) -> f32 {

@@ -3,10 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
+use metarep_core::compare::{max_abs, max_abs_diff};
 use metarep_model::{HookedTransformer, LoadOptions};
 use metarep_second_order::ablate::AblationResult;
 use metarep_second_order::data::Representations;
-use metarep_second_order::store::{chunk_path, EffectIndex};
+use metarep_second_order::effect_chunks::{chunk_path, EffectIndex};
 use metarep_second_order::{Pipeline, PipelineConfig, Readout, Stage};
 
 fn root() -> PathBuf {
@@ -74,21 +75,8 @@ fn the_pipeline_writes_every_stage_and_resumes() {
         .second_order(0, &index.layers[0].neurons)
         .unwrap();
     let stored = index.read_chunk(&run, 0, 1).unwrap();
-    let scale = fresh
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let gap = (fresh - stored)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let scale = max_abs(&fresh).unwrap();
+    let gap = max_abs_diff(&fresh, &stored).unwrap();
     assert!(gap <= 1e-3 * scale, "{gap} vs scale {scale}");
 
     // Significant and insignificant removals split the full removal exactly.

@@ -31,7 +31,7 @@ use std::ops::Range;
 
 use candle_core::{DType, Device, Tensor};
 use metarep_lat_cg::construct::scaffold::{check_spec, embed_prompts, state_index, SolverChannels};
-use metarep_lat_cg::construct::weights::{block, clear, head, Form, Unit};
+use metarep_lat_cg::construct::weights::{block, blocks, clear, head, Form, Unit};
 use metarep_lat_cg::lat::{
     channels as read_channels, Activation, AttentionHead, AttentionKind, Lat, LatLayer,
 };
@@ -747,17 +747,23 @@ impl Builder<'_> {
             Unit::linear(Form::ch(s.rz), &[(ch.rz_prev, 1.0)]),
             Unit::product(ch.dinv, ch.r, &[(ch.z, 1.0)]),
         ];
-        for (src, reg) in [s.gamma, s.beta, s.rz].into_iter().zip(ch.agg) {
-            registers.push(Unit::product(src, ch.is_aggregator, &[(reg, 1.0)]));
-        }
+        registers.extend(
+            ch.solver()
+                .register_writes([s.gamma, s.beta, s.rz], ch.is_aggregator),
+        );
         registers.extend(clear(&s.all()));
         let product = [Unit::product(ch.r, ch.z, &[(ch.prod_rz, 1.0)])];
-        let mlp = vec![
-            block(c, Activation::Reciprocal, &gamma, dev)?,
-            block(c, Activation::Identity, &update, dev)?,
-            block(c, Activation::Identity, &registers, dev)?,
-            block(c, Activation::Identity, &product, dev)?,
-        ];
+        use Activation::{Identity, Reciprocal};
+        let mlp = blocks(
+            c,
+            dev,
+            &[
+                (Reciprocal, &gamma),
+                (Identity, &update),
+                (Identity, &registers),
+                (Identity, &product),
+            ],
+        )?;
         Ok(LatLayer { heads, mlp })
     }
 

@@ -29,7 +29,7 @@ use serde_json::json;
 
 use super::disk::{cpu_secs, drop_cache, num, plain_write, Sync};
 use super::{median, write_report};
-use crate::BoxError;
+use crate::error::BoxError;
 
 /// The `--set` keys this benchmark accepts.
 pub const SETTINGS: &[&str] = &["size_mib", "reps"];

@@ -10,7 +10,7 @@ use std::time::Instant;
 use memmap2::Mmap;
 
 use super::setting;
-use crate::BoxError;
+use crate::error::BoxError;
 
 /// The positive number given as `--set key=...`, or `default`.
 pub fn num(key: &str, default: f64) -> Result<f64, BoxError> {

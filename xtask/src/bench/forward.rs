@@ -21,7 +21,7 @@ use candle_core::{DType, Device, Tensor};
 use metarep_model::{HookFilter, HookedTransformer, Input, ModelConfig};
 
 use super::{median, write_report};
-use crate::BoxError;
+use crate::error::BoxError;
 
 const BATCH: usize = 4;
 const POS: usize = 128;

@@ -14,7 +14,7 @@ use nalgebra::{DMatrix, DVector, RealField};
 use serde::Serialize;
 
 use super::{median_ms, write_report};
-use crate::BoxError;
+use crate::error::BoxError;
 
 #[derive(Serialize)]
 struct LatCgRow {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use crate::BoxError;
+use crate::error::BoxError;
 
 /// A registered benchmark: its name, what runs it and the `--set` keys it accepts.
 type Bench = (

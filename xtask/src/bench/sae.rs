@@ -16,7 +16,7 @@ use metarep_sae::{Architecture, LossConfig, Sae, SaeConfig, SaeTrainConfig, SaeT
 use serde::Serialize;
 
 use super::{median, write_report};
-use crate::BoxError;
+use crate::error::BoxError;
 
 const D_IN: usize = 768;
 const EXPANSION: usize = 16;

@@ -31,7 +31,7 @@ use rand::Rng;
 use serde_json::json;
 
 use super::{median, setting, write_report};
-use crate::BoxError;
+use crate::error::BoxError;
 
 /// The `--set` keys this benchmark accepts.
 pub const SETTINGS: &[&str] = &["neurons", "reps"];

@@ -24,9 +24,9 @@ use metarep_testbeds::tokenization::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::error::BoxError;
 use crate::fixtures::arith::{dir as seed_dir, SEEDS};
 use crate::output::ResultDir;
-use crate::BoxError;
 
 /// In-distribution accuracy the fixture must show (it is trained to be sometimes wrong).
 const ACCURACY_RANGE: (f64, f64) = (0.4, 0.9);

@@ -28,8 +28,8 @@ use metarep_model::{Component, HookedTransformer, LoadOptions, NoHooks};
 use metarep_testbeds::induction::InductionSpec;
 use serde::{Deserialize, Serialize};
 
+use crate::error::BoxError;
 use crate::output::ResultDir;
-use crate::BoxError;
 
 /// An induction head: induction score above this.
 pub const INDUCTION_THRESHOLD: f64 = 0.4;
@@ -489,4 +489,17 @@ fn position_plot(clean: &[Vec<f64>], ablated: &[Vec<f64>], top: Component) -> Li
             style: SeriesStyle::Dashed,
             color: Some(3),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_induction_fixture_and_the_detectors_agree_on_bos() {
+        // The fixture is trained on sequences starting with testbeds' BOS; the detectors and
+        // patch pairs build theirs with circuits' BOS.
+        assert_eq!(
+            metarep_testbeds::induction::BOS,
+            metarep_circuits::detectors::BOS
+        );
+    }
 }

@@ -23,7 +23,7 @@ use candle_core::{Device, Tensor};
 use nalgebra::DMatrix;
 
 use super::scaffold::{check_spec, embed_prompts, state_index, SolverChannels};
-use super::weights::{block, clear, head, Form, Unit};
+use super::weights::{block, blocks, clear, head, Form, Unit};
 use crate::error::{Error, Result};
 use crate::lat::{Activation, Lat, LatLayer};
 use crate::mask::{PhaseMask, PromptChannels, TokenLayout};
@@ -602,24 +602,26 @@ impl Builder<'_> {
             Unit::linear(Form::ch(s.p_next), &[(ch.p, 1.0)]),
             Unit::linear(Form::ch(s.rz), &[(ch.rz_prev, 1.0)]),
         ];
-        for (src, reg) in [
-            (s.gamma, ch.agg_gamma),
-            (s.beta, ch.agg_beta),
-            (s.rz, ch.agg_rz),
-        ] {
-            b5.push(Unit::product(src, ch.is_aggregator, &[(reg, 1.0)]));
-        }
+        b5.extend(
+            ch.solver()
+                .register_writes([s.gamma, s.beta, s.rz], ch.is_aggregator),
+        );
         b5.extend(clear(&s.all()));
         // B6: z = d ⊙ r (B3 cleared z).
         let b6 = [Unit::product(ch.dinv, ch.r, &[(ch.z, 1.0)])];
-        let mlp = vec![
-            block(c, Activation::Reciprocal, &b1, dev)?,
-            block(c, Activation::Identity, &b2, dev)?,
-            block(c, Activation::Identity, &b3, dev)?,
-            block(c, Activation::Reciprocal, &b4, dev)?,
-            block(c, Activation::Identity, &b5, dev)?,
-            block(c, Activation::Identity, &b6, dev)?,
-        ];
+        use Activation::{Identity, Reciprocal};
+        let mlp = blocks(
+            c,
+            dev,
+            &[
+                (Reciprocal, &b1),
+                (Identity, &b2),
+                (Identity, &b3),
+                (Reciprocal, &b4),
+                (Identity, &b5),
+                (Identity, &b6),
+            ],
+        )?;
         Ok(LatLayer { heads, mlp })
     }
 

@@ -6,6 +6,7 @@
 use candle_core::{DType, Device, Tensor};
 use nalgebra::{DMatrix, DVector};
 
+use super::weights::Unit;
 use crate::error::{Error, Result};
 use crate::mask::{PromptChannels, TokenLayout};
 
@@ -57,6 +58,17 @@ pub struct SolverState {
 }
 
 impl SolverChannels {
+    /// Units that copy `(γ_k, β_{k−1}, r·z)` from the scratch channels `sources` into the
+    /// aggregator registers (multiplied by the aggregator flag, so only the aggregator keeps
+    /// them).
+    pub fn register_writes(&self, sources: [usize; 3], is_aggregator: usize) -> Vec<Unit> {
+        sources
+            .into_iter()
+            .zip(self.agg)
+            .map(|(src, reg)| Unit::product(src, is_aggregator, &[(reg, 1.0)]))
+            .collect()
+    }
+
     /// Reads the state of problem `batch_index` from a stream `x: [batch, tokens, channels]`
     /// laid out by `layout`.
     pub fn read(

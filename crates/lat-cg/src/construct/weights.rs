@@ -84,6 +84,18 @@ impl Unit {
     }
 }
 
+/// One gated block per `(σ, units)`, in order: an MLP sublayer of a construction.
+pub fn blocks(
+    channels: usize,
+    device: &Device,
+    specs: &[(Activation, &[Unit])],
+) -> Result<Vec<GatedMlp>> {
+    specs
+        .iter()
+        .map(|(act, units)| block(channels, *act, units, device))
+        .collect()
+}
+
 /// Units that clear `channels`: each adds `−x[channel]` to its channel, which the residual add
 /// turns into exactly 0 (so that a later block can write a new value without cancellation).
 pub fn clear(channels: &[usize]) -> Vec<Unit> {

@@ -16,7 +16,7 @@ enum Backend {
 }
 
 /// Named tensors being consumed by an architecture's loader.
-pub struct TensorStore {
+pub struct CheckpointTensors {
     backend: Backend,
     desc: String,
     names: BTreeSet<String>,
@@ -25,7 +25,7 @@ pub struct TensorStore {
     device: Device,
 }
 
-impl TensorStore {
+impl CheckpointTensors {
     /// Memory-maps `files` (one checkpoint, possibly sharded); tensors are converted to `dtype`
     /// on `device` when taken.
     pub fn open(files: &[PathBuf], dtype: DType, device: &Device) -> Result<Self> {
@@ -155,7 +155,7 @@ impl TensorStore {
         Ok(t.to_dtype(self.dtype)?)
     }
 
-    /// Like [`TensorStore::take`] when `name` exists, `None` otherwise.
+    /// Like [`CheckpointTensors::take`] when `name` exists, `None` otherwise.
     pub fn take_opt(&mut self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
         if self.contains(name) {
             self.take(name, shape).map(Some)

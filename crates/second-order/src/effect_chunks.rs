@@ -73,7 +73,7 @@ pub fn by_layer(selected: &[(usize, usize)]) -> Vec<LayerEffects> {
 
 /// How effects are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoreOptions {
+pub struct ChunkOptions {
     /// Prompts per forward pass and per file.
     pub chunk: usize,
     /// `F16` or `F32`.
@@ -88,10 +88,10 @@ pub fn write_effects(
     selected: &[(usize, usize)],
     direction: &Tensor,
     dir: &Path,
-    opts: StoreOptions,
+    opts: ChunkOptions,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<EffectIndex> {
-    let StoreOptions { chunk, dtype } = opts;
+    let ChunkOptions { chunk, dtype } = opts;
     let dtype_name = match dtype {
         DType::F16 => "f16",
         DType::F32 => "f32",
