@@ -183,7 +183,9 @@ fn cumulative_errors(cfg: &Fig4Config, out: &mut ResultDir) -> Result<(bool, boo
         let runs = c
             .eps
             .iter()
-            .map(|&eps| analyse_cumulative(&prob, eps, c.steps, c.converged))
+            .map(|&eps| {
+                analyse_cumulative(&prob, eps, c.steps, c.converged).map_err(BoxError::from)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         for (i, (&eps, run)) in c.eps.iter().zip(&runs).enumerate() {
             gap_ok &= run.gap_holds;

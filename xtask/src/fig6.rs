@@ -83,13 +83,12 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     out.finish(pass)
 }
 
+/// Held-out losses by method, and the one-layer comparison.
+type Comparison = (Vec<(String, f64)>, Option<OneLayer>);
+
 /// The trained models and every baseline at depth `layers` for `seed`: held-out losses by
 /// method, and the one-layer comparison when `layers` is 1.
-fn compare(
-    cfg: &Fig6Config,
-    seed: u64,
-    layers: usize,
-) -> Result<(Vec<(String, f64)>, Option<OneLayer>), BoxError> {
+fn compare(cfg: &Fig6Config, seed: u64, layers: usize) -> Result<Comparison, BoxError> {
     let base = VonOswaldSetting {
         held_out: cfg.held_out,
         train: cfg.train,

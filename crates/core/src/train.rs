@@ -86,12 +86,12 @@ impl Plan {
 
     /// Whether step `step` (0-based) writes a metrics line.
     pub fn logs_at(&self, step: usize) -> bool {
-        self.log_every > 0 && (step % self.log_every == 0 || step + 1 == self.steps)
+        self.log_every > 0 && (step.is_multiple_of(self.log_every) || step + 1 == self.steps)
     }
 
     /// Whether the run evaluates after `done` steps.
     pub fn evaluates_after(&self, done: usize) -> bool {
-        (self.eval_every > 0 && done % self.eval_every == 0) || done == self.steps
+        (self.eval_every > 0 && done.is_multiple_of(self.eval_every)) || done == self.steps
     }
 }
 

@@ -345,7 +345,7 @@ impl TrainStep for SaeSteps<'_> {
         self.pos.tokens += batch.x.dim(0)? as u64;
         if let Some(r) = self.trainer.cfg.resample {
             let done = ctx.step + 1;
-            if done % r.every == 0 && done < r.until {
+            if done.is_multiple_of(r.every) && done < r.until {
                 self.resampled += resample_dead(
                     self.sae,
                     &mut self.trainer,
