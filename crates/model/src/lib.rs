@@ -38,6 +38,7 @@ pub mod dla;
 pub mod error;
 pub mod families;
 pub mod frozen_norm;
+pub mod gguf;
 pub mod hf_config;
 pub mod hooks;
 pub mod init;

@@ -93,9 +93,28 @@ impl HookedTransformer {
         })
     }
 
-    /// Loads a local directory or a hub id (see [`crate::loading`]).
+    /// Loads a `.gguf` file, a local directory or a hub id (see [`crate::loading`]).
     pub fn from_pretrained(spec: &str, opts: &LoadOptions) -> Result<Self> {
+        let path = Path::new(spec);
+        if path.is_file()
+            && path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
+            return Self::from_gguf(path, opts);
+        }
         Self::from_files(&resolve(spec, opts)?, opts)
+    }
+
+    /// Loads a GGUF file: config from its metadata, every tensor dequantized to `opts.dtype`,
+    /// the tokenizer from `tokenizer.ggml.*` (see [`crate::gguf`]).
+    pub fn from_gguf(path: &Path, opts: &LoadOptions) -> Result<Self> {
+        let g = crate::gguf::read_gguf(path, opts.dtype, &opts.device)?;
+        let mut cfg = g.config;
+        let desc = path.display().to_string();
+        let mut store = CheckpointTensors::from_map(g.tensors, &desc, opts.dtype, &opts.device);
+        let weights = load_weights(&mut cfg, &mut store)?;
+        Ok(Self::new(cfg, weights)?.with_tokenizer(g.tokenizer))
     }
 
     /// Loads the checkpoint in directory `dir`.
