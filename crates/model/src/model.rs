@@ -255,6 +255,48 @@ impl HookedTransformer {
     /// The general forward pass: embeddings, blocks and head, calling `hooks` at every hook
     /// point, up to `to`.
     pub fn run<H: Hooks>(&self, input: &Input, hooks: &mut H, to: RunTo) -> Result<Tensor> {
+        self.run_inner(input, hooks, to, None)
+    }
+
+    /// The forward pass of new tokens after the ones `cache` holds (keys and values of every
+    /// layer): positions continue from `cache.len()`, the new keys and values are appended,
+    /// and hooks see the new positions only. Returns the logits of the new positions
+    /// `[batch, new, d_vocab]`. Decoder models only.
+    pub fn run_cached<H: Hooks>(
+        &self,
+        input: &Input,
+        cache: &mut KvCache,
+        hooks: &mut H,
+    ) -> Result<Tensor> {
+        if !self.cfg.causal {
+            return Err(Error::Unsupported(
+                "a key/value cache needs a causal (decoder) model".into(),
+            ));
+        }
+        if input.attention_mask.is_some() {
+            return Err(Error::Unsupported(
+                "padding masks with a key/value cache (give equal-length rows)".into(),
+            ));
+        }
+        if cache.layers.len() != self.cfg.n_layers {
+            return Err(Error::Invalid(format!(
+                "the cache has {} layers, the model {}",
+                cache.layers.len(),
+                self.cfg.n_layers
+            )));
+        }
+        let out = self.run_inner(input, hooks, RunTo::Logits, Some(cache))?;
+        cache.len += input.tokens.dim(1)?;
+        Ok(out)
+    }
+
+    fn run_inner<H: Hooks>(
+        &self,
+        input: &Input,
+        hooks: &mut H,
+        to: RunTo,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let n_layers = match to {
             RunTo::Layer(n) if n > self.cfg.n_layers => {
                 return Err(Error::Invalid(format!(
@@ -265,13 +307,15 @@ impl HookedTransformer {
             RunTo::Layer(n) => n,
             _ => self.cfg.n_layers,
         };
-        let tokens = self.check_tokens(&input.tokens)?;
+        let offset = cache.as_ref().map_or(0, |c| c.len);
+        let tokens = self.check_tokens(&input.tokens, offset)?;
         let (b, p) = tokens.dims2()?;
-        let mask = self.attention_bias(b, p, input.attention_mask.as_ref())?;
-        let rope = self.rope_tables(p)?;
-        let mut x = self.embed(&tokens, input.token_type_ids.as_ref(), hooks)?;
+        let mask = self.attention_bias(b, p, offset, input.attention_mask.as_ref())?;
+        let rope = self.rope_tables(offset, p)?;
+        let mut x = self.embed(&tokens, offset, input.token_type_ids.as_ref(), hooks)?;
         for l in 0..n_layers {
-            x = self.block(l, x, mask.as_ref(), rope.as_ref(), hooks)?;
+            let kv = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            x = self.block(l, x, mask.as_ref(), rope.as_ref(), kv, hooks)?;
         }
         if let RunTo::Layer(_) = to {
             return Ok(x);
@@ -317,8 +361,9 @@ impl HookedTransformer {
         Ok(logits.reshape((b, p, self.cfg.d_vocab))?)
     }
 
-    /// Validates token ids (`[batch, pos]`, each `< d_vocab`) and returns them as u32.
-    fn check_tokens(&self, tokens: &Tensor) -> Result<Tensor> {
+    /// Validates token ids (`[batch, pos]`, each `< d_vocab`, at most `n_ctx` positions with
+    /// learned position embeddings counting `offset` earlier ones) and returns them as u32.
+    fn check_tokens(&self, tokens: &Tensor, offset: usize) -> Result<Tensor> {
         let (b, p) = tokens
             .dims2()
             .map_err(|_| Error::shape("tokens", "[batch, pos]", format!("{:?}", tokens.dims())))?;
@@ -329,11 +374,11 @@ impl HookedTransformer {
                 format!("{:?}", tokens.dims()),
             ));
         }
-        if self.cfg.learned_positions && p > self.cfg.n_ctx {
+        if self.cfg.learned_positions && offset + p > self.cfg.n_ctx {
             return Err(Error::shape(
                 "tokens",
                 format!("at most n_ctx = {} positions", self.cfg.n_ctx),
-                format!("{p} positions"),
+                format!("{} positions", offset + p),
             ));
         }
         if tokens.dtype().is_float() {
@@ -362,27 +407,31 @@ impl HookedTransformer {
         Ok(tokens.to_dtype(DType::U32)?.to_device(self.device())?)
     }
 
-    /// The additive attention bias `[batch or 1, 1, q, k]` (0 or `-inf`), or `None` when every
-    /// query sees every key.
+    /// The additive attention bias `[batch or 1, 1, q, k]` (0 or `-inf`) of `p` queries at
+    /// positions `offset..offset + p` over keys `0..offset + p`, or `None` when every query sees
+    /// every key.
     fn attention_bias(
         &self,
         b: usize,
         p: usize,
+        offset: usize,
         padding: Option<&Tensor>,
     ) -> Result<Option<Tensor>> {
         let window = self.cfg.sliding_window;
+        let keys_n = offset + p;
         let mut bias = if self.cfg.causal || window.is_some() {
-            let mut m = vec![0f32; p * p];
-            for q in 0..p {
-                for k in 0..p {
+            let mut m = vec![0f32; p * keys_n];
+            for qi in 0..p {
+                let q = offset + qi;
+                for k in 0..keys_n {
                     let future = self.cfg.causal && k > q;
                     let too_old = window.is_some_and(|w| q >= k + w);
                     if future || too_old {
-                        m[q * p + k] = f32::NEG_INFINITY;
+                        m[qi * keys_n + k] = f32::NEG_INFINITY;
                     }
                 }
             }
-            Some(Tensor::from_vec(m, (1, 1, p, p), &Device::Cpu)?)
+            Some(Tensor::from_vec(m, (1, 1, p, keys_n), &Device::Cpu)?)
         } else {
             None
         };
@@ -428,15 +477,15 @@ impl HookedTransformer {
             .transpose()
     }
 
-    /// `(cos, sin)` tables `[pos, rotary_dim / 2]` for positions `0..p`.
-    fn rope_tables(&self, p: usize) -> Result<Option<(Tensor, Tensor)>> {
+    /// `(cos, sin)` tables `[pos, rotary_dim / 2]` for positions `offset..offset + p`.
+    fn rope_tables(&self, offset: usize, p: usize) -> Result<Option<(Tensor, Tensor)>> {
         let Some(inv) = &self.inv_freq else {
             return Ok(None);
         };
         let half = inv.len();
         let mut cos = Vec::with_capacity(p * half);
         let mut sin = Vec::with_capacity(p * half);
-        for pos in 0..p {
+        for pos in offset..offset + p {
             for f in inv {
                 // f32 angles, as the reference implementations compute them.
                 let angle = (pos as f32) * (*f as f32);
@@ -455,6 +504,7 @@ impl HookedTransformer {
     fn embed<H: Hooks>(
         &self,
         tokens: &Tensor,
+        offset: usize,
         types: Option<&Tensor>,
         hooks: &mut H,
     ) -> Result<Tensor> {
@@ -468,7 +518,7 @@ impl HookedTransformer {
         let mut x = hook(hooks, HookPoint::Embed, e)?;
         if let Some(w_pos) = &w.w_pos {
             let pe = w_pos
-                .narrow(0, 0, p)?
+                .narrow(0, offset, p)?
                 .unsqueeze(0)?
                 .broadcast_as((b, p, d))?;
             let pe = hook(hooks, HookPoint::PosEmbed, pe)?;
@@ -618,12 +668,13 @@ impl HookedTransformer {
         x: Tensor,
         mask: Option<&Tensor>,
         rope: Option<&(Tensor, Tensor)>,
+        kv: Option<&mut LayerKv>,
         hooks: &mut H,
     ) -> Result<Tensor> {
         let has_mlp = self.weights.blocks[l].mlp.is_some();
         let resid = hook(hooks, HookPoint::ResidPre(l), x)?;
         if self.cfg.post_norm {
-            let attn_out = self.attention(l, &resid, mask, rope, hooks)?;
+            let attn_out = self.attention(l, &resid, mask, rope, kv, hooks)?;
             let mid = hook(hooks, HookPoint::ResidMid(l), (resid + attn_out)?)?;
             let normed = self.apply_ln1(l, &mid, hooks)?;
             let post = if has_mlp {
@@ -635,7 +686,7 @@ impl HookedTransformer {
             return self.apply_ln2(l, &post, hooks);
         }
         let normed = self.apply_ln1(l, &resid, hooks)?;
-        let attn_out = self.attention(l, &normed, mask, rope, hooks)?;
+        let attn_out = self.attention(l, &normed, mask, rope, kv, hooks)?;
         let post = if !has_mlp {
             (resid + attn_out)?
         } else if self.cfg.parallel_residual {
@@ -673,6 +724,7 @@ impl HookedTransformer {
         x: &Tensor,
         mask: Option<&Tensor>,
         rope: Option<&(Tensor, Tensor)>,
+        kv: Option<&mut LayerKv>,
         hooks: &mut H,
     ) -> Result<Tensor> {
         let a = &self.weights.blocks[l].attn;
@@ -696,8 +748,16 @@ impl HookedTransformer {
         };
         // [batch, head, pos, d_head]; the 1/√d_head scale rides along the copy of q.
         let qh = q.transpose(1, 2)?.affine(1.0 / (dh as f64).sqrt(), 0.0)?;
-        let kh = repeat_kv(k.transpose(1, 2)?.contiguous()?, cfg.kv_group())?;
-        let vh = repeat_kv(v.transpose(1, 2)?.contiguous()?, cfg.kv_group())?;
+        let (k, v) = (
+            k.transpose(1, 2)?.contiguous()?,
+            v.transpose(1, 2)?.contiguous()?,
+        );
+        let (k, v) = match kv {
+            Some(slot) => slot.append(k, v)?,
+            None => (k, v),
+        };
+        let kh = repeat_kv(k, cfg.kv_group())?;
+        let vh = repeat_kv(v, cfg.kv_group())?;
         let mut scores = qh.contiguous()?.matmul(&kh.t()?)?;
         if let Some(m) = mask {
             scores = scores.broadcast_add(m)?;
@@ -763,6 +823,52 @@ impl HookedTransformer {
         let out =
             linear(&post.reshape((b * p, dm))?, &m.w_out, m.b_out.as_ref())?.reshape((b, p, d))?;
         hook(hooks, HookPoint::MlpOut(l), out)
+    }
+}
+
+/// The keys and values of every layer of the positions a decoder has already run, for
+/// [`HookedTransformer::run_cached`] (generation without recomputing the prefix).
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<LayerKv>,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache for `model`.
+    pub fn new(model: &HookedTransformer) -> Self {
+        KvCache {
+            layers: vec![LayerKv::default(); model.cfg.n_layers],
+            len: 0,
+        }
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// One layer's cached keys and values `[batch, kv_heads, pos, d_head]` (keys after rotary).
+#[derive(Debug, Clone, Default)]
+pub struct LayerKv {
+    kv: Option<(Tensor, Tensor)>,
+}
+
+impl LayerKv {
+    /// Appends the new keys and values along the positions; returns all of them.
+    fn append(&mut self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let all = match self.kv.take() {
+            Some((k0, v0)) => (Tensor::cat(&[&k0, &k], 2)?, Tensor::cat(&[&v0, &v], 2)?),
+            None => (k, v),
+        };
+        self.kv = Some(all.clone());
+        Ok(all)
     }
 }
 
