@@ -4,7 +4,7 @@ smollm2-reference`).
 
 - Token ids of a fixed text suite from llama.cpp (llama-cpp-python, vocab only, no BOS, special
   tokens parsed): the tokenizer metarep rebuilds from the GGUF metadata must give the same ids.
-- On those ids (plain English and code), transformers' GGUF loader (every tensor dequantized
+- On those ids (plain English and code; BOS first, as the models are trained), transformers' GGUF loader (every tensor dequantized
   to f32) gives the logits: the top 10 values and ids at every position, and two full rows, and
   the hidden states (`blocks.{l}.hook_resid_pre` of every layer, and the final norm's output) at
   the last position.
@@ -33,6 +33,7 @@ TEXTS = [
     "spaces:   three, tabs:\t\ttwo, newlines:\n\n\nthree",
     "Ünïcödé: naïve café, 東京, Привет, 🙂 and ∑ x² ≤ 1",
     "<|im_start|>user\nHi!<|im_end|>",
+    "<start_of_turn>user\nWrite   a <b>poem</b>.<end_of_turn>\n\n\n\n",
 ]
 # Texts the logits and hidden states are recorded on (indices into TEXTS).
 SCORED = [0, 2]
@@ -45,10 +46,12 @@ def main():
 
     vocab = Llama(model_path=model_path, vocab_only=True, verbose=False)
     ids = [vocab.tokenize(t.encode("utf-8"), add_bos=False, special=True) for t in TEXTS]
+    bos = vocab.token_bos()
+    scored_ids = {i: [bos] + ids[i] for i in SCORED}
     del vocab
 
     full = Llama(model_path=model_path, logits_all=True, n_ctx=512, n_threads=2, verbose=False)
-    en = ids[0]
+    en = scored_ids[0]
     full.eval(en)
     scores = np.array(full.scores[: len(en)], dtype=np.float64)
     nll_llama = float(np.mean([
@@ -72,17 +75,18 @@ def main():
         "texts": TEXTS,
         "ids": ids,
         "scored": SCORED,
+        "scored_ids": {str(i): v for i, v in scored_ids.items()},
         "top": TOP,
         "nll_llama_cpp": nll_llama,
         "logits": {},
     }
     tensors = {}
     for i in SCORED:
-        x = torch.tensor([ids[i]])
+        x = torch.tensor([scored_ids[i]])
         o = model(x, output_hidden_states=True)
         logits = o.logits[0].double()
         lp = torch.log_softmax(logits, -1)
-        nll = float(-lp[torch.arange(len(ids[i]) - 1), x[0, 1:]].mean())
+        nll = float(-lp[torch.arange(len(scored_ids[i]) - 1), x[0, 1:]].mean())
         vals, idx = logits.topk(TOP, dim=-1)
         record["logits"][str(i)] = {
             "top_values": vals.tolist(),
@@ -95,7 +99,7 @@ def main():
         for layer in range(len(hs) - 1):
             tensors[f"text{i}.resid_pre.{layer}"] = hs[layer][0, -1].numpy().astype(np.float32)
         tensors[f"text{i}.final_normed"] = hs[-1][0, -1].numpy().astype(np.float32)
-        print(f"text {i}: {len(ids[i])} tokens, NLL transformers {nll:.4f}")
+        print(f"text {i}: {len(scored_ids[i])} tokens, NLL transformers {nll:.4f}")
     print(f"llama.cpp NLL on text 0: {nll_llama:.4f}")
     with open(out + ".json", "w") as f:
         json.dump(record, f, indent=1, ensure_ascii=False)

@@ -18,7 +18,8 @@ Weights are re-drawn with larger variance than Hugging Face's default init (std 
 every path nearly linear): matrices N(0, 0.3²), norm scales 1 + N(0, 0.1²), biases N(0, 0.1²).
 
 Needs a Python with numpy, torch, transformers, transformer_lens, tokenizers, safetensors.
-Usage: parity_fixtures.py OUT_DIR
+Usage: parity_fixtures.py OUT_DIR [CASE ...]   (only the named cases, e.g. `gemma3`, which
+needs no TransformerLens)
 """
 
 import hashlib
@@ -236,6 +237,48 @@ def mistral_case():
     return model, dict(input_ids=ids, logits=out.logits), acts, "Hugging Face hidden states (TransformerLens has no sliding window); sliding_window 3 over 7 positions", None
 
 
+def gemma3_case():
+    """Gemma 3 with every switch the forward pass has: QK-norms, sandwich norms, GeGLU, √d
+    embedding scale, sliding (window 3) and global layers with their own rope bases (linear
+    scaling on the global one), query_pre_attn_scalar ≠ head_dim, a final logit soft-cap, and an
+    attention soft-cap that transformers' Gemma 3 stores but does not apply (nor does metarep).
+    Activations: Hugging Face's hidden states, attention patterns and layer 1's attention and
+    MLP outputs (TransformerLens 2.x has no Gemma 3)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    cfg = Gemma3TextConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=24, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                           max_position_embeddings=32, rms_norm_eps=1e-6, rope_theta=1000.0,
+                           rope_local_base_freq=100.0, rope_scaling={"rope_type": "linear", "factor": 2.0},
+                           query_pre_attn_scalar=6, sliding_window=3,
+                           layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                           attn_logit_softcapping=5.0, final_logit_softcapping=8.0, tie_word_embeddings=True,
+                           pad_token_id=0, bos_token_id=2, eos_token_id=1)
+    cfg._attn_implementation = "eager"
+    model = Gemma3ForCausalLM(cfg).eval()
+    reinit(model, 9)
+    ids = inputs(16)
+    captured = {}
+
+    def keep(name):
+        def hook(module, args, output):
+            captured[name] = output[0] if isinstance(output, tuple) else output
+        return hook
+
+    layers = model.model.layers
+    handles = [layers[1].self_attn.register_forward_hook(keep("blocks.1.hook_attn_out")),
+               layers[1].mlp.register_forward_hook(keep("blocks.1.hook_mlp_out")),
+               layers[2].register_forward_hook(keep("blocks.2.hook_resid_post"))]
+    out = model(ids, output_hidden_states=True, output_attentions=True)
+    for h in handles:
+        h.remove()
+    acts = {f"blocks.{l}.hook_resid_pre": out.hidden_states[l] for l in range(3)}
+    acts.update({f"blocks.{l}.attn.hook_pattern": out.attentions[l] for l in range(3)})
+    acts.update(captured)
+    acts = {k: v.detach().float().contiguous() for k, v in acts.items()}
+    return model, dict(input_ids=ids, logits=out.logits), acts, "Hugging Face hidden states, patterns and layer-1 sublayer outputs (TransformerLens 2.x has no Gemma 3); sliding_window 3 over 7 positions, logit soft-cap, QK-norms", None
+
+
 def bert_case():
     from transformers import BertConfig, BertForPreTraining
     from transformer_lens import HookedEncoder, HookedTransformerConfig
@@ -311,7 +354,7 @@ def sha256(path):
 
 
 def main():
-    if len(sys.argv) != 2:
+    if len(sys.argv) < 2:
         raise SystemExit(__doc__)
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
@@ -324,8 +367,15 @@ def main():
         "llama_tied": lambda: llama_case("llama_tied"),
         "qwen2": lambda: llama_case("qwen2"),
         "mistral": mistral_case,
+        "gemma3": gemma3_case,
         "bert": bert_case,
     }
+    only = sys.argv[2:]
+    if only:
+        unknown = [c for c in only if c not in cases]
+        if unknown:
+            raise SystemExit(f"unknown cases {unknown}; known: {list(cases)}")
+        cases = {c: cases[c] for c in only}
     manifest = []
     for name, make in cases.items():
         print(name)
@@ -348,9 +398,10 @@ def main():
         save_file(tensors, os.path.join(d, "reference.safetensors"))
         for f in sorted(os.listdir(d)):
             manifest.append({"file": f"parity/{name}/{f}", "sha256": sha256(os.path.join(d, f)), "how": note})
-    files, note = tokenizer_case(out)
-    for f in files:
-        manifest.append({"file": os.path.relpath(f, os.path.dirname(out)), "sha256": sha256(f), "how": note})
+    if not only:
+        files, note = tokenizer_case(out)
+        for f in files:
+            manifest.append({"file": os.path.relpath(f, os.path.dirname(out)), "sha256": sha256(f), "how": note})
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump({"script": "xtask/python/parity_fixtures.py", "files": manifest}, f, indent=1, ensure_ascii=False)
         f.write("\n")

@@ -132,10 +132,10 @@ impl ActivationCache {
 
     /// Decompositions of the residual stream need pre-norm blocks (BERT renormalises it).
     fn require_pre_norm(&self) -> Result<()> {
-        if self.model.config().post_norm {
+        if !self.model.config().additive_residual() {
             return Err(Error::Unsupported(
-                "residual-stream decompositions need a pre-norm model; BERT renormalises the \
-                 stream after every block"
+                "residual-stream decompositions need a stream that sums the sublayer outputs; \
+                 BERT renormalises it after every block, Gemma normalises each sublayer's output"
                     .into(),
             ));
         }

@@ -18,6 +18,8 @@ pub enum Family {
     Llama,
     /// BERT encoder (`model_type = "bert"`).
     Bert,
+    /// Gemma 3 text decoder (`model_type = "gemma3_text"`).
+    Gemma3,
     /// A model saved by metarep itself (`model_type = "metarep"`: TransformerLens tensor names).
     Metarep,
 }
@@ -191,9 +193,35 @@ pub struct ModelConfig {
     pub post_norm: bool,
     /// Causal (decoder) attention; false for bidirectional encoders.
     pub causal: bool,
-    /// Each query attends to at most this many most recent keys (Mistral).
+    /// Each query attends to at most this many most recent keys, itself included (Mistral;
+    /// Gemma's local layers).
     #[serde(default)]
     pub sliding_window: Option<usize>,
+    /// Layers exempt from `sliding_window` (Gemma's global layers, which use `rotary`); empty:
+    /// the window, if any, applies to every layer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub full_attention_layers: Vec<usize>,
+    /// Rotary embedding of the sliding-window layers when it differs from `rotary` (Gemma 3's
+    /// local base 10 000 against its global 1 000 000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_rotary: Option<Rotary>,
+    /// RMSNorm of each query and key head over `d_head` before the rotary embedding
+    /// (`attn.q_ln`, `attn.k_ln`; Gemma 3).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub qk_norm: bool,
+    /// Norms on the attention and MLP outputs before they join the residual stream
+    /// (`ln1_post`, `ln2_post`; Gemma 2 and 3's "sandwich" norms).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub post_sublayer_norms: bool,
+    /// Token embeddings are multiplied by this before `hook_embed` (Gemma: `√d_model`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed_scale: Option<f64>,
+    /// The factor on `q·k` (default `1/√d_head`; Gemma: `query_pre_attn_scalar^-1/2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_scale: Option<f64>,
+    /// Logits are soft-capped to `c·tanh(z/c)` (Gemma's `final_logit_softcapping`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_softcap: Option<f64>,
     /// Token-type (segment) embeddings (BERT); 0 for none.
     #[serde(default)]
     pub n_token_types: usize,
@@ -251,6 +279,13 @@ impl ModelConfig {
             post_norm: false,
             causal: true,
             sliding_window: None,
+            full_attention_layers: Vec::new(),
+            local_rotary: None,
+            qk_norm: false,
+            post_sublayer_norms: false,
+            embed_scale: None,
+            attn_scale: None,
+            final_softcap: None,
             n_token_types: 0,
             qkv_bias: true,
             out_bias: true,
@@ -277,6 +312,33 @@ impl ModelConfig {
     /// Whether blocks have an MLP.
     pub fn has_mlp(&self) -> bool {
         !self.attn_only
+    }
+
+    /// The sliding window of layer `l` (`None`: it sees every earlier key).
+    pub fn window_of(&self, l: usize) -> Option<usize> {
+        self.sliding_window
+            .filter(|_| !self.full_attention_layers.contains(&l))
+    }
+
+    /// The rotary embedding of layer `l` (sliding-window layers use `local_rotary` when set).
+    pub fn rotary_of(&self, l: usize) -> Option<&Rotary> {
+        match (&self.local_rotary, self.window_of(l)) {
+            (Some(local), Some(_)) => Some(local),
+            _ => self.rotary.as_ref(),
+        }
+    }
+
+    /// The factor on `q·k` in attention scores.
+    pub fn score_scale(&self) -> f64 {
+        self.attn_scale
+            .unwrap_or_else(|| 1.0 / (self.d_head as f64).sqrt())
+    }
+
+    /// Whether the residual stream is the plain sum of the embeddings and the sublayers'
+    /// `hook_attn_out` / `hook_mlp_out` (false for BERT's post-norm blocks and for Gemma's
+    /// norms on the sublayer outputs), as residual decompositions need.
+    pub fn additive_residual(&self) -> bool {
+        !self.post_norm && !self.post_sublayer_norms
     }
 
     /// Checks the fields are consistent (sizes positive, heads divide, rotary fits the head).
@@ -330,6 +392,41 @@ impl ModelConfig {
         if self.sliding_window == Some(0) {
             return bad("sliding_window", "must be ≥ 1".into());
         }
+        if let Some(l) = self
+            .full_attention_layers
+            .iter()
+            .find(|&&l| l >= self.n_layers)
+        {
+            return bad(
+                "full_attention_layers",
+                format!("layer {l} is beyond the model's {} layers", self.n_layers),
+            );
+        }
+        if let Some(r) = &self.local_rotary {
+            if self.rotary.is_none_or(|g| g.dim != r.dim) {
+                return bad(
+                    "local_rotary",
+                    "needs a global `rotary` of the same dim".into(),
+                );
+            }
+        }
+        for (key, v) in [
+            ("embed_scale", self.embed_scale),
+            ("attn_scale", self.attn_scale),
+            ("final_softcap", self.final_softcap),
+        ] {
+            if let Some(v) = v {
+                if !(v.is_finite() && v > 0.0) {
+                    return bad(key, format!("{v} must be finite and positive"));
+                }
+            }
+        }
+        if self.post_sublayer_norms && (self.post_norm || self.parallel_residual) {
+            return bad(
+                "post_sublayer_norms",
+                "sublayer output norms need sequential pre-norm blocks".into(),
+            );
+        }
         if self.post_norm && self.parallel_residual {
             return bad(
                 "parallel_residual",
@@ -344,6 +441,11 @@ impl ModelConfig {
         }
         Ok(())
     }
+}
+
+/// For `skip_serializing_if`: metarep's config.json omits the Gemma switches when off.
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[cfg(test)]

@@ -95,10 +95,10 @@ pub struct ComponentStack {
 pub fn residual_components(cache: &ActivationCache, per_head: bool) -> Result<ComponentStack> {
     let model = cache.model();
     let cfg = model.config();
-    if cfg.post_norm {
+    if !cfg.additive_residual() {
         return Err(Error::Unsupported(
-            "direct logit attribution needs a pre-norm decoder; BERT renormalises after every \
-             block and its MLM head is non-linear"
+            "direct logit attribution needs a residual stream that sums the sublayer outputs; \
+             BERT renormalises after every block, Gemma normalises each sublayer's output"
                 .into(),
         ));
     }

@@ -15,7 +15,7 @@ pub fn load_weights(cfg: &mut ModelConfig, st: &mut CheckpointTensors) -> Result
     match cfg.family {
         Family::Gpt2 => gpt2(cfg, st),
         Family::GptNeox => neox(cfg, st),
-        Family::Llama => llama(cfg, st),
+        Family::Llama | Family::Gemma3 => llama(cfg, st),
         Family::Bert => bert(cfg, st),
         Family::Metarep => Weights::from_tl_tensors(cfg, st),
     }
@@ -45,6 +45,13 @@ fn layer_norm(st: &mut CheckpointTensors, p: &str, d: usize, bias: bool) -> Resu
         None
     };
     Ok(NormWeights { w, b })
+}
+
+/// An RMSNorm weight; Gemma stores `w` of the `x · (1 + w)` form, returned as `1 + w`.
+fn rms_norm(st: &mut CheckpointTensors, name: &str, d: usize, gemma: bool) -> Result<NormWeights> {
+    let w = st.take(&format!("{name}.weight"), &[d])?;
+    let w = if gemma { (w + 1.0)? } else { w };
+    Ok(NormWeights { w, b: None })
 }
 
 fn untied_unembed(
@@ -82,6 +89,8 @@ fn gpt2(cfg: &ModelConfig, st: &mut CheckpointTensors) -> Result<Weights> {
             b_k: bias(1)?,
             b_v: bias(2)?,
             b_o: Some(st.take(&format!("{b}.attn.c_proj.bias"), &[d])?),
+            q_ln: None,
+            k_ln: None,
         };
         let mlp = MlpWeights {
             w_in: st.take(&format!("{b}.mlp.c_fc.weight"), &[d, cfg.d_mlp])?,
@@ -95,6 +104,8 @@ fn gpt2(cfg: &ModelConfig, st: &mut CheckpointTensors) -> Result<Weights> {
             attn,
             ln2: Some(layer_norm(st, &format!("{b}.ln_2"), d, true)?),
             mlp: Some(mlp),
+            ln1_post: None,
+            ln2_post: None,
         });
     }
     let w = Weights {
@@ -159,6 +170,8 @@ fn neox(cfg: &ModelConfig, st: &mut CheckpointTensors) -> Result<Weights> {
             } else {
                 None
             },
+            q_ln: None,
+            k_ln: None,
         };
         let mlp = MlpWeights {
             w_in: linear_t(st, &format!("{b}.mlp.dense_h_to_4h.weight"), cfg.d_mlp, d)?,
@@ -177,6 +190,8 @@ fn neox(cfg: &ModelConfig, st: &mut CheckpointTensors) -> Result<Weights> {
                 true,
             )?),
             mlp: Some(mlp),
+            ln1_post: None,
+            ln2_post: None,
         });
     }
     let w = Weights {
@@ -199,7 +214,9 @@ fn neox(cfg: &ModelConfig, st: &mut CheckpointTensors) -> Result<Weights> {
     Ok(w)
 }
 
+/// Llama, Mistral, Qwen2 and Gemma 3 (the same names; Gemma adds QK-norms and output norms).
 fn llama(cfg: &ModelConfig, st: &mut CheckpointTensors) -> Result<Weights> {
+    let gemma = cfg.family == Family::Gemma3;
     let (d, h, hk, dh, m) = (
         cfg.d_model,
         cfg.n_heads,
@@ -231,6 +248,14 @@ fn llama(cfg: &ModelConfig, st: &mut CheckpointTensors) -> Result<Weights> {
             b_k: opt_bias(st, format!("{a}.k_proj.bias"), hk * dh, cfg.qkv_bias)?,
             b_v: opt_bias(st, format!("{a}.v_proj.bias"), hk * dh, cfg.qkv_bias)?,
             b_o: opt_bias(st, format!("{a}.o_proj.bias"), d, cfg.out_bias)?,
+            q_ln: cfg
+                .qk_norm
+                .then(|| rms_norm(st, &format!("{a}.q_norm"), dh, gemma))
+                .transpose()?,
+            k_ln: cfg
+                .qk_norm
+                .then(|| rms_norm(st, &format!("{a}.k_norm"), dh, gemma))
+                .transpose()?,
         };
         let mlp = MlpWeights {
             w_in: linear_t(st, &format!("{b}.mlp.up_proj.weight"), m, d)?,
@@ -247,16 +272,34 @@ fn llama(cfg: &ModelConfig, st: &mut CheckpointTensors) -> Result<Weights> {
                 )));
             }
         }
+        // Gemma's `post_attention_layernorm` normalises the attention output (`ln1_post`);
+        // Llama's is the norm before the MLP.
+        let (ln2_name, ln1_post, ln2_post) = if gemma {
+            (
+                "pre_feedforward_layernorm",
+                Some(rms_norm(
+                    st,
+                    &format!("{b}.post_attention_layernorm"),
+                    d,
+                    true,
+                )?),
+                Some(rms_norm(
+                    st,
+                    &format!("{b}.post_feedforward_layernorm"),
+                    d,
+                    true,
+                )?),
+            )
+        } else {
+            ("post_attention_layernorm", None, None)
+        };
         blocks.push(BlockWeights {
-            ln1: layer_norm(st, &format!("{b}.input_layernorm"), d, false)?,
+            ln1: rms_norm(st, &format!("{b}.input_layernorm"), d, gemma)?,
             attn,
-            ln2: Some(layer_norm(
-                st,
-                &format!("{b}.post_attention_layernorm"),
-                d,
-                false,
-            )?),
+            ln2: Some(rms_norm(st, &format!("{b}.{ln2_name}"), d, gemma)?),
             mlp: Some(mlp),
+            ln1_post,
+            ln2_post,
         });
     }
     let w = Weights {
@@ -265,7 +308,7 @@ fn llama(cfg: &ModelConfig, st: &mut CheckpointTensors) -> Result<Weights> {
         w_token_type: None,
         embed_ln: None,
         blocks,
-        ln_final: Some(layer_norm(st, "model.norm", d, false)?),
+        ln_final: Some(rms_norm(st, "model.norm", d, gemma)?),
         mlm_head: None,
         pooler: None,
         w_u: untied_unembed(cfg, st, "lm_head.weight")?,
@@ -309,6 +352,8 @@ fn bert(cfg: &mut ModelConfig, st: &mut CheckpointTensors) -> Result<Weights> {
             b_k: bias(st, format!("{s}.key.bias"), d)?,
             b_v: bias(st, format!("{s}.value.bias"), d)?,
             b_o: bias(st, format!("{b}.attention.output.dense.bias"), d)?,
+            q_ln: None,
+            k_ln: None,
         };
         let mlp = MlpWeights {
             w_in: linear_t(st, &format!("{b}.intermediate.dense.weight"), m, d)?,
@@ -322,6 +367,8 @@ fn bert(cfg: &mut ModelConfig, st: &mut CheckpointTensors) -> Result<Weights> {
             attn,
             ln2: Some(layer_norm(st, &format!("{b}.output.LayerNorm"), d, true)?),
             mlp: Some(mlp),
+            ln1_post: None,
+            ln2_post: None,
         });
     }
     let pooler = if cfg.pooler {

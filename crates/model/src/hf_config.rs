@@ -15,7 +15,14 @@ use crate::error::{Error, Result};
 
 /// The `model_type` values [`parse_hf_config`] accepts.
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
-    "gpt2", "gpt_neox", "llama", "mistral", "qwen2", "bert", "metarep",
+    "gpt2",
+    "gpt_neox",
+    "llama",
+    "mistral",
+    "qwen2",
+    "gemma3_text",
+    "bert",
+    "metarep",
 ];
 
 /// Typed access to the keys of a config object, with errors naming the key and file.
@@ -124,12 +131,18 @@ pub fn parse_hf_config(text: &str, path: &Path) -> Result<ModelConfig> {
         "gpt2" => gpt2(&keys)?,
         "gpt_neox" => neox(&keys)?,
         "llama" | "mistral" | "qwen2" => llama(&keys, model_type)?,
+        "gemma3_text" => gemma3(&keys)?,
         "bert" => bert(&keys)?,
         "metarep" => {
             let mut inner = map.clone();
             inner.remove("model_type");
-            serde_json::from_value(Value::Object(inner))
-                .map_err(|e| Error::json(path.display(), e))?
+            let cfg: ModelConfig = serde_json::from_value(Value::Object(inner))
+                .map_err(|e| Error::json(path.display(), e))?;
+            // Whatever family the model came from, metarep saved it under TransformerLens names.
+            ModelConfig {
+                family: Family::Metarep,
+                ..cfg
+            }
         }
         other => {
             return Err(Error::UnsupportedModelType {
@@ -331,9 +344,6 @@ fn neox(k: &Keys) -> Result<ModelConfig> {
 }
 
 fn llama(k: &Keys, model_type: &str) -> Result<ModelConfig> {
-    let d_model = k.usize("hidden_size")?;
-    let n_heads = k.usize("num_attention_heads")?;
-    let d_head = k.usize_or("head_dim", d_model / n_heads.max(1))?;
     let (qkv_bias, out_bias) = match model_type {
         "qwen2" => (true, false),
         "mistral" => (false, false),
@@ -362,10 +372,42 @@ fn llama(k: &Keys, model_type: &str) -> Result<ModelConfig> {
             ));
         }
     }
-    let n_ctx = k.usize_or("max_position_embeddings", 2048)?;
-    let base = base(
+    let base = gated_rms_decoder(
         k,
         Family::Llama,
+        None,
+        k.activation("hidden_act", "silu")?,
+        2048,
+    )?;
+    let d_head = base.d_head;
+    Ok(ModelConfig {
+        rotary: Some(rotary(k, d_head, 1.0, "rope_theta", 10000.0)?),
+        sliding_window,
+        qkv_bias,
+        out_bias,
+        mlp_bias: k.bool_or("mlp_bias", false)?,
+        tied_embeddings: k.bool_or("tie_word_embeddings", false)?,
+        ..base
+    })
+}
+
+/// What the Llama-style families share: RMSNorm, a gated MLP with activation `act`, rotary
+/// positions (set by the caller), grouped-query heads of `head_dim` (default `d_head`, else
+/// `hidden_size / num_attention_heads`).
+fn gated_rms_decoder(
+    k: &Keys,
+    family: Family,
+    d_head: Option<usize>,
+    act: Activation,
+    default_ctx: usize,
+) -> Result<ModelConfig> {
+    let d_model = k.usize("hidden_size")?;
+    let n_heads = k.usize("num_attention_heads")?;
+    let d_head = k.usize_or("head_dim", d_head.unwrap_or(d_model / n_heads.max(1)))?;
+    let n_ctx = k.usize_or("max_position_embeddings", default_ctx)?;
+    let base = base(
+        k,
+        family,
         k.usize("num_hidden_layers")?,
         d_model,
         n_heads,
@@ -377,15 +419,81 @@ fn llama(k: &Keys, model_type: &str) -> Result<ModelConfig> {
         d_mlp: k.usize("intermediate_size")?,
         norm: NormKind::RmsNorm,
         eps: k.f64_or("rms_norm_eps", 1e-6)?,
-        act: k.activation("hidden_act", "silu")?,
+        act,
         gated_mlp: true,
         learned_positions: false,
-        rotary: Some(rotary(k, d_head, 1.0, "rope_theta", 10000.0)?),
-        sliding_window,
-        qkv_bias,
-        out_bias,
-        mlp_bias: k.bool_or("mlp_bias", false)?,
-        tied_embeddings: k.bool_or("tie_word_embeddings", false)?,
+        rotary: None,
+        ..base
+    })
+}
+
+/// Gemma 3's text decoder: Llama's layout plus QK-norms, sandwich norms, GeGLU, scaled
+/// embeddings and interleaved sliding-window layers with their own rotary base.
+/// `attn_logit_softcapping` is not read: transformers' Gemma 3 attention does not apply it
+/// (the parity fixture sets it to show the outputs still agree).
+fn gemma3(k: &Keys) -> Result<ModelConfig> {
+    k.require_bool(
+        "use_bidirectional_attention",
+        false,
+        "Gemma 3 is loaded as a causal decoder",
+    )?;
+    let act = match k.get("hidden_activation") {
+        Some(_) => k.activation("hidden_activation", "gelu_pytorch_tanh")?,
+        None => k.activation("hidden_act", "gelu_pytorch_tanh")?,
+    };
+    let base = gated_rms_decoder(k, Family::Gemma3, Some(256), act, 32_768)?;
+    let (n_layers, d_head) = (base.n_layers, base.d_head);
+    let full_attention_layers =
+        match k.get("layer_types") {
+            Some(Value::Array(types)) => {
+                let mut full = Vec::new();
+                for (l, t) in types.iter().enumerate() {
+                    match t.as_str() {
+                        Some("full_attention") => full.push(l),
+                        Some("sliding_attention") => {}
+                        _ => return Err(k.err(
+                            "layer_types",
+                            format!(
+                                "layer {l}: expected full_attention or sliding_attention, got {t}"
+                            ),
+                        )),
+                    }
+                }
+                if types.len() != n_layers {
+                    return Err(k.err(
+                        "layer_types",
+                        format!("{} entries for {n_layers} layers", types.len()),
+                    ));
+                }
+                full
+            }
+            Some(v) => return Err(k.err("layer_types", format!("expected a list, got {v}"))),
+            None => {
+                let every = k.usize_or("sliding_window_pattern", 6)?.max(1);
+                (0..n_layers).filter(|l| (l + 1) % every == 0).collect()
+            }
+        };
+    let global = rotary(k, d_head, 1.0, "rope_theta", 1_000_000.0)?;
+    let local = Rotary {
+        dim: global.dim,
+        base: k.f64_or("rope_local_base_freq", 10_000.0)?,
+        scaling: None,
+    };
+    let bias = k.bool_or("attention_bias", false)?;
+    Ok(ModelConfig {
+        rotary: Some(global),
+        local_rotary: Some(local),
+        sliding_window: Some(k.usize_or("sliding_window", 4096)?),
+        full_attention_layers,
+        qk_norm: true,
+        post_sublayer_norms: true,
+        embed_scale: Some((base.d_model as f64).sqrt()),
+        attn_scale: Some(1.0 / k.f64_or("query_pre_attn_scalar", d_head as f64)?.sqrt()),
+        final_softcap: k.opt_f64("final_logit_softcapping")?,
+        qkv_bias: bias,
+        out_bias: bias,
+        mlp_bias: false,
+        tied_embeddings: k.bool_or("tie_word_embeddings", true)?,
         ..base
     })
 }

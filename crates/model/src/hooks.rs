@@ -11,11 +11,13 @@
 //! | `blocks.{l}.ln1.hook_scale` / `hook_normalized` (also `ln2`) | [`HookPoint::Ln1Scale`] … | `[batch, pos, 1]` / `[batch, pos, d_model]` |
 //! | `blocks.{l}.attn.hook_q` | [`HookPoint::Q`] | `[batch, pos, n_heads, d_head]` |
 //! | `blocks.{l}.attn.hook_k` / `hook_v` | [`HookPoint::K`] / [`HookPoint::V`] | `[batch, pos, n_kv_heads, d_head]` |
+//! | `blocks.{l}.attn.q_ln.hook_scale` / `hook_normalized` (also `k_ln`; QK-norm models) | [`HookPoint::QLnScale`] … | `[batch, pos, heads, 1]` / as `hook_q` |
 //! | `blocks.{l}.attn.hook_rot_q` / `hook_rot_k` | [`HookPoint::RotQ`] / [`HookPoint::RotK`] | as `hook_q` / `hook_k` |
 //! | `blocks.{l}.attn.hook_attn_scores` / `hook_pattern` | [`HookPoint::AttnScores`] / [`HookPoint::Pattern`] | `[batch, n_heads, query_pos, key_pos]` |
 //! | `blocks.{l}.attn.hook_z` | [`HookPoint::Z`] | `[batch, pos, n_heads, d_head]` |
 //! | `blocks.{l}.attn.hook_result` | [`HookPoint::HeadResult`] | `[batch, pos, n_heads, d_model]` (only when asked for) |
 //! | `blocks.{l}.hook_attn_out` / `hook_mlp_out` | [`HookPoint::AttnOut`] / [`HookPoint::MlpOut`] | `[batch, pos, d_model]` |
+//! | `blocks.{l}.ln1_post.hook_scale` / `hook_normalized` (also `ln2_post`; Gemma's sublayer output norms) | [`HookPoint::Ln1PostScale`] … | `[batch, pos, 1]` / `[batch, pos, d_model]` |
 //! | `blocks.{l}.mlp.hook_pre` / `hook_pre_linear` / `hook_post` | [`HookPoint::MlpPre`] … | `[batch, pos, d_mlp]` |
 //! | `ln_final.hook_scale` / `hook_normalized` | [`HookPoint::LnFinalScale`] / [`HookPoint::LnFinalNormalized`] | `[batch, pos, 1]` / `[batch, pos, d_model]` |
 //!
@@ -66,6 +68,14 @@ pub enum HookPoint {
     K(usize),
     /// `blocks.{l}.attn.hook_v` `[batch, pos, n_kv_heads, d_head]`.
     V(usize),
+    /// `blocks.{l}.attn.q_ln.hook_scale` `[batch, pos, n_heads, 1]` (QK-norm models).
+    QLnScale(usize),
+    /// `blocks.{l}.attn.q_ln.hook_normalized` `[batch, pos, n_heads, d_head]`: before `w`.
+    QLnNormalized(usize),
+    /// `blocks.{l}.attn.k_ln.hook_scale` `[batch, pos, n_kv_heads, 1]` (QK-norm models).
+    KLnScale(usize),
+    /// `blocks.{l}.attn.k_ln.hook_normalized` `[batch, pos, n_kv_heads, d_head]`: before `w`.
+    KLnNormalized(usize),
     /// `blocks.{l}.attn.hook_rot_q`: queries after rotary embedding.
     RotQ(usize),
     /// `blocks.{l}.attn.hook_rot_k`: keys after rotary embedding.
@@ -79,16 +89,24 @@ pub enum HookPoint {
     /// `blocks.{l}.attn.hook_result` `[batch, pos, n_heads, d_model]`: each head's output
     /// (`z W_O`, without `b_O`); computed only when a hook or cache asks for it.
     HeadResult(usize),
-    /// `blocks.{l}.hook_attn_out` `[batch, pos, d_model]` (with `b_O`).
+    /// `blocks.{l}.hook_attn_out` `[batch, pos, d_model]` (with `b_O`; before `ln1_post`).
     AttnOut(usize),
+    /// `blocks.{l}.ln1_post.hook_scale` `[batch, pos, 1]` (sublayer output norms).
+    Ln1PostScale(usize),
+    /// `blocks.{l}.ln1_post.hook_normalized` `[batch, pos, d_model]`: before `w`.
+    Ln1PostNormalized(usize),
     /// `blocks.{l}.mlp.hook_pre` `[batch, pos, d_mlp]`: pre-activation (gate branch if gated).
     MlpPre(usize),
     /// `blocks.{l}.mlp.hook_pre_linear` `[batch, pos, d_mlp]`: the linear branch of a gated MLP.
     MlpPreLinear(usize),
     /// `blocks.{l}.mlp.hook_post` `[batch, pos, d_mlp]`: neuron activations.
     MlpPost(usize),
-    /// `blocks.{l}.hook_mlp_out` `[batch, pos, d_model]` (with `b_out`).
+    /// `blocks.{l}.hook_mlp_out` `[batch, pos, d_model]` (with `b_out`; before `ln2_post`).
     MlpOut(usize),
+    /// `blocks.{l}.ln2_post.hook_scale` `[batch, pos, 1]` (sublayer output norms).
+    Ln2PostScale(usize),
+    /// `blocks.{l}.ln2_post.hook_normalized` `[batch, pos, d_model]`: before `w`.
+    Ln2PostNormalized(usize),
     /// `ln_final.hook_scale` `[batch, pos, 1]`.
     LnFinalScale,
     /// `ln_final.hook_normalized` `[batch, pos, d_model]`.
@@ -123,6 +141,10 @@ const BLOCK: &[(&str, BlockCtor)] = &[
     ("attn.hook_q", HookPoint::Q),
     ("attn.hook_k", HookPoint::K),
     ("attn.hook_v", HookPoint::V),
+    ("attn.q_ln.hook_scale", HookPoint::QLnScale),
+    ("attn.q_ln.hook_normalized", HookPoint::QLnNormalized),
+    ("attn.k_ln.hook_scale", HookPoint::KLnScale),
+    ("attn.k_ln.hook_normalized", HookPoint::KLnNormalized),
     ("attn.hook_rot_q", HookPoint::RotQ),
     ("attn.hook_rot_k", HookPoint::RotK),
     ("attn.hook_attn_scores", HookPoint::AttnScores),
@@ -130,6 +152,8 @@ const BLOCK: &[(&str, BlockCtor)] = &[
     ("attn.hook_z", HookPoint::Z),
     ("attn.hook_result", HookPoint::HeadResult),
     ("hook_attn_out", HookPoint::AttnOut),
+    ("ln1_post.hook_scale", HookPoint::Ln1PostScale),
+    ("ln1_post.hook_normalized", HookPoint::Ln1PostNormalized),
     ("hook_resid_mid", HookPoint::ResidMid),
     ("ln2.hook_scale", HookPoint::Ln2Scale),
     ("ln2.hook_normalized", HookPoint::Ln2Normalized),
@@ -137,6 +161,8 @@ const BLOCK: &[(&str, BlockCtor)] = &[
     ("mlp.hook_pre_linear", HookPoint::MlpPreLinear),
     ("mlp.hook_post", HookPoint::MlpPost),
     ("hook_mlp_out", HookPoint::MlpOut),
+    ("ln2_post.hook_scale", HookPoint::Ln2PostScale),
+    ("ln2_post.hook_normalized", HookPoint::Ln2PostNormalized),
     ("hook_resid_post", HookPoint::ResidPost),
 ];
 
@@ -162,6 +188,14 @@ impl HookPoint {
             | H::Q(l)
             | H::K(l)
             | H::V(l)
+            | H::QLnScale(l)
+            | H::QLnNormalized(l)
+            | H::KLnScale(l)
+            | H::KLnNormalized(l)
+            | H::Ln1PostScale(l)
+            | H::Ln1PostNormalized(l)
+            | H::Ln2PostScale(l)
+            | H::Ln2PostNormalized(l)
             | H::RotQ(l)
             | H::RotK(l)
             | H::AttnScores(l)
@@ -229,6 +263,11 @@ impl HookPoint {
             H::RotQ(_) | H::RotK(_) => cfg.rotary.is_some(),
             H::MlpPre(_) | H::MlpPost(_) | H::MlpOut(_) => mlp,
             H::MlpPreLinear(_) => mlp && cfg.gated_mlp,
+            H::QLnScale(_) | H::QLnNormalized(_) | H::KLnScale(_) | H::KLnNormalized(_) => {
+                cfg.qk_norm
+            }
+            H::Ln1PostScale(_) | H::Ln1PostNormalized(_) => cfg.post_sublayer_norms,
+            H::Ln2PostScale(_) | H::Ln2PostNormalized(_) => cfg.post_sublayer_norms && mlp,
             _ => true,
         }
     }

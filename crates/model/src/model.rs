@@ -45,7 +45,9 @@ pub struct HookedTransformer {
     weights: Arc<Weights>,
     /// The effective unembedding `[d_model, d_vocab]` (a view of `W_E` when tied).
     w_u: Option<Tensor>,
+    /// Rotary inverse frequencies of the global layers and (Gemma) of the sliding-window ones.
     inv_freq: Option<Vec<f64>>,
+    local_inv_freq: Option<Vec<f64>>,
     tokenizer: Option<Arc<Tokenizer>>,
 }
 
@@ -84,11 +86,13 @@ impl HookedTransformer {
             (None, _) => Some(weights.w_e.t()?),
         };
         let inv_freq = cfg.rotary.as_ref().map(|r| r.inv_freq());
+        let local_inv_freq = cfg.local_rotary.as_ref().map(|r| r.inv_freq());
         Ok(Self {
             cfg: Arc::new(cfg),
             weights: Arc::new(weights),
             w_u,
             inv_freq,
+            local_inv_freq,
             tokenizer: None,
         })
     }
@@ -310,12 +314,31 @@ impl HookedTransformer {
         let offset = cache.as_ref().map_or(0, |c| c.len);
         let tokens = self.check_tokens(&input.tokens, offset)?;
         let (b, p) = tokens.dims2()?;
-        let mask = self.attention_bias(b, p, offset, input.attention_mask.as_ref())?;
-        let rope = self.rope_tables(offset, p)?;
+        let padding = input.attention_mask.as_ref();
+        let windowed = |l: usize| self.cfg.window_of(l).is_some();
+        // Full-attention and sliding-window layers differ in mask and (Gemma) rotary tables.
+        let full_mask = if (0..n_layers).any(|l| !windowed(l)) {
+            self.attention_bias(b, p, offset, None, padding)?
+        } else {
+            None
+        };
+        let window_mask = match self.cfg.sliding_window {
+            Some(w) if (0..n_layers).any(windowed) => {
+                self.attention_bias(b, p, offset, Some(w), padding)?
+            }
+            _ => None,
+        };
+        let rope = self.rope_tables(self.inv_freq.as_deref(), offset, p)?;
+        let local_rope = self.rope_tables(self.local_inv_freq.as_deref(), offset, p)?;
         let mut x = self.embed(&tokens, offset, input.token_type_ids.as_ref(), hooks)?;
         for l in 0..n_layers {
             let kv = cache.as_deref_mut().map(|c| &mut c.layers[l]);
-            x = self.block(l, x, mask.as_ref(), rope.as_ref(), kv, hooks)?;
+            let (mask, rope) = if windowed(l) {
+                (window_mask.as_ref(), local_rope.as_ref().or(rope.as_ref()))
+            } else {
+                (full_mask.as_ref(), rope.as_ref())
+            };
+            x = self.block(l, x, mask, rope, kv, hooks)?;
         }
         if let RunTo::Layer(_) = to {
             return Ok(x);
@@ -357,7 +380,10 @@ impl HookedTransformer {
                 )?
                 .squeeze(0)?;
         }
-        let logits = linear(&h, w_u, self.weights.b_u.as_ref())?;
+        let mut logits = linear(&h, w_u, self.weights.b_u.as_ref())?;
+        if let Some(cap) = self.cfg.final_softcap {
+            logits = soft_cap(&logits, cap)?;
+        }
         Ok(logits.reshape((b, p, self.cfg.d_vocab))?)
     }
 
@@ -408,16 +434,16 @@ impl HookedTransformer {
     }
 
     /// The additive attention bias `[batch or 1, 1, q, k]` (0 or `-inf`) of `p` queries at
-    /// positions `offset..offset + p` over keys `0..offset + p`, or `None` when every query sees
-    /// every key.
+    /// positions `offset..offset + p` over keys `0..offset + p` (each query seeing at most the
+    /// `window` latest keys), or `None` when every query sees every key.
     fn attention_bias(
         &self,
         b: usize,
         p: usize,
         offset: usize,
+        window: Option<usize>,
         padding: Option<&Tensor>,
     ) -> Result<Option<Tensor>> {
-        let window = self.cfg.sliding_window;
         let keys_n = offset + p;
         let mut bias = if self.cfg.causal || window.is_some() {
             let mut m = vec![0f32; p * keys_n];
@@ -477,9 +503,15 @@ impl HookedTransformer {
             .transpose()
     }
 
-    /// `(cos, sin)` tables `[pos, rotary_dim / 2]` for positions `offset..offset + p`.
-    fn rope_tables(&self, offset: usize, p: usize) -> Result<Option<(Tensor, Tensor)>> {
-        let Some(inv) = &self.inv_freq else {
+    /// `(cos, sin)` tables `[1, pos, 1, rotary_dim / 2]` of the inverse frequencies `inv` for
+    /// positions `offset..offset + p`.
+    fn rope_tables(
+        &self,
+        inv: Option<&[f64]>,
+        offset: usize,
+        p: usize,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let Some(inv) = inv else {
             return Ok(None);
         };
         let half = inv.len();
@@ -511,10 +543,13 @@ impl HookedTransformer {
         let (b, p) = tokens.dims2()?;
         let d = self.cfg.d_model;
         let w = &self.weights;
-        let e = w
+        let mut e = w
             .w_e
             .index_select(&tokens.flatten_all()?, 0)?
             .reshape((b, p, d))?;
+        if let Some(scale) = self.cfg.embed_scale {
+            e = e.affine(scale, 0.0)?;
+        }
         let mut x = hook(hooks, HookPoint::Embed, e)?;
         if let Some(w_pos) = &w.w_pos {
             let pe = w_pos
@@ -687,6 +722,13 @@ impl HookedTransformer {
         }
         let normed = self.apply_ln1(l, &resid, hooks)?;
         let attn_out = self.attention(l, &normed, mask, rope, kv, hooks)?;
+        let blk = &self.weights.blocks[l];
+        let attn_out = self.output_norm(
+            blk.ln1_post.as_ref(),
+            attn_out,
+            HookPoint::Ln1PostScale(l),
+            hooks,
+        )?;
         let post = if !has_mlp {
             (resid + attn_out)?
         } else if self.cfg.parallel_residual {
@@ -695,9 +737,35 @@ impl HookedTransformer {
         } else {
             let mid = hook(hooks, HookPoint::ResidMid(l), (resid + attn_out)?)?;
             let mlp_out = self.mlp(l, &self.apply_ln2(l, &mid, hooks)?, hooks)?;
+            let mlp_out = self.output_norm(
+                blk.ln2_post.as_ref(),
+                mlp_out,
+                HookPoint::Ln2PostScale(l),
+                hooks,
+            )?;
             (mid + mlp_out)?
         };
         hook(hooks, HookPoint::ResidPost(l), post)
+    }
+
+    /// A sublayer output through its norm `ln` (Gemma's `ln1_post` / `ln2_post`, hooked at
+    /// `scale_at` and the `hook_normalized` after it), or unchanged when there is none.
+    fn output_norm<H: Hooks>(
+        &self,
+        ln: Option<&NormWeights>,
+        out: Tensor,
+        scale_at: HookPoint,
+        hooks: &mut H,
+    ) -> Result<Tensor> {
+        let normalized_at = match scale_at {
+            HookPoint::Ln1PostScale(l) => HookPoint::Ln1PostNormalized(l),
+            HookPoint::Ln2PostScale(l) => HookPoint::Ln2PostNormalized(l),
+            other => other,
+        };
+        match ln {
+            Some(ln) => self.norm(&out, ln, scale_at, normalized_at, hooks),
+            None => Ok(out),
+        }
     }
 
     /// Rotates the first `rotary.dim` channels of `x: [batch, pos, heads, d_head]`.
@@ -738,6 +806,25 @@ impl HookedTransformer {
         let k = hook(hooks, HookPoint::K(l), k)?;
         let v = linear(&x2, &a.w_v, a.b_v.as_ref())?.reshape((b, p, hk, dh))?;
         let v = hook(hooks, HookPoint::V(l), v)?;
+        let (q, k) = match (&a.q_ln, &a.k_ln) {
+            (Some(q_ln), Some(k_ln)) => (
+                self.norm(
+                    &q,
+                    q_ln,
+                    HookPoint::QLnScale(l),
+                    HookPoint::QLnNormalized(l),
+                    hooks,
+                )?,
+                self.norm(
+                    &k,
+                    k_ln,
+                    HookPoint::KLnScale(l),
+                    HookPoint::KLnNormalized(l),
+                    hooks,
+                )?,
+            ),
+            _ => (q, k),
+        };
         let (q, k) = match rope {
             Some(tables) => {
                 let q = hook(hooks, HookPoint::RotQ(l), self.apply_rope(&q, tables)?)?;
@@ -746,8 +833,8 @@ impl HookedTransformer {
             }
             None => (q, k),
         };
-        // [batch, head, pos, d_head]; the 1/√d_head scale rides along the copy of q.
-        let qh = q.transpose(1, 2)?.affine(1.0 / (dh as f64).sqrt(), 0.0)?;
+        // [batch, head, pos, d_head]; the score scale (1/√d_head) rides along the copy of q.
+        let qh = q.transpose(1, 2)?.affine(cfg.score_scale(), 0.0)?;
         let (k, v) = (
             k.transpose(1, 2)?.contiguous()?,
             v.transpose(1, 2)?.contiguous()?,
@@ -824,6 +911,11 @@ impl HookedTransformer {
             linear(&post.reshape((b * p, dm))?, &m.w_out, m.b_out.as_ref())?.reshape((b, p, d))?;
         hook(hooks, HookPoint::MlpOut(l), out)
     }
+}
+
+/// `cap · tanh(x / cap)` (Gemma's soft-capping of the logits).
+fn soft_cap(x: &Tensor, cap: f64) -> Result<Tensor> {
+    Ok(x.affine(1.0 / cap, 0.0)?.tanh()?.affine(cap, 0.0)?)
 }
 
 /// The keys and values of every layer of the positions a decoder has already run, for

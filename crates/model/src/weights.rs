@@ -44,6 +44,10 @@ pub struct AttnWeights {
     pub b_v: Option<Tensor>,
     /// Output bias `[d_model]`.
     pub b_o: Option<Tensor>,
+    /// Query-head norm over `[d_head]` (QK-norm models).
+    pub q_ln: Option<NormWeights>,
+    /// Key-head norm over `[d_head]` (QK-norm models).
+    pub k_ln: Option<NormWeights>,
 }
 
 /// One MLP layer.
@@ -72,6 +76,10 @@ pub struct BlockWeights {
     pub ln2: Option<NormWeights>,
     /// The MLP; absent in attention-only models.
     pub mlp: Option<MlpWeights>,
+    /// Norm on the attention output before the residual add (sublayer output norms).
+    pub ln1_post: Option<NormWeights>,
+    /// Norm on the MLP output before the residual add (sublayer output norms).
+    pub ln2_post: Option<NormWeights>,
 }
 
 /// BERT's masked-LM transform: `LN(act(x W + b))`.
@@ -164,6 +172,14 @@ impl Weights {
                     push(format!("{p}.{n}"), t);
                 }
             }
+            for (n, ln) in [("q_ln", &a.q_ln), ("k_ln", &a.k_ln)] {
+                if let Some(ln) = ln {
+                    norm(&format!("{p}.{n}"), ln, &mut push);
+                }
+            }
+            if let Some(n) = &blk.ln1_post {
+                norm(&format!("blocks.{l}.ln1_post"), n, &mut push);
+            }
             if let Some(n) = &blk.ln2 {
                 norm(&format!("blocks.{l}.ln2"), n, &mut push);
             }
@@ -180,6 +196,9 @@ impl Weights {
                         push(format!("{p}.{n}"), t);
                     }
                 }
+            }
+            if let Some(n) = &blk.ln2_post {
+                norm(&format!("blocks.{l}.ln2_post"), n, &mut push);
             }
         }
         if let Some(n) = &self.ln_final {
@@ -311,11 +330,15 @@ type OptGetter<'a> = &'a dyn Fn(&str, &[usize], bool) -> Result<Option<Tensor>>;
 fn build(cfg: &ModelConfig, get: Getter, opt: OptGetter, layout: Layout) -> Result<Weights> {
     let (d, h, hk, dh) = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
     let nb = cfg.norm_bias();
-    let norm = |p: &str| -> Result<NormWeights> {
+    let norm_of = |p: &str, d: usize| -> Result<NormWeights> {
         Ok(NormWeights {
             w: get(&format!("{p}.w"), &[d])?,
             b: opt(&format!("{p}.b"), &[d], nb)?,
         })
+    };
+    let norm = |p: &str| norm_of(p, d);
+    let norm_if = |p: &str, d: usize, present: bool| -> Result<Option<NormWeights>> {
+        present.then(|| norm_of(p, d)).transpose()
     };
     let tl = layout == Layout::TransformerLens;
     let kv = kv_prefix(cfg);
@@ -359,6 +382,8 @@ fn build(cfg: &ModelConfig, get: Getter, opt: OptGetter, layout: Layout) -> Resu
                 &[d],
                 cfg.out_bias,
             )?,
+            q_ln: norm_if(&format!("{p}.q_ln"), dh, cfg.qk_norm)?,
+            k_ln: norm_if(&format!("{p}.k_ln"), dh, cfg.qk_norm)?,
         };
         let has_ln2 = cfg.has_mlp() || cfg.post_norm;
         let mlp = if cfg.has_mlp() {
@@ -383,6 +408,12 @@ fn build(cfg: &ModelConfig, get: Getter, opt: OptGetter, layout: Layout) -> Resu
                 None
             },
             mlp,
+            ln1_post: norm_if(&format!("blocks.{l}.ln1_post"), d, cfg.post_sublayer_norms)?,
+            ln2_post: norm_if(
+                &format!("blocks.{l}.ln2_post"),
+                d,
+                cfg.post_sublayer_norms && cfg.has_mlp(),
+            )?,
         });
     }
     let w_e = get("embed.W_E", &[cfg.d_vocab, d])?;

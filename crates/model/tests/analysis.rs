@@ -308,13 +308,18 @@ fn direct_logit_attribution_sums_to_the_logits() {
 }
 
 #[test]
-fn dla_refuses_bert_and_needs_its_hooks() {
-    let (model, refs) = load_case("bert");
-    let (_, cache) = model
-        .run_with_cache(case_input(&refs), HookFilter::All)
-        .unwrap();
-    let err = direct_logit_attribution(&cache, &LogitTarget::AllLogits, false).unwrap_err();
-    assert!(err.to_string().contains("pre-norm"), "{err}");
+fn dla_refuses_bert_and_gemma_and_needs_its_hooks() {
+    for case in ["bert", "gemma3"] {
+        let (model, refs) = load_case(case);
+        let (_, cache) = model
+            .run_with_cache(case_input(&refs), HookFilter::All)
+            .unwrap();
+        let err = direct_logit_attribution(&cache, &LogitTarget::AllLogits, false).unwrap_err();
+        assert!(
+            err.to_string().contains("sums the sublayer outputs"),
+            "{err}"
+        );
+    }
     let (model, input) = fixture("gpt2");
     let (_, cache) = model
         .run_with_cache(input, "blocks.*.hook_resid_post")

@@ -1,6 +1,7 @@
 //! Generation with a key/value cache equals recomputing the whole sequence at every step, for
 //! learned positions (GPT-2) and rotary positions with grouped-query attention and a sliding
-//! window (Llama family); hooks see each new position; sampling is seeded; stop tokens stop.
+//! window (Llama family), and Gemma 3's interleaved sliding and global layers; hooks see each
+//! new position; sampling is seeded; stop tokens stop.
 
 use candle_core::{DType, Device};
 use metarep_core::compare::max_abs_diff;
@@ -23,10 +24,23 @@ fn models() -> Vec<(&'static str, HookedTransformer)> {
     assert!(llama.rotary.is_some() && llama.n_kv_heads == 2);
     let mut windowed = llama.clone();
     windowed.sliding_window = Some(5);
+    let gemma_json = serde_json::json!({
+        "model_type": "gemma3_text", "hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+        "intermediate_size": 48, "vocab_size": 40, "max_position_embeddings": 64,
+        "sliding_window": 3, "layer_types": ["sliding_attention", "full_attention"],
+        "final_logit_softcapping": 10.0
+    });
+    let gemma = metarep_model::hf_config::parse_hf_config(
+        &gemma_json.to_string(),
+        std::path::Path::new("<config>"),
+    )
+    .unwrap();
     [
         ("gpt2", gpt2),
         ("llama", llama),
         ("llama, window 5", windowed),
+        ("gemma3, window 3 then global", gemma),
     ]
     .into_iter()
     .map(|(n, c)| {

@@ -115,6 +115,36 @@ fn mistral_sliding_window_matches() {
 }
 
 #[test]
+fn gemma3_qk_norm_sandwich_norms_sliding_and_global_layers_match() {
+    // Window 3 over 7 positions on layers 0 and 2, layer 1 global with linearly scaled rope;
+    // soft-capped scores and logits (Hugging Face's states, patterns and layer-1 outputs).
+    // Hooks past the (excluded) block 0: resid_pre 1–2, patterns 1–2, attn/mlp out, resid_post.
+    assert_eq!(check_case("gemma3"), 7);
+}
+
+#[test]
+fn gemma3_saved_as_metarep_checkpoint_reloads_identically() {
+    // The Gemma switches and the extra norms survive metarep's own (TransformerLens-named)
+    // checkpoint format.
+    let (model, refs) = load_case("gemma3");
+    let dir = tempfile::tempdir().unwrap();
+    model.save_pretrained(dir.path()).unwrap();
+    let back = metarep_model::HookedTransformer::from_dir(dir.path(), &Default::default()).unwrap();
+    assert_eq!(back.config().family, metarep_model::Family::Metarep);
+    let same_family = metarep_model::ModelConfig {
+        family: metarep_model::Family::Metarep,
+        ..model.config().clone()
+    };
+    assert_eq!(back.config(), &same_family);
+    let input = case_input(&refs);
+    let (a, b) = (
+        model.forward(input.clone()).unwrap(),
+        back.forward(input).unwrap(),
+    );
+    assert_eq!(max_abs_diff(&a, &b, &|_| true), 0.0);
+}
+
+#[test]
 fn bert_encoder_matches() {
     // Padding mask, token types, MLM head; pooler and NSP head present in the checkpoint.
     assert!(check_case("bert") >= 20);

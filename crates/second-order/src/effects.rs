@@ -79,10 +79,11 @@ fn check_prompts(tokens: &Tensor, positions: &[usize]) -> Result<(usize, usize)>
 /// Rejects models the decomposition cannot handle exactly.
 fn check_model(model: &HookedTransformer) -> Result<()> {
     let cfg = model.config();
-    if cfg.post_norm {
+    if !cfg.additive_residual() {
         return Err(Error::Unsupported(
-            "post-norm blocks (BERT): the stream is renormalised after every block, so writes \
-             do not add up at the read-out; a pre-norm decoder is needed"
+            "post-norm blocks (BERT) or normed sublayer outputs (Gemma): the writes to the \
+             stream are not the sublayer outputs, so they do not add up at the read-out; a \
+             pre-norm decoder is needed"
                 .into(),
         ));
     }

@@ -3,10 +3,15 @@
 //! candle's `quantized` module) to the requested dtype under its Hugging Face name, and the
 //! tokenizer is rebuilt from `tokenizer.ggml.*` ([`tokenizer`]).
 //!
-//! Architectures: `llama` (Llama, SmolLM, Mistral-style models). llama.cpp's converter stores
-//! the query and key projections with the rows of each head permuted (for its interleaved
-//! rotary layout); they are permuted back here so that the rotate-half rotary of the forward
-//! pass sees Hugging Face's layout ([`unpermute_qk`]).
+//! Architectures: `llama` (Llama, SmolLM, Mistral-style models) and `gemma3`. llama.cpp's
+//! converter stores a llama's query and key projections with the rows of each head permuted
+//! (for its interleaved rotary layout); they are permuted back here so that the rotate-half
+//! rotary of the forward pass sees Hugging Face's layout ([`unpermute_qk`]). Gemma's are not
+//! permuted (llama.cpp runs it with rotate-half rotary), but its converter stores every RMSNorm
+//! weight as `1 + w`; the `w` of Hugging Face's checkpoints is given back here. What llama.cpp
+//! hard-codes for Gemma 3 rather than storing is taken from there: every sixth layer is global,
+//! the others slide with base 10 000, and queries are scaled by `1/√key_length` (by
+//! `1/√(d_model/heads)` in the 62-layer 27B model).
 //!
 //! A truncated or corrupt file, an unknown architecture, a missing metadata key or a tensor of
 //! an unsupported type is an error naming the file and the key or tensor.
@@ -137,7 +142,7 @@ fn type_name(v: &Value) -> String {
 }
 
 /// Architectures this loader implements.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3"];
 
 /// Reads the GGUF file at `path`: config, tensors (dequantized to `dtype` on `device`) and
 /// tokenizer.
@@ -160,22 +165,26 @@ pub fn read_gguf(path: &Path, dtype: DType, device: &Device) -> Result<GgufModel
     }
     let tokenizer = tokenizer::from_metadata(&meta)?;
     let tied = !content.tensor_infos.contains_key("output.weight");
-    let hf = llama_config(&meta, arch, tokenizer.vocab_size(), tied)?;
+    let hf = hf_config(&meta, arch, tokenizer.vocab_size(), tied)?;
+    let gemma = arch == "gemma3";
     let config = parse_hf_config(&hf.to_string(), path)?;
     let mut tensors = HashMap::with_capacity(content.tensor_infos.len());
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     for name in names {
         let t = read_tensor(&content, &mut reader, path, name, device)?;
-        let hf_name = hf_name(name).ok_or_else(|| {
+        let hf_name = hf_name(name, gemma).ok_or_else(|| {
             Error::Invalid(format!(
                 "{}: tensor `{name}` has no counterpart in a {arch} model",
                 path.display()
             ))
         })?;
         let t = match name.rsplit_once('.').map(|(stem, _)| stem) {
-            Some(stem) if stem.ends_with("attn_q") => unpermute_qk(&t, config.n_heads)?,
-            Some(stem) if stem.ends_with("attn_k") => unpermute_qk(&t, config.n_kv_heads)?,
+            Some(stem) if gemma && stem.ends_with("norm") => (t - 1.0)?,
+            Some(stem) if !gemma && stem.ends_with("attn_q") => unpermute_qk(&t, config.n_heads)?,
+            Some(stem) if !gemma && stem.ends_with("attn_k") => {
+                unpermute_qk(&t, config.n_kv_heads)?
+            }
             _ => t,
         };
         tensors.insert(hf_name, t.to_dtype(dtype)?);
@@ -214,13 +223,8 @@ fn read_tensor(
         .map_err(|e| bad(format!("cannot dequantize type {:?}: {e}", info.ggml_dtype)))
 }
 
-/// The Hugging Face config (as `config.json` would hold it) of a `llama` GGUF.
-fn llama_config(
-    meta: &Metadata,
-    arch: &str,
-    vocab: usize,
-    tied: bool,
-) -> Result<serde_json::Value> {
+/// The Hugging Face config (as `config.json` would hold it) of a `llama` or `gemma3` GGUF.
+fn hf_config(meta: &Metadata, arch: &str, vocab: usize, tied: bool) -> Result<serde_json::Value> {
     let key = |k: &str| format!("{arch}.{k}");
     let d_model = meta.usize(&key("embedding_length"))?;
     let heads = meta.usize(&key("attention.head_count"))?;
@@ -238,31 +242,70 @@ fn llama_config(
             format!("partial rotary ({rope_dims} of {head_dim} dims) is not supported"),
         ));
     }
-    for unsupported in ["rope.scaling.type", "rope.scaling.factor"] {
-        if meta.get(&key(unsupported)).is_some() {
-            return Err(meta.err(&key(unsupported), "rope scaling is not supported"));
-        }
-    }
+    let rope_scaling = match meta.get(&key("rope.scaling.type")) {
+        None => serde_json::Value::Null,
+        Some(_) => match meta.string(&key("rope.scaling.type"))? {
+            "none" => serde_json::Value::Null,
+            "linear" => {
+                let factor = meta.f64_or(&key("rope.scaling.factor"), f64::NAN)?;
+                if !(factor.is_finite() && factor > 0.0) {
+                    return Err(meta.err(
+                        &key("rope.scaling.factor"),
+                        "linear rope scaling needs a positive factor",
+                    ));
+                }
+                json!({"rope_type": "linear", "factor": factor})
+            }
+            other => {
+                return Err(meta.err(
+                    &key("rope.scaling.type"),
+                    format!("rope scaling `{other}` is not supported (none, linear)"),
+                ))
+            }
+        },
+    };
     let vocab = meta.usize_or(&key("vocab_size"), vocab)?;
-    Ok(json!({
+    let n_layers = meta.usize(&key("block_count"))?;
+    let mut hf = json!({
         "model_type": "llama",
         "hidden_size": d_model,
-        "num_hidden_layers": meta.usize(&key("block_count"))?,
+        "num_hidden_layers": n_layers,
         "num_attention_heads": heads,
         "num_key_value_heads": meta.usize_or(&key("attention.head_count_kv"), heads)?,
         "head_dim": head_dim,
         "intermediate_size": meta.usize(&key("feed_forward_length"))?,
         "rms_norm_eps": meta.f64_or(&key("attention.layer_norm_rms_epsilon"), 1e-5)?,
         "rope_theta": meta.f64_or(&key("rope.freq_base"), 10_000.0)?,
+        "rope_scaling": rope_scaling,
         "max_position_embeddings": meta.usize_or(&key("context_length"), 2048)?,
         "vocab_size": vocab,
         "tie_word_embeddings": tied,
         "hidden_act": "silu",
-    }))
+    });
+    if arch == "gemma3" {
+        let scalar = if n_layers == 62 {
+            d_model / heads
+        } else {
+            head_dim
+        };
+        let gemma = json!({
+            "model_type": "gemma3_text",
+            "hidden_activation": "gelu_pytorch_tanh",
+            "sliding_window": meta.usize(&key("attention.sliding_window"))?,
+            "sliding_window_pattern": 6,
+            "rope_local_base_freq": 10_000.0,
+            "query_pre_attn_scalar": scalar,
+        });
+        if let (Some(hf), Some(extra)) = (hf.as_object_mut(), gemma.as_object()) {
+            hf.remove("hidden_act");
+            hf.extend(extra.clone());
+        }
+    }
+    Ok(hf)
 }
 
-/// The Hugging Face name of a llama.cpp tensor name.
-fn hf_name(gguf: &str) -> Option<String> {
+/// The Hugging Face name of a llama.cpp tensor name (`gemma`: Gemma 3's norm names).
+fn hf_name(gguf: &str, gemma: bool) -> Option<String> {
     let fixed = match gguf {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -277,7 +320,12 @@ fn hf_name(gguf: &str) -> Option<String> {
     let layer: usize = layer.parse().ok()?;
     let hf = match part {
         "attn_norm.weight" => "input_layernorm.weight",
+        "ffn_norm.weight" if gemma => "pre_feedforward_layernorm.weight",
         "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "post_attention_norm.weight" if gemma => "post_attention_layernorm.weight",
+        "post_ffw_norm.weight" if gemma => "post_feedforward_layernorm.weight",
+        "attn_q_norm.weight" if gemma => "self_attn.q_norm.weight",
+        "attn_k_norm.weight" if gemma => "self_attn.k_norm.weight",
         "attn_q.weight" => "self_attn.q_proj.weight",
         "attn_k.weight" => "self_attn.k_proj.weight",
         "attn_v.weight" => "self_attn.v_proj.weight",
@@ -342,14 +390,19 @@ mod tests {
     #[test]
     fn tensor_names_map_to_hugging_face_names() {
         assert_eq!(
-            hf_name("blk.12.attn_q.weight").as_deref(),
+            hf_name("blk.12.attn_q.weight", false).as_deref(),
             Some("model.layers.12.self_attn.q_proj.weight")
         );
         assert_eq!(
-            hf_name("token_embd.weight").as_deref(),
+            hf_name("token_embd.weight", false).as_deref(),
             Some("model.embed_tokens.weight")
         );
-        assert!(hf_name("blk.x.attn_q.weight").is_none());
-        assert!(hf_name("rope_freqs.weight").is_none());
+        assert!(hf_name("blk.x.attn_q.weight", false).is_none());
+        assert!(hf_name("rope_freqs.weight", false).is_none());
+        assert_eq!(
+            hf_name("blk.3.ffn_norm.weight", true).as_deref(),
+            Some("model.layers.3.pre_feedforward_layernorm.weight")
+        );
+        assert!(hf_name("blk.3.post_ffw_norm.weight", false).is_none());
     }
 }
