@@ -443,36 +443,37 @@ fn gemma3(k: &Keys) -> Result<ModelConfig> {
     };
     let base = gated_rms_decoder(k, Family::Gemma3, Some(256), act, 32_768)?;
     let (n_layers, d_head) = (base.n_layers, base.d_head);
-    let full_attention_layers =
-        match k.get("layer_types") {
-            Some(Value::Array(types)) => {
-                let mut full = Vec::new();
-                for (l, t) in types.iter().enumerate() {
-                    match t.as_str() {
-                        Some("full_attention") => full.push(l),
-                        Some("sliding_attention") => {}
-                        _ => return Err(k.err(
+    let full_attention_layers = match k.get("layer_types") {
+        Some(Value::Array(types)) => {
+            let mut full = Vec::new();
+            for (l, t) in types.iter().enumerate() {
+                match t.as_str() {
+                    Some("full_attention") => full.push(l),
+                    Some("sliding_attention") => {}
+                    _ => {
+                        return Err(k.err(
                             "layer_types",
                             format!(
                                 "layer {l}: expected full_attention or sliding_attention, got {t}"
                             ),
-                        )),
+                        ))
                     }
                 }
-                if types.len() != n_layers {
-                    return Err(k.err(
-                        "layer_types",
-                        format!("{} entries for {n_layers} layers", types.len()),
-                    ));
-                }
-                full
             }
-            Some(v) => return Err(k.err("layer_types", format!("expected a list, got {v}"))),
-            None => {
-                let every = k.usize_or("sliding_window_pattern", 6)?.max(1);
-                (0..n_layers).filter(|l| (l + 1) % every == 0).collect()
+            if types.len() != n_layers {
+                return Err(k.err(
+                    "layer_types",
+                    format!("{} entries for {n_layers} layers", types.len()),
+                ));
             }
-        };
+            full
+        }
+        Some(v) => return Err(k.err("layer_types", format!("expected a list, got {v}"))),
+        None => {
+            let every = k.usize_or("sliding_window_pattern", 6)?.max(1);
+            (0..n_layers).filter(|l| (l + 1) % every == 0).collect()
+        }
+    };
     let global = rotary(k, d_head, 1.0, "rope_theta", 1_000_000.0)?;
     let local = Rotary {
         dim: global.dim,

@@ -310,4 +310,18 @@ fn bad_gguf_files_are_errors_naming_the_file_and_the_key() {
     let m: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     gguf_file::write(&mut std::fs::File::create(&p).unwrap(), &m, &tensors).unwrap();
     assert!(load(&p).contains("blk.0.mystery.weight"));
+    // A tensor of a type candle cannot read (IQ4_NL, ggml type 20) is named with its type.
+    let entries = metarep_model::gguf::header::tensor_entries(&good).unwrap();
+    assert_eq!(entries.len(), hf.len());
+    let victim = &entries[entries.len() / 2];
+    let mut patched = bytes.clone();
+    let at = victim.type_offset as usize;
+    patched[at..at + 4].copy_from_slice(&20u32.to_le_bytes());
+    let p = dir.path().join("iq4.gguf");
+    std::fs::write(&p, &patched).unwrap();
+    let e = load(&p);
+    assert!(
+        e.contains(&format!("`{}`", victim.name)) && e.contains("IQ4_NL") && e.contains("iq4.gguf"),
+        "{e}"
+    );
 }

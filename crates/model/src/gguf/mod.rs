@@ -16,6 +16,7 @@
 //! A truncated or corrupt file, an unknown architecture, a missing metadata key or a tensor of
 //! an unsupported type is an error naming the file and the key or tensor.
 
+pub mod header;
 pub mod tokenizer;
 
 use std::collections::HashMap;
@@ -150,7 +151,9 @@ pub fn read_gguf(path: &Path, dtype: DType, device: &Device) -> Result<GgufModel
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut reader = BufReader::new(file);
     let content = Content::read(&mut reader).map_err(|e| {
-        Error::Invalid(format!("{}: not a readable GGUF file: {e}", path.display()))
+        header::unreadable_tensor(path).unwrap_or_else(|| {
+            Error::Invalid(format!("{}: not a readable GGUF file: {e}", path.display()))
+        })
     })?;
     let meta = Metadata::new(path, &content);
     let arch = meta.string("general.architecture")?;

@@ -297,3 +297,35 @@ fn numbers<T>(
         .map(|(i, v)| read(v).ok_or_else(|| meta.err(key, format!("entry {i} is not {what}"))))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_follow_the_joined_tokens_scores_and_skip_byte_tokens() {
+        let tokens: Vec<String> = ["a", "b", "c", "ab", "bc", "abc", "<0x61>", "<0x"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let types = [1, 1, 1, 1, 1, 1, BYTE, 1];
+        // "bc" outranks "ab"; "abc" has two splits, both ranked by its score.
+        let scores = [0.0, 0.0, 0.0, -2.0, -1.0, -3.0, 0.0, 0.0];
+        let vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let merges = score_merges(&tokens, &types, &scores, &vocab);
+        let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            merges,
+            vec![
+                pair("b", "c"),
+                pair("a", "b"),
+                pair("a", "bc"),
+                pair("ab", "c")
+            ]
+        );
+    }
+}
