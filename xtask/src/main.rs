@@ -10,10 +10,12 @@
 //! ```
 
 mod bench;
+mod detector_maps;
 mod error;
 mod fig1;
 mod fig10;
 mod fig11;
+mod fig13;
 mod fig2;
 mod fig3;
 mod fig4;

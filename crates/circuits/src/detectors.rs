@@ -1,7 +1,8 @@
 //! Attention-head detectors on repeated random tokens, and in-context loss per position.
 //!
 //! A repeated batch is `[BOS, s_1 … s_L, s_1 … s_L]` with `s` random tokens (ids in
-//! `1..vocab`, so BOS = 0 never repeats inside). For every head, from its attention pattern
+//! `1..vocab`, so BOS = 0 never repeats inside; [`TokenDraw`] picks another BOS and leaves out
+//! special tokens, for pretrained models). For every head, from its attention pattern
 //! `[batch, head, query, key]`:
 //! - **induction**: attention from a second-repeat token (position `q = L + i`, `i = 1..L`)
 //!   to the token after its previous occurrence (`q − L + 1`);
@@ -24,7 +25,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
-/// Token id placed first in every repeated sequence.
+/// Token id placed first in every repeated sequence of [`repeated_tokens`].
 pub const BOS: u32 = 0;
 
 /// `batch` sequences `[BOS, s, s]` with `s` of `len` tokens drawn uniformly from `1..vocab`:
@@ -40,16 +41,78 @@ pub fn repeated_tokens(
             "repeated tokens need vocab ≥ 2, len ≥ 1, batch ≥ 1 (got {vocab}, {len}, {batch})"
         )));
     }
-    let mut ids = Vec::with_capacity(batch * (2 * len + 1));
-    for _ in 0..batch {
-        let seg: Vec<u32> = (0..len)
-            .map(|_| rng.random_range(1..vocab as u32))
+    TokenDraw::new(BOS, vocab, &[])?.repeated(rng, batch, len)
+}
+
+/// How repeated random sequences are drawn for a given model: which id opens every sequence
+/// (its BOS token) and which ids the segments draw from (every id below the vocabulary size
+/// but the BOS and the excluded ones, e.g. the tokenizer's special tokens).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenDraw {
+    /// Placed first in every sequence.
+    pub bos: u32,
+    /// The ids segment tokens are drawn from, uniformly, in increasing order.
+    pub ids: Vec<u32>,
+}
+
+impl TokenDraw {
+    /// Draws from `0..vocab` without `bos` and `exclude`; an error when `bos` is not below
+    /// `vocab` or nothing is left to draw.
+    pub fn new(bos: u32, vocab: usize, exclude: &[u32]) -> Result<Self> {
+        if bos as usize >= vocab {
+            return Err(Error::Invalid(format!(
+                "BOS token {bos} is not below the vocabulary size {vocab}"
+            )));
+        }
+        let mut skip = exclude.to_vec();
+        skip.push(bos);
+        skip.sort_unstable();
+        let ids: Vec<u32> = (0..vocab as u32)
+            .filter(|t| skip.binary_search(t).is_err())
             .collect();
-        ids.push(BOS);
-        ids.extend_from_slice(&seg);
-        ids.extend_from_slice(&seg);
+        if ids.is_empty() {
+            return Err(Error::Invalid(format!(
+                "no token ids left to draw from (vocabulary {vocab}, BOS {bos}, {} excluded)",
+                exclude.len()
+            )));
+        }
+        Ok(TokenDraw { bos, ids })
     }
-    Ok(Tensor::from_vec(ids, (batch, 2 * len + 1), &Device::Cpu)?)
+
+    /// Draws for `model`: every id of its vocabulary but `bos` and its tokenizer's special
+    /// tokens (none excluded when it has no tokenizer).
+    pub fn for_model(model: &HookedTransformer, bos: u32) -> Result<Self> {
+        let special: Vec<u32> = model.tokenizer().map_or_else(Vec::new, |t| {
+            t.inner()
+                .get_added_tokens_decoder()
+                .iter()
+                .filter(|(_, token)| token.special)
+                .map(|(&id, _)| id)
+                .collect()
+        });
+        Self::new(bos, model.config().d_vocab, &special)
+    }
+
+    /// `batch` sequences `[bos, s, s]` with `s` of `len` tokens drawn uniformly from `ids`:
+    /// `[batch, 2·len + 1]` u32.
+    pub fn repeated(&self, rng: &mut impl Rng, batch: usize, len: usize) -> Result<Tensor> {
+        if len == 0 || batch == 0 || self.ids.is_empty() {
+            return Err(Error::Invalid(format!(
+                "repeated tokens need len ≥ 1, batch ≥ 1 and ids to draw (got {len}, {batch}, {})",
+                self.ids.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(batch * (2 * len + 1));
+        for _ in 0..batch {
+            let seg: Vec<u32> = (0..len)
+                .map(|_| self.ids[rng.random_range(0..self.ids.len() as u32) as usize])
+                .collect();
+            out.push(self.bos);
+            out.extend_from_slice(&seg);
+            out.extend_from_slice(&seg);
+        }
+        Ok(Tensor::from_vec(out, (batch, 2 * len + 1), &Device::Cpu)?)
+    }
 }
 
 /// Per-head scores `[layer][head]` of the four detectors.

@@ -8,7 +8,9 @@
 //! - [`patching`]: activation patching clean → corrupted, per layer and position and per head;
 //! - [`attribution`]: direct logit attribution of a chosen token to heads, MLP layers and
 //!   neurons;
-//! - [`ranking`]: components ranked by any of these scores.
+//! - [`ranking`]: components ranked by any of these scores;
+//! - [`repeat_study`]: detectors, repeat losses with intervals, loss by position and the top
+//!   induction heads zeroed cumulatively, in one call (for pretrained models too).
 //!
 //! The clean baseline of every comparison is [`metarep_model::predictions::metrics`].
 //!
@@ -36,5 +38,6 @@ pub mod detectors;
 pub mod error;
 pub mod patching;
 pub mod ranking;
+pub mod repeat_study;
 
 pub use error::{Error, Result};

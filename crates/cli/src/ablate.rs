@@ -14,7 +14,7 @@ use metarep_model::{HookedTransformer, LoadOptions};
 /// Arguments of `metarep ablate`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A model directory (config.json + safetensors) or a Hugging Face hub id.
+    /// A model directory (config.json + safetensors), a GGUF file or a Hugging Face hub id.
     #[arg(long)]
     model: String,
     /// The ablation config (TOML: `cumulative`, `[[stages]]` with `name`, `kind` and

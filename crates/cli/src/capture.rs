@@ -10,7 +10,7 @@ use metarep_model::{HookFilter, HookedTransformer, LoadOptions};
 /// Arguments of `metarep capture`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A model directory (config.json + safetensors) or a Hugging Face hub id.
+    /// A model directory (config.json + safetensors), a GGUF file or a Hugging Face hub id.
     #[arg(long)]
     model: String,
     /// Dataset: `.jsonl` (`text` or `tokens` per line), `.txt` (a document per line) or

@@ -11,7 +11,7 @@ use metarep_model::{HookFilter, HookedTransformer, Input, LoadOptions, RunTo};
 /// Arguments of `metarep forward`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A model directory (config.json + safetensors) or a Hugging Face hub id.
+    /// A model directory (config.json + safetensors), a GGUF file or a Hugging Face hub id.
     #[arg(long)]
     model: String,
     /// Text to tokenize with the model's tokenizer.json.

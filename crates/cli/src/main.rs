@@ -5,6 +5,8 @@
 //! metarep capture --model DIR --data FILE --hooks 'blocks.6.hook_resid_post' --out DIR [--dtype f16]
 //! metarep forward --model DIR_OR_HUB_ID (--text "..." | --tokens 1,2,3) --out FILE.safetensors \
 //!     [--cache 'blocks.*.hook_resid_post'] [--dtype f32|f16|bf16]
+//! metarep generate --model FILE.gguf --prompt "..." [--max-new-tokens N] \
+//!     [--temperature T [--top-k K] [--top-p P] [--seed S]] [--stop TEXT]
 //! metarep patch --model DIR --pairs PAIRS.jsonl [--prepend TOKEN] [--out DIR]
 //! metarep gist-tree init|append|get|range|edit|snapshot|prune|restore|compact|verify|stats --tree DIR
 //! metarep sae train --acts FILE --arch topk --k 32 --expansion 16 --out DIR [--steps N] ...
@@ -12,15 +14,21 @@
 //! metarep second-order [STAGE] --model DIR --run RUN [--config FILE.toml] [--force]
 //! ```
 //!
+//! Every `--model` takes a model directory (config.json + safetensors), a GGUF file or a
+//! Hugging Face hub id.
+//!
 //! Exit status: 0 on success, 1 when a check fails (`gist-tree verify`), 2 on an error.
 
 mod ablate;
 mod capture;
+mod eos;
 mod forward;
+mod generate;
 mod gist_tree;
 mod patch;
 mod sae;
 mod second_order;
+mod text_stream;
 
 use std::process::ExitCode;
 
@@ -45,6 +53,8 @@ enum Command {
     Capture(capture::Args),
     /// Run a model on one input; write logits and chosen activations to safetensors.
     Forward(forward::Args),
+    /// Continue a prompt (greedy or sampled), streaming the text as tokens arrive.
+    Generate(generate::Args),
     /// Patch activations clean → corrupted per layer, position and head; report the share
     /// of the logit difference restored.
     Patch(patch::Args),
@@ -62,6 +72,7 @@ fn main() -> ExitCode {
         Command::Ablate(args) => ablate::run(args).map(|()| true),
         Command::Capture(args) => capture::run(args).map(|()| true),
         Command::Forward(args) => forward::run(args).map(|()| true),
+        Command::Generate(args) => generate::run(args).map(|()| true),
         Command::GistTree(args) => gist_tree::run(args),
         Command::Patch(args) => patch::run(args).map(|()| true),
         Command::Sae(args) => sae::run(args).map(|()| true),

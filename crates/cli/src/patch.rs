@@ -22,7 +22,7 @@ use serde::Deserialize;
 /// Arguments of `metarep patch`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A model directory (config.json + safetensors) or a Hugging Face hub id.
+    /// A model directory (config.json + safetensors), a GGUF file or a Hugging Face hub id.
     #[arg(long)]
     model: String,
     /// JSONL prompt pairs: `clean`, `corrupted`, `answer`, `alternative`.

@@ -130,10 +130,10 @@ struct EvalArgs {
     /// Evaluate at most this many rows.
     #[arg(long)]
     max_rows: Option<usize>,
-    /// Also splice the SAE into this model (HF-style directory) and report CE loss recovered
-    /// and KL against zero and mean ablation (needs `--tokens`).
+    /// Also splice the SAE into this model (a model directory, a GGUF file or a hub id) and
+    /// report CE loss recovered and KL against zero and mean ablation (needs `--tokens`).
     #[arg(long, requires = "tokens")]
-    model: Option<PathBuf>,
+    model: Option<String>,
     /// Hook to splice at (default: `metadata.hook_name` of the SAE's cfg.json).
     #[arg(long)]
     hook: Option<String>,
@@ -364,12 +364,12 @@ fn run_eval(a: EvalArgs) -> Result<(), Box<dyn Error>> {
 /// `tokens` in batches of `per_batch`.
 fn splice(
     sae: &Sae,
-    model: &Path,
+    model: &str,
     hook: &str,
     tokens: &Path,
     per_batch: usize,
 ) -> Result<SpliceScores, Box<dyn Error>> {
-    let model = HookedTransformer::from_dir(model, &LoadOptions::default())?;
+    let model = HookedTransformer::from_pretrained(model, &LoadOptions::default())?;
     let point = HookPoint::parse_for(hook, model.config())?;
     let rows = read_token_rows(tokens)?;
     let batches = rows

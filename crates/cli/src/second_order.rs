@@ -19,7 +19,7 @@ use metarep_second_order::{Pipeline, PipelineConfig, Stage};
 /// Arguments of `metarep second-order`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A model directory (with tokenizer.json) or a Hugging Face hub id.
+    /// A model directory (with tokenizer.json), a GGUF file or a Hugging Face hub id.
     #[arg(long)]
     model: String,
     /// The run directory.

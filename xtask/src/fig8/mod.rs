@@ -20,7 +20,7 @@ use metarep_circuits::patching::{induction_pairs, patch, PatchSet};
 use metarep_circuits::ranking::ranked_heads;
 use metarep_core::config::load_config;
 use metarep_core::rng::{derive_seed, seeded};
-use metarep_eval::plot::{Heatmap, LinePlot, Series, SeriesStyle};
+use metarep_eval::plot::{LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
 use metarep_model::interventions::{Intervention, Interventions};
 use metarep_model::predictions::EvalSet;
@@ -28,6 +28,7 @@ use metarep_model::{Component, HookedTransformer, LoadOptions, NoHooks};
 use metarep_testbeds::induction::InductionSpec;
 use serde::{Deserialize, Serialize};
 
+use crate::detector_maps::heatmap;
 use crate::error::BoxError;
 use crate::output::ResultDir;
 
@@ -123,32 +124,7 @@ fn load_fixture(out: &mut ResultDir) -> Result<(HookedTransformer, InductionSpec
 
 /// Heat maps and a table of the four detector scores; prints the top heads.
 fn detector_maps(fx: &Induction, scores: &HeadScores, out: &ResultDir) -> Result<(), BoxError> {
-    let maps = [
-        ("fig8_induction", "induction score", &scores.induction),
-        (
-            "fig8_previous_token",
-            "previous-token score",
-            &scores.previous_token,
-        ),
-        (
-            "fig8_duplicate_token",
-            "duplicate-token score",
-            &scores.duplicate_token,
-        ),
-        (
-            "fig8_prefix_matching",
-            "prefix-matching score",
-            &scores.prefix_matching,
-        ),
-    ];
-    for (file, what, values) in maps {
-        let title = format!(
-            "fig8: {what} per head (induction-2l, [BOS, s, s], |s| = {})",
-            fx.cfg.segment
-        );
-        out.heatmap(file, &heatmap(title, "layer", "head", values))?;
-    }
-    out.table("fig8_heads", &head_table(scores)?)?;
+    crate::detector_maps::write(out, "fig8", "induction-2l", fx.cfg.segment, scores)?;
     println!("  induction scores (threshold {INDUCTION_THRESHOLD}):");
     for &(c, s) in fx.ranked.iter().take(4) {
         let (l, h) = layer_head(c)?;
@@ -396,40 +372,6 @@ fn record(
         && top_off.second.low > clean.second.high;
     m.set_bool("induction_pass", pass);
     pass
-}
-
-/// A heat map titled `title` of `values` `[row][col]`.
-fn heatmap(title: String, rows: &str, cols: &str, values: &[Vec<f64>]) -> Heatmap {
-    Heatmap {
-        title,
-        row_label: rows.into(),
-        col_label: cols.into(),
-        values: values.to_vec(),
-    }
-}
-
-fn head_table(s: &HeadScores) -> Result<Table, BoxError> {
-    let mut t = Table::new(vec![
-        "layer",
-        "head",
-        "induction",
-        "previous-token",
-        "duplicate-token",
-        "prefix-matching",
-    ]);
-    for (l, row) in s.induction.iter().enumerate() {
-        for h in 0..row.len() {
-            t.push_row(vec![
-                Cell::Int(l as i64),
-                Cell::Int(h as i64),
-                Cell::Num(s.induction[l][h]),
-                Cell::Num(s.previous_token[l][h]),
-                Cell::Num(s.duplicate_token[l][h]),
-                Cell::Num(s.prefix_matching[l][h]),
-            ])?;
-        }
-    }
-    Ok(t)
 }
 
 fn ablation_table(reports: &[(AblationKind, bool, AblationReport)]) -> Result<Table, BoxError> {
