@@ -9,26 +9,16 @@
 //!
 //! `cargo xtask reproduce fig13` writes the heat maps, curves and checks.
 
-use std::fs::File;
-use std::io::BufReader;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::quantized::gguf_file::Content;
 use metarep::circuits::detectors::TokenDraw;
 use metarep::circuits::repeat_study::{repeat_study, StudyOptions};
 use metarep::core::rng::seeded;
 use metarep::model::generate::GenerateOptions;
-use metarep::model::gguf::Metadata;
 use metarep::model::{Component, HookedTransformer, LoadOptions, NoHooks};
 
 const PROMPT: &str = "The capital of France is Paris. The capital of Germany is";
-
-/// The GGUF's BOS token id (`tokenizer.ggml.bos_token_id`).
-fn bos_id(path: &Path) -> Result<u32, Box<dyn std::error::Error>> {
-    let content = Content::read(&mut BufReader::new(File::open(path)?))?;
-    Ok(Metadata::new(path, &content).usize("tokenizer.ggml.bos_token_id")? as u32)
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args()
@@ -68,7 +58,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("greedy: {PROMPT}⟨{}⟩", tok.decode(&new, true)?);
 
     // 8 sequences [BOS, s, s], |s| = 50, s drawn from the non-special tokens.
-    let tokens = TokenDraw::for_model(&model, bos_id(&path)?)?.repeated(&mut seeded(0), 8, 50)?;
+    let bos = tok.bos_id().ok_or("the GGUF file declares no BOS token")?;
+    let tokens = TokenDraw::for_model(&model, bos)?.repeated(&mut seeded(0), 8, 50)?;
     let start = Instant::now();
     let study = repeat_study(
         &model,

@@ -21,7 +21,7 @@ use metarep_model::{HookedTransformer, LoadOptions, NoHooks};
 use serde::{Deserialize, Serialize};
 
 use crate::error::BoxError;
-use crate::fixtures::gguf::{metadata_token_id, smollm2_file};
+use crate::fixtures::gguf::smollm2_file;
 use crate::output::ResultDir;
 
 /// Second-copy loss must be below this fraction of the first-copy loss.
@@ -78,7 +78,10 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     let clock = Instant::now();
     let bos = match cfg.bos {
         Some(id) => id,
-        None => metadata_token_id(&gguf, "tokenizer.ggml.bos_token_id")?,
+        None => model
+            .tokenizer()
+            .and_then(|t| t.bos_id())
+            .ok_or_else(|| format!("{} declares no BOS token: set `bos`", gguf.display()))?,
     };
     let mut rng = seeded(derive_seed(cfg.seed, "fig13/tokens"));
     let tokens = TokenDraw::for_model(&model, bos)?.repeated(&mut rng, cfg.batch, cfg.segment)?;

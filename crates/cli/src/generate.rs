@@ -10,7 +10,6 @@ use std::time::Instant;
 use metarep_model::generate::{GenerateOptions, Sampling};
 use metarep_model::{HookedTransformer, LoadOptions, NoHooks};
 
-use crate::eos::eos_ids;
 use crate::text_stream::TextStream;
 
 /// Arguments of `metarep generate`.
@@ -81,7 +80,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if prompt.is_empty() {
         return Err("--prompt encodes to no tokens".into());
     }
-    let eos = eos_ids(&args.model, &opts)?;
+    let eos = tok.eos_ids().to_vec();
     let gen = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
         sampling,

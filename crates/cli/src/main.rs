@@ -21,7 +21,6 @@
 
 mod ablate;
 mod capture;
-mod eos;
 mod forward;
 mod generate;
 mod gist_tree;

@@ -255,9 +255,94 @@ pub fn resolve(spec: &str, opts: &LoadOptions) -> Result<ModelFiles> {
     hub_files(spec, opts)
 }
 
+/// Files beside `config.json` that may declare `bos_token_id` / `eos_token_id`.
+const SPECIAL_ID_FILES: &[&str] = &["config.json", "generation_config.json"];
+
+/// The beginning- and end-of-sequence ids a Hugging Face checkpoint declares in `config.json`
+/// and `generation_config.json` (in the directory of `config`): `bos_token_id` a number,
+/// `eos_token_id` a number or a list; absent or null is none; a later file's BOS wins.
+pub fn declared_special_ids(config: &Path) -> Result<(Option<u32>, Vec<u32>)> {
+    let dir = config.parent().unwrap_or(Path::new("."));
+    let (mut bos, mut eos) = (None, Vec::new());
+    for name in SPECIAL_ID_FILES {
+        let path = dir.join(name);
+        if !path.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::json(path.display(), e))?;
+        let bad = |key: &str| Error::Config {
+            path: path.clone(),
+            key: key.to_string(),
+            reason: "not a token id (or, for eos_token_id, a list of them)".into(),
+        };
+        let id = |key: &str, v: &serde_json::Value| {
+            v.as_u64()
+                .and_then(|i| u32::try_from(i).ok())
+                .ok_or_else(|| bad(key))
+        };
+        match json.get("bos_token_id") {
+            None | Some(serde_json::Value::Null) => {}
+            Some(v) => bos = Some(id("bos_token_id", v)?),
+        }
+        match json.get("eos_token_id") {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::Array(list)) => {
+                for v in list {
+                    eos.push(id("eos_token_id", v)?);
+                }
+            }
+            Some(v) => eos.push(id("eos_token_id", v)?),
+        }
+    }
+    Ok((bos, eos))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn special_ids_are_numbers_lists_or_absent_and_bad_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.json");
+        let ids = |config_json: &str, generation_json: Option<&str>| {
+            std::fs::write(&config, config_json).unwrap();
+            let gen = dir.path().join("generation_config.json");
+            match generation_json {
+                Some(g) => std::fs::write(&gen, g).unwrap(),
+                None => {
+                    let _ = std::fs::remove_file(&gen);
+                }
+            }
+            declared_special_ids(&config)
+        };
+        assert_eq!(
+            ids(r#"{"eos_token_id": 2}"#, None).unwrap(),
+            (None, vec![2])
+        );
+        assert_eq!(
+            ids(
+                r#"{"bos_token_id": 1, "eos_token_id": null}"#,
+                Some(r#"{"eos_token_id": [0, 2]}"#)
+            )
+            .unwrap(),
+            (Some(1), vec![0, 2])
+        );
+        let e = ids(r#"{}"#, Some(r#"{"eos_token_id": "</s>"}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("generation_config.json") && e.contains("eos_token_id"),
+            "{e}"
+        );
+        assert!(ids(r#"{"eos_token_id": [1, -1]}"#, None).is_err());
+        assert!(ids("{", None)
+            .unwrap_err()
+            .to_string()
+            .contains("config.json"));
+    }
 
     #[test]
     fn offline_hub_miss_names_id_and_cache() {

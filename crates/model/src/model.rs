@@ -135,7 +135,9 @@ impl HookedTransformer {
         let weights = load_weights(&mut cfg, &mut store)?;
         let mut model = Self::new(cfg, weights)?;
         if let Some(t) = &files.tokenizer {
-            model.tokenizer = Some(Arc::new(Tokenizer::from_file(t)?));
+            let (bos, eos) = crate::loading::declared_special_ids(&files.config)?;
+            let tokenizer = Tokenizer::from_file(t)?.with_special_ids(bos, eos);
+            model.tokenizer = Some(Arc::new(tokenizer));
         }
         Ok(model)
     }

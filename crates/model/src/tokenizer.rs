@@ -39,6 +39,8 @@ pub struct Batch {
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pad_id: u32,
+    bos_id: Option<u32>,
+    eos_ids: Vec<u32>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -69,7 +71,33 @@ impl Tokenizer {
                 .unwrap_or(0),
         };
         inner.with_padding(None);
-        Self { inner, pad_id }
+        Self {
+            inner,
+            pad_id,
+            bos_id: None,
+            eos_ids: Vec::new(),
+        }
+    }
+
+    /// The same tokenizer with the checkpoint's beginning- and end-of-sequence ids (a GGUF's
+    /// `tokenizer.ggml.*_token_id`, a Hugging Face `config.json`'s `bos_token_id` /
+    /// `eos_token_id`); `eos` is sorted and deduplicated.
+    pub fn with_special_ids(mut self, bos: Option<u32>, mut eos: Vec<u32>) -> Self {
+        eos.sort_unstable();
+        eos.dedup();
+        self.bos_id = bos;
+        self.eos_ids = eos;
+        self
+    }
+
+    /// The beginning-of-sequence id the checkpoint declares.
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos_id
+    }
+
+    /// The end-of-sequence ids the checkpoint declares (generation stops at any of them).
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
     }
 
     /// The wrapped tokenizer.

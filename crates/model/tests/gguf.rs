@@ -215,6 +215,8 @@ fn a_gguf_llama_computes_what_its_hugging_face_weights_compute() {
     let e = tok.encode(" the 42<|bos|>", false).unwrap();
     assert_eq!(e.tokens, ["Ġthe", "Ġ", "4", "2", "<|bos|>"]);
     assert_eq!(tok.decode(&e.ids, false).unwrap(), " the 42<|bos|>");
+    assert_eq!(tok.bos_id(), Some(e.ids[4]));
+    assert!(tok.eos_ids().is_empty(), "the metadata declares no EOS");
     // Quantized blocks dequantize to close values.
     let q8 = dir.path().join("q8.gguf");
     write_gguf(

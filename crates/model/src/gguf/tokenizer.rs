@@ -109,7 +109,24 @@ pub fn from_metadata(meta: &Metadata) -> Result<Tokenizer> {
             .map_err(|e| Error::Tokenizer(format!("BOS template: {e}")))?;
         tok.with_post_processor(Some(template));
     }
-    Ok(Tokenizer::from_inner(tok))
+    let bos = token_id(meta, "tokenizer.ggml.bos_token_id", tokens.len())?;
+    let mut eos = Vec::new();
+    for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"] {
+        eos.extend(token_id(meta, key, tokens.len())?);
+    }
+    Ok(Tokenizer::from_inner(tok).with_special_ids(bos, eos))
+}
+
+/// The token id under `key`, if present; an id outside the vocabulary is an error.
+fn token_id(meta: &Metadata, key: &str, vocab: usize) -> Result<Option<u32>> {
+    if meta.get(key).is_none() {
+        return Ok(None);
+    }
+    let id = meta.usize(key)?;
+    if id >= vocab {
+        return Err(meta.err(key, format!("{id} is not a token id (vocabulary {vocab})")));
+    }
+    Ok(Some(id as u32))
 }
 
 /// A byte-level BPE (`tokenizer.ggml.model = gpt2`) from `tokenizer.ggml.merges`.
