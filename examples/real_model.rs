@@ -21,6 +21,7 @@ use metarep::model::{Component, HookedTransformer, LoadOptions, NoHooks};
 const PROMPT: &str = "The capital of France is Paris. The capital of Germany is";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    metarep::core::threads::fix_cpu_threads();
     let path = std::env::args()
         .nth(1)
         .map(PathBuf::from)

@@ -66,6 +66,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    metarep_core::threads::fix_cpu_threads();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ablate(args) => ablate::run(args).map(|()| true),

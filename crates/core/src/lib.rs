@@ -46,6 +46,7 @@ pub mod metrics;
 pub mod optim;
 pub mod progress;
 pub mod rng;
+pub mod threads;
 pub mod time;
 pub mod train;
 

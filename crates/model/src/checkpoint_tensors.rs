@@ -138,11 +138,17 @@ impl CheckpointTensors {
                 got,
             });
         }
-        let t = match &self.backend {
+        let t = match &mut self.backend {
             Backend::Mmap(st) => st
                 .load(name, &self.device)
                 .map_err(|e| Error::Invalid(format!("tensor `{name}` in {}: {e}", self.desc)))?,
-            Backend::Map(m) => m[name].to_device(&self.device)?,
+            // Moved out, so that a converted copy (a transpose) does not sit beside it.
+            Backend::Map(m) => m
+                .remove(name)
+                .ok_or_else(|| {
+                    Error::Invalid(format!("tensor `{name}` in {} was read twice", self.desc))
+                })?
+                .to_device(&self.device)?,
         };
         if !t.dtype().is_float() {
             return Err(Error::Invalid(format!(

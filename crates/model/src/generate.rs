@@ -17,7 +17,7 @@
 //! # }
 //! ```
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use metarep_core::rng::seeded;
 use rand::Rng;
 
@@ -174,7 +174,7 @@ impl HookedTransformer {
         let mut next: Vec<u32> = prompt.to_vec();
         let mut out = Vec::with_capacity(opts.max_new_tokens);
         while out.len() < opts.max_new_tokens {
-            let input = Input::from_ids(&[next], &Device::Cpu)?;
+            let input = Input::from_ids(&[next], self.device())?;
             let logits = self.run_cached(&input, &mut cache, hooks)?;
             let last = logits.dim(1)? - 1;
             let row = logits

@@ -12,15 +12,15 @@
 //! Targets: plain forward ≥ 1.3× TransformerLens tokens/s; ≥ 60% of the matmul peak; caching
 //! every hook ≤ 10% over the plain forward.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use metarep_model::{HookFilter, HookedTransformer, Input, ModelConfig};
 
-use super::{median, write_report};
+use super::py_server::PyServer;
+use super::{median, median_ratio as ratio, min, write_report};
 use crate::error::BoxError;
 
 const BATCH: usize = 4;
@@ -76,79 +76,6 @@ fn time_peak(ops: &[(Tensor, Tensor)]) -> Result<Vec<f64>, BoxError> {
         .collect()
 }
 
-/// The TransformerLens timing server (see the Python script).
-struct TlServer {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    info: serde_json::Value,
-}
-
-impl TlServer {
-    fn start(threads: usize) -> Result<Self, String> {
-        let root = crate::fixtures::repo_root();
-        let py = crate::fixtures::python();
-        let mut child = Command::new(&py)
-            .arg(root.join("xtask/python/bench_forward_tl.py"))
-            .arg(threads.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                format!("{py} not runnable ({e}); set METAREP_PYTHON to a Python with torch and transformer_lens")
-            })?;
-        let stdin = child.stdin.take().ok_or("no stdin")?;
-        let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
-        let mut line = String::new();
-        let _ = stdout.read_line(&mut line);
-        match serde_json::from_str::<serde_json::Value>(line.trim()) {
-            Ok(info) if info["ready"] == true => Ok(Self {
-                child,
-                stdin,
-                stdout,
-                info,
-            }),
-            _ => {
-                let _ = child.kill();
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                }
-                let last = err.lines().last().unwrap_or("no output").to_string();
-                Err(format!("TransformerLens benchmark skipped ({py}): {last}"))
-            }
-        }
-    }
-
-    fn time(&mut self, variant: &str) -> Result<f64, BoxError> {
-        writeln!(self.stdin, "{variant}")?;
-        self.stdin.flush()?;
-        let mut line = String::new();
-        self.stdout.read_line(&mut line)?;
-        Ok(line
-            .trim()
-            .parse::<f64>()
-            .map_err(|_| format!("TransformerLens server answered {line:?}"))?)
-    }
-}
-
-impl Drop for TlServer {
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "quit");
-        let _ = self.child.wait();
-    }
-}
-
-fn min(v: &[f64]) -> f64 {
-    v.iter().copied().fold(f64::INFINITY, f64::min)
-}
-
-/// Median of the per-repetition ratios `a[i] / b[i]`.
-fn ratio(a: &[f64], b: &[f64]) -> f64 {
-    median(&a.iter().zip(b).map(|(x, y)| x / y).collect::<Vec<_>>())
-}
-
 /// Runs the benchmark and writes `results/bench/forward.json`.
 pub fn run(out: &Path) -> Result<bool, BoxError> {
     let threads = std::thread::available_parallelism()
@@ -178,12 +105,18 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
     for v in VARIANTS {
         ours(v)?; // warm-up
     }
-    let mut tl = TlServer::start(threads);
+    let mut tl = PyServer::start(
+        "bench_forward_tl.py",
+        &[threads.to_string()],
+        None,
+        "torch and TransformerLens 2.x (pip install torch transformer_lens)",
+    );
     let note = match &tl {
         Ok(_) => String::new(),
         Err(n) => {
+            let n = format!("TransformerLens benchmark skipped: {n}");
             println!("  {n}");
-            n.clone()
+            n
         }
     };
     // times[side][variant][rep]; side 0 = metarep, 1 = TransformerLens; peak[rep][shape].
@@ -198,7 +131,11 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
             if let Ok(server) = tl.as_mut() {
                 // Let the other side's worker threads stop spinning before timing.
                 std::thread::sleep(Duration::from_millis(200));
-                times[1][i].push(server.time(v)?);
+                let answer = server.request(v)?;
+                let ms = answer
+                    .parse::<f64>()
+                    .map_err(|_| format!("TransformerLens server answered {answer:?}"))?;
+                times[1][i].push(ms);
                 std::thread::sleep(Duration::from_millis(200));
             }
         }

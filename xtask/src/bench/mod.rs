@@ -7,6 +7,8 @@ mod disk;
 mod forward;
 mod gist_tree;
 mod lat_cg;
+mod py_server;
+mod real_forward;
 mod sae;
 mod second_order;
 
@@ -32,6 +34,7 @@ const BENCHES: &[Bench] = &[
     ("capture", capture::run, capture::SETTINGS),
     ("sae", sae::run, &[]),
     ("second_order", second_order::run, second_order::SETTINGS),
+    ("real_forward", real_forward::run, real_forward::SETTINGS),
 ];
 
 static SETTINGS: OnceLock<BTreeMap<String, String>> = OnceLock::new();
@@ -69,6 +72,82 @@ pub fn median(v: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// The smallest value of `v` (infinity when empty).
+pub fn min(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+/// The median of the per-repetition ratios `a[i] / b[i]`.
+pub fn median_ratio(a: &[f64], b: &[f64]) -> f64 {
+    median(&a.iter().zip(b).map(|(x, y)| x / y).collect::<Vec<_>>())
+}
+
+/// Resets this process's peak resident set (`VmHWM`) to its current size (Linux; a no-op
+/// elsewhere).
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// A size field of `/proc/self/status` (`VmHWM`, `VmRSS`, ...) in MB, if readable (Linux).
+pub fn proc_status_mb(field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// The 1-minute load average (Linux), to read timings on a shared machine against.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The machine the timings come from: CPU model (`/proc/cpuinfo`), the widest SIMD level the
+/// CPU offers to runtime-dispatched kernels (gemm's, metarep-kernels'), and the threads the
+/// CPU kernels use (candle's count: `RAYON_NUM_THREADS` or the available parallelism).
+pub fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    });
+    serde_json::json!({
+        "cpu_model": cpu,
+        "simd": simd_level(),
+        "threads": candle_core::utils::get_num_threads(),
+    })
+}
+
+/// `AVX512F`, `AVX2+FMA`, `AVX`, `NEON` or `baseline`.
+fn simd_level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "AVX512F";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return "AVX2+FMA";
+        }
+        if std::arch::is_x86_feature_detected!("avx") {
+            return "AVX";
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        return "NEON";
+    }
+    #[allow(unreachable_code)]
+    "baseline"
+}
+
 /// Median wall time in milliseconds of `f` over `reps` runs after one warm-up.
 pub fn median_ms(
     reps: usize,
@@ -84,8 +163,8 @@ pub fn median_ms(
     Ok(median(&times))
 }
 
-/// Writes `results/bench/<name>.json`: `body` (a JSON object) plus the benchmark name and the
-/// machine's thread count; returns the path.
+/// Writes `results/bench/<name>.json`: `body` (a JSON object) plus the benchmark name, the
+/// machine's thread count and [`machine`]; returns the path.
 pub fn write_report(
     out: &Path,
     name: &str,
@@ -103,6 +182,7 @@ pub fn write_report(
                 .unwrap_or(1)
                 .into(),
         );
+        obj.entry("machine").or_insert_with(machine);
     }
     metarep_core::fsutil::atomic_write(&path, serde_json::to_string_pretty(&body)?.as_bytes())?;
     println!("  wrote {}", path.display());

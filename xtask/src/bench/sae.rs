@@ -15,7 +15,7 @@ use metarep_sae::source::Batch;
 use metarep_sae::{Architecture, LossConfig, Sae, SaeConfig, SaeTrainConfig, SaeTrainer};
 use serde::Serialize;
 
-use super::{median, write_report};
+use super::{load_average, median, proc_status_mb, reset_peak_rss, write_report};
 use crate::error::BoxError;
 
 const D_IN: usize = 768;
@@ -182,7 +182,7 @@ fn time_metarep(arch: Architecture) -> Result<Side, BoxError> {
         step_ms: ms,
         step_cpu_ms: median(&cpu),
         tokens_per_s: BATCH as f64 / (ms / 1e3),
-        peak_rss_mb: peak_rss_mb(),
+        peak_rss_mb: proc_status_mb("VmHWM"),
     })
 }
 
@@ -253,27 +253,4 @@ fn cpu_ms() -> f64 {
             .unwrap_or(f64::NAN)
     };
     (tick(11) + tick(12)) * 10.0
-}
-
-/// Resets this process's peak resident set (`VmHWM`) to its current size (Linux).
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// `VmHWM` of this process in MB (Linux), if readable.
-fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-/// The 1-minute load average (Linux), to read timings on a shared machine against.
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
