@@ -232,6 +232,51 @@ fn a_gguf_llama_computes_what_its_hugging_face_weights_compute() {
 }
 
 #[test]
+fn every_block_32_tensor_type_dequantizes_to_close_weights() {
+    // Weights are uniform in ±0.3 (the projections): each type's rounding error is bounded by
+    // half its step over a block's range (4 bits: 0.6/15/2 = 0.02; 5 bits: 0.01; 8 bits: 1.2e-3).
+    let (tokens, merges, types) = vocab();
+    let hf = hf_weights(tokens.len());
+    let dir = tempfile::tempdir().unwrap();
+    let exact = dir.path().join("f32.gguf");
+    write_gguf(
+        &exact,
+        &hf,
+        &metadata(&tokens, &merges, &types),
+        GgmlDType::F32,
+    );
+    let reference = HookedTransformer::from_gguf(&exact, &LoadOptions::default()).unwrap();
+    for (dtype, bound) in [
+        (GgmlDType::F16, 2e-4),
+        (GgmlDType::BF16, 2e-3),
+        (GgmlDType::Q4_0, 0.045),
+        (GgmlDType::Q4_1, 0.025),
+        (GgmlDType::Q5_0, 0.025),
+        (GgmlDType::Q5_1, 0.012),
+        (GgmlDType::Q8_0, 5e-3),
+    ] {
+        let p = dir.path().join(format!("{dtype:?}.gguf"));
+        write_gguf(&p, &hf, &metadata(&tokens, &merges, &types), dtype);
+        let model = HookedTransformer::from_gguf(&p, &LoadOptions::default())
+            .unwrap_or_else(|e| panic!("{dtype:?}: {e}"));
+        for l in 0..LAYERS {
+            for (name, got, want) in [
+                ("W_Q", model.w_q(l).unwrap(), reference.w_q(l).unwrap()),
+                ("W_in", model.w_in(l).unwrap(), reference.w_in(l).unwrap()),
+                (
+                    "W_out",
+                    model.w_out(l).unwrap(),
+                    reference.w_out(l).unwrap(),
+                ),
+            ] {
+                let gap = max_abs_diff(&got, &want).unwrap();
+                assert!(gap > 0.0 && gap < bound, "{dtype:?} {name} L{l}: {gap}");
+            }
+        }
+    }
+}
+
+#[test]
 fn bad_gguf_files_are_errors_naming_the_file_and_the_key() {
     let (tokens, merges, types) = vocab();
     let hf = hf_weights(tokens.len());
