@@ -65,7 +65,23 @@ enum Command {
     SecondOrder(second_order::Args),
 }
 
+/// Restores the default action of SIGPIPE, which Rust programs ignore (a reader that closed
+/// its end, as `metarep ... | head` does, would otherwise make the next `println!` panic): the
+/// process ends quietly, as other command-line tools do. Every writer in metarep is safe
+/// against being stopped at any point (the same as a SIGKILL).
+#[cfg(unix)]
+fn end_quietly_on_closed_pipe() {
+    // SAFETY: setting a signal's disposition to the default has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn end_quietly_on_closed_pipe() {}
+
 fn main() -> ExitCode {
+    end_quietly_on_closed_pipe();
     metarep_core::threads::fix_cpu_threads();
     let cli = Cli::parse();
     let result = match cli.command {

@@ -95,3 +95,46 @@ fn build_read_edit_prune_restore_verify() {
     let (ok_missing, _, err) = metarep(&["stats"]);
     assert!(!ok_missing && err.contains("--tree"));
 }
+
+#[test]
+fn a_reader_closing_the_pipe_ends_the_command_quietly() {
+    // `metarep gist-tree range … | head -c 16`: the output (≈ 100 kB) outgrows the pipe's
+    // buffer, the reader goes away, and the next write meets a closed pipe.
+    use std::io::Read;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("t");
+    let t = tree.to_str().unwrap();
+    assert!(metarep(&["init", "--tree", t, "--block", "4", "--width", "3"]).0);
+    let n = 50_000;
+    let ids = vec!["7"; n].join(" ");
+    let (ok, _, err) = metarep(&["append", "--tree", t, "--tokens", &ids]);
+    assert!(ok, "{err}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_metarep"))
+        .args(["gist-tree", "range", "--tree", t, "--start", "0", "--end"])
+        .arg(n.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut head).unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(status.code(), Some(101), "{stderr}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            status.success() || status.signal() == Some(libc::SIGPIPE),
+            "{status:?}: {stderr}"
+        );
+    }
+}
