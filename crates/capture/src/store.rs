@@ -50,6 +50,11 @@ pub struct StoreMeta {
     pub model: String,
     /// Hex SHA-256 of the model's configuration (JSON).
     pub model_config_sha256: String,
+    /// Hex SHA-256 of the model's weights ([`weights_sha256`]): two checkpoints of one
+    /// architecture share a config, not weights. Empty in stores written before it existed
+    /// (which therefore cannot be resumed).
+    #[serde(default)]
+    pub model_weights_sha256: String,
     /// TransformerLens hook name.
     pub hook: String,
     /// Stored dtype: `f32`, `f16` or `bf16`.
@@ -367,6 +372,7 @@ pub fn capture(
     let context = data.sequences[0].len();
     let per_shard = spec.shard_tokens.div_ceil(context);
     let config_json = serde_json::to_vec(cfg).map_err(|e| Error::Invalid(e.to_string()))?;
+    let weights_sha256 = weights_sha256(model)?;
     let mut writers = Vec::with_capacity(spec.hooks.len());
     for &hook in &spec.hooks {
         hook.check_available(cfg)?;
@@ -374,6 +380,7 @@ pub fn capture(
             format_version: FORMAT_VERSION,
             model: spec.model_name.clone(),
             model_config_sha256: hex(&Sha256::digest(&config_json)),
+            model_weights_sha256: weights_sha256.clone(),
             hook: hook.name(),
             dtype: spec.dtype.clone(),
             d_in: hook_width(model, hook)?,
@@ -449,6 +456,24 @@ fn hook_width(model: &HookedTransformer, hook: HookPoint) -> Result<usize> {
     Ok(dims[2])
 }
 
+/// Hex SHA-256 over every weight tensor of `model` in a fixed order: its name, shape, dtype and
+/// bytes (as f32, little endian).
+pub fn weights_sha256(model: &HookedTransformer) -> Result<String> {
+    let mut h = Sha256::new();
+    for (name, t) in model.weights().named_tensors() {
+        h.update(name.as_bytes());
+        h.update(format!("{:?}{:?}", t.dims(), t.dtype()).as_bytes());
+        let values = t
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        for v in values {
+            h.update(v.to_le_bytes());
+        }
+    }
+    Ok(hex(&h.finalize()))
+}
+
 /// The store's meta: the existing one when its settings match `fresh` (after deleting shards
 /// it does not list and temporary files), else `fresh`, written.
 fn open_or_create(dir: &Path, fresh: StoreMeta) -> Result<StoreMeta> {
@@ -458,11 +483,16 @@ fn open_or_create(dir: &Path, fresh: StoreMeta) -> Result<StoreMeta> {
         return Ok(fresh);
     }
     let meta = StoreMeta::read(dir)?;
-    let pairs: [(&str, String, String); 7] = [
+    let pairs: [(&str, String, String); 8] = [
         (
             "model_config_sha256",
             meta.model_config_sha256.clone(),
             fresh.model_config_sha256.clone(),
+        ),
+        (
+            "model_weights_sha256",
+            meta.model_weights_sha256.clone(),
+            fresh.model_weights_sha256.clone(),
         ),
         ("hook", meta.hook.clone(), fresh.hook.clone()),
         ("dtype", meta.dtype.clone(), fresh.dtype.clone()),

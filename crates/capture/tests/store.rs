@@ -195,6 +195,38 @@ fn corrupt_shards_mismatched_settings_and_bad_data_are_named_errors() {
         matches!(&e, Error::Mismatch { key, .. } if key == "dtype"),
         "{e}"
     );
+    // Resuming with another checkpoint of the same architecture (same config, one weight
+    // changed) is refused, naming both weight hashes.
+    let mut named: std::collections::HashMap<String, Tensor> =
+        model.weights().named_tensors().into_iter().collect();
+    let w = named["blocks.0.attn.w_q"].clone();
+    named.insert("blocks.0.attn.w_q".into(), (w + 1e-3).unwrap());
+    let other = HookedTransformer::new(
+        model.config().clone(),
+        metarep_model::weights::Weights::from_named(model.config(), &named).unwrap(),
+    )
+    .unwrap();
+    let e = capture(&other, &data, &out, &spec("bf16", None), |_, _| {}).unwrap_err();
+    match &e {
+        Error::Mismatch {
+            key,
+            stored,
+            requested,
+            ..
+        } => {
+            assert_eq!(key, "model_weights_sha256");
+            assert_eq!(
+                stored,
+                &metarep_capture::store::weights_sha256(&model).unwrap()
+            );
+            assert_eq!(
+                requested,
+                &metarep_capture::store::weights_sha256(&other).unwrap()
+            );
+            assert_ne!(stored, requested);
+        }
+        other => panic!("{other}"),
+    }
 
     // A flipped byte and a truncation are reported with the shard's name.
     let shard = store.join("shard_000002.safetensors");
@@ -245,6 +277,7 @@ fn a_failed_background_shard_write_surfaces_and_stops_the_writer() {
         format_version: metarep_capture::store::FORMAT_VERSION,
         model: "m".into(),
         model_config_sha256: String::new(),
+        model_weights_sha256: String::new(),
         hook: "blocks.0.hook_resid_post".into(),
         dtype: "f16".into(),
         d_in: 3,

@@ -45,6 +45,7 @@ fn meta(d_in: usize) -> StoreMeta {
         format_version: metarep_capture::store::FORMAT_VERSION,
         model: "bench".into(),
         model_config_sha256: String::new(),
+        model_weights_sha256: String::new(),
         hook: "blocks.0.hook_resid_post".into(),
         dtype: "f16".into(),
         d_in,
