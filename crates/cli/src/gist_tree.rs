@@ -256,6 +256,8 @@ pub fn run(args: GistTreeArgs) -> Res<bool> {
                 dtype: GistDType::parse(dtype)?,
                 segment_bytes: segment_mib << 20,
             };
+            // Checked before the summariser allocates its width-sized table.
+            cfg.validate()?;
             Writer::create(tree_dir(&args)?, cfg, opts(&args)?, pool(*width)?)?.close()?;
             print_json(&serde_json::json!({ "created": tree_dir(&args)?, "config": cfg }))?;
         }
@@ -326,6 +328,9 @@ pub fn run(args: GistTreeArgs) -> Res<bool> {
         } => {
             let mut w = open_writer(&args)?;
             let mut chosen = parse_nodes(node)?;
+            if let Some(t) = below.filter(|t| !t.is_finite()) {
+                return Err(format!("--below {t} is not a finite threshold").into());
+            }
             match (level, below) {
                 (Some(l), Some(t)) => {
                     let access = AccessStats::load(w.dir(), w.meta())?;

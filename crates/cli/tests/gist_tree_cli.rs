@@ -138,3 +138,31 @@ fn a_reader_closing_the_pipe_ends_the_command_quietly() {
         );
     }
 }
+
+#[test]
+fn out_of_range_flags_are_named_before_any_work() {
+    // Issue 23.7: NaN scores, reversed byte spans, NaN thresholds and huge widths.
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("t");
+    let t = tree.to_str().unwrap();
+    let (ok, _, err) = metarep(&["init", "--tree", t, "--width", "70000"]);
+    assert!(!ok && err.contains("width"), "{err}");
+    assert!(!tree.join("tree.json").exists());
+    assert!(metarep(&["init", "--tree", t, "--block", "4", "--width", "3"]).0);
+    for (flags, named) in [
+        (vec!["--score", "NaN"], "score"),
+        (vec!["--byte-start", "100", "--byte-end", "5"], "byte span"),
+    ] {
+        let mut args = vec!["append", "--tree", t, "--tokens", "1 2 3"];
+        args.extend(flags);
+        let (ok, _, err) = metarep(&args);
+        assert!(!ok && err.contains(named), "{args:?}: {err}");
+    }
+    let (_, json, _) = metarep(&["stats", "--tree", t]);
+    assert_eq!(json["tokens"], 0, "nothing was stored: {json}");
+    let (ok, _, err) = metarep(&["prune", "--tree", t, "--level", "1", "--below", "NaN"]);
+    assert!(
+        !ok && err.contains("--below") && !err.contains("--level"),
+        "{err}"
+    );
+}

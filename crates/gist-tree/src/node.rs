@@ -214,6 +214,22 @@ pub struct Provenance {
 }
 
 impl Provenance {
+    /// Checks what a caller supplies: the byte span is ordered and a score is finite.
+    pub fn validate(&self) -> crate::error::Result<()> {
+        if self.byte_start > self.byte_end {
+            return Err(crate::error::Error::Invalid(format!(
+                "provenance byte span [{}, {}) ends before it starts",
+                self.byte_start, self.byte_end
+            )));
+        }
+        if let Some(s) = self.score.filter(|s| !s.is_finite()) {
+            return Err(crate::error::Error::Invalid(format!(
+                "provenance score {s} is not a finite number"
+            )));
+        }
+        Ok(())
+    }
+
     /// Provenance for tokens of `source` at bytes `[byte_start, byte_end)`, stamped now.
     pub fn source(source: u64, byte_start: u64, byte_end: u64) -> Self {
         Provenance {

@@ -148,8 +148,15 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
             }
         }
     }
-    if let Err(e) = AccessStats::load(dir, &meta) {
-        report.problems.push(e.to_string());
+    match AccessStats::load(dir, &meta) {
+        Ok(AccessStats {
+            damage: Some(d), ..
+        }) => report.problems.push(format!(
+            "telemetry damage (advisory: the tree's data is unaffected; the writer cuts it \
+             on open): {d}"
+        )),
+        Ok(_) => {}
+        Err(e) => report.problems.push(e.to_string()),
     }
     Ok(report)
 }

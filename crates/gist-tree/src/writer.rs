@@ -365,6 +365,7 @@ impl Writer {
     /// whole run; a block filled by several runs carries their merged provenance.
     pub fn append(&mut self, tokens: &[u32], prov: &Provenance) -> Result<()> {
         self.check_usable()?;
+        prov.validate()?;
         let b = self.config().block as u64;
         let mut pos = self.pending.tokens;
         let mut rest = tokens;
@@ -390,6 +391,7 @@ impl Writer {
     /// at commit; older versions keep the old content.
     pub fn edit(&mut self, start: u64, tokens: &[u32], prov: &Provenance) -> Result<()> {
         self.check_usable()?;
+        prov.validate()?;
         let end = start
             .checked_add(tokens.len() as u64)
             .filter(|e| *e <= self.pending.tokens)

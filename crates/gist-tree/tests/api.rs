@@ -202,3 +202,73 @@ fn pins_hold_compaction_back() {
     drop(w);
     assert!(metarep_gist_tree::verify(dir.path()).unwrap().ok());
 }
+
+#[test]
+fn a_torn_or_damaged_telemetry_log_never_blocks_the_tree() {
+    // Issue 23.1: a reader killed mid-batch leaves a torn tail; the next readers must not
+    // append after it (that buried it as mid-file corruption and bricked every command).
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = writer(dir.path(), 4);
+    w.append(&(0..64).collect::<Vec<u32>>(), &Provenance::default())
+        .unwrap();
+    w.commit().unwrap();
+    w.snapshot().unwrap().tokens(0..16).unwrap();
+    w.close().unwrap();
+    let log = dir.path().join("telemetry.log");
+    let meta = metarep_gist_tree::TreeMeta::load(dir.path()).unwrap();
+    let read_twice = || {
+        for _ in 0..2 {
+            let r = Reader::open(dir.path(), true).unwrap();
+            let s = r.snapshot().unwrap();
+            assert_eq!(s.tokens(4..8).unwrap(), vec![4, 5, 6, 7]);
+            drop(s);
+            drop(r);
+        }
+    };
+    let good = std::fs::read(&log).unwrap();
+    for damage in ["torn", "flipped", "foreign"] {
+        let mut bytes = good.clone();
+        match damage {
+            "torn" => bytes.truncate(bytes.len() - 1),
+            "flipped" => {
+                let last = bytes.len() - 2;
+                bytes[last] ^= 0x40;
+            }
+            _ => bytes[..4].copy_from_slice(b"XXXX"),
+        }
+        std::fs::write(&log, &bytes).unwrap();
+        read_twice();
+        // The readers appended nothing after the damage, and reads still work.
+        assert_eq!(std::fs::read(&log).unwrap(), bytes, "{damage}");
+        let stats = AccessStats::load(dir.path(), &meta).unwrap();
+        assert!(stats.damage.is_some(), "{damage}");
+        let report = metarep_gist_tree::verify(dir.path()).unwrap();
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.contains("telemetry damage") && p.contains("telemetry.log")),
+            "{damage}: {:?}",
+            report.problems
+        );
+        // The writer cuts the log back to its last good batch; then all is clean again.
+        let (w, recovery) = Writer::open(
+            dir.path(),
+            WriterOptions::default(),
+            Box::new(MeanPool::new(8, 1).unwrap()),
+        )
+        .unwrap();
+        assert!(recovery.telemetry_torn_bytes > 0, "{damage}");
+        w.snapshot().unwrap().tokens(0..4).unwrap();
+        w.close().unwrap();
+        read_twice();
+        assert!(AccessStats::load(dir.path(), &meta)
+            .unwrap()
+            .damage
+            .is_none());
+        assert!(
+            metarep_gist_tree::verify(dir.path()).unwrap().ok(),
+            "{damage}"
+        );
+    }
+}
