@@ -1,5 +1,8 @@
-//! Checkpoints: named tensors in `tensors.safetensors` plus a serializable `state.json`,
-//! both written atomically (tensors first, so a present `state.json` marks a complete save).
+//! Checkpoints: named tensors in `tensors.safetensors`, its SHA-256 in `tensors.sha256`, and a
+//! serializable `state.json`, each written atomically (tensors first, state last, so a present
+//! `state.json` marks a complete save). Loading verifies the checksum, so flipped bytes in the
+//! tensors are an error naming the file instead of weights trained on. (Checkpoints written
+//! before the checksum existed have no `tensors.sha256` and load unverified.)
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -15,6 +18,17 @@ use crate::fsutil::{atomic_write, ensure_dir};
 pub const TENSORS_FILE: &str = "tensors.safetensors";
 /// File name of the JSON state inside a checkpoint directory.
 pub const STATE_FILE: &str = "state.json";
+/// File name of the tensors' hex SHA-256 inside a checkpoint directory.
+pub const CHECKSUM_FILE: &str = "tensors.sha256";
+
+/// Hex SHA-256 of `bytes`.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// Saves `tensors` (unique names) and `state` into `dir`, creating it if needed.
 pub fn save_checkpoint(
@@ -47,6 +61,10 @@ pub fn save_checkpoint(
     state_text.push('\n');
     ensure_dir(dir)?;
     atomic_write(&tensors_path, &bytes)?;
+    atomic_write(
+        &dir.join(CHECKSUM_FILE),
+        format!("{}\n", sha256_hex(&bytes)).as_bytes(),
+    )?;
     atomic_write(&state_path, state_text.as_bytes())
 }
 
@@ -86,6 +104,22 @@ pub fn load_checkpoint<S: DeserializeOwned>(
         }
     }
     let bytes = std::fs::read(&tensors_path).map_err(|e| Error::io(&tensors_path, e))?;
+    let checksum_path = dir.join(CHECKSUM_FILE);
+    if checksum_path.is_file() {
+        let want =
+            std::fs::read_to_string(&checksum_path).map_err(|e| Error::io(&checksum_path, e))?;
+        let got = sha256_hex(&bytes);
+        if want.trim() != got {
+            return Err(Error::Checkpoint {
+                path: tensors_path,
+                reason: format!(
+                    "damaged: its SHA-256 is {got}, {} says {}",
+                    CHECKSUM_FILE,
+                    want.trim()
+                ),
+            });
+        }
+    }
     let st =
         safetensors::SafeTensors::deserialize(&bytes).map_err(|source| Error::Safetensors {
             path: tensors_path.clone(),
@@ -115,6 +149,26 @@ mod tests {
     struct State {
         step: u64,
         lr: f64,
+    }
+
+    #[test]
+    fn a_flipped_byte_in_the_tensors_is_an_error_naming_the_file() {
+        // Issue 23.5: a damaged checkpoint must never be loaded as weights.
+        let dev = Device::Cpu;
+        let dir = tempfile::tempdir().unwrap();
+        let ck = dir.path().join("ck");
+        let w = Tensor::arange(0f32, 64f32, &dev).unwrap();
+        save_checkpoint(&ck, &[("w".into(), w)], &State { step: 1, lr: 0.1 }).unwrap();
+        let path = ck.join(TENSORS_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = load_checkpoint::<State>(&ck, &dev).unwrap_err().to_string();
+        assert!(e.contains(TENSORS_FILE) && e.contains("damaged"), "{e}");
+        // Without the checksum file (a checkpoint from before it existed) it loads unverified.
+        std::fs::remove_file(ck.join(CHECKSUM_FILE)).unwrap();
+        assert!(load_checkpoint::<State>(&ck, &dev).is_ok());
     }
 
     #[test]
