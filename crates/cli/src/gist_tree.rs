@@ -27,6 +27,11 @@ pub struct GistTreeArgs {
     /// When the writer fsyncs: `commit`, `off` or `every:N`.
     #[arg(long, global = true, default_value = "commit")]
     fsync: String,
+    /// Let a writing command's recovery cut records although other evidence (`commits.end`,
+    /// the index checkpoint, later records) says their versions were committed: gives up
+    /// versions missing from a damaged commit log. `verify` lists such damage first.
+    #[arg(long, global = true)]
+    discard_uncommitted: bool,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -177,6 +182,7 @@ fn tree_dir(args: &GistTreeArgs) -> Res<&Path> {
 fn opts(args: &GistTreeArgs) -> Res<WriterOptions> {
     Ok(WriterOptions {
         fsync: FsyncPolicy::parse(&args.fsync)?,
+        discard_uncommitted: args.discard_uncommitted,
         ..WriterOptions::default()
     })
 }

@@ -166,3 +166,54 @@ fn out_of_range_flags_are_named_before_any_work() {
         "{err}"
     );
 }
+
+/// The probe's reproduction: `commits.log` cut back by one entry. `verify` fails naming it,
+/// reads and the next `append` refuse instead of cutting the lost version's records, and
+/// `--discard-uncommitted` gives that version up explicitly.
+#[test]
+fn a_commit_log_cut_back_by_one_entry_is_refused_until_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("t");
+    let t = tree.to_str().unwrap();
+    let ids: Vec<String> = (0..400).map(|i| (i % 97).to_string()).collect();
+    let ids = ids.join(" ");
+    assert!(metarep(&["init", "--tree", t, "--block", "4", "--width", "3"]).0);
+    for _ in 0..3 {
+        let (ok, _, err) = metarep(&["append", "--tree", t, "--tokens", &ids]);
+        assert!(ok, "{err}");
+    }
+    let log = tree.join("gen-000001/commits.log");
+    let bytes = std::fs::read(&log).unwrap();
+    let parsed = metarep_gist_tree::codec::parse_log(&bytes).unwrap();
+    let last = parsed.items.last().unwrap().0;
+    std::fs::write(&log, &bytes[..last as usize]).unwrap();
+
+    let (ok, json, err) = metarep(&["verify", "--tree", t]);
+    assert!(!ok, "verify passed a cut commit log: {json}");
+    let problems = json["problems"].to_string();
+    assert!(
+        problems.contains("commits.log") && problems.contains("commits.end"),
+        "{problems} {err}"
+    );
+    let (ok, _, err) = metarep(&["range", "--tree", t, "--start", "0", "--end", "4"]);
+    assert!(!ok && err.contains("missing from the commit log"), "{err}");
+    let (ok, _, err) = metarep(&["append", "--tree", t, "--tokens", "1 2 3"]);
+    assert!(!ok && err.contains("--discard-uncommitted"), "{err}");
+    let (_, json, _) = metarep(&["stats", "--tree", t]);
+    assert!(json.is_null(), "stats read a damaged tree: {json}");
+
+    let (ok, json, err) = metarep(&[
+        "append",
+        "--tree",
+        t,
+        "--tokens",
+        "1 2 3",
+        "--discard-uncommitted",
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("gave up versions"), "{err}");
+    assert_eq!(json["version"], 3, "version 3 was given up and rewritten");
+    assert_eq!(json["tokens"], 803);
+    let (ok, _, err) = metarep(&["verify", "--tree", t]);
+    assert!(ok, "{err}");
+}

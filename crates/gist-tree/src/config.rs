@@ -245,6 +245,10 @@ pub struct WriterOptions {
     pub checkpoint_bytes: u64,
     /// Record per-node access telemetry for snapshots taken from this writer.
     pub telemetry: bool,
+    /// Let recovery cut records although other evidence (`commits.end`, the index checkpoint,
+    /// records of later versions) says their versions were committed — i.e. give up versions
+    /// missing from a damaged commit log. Without it, opening refuses and names the evidence.
+    pub discard_uncommitted: bool,
 }
 
 impl Default for WriterOptions {
@@ -253,6 +257,7 @@ impl Default for WriterOptions {
             fsync: FsyncPolicy::EveryCommit,
             checkpoint_bytes: 256 << 20,
             telemetry: true,
+            discard_uncommitted: false,
         }
     }
 }

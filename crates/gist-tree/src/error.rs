@@ -29,6 +29,20 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The commit log lacks versions that other evidence says were committed (it was cut back
+    /// or replaced by an older copy); recovery would delete their records.
+    #[error(
+        "{}: committed versions are missing from the commit log ({evidence}); nothing was \
+         changed. `verify` lists the damage; opening a writer with discard_uncommitted \
+         (CLI: --discard-uncommitted) gives those versions up and cuts their records",
+        path.display()
+    )]
+    CommitsMissing {
+        /// The commit log.
+        path: PathBuf,
+        /// What says the versions were committed, each naming its file.
+        evidence: String,
+    },
     /// A segment file that committed data needs is missing.
     #[error("missing segment {}: committed data of level {level} lives there", path.display())]
     MissingSegment {

@@ -41,6 +41,7 @@ pub mod config;
 pub mod error;
 pub mod index;
 pub mod log;
+pub mod log_end;
 pub mod node;
 pub mod open;
 pub mod prune;

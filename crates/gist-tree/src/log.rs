@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::codec::{self, CommitRecord, FileHeader, LogEntry, ScanEnd, HEADER_LEN, LOG_MAGIC};
 use crate::config::{TreeMeta, FORMAT_VERSION};
 use crate::error::{Error, Result};
+use crate::log_end::{EndWriter, LogEnd};
 
 /// The commit log's path inside a generation directory.
 pub fn log_path(gen_dir: &Path) -> PathBuf {
@@ -138,14 +139,16 @@ fn log_header(meta: &TreeMeta, gen: u32) -> FileHeader {
     }
 }
 
-/// Appends entries to the commit log.
+/// Appends entries to the commit log, recording its new end in `commits.end` after each.
 pub struct LogWriter {
     path: PathBuf,
     file: File,
+    end: EndWriter,
+    at: LogEnd,
 }
 
 impl LogWriter {
-    /// Creates a new log holding only its header (fsynced).
+    /// Creates a new log holding only its header (fsynced), and its `commits.end`.
     pub fn create(gen_dir: &Path, meta: &TreeMeta, gen: u32) -> Result<Self> {
         let path = log_path(gen_dir);
         let mut file = OpenOptions::new()
@@ -156,11 +159,28 @@ impl LogWriter {
         file.write_all(&log_header(meta, gen).encode())
             .and_then(|()| file.sync_data())
             .map_err(|e| Error::io(&path, e))?;
-        Ok(LogWriter { path, file })
+        let at = LogEnd {
+            log_len: HEADER_LEN as u64,
+            version: 0,
+        };
+        let end = EndWriter::open(gen_dir, meta, gen, at)?;
+        Ok(LogWriter {
+            path,
+            file,
+            end,
+            at,
+        })
     }
 
-    /// Opens an existing log for appending, first cutting it to `valid_len`.
-    pub fn open(gen_dir: &Path, valid_len: u64) -> Result<Self> {
+    /// Opens an existing log for appending, first cutting it to `valid_len` (its complete
+    /// entries, the newest commit being `version`) and recording that end in `commits.end`.
+    pub fn open(
+        gen_dir: &Path,
+        meta: &TreeMeta,
+        gen: u32,
+        valid_len: u64,
+        version: u64,
+    ) -> Result<Self> {
         let path = log_path(gen_dir);
         let file = OpenOptions::new()
             .append(true)
@@ -169,7 +189,17 @@ impl LogWriter {
         file.set_len(valid_len)
             .and_then(|()| file.sync_data())
             .map_err(|e| Error::io(&path, e))?;
-        Ok(LogWriter { path, file })
+        let at = LogEnd {
+            log_len: valid_len,
+            version,
+        };
+        let end = EndWriter::open(gen_dir, meta, gen, at)?;
+        Ok(LogWriter {
+            path,
+            file,
+            end,
+            at,
+        })
     }
 
     /// fsyncs the log.
@@ -177,7 +207,8 @@ impl LogWriter {
         self.file.sync_data().map_err(|e| Error::io(&self.path, e))
     }
 
-    /// Appends one entry in a single write; with `sync`, fsyncs before returning.
+    /// Appends one entry in a single write (with `sync`, fsynced), then records the new end in
+    /// `commits.end`.
     pub fn append(&mut self, entry: &LogEntry, sync: bool) -> Result<()> {
         let mut buf = Vec::new();
         codec::encode_frame(&entry.encode(), &mut buf);
@@ -189,6 +220,10 @@ impl LogWriter {
                 .sync_data()
                 .map_err(|e| Error::io(&self.path, e))?;
         }
-        Ok(())
+        self.at.log_len += buf.len() as u64;
+        if let LogEntry::Commit(c) = entry {
+            self.at.version = c.version;
+        }
+        self.end.record(self.at)
     }
 }

@@ -11,7 +11,8 @@ use crate::codec::{self, FileHeader, Hwm, CHECKPOINT_MAGIC, HEADER_LEN};
 use crate::config::{TreeMeta, FORMAT_VERSION};
 use crate::error::{Error, Result};
 use crate::index::LevelIndex;
-use crate::log::{read_log, History, LogTail};
+use crate::log::{log_path, read_log, History, LogTail};
+use crate::log_end::{end_path, read_end, EndRead};
 use crate::segment::{check_segment_header, level_dir, segment_path};
 use crate::state::{level_counts, rebuild_state, VersionState};
 
@@ -80,6 +81,9 @@ pub struct RecoveryReport {
     pub checkpoint_version: Option<u64>,
     /// Why an existing checkpoint was not used.
     pub checkpoint_ignored: Option<String>,
+    /// Evidence of committed versions missing from the commit log whose records were cut
+    /// anyway, as asked by [`WriterOptions::discard_uncommitted`](crate::WriterOptions).
+    pub discarded_committed: Vec<String>,
 }
 
 impl RecoveryReport {
@@ -89,6 +93,7 @@ impl RecoveryReport {
             && self.dropped.is_empty()
             && self.stale_generations.is_empty()
             && self.telemetry_torn_bytes == 0
+            && self.discarded_committed.is_empty()
     }
 
     /// Records dropped in total (all uncommitted).
@@ -102,6 +107,9 @@ impl RecoveryReport {
             return format!("clean open at version {}", self.version);
         }
         let mut s = format!("recovered to committed version {}", self.version);
+        for e in &self.discarded_committed {
+            s += &format!("; gave up versions missing from the commit log ({e})");
+        }
         if self.log_torn_bytes > 0 {
             s += &format!("; cut {} bytes of a torn commit entry", self.log_torn_bytes);
         }
@@ -132,6 +140,7 @@ pub(crate) struct Loaded {
     pub gen: u32,
     pub history: History,
     pub log_tail: LogTail,
+    pub end: EndRead,
     pub state: VersionState,
     pub report: RecoveryReport,
 }
@@ -141,8 +150,18 @@ pub(crate) struct Loaded {
 pub(crate) enum Mode {
     /// Read only: change nothing, ignore uncommitted bytes.
     ReadOnly,
-    /// Writer: cut uncommitted tails, remove uncommitted files.
-    Repair,
+    /// Writer: cut uncommitted tails, remove uncommitted files — with `discard_uncommitted`
+    /// even where other evidence says they were committed.
+    Repair {
+        /// Cut despite evidence of commits missing from the log.
+        discard_uncommitted: bool,
+    },
+}
+
+impl Mode {
+    fn repairs(self) -> bool {
+        matches!(self, Mode::Repair { .. })
+    }
 }
 
 fn parse_segment_name(name: &str) -> Option<u32> {
@@ -232,7 +251,7 @@ fn check_level(
                 ),
             ));
         }
-        if len > h.end && mode == Mode::Repair {
+        if len > h.end && mode.repairs() {
             let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
             report.dropped.push(DroppedTail {
                 path: path.clone(),
@@ -256,7 +275,7 @@ fn check_level(
         if bytes.len() >= HEADER_LEN {
             check_segment_header(&bytes, &path, meta, level, seg)?;
         }
-        if mode == Mode::Repair {
+        if mode.repairs() {
             report.dropped.push(DroppedTail {
                 path: path.clone(),
                 bytes: bytes.len() as u64,
@@ -289,19 +308,19 @@ fn read_prefix(path: &Path, level: u8) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Loads the checkpoint of `gen` if it matches a commit of `history`.
-fn load_checkpoint(
+/// Reads the checkpoint of `gen`: `None` if there is none, else the parsed checkpoint or why it
+/// is unusable.
+fn read_checkpoint(
     gen_path: &Path,
     meta: &TreeMeta,
     gen: u32,
-    history: &History,
-) -> std::result::Result<Option<VersionState>, String> {
+) -> Option<std::result::Result<codec::Checkpoint, String>> {
     let path = checkpoint_path(gen_path);
-    if !path.exists() {
-        return Ok(None);
-    }
-    let bytes = std::fs::read(&path).map_err(|e| format!("unreadable: {e}"))?;
-    let (h, ck) = codec::parse_checkpoint(&bytes).map_err(|e| e.0)?;
+    let bytes = match std::fs::read(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => return Some(Err(format!("unreadable: {e}"))),
+        Ok(b) => b,
+    };
     let want = FileHeader {
         magic: CHECKPOINT_MAGIC,
         tree_id: meta.tree_id,
@@ -309,9 +328,19 @@ fn load_checkpoint(
         seq: gen,
         format: FORMAT_VERSION,
     };
-    if h != want {
-        return Err("header does not match this tree and generation".into());
-    }
+    Some(match codec::parse_checkpoint(&bytes) {
+        Err(e) => Err(e.0),
+        Ok((h, _)) if h != want => Err("header does not match this tree and generation".into()),
+        Ok((_, ck)) => Ok(ck),
+    })
+}
+
+/// The state of checkpoint `ck` if it matches a commit of `history`.
+fn checkpoint_state(
+    ck: codec::Checkpoint,
+    meta: &TreeMeta,
+    history: &History,
+) -> std::result::Result<VersionState, String> {
     let commit = history
         .commit(ck.version)
         .ok_or_else(|| format!("version {} is not in the commit log", ck.version))?;
@@ -337,13 +366,103 @@ fn load_checkpoint(
         .flatten()
         .filter(|e| *e & crate::index::PRUNED != 0)
         .count() as u64;
-    Ok(Some(VersionState {
+    Ok(VersionState {
         version: ck.version,
         tokens: ck.tokens,
         levels,
         hwms: ck.hwms,
         pruned,
-    }))
+    })
+}
+
+/// The newest record version in the uncommitted bytes of `level` (past `hwm`; every segment when
+/// the level was never committed), with the file holding it.
+fn newest_uncommitted(gen: &Path, level: u8, hwm: Option<Hwm>) -> Result<Option<(PathBuf, u64)>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let (segs, _) = list_level(&level_dir(gen, level))?;
+    let mut newest: Option<(PathBuf, u64)> = None;
+    for seg in segs.into_iter().filter(|s| hwm.is_none_or(|h| *s >= h.seg)) {
+        let path = segment_path(gen, level, seg);
+        let from = match hwm {
+            Some(h) if h.seg == seg => h.end,
+            _ => HEADER_LEN as u64,
+        };
+        let mut tail = Vec::new();
+        std::fs::File::open(&path)
+            .and_then(|mut f| {
+                f.seek(SeekFrom::Start(from))?;
+                f.read_to_end(&mut tail)
+            })
+            .map_err(|e| Error::io(&path, e))?;
+        for f in codec::scan_frames(&tail, 0).0 {
+            let payload =
+                &tail[f.offset as usize + codec::FRAME_PREFIX..(f.offset + f.total) as usize];
+            if let Ok((h, _)) = codec::decode_node(payload) {
+                if newest.as_ref().is_none_or(|(_, v)| h.version > *v) {
+                    newest = Some((path.clone(), h.version));
+                }
+            }
+        }
+    }
+    Ok(newest)
+}
+
+/// Evidence, beside the commit log, that versions after its head `head` were committed:
+/// `commits.end` recording a longer log, an index checkpoint of a later version and uncommitted
+/// records of a version after `head + 1` (a writer writes those only once `head + 1` is
+/// committed; a read-only open counts them only if the log did not grow meanwhile, i.e. no live
+/// writer committed). Each item names its file.
+fn commits_beyond_log(
+    gen_path: &Path,
+    end: &EndRead,
+    checkpoint: Option<&std::result::Result<codec::Checkpoint, String>>,
+    log_tail: &LogTail,
+    head: &codec::CommitRecord,
+    mode: Mode,
+) -> Result<Vec<String>> {
+    let mut evidence = Vec::new();
+    if let EndRead::Found(e) = end {
+        if e.log_len > log_tail.valid_len || e.version > head.version {
+            evidence.push(format!(
+                "{} records a log of {} bytes through version {}, but it holds {} bytes of \
+                 complete entries through version {}",
+                end_path(gen_path).display(),
+                e.log_len,
+                e.version,
+                log_tail.valid_len,
+                head.version
+            ));
+        }
+    }
+    if let Some(Ok(ck)) = checkpoint {
+        if ck.version > head.version {
+            evidence.push(format!(
+                "{} indexes version {}",
+                checkpoint_path(gen_path).display(),
+                ck.version
+            ));
+        }
+    }
+    let mut later_records = Vec::new();
+    for level in 0..codec::MAX_LEVELS as u8 {
+        if !level_dir(gen_path, level).exists() {
+            continue;
+        }
+        let hwm = head.hwms.get(level as usize).copied();
+        if let Some((path, v)) = newest_uncommitted(gen_path, level, hwm)? {
+            if v > head.version + 1 {
+                later_records.push(format!(
+                    "{} holds records of version {v} past the committed end",
+                    path.display()
+                ));
+            }
+        }
+    }
+    let log_len = std::fs::metadata(log_path(gen_path)).map_or(u64::MAX, |m| m.len());
+    if mode.repairs() || log_len == log_tail.valid_len + log_tail.torn_bytes {
+        evidence.extend(later_records);
+    }
+    Ok(evidence)
 }
 
 /// Opens the live generation of `dir`: reads the log, checks (and in repair mode cuts) segment
@@ -362,7 +481,7 @@ pub(crate) fn load(
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
         if name.starts_with("gen-") && path != gen_path && path.is_dir() {
-            if mode == Mode::Repair {
+            if mode.repairs() {
                 std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
                 report.stale_generations.push(path);
             }
@@ -387,8 +506,12 @@ pub(crate) fn load(
             ),
         ));
     }
+    // Read before the log: a live writer updates both after its log append, so what they say
+    // is never ahead of the log read after them unless the log lost entries.
+    let end = read_end(&gen_path, meta, gen);
+    let checkpoint = read_checkpoint(&gen_path, meta, gen);
     let (history, log_tail) = read_log(&gen_path, meta, gen)?;
-    report.log_torn_bytes = if mode == Mode::Repair {
+    report.log_torn_bytes = if mode.repairs() {
         log_tail.torn_bytes
     } else {
         0
@@ -406,12 +529,28 @@ pub(crate) fn load(
             && name[1..].bytes().all(|b| b.is_ascii_digit());
         if !(is_level
             || name == "commits.log"
+            || name == "commits.end"
             || name == "index.ckpt"
             || name.starts_with(".index.ckpt.tmp")
             || name == "index.ckpt.tmp")
         {
             report.foreign_files.push(entry.path());
         }
+    }
+    let evidence =
+        commits_beyond_log(&gen_path, &end, checkpoint.as_ref(), &log_tail, &head, mode)?;
+    if !evidence.is_empty() {
+        if mode
+            != (Mode::Repair {
+                discard_uncommitted: true,
+            })
+        {
+            return Err(Error::CommitsMissing {
+                path: log_path(&gen_path),
+                evidence: evidence.join("; "),
+            });
+        }
+        report.discarded_committed = evidence;
     }
     let sealed: BTreeMap<(u8, u32), u64> = history
         .commits
@@ -428,16 +567,15 @@ pub(crate) fn load(
         }
         check_level(&gen_path, meta, level, hwm, &sealed, mode, &mut report)?;
     }
-    let base = if use_checkpoint {
-        match load_checkpoint(&gen_path, meta, gen, &history) {
-            Ok(b) => b,
+    let base = match checkpoint.filter(|_| use_checkpoint) {
+        None => None,
+        Some(ck) => match ck.and_then(|ck| checkpoint_state(ck, meta, &history)) {
+            Ok(b) => Some(b),
             Err(why) => {
                 report.checkpoint_ignored = Some(why);
                 None
             }
-        }
-    } else {
-        None
+        },
     };
     report.checkpoint_version = base.as_ref().map(|b| b.version);
     let state = rebuild_state(&gen_path, meta, &history, &head, base)?;
@@ -446,6 +584,7 @@ pub(crate) fn load(
         gen,
         history,
         log_tail,
+        end,
         state,
         report,
     })

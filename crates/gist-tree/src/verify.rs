@@ -11,6 +11,7 @@ use crate::codec::{self, Hwm};
 use crate::config::TreeMeta;
 use crate::error::Result;
 use crate::index::{ABSENT, PRUNED};
+use crate::log_end::{end_path, EndRead};
 use crate::node::NodeRef;
 use crate::open::{checkpoint_path, gen_dir, load, Mode};
 use crate::segment::segment_path;
@@ -67,6 +68,18 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
         ));
     }
     let gen = gen_dir(dir, loaded.gen);
+    match &loaded.end {
+        EndRead::Found(_) => {}
+        EndRead::Missing => report.problems.push(format!(
+            "{}: missing (it records the commit log's end after every append; without it a \
+             commit log cut back to an entry boundary goes unnoticed; the next writer \
+             rewrites it)",
+            end_path(&gen).display()
+        )),
+        EndRead::Damaged(why) => report.problems.push(format!(
+            "{why} (no evidence of the commit log's end; the next writer rewrites it)"
+        )),
+    }
     report.uncommitted_bytes += loaded.log_tail.torn_bytes;
     for (level, h) in state.hwms.iter().enumerate() {
         let level = level as u8;

@@ -194,14 +194,23 @@ impl Writer {
         let meta = TreeMeta::load(dir)?;
         let dir = &crate::snapshot::canonical(dir)?;
         let lock = lock(dir)?;
-        let loaded = load(dir, &meta, Mode::Repair, true)?;
+        let mode = Mode::Repair {
+            discard_uncommitted: opts.discard_uncommitted,
+        };
+        let loaded = load(dir, &meta, mode, true)?;
         let mut report = loaded.report;
         let g = gen_dir(dir, loaded.gen);
         let mut segs = Vec::with_capacity(loaded.state.hwms.len());
         for (level, h) in loaded.state.hwms.iter().enumerate() {
             segs.push(SegmentWriter::open(&g, &meta, level as u8, h.seg, h.end)?);
         }
-        let log = LogWriter::open(&g, loaded.log_tail.valid_len)?;
+        let log = LogWriter::open(
+            &g,
+            &meta,
+            loaded.gen,
+            loaded.log_tail.valid_len,
+            loaded.state.version,
+        )?;
         let telemetry = if opts.telemetry {
             let (t, torn) = Telemetry::open(dir, &meta, true)?;
             report.telemetry_torn_bytes = torn;

@@ -195,18 +195,41 @@ fn truncated_committed_segment_is_reported() {
     assert_eq!(std::fs::metadata(&p).unwrap().len(), len - 10);
 }
 
+/// Offsets of the commit-log entries of `dir`'s generation 1.
+fn log_entries(dir: &Path) -> Vec<u64> {
+    let bytes = std::fs::read(dir.join("gen-000001/commits.log")).unwrap();
+    let parsed = metarep_gist_tree::codec::parse_log(&bytes).unwrap();
+    parsed.items.iter().map(|(at, _)| *at).collect()
+}
+
+fn set_len(path: &Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
+/// Rewrites `commits.end` as the writer left it after a log append of `log_len` bytes through
+/// `version` (what a crash during the next append leaves).
+fn set_end(dir: &Path, log_len: u64, version: u64) {
+    let meta = metarep_gist_tree::TreeMeta::load(dir).unwrap();
+    let end = metarep_gist_tree::log_end::LogEnd { log_len, version };
+    std::fs::write(dir.join("gen-000001/commits.end"), end.encode(&meta, 1)).unwrap();
+}
+
 #[test]
 fn torn_last_commit_entry_is_cut_with_its_records() {
     let work = tempfile::tempdir().unwrap();
     build(work.path());
     let log = work.path().join("gen-000001/commits.log");
     let len = std::fs::metadata(&log).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&log)
-        .unwrap()
-        .set_len(len - 3)
-        .unwrap();
+    // A crash inside the append of commit 12: the log ends inside its entry, and commits.end
+    // still records the log through version 11.
+    set_len(&log, len - 3);
+    set_end(work.path(), *log_entries(work.path()).last().unwrap(), 11);
+    std::fs::remove_file(work.path().join("gen-000001/index.ckpt")).unwrap();
     // verify (read only) sees version 11 and 12's records as uncommitted.
     let report = verify(work.path()).unwrap();
     assert!(report.ok(), "{:?}", report.problems);
@@ -220,6 +243,95 @@ fn torn_last_commit_entry_is_cut_with_its_records() {
     drop(w);
     let report = verify(work.path()).unwrap();
     assert!(report.ok() && report.uncommitted_bytes == 0, "{report:?}");
+}
+
+/// Every file of the tree with its bytes.
+fn image(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    files(dir)
+        .into_iter()
+        .filter(|p| !p.ends_with("telemetry.log"))
+        .map(|p| {
+            let b = std::fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect()
+}
+
+/// A commit log cut back to an entry boundary (what a crash before the commit leaves, except
+/// that here the commit had happened) is refused by readers, `verify` and writers, naming the
+/// evidence, and nothing is deleted until a writer is told to discard.
+#[test]
+fn commit_log_cut_back_by_whole_entries_is_refused_until_discarded() {
+    // (entries cut, keep the checkpoint, keep commits.end): each leaves some evidence.
+    for (cut, keep_ckpt, keep_end) in [
+        (1, true, true),
+        (1, false, true),
+        (2, false, true),
+        (3, true, false),
+        (2, false, false),
+    ] {
+        let case = format!("cut {cut}, checkpoint {keep_ckpt}, commits.end {keep_end}");
+        let work = tempfile::tempdir().unwrap();
+        build(work.path());
+        let gen = work.path().join("gen-000001");
+        let entries = log_entries(work.path());
+        set_len(&gen.join("commits.log"), entries[entries.len() - cut]);
+        if !keep_ckpt {
+            std::fs::remove_file(gen.join("index.ckpt")).unwrap();
+        }
+        if !keep_end {
+            std::fs::remove_file(gen.join("commits.end")).unwrap();
+        }
+        let before = image(work.path());
+        let head = 12 - cut as u64;
+
+        let report = verify(work.path()).unwrap();
+        assert!(!report.ok(), "{case}: verify passed");
+        assert_names(&report.problems, &gen.join("commits.log"));
+        if keep_end {
+            assert_names(&report.problems, &gen.join("commits.end"));
+        } else if keep_ckpt {
+            assert_names(&report.problems, &gen.join("index.ckpt"));
+        }
+        let reader = Reader::open(work.path(), false);
+        {
+            assert!(
+                matches!(reader, Err(Error::CommitsMissing { .. })),
+                "{case}: reader opened: {:?}",
+                reader.err()
+            );
+        }
+        match Writer::open(work.path(), opts(), pool()) {
+            Err(Error::CommitsMissing { path, evidence }) => {
+                assert_eq!(path, gen.join("commits.log"), "{case}");
+                assert!(!evidence.is_empty(), "{case}");
+            }
+            other => panic!("{case}: expected CommitsMissing, got {:?}", other.err()),
+        }
+        assert!(
+            image(work.path()) == before,
+            "{case}: a refused open changed files"
+        );
+
+        let discard = WriterOptions {
+            discard_uncommitted: true,
+            ..opts()
+        };
+        let (w, rec) = Writer::open(work.path(), discard, pool()).unwrap();
+        assert_eq!(rec.version, head, "{case}");
+        assert!(!rec.discarded_committed.is_empty(), "{case}");
+        assert!(rec.dropped_records() > 0, "{case}: {}", rec.summary());
+        assert!(
+            rec.summary().contains("gave up versions"),
+            "{}",
+            rec.summary()
+        );
+        assert_eq!(w.snapshot().unwrap().token_count(), head * 37, "{case}");
+        drop(w);
+        let report = verify(work.path()).unwrap();
+        assert!(report.ok(), "{case}: after discard: {:?}", report.problems);
+        read_all(work.path()).unwrap();
+    }
 }
 
 #[test]

@@ -125,6 +125,7 @@ fn opts() -> WriterOptions {
         fsync: FsyncPolicy::Off,
         checkpoint_bytes: 2048,
         telemetry: true,
+        ..WriterOptions::default()
     }
 }
 

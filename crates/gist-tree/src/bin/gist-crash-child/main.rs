@@ -16,6 +16,7 @@ fn run(dir: &Path, seed: u64, fsync: FsyncPolicy) -> Result<()> {
         fsync,
         checkpoint_bytes: 16 << 10,
         telemetry: true,
+        ..WriterOptions::default()
     };
     let cfg = plan::config();
     let pool = || MeanPool::new(cfg.width as usize, plan::POOL_SEED);
