@@ -33,6 +33,10 @@ pub struct Args {
     /// Also write the table to this markdown file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Refuse inputs longer than the model's context length (n_ctx); without it, rotary models
+    /// run them with a warning (learned positions always refuse).
+    #[arg(long)]
+    strict: bool,
 }
 
 fn load_tokens(
@@ -54,7 +58,11 @@ fn load_tokens(
 
 /// Runs `metarep ablate`.
 pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let model = HookedTransformer::from_pretrained(&args.model, &LoadOptions::default())?;
+    let model = HookedTransformer::from_pretrained(&args.model, &LoadOptions::default())?
+        .with_strict_positions(args.strict);
+    model
+        .check_positions(args.context)
+        .map_err(|e| format!("--context {}: {e}", args.context))?;
     let config: AblationConfig = metarep_core::config::load_config(&args.config, &[])?;
     let tokens = load_tokens(&args.tokens, &model, args.context)?;
     let reference = match &args.reference {

@@ -38,11 +38,16 @@ pub struct Args {
     /// Stop after this many contexts (rerun to continue).
     #[arg(long)]
     max_contexts: Option<usize>,
+    /// Refuse inputs longer than the model's context length (n_ctx); without it, rotary models
+    /// run them with a warning (learned positions always refuse).
+    #[arg(long)]
+    strict: bool,
 }
 
 /// Runs `metarep capture`.
 pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let model = HookedTransformer::from_pretrained(&args.model, &LoadOptions::default())?;
+    let model = HookedTransformer::from_pretrained(&args.model, &LoadOptions::default())?
+        .with_strict_positions(args.strict);
     metarep_model::memory::retain_freed_memory();
     let mut hooks: Vec<_> = HookFilter::Patterns(args.hooks.clone())
         .resolve(model.config())?
@@ -52,6 +57,9 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("no hook of this model matches {:?}", args.hooks).into());
     }
     hooks.sort();
+    model
+        .check_positions(args.context)
+        .map_err(|e| format!("--context {}: {e}", args.context))?;
     let data = TokenDataset::load(&args.data, model.text_encoder(), args.context)?;
     let spec = CaptureSpec {
         hooks,

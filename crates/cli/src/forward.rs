@@ -35,6 +35,10 @@ pub struct Args {
     /// Read the hub cache only, never the network.
     #[arg(long)]
     offline: bool,
+    /// Refuse inputs longer than the model's context length (n_ctx); without it, rotary models
+    /// run them with a warning (learned positions always refuse).
+    #[arg(long)]
+    strict: bool,
 }
 
 fn parse_tokens(list: &str) -> Result<Vec<u32>, String> {
@@ -61,7 +65,8 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         offline: args.offline || LoadOptions::default().offline,
         ..LoadOptions::default()
     };
-    let model = HookedTransformer::from_pretrained(&args.model, &opts)?;
+    let model =
+        HookedTransformer::from_pretrained(&args.model, &opts)?.with_strict_positions(args.strict);
     let ids = match (&args.text, &args.tokens) {
         (_, Some(list)) => parse_tokens(list)?,
         (Some(text), None) => {

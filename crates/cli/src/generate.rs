@@ -45,6 +45,11 @@ pub struct Args {
     /// Read the hub cache only, never the network.
     #[arg(long)]
     offline: bool,
+    /// Refuse a prompt and --max-new-tokens that together run past the model's context length
+    /// (n_ctx); without it, rotary models run past it with a warning (learned positions always
+    /// refuse).
+    #[arg(long)]
+    strict: bool,
 }
 
 /// Returned by the token callback to end generation at a stop string (never shown).
@@ -72,13 +77,25 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         offline: args.offline || LoadOptions::default().offline,
         ..LoadOptions::default()
     };
-    let model = HookedTransformer::from_pretrained(&args.model, &opts)?;
+    let model =
+        HookedTransformer::from_pretrained(&args.model, &opts)?.with_strict_positions(args.strict);
     let tok = model
         .tokenizer()
         .ok_or_else(|| format!("{} has no tokenizer: cannot encode --prompt", args.model))?;
     let prompt = tok.encode(&args.prompt, true)?.ids;
     if prompt.is_empty() {
         return Err("--prompt encodes to no tokens".into());
+    }
+    if args.strict {
+        // The last new token is never fed back, so the model sees one position fewer.
+        let need = prompt.len() + args.max_new_tokens - 1;
+        model.check_positions(need).map_err(|e| {
+            format!(
+                "--strict: the prompt's {} tokens and --max-new-tokens {} need {need} positions: {e}",
+                prompt.len(),
+                args.max_new_tokens
+            )
+        })?;
     }
     let eos = tok.eos_ids().to_vec();
     let gen = GenerateOptions {

@@ -15,7 +15,9 @@
 //! ```
 //!
 //! Every `--model` takes a model directory (config.json + safetensors), a GGUF file or a
-//! Hugging Face hub id.
+//! Hugging Face hub id. An input longer than the model's context length (`n_ctx`) is an error
+//! for learned positions and, for rotary ones, runs with a warning — an error under `--strict`
+//! (ablate, capture, forward, generate, patch).
 //!
 //! Exit status: 0 on success, 1 when a check fails (`gist-tree verify`), 2 on an error.
 

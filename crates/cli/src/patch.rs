@@ -34,6 +34,10 @@ pub struct Args {
     /// Write `patch.md`, `patch_resid.svg` and `patch_heads.svg` here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Refuse inputs longer than the model's context length (n_ctx); without it, rotary models
+    /// run them with a warning (learned positions always refuse).
+    #[arg(long)]
+    strict: bool,
 }
 
 /// A prompt as text or token ids.
@@ -147,7 +151,8 @@ fn load_pairs(
 
 /// Runs `metarep patch`.
 pub fn run(args: Args) -> Result<(), BoxError> {
-    let model = HookedTransformer::from_pretrained(&args.model, &LoadOptions::default())?;
+    let model = HookedTransformer::from_pretrained(&args.model, &LoadOptions::default())?
+        .with_strict_positions(args.strict);
     let tok = model.tokenizer();
     let prepend =
         match &args.prepend {

@@ -166,7 +166,8 @@ pub struct ModelConfig {
     pub d_mlp: usize,
     /// Vocabulary size.
     pub d_vocab: usize,
-    /// Maximum context length (the learned position table's length).
+    /// Maximum context length: the learned position table's length, or the length a rotary
+    /// model was trained to (HF `max_position_embeddings`).
     pub n_ctx: usize,
     /// Blocks have attention only, no MLP.
     #[serde(default)]
@@ -339,6 +340,17 @@ impl ModelConfig {
     /// norms on the sublayer outputs), as residual decompositions need.
     pub fn additive_residual(&self) -> bool {
         !self.post_norm && !self.post_sublayer_norms
+    }
+
+    /// Checks that `len` positions fit the context length `n_ctx`; the error names both.
+    pub fn check_positions(&self, len: usize) -> Result<()> {
+        if len > self.n_ctx {
+            return Err(Error::ContextLength {
+                len,
+                n_ctx: self.n_ctx,
+            });
+        }
+        Ok(())
     }
 
     /// Checks the fields are consistent (sizes positive, heads divide, rotary fits the head).

@@ -133,6 +133,15 @@ pub enum Error {
         /// What was given.
         got: String,
     },
+    /// An input runs past the model's context length (`n_ctx`: HF `n_positions` /
+    /// `max_position_embeddings`).
+    #[error("{len} positions exceed the model's context length n_ctx = {n_ctx}")]
+    ContextLength {
+        /// Positions the input needs (earlier cached ones included).
+        len: usize,
+        /// The model's context length.
+        n_ctx: usize,
+    },
     /// A feature of a checkpoint or a request that this crate does not support.
     #[error("unsupported: {0}")]
     Unsupported(String),

@@ -49,6 +49,9 @@ pub struct HookedTransformer {
     inv_freq: Option<Vec<f64>>,
     local_inv_freq: Option<Vec<f64>>,
     tokenizer: Option<Arc<Tokenizer>>,
+    /// Inputs past `n_ctx` are errors even where positions are rotary (see
+    /// [`HookedTransformer::check_positions`]).
+    strict_positions: bool,
 }
 
 /// Calls `hooks` at `point` when it wants to, checking a replacement keeps the shape.
@@ -94,6 +97,7 @@ impl HookedTransformer {
             inv_freq,
             local_inv_freq,
             tokenizer: None,
+            strict_positions: false,
         })
     }
 
@@ -181,6 +185,34 @@ impl HookedTransformer {
         self
     }
 
+    /// The same model, refusing (`strict`) or allowing with a warning inputs past `n_ctx` when
+    /// its positions are rotary (see [`HookedTransformer::check_positions`]).
+    pub fn with_strict_positions(mut self, strict: bool) -> Self {
+        self.strict_positions = strict;
+        self
+    }
+
+    /// Checks that `len` positions fit the context length ([`ModelConfig::check_positions`]).
+    /// Past it, a learned position table has no rows, so that is always an error; rotary
+    /// positions extrapolate beyond what the model was trained on, so that is an error for a
+    /// strict model ([`HookedTransformer::with_strict_positions`]) and otherwise a warning on
+    /// stderr, printed once per process.
+    pub fn check_positions(&self, len: usize) -> Result<()> {
+        match self.cfg.check_positions(len) {
+            Err(e) if !self.cfg.learned_positions && !self.strict_positions => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    eprintln!(
+                        "warning: {e}; rotary positions past it were never trained on, so \
+                         results may be unreliable (warned once)"
+                    )
+                });
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
     /// The model's text encoder (its tokenizer), if it has one; always `None` when built
     /// without the `tokenizers` feature.
     pub fn text_encoder(&self) -> Option<&dyn crate::text::TextEncoder> {
@@ -210,6 +242,7 @@ impl HookedTransformer {
             .collect::<Result<_>>()?;
         let mut m = Self::new((*self.cfg).clone(), Weights::from_named(&self.cfg, &map)?)?;
         m.tokenizer = self.tokenizer.clone();
+        m.strict_positions = self.strict_positions;
         Ok(m)
     }
 
@@ -389,8 +422,9 @@ impl HookedTransformer {
         Ok(logits.reshape((b, p, self.cfg.d_vocab))?)
     }
 
-    /// Validates token ids (`[batch, pos]`, each `< d_vocab`, at most `n_ctx` positions with
-    /// learned position embeddings counting `offset` earlier ones) and returns them as u32.
+    /// Validates token ids (`[batch, pos]`, each `< d_vocab`, positions within `n_ctx` as
+    /// [`HookedTransformer::check_positions`] asks, counting `offset` earlier ones) and returns
+    /// them as u32.
     fn check_tokens(&self, tokens: &Tensor, offset: usize) -> Result<Tensor> {
         let (b, p) = tokens
             .dims2()
@@ -402,13 +436,7 @@ impl HookedTransformer {
                 format!("{:?}", tokens.dims()),
             ));
         }
-        if self.cfg.learned_positions && offset + p > self.cfg.n_ctx {
-            return Err(Error::shape(
-                "tokens",
-                format!("at most n_ctx = {} positions", self.cfg.n_ctx),
-                format!("{} positions", offset + p),
-            ));
-        }
+        self.check_positions(offset + p)?;
         if tokens.dtype().is_float() {
             return Err(Error::shape(
                 "tokens",

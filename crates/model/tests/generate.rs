@@ -1,7 +1,8 @@
 //! Generation with a key/value cache equals recomputing the whole sequence at every step, for
 //! learned positions (GPT-2) and rotary positions with grouped-query attention and a sliding
 //! window (Llama family), and Gemma 3's interleaved sliding and global layers; hooks see each
-//! new position; sampling is seeded; stop tokens stop.
+//! new position; sampling is seeded; stop tokens stop; rotary models run past `n_ctx` unless
+//! strict.
 
 use candle_core::{DType, Device};
 use metarep_core::compare::max_abs_diff;
@@ -205,4 +206,41 @@ fn sampling_is_seeded_and_restricted_by_top_k_and_top_p() {
         .generate(&[1, 2, 3], &long, &mut NoHooks, |_| Ok(()))
         .unwrap_err();
     assert!(e.to_string().contains("n_ctx = 64"), "{e}");
+}
+
+/// Rotary models run past `n_ctx` (with a warning on stderr); a strict model refuses, naming
+/// the length and the limit, in the plain forward pass and in cached generation alike.
+#[test]
+fn rotary_models_run_past_n_ctx_unless_strict() {
+    let (_, llama) = models().remove(1);
+    assert_eq!(llama.config().n_ctx, 64);
+    assert!(llama.config().check_positions(64).is_ok());
+    let e = llama.config().check_positions(65).unwrap_err().to_string();
+    assert!(
+        e.contains("65 positions") && e.contains("n_ctx = 64"),
+        "{e}"
+    );
+    let ids: Vec<u32> = (0..70).map(|i| i % 40).collect();
+    let input = Input::from_ids(&[ids], &Device::Cpu).unwrap();
+    assert_eq!(llama.forward(input.clone()).unwrap().dims(), &[1, 70, 40]);
+    let strict = llama.clone().with_strict_positions(true);
+    let e = strict.forward(input).unwrap_err().to_string();
+    assert!(
+        e.contains("70 positions") && e.contains("n_ctx = 64"),
+        "{e}"
+    );
+    let long = GenerateOptions {
+        max_new_tokens: 80,
+        ..GenerateOptions::default()
+    };
+    let new = llama.generate(&[1, 2, 3], &long, &mut NoHooks, |_| Ok(()));
+    assert_eq!(new.unwrap().len(), 80);
+    let e = strict
+        .generate(&[1, 2, 3], &long, &mut NoHooks, |_| Ok(()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("65 positions") && e.contains("n_ctx = 64"),
+        "{e}"
+    );
 }
