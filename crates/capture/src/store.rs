@@ -6,7 +6,8 @@
 //! is replaced the same way, so a shard exists for readers only once it is listed. Shards hold
 //! whole contexts and their boundaries depend only on the settings, so an interrupted capture
 //! resumes at the first unlisted shard and reproduces exactly the bytes an uninterrupted one
-//! would have written.
+//! would have written. A store with no finished shard (a run that failed early, e.g. on a bad
+//! token id) binds nothing: the next run replaces it, whatever its settings.
 
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -475,14 +476,33 @@ pub fn weights_sha256(model: &HookedTransformer) -> Result<String> {
 }
 
 /// The store's meta: the existing one when its settings match `fresh` (after deleting shards
-/// it does not list and temporary files), else `fresh`, written.
+/// it does not list and temporary files), else `fresh`, written. A store without a finished
+/// shard (left by a run that failed before its first one) holds nothing to resume, so it is
+/// replaced whatever its settings; a store holding data with other settings is an error.
 fn open_or_create(dir: &Path, fresh: StoreMeta) -> Result<StoreMeta> {
     ensure_dir(dir)?;
-    if !dir.join(META_FILE).exists() {
-        write_json_pretty(&dir.join(META_FILE), &fresh)?;
-        return Ok(fresh);
-    }
-    let meta = StoreMeta::read(dir)?;
+    let existing = dir
+        .join(META_FILE)
+        .exists()
+        .then(|| StoreMeta::read(dir))
+        .transpose()?;
+    let meta = match existing {
+        Some(meta) if !meta.shards.is_empty() => {
+            check_same_settings(dir, &meta, &fresh)?;
+            meta
+        }
+        _ => {
+            write_json_pretty(&dir.join(META_FILE), &fresh)?;
+            fresh
+        }
+    };
+    remove_strays(dir, &meta)?;
+    Ok(meta)
+}
+
+/// Errors naming the first setting in which the stored `meta` differs from `fresh`, and any
+/// shard it lists that is missing.
+fn check_same_settings(dir: &Path, meta: &StoreMeta, fresh: &StoreMeta) -> Result<()> {
     let pairs: [(&str, String, String); 8] = [
         (
             "model_config_sha256",
@@ -531,7 +551,11 @@ fn open_or_create(dir: &Path, fresh: StoreMeta) -> Result<StoreMeta> {
             ));
         }
     }
-    // Files a crash left behind: temporaries and shards written but never listed.
+    Ok(())
+}
+
+/// Deletes the files a crash left behind: temporaries and shards written but never listed.
+fn remove_strays(dir: &Path, meta: &StoreMeta) -> Result<()> {
     let listed: Vec<&str> = meta.shards.iter().map(|s| s.file.as_str()).collect();
     let entries = std::fs::read_dir(dir).map_err(|e| Error::file(dir, e.to_string()))?;
     for entry in entries.flatten() {
@@ -543,5 +567,5 @@ fn open_or_create(dir: &Path, fresh: StoreMeta) -> Result<StoreMeta> {
                 .map_err(|e| Error::file(entry.path(), e.to_string()))?;
         }
     }
-    Ok(meta)
+    Ok(())
 }

@@ -269,17 +269,15 @@ fn corrupt_shards_mismatched_settings_and_bad_data_are_named_errors() {
     assert!(e.contains("line 1") && e.contains("tokenizer"), "{e}");
 }
 
-#[test]
-fn a_failed_background_shard_write_surfaces_and_stops_the_writer() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("store");
-    let meta = StoreMeta {
+/// A fresh description of a store of width 3 holding `dtype` rows, one 2-token context a shard.
+fn small_meta(dtype: &str) -> StoreMeta {
+    StoreMeta {
         format_version: metarep_capture::store::FORMAT_VERSION,
         model: "m".into(),
         model_config_sha256: String::new(),
         model_weights_sha256: String::new(),
         hook: "blocks.0.hook_resid_post".into(),
-        dtype: "f16".into(),
+        dtype: dtype.into(),
         d_in: 3,
         context: 2,
         contexts_per_shard: 1,
@@ -288,9 +286,36 @@ fn a_failed_background_shard_write_surfaces_and_stops_the_writer() {
         dataset_tokens: 6,
         shards: Vec::new(),
         complete: false,
-    };
+    }
+}
+
+/// A store that a failed run left without a finished shard holds nothing to resume: a rerun
+/// with other settings replaces it; once it holds a shard, other settings are refused.
+#[test]
+fn a_store_without_shards_is_replaced_by_a_rerun_with_other_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    drop(metarep_capture::StoreWriter::open(&dir, small_meta("f16")).unwrap());
+    assert_eq!(StoreMeta::read(&dir).unwrap().dtype, "f16");
+    let mut w = metarep_capture::StoreWriter::open(&dir, small_meta("f32")).unwrap();
+    assert_eq!(StoreMeta::read(&dir).unwrap().dtype, "f32");
+    w.push(Tensor::ones((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap())
+        .unwrap();
+    w.finish_shard(false).unwrap();
+    w.close().unwrap();
+    let e = metarep_capture::StoreWriter::open(&dir, small_meta("f16")).unwrap_err();
+    assert!(
+        matches!(&e, Error::Mismatch { key, .. } if key == "dtype"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_failed_background_shard_write_surfaces_and_stops_the_writer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
     let rows = Tensor::ones((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
-    let mut w = metarep_capture::StoreWriter::open(&dir, meta).unwrap();
+    let mut w = metarep_capture::StoreWriter::open(&dir, small_meta("f16")).unwrap();
     w.push(rows.clone()).unwrap();
     w.finish_shard(true).unwrap();
     // A directory where the next shard's file should go: its background write fails.

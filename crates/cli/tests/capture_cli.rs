@@ -5,10 +5,27 @@ use std::path::Path;
 mod common;
 use common::metarep;
 
+/// `metarep capture` of the GPT-2 parity fixture over `data` into `out` at the hooks matching
+/// `hooks`, with `extra` arguments.
+fn capture(data: &Path, out: &Path, hooks: &str, extra: &[&str]) -> (bool, String, String) {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/parity/gpt2");
+    let args = [
+        "capture",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--hooks",
+        hooks,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    metarep(&[&args[..], extra].concat())
+}
+
 #[test]
 fn capture_stops_resumes_and_names_bad_input() {
     let dir = tempfile::tempdir().unwrap();
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/parity/gpt2");
     let data = dir.path().join("data.jsonl");
     let lines: Vec<String> = (0..6)
         .map(|d| {
@@ -23,26 +40,20 @@ fn capture_stops_resumes_and_names_bad_input() {
         .collect();
     std::fs::write(&data, lines.join("\n")).unwrap();
     let out = dir.path().join("acts");
-    let base = [
-        "capture",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--hooks",
-        "blocks.*.hook_resid_post",
-        "--out",
-        out.to_str().unwrap(),
-        "--context",
-        "6",
-        "--shard-tokens",
-        "12",
-    ];
+    let all = |extra: &[&str]| {
+        let settings = ["--context", "6", "--shard-tokens", "12"];
+        capture(
+            &data,
+            &out,
+            "blocks.*.hook_resid_post",
+            &[&settings[..], extra].concat(),
+        )
+    };
     let f16 = ["--dtype", "f16"];
-    let (ok, stdout, stderr) = metarep(&[&base[..], &f16, &["--max-contexts", "5"]].concat());
+    let (ok, stdout, stderr) = all(&[&f16[..], &["--max-contexts", "5"]].concat());
     assert!(ok, "{stderr}");
     assert!(stdout.contains("incomplete"), "{stdout}");
-    let (ok, stdout, stderr) = metarep(&[&base[..], &f16].concat());
+    let (ok, stdout, stderr) = all(&f16);
     assert!(ok, "{stderr}");
     assert!(
         stdout.contains("resumed at context 4") && !stdout.contains("incomplete"),
@@ -56,13 +67,7 @@ fn capture_stops_resumes_and_names_bad_input() {
     assert_eq!(meta["dtype"], "f16");
     assert_eq!(meta["shards"].as_array().unwrap().len(), 5); // 10 contexts, 2 per shard
 
-    let (ok, _, stderr) = metarep(
-        &[
-            &base[..5],
-            &["--hooks", "blocks.9.*", "--out", out.to_str().unwrap()],
-        ]
-        .concat(),
-    );
+    let (ok, _, stderr) = capture(&data, &out, "blocks.9.*", &[]);
     assert!(!ok && stderr.contains("blocks.9"), "{stderr}");
     // Resuming with other settings is refused, naming the setting.
     // The store trains an SAE directly; its hook and model go into the exported cfg.json.
@@ -102,6 +107,24 @@ fn capture_stops_resumes_and_names_bad_input() {
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["rows"], 60);
 
-    let (ok, _, stderr) = metarep(&[&base[..], &["--dtype", "f32"]].concat());
+    let (ok, _, stderr) = all(&["--dtype", "f32"]);
     assert!(!ok && stderr.contains("dtype = f16, not f32"), "{stderr}");
+}
+
+/// A capture that fails after creating its store (here a token id past the vocabulary, found
+/// by the forward pass) leaves nothing stored, so it does not block the corrected rerun into
+/// the same `--out`, although its dataset differs.
+#[test]
+fn a_failed_capture_does_not_block_the_corrected_rerun() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    let out = dir.path().join("acts");
+    let run = || capture(&data, &out, "blocks.0.hook_resid_post", &["--context", "4"]);
+    std::fs::write(&data, "{\"tokens\": [1, 2, 99, 3]}\n").unwrap();
+    let (ok, _, stderr) = run();
+    assert!(!ok && stderr.contains("token id 99"), "{stderr}");
+    std::fs::write(&data, "{\"tokens\": [1, 2, 9, 3]}\n").unwrap();
+    let (ok, stdout, stderr) = run();
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("4 tokens stored"), "{stdout}");
 }
