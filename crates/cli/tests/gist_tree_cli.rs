@@ -217,3 +217,46 @@ fn a_commit_log_cut_back_by_one_entry_is_refused_until_discarded() {
     let (ok, _, err) = metarep(&["verify", "--tree", t]);
     assert!(ok, "{err}");
 }
+
+/// "Read-only" commands on a read-only mount (where pins and telemetry cannot be written) read
+/// without writing. Needs `mount` (root); where it is refused the test says so and checks nothing.
+#[test]
+fn read_commands_work_on_a_read_only_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().to_str().unwrap();
+    let mount = |args: &[&str]| {
+        Command::new("mount")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !mount(&["-t", "tmpfs", "-o", "size=8m", "tmpfs", mnt]) {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?)");
+        return;
+    }
+    let t = dir.path().join("t");
+    let t = t.to_str().unwrap();
+    let result = std::panic::catch_unwind(|| {
+        assert!(metarep(&["init", "--tree", t, "--block", "4", "--width", "3"]).0);
+        let (ok, _, err) = metarep(&["append", "--tree", t, "--tokens", "1 2 3 4 5 6 7 8 9"]);
+        assert!(ok, "{err}");
+        assert!(mount(&["-o", "remount,ro", mnt]), "remount read-only");
+        let (ok, json, err) = metarep(&["range", "--tree", t, "--start", "2", "--end", "5"]);
+        assert!(ok, "range on a read-only mount: {err}");
+        assert_eq!(json["tokens"], serde_json::json!([3, 4, 5]));
+        for args in [
+            &["get", "--tree", t, "--node", "1:0"][..],
+            &["stats", "--tree", t],
+            &["verify", "--tree", t],
+        ] {
+            let (ok, _, err) = metarep(args);
+            assert!(ok, "{args:?} on a read-only mount: {err}");
+        }
+        let (ok, _, err) = metarep(&["append", "--tree", t, "--tokens", "1"]);
+        assert!(!ok && err.contains("Read-only"), "{err}");
+    });
+    let _ = Command::new("umount").arg(mnt).status();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}

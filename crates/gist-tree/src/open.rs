@@ -41,6 +41,26 @@ pub fn read_current(dir: &Path) -> Result<u32> {
         .ok_or_else(|| Error::corrupt(&path, 0, format!("expected `gen-NNNNNN`, found {text:?}")))
 }
 
+/// Runs `attempt` on the live generation of `dir`, and again (up to 50 times in all) while it
+/// `failed` and `CURRENT` moved meanwhile: a compaction in another process replaced the
+/// generation and may have unlinked the files the attempt was reading.
+pub(crate) fn on_stable_generation<T>(
+    dir: &Path,
+    mut attempt: impl FnMut() -> Result<T>,
+    failed: impl Fn(&Result<T>) -> bool,
+) -> Result<T> {
+    const ATTEMPTS: usize = 50;
+    let mut n = 1;
+    loop {
+        let gen = read_current(dir).ok();
+        let result = attempt();
+        if n == ATTEMPTS || !failed(&result) || read_current(dir).ok() == gen {
+            return result;
+        }
+        n += 1;
+    }
+}
+
 /// Points `CURRENT` at generation `gen` (atomic rename).
 pub fn write_current(dir: &Path, gen: u32) -> Result<()> {
     Ok(metarep_core::atomic_write(

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::index::Loc;
 use crate::log::History;
 use crate::node::{Node, NodeData, NodeRef};
-use crate::open::{gen_dir, load, Mode};
+use crate::open::{gen_dir, load, on_stable_generation, Loaded, Mode};
 use crate::segment::{RecordView, Storage};
 use crate::state::{rebuild_state, VersionState};
 use crate::telemetry::Telemetry;
@@ -72,27 +72,39 @@ struct Pin {
 }
 
 impl Pin {
-    fn new(shared: &Arc<Shared>, version: u64) -> Result<Self> {
-        let mut file = None;
-        if shared.pin_files {
-            let dir = pins_dir(&shared.dir);
-            metarep_core::ensure_dir(&dir)?;
-            let path = dir.join(format!(
-                "{}-{}.pin",
-                std::process::id(),
-                PIN_COUNTER.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::write(&path, format!("{version}\n")).map_err(|e| Error::io(&path, e))?;
-            file = Some(path);
+    /// Pins `version`: through a file in `DIR/pins/` for read-only handles, in this process
+    /// otherwise — and in this process too when the file cannot be written (a read-only mount,
+    /// a full disk): the handle then reads without writing. Its opened version stays readable
+    /// anyway (its files are mapped); only [`Reader::snapshot_at`] an older version can then
+    /// find it reclaimed by a compaction elsewhere.
+    fn new(shared: &Arc<Shared>, version: u64) -> Self {
+        let file = if shared.pin_files {
+            write_pin_file(&shared.dir, version).ok()
         } else {
+            None
+        };
+        if file.is_none() {
             with_pins(&shared.dir, |p| *p.entry(version).or_default() += 1);
         }
-        Ok(Pin {
+        Pin {
             shared: shared.clone(),
             version,
             file,
-        })
+        }
     }
+}
+
+/// Writes a pin file for `version` in `DIR/pins/` and returns its path.
+fn write_pin_file(dir: &Path, version: u64) -> Result<PathBuf> {
+    let pins = pins_dir(dir);
+    metarep_core::ensure_dir(&pins)?;
+    let path = pins.join(format!(
+        "{}-{}.pin",
+        std::process::id(),
+        PIN_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, format!("{version}\n")).map_err(|e| Error::io(&path, e))?;
+    Ok(path)
 }
 
 impl Drop for Pin {
@@ -161,7 +173,7 @@ impl Shared {
             (head.storage.clone(), head.state.clone())
         };
         Ok(Snapshot {
-            pin: Pin::new(self, state.version)?,
+            pin: Pin::new(self, state.version),
             storage,
             state,
         })
@@ -182,7 +194,7 @@ impl Shared {
             oldest: history.oldest(),
             head: head.version(),
         })?;
-        let pin = Pin::new(self, version)?;
+        let pin = Pin::new(self, version);
         let state = rebuild_state(&head.storage.gen_dir, &self.meta, history, commit, None)?;
         Ok(Snapshot {
             pin,
@@ -535,6 +547,21 @@ pub(crate) fn canonical(dir: &Path) -> Result<PathBuf> {
     std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))
 }
 
+/// Loads the live generation of `dir` read-only and maps its committed segment files (retried
+/// when a compaction in another process replaces the generation between the steps).
+pub(crate) fn load_mapped(dir: &Path, meta: &TreeMeta) -> Result<(Loaded, Arc<Storage>)> {
+    on_stable_generation(
+        dir,
+        || {
+            let loaded = load(dir, meta, Mode::ReadOnly, true)?;
+            let storage = Storage::shared(gen_dir(dir, loaded.gen), *meta);
+            storage.map_all(&loaded.state.hwms)?;
+            Ok((loaded, storage))
+        },
+        Result::is_err,
+    )
+}
+
 /// A read-only handle for processes other than the writer's: it never modifies the tree (an
 /// uncommitted tail of a live writer is simply ignored) and pins the versions its snapshots read
 /// through files in `DIR/pins/`, which compaction honours.
@@ -546,10 +573,12 @@ pub struct Reader {
 impl Reader {
     /// Opens the newest committed version of the tree in `dir` read-only; with `telemetry`, its
     /// reads are recorded in `telemetry.log`.
+    ///
+    /// Every committed segment file is mapped at open, so the opened version stays readable
+    /// while a writer in another process compacts the tree and unlinks those files.
     pub fn open(dir: &Path, telemetry: bool) -> Result<Reader> {
         let meta = TreeMeta::load(dir)?;
-        let loaded = load(dir, &meta, Mode::ReadOnly, true)?;
-        let storage = Storage::shared(gen_dir(&canonical(dir)?, loaded.gen), meta);
+        let (loaded, storage) = load_mapped(&canonical(dir)?, &meta)?;
         let telemetry = if telemetry {
             Some(Telemetry::open(dir, &meta, false)?.0)
         } else {

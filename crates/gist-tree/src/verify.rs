@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::index::{ABSENT, PRUNED};
 use crate::log_end::{end_path, EndRead};
 use crate::node::NodeRef;
-use crate::open::{checkpoint_path, gen_dir, load, Mode};
+use crate::open::{checkpoint_path, gen_dir, load, on_stable_generation, Mode};
 use crate::segment::segment_path;
 use crate::state::scan_level;
 use crate::telemetry::AccessStats;
@@ -47,7 +47,18 @@ impl VerifyReport {
 
 /// Verifies the tree in `dir`. An `Err` means `dir` is not a readable tree at all (no or
 /// unreadable `tree.json`); damage inside the tree is listed in [`VerifyReport::problems`].
+/// A check that found problems while a compaction in another process replaced the generation
+/// is repeated on the new one.
 pub fn verify(dir: &Path) -> Result<VerifyReport> {
+    on_stable_generation(
+        dir,
+        || verify_generation(dir),
+        |r| r.as_ref().is_ok_and(|r| !r.ok()),
+    )
+}
+
+/// One pass of [`verify`] over the generation `CURRENT` names when it starts.
+fn verify_generation(dir: &Path) -> Result<VerifyReport> {
     let meta = TreeMeta::load(dir)?;
     let mut report = VerifyReport::default();
     let loaded = match load(dir, &meta, Mode::ReadOnly, false) {

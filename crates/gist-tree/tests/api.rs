@@ -272,3 +272,24 @@ fn a_torn_or_damaged_telemetry_log_never_blocks_the_tree() {
         );
     }
 }
+
+/// A read-only handle that cannot write its pin files (here `pins` is a file, as a read-only
+/// mount or a full disk would refuse the directory) still reads, pinning in-process instead.
+#[test]
+fn readers_read_where_they_cannot_write_pins() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = writer(dir.path(), 4);
+    w.append(
+        &(0..50).collect::<Vec<u32>>(),
+        &Provenance::source(1, 0, 50),
+    )
+    .unwrap();
+    w.commit().unwrap();
+    w.close().unwrap();
+    std::fs::write(dir.path().join("pins"), b"not a directory").unwrap();
+    let r = Reader::open(dir.path(), true).unwrap();
+    let s = r.snapshot().unwrap();
+    assert_eq!(s.tokens(10..13).unwrap(), vec![10, 11, 12]);
+    drop(s);
+    assert!(metarep_gist_tree::verify(dir.path()).unwrap().ok());
+}

@@ -1,17 +1,21 @@
-//! The child process of the crash tests: opens (recovering) or creates a tree and commits the
-//! seeded workload of `plan.rs` forever, printing `open V` after recovery and `committed V` after
-//! each commit returns, until the test kills it with SIGKILL.
+//! The child process of the crash tests, run until the test kills it with SIGKILL:
 //!
-//! Usage: `gist-crash-child DIR SEED FSYNC` (FSYNC: `off`, `commit` or `every:N`).
+//! - `gist-crash-child write DIR SEED FSYNC [COMPACT_EVERY]` opens (recovering) or creates a tree
+//!   and commits the seeded workload of `plan.rs` forever, printing `open V` after recovery and
+//!   `committed V` after each commit returns (FSYNC: `off`, `commit` or `every:N`); it compacts
+//!   after the plan's compacting commits and, with COMPACT_EVERY, after every COMPACT_EVERY-th.
+//! - `gist-crash-child read DIR` opens the tree read-only (with telemetry) again and again,
+//!   reads every token and prints `read V` — a reader killed anywhere, telemetry writes
+//!   included.
 
 mod plan;
 
 use std::io::Write;
 use std::path::Path;
 
-use metarep_gist_tree::{FsyncPolicy, MeanPool, Provenance, Result, Writer, WriterOptions};
+use metarep_gist_tree::{FsyncPolicy, MeanPool, Provenance, Reader, Result, Writer, WriterOptions};
 
-fn run(dir: &Path, seed: u64, fsync: FsyncPolicy) -> Result<()> {
+fn write(dir: &Path, seed: u64, fsync: FsyncPolicy, compact_every: u64) -> Result<()> {
     let opts = WriterOptions {
         fsync,
         checkpoint_bytes: 16 << 10,
@@ -50,7 +54,7 @@ fn run(dir: &Path, seed: u64, fsync: FsyncPolicy) -> Result<()> {
         }
         drop(snap);
         let got = w.commit()?;
-        if step.compact {
+        if step.compact || got.is_multiple_of(compact_every) {
             w.compact()?;
         }
         let _ = writeln!(out, "committed {got}");
@@ -58,15 +62,39 @@ fn run(dir: &Path, seed: u64, fsync: FsyncPolicy) -> Result<()> {
     }
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.len() != 4 {
-        eprintln!("usage: gist-crash-child DIR SEED FSYNC");
-        std::process::exit(2);
+fn read(dir: &Path) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    loop {
+        let reader = Reader::open(dir, true)?;
+        let snap = reader.snapshot()?;
+        snap.tokens(0..snap.token_count())?;
+        let _ = writeln!(out, "read {}", snap.version());
+        let _ = out.flush();
     }
-    let seed = args[2].parse().unwrap_or(0);
-    let result = FsyncPolicy::parse(&args[3]).and_then(|p| run(Path::new(&args[1]), seed, p));
-    if let Err(e) = result {
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let invalid = || metarep_gist_tree::Error::Invalid(USAGE.into());
+    match args {
+        [mode, dir] if mode == "read" => read(Path::new(dir)),
+        [mode, dir, seed, fsync, rest @ ..] if mode == "write" && rest.len() <= 1 => {
+            let seed = seed.parse().map_err(|_| invalid())?;
+            let every = match rest {
+                [n] => n.parse().ok().filter(|n| *n > 0).ok_or_else(invalid)?,
+                _ => u64::MAX,
+            };
+            write(Path::new(dir), seed, FsyncPolicy::parse(fsync)?, every)
+        }
+        _ => Err(invalid()),
+    }
+}
+
+const USAGE: &str =
+    "usage: gist-crash-child write DIR SEED FSYNC [COMPACT_EVERY] | gist-crash-child read DIR";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(e) = run(&args) {
         eprintln!("gist-crash-child: {e}");
         std::process::exit(1);
     }
