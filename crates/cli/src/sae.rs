@@ -251,6 +251,7 @@ fn run_train(mut a: TrainArgs) -> Result<(), Box<dyn Error>> {
         (Some(loaded), rows, d_in)
     };
     let file = train_file(&a, d_in)?;
+    check_batch_fits(file.train.batch, rows, &a.acts)?;
     let config = file.sae.config(d_in)?;
     let seed = file.train.seed;
     let mut source: Box<dyn ActivationSource> = match loaded {
@@ -295,6 +296,19 @@ fn run_train(mut a: TrainArgs) -> Result<(), Box<dyn Error>> {
         report.seconds,
         dir.display()
     );
+    Ok(())
+}
+
+/// A batch larger than the data would silently hold every row while `config.json` records the
+/// larger size: an error naming both.
+fn check_batch_fits(batch: usize, rows: usize, acts: &Path) -> Result<(), Box<dyn Error>> {
+    if batch > rows {
+        return Err(format!(
+            "batch {batch} (--batch / train.batch) exceeds the {rows} rows in {}: give a batch of at most {rows}",
+            acts.display()
+        )
+        .into());
+    }
     Ok(())
 }
 

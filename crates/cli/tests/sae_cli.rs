@@ -1,4 +1,5 @@
-//! `metarep sae train` then `metarep sae eval` on a small `.npy` file.
+//! `metarep sae train` then `metarep sae eval` on a small `.npy` file; bad settings (a batch
+//! larger than the data, `--max-rows 0`) are errors naming them.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -175,4 +176,82 @@ fn eval_splices_the_sae_into_a_model() {
     let a = args(&tokens);
     let (ok, _, stderr) = metarep(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!ok && stderr.contains("line 2"), "{stderr}");
+}
+
+/// `train` on eight rows of width four into `dir/run` with `extra` arguments.
+fn train_small(dir: &std::path::Path, extra: &[&str]) -> (bool, String, String) {
+    let acts = dir.join("acts.npy");
+    Tensor::randn(0f32, 1.0, (8, 4), &Device::Cpu)
+        .unwrap()
+        .write_npy(&acts)
+        .unwrap();
+    let out = dir.join("run");
+    let base = [
+        "sae",
+        "train",
+        "--acts",
+        acts.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--k",
+        "2",
+        "--expansion",
+        "2",
+        "--steps",
+        "2",
+    ];
+    metarep(&[&base[..], extra].concat())
+}
+
+#[test]
+fn a_batch_larger_than_the_data_is_refused_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, stderr) = train_small(dir.path(), &["--batch", "8192"]);
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("8192") && stderr.contains("8 rows"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("run/config.json").exists());
+    let (ok, _, stderr) = train_small(dir.path(), &["--batch", "8"]);
+    assert!(ok, "{stderr}");
+}
+
+#[test]
+fn eval_refuses_max_rows_0_and_stops_at_max_rows() {
+    use metarep_sae::saelens::{export, SaeLensInfo};
+
+    let dir = tempfile::tempdir().unwrap();
+    let sae_dir = dir.path().join("sae");
+    let sae = metarep_sae::baselines::exact_sae(4).unwrap();
+    export(
+        &sae,
+        &sae_dir,
+        &SaeLensInfo::for_hook("m", "blocks.0.hook_resid_post"),
+    )
+    .unwrap();
+    let acts = dir.path().join("acts.npy");
+    Tensor::randn(0f32, 1.0, (64, 4), &Device::Cpu)
+        .unwrap()
+        .write_npy(&acts)
+        .unwrap();
+    let eval = |rows: &str| {
+        metarep(&[
+            "sae",
+            "eval",
+            "--sae",
+            sae_dir.to_str().unwrap(),
+            "--acts",
+            acts.to_str().unwrap(),
+            "--max-rows",
+            rows,
+            "--json",
+        ])
+    };
+    let (ok, _, stderr) = eval("0");
+    assert!(!ok && stderr.contains("max_rows"), "{stderr}");
+    let (ok, stdout, stderr) = eval("10");
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["rows"], 10);
 }

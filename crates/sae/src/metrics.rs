@@ -31,6 +31,21 @@ impl Default for EvalConfig {
     }
 }
 
+impl EvalConfig {
+    /// Errors naming the first invalid field.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch == 0 {
+            return Err(Error::Config("evaluation batch must be ≥ 1, got 0".into()));
+        }
+        if self.max_rows == Some(0) {
+            return Err(Error::Config(
+                "max_rows must be ≥ 1 (leave it unset to evaluate one full epoch), got 0".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Histogram of `log10(firing frequency)` over the latents that fired at least once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DensityHistogram {
@@ -134,12 +149,13 @@ impl VarianceSums {
     }
 }
 
-/// Evaluates `sae` on one epoch of `source` (or `max_rows` rows).
+/// Evaluates `sae` on one epoch of `source` (or its first `max_rows` rows).
 pub fn evaluate(
     sae: &Sae,
     source: &mut dyn ActivationSource,
     cfg: &EvalConfig,
 ) -> Result<EvalReport> {
+    cfg.validate()?;
     if source.d_in() != sae.config.d_in {
         return Err(Error::shape(
             "evaluation activations",
@@ -152,19 +168,22 @@ pub fn evaluate(
     let (mut l0, mut l1) = (0.0, 0.0);
     let mut fired = vec![0u64; n];
     source.start_epoch(0)?;
-    while let Some(batch) = source.next_batch(cfg.batch)? {
-        let rows = batch.x.dim(0)?;
-        let (xn, factor) = sae.normalize_input(&batch.x)?;
+    let mut left = cfg.max_rows.unwrap_or(usize::MAX);
+    while left > 0 {
+        let Some(batch) = source.next_batch(cfg.batch)? else {
+            break;
+        };
+        let rows = batch.x.dim(0)?.min(left);
+        left -= rows;
+        let x = batch.x.narrow(0, 0, rows)?;
+        let (xn, factor) = sae.normalize_input(&x)?;
         let latents = sae.encode_normalized(&xn)?;
         let recon = sae.decode(&latents, factor.as_ref())?;
-        sums.add(&batch.x, &recon)?;
+        sums.add(&x, &recon)?;
         let (b0, b1) = latents.l0_l1()?;
         l0 += b0 * rows as f64;
         l1 += b1 * rows as f64;
         accumulate(&mut fired, &latents, n)?;
-        if cfg.max_rows.is_some_and(|m| sums.rows >= m) {
-            break;
-        }
     }
     if sums.rows == 0 {
         return Err(Error::Invalid("evaluation source yielded no rows".into()));
