@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use metarep_capture::StoreMeta;
-use metarep_core::config::parse_config;
+use metarep_core::config::parse_config_from;
 use metarep_core::fsutil::write_json_pretty;
 use metarep_core::train::RunControl;
 use metarep_model::{HookPoint, HookedTransformer, Input, LoadOptions};
@@ -183,11 +183,15 @@ pub fn run(args: Args) -> Result<(), Box<dyn Error>> {
 
 /// The config: defaults, then `--config`, then the flags, then `--set`.
 fn train_file(a: &TrainArgs, d_in: usize) -> Result<TrainFile, Box<dyn Error>> {
-    let base = match &a.config {
-        Some(p) => {
-            std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?
-        }
-        None => DEFAULTS.to_string(),
+    let (base, origin) = match &a.config {
+        Some(p) => (
+            std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (
+            DEFAULTS.to_string(),
+            "the defaults of sae train".to_string(),
+        ),
     };
     let arch = match a.arch.as_str() {
         "relu" | "gated" => format!("{{ kind = \"{}\" }}", a.arch),
@@ -231,7 +235,7 @@ fn train_file(a: &TrainArgs, d_in: usize) -> Result<TrainFile, Box<dyn Error>> {
         ));
     }
     sets.extend(a.overrides.iter().cloned());
-    Ok(parse_config(&base, &sets)?)
+    Ok(parse_config_from(&base, &sets, &origin)?)
 }
 
 fn run_train(mut a: TrainArgs) -> Result<(), Box<dyn Error>> {

@@ -1,5 +1,6 @@
 //! `metarep sae train` then `metarep sae eval` on a small `.npy` file; bad settings (a batch
-//! larger than the data, `--max-rows 0`) are errors naming them.
+//! larger than the data, `--max-rows 0`, a broken config file or `--set` value) are errors
+//! naming them.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -215,6 +216,19 @@ fn a_batch_larger_than_the_data_is_refused_naming_both() {
     assert!(!dir.path().join("run/config.json").exists());
     let (ok, _, stderr) = train_small(dir.path(), &["--batch", "8"]);
     assert!(ok, "{stderr}");
+}
+
+#[test]
+fn config_errors_name_the_file_or_the_set_override() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sae.toml");
+    std::fs::write(&config, "[sae]\nexpansion = = 2\n").unwrap();
+    let (ok, _, stderr) = train_small(dir.path(), &["--config", config.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("sae.toml"), "{stderr}");
+    assert!(!stderr.contains("<string>"), "{stderr}");
+    let (ok, _, stderr) = train_small(dir.path(), &["--set", "train.steps=abc"]);
+    assert!(!ok && stderr.contains("--set train.steps=abc"), "{stderr}");
+    assert!(stderr.contains("invalid type"), "{stderr}");
 }
 
 #[test]

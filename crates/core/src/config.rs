@@ -25,7 +25,10 @@ pub fn parse_config<T: DeserializeOwned>(toml_text: &str, overrides: &[String]) 
     parse_config_from(toml_text, overrides, "<string>")
 }
 
-fn parse_config_from<T: DeserializeOwned>(
+/// [`parse_config`] of text read from `origin` (a file path, or what the text is), which
+/// errors about the text name. An error about a value an override set names the override
+/// instead ([`Error::BadOverride`]).
+pub fn parse_config_from<T: DeserializeOwned>(
     text: &str,
     overrides: &[String],
     origin: &str,
@@ -43,9 +46,35 @@ fn parse_config_from<T: DeserializeOwned>(
     if let Some(key) = ignored.into_iter().next() {
         return Err(Error::UnknownConfigKey { key });
     }
-    result.map_err(|source| Error::Toml {
-        origin: origin.to_string(),
-        source,
+    result.map_err(|source| match blamed_override(&source, overrides) {
+        Some(text) => bad_override(text, source.message()),
+        None => Error::Toml {
+            origin: origin.to_string(),
+            source,
+        },
+    })
+}
+
+/// The override a deserialization error is about, if any: the last one whose key path holds
+/// the error's location (the value it set was refused), or lies below it where the error names
+/// the override's next key (`unknown field`) or no key at all (its table replaced a value), or
+/// above it (its value holds the refused one).
+fn blamed_override<'a>(err: &toml::de::Error, overrides: &'a [String]) -> Option<&'a str> {
+    let shown = err.to_string();
+    let at: Vec<&str> = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("in `")?.strip_suffix('`'))
+        .map_or_else(Vec::new, |path| path.split('.').collect());
+    let message = err.message();
+    overrides.iter().rev().map(String::as_str).find(|o| {
+        let Ok((key, _)) = split_override(o) else {
+            return false;
+        };
+        match key.strip_prefix(at.as_slice()) {
+            Some([]) => true,
+            Some([next, ..]) => !message.contains('`') || message.contains(&format!("`{next}`")),
+            None => at.starts_with(&key),
+        }
     })
 }
 
@@ -79,20 +108,32 @@ fn parse_override_value(raw: &str) -> Value {
     }
 }
 
-/// Applies one `key.path=value` override to `table`, creating intermediate tables as needed.
-pub fn apply_override(table: &mut Table, text: &str) -> Result<()> {
-    let bad = |reason: &str| Error::BadOverride {
+/// An [`Error::BadOverride`] for the override `text`.
+fn bad_override(text: &str, reason: &str) -> Error {
+    Error::BadOverride {
         text: text.to_string(),
         reason: reason.to_string(),
-    };
+    }
+}
+
+/// Splits an override `key.path=value` into its key path and its raw value.
+fn split_override(text: &str) -> Result<(Vec<&str>, &str)> {
     let (key, raw) = text
         .split_once('=')
-        .ok_or_else(|| bad("expected `key.path=value`"))?;
+        .ok_or_else(|| bad_override(text, "expected `key.path=value`"))?;
     let parts: Vec<&str> = key.trim().split('.').map(str::trim).collect();
     if parts.iter().any(|p| p.is_empty()) {
-        return Err(bad("key path has an empty segment"));
+        return Err(bad_override(text, "key path has an empty segment"));
     }
-    let (last, parents) = parts.split_last().ok_or_else(|| bad("empty key path"))?;
+    Ok((parts, raw))
+}
+
+/// Applies one `key.path=value` override to `table`, creating intermediate tables as needed.
+pub fn apply_override(table: &mut Table, text: &str) -> Result<()> {
+    let (parts, raw) = split_override(text)?;
+    let (last, parents) = parts
+        .split_last()
+        .ok_or_else(|| bad_override(text, "empty key path"))?;
     let mut cur = table;
     for (i, part) in parents.iter().enumerate() {
         let entry = cur
@@ -101,10 +142,10 @@ pub fn apply_override(table: &mut Table, text: &str) -> Result<()> {
         cur = match entry {
             Value::Table(t) => t,
             _ => {
-                return Err(bad(&format!(
-                    "`{}` is a value, not a table",
-                    parts[..=i].join(".")
-                )))
+                return Err(bad_override(
+                    text,
+                    &format!("`{}` is a value, not a table", parts[..=i].join(".")),
+                ))
             }
         };
     }
@@ -276,9 +317,30 @@ name = "tiny"
             assert!(matches!(err, Error::BadOverride { .. }), "{bad}: {err}");
             assert!(err.to_string().contains(bad), "{err}");
         }
-        // A well-formed override of the wrong type is a TOML type error.
-        let err = parse_config::<Cfg>(TEXT, &ov(&["train.steps=many"])).unwrap_err();
+    }
+
+    #[test]
+    fn a_bad_override_value_blames_the_override_not_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, TEXT).unwrap();
+        for (set, blamed) in [
+            ("train.steps=many", "--set train.steps=many"),
+            ("seed=abc", "--set seed=abc"),
+            ("train={ lr = 1 }", "--set train={ lr = 1 }"),
+            ("seed.x=1", "--set seed.x=1"),
+        ] {
+            let err = load_config::<Cfg>(&p, &ov(&["verbose=true", set])).unwrap_err();
+            assert!(matches!(err, Error::BadOverride { .. }), "{set}: {err}");
+            let text = err.to_string();
+            assert!(text.contains(blamed), "{text}");
+            assert!(!text.contains("c.toml"), "{text}");
+        }
+        // A file's own mistake still names the file, overrides or not.
+        std::fs::write(&p, TEXT.replace("steps = 10", "steps = \"ten\"")).unwrap();
+        let err = load_config::<Cfg>(&p, &ov(&["train.lr=0.5"])).unwrap_err();
         assert!(matches!(err, Error::Toml { .. }), "{err}");
+        assert!(err.to_string().contains("c.toml"), "{err}");
     }
 
     #[test]

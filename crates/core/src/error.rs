@@ -38,8 +38,9 @@ pub enum Error {
         /// The full dotted key path, e.g. `train.lr_typo`.
         key: String,
     },
-    /// A `key.path=value` override could not be applied.
-    #[error("bad config override `{text}`: {reason}")]
+    /// A `key.path=value` override (`--set` of the command-line tools) could not be applied,
+    /// or set a value the config refuses.
+    #[error("--set {text}: {reason}")]
     BadOverride {
         /// The override text as given.
         text: String,
