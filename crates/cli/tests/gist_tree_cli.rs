@@ -218,10 +218,10 @@ fn a_commit_log_cut_back_by_one_entry_is_refused_until_discarded() {
     assert!(ok, "{err}");
 }
 
-/// "Read-only" commands on a read-only mount (where pins and telemetry cannot be written) read
-/// without writing. Needs `mount` (root); where it is refused the test says so and checks nothing.
+/// "Read-only" commands on a read-only mount and on a full disk (where pins and telemetry cannot
+/// be written) read without writing. Needs `mount` (root); where it is refused the test says so and checks nothing.
 #[test]
-fn read_commands_work_on_a_read_only_mount() {
+fn read_commands_work_on_a_read_only_mount_and_a_full_disk() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().to_str().unwrap();
     let mount = |args: &[&str]| {
@@ -254,6 +254,24 @@ fn read_commands_work_on_a_read_only_mount() {
         }
         let (ok, _, err) = metarep(&["append", "--tree", t, "--tokens", "1"]);
         assert!(!ok && err.contains("Read-only"), "{err}");
+        // A full disk: no room for pins or telemetry either.
+        assert!(mount(&["-o", "remount,rw", mnt]), "remount read-write");
+        std::fs::remove_dir_all(std::path::Path::new(t).join("pins")).ok();
+        std::fs::remove_file(std::path::Path::new(t).join("telemetry.log")).ok();
+        let filler = dir.path().join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![7u8; 64 << 10];
+        while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+        drop(f);
+        for args in [
+            &["range", "--tree", t, "--start", "2", "--end", "5"][..],
+            &["get", "--tree", t, "--node", "1:0"],
+            &["stats", "--tree", t],
+            &["verify", "--tree", t],
+        ] {
+            let (ok, _, err) = metarep(args);
+            assert!(ok, "{args:?} on a full disk: {err}");
+        }
     });
     let _ = Command::new("umount").arg(mnt).status();
     if let Err(e) = result {

@@ -179,6 +179,15 @@ impl TreeMeta {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("tree.json");
         if !path.exists() {
+            if crate::open::holds_tree_data(dir) {
+                return Err(Error::corrupt(
+                    &path,
+                    0,
+                    "missing, but the directory holds a tree's data (its generation \
+                     directories): restore tree.json from a backup (its tree id is in every \
+                     file header); `init` refuses to replace the data",
+                ));
+            }
             return Err(Error::NotATree {
                 path: dir.to_path_buf(),
             });

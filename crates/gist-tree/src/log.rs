@@ -92,10 +92,16 @@ pub fn read_log(gen_dir: &Path, meta: &TreeMeta, gen: u32) -> Result<(History, L
         return Err(Error::ForeignFile {
             path,
             reason: format!(
-                "commit-log header (magic {:?}, tree {:016x}, generation {}) does not match this tree (tree {:016x}, generation {gen})",
+                "commit-log header (magic {:?}, tree {:016x}, generation {}) does not match {} \
+                 (tree {:016x}, generation {gen}): one of them belongs to another tree",
                 String::from_utf8_lossy(&header.magic),
                 header.tree_id,
                 header.seq,
+                gen_dir
+                    .parent()
+                    .unwrap_or(gen_dir)
+                    .join("tree.json")
+                    .display(),
                 meta.tree_id
             ),
         });

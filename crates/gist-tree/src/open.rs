@@ -41,6 +41,27 @@ pub fn read_current(dir: &Path) -> Result<u32> {
         .ok_or_else(|| Error::corrupt(&path, 0, format!("expected `gen-NNNNNN`, found {text:?}")))
 }
 
+/// Whether `dir` holds data of a tree beyond what an interrupted `create` leaves (which is
+/// `gen-000001` with only its commit log of version 0): another generation, a level directory
+/// or an index checkpoint.
+pub(crate) fn holds_tree_data(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let first = gen_dir(dir, 1);
+    entries.flatten().any(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        name.starts_with("gen-")
+            && (e.path() != first
+                || std::fs::read_dir(&first).is_ok_and(|g| {
+                    g.flatten().any(|f| {
+                        let n = f.file_name().to_string_lossy().into_owned();
+                        n.starts_with('L') || n == "index.ckpt"
+                    })
+                }))
+    })
+}
+
 /// Runs `attempt` on the live generation of `dir`, and again (up to 50 times in all) while it
 /// `failed` and `CURRENT` moved meanwhile: a compaction in another process replaced the
 /// generation and may have unlinked the files the attempt was reading.

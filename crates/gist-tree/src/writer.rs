@@ -147,7 +147,7 @@ impl Writer {
         summarizer: Box<dyn Summarizer + Send>,
     ) -> Result<Writer> {
         config.validate()?;
-        if dir.join("tree.json").exists() {
+        if dir.join("tree.json").exists() || crate::open::holds_tree_data(dir) {
             return Err(Error::AlreadyExists {
                 path: dir.to_path_buf(),
             });
