@@ -428,6 +428,7 @@ fn parsers_survive_arbitrary_bytes() {
         .iter()
         .map(|p| std::fs::read(p).unwrap())
         .collect();
+    let meta = metarep_gist_tree::TreeMeta::load(base.path()).unwrap();
     let mut rng = metarep_core::rng::seeded(12);
     for i in 0..3000 {
         let mut b = if i % 4 == 0 {
@@ -450,6 +451,7 @@ fn parsers_survive_arbitrary_bytes() {
         let _ = codec::decode_telemetry(&b);
         let _ = codec::decode_node(&b);
         let _ = codec::LogEntry::decode(&b);
+        let _ = metarep_gist_tree::log_end::LogEnd::decode(&b, &meta, 1);
     }
 }
 

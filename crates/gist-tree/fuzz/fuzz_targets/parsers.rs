@@ -1,5 +1,6 @@
 //! Feeds arbitrary bytes to every parser of the on-disk format: segment files, node records,
-//! the commit log and its entries, index checkpoints and telemetry batches. None may panic.
+//! the commit log and its entries, `commits.end`, index checkpoints and telemetry batches. None
+//! may panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -14,4 +15,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = codec::Checkpoint::decode_body(data);
     let _ = codec::decode_telemetry(data);
     let _ = codec::scan_frames(data, 0);
+    let meta = metarep_gist_tree::TreeMeta {
+        format: 1,
+        tree_id: 0,
+        config: metarep_gist_tree::TreeConfig::default(),
+    };
+    let _ = metarep_gist_tree::log_end::LogEnd::decode(data, &meta, 0);
 });
