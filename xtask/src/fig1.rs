@@ -3,7 +3,6 @@
 use std::path::Path;
 
 use candle_core::Device;
-use metarep_core::config::load_config;
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_eval::plot::{LegendPosition, LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
@@ -12,6 +11,7 @@ use metarep_lat_cg::problem::{lambda_for_condition, rbf_problem, RbfProblemSpec}
 use metarep_lat_cg::reference::Preconditioner;
 use serde::{Deserialize, Serialize};
 
+use crate::checks::{self, CheckedConfig};
 use crate::error::BoxError;
 use crate::output::ResultDir;
 
@@ -24,12 +24,22 @@ pub struct Fig1Config {
     steps: usize,
 }
 
+impl CheckedConfig for Fig1Config {
+    fn check(&self) -> Result<(), BoxError> {
+        checks::rbf_problem("problem", &self.problem)?;
+        checks::each("kappas", &self.kappas, |key, kappa| {
+            checks::require(kappa > 1.0, key, kappa, "a condition number > 1")
+        })?;
+        checks::at_least_one("steps", self.steps)
+    }
+}
+
 /// Tolerance of `--check` on the LAT-vs-CG deviation.
 const MAX_DEV: f64 = 1e-6;
 
 /// Runs fig1 and writes `dir`.
 pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxError> {
-    let cfg: Fig1Config = load_config(config, overrides)?;
+    let cfg: Fig1Config = checks::load_checked(config, overrides)?;
     let mut out = ResultDir::start(dir, &cfg, vec![cfg.seed])?;
     let base = rbf_problem(
         &mut seeded(derive_seed(cfg.seed, "fig1/problem")),
@@ -138,4 +148,27 @@ fn record(out: &mut ResultDir, kappa: f64, lambda: f64, run: &ConvergenceRun) {
         run.max_dev_all(),
         run.max_jitter_all()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--set` values that make no sense are refused before anything runs or is written,
+    /// naming the key and the value.
+    #[test]
+    fn invalid_values_are_errors_naming_key_and_value() {
+        let config = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/fig1.toml"));
+        // Under a file, so that nothing can be written even by root.
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml/fig1"));
+        for (set, named) in [
+            ("problem.noise=-1.0", "problem.noise = -1"),
+            ("problem.n_support=0", "problem.n_support = 0"),
+            ("steps=0", "steps = 0"),
+            ("kappas=[10.0, 0.5]", "kappas[1] = 0.5"),
+        ] {
+            let e = run(config, &[set.into()], dir).unwrap_err().to_string();
+            assert!(e.contains(named), "{set}: {e}");
+        }
+    }
 }

@@ -3,7 +3,6 @@
 use std::path::Path;
 
 use candle_core::Device;
-use metarep_core::config::load_config;
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_eval::plot::{LegendPosition, LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
@@ -12,6 +11,7 @@ use metarep_lat_cg::problem::{log_spaced_scales, rbf_problem, scaled_supports, R
 use metarep_lat_cg::reference::Preconditioner;
 use serde::{Deserialize, Serialize};
 
+use crate::checks::{self, CheckedConfig};
 use crate::error::BoxError;
 use crate::output::ResultDir;
 
@@ -26,6 +26,16 @@ pub struct Fig2Config {
     residual_tol: f64,
 }
 
+impl CheckedConfig for Fig2Config {
+    fn check(&self) -> Result<(), BoxError> {
+        checks::rbf_problem("problem", &self.problem)?;
+        checks::non_negative("spread", self.spread)?;
+        checks::non_negative("nugget", self.nugget)?;
+        checks::at_least_one("steps", self.steps)?;
+        checks::positive("residual_tol", self.residual_tol)
+    }
+}
+
 /// Steps to reach the tolerance as a metric value: the step, or -1 when never reached.
 fn steps_metric(steps: Option<usize>) -> f64 {
     steps.map_or(-1.0, |s| s as f64)
@@ -33,7 +43,7 @@ fn steps_metric(steps: Option<usize>) -> f64 {
 
 /// Runs fig2 and writes `dir`.
 pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxError> {
-    let cfg: Fig2Config = load_config(config, overrides)?;
+    let cfg: Fig2Config = checks::load_checked(config, overrides)?;
     let mut out = ResultDir::start(dir, &cfg, vec![cfg.seed])?;
     let base = rbf_problem(
         &mut seeded(derive_seed(cfg.seed, "fig2/problem")),

@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use candle_core::DType;
-use metarep_core::config::load_config;
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_eval::plot::{LegendPosition, LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
@@ -15,6 +14,7 @@ use metarep_softmax_routes::route_b::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::checks::{self, CheckedConfig};
 use crate::error::BoxError;
 use crate::output::ResultDir;
 
@@ -44,6 +44,31 @@ pub struct Fig4Config {
     cumulative: CumulativeConfig,
 }
 
+impl CheckedConfig for Fig4Config {
+    fn check(&self) -> Result<(), BoxError> {
+        checks::each("seeds", &self.seeds, |_, _| Ok(()))?;
+        checks::positive("eps", self.eps)?;
+        checks::each("eps_grid", &self.eps_grid, checks::positive)?;
+        checks::each("sizes", &self.sizes, |key, [n, p]| {
+            checks::at_least_one(&format!("{key}[0]"), n)?;
+            checks::at_least_one(&format!("{key}[1]"), p)
+        })?;
+        checks::at_least_one("n_query", self.n_query)?;
+        checks::non_negative("lambda", self.lambda)?;
+        checks::non_negative("noise", self.noise)?;
+        let c = &self.cumulative;
+        checks::at_least_one("cumulative.steps", c.steps)?;
+        checks::each("cumulative.eps", &c.eps, checks::positive)?;
+        checks::positive("cumulative.converged", c.converged)?;
+        let p = &c.problem;
+        checks::at_least_one("cumulative.problem.n_support", p.n_support)?;
+        checks::at_least_one("cumulative.problem.n_query", p.n_query)?;
+        checks::at_least_one("cumulative.problem.features", p.features)?;
+        checks::non_negative("cumulative.problem.lambda", p.lambda)?;
+        checks::non_negative("cumulative.problem.noise", p.noise)
+    }
+}
+
 /// Per-mat-vec relative operator error target.
 const MAX_OPERATOR_ERROR: f64 = 1e-2;
 /// `sup_t dev_t/(ε t)` may differ by at most this factor across the ε_s whose per-mat-vec error
@@ -52,7 +77,7 @@ const MAX_CONSTANT_SPREAD: f64 = 2.0;
 
 /// Runs fig4 and writes `dir`.
 pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxError> {
-    let cfg: Fig4Config = load_config(config, overrides)?;
+    let cfg: Fig4Config = checks::load_checked(config, overrides)?;
     let mut out = ResultDir::start(dir, &cfg, cfg.seeds.clone())?;
     let (worst_at_eps, bound_holds) = operator_errors(&cfg, &mut out)?;
     let (gap_ok, spread_ok) = cumulative_errors(&cfg, &mut out)?;

@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use candle_core::Device;
-use metarep_core::config::load_config;
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_eval::baselines::StepSize;
 use metarep_eval::harness::{Measurement, SweepResult};
@@ -17,6 +16,7 @@ use metarep_lat_cg::solver_probe::{probe_layers, ProbeRow, ProbeSet, Target};
 use metarep_lat_cg::train::IclTrainConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::checks::{self, CheckedConfig};
 use crate::error::BoxError;
 use crate::output::ResultDir;
 
@@ -40,6 +40,28 @@ pub struct Fig7Config {
     tuning_tasks: usize,
     train: IclTrainConfig,
     constructed: ConstructedConfig,
+}
+
+impl CheckedConfig for Fig7Config {
+    fn check(&self) -> Result<(), BoxError> {
+        checks::each("seeds", &self.seeds, |_, _| Ok(()))?;
+        checks::each("depths", &self.depths, checks::at_least_one)?;
+        for (key, v) in [
+            ("probe_train_tasks", self.probe_train_tasks),
+            ("probe_test_tasks", self.probe_test_tasks),
+            ("tuning_tasks", self.tuning_tasks),
+            ("constructed.steps", self.constructed.steps),
+            (
+                "constructed.train_problems",
+                self.constructed.train_problems,
+            ),
+            ("constructed.test_problems", self.constructed.test_problems),
+        ] {
+            checks::at_least_one(key, v)?;
+        }
+        checks::non_negative("constructed.lambda", self.constructed.lambda)?;
+        checks::rbf_problem("constructed.problem", &self.constructed.problem)
+    }
 }
 
 /// A CG target must be read by the constructed LAT's probes with at least this cosine.
@@ -145,7 +167,7 @@ fn mean_at(runs: &[&ModelProbes], layer: usize, target: Target, f: fn(&ProbeRow)
 
 /// Runs fig7 and writes `dir`.
 pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxError> {
-    let cfg: Fig7Config = load_config(config, overrides)?;
+    let cfg: Fig7Config = checks::load_checked(config, overrides)?;
     let mut out = ResultDir::start(dir, &cfg, cfg.seeds.clone())?;
     let mut all: Vec<ModelProbes> = Vec::new();
     for &seed in &cfg.seeds {

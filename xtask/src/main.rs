@@ -10,6 +10,7 @@
 //! ```
 
 mod bench;
+mod checks;
 mod detector_maps;
 mod error;
 mod fig1;
