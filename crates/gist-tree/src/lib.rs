@@ -39,6 +39,7 @@ pub mod codec;
 pub mod compact;
 pub mod config;
 pub mod error;
+mod evidence;
 pub mod index;
 pub mod log;
 pub mod log_end;
