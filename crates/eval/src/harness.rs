@@ -187,7 +187,7 @@ impl SweepResult {
         Ok(t)
     }
 
-    /// Mean curves (solid, with markers) and CI bands (dashed) per method.
+    /// Mean curves (solid) with shaded `level` interval bands per method.
     pub fn plot(
         &self,
         title: &str,
@@ -203,34 +203,16 @@ impl SweepResult {
             .log_y(log_y);
         for (i, method) in self.methods().into_iter().enumerate() {
             let mine: Vec<&SummaryRow> = rows.iter().filter(|r| r.method == method).collect();
-            let pts =
-                |f: fn(&SummaryRow) -> f64| mine.iter().map(|r| (r.x, f(r))).collect::<Vec<_>>();
-            plot = plot.series(Series {
-                name: method.clone(),
-                points: pts(|r| r.mean),
-                style: SeriesStyle::Solid,
-                color: Some(i),
-            });
-            // A t-interval from few seeds can reach below zero: on a log axis those band points
-            // cannot be drawn, so they are left out (and a band with none left is omitted).
-            let band_name = format!("{method} {:.0}% CI", level * 100.0);
-            for (name, band) in [
-                (band_name, pts(|r| r.low)),
-                (String::new(), pts(|r| r.high)),
-            ] {
-                let band: Vec<(f64, f64)> = band
-                    .into_iter()
-                    .filter(|&(_, y)| !log_y || y > 0.0)
-                    .collect();
-                if !band.is_empty() {
-                    plot = plot.series(Series {
-                        name,
-                        points: band,
-                        style: SeriesStyle::Dashed,
-                        color: Some(i),
-                    });
-                }
-            }
+            // A t-interval from few seeds can reach below zero: on a log axis the band leaves
+            // those points out.
+            plot = plot
+                .series(Series {
+                    name: format!("{method} (mean, {:.0}% CI)", level * 100.0),
+                    points: mine.iter().map(|r| (r.x, r.mean)).collect(),
+                    style: SeriesStyle::Solid,
+                    color: Some(i),
+                })
+                .band(mine.iter().map(|r| (r.x, r.low, r.high)).collect());
         }
         Ok(plot)
     }
