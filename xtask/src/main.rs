@@ -7,6 +7,7 @@
 //! cargo xtask bench lat_cg
 //! cargo xtask bench gist_tree --set size_gib=0.25
 //! cargo xtask fixtures parity|minilm|minilm-reference
+//! cargo xtask gallery [--results results] [--out results/index.html]
 //! ```
 
 mod bench;
@@ -26,6 +27,7 @@ mod fig7;
 mod fig8;
 mod fig9;
 mod fixtures;
+mod gallery;
 mod output;
 mod registry;
 mod routes_ablations;
@@ -87,6 +89,16 @@ enum Command {
         /// Fixture set name.
         name: String,
     },
+    /// Write one self-contained HTML page over the reproduced results (figures, metrics,
+    /// commands, manifests, tables).
+    Gallery {
+        /// Results root (as `reproduce --out`).
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+        /// The page to write.
+        #[arg(long, default_value = "results/index.html")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -119,6 +131,7 @@ fn main() -> ExitCode {
             settings,
         } => bench::run(&name, &out, &settings),
         Command::Fixtures { name } => fixtures::run(&name),
+        Command::Gallery { results, out } => gallery::run(&results, &out),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -1,0 +1,704 @@
+//! `cargo xtask gallery`: one self-contained, offline HTML page over a results directory
+//! (`results/index.html` by default) listing every reproduced id — each subdirectory holding
+//! `metrics.json` and `manifest.json` — with its figures, its metrics (pass/fail highlighted),
+//! the command that made it, its manifest and links to its CSV/markdown tables. Ids come in
+//! registry order, then any others alphabetically. Every link is relative to the page, so the
+//! folder can be moved, and everything read from the results is HTML-escaped.
+
+use std::path::{Component, Path};
+
+use metarep_core::config::load_config;
+use serde_json::{Map, Value};
+
+use crate::error::BoxError;
+use crate::registry;
+
+/// One reproduced id: a subdirectory of the results holding `metrics.json` and `manifest.json`.
+struct Entry {
+    /// The subdirectory's name.
+    id: String,
+    /// Names of the plain files directly in it, sorted.
+    files: Vec<String>,
+    /// `metrics.json`.
+    metrics: Map<String, Value>,
+    /// `manifest.json`.
+    manifest: Map<String, Value>,
+}
+
+/// Writes the gallery of `results` to `out`; returns `true` (the gallery checks nothing).
+pub fn run(results: &Path, out: &Path) -> Result<bool, BoxError> {
+    let entries = read_entries(results)?;
+    let out_dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(out_dir).map_err(|e| format!("creating {}: {e}", out_dir.display()))?;
+    let base = relative_url(results, out_dir)?;
+    std::fs::write(out, page(&entries, &base))
+        .map_err(|e| format!("writing {}: {e}", out.display()))?;
+    println!("wrote {} ({} ids)", out.display(), entries.len());
+    Ok(true)
+}
+
+/// The reproduced ids under `results`, in registry order and then alphabetically.
+fn read_entries(results: &Path) -> Result<Vec<Entry>, BoxError> {
+    let listing =
+        std::fs::read_dir(results).map_err(|e| format!("reading {}: {e}", results.display()))?;
+    let mut entries = Vec::new();
+    for item in listing {
+        let dir = item?.path();
+        if dir.join("metrics.json").is_file() && dir.join("manifest.json").is_file() {
+            entries.push(read_entry(&dir)?);
+        }
+    }
+    if entries.is_empty() {
+        return Err(format!(
+            "no reproduced ids in {} (subdirectories with metrics.json and manifest.json); \
+             run `cargo xtask reproduce` first",
+            results.display()
+        )
+        .into());
+    }
+    let ids = registry::ids();
+    entries.sort_by_key(|e| {
+        let rank = ids.iter().position(|id| *id == e.id).unwrap_or(ids.len());
+        (rank, e.id.clone())
+    });
+    Ok(entries)
+}
+
+/// Reads one id's directory.
+fn read_entry(dir: &Path) -> Result<Entry, BoxError> {
+    let mut files = Vec::new();
+    for item in std::fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))? {
+        let item = item?;
+        if item.file_type()?.is_file() {
+            files.push(item.file_name().to_string_lossy().into_owned());
+        }
+    }
+    files.sort();
+    Ok(Entry {
+        id: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        files,
+        metrics: read_object(&dir.join("metrics.json"))?,
+        manifest: read_object(&dir.join("manifest.json"))?,
+    })
+}
+
+/// Reads a JSON file holding an object.
+fn read_object(path: &Path) -> Result<Map<String, Value>, BoxError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    match serde_json::from_str(&text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(format!("{}: expected a JSON object", path.display()).into()),
+        Err(e) => Err(format!("{}: {e}", path.display()).into()),
+    }
+}
+
+/// The URL prefix (empty or ending in `/`) leading from directory `from` to directory `to`.
+fn relative_url(to: &Path, from: &Path) -> Result<String, BoxError> {
+    let canonical = |p: &Path| {
+        p.canonicalize()
+            .map_err(|e| format!("resolving {}: {e}", p.display()))
+    };
+    let (to, from) = (canonical(to)?, canonical(from)?);
+    let to: Vec<Component> = to.components().collect();
+    let from: Vec<Component> = from.components().collect();
+    let common = to.iter().zip(&from).take_while(|(a, b)| a == b).count();
+    let ups = from[common..].iter().map(|_| "..".to_string());
+    let downs = to[common..]
+        .iter()
+        .map(|c| percent_encode(&c.as_os_str().to_string_lossy()));
+    Ok(ups.chain(downs).map(|s| s + "/").collect())
+}
+
+/// Percent-encodes one URL path segment (everything but ASCII letters, digits and `-._~`).
+fn percent_encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Escapes text for HTML element content and quoted attribute values.
+fn escape(text: &str) -> String {
+    let mut s = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => s.push_str("&amp;"),
+            '<' => s.push_str("&lt;"),
+            '>' => s.push_str("&gt;"),
+            '"' => s.push_str("&quot;"),
+            '\'' => s.push_str("&#39;"),
+            _ => s.push(c),
+        }
+    }
+    s
+}
+
+/// The escaped, relative `href`/`src` value of `file` in `id`'s directory.
+fn link(base: &str, id: &str, file: &str) -> String {
+    escape(&format!(
+        "{base}{}/{}",
+        percent_encode(id),
+        percent_encode(file)
+    ))
+}
+
+/// A JSON value as text: strings bare, everything else as compact JSON.
+fn value_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The page's stylesheet (inline: the page loads nothing from the network).
+const STYLE: &str = "body{font-family:sans-serif;margin:2em;max-width:1400px;color:#222}\
+h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}\
+table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ddd;padding:.2em .6em;text-align:left}\
+td.num{font-family:monospace;word-break:break-all;max-width:60em}tr.pass td{background:#d9f2d9}tr.fail td{background:#f7d4d4}\
+.badge{font-size:.7em;padding:.1em .5em;border-radius:.3em;vertical-align:middle}\
+.badge.pass{background:#2e7d32;color:#fff}.badge.fail{background:#c62828;color:#fff}\
+.figures{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}figure img{max-width:640px;border:1px solid #eee}\
+pre{background:#f5f5f5;padding:.5em;overflow-x:auto}details{margin:.5em 0}";
+
+/// Sets `data-broken-images` on `<body>` once the page has loaded: how many images failed.
+const BROKEN_IMAGES_SCRIPT: &str = "window.addEventListener('load',function(){var n=0;\
+document.querySelectorAll('img').forEach(function(i){if(!i.complete||i.naturalWidth===0)n++;});\
+document.body.setAttribute('data-broken-images',String(n));});";
+
+/// The whole page.
+fn page(entries: &[Entry], base: &str) -> String {
+    let mut html = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>metarep results</title><style>{STYLE}</style>\
+         <script>{BROKEN_IMAGES_SCRIPT}</script></head>\n<body>\n\
+         <h1>metarep results</h1>\n{}",
+        contents(entries)
+    );
+    for entry in entries {
+        html.push_str(&section(entry, base));
+    }
+    html.push_str("</body></html>\n");
+    html
+}
+
+/// The `pass` badge of an id: green, red, or nothing without a boolean `pass`.
+fn badge(metrics: &Map<String, Value>) -> &'static str {
+    match metrics.get("pass").and_then(Value::as_bool) {
+        Some(true) => " <span class=\"badge pass\">pass</span>",
+        Some(false) => " <span class=\"badge fail\">fail</span>",
+        None => "",
+    }
+}
+
+/// The anchor of an id's section.
+fn anchor(id: &str) -> String {
+    format!("id-{}", percent_encode(id))
+}
+
+/// The list of ids at the top of the page.
+fn contents(entries: &[Entry]) -> String {
+    let items: String = entries
+        .iter()
+        .map(|e| {
+            format!(
+                "<li><a href=\"#{}\">{}</a>{}</li>",
+                escape(&anchor(&e.id)),
+                escape(&e.id),
+                badge(&e.metrics)
+            )
+        })
+        .collect();
+    format!("<ul class=\"contents\">{items}</ul>\n")
+}
+
+/// One id's section.
+fn section(entry: &Entry, base: &str) -> String {
+    let title = registry::REGISTRY
+        .iter()
+        .find(|e| e.id == entry.id)
+        .map(|e| format!("<p>{}</p>", escape(e.title)))
+        .unwrap_or_default();
+    format!(
+        "<section id=\"{}\"><h2>{}{}</h2>{title}\n<h3>Command</h3>{}\n<h3>Figures</h3>{}\n\
+         <h3>Metrics</h3>{}\n<h3>Tables</h3>{}\n<h3>Manifest</h3>{}</section>\n",
+        escape(&anchor(&entry.id)),
+        escape(&entry.id),
+        badge(&entry.metrics),
+        command_html(entry),
+        figures(entry, base),
+        metrics_table(&entry.metrics),
+        tables(entry, base),
+        manifest_html(&entry.manifest),
+    )
+}
+
+/// `<stem>.svg` figures, each linking to its SVG and showing `<stem>.png` where one exists.
+fn figures(entry: &Entry, base: &str) -> String {
+    let figures: String = entry
+        .files
+        .iter()
+        .filter_map(|f| f.strip_suffix(".svg"))
+        .map(|stem| {
+            let svg = format!("{stem}.svg");
+            let png = format!("{stem}.png");
+            let shown = if entry.files.contains(&png) {
+                &png
+            } else {
+                &svg
+            };
+            format!(
+                "<figure><a href=\"{}\"><img src=\"{}\" alt=\"{}\"></a>\
+                 <figcaption><a href=\"{}\">{}</a></figcaption></figure>",
+                link(base, &entry.id, &svg),
+                link(base, &entry.id, shown),
+                escape(stem),
+                link(base, &entry.id, &svg),
+                escape(&svg),
+            )
+        })
+        .collect();
+    if figures.is_empty() {
+        return "<p>none</p>".into();
+    }
+    format!("<div class=\"figures\">{figures}</div>")
+}
+
+/// Whether a metric is a pass/fail check: `pass`, `*_pass`, `*_met` or `check*`.
+fn is_check(key: &str) -> bool {
+    key == "pass" || key.ends_with("_pass") || key.ends_with("_met") || key.starts_with("check")
+}
+
+/// The metrics as a table; boolean checks ([`is_check`]) rows are green or red.
+fn metrics_table(metrics: &Map<String, Value>) -> String {
+    let rows: String = metrics
+        .iter()
+        .map(|(key, value)| {
+            let class = match value.as_bool() {
+                Some(true) if is_check(key) => " class=\"pass\"",
+                Some(false) if is_check(key) => " class=\"fail\"",
+                _ => "",
+            };
+            format!(
+                "<tr{class}><td>{}</td><td class=\"num\">{}</td></tr>",
+                escape(key),
+                escape(&value_text(value))
+            )
+        })
+        .collect();
+    format!("<table><tr><th>metric</th><th>value</th></tr>{rows}</table>")
+}
+
+/// Links to the CSV and markdown tables, one line per stem.
+fn tables(entry: &Entry, base: &str) -> String {
+    let mut stems: Vec<&str> = entry
+        .files
+        .iter()
+        .filter_map(|f| f.strip_suffix(".csv").or_else(|| f.strip_suffix(".md")))
+        .collect();
+    stems.sort();
+    stems.dedup();
+    let items: String = stems
+        .iter()
+        .map(|stem| {
+            let links: Vec<String> = ["csv", "md"]
+                .iter()
+                .map(|ext| format!("{stem}.{ext}"))
+                .filter(|f| entry.files.contains(f))
+                .map(|f| {
+                    format!(
+                        "<a href=\"{}\">{}</a>",
+                        link(base, &entry.id, &f),
+                        escape(&f)
+                    )
+                })
+                .collect();
+            format!("<li>{}</li>", links.join(" · "))
+        })
+        .collect();
+    if items.is_empty() {
+        return "<p>none</p>".into();
+    }
+    format!("<ul>{items}</ul>")
+}
+
+/// Manifest fields shown first, in this order; the rest follow alphabetically.
+const MANIFEST_FIRST: &[&str] = &[
+    "git_commit",
+    "config_sha256",
+    "start_time",
+    "end_time",
+    "seeds",
+    "host",
+];
+
+/// The manifest's fields as a table (`extra.*` fields last) and its config, folded.
+fn manifest_html(manifest: &Map<String, Value>) -> String {
+    let rest = manifest
+        .keys()
+        .filter(|k| !MANIFEST_FIRST.contains(&k.as_str()) && *k != "config" && *k != "extra");
+    let mut rows: Vec<(String, &Value)> = MANIFEST_FIRST
+        .iter()
+        .copied()
+        .chain(rest.map(String::as_str))
+        .filter_map(|k| manifest.get(k).map(|v| (k.to_string(), v)))
+        .collect();
+    if let Some(Value::Object(extra)) = manifest.get("extra") {
+        rows.extend(extra.iter().map(|(k, v)| (format!("extra.{k}"), v)));
+    }
+    let rows: String = rows
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "<tr><td>{}</td><td class=\"num\">{}</td></tr>",
+                escape(k),
+                escape(&value_text(v))
+            )
+        })
+        .collect();
+    let config = manifest
+        .get("config")
+        .and_then(|c| serde_json::to_string_pretty(c).ok())
+        .map(|c| {
+            format!(
+                "<details><summary>config as run</summary><pre>{}</pre></details>",
+                escape(&c)
+            )
+        })
+        .unwrap_or_default();
+    format!("<table>{rows}</table>{config}")
+}
+
+/// The command that made `entry`, reconstructed from the config its manifest records.
+fn command_html(entry: &Entry) -> String {
+    let command = match entry.manifest.get("config") {
+        Some(config) => command(&entry.id, config),
+        None => format!("cargo xtask reproduce {}", entry.id),
+    };
+    format!(
+        "<pre>{}</pre><p><small>flags reconstructed from the recorded config against \
+         <code>configs/</code> as they are now</small></p>",
+        escape(&command)
+    )
+}
+
+/// `cargo xtask reproduce ID`, with `--quick` when the recorded `config` is closer to
+/// `configs/<id>.quick.toml` than to `configs/<id>.toml`, and a `--set` for every value the
+/// chosen file sets differently.
+fn command(id: &str, config: &Value) -> String {
+    let default = registry::config_path(id, None, false);
+    let quick = registry::config_path(id, None, true);
+    let candidates = [(default.clone(), ""), (quick.clone(), " --quick")];
+    let best = candidates
+        .iter()
+        .take(if quick == default { 1 } else { 2 })
+        .filter_map(|(path, flag)| {
+            let file: Value = load_config(path, &[]).ok()?;
+            Some((*flag, differences(config, &file, "")))
+        })
+        .min_by_key(|(_, sets)| sets.len());
+    let mut command = format!("cargo xtask reproduce {id}");
+    if let Some((flag, sets)) = best {
+        command.push_str(flag);
+        for set in sets {
+            command.push_str(&format!(" --set {set}"));
+        }
+    }
+    command
+}
+
+/// `key.path=value` for every value `file` sets that `recorded` holds differently (keys the
+/// file does not set are the config's defaults and are not compared).
+fn differences(recorded: &Value, file: &Value, prefix: &str) -> Vec<String> {
+    let (Value::Object(recorded), Value::Object(file)) = (recorded, file) else {
+        return Vec::new();
+    };
+    let mut sets = Vec::new();
+    for (key, in_file) in file {
+        let path = format!("{prefix}{key}");
+        match (recorded.get(key), in_file) {
+            (Some(r @ Value::Object(_)), Value::Object(_)) => {
+                sets.extend(differences(r, in_file, &format!("{path}.")))
+            }
+            (Some(r), _) if !matches(r, in_file) => sets.push(format!("{path}={r}")),
+            _ => {}
+        }
+    }
+    sets
+}
+
+/// Whether `recorded` holds what `file` sets: numbers compared as `f64` (TOML `3` matches a
+/// recorded `3.0`), arrays element by element, objects on the keys the file sets (the others
+/// are defaults).
+fn matches(recorded: &Value, file: &Value) -> bool {
+    match (recorded, file) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| matches(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => y
+            .iter()
+            .all(|(k, w)| x.get(k).is_some_and(|v| matches(v, w))),
+        _ => recorded == file,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::process::{Command, Output};
+
+    use super::*;
+
+    /// A small valid SVG.
+    const SVG: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"300\" height=\"120\">\
+        <rect width=\"300\" height=\"120\" fill=\"#3366cc\"/></svg>";
+
+    /// Writes `files` (name, text) into `results/<id>/`.
+    fn write_id(results: &Path, id: &str, files: &[(&str, &str)]) {
+        let dir = results.join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+    }
+
+    /// A results dir with `fig1` (passing, a figure and a table) and `custom` (failing, an
+    /// unregistered id whose metrics hold `&<>`), plus `bench/` (not a reproduced id).
+    fn fake_results(results: &Path) {
+        let manifest = r#"{"config": {"steps": 30, "problem": {"dim": 3}},
+            "config_sha256": "abc123", "seeds": [0], "git_commit": "cb87925",
+            "host": "vm", "start_time": "2026-12-02T14:27:15Z",
+            "end_time": "2026-12-02T14:27:17Z", "extra": {"model_sha256": "f00d"}}"#;
+        write_id(
+            results,
+            "fig1",
+            &[
+                (
+                    "metrics.json",
+                    r#"{"pass": true, "bound_met": true, "rmse": 0.5}"#,
+                ),
+                ("manifest.json", manifest),
+                ("fig1.svg", SVG),
+                ("convergence.csv", "t,err\n0,1\n"),
+                ("convergence.md", "| t | err |\n"),
+            ],
+        );
+        write_id(
+            results,
+            "custom",
+            &[
+                (
+                    "metrics.json",
+                    r#"{"pass": false, "a&b<c>_pass": false, "note": "<script>x</script>"}"#,
+                ),
+                ("manifest.json", manifest),
+                ("custom.svg", SVG),
+            ],
+        );
+        write_id(results, "bench", &[("lat_cg.json", "{}")]);
+    }
+
+    /// The gallery of a fake results dir written into it, as text.
+    fn fake_gallery() -> (tempfile::TempDir, String) {
+        let tmp = tempfile::tempdir().unwrap();
+        fake_results(tmp.path());
+        let out = tmp.path().join("index.html");
+        assert!(run(tmp.path(), &out).unwrap());
+        let html = std::fs::read_to_string(out).unwrap();
+        (tmp, html)
+    }
+
+    #[test]
+    fn lists_reproduced_ids_registry_first_with_relative_links() {
+        let (_tmp, html) = fake_gallery();
+        let (fig1, custom) = (
+            html.find("id=\"id-fig1\"").unwrap(),
+            html.find("id=\"id-custom\"").unwrap(),
+        );
+        assert!(fig1 < custom, "registered ids come before others");
+        assert!(!html.contains("id-bench"), "bench/ has no metrics.json");
+        assert!(html.contains("<img src=\"fig1/fig1.svg\""));
+        assert!(
+            html.contains("href=\"fig1/convergence.csv\"")
+                && html.contains("href=\"fig1/convergence.md\"")
+        );
+        assert!(!html.contains("file:") && !html.contains("http:") && !html.contains("https:"));
+        assert!(html.contains("cargo xtask reproduce fig1"));
+        assert!(html.contains("cb87925") && html.contains("abc123") && html.contains("14:27:17Z"));
+        assert!(html.contains("extra.model_sha256"));
+    }
+
+    #[test]
+    fn escapes_what_it_reads() {
+        let (_tmp, html) = fake_gallery();
+        assert!(html.contains("a&amp;b&lt;c&gt;_pass"));
+        assert!(html.contains("&lt;script&gt;x&lt;/script&gt;"));
+        assert!(!html.contains("a&b") && !html.contains("<script>x"));
+    }
+
+    #[test]
+    fn checks_are_green_or_red() {
+        let (_tmp, html) = fake_gallery();
+        assert!(html.contains("<tr class=\"pass\"><td>bound_met</td>"));
+        assert!(html.contains("<tr class=\"fail\"><td>a&amp;b&lt;c&gt;_pass</td>"));
+        assert!(html.contains("<tr><td>rmse</td>"), "a number is no check");
+        assert!(
+            html.contains("<span class=\"badge pass\">")
+                && html.contains("<span class=\"badge fail\">")
+        );
+        assert!(is_check("check_bound") && is_check("x_pass") && !is_check("passes"));
+    }
+
+    #[test]
+    fn a_png_is_shown_in_place_of_its_svg_which_it_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        fake_results(tmp.path());
+        std::fs::write(tmp.path().join("fig1/fig1.png"), "png").unwrap();
+        let out = tmp.path().join("index.html");
+        run(tmp.path(), &out).unwrap();
+        let html = std::fs::read_to_string(out).unwrap();
+        assert!(html.contains("<a href=\"fig1/fig1.svg\"><img src=\"fig1/fig1.png\""));
+    }
+
+    #[test]
+    fn links_climb_from_a_page_outside_the_results() {
+        let tmp = tempfile::tempdir().unwrap();
+        let results = tmp.path().join("my results");
+        fake_results(&results);
+        let out = tmp.path().join("site/deep/index.html");
+        run(&results, &out).unwrap();
+        let html = std::fs::read_to_string(out).unwrap();
+        assert!(
+            html.contains("src=\"../../my%20results/fig1/fig1.svg\""),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn a_directory_without_results_is_an_error_naming_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = run(tmp.path(), &tmp.path().join("index.html"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&tmp.path().display().to_string()) && err.contains("reproduce"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn flags_are_the_values_the_config_file_sets_differently() {
+        let recorded = serde_json::json!({"steps": 30.0, "kappas": [10.0, 100.0],
+            "problem": {"dim": 3, "noise": 0.2, "name": "rbf"}, "defaulted": 1});
+        let file = serde_json::json!({"steps": 30, "kappas": [10, 1000],
+            "problem": {"dim": 3, "noise": 0.1, "name": "rbf"}});
+        assert_eq!(
+            differences(&recorded, &file, ""),
+            ["kappas=[10.0,100.0]", "problem.noise=0.2"]
+        );
+        assert!(differences(&recorded, &recorded, "").is_empty());
+        let tables = serde_json::json!({"saes": [{"name": "relu", "l1": 0.05, "defaulted": 0}]});
+        let in_file = serde_json::json!({"saes": [{"name": "relu", "l1": 0.05}]});
+        assert!(
+            differences(&tables, &in_file, "").is_empty(),
+            "array tables hold defaults"
+        );
+    }
+
+    /// Runs headless chromium on `page` with `args`; fails clearly without chromium.
+    fn chromium(args: &[String], page: &Path, profile: &Path) -> Output {
+        let out = Command::new("chromium")
+            .args(["--headless", "--no-sandbox", "--disable-gpu"])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(args)
+            .arg(format!("file://{}", page.display()))
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run chromium ({e}): needs Debian chromium: apt-get install -y chromium"
+                )
+            });
+        assert!(
+            out.status.success(),
+            "chromium failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// The DOM of `page` after its scripts ran, and its `data-broken-images` count.
+    fn dump_dom(page: &Path, profile: &Path) -> (String, usize) {
+        let args = [
+            "--dump-dom".to_string(),
+            "--virtual-time-budget=5000".to_string(),
+        ];
+        let dom = String::from_utf8(chromium(&args, page, profile).stdout).unwrap();
+        let broken = dom
+            .split_once("data-broken-images=\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(n, _)| n.parse().unwrap())
+            .unwrap_or_else(|| {
+                panic!("no data-broken-images on <body>: the load script did not run\n{dom}")
+            });
+        (dom, broken)
+    }
+
+    /// Decodes a PNG: its pixels' bytes (8 bits a sample) and bytes per pixel.
+    fn decode_png(path: &Path) -> (Vec<u8>, usize) {
+        let file = std::io::BufReader::new(std::fs::File::open(path).unwrap());
+        let mut decoder = png::Decoder::new(file);
+        decoder.set_transformations(png::Transformations::normalize_to_color8());
+        let mut reader = decoder.read_info().unwrap();
+        let mut px = vec![0; reader.output_buffer_size().unwrap()];
+        let size = reader.next_frame(&mut px).unwrap().buffer_size();
+        px.truncate(size);
+        (px, reader.output_color_type().0.samples())
+    }
+
+    #[test]
+    #[ignore = "needs Debian chromium: apt-get install -y chromium"]
+    fn chromium_renders_the_gallery_with_every_figure_loaded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (results, profile) = (tmp.path().join("results"), tmp.path().join("profile"));
+        fake_results(&results);
+        let page = tmp.path().join("site/index.html");
+        run(&results, &page).unwrap();
+
+        let shot: PathBuf = tmp.path().join("shot.png");
+        let args = [
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1200,2000".into(),
+        ];
+        chromium(&args, &page, &profile);
+        let (px, bpp) = decode_png(&shot);
+        assert!(!px.is_empty(), "empty screenshot");
+        assert!(
+            px.chunks(bpp).any(|p| p != &px[..bpp]),
+            "the screenshot is one colour"
+        );
+
+        // The screenshot becomes fig1's PNG: the page shows it in place of the SVG.
+        std::fs::copy(&shot, results.join("fig1/fig1.png")).unwrap();
+        run(&results, &page).unwrap();
+        let (dom, broken) = dump_dom(&page, &profile);
+        assert_eq!(broken, 0, "broken images in\n{dom}");
+        assert!(dom.contains("id=\"id-fig1\"") && dom.contains("id=\"id-custom\""));
+        assert!(dom.contains("src=\"../results/fig1/fig1.png\""));
+
+        // The count is real: a figure that cannot be decoded is counted.
+        std::fs::write(results.join("custom/custom.svg"), "not an svg").unwrap();
+        assert_eq!(dump_dom(&page, &profile).1, 1);
+    }
+}
