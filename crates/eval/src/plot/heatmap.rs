@@ -312,6 +312,8 @@ struct Layout {
     cell: (f64, f64),
     /// Width and height of the grid.
     grid: (f64, f64),
+    /// Height from the grid's top that fits the grid and the colour bar.
+    body: f64,
     /// Font size for cell values; `None` when they do not fit.
     value_px: Option<f64>,
     /// Every how many rows / columns a name is written (1: all).
@@ -323,7 +325,12 @@ impl Layout {
     fn new(grid: &Grid, scale: &Scale, title: &str, units: &str) -> Self {
         let (rows, cols) = grid.dims();
         let widest = |names: &[String]| names.iter().map(|n| width(n, TICK_PX)).fold(0.0, f64::max);
-        let cell = cell_size(rows, cols, widest(&grid.col_names) + 6.0);
+        let (cw, ch) = cell_size(rows, cols, widest(&grid.col_names) + 6.0);
+        // Rows grow tall enough for the rotated row description to fit beside them.
+        let cell = (
+            cw,
+            ch.max((width(&grid.row_label, LABEL_PX) + 8.0) / rows as f64),
+        );
         let row_names_w = widest(&grid.row_names);
         let bar_ticks: Vec<String> = scale.ticks().into_iter().map(|t| t.1).collect();
         let left = 8.0 + LABEL_PX + 8.0 + row_names_w + 6.0;
@@ -339,13 +346,15 @@ impl Layout {
         let title = Title::fit(title, w - 16.0);
         let top = title.height() as f64 + 4.0;
         let bottom = 4.0 + TICK_PX + 8.0 + LABEL_PX + 8.0;
-        let h = top + grid_h.max(MIN_BAR_H) + bottom;
+        let body = grid_h.max(MIN_BAR_H);
+        let h = top + body + bottom;
         Layout {
             size: (w.ceil() as u32, h.ceil() as u32),
             title,
             origin: (left, top),
             cell,
             grid: (grid_w, grid_h),
+            body,
             value_px: value_px(&value_texts(&grid.values), cell),
             row_step: (TICK_PX + 2.0).div_euclid(cell.1) as usize + 1,
             col_step: ((widest(&grid.col_names) + 6.0) / cell.0).ceil().max(1.0) as usize,
@@ -396,7 +405,7 @@ impl Layout {
         grid: &Grid,
     ) -> Result<()> {
         let (rows, cols) = grid.dims();
-        let (gx, gy) = self.at(0, 0);
+        let gx = self.at(0, 0).0;
         let (gx1, gy1) = self.at(cols, rows);
         for r in (0..rows).step_by(self.row_step) {
             let y = (self.origin.1 + (r as f64 + 0.5) * self.cell.1).round() as i32;
@@ -420,8 +429,12 @@ impl Layout {
         .map_err(plot_err)?;
         let s = style(LABEL_PX, HPos::Center, VPos::Center).transform(FontTransform::Rotate270);
         let x = (8.0 + LABEL_PX / 2.0) as i32;
-        root.draw(&Text::new(grid.row_label.clone(), (x, (gy + gy1) / 2), s))
-            .map_err(plot_err)
+        root.draw(&Text::new(
+            grid.row_label.clone(),
+            (x, (self.origin.1 + self.body / 2.0) as i32),
+            s,
+        ))
+        .map_err(plot_err)
     }
 
     /// The colour bar right of the grid: shaded slices, three value ticks, the units label.

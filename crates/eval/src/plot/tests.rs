@@ -220,3 +220,17 @@ fn heatmap_names_must_match_the_matrix() {
         "{e}"
     );
 }
+
+#[test]
+fn a_short_map_with_a_long_row_description_passes() {
+    let map = Heatmap {
+        title: "fig8: arith residual stream patched clean → corrupted ([EOT, a, +, b, =])".into(),
+        row_label: "layer (hook_resid_pre)".into(),
+        col_label: "position".into(),
+        values: vec![
+            vec![0.0, 0.53, 0.0, 0.47, 0.0],
+            vec![0.0, 0.16, 0.0, 0.18, 0.68],
+        ],
+    };
+    sample(&map, "short_map_long_label");
+}
