@@ -169,13 +169,7 @@ impl LogWriter {
             log_len: HEADER_LEN as u64,
             version: 0,
         };
-        let end = EndWriter::open(gen_dir, meta, gen, at)?;
-        Ok(LogWriter {
-            path,
-            file,
-            end,
-            at,
-        })
+        Self::with_end(path, file, gen_dir, meta, gen, at)
     }
 
     /// Opens an existing log for appending, first cutting it to `valid_len` (its complete
@@ -199,6 +193,18 @@ impl LogWriter {
             log_len: valid_len,
             version,
         };
+        Self::with_end(path, file, gen_dir, meta, gen, at)
+    }
+
+    /// The writer of the log `file` at `path`, recording its end `at` in `commits.end`.
+    fn with_end(
+        path: PathBuf,
+        file: File,
+        gen_dir: &Path,
+        meta: &TreeMeta,
+        gen: u32,
+        at: LogEnd,
+    ) -> Result<Self> {
         let end = EndWriter::open(gen_dir, meta, gen, at)?;
         Ok(LogWriter {
             path,
