@@ -1,8 +1,8 @@
-//! The head-detector outputs figures share: one heat map per detector (layer × head) and a
-//! table of every head's four scores.
+//! The heat maps figures share: one per head detector (layer × head) with a table of every
+//! head's four scores, and activation-patching maps over layers and positions.
 
 use metarep_circuits::detectors::HeadScores;
-use metarep_eval::plot::Heatmap;
+use metarep_eval::plot::{Heatmap, HeatmapPlot};
 use metarep_eval::table::{Cell, Table};
 
 use crate::error::BoxError;
@@ -38,22 +38,19 @@ pub fn write(
     ];
     for (file, what, values) in maps {
         let title = format!("{id}: {what} per head ({model}, [BOS, s, s], |s| = {segment})");
-        out.heatmap(
-            &format!("{id}_{file}"),
-            &heatmap(title, "layer", "head", values),
-        )?;
+        let map = Heatmap::layer_by_head(title, "mean attention weight", values);
+        out.plot(&format!("{id}_{file}"), &map)?;
     }
     out.table(&format!("{id}_heads"), &head_table(scores)?)
 }
 
-/// A heat map titled `title` of `values` `[row][col]`.
-pub fn heatmap(title: String, rows: &str, cols: &str, values: &[Vec<f64>]) -> Heatmap {
-    Heatmap {
-        title,
-        row_label: rows.into(),
-        col_label: cols.into(),
-        values: values.to_vec(),
-    }
+/// What activation-patching maps show, for their colour bars.
+pub const RESTORED: &str = "share of the logit difference restored";
+
+/// A patching map of the residual stream, `values[layer][position]` (`hook_resid_pre`), with
+/// columns named `positions`.
+pub fn resid_map(title: &str, positions: &[String], values: &[Vec<f64>]) -> HeatmapPlot {
+    Heatmap::layer_by_position(title, "hook_resid_pre", RESTORED, positions, values)
 }
 
 /// One row per head: layer, head and the four scores.

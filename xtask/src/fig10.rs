@@ -12,7 +12,7 @@ use metarep_capture::{capture, store_dir, CaptureSpec, TokenDataset};
 use metarep_core::config::load_config;
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_core::train::RunControl;
-use metarep_eval::plot::{LinePlot, Series, SeriesStyle};
+use metarep_eval::plot::{write_checked, LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
 use metarep_eval::tasks::grammar::{GrammarSpec, LATENTS};
 use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input, LoadOptions};
@@ -449,7 +449,7 @@ fn plots(rows: &[Row], dir: &Path) -> Result<(), BoxError> {
                 color: Some(i),
             });
         }
-        p.write_svg(dir.join(format!("{name}.svg")))?;
+        write_checked(&p, dir.join(format!("{name}.svg")))?;
     }
     Ok(())
 }

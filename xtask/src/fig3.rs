@@ -174,6 +174,7 @@ fn rmse_by_depth(cfg: &Fig3Config, dir: &Path) -> Result<(), BoxError> {
     by_depth.write(
         dir,
         "rmse_vs_depth",
+        "fig3: Route A test RMSE relative to the KRR oracle vs CG steps",
         ("CG steps t", "RMSE / oracle RMSE"),
         true,
     )?;

@@ -138,24 +138,31 @@ fn error_vs_width(
     out.table(&name, &result.table(0.95)?)?;
     let rows = result.summary(0.95)?;
     let mut plot = LinePlot::new(format!(
-        "Width–rank, spectrum decay i^-{decay}: query error vs head width (mean of {} seeds)",
-        cfg.seeds.len()
+        "fig5: width–rank, spectrum decay i^-{decay}: query error vs head width"
     ))
     .x_label("head width m")
     .y_label("RMS |f̂_m − f*| over queries")
     .log_y(true)
-    .legend(LegendPosition::LowerLeft);
+    .legend(LegendPosition::LowerLeft)
+    .note(format!(
+        "mean over seeds {}; shaded: 95% confidence interval of the model's error (bounds: means)",
+        cfg.seeds
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
     for (k, (series, style)) in SERIES.iter().enumerate() {
+        let mine: Vec<_> = rows.iter().filter(|r| r.method == *series).collect();
         plot = plot.series(Series {
             name: (*series).to_string(),
-            points: rows
-                .iter()
-                .filter(|r| r.method == *series)
-                .map(|r| (r.x, r.mean))
-                .collect(),
+            points: mine.iter().map(|r| (r.x, r.mean)).collect(),
             style: *style,
             color: Some(k),
         });
+        if *style == SeriesStyle::Solid {
+            plot = plot.band(mine.iter().map(|r| (r.x, r.low, r.high)).collect());
+        }
     }
     out.plot(&name, &plot)?;
     for (series, tag) in [(SERIES[0].0, "error"), (SERIES[2].0, "bound")] {

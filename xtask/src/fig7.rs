@@ -243,12 +243,14 @@ fn per_model(
     sweep(runs, |r| (r.score.cosine, r.score.control_cosine)).write(
         dir,
         &format!("{slug}_cosine"),
+        &format!("fig7: held-out probe cosine by layer, {model}"),
         (axis, "held-out cosine"),
         false,
     )?;
     sweep(runs, |r| (r.score.r2, r.score.control_r2)).write(
         dir,
         &format!("{slug}_r2"),
+        &format!("fig7: held-out probe R² by layer, {model}"),
         (axis, "held-out R²"),
         false,
     )?;

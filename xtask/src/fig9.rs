@@ -31,7 +31,7 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         );
     })?;
     out.table("fig9", &table(&rows)?)?;
-    plot(&rows, &runs)?.write_svg(dir.join("fig9.svg"))?;
+    out.plot("fig9", &plot(&rows, &runs)?)?;
     let mut pass = !rows.is_empty();
     for r in &rows {
         let key = r.id().replace('.', "p");

@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 
 use metarep_core::manifest::RunManifest;
 use metarep_core::metrics::FlatMetrics;
-use metarep_eval::plot::style::check_svg;
-use metarep_eval::plot::{write_svg_and_png, Figure};
+use metarep_eval::plot::{write_checked, Figure};
 use metarep_eval::table::Table;
 use serde::Serialize;
 
@@ -42,19 +41,7 @@ impl ResultDir {
     /// Writes `plot` as `<name>.svg` and `<name>.png`; an error naming the figure and its
     /// problems if it fails the style check (the files are written first, to look at).
     pub fn plot(&self, name: &str, plot: &impl Figure) -> Result<(), BoxError> {
-        let svg = plot.to_svg()?;
-        write_svg_and_png(&svg, self.dir.join(format!("{name}.svg")))?;
-        let problems = check_svg(&svg);
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("figure {name} is badly drawn: {}", problems.join("; ")).into())
-        }
-    }
-
-    /// Writes the heat map `map` like [`ResultDir::plot`].
-    pub fn heatmap(&self, name: &str, map: &impl Figure) -> Result<(), BoxError> {
-        self.plot(name, map)
+        Ok(write_checked(plot, self.dir.join(format!("{name}.svg")))?)
     }
 
     /// Records an extra manifest field (e.g. a model's or a dataset's hash).

@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use metarep_circuits::patching::{patch, PatchSet};
+use metarep_circuits::patching::{patch, PatchReport, PatchSet};
 use metarep_eval::plot::Heatmap;
 use metarep_model::{HookedTransformer, LoadOptions, Tokenizer};
 use serde::Deserialize;
@@ -149,6 +149,37 @@ fn load_pairs(
     })
 }
 
+/// Writes `patch_resid.svg` (layer × position, named by the first clean prompt's tokens when
+/// the model has a tokenizer) and `patch_heads.svg` (layer × head), each with its PNG.
+fn write_maps(
+    out: &Path,
+    report: &PatchReport,
+    set: &PatchSet,
+    tok: Option<&Tokenizer>,
+) -> Result<(), BoxError> {
+    let units = "share of the logit difference restored";
+    let first = set.clean.get(0)?.to_vec1::<u32>()?;
+    let positions = first.iter().enumerate().map(|(i, &id)| {
+        tok.and_then(|t| t.id_to_token(id))
+            .unwrap_or_else(|| i.to_string())
+    });
+    Heatmap::layer_by_position(
+        "residual stream patched clean → corrupted (first prompt's tokens)",
+        "hook_resid_pre",
+        units,
+        positions,
+        &report.resid,
+    )
+    .write_svg(out.join("patch_resid.svg"))?;
+    Heatmap::layer_by_head(
+        "head outputs (hook_z) patched clean → corrupted",
+        units,
+        &report.heads,
+    )
+    .write_svg(out.join("patch_heads.svg"))?;
+    Ok(())
+}
+
 /// Runs `metarep patch`.
 pub fn run(args: Args) -> Result<(), BoxError> {
     let model = HookedTransformer::from_pretrained(&args.model, &LoadOptions::default())?
@@ -179,23 +210,7 @@ pub fn run(args: Args) -> Result<(), BoxError> {
     if let Some(out) = &args.out {
         metarep_core::ensure_dir(out)?;
         metarep_core::fsutil::atomic_write(&out.join("patch.md"), md.as_bytes())?;
-        for (file, what, rows, col) in [
-            (
-                "patch_resid.svg",
-                "residual stream",
-                &report.resid,
-                "position",
-            ),
-            ("patch_heads.svg", "head outputs", &report.heads, "head"),
-        ] {
-            Heatmap {
-                title: format!("{what} patched clean → corrupted (share restored)"),
-                row_label: "layer".into(),
-                col_label: col.into(),
-                values: rows.clone(),
-            }
-            .write_svg(out.join(file))?;
-        }
+        write_maps(out, &report, &set, tok)?;
     }
     Ok(())
 }

@@ -16,7 +16,7 @@
 
 use std::path::Path;
 
-use crate::plot::{LinePlot, Series, SeriesStyle};
+use crate::plot::{write_checked, LinePlot, Series, SeriesStyle};
 use crate::stats::mean_ci;
 use crate::table::{Cell, Table};
 use crate::{Error, Result};
@@ -115,6 +115,20 @@ impl Sweep {
 }
 
 impl SweepResult {
+    /// The measurements whose method name satisfies `keep` (e.g. to draw a reference as a
+    /// note instead, or to split one sweep into two figures).
+    pub fn select(&self, keep: impl Fn(&str) -> bool) -> SweepResult {
+        SweepResult {
+            seeds: self.seeds.clone(),
+            measurements: self
+                .measurements
+                .iter()
+                .filter(|m| keep(&m.method))
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// Method names in first-seen order.
     pub fn methods(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
@@ -187,7 +201,8 @@ impl SweepResult {
         Ok(t)
     }
 
-    /// Mean curves (solid) with shaded `level` interval bands per method.
+    /// Mean curves (solid) with shaded `level` interval bands per method, and a note saying so
+    /// under the chart.
     pub fn plot(
         &self,
         title: &str,
@@ -197,17 +212,23 @@ impl SweepResult {
         level: f64,
     ) -> Result<LinePlot> {
         let rows = self.summary(level)?;
+        let seeds: Vec<String> = self.seeds.iter().map(u64::to_string).collect();
         let mut plot = LinePlot::new(title)
             .x_label(x_label)
             .y_label(y_label)
-            .log_y(log_y);
+            .log_y(log_y)
+            .note(format!(
+                "lines: mean over seeds {}; shaded: {:.0}% confidence interval (Student t)",
+                seeds.join(", "),
+                level * 100.0
+            ));
         for (i, method) in self.methods().into_iter().enumerate() {
             let mine: Vec<&SummaryRow> = rows.iter().filter(|r| r.method == method).collect();
             // A t-interval from few seeds can reach below zero: on a log axis the band leaves
             // those points out.
             plot = plot
                 .series(Series {
-                    name: format!("{method} (mean, {:.0}% CI)", level * 100.0),
+                    name: method,
                     points: mine.iter().map(|r| (r.x, r.mean)).collect(),
                     style: SeriesStyle::Solid,
                     color: Some(i),
@@ -217,8 +238,16 @@ impl SweepResult {
         Ok(plot)
     }
 
-    /// Writes `<name>.csv`, `<name>.md` and `<name>.svg` into `dir`.
-    pub fn write(&self, dir: &Path, name: &str, axes: (&str, &str), log_y: bool) -> Result<()> {
+    /// Writes `<name>.csv`, `<name>.md` and the figure titled `title` as `<name>.svg` and
+    /// `<name>.png` into `dir`; an error if the figure fails the style check.
+    pub fn write(
+        &self,
+        dir: &Path,
+        name: &str,
+        title: &str,
+        axes: (&str, &str),
+        log_y: bool,
+    ) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
             path: dir.to_path_buf(),
             source,
@@ -226,9 +255,8 @@ impl SweepResult {
         let table = self.table(0.95)?;
         table.write_csv(dir.join(format!("{name}.csv")))?;
         table.write_markdown(dir.join(format!("{name}.md")))?;
-        self.plot(name, axes.0, axes.1, log_y, 0.95)?
-            .write_svg(dir.join(format!("{name}.svg")))?;
-        Ok(())
+        let plot = self.plot(title, axes.0, axes.1, log_y, 0.95)?;
+        write_checked(&plot, dir.join(format!("{name}.svg")))
     }
 }
 
@@ -283,7 +311,13 @@ mod tests {
             .run(|s, x| Ok::<_, Error>(vec![("m".into(), x * (1.0 + s as f64 * 0.1))]))
             .unwrap();
         result
-            .write(dir.path(), "sweep", ("layers", "loss"), false)
+            .write(
+                dir.path(),
+                "sweep",
+                "loss by layers",
+                ("layers", "loss"),
+                false,
+            )
             .unwrap();
         let md = std::fs::read_to_string(dir.path().join("sweep.md")).unwrap();
         assert!(md.contains("seeds 0, 1, 2"));
@@ -300,7 +334,9 @@ mod tests {
             .run(|s, _| Ok::<_, Error>(vec![("m".into(), if s == 0 { 0.01 } else { 1.0 })]))
             .unwrap();
         assert!(result.summary(0.95).unwrap()[0].low < 0.0);
-        result.write(dir.path(), "log", ("x", "y"), true).unwrap();
+        result
+            .write(dir.path(), "log", "log y", ("x", "y"), true)
+            .unwrap();
     }
 
     #[test]

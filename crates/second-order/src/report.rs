@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use metarep_eval::plot::{LinePlot, Series, SeriesStyle};
+use metarep_eval::plot::{write_checked, LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
 
 use crate::error::{Error, Result};
@@ -166,7 +166,7 @@ pub fn write_report(dir: &Path) -> Result<()> {
         style,
         color: Some(color),
     };
-    LinePlot::new("second-order effects per neuron (sorted by PC1 share)")
+    let plot = LinePlot::new("second-order effects per neuron (sorted by PC1 share)")
         .x_label("neuron (rank)")
         .y_label("fraction")
         .series(series(
@@ -186,8 +186,8 @@ pub fn write_report(dir: &Path) -> Result<()> {
             &|i| run.analyses[i].text_cosine,
             SeriesStyle::Dashed,
             2,
-        ))
-        .write_svg(dir.join("pc1_explained.svg"))
+        ));
+    write_checked(&plot, dir.join("pc1_explained.svg"))
         .map_err(|e| Error::Invalid(format!("writing pc1_explained.svg: {e}")))?;
 
     let info = &run.directions.info;

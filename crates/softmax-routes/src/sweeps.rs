@@ -164,32 +164,22 @@ pub fn run_knobs(cfg: &KnobConfig) -> Result<Vec<(Knob, SweepResult)>> {
     Ok(out)
 }
 
-/// The measurements of `result` whose method name satisfies `keep`.
-pub fn select(result: &SweepResult, keep: impl Fn(&str) -> bool) -> SweepResult {
-    SweepResult {
-        seeds: result.seeds.clone(),
-        measurements: result
-            .measurements
-            .iter()
-            .filter(|m| keep(&m.method))
-            .cloned()
-            .collect(),
-    }
-}
-
 /// Writes a knob sweep as `<knob>_quality.{csv,md,svg}` (RMSE ratios and rank correlations,
 /// linear axis) and `<knob>_deviation.{csv,md,svg}` (relative deviation from the oracle, log axis).
 pub fn write_knob(dir: &Path, knob: Knob, result: &SweepResult) -> Result<()> {
     let deviation = |m: &str| m.contains("rel dev");
-    select(result, |m| !deviation(m)).write(
+    let name = knob.name();
+    result.select(|m| !deviation(m)).write(
         dir,
-        &format!("{}_quality", knob.name()),
+        &format!("{name}_quality"),
+        &format!("routes_knobs: RMSE ratios and rank correlations vs {name}"),
         (knob.name(), "ratio / correlation"),
         false,
     )?;
-    select(result, deviation).write(
+    result.select(deviation).write(
         dir,
-        &format!("{}_deviation", knob.name()),
+        &format!("{name}_deviation"),
+        &format!("routes_knobs: relative deviation from the oracle vs {name}"),
         (knob.name(), "‖f − f_oracle‖ / ‖f_oracle‖"),
         true,
     )?;

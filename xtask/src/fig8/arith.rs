@@ -24,6 +24,7 @@ use metarep_testbeds::tokenization::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::detector_maps::{resid_map, RESTORED};
 use crate::error::BoxError;
 use crate::fixtures::arith::{dir as seed_dir, SEEDS};
 use crate::output::ResultDir;
@@ -350,16 +351,13 @@ fn attribution(fx: &Scored, out: &mut ResultDir) -> Result<(bool, Component, Com
         "  DLA of the first answer token: parts sum to {:.4} vs logit {:.4}; neurons + b_out vs MLP out: max gap {:.1e}",
         a.logit, check.logit, check.layer_gap
     );
-    out.heatmap(
+    out.plot(
         "fig8_arith_dla_heads",
-        &Heatmap {
-            title:
-                "fig8: direct logit attribution of the first answer token per head (arith seed 0)"
-                    .into(),
-            row_label: "layer".into(),
-            col_label: "head".into(),
-            values: a.heads.clone(),
-        },
+        &Heatmap::layer_by_head(
+            "fig8: direct logit attribution of the first answer token per head (arith seed 0)",
+            "mean direct logit attribution (logits)",
+            &a.heads,
+        ),
     )?;
     let (heads, neurons) = (a.ranked_heads(), a.ranked_neurons());
     let mut t = Table::new(vec!["kind", "component", "mean DLA (logit)"]);
@@ -509,27 +507,20 @@ fn patching(fx: &Scored, out: &mut ResultDir) -> Result<(), BoxError> {
         return Ok(());
     }
     let r = patch(&fx.main.model, &PatchSet::from_pairs(&pairs)?)?;
-    let map = |title: &str, rows: &str, cols: &str, values: &[Vec<f64>]| Heatmap {
-        title: title.into(),
-        row_label: rows.into(),
-        col_label: cols.into(),
-        values: values.to_vec(),
-    };
-    out.heatmap(
+    let positions = ["EOT", "a", "+", "b", "="].map(String::from);
+    out.plot(
         "fig8_arith_patch_resid",
-        &map(
-            "fig8: arith residual stream patched clean → corrupted ([EOT, a, +, b, =])",
-            "layer (hook_resid_pre)",
-            "position",
+        &resid_map(
+            "fig8: arith residual stream patched clean → corrupted",
+            &positions,
             &r.resid,
         ),
     )?;
-    out.heatmap(
+    out.plot(
         "fig8_arith_patch_heads",
-        &map(
-            "fig8: arith head outputs patched clean → corrupted",
-            "layer",
-            "head",
+        &Heatmap::layer_by_head(
+            "fig8: arith head outputs (hook_z) patched clean → corrupted",
+            RESTORED,
             &r.heads,
         ),
     )?;

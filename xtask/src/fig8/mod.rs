@@ -20,7 +20,7 @@ use metarep_circuits::patching::{induction_pairs, patch, PatchSet};
 use metarep_circuits::ranking::ranked_heads;
 use metarep_core::config::load_config;
 use metarep_core::rng::{derive_seed, seeded};
-use metarep_eval::plot::{LinePlot, Series, SeriesStyle};
+use metarep_eval::plot::{Heatmap, LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
 use metarep_model::interventions::{Intervention, Interventions};
 use metarep_model::predictions::EvalSet;
@@ -28,7 +28,7 @@ use metarep_model::{Component, HookedTransformer, LoadOptions, NoHooks};
 use metarep_testbeds::induction::InductionSpec;
 use serde::{Deserialize, Serialize};
 
-use crate::detector_maps::heatmap;
+use crate::detector_maps::{resid_map, RESTORED};
 use crate::error::BoxError;
 use crate::output::ResultDir;
 
@@ -279,21 +279,22 @@ fn patching(fx: &Induction, out: &mut ResultDir) -> Result<(), BoxError> {
     let j = 3 * fx.cfg.segment / 4;
     let pairs = induction_pairs(&mut rng, fx.cfg.batch, fx.cfg.segment, fx.vocab, j)?;
     let patched = patch(&fx.model, &PatchSet::from_pairs(&pairs)?)?;
-    let title =
-        "fig8: residual stream patched clean → corrupted (share of the logit difference restored)";
-    out.heatmap(
+    let positions: Vec<String> = std::iter::once("BOS".to_string())
+        .chain((1..=fx.cfg.segment).map(|i| format!("s{i}")))
+        .chain((1..=j).map(|i| format!("s{i}'")))
+        .collect();
+    let title = format!(
+        "fig8: residual stream patched clean → corrupted ([BOS, s, s1'..s{j}'] predicts s{}')",
+        j + 1
+    );
+    out.plot(
         "fig8_patch_resid",
-        &heatmap(
-            title.into(),
-            "layer (hook_resid_pre)",
-            "position",
-            &patched.resid,
-        ),
+        &resid_map(&title, &positions, &patched.resid),
     )?;
-    let title = "fig8: head outputs patched clean → corrupted";
-    out.heatmap(
+    let title = "fig8: head outputs (hook_z) patched clean → corrupted";
+    out.plot(
         "fig8_patch_heads",
-        &heatmap(title.into(), "layer", "head", &patched.heads),
+        &Heatmap::layer_by_head(title, RESTORED, &patched.heads),
     )?;
     let (best, restored) = ranked_heads(&patched.heads)[0];
     println!(

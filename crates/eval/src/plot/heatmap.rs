@@ -45,6 +45,12 @@ const BLUE_RED: [(u8, u8, u8); 7] = [
     (178, 24, 43),
 ];
 
+/// Names `prefix0`, `prefix1`, … for `n` rows or columns (`indexed("L", 2)` → `L0`, `L1`),
+/// as for layers and heads.
+pub fn indexed(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
 /// A heat map of a matrix. `write_svg` draws it with index names; [`Heatmap::plot`] gives a
 /// [`HeatmapPlot`] that takes row and column names and the colour bar's units.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +75,48 @@ impl Heatmap {
             units: String::new(),
             transpose: None,
         }
+    }
+
+    /// A layer × head map of `values[layer][head]`: rows named `L0`, `L1`, …, columns `H0`, …,
+    /// and the colour bar labelled `units`.
+    pub fn layer_by_head(
+        title: impl Into<String>,
+        units: &str,
+        values: &[Vec<f64>],
+    ) -> HeatmapPlot {
+        let heads = values.first().map_or(0, Vec::len);
+        Heatmap {
+            title: title.into(),
+            row_label: "layer".into(),
+            col_label: "head".into(),
+            values: values.to_vec(),
+        }
+        .plot()
+        .row_names(indexed("L", values.len()))
+        .col_names(indexed("H", heads))
+        .units(units)
+    }
+
+    /// A layer × position map of `values[layer][position]` at the hook `hook` of each layer
+    /// (e.g. `hook_resid_pre`): rows named `L0`, …, columns named `positions` (e.g. the prompt's
+    /// tokens), the colour bar labelled `units`.
+    pub fn layer_by_position<S: ToString>(
+        title: impl Into<String>,
+        hook: &str,
+        units: &str,
+        positions: impl IntoIterator<Item = S>,
+        values: &[Vec<f64>],
+    ) -> HeatmapPlot {
+        Heatmap {
+            title: title.into(),
+            row_label: format!("layer ({hook})"),
+            col_label: "position".into(),
+            values: values.to_vec(),
+        }
+        .plot()
+        .row_names(indexed("L", values.len()))
+        .col_names(positions)
+        .units(units)
     }
 
     /// Writes the map as SVG and PNG (see [`HeatmapPlot::write_svg`]).
@@ -346,7 +394,9 @@ impl Layout {
         let title = Title::fit(title, w - 16.0);
         let top = title.height() as f64 + 4.0;
         let bottom = 4.0 + TICK_PX + 8.0 + LABEL_PX + 8.0;
-        let body = grid_h.max(MIN_BAR_H);
+        // The colour bar is as tall as the grid, at least MIN_BAR_H, and tall enough for its
+        // rotated units label.
+        let body = grid_h.max(MIN_BAR_H).max(width(units, LABEL_PX) + 8.0);
         let h = top + body + bottom;
         Layout {
             size: (w.ceil() as u32, h.ceil() as u32),
@@ -446,7 +496,7 @@ impl Layout {
     ) -> Result<()> {
         let x0 = (self.origin.0 + self.grid.0 + BAR_GAP).round() as i32;
         let top = self.origin.1.round() as i32;
-        let bottom = (self.origin.1 + self.grid.1.max(MIN_BAR_H)).round() as i32;
+        let bottom = (self.origin.1 + self.body).round() as i32;
         let y_of = |t: f64| bottom as f64 - t * (bottom - top) as f64;
         for i in 0..BAR_SLICES {
             let (t0, t1) = (

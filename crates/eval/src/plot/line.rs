@@ -9,7 +9,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, VPos};
 
-use super::text::{style, width, Title};
+use super::text::{style, width, wrap, Title};
 use super::{nice_ticks, plot_err, Figure, PALETTE};
 use crate::format::fmt_sig;
 use crate::{Error, Result};
@@ -18,6 +18,9 @@ use crate::{Error, Result};
 const TICK_PX: f64 = 12.0;
 const DESC_PX: f64 = 13.0;
 const LEGEND_PX: f64 = 12.0;
+/// Note text size (SVG pixels) and the height of one note line.
+const NOTE_PX: f64 = 12.0;
+const NOTE_ROW_H: f64 = 16.0;
 /// Chart margin and the height of the x tick-and-description area.
 const MARGIN: u32 = 12;
 const X_AREA: u32 = 44;
@@ -89,6 +92,8 @@ pub struct LinePlot {
     series: Vec<Series>,
     /// Bands with the index of the series they belong to (`None`: added before any series).
     bands: Vec<(Option<usize>, Band)>,
+    /// Lines of text under the chart.
+    notes: Vec<String>,
 }
 
 impl LinePlot {
@@ -106,6 +111,7 @@ impl LinePlot {
             legend: LegendPosition::default(),
             series: Vec::new(),
             bands: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -171,9 +177,17 @@ impl LinePlot {
         self
     }
 
+    /// Adds a line of text under the chart, e.g. a value left out of the drawing and why (long
+    /// notes wrap).
+    pub fn note(mut self, text: impl Into<String>) -> Self {
+        self.notes.push(text.into());
+        self
+    }
+
     /// Writes the chart as SVG and the same drawing as PNG next to it; returns the number of
-    /// series points skipped (non-finite, or ≤ 0 on a log axis). An empty chart, a series with
-    /// no drawable point and a band without a series are errors.
+    /// series points skipped (non-finite, or ≤ 0 on a log axis), which a note under the chart
+    /// also states. An empty chart, a series with no drawable point and a band without a series
+    /// are errors.
     pub fn write_svg(&self, path: impl AsRef<Path>) -> Result<usize> {
         let (svg, skipped) = self.render()?;
         super::write_svg_and_png(&svg, path)?;
@@ -258,7 +272,15 @@ impl LinePlot {
         let x = Axis::new(padded(all().map(|p| p.0)), int_x, self.log_x);
         let y = Axis::new(padded(all().flat_map(|p| [p.1, p.2])), int_y, self.log_y);
         let entries = self.legend_entries(&bands);
-        let frame = Frame::new(self, &y, &entries);
+        let mut notes = self.notes.clone();
+        if skipped > 0 {
+            let why = match self.log_x || self.log_y {
+                true => "not finite, or ≤ 0 on a log axis",
+                false => "not finite",
+            };
+            notes.push(format!("{skipped} point(s) not drawn ({why})"));
+        }
+        let frame = Frame::new(self, &y, &entries, &notes);
         let data = lines.iter().chain(bands.iter().map(|(_, b)| b));
         let corner = frame.free_corner(self.legend, (&x, &y), data);
         let mut svg = String::new();
@@ -266,7 +288,8 @@ impl LinePlot {
             let root = SVGBackend::with_string(&mut svg, self.size).into_drawing_area();
             root.fill(&WHITE).map_err(plot_err)?;
             frame.title.draw(&root)?;
-            let body = root.margin(frame.title.height(), 0, 0, 0);
+            frame.draw_notes(&root)?;
+            let body = root.margin(frame.title.height(), frame.notes_height(), 0, 0);
             let (main, side) = body.split_horizontally(frame.main_width(corner.is_none()));
             self.draw_chart(&main, &frame, (&x, &y), &series, &bands)?;
             match corner {
@@ -425,11 +448,13 @@ impl Axis {
         }
     }
 
-    /// Tick text: `1e-3` at powers of ten on log axes (plain 1–2–5 values between them), else
-    /// the decimals the step needs, or scientific notation for very large or small ticks.
+    /// Tick text: on log axes `1e-3` at powers of ten, or plain values (`0.5`, `1`, `2`) where
+    /// the axis spans under two decades and has 1–2–5 ticks; else the decimals the step needs,
+    /// or scientific notation for very large or small ticks.
     fn label(&self, v: f64) -> String {
         if self.log {
-            return if (v - v.round()).abs() < 1e-9 {
+            let plain = self.step == 0.0 && (-3.0..4.0).contains(&v);
+            return if (v - v.round()).abs() < 1e-9 && !plain {
                 format!("1e{}", v.round())
             } else {
                 fmt_sig(10f64.powf(v), 1)
@@ -502,10 +527,12 @@ struct Frame {
     y_area: u32,
     /// Legend box width and height (0 × 0 without entries).
     legend: (f64, f64),
+    /// The notes under the chart, wrapped to its width.
+    notes: Vec<String>,
 }
 
 impl Frame {
-    fn new(plot: &LinePlot, y: &Axis, entries: &[Entry]) -> Self {
+    fn new(plot: &LinePlot, y: &Axis, entries: &[Entry], notes: &[String]) -> Self {
         let names = entries
             .iter()
             .map(|e| width(&e.name, LEGEND_PX))
@@ -519,7 +546,34 @@ impl Frame {
             size: plot.size,
             y_area: (y.label_width() + DESC_PX + 22.0).ceil() as u32,
             legend,
+            notes: notes
+                .iter()
+                .flat_map(|n| wrap(n, plot.size.0 as f64 - 2.0 * MARGIN as f64, NOTE_PX))
+                .collect(),
         }
+    }
+
+    /// Height of the note lines under the chart (0 without notes).
+    fn notes_height(&self) -> u32 {
+        match self.notes.len() {
+            0 => 0,
+            n => (n as f64 * NOTE_ROW_H + 6.0).ceil() as u32,
+        }
+    }
+
+    /// The notes, left-aligned in the strip under the chart.
+    fn draw_notes<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        let top = self.size.1 as f64 - self.notes_height() as f64;
+        for (i, line) in self.notes.iter().enumerate() {
+            let y = top + (i as f64 + 0.5) * NOTE_ROW_H;
+            root.draw(&Text::new(
+                line.clone(),
+                (MARGIN as i32, y as i32),
+                style(NOTE_PX, HPos::Left, VPos::Center),
+            ))
+            .map_err(plot_err)?;
+        }
+        Ok(())
     }
 
     /// Width of the chart area: all of it, or what the legend right of it leaves.
@@ -532,7 +586,7 @@ impl Frame {
 
     /// The plotting area `(x0, y0, x1, y1)` in pixels of the full-width chart area.
     fn plot_rect(&self) -> (f64, f64, f64, f64) {
-        let h = (self.size.1 - self.title.height()) as f64;
+        let h = (self.size.1 - self.title.height() - self.notes_height()) as f64;
         (
             (MARGIN + self.y_area) as f64,
             MARGIN as f64,
@@ -737,7 +791,7 @@ mod tests {
                 .iter()
                 .map(|&t| narrow.label(t))
                 .collect::<Vec<_>>(),
-            ["0.5", "1e0", "2", "5"]
+            ["0.5", "1", "2", "5"]
         );
     }
 
@@ -756,6 +810,8 @@ mod tests {
             .write_svg(d.path().join("p.svg"))
             .unwrap();
         assert_eq!(skipped, 2);
+        let svg = std::fs::read_to_string(d.path().join("p.svg")).unwrap();
+        assert!(svg.contains("2 point(s) not drawn (not finite, or ≤ 0 on a log axis)"));
     }
 
     #[test]

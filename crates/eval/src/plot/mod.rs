@@ -10,7 +10,7 @@ mod text;
 
 use std::path::Path;
 
-pub use heatmap::{Heatmap, HeatmapPlot};
+pub use heatmap::{indexed, Heatmap, HeatmapPlot};
 pub use line::{LegendPosition, LinePlot, Series, SeriesStyle};
 
 use crate::{Error, Result};
@@ -57,6 +57,22 @@ pub fn write_svg_and_png(svg: &str, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
     crate::write_text(path, svg)?;
     png::write_png(svg, &path.with_extension("png"))
+}
+
+/// Writes `figure` like [`write_svg_and_png`], then fails with the file name and the problems
+/// [`style::check_svg`] finds (the files stay, to look at).
+pub fn write_checked(figure: &impl Figure, path: impl AsRef<Path>) -> Result<()> {
+    let path = path.as_ref();
+    let svg = figure.to_svg()?;
+    write_svg_and_png(&svg, path)?;
+    match style::check_svg(&svg) {
+        problems if problems.is_empty() => Ok(()),
+        problems => Err(crate::Error::Invalid(format!(
+            "figure {} is badly drawn: {}",
+            path.display(),
+            problems.join("; ")
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -165,6 +165,39 @@ fn a_log_plot_over_25_decades_passes() {
 }
 
 #[test]
+fn notes_sit_under_the_chart_and_long_ones_wrap() {
+    let series = Series {
+        name: "GD".into(),
+        points: (1..=8).map(|t| (t as f64, 1.0 / t as f64)).collect(),
+        style: SeriesStyle::Solid,
+        color: None,
+    };
+    let bare = LinePlot::new("loss vs depth")
+        .x_label("depth")
+        .series(series);
+    let long = "least-squares oracle (not drawn): 0.5·MSE between 1.2e-25 and 3.4e-25 at every \
+                depth, numerically zero on noiseless tasks with more examples than dimensions";
+    let noted = bare.clone().note("short note").note(long);
+    let svg = sample(&noted, "line_notes");
+    assert!(has_text(&svg, "short note"));
+    let lines = svg.matches("<text").count() - bare.to_svg().unwrap().matches("<text").count();
+    assert!(
+        lines >= 3,
+        "the long note wraps onto two lines or more: {lines} text lines"
+    );
+    let y_of = |t: &str| {
+        let tag = &svg[..svg.find(&format!(">\n{t}")).unwrap()];
+        let tag = &tag[tag.rfind("<text").unwrap()..];
+        let rest = &tag[tag.find(" y=\"").unwrap() + 4..];
+        rest[..rest.find('"').unwrap()].parse::<f64>().unwrap()
+    };
+    assert!(
+        y_of("short note") > y_of("depth"),
+        "notes sit below the x axis"
+    );
+}
+
+#[test]
 fn a_band_before_any_series_is_an_error() {
     let e = LinePlot::new("t")
         .band(vec![(0.0, 0.0, 1.0)])
@@ -233,4 +266,15 @@ fn a_short_map_with_a_long_row_description_passes() {
         ],
     };
     sample(&map, "short_map_long_label");
+}
+
+#[test]
+fn a_short_map_with_a_long_units_label_passes() {
+    let map = Heatmap::layer_by_head(
+        "fig8: induction score per head (induction-2l, [BOS, s, s], |s| = 25)",
+        "share of the logit difference restored",
+        &wave(2, 0.3),
+    );
+    let svg = sample(&map, "short_map_long_units");
+    assert!(has_text(&svg, "L1") && has_text(&svg, "H3"));
 }

@@ -83,11 +83,12 @@ impl Title {
     }
 }
 
-/// Greedy word wrap of `text` into lines at most `max` pixels wide at `px` (a word wider than
-/// `max` gets a line of its own).
-fn wrap(text: &str, max: f64, px: f64) -> Vec<String> {
+/// Greedy word wrap of `text` into lines at most `max` pixels wide at `px`, breaking at plain
+/// spaces only (a no-break space, `\u{a0}`, keeps `d = 10` together; a word wider than `max`
+/// gets a line of its own).
+pub(crate) fn wrap(text: &str, max: f64, px: f64) -> Vec<String> {
     let mut lines: Vec<String> = Vec::new();
-    for word in text.split_whitespace() {
+    for word in text.split([' ', '\n', '\t']).filter(|w| !w.is_empty()) {
         match lines.last_mut() {
             Some(line) if width(&format!("{line} {word}"), px) <= max => {
                 line.push(' ');
@@ -111,5 +112,11 @@ mod tests {
         assert!(t.lines.len() == 2 && t.fits(300.0), "{t:?}");
         assert_eq!(t.lines.join(" "), long);
         assert!(Title::fit(long, 120.0).px < 16.0);
+    }
+
+    #[test]
+    fn no_break_spaces_hold_words_together() {
+        let t = Title::fit("aaaa bbbb\u{a0}=\u{a0}10", 110.0);
+        assert_eq!(t.lines, ["aaaa", "bbbb\u{a0}=\u{a0}10"], "{t:?}");
     }
 }
