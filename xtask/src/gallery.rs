@@ -7,7 +7,6 @@
 
 use std::path::{Component, Path};
 
-use metarep_core::config::load_config;
 use serde_json::{Map, Value};
 
 use crate::error::BoxError;
@@ -355,7 +354,13 @@ fn manifest_html(manifest: &Map<String, Value>) -> String {
         .filter_map(|k| manifest.get(k).map(|v| (k.to_string(), v)))
         .collect();
     if let Some(Value::Object(extra)) = manifest.get("extra") {
-        rows.extend(extra.iter().map(|(k, v)| (format!("extra.{k}"), v)));
+        let shown_above = |k: &&String| *k != "command";
+        rows.extend(
+            extra
+                .iter()
+                .filter(|(k, _)| shown_above(k))
+                .map(|(k, v)| (format!("extra.{k}"), v)),
+        );
     }
     let rows: String = rows
         .iter()
@@ -380,77 +385,13 @@ fn manifest_html(manifest: &Map<String, Value>) -> String {
     format!("<table>{rows}</table>{config}")
 }
 
-/// The command that made `entry`, reconstructed from the config its manifest records.
+/// The command that made `entry`, as `reproduce` recorded it in the manifest.
 fn command_html(entry: &Entry) -> String {
-    let command = match entry.manifest.get("config") {
-        Some(config) => command(&entry.id, config),
-        None => format!("cargo xtask reproduce {}", entry.id),
-    };
-    format!(
-        "<pre>{}</pre><p><small>flags reconstructed from the recorded config against \
-         <code>configs/</code> as they are now</small></p>",
-        escape(&command)
-    )
-}
-
-/// `cargo xtask reproduce ID`, with `--quick` when the recorded `config` is closer to
-/// `configs/<id>.quick.toml` than to `configs/<id>.toml`, and a `--set` for every value the
-/// chosen file sets differently.
-fn command(id: &str, config: &Value) -> String {
-    let default = registry::config_path(id, None, false);
-    let quick = registry::config_path(id, None, true);
-    let candidates = [(default.clone(), ""), (quick.clone(), " --quick")];
-    let best = candidates
-        .iter()
-        .take(if quick == default { 1 } else { 2 })
-        .filter_map(|(path, flag)| {
-            let file: Value = load_config(path, &[]).ok()?;
-            Some((*flag, differences(config, &file, "")))
-        })
-        .min_by_key(|(_, sets)| sets.len());
-    let mut command = format!("cargo xtask reproduce {id}");
-    if let Some((flag, sets)) = best {
-        command.push_str(flag);
-        for set in sets {
-            command.push_str(&format!(" --set {set}"));
-        }
-    }
-    command
-}
-
-/// `key.path=value` for every value `file` sets that `recorded` holds differently (keys the
-/// file does not set are the config's defaults and are not compared).
-fn differences(recorded: &Value, file: &Value, prefix: &str) -> Vec<String> {
-    let (Value::Object(recorded), Value::Object(file)) = (recorded, file) else {
-        return Vec::new();
-    };
-    let mut sets = Vec::new();
-    for (key, in_file) in file {
-        let path = format!("{prefix}{key}");
-        match (recorded.get(key), in_file) {
-            (Some(r @ Value::Object(_)), Value::Object(_)) => {
-                sets.extend(differences(r, in_file, &format!("{path}.")))
-            }
-            (Some(r), _) if !matches(r, in_file) => sets.push(format!("{path}={r}")),
-            _ => {}
-        }
-    }
-    sets
-}
-
-/// Whether `recorded` holds what `file` sets: numbers compared as `f64` (TOML `3` matches a
-/// recorded `3.0`), arrays element by element, objects on the keys the file sets (the others
-/// are defaults).
-fn matches(recorded: &Value, file: &Value) -> bool {
-    match (recorded, file) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| matches(x, y))
-        }
-        (Value::Object(x), Value::Object(y)) => y
-            .iter()
-            .all(|(k, w)| x.get(k).is_some_and(|v| matches(v, w))),
-        _ => recorded == file,
+    match entry.manifest.get("extra").and_then(|e| e.get("command")) {
+        Some(Value::String(command)) => format!("<pre>{}</pre>", escape(command)),
+        _ => "<p><small>command not recorded (no <code>extra.command</code> in the \
+              manifest)</small></p>"
+            .to_string(),
     }
 }
 
@@ -480,7 +421,8 @@ mod tests {
         let manifest = r#"{"config": {"steps": 30, "problem": {"dim": 3}},
             "config_sha256": "abc123", "seeds": [0], "git_commit": "cb87925",
             "host": "vm", "start_time": "2026-12-02T14:27:15Z",
-            "end_time": "2026-12-02T14:27:17Z", "extra": {"model_sha256": "f00d"}}"#;
+            "end_time": "2026-12-02T14:27:17Z", "extra": {"model_sha256": "f00d",
+            "command": "cargo xtask reproduce fig1 --quick --set 'steps=30'"}}"#;
         write_id(
             results,
             "fig1",
@@ -535,7 +477,9 @@ mod tests {
                 && html.contains("href=\"fig1/convergence.md\"")
         );
         assert!(!html.contains("file:") && !html.contains("http:") && !html.contains("https:"));
-        assert!(html.contains("cargo xtask reproduce fig1"));
+        assert!(
+            html.contains("<pre>cargo xtask reproduce fig1 --quick --set &#39;steps=30&#39;</pre>")
+        );
         assert!(html.contains("cb87925") && html.contains("abc123") && html.contains("14:27:17Z"));
         assert!(html.contains("extra.model_sha256"));
     }
@@ -595,25 +539,6 @@ mod tests {
         assert!(
             err.contains(&tmp.path().display().to_string()) && err.contains("reproduce"),
             "{err}"
-        );
-    }
-
-    #[test]
-    fn flags_are_the_values_the_config_file_sets_differently() {
-        let recorded = serde_json::json!({"steps": 30.0, "kappas": [10.0, 100.0],
-            "problem": {"dim": 3, "noise": 0.2, "name": "rbf"}, "defaulted": 1});
-        let file = serde_json::json!({"steps": 30, "kappas": [10, 1000],
-            "problem": {"dim": 3, "noise": 0.1, "name": "rbf"}});
-        assert_eq!(
-            differences(&recorded, &file, ""),
-            ["kappas=[10.0,100.0]", "problem.noise=0.2"]
-        );
-        assert!(differences(&recorded, &recorded, "").is_empty());
-        let tables = serde_json::json!({"saes": [{"name": "relu", "l1": 0.05, "defaulted": 0}]});
-        let in_file = serde_json::json!({"saes": [{"name": "relu", "l1": 0.05}]});
-        assert!(
-            differences(&tables, &in_file, "").is_empty(),
-            "array tables hold defaults"
         );
     }
 

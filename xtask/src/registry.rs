@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use metarep_core::manifest::RunManifest;
+
 use crate::error::BoxError;
 
 /// One registered result.
@@ -171,10 +173,53 @@ pub fn reproduce(
         let dir = out.join(e.id);
         println!("== {} : {} ({})", e.id, e.title, cfg.display());
         let pass = (e.run)(&cfg, overrides, &dir)?;
+        record_command(&dir, &command_line(e.id, quick, config, overrides))?;
         println!("   wrote {} (pass = {pass})", dir.display());
         all_pass &= pass;
     }
     Ok(!check || all_pass)
+}
+
+/// The command that reproduces `id` as this run did (`--check` and `--out` aside), each word
+/// quoted for a POSIX shell where it needs it.
+pub fn command_line(id: &str, quick: bool, config: Option<&Path>, overrides: &[String]) -> String {
+    let mut words = vec!["cargo", "xtask", "reproduce", id]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+    if quick {
+        words.push("--quick".into());
+    }
+    if let Some(c) = config {
+        words.extend(["--config".into(), c.display().to_string()]);
+    }
+    for o in overrides {
+        words.extend(["--set".into(), o.clone()]);
+    }
+    words
+        .iter()
+        .map(|w| shell_word(w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `word` as is when it holds only characters a shell leaves alone, else in single quotes.
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_.,=:/+@%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+/// Adds `command` as `extra.command` to the manifest the run wrote in `dir`.
+fn record_command(dir: &Path, command: &str) -> Result<(), BoxError> {
+    let path = dir.join("manifest.json");
+    let mut manifest = RunManifest::read_json(&path)?;
+    manifest.set_extra("command", &command)?;
+    manifest.write_json(&path)?;
+    Ok(())
 }
 
 /// All registered ids.
@@ -185,6 +230,19 @@ pub fn ids() -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_recorded_command_repeats_the_flags_quoted_for_a_shell() {
+        let sets = ["train.lr=0.01".to_string(), "name=it's x".to_string()];
+        assert_eq!(
+            command_line("fig6", true, None, &sets),
+            "cargo xtask reproduce fig6 --quick --set train.lr=0.01 --set 'name=it'\\''s x'"
+        );
+        assert_eq!(
+            command_line("fig1", false, Some(Path::new("my configs/a.toml")), &[]),
+            "cargo xtask reproduce fig1 --config 'my configs/a.toml'"
+        );
+    }
 
     #[test]
     fn docs_results_lists_every_registered_id() {
