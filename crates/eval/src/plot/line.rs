@@ -83,7 +83,7 @@ pub struct LinePlot {
     title: String,
     x_label: String,
     y_label: String,
-    log_x: bool,
+    log_x: Option<bool>,
     log_y: bool,
     integer_x: Option<bool>,
     integer_y: Option<bool>,
@@ -103,7 +103,7 @@ impl LinePlot {
             title: title.into(),
             x_label: String::new(),
             y_label: String::new(),
-            log_x: false,
+            log_x: None,
             log_y: false,
             integer_x: None,
             integer_y: None,
@@ -127,9 +127,10 @@ impl LinePlot {
         self
     }
 
-    /// Log10 x axis (points with x ≤ 0 are skipped).
+    /// Log10 x axis (points with x ≤ 0 are skipped). Default: log when every x is positive and
+    /// they span two decades or more (κ = 10 … 1000, λ = 1e-4 … 1).
     pub fn log_x(mut self, on: bool) -> Self {
-        self.log_x = on;
+        self.log_x = Some(on);
         self
     }
 
@@ -200,8 +201,24 @@ impl LinePlot {
             true => (v > 0.0).then(|| v.log10()),
             false => Some(v),
         };
-        let (a, b) = (axis(x, self.log_x)?, axis(y, self.log_y)?);
+        let (a, b) = (axis(x, self.is_log_x())?, axis(y, self.log_y)?);
         (a.is_finite() && b.is_finite()).then_some((a, b))
+    }
+
+    /// Whether the x axis is logarithmic: as set, else when every finite x is positive and the
+    /// largest is at least 100 times the smallest.
+    fn is_log_x(&self) -> bool {
+        self.log_x.unwrap_or_else(|| {
+            let xs = || {
+                self.series
+                    .iter()
+                    .flat_map(|s| s.points.iter().map(|p| p.0))
+            };
+            let (lo, hi) = xs()
+                .filter(|x| x.is_finite())
+                .fold((f64::INFINITY, 0.0f64), |(a, b), x| (a.min(x), b.max(x)));
+            xs().all(|x| !x.is_finite() || x > 0.0) && lo > 0.0 && hi >= 100.0 * lo
+        })
     }
 
     /// Every series as drawing-coordinate points, and how many points were skipped.
@@ -267,14 +284,15 @@ impl LinePlot {
             .map(|pts| pts.iter().map(|&(x, y)| (x, y, y)).collect())
             .collect();
         let all = || lines.iter().chain(bands.iter().map(|(_, b)| b)).flatten();
-        let int_x = self.integer_axis(self.log_x, self.integer_x, |p| p.0);
+        let log_x = self.is_log_x();
+        let int_x = self.integer_axis(log_x, self.integer_x, |p| p.0);
         let int_y = self.integer_axis(self.log_y, self.integer_y, |p| p.1);
-        let x = Axis::new(padded(all().map(|p| p.0)), int_x, self.log_x);
+        let x = Axis::new(padded(all().map(|p| p.0)), int_x, log_x);
         let y = Axis::new(padded(all().flat_map(|p| [p.1, p.2])), int_y, self.log_y);
         let entries = self.legend_entries(&bands);
         let mut notes = self.notes.clone();
         if skipped > 0 {
-            let why = match self.log_x || self.log_y {
+            let why = match log_x || self.log_y {
                 true => "not finite, or ≤ 0 on a log axis",
                 false => "not finite",
             };

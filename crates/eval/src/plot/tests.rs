@@ -278,3 +278,23 @@ fn a_short_map_with_a_long_units_label_passes() {
     let svg = sample(&map, "short_map_long_units");
     assert!(has_text(&svg, "L1") && has_text(&svg, "H3"));
 }
+
+#[test]
+fn x_values_spanning_decades_get_a_log_axis_unless_told_otherwise() {
+    let series = |xs: &[f64]| Series {
+        name: "dev".into(),
+        points: xs.iter().map(|&x| (x, 1.0 / x)).collect(),
+        style: SeriesStyle::Solid,
+        color: None,
+    };
+    let kappa = LinePlot::new("deviation vs κ").series(series(&[10.0, 100.0, 1000.0]));
+    let svg = sample(&kappa, "auto_log_x");
+    assert!(has_text(&svg, "1e1") && has_text(&svg, "1e3"), "log ticks");
+    let linear = sample(&kappa.log_x(false), "forced_linear_x");
+    assert!(!has_text(&linear, "1e1"));
+    let from_zero = LinePlot::new("error vs depth").series(series(&[0.0, 10.0, 1000.0]));
+    assert!(
+        !has_text(&sample(&from_zero, "from_zero"), "1e1"),
+        "0 keeps it linear"
+    );
+}
