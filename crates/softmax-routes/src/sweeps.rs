@@ -8,9 +8,12 @@ use std::path::Path;
 use candle_core::DType;
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_core::DTypePolicy;
-use metarep_eval::baselines::cg::{condition_number, pcg, pcg_factored, Preconditioner};
+use metarep_eval::baselines::cg::{
+    agreeing_steps, condition_number, pcg, pcg_factored, rel_diff, Preconditioner,
+};
 use metarep_eval::harness::{Sweep, SweepResult};
 use metarep_eval::table::{Cell, Table};
+use metarep_lat_cg::convergence::REPRODUCIBLE_TOL;
 use serde::{Deserialize, Serialize};
 
 use crate::construct::{HeadSharing, Preconditioning};
@@ -234,57 +237,102 @@ fn summary_row(
     Ok(row)
 }
 
-const SHARING_METRICS: [&str; 5] = [
+/// Mean over seeds of `method` at each setting of `result`, by ascending setting; a NaN (a
+/// tolerance never reached) counts as `+∞`. An error when `result` has no such method.
+pub fn means(result: &SweepResult, method: &str) -> Result<Vec<(f64, f64)>> {
+    let mut out: Vec<(f64, Vec<f64>)> = Vec::new();
+    for m in result.measurements.iter().filter(|m| m.method == method) {
+        let v = if m.value.is_nan() {
+            f64::INFINITY
+        } else {
+            m.value
+        };
+        match out.iter_mut().find(|(x, _)| *x == m.x) {
+            Some((_, values)) => values.push(v),
+            None => out.push((m.x, vec![v])),
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::invalid(
+            "method",
+            format!("the sweep measured no {method:?}"),
+        ));
+    }
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(out
+        .into_iter()
+        .map(|(x, v)| (x, v.iter().sum::<f64>() / v.len() as f64))
+        .collect())
+}
+
+/// The head-sharing ablation's measurements (per seed; `x` = 0 shared, 1 dedicated), named as in
+/// the table: relative deviations are of query predictions (`… vs CG_t`) or of α over the steps
+/// two textbook f64 CGs agree to `REPRODUCIBLE_TOL` (`… reproducible steps`).
+pub const SHARING_METRICS: [&str; 8] = [
     "textbook CG' vs CG_t (f64)",
+    "realised K error / ‖K‖ (f64)",
+    "reproducible CG steps (f64)",
+    "max dev vs CG, reproducible steps (f64)",
     "dev vs CG_t (f64)",
     "dev vs CG_t (f32)",
     "rmse ratio (f32)",
     "spearman vs oracle (f32)",
 ];
 
-/// Shared vs dedicated kernel heads: heads per CG step, weight count, deviation of the readout
-/// from reference CG after the same `t` (f64 and f32, next to how far a second textbook f64 CG
-/// drifts from it), RMSE ratio and rank correlation (f32).
-pub fn head_sharing_table(cfg: &AblationConfig) -> Result<Table> {
+/// Shared vs dedicated kernel heads: heads per CG step, weight count, the f64 realised kernel's
+/// error, the f64 model's deviation from reference CG over the reproducible steps, deviation of
+/// the readout from reference CG after the same `t` (f64 and f32, next to how far a second
+/// textbook f64 CG drifts from it), RMSE ratio and rank correlation (f32). Returns the
+/// measurements ([`SHARING_METRICS`]) and the table (mean ± 95% CI).
+pub fn head_sharing_table(cfg: &AblationConfig) -> Result<(SweepResult, Table)> {
     let variants = [HeadSharing::Shared, HeadSharing::Dedicated];
+    let t = cfg.steps;
     let result =
         Sweep::new(&cfg.seeds, &[0.0, 1.0]).run(|seed, x| -> Result<Vec<(String, f64)>> {
             let task = task_for(&cfg.task, seed)?;
             let model = RouteAModel {
-                steps: cfg.steps,
+                steps: t,
                 sharing: variants[x as usize],
                 normalised: true,
                 width: None,
                 preconditioner: Preconditioning::None,
             };
             let a = task.system_matrix()?;
-            let cg = pcg(&a, &task.prompt.y, cfg.steps, Preconditioner::None)?;
-            let kq = task.query_gram()?;
-            let f_cg = &kq * &cg.states[cfg.steps].alpha;
+            let cg = pcg(&a, &task.prompt.y, t, Preconditioner::None)?;
             let other = pcg_factored(
                 &square_root(&task.gram()?),
                 task.lambda,
                 &task.prompt.y,
-                cfg.steps,
+                t,
                 Preconditioner::None,
             )?;
-            let f_other = &kq * &other.states[cfg.steps].alpha;
-            let mut out = vec![(
-                SHARING_METRICS[0].to_string(),
-                (&f_other - &f_cg).norm() / f_cg.norm(),
-            )];
-            for (dtype, name) in [(DType::F64, "f64"), (DType::F32, "f32")] {
-                let e = evaluate(&task, &model, dtype)?;
-                out.push((
-                    format!("dev vs CG_t ({name})"),
-                    (&e.predictions - &f_cg).norm() / f_cg.norm(),
-                ));
-                if dtype == DType::F32 {
-                    out.push(("rmse ratio (f32)".into(), e.rmse_ratio));
-                    out.push(("spearman vs oracle (f32)".into(), e.spearman_vs_oracle));
-                }
+            let kq = task.query_gram()?;
+            let f_cg = &kq * &cg.states[t].alpha;
+            let built = model.build(&task)?;
+            let states = built.run(std::slice::from_ref(&task.prompt), DType::F64)?;
+            let last = states
+                .last()
+                .ok_or_else(|| Error::invalid("model", "no layers"))?;
+            let f64_predictions = built.predictions(last)?.row(0).transpose();
+            let repro = agreeing_steps(&cg, &other, REPRODUCIBLE_TOL).min(t);
+            let mut max_dev = 0.0f64;
+            for k in 1..=repro {
+                let alpha = built.read_state(&states[built.state_index(k)?], 0)?.alpha;
+                max_dev = max_dev.max(rel_diff(&alpha, &cg.states[k].alpha));
             }
-            Ok(out)
+            let kernel = kernel_error(&built, &task, DType::F64)?;
+            let e32 = evaluate(&task, &model, DType::F32)?;
+            let values = [
+                rel_diff(&(&kq * &other.states[t].alpha), &f_cg),
+                kernel.op_error / kernel.kernel_norm,
+                repro as f64,
+                max_dev,
+                rel_diff(&f64_predictions, &f_cg),
+                rel_diff(&e32.predictions, &f_cg),
+                e32.rmse_ratio,
+                e32.spearman_vs_oracle,
+            ];
+            Ok(named(&SHARING_METRICS, values))
         })?;
     let mut headers = vec!["kernel heads", "heads per CG step", "weights"];
     headers.extend(SHARING_METRICS);
@@ -329,10 +377,21 @@ pub fn head_sharing_table(cfg: &AblationConfig) -> Result<Table> {
         ];
         table.push_row(summary_row(label, &result, i as f64, &SHARING_METRICS)?)?;
     }
-    Ok(table)
+    Ok((result, table))
 }
 
-const TEMPERATURE_METRICS: [&str; 11] = [
+/// `(name, value)` pairs for a sweep measurement.
+fn named<const N: usize>(names: &[&str; N], values: [f64; N]) -> Vec<(String, f64)> {
+    names
+        .iter()
+        .zip(values)
+        .map(|(name, v)| (name.to_string(), v))
+        .collect()
+}
+
+/// The temperature ablation's measurements (per seed; `x` = τ), named as in the table; the step
+/// counts are NaN where the residual never reaches 1e-6 within `4n` steps.
+pub const TEMPERATURE_METRICS: [&str; 11] = [
     "kappa(K + λI)",
     "kappa, row-sum preconditioned",
     "max logit",
@@ -348,8 +407,9 @@ const TEMPERATURE_METRICS: [&str; 11] = [
 
 /// Temperature ablation: conditioning (plain and row-sum preconditioned), logit range, the f32
 /// kernel error and its bound, the f32 model's RMSE ratio and rank correlation, and steps to a
-/// 1e-6 residual for CG and row-sum PCG at each `τ`.
-pub fn temperature_table(cfg: &AblationConfig) -> Result<Table> {
+/// 1e-6 residual for CG and row-sum PCG at each `τ`. Returns the measurements
+/// ([`TEMPERATURE_METRICS`]) and the table (mean ± 95% CI).
+pub fn temperature_table(cfg: &AblationConfig) -> Result<(SweepResult, Table)> {
     let result =
         Sweep::new(&cfg.seeds, &cfg.taus).run(|seed, tau| -> Result<Vec<(String, f64)>> {
             let spec = ExpTaskSpec { tau, ..cfg.task };
@@ -393,11 +453,7 @@ pub fn temperature_table(cfg: &AblationConfig) -> Result<Table> {
                 pre.rmse_ratio,
                 to_tol(Preconditioning::RowSum)?,
             ];
-            Ok(TEMPERATURE_METRICS
-                .iter()
-                .zip(values)
-                .map(|(name, v)| (name.to_string(), v))
-                .collect())
+            Ok(named(&TEMPERATURE_METRICS, values))
         })?;
     let mut headers = vec!["tau"];
     headers.extend(TEMPERATURE_METRICS);
@@ -410,5 +466,5 @@ pub fn temperature_table(cfg: &AblationConfig) -> Result<Table> {
             &TEMPERATURE_METRICS,
         )?)?;
     }
-    Ok(table)
+    Ok((result, table))
 }

@@ -3,7 +3,8 @@
 use metarep_core::config::load_config;
 use metarep_softmax_routes::kernel::ExpTaskSpec;
 use metarep_softmax_routes::sweeps::{
-    head_sharing_table, run_knobs, temperature_table, write_knob, AblationConfig, Knob, KnobConfig,
+    head_sharing_table, means, run_knobs, temperature_table, write_knob, AblationConfig, Knob,
+    KnobConfig,
 };
 
 const QUICK: &str = concat!(
@@ -97,12 +98,16 @@ fn ablation_tables_have_a_row_per_variant() {
         steps: 16,
         taus: vec![0.5, 2.0],
     };
-    let sharing = head_sharing_table(&cfg).unwrap();
+    let (result, sharing) = head_sharing_table(&cfg).unwrap();
     assert_eq!(sharing.rows.len(), 2);
+    // The raw measurements come back too: means by variant (0 shared, 1 dedicated).
+    let ratios = means(&result, "rmse ratio (f32)").unwrap();
+    assert_eq!(ratios.iter().map(|r| r.0).collect::<Vec<_>>(), [0.0, 1.0]);
+    assert!(means(&result, "no such method").is_err());
     // Shared: one kernel head + one sum head, then one sum head; dedicated: one more.
     let heads: Vec<String> = sharing.rows.iter().map(|r| format!("{:?}", r[1])).collect();
     assert_eq!(heads, ["Int(3)", "Int(4)"]);
-    let temperature = temperature_table(&cfg).unwrap();
+    let (_, temperature) = temperature_table(&cfg).unwrap();
     assert_eq!(temperature.rows.len(), 2);
     assert!(temperature.to_markdown().contains("eps_f32"));
 }
