@@ -260,9 +260,10 @@ fn stress_grid(fx: &Scored, seed: u64, resamples: usize, out: &ResultDir) -> Res
     let mut plot =
         LinePlot::new("fig8: arith accuracy by operand length (seed 0; trained on 1–2 digits)")
             .x_label("digits per operand")
-            .y_label("exact-answer accuracy");
+            .y_label("exact-answer accuracy")
+            .note("shaded: 95% bootstrap interval over the problems of each cell");
     for (i, op) in Op::ALL.iter().enumerate() {
-        let mut points = Vec::new();
+        let (mut points, mut band) = (Vec::new(), Vec::new());
         for c in cells.iter().filter(|c| c.op == *op) {
             stress.push_row(vec![
                 Cell::from(op.symbol().to_string()),
@@ -276,13 +277,17 @@ fn stress_grid(fx: &Scored, seed: u64, resamples: usize, out: &ResultDir) -> Res
                 Cell::Num(c.answer_tokens),
             ])?;
             points.push((c.digits as f64, c.summary.accuracy.estimate));
+            let a = &c.summary.accuracy;
+            band.push((c.digits as f64, a.low, a.high));
         }
-        plot = plot.series(Series {
-            name: format!("a {} b", op.symbol()),
-            points,
-            style: SeriesStyle::Solid,
-            color: Some(i),
-        });
+        plot = plot
+            .series(Series {
+                name: format!("a {} b", op.symbol()),
+                points,
+                style: SeriesStyle::Solid,
+                color: Some(i),
+            })
+            .band(band);
     }
     out.table("fig8_arith_stress", &stress)?;
     out.plot("fig8_arith_stress", &plot)
