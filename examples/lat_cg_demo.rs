@@ -8,18 +8,13 @@
 //! Run: `cargo run --release --example lat_cg_demo [-- SEED]`
 
 use candle_core::Device;
-use metarep::core::rng::seeded;
+use metarep::core::rng::{seed_arg, seeded};
 use metarep::lat_cg::convergence::{run_convergence, REPRODUCIBLE_TOL};
 use metarep::lat_cg::problem::{lambda_for_condition, rbf_problem, RbfProblemSpec};
 use metarep::lat_cg::reference::Preconditioner;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let seed: u64 = match std::env::args().nth(1) {
-        Some(s) => s
-            .parse()
-            .map_err(|_| format!("SEED must be an unsigned integer, got '{s}'"))?,
-        None => 0,
-    };
+    let seed = seed_arg()?;
     let spec = RbfProblemSpec {
         n_support: 64,
         n_query: 16,

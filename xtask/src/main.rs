@@ -18,6 +18,7 @@ mod fig1;
 mod fig10;
 mod fig11;
 mod fig13;
+mod fig16;
 mod fig2;
 mod fig3;
 mod fig4;

@@ -120,6 +120,13 @@ pub const REGISTRY: &[Experiment] = &[
         threshold: "second-copy loss < 0.5 × first; top induction score ≥ 0.4; zeroing the top 5 induction heads raises the second-copy loss (95% intervals apart); the completion contains the expected answer",
         run: crate::fig13::run,
     },
+    Experiment {
+        id: "fig16",
+        title: "What breaks when a part of the CG construction is removed: each head class, MLP block and the preconditioner scaling dropped from every CG layer of the plain and Jacobi CG LATs, failure signature vs the prediction of docs/cg_ablations.md; attention patterns next to their masks",
+        example: "cg_ablations",
+        threshold: "every predicted failure signature (first invariant to break and its step, invariants that never break, progress of the A-norm error) observed on every problem",
+        run: crate::fig16::run,
+    },
 ];
 
 /// The registry as a printable table.

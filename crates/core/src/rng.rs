@@ -12,6 +12,17 @@ pub fn seeded(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed)
 }
 
+/// The seed an example takes as its first command-line argument (`cargo run --example X -- 7`),
+/// 0 without one; an error naming the argument when it is not an unsigned integer.
+pub fn seed_arg() -> Result<u64> {
+    match std::env::args().nth(1) {
+        None => Ok(0),
+        Some(s) => s
+            .parse()
+            .map_err(|_| Error::Invalid(format!("SEED must be an unsigned integer, got '{s}'"))),
+    }
+}
+
 /// A stable child seed for the named sub-stream: the first 8 bytes (little-endian) of
 /// `sha256(seed.to_le_bytes() ++ stream)`.
 pub fn derive_seed(seed: u64, stream: &str) -> u64 {

@@ -38,6 +38,7 @@ pub mod construct;
 pub mod convergence;
 pub mod error;
 pub mod icl;
+pub mod invariants;
 pub mod lat;
 pub mod mask;
 pub mod probe;

@@ -335,19 +335,29 @@ fn ink(fill: RGBColor) -> RGBColor {
     }
 }
 
-/// Cell values with decimals by magnitude: 2 below 10, 1 below 100, else none.
+/// Cell values with decimals by magnitude: none when every value is an integer, else 2 below 10,
+/// 1 below 100, none above.
 fn value_texts(values: &[Vec<f64>]) -> Vec<Vec<String>> {
     let max = values.iter().flatten().fold(0.0f64, |m, v| m.max(v.abs()));
-    let decimals = if max < 10.0 {
-        2
-    } else if max < 100.0 {
-        1
-    } else {
+    let integers = values.iter().flatten().all(|v| v.fract() == 0.0);
+    let decimals = if integers || max >= 100.0 {
         0
+    } else if max < 10.0 {
+        2
+    } else {
+        1
+    };
+    // A value that rounds to zero is written without its sign ("0.00", not "-0.00").
+    let text = |v: f64| {
+        let t = format!("{v:.decimals$}");
+        match t.strip_prefix('-') {
+            Some(rest) if rest.chars().all(|c| c == '0' || c == '.') => rest.to_string(),
+            _ => t,
+        }
     };
     values
         .iter()
-        .map(|r| r.iter().map(|v| format!("{v:.decimals$}")).collect())
+        .map(|r| r.iter().map(|&v| text(v)).collect())
         .collect()
 }
 

@@ -298,3 +298,21 @@ fn x_values_spanning_decades_get_a_log_axis_unless_told_otherwise() {
         "0 keeps it linear"
     );
 }
+
+#[test]
+fn integer_maps_print_integers_and_no_value_prints_as_minus_zero() {
+    let steps = Heatmap {
+        title: "first broken step".into(),
+        row_label: "part".into(),
+        col_label: "invariant".into(),
+        values: vec![vec![1.0, 0.0], vec![-1.0, 2.0]],
+    };
+    let svg = sample(&steps, "integer_map");
+    assert!(has_text(&svg, "2") && has_text(&svg, "-1") && !svg.contains("2.00"));
+    let tiny = Heatmap {
+        values: vec![vec![-1e-9, 0.5], vec![0.25, -0.5]],
+        ..steps
+    };
+    let svg = sample(&tiny, "tiny_negative");
+    assert!(has_text(&svg, "0.00") && !has_text(&svg, "-0.00") && has_text(&svg, "-0.50"));
+}
