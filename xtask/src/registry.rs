@@ -122,7 +122,7 @@ pub const REGISTRY: &[Experiment] = &[
     },
     Experiment {
         id: "fig16",
-        title: "What breaks when a part of the CG construction is removed: each head class, MLP block and the preconditioner scaling dropped from every CG layer of the plain and Jacobi CG LATs, failure signature vs the prediction of docs/cg_ablations.md; attention patterns next to their masks",
+        title: "What breaks when a part of the CG construction is removed: each head class, MLP block and the preconditioner scaling dropped from every CG step of the plain and Jacobi CG LATs and of the Route A and Route B softmax models, failure signature vs the prediction of docs/cg_ablations.md; attention patterns next to their masks",
         example: "cg_ablations",
         threshold: "every predicted failure signature (first invariant to break and its step, invariants that never break, progress of the A-norm error) observed on every problem",
         run: crate::fig16::run,

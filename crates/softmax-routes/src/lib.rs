@@ -45,6 +45,7 @@
 
 #![warn(missing_docs)]
 
+pub mod ablation;
 pub mod construct;
 pub mod error;
 pub mod kernel;

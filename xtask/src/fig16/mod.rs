@@ -4,6 +4,8 @@
 //! moves) is measured on every problem and compared with the prediction `docs/cg_ablations.md`
 //! states. Also draws the heads' attention patterns next to their masks.
 
+mod routes;
+
 use std::path::Path;
 
 use candle_core::Device;
@@ -12,9 +14,10 @@ use metarep_eval::plot::{Heatmap, HeatmapPlot, LegendPosition, LinePlot, Series,
 use metarep_eval::table::{Cell, Table};
 use metarep_lat_cg::construct::ablation::CgPart;
 use metarep_lat_cg::construct::cg::{CgLat, CgSpec};
-use metarep_lat_cg::invariants::{run_states, CgRun, Invariant, InvariantTrace, StateVectors};
+use metarep_lat_cg::invariants::{run_states, Invariant, InvariantTrace, StateVectors};
 use metarep_lat_cg::problem::{rbf_problem, KrrProblem, RbfProblemSpec};
 use metarep_lat_cg::reference::{inverse_diagonal, pcg, Preconditioner};
+use nalgebra::{DMatrix, DVector};
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{self, CheckedConfig};
@@ -30,6 +33,8 @@ pub struct Fig16Config {
     lambda: f64,
     /// CG layers `t`.
     steps: usize,
+    /// The softmax routes' ablations.
+    routes: routes::RoutesConfig,
 }
 
 impl CheckedConfig for Fig16Config {
@@ -37,13 +42,14 @@ impl CheckedConfig for Fig16Config {
         checks::rbf_problem("problem", &self.problem)?;
         checks::positive("lambda", self.lambda)?;
         checks::at_least_one("steps", self.steps)?;
-        checks::at_least_one("seeds", self.seeds.len())
+        checks::at_least_one("seeds", self.seeds.len())?;
+        self.routes.check()
     }
 }
 
 /// How the A-norm error is predicted to move (`docs/cg_ablations.md`).
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Progress {
+pub(crate) enum Progress {
     /// Not predicted.
     Any,
     /// Non-increasing, and above the intact model's after `t` steps.
@@ -59,88 +65,95 @@ enum Progress {
 }
 
 /// The predicted failure signature of removing one part.
-struct Prediction {
-    part: CgPart,
-    /// The invariants that break first, and the step.
-    first: (&'static [Invariant], Option<usize>),
+pub(crate) struct Prediction {
+    /// The part's name in tables and figures.
+    name: String,
+    /// The invariants that break first (`None`: which ones is not predicted), and the step.
+    first: (Option<&'static [Invariant]>, Option<usize>),
     /// Invariants that never break within `t` steps.
     holds: &'static [Invariant],
     progress: Progress,
 }
 
-/// The predictions of `docs/cg_ablations.md`, row by row.
-fn predictions() -> Vec<Prediction> {
+impl Prediction {
+    /// A prediction for the part named `name`.
+    pub(crate) fn new(
+        name: String,
+        first: Option<&'static [Invariant]>,
+        step: Option<usize>,
+        holds: &'static [Invariant],
+        progress: Progress,
+    ) -> Self {
+        Prediction {
+            name,
+            first: (first, step),
+            holds,
+            progress,
+        }
+    }
+}
+
+/// The predictions of `docs/cg_ablations.md` for the CG LATs, row by row.
+fn cg_predictions() -> Vec<(CgPart, Prediction)> {
     use Invariant::{Conjugacy as C, Orthogonality as O, Recursion as R};
-    let p = |part, first, step, holds, progress| Prediction {
-        part,
-        first: (first, step),
-        holds,
-        progress,
+    use Progress::{AsIntact, Diverges, PlainCg, Slower, StallsFrom};
+    let p = |part: CgPart, first: &'static [Invariant], step, holds, progress| {
+        let first = (!first.is_empty()).then_some(first);
+        (
+            part,
+            Prediction::new(part.name(), first.or(Some(&[])), step, holds, progress),
+        )
     };
     vec![
         p(CgPart::KernelMatVec, &[R], Some(1), &[], Progress::Any),
         p(CgPart::Ridge, &[R], Some(1), &[], Progress::Any),
-        p(
-            CgPart::ScalarReductions,
-            &[O],
-            Some(1),
-            &[R],
-            Progress::StallsFrom(0),
-        ),
-        p(
-            CgPart::FeatureReductions,
-            &[O],
-            Some(1),
-            &[R],
-            Progress::Diverges,
-        ),
-        p(CgPart::Readout, &[], None, &[R, O, C], Progress::AsIntact),
-        p(CgPart::Block(1), &[O, C], Some(2), &[R], Progress::Slower),
-        p(
-            CgPart::Block(2),
-            &[R, O],
-            Some(1),
-            &[C],
-            Progress::StallsFrom(0),
-        ),
-        p(CgPart::Block(3), &[O], Some(1), &[], Progress::Diverges),
-        p(
-            CgPart::Block(4),
-            &[O],
-            Some(1),
-            &[R],
-            Progress::StallsFrom(0),
-        ),
-        p(
-            CgPart::Block(5),
-            &[O],
-            Some(1),
-            &[R, C],
-            Progress::StallsFrom(0),
-        ),
-        p(
-            CgPart::Block(6),
-            &[O],
-            Some(2),
-            &[R, C],
-            Progress::StallsFrom(1),
-        ),
-        p(
-            CgPart::Preconditioner,
-            &[O],
-            Some(1),
-            &[R, C],
-            Progress::PlainCg,
-        ),
+        p(CgPart::ScalarReductions, &[O], Some(1), &[R], StallsFrom(0)),
+        p(CgPart::FeatureReductions, &[O], Some(1), &[R], Diverges),
+        p(CgPart::Readout, &[], None, &[R, O, C], AsIntact),
+        p(CgPart::Block(1), &[O, C], Some(2), &[R], Slower),
+        p(CgPart::Block(2), &[R, O], Some(1), &[C], StallsFrom(0)),
+        p(CgPart::Block(3), &[O], Some(1), &[], Diverges),
+        p(CgPart::Block(4), &[O], Some(1), &[R], StallsFrom(0)),
+        p(CgPart::Block(5), &[O], Some(1), &[R, C], StallsFrom(0)),
+        p(CgPart::Block(6), &[O], Some(2), &[R, C], StallsFrom(1)),
+        p(CgPart::Preconditioner, &[O], Some(1), &[R, C], PlainCg),
     ]
 }
 
-/// One problem's references: the intact model's and plain CG's iterates, and `M⁻¹`.
-struct Reference<'a> {
-    problem: &'a KrrProblem,
-    dinv: nalgebra::DVector<f64>,
-    intact: &'a [StateVectors],
-    plain_cg: Vec<nalgebra::DVector<f64>>,
+/// One problem's references: the system the invariants are measured on, `M⁻¹`, and the intact
+/// model's and plain CG's iterates.
+pub(crate) struct Reference {
+    a: DMatrix<f64>,
+    y: DVector<f64>,
+    dinv: DVector<f64>,
+    intact: Vec<StateVectors>,
+    plain_cg: Vec<DVector<f64>>,
+}
+
+impl Reference {
+    /// The references for `A α = y` with `M⁻¹ = diag(dinv)` and the intact model's states.
+    pub(crate) fn new(
+        a: DMatrix<f64>,
+        y: DVector<f64>,
+        dinv: DVector<f64>,
+        intact: Vec<StateVectors>,
+    ) -> Result<Self, BoxError> {
+        let steps = intact.len().saturating_sub(1);
+        let plain = pcg(&a, &y, steps, Preconditioner::None)?;
+        Ok(Reference {
+            a,
+            y,
+            dinv,
+            intact,
+            plain_cg: plain.states.into_iter().map(|s| s.alpha).collect(),
+        })
+    }
+
+    fn trace(&self, states: &[StateVectors]) -> Result<InvariantTrace, BoxError> {
+        Ok(InvariantTrace::measure(
+            &self.a, &self.y, &self.dinv, states,
+        )?)
+    }
 }
 
 /// What was measured for one part on one problem.
@@ -180,71 +193,124 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     ]);
     let mut all = true;
     for pre in [Preconditioner::None, Preconditioner::Jacobi] {
-        let name = model_name(pre);
         let spec = CgSpec::for_problem(&problems[0], cfg.steps, pre)?;
         let intact = CgLat::build(spec, &dev)?;
-        let intact_run = run_states(&intact, &problems, &dev)?;
-        let refs = references(&problems, &intact_run, cfg.steps, pre)?;
-        let intact_error = mean_error_curve(&refs, &intact_run)?;
-        let mut curves = vec![("intact".to_string(), intact_error.clone())];
-        let mut first_steps = Vec::new();
-        for pred in predictions() {
-            if pred.part == CgPart::Preconditioner && pre == Preconditioner::None {
+        let refs = problems
+            .iter()
+            .zip(run_states(&intact, &problems, &dev)?.states)
+            .map(|(p, states)| {
+                let a = p.system_matrix();
+                let dinv = inverse_diagonal(&a, pre)?;
+                Reference::new(a, p.y.clone(), dinv, states)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ablations = Vec::new();
+        for (part, pred) in cg_predictions() {
+            if part == CgPart::Preconditioner && pre == Preconditioner::None {
                 continue;
             }
-            let run = run_states(&intact.without(pred.part, &dev)?, &problems, &dev)?;
-            let measured: Vec<Measured> = refs
-                .iter()
-                .zip(&run.states)
-                .map(|(r, states)| measure(r, states, &pred, &intact_error))
-                .collect::<Result<_, _>>()?;
-            let row = compare(&pred, &measured);
-            all &= row.pass;
-            let key = format!("{}_{}", metric_slug(name), metric_slug(&pred.part.name()));
-            out.metrics.set_bool(format!("{key}_pass"), row.pass);
-            let error_t = mean_error_curve(&refs, &run)?[cfg.steps];
-            out.metrics
-                .set_number(format!("{key}_a_norm_error_t"), error_t);
-            table.push_row(vec![
-                Cell::from(name),
-                Cell::from(pred.part.name()),
-                Cell::from(signature(pred.first.0, pred.first.1)),
-                Cell::from(row.measured_first),
-                Cell::from(invariant_list(pred.holds)),
-                Cell::from(row.never_broken),
-                Cell::from(format!("{:?}", pred.progress)),
-                Cell::from(if row.progress { "yes" } else { "no" }),
-                Cell::Num(error_t),
-            ])?;
-            println!(
-                "   {name}, {} removed: {} ({})",
-                pred.part.name(),
-                if row.pass {
-                    "as predicted"
-                } else {
-                    "NOT as predicted"
-                },
-                row.summary
-            );
-            let errors = measured.iter().map(|m| &m.trace.a_norm_error);
-            curves.push((pred.part.name(), mean_of(errors)));
-            first_steps.push((pred, measured));
+            let states = run_states(&intact.without(part, &dev)?, &problems, &dev)?.states;
+            ablations.push((pred, states));
         }
-        out.plot(
-            &format!("fig16_{}_error", metric_slug(name)),
-            &error_plot(name, &curves),
-        )?;
-        out.plot(
-            &format!("fig16_{}_first_broken", metric_slug(name)),
-            &first_broken_map(name, &first_steps),
-        )?;
+        all &= report(model_name(pre), &refs, ablations, &mut table, &mut out)?;
         if pre == Preconditioner::None {
             attention_maps(&intact, &problems, &out)?;
         }
     }
+    all &= routes::run(&cfg.routes, &mut table, &mut out)?;
     out.table("fig16", &table)?;
     println!("{}", table.to_markdown());
     out.finish(all)
+}
+
+/// Measures every ablation of one model against its prediction on every problem: table rows,
+/// metrics, the A-norm error figure and the first-broken heat map; returns whether every
+/// prediction was observed.
+pub(crate) fn report(
+    name: &str,
+    refs: &[Reference],
+    ablations: Vec<(Prediction, Vec<Vec<StateVectors>>)>,
+    table: &mut Table,
+    out: &mut ResultDir,
+) -> Result<bool, BoxError> {
+    let intact_traces = refs
+        .iter()
+        .map(|r| r.trace(&r.intact))
+        .collect::<Result<Vec<_>, _>>()?;
+    let intact_error = mean_of(intact_traces.iter().map(|t| &t.a_norm_error));
+    let (never, _) = broken_in_any(&intact_traces);
+    if never.len() != Invariant::ALL.len() {
+        return Err(format!(
+            "{name}: the intact model itself breaks {} within t steps; the ablations cannot be read",
+            invariant_list(&Invariant::ALL.iter().copied().filter(|v| !never.contains(v)).collect::<Vec<_>>())
+        )
+        .into());
+    }
+    for (i, v) in Invariant::ALL.iter().enumerate() {
+        let worst = intact_traces
+            .iter()
+            .flat_map(|t| t.values.iter().map(|row| row[i]))
+            .fold(0.0, f64::max);
+        let key = format!("{}_intact_max_{}", metric_slug(name), short(*v));
+        out.metrics.set_number(metric_slug(&key), worst);
+    }
+    let t = intact_error.len() - 1;
+    let mut curves = vec![("intact".to_string(), intact_error.clone())];
+    let mut rows = Vec::new();
+    let mut all = true;
+    for (pred, states) in ablations {
+        let measured: Vec<Measured> = refs
+            .iter()
+            .zip(&states)
+            .map(|(r, s)| measure(r, s, &pred, &intact_error))
+            .collect::<Result<_, _>>()?;
+        let row = compare(&pred, &measured);
+        all &= row.pass;
+        let key = format!("{}_{}", metric_slug(name), metric_slug(&pred.name));
+        out.metrics.set_bool(format!("{key}_pass"), row.pass);
+        let errors = mean_of(measured.iter().map(|m| &m.trace.a_norm_error));
+        out.metrics
+            .set_number(format!("{key}_a_norm_error_t"), errors[t]);
+        table.push_row(vec![
+            Cell::from(name),
+            Cell::from(pred.name.clone()),
+            Cell::from(predicted_signature(&pred)),
+            Cell::from(row.measured_first),
+            Cell::from(invariant_list(pred.holds)),
+            Cell::from(row.never_broken),
+            Cell::from(format!("{:?}", pred.progress)),
+            Cell::from(if row.progress { "yes" } else { "no" }),
+            Cell::Num(errors[t]),
+        ])?;
+        println!(
+            "   {name}, {} removed: {} ({})",
+            pred.name,
+            if row.pass {
+                "as predicted"
+            } else {
+                "NOT as predicted"
+            },
+            row.summary
+        );
+        curves.push((pred.name.clone(), errors));
+        rows.push((pred, measured));
+    }
+    out.plot(
+        &format!("fig16_{}_error", metric_slug(name)),
+        &error_plot(name, &curves),
+    )?;
+    out.plot(
+        &format!("fig16_{}_first_broken", metric_slug(name)),
+        &first_broken_map(name, &rows),
+    )?;
+    Ok(all)
+}
+
+/// The invariants no trace breaks, and those some trace does.
+fn broken_in_any(traces: &[InvariantTrace]) -> (Vec<Invariant>, Vec<Invariant>) {
+    Invariant::ALL
+        .into_iter()
+        .partition(|&v| traces.iter().all(|t| t.first_broken(v).is_none()))
 }
 
 fn model_name(pre: Preconditioner) -> &'static str {
@@ -259,29 +325,6 @@ fn metric_slug(text: &str) -> String {
     crate::output::metric_key(text)
 }
 
-/// The references each problem's measurements are compared with.
-fn references<'a>(
-    problems: &'a [KrrProblem],
-    intact: &'a CgRun,
-    steps: usize,
-    pre: Preconditioner,
-) -> Result<Vec<Reference<'a>>, BoxError> {
-    problems
-        .iter()
-        .zip(&intact.states)
-        .map(|(p, states)| {
-            let a = p.system_matrix();
-            let plain = pcg(&a, &p.y, steps, Preconditioner::None)?;
-            Ok(Reference {
-                problem: p,
-                dinv: inverse_diagonal(&a, pre)?,
-                intact: states,
-                plain_cg: plain.states.into_iter().map(|s| s.alpha).collect(),
-            })
-        })
-        .collect()
-}
-
 /// The invariants, first-to-break and the predicted progress of one ablated run.
 fn measure(
     r: &Reference,
@@ -289,8 +332,7 @@ fn measure(
     pred: &Prediction,
     intact_error: &[f64],
 ) -> Result<Measured, BoxError> {
-    let a = r.problem.system_matrix();
-    let trace = InvariantTrace::measure(&a, &r.problem.y, &r.dinv, states)?;
+    let trace = r.trace(states)?;
     let scale = r.intact.last().map_or(1.0, |s| s.alpha.norm()).max(1e-300);
     let same = |x: &nalgebra::DVector<f64>, y: &nalgebra::DVector<f64>, tol: f64| {
         (x - y).norm() <= tol * scale
@@ -312,7 +354,7 @@ fn measure(
         Progress::Diverges => e.get(1).is_some_and(|&v| v.is_nan() || v > 1.0),
         Progress::AsIntact => states
             .iter()
-            .zip(r.intact)
+            .zip(&r.intact)
             .all(|(s, i)| same(&s.alpha, &i.alpha, 1e-12) && same(&s.r, &i.r, 1e-12)),
         Progress::PlainCg => states
             .iter()
@@ -344,7 +386,7 @@ fn compare(pred: &Prediction, measured: &[Measured]) -> Row {
     firsts.dedup();
     let first_ok = measured
         .iter()
-        .all(|m| m.first.0 == pred.first.0 && m.first.1 == pred.first.1);
+        .all(|m| m.first.1 == pred.first.1 && pred.first.0.is_none_or(|set| m.first.0 == set));
     let never: Vec<Invariant> = Invariant::ALL
         .into_iter()
         .filter(|&v| measured.iter().all(|m| m.trace.first_broken(v).is_none()))
@@ -376,6 +418,14 @@ fn invariant_list(v: &[Invariant]) -> String {
     v.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
 }
 
+/// The predicted first-to-break as text (`(any) at step 2` when the set is not predicted).
+fn predicted_signature(pred: &Prediction) -> String {
+    match pred.first {
+        (None, Some(k)) => format!("(any) at step {k}"),
+        (set, step) => signature(set.unwrap_or(&[]), step),
+    }
+}
+
 fn signature(v: &[Invariant], step: Option<usize>) -> String {
     match step {
         None => "none".into(),
@@ -383,19 +433,7 @@ fn signature(v: &[Invariant], step: Option<usize>) -> String {
     }
 }
 
-/// The mean over problems of each run's A-norm error per step.
-fn mean_error_curve(refs: &[Reference], run: &CgRun) -> Result<Vec<f64>, BoxError> {
-    let traces = refs
-        .iter()
-        .zip(&run.states)
-        .map(|(r, s)| {
-            let a = r.problem.system_matrix();
-            Ok(InvariantTrace::measure(&a, &r.problem.y, &r.dinv, s)?.a_norm_error)
-        })
-        .collect::<Result<Vec<_>, BoxError>>()?;
-    Ok(mean_of(traces.iter()))
-}
-
+/// The mean over runs of a per-step curve.
 fn mean_of<'a>(curves: impl Iterator<Item = &'a Vec<f64>> + Clone) -> Vec<f64> {
     let n = curves.clone().count().max(1) as f64;
     let len = curves.clone().map(Vec::len).min().unwrap_or(0);
@@ -409,9 +447,9 @@ fn mean_of<'a>(curves: impl Iterator<Item = &'a Vec<f64>> + Clone) -> Vec<f64> {
 /// note instead, so it does not flatten the others.
 fn error_plot(model: &str, curves: &[(String, Vec<f64>)]) -> LinePlot {
     let mut plot = LinePlot::new(format!(
-        "fig16: {model}, A-norm error with one part removed from every CG layer"
+        "fig16: {model}, A-norm error with one part removed from every CG step"
     ))
-    .x_label("CG layers k")
+    .x_label("CG steps k")
     .y_label("‖α_k − α*‖_A / ‖α*‖_A (mean over problems)")
     .log_y(true)
     .legend(LegendPosition::Outside);
@@ -424,7 +462,7 @@ fn error_plot(model: &str, curves: &[(String, Vec<f64>)]) -> LinePlot {
         }
         let style = match i {
             0 => SeriesStyle::Solid,
-            _ if name.starts_with("MLP") => SeriesStyle::Markers,
+            _ if name.contains("block") => SeriesStyle::Markers,
             _ => SeriesStyle::Dashed,
         };
         plot = plot.series(Series {
@@ -462,7 +500,7 @@ fn first_broken_map(model: &str, rows: &[(Prediction, Vec<Measured>)]) -> Heatma
             Invariant::ALL
                 .iter()
                 .flat_map(|&v| {
-                    let predicted = if p.first.0.contains(&v) {
+                    let predicted = if p.first.0.is_some_and(|set| set.contains(&v)) {
                         p.first.1.map_or(0.0, |k| k as f64)
                     } else if p.holds.contains(&v) {
                         0.0
@@ -482,7 +520,7 @@ fn first_broken_map(model: &str, rows: &[(Prediction, Vec<Measured>)]) -> Heatma
         values,
     }
     .plot()
-    .row_names(rows.iter().map(|(p, _)| p.part.name()))
+    .row_names(rows.iter().map(|(p, _)| p.name.clone()))
     .col_names(cols)
     .units("first broken step (0: holds; −1: not predicted)")
     .transpose(false)
