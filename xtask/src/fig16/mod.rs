@@ -581,3 +581,75 @@ fn attention_maps(model: &CgLat, problems: &[KrrProblem], out: &ResultDir) -> Re
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The B1 ablation of a small plain CG LAT, measured against `pred`.
+    fn b1_against(pred: &Prediction) -> Row {
+        let spec = RbfProblemSpec {
+            n_support: 8,
+            n_query: 2,
+            dim: 2,
+            features: 12,
+            lengthscale: 1.0,
+            noise: 0.1,
+        };
+        let problem = rbf_problem(&mut seeded(3), &spec, 0.1).unwrap();
+        let dev = Device::Cpu;
+        let model = CgLat::build(
+            CgSpec::for_problem(&problem, 4, Preconditioner::None).unwrap(),
+            &dev,
+        )
+        .unwrap();
+        let probs = std::slice::from_ref(&problem);
+        let intact = run_states(&model, probs, &dev).unwrap().states.remove(0);
+        let a = problem.system_matrix();
+        let ones = DVector::from_element(8, 1.0);
+        let r = Reference::new(a, problem.y.clone(), ones, intact).unwrap();
+        let ablated = model.without(CgPart::Block(1), &dev).unwrap();
+        let states = run_states(&ablated, probs, &dev).unwrap().states.remove(0);
+        let intact_error = r.trace(&r.intact).unwrap().a_norm_error;
+        compare(pred, &[measure(&r, &states, pred, &intact_error).unwrap()])
+    }
+
+    #[test]
+    fn the_check_passes_the_stated_signature_and_fails_any_other() {
+        use Invariant::{Conjugacy as C, Orthogonality as O, Recursion as R};
+        let right = Prediction::new("B1".into(), Some(&[O, C]), Some(2), &[R], Progress::Slower);
+        assert!(b1_against(&right).pass);
+        for wrong in [
+            Prediction::new("B1".into(), Some(&[O]), Some(2), &[R], Progress::Slower),
+            Prediction::new("B1".into(), Some(&[O, C]), Some(1), &[R], Progress::Slower),
+            Prediction::new(
+                "B1".into(),
+                Some(&[O, C]),
+                Some(2),
+                &[R, C],
+                Progress::Slower,
+            ),
+            Prediction::new(
+                "B1".into(),
+                Some(&[O, C]),
+                Some(2),
+                &[R],
+                Progress::StallsFrom(0),
+            ),
+            Prediction::new(
+                "B1".into(),
+                Some(&[O, C]),
+                Some(2),
+                &[R],
+                Progress::AsIntact,
+            ),
+        ] {
+            assert!(
+                !b1_against(&wrong).pass,
+                "{:?} {:?}",
+                wrong.first,
+                wrong.progress
+            );
+        }
+    }
+}
