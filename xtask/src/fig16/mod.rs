@@ -15,6 +15,8 @@ use metarep_eval::table::{Cell, Table};
 use metarep_lat_cg::construct::ablation::CgPart;
 use metarep_lat_cg::construct::cg::{CgLat, CgSpec};
 use metarep_lat_cg::invariants::{run_states, Invariant, InvariantTrace, StateVectors};
+use metarep_lat_cg::lat::Lat;
+use metarep_lat_cg::mask::TokenLayout;
 use metarep_lat_cg::problem::{rbf_problem, KrrProblem, RbfProblemSpec};
 use metarep_lat_cg::reference::{inverse_diagonal, pcg, Preconditioner};
 use nalgebra::{DMatrix, DVector};
@@ -535,51 +537,80 @@ fn short(v: Invariant) -> &'static str {
 }
 
 /// Attention patterns (problem 0) of each head class in the first CG layer and of the readout
-/// head, and each distinct mask.
+/// head of the plain CG LAT, and their masks.
 fn attention_maps(model: &CgLat, problems: &[KrrProblem], out: &ResultDir) -> Result<(), BoxError> {
     let dev = Device::Cpu;
     let streams = model
         .lat
         .forward_with_states(&model.embed(&problems[..1], &dev)?)?;
-    let layout = model.spec.layout;
-    let names: Vec<String> = (1..=layout.n_support)
-        .map(|i| format!("s{i}"))
-        .chain(std::iter::once("agg".to_string()))
-        .chain((1..=layout.n_query).map(|i| format!("q{i}")))
-        .collect();
-    let first_cg = 1;
     let last = model.lat.layers.len() - 1;
     let heads = [
-        ("kernel mat-vec", first_cg, 0),
-        ("ridge", first_cg, 1),
-        ("scalar reduction Σrz", first_cg, 2),
-        ("feature reduction Φᵀz", first_cg, 6),
+        ("kernel mat-vec", 1, 0),
+        ("ridge", 1, 1),
+        ("scalar reduction Σrz", 1, 2),
+        ("feature reduction Φᵀz", 1, 6),
         ("readout", last, 0),
     ];
-    for (what, layer, h) in heads {
-        let head = &model.lat.layers[layer].heads[h];
-        let pattern = head.pattern(&streams[layer])?.get(0)?.to_vec2::<f64>()?;
-        let mask = head.mask.to_vec2::<f64>()?;
-        let slug = metric_slug(what);
-        for (kind, values, units) in [
-            ("pattern", pattern, "attention weight (masked score)"),
-            ("mask", mask, "1: reader may read key"),
-        ] {
-            let map = Heatmap {
-                title: format!("fig16: plain CG LAT, {what} head (layer {layer}) {kind}"),
-                row_label: "reader".into(),
-                col_label: "key".into(),
-                values,
+    let maps = Attention {
+        model: "plain CG LAT",
+        lat: &model.lat,
+        streams: &streams,
+        layout: model.spec.layout,
+    };
+    maps.write(&heads, out)
+}
+
+/// One model's attention patterns on one prompt, drawn next to their masks.
+pub(crate) struct Attention<'a> {
+    /// The model's name in titles and file names.
+    pub model: &'a str,
+    pub lat: &'a Lat,
+    /// The residual streams of the prompt (`forward_with_states`), batch index 0 drawn.
+    pub streams: &'a [candle_core::Tensor],
+    pub layout: TokenLayout,
+}
+
+impl Attention<'_> {
+    /// Writes `fig16_attention_<model>_<head>_{pattern,mask}` for each `(name, layer, head)`.
+    pub(crate) fn write(
+        &self,
+        heads: &[(&str, usize, usize)],
+        out: &ResultDir,
+    ) -> Result<(), BoxError> {
+        let layout = self.layout;
+        let names: Vec<String> = (1..=layout.n_support)
+            .map(|i| format!("s{i}"))
+            .chain(std::iter::once("agg".to_string()))
+            .chain((1..=layout.n_query).map(|i| format!("q{i}")))
+            .collect();
+        for &(what, layer, h) in heads {
+            let head = &self.lat.layers[layer].heads[h];
+            let pattern = head
+                .pattern(&self.streams[layer])?
+                .get(0)?
+                .to_vec2::<f64>()?;
+            let mask = head.mask.to_vec2::<f64>()?;
+            let slug = metric_slug(&format!("{} {what}", self.model));
+            for (kind, values, units) in [
+                ("pattern", pattern, "attention weight"),
+                ("mask", mask, "1: reader may read key"),
+            ] {
+                let map = Heatmap {
+                    title: format!("fig16: {}, {what} head (layer {layer}) {kind}", self.model),
+                    row_label: "reader".into(),
+                    col_label: "key".into(),
+                    values,
+                }
+                .plot()
+                .row_names(names.clone())
+                .col_names(names.clone())
+                .units(units)
+                .transpose(false);
+                out.plot(&format!("fig16_attention_{slug}_{kind}"), &map)?;
             }
-            .plot()
-            .row_names(names.clone())
-            .col_names(names.clone())
-            .units(units)
-            .transpose(false);
-            out.plot(&format!("fig16_attention_{slug}_{kind}"), &map)?;
         }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]

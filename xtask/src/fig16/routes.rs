@@ -7,14 +7,14 @@ use metarep_core::rng::{derive_seed, seeded};
 use metarep_eval::table::Table;
 use metarep_lat_cg::invariants::Invariant;
 use metarep_softmax_routes::ablation::RoutePart;
-use metarep_softmax_routes::construct::{HeadSharing, SoftmaxCg};
+use metarep_softmax_routes::construct::{HeadSharing, SoftmaxCg, SETUP_LAYERS};
 use metarep_softmax_routes::kernel::{sample_exp_task, ExpTaskSpec, Prompt};
 use metarep_softmax_routes::route_a::RouteAModel;
 use metarep_softmax_routes::route_b::{build, centred_problem, CentredSpec};
 use nalgebra::{DMatrix, DVector};
 use serde::{Deserialize, Serialize};
 
-use super::{report, Prediction, Progress, Reference};
+use super::{report, Attention, Prediction, Progress, Reference};
 use crate::checks;
 use crate::error::BoxError;
 use crate::output::ResultDir;
@@ -126,8 +126,46 @@ pub fn run(cfg: &RoutesConfig, table: &mut Table, out: &mut ResultDir) -> Result
         }
         let name = if route_b { "Route B" } else { "Route A" };
         all &= report(name, &refs, ablations, table, out)?;
+        attention_maps(name, &models[0], &prompts[0], route_b, out)?;
     }
     Ok(all)
+}
+
+/// The patterns of each head class (first step's mat-vec and reduction layers, the readout) of
+/// the first task, next to their masks.
+fn attention_maps(
+    name: &str,
+    model: &SoftmaxCg,
+    prompt: &Prompt,
+    route_b: bool,
+    out: &ResultDir,
+) -> Result<(), BoxError> {
+    let streams = model.run(std::slice::from_ref(prompt), DType::F64)?;
+    let (matvec, reduction) = (SETUP_LAYERS, SETUP_LAYERS + 1);
+    let readout = model.model.layers.len() - 1;
+    let heads: Vec<(&str, usize, usize)> = if route_b {
+        vec![
+            ("small-logit kernel", matvec, 0),
+            ("uniform", matvec, 1),
+            ("Σrz", matvec, 2),
+            ("Σp·Ap", reduction, 0),
+            ("readout", readout, 0),
+        ]
+    } else {
+        vec![
+            ("kernel with sink", matvec, 0),
+            ("Σrz", matvec, 1),
+            ("Σp·Ap", reduction, 0),
+            ("readout", readout, 0),
+        ]
+    };
+    let maps = Attention {
+        model: name,
+        lat: &model.model,
+        streams: &streams,
+        layout: model.spec.layout,
+    };
+    maps.write(&heads, out)
 }
 
 /// The intact model's realised system `K̃ + λI` (f64), its states and plain CG on it.
