@@ -66,9 +66,9 @@ pub const REGISTRY: &[Experiment] = &[
     },
     Experiment {
         id: "fig7",
-        title: "Linear probes of GD and CG state in every layer of trained LATs and of the constructed CG LAT",
+        title: "Linear probes of GD and CG state in every layer of trained LATs, of the constructed CG LAT and of the softmax routes (Route A; Route B at three logit scales), with shuffled-target and query-row (unrelated-location) controls",
         example: "icl_probes",
-        threshold: "constructed CG LAT: every CG state probe (r_t, α_t, p_t−1) held-out cosine ≥ 0.99; every shuffled-target control R² < 0.1",
+        threshold: "constructed CG LAT: every CG state probe (r_t, α_t, p_t−1) held-out cosine ≥ 0.99; Route A and Route B at every ε_s whose per-mat-vec error ≤ 1e-2 (Route A and ≥ 1 Route B scale must qualify): every CG state probe at every step held-out cosine ≥ 0.99; every shuffled-target and query-row control R² < 0.1, every model",
         run: crate::fig7::run,
     },
     Experiment {
