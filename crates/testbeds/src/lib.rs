@@ -7,6 +7,9 @@
 //!   tokenizer trained by `tokenizers`, so numbers split into one or several tokens;
 //! - [`grammar_lm`]: a 3-layer model trained on an agreement grammar whose latents are known
 //!   per token, the agreement measure and the latent-detection questions;
+//! - [`text_regression`]: in-context linear regression written as text (`x: 0.42 -> y: 0.87`)
+//!   with a digit-level tokenizer, a small model trained on every line's answer, and greedy
+//!   numeric answers;
 //! - [`tokenization`]: framing of (prompt, answer) problems, exact-answer scoring, and
 //!   accuracy by tokenization class and over stress grids of operand length and operation.
 //!
@@ -31,6 +34,8 @@ pub mod error;
 pub mod grammar_lm;
 pub mod induction;
 mod recipe;
+pub mod text_regression;
 pub mod tokenization;
 
 pub use error::{Error, Result};
+pub use recipe::DecoderSpec;

@@ -175,24 +175,50 @@ pub fn tokenize_all(
 /// Right-pads `problems` with `pad` into tokens `[batch, n]` (u32) and the mask `[batch, n − 1]`
 /// (f32, 1 on the scored predictions: position `p` predicts token `p + 1`).
 pub fn padded<T: AsRef<Framed>>(problems: &[T], pad: u32) -> Result<(Tensor, Tensor)> {
-    let n = problems
+    let rows: Vec<(Vec<u32>, Vec<f32>)> = problems
         .iter()
-        .map(|p| p.as_ref().ids.len())
+        .map(|p| {
+            let p = p.as_ref();
+            let scored = p.answer_start - 1..p.answer_start - 1 + p.scored;
+            let mask = (0..p.ids.len() - 1)
+                .map(|i| f32::from(u8::from(scored.contains(&i))))
+                .collect();
+            (p.ids.clone(), mask)
+        })
+        .collect();
+    pad_masked(&rows, pad)
+}
+
+/// Right-pads rows of `(ids, mask)` (the mask over the `ids.len() − 1` predictions) with `pad`
+/// into tokens `[batch, n]` (u32) and the mask `[batch, n − 1]` (f32, 0 on the padding).
+pub fn pad_masked(rows: &[(Vec<u32>, Vec<f32>)], pad: u32) -> Result<(Tensor, Tensor)> {
+    let n = rows
+        .iter()
+        .map(|(ids, _)| ids.len())
         .max()
         .ok_or_else(|| Error::Invalid("no problems to pad".into()))?;
-    let mut ids = Vec::with_capacity(problems.len() * n);
-    let mut mask = Vec::with_capacity(problems.len() * (n - 1));
-    for p in problems {
-        let p = p.as_ref();
-        ids.extend_from_slice(&p.ids);
-        ids.extend(std::iter::repeat_n(pad, n - p.ids.len()));
-        let scored = p.answer_start - 1..p.answer_start - 1 + p.scored;
-        mask.extend((0..n - 1).map(|i| f32::from(scored.contains(&i))));
+    if let Some((ids, mask)) = rows
+        .iter()
+        .find(|(ids, mask)| ids.is_empty() || mask.len() + 1 != ids.len())
+    {
+        return Err(Error::Invalid(format!(
+            "a row of {} tokens with a mask over {} predictions",
+            ids.len(),
+            mask.len()
+        )));
+    }
+    let mut tokens = Vec::with_capacity(rows.len() * n);
+    let mut masks = Vec::with_capacity(rows.len() * (n - 1));
+    for (ids, mask) in rows {
+        tokens.extend_from_slice(ids);
+        tokens.extend(std::iter::repeat_n(pad, n - ids.len()));
+        masks.extend_from_slice(mask);
+        masks.extend(std::iter::repeat_n(0.0, n - ids.len()));
     }
     let dev = &Device::Cpu;
     Ok((
-        Tensor::from_vec(ids, (problems.len(), n), dev)?,
-        Tensor::from_vec(mask, (problems.len(), n - 1), dev)?,
+        Tensor::from_vec(tokens, (rows.len(), n), dev)?,
+        Tensor::from_vec(masks, (rows.len(), n - 1), dev)?,
     ))
 }
 
@@ -455,5 +481,20 @@ impl StressGrid<'_> {
             }
         }
         Ok(cells)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pad_masked_pads_tokens_and_zeroes_the_mask_on_padding() {
+        let rows = vec![(vec![1, 2, 3], vec![0.0, 1.0]), (vec![4, 5], vec![1.0])];
+        let (tokens, mask) = pad_masked(&rows, 9).unwrap();
+        assert_eq!(tokens.to_vec2::<u32>().unwrap(), [[1, 2, 3], [4, 5, 9]]);
+        assert_eq!(mask.to_vec2::<f32>().unwrap(), [[0.0, 1.0], [1.0, 0.0]]);
+        assert!(pad_masked(&[(vec![1, 2], vec![1.0, 1.0])], 0).is_err());
+        assert!(pad_masked(&[], 0).is_err());
     }
 }

@@ -35,7 +35,8 @@ pub struct NumericPromptSpec {
     pub decimals: usize,
 }
 
-fn fmt_num(x: f64, decimals: usize) -> String {
+/// `x` with `decimals` decimals as the prompts print it (`-0.00` as `0.00`).
+pub fn format_number(x: f64, decimals: usize) -> String {
     let s = format!("{x:.decimals$}");
     // Avoid "-0.00".
     if s.starts_with('-') && s[1..].chars().all(|c| c == '0' || c == '.') {
@@ -51,7 +52,7 @@ impl NumericPromptSpec {
         let task = self.task.sample(rng)?;
         let line = |x: nalgebra::DMatrixView<f64>| -> String {
             x.iter()
-                .map(|v| fmt_num(*v, self.decimals))
+                .map(|v| format_number(*v, self.decimals))
                 .collect::<Vec<_>>()
                 .join(" ")
         };
@@ -61,12 +62,12 @@ impl NumericPromptSpec {
             context.push_str(&format!(
                 "x: {} -> y: {}\n",
                 line(x),
-                fmt_num(task.y_support[i], self.decimals)
+                format_number(task.y_support[i], self.decimals)
             ));
         }
         let examples = (0..task.x_query.nrows())
             .map(|q| {
-                let answer = fmt_num(task.y_query[q], self.decimals);
+                let answer = format_number(task.y_query[q], self.decimals);
                 let value = answer.parse::<f64>().unwrap_or(task.y_query[q]);
                 TextExample {
                     prompt: format!("{context}x: {} -> y:", line(task.x_query.rows(q, 1))),
@@ -76,6 +77,21 @@ impl NumericPromptSpec {
             })
             .collect();
         Ok((task, examples))
+    }
+}
+
+impl NumericPromptSpec {
+    /// `task` with every number rounded as the prompts print it: the numbers a baseline reads
+    /// from the prompt (the query targets rounded as the answers are).
+    pub fn as_printed(&self, task: &RegressionTask) -> RegressionTask {
+        let round = |v: f64| format_number(v, self.decimals).parse::<f64>().unwrap_or(v);
+        RegressionTask {
+            x_support: task.x_support.map(round),
+            y_support: task.y_support.map(round),
+            x_query: task.x_query.map(round),
+            y_query: task.y_query.map(round),
+            ..task.clone()
+        }
     }
 }
 
@@ -326,6 +342,19 @@ mod tests {
             let v = extract_number(&e.answer).unwrap();
             assert!((v - task.y_query[q]).abs() <= 0.005 + 1e-12);
         }
+        let printed = spec.as_printed(&task);
+        assert_eq!(printed.y_query[0], ex[0].value);
+        let first: Vec<f64> = ex[0].prompt.lines().next().unwrap()[3..]
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        assert_eq!(first.len(), 4);
+        assert_eq!(
+            first[..3],
+            printed.x_support.row(0).iter().copied().collect::<Vec<_>>()
+        );
+        assert_eq!(first[3], printed.y_support[0]);
+        assert!((printed.x_support[(0, 0)] - task.x_support[(0, 0)]).abs() > 0.0);
     }
 
     #[test]
