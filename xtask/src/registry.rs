@@ -127,6 +127,13 @@ pub const REGISTRY: &[Experiment] = &[
         threshold: "every predicted failure signature (first invariant to break and its step, invariants that never break, progress of the A-norm error) observed on every problem",
         run: crate::fig16::run,
     },
+    Experiment {
+        id: "fig17",
+        title: "In-context GLMs: trained LATs (1, 2, 4 layers) and a softmax variant vs GD and IRLS on the NLL, the MLE and the true-w oracle on logistic and Poisson regression (held-out NLL vs depth, 3 seeds)",
+        example: "icl_glm",
+        threshold: "every seed: logistic 1-layer LAT NLL within 10% of tuned GD-1's excess over the oracle (Poisson: not worse by more); 1-layer weights in the GD span (cosine ≥ 0.99, above one IRLS step's); deeper LATs not worse beyond 95% noise",
+        run: crate::fig17::run,
+    },
 ];
 
 /// The registry as a printable table.
