@@ -18,15 +18,14 @@ use serde::{Deserialize, Serialize};
 use crate::error::BoxError;
 use crate::output::ResultDir;
 
-/// The softmax-attention variant trained beside the LAT (fig6, fig17).
+/// The softmax-attention variant trained beside the LAT.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct SoftmaxConfig {
+struct SoftmaxConfig {
     /// Depths at which it is trained (a subset of `layers`).
-    pub(crate) layers: Vec<usize>,
-    /// Heads per layer.
-    pub(crate) heads: usize,
+    layers: Vec<usize>,
+    heads: usize,
     /// Peak learning rate (not depth-scaled).
-    pub(crate) lr: f64,
+    lr: f64,
 }
 
 /// Settings of fig6 (`configs/fig6.toml`).

@@ -19,7 +19,6 @@ mod fig10;
 mod fig11;
 mod fig13;
 mod fig16;
-mod fig17;
 mod fig2;
 mod fig3;
 mod fig4;

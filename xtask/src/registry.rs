@@ -66,9 +66,9 @@ pub const REGISTRY: &[Experiment] = &[
     },
     Experiment {
         id: "fig7",
-        title: "Linear probes of GD and CG state in every layer of trained LATs, of the constructed CG LAT and of the softmax routes (Route A; Route B at three logit scales), with shuffled-target and query-row (unrelated-location) controls",
+        title: "Linear probes of GD and CG state in every layer of trained LATs and of the constructed CG LAT",
         example: "icl_probes",
-        threshold: "constructed CG LAT: every CG state probe (r_t, α_t, p_t−1) held-out cosine ≥ 0.99; Route A and Route B at every ε_s whose per-mat-vec error ≤ 1e-2 (Route A and ≥ 1 Route B scale must qualify): every CG state probe at every step held-out cosine ≥ 0.99; every shuffled-target and query-row control R² < 0.1, every model",
+        threshold: "constructed CG LAT: every CG state probe (r_t, α_t, p_t−1) held-out cosine ≥ 0.99; every shuffled-target control R² < 0.1",
         run: crate::fig7::run,
     },
     Experiment {
@@ -126,13 +126,6 @@ pub const REGISTRY: &[Experiment] = &[
         example: "cg_ablations",
         threshold: "every predicted failure signature (first invariant to break and its step, invariants that never break, progress of the A-norm error) observed on every problem",
         run: crate::fig16::run,
-    },
-    Experiment {
-        id: "fig17",
-        title: "In-context GLMs: trained LATs (1, 2, 4 layers) and a softmax variant vs GD and IRLS on the NLL, the MLE and the true-w oracle on logistic and Poisson regression (held-out NLL vs depth, 3 seeds)",
-        example: "icl_glm",
-        threshold: "every seed: logistic 1-layer LAT NLL within 10% of tuned GD-1's excess over the oracle (Poisson: not worse by more); 1-layer weights in the GD span (cosine ≥ 0.99, above one IRLS step's); deeper LATs not worse beyond 95% noise",
-        run: crate::fig17::run,
     },
 ];
 
