@@ -5,8 +5,8 @@
 //! `0.5 · MSE` on the query, evaluated on 10 000 held-out tasks.
 
 use candle_core::{DType, Device, Var};
-use metarep_core::rng::{derive_seed, seeded};
-use metarep_core::train::{RunControl, RunReport};
+use metarep_core::rng::seeded;
+use metarep_core::train::RunReport;
 use metarep_eval::baselines::{
     ConjugateGradient, GdPlusPlus, GradientDescent, Predictor, StepSize,
 };
@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::reference::Preconditioner;
-use crate::train::{icl_batch, train, IclAttention, IclLatConfig, IclTrainConfig, TrainableLat};
+use crate::train::{
+    icl_batch, IclAttention, IclBatch, IclLatConfig, IclSetting, IclTask, IclTrainConfig,
+    TrainableLat,
+};
 
 /// Peak learning rate that trains the softmax variant (1–2 layers, 2 heads) in this setting; not
 /// depth-scaled. At 1 layer, lr 0.02 / 0.01 / 0.005 gave held-out loss 1.16 / 1.16 / 0.865.
@@ -73,24 +76,14 @@ impl VonOswaldSetting {
             .collect()
     }
 
-    /// The setting for training a `layers`-deep LAT: the peak learning rate divided by
-    /// `layers^1.5`. Unnormalised linear attention stacks into a polynomial of degree ~3^layers;
-    /// at 5 layers lr 0.02 and 0.02/5 both diverged for some seed, 0.02/5^1.5 did not.
+    /// The setting for training a `layers`-deep LAT: [`IclTrainConfig::depth_scaled`].
     pub fn depth_scaled(&self, layers: usize) -> Self {
-        let mut s = *self;
-        s.train.lr = self.train.lr / (layers.max(1) as f64).powf(1.5);
-        s
+        IclSetting::depth_scaled(self, layers)
     }
 
     /// The model shape for this setting: `layers` layers of `heads` heads of `attention`.
     pub fn model(&self, layers: usize, heads: usize, attention: IclAttention) -> IclLatConfig {
-        IclLatConfig {
-            dim: self.dim,
-            n_support: self.n_support,
-            layers,
-            heads,
-            attention,
-        }
+        IclSetting::model(self, layers, heads, attention)
     }
 
     /// Trains a LAT with `layers` layers (1 head, f32) from `seed`; returns it with its report.
@@ -103,30 +96,37 @@ impl VonOswaldSetting {
         self.train_model(self.model(layers, 1, IclAttention::Linear), seed, out)
     }
 
-    /// Trains a model of shape `config` (f32, init `N(0, 0.02²)`) from `seed`; with `out` it
-    /// writes `metrics.jsonl` there. Returns the model with its report.
+    /// Trains a model of shape `config` from `seed` ([`IclSetting::train_model`]); with `out`
+    /// it writes `metrics.jsonl` there. Returns the model with its report.
     pub fn train_model(
         &self,
         config: IclLatConfig,
         seed: u64,
         out: Option<&std::path::Path>,
     ) -> Result<(TrainableLat, RunReport)> {
-        let device = Device::Cpu;
-        let model =
-            TrainableLat::new(config, 0.02, derive_seed(seed, "init"), DType::F32, &device)?;
-        let mut cfg = self.train;
-        cfg.seed = derive_seed(seed, "data");
-        let sample = |s: u64| icl_batch(&self.tasks(s, cfg.batch)?, DType::F32, &device);
-        let report = train(
-            &model,
-            &cfg,
-            sample,
-            RunControl {
-                out,
-                ..Default::default()
-            },
-        )?;
-        Ok((model, report))
+        IclSetting::train_model(self, config, seed, out)
+    }
+}
+
+impl IclSetting for VonOswaldSetting {
+    fn input_dim(&self) -> usize {
+        self.dim
+    }
+
+    fn n_support(&self) -> usize {
+        self.n_support
+    }
+
+    fn train_config(&self) -> IclTrainConfig {
+        self.train
+    }
+
+    fn with_train(&self, train: IclTrainConfig) -> Self {
+        Self { train, ..*self }
+    }
+
+    fn batch(&self, seed: u64, count: usize) -> Result<IclBatch> {
+        icl_batch(&self.tasks(seed, count)?, DType::F32, &Device::Cpu)
     }
 }
 
@@ -144,8 +144,9 @@ pub fn baseline_loss(p: &dyn Predictor, tasks: &[RegressionTask]) -> Result<f64>
     Ok(sum / tasks.len() as f64)
 }
 
-/// `0.5 · MSE` of a trained LAT over tasks.
-pub fn lat_loss(model: &TrainableLat, tasks: &[RegressionTask]) -> Result<f64> {
+/// The batch-size-weighted mean [`TrainableLat::loss`] of a trained model over tasks (`0.5 · MSE`
+/// for regression tasks).
+pub fn lat_loss<T: IclTask>(model: &TrainableLat, tasks: &[T]) -> Result<f64> {
     let mut total = 0.0;
     for chunk in tasks.chunks(2048) {
         let batch = icl_batch(chunk, DType::F32, &Device::Cpu)?;
@@ -156,6 +157,21 @@ pub fn lat_loss(model: &TrainableLat, tasks: &[RegressionTask]) -> Result<f64> {
         total += l * chunk.len() as f64;
     }
     Ok(total / tasks.len() as f64)
+}
+
+/// A trained model's prediction at each task's first query.
+pub fn lat_predictions<T: IclTask>(model: &TrainableLat, tasks: &[T]) -> Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for chunk in tasks.chunks(2048) {
+        let batch = icl_batch(chunk, DType::F32, &Device::Cpu)?;
+        out.extend(
+            model
+                .predict(&batch.tokens)?
+                .to_dtype(DType::F64)?
+                .to_vec1::<f64>()?,
+        );
+    }
+    Ok(out)
 }
 
 /// The best constant GD step for `steps` steps from a log grid (by loss on `tasks`).
@@ -204,13 +220,9 @@ pub fn cg_loss(steps: usize, tasks: &[RegressionTask]) -> Result<f64> {
     )
 }
 
-/// Mean over tasks of the cosine between the LAT's sensitivity `∂ŷ/∂x_q` (autodiff) and `g`'s
-/// (e.g. GD's `η Xᵀy / n`), given per task.
-pub fn sensitivity_cosine(
-    model: &TrainableLat,
-    tasks: &[RegressionTask],
-    reference: impl Fn(&RegressionTask) -> Vec<f64>,
-) -> Result<f64> {
+/// Each task's sensitivity `∂ŷ/∂x_q` `[d]` of a model's first-query prediction (autodiff). For a
+/// one-layer LAT `ŷ` is linear in `x_q`, so this is the weight vector it applies to the query.
+pub fn query_sensitivities<T: IclTask>(model: &TrainableLat, tasks: &[T]) -> Result<Vec<Vec<f64>>> {
     let batch = icl_batch(tasks, DType::F32, &Device::Cpu)?;
     let tokens = Var::from_tensor(&batch.tokens)?;
     let pred = model.predict(tokens.as_tensor())?;
@@ -221,12 +233,21 @@ pub fn sensitivity_cosine(
         .get(tokens.as_tensor())
         .ok_or_else(|| Error::invalid("sensitivity", "no gradient"))?;
     let (n, d) = (model.config.n_support, model.config.dim);
-    let g = g
-        .narrow(1, n, 1)?
+    Ok(g.narrow(1, n, 1)?
         .narrow(2, 0, d)?
         .flatten_from(1)?
         .to_dtype(DType::F64)?
-        .to_vec2::<f64>()?;
+        .to_vec2::<f64>()?)
+}
+
+/// Mean over tasks of the cosine between the LAT's sensitivity `∂ŷ/∂x_q` (autodiff) and `g`'s
+/// (e.g. GD's `η Xᵀy / n`), given per task.
+pub fn sensitivity_cosine<T: IclTask>(
+    model: &TrainableLat,
+    tasks: &[T],
+    reference: impl Fn(&T) -> Vec<f64>,
+) -> Result<f64> {
+    let g = query_sensitivities(model, tasks)?;
     let mut total = 0.0;
     for (row, t) in g.iter().zip(tasks) {
         let r = reference(t);

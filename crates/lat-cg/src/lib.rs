@@ -6,7 +6,8 @@
 //! `t` layers perform exactly `t` steps of CG, or Jacobi-preconditioned CG, for kernel ridge
 //! regression `(K + λI) α = y` with `K = ΦΦᵀ`; [`reference`] (re-exported from metarep-eval) is the
 //! plain-f64 CG it is checked against. [`train`] and [`icl`] train LATs on in-context regression
-//! (the von Oswald et al. setting); [`probe`] and [`solver_probe`] read solver state (GD and CG
+//! (the von Oswald et al. setting) and, in [`glm`], on in-context logistic and Poisson
+//! regression; [`probe`] and [`solver_probe`] read solver state (GD and CG
 //! iterates, residuals, directions) out of any LAT's residual stream with linear probes.
 //!
 //! ```
@@ -37,6 +38,7 @@
 pub mod construct;
 pub mod convergence;
 pub mod error;
+pub mod glm;
 pub mod icl;
 pub mod invariants;
 pub mod lat;

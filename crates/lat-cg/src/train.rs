@@ -1,8 +1,11 @@
-//! Training the generic LAT on in-context regression (von Oswald et al. 2023 setting).
+//! Training the generic LAT on in-context regression (von Oswald et al. 2023 setting) and on
+//! in-context GLMs.
 //!
 //! Tokens `e_i = (x_i, y_i)` for the `n` supports and `e_q = (x_q, 0)` for the query, one row
 //! each (`[batch, n + 1, d + 1]`); every token reads the supports only (the query is never a key);
-//! the prediction is the query's `y` channel after the last layer; the loss is `0.5 · MSE`.
+//! the prediction is the query's `y` channel after the last layer; the loss is a [`QueryLoss`] of
+//! it: `0.5 · MSE` for regression, the GLM's negative log-likelihood with the prediction as the
+//! natural parameter for GLM tasks ([`IclTask`] says which, per task type).
 //! Weights are candle [`Var`]s used through the same [`Lat`] forward pass as constructions.
 //!
 //! Training uses AdamW with checkpointed moments and global-norm gradient clipping (from
@@ -14,54 +17,161 @@ use candle_core::{DType, Device, Tensor, Var};
 use metarep_core::optim::WarmupCosine;
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_core::train::{run, AdamRun, Plan, RunControl, RunReport};
+use metarep_eval::tasks::glm::{GlmFamily, GlmProblem};
 use metarep_eval::tasks::linear::RegressionTask;
+use nalgebra::{DMatrix, DVector};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::lat::{AttentionHead, AttentionKind, Lat, LatLayer};
 
-/// A batch of in-context regression problems as LAT input.
+/// Where the training loss's Poisson cumulant `e^η` continues as its tangent line: the loss is
+/// the exact NLL for every `η̂ ≤ 20` (rates up to 4.9e8, far above any task's), and a finite
+/// convex loss with a bounded gradient beyond, where a model fed raw counts goes in its first
+/// steps (its output is quadratic in the labels: fig17's first Poisson runs overflowed f64's
+/// `e^η̂` by step 37).
+pub const POISSON_LINEAR_FROM: f64 = 20.0;
+
+/// The loss of the query prediction `ŷ` against the target `t`, averaged over the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueryLoss {
+    /// `0.5 · (ŷ − t)²`: regression.
+    #[default]
+    HalfMse,
+    /// The GLM negative log-likelihood `b(ŷ) − t ŷ` with `ŷ` the natural parameter (logit or
+    /// log-rate) and `t` the label, or its mean (the NLL averaged over the label); without
+    /// `c(y)`, which does not depend on `ŷ`; Poisson's `b` linear beyond
+    /// [`POISSON_LINEAR_FROM`].
+    GlmNll(GlmFamily),
+}
+
+impl QueryLoss {
+    /// The batch mean of the loss of predictions `pred` `[batch]` at targets `targets` `[batch]`:
+    /// in their dtype for `HalfMse`, in f64 for `GlmNll` (Poisson's `e^η̂` overflows f32 from
+    /// `η̂ ≈ 88`, which a model fed raw counts reaches early in training).
+    pub fn apply(self, pred: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let per_task = match self {
+            QueryLoss::HalfMse => ((pred - targets)?.sqr()? * 0.5)?,
+            QueryLoss::GlmNll(family) => {
+                let (pred, targets) = (&pred.to_dtype(DType::F64)?, &targets.to_dtype(DType::F64)?);
+                let cumulant = match family {
+                    // softplus(η) = max(η, 0) + log(1 + e^{−|η|}), finite for every η.
+                    GlmFamily::Logistic => {
+                        (pred.relu()? + pred.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?)?
+                    }
+                    // e^η up to η = POISSON_LINEAR_FROM, then its tangent line there.
+                    GlmFamily::Poisson => {
+                        let knee = POISSON_LINEAR_FROM;
+                        (pred.minimum(knee)?.exp()? + ((pred - knee)?.relu()? * knee.exp())?)?
+                    }
+                };
+                (cumulant - (targets * pred)?)?
+            }
+        };
+        Ok(per_task.mean_all()?)
+    }
+}
+
+/// A batch of in-context problems as LAT input.
 #[derive(Debug, Clone)]
 pub struct IclBatch {
     /// Tokens `[batch, n + 1, d + 1]`.
     pub tokens: Tensor,
     /// Query targets `[batch]`.
     pub targets: Tensor,
+    /// The loss the targets are for.
+    pub loss: QueryLoss,
 }
 
-/// Lays out the first query of each task as an [`IclBatch`] (all tasks must share `n` and `d`).
-pub fn icl_batch(tasks: &[RegressionTask], dtype: DType, device: &Device) -> Result<IclBatch> {
+/// An in-context problem the LAT can read: supports, queries (the first is the one read) and a
+/// target per query, with the loss that fits the targets.
+pub trait IclTask {
+    /// Support inputs `[n, d]`, support labels `[n]`, query inputs `[m, d]`, query targets `[m]`.
+    fn parts(&self) -> (&DMatrix<f64>, &DVector<f64>, &DMatrix<f64>, &DVector<f64>);
+
+    /// The loss of a prediction of the targets.
+    fn loss(&self) -> QueryLoss;
+}
+
+impl IclTask for RegressionTask {
+    fn parts(&self) -> (&DMatrix<f64>, &DVector<f64>, &DMatrix<f64>, &DVector<f64>) {
+        (
+            &self.x_support,
+            &self.y_support,
+            &self.x_query,
+            &self.y_query,
+        )
+    }
+
+    fn loss(&self) -> QueryLoss {
+        QueryLoss::HalfMse
+    }
+}
+
+/// The features `φ(x)` are the inputs, the query targets are the true means `E[y | x_q]`, and the
+/// loss is the family's NLL.
+impl IclTask for GlmProblem {
+    fn parts(&self) -> (&DMatrix<f64>, &DVector<f64>, &DMatrix<f64>, &DVector<f64>) {
+        (
+            &self.phi_support,
+            &self.y_support,
+            &self.phi_query,
+            &self.mean_query,
+        )
+    }
+
+    fn loss(&self) -> QueryLoss {
+        QueryLoss::GlmNll(self.family)
+    }
+}
+
+/// Lays out the first query of each task as an [`IclBatch`] (all tasks must share `n`, `d` and
+/// the loss).
+pub fn icl_batch<T: IclTask>(tasks: &[T], dtype: DType, device: &Device) -> Result<IclBatch> {
     let first = tasks
         .first()
         .ok_or_else(|| Error::invalid("batch", "no tasks"))?;
-    let (n, d) = (first.x_support.nrows(), first.x_support.ncols());
+    let (x, _, _, _) = first.parts();
+    let (n, d, loss) = (x.nrows(), x.ncols(), first.loss());
     let c = d + 1;
     let mut data = Vec::with_capacity(tasks.len() * (n + 1) * c);
     let mut targets = Vec::with_capacity(tasks.len());
     for (b, t) in tasks.iter().enumerate() {
-        if t.x_support.nrows() != n || t.x_support.ncols() != d || t.x_query.nrows() == 0 {
+        let (x_support, y_support, x_query, y_query) = t.parts();
+        if x_support.nrows() != n
+            || x_support.ncols() != d
+            || x_query.nrows() == 0
+            || y_query.is_empty()
+            || t.loss() != loss
+        {
             return Err(Error::shape(
                 format!("task {b}"),
-                format!("n = {n}, d = {d}, ≥ 1 query"),
+                format!("n = {n}, d = {d}, ≥ 1 query with a target, loss {loss:?}"),
                 format!(
-                    "n = {}, d = {}, {} queries",
-                    t.x_support.nrows(),
-                    t.x_support.ncols(),
-                    t.x_query.nrows()
+                    "n = {}, d = {}, {} queries, {} targets, loss {:?}",
+                    x_support.nrows(),
+                    x_support.ncols(),
+                    x_query.nrows(),
+                    y_query.len(),
+                    t.loss()
                 ),
             ));
         }
         for i in 0..n {
-            data.extend(t.x_support.row(i).iter());
-            data.push(t.y_support[i]);
+            data.extend(x_support.row(i).iter());
+            data.push(y_support[i]);
         }
-        data.extend(t.x_query.row(0).iter());
+        data.extend(x_query.row(0).iter());
         data.push(0.0);
-        targets.push(t.y_query[0]);
+        targets.push(y_query[0]);
     }
     let tokens = Tensor::from_vec(data, (tasks.len(), n + 1, c), device)?.to_dtype(dtype)?;
     let targets = Tensor::from_vec(targets, tasks.len(), device)?.to_dtype(dtype)?;
-    Ok(IclBatch { tokens, targets })
+    Ok(IclBatch {
+        tokens,
+        targets,
+        loss,
+    })
 }
 
 /// Which attention a trainable in-context model uses (the rest of the forward pass is shared).
@@ -199,10 +309,11 @@ impl TrainableLat {
             .flatten_all()?)
     }
 
-    /// `0.5 · mean((ŷ − y)²)` on a batch.
+    /// The batch's [`QueryLoss`] of the query predictions (`0.5 · MSE` for regression).
     pub fn loss(&self, batch: &IclBatch) -> Result<Tensor> {
-        let diff = (self.predict(&batch.tokens)? - &batch.targets)?;
-        Ok((diff.sqr()?.mean_all()? * 0.5)?)
+        batch
+            .loss
+            .apply(&self.predict(&batch.tokens)?, &batch.targets)
     }
 }
 
@@ -244,6 +355,16 @@ impl IclTrainConfig {
         self.schedule().lr_at(step)
     }
 
+    /// These settings for a `layers`-deep model: the peak learning rate divided by `layers^1.5`.
+    /// Unnormalised linear attention stacks into a polynomial of degree ~3^layers; at 5 layers
+    /// (fig6) lr 0.02 and 0.02/5 both diverged for some seed, 0.02/5^1.5 did not.
+    pub fn depth_scaled(&self, layers: usize) -> Self {
+        Self {
+            lr: self.lr / (layers.max(1) as f64).powf(1.5),
+            ..*self
+        }
+    }
+
     /// The run loop's plan.
     pub fn plan(&self) -> Plan {
         Plan {
@@ -270,4 +391,84 @@ pub fn train(
     let mut steps = AdamRun::new(&model.params, cfg.weight_decay, cfg.clip, loss)?;
     let config = serde_json::json!({ "model": model.config, "train": cfg });
     run(&mut steps, &cfg.plan(), &config, control)
+}
+
+/// Trains a fresh model of shape `config` (f32 on the CPU, init `N(0, 0.02²)` from
+/// `derive_seed(seed, "init")`) with `cfg`, its data seed replaced by `derive_seed(seed, "data")`,
+/// on batches from `sample(step_seed, cfg.batch)`; with `out` it writes `metrics.jsonl` there.
+/// Returns the model with its report.
+pub fn train_seeded(
+    config: IclLatConfig,
+    cfg: &IclTrainConfig,
+    seed: u64,
+    out: Option<&std::path::Path>,
+    sample: impl Fn(u64, usize) -> Result<IclBatch>,
+) -> Result<(TrainableLat, RunReport)> {
+    let model = TrainableLat::new(
+        config,
+        0.02,
+        derive_seed(seed, "init"),
+        DType::F32,
+        &Device::Cpu,
+    )?;
+    let mut cfg = *cfg;
+    cfg.seed = derive_seed(seed, "data");
+    let report = train(
+        &model,
+        &cfg,
+        |s| sample(s, cfg.batch),
+        RunControl {
+            out,
+            ..Default::default()
+        },
+    )?;
+    Ok((model, report))
+}
+
+/// An in-context task family with its training settings: the model shape it needs, its training
+/// batches and the training run ([`crate::icl::VonOswaldSetting`], [`crate::glm::GlmIclSetting`]).
+pub trait IclSetting: Copy {
+    /// The model's input dimension `d` (tokens have `d + 1` channels, the last the label).
+    fn input_dim(&self) -> usize;
+
+    /// Supports per problem `n`.
+    fn n_support(&self) -> usize;
+
+    /// Optimiser settings.
+    fn train_config(&self) -> IclTrainConfig;
+
+    /// The same setting with optimiser settings `train`.
+    fn with_train(&self, train: IclTrainConfig) -> Self;
+
+    /// A training batch of `count` problems from generator `seed`.
+    fn batch(&self, seed: u64, count: usize) -> Result<IclBatch>;
+
+    /// The setting for a `layers`-deep model: [`IclTrainConfig::depth_scaled`].
+    fn depth_scaled(&self, layers: usize) -> Self {
+        self.with_train(self.train_config().depth_scaled(layers))
+    }
+
+    /// The model shape: `layers` layers of `heads` heads of `attention`.
+    fn model(&self, layers: usize, heads: usize, attention: IclAttention) -> IclLatConfig {
+        IclLatConfig {
+            dim: self.input_dim(),
+            n_support: self.n_support(),
+            layers,
+            heads,
+            attention,
+        }
+    }
+
+    /// Trains a model of shape `config` from `seed` ([`train_seeded`]); with `out` it writes
+    /// `metrics.jsonl` there. Returns the model with its report.
+    fn train_model(
+        &self,
+        config: IclLatConfig,
+        seed: u64,
+        out: Option<&std::path::Path>,
+    ) -> Result<(TrainableLat, RunReport)> {
+        train_seeded(config, &self.train_config(), seed, out, |s, count| {
+            self.batch(s, count)
+        })
+    }
 }

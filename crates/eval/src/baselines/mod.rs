@@ -1,12 +1,15 @@
 //! Baseline predictors for in-context regression behind one [`Predictor`] trait: ridge oracle,
 //! minimum-norm least squares, GD (fixed, 1/L, tuned step), Jacobi-preconditioned GD, GD++,
-//! CG/PCG, Newton–Schulz, averaging, k-nearest neighbours, mean label.
+//! CG/PCG, Newton–Schulz, averaging, k-nearest neighbours, mean label; and, in [`glm`], GLM fits
+//! (GD and IRLS on the NLL, the MLE, the true weights) for in-context logistic and Poisson
+//! regression.
 //!
 //! Loss convention for the linear baselines: `L(w) = ‖Xw − y‖² / (2n)`, Hessian `H = XᵀX / n`,
 //! smoothness `L = λ_max(H)`, strong convexity `μ = λ_min(H)`.
 
 pub mod cg;
 mod gdpp;
+pub mod glm;
 mod linear;
 mod local;
 

@@ -2,15 +2,21 @@
 //!
 //! `x ~ N(0, I_d)`, features `φ(x) = [x, 1]` (linear + intercept) or `[x, x², 1]` (quadratic),
 //! `w ~ N(0, I/p)`, `η = wᵀφ(x)`; labels `y ~ Bernoulli(σ(η))` or `y ~ Poisson(exp(η))`.
+//!
+//! Each family is an exponential family in `η` with cumulant `b`: `log p(y | η) = yη − b(η) −
+//! c(y)`, mean `b′(η)`, variance `b″(η)` ([`GlmFamily::cumulant`], [`GlmFamily::mean`],
+//! [`GlmFamily::variance`]); `c(y) = log y!` for Poisson and 0 for logistic.
 
 use nalgebra::{DMatrix, DVector};
 use rand::Rng;
 use rand_distr::{Bernoulli, Distribution, Poisson, StandardNormal};
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
 /// The GLM family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum GlmFamily {
     /// Binary labels with `P(y = 1) = σ(η)`.
     Logistic,
@@ -18,8 +24,9 @@ pub enum GlmFamily {
     Poisson,
 }
 
-/// The known feature map `φ`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The known feature map `φ` (the intercept is always the last feature).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FeatureMap {
     /// `[x, 1]`.
     Linear,
@@ -27,7 +34,92 @@ pub enum FeatureMap {
     Quadratic,
 }
 
+impl GlmFamily {
+    /// The cumulant `b(η)`: `log(1 + e^η)` (logistic, computed without overflow) or `e^η`.
+    pub fn cumulant(self, eta: f64) -> f64 {
+        match self {
+            GlmFamily::Logistic => eta.max(0.0) + (-eta.abs()).exp().ln_1p(),
+            GlmFamily::Poisson => eta.exp(),
+        }
+    }
+
+    /// The mean `μ(η) = b′(η)`: `σ(η)` or `e^η`.
+    pub fn mean(self, eta: f64) -> f64 {
+        match self {
+            GlmFamily::Logistic => 1.0 / (1.0 + (-eta).exp()),
+            GlmFamily::Poisson => eta.exp(),
+        }
+    }
+
+    /// The variance `b″(η)`: `σ(η)(1 − σ(η))` or `e^η` (the IRLS weight).
+    pub fn variance(self, eta: f64) -> f64 {
+        match self {
+            GlmFamily::Logistic => {
+                let m = self.mean(eta);
+                m * (1.0 - m)
+            }
+            GlmFamily::Poisson => eta.exp(),
+        }
+    }
+
+    /// `b(η) − yη`: the NLL of label `y` at natural parameter `η` without `c(y)`, which does not
+    /// depend on `η` (what a fit minimises).
+    pub fn nll_core(self, eta: f64, y: f64) -> f64 {
+        self.cumulant(eta) - y * eta
+    }
+
+    /// The NLL at `η` averaged over a label drawn with mean `mu`, `c(y)` included:
+    /// `b(η) − μη + E[c(y)]` (exact: the NLL is linear in `y` apart from `c(y)`).
+    pub fn expected_nll(self, eta: f64, mu: f64) -> f64 {
+        self.nll_core(eta, mu) + self.expected_log_normaliser(mu)
+    }
+
+    /// `E[c(y)]` for a label with mean `mu`: 0 (logistic) or `E[log y!]`, `y ~ Poisson(mu)`
+    /// (summed over the mass to a tail below 1e-16).
+    pub fn expected_log_normaliser(self, mu: f64) -> f64 {
+        match self {
+            GlmFamily::Logistic => 0.0,
+            GlmFamily::Poisson => {
+                if mu <= 0.0 {
+                    return 0.0;
+                }
+                let last = (mu + 40.0 * mu.sqrt() + 40.0).ceil() as usize;
+                let (ln_mu, mut ln_fact, mut sum) = (mu.ln(), 0.0f64, 0.0);
+                for k in 1..=last {
+                    ln_fact += (k as f64).ln();
+                    sum += (k as f64 * ln_mu - mu - ln_fact).exp() * ln_fact;
+                }
+                sum
+            }
+        }
+    }
+
+    /// The probability that the label's more likely class under `η` is the label, for a label
+    /// with mean `mu` (logistic: `μ` where `η > 0`, `1 − μ` where `η < 0`, ½ at 0); `None` for
+    /// Poisson.
+    pub fn expected_accuracy(self, eta: f64, mu: f64) -> Option<f64> {
+        match self {
+            GlmFamily::Logistic => Some(if eta > 0.0 {
+                mu
+            } else if eta < 0.0 {
+                1.0 - mu
+            } else {
+                0.5
+            }),
+            GlmFamily::Poisson => None,
+        }
+    }
+}
+
 impl FeatureMap {
+    /// The number of features `p` for inputs of dimension `d` (`d + 1` or `2d + 1`).
+    pub fn output_dim(&self, d: usize) -> usize {
+        match self {
+            FeatureMap::Linear => d + 1,
+            FeatureMap::Quadratic => 2 * d + 1,
+        }
+    }
+
     /// `φ` applied to the rows of `x` `[n, d]`.
     pub fn apply(&self, x: &DMatrix<f64>) -> DMatrix<f64> {
         let d = x.ncols();
@@ -78,13 +170,41 @@ pub struct GlmTask {
     pub w_true: DVector<f64>,
 }
 
+/// A GLM task seen through its feature map, with its family: what in-context models and GLM
+/// baselines read.
+#[derive(Debug, Clone)]
+pub struct GlmProblem {
+    /// Family of the labels.
+    pub family: GlmFamily,
+    /// Support features `φ(x)` `[n, p]` (intercept last).
+    pub phi_support: DMatrix<f64>,
+    /// Support labels `[n]`.
+    pub y_support: DVector<f64>,
+    /// Query features `[m, p]`.
+    pub phi_query: DMatrix<f64>,
+    /// `E[y | x]` at the queries `[m]`.
+    pub mean_query: DVector<f64>,
+    /// True weights on `φ(x)` `[p]`.
+    pub w_true: DVector<f64>,
+}
+
 impl GlmTaskSpec {
     /// The mean function `E[y | η]`.
     pub fn mean(&self, eta: f64) -> f64 {
-        match self.family {
-            GlmFamily::Logistic => 1.0 / (1.0 + (-eta).exp()),
-            GlmFamily::Poisson => eta.exp(),
-        }
+        self.family.mean(eta)
+    }
+
+    /// Draws one task and applies the feature map.
+    pub fn problem(&self, rng: &mut impl Rng) -> Result<GlmProblem> {
+        let t = self.sample(rng)?;
+        Ok(GlmProblem {
+            family: self.family,
+            phi_support: self.features.apply(&t.x_support),
+            y_support: t.y_support,
+            phi_query: self.features.apply(&t.x_query),
+            mean_query: t.mean_query,
+            w_true: t.w_true,
+        })
     }
 
     /// Draws one task.
@@ -171,11 +291,64 @@ mod tests {
     }
 
     #[test]
+    fn cumulant_derivatives_are_the_mean_and_the_variance() {
+        for family in [GlmFamily::Logistic, GlmFamily::Poisson] {
+            for eta in [-3.0, -0.4, 0.0, 0.7, 2.5] {
+                let h = 1e-5;
+                let db = (family.cumulant(eta + h) - family.cumulant(eta - h)) / (2.0 * h);
+                let dm = (family.mean(eta + h) - family.mean(eta - h)) / (2.0 * h);
+                assert!((db - family.mean(eta)).abs() < 1e-8, "{family:?} b′({eta})");
+                assert!(
+                    (dm - family.variance(eta)).abs() < 1e-8,
+                    "{family:?} μ′({eta})"
+                );
+            }
+        }
+        // No overflow far out: softplus(±800) = 800 and 0.
+        assert_eq!(GlmFamily::Logistic.cumulant(800.0), 800.0);
+        assert_eq!(GlmFamily::Logistic.cumulant(-800.0), 0.0);
+    }
+
+    #[test]
+    fn expected_nll_is_the_average_of_the_exact_log_likelihood() {
+        // Logistic: the cross-entropy in closed form.
+        let (eta, mu): (f64, f64) = (0.8, 0.3);
+        let s = 1.0 / (1.0 + (-eta).exp());
+        let ce = -mu * s.ln() - (1.0 - mu) * (1.0 - s).ln();
+        assert!((GlmFamily::Logistic.expected_nll(eta, mu) - ce).abs() < 1e-12);
+        // Poisson: against −log p(y) = μ̂ − y log μ̂ + log y! averaged over samples.
+        let mut rng = seeded(3);
+        for (eta, mu) in [(0.5f64, 1.7f64), (2.0, 9.0), (-1.0, 0.2)] {
+            let poisson = Poisson::new(mu).unwrap();
+            let draws = 200_000;
+            let mut total = 0.0;
+            for _ in 0..draws {
+                let y: f64 = poisson.sample(&mut rng);
+                let log_fact: f64 = (1..=y as u64).map(|k| (k as f64).ln()).sum();
+                total += eta.exp() - y * eta + log_fact;
+            }
+            let mc = total / draws as f64;
+            let exact = GlmFamily::Poisson.expected_nll(eta, mu);
+            assert!(
+                (mc - exact).abs() < 0.01 * exact.abs().max(1.0),
+                "{mc} vs {exact}"
+            );
+        }
+        assert_eq!(GlmFamily::Poisson.expected_accuracy(0.1, 0.5), None);
+        assert_eq!(GlmFamily::Logistic.expected_accuracy(-0.1, 0.2), Some(0.8));
+    }
+
+    #[test]
     fn quadratic_features_have_the_documented_layout_and_bad_specs_error() {
         let x = DMatrix::from_row_slice(1, 2, &[2.0, -3.0]);
         assert_eq!(
             FeatureMap::Quadratic.apply(&x).as_slice(),
             &[2.0, -3.0, 4.0, 9.0, 1.0]
+        );
+        assert_eq!(FeatureMap::Quadratic.output_dim(2), 5);
+        assert_eq!(
+            FeatureMap::Linear.output_dim(2),
+            FeatureMap::Linear.apply(&x).ncols()
         );
         let spec = GlmTaskSpec {
             family: GlmFamily::Logistic,
