@@ -3,7 +3,8 @@
 //! Trains a LAT in the von Oswald et al. setting (d = 10, n = 10), grid-tunes GD for the same
 //! number of steps, and fits ridge probes from each layer's support tokens to GD and CG targets
 //! (residuals, iterates, directions, the ridge solution), scored on held-out tasks (cosine and
-//! R², with a shuffled-target control). Then does the same for the constructed CG LAT, whose
+//! R², with a shuffled-target control and the same probe on the query token's row, where no
+//! support's state is linearly readable). Then does the same for the constructed CG LAT, whose
 //! CG state must read out with cosine ≈ 1. `cargo xtask reproduce fig7` is the full version.
 //!
 //! Run: `cargo run --release --example icl_probes [-- LAYERS]`
@@ -17,15 +18,16 @@ use metarep::lat_cg::reference::Preconditioner;
 use metarep::lat_cg::solver_probe::{probe_layers, ProbeRow, ProbeSet};
 
 fn print(rows: &[ProbeRow]) {
-    println!("  layer  target                cosine     R²   control R²");
+    println!("  layer  target                cosine     R²   shuffled R²  query-row R²");
     for r in rows {
         println!(
-            "  {:>5}  {:<20} {:>7.4} {:>7.4} {:>+9.4}",
+            "  {:>5}  {:<20} {:>7.4} {:>7.4} {:>+11.4} {:>+13.4}",
             r.layer,
             r.target.name(),
             r.score.cosine,
             r.score.r2,
-            r.score.control_r2
+            r.score.control_r2,
+            r.score.unrelated_r2
         );
     }
 }

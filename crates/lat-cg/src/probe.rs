@@ -4,11 +4,18 @@
 //! fitted by ridge regression on the tokens of training tasks and scored on held-out tasks two
 //! ways: the mean over tasks of the cosine between the probe's predictions and the true targets
 //! across that task's tokens, and the held-out `R²` (pooled over tokens, centred on the targets'
-//! mean). The control fits the same probe to targets permuted across all training tokens and
-//! scores it against the true held-out targets. Its `R²` must be ≈ 0. Its cosine is the chance
-//! level of the cosine score, which is *not* near 0 in general: the cosine ignores scale, so even
-//! the tiny noise weights of the control probe get credit for their direction (about `1/√channels`
-//! in magnitude), and an uncentred target with a common offset gets credit for the bias alone.
+//! mean). Two controls run next to it, and both must score `R²` ≈ 0:
+//!
+//! - *shuffled targets*: the same probe fitted to targets permuted across all training tokens and
+//!   scored against the true held-out targets;
+//! - *unrelated location*: the same probe (same targets, same tasks) fitted to states read from a
+//!   location that carries none of the target's information (which location is the caller's
+//!   argument; [`crate::solver_probe`] uses the query tokens' rows), scored the same way.
+//!
+//! A control's cosine is the chance level of the cosine score, which is *not* near 0 in general:
+//! the cosine ignores scale, so even the tiny noise weights of the control probe get credit for
+//! their direction (about `1/√channels` in magnitude), and an uncentred target with a common
+//! offset gets credit for the bias alone.
 
 use nalgebra::{DMatrix, DVector};
 use rand::seq::SliceRandom;
@@ -150,7 +157,7 @@ pub fn shuffled_targets(tasks: &[ProbeTask], seed: u64) -> Vec<ProbeTask> {
         .collect()
 }
 
-/// A probe's held-out scores and its control's.
+/// A probe's held-out scores and its two controls'.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProbeScore {
     /// Mean held-out cosine of the probe fitted on the true targets.
@@ -161,22 +168,60 @@ pub struct ProbeScore {
     pub control_cosine: f64,
     /// Its held-out `R²` (≈ 0 when the probe machinery is sound).
     pub control_r2: f64,
+    /// Mean held-out cosine of the probe fitted at the unrelated location.
+    pub unrelated_cosine: f64,
+    /// Its held-out `R²` (≈ 0 when that location carries nothing linearly related to the target).
+    pub unrelated_r2: f64,
 }
 
-/// Fits on `train`, scores on `test`, and runs the shuffled-target control (seed `seed`).
-pub fn probe_with_control(
-    train: &[ProbeTask],
-    test: &[ProbeTask],
-    seed: u64,
-) -> Result<ProbeScore> {
-    let (cosine, r2) = LinearProbe::fit(train)?.score(test)?;
+/// A probe's training and held-out tasks at the probed location and at an unrelated one: the
+/// same tasks with the same targets, token for token, and states read elsewhere.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeData<'a> {
+    /// Training tasks at the probed location.
+    pub train: &'a [ProbeTask],
+    /// Held-out tasks at the probed location.
+    pub test: &'a [ProbeTask],
+    /// The training tasks with states from the unrelated location.
+    pub unrelated_train: &'a [ProbeTask],
+    /// The held-out tasks with states from the unrelated location.
+    pub unrelated_test: &'a [ProbeTask],
+}
+
+/// Errors unless `elsewhere` are the tasks `here` with other states: same count, same targets.
+fn same_targets(here: &[ProbeTask], elsewhere: &[ProbeTask], what: &str) -> Result<()> {
+    let same = here.len() == elsewhere.len()
+        && here
+            .iter()
+            .zip(elsewhere)
+            .all(|(a, b)| a.targets == b.targets);
+    if same {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "unrelated-location probe",
+            format!("its {what} tasks must carry the probed tasks' targets, token for token"),
+        ))
+    }
+}
+
+/// Fits on `data.train`, scores on `data.test`, and runs both controls: the shuffled-target
+/// probe (seed `seed`) and the same probe fitted and scored at the unrelated location.
+pub fn probe_with_controls(data: ProbeData<'_>, seed: u64) -> Result<ProbeScore> {
+    same_targets(data.train, data.unrelated_train, "training")?;
+    same_targets(data.test, data.unrelated_test, "held-out")?;
+    let (cosine, r2) = LinearProbe::fit(data.train)?.score(data.test)?;
     let (control_cosine, control_r2) =
-        LinearProbe::fit(&shuffled_targets(train, seed))?.score(test)?;
+        LinearProbe::fit(&shuffled_targets(data.train, seed))?.score(data.test)?;
+    let (unrelated_cosine, unrelated_r2) =
+        LinearProbe::fit(data.unrelated_train)?.score(data.unrelated_test)?;
     Ok(ProbeScore {
         cosine,
         r2,
         control_cosine,
         control_r2,
+        unrelated_cosine,
+        unrelated_r2,
     })
 }
 
@@ -194,12 +239,75 @@ mod tests {
         ProbeTask { states, targets }
     }
 
+    /// The same tasks with states drawn independently of their targets (seeded).
+    fn elsewhere(tasks: &[ProbeTask], seed: u64) -> Vec<ProbeTask> {
+        tasks
+            .iter()
+            .enumerate()
+            .map(|(k, t)| ProbeTask {
+                states: task(seed + k as u64, |_| 0.0).states,
+                targets: t.targets.clone(),
+            })
+            .collect()
+    }
+
+    /// Both controls, the unrelated location holding states independent of the targets.
+    fn probe_with_control(train: &[ProbeTask], test: &[ProbeTask], seed: u64) -> ProbeScore {
+        let (unrelated_train, unrelated_test) = (elsewhere(train, 50_000), elsewhere(test, 90_000));
+        probe_with_controls(
+            ProbeData {
+                train,
+                test,
+                unrelated_train: &unrelated_train,
+                unrelated_test: &unrelated_test,
+            },
+            seed,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_unrelated_location_probe_reads_the_states_it_is_given() {
+        let f = |s: &[f64]| 2.0 * s[0] - s[2];
+        let train: Vec<_> = (0..400).map(|k| task(k, f)).collect();
+        let test: Vec<_> = (1000..1100).map(|k| task(k, f)).collect();
+        let s = probe_with_control(&train, &test, 7);
+        assert!(s.unrelated_r2.abs() < 0.05, "{s:?}");
+        // At a location that does carry the target (the probed one itself) it scores like the
+        // probe: the control is fitted to the states it is given, not to a fixed stand-in.
+        let same = ProbeData {
+            train: &train,
+            test: &test,
+            unrelated_train: &train,
+            unrelated_test: &test,
+        };
+        let s = probe_with_controls(same, 7).unwrap();
+        assert!(
+            s.unrelated_r2 > 0.999_999 && s.unrelated_cosine > 0.999_999,
+            "{s:?}"
+        );
+        // The control must carry the probed tasks' targets.
+        let mut moved = elsewhere(&test, 3);
+        moved[4].targets[0] += 1.0;
+        let bad = ProbeData {
+            unrelated_test: &moved,
+            ..same
+        };
+        let err = probe_with_controls(bad, 7).unwrap_err().to_string();
+        assert!(err.contains("held-out"), "{err}");
+        let short = ProbeData {
+            unrelated_train: &train[1..],
+            ..same
+        };
+        assert!(probe_with_controls(short, 7).is_err());
+    }
+
     #[test]
     fn linear_targets_are_recovered_and_the_shuffled_control_fails() {
         let f = |s: &[f64]| 2.0 * s[0] - s[2];
         let train: Vec<_> = (0..400).map(|k| task(k, f)).collect();
         let test: Vec<_> = (1000..1100).map(|k| task(k, f)).collect();
-        let s = probe_with_control(&train, &test, 7).unwrap();
+        let s = probe_with_control(&train, &test, 7);
         assert!(s.cosine > 0.999_999 && s.r2 > 0.999_999, "{s:?}");
         assert!(s.control_r2.abs() < 0.1, "{s:?}");
         // A common offset raises the cosine's chance level (the shuffled probe learns the mean)
@@ -207,9 +315,13 @@ mod tests {
         let g = |s: &[f64]| 2.0 * s[0] - s[2] + 3.0;
         let train: Vec<_> = (0..400).map(|k| task(k, g)).collect();
         let test: Vec<_> = (1000..1100).map(|k| task(k, g)).collect();
-        let s = probe_with_control(&train, &test, 7).unwrap();
+        let s = probe_with_control(&train, &test, 7);
         assert!(s.r2 > 0.999_999 && s.control_cosine > 0.5, "{s:?}");
         assert!(s.control_r2.abs() < 0.1, "{s:?}");
+        assert!(
+            s.unrelated_r2.abs() < 0.1 && s.unrelated_cosine > 0.5,
+            "{s:?}"
+        );
     }
 
     #[test]
@@ -218,7 +330,7 @@ mod tests {
         let f = |s: &[f64]| s[0] * s[1];
         let train: Vec<_> = (0..200).map(|k| task(k, f)).collect();
         let test: Vec<_> = (1000..1050).map(|k| task(k, f)).collect();
-        let s = probe_with_control(&train, &test, 3).unwrap();
+        let s = probe_with_control(&train, &test, 3);
         assert!(s.r2 < 0.05, "{s:?}");
     }
 

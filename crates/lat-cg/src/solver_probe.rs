@@ -16,14 +16,41 @@
 //!
 //! A target that is identically zero at a step (`a_0`, `α_0`, `p_{−1}`) is not probed there.
 //! Each (layer, target) probe is a [`crate::probe::LinearProbe`] fitted on training tasks and
-//! scored on held-out tasks, with the shuffled-target control.
+//! scored on held-out tasks, with two controls ([`crate::probe::probe_with_controls`]): shuffled
+//! targets, and the same probe at an *unrelated location*, the query tokens' rows of the same
+//! stream (support `i`'s target is read from query `i mod m`). Why the query rows:
+//!
+//! - In the constructed solvers ([`crate::construct::cg`], and the softmax routes built on the
+//!   same scaffold) no head has a query token as a reader before the readout layer (the mat-vec
+//!   masks are support-to-support, the reductions write to supports and the aggregator) and
+//!   every MLP unit that writes solver state is gated by a support or aggregator flag or reads
+//!   channels that are zero on queries. Up to the readout, which is after the last probed
+//!   stream, a query row holds its own inputs and role flag and nothing else: no solver state,
+//!   by construction (checked by a unit test here and in `metarep-softmax-routes`).
+//! - In trained LATs ([`crate::train`]) the query row is not free of solver state: it
+//!   accumulates the model's own prediction at `x_q`. It carries nothing *linearly* related to
+//!   a support's target, for a reason that holds for any weights: supports never read the query
+//!   (the mask), so their rows do not depend on `x_q`, and by induction over layers the query
+//!   row is an odd function of `x_q` (linear attention, no MLP). With `x_q` drawn symmetrically
+//!   and independently of the supports, every coordinate of the query row has conditional mean
+//!   0 given the supports, so its covariance with any support target is 0 (also checked by a
+//!   unit test).
+//!
+//! In both cases the population `R²` of the unrelated-location probe is 0 (the targets of the
+//! kernel problems are odd in the labels, whose distribution is sign-symmetric given the
+//! inputs), and held-out scores differ from it by finite-sample noise only. Another support's
+//! row would not do: it carries that support's solver state, which is coupled to support `i`'s
+//! through `A`.
+
+use std::ops::Range;
 
 use candle_core::{DType, Device, Tensor};
 use nalgebra::{DMatrix, DVector};
 
 use crate::construct::cg::CgLat;
 use crate::error::{Error, Result};
-use crate::probe::{probe_with_control, ProbeScore, ProbeTask};
+use crate::mask::TokenLayout;
+use crate::probe::{probe_with_controls, ProbeData, ProbeScore, ProbeTask};
 use crate::problem::KrrProblem;
 use crate::reference::{pcg, system_matrix, Preconditioner};
 use crate::train::{icl_batch, TrainableLat};
@@ -113,16 +140,32 @@ impl DualSystem {
     /// The kernel ridge system `(K + λI) α = y` of `problem`; GD uses `η = 1/λ_max(A)` and the
     /// ridge target is the exact solution.
     pub fn kernel(problem: &KrrProblem) -> Result<Self> {
-        let a = system_matrix(&problem.phi, problem.lambda);
+        Self::from_matrix(
+            system_matrix(&problem.phi, problem.lambda),
+            problem.y.clone(),
+        )
+    }
+
+    /// The system `a α = y` for a symmetric positive definite `a` (any kernel, e.g. the
+    /// exponential kernel of the softmax routes); GD uses `η = 1/λ_max(a)` and the ridge target
+    /// is the exact solution.
+    pub fn from_matrix(a: DMatrix<f64>, y: DVector<f64>) -> Result<Self> {
+        if a.nrows() != y.len() || a.ncols() != y.len() {
+            return Err(Error::shape(
+                "dual system",
+                format!("[{n}, {n}] matrix for {n} labels", n = y.len()),
+                format!("[{}, {}]", a.nrows(), a.ncols()),
+            ));
+        }
         let top = a.symmetric_eigenvalues().max();
         let ridge = a
             .clone()
             .cholesky()
             .ok_or_else(|| Error::invalid("kernel system", "K + λI is not positive definite"))?
-            .solve(&problem.y);
+            .solve(&y);
         Ok(Self {
             eta: 1.0 / top,
-            y: problem.y.clone(),
+            y,
             a,
             ridge,
         })
@@ -156,45 +199,147 @@ impl DualSystem {
     }
 }
 
-/// Probe data for a set of tasks: support-token states and solver targets, per layer.
+/// The residual-stream rows the probes read, per probed layer `l` and task.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamRows {
+    /// `supports[l][task]`: the support tokens' rows `[n, channels]` (row `i` = support `i`).
+    pub supports: Vec<Vec<DMatrix<f64>>>,
+    /// `unrelated[l][task]`: the unrelated location's rows `[n, channels]`; row `i` is where
+    /// support `i`'s target is probed by the control (see the module docs).
+    pub unrelated: Vec<Vec<DMatrix<f64>>>,
+}
+
+impl StreamRows {
+    /// Reads streams `[batch, tokens, channels]` whose supports are tokens `0..n_support`: the
+    /// support rows, and as the unrelated location for support `i` the row of query token
+    /// `queries.start + i mod queries.len()`.
+    pub fn read(streams: &[Tensor], n_support: usize, queries: Range<usize>) -> Result<Self> {
+        let m = queries.len();
+        if n_support == 0 || m == 0 {
+            return Err(Error::invalid(
+                "probe rows",
+                format!("need ≥ 1 support and ≥ 1 query, got {n_support} and {m}"),
+            ));
+        }
+        let mut rows = Self::default();
+        for s in streams {
+            let (_, tokens, channels) = s.dims3()?;
+            if n_support > tokens || queries.end > tokens {
+                return Err(Error::shape(
+                    "probed stream",
+                    format!("≥ {} tokens", n_support.max(queries.end)),
+                    format!("{tokens} tokens"),
+                ));
+            }
+            let all = s.to_dtype(DType::F64)?.to_vec3::<f64>()?;
+            let pick = |task: &Vec<Vec<f64>>, token: &dyn Fn(usize) -> usize| {
+                DMatrix::from_fn(n_support, channels, |i, j| task[token(i)][j])
+            };
+            rows.supports
+                .push(all.iter().map(|t| pick(t, &|i| i)).collect());
+            rows.unrelated.push(
+                all.iter()
+                    .map(|t| pick(t, &|i| queries.start + i % m))
+                    .collect(),
+            );
+        }
+        Ok(rows)
+    }
+}
+
+/// The index of the first of `streams` (`[batch, tokens, channels]`, stream 0 the embedding)
+/// whose query rows differ from stream 0's, i.e. the first layer that writes into a query token
+/// laid out by `layout`; `None` when none does. The query-row control of the constructed solvers
+/// rests on this being the readout, after the last probed stream.
+pub fn first_query_write(streams: &[Tensor], layout: &TokenLayout) -> Result<Option<usize>> {
+    let queries = |s: &Tensor| -> Result<Vec<f64>> {
+        Ok(s.narrow(1, layout.first_query(), layout.n_query)?
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?)
+    };
+    let Some(first) = streams.first() else {
+        return Ok(None);
+    };
+    let input = queries(first)?;
+    for (k, s) in streams.iter().enumerate().skip(1) {
+        if queries(s)? != input {
+            return Ok(Some(k));
+        }
+    }
+    Ok(None)
+}
+
+/// One target's probe data at one layer.
+#[derive(Debug, Clone)]
+pub struct TargetTasks {
+    /// What is probed.
+    pub target: Target,
+    /// One task per problem: its support rows and the target's values.
+    pub tasks: Vec<ProbeTask>,
+    /// The same tasks and targets with the unrelated location's rows as states.
+    pub unrelated: Vec<ProbeTask>,
+}
+
+/// Probe data for a set of tasks: stream rows and solver targets, per layer.
 #[derive(Debug, Clone, Default)]
 pub struct ProbeSet {
-    /// `layers[l]`: for each target, one [`ProbeTask`] per task (states after layer `l`).
-    pub layers: Vec<Vec<(Target, Vec<ProbeTask>)>>,
+    /// `layers[l]`: every target probed at layer `l` (states after layer `l`).
+    pub layers: Vec<Vec<TargetTasks>>,
 }
 
 impl ProbeSet {
-    /// Builds the set from per-task support states `states[l][task]` `[n, channels]` and the
-    /// tasks' systems; layer `l` is compared with solver step `l`.
-    pub fn new(states: Vec<Vec<DMatrix<f64>>>, systems: &[DualSystem]) -> Result<Self> {
-        let steps = states.len().saturating_sub(1);
+    /// Builds the set from per-task stream rows and the tasks' systems; layer `l` is compared
+    /// with solver step `l`.
+    pub fn new(rows: StreamRows, systems: &[DualSystem]) -> Result<Self> {
+        if rows.unrelated.len() != rows.supports.len() {
+            return Err(Error::invalid(
+                "probe set",
+                format!(
+                    "{} layers of support rows but {} of unrelated rows",
+                    rows.supports.len(),
+                    rows.unrelated.len()
+                ),
+            ));
+        }
+        let steps = rows.supports.len().saturating_sub(1);
         let per_task: Vec<_> = systems
             .iter()
             .map(|s| s.targets(steps))
             .collect::<Result<_>>()?;
-        let mut layers = Vec::with_capacity(states.len());
-        for (l, layer_states) in states.into_iter().enumerate() {
-            if layer_states.len() != systems.len() {
+        let mut layers = Vec::with_capacity(rows.supports.len());
+        for (l, (here, there)) in rows.supports.into_iter().zip(rows.unrelated).enumerate() {
+            if here.len() != systems.len() || there.len() != systems.len() {
                 return Err(Error::invalid(
                     "probe set",
                     format!(
-                        "layer {l} has {} task states for {} systems",
-                        layer_states.len(),
+                        "layer {l} has {} and {} task states for {} systems",
+                        here.len(),
+                        there.len(),
                         systems.len()
                     ),
                 ));
             }
-            let mut by_target: Vec<(Target, Vec<ProbeTask>)> = Vec::new();
-            for (st, targets) in layer_states.into_iter().zip(&per_task) {
+            let mut by_target: Vec<TargetTasks> = Vec::new();
+            for ((st, elsewhere), targets) in here.into_iter().zip(there).zip(&per_task) {
                 for (target, values) in &targets[l] {
-                    let task = ProbeTask {
-                        states: st.clone(),
+                    let task = |states: &DMatrix<f64>| ProbeTask {
+                        states: states.clone(),
                         targets: values.clone(),
                     };
-                    match by_target.iter_mut().find(|(t, _)| t == target) {
-                        Some((_, tasks)) => tasks.push(task),
-                        None => by_target.push((*target, vec![task])),
-                    }
+                    let entry = match by_target.iter().position(|t| t.target == *target) {
+                        Some(k) => &mut by_target[k],
+                        None => {
+                            by_target.push(TargetTasks {
+                                target: *target,
+                                tasks: Vec::new(),
+                                unrelated: Vec::new(),
+                            });
+                            by_target.last_mut().expect("just pushed")
+                        }
+                    };
+                    entry.tasks.push(task(&st));
+                    entry.unrelated.push(task(&elsewhere));
                 }
             }
             layers.push(by_target);
@@ -202,8 +347,22 @@ impl ProbeSet {
         Ok(Self { layers })
     }
 
+    /// The probe set of streams laid out as `layout` (supports, aggregator, queries; the
+    /// constructed solvers' layout), stream `l` compared with step `l` of `systems`.
+    pub fn from_layout(
+        streams: &[Tensor],
+        layout: &TokenLayout,
+        systems: &[DualSystem],
+    ) -> Result<Self> {
+        let queries = layout.first_query()..layout.first_query() + layout.n_query;
+        Self::new(
+            StreamRows::read(streams, layout.n_support, queries)?,
+            systems,
+        )
+    }
+
     /// The probe set of a trained LAT on regression `tasks` (GD compared at primal step
-    /// `gd_step`).
+    /// `gd_step`); the unrelated location is the query token (token `n`).
     pub fn trained(model: &TrainableLat, tasks: &[RegressionTask], gd_step: f64) -> Result<Self> {
         let batch = icl_batch(tasks, DType::F32, &Device::Cpu)?;
         let states = model.lat()?.forward_with_states(&batch.tokens)?;
@@ -212,7 +371,7 @@ impl ProbeSet {
             .iter()
             .map(|t| DualSystem::regression(t, gd_step))
             .collect::<Result<_>>()?;
-        Self::new(support_rows(&states, n)?, &systems)
+        Self::new(StreamRows::read(&states, n, n..n + 1)?, &systems)
     }
 
     /// The probe set of a constructed CG LAT on kernel `problems` (layer `t` = after CG step `t`).
@@ -227,25 +386,8 @@ impl ProbeSet {
             .iter()
             .map(DualSystem::kernel)
             .collect::<Result<_>>()?;
-        Self::new(
-            support_rows(&picked, model.spec.layout.n_support)?,
-            &systems,
-        )
+        Self::from_layout(&picked, &model.spec.layout, &systems)
     }
-}
-
-/// The first `n` token rows of each stream `[batch, tokens, channels]`, as `[l][task]` matrices.
-fn support_rows(states: &[Tensor], n: usize) -> Result<Vec<Vec<DMatrix<f64>>>> {
-    states
-        .iter()
-        .map(|s| {
-            let rows = s.narrow(1, 0, n)?.to_dtype(DType::F64)?.to_vec3::<f64>()?;
-            Ok(rows
-                .iter()
-                .map(|task| DMatrix::from_fn(n, task[0].len(), |i, j| task[i][j]))
-                .collect())
-        })
-        .collect()
 }
 
 /// One probe's result.
@@ -255,11 +397,11 @@ pub struct ProbeRow {
     pub layer: usize,
     /// What was probed.
     pub target: Target,
-    /// Held-out scores of the probe and of its shuffled-target control.
+    /// Held-out scores of the probe and of its two controls.
     pub score: ProbeScore,
 }
 
-/// Fits every (layer, target) probe on `train` and scores it on `test`.
+/// Fits every (layer, target) probe and its controls on `train` and scores them on `test`.
 pub fn probe_layers(train: &ProbeSet, test: &ProbeSet, seed: u64) -> Result<Vec<ProbeRow>> {
     if train.layers.len() != test.layers.len() {
         return Err(Error::invalid(
@@ -273,15 +415,21 @@ pub fn probe_layers(train: &ProbeSet, test: &ProbeSet, seed: u64) -> Result<Vec<
     }
     let mut rows = Vec::new();
     for (layer, (tr, te)) in train.layers.iter().zip(&test.layers).enumerate() {
-        for (target, tasks) in tr {
+        for fit in tr {
             let held = te
                 .iter()
-                .find(|(t, _)| t == target)
+                .find(|t| t.target == fit.target)
                 .ok_or_else(|| Error::invalid("probe sets", "targets differ"))?;
+            let data = ProbeData {
+                train: &fit.tasks,
+                test: &held.tasks,
+                unrelated_train: &fit.unrelated,
+                unrelated_test: &held.unrelated,
+            };
             rows.push(ProbeRow {
                 layer,
-                target: *target,
-                score: probe_with_control(tasks, &held.1, seed)?,
+                target: fit.target,
+                score: probe_with_controls(data, seed)?,
             });
         }
     }
@@ -291,6 +439,137 @@ pub fn probe_layers(train: &ProbeSet, test: &ProbeSet, seed: u64) -> Result<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::construct::cg::CgSpec;
+    use crate::problem::{rbf_problem, RbfProblemSpec};
+    use crate::train::{IclAttention, IclLatConfig};
+
+    #[test]
+    fn stream_rows_pair_support_i_with_query_i_mod_m() {
+        // 2 tasks, 3 supports, an aggregator (token 3), queries 4 and 5; value = 100b + 10t + c.
+        let data: Vec<f64> = (0..2 * 6 * 2)
+            .map(|k| (100 * (k / 12) + 10 * ((k / 2) % 6) + k % 2) as f64)
+            .collect();
+        let x = Tensor::from_vec(data, (2, 6, 2), &Device::Cpu).unwrap();
+        let rows = StreamRows::read(&[x.clone(), x.clone()], 3, 4..6).unwrap();
+        assert_eq!((rows.supports.len(), rows.unrelated.len()), (2, 2));
+        assert_eq!(rows.supports[1][1][(2, 1)], 121.0);
+        let u = &rows.unrelated[0][1];
+        assert_eq!(u.shape(), (3, 2));
+        assert_eq!((u[(0, 0)], u[(1, 1)], u[(2, 0)]), (140.0, 151.0, 140.0));
+        assert!(StreamRows::read(std::slice::from_ref(&x), 3, 4..7).is_err());
+        let layout = TokenLayout::new(3, 2).unwrap();
+        assert_eq!(
+            first_query_write(&[x.clone(), x.clone()], &layout).unwrap(),
+            None
+        );
+        let written = x
+            .slice_assign(
+                &[0..1, 5..6, 1..2],
+                &Tensor::zeros((1, 1, 1), DType::F64, &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+        assert_eq!(
+            first_query_write(&[x.clone(), x.clone(), written], &layout).unwrap(),
+            Some(2)
+        );
+        assert!(StreamRows::read(&[x], 3, 4..4).is_err());
+    }
+
+    #[test]
+    fn the_constructed_lat_writes_nothing_into_query_rows_before_the_readout() {
+        let spec = RbfProblemSpec {
+            n_support: 6,
+            n_query: 3,
+            dim: 2,
+            features: 8,
+            lengthscale: 1.0,
+            noise: 0.1,
+        };
+        let mut rng = metarep_core::rng::seeded(4);
+        let problems: Vec<_> = (0..3)
+            .map(|_| rbf_problem(&mut rng, &spec, 0.1).unwrap())
+            .collect();
+        for pre in [Preconditioner::None, Preconditioner::Jacobi] {
+            let model = CgLat::build(
+                CgSpec::for_problem(&problems[0], 3, pre).unwrap(),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let states = model
+                .lat
+                .forward_with_states(&model.embed(&problems, &Device::Cpu).unwrap())
+                .unwrap();
+            // Every probed stream (up to the one after the last CG step) leaves them as
+            // embedded; the readout is the first layer to write there.
+            let last_probed = model.state_index(model.spec.steps).unwrap();
+            assert_eq!(
+                first_query_write(&states, &model.spec.layout).unwrap(),
+                Some(last_probed + 1),
+                "{pre:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_trained_lat_query_row_is_odd_in_the_query_input_and_supports_ignore_it() {
+        let config = IclLatConfig {
+            dim: 3,
+            n_support: 5,
+            layers: 3,
+            heads: 2,
+            attention: IclAttention::Linear,
+        };
+        let model = TrainableLat::new(config, 0.4, 1, DType::F64, &Device::Cpu).unwrap();
+        let setting = crate::icl::VonOswaldSetting {
+            dim: 3,
+            n_support: 5,
+            ..Default::default()
+        };
+        let tasks = setting.tasks(0, 4).unwrap();
+        let flipped: Vec<_> = tasks
+            .iter()
+            .map(|t| RegressionTask {
+                x_query: -&t.x_query,
+                ..t.clone()
+            })
+            .collect();
+        let run = |tasks: &[RegressionTask]| {
+            let batch = icl_batch(tasks, DType::F64, &Device::Cpu).unwrap();
+            let states = model
+                .lat()
+                .unwrap()
+                .forward_with_states(&batch.tokens)
+                .unwrap();
+            StreamRows::read(&states, 5, 5..6).unwrap()
+        };
+        let (a, b) = (run(&tasks), run(&flipped));
+        for l in 0..a.supports.len() {
+            for k in 0..tasks.len() {
+                assert_eq!(a.supports[l][k], b.supports[l][k], "layer {l}");
+                let (q, q_flipped) = (&a.unrelated[l][k], &b.unrelated[l][k]);
+                assert!(q.norm() > 0.0);
+                assert!((q + q_flipped).norm() <= 1e-12 * q.norm(), "layer {l}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_matrix_system_is_the_kernel_system_of_its_problem() {
+        let spec = RbfProblemSpec {
+            n_support: 5,
+            n_query: 1,
+            dim: 2,
+            features: 6,
+            lengthscale: 1.0,
+            noise: 0.0,
+        };
+        let prob = rbf_problem(&mut metarep_core::rng::seeded(2), &spec, 0.3).unwrap();
+        let a = DualSystem::kernel(&prob).unwrap();
+        let b = DualSystem::from_matrix(prob.system_matrix(), prob.y.clone()).unwrap();
+        assert_eq!(a.a, b.a);
+        assert!((&b.a * &b.ridge - &b.y).norm() < 1e-10 * b.y.norm());
+        assert!(DualSystem::from_matrix(DMatrix::identity(3, 3), DVector::zeros(2)).is_err());
+    }
 
     #[test]
     fn gd_targets_follow_primal_gd_and_cg_targets_follow_reference_cg() {

@@ -1,5 +1,5 @@
 //! Probes of solver state: the constructed CG LAT carries CG state linearly (≥ 0.99), shuffled
-//! controls fail, and a trained LAT's input layer exposes `y` (the GD and CG residual at t = 0).
+//! and unrelated-location (query row) controls fail, and a trained LAT's input layer exposes `y` (the GD and CG residual at t = 0).
 
 use candle_core::Device;
 use metarep_core::rng::seeded;
@@ -44,19 +44,25 @@ fn the_constructed_cg_lat_carries_cg_state_and_controls_fail() {
     for r in &rows {
         let s = r.score;
         eprintln!(
-            "layer {} {:<20} cos {:.5} R² {:.5} (control cos {:+.3} R² {:+.4})",
+            "layer {} {:<20} cos {:.5} R² {:.5} (control cos {:+.3} R² {:+.4}; query rows cos {:+.3} R² {:+.4})",
             r.layer,
             r.target.name(),
             s.cosine,
             s.r2,
             s.control_cosine,
-            s.control_r2
+            s.control_r2,
+            s.unrelated_cosine,
+            s.unrelated_r2
         );
         if cg_targets.contains(&r.target) {
             assert!(s.cosine >= 0.99 && s.r2 >= 0.98, "{r:?}");
             checked += 1;
         }
         assert!(s.control_r2 < 0.1, "control did not fail: {r:?}");
+        assert!(
+            s.unrelated_r2 < 0.1,
+            "unrelated-location control did not fail: {r:?}"
+        );
     }
     // r at t = 0..4, α and p at t = 1..4.
     assert_eq!(checked, 5 + 4 + 4);
@@ -99,5 +105,7 @@ fn a_trained_lat_input_exposes_y_and_nonlinear_targets_score_lower() {
         "{}",
         at(0, Target::RidgeDual)
     );
-    assert!(rows.iter().all(|r| r.score.control_r2 < 0.1));
+    assert!(rows
+        .iter()
+        .all(|r| r.score.control_r2 < 0.1 && r.score.unrelated_r2 < 0.1));
 }

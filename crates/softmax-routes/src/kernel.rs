@@ -194,11 +194,58 @@ pub struct Oracle {
 /// Draws a task: `x ~ N(0, I_d/d)` (so `‖x‖ ≈ 1`), `y = sin(ω √d vᵀx) + noise` with a random unit
 /// `v`, `U = ‖U‖ · Qᵀ` with `Q` the first `width` columns of a random orthogonal matrix.
 pub fn sample_exp_task(rng: &mut impl Rng, spec: &ExpTaskSpec) -> Result<ExpTask> {
+    let kernel = sample_exp_kernel(rng, spec)?;
+    sample_exp_task_with(rng, spec, kernel)
+}
+
+/// `count ≥ 1` tasks that share one kernel (drawn first, as in [`sample_exp_task`]), so one
+/// constructed model runs them all; each has its own inputs, direction `v` and noise.
+pub fn sample_exp_tasks(
+    rng: &mut impl Rng,
+    spec: &ExpTaskSpec,
+    count: usize,
+) -> Result<Vec<ExpTask>> {
+    if count == 0 {
+        return Err(Error::invalid("task count", "at least one task is needed"));
+    }
+    let kernel = sample_exp_kernel(rng, spec)?;
+    (0..count)
+        .map(|_| sample_exp_task_with(rng, spec, kernel.clone()))
+        .collect()
+}
+
+/// The kernel of a task family: `U = ‖U‖ · Qᵀ` with `Q` the first `width` columns of a random
+/// orthogonal `d × d` matrix, and the spec's `τ`.
+pub fn sample_exp_kernel(rng: &mut impl Rng, spec: &ExpTaskSpec) -> Result<ExpKernel> {
     let d = spec.dim;
     if d == 0 || spec.width == 0 || spec.width > d {
         return Err(Error::invalid(
             "task spec",
             format!("need 1 ≤ width ≤ dim, got width {} and dim {d}", spec.width),
+        ));
+    }
+    if !spec.u_norm.is_finite() {
+        return Err(Error::invalid("task spec", "‖U‖ must be finite"));
+    }
+    let q: DMatrix<f64> = DMatrix::from_fn(d, d, |_, _| StandardNormal.sample(rng))
+        .qr()
+        .q();
+    ExpKernel::new(q.columns(0, spec.width).transpose() * spec.u_norm, spec.tau)
+}
+
+/// A task of `spec` with the given `kernel` (inputs, labels and targets as in
+/// [`sample_exp_task`]).
+pub fn sample_exp_task_with(
+    rng: &mut impl Rng,
+    spec: &ExpTaskSpec,
+    kernel: ExpKernel,
+) -> Result<ExpTask> {
+    let d = spec.dim;
+    if kernel.dim() != d {
+        return Err(Error::shape(
+            "kernel projection U",
+            format!("[width, {d}]"),
+            format!("[{}, {}]", kernel.width(), kernel.dim()),
         ));
     }
     if !(spec.lambda.is_finite() && spec.lambda >= 0.0) {
@@ -207,16 +254,13 @@ pub fn sample_exp_task(rng: &mut impl Rng, spec: &ExpTaskSpec) -> Result<ExpTask
             format!("must be finite and ≥ 0, got {}", spec.lambda),
         ));
     }
-    if !(spec.u_norm.is_finite() && spec.noise.is_finite() && spec.noise >= 0.0) {
+    if !(spec.noise.is_finite() && spec.noise >= 0.0) {
         return Err(Error::invalid(
             "task spec",
-            "‖U‖ must be finite and the noise finite and ≥ 0",
+            "the noise must be finite and ≥ 0",
         ));
     }
     let mut normal = || -> f64 { StandardNormal.sample(rng) };
-    let q = DMatrix::from_fn(d, d, |_, _| normal()).qr().q();
-    let u = q.columns(0, spec.width).transpose() * spec.u_norm;
-    let kernel = ExpKernel::new(u, spec.tau)?;
     let mut v = DVector::from_fn(d, |_, _| normal());
     v /= v.norm().max(f64::MIN_POSITIVE);
     let scale = 1.0 / (d as f64).sqrt();
@@ -324,6 +368,19 @@ mod tests {
             &task.with_lambda(lam).unwrap().system_matrix().unwrap(),
         );
         assert!((k - 50.0).abs() < 1e-6 * 50.0, "κ = {k}");
+    }
+
+    #[test]
+    fn a_task_family_shares_one_kernel_and_starts_with_the_single_task_draw() {
+        let tasks = sample_exp_tasks(&mut seeded(5), &spec(), 3).unwrap();
+        let single = sample_exp_task(&mut seeded(5), &spec()).unwrap();
+        assert_eq!(tasks[0].prompt, single.prompt);
+        assert_eq!(tasks[0].kernel, single.kernel);
+        assert!(tasks.iter().all(|t| t.kernel == single.kernel));
+        assert_ne!(tasks[1].prompt.x, tasks[0].prompt.x);
+        assert!(sample_exp_tasks(&mut seeded(5), &spec(), 0).is_err());
+        let narrow = ExpKernel::new(DMatrix::identity(2, 2), 1.0).unwrap();
+        assert!(sample_exp_task_with(&mut seeded(5), &spec(), narrow).is_err());
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! softmax head minus a uniform head (`docs/route_b_bound.md`). [`kernel`] holds the exponential
 //! kernel and Route A's tasks; [`route_a`], [`route_b`] and [`width_rank`] the measurements behind
 //! fig3, fig4 and fig5 (`docs/width_rank_theorem.md`); [`sweeps`] the knob sweeps and ablations,
-//! run through metarep-eval's multi-seed harness.
+//! run through metarep-eval's multi-seed harness; [`probe`] the linear probes of both routes' CG
+//! state behind fig7.
 //!
 //! ```
 //! use candle_core::{DType, Device};
@@ -49,6 +50,7 @@ pub mod ablation;
 pub mod construct;
 pub mod error;
 pub mod kernel;
+pub mod probe;
 pub mod route_a;
 pub mod route_b;
 pub mod sweeps;

@@ -31,6 +31,18 @@ pub struct RouteAModel {
 }
 
 impl RouteAModel {
+    /// `steps` CG steps with one shared softmax kernel head per mat-vec layer over all of `U`,
+    /// plain CG (fig3's model).
+    pub fn plain(steps: usize) -> Self {
+        Self {
+            steps,
+            sharing: HeadSharing::Shared,
+            normalised: true,
+            width: None,
+            preconditioner: Preconditioning::None,
+        }
+    }
+
     /// The constructed transformer for `task`.
     pub fn build(&self, task: &ExpTask) -> Result<SoftmaxCg> {
         let kernel = match self.width {

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::construct::{MatVec, SoftmaxCg, SoftmaxCgSpec};
 use crate::error::{Error, Result};
 use crate::kernel::Prompt;
+use crate::probe::relative_matvec_error;
 use crate::route_a::spectral_norm;
 
 /// Settings of a centred toy problem (a `[problem]` table in fig4's config).
@@ -119,10 +120,9 @@ pub struct OperatorError {
 /// Measures the relative operator error of Route B's mat-vec on `prob` in `dtype`.
 pub fn operator_error(prob: &KrrProblem, eps: f64, dtype: DType) -> Result<OperatorError> {
     let model = build(prob, eps, 1)?;
-    let realised = model.realised_operator(&Prompt::from(prob), dtype)?;
     let exact = &prob.phi * prob.phi.transpose();
     Ok(OperatorError {
-        measured: spectral_norm(&(realised - &exact)) / spectral_norm(&exact),
+        measured: relative_matvec_error(&model, &Prompt::from(prob), &exact, dtype)?,
         bound: operator_bound(&prob.phi, eps),
     })
 }

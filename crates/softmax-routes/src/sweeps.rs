@@ -414,13 +414,7 @@ pub fn temperature_table(cfg: &AblationConfig) -> Result<(SweepResult, Table)> {
         Sweep::new(&cfg.seeds, &cfg.taus).run(|seed, tau| -> Result<Vec<(String, f64)>> {
             let spec = ExpTaskSpec { tau, ..cfg.task };
             let task = task_for(&spec, seed)?;
-            let model = RouteAModel {
-                steps: cfg.steps,
-                sharing: HeadSharing::Shared,
-                normalised: true,
-                width: None,
-                preconditioner: Preconditioning::None,
-            };
+            let model = RouteAModel::plain(cfg.steps);
             let a = task.system_matrix()?;
             let k = kernel_error(&model.build(&task)?, &task, DType::F32)?;
             let e = evaluate(&task, &model, DType::F32)?;
