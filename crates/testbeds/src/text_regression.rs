@@ -10,13 +10,15 @@
 //! prediction from the lines before it (0 to `n` examples), as in Garg et al. (2022).
 //! [`greedy_numbers`] decodes a model's answer until the number is complete.
 
+use std::collections::BTreeMap;
+
 use candle_core::{Device, D};
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_core::train::RunReport;
 use metarep_eval::tasks::linear::{LinearTaskSpec, RegressionTask, Spectrum};
 use metarep_eval::tasks::text::{NumericPromptSpec, TextExample};
 use metarep_model::train::LmBatch;
-use metarep_model::{HookedTransformer, Input, Tokenizer};
+use metarep_model::{HookedTransformer, Input, KvCache, NoHooks, Tokenizer};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokenizers::decoders::fuse::Fuse;
@@ -259,10 +261,11 @@ impl NumberState {
     }
 }
 
-/// Greedy answers to `prompts` (ids ending right before the answer, e.g. with `y:`), `batch`
-/// prompts per forward pass: each continues while it writes number tokens, until `decimals`
-/// digits follow the point or it has written `max_tokens`; the answer excludes a token that
-/// is no part of a number.
+/// Greedy answers to `prompts` (ids ending right before the answer, e.g. with `y:`): each
+/// continues while it writes number tokens, until `decimals` digits follow the point or it has
+/// written `max_tokens`; the answer excludes a token that is no part of a number. Prompts of
+/// one length are decoded together, `batch` at a time, with a key/value cache (the prompt runs
+/// once, then one position per step).
 pub fn greedy_numbers(
     model: &HookedTransformer,
     prompts: &[Vec<u32>],
@@ -277,44 +280,34 @@ pub fn greedy_numbers(
             p.len()
         )));
     }
-    let mut answers = Vec::with_capacity(prompts.len());
-    for chunk in prompts.chunks(batch.max(1)) {
-        let mut seqs: Vec<Vec<u32>> = chunk.to_vec();
-        let mut state = vec![NumberState::default(); chunk.len()];
-        while state.iter().any(|s| !s.done) {
-            let n = seqs.iter().map(Vec::len).max().unwrap_or(1);
-            if n > n_ctx {
-                for s in state.iter_mut() {
-                    s.done = true;
-                }
-                break;
-            }
-            let rows: Vec<Vec<u32>> = seqs
-                .iter()
-                .map(|s| {
-                    let mut r = s.clone();
-                    r.resize(n, EOT_ID);
-                    r
-                })
-                .collect();
-            let next = model
-                .forward(Input::from_ids(&rows, &Device::Cpu)?)?
-                .argmax(D::Minus1)?
-                .to_vec2::<u32>()?;
-            for (r, s) in state.iter_mut().enumerate() {
-                if !s.done {
-                    let id = next[r][seqs[r].len() - 1];
-                    if s.push(id, decimals, max_tokens) {
-                        seqs[r].push(id);
+    let mut by_length: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, p) in prompts.iter().enumerate() {
+        by_length.entry(p.len()).or_default().push(i);
+    }
+    let mut answers = vec![Vec::new(); prompts.len()];
+    for group in by_length.values() {
+        for chunk in group.chunks(batch.max(1)) {
+            let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
+            let mut input = Input::from_ids(&rows, &Device::Cpu)?;
+            let mut cache = KvCache::new(model);
+            let mut state = vec![NumberState::default(); chunk.len()];
+            while state.iter().any(|s| !s.done) && cache.len() < n_ctx {
+                let logits = model.run_cached(&input, &mut cache, &mut NoHooks)?;
+                let last = logits.dim(1)? - 1;
+                let next = logits
+                    .narrow(1, last, 1)?
+                    .squeeze(1)?
+                    .argmax(D::Minus1)?
+                    .to_vec1::<u32>()?;
+                for ((s, &id), &i) in state.iter_mut().zip(&next).zip(chunk) {
+                    if !s.done && s.push(id, decimals, max_tokens) {
+                        answers[i].push(id);
                     }
                 }
+                let step: Vec<Vec<u32>> = next.iter().map(|&id| vec![id]).collect();
+                input = Input::from_ids(&step, &Device::Cpu)?;
             }
         }
-        answers.extend(
-            seqs.into_iter()
-                .zip(chunk)
-                .map(|(s, p)| s[p.len()..].to_vec()),
-        );
     }
     Ok(answers)
 }
@@ -486,6 +479,21 @@ mod tests {
             .collect();
         let answers = answer(&model, &examples, 2, 2).unwrap();
         assert_eq!(answers.len(), 5);
+        // The cached, length-grouped decoding gives each prompt what it gets alone, and what
+        // the uncached forward pass predicts.
+        assert_eq!(answer(&model, &examples, 2, 1).unwrap(), answers);
+        let tok = model.tokenizer().unwrap();
+        for (e, a) in examples.iter().zip(&answers) {
+            let mut ids = sequence_ids(tok, &e.prompt).unwrap();
+            for &t in &a.tokens {
+                let logits = model
+                    .forward(Input::from_ids(&[ids.clone()], &Device::Cpu).unwrap())
+                    .unwrap();
+                let row = logits.get(0).unwrap().get(ids.len() - 1).unwrap();
+                assert_eq!(row.argmax(0).unwrap().to_scalar::<u32>().unwrap(), t);
+                ids.push(t);
+            }
+        }
         for a in &answers {
             assert!(a.tokens.len() <= 8 && a.tokens.iter().all(|&t| is_number_token(t)));
             assert_eq!(a.text.len(), a.tokens.len());
