@@ -18,14 +18,15 @@ use serde::{Deserialize, Serialize};
 use crate::error::BoxError;
 use crate::output::ResultDir;
 
-/// The softmax-attention variant trained beside the LAT.
+/// The softmax-attention variant trained beside the LAT (fig6, fig17).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct SoftmaxConfig {
+pub(crate) struct SoftmaxConfig {
     /// Depths at which it is trained (a subset of `layers`).
-    layers: Vec<usize>,
-    heads: usize,
+    pub(crate) layers: Vec<usize>,
+    /// Heads per layer.
+    pub(crate) heads: usize,
     /// Peak learning rate (not depth-scaled).
-    lr: f64,
+    pub(crate) lr: f64,
 }
 
 /// Settings of fig6 (`configs/fig6.toml`).

@@ -19,6 +19,8 @@ mod fig10;
 mod fig11;
 mod fig13;
 mod fig16;
+mod fig17;
+mod fig18;
 mod fig2;
 mod fig3;
 mod fig4;

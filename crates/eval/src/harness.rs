@@ -141,7 +141,9 @@ impl SweepResult {
     }
 
     /// Mean ± CI per (method, x), settings in first-seen order (measurements may come in any
-    /// order); with a single seed the interval collapses to the value.
+    /// order); with a single seed the interval collapses to the value. A setting where some seed's
+    /// value is not finite (a diverged run) keeps the plain mean (non-finite too) and gets NaN
+    /// bounds instead of an interval.
     pub fn summary(&self, level: f64) -> Result<Vec<SummaryRow>> {
         let mut rows = Vec::new();
         for method in self.methods() {
@@ -158,7 +160,10 @@ impl SweepResult {
                     .filter(|m| m.method == method && m.x == x)
                     .map(|m| m.value)
                     .collect();
-                let (mean, low, high) = if values.len() >= 2 {
+                let (mean, low, high) = if values.iter().any(|v| !v.is_finite()) {
+                    let mean = values.iter().sum::<f64>() / values.len() as f64;
+                    (mean, f64::NAN, f64::NAN)
+                } else if values.len() >= 2 {
                     let ci = mean_ci(&values, level)?;
                     (ci.estimate, ci.low, ci.high)
                 } else {
@@ -263,6 +268,28 @@ impl SweepResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_setting_with_a_non_finite_seed_keeps_its_mean_without_an_interval() {
+        let measurements = [1.0, f64::INFINITY, 3.0]
+            .iter()
+            .enumerate()
+            .map(|(seed, &value)| Measurement {
+                method: "m".into(),
+                x: 1.0,
+                seed: seed as u64,
+                value,
+            })
+            .collect();
+        let result = SweepResult {
+            seeds: vec![0, 1, 2],
+            measurements,
+        };
+        let row = &result.summary(0.95).unwrap()[0];
+        assert_eq!(row.mean, f64::INFINITY);
+        assert!(row.low.is_nan() && row.high.is_nan());
+        assert_eq!(row.n, 3);
+    }
 
     #[test]
     fn summary_groups_measurements_recorded_seed_by_seed() {
