@@ -8,6 +8,7 @@
 //! - [`metrics`]: MSE, cosine, Spearman, AUROC; [`stats`]: mean and bootstrap intervals,
 //!   permutation and Wilcoxon tests;
 //! - [`harness`]: the multi-seed sweep with per-method summaries;
+//! - [`corpus`]: real text documents in train / held-out splits (`cargo xtask fixtures corpus`);
 //! - [`plot`] and [`table`]: SVG line plots and heat maps, CSV/markdown tables; [`format`]:
 //!   number formatting.
 //!
@@ -35,6 +36,7 @@
 #![warn(missing_docs)]
 
 pub mod baselines;
+pub mod corpus;
 pub mod format;
 pub mod harness;
 pub mod metrics;
