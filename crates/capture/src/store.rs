@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use metarep_core::fsutil::{atomic_write_parts, ensure_dir, read_json, write_json_pretty};
-use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input};
+use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input, RunTo};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -405,6 +405,13 @@ pub fn capture(
         .max_contexts
         .map_or(total, |m| (resumed_at + m).min(total));
     let filter = HookFilter::patterns(&spec.hooks.iter().map(|h| h.name()).collect::<Vec<_>>());
+    // Stop after the last block a hook needs (no later blocks, no unembedding), as
+    // TransformerLens's `stop_at_layer`; hooks outside the blocks need the whole pass.
+    let layers: Option<Vec<usize>> = spec.hooks.iter().map(HookPoint::layer).collect();
+    let run_to = match layers.and_then(|l| l.into_iter().max()) {
+        Some(last) => RunTo::Layer(last + 1),
+        None => model.default_output(),
+    };
     let mut s = resumed_at;
     progress(s * context, total * context);
     while s < budget_end {
@@ -412,7 +419,7 @@ pub fn capture(
         let shard_end = (s / per_shard + 1) * per_shard;
         let end = (s + spec.batch_contexts).min(shard_end).min(budget_end);
         let input = Input::from_ids(&data.sequences[s..end], &Device::Cpu)?;
-        let (_, cache) = model.run_with_cache(input, filter.clone())?;
+        let (_, cache) = model.run_with_cache_to(&input, filter.clone(), run_to)?;
         for w in &mut writers {
             if end <= w.contexts_done() {
                 continue; // this hook's store is already past this batch
