@@ -59,6 +59,8 @@ pub struct StoreReader {
     ahead: Option<(usize, JoinHandle<Result<Shard>>)>,
     /// Spent byte buffers (at most [`MAX_SPARES`]), reused for reads and compaction.
     spares: Vec<Vec<u8>>,
+    /// Rows at positions below this in their context are not served.
+    skip_positions: usize,
 }
 
 /// One byte buffer of the shuffle buffer and how many of its rows are still to serve.
@@ -97,9 +99,25 @@ impl StoreReader {
             row_bytes,
             ahead: None,
             spares: Vec::new(),
+            skip_positions: 0,
         };
         reader.start_epoch(0)?;
         Ok(reader)
+    }
+
+    /// Serves only rows at positions ≥ `n` of their context, from the next epoch on (e.g.
+    /// `n = 1` leaves out each context's first token, whose residual stream in many models is
+    /// an attention sink far larger than the rest); `n` must be below the context length.
+    pub fn skip_positions(mut self, n: usize) -> Result<Self> {
+        if n >= self.meta.context {
+            return Err(Error::Invalid(format!(
+                "skip_positions {n} would leave nothing of contexts of {} tokens",
+                self.meta.context
+            )));
+        }
+        self.skip_positions = n;
+        self.start_epoch(0)?;
+        Ok(self)
     }
 
     /// The store's description.
@@ -207,8 +225,16 @@ impl StoreReader {
             self.compact();
         }
         let c = self.chunks.len();
-        self.slots.extend((0..rows).map(|r| (c, start + r * rb)));
-        self.chunks.push(Chunk { bytes, live: rows });
+        // Shards hold whole contexts, so a row's position is its index modulo the context.
+        let (context, skip) = (self.meta.context, self.skip_positions);
+        let before = self.slots.len();
+        self.slots.extend(
+            (0..rows)
+                .filter(|r| r % context >= skip)
+                .map(|r| (c, start + r * rb)),
+        );
+        let live = self.slots.len() - before;
+        self.chunks.push(Chunk { bytes, live });
     }
 
     /// Moves the rows to serve into one buffer, freeing the others.

@@ -330,3 +330,52 @@ fn a_failed_background_shard_write_surfaces_and_stops_the_writer() {
     // meta.json lists only the shard that was written.
     assert_eq!(StoreMeta::read(&dir).unwrap().shards.len(), 1);
 }
+
+#[test]
+fn skipped_positions_are_never_served_and_the_rest_once_per_epoch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model();
+    let data = dataset(tmp.path(), model.config().d_vocab as u32);
+    let report = capture(
+        &model,
+        &data,
+        &tmp.path().join("acts"),
+        &spec("f32", None),
+        |_, _| {},
+    )
+    .unwrap();
+    let store = &report.stores[0];
+    let all = StoreReader::open(store, 1, 5).unwrap();
+    let stored = Tensor::cat(
+        &(0..4)
+            .map(|i| all.load_shard(i).unwrap())
+            .collect::<Vec<_>>(),
+        0,
+    )
+    .unwrap();
+    let keep: Vec<u32> = (0..stored.dim(0).unwrap() as u32)
+        .filter(|r| *r as usize % CONTEXT >= 2)
+        .collect();
+    let expected = stored
+        .index_select(&Tensor::new(keep.as_slice(), &Device::Cpu).unwrap(), 0)
+        .unwrap();
+    let mut reader = StoreReader::open(store, 1, 5)
+        .unwrap()
+        .skip_positions(2)
+        .unwrap();
+    for epoch in 0..2 {
+        reader.start_epoch(epoch).unwrap();
+        let mut batches = Vec::new();
+        while let Some(b) = reader.next_batch(3).unwrap() {
+            batches.push(b);
+        }
+        let served = Tensor::cat(&batches, 0).unwrap();
+        assert_eq!(row_set(&served), row_set(&expected));
+    }
+    let err = StoreReader::open(store, 1, 5)
+        .unwrap()
+        .skip_positions(CONTEXT)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("skip_positions 8"), "{err}");
+}

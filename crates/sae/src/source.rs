@@ -349,6 +349,14 @@ impl StoreSource {
         })
     }
 
+    /// Leaves out rows at positions below `n` of their context
+    /// ([`metarep_capture::StoreReader::skip_positions`]).
+    pub fn skip_positions(self, n: usize) -> Result<Self> {
+        Ok(Self {
+            reader: self.reader.skip_positions(n)?,
+        })
+    }
+
     /// The store's description (hook, model, tokens, shards).
     pub fn meta(&self) -> &metarep_capture::StoreMeta {
         self.reader.meta()
