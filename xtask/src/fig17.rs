@@ -28,10 +28,10 @@ use crate::fig6::SoftmaxConfig;
 use crate::output::{metric_key, ResultDir};
 
 /// Check 1 and 2: the trained one-layer LAT's mean NLL within this fraction of one tuned GD
-/// step's excess NLL over the oracle (two-sided for logistic, one-sided for Poisson). Poisson's
-/// part is not met — its mean is dominated by the few tasks where `exp(η̂)` explodes (GD-1's own
-/// mean NLL is 1.2e8 on one seed; the 2-layer LAT's is infinite) — and is recorded, not part of
-/// `pass`, as is Poisson's depth check on the same means (see [`checks`]).
+/// step's excess NLL over the oracle (two-sided for logistic, one-sided for Poisson); Poisson's
+/// median-task check uses the same fraction of GD-1's median excess. Poisson's mean-NLL checks
+/// (one GD step, depth) are dominated by the few tasks with wild log-rates, even guarded
+/// ([`GlmFamily::guarded`]), and are recorded, not part of `pass` (see [`checks`]).
 const GD_MATCH: f64 = 0.10;
 /// Check 3: the least cosine between the one-layer LAT's weights and the GD-from-0 span.
 const SPAN_COSINE: f64 = 0.99;
@@ -77,6 +77,8 @@ struct OneLayer {
     lat_centre: f64,
     /// The median over held-out tasks of `NLL_t(LAT-1) − NLL_t(GD-1)`.
     median_task_gap: f64,
+    /// The median over held-out tasks of `NLL_t(GD-1) − NLL_t(oracle)`.
+    gd_median_excess: f64,
 }
 
 impl OneLayer {
@@ -248,7 +250,7 @@ fn run_family(cfg: &Fig17Config, family: GlmFamily, out: &mut ResultDir) -> Resu
         out.metrics
             .set_number(format!("{name}_median_excess_{key}_layers_{}", r.x), r.mean);
     }
-    checks(cfg, family, &nll, &one_layer, out)
+    checks(cfg, family, [&nll, &median], &one_layer, out)
 }
 
 /// `"logistic"` or `"poisson"`.
@@ -334,6 +336,7 @@ fn compare(
     );
     let (lat_nll, gd_nll, irls_nll) = (lat.score.nll, gd_eval.score.nll, irls_eval.score.nll);
     let median_task_gap = lat.median_gap(&gd_eval);
+    let gd_median_excess = gd_eval.median_gap(&data.oracle);
     let mut rows = vec![
         (LAT.to_string(), lat),
         (GD.to_string(), gd_eval),
@@ -383,6 +386,7 @@ fn compare(
             irls_span,
             lat_centre,
             median_task_gap,
+            gd_median_excess,
         })
     } else {
         None
@@ -459,63 +463,68 @@ fn excess_plot(
         )))
 }
 
-/// Writes the one-layer and depth metrics; whether the family's checks pass.
+/// Writes the one-layer and depth metrics; whether the family's checks pass. `[mean, median]`:
+/// the held-out mean NLL and the median excess NLL over the oracle, by method, depth and seed.
 fn checks(
     cfg: &Fig17Config,
     family: GlmFamily,
-    nll: &SweepResult,
+    [nll, median]: [&SweepResult; 2],
     one_layer: &[OneLayer],
     out: &mut ResultDir,
 ) -> Result<bool, BoxError> {
     let name = family_name(family);
-    let (mut gd_pass, mut direction_pass) = (!one_layer.is_empty(), !one_layer.is_empty());
+    let all = !one_layer.is_empty();
+    let (mut gd_pass, mut direction_pass, mut median_gd_pass) = (all, all, all);
     for o in one_layer {
         let (seed, rel) = (o.seed, o.rel_gap());
         let m = &mut out.metrics;
-        m.set_number(format!("{name}_one_layer_rel_gap_seed_{seed}"), rel);
-        m.set_number(format!("{name}_one_layer_lat_nll_seed_{seed}"), o.lat);
-        m.set_number(format!("{name}_one_layer_gd_nll_seed_{seed}"), o.gd);
-        m.set_number(format!("{name}_one_layer_irls_nll_seed_{seed}"), o.irls);
-        m.set_number(format!("{name}_one_layer_oracle_nll_seed_{seed}"), o.oracle);
-        m.set_number(
-            format!("{name}_one_layer_lat_span_cosine_seed_{seed}"),
-            o.lat_span,
-        );
-        m.set_number(
-            format!("{name}_one_layer_irls_span_cosine_seed_{seed}"),
-            o.irls_span,
-        );
-        m.set_number(
-            format!("{name}_one_layer_lat_label_centre_seed_{seed}"),
-            o.lat_centre,
-        );
-        m.set_number(
-            format!("{name}_one_layer_median_task_gap_seed_{seed}"),
-            o.median_task_gap,
-        );
+        let mut set = |what: &str, value: f64| {
+            m.set_number(format!("{name}_one_layer_{what}_seed_{seed}"), value)
+        };
+        set("rel_gap", rel);
+        set("lat_nll", o.lat);
+        set("gd_nll", o.gd);
+        set("irls_nll", o.irls);
+        set("oracle_nll", o.oracle);
+        set("lat_span_cosine", o.lat_span);
+        set("irls_span_cosine", o.irls_span);
+        set("lat_label_centre", o.lat_centre);
+        set("median_task_gap", o.median_task_gap);
+        set("gd_median_excess", o.gd_median_excess);
         gd_pass &= match family {
             GlmFamily::Logistic => rel.abs() <= GD_MATCH,
             GlmFamily::Poisson => rel <= GD_MATCH,
         };
+        median_gd_pass &= o.median_task_gap <= GD_MATCH * o.gd_median_excess;
         direction_pass &= o.lat_span >= SPAN_COSINE && o.lat_span > o.irls_span;
     }
-    let depth_pass = depth_not_worse(cfg, nll, name, out)?;
+    let depth_pass = depth_not_worse(cfg, nll, &format!("{name}_depth"), out)?;
     let m = &mut out.metrics;
     m.set_bool(format!("{name}_one_layer_gd_pass"), gd_pass);
     m.set_bool(format!("{name}_one_layer_direction_pass"), direction_pass);
     m.set_bool(format!("{name}_depth_pass"), depth_pass);
-    // Poisson's mean-NLL checks (one GD step, depth) are measured and not met — a few tasks'
-    // exp(η̂) make the means astronomically large or infinite (see GD_MATCH): reported, not gated.
-    let mean_nll_pass = gd_pass && depth_pass;
-    Ok(direction_pass && (mean_nll_pass || family == GlmFamily::Poisson))
+    match family {
+        GlmFamily::Logistic => Ok(direction_pass && gd_pass && depth_pass),
+        // Poisson's checks on the (guarded) mean NLL are recorded and not gated: a few tasks'
+        // wild log-rates dominate the means (docs/results.md); the median-task checks are.
+        GlmFamily::Poisson => {
+            let median_depth_pass =
+                depth_not_worse(cfg, median, &format!("{name}_median_depth"), out)?;
+            let m = &mut out.metrics;
+            m.set_bool(format!("{name}_one_layer_gd_median_pass"), median_gd_pass);
+            m.set_bool(format!("{name}_median_depth_pass"), median_depth_pass);
+            Ok(direction_pass && median_gd_pass && median_depth_pass)
+        }
+    }
 }
 
 /// Check 4: for consecutive depths `L < L′`, the 95% t-interval over seeds of
-/// `NLL(LAT-L′) − NLL(LAT-L)` reaches down to ≤ 0 (one seed: the difference is ≤ 0).
+/// `score(LAT-L′) − score(LAT-L)` reaches down to ≤ 0 (one seed: the difference is ≤ 0); each
+/// bound written as `{key}_{L}_to_{L′}_diff_ci_low`.
 fn depth_not_worse(
     cfg: &Fig17Config,
     nll: &SweepResult,
-    name: &str,
+    key: &str,
     out: &mut ResultDir,
 ) -> Result<bool, BoxError> {
     let mut depths = cfg.layers.clone();
@@ -541,10 +550,8 @@ fn depth_not_worse(
         } else {
             diffs[0]
         };
-        out.metrics.set_number(
-            format!("{name}_depth_{}_to_{}_diff_ci_low", pair[0], pair[1]),
-            low,
-        );
+        out.metrics
+            .set_number(format!("{key}_{}_to_{}_diff_ci_low", pair[0], pair[1]), low);
         pass &= low <= 0.0;
     }
     Ok(pass)

@@ -149,7 +149,7 @@ pub fn baseline_loss(p: &dyn Predictor, tasks: &[RegressionTask]) -> Result<f64>
 pub fn lat_loss<T: IclTask>(model: &TrainableLat, tasks: &[T]) -> Result<f64> {
     let mut total = 0.0;
     for chunk in tasks.chunks(2048) {
-        let batch = icl_batch(chunk, DType::F32, &Device::Cpu)?;
+        let batch = icl_batch(chunk, model.dtype(), &Device::Cpu)?;
         let l = model
             .loss(&batch)?
             .to_dtype(DType::F64)?
@@ -163,7 +163,7 @@ pub fn lat_loss<T: IclTask>(model: &TrainableLat, tasks: &[T]) -> Result<f64> {
 pub fn lat_predictions<T: IclTask>(model: &TrainableLat, tasks: &[T]) -> Result<Vec<f64>> {
     let mut out = Vec::with_capacity(tasks.len());
     for chunk in tasks.chunks(2048) {
-        let batch = icl_batch(chunk, DType::F32, &Device::Cpu)?;
+        let batch = icl_batch(chunk, model.dtype(), &Device::Cpu)?;
         out.extend(
             model
                 .predict(&batch.tokens)?
@@ -223,7 +223,7 @@ pub fn cg_loss(steps: usize, tasks: &[RegressionTask]) -> Result<f64> {
 /// Each task's sensitivity `∂ŷ/∂x_q` `[d]` of a model's first-query prediction (autodiff). For a
 /// one-layer LAT `ŷ` is linear in `x_q`, so this is the weight vector it applies to the query.
 pub fn query_sensitivities<T: IclTask>(model: &TrainableLat, tasks: &[T]) -> Result<Vec<Vec<f64>>> {
-    let batch = icl_batch(tasks, DType::F32, &Device::Cpu)?;
+    let batch = icl_batch(tasks, model.dtype(), &Device::Cpu)?;
     let tokens = Var::from_tensor(&batch.tokens)?;
     let pred = model.predict(tokens.as_tensor())?;
     // Each prediction depends only on its own task's tokens, so the gradient of the sum gives

@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use metarep_core::optim::WarmupCosine;
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_core::train::{run, AdamRun, Plan, RunControl, RunReport};
-use metarep_eval::tasks::glm::{GlmFamily, GlmProblem};
+use metarep_eval::tasks::glm::{GlmFamily, GlmProblem, POISSON_GUARD_LINEAR};
 use metarep_eval::tasks::linear::RegressionTask;
 use nalgebra::{DMatrix, DVector};
 use serde::{Deserialize, Serialize};
@@ -25,30 +25,24 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::lat::{AttentionHead, AttentionKind, Lat, LatLayer};
 
-/// Where the training loss's Poisson cumulant `e^η` continues as its tangent line: the loss is
-/// the exact NLL for every `η̂ ≤ 20` (rates up to 4.9e8, far above any task's), and a finite
-/// convex loss with a bounded gradient beyond, where a model fed raw counts goes in its first
-/// steps (its output is quadratic in the labels: fig17's first Poisson runs overflowed f64's
-/// `e^η̂` by step 37).
-pub const POISSON_LINEAR_FROM: f64 = 20.0;
-
 /// The loss of the query prediction `ŷ` against the target `t`, averaged over the batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum QueryLoss {
     /// `0.5 · (ŷ − t)²`: regression.
     #[default]
     HalfMse,
-    /// The GLM negative log-likelihood `b(ŷ) − t ŷ` with `ŷ` the natural parameter (logit or
-    /// log-rate) and `t` the label, or its mean (the NLL averaged over the label); without
-    /// `c(y)`, which does not depend on `ŷ`; Poisson's `b` linear beyond
-    /// [`POISSON_LINEAR_FROM`].
+    /// The GLM negative log-likelihood `b(η̃) − t η̃` at the guarded natural parameter
+    /// `η̃ = g(ŷ)` (logit or log-rate; [`GlmFamily::guarded`], the identity for logistic, a
+    /// saturation at ±8 for Poisson, as held-out scores use) with `t` the label or its mean (the
+    /// NLL averaged over the label); without `c(y)`, which does not depend on `ŷ`.
     GlmNll(GlmFamily),
 }
 
 impl QueryLoss {
     /// The batch mean of the loss of predictions `pred` `[batch]` at targets `targets` `[batch]`:
-    /// in their dtype for `HalfMse`, in f64 for `GlmNll` (Poisson's `e^η̂` overflows f32 from
-    /// `η̂ ≈ 88`, which a model fed raw counts reaches early in training).
+    /// in their dtype for `HalfMse`, in f64 for `GlmNll` (a model fed raw counts makes log-rates
+    /// of 1e4 and more early in training; the guard and the NLL are evaluated without rounding
+    /// them to f32's range).
     pub fn apply(self, pred: &Tensor, targets: &Tensor) -> Result<Tensor> {
         let per_task = match self {
             QueryLoss::HalfMse => ((pred - targets)?.sqr()? * 0.5)?,
@@ -59,10 +53,10 @@ impl QueryLoss {
                     GlmFamily::Logistic => {
                         (pred.relu()? + pred.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?)?
                     }
-                    // e^η up to η = POISSON_LINEAR_FROM, then its tangent line there.
+                    // e^η up to η = a, then its tangent line there.
                     GlmFamily::Poisson => {
-                        let knee = POISSON_LINEAR_FROM;
-                        (pred.minimum(knee)?.exp()? + ((pred - knee)?.relu()? * knee.exp())?)?
+                        let a = POISSON_GUARD_LINEAR;
+                        (pred.minimum(a)?.exp()? + ((pred - a)?.relu()? * a.exp())?)?
                     }
                 };
                 (cumulant - (targets * pred)?)?
@@ -269,6 +263,11 @@ impl TrainableLat {
         })
     }
 
+    /// The dtype its weights (and so its inputs) are in.
+    pub fn dtype(&self) -> DType {
+        self.mask.dtype()
+    }
+
     /// The LAT these weights define (tensors share the variables, so gradients flow).
     pub fn lat(&self) -> Result<Lat> {
         let c = self.config.dim + 1;
@@ -393,7 +392,7 @@ pub fn train(
     run(&mut steps, &cfg.plan(), &config, control)
 }
 
-/// Trains a fresh model of shape `config` (f32 on the CPU, init `N(0, 0.02²)` from
+/// Trains a fresh model of shape `config` (`dtype` on the CPU, init `N(0, 0.02²)` from
 /// `derive_seed(seed, "init")`) with `cfg`, its data seed replaced by `derive_seed(seed, "data")`,
 /// on batches from `sample(step_seed, cfg.batch)`; with `out` it writes `metrics.jsonl` there.
 /// Returns the model with its report.
@@ -401,16 +400,11 @@ pub fn train_seeded(
     config: IclLatConfig,
     cfg: &IclTrainConfig,
     seed: u64,
+    dtype: DType,
     out: Option<&std::path::Path>,
     sample: impl Fn(u64, usize) -> Result<IclBatch>,
 ) -> Result<(TrainableLat, RunReport)> {
-    let model = TrainableLat::new(
-        config,
-        0.02,
-        derive_seed(seed, "init"),
-        DType::F32,
-        &Device::Cpu,
-    )?;
+    let model = TrainableLat::new(config, 0.02, derive_seed(seed, "init"), dtype, &Device::Cpu)?;
     let mut cfg = *cfg;
     cfg.seed = derive_seed(seed, "data");
     let report = train(
@@ -440,7 +434,12 @@ pub trait IclSetting: Copy {
     /// The same setting with optimiser settings `train`.
     fn with_train(&self, train: IclTrainConfig) -> Self;
 
-    /// A training batch of `count` problems from generator `seed`.
+    /// The dtype its models train and run in (f32 unless a setting needs more range).
+    fn dtype(&self) -> DType {
+        DType::F32
+    }
+
+    /// A training batch of `count` problems from generator `seed`, in [`IclSetting::dtype`].
     fn batch(&self, seed: u64, count: usize) -> Result<IclBatch>;
 
     /// The setting for a `layers`-deep model: [`IclTrainConfig::depth_scaled`].
@@ -467,7 +466,8 @@ pub trait IclSetting: Copy {
         seed: u64,
         out: Option<&std::path::Path>,
     ) -> Result<(TrainableLat, RunReport)> {
-        train_seeded(config, &self.train_config(), seed, out, |s, count| {
+        let cfg = self.train_config();
+        train_seeded(config, &cfg, seed, self.dtype(), out, |s, count| {
             self.batch(s, count)
         })
     }

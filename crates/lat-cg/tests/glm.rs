@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use metarep_eval::baselines::glm::{tuned_glm_gd, GlmScore};
-use metarep_eval::tasks::glm::{FeatureMap, GlmFamily};
+use metarep_eval::tasks::glm::{FeatureMap, GlmFamily, POISSON_GUARD_LINEAR, POISSON_GUARD_MAX};
 use metarep_lat_cg::glm::{lat_score, GlmIclSetting};
 use metarep_lat_cg::icl::{lat_loss, query_sensitivities};
 use metarep_lat_cg::train::{icl_batch, IclAttention, IclSetting, IclTrainConfig, QueryLoss};
@@ -67,14 +67,15 @@ fn the_nll_query_loss_is_the_f64_nll_with_matching_gradients() {
             );
         }
     }
-    // Poisson beyond the knee: the tangent line of e^η, finite with a bounded gradient.
-    let knee = metarep_lat_cg::train::POISSON_LINEAR_FROM;
-    let pred = Var::from_tensor(&Tensor::new(&[knee + 1000.0], &Device::Cpu).unwrap()).unwrap();
-    let t = Tensor::new(&[3.0f64], &Device::Cpu).unwrap();
+    // Poisson far out: the NLL at the guard's bound, with the guard's vanishing slope.
+    let (a, m) = (POISSON_GUARD_LINEAR, POISSON_GUARD_MAX);
+    let pred = Var::from_tensor(&Tensor::new(&[a + 1.0, 1e6], &Device::Cpu).unwrap()).unwrap();
+    let t = Tensor::new(&[3.0f64, 3.0], &Device::Cpu).unwrap();
     let value = QueryLoss::GlmNll(GlmFamily::Poisson)
         .apply(pred.as_tensor(), &t)
         .unwrap();
-    let expected = knee.exp() * 1001.0 - 3.0 * (knee + 1000.0);
+    let g1 = GlmFamily::Poisson.guarded(a + 1.0);
+    let expected = 0.5 * (g1.exp() - 3.0 * g1 + m.exp() - 3.0 * m);
     assert!((value.to_scalar::<f64>().unwrap() / expected - 1.0).abs() < 1e-12);
     let g = value
         .backward()
@@ -83,7 +84,12 @@ fn the_nll_query_loss_is_the_f64_nll_with_matching_gradients() {
         .unwrap()
         .to_vec1::<f64>()
         .unwrap();
-    assert!((g[0] - (knee.exp() - 3.0)).abs() < 1e-6 * knee.exp());
+    let slope = 1.0 / (1.0 / (m - a)).cosh().powi(2);
+    assert!(
+        (g[0] - 0.5 * (g1.exp() - 3.0) * slope).abs() < 1e-9,
+        "{g:?}"
+    );
+    assert_eq!(g[1], 0.0);
     // Softplus far out stays finite; f32 predictions give an f64 loss.
     let far = Tensor::new(&[-200f32, 200.0], &Device::Cpu).unwrap();
     let zeros = Tensor::new(&[0f32, 1.0], &Device::Cpu).unwrap();

@@ -200,8 +200,9 @@ impl GlmFit for TrueWeights {
 /// Held-out score of predictions `η̂` at the problems' first queries.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GlmScore {
-    /// Mean over problems of the expected NLL of the query's label
-    /// ([`crate::tasks::glm::GlmFamily::expected_nll`]).
+    /// Mean over problems of the expected NLL of the query's label at the guarded prediction
+    /// ([`crate::tasks::glm::GlmFamily::expected_nll`] of
+    /// [`crate::tasks::glm::GlmFamily::guarded`]).
     pub nll: f64,
     /// Mean expected accuracy (logistic only).
     pub accuracy: Option<f64>,
@@ -230,7 +231,8 @@ impl GlmScore {
     }
 }
 
-/// Each problem's expected NLL ([`crate::tasks::glm::GlmFamily::expected_nll`]) of `eta[k]` at
+/// Each problem's expected NLL ([`crate::tasks::glm::GlmFamily::expected_nll`]) of the guarded
+/// `eta[k]` ([`crate::tasks::glm::GlmFamily::guarded`]: Poisson log-rates saturate at ±8) at
 /// problem `k`'s first query.
 pub fn first_query_nlls(problems: &[GlmProblem], eta: &[f64]) -> Result<Vec<f64>> {
     if problems.is_empty() || problems.len() != eta.len() {
@@ -248,7 +250,7 @@ pub fn first_query_nlls(problems: &[GlmProblem], eta: &[f64]) -> Result<Vec<f64>
                 .mean_query
                 .get(0)
                 .ok_or_else(|| Error::invalid("GLM problem", "no query"))?;
-            Ok(p.family.expected_nll(e, mu))
+            Ok(p.family.expected_nll(p.family.guarded(e), mu))
         })
         .collect()
 }
@@ -550,5 +552,14 @@ mod tests {
         assert!(nll <= GlmScore::of_fit(&bad, &problems).unwrap().nll);
         assert!(nll < zero.nll && gd.step < 10.0);
         assert!(GlmScore::of_first_queries(&problems, &[0.0]).is_err());
+        // A Poisson log-rate that would overflow e^η is scored at the guard's bound instead.
+        let counts = [problem(GlmFamily::Poisson, 20, 7)];
+        let wild = GlmScore::of_first_queries(&counts, &[1e6]).unwrap().nll;
+        let mu = counts[0].mean_query[0];
+        let at_bound = GlmFamily::Poisson.expected_nll(crate::tasks::glm::POISSON_GUARD_MAX, mu);
+        assert!(
+            (wild - at_bound).abs() < 1e-9 * at_bound,
+            "{wild} vs {at_bound}"
+        );
     }
 }

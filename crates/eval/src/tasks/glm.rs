@@ -6,6 +6,10 @@
 //! Each family is an exponential family in `η` with cumulant `b`: `log p(y | η) = yη − b(η) −
 //! c(y)`, mean `b′(η)`, variance `b″(η)` ([`GlmFamily::cumulant`], [`GlmFamily::mean`],
 //! [`GlmFamily::variance`]); `c(y) = log y!` for Poisson and 0 for logistic.
+//!
+//! Predictions are scored (and trained) through [`GlmFamily::guarded`]: the identity for
+//! logistic; for Poisson the identity on `[−6, 6]`, saturating smoothly at `±8` beyond, so a
+//! single wild log-rate costs at most `e^8` instead of dominating a mean over tasks.
 
 use nalgebra::{DMatrix, DVector};
 use rand::Rng;
@@ -24,6 +28,13 @@ pub enum GlmFamily {
     Poisson,
 }
 
+/// Where [`GlmFamily::guarded`] stops being the identity for Poisson: `|η| ≤ 6`. Under the
+/// tasks' prior (`η | x ~ N(0, (‖x‖² + 1)/p)` for linear features at `d = 5`), `P(|η| > 6)` is
+/// 1.2e-5, so the guard leaves the true log-rate of almost every task alone.
+pub const POISSON_GUARD_LINEAR: f64 = 6.0;
+/// The bound [`GlmFamily::guarded`] saturates at for Poisson: `|η̃| < 8`.
+pub const POISSON_GUARD_MAX: f64 = 8.0;
+
 /// The known feature map `φ` (the intercept is always the last feature).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -40,6 +51,23 @@ impl GlmFamily {
         match self {
             GlmFamily::Logistic => eta.max(0.0) + (-eta.abs()).exp().ln_1p(),
             GlmFamily::Poisson => eta.exp(),
+        }
+    }
+
+    /// The guarded natural parameter a prediction `η` is scored and trained at: `η` itself for
+    /// logistic (its NLL grows only linearly in `η`); for Poisson `η` on
+    /// `[−a, a]` and `±(a + (m − a)·tanh((|η| − a)/(m − a)))` beyond (`a =`
+    /// [`POISSON_GUARD_LINEAR`], `m =` [`POISSON_GUARD_MAX`]): continuous with its derivative,
+    /// increasing, and bounded by `m`, so `e^η̃ < e^8` where a raw prediction's `e^η` can
+    /// overflow.
+    pub fn guarded(self, eta: f64) -> f64 {
+        match self {
+            GlmFamily::Logistic => eta,
+            GlmFamily::Poisson => {
+                let (a, m) = (POISSON_GUARD_LINEAR, POISSON_GUARD_MAX);
+                let inner = eta.clamp(-a, a);
+                inner + (m - a) * ((eta - inner) / (m - a)).tanh()
+            }
         }
     }
 
@@ -307,6 +335,37 @@ mod tests {
         // No overflow far out: softplus(±800) = 800 and 0.
         assert_eq!(GlmFamily::Logistic.cumulant(800.0), 800.0);
         assert_eq!(GlmFamily::Logistic.cumulant(-800.0), 0.0);
+    }
+
+    #[test]
+    fn the_guard_is_the_identity_inside_and_bounded_smooth_and_increasing_outside() {
+        for eta in [-6.0, -2.5, 0.0, 3.1, 6.0, 40.0, -1e300, f64::INFINITY] {
+            assert_eq!(GlmFamily::Logistic.guarded(eta), eta);
+        }
+        let g = |eta| GlmFamily::Poisson.guarded(eta);
+        for eta in [-6.0, -2.5, 0.0, 3.1, 6.0] {
+            assert_eq!(g(eta), eta);
+        }
+        let mut last = f64::NEG_INFINITY;
+        for k in -2000..=2000 {
+            let eta = k as f64 * 0.01;
+            let v = g(eta);
+            assert!(v > last && v.abs() < POISSON_GUARD_MAX, "g({eta}) = {v}");
+            last = v;
+        }
+        assert_eq!(g(f64::INFINITY), POISSON_GUARD_MAX);
+        assert_eq!(g(-1e300), -POISSON_GUARD_MAX);
+        // Its slope is 1 on both sides of the knee and falls off beyond.
+        let h = 1e-7;
+        for eta in [POISSON_GUARD_LINEAR - 1e-3, POISSON_GUARD_LINEAR + 1e-3] {
+            let slope = (g(eta + h) - g(eta - h)) / (2.0 * h);
+            assert!((slope - 1.0).abs() < 1e-5, "g′({eta}) = {slope}");
+        }
+        let slope = (g(7.0 + h) - g(7.0 - h)) / (2.0 * h);
+        assert!(
+            (slope - 1.0 / 0.5f64.cosh().powi(2)).abs() < 1e-6,
+            "{slope}"
+        );
     }
 
     #[test]
