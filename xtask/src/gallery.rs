@@ -7,6 +7,7 @@
 
 use std::path::{Component, Path};
 
+use metarep_core::html::escape;
 use serde_json::{Map, Value};
 
 use crate::error::BoxError;
@@ -126,22 +127,6 @@ fn percent_encode(segment: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// Escapes text for HTML element content and quoted attribute values.
-fn escape(text: &str) -> String {
-    let mut s = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => s.push_str("&amp;"),
-            '<' => s.push_str("&lt;"),
-            '>' => s.push_str("&gt;"),
-            '"' => s.push_str("&quot;"),
-            '\'' => s.push_str("&#39;"),
-            _ => s.push(c),
-        }
-    }
-    s
 }
 
 /// The escaped, relative `href`/`src` value of `file` in `id`'s directory.
@@ -398,9 +383,9 @@ fn command_html(entry: &Entry) -> String {
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
-    use std::process::{Command, Output};
 
     use super::*;
+    use crate::browser::{dom, screenshot};
 
     /// A small valid SVG.
     const SVG: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"300\" height=\"120\">\
@@ -542,34 +527,9 @@ mod tests {
         );
     }
 
-    /// Runs headless chromium on `page` with `args`; fails clearly without chromium.
-    fn chromium(args: &[String], page: &Path, profile: &Path) -> Output {
-        let out = Command::new("chromium")
-            .args(["--headless", "--no-sandbox", "--disable-gpu"])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .args(args)
-            .arg(format!("file://{}", page.display()))
-            .output()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run chromium ({e}): needs Debian chromium: apt-get install -y chromium"
-                )
-            });
-        assert!(
-            out.status.success(),
-            "chromium failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
     /// The DOM of `page` after its scripts ran, and its `data-broken-images` count.
     fn dump_dom(page: &Path, profile: &Path) -> (String, usize) {
-        let args = [
-            "--dump-dom".to_string(),
-            "--virtual-time-budget=5000".to_string(),
-        ];
-        let dom = String::from_utf8(chromium(&args, page, profile).stdout).unwrap();
+        let dom = dom(page, profile);
         let broken = dom
             .split_once("data-broken-images=\"")
             .and_then(|(_, rest)| rest.split_once('"'))
@@ -578,18 +538,6 @@ mod tests {
                 panic!("no data-broken-images on <body>: the load script did not run\n{dom}")
             });
         (dom, broken)
-    }
-
-    /// Decodes a PNG: its pixels' bytes (8 bits a sample) and bytes per pixel.
-    fn decode_png(path: &Path) -> (Vec<u8>, usize) {
-        let file = std::io::BufReader::new(std::fs::File::open(path).unwrap());
-        let mut decoder = png::Decoder::new(file);
-        decoder.set_transformations(png::Transformations::normalize_to_color8());
-        let mut reader = decoder.read_info().unwrap();
-        let mut px = vec![0; reader.output_buffer_size().unwrap()];
-        let size = reader.next_frame(&mut px).unwrap().buffer_size();
-        px.truncate(size);
-        (px, reader.output_color_type().0.samples())
     }
 
     #[test]
@@ -602,17 +550,7 @@ mod tests {
         run(&results, &page).unwrap();
 
         let shot: PathBuf = tmp.path().join("shot.png");
-        let args = [
-            format!("--screenshot={}", shot.display()),
-            "--window-size=1200,2000".into(),
-        ];
-        chromium(&args, &page, &profile);
-        let (px, bpp) = decode_png(&shot);
-        assert!(!px.is_empty(), "empty screenshot");
-        assert!(
-            px.chunks(bpp).any(|p| p != &px[..bpp]),
-            "the screenshot is one colour"
-        );
+        screenshot(&page, &shot, &profile);
 
         // The screenshot becomes fig1's PNG: the page shows it in place of the SVG.
         std::fs::copy(&shot, results.join("fig1/fig1.png")).unwrap();

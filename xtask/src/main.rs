@@ -11,6 +11,8 @@
 //! ```
 
 mod bench;
+#[cfg(test)]
+mod browser;
 mod checks;
 mod detector_maps;
 mod error;

@@ -11,6 +11,7 @@
 //! metarep gist-tree init|append|get|range|edit|snapshot|prune|restore|compact|verify|stats --tree DIR
 //! metarep sae train --acts FILE --arch topk --k 32 --expansion 16 --out DIR [--steps N] ...
 //! metarep sae eval --sae DIR --acts FILE [--json]
+//! metarep sae dashboard --sae DIR --model FILE.gguf --text FILE.txt --out PAGE.html [--contexts N]
 //! metarep second-order [STAGE] --model DIR --run RUN [--config FILE.toml] [--force]
 //! ```
 //!
@@ -28,6 +29,7 @@ mod generate;
 mod gist_tree;
 mod patch;
 mod sae;
+mod sae_dashboard;
 mod second_order;
 mod text_stream;
 

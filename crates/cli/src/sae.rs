@@ -41,6 +41,8 @@ enum Command {
     Train(Box<TrainArgs>),
     /// Evaluate an SAE (SAELens directory) on activations from a file.
     Eval(EvalArgs),
+    /// Write an HTML dashboard of an SAE's latents on a model over a text.
+    Dashboard(crate::sae_dashboard::DashboardArgs),
 }
 
 #[derive(clap::Args)]
@@ -178,6 +180,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn Error>> {
     match args.command {
         Command::Train(a) => run_train(*a),
         Command::Eval(a) => run_eval(a),
+        Command::Dashboard(a) => crate::sae_dashboard::run(a),
     }
 }
 
@@ -334,16 +337,7 @@ fn run_eval(a: EvalArgs) -> Result<(), Box<dyn Error>> {
     )?;
     let spliced = match (&a.model, &a.tokens) {
         (Some(model), Some(tokens)) => {
-            let hook = match &a.hook {
-                Some(h) => h.clone(),
-                None => info
-                    .metadata
-                    .get("hook_name")
-                    .and_then(|v| v.as_str())
-                    .filter(|h| !h.is_empty())
-                    .ok_or("the SAE's cfg.json names no hook (metadata.hook_name): pass --hook")?
-                    .to_string(),
-            };
+            let hook = hook_of(&info, a.hook.as_deref())?;
             Some(splice(&sae, model, &hook, tokens, a.seqs_per_batch)?)
         }
         _ => None,
@@ -376,6 +370,20 @@ fn run_eval(a: EvalArgs) -> Result<(), Box<dyn Error>> {
         );
     }
     Ok(())
+}
+
+/// The hook an SAE is used at: `flag` if given, else its cfg.json's `metadata.hook_name`.
+pub(crate) fn hook_of(info: &SaeLensInfo, flag: Option<&str>) -> Result<String, Box<dyn Error>> {
+    match flag {
+        Some(h) => Ok(h.to_string()),
+        None => Ok(info
+            .metadata
+            .get("hook_name")
+            .and_then(|v| v.as_str())
+            .filter(|h| !h.is_empty())
+            .ok_or("the SAE's cfg.json names no hook (metadata.hook_name): pass --hook")?
+            .to_string()),
+    }
 }
 
 /// CE loss recovered and KL of `sae` spliced into the model at `hook`, on the sequences of

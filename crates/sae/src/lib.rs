@@ -33,6 +33,7 @@
 
 pub mod baselines;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod ground_truth;
 pub mod latents;
