@@ -12,6 +12,7 @@
 //! metarep sae train --acts FILE --arch topk --k 32 --expansion 16 --out DIR [--steps N] ...
 //! metarep sae eval --sae DIR --acts FILE [--json]
 //! metarep sae dashboard --sae DIR --model FILE.gguf --text FILE.txt --out PAGE.html [--contexts N]
+//! metarep sae validate --sae DIR --model FILE.gguf --text FILE.txt [--out REPORT.json]
 //! metarep second-order [STAGE] --model DIR --run RUN [--config FILE.toml] [--force]
 //! ```
 //!
@@ -30,6 +31,8 @@ mod gist_tree;
 mod patch;
 mod sae;
 mod sae_dashboard;
+mod sae_model;
+mod sae_validate;
 mod second_order;
 mod text_stream;
 

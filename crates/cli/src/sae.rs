@@ -43,6 +43,8 @@ enum Command {
     Eval(EvalArgs),
     /// Write an HTML dashboard of an SAE's latents on a model over a text.
     Dashboard(crate::sae_dashboard::DashboardArgs),
+    /// Run the SAE validation suite (purity, probe leakage, ε-sweeps) on a model over a text.
+    Validate(crate::sae_validate::ValidateArgs),
 }
 
 #[derive(clap::Args)]
@@ -181,6 +183,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn Error>> {
         Command::Train(a) => run_train(*a),
         Command::Eval(a) => run_eval(a),
         Command::Dashboard(a) => crate::sae_dashboard::run(a),
+        Command::Validate(a) => crate::sae_validate::run(a),
     }
 }
 

@@ -36,7 +36,9 @@ pub mod config;
 pub mod dashboard;
 pub mod error;
 pub mod ground_truth;
+pub mod hook_rows;
 pub mod latents;
+pub mod logit_lens;
 pub mod loss;
 pub mod metrics;
 pub mod sae;
@@ -45,6 +47,7 @@ pub mod source;
 pub mod splice;
 pub mod ste;
 pub mod train;
+pub mod validation;
 
 pub use config::{Architecture, DecoderNorm, InputNorm, SaeConfig, SaeSpec};
 pub use error::{Error, Result};

@@ -1,13 +1,14 @@
 //! A dashboard page for an SAE at a hook of a language model, over token contexts.
 
-use candle_core::{DType, Device, Tensor, D};
-use metarep_model::config::NormKind;
-use metarep_model::hooks::{HookPoint, HookSet};
-use metarep_model::{HookedTransformer, Input, RunTo};
+use candle_core::{DType, Device, Tensor};
+use metarep_model::hooks::HookPoint;
+use metarep_model::HookedTransformer;
 
 use super::collect::{choose_latents, DashboardCollector, Histogram};
-use super::html::{logit_effects, DashboardPage, ExampleView, LatentCard};
-use crate::error::{Error, Result};
+use super::html::{DashboardPage, ExampleView, LatentCard};
+use crate::error::Result;
+use crate::hook_rows::{context_length, hook_rows};
+use crate::logit_lens::{LogitLens, TokenEffect};
 use crate::sae::Sae;
 
 /// Settings of [`build_dashboard`].
@@ -66,16 +67,7 @@ pub fn build_dashboard(
     settings: &DashboardSettings,
 ) -> Result<DashboardPage> {
     point.check_available(model.config())?;
-    let len = contexts.first().map_or(0, Vec::len);
-    if len <= settings.skip_positions || contexts.iter().any(|c| c.len() != len) {
-        return Err(Error::Invalid(format!(
-            "dashboard contexts: need ≥ 1 context, all of one length > skip_positions = {} \
-             (got {} contexts, lengths {:?}…)",
-            settings.skip_positions,
-            contexts.len(),
-            contexts.iter().take(4).map(Vec::len).collect::<Vec<_>>()
-        )));
-    }
+    let len = context_length(contexts, settings.skip_positions, "dashboard")?;
     let d_sae = sae.config.d_sae;
     let batches: Vec<&[Vec<u32>]> = contexts.chunks(settings.batch.max(1)).collect();
     let mut acts = Vec::with_capacity(batches.len());
@@ -144,7 +136,7 @@ pub fn build_dashboard(
             Some(lens) => lens.effects(&w_dec.get(record.latent)?, settings.logit_tokens)?,
             None => (Vec::new(), Vec::new()),
         };
-        let named = |list: Vec<super::html::TokenEffect>| {
+        let named = |list: Vec<TokenEffect>| {
             list.into_iter()
                 .map(|e| (decode(&[e.token]).remove(0), e.effect))
                 .collect()
@@ -186,82 +178,4 @@ pub fn build_dashboard(
         )],
         cards,
     })
-}
-
-/// The activations at `point` for `contexts`, positions `skip..` of each, as rows
-/// `[contexts · (len − skip), d_in]` in f32 on the CPU.
-fn hook_rows(
-    model: &HookedTransformer,
-    point: HookPoint,
-    contexts: &[Vec<u32>],
-    skip: usize,
-    d_in: usize,
-) -> Result<Tensor> {
-    let input = Input::from_ids(contexts, model.device())?;
-    let mut seen = None;
-    let mut hooks = HookSet::new().add(point, |_, act| {
-        seen = Some(act.clone());
-        Ok(None)
-    });
-    let to = match point.layer() {
-        Some(l) => RunTo::Layer(l + 1),
-        None => RunTo::Logits,
-    };
-    model.run(&input, &mut hooks, to)?;
-    drop(hooks);
-    let act =
-        seen.ok_or_else(|| Error::Invalid(format!("hook {} was never reached", point.name())))?;
-    let (_, n, d) = act.dims3()?;
-    if d != d_in {
-        return Err(Error::shape(
-            format!("activation at {}", point.name()),
-            format!("last dimension {d_in} (the SAE's d_in)"),
-            format!("{:?}", act.dims()),
-        ));
-    }
-    Ok(act
-        .narrow(1, skip, n - skip)?
-        .to_dtype(DType::F32)?
-        .to_device(&Device::Cpu)?
-        .reshape(((), d))?)
-}
-
-/// The unembedding with the final norm's scale folded in, for [`logit_effects`].
-struct LogitLens {
-    unembed: Tensor,
-    scale: Option<Tensor>,
-    centre: bool,
-}
-
-impl LogitLens {
-    /// `None` for a model without an unembedding.
-    fn of(model: &HookedTransformer) -> Result<Option<Self>> {
-        let Some(w_u) = model.w_u() else {
-            return Ok(None);
-        };
-        let norm = model.weights().ln_final.as_ref();
-        Ok(Some(Self {
-            unembed: w_u.to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
-            scale: norm
-                .map(|n| n.w.to_dtype(DType::F32)?.to_device(&Device::Cpu))
-                .transpose()?,
-            centre: norm.is_some() && model.config().norm == NormKind::LayerNorm,
-        }))
-    }
-
-    /// The tokens `direction` `[d_model]` promotes and suppresses most.
-    fn effects(
-        &self,
-        direction: &Tensor,
-        k: usize,
-    ) -> Result<(Vec<super::html::TokenEffect>, Vec<super::html::TokenEffect>)> {
-        let mut d = direction.to_dtype(DType::F32)?;
-        if self.centre {
-            d = d.broadcast_sub(&d.mean_keepdim(D::Minus1)?)?;
-        }
-        if let Some(s) = &self.scale {
-            d = (d * s)?;
-        }
-        logit_effects(&d, &self.unembed, k)
-    }
 }

@@ -5,8 +5,8 @@
 //!
 //! [`DashboardCollector`] streams contexts (token ids with the chosen latents' activations) and
 //! keeps, per latent, its top contexts and every non-zero activation; [`choose_latents`] picks
-//! the latents (top by activation mass plus random ones); [`logit_effects`] ranks the vocabulary
-//! by a direction's effect on the logits; [`render_page`] writes the HTML; [`build_dashboard`]
+//! the latents (top by activation mass plus random ones); [`crate::logit_lens`] ranks the
+//! vocabulary by a direction's effect on the logits; [`render_page`] writes the HTML; [`build_dashboard`]
 //! does it all for an SAE at a hook of a model over token contexts.
 //!
 //! ```
@@ -29,4 +29,4 @@ mod html;
 
 pub use build::{build_dashboard, DashboardSettings};
 pub use collect::{choose_latents, ContextExample, DashboardCollector, Histogram, LatentRecord};
-pub use html::{logit_effects, render_page, DashboardPage, ExampleView, LatentCard, TokenEffect};
+pub use html::{render_page, DashboardPage, ExampleView, LatentCard};

@@ -1,5 +1,5 @@
-//! `metarep sae dashboard`: errors that name the problem, and (with the SmolLM2 and corpus
-//! fixtures) a page for an SAE on real text.
+//! `metarep sae dashboard` and `metarep sae validate`: errors that name the problem, and (with
+//! the SmolLM2 and corpus fixtures) a page and a validation report for an SAE on real text.
 
 mod common;
 
@@ -48,15 +48,18 @@ fn a_model_without_a_tokenizer_or_a_short_text_is_an_error_naming_it() {
     let run = |a: Vec<String>| metarep(&a.iter().map(String::as_str).collect::<Vec<_>>());
     let (ok, _, err) = run(args(gpt2.to_str().unwrap()));
     assert!(!ok && err.contains("no tokenizer"), "{err}");
+    let mut validate = args(gpt2.to_str().unwrap());
+    validate[1] = "validate".into();
+    let (ok, _, err) = run(validate);
+    assert!(!ok && err.contains("no tokenizer"), "{err}");
     let (ok, _, err) = run(args("/nonexistent/model.gguf"));
     assert!(!ok && err.contains("/nonexistent/model.gguf"), "{err}");
     assert!(!out.exists());
 }
 
-#[test]
-#[ignore = "needs cargo xtask fixtures smollm2 and cargo xtask fixtures corpus"]
-fn smollm2_dashboard_of_an_sae_over_real_text() {
-    let tmp = tempfile::tempdir().unwrap();
+/// Runs `metarep sae COMMAND` for a random SAE at SmolLM2's layer 15 over a text file of the
+/// held-out corpus's first 20 documents (in `dir`), with `extra` arguments.
+fn on_smollm2(dir: &Path, command: &str, extra: &[&str]) -> (bool, String, String) {
     let gguf = repo().join("target/fixtures/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
     let corpus =
         std::fs::read_to_string(repo().join("target/fixtures/corpus/heldout.tsv")).unwrap();
@@ -66,30 +69,44 @@ fn smollm2_dashboard_of_an_sae_over_real_text() {
         .filter_map(|l| l.splitn(3, '\t').nth(2))
         .collect::<Vec<_>>()
         .join("\n");
-    let text_file = tmp.path().join("text.txt");
+    let text_file = dir.join("text.txt");
     std::fs::write(&text_file, text).unwrap();
-    let sae = sae_dir(tmp.path(), 576, "blocks.15.hook_resid_post");
-    let page = tmp.path().join("out/page.html");
-    let (ok, out, err) = metarep(&[
+    let sae = sae_dir(dir, 576, "blocks.15.hook_resid_post");
+    let mut args = vec![
         "sae",
-        "dashboard",
+        command,
         "--sae",
         sae.to_str().unwrap(),
         "--model",
         gguf.to_str().unwrap(),
         "--text",
         text_file.to_str().unwrap(),
-        "--contexts",
-        "6",
-        "--ctx-len",
-        "48",
-        "--top-latents",
-        "5",
-        "--random-latents",
-        "2",
-        "--out",
-        page.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    metarep(&args)
+}
+
+#[test]
+#[ignore = "needs cargo xtask fixtures smollm2 and cargo xtask fixtures corpus"]
+fn smollm2_dashboard_of_an_sae_over_real_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let page = tmp.path().join("out/page.html");
+    let (ok, out, err) = on_smollm2(
+        tmp.path(),
+        "dashboard",
+        &[
+            "--contexts",
+            "6",
+            "--ctx-len",
+            "48",
+            "--top-latents",
+            "5",
+            "--random-latents",
+            "2",
+            "--out",
+            page.to_str().unwrap(),
+        ],
+    );
     assert!(ok, "{err}");
     assert!(out.contains("7 latents"), "{out}");
     let html = std::fs::read_to_string(&page).unwrap();
@@ -102,4 +119,43 @@ fn smollm2_dashboard_of_an_sae_over_real_text() {
         html.contains(" the") || html.contains(" of"),
         "no common English token shown"
     );
+}
+
+#[test]
+#[ignore = "needs cargo xtask fixtures smollm2 and cargo xtask fixtures corpus"]
+fn smollm2_validation_report_of_an_sae_over_real_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let report = tmp.path().join("report.json");
+    let (ok, out, err) = on_smollm2(
+        tmp.path(),
+        "validate",
+        &[
+            "--contexts",
+            "8",
+            "--ctx-len",
+            "64",
+            "--top-latents",
+            "2",
+            "--random-latents",
+            "1",
+            "--random-directions",
+            "2",
+            "--out",
+            report.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("probe leakage") && out.contains("word_start"),
+        "{out}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["positions"], 8 * 63);
+    assert_eq!(r["latents"].as_array().unwrap().len(), 3);
+    assert_eq!(r["random"].as_array().unwrap().len(), 2);
+    assert_eq!(r["probes"].as_array().unwrap().len(), 5);
+    for c in r["latents"].as_array().unwrap() {
+        assert_eq!(c["sweep"].as_array().unwrap().len(), 6);
+    }
 }
