@@ -31,18 +31,19 @@ pub enum QueryLoss {
     /// `0.5 · (ŷ − t)²`: regression.
     #[default]
     HalfMse,
-    /// The GLM negative log-likelihood `b(η̃) − t η̃` at the guarded natural parameter
-    /// `η̃ = g(ŷ)` (logit or log-rate; [`GlmFamily::guarded`], the identity for logistic, a
-    /// saturation at ±8 for Poisson, as held-out scores use) with `t` the label or its mean (the
-    /// NLL averaged over the label); without `c(y)`, which does not depend on `ŷ`.
+    /// The GLM negative log-likelihood `b(ŷ) − t ŷ` with `ŷ` the natural parameter (logit or
+    /// log-rate) and `t` the label or its mean (the NLL averaged over the label); without
+    /// `c(y)`, which does not depend on `ŷ`. Poisson's `b = e^η` continues as its tangent line
+    /// beyond `η = 6` ([`POISSON_GUARD_LINEAR`]: the exact NLL wherever the prior puts almost
+    /// all true log-rates, a convex loss with a per-task gradient of at most `e^6` beyond, where
+    /// a model fed raw counts goes early in training).
     GlmNll(GlmFamily),
 }
 
 impl QueryLoss {
     /// The batch mean of the loss of predictions `pred` `[batch]` at targets `targets` `[batch]`:
     /// in their dtype for `HalfMse`, in f64 for `GlmNll` (a model fed raw counts makes log-rates
-    /// of 1e4 and more early in training; the guard and the NLL are evaluated without rounding
-    /// them to f32's range).
+    /// of 1e4 and more early in training, whose loss is computed without f32's overflow).
     pub fn apply(self, pred: &Tensor, targets: &Tensor) -> Result<Tensor> {
         let per_task = match self {
             QueryLoss::HalfMse => ((pred - targets)?.sqr()? * 0.5)?,
