@@ -56,6 +56,10 @@ struct TrainArgs {
     /// Shuffle-buffer rows when `--acts` is a store directory.
     #[arg(long, default_value_t = 1 << 18)]
     buffer_rows: usize,
+    /// With a store directory: leave out each context's first N positions (1: an attention-sink
+    /// first token, whose norm can dwarf the rest).
+    #[arg(long, default_value_t = 0)]
+    skip_positions: usize,
     /// Tensor name inside a safetensors file.
     #[arg(long)]
     key: Option<String>,
@@ -134,6 +138,9 @@ struct EvalArgs {
     /// Evaluate at most this many rows.
     #[arg(long)]
     max_rows: Option<usize>,
+    /// With a store directory: leave out each context's first N positions.
+    #[arg(long, default_value_t = 0)]
+    skip_positions: usize,
     /// Also splice the SAE into this model (a model directory, a GGUF file or a hub id) and
     /// report CE loss recovered and KL against zero and mean ablation (needs `--tokens`).
     #[arg(long, requires = "tokens")]
@@ -254,8 +261,11 @@ fn run_train(mut a: TrainArgs) -> Result<(), Box<dyn Error>> {
         if a.model.is_empty() {
             a.model = meta.model.clone();
         }
-        (None, meta.tokens(), meta.d_in)
+        let kept =
+            meta.tokens() / meta.context.max(1) * meta.context.saturating_sub(a.skip_positions);
+        (None, kept, meta.d_in)
     } else {
+        no_skip_for_files(a.skip_positions)?;
         let loaded = load_activations(&a.acts, a.key.as_deref())?;
         let (rows, d_in) = loaded.data.dims2()?;
         (Some(loaded), rows, d_in)
@@ -266,7 +276,9 @@ fn run_train(mut a: TrainArgs) -> Result<(), Box<dyn Error>> {
     let seed = file.train.seed;
     let mut source: Box<dyn ActivationSource> = match loaded {
         Some(l) => Box::new(l.into_source(seed, a.windows)?),
-        None => Box::new(StoreSource::open(&a.acts, seed, a.buffer_rows)?),
+        None => Box::new(
+            StoreSource::open(&a.acts, seed, a.buffer_rows)?.skip_positions(a.skip_positions)?,
+        ),
     };
     let mut sae = Sae::new(config, file.train.seed, DType::F32, &Device::Cpu)?;
     std::fs::create_dir_all(&a.out).map_err(|e| format!("creating {}: {e}", a.out.display()))?;
@@ -309,6 +321,17 @@ fn run_train(mut a: TrainArgs) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
+/// `--skip-positions` reads the store's context layout, which a plain file does not have.
+fn no_skip_for_files(skip: usize) -> Result<(), Box<dyn Error>> {
+    if skip > 0 {
+        return Err(format!(
+            "--skip-positions {skip} needs --acts to be an activation-store directory (a file has no context positions)"
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// A batch larger than the data would silently hold every row while `config.json` records the
 /// larger size: an error naming both.
 fn check_batch_fits(batch: usize, rows: usize, acts: &Path) -> Result<(), Box<dyn Error>> {
@@ -325,8 +348,12 @@ fn check_batch_fits(batch: usize, rows: usize, acts: &Path) -> Result<(), Box<dy
 fn run_eval(a: EvalArgs) -> Result<(), Box<dyn Error>> {
     let (sae, info) = import(&a.sae)?;
     let mut source: Box<dyn ActivationSource> = if a.acts.is_dir() {
-        Box::new(StoreSource::open(&a.acts, 0, a.batch.max(1 << 16))?)
+        Box::new(
+            StoreSource::open(&a.acts, 0, a.batch.max(1 << 16))?
+                .skip_positions(a.skip_positions)?,
+        )
     } else {
+        no_skip_for_files(a.skip_positions)?;
         Box::new(load_activations(&a.acts, a.key.as_deref())?.into_source(0, false)?)
     };
     let report = evaluate(

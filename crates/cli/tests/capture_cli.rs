@@ -94,18 +94,51 @@ fn capture_stops_resumes_and_names_bad_input() {
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("sae/cfg.json")).unwrap()).unwrap();
     assert_eq!(cfg["metadata"]["hook_name"], "blocks.1.hook_resid_post");
-    let (ok, stdout, stderr) = metarep(&[
-        "sae",
-        "eval",
-        "--sae",
-        run.join("sae").to_str().unwrap(),
-        "--acts",
-        store.to_str().unwrap(),
-        "--json",
-    ]);
+    let sae_dir = run.join("sae");
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "sae",
+            "eval",
+            "--sae",
+            sae_dir.to_str().unwrap(),
+            "--acts",
+            store.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        metarep(&args)
+    };
+    let (ok, stdout, stderr) = eval(&["--json"]);
     assert!(ok, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["rows"], 60);
+    // Without each context's first position: 10 contexts × 5 rows.
+    let (ok, stdout, stderr) = eval(&["--skip-positions", "1", "--json"]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["rows"], 50);
+    let (ok, _, stderr) = eval(&["--skip-positions", "6"]);
+    assert!(!ok && stderr.contains("skip_positions 6"), "{stderr}");
+    let skipped = dir.path().join("sae-skip");
+    let (ok, stdout, stderr) = metarep(&[
+        "sae",
+        "train",
+        "--acts",
+        store.to_str().unwrap(),
+        "--skip-positions",
+        "1",
+        "--out",
+        skipped.to_str().unwrap(),
+        "--k",
+        "2",
+        "--expansion",
+        "2",
+        "--steps",
+        "5",
+        "--batch",
+        "16",
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("on 50 rows"), "{stdout}");
 
     let (ok, _, stderr) = all(&["--dtype", "f32"]);
     assert!(!ok && stderr.contains("dtype = f16, not f32"), "{stderr}");

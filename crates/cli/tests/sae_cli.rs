@@ -113,6 +113,20 @@ fn bad_input_gets_a_named_error() {
         out.to_str().unwrap(),
     ]);
     assert!(!ok && stderr.contains("typo"), "{stderr}");
+    let (ok, _, stderr) = metarep(&[
+        "sae",
+        "train",
+        "--acts",
+        acts.to_str().unwrap(),
+        "--skip-positions",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && stderr.contains("--skip-positions 1 needs --acts to be an activation-store"),
+        "{stderr}"
+    );
 }
 
 /// An exact SAE (latents ±e_i, so ReLU(x) − ReLU(−x) = x) on the GPT-2 parity fixture's
