@@ -320,9 +320,15 @@ fn commit_log_cut_back_after_a_kill_is_refused_then_discarded() {
     let Fixture { tree, pool, .. } = &fixture();
     let seed = 3;
     let mut rng = metarep_core::rng::seeded(seed);
+    // Cuts that hit an acknowledged commit (the refusal this test is about) are needed at least
+    // half as many times as the planned rounds; how often a cut hits one depends on where the
+    // kill lands, which a loaded machine shifts, so the rounds go on (up to 5×) until enough did.
     let rounds = kills("GIST_CRASH_KILLS", 120) / 10;
+    let need = rounds.div_ceil(2);
     let mut refused = 0;
-    for round in 0..rounds {
+    let mut round = 0;
+    while refused < need && round < 5 * rounds {
+        round += 1;
         let (mut child, mut lines) = spawn(&["write", tree.to_str().unwrap(), "3", "off"]);
         next_commit(&mut lines);
         let mut acked = 0;
@@ -382,7 +388,7 @@ fn commit_log_cut_back_after_a_kill_is_refused_then_discarded() {
         check_tree(tree, &Model::at(seed, c.version - 1), pool);
     }
     assert!(
-        refused * 2 >= rounds,
-        "only {refused} of {rounds} cuts hit an acknowledged commit"
+        refused >= need,
+        "only {refused} of {round} cuts hit an acknowledged commit (needed {need})"
     );
 }
