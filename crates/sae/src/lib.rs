@@ -2,8 +2,11 @@
 //! JumpReLU and Gated SAEs ([`Sae`], [`SaeConfig`]), their losses ([`loss`]), a trainer with
 //! exact resume ([`train`]), evaluation metrics ([`metrics`]), baselines ([`baselines`]),
 //! SAELens-format export and import ([`saelens`]), CE loss recovered and KL with the SAE spliced
-//! into a language model at its hook ([`splice`]) and systems with exactly known latent state
-//! to test them on ([`ground_truth`]).
+//! into a language model at its hook ([`splice`]), systems with exactly known latent state
+//! to test them on ([`ground_truth`]), and, for an SAE on a model over real text, feature
+//! dashboards ([`dashboard`]), the validation suite — purity, probe leakage, causal ε-sweeps —
+//! ([`validation`]), the tokens a direction promotes through the unembedding ([`logit_lens`])
+//! and the hook's activations as SAE rows ([`hook_rows`]).
 //!
 //! TopK-style SAEs run on the sparse kernels of metarep-kernels: the decoder forward and every
 //! weight gradient touch only the `k` active latents of each row.
