@@ -1,6 +1,6 @@
 //! Latent codes of a batch: dense `[batch, d_sae]`, or sparse as the indices and values of the
 //! active latents of each row (`[batch, slots]`, padding slots hold
-//! [`INACTIVE`](metarep_kernels::INACTIVE)).
+//! [`metarep_kernels::INACTIVE`]).
 
 use candle_core::{DType, Tensor};
 use metarep_kernels::INACTIVE;

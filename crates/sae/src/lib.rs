@@ -1,6 +1,6 @@
 //! metarep-sae: sparse autoencoders for interpretability — ReLU + L1, TopK, BatchTopK,
 //! JumpReLU and Gated SAEs ([`Sae`], [`SaeConfig`]), their losses ([`loss`]), a trainer with
-//! exact resume ([`train`]), evaluation metrics ([`metrics`]), baselines ([`baselines`]),
+//! exact resume ([`train()`]), evaluation metrics ([`metrics`]), baselines ([`baselines`]),
 //! SAELens-format export and import ([`saelens`]), CE loss recovered and KL with the SAE spliced
 //! into a language model at its hook ([`splice`]), systems with exactly known latent state
 //! to test them on ([`ground_truth`]), and, for an SAE on a model over real text, feature
