@@ -322,6 +322,7 @@ fn compare(
     };
     let gd_eval = Eval::of_fit(&gd, &data.held)?;
     let irls_eval = Eval::of_fit(&irls, &data.held)?;
+    let gd_median_excess = gd_eval.median_gap(&data.oracle);
     println!(
         "   seed {seed}, {layers} layer(s): mean NLL: LAT {:.4}, GD {:.4} (η {:.3}), IRLS {:.4}, oracle {:.4}; median excess: LAT {:.2e}, GD {:.2e}, IRLS {:.2e} ({})",
         lat.score.nll,
@@ -330,13 +331,12 @@ fn compare(
         irls_eval.score.nll,
         data.oracle.score.nll,
         lat.median_gap(&data.oracle),
-        gd_eval.median_gap(&data.oracle),
+        gd_median_excess,
         irls_eval.median_gap(&data.oracle),
         trained_in(&trained)
     );
     let (lat_nll, gd_nll, irls_nll) = (lat.score.nll, gd_eval.score.nll, irls_eval.score.nll);
     let median_task_gap = lat.median_gap(&gd_eval);
-    let gd_median_excess = gd_eval.median_gap(&data.oracle);
     let mut rows = vec![
         (LAT.to_string(), lat),
         (GD.to_string(), gd_eval),

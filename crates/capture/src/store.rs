@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use metarep_core::fsutil::{atomic_write_parts, ensure_dir, read_json, write_json_pretty};
-use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input, RunTo};
+use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -405,13 +405,7 @@ pub fn capture(
         .max_contexts
         .map_or(total, |m| (resumed_at + m).min(total));
     let filter = HookFilter::patterns(&spec.hooks.iter().map(|h| h.name()).collect::<Vec<_>>());
-    // Stop after the last block a hook needs (no later blocks, no unembedding), as
-    // TransformerLens's `stop_at_layer`; hooks outside the blocks need the whole pass.
-    let layers: Option<Vec<usize>> = spec.hooks.iter().map(HookPoint::layer).collect();
-    let run_to = match layers.and_then(|l| l.into_iter().max()) {
-        Some(last) => RunTo::Layer(last + 1),
-        None => model.default_output(),
-    };
+    let run_to = model.run_to_reach(&spec.hooks);
     let mut s = resumed_at;
     progress(s * context, total * context);
     while s < budget_end {

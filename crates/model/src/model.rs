@@ -256,6 +256,17 @@ impl HookedTransformer {
         }
     }
 
+    /// How far a pass must run to reach every hook of `points`: through the last block one of
+    /// them is in, as TransformerLens's `stop_at_layer` (no later blocks, no unembedding); the
+    /// whole pass ([`HookedTransformer::default_output`]) when one is outside the blocks.
+    pub fn run_to_reach(&self, points: &[HookPoint]) -> RunTo {
+        let layers: Option<Vec<usize>> = points.iter().map(HookPoint::layer).collect();
+        match layers.and_then(|l| l.into_iter().max()) {
+            Some(last) => RunTo::Layer(last + 1),
+            None => self.default_output(),
+        }
+    }
+
     /// The plain forward pass: logits `[batch, pos, d_vocab]` (hidden states for a headless model).
     pub fn forward(&self, input: impl Into<Input>) -> Result<Tensor> {
         self.run(&input.into(), &mut NoHooks, self.default_output())

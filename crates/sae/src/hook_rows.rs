@@ -1,36 +1,24 @@
 //! A model's activations at one hook over token contexts, as SAE input rows.
 
-use candle_core::{DType, Device, Tensor};
-use metarep_model::hooks::{HookPoint, HookSet};
-use metarep_model::{HookedTransformer, Input, RunTo};
+use candle_core::{DType, Device, Tensor, D};
+use metarep_model::hooks::HookPoint;
+use metarep_model::{HookedTransformer, Input};
 
 use crate::error::{Error, Result};
 
-/// The activations at `point` for `contexts`, positions `skip..` of each, as rows
-/// `[contexts · (len − skip), d_in]` in f32 on the CPU (the model runs only up to the hook's
-/// block). Errors when the hook's width is not `d_in`.
+/// The activations at `point` for `input` (`[sequences, len, …, d_in]`), positions `skip..` of
+/// each sequence, as rows `[…, d_in]` in f32 on the CPU (the model runs only as far as the
+/// hook, [`HookedTransformer::run_to_reach`]). Errors when the hook's width is not `d_in`.
 pub fn hook_rows(
     model: &HookedTransformer,
     point: HookPoint,
-    contexts: &[Vec<u32>],
+    input: &Input,
     skip: usize,
     d_in: usize,
 ) -> Result<Tensor> {
-    let input = Input::from_ids(contexts, model.device())?;
-    let mut seen = None;
-    let mut hooks = HookSet::new().add(point, |_, act| {
-        seen = Some(act.clone());
-        Ok(None)
-    });
-    let to = match point.layer() {
-        Some(l) => RunTo::Layer(l + 1),
-        None => RunTo::Logits,
-    };
-    model.run(&input, &mut hooks, to)?;
-    drop(hooks);
-    let act =
-        seen.ok_or_else(|| Error::Invalid(format!("hook {} was never reached", point.name())))?;
-    let (_, n, d) = act.dims3()?;
+    let (_, cache) = model.run_with_cache_to(input, point, model.run_to_reach(&[point]))?;
+    let act = cache.get(point)?;
+    let (n, d) = (act.dim(1)?, act.dim(D::Minus1)?);
     if d != d_in {
         return Err(Error::shape(
             format!("activation at {}", point.name()),

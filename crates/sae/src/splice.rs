@@ -12,13 +12,14 @@
 //! The model and the SAE may differ in dtype; the activation is converted to the SAE's dtype
 //! and the reconstruction back.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use metarep_model::hooks::{HookPoint, HookSet};
 use metarep_model::ops::log_softmax_last_dim;
 use metarep_model::train::cross_entropy;
 use metarep_model::{HookedTransformer, Input};
 
 use crate::error::{Error, Result};
+use crate::hook_rows::hook_rows;
 use crate::sae::Sae;
 
 /// Losses and divergences of an SAE spliced in at one hook.
@@ -129,24 +130,7 @@ fn hook_mean(
     for seqs in sequences {
         let (_, n) = seqs.dims2()?;
         let input = Input::new(seqs.narrow(1, 0, n.saturating_sub(1).max(1))?);
-        let mut seen = None;
-        let mut hooks = HookSet::new().add(point, |_, act| {
-            seen = Some(act.clone());
-            Ok(None)
-        });
-        model.run_with_hooks(input, &mut hooks)?;
-        drop(hooks);
-        let act =
-            seen.ok_or_else(|| Error::Invalid(format!("hook {} was never reached", point.name())))?;
-        let d = *act.dims().last().unwrap_or(&0);
-        if d != d_in {
-            return Err(Error::shape(
-                format!("activation at {}", point.name()),
-                format!("last dimension {d_in} (the SAE's d_in)"),
-                format!("{:?}", act.dims()),
-            ));
-        }
-        let rows = act.to_dtype(DType::F32)?.reshape(((), d))?;
+        let rows = hook_rows(model, point, &input, 0, d_in)?;
         count += rows.dim(0)?;
         let s = rows.sum(0)?;
         sum = Some(match sum {
@@ -155,7 +139,7 @@ fn hook_mean(
         });
     }
     let sum = sum.ok_or_else(|| Error::Invalid("no tokens".into()))?;
-    Ok((sum / count as f64)?)
+    Ok((sum / count as f64)?.to_device(model.device())?)
 }
 
 /// Logits of a run with the activation at `point` replaced.

@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use metarep_model::hooks::HookPoint;
-use metarep_model::HookedTransformer;
+use metarep_model::{HookedTransformer, Input};
 
 use super::collect::{choose_latents, DashboardCollector, Histogram};
 use super::html::{DashboardPage, ExampleView, LatentCard};
@@ -73,15 +73,20 @@ pub fn build_dashboard(
     let mut acts = Vec::with_capacity(batches.len());
     let mut mass = vec![0f64; d_sae];
     for chunk in &batches {
+        let input = Input::from_ids(chunk, model.device())?;
         let rows = hook_rows(
             model,
             point,
-            chunk,
+            &input,
             settings.skip_positions,
             sae.config.d_in,
         )?;
-        let dense = sae.encode(&rows)?.to_dense(d_sae)?.to_dtype(DType::F64)?;
-        for (m, s) in mass.iter_mut().zip(dense.sum(0)?.to_vec1::<f64>()?) {
+        let sums = sae
+            .encode(&rows)?
+            .to_dense(d_sae)?
+            .sum(0)?
+            .to_dtype(DType::F64)?;
+        for (m, s) in mass.iter_mut().zip(sums.to_vec1::<f64>()?) {
             *m += s;
         }
         acts.push(rows);

@@ -20,7 +20,7 @@ pub mod steering;
 
 use candle_core::{DType, Device, Tensor};
 use metarep_model::hooks::HookPoint;
-use metarep_model::HookedTransformer;
+use metarep_model::{HookedTransformer, Input};
 use serde::Serialize;
 
 pub use labels::TokenClass;
@@ -172,11 +172,12 @@ pub fn validate(
     let d_sae = sae.config.d_sae;
     let mut rows = Vec::new();
     for chunk in contexts.chunks(settings.batch.max(1)) {
-        rows.push(hook_rows(model, point, chunk, skip, sae.config.d_in)?);
+        let input = Input::from_ids(chunk, model.device())?;
+        rows.push(hook_rows(model, point, &input, skip, sae.config.d_in)?);
     }
     let rows = Tensor::cat(&rows, 0)?;
     let codes = sae.encode(&rows)?.to_dense(d_sae)?.to_dtype(DType::F32)?;
-    let mass: Vec<f64> = codes.to_dtype(DType::F64)?.sum(0)?.to_vec1()?;
+    let mass: Vec<f64> = codes.sum(0)?.to_dtype(DType::F64)?.to_vec1()?;
     let latents = choose_latents(
         &mass,
         settings.top_latents,

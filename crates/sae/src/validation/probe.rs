@@ -64,11 +64,8 @@ pub fn probe_accuracy(
         Ok((x.to_dtype(DType::F32)?.broadcast_sub(&mean)? / rms)?)
     };
     let (xs, xt) = (standardise(&train)?, standardise(test)?);
-    let labels = |y: &[bool]| -> Result<Tensor> {
-        let v: Vec<f32> = y.iter().map(|&b| f32::from(u8::from(b))).collect();
-        Ok(Tensor::from_vec(v, y.len(), train.device())?)
-    };
-    let y = labels(train_y)?;
+    let y: Vec<f32> = train_y.iter().map(|&b| f32::from(u8::from(b))).collect();
+    let y = Tensor::from_vec(y, n, train.device())?;
     // Class weights n / (2 n_c): both classes count equally.
     let count = train_y.iter().filter(|&&b| b).count() as f64;
     let positives = count.clamp(1.0, (n as f64 - 1.0).max(1.0));
