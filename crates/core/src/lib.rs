@@ -2,7 +2,7 @@
 //! ([`DeviceSpec`]), float precision policy ([`DTypePolicy`]), seeded randomness ([`rng`]),
 //! TOML configs with `key.path=value` overrides and strict unknown-key errors ([`config`]),
 //! run manifests ([`RunManifest`]), metrics files ([`MetricsSink`], [`FlatMetrics`]),
-//! atomic file writes ([`fsutil`]), safetensors checkpoints ([`checkpoint`]), the shared
+//! atomic file writes ([`fsutil`]), this process's resident memory ([`memory`]), safetensors checkpoints ([`checkpoint`]), the shared
 //! optimiser pieces (AdamW, warmup + cosine schedule, gradient clipping: [`optim`]), the one
 //! training run loop every trainer uses (resume, checkpoints, metrics log: [`train`]) and
 //! progress bars ([`progress`]), all reporting failures through one [`Error`] type.
@@ -43,6 +43,7 @@ pub mod error;
 pub mod fsutil;
 pub mod html;
 pub mod manifest;
+pub mod memory;
 pub mod metrics;
 pub mod optim;
 pub mod progress;

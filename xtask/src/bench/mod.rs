@@ -82,22 +82,6 @@ pub fn median_ratio(a: &[f64], b: &[f64]) -> f64 {
     median(&a.iter().zip(b).map(|(x, y)| x / y).collect::<Vec<_>>())
 }
 
-/// Resets this process's peak resident set (`VmHWM`) to its current size (Linux; a no-op
-/// elsewhere).
-pub fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// A size field of `/proc/self/status` (`VmHWM`, `VmRSS`, ...) in MB, if readable (Linux).
-pub fn proc_status_mb(field: &str) -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status
-        .lines()
-        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 /// The 1-minute load average (Linux), to read timings on a shared machine against.
 pub fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")

@@ -31,6 +31,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
+use metarep_core::memory;
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_model::generate::{GenerateOptions, Sampling};
 use metarep_model::{HookedTransformer, Input, LoadOptions, NoHooks};
@@ -38,9 +39,7 @@ use rand::Rng;
 use serde_json::{json, Value};
 
 use super::py_server::PyServer;
-use super::{
-    load_average, median, median_ratio, min, proc_status_mb, reset_peak_rss, write_report,
-};
+use super::{load_average, median, median_ratio, min, write_report};
 use crate::error::BoxError;
 
 /// The `--set` keys: `reps` (timed repetitions per side, default 5).
@@ -118,8 +117,8 @@ fn met(ok: bool) -> &'static str {
 
 /// The peak resident set (MiB) since the last reset, then resets it.
 fn phase_peak() -> Option<f64> {
-    let peak = proc_status_mb("VmHWM");
-    reset_peak_rss();
+    let peak = memory::peak_resident_mib();
+    memory::reset_peak();
     peak
 }
 
@@ -138,14 +137,14 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
     let load_before = load_average();
 
     // metarep: load, then one forward and one generation, each its own memory phase.
-    reset_peak_rss();
-    let rss_before_load = proc_status_mb("VmRSS");
+    memory::reset_peak();
+    let rss_before_load = memory::resident_mib();
     let start = Instant::now();
     let model = HookedTransformer::from_gguf(&path, &LoadOptions::default())
         .map_err(|e| format!("loading {}: {e}", path.display()))?;
     let load_s = start.elapsed().as_secs_f64();
     let peak_load = phase_peak();
-    let rss_after_load = proc_status_mb("VmRSS");
+    let rss_after_load = memory::resident_mib();
     let weight_bytes: usize = model
         .weights()
         .named_tensors()

@@ -10,12 +10,13 @@ use std::path::Path;
 use std::process::Command;
 
 use candle_core::{DType, Device, Tensor};
+use metarep_core::memory;
 use metarep_core::rng::{derive_seed, normal_vec, seeded};
 use metarep_sae::source::Batch;
 use metarep_sae::{Architecture, LossConfig, Sae, SaeConfig, SaeTrainConfig, SaeTrainer};
 use serde::Serialize;
 
-use super::{load_average, median, proc_status_mb, reset_peak_rss, write_report};
+use super::{load_average, median, write_report};
 use crate::error::BoxError;
 
 const D_IN: usize = 768;
@@ -133,7 +134,7 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
 }
 
 fn time_metarep(arch: Architecture) -> Result<Side, BoxError> {
-    reset_peak_rss();
+    memory::reset_peak();
     let config = SaeConfig::new(D_IN, EXPANSION, arch)?;
     let mut sae = Sae::new(config, 0, DType::F32, &Device::Cpu)?;
     let loss = LossConfig {
@@ -182,7 +183,7 @@ fn time_metarep(arch: Architecture) -> Result<Side, BoxError> {
         step_ms: ms,
         step_cpu_ms: median(&cpu),
         tokens_per_s: BATCH as f64 / (ms / 1e3),
-        peak_rss_mb: proc_status_mb("VmHWM"),
+        peak_rss_mb: memory::peak_resident_mib(),
     })
 }
 

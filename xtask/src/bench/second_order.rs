@@ -21,6 +21,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use metarep_core::memory;
 use metarep_core::rng::seeded;
 use metarep_model::interventions::{Intervention, Interventions};
 use metarep_model::{HookedTransformer, LoadOptions, ModelConfig, NoHooks};
@@ -38,18 +39,6 @@ pub const SETTINGS: &[&str] = &["neurons", "reps"];
 const TARGET: f64 = 100.0;
 /// Neurons on which the naive and path-patched effects are compared.
 const CHECKED: usize = 8;
-
-/// Peak resident memory of this process so far (MiB), from `/proc/self/status`.
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kib| kib / 1024.0)
-}
 
 fn norm(t: &Tensor) -> Result<f64, BoxError> {
     Ok(t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64)
@@ -109,7 +98,7 @@ fn case(
         tn / ts,
         mean(&rel),
         mean(&rel_direct),
-        peak_rss_mib()
+        memory::peak_resident_mib().unwrap_or(f64::NAN)
     );
     Ok(json!({
         "neurons": neurons.len(),
@@ -124,7 +113,7 @@ fn case(
         "naive_rel_error_direct_plus_second_order": mean(&rel),
         "naive_rel_error_direct_only": mean(&rel_direct),
         "path_patching_max_abs_diff": patch_gap,
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": memory::peak_resident_mib(),
     }))
 }
 
