@@ -36,7 +36,9 @@ pub mod ablation;
 pub mod attribution;
 pub mod detectors;
 pub mod error;
+pub mod ioi;
 pub mod patching;
+pub mod path_patching;
 pub mod ranking;
 pub mod repeat_study;
 

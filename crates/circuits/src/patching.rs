@@ -32,8 +32,8 @@ pub struct PatchSet {
 }
 
 impl PatchSet {
-    /// Stacks `pairs` (all of one prompt length) into a patch set.
-    pub fn from_pairs(pairs: &[PromptPair]) -> Result<Self> {
+    /// Stacks `pairs` (all of one prompt length) into a patch set on `dev`.
+    pub fn from_pairs(pairs: &[PromptPair], dev: &Device) -> Result<Self> {
         let n = pairs
             .first()
             .ok_or_else(|| Error::Invalid("patching needs at least one prompt pair".into()))?
@@ -51,7 +51,6 @@ impl PatchSet {
             )));
         }
         let b = pairs.len();
-        let dev = &Device::Cpu;
         let flat = |f: fn(&PromptPair) -> &[u32]| pairs.iter().flat_map(f).copied().collect();
         Ok(PatchSet {
             clean: Tensor::from_vec(flat(|p| &p.clean), (b, n), dev)?,
@@ -140,13 +139,15 @@ impl PatchReport {
     }
 }
 
-/// Mean `logit[answer] − logit[alternative]` at the last position under `hooks`.
-fn logit_diff<H: Hooks>(
+/// Per prompt, `logit[answer] − logit[alternative]` at the last position of `tokens: [batch,
+/// pos]` under `hooks` (`answer`, `alternative`: `[batch]` u32).
+pub fn last_logit_diffs<H: Hooks>(
     model: &HookedTransformer,
     tokens: &Tensor,
-    set: &PatchSet,
+    answer: &Tensor,
+    alternative: &Tensor,
     hooks: &mut H,
-) -> Result<f64> {
+) -> Result<Vec<f32>> {
     let logits = model.run_with_hooks(Input::new(tokens.clone()), hooks)?;
     let last = logits.dim(1)? - 1;
     let at = logits
@@ -159,22 +160,63 @@ fn logit_diff<H: Hooks>(
             .gather(&ids.to_dtype(DType::U32)?.unsqueeze(D::Minus1)?, D::Minus1)?
             .squeeze(D::Minus1)?)
     };
-    let diff = (pick(&set.answer)? - pick(&set.alternative)?)?;
-    Ok(diff.mean_all()?.to_scalar::<f32>()? as f64)
+    Ok((pick(answer)? - pick(alternative)?)?.to_vec1::<f32>()?)
 }
 
-/// Runs both sweeps.
-pub fn patch(model: &HookedTransformer, set: &PatchSet) -> Result<PatchReport> {
-    let (b, p) = set.clean.dims2()?;
-    if set.corrupted.dims() != [b, p] || set.answer.dims() != [b] || set.alternative.dims() != [b] {
-        return Err(Error::Invalid(format!(
-            "patching needs clean and corrupted [batch, pos] of one shape and answers [batch]: got {:?}, {:?}, {:?}, {:?}",
-            set.clean.dims(),
-            set.corrupted.dims(),
-            set.answer.dims(),
-            set.alternative.dims()
-        )));
+/// Mean `logit[answer] − logit[alternative]` at the last position of `tokens` under `hooks`.
+pub(crate) fn logit_diff<H: Hooks>(
+    model: &HookedTransformer,
+    tokens: &Tensor,
+    set: &PatchSet,
+    hooks: &mut H,
+) -> Result<f64> {
+    let diffs = last_logit_diffs(model, tokens, &set.answer, &set.alternative, hooks)?;
+    Ok(diffs.iter().map(|&d| f64::from(d)).sum::<f64>() / diffs.len() as f64)
+}
+
+impl PatchSet {
+    /// `[batch, pos]`: checks the four tensors' shapes agree.
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        let (b, p) = self.clean.dims2()?;
+        if self.corrupted.dims() != [b, p]
+            || self.answer.dims() != [b]
+            || self.alternative.dims() != [b]
+        {
+            return Err(Error::Invalid(format!(
+                "patching needs clean and corrupted [batch, pos] of one shape and answers [batch]: got {:?}, {:?}, {:?}, {:?}",
+                self.clean.dims(),
+                self.corrupted.dims(),
+                self.answer.dims(),
+                self.alternative.dims()
+            )));
+        }
+        Ok((b, p))
     }
+
+    /// The first position at which some clean and corrupted prompt differ (`pos` when none
+    /// do). In a causal model every activation before it is the same in both runs.
+    pub fn first_difference(&self) -> Result<usize> {
+        let (_, p) = self.dims()?;
+        let differs = self
+            .clean
+            .ne(&self.corrupted)?
+            .to_dtype(DType::F32)?
+            .sum(0)?
+            .to_vec1::<f32>()?;
+        Ok(differs.iter().position(|&d| d > 0.0).unwrap_or(p))
+    }
+}
+
+/// Runs both sweeps. In a causal model, residual-stream patches at positions before
+/// [`PatchSet::first_difference`] replace an activation by itself and score exactly 0; they are
+/// not run.
+pub fn patch(model: &HookedTransformer, set: &PatchSet) -> Result<PatchReport> {
+    let (_, p) = set.dims()?;
+    let same_before = if model.config().causal {
+        set.first_difference()?
+    } else {
+        0
+    };
     let cfg = model.config();
     let names: Vec<String> = (0..cfg.n_layers)
         .flat_map(|l| [HookPoint::ResidPre(l).name(), HookPoint::Z(l).name()])
@@ -205,6 +247,9 @@ pub fn patch(model: &HookedTransformer, set: &PatchSet) -> Result<PatchReport> {
         resid.push(
             (0..p)
                 .map(|pos| {
+                    if pos < same_before {
+                        return Ok(0.0);
+                    }
                     score(
                         Intervention::patch(HookPoint::ResidPre(l), source.clone())
                             .at_positions(&[pos]),

@@ -208,7 +208,7 @@ fn patching_positions_where_the_prompts_agree_restores_nothing_and_heads_restore
         assert_eq!(p.answer, p.clean[j + 1]);
     }
     assert!(induction_pairs(&mut seeded(8), b, len, 64, len).is_err());
-    let set = PatchSet::from_pairs(&pairs).unwrap();
+    let set = PatchSet::from_pairs(&pairs, &Device::Cpu).unwrap();
     let r = patch(&model, &set).unwrap();
     assert!(r.clean_logit_diff > r.corrupted_logit_diff + 1.0, "{r:?}");
     // Layer 0's input at a position depends on that token alone: where the prompts hold the

@@ -511,7 +511,10 @@ fn patching(fx: &Scored, out: &mut ResultDir) -> Result<(), BoxError> {
         println!("  patching skipped: only {b} single-token addition pairs");
         return Ok(());
     }
-    let r = patch(&fx.main.model, &PatchSet::from_pairs(&pairs)?)?;
+    let r = patch(
+        &fx.main.model,
+        &PatchSet::from_pairs(&pairs, fx.main.model.device())?,
+    )?;
     let positions = ["EOT", "a", "+", "b", "="].map(String::from);
     out.plot(
         "fig8_arith_patch_resid",

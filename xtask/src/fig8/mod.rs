@@ -278,7 +278,7 @@ fn patching(fx: &Induction, out: &mut ResultDir) -> Result<(), BoxError> {
     let mut rng = seeded(derive_seed(fx.cfg.seed, "fig8/patch"));
     let j = 3 * fx.cfg.segment / 4;
     let pairs = induction_pairs(&mut rng, fx.cfg.batch, fx.cfg.segment, fx.vocab, j)?;
-    let patched = patch(&fx.model, &PatchSet::from_pairs(&pairs)?)?;
+    let patched = patch(&fx.model, &PatchSet::from_pairs(&pairs, fx.model.device())?)?;
     let positions: Vec<String> = std::iter::once("BOS".to_string())
         .chain((1..=fx.cfg.segment).map(|i| format!("s{i}")))
         .chain((1..=j).map(|i| format!("s{i}'")))
