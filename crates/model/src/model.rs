@@ -345,7 +345,7 @@ impl HookedTransformer {
         input: &Input,
         hooks: &mut H,
         to: RunTo,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let n_layers = match to {
             RunTo::Layer(n) if n > self.cfg.n_layers => {
@@ -359,25 +359,75 @@ impl HookedTransformer {
         };
         let offset = cache.as_ref().map_or(0, |c| c.len);
         let tokens = self.check_tokens(&input.tokens, offset)?;
-        let (b, p) = tokens.dims2()?;
         let padding = input.attention_mask.as_ref();
+        let x = self.embed(&tokens, offset, input.token_type_ids.as_ref(), hooks)?;
+        self.run_blocks(x, 0..n_layers, offset, padding, cache, hooks, to)
+    }
+
+    /// TransformerLens's `start_at_layer`: runs blocks `start..` and the head (as far as `to`
+    /// says) from `resid`, the residual stream entering block `start` `[batch, pos, d_model]`
+    /// at positions `0..pos`, with no padding and no key/value cache. Hooks of earlier blocks
+    /// and of the embeddings are not called. Given the residual stream of a run at `start`, it
+    /// returns what that run returns.
+    pub fn run_from<H: Hooks>(
+        &self,
+        resid: &Tensor,
+        start: usize,
+        hooks: &mut H,
+        to: RunTo,
+    ) -> Result<Tensor> {
+        let end = match to {
+            RunTo::Layer(n) => n,
+            _ => self.cfg.n_layers,
+        };
+        if start > end || end > self.cfg.n_layers {
+            return Err(Error::Invalid(format!(
+                "run_from: blocks {start}..{end} are not a range of the model's {} layers",
+                self.cfg.n_layers
+            )));
+        }
+        let (_, p, d) = resid.dims3()?;
+        if d != self.cfg.d_model {
+            return Err(Error::shape(
+                "run_from residual stream",
+                format!("[batch, pos, {}]", self.cfg.d_model),
+                format!("{:?}", resid.dims()),
+            ));
+        }
+        self.check_positions(p)?;
+        self.run_blocks(resid.clone(), start..end, 0, None, None, hooks, to)
+    }
+
+    /// Blocks `layers` from the residual stream `x` entering the first of them, then the head
+    /// as `to` says (`RunTo::Layer` returns the stream after the last block run).
+    #[allow(clippy::too_many_arguments)]
+    fn run_blocks<H: Hooks>(
+        &self,
+        mut x: Tensor,
+        layers: std::ops::Range<usize>,
+        offset: usize,
+        padding: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+        hooks: &mut H,
+        to: RunTo,
+    ) -> Result<Tensor> {
+        let (b, p, _) = x.dims3()?;
         let windowed = |l: usize| self.cfg.window_of(l).is_some();
         // Full-attention and sliding-window layers differ in mask and (Gemma) rotary tables.
-        let full_mask = if (0..n_layers).any(|l| !windowed(l)) {
+        let full_mask = if layers.clone().any(|l| !windowed(l)) {
             self.attention_bias(b, p, offset, None, padding)?
         } else {
             None
         };
         let window_mask = match self.cfg.sliding_window {
-            Some(w) if (0..n_layers).any(windowed) => {
+            Some(w) if layers.clone().any(windowed) => {
                 self.attention_bias(b, p, offset, Some(w), padding)?
             }
             _ => None,
         };
         let rope = self.rope_tables(self.inv_freq.as_deref(), offset, p)?;
         let local_rope = self.rope_tables(self.local_inv_freq.as_deref(), offset, p)?;
-        let mut x = self.embed(&tokens, offset, input.token_type_ids.as_ref(), hooks)?;
-        for l in 0..n_layers {
+        for l in layers {
             let kv = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             let (mask, rope) = if windowed(l) {
                 (window_mask.as_ref(), local_rope.as_ref().or(rope.as_ref()))

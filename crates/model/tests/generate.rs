@@ -4,58 +4,17 @@
 //! new position; sampling is seeded; stop tokens stop; rotary models run past `n_ctx` unless
 //! strict.
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use metarep_core::compare::max_abs_diff;
 use metarep_model::generate::{argmax, sample, GenerateOptions, Sampling};
 use metarep_model::hooks::{HookPoint, HookSet};
-use metarep_model::{HookedTransformer, Input, KvCache, ModelConfig, NoHooks};
+use metarep_model::{Input, KvCache, NoHooks};
 
-fn models() -> Vec<(&'static str, HookedTransformer)> {
-    let gpt2 = ModelConfig::gpt2_like(2, 32, 4, 40, 64);
-    let llama_json = serde_json::json!({
-        "model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 48,
-        "vocab_size": 40, "max_position_embeddings": 64, "tie_word_embeddings": false
-    });
-    let llama = metarep_model::hf_config::parse_hf_config(
-        &llama_json.to_string(),
-        std::path::Path::new("<config>"),
-    )
-    .unwrap();
-    assert!(llama.rotary.is_some() && llama.n_kv_heads == 2);
-    let mut windowed = llama.clone();
-    windowed.sliding_window = Some(5);
-    let gemma_json = serde_json::json!({
-        "model_type": "gemma3_text", "hidden_size": 32, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
-        "intermediate_size": 48, "vocab_size": 40, "max_position_embeddings": 64,
-        "sliding_window": 3, "layer_types": ["sliding_attention", "full_attention"],
-        "final_logit_softcapping": 10.0
-    });
-    let gemma = metarep_model::hf_config::parse_hf_config(
-        &gemma_json.to_string(),
-        std::path::Path::new("<config>"),
-    )
-    .unwrap();
-    [
-        ("gpt2", gpt2),
-        ("llama", llama),
-        ("llama, window 5", windowed),
-        ("gemma3, window 3 then global", gemma),
-    ]
-    .into_iter()
-    .map(|(n, c)| {
-        (
-            n,
-            HookedTransformer::random(c, 3, DType::F32, &Device::Cpu).unwrap(),
-        )
-    })
-    .collect()
-}
+mod common;
 
 #[test]
 fn cached_steps_equal_the_full_forward_pass() {
-    for (name, model) in models() {
+    for (name, model) in common::decoder_families() {
         let ids: Vec<u32> = vec![3, 17, 5, 9, 22, 1, 30, 8, 14, 2];
         let full = model
             .forward(Input::from_ids(std::slice::from_ref(&ids), &Device::Cpu).unwrap())
@@ -84,7 +43,7 @@ fn cached_steps_equal_the_full_forward_pass() {
 
 #[test]
 fn greedy_generation_is_the_argmax_of_the_recomputed_sequence_and_hooks_see_each_position() {
-    for (name, model) in models() {
+    for (name, model) in common::decoder_families() {
         let prompt = vec![4u32, 11, 7];
         let mut seen = Vec::new();
         let mut hooks = HookSet::new().add(HookPoint::ResidPost(1), |_, x| {
@@ -135,7 +94,7 @@ fn greedy_generation_is_the_argmax_of_the_recomputed_sequence_and_hooks_see_each
 
 #[test]
 fn sampling_is_seeded_and_restricted_by_top_k_and_top_p() {
-    let (_, model) = models().remove(1);
+    let (_, model) = common::decoder_families().remove(1);
     let opts = |seed| GenerateOptions {
         max_new_tokens: 8,
         sampling: Sampling::Sample {
@@ -197,7 +156,7 @@ fn sampling_is_seeded_and_restricted_by_top_k_and_top_p() {
         .generate(&[], &GenerateOptions::default(), &mut NoHooks, |_| Ok(()))
         .is_err());
     // Learned positions: generation past n_ctx is an error naming the limit.
-    let (_, gpt2) = models().remove(0);
+    let (_, gpt2) = common::decoder_families().remove(0);
     let long = GenerateOptions {
         max_new_tokens: 80,
         ..GenerateOptions::default()
@@ -212,7 +171,7 @@ fn sampling_is_seeded_and_restricted_by_top_k_and_top_p() {
 /// the length and the limit, in the plain forward pass and in cached generation alike.
 #[test]
 fn rotary_models_run_past_n_ctx_unless_strict() {
-    let (_, llama) = models().remove(1);
+    let (_, llama) = common::decoder_families().remove(1);
     assert_eq!(llama.config().n_ctx, 64);
     assert!(llama.config().check_positions(64).is_ok());
     let e = llama.config().check_positions(65).unwrap_err().to_string();

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use metarep_model::{HookedTransformer, Input, LoadOptions};
+use metarep_model::{HookedTransformer, Input, LoadOptions, ModelConfig};
 
 /// `fixtures/` at the workspace root.
 pub fn fixtures() -> PathBuf {
@@ -84,4 +84,50 @@ pub fn max_abs_diff(ours: &Tensor, reference: &Tensor, valid: &dyn Fn(&[usize]) 
         }
     }
     worst
+}
+
+/// Small random decoders of each family the forward pass treats differently: GPT-2 (learned
+/// positions), Llama (rotary, grouped-query attention), Llama with a sliding window, and
+/// Gemma 3 (sliding then global layers, final soft-cap).
+pub fn decoder_families() -> Vec<(&'static str, HookedTransformer)> {
+    let gpt2 = ModelConfig::gpt2_like(2, 32, 4, 40, 64);
+    let llama_json = serde_json::json!({
+        "model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 48,
+        "vocab_size": 40, "max_position_embeddings": 64, "tie_word_embeddings": false
+    });
+    let llama = metarep_model::hf_config::parse_hf_config(
+        &llama_json.to_string(),
+        std::path::Path::new("<config>"),
+    )
+    .unwrap();
+    assert!(llama.rotary.is_some() && llama.n_kv_heads == 2);
+    let mut windowed = llama.clone();
+    windowed.sliding_window = Some(5);
+    let gemma_json = serde_json::json!({
+        "model_type": "gemma3_text", "hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+        "intermediate_size": 48, "vocab_size": 40, "max_position_embeddings": 64,
+        "sliding_window": 3, "layer_types": ["sliding_attention", "full_attention"],
+        "final_logit_softcapping": 10.0
+    });
+    let gemma = metarep_model::hf_config::parse_hf_config(
+        &gemma_json.to_string(),
+        std::path::Path::new("<config>"),
+    )
+    .unwrap();
+    [
+        ("gpt2", gpt2),
+        ("llama", llama),
+        ("llama, window 5", windowed),
+        ("gemma3, window 3 then global", gemma),
+    ]
+    .into_iter()
+    .map(|(n, c)| {
+        (
+            n,
+            HookedTransformer::random(c, 3, DType::F32, &Device::Cpu).unwrap(),
+        )
+    })
+    .collect()
 }
