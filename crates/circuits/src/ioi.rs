@@ -25,6 +25,7 @@ use rand::seq::IndexedRandom;
 use rand::Rng;
 use serde::Serialize;
 
+use crate::attribution::{answer_attribution, AnswerAttribution};
 use crate::error::{Error, Result};
 use crate::patching::{last_logit_diffs, PatchSet};
 
@@ -381,4 +382,36 @@ pub fn ioi_logit_diffs(
         }
     }
     Ok(out)
+}
+
+/// Direct logit attribution of `logit[IO] − logit[S]` at the last position of prompts of one
+/// length: per head, the IO attribution minus the S attribution, `[layer][head]`, with both
+/// attributions (whose `check` compares them with a plain pass).
+pub struct IoiAttribution {
+    /// `[layer][head]`: attribution to `logit[IO] − logit[S]`.
+    pub heads: Vec<Vec<f64>>,
+    /// Attribution of `logit[IO]`.
+    pub io: AnswerAttribution,
+    /// Attribution of `logit[S]`.
+    pub s: AnswerAttribution,
+}
+
+/// [`IoiAttribution`] of `prompts` (one length) on the clean prompts.
+pub fn ioi_attribution(
+    model: &HookedTransformer,
+    prompts: &[&IoiPrompt],
+) -> Result<IoiAttribution> {
+    let set = patch_set(prompts, model.device())?;
+    let last: Vec<usize> = prompts.iter().map(|p| p.clean.len() - 1).collect();
+    let io_ids: Vec<u32> = prompts.iter().map(|p| p.io).collect();
+    let s_ids: Vec<u32> = prompts.iter().map(|p| p.s).collect();
+    let io = answer_attribution(model, &set.clean, &last, &io_ids)?;
+    let s = answer_attribution(model, &set.clean, &last, &s_ids)?;
+    let heads = io
+        .heads
+        .iter()
+        .zip(&s.heads)
+        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x - y).collect())
+        .collect();
+    Ok(IoiAttribution { heads, io, s })
 }

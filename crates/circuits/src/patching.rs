@@ -6,12 +6,13 @@
 //! `(patched − corrupted) / (clean − corrupted)`, 1 when the patch restores the clean logit
 //! difference and 0 when it changes nothing. Two sweeps give heat maps: the residual stream
 //! (`hook_resid_pre`) per layer and position, and every head's output (`hook_z`) per layer and
-//! head (all positions).
+//! head (all positions). A patch at block `l` runs only blocks `l..` (from the corrupted run's
+//! residual stream there) and unembeds only the last position.
 
 use candle_core::{DType, Device, Tensor, D};
 use metarep_model::interventions::{Intervention, Interventions};
 use metarep_model::predictions::PromptPair;
-use metarep_model::{HookFilter, HookPoint, HookedTransformer, Hooks, Input, NoHooks};
+use metarep_model::{HookFilter, HookPoint, HookedTransformer, Hooks, Input, NoHooks, RunTo};
 use serde::Serialize;
 
 use crate::detectors::repeated_tokens;
@@ -140,7 +141,8 @@ impl PatchReport {
 }
 
 /// Per prompt, `logit[answer] − logit[alternative]` at the last position of `tokens: [batch,
-/// pos]` under `hooks` (`answer`, `alternative`: `[batch]` u32).
+/// pos]` under `hooks` (`answer`, `alternative`: `[batch]` u32). Only the last position is
+/// unembedded.
 pub fn last_logit_diffs<H: Hooks>(
     model: &HookedTransformer,
     tokens: &Tensor,
@@ -148,10 +150,21 @@ pub fn last_logit_diffs<H: Hooks>(
     alternative: &Tensor,
     hooks: &mut H,
 ) -> Result<Vec<f32>> {
-    let logits = model.run_with_hooks(Input::new(tokens.clone()), hooks)?;
-    let last = logits.dim(1)? - 1;
-    let at = logits
-        .narrow(1, last, 1)?
+    let hidden = model.run(&Input::new(tokens.clone()), hooks, RunTo::Hidden)?;
+    diffs_at_last(model, &hidden, answer, alternative)
+}
+
+/// `logit[answer] − logit[alternative]` per row at the last position of `hidden: [batch, pos,
+/// d_model]` (what the head reads).
+fn diffs_at_last(
+    model: &HookedTransformer,
+    hidden: &Tensor,
+    answer: &Tensor,
+    alternative: &Tensor,
+) -> Result<Vec<f32>> {
+    let last = hidden.dim(1)? - 1;
+    let at = model
+        .unembed(&hidden.narrow(1, last, 1)?)?
         .squeeze(1)?
         .to_dtype(DType::F32)?
         .contiguous()?;
@@ -163,6 +176,10 @@ pub fn last_logit_diffs<H: Hooks>(
     Ok((pick(answer)? - pick(alternative)?)?.to_vec1::<f32>()?)
 }
 
+fn mean(diffs: &[f32]) -> f64 {
+    diffs.iter().map(|&d| f64::from(d)).sum::<f64>() / diffs.len() as f64
+}
+
 /// Mean `logit[answer] − logit[alternative]` at the last position of `tokens` under `hooks`.
 pub(crate) fn logit_diff<H: Hooks>(
     model: &HookedTransformer,
@@ -170,8 +187,32 @@ pub(crate) fn logit_diff<H: Hooks>(
     set: &PatchSet,
     hooks: &mut H,
 ) -> Result<f64> {
-    let diffs = last_logit_diffs(model, tokens, &set.answer, &set.alternative, hooks)?;
-    Ok(diffs.iter().map(|&d| f64::from(d)).sum::<f64>() / diffs.len() as f64)
+    Ok(mean(&last_logit_diffs(
+        model,
+        tokens,
+        &set.answer,
+        &set.alternative,
+        hooks,
+    )?))
+}
+
+/// The same for the run that continues from `resid`, the residual stream entering block
+/// `start` (see [`HookedTransformer::run_from`]): what a full run gives when everything before
+/// `start` is the run that produced `resid`.
+pub(crate) fn logit_diff_from<H: Hooks>(
+    model: &HookedTransformer,
+    resid: &Tensor,
+    start: usize,
+    set: &PatchSet,
+    hooks: &mut H,
+) -> Result<f64> {
+    let hidden = model.run_from(resid, start, hooks, RunTo::Hidden)?;
+    Ok(mean(&diffs_at_last(
+        model,
+        &hidden,
+        &set.answer,
+        &set.alternative,
+    )?))
 }
 
 impl PatchSet {
@@ -223,6 +264,8 @@ pub fn patch(model: &HookedTransformer, set: &PatchSet) -> Result<PatchReport> {
         .collect();
     let (_, cache) =
         model.run_with_cache(Input::new(set.clean.clone()), HookFilter::patterns(&names))?;
+    let starts: Vec<HookPoint> = (0..cfg.n_layers).map(HookPoint::ResidPre).collect();
+    let (_, corrupted_cache) = model.run_with_cache(Input::new(set.corrupted.clone()), starts)?;
     let clean = logit_diff(model, &set.clean, set, &mut NoHooks)?;
     let corrupted = logit_diff(model, &set.corrupted, set, &mut NoHooks)?;
     let span = clean - corrupted;
@@ -231,13 +274,10 @@ pub fn patch(model: &HookedTransformer, set: &PatchSet) -> Result<PatchReport> {
             "clean and corrupted prompts give the same logit difference: nothing to patch".into(),
         ));
     }
-    let score = |iv: Intervention| -> Result<f64> {
-        let v = logit_diff(
-            model,
-            &set.corrupted,
-            set,
-            &mut Interventions::new(vec![iv]),
-        )?;
+    // A patch at block `l` leaves blocks before it as in the corrupted run: start there.
+    let score = |l: usize, iv: Intervention| -> Result<f64> {
+        let start = corrupted_cache.get(HookPoint::ResidPre(l))?;
+        let v = logit_diff_from(model, start, l, set, &mut Interventions::new(vec![iv]))?;
         Ok((v - corrupted) / span)
     };
     let mut resid = Vec::with_capacity(cfg.n_layers);
@@ -251,6 +291,7 @@ pub fn patch(model: &HookedTransformer, set: &PatchSet) -> Result<PatchReport> {
                         return Ok(0.0);
                     }
                     score(
+                        l,
                         Intervention::patch(HookPoint::ResidPre(l), source.clone())
                             .at_positions(&[pos]),
                     )
@@ -260,7 +301,12 @@ pub fn patch(model: &HookedTransformer, set: &PatchSet) -> Result<PatchReport> {
         let z = cache.get(HookPoint::Z(l))?.clone();
         heads.push(
             (0..cfg.n_heads)
-                .map(|h| score(Intervention::patch(HookPoint::Z(l), z.clone()).at_channels(&[h])))
+                .map(|h| {
+                    score(
+                        l,
+                        Intervention::patch(HookPoint::Z(l), z.clone()).at_channels(&[h]),
+                    )
+                })
                 .collect::<Result<Vec<_>>>()?,
         );
     }

@@ -12,17 +12,18 @@
 //!   takes only those queries from it.
 //!
 //! Scores are normalised as in [`crate::patching`]: `(patched − corrupted) / (clean −
-//! corrupted)` of the mean logit difference at the last position.
+//! corrupted)` of the mean logit difference at the last position. Every run starts at the first
+//! block it patches, from the corrupted run's residual stream there.
 
 use std::collections::HashSet;
 
 use candle_core::Tensor;
 use metarep_model::hooks::CacheHooks;
 use metarep_model::interventions::{Intervention, Interventions};
-use metarep_model::{ActivationCache, HookPoint, HookedTransformer, Input, NoHooks};
+use metarep_model::{ActivationCache, HookPoint, HookedTransformer, Input, NoHooks, RunTo};
 
 use crate::error::{Error, Result};
-use crate::patching::{logit_diff, PatchSet};
+use crate::patching::{logit_diff, logit_diff_from, PatchSet};
 
 /// Where a sender head's effect is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +46,8 @@ pub struct PathPatcher<'a> {
     set: &'a PatchSet,
     clean_z: Vec<Tensor>,
     corrupted_z: Vec<Tensor>,
+    /// Each layer's corrupted `hook_resid_pre`: runs start at the first patched block.
+    corrupted_resid: Vec<Tensor>,
     corrupted_mlp: Vec<Tensor>,
     clean: f64,
     corrupted: f64,
@@ -63,6 +66,7 @@ impl<'a> PathPatcher<'a> {
         let z: Vec<HookPoint> = (0..cfg.n_layers).map(HookPoint::Z).collect();
         let (_, clean_cache) = model.run_with_cache(Input::new(set.clean.clone()), z.clone())?;
         let mut frozen = z.clone();
+        frozen.extend((0..cfg.n_layers).map(HookPoint::ResidPre));
         if cfg.has_mlp() {
             frozen.extend((0..cfg.n_layers).map(HookPoint::MlpOut));
         }
@@ -77,6 +81,9 @@ impl<'a> PathPatcher<'a> {
         let corrupted_z = z
             .iter()
             .map(|&p| take(&corrupted_cache, p))
+            .collect::<Result<_>>()?;
+        let corrupted_resid = (0..cfg.n_layers)
+            .map(|l| take(&corrupted_cache, HookPoint::ResidPre(l)))
             .collect::<Result<_>>()?;
         let corrupted_mlp = if cfg.has_mlp() {
             (0..cfg.n_layers)
@@ -98,6 +105,7 @@ impl<'a> PathPatcher<'a> {
             set,
             clean_z,
             corrupted_z,
+            corrupted_resid,
             corrupted_mlp,
             clean,
             corrupted,
@@ -139,10 +147,12 @@ impl<'a> PathPatcher<'a> {
             }
         };
         let frozen = self.frozen(sender, until);
+        let resid = |l: usize| &self.corrupted_resid[l];
         let patched = match receiver {
-            Receiver::Logits => logit_diff(
+            Receiver::Logits => logit_diff_from(
                 self.model,
-                &self.set.corrupted,
+                resid(layer),
+                layer,
                 self.set,
                 &mut Interventions::new(frozen),
             )?,
@@ -152,18 +162,16 @@ impl<'a> PathPatcher<'a> {
                     Interventions::new(frozen),
                     CacheHooks::new(HashSet::from([q])),
                 );
-                self.model.run(
-                    &Input::new(self.set.corrupted.clone()),
-                    &mut hooks,
-                    self.model.run_to_reach(&[q]),
-                )?;
+                self.model
+                    .run_from(resid(layer), layer, &mut hooks, RunTo::Layer(r + 1))?;
                 let source = hooks.1.acts.remove(&q).ok_or_else(|| {
                     Error::Invalid(format!("path patching: the run recorded no {q}"))
                 })?;
                 let patch = Intervention::patch(q, source).at_channels(heads);
-                logit_diff(
+                logit_diff_from(
                     self.model,
-                    &self.set.corrupted,
+                    resid(*r),
+                    *r,
                     self.set,
                     &mut Interventions::new(vec![patch]),
                 )?
