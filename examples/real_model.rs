@@ -9,7 +9,6 @@
 //!
 //! `cargo xtask reproduce fig13` writes the heat maps, curves and checks.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use metarep::circuits::detectors::TokenDraw;
@@ -18,24 +17,13 @@ use metarep::core::rng::seeded;
 use metarep::model::generate::GenerateOptions;
 use metarep::model::{Component, HookedTransformer, LoadOptions, NoHooks};
 
+mod common;
+
 const PROMPT: &str = "The capital of France is Paris. The capital of Germany is";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     metarep::core::threads::fix_cpu_threads();
-    let path = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("target/fixtures/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    if !path.is_file() {
-        return Err(format!(
-            "no SmolLM2 GGUF at {}: run `cargo xtask fixtures smollm2` first",
-            path.display()
-        )
-        .into());
-    }
+    let path = common::smollm2_gguf()?;
     let start = Instant::now();
     let model = HookedTransformer::from_gguf(&path, &LoadOptions::default())?;
     let cfg = model.config();

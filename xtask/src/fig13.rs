@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::BoxError;
 use crate::fixtures::gguf::smollm2_file;
-use crate::output::ResultDir;
+use crate::output::{interval_cells, set_interval, ResultDir};
 
 /// Second-copy loss must be below this fraction of the first-copy loss.
 const SECOND_COPY_MAX: f64 = 0.5;
@@ -267,10 +267,6 @@ fn cumulative_ablation(study: &RepeatStudy, out: &ResultDir) -> Result<(), BoxEr
     out.plot("fig13_ablation", &plot)
 }
 
-fn interval_cells(i: &Interval) -> [Cell; 3] {
-    [Cell::Num(i.estimate), Cell::Num(i.low), Cell::Num(i.high)]
-}
-
 /// Metrics and the check.
 fn record(cfg: &Fig13Config, study: &RepeatStudy, completion: &str, out: &mut ResultDir) -> bool {
     let (top, top_score) = study.ranked[0];
@@ -314,13 +310,6 @@ fn record(cfg: &Fig13Config, study: &RepeatStudy, completion: &str, out: &mut Re
         cfg.expect
     );
     halved && strong && apart && completed
-}
-
-/// `<key>`, `<key>_low` and `<key>_high`.
-fn set_interval(m: &mut metarep_core::metrics::FlatMetrics, key: &str, i: &Interval) {
-    m.set_number(key, i.estimate);
-    m.set_number(format!("{key}_low"), i.low);
-    m.set_number(format!("{key}_high"), i.high);
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use metarep_core::manifest::RunManifest;
 use metarep_core::metrics::FlatMetrics;
 use metarep_eval::plot::{write_checked, Figure};
-use metarep_eval::table::Table;
+use metarep_eval::stats::Interval;
+use metarep_eval::table::{Cell, Table};
 use serde::Serialize;
 
 use crate::error::BoxError;
@@ -70,4 +71,16 @@ pub fn metric_key(label: &str) -> String {
         .filter(|w| !w.is_empty())
         .collect::<Vec<_>>()
         .join("_")
+}
+
+/// An interval as three table cells: estimate, low, high.
+pub fn interval_cells(i: &Interval) -> [Cell; 3] {
+    [Cell::Num(i.estimate), Cell::Num(i.low), Cell::Num(i.high)]
+}
+
+/// Records an interval as the metrics `<key>`, `<key>_low` and `<key>_high`.
+pub fn set_interval(m: &mut FlatMetrics, key: &str, i: &Interval) {
+    m.set_number(key, i.estimate);
+    m.set_number(format!("{key}_low"), i.low);
+    m.set_number(format!("{key}_high"), i.high);
 }

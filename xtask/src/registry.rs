@@ -121,6 +121,13 @@ pub const REGISTRY: &[Experiment] = &[
         run: crate::fig13::run,
     },
     Experiment {
+        id: "fig15",
+        title: "Indirect object identification in the real SmolLM2-135M (GGUF): accuracy and logit difference of the indirect object over the subject with 95% intervals (8 templates × ABBA/BABA, single-token names), residual-stream and head-output activation patching (subject swapped), direct logit attribution per head, path patching of the top heads to the logits and to name-mover queries",
+        example: "ioi",
+        threshold: "whether the model does IOI is reported, not gated; gated: patching layer 0 at the one position where clean and corrupted prompts differ restores the clean logit difference (1 ± 1e-3), and the per-head attribution sums to the logits (± 1e-3)",
+        run: crate::fig15::run,
+    },
+    Experiment {
         id: "fig16",
         title: "What breaks when a part of the CG construction is removed: each head class, MLP block and the preconditioner scaling dropped from every CG step of the plain and Jacobi CG LATs and of the Route A and Route B softmax models, failure signature vs the prediction of docs/cg_ablations.md; attention patterns next to their masks",
         example: "cg_ablations",
