@@ -70,6 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokenizer: &tokenizer,
         framing,
         per_cell: 100,
+        shots: 0,
         resamples: 1000,
     };
     let cells = grid.run(&Op::ALL, &[1, 2, 3, 4, 5, 6], &mut seeded(8))?;

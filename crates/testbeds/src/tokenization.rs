@@ -13,7 +13,7 @@ use metarep_eval::stats::{bootstrap_ci, BootstrapMethod, Interval};
 use metarep_eval::tasks::text::{ArithmeticProblem, ArithmeticSuite, Op, Tier};
 use metarep_model::ops::log_softmax_last_dim;
 use metarep_model::predictions::EvalSet;
-use metarep_model::{HookedTransformer, Hooks, Input, Tokenizer};
+use metarep_model::{HookedTransformer, Hooks, Input, RunTo, Tokenizer};
 use rand::Rng;
 use serde::Serialize;
 
@@ -143,15 +143,26 @@ pub fn tokenize_problem(
     problem: &ArithmeticProblem,
     framing: &Framing,
 ) -> Result<TokenizedProblem> {
-    let prompt = &problem.text.prompt;
-    let framed = frame(tokenizer, prompt, &problem.text.answer, framing)?;
+    tokenize_problem_after(tokenizer, "", problem, framing)
+}
+
+/// [`tokenize_problem`] with `prefix` (e.g. [`few_shot_prefix`]) written before the prompt;
+/// operands are counted in the problem's own prompt.
+pub fn tokenize_problem_after(
+    tokenizer: &Tokenizer,
+    prefix: &str,
+    problem: &ArithmeticProblem,
+    framing: &Framing,
+) -> Result<TokenizedProblem> {
+    let prompt = format!("{prefix}{}", problem.text.prompt);
+    let framed = frame(tokenizer, &prompt, &problem.text.answer, framing)?;
     let span_of = |needle: &str, from: usize| -> Result<(usize, usize)> {
         prompt[from..]
             .find(needle)
             .map(|i| (from + i, from + i + needle.len()))
             .ok_or_else(|| Error::Invalid(format!("operand {needle} not found in {prompt:?}")))
     };
-    let a = span_of(&problem.a.to_string(), 0)?;
+    let a = span_of(&problem.a.to_string(), prefix.len())?;
     let b = span_of(&problem.b.to_string(), a.1)?;
     Ok(TokenizedProblem {
         problem: problem.clone(),
@@ -160,15 +171,33 @@ pub fn tokenize_problem(
     })
 }
 
+/// Solved problems, one per line (`"12 + 7 = 19\n"`): a few-shot prefix.
+pub fn few_shot_prefix(examples: &[ArithmeticProblem]) -> String {
+    examples
+        .iter()
+        .map(|p| format!("{}{}\n", p.text.prompt, p.text.answer))
+        .collect()
+}
+
 /// [`tokenize_problem`] on each problem.
 pub fn tokenize_all(
     tokenizer: &Tokenizer,
     problems: &[ArithmeticProblem],
     framing: &Framing,
 ) -> Result<Vec<TokenizedProblem>> {
+    tokenize_all_after(tokenizer, "", problems, framing)
+}
+
+/// [`tokenize_problem_after`] on each problem, with one shared prefix.
+pub fn tokenize_all_after(
+    tokenizer: &Tokenizer,
+    prefix: &str,
+    problems: &[ArithmeticProblem],
+    framing: &Framing,
+) -> Result<Vec<TokenizedProblem>> {
     problems
         .iter()
-        .map(|p| tokenize_problem(tokenizer, p, framing))
+        .map(|p| tokenize_problem_after(tokenizer, prefix, p, framing))
         .collect()
 }
 
@@ -289,23 +318,44 @@ pub fn score_problems<T: AsRef<Framed>, H: Hooks>(
     for chunk in problems.chunks(batch.max(1)) {
         let (tokens, mask) = padded(chunk, pad)?;
         let n = tokens.dim(1)?;
-        let targets = tokens.narrow(1, 1, n - 1)?.contiguous()?;
+        let d = model.config().d_model;
+        // Only the scored predictions are unembedded: rows of the flattened `[batch · (n − 1)]`.
+        let mask = mask.to_vec2::<f32>()?;
+        let picked: Vec<u32> = (0..chunk.len() * (n - 1))
+            .filter(|&i| mask[i / (n - 1)][i % (n - 1)] > 0.0)
+            .map(|i| i as u32)
+            .collect();
+        let index = Tensor::new(picked.as_slice(), tokens.device())?;
+        let hidden = model
+            .run(
+                &Input::new(tokens.narrow(1, 0, n - 1)?),
+                hooks,
+                RunTo::Hidden,
+            )?
+            .reshape(((), d))?
+            .index_select(&index, 0)?;
+        let targets = tokens
+            .narrow(1, 1, n - 1)?
+            .flatten_all()?
+            .index_select(&index, 0)?
+            .contiguous()?;
         let logits = model
-            .run_with_hooks(Input::new(tokens.narrow(1, 0, n - 1)?), hooks)?
+            .unembed(&hidden.unsqueeze(0)?)?
+            .squeeze(0)?
             .to_dtype(DType::F32)?;
         let nll = log_softmax_last_dim(&logits)?
             .gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?
             .squeeze(D::Minus1)?
             .neg()?
-            .to_vec2::<f32>()?;
-        let hit = logits.argmax(D::Minus1)?.eq(&targets)?.to_vec2::<u8>()?;
-        let mask = mask.to_vec2::<f32>()?;
-        for r in 0..chunk.len() {
-            let (mut wrong, mut loss) = (false, 0.0f64);
-            for i in (0..n - 1).filter(|&i| mask[r][i] > 0.0) {
-                wrong |= hit[r][i] == 0;
-                loss += nll[r][i] as f64;
-            }
+            .to_vec1::<f32>()?;
+        let hit = logits.argmax(D::Minus1)?.eq(&targets)?.to_vec1::<u8>()?;
+        let mut scores = vec![(false, 0.0f64); chunk.len()];
+        for ((&i, h), l) in picked.iter().zip(&hit).zip(&nll) {
+            let r = &mut scores[i as usize / (n - 1)];
+            r.0 |= *h == 0;
+            r.1 += f64::from(*l);
+        }
+        for (r, (wrong, loss)) in scores.into_iter().enumerate() {
             out.push(ProblemScore {
                 correct: !wrong,
                 loss: loss / chunk[r].as_ref().scored as f64,
@@ -444,6 +494,8 @@ pub struct StressGrid<'a> {
     pub framing: Framing,
     /// Problems per cell.
     pub per_cell: usize,
+    /// Solved problems of the same cell written before every prompt of the cell (0: none).
+    pub shots: usize,
     /// Bootstrap resamples.
     pub resamples: usize,
 }
@@ -458,8 +510,10 @@ impl StressGrid<'_> {
                     tier: Tier::Exact { digits: d },
                     ops: vec![op],
                 };
-                let problems = tokenize_all(
+                let prefix = few_shot_prefix(&suite.sample(rng, self.shots)?);
+                let problems = tokenize_all_after(
                     self.tokenizer,
+                    &prefix,
                     &suite.sample(rng, self.per_cell)?,
                     &self.framing,
                 )?;

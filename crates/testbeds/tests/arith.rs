@@ -192,6 +192,7 @@ fn stress_grids_scale_operand_length_and_grow_token_counts() {
         tokenizer: &tok,
         framing: framing(&tok).unwrap(),
         per_cell: 20,
+        shots: 0,
         resamples: 200,
     };
     let cells = grid
@@ -220,4 +221,56 @@ fn eval_sets_count_the_scored_predictions() {
         assert_eq!(m[p.framed.answer_start - 1], 1.0);
     }
     assert!(padded::<TokenizedProblem>(&[], 0).is_err());
+}
+
+#[test]
+fn a_few_shot_prefix_goes_before_the_prompt_and_operands_are_counted_after_it() {
+    use metarep_testbeds::tokenization::{
+        few_shot_prefix, tokenize_all_after, tokenize_problem_after,
+    };
+    let spec = small_spec();
+    let tok = spec.train_tokenizer().unwrap();
+    let fr = framing(&tok).unwrap();
+    let shots = spec.suite().sample(&mut seeded(3), 3).unwrap();
+    let prefix = few_shot_prefix(&shots);
+    assert_eq!(prefix.lines().count(), 3);
+    assert!(prefix.starts_with(&format!(
+        "{}{}\n",
+        shots[0].text.prompt, shots[0].text.answer
+    )));
+    let problems = spec.suite().sample(&mut seeded(4), 12).unwrap();
+    let plain = tokenize_all(&tok, &problems, &fr).unwrap();
+    let shot = tokenize_all_after(&tok, &prefix, &problems, &fr).unwrap();
+    for (p, (a, b)) in problems.iter().zip(plain.iter().zip(&shot)) {
+        let prompt = tok
+            .encode(&format!("{prefix}{}", p.text.prompt), false)
+            .unwrap()
+            .ids
+            .len();
+        assert_eq!(
+            b.framed.answer_start,
+            prompt + usize::from(fr.bos.is_some())
+        );
+        assert_eq!(
+            a.framed.ids[a.framed.answer_start..],
+            b.framed.ids[b.framed.answer_start..]
+        );
+        // A prefix holding the same problem (same numbers, at the start of the text, where
+        // they tokenise differently) must not be where the operands are counted.
+        let other = if std::ptr::eq(p, &problems[0]) {
+            &problems[1]
+        } else {
+            &problems[0]
+        };
+        let same = tokenize_problem_after(&tok, &few_shot_prefix(std::slice::from_ref(p)), p, &fr)
+            .unwrap();
+        let different =
+            tokenize_problem_after(&tok, &few_shot_prefix(std::slice::from_ref(other)), p, &fr)
+                .unwrap();
+        assert_eq!(
+            same.operand_tokens, different.operand_tokens,
+            "{:?}",
+            p.text
+        );
+    }
 }
