@@ -20,6 +20,7 @@ mod fig1;
 mod fig10;
 mod fig11;
 mod fig13;
+mod fig14;
 mod fig15;
 mod fig16;
 mod fig17;

@@ -121,10 +121,17 @@ pub const REGISTRY: &[Experiment] = &[
         run: crate::fig13::run,
     },
     Experiment {
+        id: "fig14",
+        title: "SAEs on the real SmolLM2-135M (GGUF) over real text: TopK, BatchTopK and ReLU + L1 SAEs on hook_resid_post captured (f16) from the corpus fixture; explained variance, L0, dead fraction, CE loss recovered and KL on held-out documents next to a null SAE",
+        example: "sae_language_model",
+        threshold: "every SAE with k ≥ 32, on held-out text: explained variance at positions ≥ 1 (the first token's residual is ≈ 130× the rest and would make it ≈ 0.99 by itself) ≥ 0.8 and CE loss recovered (zero ablation) ≥ 0.8, each ≥ 0.5 above the null SAE of its width (random tied directions, b_dec at the mean)",
+        run: crate::fig14::run,
+    },
+    Experiment {
         id: "fig15",
-        title: "Indirect object identification in the real SmolLM2-135M (GGUF): accuracy and logit difference of the indirect object over the subject with 95% intervals (8 templates × ABBA/BABA, single-token names), residual-stream and head-output activation patching (subject swapped), direct logit attribution per head, path patching of the top heads to the logits and to name-mover queries",
+        title: "Indirect object identification in the real SmolLM2-135M (GGUF): accuracy and logit difference of the indirect object over the subject with 95% intervals (8 templates × ABBA/BABA, single-token names), residual-stream and head-output activation patching (subject swapped), direct logit attribution per head, path patching of the top heads to the logits and to name-mover queries; few-shot arithmetic by tokenization class and operation, stress grid of operand length × operation",
         example: "ioi",
-        threshold: "whether the model does IOI is reported, not gated; gated: patching layer 0 at the one position where clean and corrupted prompts differ restores the clean logit difference (1 ± 1e-3), and the per-head attribution sums to the logits (± 1e-3)",
+        threshold: "whether the model does IOI or arithmetic is reported, not gated; gated: patching layer 0 at the one position where clean and corrupted prompts differ restores the clean logit difference (1 ± 1e-3), and the per-head attribution sums to the logits (± 1e-3)",
         run: crate::fig15::run,
     },
     Experiment {
