@@ -20,7 +20,7 @@ use metarep_model::{Component, HookedTransformer, LoadOptions, NoHooks, Tokenize
 use metarep_testbeds::arith::{addition_pairs, framing, ArithSpec};
 use metarep_testbeds::tokenization::{
     by_class, by_op, eval_set, prompt_batch, score_problems, summarize, tokenize_all, Framing,
-    GroupSummary, ProblemScore, StressGrid, TokenClass, TokenizedProblem,
+    GroupSummary, ProblemScore, StressCell, StressGrid, TokenClass, TokenizedProblem,
 };
 use serde::{Deserialize, Serialize};
 
@@ -163,17 +163,7 @@ fn accuracy_by_seed(
     rng: &mut impl rand::Rng,
     out: &mut ResultDir,
 ) -> Result<(Vec<f64>, Vec<(TokenClass, GroupSummary)>), BoxError> {
-    let mut table = Table::new(vec![
-        "seed",
-        "group",
-        "problems",
-        "accuracy",
-        "95% low",
-        "95% high",
-        "loss",
-        "loss low",
-        "loss high",
-    ]);
+    let mut table = summary_table();
     let (mut accuracies, mut main_classes) = (Vec::new(), Vec::new());
     for (i, (loaded, s)) in models.iter().enumerate() {
         let scores = score_problems(
@@ -204,7 +194,7 @@ fn accuracy_by_seed(
         );
         accuracies.push(all.accuracy.estimate);
         if i == 0 {
-            prompt_table(&fx.problems, &scores, out)?;
+            prompt_table("fig8_arith_prompts", &fx.problems, &scores, out)?;
             main_classes = classes;
         }
     }
@@ -239,6 +229,7 @@ fn stress_grid(fx: &Scored, seed: u64, resamples: usize, out: &ResultDir) -> Res
         tokenizer: &fx.main.tokenizer,
         framing: fx.main.framing,
         per_cell: fx.cfg.stress_per_cell,
+        shots: 0,
         resamples,
     };
     let cells = grid.run(
@@ -246,6 +237,20 @@ fn stress_grid(fx: &Scored, seed: u64, resamples: usize, out: &ResultDir) -> Res
         &fx.cfg.stress_digits,
         &mut seeded(derive_seed(seed, "fig8/arith/stress")),
     )?;
+    let (stress, plot) = stress_report(
+        &cells,
+        "fig8: arith accuracy by operand length (seed 0; trained on 1–2 digits)",
+    )?;
+    out.table("fig8_arith_stress", &stress)?;
+    out.plot("fig8_arith_stress", &plot)
+}
+
+/// The stress grid as a table (one row per cell) and accuracy-by-length curves per operation
+/// with their 95% bands.
+pub(crate) fn stress_report(
+    cells: &[StressCell],
+    title: &str,
+) -> Result<(Table, LinePlot), BoxError> {
     let mut stress = Table::new(vec![
         "op",
         "digits",
@@ -257,11 +262,10 @@ fn stress_grid(fx: &Scored, seed: u64, resamples: usize, out: &ResultDir) -> Res
         "tokens per operand",
         "answer tokens",
     ]);
-    let mut plot =
-        LinePlot::new("fig8: arith accuracy by operand length (seed 0; trained on 1–2 digits)")
-            .x_label("digits per operand")
-            .y_label("exact-answer accuracy")
-            .note("shaded: 95% bootstrap interval over the problems of each cell");
+    let mut plot = LinePlot::new(title)
+        .x_label("digits per operand")
+        .y_label("exact-answer accuracy")
+        .note("shaded: 95% bootstrap interval over the problems of each cell");
     for (i, op) in Op::ALL.iter().enumerate() {
         let (mut points, mut band) = (Vec::new(), Vec::new());
         for c in cells.iter().filter(|c| c.op == *op) {
@@ -289,11 +293,26 @@ fn stress_grid(fx: &Scored, seed: u64, resamples: usize, out: &ResultDir) -> Res
             })
             .band(band);
     }
-    out.table("fig8_arith_stress", &stress)?;
-    out.plot("fig8_arith_stress", &plot)
+    Ok((stress, plot))
 }
 
-fn summary_row(seed: u64, group: &str, g: &GroupSummary) -> Vec<Cell> {
+/// The table [`summary_row`] fills.
+pub(crate) fn summary_table() -> Table {
+    Table::new(vec![
+        "seed",
+        "group",
+        "problems",
+        "accuracy",
+        "95% low",
+        "95% high",
+        "loss",
+        "loss low",
+        "loss high",
+    ])
+}
+
+/// One summary as a table row: seed, group, count, accuracy and loss with their intervals.
+pub(crate) fn summary_row(seed: u64, group: &str, g: &GroupSummary) -> Vec<Cell> {
     vec![
         Cell::Int(seed as i64),
         Cell::from(group),
@@ -307,8 +326,9 @@ fn summary_row(seed: u64, group: &str, g: &GroupSummary) -> Vec<Cell> {
     ]
 }
 
-/// Every prompt with its token counts and score (seed 0).
-fn prompt_table(
+/// Every prompt with its token counts and score, written as `<name>.{csv,md}`.
+pub(crate) fn prompt_table(
+    name: &str,
     problems: &[TokenizedProblem],
     scores: &[ProblemScore],
     out: &ResultDir,
@@ -338,7 +358,7 @@ fn prompt_table(
             Cell::Num(s.loss),
         ])?;
     }
-    out.table("fig8_arith_prompts", &t)
+    out.table(name, &t)
 }
 
 /// DLA of the first answer token: heat map per head, table of the top heads, MLPs and

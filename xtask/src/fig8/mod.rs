@@ -5,7 +5,7 @@
 //! leaves; a scale sweep of the top head (×0 to ×3); activation patching clean → corrupted
 //! by layer and position and by head. The arithmetic part is in [`arith`].
 
-mod arith;
+pub(crate) mod arith;
 
 use std::path::Path;
 

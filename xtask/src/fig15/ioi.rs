@@ -1,14 +1,11 @@
-//! fig15: indirect object identification in the real SmolLM2-135M-Instruct (GGUF Q4_1,
-//! dequantized to f32; `cargo xtask fixtures smollm2`). IOI prompts from
-//! `metarep_circuits::ioi` (eight templates × ABBA / BABA orders, names that are one token in
-//! this tokenizer): accuracy (`logit[IO] > logit[S]`) and mean logit difference with 95%
-//! intervals, overall, per order and per template; on the prompts of the first template,
-//! activation patching clean → corrupted (second-clause subject swapped for the indirect
-//! object) of the residual stream per layer × position and of every head's output, direct logit
-//! attribution of the logit difference per head, and path patching from the top heads to the
-//! logits and to the queries of the top name-mover candidates.
+//! fig15, IOI part: prompts from `metarep_circuits::ioi` (eight templates × ABBA / BABA orders,
+//! names that are one token in this tokenizer): accuracy (`logit[IO] > logit[S]`) and mean logit
+//! difference with 95% intervals, overall, per order and per template; on the prompts of the
+//! first template, activation patching clean → corrupted (second-clause subject swapped for the
+//! indirect object) of the residual stream per layer × position and of every head's output,
+//! direct logit attribution of the logit difference per head, and path patching from the top
+//! heads to the logits and to the queries of the top name-mover candidates.
 
-use std::path::Path;
 use std::time::Instant;
 
 use candle_core::Device;
@@ -23,24 +20,21 @@ use metarep_core::rng::{derive_seed, seeded};
 use metarep_eval::plot::Heatmap;
 use metarep_eval::stats::{mean_ci, wilson_ci, Interval};
 use metarep_eval::table::{Cell, Table};
-use metarep_model::{Component, HookedTransformer, LoadOptions, Tokenizer};
+use metarep_model::{Component, HookedTransformer, Tokenizer};
 use serde::{Deserialize, Serialize};
 
-use crate::checks::{self, CheckedConfig};
+use crate::checks;
 use crate::detector_maps::{resid_map, RESTORED};
 use crate::error::BoxError;
-use crate::fixtures::gguf::smollm2_file;
 use crate::output::{interval_cells, set_interval, ResultDir};
 
 /// The patching and attribution identities the run must reproduce (absolute tolerance).
 const EXACT: f64 = 1e-3;
 
-/// `configs/fig15.toml`.
+/// `[ioi]` of `configs/fig15.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Fig15Config {
-    /// Seed of the name draws.
-    seed: u64,
+pub struct IoiConfig {
     /// IOI prompts per template × order.
     per_cell: usize,
     /// Prompts per forward pass.
@@ -51,19 +45,20 @@ pub struct Fig15Config {
     top_heads: usize,
 }
 
-impl CheckedConfig for Fig15Config {
-    fn check(&self) -> Result<(), BoxError> {
+impl IoiConfig {
+    /// Checks the section (keys named `ioi.*`).
+    pub fn check(&self) -> Result<(), BoxError> {
         for (key, v) in [
-            ("per_cell", self.per_cell),
-            ("batch", self.batch),
-            ("patch_prompts", self.patch_prompts),
-            ("top_heads", self.top_heads),
+            ("ioi.per_cell", self.per_cell),
+            ("ioi.batch", self.batch),
+            ("ioi.patch_prompts", self.patch_prompts),
+            ("ioi.top_heads", self.top_heads),
         ] {
             checks::at_least_one(key, v)?;
         }
         checks::require(
             self.per_cell >= 2,
-            "per_cell",
+            "ioi.per_cell",
             self.per_cell.to_string(),
             "≥ 2 (intervals need two prompts per cell)",
         )
@@ -78,26 +73,26 @@ struct Score {
     logit_diff: Interval,
 }
 
-/// Runs fig15 and writes `dir`.
-pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxError> {
-    let cfg: Fig15Config = checks::load_checked(config, overrides)?;
-    let gguf = smollm2_file(&crate::fixtures::repo_root())?;
-    let mut out = ResultDir::start(dir, &cfg, vec![cfg.seed])?;
-    out.extra("smollm2_sha256", &crate::fixtures::sha256_file(&gguf)?)?;
-    let model = HookedTransformer::from_gguf(&gguf, &LoadOptions::default())?;
+/// Runs the IOI part on `model`; records into `out` and returns whether both identities held.
+pub fn run(
+    seed: u64,
+    cfg: &IoiConfig,
+    model: &HookedTransformer,
+    out: &mut ResultDir,
+) -> Result<bool, BoxError> {
     let tok = model
         .tokenizer()
         .ok_or("the SmolLM2 GGUF carries no tokenizer")?;
     let names = single_token_names(tok, NAMES)?;
     println!(
-        "  {} of {} names are one token in this tokenizer",
+        "  IOI: {} of {} names are one token in this tokenizer",
         names.len(),
         NAMES.len()
     );
-    let mut rng = seeded(derive_seed(cfg.seed, "fig15/names"));
+    let mut rng = seeded(derive_seed(seed, "fig15/names"));
     let prompts = ioi_prompts(tok, tok.bos_id(), TEMPLATES, &names, cfg.per_cell, &mut rng)?;
     let clock = Instant::now();
-    let diffs = ioi_logit_diffs(&model, &prompts, cfg.batch)?;
+    let diffs = ioi_logit_diffs(model, &prompts, cfg.batch)?;
     println!(
         "  {} IOI prompts scored in {:.1} s",
         prompts.len(),
@@ -116,10 +111,9 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
             s.logit_diff.display(3)
         );
     }
-    let circuit = circuit(&cfg, &model, tok, &prompts, &out)?;
-    record(&scores, &circuit, &mut out);
-    let pass = circuit.patch_exact && circuit.attribution_exact;
-    out.finish(pass)
+    let circuit = circuit(cfg, model, tok, &prompts, out)?;
+    record(&scores, &circuit, out);
+    Ok(circuit.patch_exact && circuit.attribution_exact)
 }
 
 /// Accuracy (Wilson interval) and mean logit difference (Student t interval), 95%: all
@@ -191,7 +185,7 @@ struct Circuit {
 /// Patching, attribution and path patching on the first template's first `patch_prompts`
 /// prompts; writes the heat maps and the path table.
 fn circuit(
-    cfg: &Fig15Config,
+    cfg: &IoiConfig,
     model: &HookedTransformer,
     tok: &Tokenizer,
     prompts: &[IoiPrompt],
