@@ -123,7 +123,7 @@ pub const REGISTRY: &[Experiment] = &[
     Experiment {
         id: "fig14",
         title: "SAEs on the real SmolLM2-135M (GGUF) over real text: TopK, BatchTopK and ReLU + L1 SAEs on hook_resid_post captured (f16) from the corpus fixture; explained variance, L0, dead fraction, CE loss recovered and KL on held-out documents next to a null SAE",
-        example: "sae_language_model",
+        example: "sae_smollm2",
         threshold: "every SAE with k ≥ 32, on held-out text: explained variance at positions ≥ 1 (the first token's residual is ≈ 130× the rest and would make it ≈ 0.99 by itself) ≥ 0.8 and CE loss recovered (zero ablation) ≥ 0.8, each ≥ 0.5 above the null SAE of its width (random tied directions, b_dec at the mean)",
         run: crate::fig14::run,
     },

@@ -61,6 +61,12 @@ impl IoiConfig {
             "ioi.per_cell",
             self.per_cell.to_string(),
             "≥ 2 (intervals need two prompts per cell)",
+        )?;
+        checks::require(
+            self.patch_prompts <= 2 * self.per_cell,
+            "ioi.patch_prompts",
+            self.patch_prompts.to_string(),
+            "≤ 2 × ioi.per_cell (the first template's prompts, both orders)",
         )
     }
 }
