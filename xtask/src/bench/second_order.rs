@@ -10,9 +10,10 @@
 //! and against path patching (`path_patched_effect`, which freezes exactly what the method
 //! freezes) the maximum absolute difference, which must be rounding.
 //!
-//! Two models: the `arith` fixture (seed 0, 2 layers: layer 0, its first N neurons and then
+//! Three models: the `arith` fixture (seed 0, 2 layers: layer 0, its first N neurons and then
 //! all 512, 64 arith prompts) and a GPT-2-small-shaped random model (12 layers, d_model 768,
-//! d_mlp 3072: layer 5, N neurons, 8 prompts of 64 random tokens). The target is judged at the
+//! d_mlp 3072: layer 5, N neurons, 8 prompts of 64 random tokens), plus SmolLM2-135M when its
+//! fixture is fetched (layer 15 of 30, N neurons, 16 IOI prompts). The target is judged at the
 //! N of the pipeline (the `neurons` setting); with N neurons the naive method takes N + 1
 //! forward passes, which bounds the speed-up near N + 1. Peak resident memory (`VmHWM`) is reported after each.
 //! Settings: `neurons` (default 100), `reps` (default 3).
@@ -21,6 +22,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use metarep_circuits::ioi::{
+    ioi_prompts, patch_set, single_token_names, IoiPrompt, NAMES, TEMPLATES,
+};
 use metarep_core::memory;
 use metarep_core::rng::seeded;
 use metarep_model::interventions::{Intervention, Interventions};
@@ -169,7 +173,17 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
         &neurons,
         reps,
     )?;
-    let met = [&small, &large].iter().all(|c| c["target_met"] == true);
+    let smollm2 = match crate::fixtures::gguf::smollm2_file(&root) {
+        Ok(path) => Some(smollm2_case(&path, n, reps)?),
+        Err(e) => {
+            println!("  smollm2: skipped ({e})");
+            None
+        }
+    };
+    let met = [Some(&small), Some(&large), smollm2.as_ref()]
+        .iter()
+        .flatten()
+        .all(|c| c["target_met"] == true);
     write_report(
         out,
         "second_order",
@@ -178,8 +192,41 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
             "arith": small,
             "arith_whole_layer": whole,
             "gpt2_small_shaped": large,
+            "smollm2": smollm2,
             "reps": reps,
         }),
     )?;
     Ok(met)
+}
+
+/// SmolLM2-135M (GGUF): N neurons of layer 15 on 16 IOI prompts of one template, read at the
+/// last position.
+fn smollm2_case(path: &Path, n: usize, reps: usize) -> Result<serde_json::Value, BoxError> {
+    let model = HookedTransformer::from_gguf(path, &LoadOptions::default())?;
+    let tok = model
+        .tokenizer()
+        .ok_or("the SmolLM2 GGUF carries no tokenizer")?;
+    let names = single_token_names(tok, NAMES)?;
+    let prompts = ioi_prompts(
+        tok,
+        tok.bos_id(),
+        &TEMPLATES[..1],
+        &names,
+        8,
+        &mut seeded(3),
+    )?;
+    let rows: Vec<&IoiPrompt> = prompts.iter().collect();
+    let tokens = patch_set(&rows, &Device::Cpu)?.clean;
+    let positions = vec![tokens.dim(1)? - 1; rows.len()];
+    let d_mlp = model.config().d_mlp;
+    let neurons: Vec<usize> = (0..n.min(d_mlp)).map(|i| i * 29 % d_mlp).collect();
+    case(
+        "smollm2-135m (IOI prompts)",
+        &model,
+        &tokens,
+        &positions,
+        15,
+        &neurons,
+        reps,
+    )
 }
