@@ -15,7 +15,8 @@
 //!
 //! Entries are skipped (and listed in [`Lexicon::skipped`]) when they are blank, encode to no
 //! tokens, to an unknown token, to an id outside the model's vocabulary, to the same token
-//! sequence as an earlier entry (the first one is kept), or to a zero atom.
+//! sequence as an earlier entry (the first one is kept), or to a zero atom; with
+//! [`Lexicon::load_single_token`], also when they take more than one token.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -61,26 +62,53 @@ fn unk_ids(tok: &Tokenizer) -> HashSet<u32> {
     ids
 }
 
+/// The entries of a lexicon file (see the module docs); an empty file is an error naming it.
+fn read_entries(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let entries: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    if entries.is_empty() {
+        return Err(Error::Invalid(format!(
+            "lexicon {} has no entries",
+            path.display()
+        )));
+    }
+    Ok(entries)
+}
+
 impl Lexicon {
     /// Reads a lexicon file (see the module docs) and builds its atoms for `model`.
     pub fn load(path: &Path, model: &HookedTransformer) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let entries: Vec<&str> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .collect();
-        if entries.is_empty() {
-            return Err(Error::Invalid(format!(
-                "lexicon {} has no entries",
-                path.display()
-            )));
-        }
-        Self::from_entries(&entries, model)
+        let entries = read_entries(path)?;
+        Self::build(
+            &entries.iter().map(String::as_str).collect::<Vec<_>>(),
+            model,
+            false,
+        )
+    }
+
+    /// [`Lexicon::load`] keeping only the entries that are one token of `model`'s vocabulary
+    /// (as `" " + entry`); the others are skipped. A word lexicon whose atoms are exactly
+    /// unembedding columns.
+    pub fn load_single_token(path: &Path, model: &HookedTransformer) -> Result<Self> {
+        let entries = read_entries(path)?;
+        Self::build(
+            &entries.iter().map(String::as_str).collect::<Vec<_>>(),
+            model,
+            true,
+        )
     }
 
     /// Builds atoms for `entries` with `model`'s tokenizer and unembedding.
     pub fn from_entries(entries: &[&str], model: &HookedTransformer) -> Result<Self> {
+        Self::build(entries, model, false)
+    }
+
+    fn build(entries: &[&str], model: &HookedTransformer, single_token: bool) -> Result<Self> {
         let tok = model.tokenizer().ok_or_else(|| {
             Error::Invalid("the model has no tokenizer; a lexicon needs one".into())
         })?;
@@ -104,6 +132,7 @@ impl Lexicon {
             }
             let ids = tok.encode(&format!(" {entry}"), false)?.ids;
             let bad = ids.is_empty()
+                || (single_token && ids.len() != 1)
                 || ids
                     .iter()
                     .any(|id| unk.contains(id) || *id as usize >= vocab)

@@ -180,3 +180,59 @@ fn the_math_lexicon_loads_with_a_byte_level_tokenizer() {
     assert_eq!(lex.atoms.dims(), &[lex.len(), 16]);
     assert_unit_rows(&lex.atoms);
 }
+
+#[test]
+fn a_single_token_lexicon_keeps_only_one_token_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = word_model(dir.path());
+    let file = dir.path().join("words.txt");
+    std::fs::write(
+        &file,
+        "# words\nplus\nthe answer is\nminus\ntwo plus\nzebra\n",
+    )
+    .unwrap();
+    let lex = Lexicon::load_single_token(&file, &model).unwrap();
+    assert_eq!(lex.entries, vec!["plus", "minus"]);
+    assert_eq!(lex.skipped, vec!["the answer is", "two plus", "zebra"]);
+    let all = Lexicon::load(&file, &model).unwrap();
+    assert_eq!(
+        all.entries,
+        vec!["plus", "the answer is", "minus", "two plus"]
+    );
+    // A one-token entry's atom is the same either way.
+    let diff = (lex.atoms.i(1).unwrap() - all.atoms.i(2).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff < 1e-7, "{diff}");
+}
+
+#[test]
+#[ignore = "needs cargo xtask fixtures smollm2"]
+fn the_english_lexicon_has_2000_single_token_words_in_smollm2() {
+    let gguf = repo_root().join("target/fixtures/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let model =
+        HookedTransformer::from_gguf(&gguf, &metarep_model::LoadOptions::default()).unwrap();
+    let lex = Lexicon::load_single_token(&repo_root().join("fixtures/lexicon/english.txt"), &model)
+        .unwrap();
+    eprintln!(
+        "{} single-token entries kept, {} skipped (e.g. {:?})",
+        lex.len(),
+        lex.skipped.len(),
+        &lex.skipped[..lex.skipped.len().min(8)]
+    );
+    assert!(lex.len() >= 2000, "{} single-token entries", lex.len());
+    assert_eq!(lex.atoms.dims(), &[lex.len(), 576]);
+    assert_unit_rows(&lex.atoms);
+    // SmolLM2 writes numbers digit by digit, after a space token of their own: no numeral is
+    // one token mid-text, so the numerals fall out and the lexicon is words.
+    let tok = model.tokenizer().unwrap();
+    assert_eq!(tok.encode(" 7", false).unwrap().ids.len(), 2);
+    assert!(["7", "42", "100"]
+        .iter()
+        .all(|n| lex.skipped.iter().any(|e| e == n)));
+}
