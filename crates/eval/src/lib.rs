@@ -9,7 +9,7 @@
 //!   permutation and Wilcoxon tests;
 //! - [`harness`]: the multi-seed sweep with per-method summaries;
 //! - [`corpus`]: real text documents in train / held-out splits (`cargo xtask fixtures corpus`);
-//! - [`plot`] and [`table`]: SVG line plots and heat maps, CSV/markdown tables; [`format`]:
+//! - [`plot`] and [`table`]: SVG line plots and heat maps, CSV/markdown tables; [`format`](mod@format):
 //!   number formatting.
 //!
 //! ```
