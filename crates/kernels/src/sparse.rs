@@ -18,7 +18,7 @@
 //! Equivalently, with `A` the dense `[batch, n]` matrix that sums `values[b,j]` into
 //! `A[b, indices[b,j]]`: `sparse_decode = A·W`, `gather_dot` reads `(X·Wᵀ)` at the active
 //! entries, `scatter_outer = Aᵀ·X`. Repeated indices in a row therefore add up, exactly as in
-//! that dense form. Slots holding [`INACTIVE`](crate::INACTIVE) are skipped. Rows are spread over
+//! that dense form. Slots holding [`INACTIVE`] are skipped. Rows are spread over
 //! threads with rayon; each output element is summed in a fixed order, so results do not depend
 //! on the number of threads.
 

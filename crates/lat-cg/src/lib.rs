@@ -4,7 +4,7 @@
 //! masks, gated token-wise MLP blocks, residuals; a head may instead be softmax or exponential,
 //! which metarep-softmax-routes builds on). [`construct::cg`] assigns its weights so that
 //! `t` layers perform exactly `t` steps of CG, or Jacobi-preconditioned CG, for kernel ridge
-//! regression `(K + λI) α = y` with `K = ΦΦᵀ`; [`reference`] (re-exported from metarep-eval) is the
+//! regression `(K + λI) α = y` with `K = ΦΦᵀ`; [`reference`](mod@reference) (re-exported from metarep-eval) is the
 //! plain-f64 CG it is checked against. [`train`] and [`icl`] train LATs on in-context regression
 //! (the von Oswald et al. setting) and, in [`glm`], on in-context logistic and Poisson
 //! regression; [`probe`] and [`solver_probe`] read solver state (GD and CG
