@@ -15,9 +15,10 @@ use metarep_core::rng::derive_seed;
 use metarep_core::train::RunControl;
 use metarep_eval::corpus::{head_chars, read_split, Document, Split};
 use metarep_eval::table::{Cell, Table};
-use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input, LoadOptions, RunTo};
+use metarep_model::{HookPoint, HookedTransformer, Input, LoadOptions};
 use metarep_sae::baselines::null_sae;
 use metarep_sae::dashboard::{build_dashboard, render_page, DashboardSettings};
+use metarep_sae::hook_rows::hook_rows;
 use metarep_sae::metrics::VarianceSums;
 use metarep_sae::splice::{splice_scores, SpliceScores};
 use metarep_sae::validation::{validate, ValidationReport, ValidationSettings};
@@ -136,16 +137,18 @@ struct Inspection {
     probes_flagged: (usize, usize),
 }
 
-/// Writes `<stem>_dashboard.html` (top and random latents on the held-out contexts) and
-/// `<stem>_validation.json` (purity, probe leakage and ε-sweeps against random directions);
+/// Writes `dir/<key>_dashboard.html` (top and random latents on the held-out contexts) and
+/// `dir/<key>_validation.json` (purity, probe leakage and ε-sweeps against random directions);
 /// returns their summary.
+#[allow(clippy::too_many_arguments)]
 fn inspect(
     cfg: &Fig14Config,
     model: &HookedTransformer,
     sae: &Sae,
     hook: HookPoint,
     held: &HeldOut,
-    stem: &Path,
+    dir: &Path,
+    key: &str,
     seed: u64,
 ) -> Result<Inspection, BoxError> {
     let settings = DashboardSettings {
@@ -155,8 +158,8 @@ fn inspect(
         ..Default::default()
     };
     let mut page = build_dashboard(model, sae, hook, &held.contexts, &settings)?;
-    page.title = format!("fig14: {} at {hook} of SmolLM2-135M", stem.display());
-    let html = stem.with_file_name(format!("{}_dashboard.html", file_stem(stem)));
+    page.title = format!("fig14: {key} at {hook} of SmolLM2-135M");
+    let html = dir.join(format!("{key}_dashboard.html"));
     std::fs::write(&html, render_page(&page)).map_err(|e| format!("{}: {e}", html.display()))?;
     let settings = ValidationSettings {
         skip_positions: cfg.skip_positions,
@@ -165,7 +168,7 @@ fn inspect(
         ..Default::default()
     };
     let report = validate(model, sae, hook, &held.contexts, &settings)?;
-    let json = stem.with_file_name(format!("{}_validation.json", file_stem(stem)));
+    let json = dir.join(format!("{key}_validation.json"));
     write_json_pretty(&json, &report)?;
     Ok(Inspection {
         dashboard_latents: page.cards.len(),
@@ -184,13 +187,6 @@ fn inspect(
             report.probes.len(),
         ),
     })
-}
-
-/// The last component of `path` as text.
-fn file_stem(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }
 
 /// A short name of an SAE: `topk 8× k32`, `relu 8× l1 0.0003`.
@@ -356,15 +352,19 @@ fn layer_sweep(
 ) -> Result<Vec<Row>, BoxError> {
     let hook = HookPoint::ResidPost(layer);
     let d_model = model.config().d_model;
-    let mut xs = Vec::new();
-    for batch in &held.batches {
-        let (_, cache) = model.run_with_cache_to(
-            &Input::new(batch.clone()),
-            HookFilter::patterns(&[hook.name()]),
-            RunTo::Layer(layer + 1),
-        )?;
-        xs.push(cache.get(hook)?.reshape(((), d_model))?);
-    }
+    let xs = held
+        .batches
+        .iter()
+        .map(|batch| {
+            Ok(hook_rows(
+                model,
+                hook,
+                &Input::new(batch.clone()),
+                0,
+                d_model,
+            )?)
+        })
+        .collect::<Result<Vec<_>, BoxError>>()?;
     let x = Tensor::cat(&xs, 0)?;
     let rest: Vec<u32> = (0..x.dim(0)? as u32)
         .filter(|&i| !(i as usize).is_multiple_of(cfg.n_ctx))
@@ -414,7 +414,7 @@ fn layer_sweep(
         let (null_ev, _, null_splice) = score(&null, model, hook, &x, &held.batches)?;
         let null_ev_rest = variance_explained(&null, &x_rest)?;
         let key = metric_key(&format!("layer {layer} {name}"));
-        let inspection = inspect(cfg, model, &sae, hook, held, &dir.join(&key), seed)?;
+        let inspection = inspect(cfg, model, &sae, hook, held, dir, &key, seed)?;
         let row = Row {
             layer,
             name,

@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use metarep_model::predictions::PromptPair;
 use metarep_model::tokenizer::Tokenizer;
 use metarep_model::{HookedTransformer, NoHooks};
@@ -396,17 +396,34 @@ pub struct IoiAttribution {
     pub s: AnswerAttribution,
 }
 
+/// What the attributions of prompts of one length read: the clean prompts `[batch, pos]`,
+/// the last position of each, and the IO and S tokens.
+struct Targets {
+    clean: Tensor,
+    last: Vec<usize>,
+    io: Vec<u32>,
+    s: Vec<u32>,
+}
+
+impl Targets {
+    fn of(model: &HookedTransformer, prompts: &[&IoiPrompt]) -> Result<Self> {
+        Ok(Targets {
+            clean: patch_set(prompts, model.device())?.clean,
+            last: prompts.iter().map(|p| p.clean.len() - 1).collect(),
+            io: prompts.iter().map(|p| p.io).collect(),
+            s: prompts.iter().map(|p| p.s).collect(),
+        })
+    }
+}
+
 /// [`IoiAttribution`] of `prompts` (one length) on the clean prompts.
 pub fn ioi_attribution(
     model: &HookedTransformer,
     prompts: &[&IoiPrompt],
 ) -> Result<IoiAttribution> {
-    let set = patch_set(prompts, model.device())?;
-    let last: Vec<usize> = prompts.iter().map(|p| p.clean.len() - 1).collect();
-    let io_ids: Vec<u32> = prompts.iter().map(|p| p.io).collect();
-    let s_ids: Vec<u32> = prompts.iter().map(|p| p.s).collect();
-    let io = answer_attribution(model, &set.clean, &last, &io_ids)?;
-    let s = answer_attribution(model, &set.clean, &last, &s_ids)?;
+    let t = Targets::of(model, prompts)?;
+    let io = answer_attribution(model, &t.clean, &t.last, &t.io)?;
+    let s = answer_attribution(model, &t.clean, &t.last, &t.s)?;
     let heads = io
         .heads
         .iter()
@@ -414,4 +431,20 @@ pub fn ioi_attribution(
         .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x - y).collect())
         .collect();
     Ok(IoiAttribution { heads, io, s })
+}
+
+impl IoiAttribution {
+    /// Whether both attributions (of `prompts`, as given to [`ioi_attribution`]) reproduce a
+    /// plain pass within `tol` ([`crate::attribution::AttributionCheck::exact`]).
+    pub fn exact(
+        &self,
+        model: &HookedTransformer,
+        prompts: &[&IoiPrompt],
+        tol: f64,
+    ) -> Result<bool> {
+        let t = Targets::of(model, prompts)?;
+        let io = self.io.check(model, &t.clean, &t.last, &t.io)?;
+        let s = self.s.check(model, &t.clean, &t.last, &t.s)?;
+        Ok(io.exact(tol) && s.exact(tol))
+    }
 }

@@ -12,7 +12,9 @@
 use candle_core::{DType, Device, Tensor, D};
 use metarep_model::interventions::{Intervention, Interventions};
 use metarep_model::predictions::PromptPair;
-use metarep_model::{HookFilter, HookPoint, HookedTransformer, Hooks, Input, NoHooks, RunTo};
+use metarep_model::{
+    ActivationCache, HookFilter, HookPoint, HookedTransformer, Hooks, Input, RunTo,
+};
 use serde::Serialize;
 
 use crate::detectors::repeated_tokens;
@@ -180,25 +182,24 @@ fn mean(diffs: &[f32]) -> f64 {
     diffs.iter().map(|&d| f64::from(d)).sum::<f64>() / diffs.len() as f64
 }
 
-/// Mean `logit[answer] − logit[alternative]` at the last position of `tokens` under `hooks`.
-pub(crate) fn logit_diff<H: Hooks>(
+/// One plain run of `tokens` recording the hooks `filter` selects: its mean `logit[answer] −
+/// logit[alternative]` at the last position and the cache.
+pub(crate) fn cached_logit_diff(
     model: &HookedTransformer,
     tokens: &Tensor,
+    filter: impl Into<HookFilter>,
     set: &PatchSet,
-    hooks: &mut H,
-) -> Result<f64> {
-    Ok(mean(&last_logit_diffs(
-        model,
-        tokens,
-        &set.answer,
-        &set.alternative,
-        hooks,
-    )?))
+) -> Result<(f64, ActivationCache)> {
+    let (hidden, cache) =
+        model.run_with_cache_to(&Input::new(tokens.clone()), filter, RunTo::Hidden)?;
+    let diffs = diffs_at_last(model, &hidden, &set.answer, &set.alternative)?;
+    Ok((mean(&diffs), cache))
 }
 
-/// The same for the run that continues from `resid`, the residual stream entering block
-/// `start` (see [`HookedTransformer::run_from`]): what a full run gives when everything before
-/// `start` is the run that produced `resid`.
+/// Mean `logit[answer] − logit[alternative]` at the last position of the run that continues
+/// from `resid`, the residual stream entering block `start`, under `hooks` (see
+/// [`HookedTransformer::run_from`]): what a full run gives when everything before `start` is
+/// the run that produced `resid`.
 pub(crate) fn logit_diff_from<H: Hooks>(
     model: &HookedTransformer,
     resid: &Tensor,
@@ -262,12 +263,9 @@ pub fn patch(model: &HookedTransformer, set: &PatchSet) -> Result<PatchReport> {
     let names: Vec<String> = (0..cfg.n_layers)
         .flat_map(|l| [HookPoint::ResidPre(l).name(), HookPoint::Z(l).name()])
         .collect();
-    let (_, cache) =
-        model.run_with_cache(Input::new(set.clean.clone()), HookFilter::patterns(&names))?;
+    let (clean, cache) = cached_logit_diff(model, &set.clean, HookFilter::patterns(&names), set)?;
     let starts: Vec<HookPoint> = (0..cfg.n_layers).map(HookPoint::ResidPre).collect();
-    let (_, corrupted_cache) = model.run_with_cache(Input::new(set.corrupted.clone()), starts)?;
-    let clean = logit_diff(model, &set.clean, set, &mut NoHooks)?;
-    let corrupted = logit_diff(model, &set.corrupted, set, &mut NoHooks)?;
+    let (corrupted, corrupted_cache) = cached_logit_diff(model, &set.corrupted, starts, set)?;
     let span = clean - corrupted;
     if span.abs() < 1e-9 {
         return Err(Error::Invalid(

@@ -20,10 +20,10 @@ use std::collections::HashSet;
 use candle_core::Tensor;
 use metarep_model::hooks::CacheHooks;
 use metarep_model::interventions::{Intervention, Interventions};
-use metarep_model::{ActivationCache, HookPoint, HookedTransformer, Input, NoHooks, RunTo};
+use metarep_model::{ActivationCache, HookPoint, HookedTransformer, RunTo};
 
 use crate::error::{Error, Result};
-use crate::patching::{logit_diff, logit_diff_from, PatchSet};
+use crate::patching::{cached_logit_diff, logit_diff_from, PatchSet};
 
 /// Where a sender head's effect is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,14 +64,13 @@ impl<'a> PathPatcher<'a> {
             ));
         }
         let z: Vec<HookPoint> = (0..cfg.n_layers).map(HookPoint::Z).collect();
-        let (_, clean_cache) = model.run_with_cache(Input::new(set.clean.clone()), z.clone())?;
+        let (clean, clean_cache) = cached_logit_diff(model, &set.clean, z.clone(), set)?;
         let mut frozen = z.clone();
         frozen.extend((0..cfg.n_layers).map(HookPoint::ResidPre));
         if cfg.has_mlp() {
             frozen.extend((0..cfg.n_layers).map(HookPoint::MlpOut));
         }
-        let (_, corrupted_cache) =
-            model.run_with_cache(Input::new(set.corrupted.clone()), frozen)?;
+        let (corrupted, corrupted_cache) = cached_logit_diff(model, &set.corrupted, frozen, set)?;
         let take =
             |cache: &ActivationCache, p: HookPoint| -> Result<Tensor> { Ok(cache.get(p)?.clone()) };
         let clean_z = z
@@ -92,8 +91,6 @@ impl<'a> PathPatcher<'a> {
         } else {
             Vec::new()
         };
-        let clean = logit_diff(model, &set.clean, set, &mut NoHooks)?;
-        let corrupted = logit_diff(model, &set.corrupted, set, &mut NoHooks)?;
         if (clean - corrupted).abs() < 1e-9 {
             return Err(Error::Invalid(
                 "clean and corrupted prompts give the same logit difference: nothing to patch"

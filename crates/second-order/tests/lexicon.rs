@@ -200,14 +200,9 @@ fn a_single_token_lexicon_keeps_only_one_token_entries() {
         vec!["plus", "the answer is", "minus", "two plus"]
     );
     // A one-token entry's atom is the same either way.
-    let diff = (lex.atoms.i(1).unwrap() - all.atoms.i(2).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff =
+        metarep_core::compare::max_abs_diff(&lex.atoms.i(1).unwrap(), &all.atoms.i(2).unwrap())
+            .unwrap();
     assert!(diff < 1e-7, "{diff}");
 }
 

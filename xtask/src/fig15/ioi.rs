@@ -239,11 +239,7 @@ fn circuit(
     )?;
 
     let attribution = ioi_attribution(model, &rows)?;
-    let positions: Vec<usize> = rows.iter().map(|p| p.clean.len() - 1).collect();
-    let io: Vec<u32> = rows.iter().map(|p| p.io).collect();
-    let s: Vec<u32> = rows.iter().map(|p| p.s).collect();
-    let gap_io = attribution.io.check(model, &set.clean, &positions, &io)?;
-    let gap_s = attribution.s.check(model, &set.clean, &positions, &s)?;
+    let attribution_exact = attribution.exact(model, &rows, EXACT)?;
     let dla = attribution.heads;
     out.plot(
         "fig15_dla_heads",
@@ -290,7 +286,7 @@ fn circuit(
     Ok(Circuit {
         first_difference_score,
         patch_exact: (first_difference_score - 1.0).abs() < EXACT,
-        attribution_exact: gap_io.exact(EXACT) && gap_s.exact(EXACT),
+        attribution_exact,
         patching,
         dla,
         to_logits,
