@@ -432,7 +432,10 @@ pub(crate) fn load(
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
-        if name.starts_with("gen-") && path != gen_path && path.is_dir() {
+        // The entry's type as the directory listing gave it: a generation that a compaction in
+        // another process is removing right now is still a stale generation, not a foreign file.
+        let listed_dir = entry.file_type().map_or(true, |t| t.is_dir());
+        if name.starts_with("gen-") && path != gen_path && listed_dir {
             if mode.repairs() {
                 std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
                 report.stale_generations.push(path);
