@@ -33,6 +33,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         pca_k: 100,
         omp_atoms: 32,
         lexicon: root.join("fixtures/lexicon/math.txt"),
+        single_token_lexicon: false,
+        random_controls: 4,
         batch: 64,
         effects_dtype: "f16".into(),
     };
@@ -50,13 +52,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         s.accuracy, run.layers.selected
     );
     println!(
-        "per neuron: PC1 explains {:.2} of its top-k variance, significant on {:.2} of prompts, text reconstruction cosine {:.2}",
-        s.mean_pc1_explained, s.mean_sparsity, s.mean_text_cosine
+        "per neuron: PC1 explains {:.2} of its top-k variance, significant against shuffled prompts on {:.2} of prompts (0.05 by chance), text reconstruction cosine {:.2}",
+        s.mean_pc1_explained, s.mean_significant_fraction, s.mean_text_cosine
     );
     println!("\nablations (Δ correctness score, mean |Δ score|, Δ first-token accuracy):");
     for r in &run.ablations {
         println!(
-            "  {:<22} {:+.3}  {:.3}  {:+.3}",
+            "  {:<26} {:+.3}  {:.3}  {:+.3}",
             r.name, r.delta_score, r.mean_abs_score_change, r.delta_accuracy
         );
     }

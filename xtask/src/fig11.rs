@@ -104,13 +104,13 @@ fn report(files: &RunFiles, run_dir: &Path, gap: f64) -> Result<usize, BoxError>
         files.analyses.len()
     );
     println!(
-        "  layer concentration {:.3}, neuron concentration {:.3}; PC1 explains {:.3}, sparsity {:.3}, top-k mass {:.3}, text cosine {:.3} (means over neurons)",
-        s.layer_concentration, s.neuron_concentration, s.mean_pc1_explained, s.mean_sparsity,
+        "  layer concentration {:.3}, neuron concentration {:.3}; PC1 explains {:.3}, significant vs shuffled prompts on {:.3}, top-k mass {:.3}, text cosine {:.3} (means over neurons)",
+        s.layer_concentration, s.neuron_concentration, s.mean_pc1_explained, s.mean_significant_fraction,
         s.mean_top_k_mass, s.mean_text_cosine
     );
     for r in &files.ablations {
         println!(
-            "    {:<22} score {:+.3} (Δ {:+.3}, mean |Δ| {:.3}), first-token accuracy {:.3} (Δ {:+.3})",
+            "    {:<26} score {:+.3} (Δ {:+.3}, mean |Δ| {:.3}), first-token accuracy {:.3} (Δ {:+.3})",
             r.name, r.score, r.delta_score, r.mean_abs_score_change, r.accuracy, r.delta_accuracy
         );
     }
@@ -127,7 +127,8 @@ fn record(files: &RunFiles, kept: usize, gap: f64, out: &mut ResultDir) {
     m.set_number("layer_concentration", s.layer_concentration);
     m.set_number("neuron_concentration", s.neuron_concentration);
     m.set_number("mean_pc1_explained", s.mean_pc1_explained);
-    m.set_number("mean_sparsity", s.mean_sparsity);
+    m.set_number("mean_significant_fraction", s.mean_significant_fraction);
+    m.set_number("top_layers_share", s.top_layers_share);
     m.set_number("mean_top_k_mass", s.mean_top_k_mass);
     m.set_number("mean_text_cosine", s.mean_text_cosine);
     for r in &files.ablations {

@@ -3,11 +3,15 @@
 //!
 //! - `mean-ablate neurons`: every selected neuron's activation replaced by its mean over real
 //!   prompt positions, in the model (all its effects go: direct, second-order and higher);
+//! - `mean-ablate random neurons`: the control, as many neurons of the same layers drawn at
+//!   random from the unselected ones (each layer keeps its count), mean over
+//!   [`Controls::draws`] draws with the spread of the accuracy change;
 //! - in the final normalised stream, each selected neuron's second-order effect `e` is edited
 //!   (`μ` its mean over prompts, `c = e − μ`, `v` its PC direction, `t` the unit OMP text
 //!   reconstruction of `v`):
 //!   `remove all effects` (`e → μ`), `remove significant` (`e → μ` only where ‖c‖ is above the
-//!   neuron's threshold), `remove insignificant` (only where it is not), `rank-1` (`e → μ +
+//!   neuron's shuffled-prompt null threshold, see [`crate::null`]), `remove insignificant` (only
+//!   where it is not), `rank-1` (`e → μ +
 //!   (c·v) v`), `text` (`e → μ + (c·v) t`).
 //!
 //! The edits act on the recorded stream at the read-out, so they change only the first answer
@@ -17,16 +21,18 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, D};
+use metarep_core::rng::{derive_seed, seeded};
 use metarep_model::interventions::{Action, Intervention, Interventions};
 use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input};
+use rand::seq::IndexedRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::NeuronAnalysis;
 use crate::data::Representations;
-use crate::effect_chunks::EffectIndex;
+use crate::effect_chunks::{EffectIndex, LayerEffects};
 use crate::effects::readout_stream;
 use crate::error::{Error, Result};
-use crate::select::{masked_mean, real_positions, take_rows};
+use crate::select::{real_positions, take_rows};
 
 /// One ablation's result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +49,25 @@ pub struct AblationResult {
     pub accuracy: f64,
     /// Change from clean.
     pub delta_accuracy: f64,
+    /// Draws averaged (1 except for random controls).
+    #[serde(default = "one")]
+    pub draws: usize,
+    /// Standard deviation of `delta_accuracy` over the draws (0 for one draw).
+    #[serde(default)]
+    pub delta_accuracy_sd: f64,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// The random-neuron control of the ablations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Controls {
+    /// Draws of random neurons (0: no control).
+    pub draws: usize,
+    /// Seed of the draws.
+    pub seed: u64,
 }
 
 /// Sums over prompts: correctness score, first-token hits, |score change from clean|.
@@ -58,6 +83,14 @@ impl Tally {
         self.score += o.score;
         self.hits += o.hits;
         self.abs_change += o.abs_change;
+    }
+
+    fn scaled(self, f: f64) -> Tally {
+        Tally {
+            score: self.score * f,
+            hits: self.hits * f,
+            abs_change: self.abs_change * f,
+        }
     }
 }
 
@@ -81,6 +114,7 @@ pub fn ablations(
     index: &EffectIndex,
     analyses: &[NeuronAnalysis],
     dir: &Path,
+    controls: Controls,
 ) -> Result<Vec<AblationResult>> {
     let cfg = model.config();
     let w_u = model
@@ -148,7 +182,7 @@ pub fn ablations(
             stack(&|a| a.pc.direction.clone())?,
             stack(&|a| a.text_direction.clone())?,
             Tensor::from_vec(
-                an.iter().map(|a| a.pc.threshold).collect::<Vec<_>>(),
+                an.iter().map(|a| a.null_threshold).collect::<Vec<_>>(),
                 an.len(),
                 &Device::Cpu,
             )?,
@@ -198,53 +232,148 @@ pub fn ablations(
         mean_abs_score_change: t.abs_change / nf,
         accuracy: t.hits / nf,
         delta_accuracy: (t.hits - clean.hits) / nf,
+        draws: 1,
+        delta_accuracy_sd: 0.0,
     };
+    let layers: Vec<usize> = index.layers.iter().map(|e| e.layer).collect();
+    let means = layer_means(model, reps, &layers, index.chunk)?;
     let mut out = vec![result("clean", clean)];
     out.push(result(
         "mean-ablate neurons",
-        mean_ablate(model, reps, index, &measure)?,
+        mean_ablate(model, reps, index.chunk, &index.layers, &means, &measure)?,
     ));
+    if controls.draws > 0 {
+        let mut sum = Tally::default();
+        let mut deltas = Vec::with_capacity(controls.draws);
+        for draw in 0..controls.draws {
+            let random = random_neurons(&index.layers, cfg.d_mlp, controls.seed, draw)?;
+            let t = mean_ablate(model, reps, index.chunk, &random, &means, &measure)?;
+            deltas.push((t.hits - clean.hits) / nf);
+            sum.add(t);
+        }
+        let k = controls.draws as f64;
+        let mean_delta = deltas.iter().sum::<f64>() / k;
+        let var = deltas.iter().map(|d| (d - mean_delta).powi(2)).sum::<f64>() / (k - 1.0).max(1.0);
+        out.push(AblationResult {
+            draws: controls.draws,
+            delta_accuracy_sd: var.sqrt(),
+            ..result("mean-ablate random neurons", sum.scaled(1.0 / k))
+        });
+    }
     for (k, name) in EDITS.iter().enumerate() {
         out.push(result(name, edited[k]));
     }
     Ok(out)
 }
 
-/// The tally with every stored neuron mean-ablated in the model.
+/// Draw `draw` of the control: for each stored layer, as many neurons as it stores, drawn
+/// without replacement from the layer's other `d_mlp − stored` neurons.
+fn random_neurons(
+    stored: &[LayerEffects],
+    d_mlp: usize,
+    seed: u64,
+    draw: usize,
+) -> Result<Vec<LayerEffects>> {
+    let mut rng = seeded(derive_seed(seed, &format!("random-neurons/{draw}")));
+    stored
+        .iter()
+        .map(|e| {
+            let others: Vec<usize> = (0..d_mlp).filter(|k| !e.neurons.contains(k)).collect();
+            if others.len() < e.neurons.len() {
+                return Err(Error::Invalid(format!(
+                    "layer {} has {} unselected neurons, fewer than the {} the control draws",
+                    e.layer,
+                    others.len(),
+                    e.neurons.len()
+                )));
+            }
+            let mut neurons: Vec<usize> = others
+                .choose_multiple(&mut rng, e.neurons.len())
+                .copied()
+                .collect();
+            neurons.sort_unstable();
+            Ok(LayerEffects {
+                layer: e.layer,
+                neurons,
+            })
+        })
+        .collect()
+}
+
+/// Mean `mlp.hook_post` `[d_mlp]` of each of `layers` over every prompt's real positions,
+/// `chunk` prompts per forward pass.
+fn layer_means(
+    model: &HookedTransformer,
+    reps: &Representations,
+    layers: &[usize],
+    chunk: usize,
+) -> Result<Vec<(usize, Tensor)>> {
+    let all: Vec<usize> = (0..reps.len()).collect();
+    let points: Vec<HookPoint> = layers.iter().map(|&l| HookPoint::MlpPost(l)).collect();
+    let mut sums: Vec<Option<Tensor>> = vec![None; layers.len()];
+    let mut count = 0.0f64;
+    for idx in all.chunks(chunk.max(1)) {
+        let tokens = take_rows(&reps.tokens, idx)?;
+        let pos: Vec<usize> = idx.iter().map(|&i| reps.positions[i]).collect();
+        let mask = real_positions(&pos, tokens.dim(1)?)?;
+        count += mask.sum_all()?.to_scalar::<f32>()? as f64;
+        let (_, cache) =
+            model.run_with_cache(Input::new(tokens), HookFilter::Points(points.clone()))?;
+        for (s, &l) in sums.iter_mut().zip(layers) {
+            let part = cache
+                .get(HookPoint::MlpPost(l))?
+                .to_dtype(DType::F32)?
+                .broadcast_mul(&mask)?
+                .sum((0, 1))?;
+            *s = Some(match s.take() {
+                Some(acc) => (acc + part)?,
+                None => part,
+            });
+        }
+    }
+    layers
+        .iter()
+        .zip(sums)
+        .map(|(&l, s)| {
+            let s = s.ok_or_else(|| Error::Invalid("no prompts to average".into()))?;
+            Ok((l, (s / count.max(1.0))?))
+        })
+        .collect()
+}
+
+/// The tally with the neurons of `ablated` mean-ablated in the model (`means`: each layer's
+/// mean activations from [`layer_means`]), `chunk` prompts per forward pass.
 fn mean_ablate(
     model: &HookedTransformer,
     reps: &Representations,
-    index: &EffectIndex,
+    chunk: usize,
+    ablated: &[LayerEffects],
+    means: &[(usize, Tensor)],
     measure: &Measure,
 ) -> Result<Tally> {
-    let n = reps.len();
-    let all: Vec<usize> = (0..n).collect();
-    let positions: Vec<usize> = reps.positions.clone();
-    let mask = real_positions(&positions, reps.tokens.dim(1)?)?;
-    let points: Vec<HookPoint> = index
-        .layers
-        .iter()
-        .map(|e| HookPoint::MlpPost(e.layer))
-        .collect();
-    let (_, cache) =
-        model.run_with_cache(Input::new(reps.tokens.clone()), HookFilter::Points(points))?;
-    let list = index
-        .layers
+    let list = ablated
         .iter()
         .map(|e| {
-            let mean = masked_mean(cache.get(HookPoint::MlpPost(e.layer))?, &mask)?;
+            let mean = means
+                .iter()
+                .find(|(l, _)| *l == e.layer)
+                .map(|(_, m)| m.clone())
+                .ok_or_else(|| {
+                    Error::Invalid(format!("no mean activations of layer {}", e.layer))
+                })?;
             Ok(
                 Intervention::new(HookPoint::MlpPost(e.layer), Action::Replace(mean))
                     .at_channels(&e.neurons),
             )
         })
         .collect::<Result<Vec<_>>>()?;
+    let all: Vec<usize> = (0..reps.len()).collect();
     let mut total = Tally::default();
-    for chunk in all.chunks(index.chunk) {
-        let tokens = take_rows(&reps.tokens, chunk)?;
-        let pos: Vec<usize> = chunk.iter().map(|&i| positions[i]).collect();
+    for idx in all.chunks(chunk.max(1)) {
+        let tokens = take_rows(&reps.tokens, idx)?;
+        let pos: Vec<usize> = idx.iter().map(|&i| reps.positions[i]).collect();
         let finals = readout_stream(model, &tokens, &pos, &mut Interventions::new(list.clone()))?;
-        total.add(measure(&finals, chunk)?);
+        total.add(measure(&finals, idx)?);
     }
     Ok(total)
 }

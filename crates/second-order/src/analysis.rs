@@ -1,6 +1,8 @@
 //! Stages 6 and 7 per neuron: the first principal component of its stored effects over its
 //! top-`k` prompts ([`neuron_pc`]), then that direction written as a sparse combination of
-//! lexicon atoms by orthogonal matching pursuit ([`omp()`](crate::omp::omp)). File:
+//! lexicon atoms by orthogonal matching pursuit ([`omp()`](crate::omp::omp)), and the fraction
+//! of prompts on which its effect is significant against the shuffled-prompt null
+//! ([`crate::null`]). File:
 //! `neurons_pca.json`, one [`NeuronAnalysis`] per selected neuron.
 
 use std::path::Path;
@@ -10,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::effect_chunks::EffectIndex;
 use crate::error::Result;
 use crate::lexicon::Lexicon;
+use crate::null::{centred_norms, significance};
 use crate::omp::omp;
 use crate::pca::{neuron_pc, NeuronPc};
 
@@ -29,9 +32,12 @@ pub struct NeuronAnalysis {
     pub text_cosine: f64,
     /// The OMP reconstruction, unit-normalised `[d_model]`.
     pub text_direction: Vec<f32>,
-    /// Fraction of prompts on which the neuron is significant (centred norm above the
-    /// threshold).
-    pub sparsity: f64,
+    /// Fraction of prompts on which the neuron's effect is significant: its centred norm is
+    /// above [`null_threshold`](Self::null_threshold) (about 0.05 when the effect ignores the
+    /// prompt's structure; see [`crate::null`]).
+    pub significant_fraction: f64,
+    /// The 95th percentile of the centred norms on the shuffled prompts of the null.
+    pub null_threshold: f32,
     /// Share of Σ‖centred effect‖² carried by the top-`k` prompts.
     pub top_k_mass: f64,
 }
@@ -50,8 +56,11 @@ pub fn analyse(
         // Groups of 16 neurons at a time bound the memory to 16 × [examples, d_model].
         for group in slots.chunks(16) {
             let effects = index.read(dir, layer.layer, group)?;
-            for (&slot, e) in group.iter().zip(&effects) {
+            let nulls = index.read_null(dir, layer.layer, group)?;
+            for ((&slot, e), null) in group.iter().zip(&effects).zip(&nulls) {
                 let pc = neuron_pc(e, k)?;
+                let (null_threshold, significant_fraction) =
+                    significance(&pc.norms, &centred_norms(null, &pc.mean)?)?;
                 let fit = omp(&pc.direction, &lexicon.atoms, m)?;
                 let recon = lexicon
                     .atoms
@@ -85,11 +94,11 @@ pub fn analyse(
                 sorted.sort_by(|a, b| b.total_cmp(a));
                 let kk = k.min(sorted.len());
                 let top: f64 = sorted[..kk].iter().map(|x| x * x).sum();
-                let significant = pc.norms.iter().filter(|&&x| x > pc.threshold).count();
                 out.push(NeuronAnalysis {
                     layer: layer.layer,
                     neuron: layer.neurons[slot],
-                    sparsity: significant as f64 / pc.norms.len().max(1) as f64,
+                    significant_fraction,
+                    null_threshold,
                     top_k_mass: if total > 0.0 { top / total } else { 0.0 },
                     text,
                     text_cosine: fit.cosine,

@@ -1,6 +1,8 @@
 //! Stage 1, evaluation and representations: run the model on a problem set, record every
 //! problem's transcript (greedy completion, correctness) and the final normalised residual
-//! stream at the read-out position (the last prompt token, `ln_final.hook_normalized`).
+//! stream at the read-out position (the last prompt token): the final norm's output, what the
+//! unembedding reads (`ln_final.hook_normalized` of a LayerNorm model; for an RMSNorm model that
+//! times the norm's weight, as TransformerLens hooks RMSNorm before its weight).
 //!
 //! Files (in a run directory): `eval.jsonl`, one [`Transcript`] per line; `eval.safetensors`
 //! with `tokens` `[N, n]` u32 (prompts right-padded), `positions` `[N]` u32 (read-out
@@ -16,7 +18,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, D};
 use metarep_model::ops::rows_at;
-use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input, Tokenizer};
+use metarep_model::{HookedTransformer, Input, NoHooks, RunTo, Tokenizer};
 use metarep_testbeds::tokenization::{frame, prompt_batch, Framed, Framing};
 use serde::{Deserialize, Serialize};
 
@@ -69,7 +71,8 @@ pub struct Representations {
     pub positions: Vec<usize>,
     /// First token of each answer.
     pub answer_first: Vec<u32>,
-    /// `ln_final.hook_normalized` at the read-out positions `[N, d_model]` f32.
+    /// The final norm's output (what the unembedding reads) at the read-out positions
+    /// `[N, d_model]` f32.
     pub final_normed: Tensor,
 }
 
@@ -94,15 +97,14 @@ fn greedy(
     pad: u32,
 ) -> Result<(Vec<Vec<u32>>, Tensor)> {
     let (tokens, positions) = prompt_batch(framed, pad)?;
-    let (logits, cache) = model.run_with_cache(
-        Input::new(tokens),
-        HookFilter::Points(vec![HookPoint::LnFinalNormalized]),
-    )?;
-    let finals =
-        rows_at(cache.get(HookPoint::LnFinalNormalized)?, &positions)?.to_dtype(DType::F32)?;
-    let first = rows_at(&logits, &positions)?
+    let hidden = model.run(&Input::new(tokens), &mut NoHooks, RunTo::Hidden)?;
+    let finals = rows_at(&hidden, &positions)?;
+    let first = model
+        .unembed(&finals.unsqueeze(1)?)?
+        .squeeze(1)?
         .argmax(D::Minus1)?
         .to_vec1::<u32>()?;
+    let finals = finals.to_dtype(DType::F32)?;
     let mut seqs: Vec<Vec<u32>> = framed
         .iter()
         .zip(first)

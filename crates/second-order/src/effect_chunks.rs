@@ -1,8 +1,9 @@
 //! Stage 5 on disk: second-order effects of the selected neurons, computed one batch of
 //! prompts at a time (one forward pass each) and written per layer and chunk as safetensors,
 //! `effects/L{layer}-{chunk:05}.safetensors` with `effects` `[chunk, neurons of the layer,
-//! d_model]` (f16 or f32) and `scores` `[chunk, neurons]` f32 (projections on the correctness
-//! direction). The full `[examples × neurons × d_model]` tensor never exists in memory; an
+//! d_model]` (f16 or f32), `scores` `[chunk, neurons]` f32 (projections on the correctness
+//! direction) and `null_effects` (same shape as `effects`: the effects on the same prompts with
+//! their tokens shuffled, the null of [`crate::null`]). The full `[examples × neurons × d_model]` tensor never exists in memory; an
 //! interrupted run keeps its finished chunks and resumes after them. `effects/index.json`
 //! lists layers, neurons and chunks, and the total second-order mass (Σ‖effect‖ over the first
 //! chunk's prompts) of every neuron of every layer, for the layer-concentration statistic; those
@@ -19,6 +20,7 @@ use crate::data::Representations;
 use crate::effects::{NeuronPaths, Readout};
 use crate::error::{Error, Result};
 use crate::io::{read_tensors, write_json, write_tensors};
+use crate::null::shuffle_prompts;
 use crate::select::take_rows;
 
 /// One layer's stored neurons.
@@ -78,6 +80,8 @@ pub struct ChunkOptions {
     pub chunk: usize,
     /// `F16` or `F32`.
     pub dtype: DType,
+    /// Seed of the shuffled prompts of the null.
+    pub null_seed: u64,
 }
 
 /// Computes and writes the effects of `selected` over every prompt of `reps` into
@@ -91,7 +95,11 @@ pub fn write_effects(
     opts: ChunkOptions,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<EffectIndex> {
-    let ChunkOptions { chunk, dtype } = opts;
+    let ChunkOptions {
+        chunk,
+        dtype,
+        null_seed,
+    } = opts;
     let dtype_name = match dtype {
         DType::F16 => "f16",
         DType::F32 => "f32",
@@ -121,23 +129,34 @@ pub fn write_effects(
         if c == 0 {
             layer_masses(model, &readout, &mut mass)?;
         }
+        let pending = layers
+            .iter()
+            .any(|e| !chunk_path(dir, e.layer, c).is_file());
+        let null_readout = if pending {
+            let shuffled = shuffle_prompts(&tokens, &positions, null_seed, idx[0])?;
+            Some(Readout::new(model, &shuffled, &positions)?)
+        } else {
+            None
+        };
         for (e, p) in layers.iter().zip(&paths) {
             let path = chunk_path(dir, e.layer, c);
             let effects = readout.second_order_paths(p)?;
             if c == 0 {
                 selected_mass[e.layer] += total_norm(&effects)?;
             }
-            if path.is_file() {
+            let Some(null_readout) = null_readout.as_ref().filter(|_| !path.is_file()) else {
                 continue; // Written by an interrupted earlier run.
-            }
+            };
             let scores = effects
                 .broadcast_matmul(&direction.unsqueeze(1)?)?
                 .squeeze(2)?;
+            let null = null_readout.second_order_paths(p)?;
             write_tensors(
                 &path,
                 &HashMap::from([
                     ("effects".to_string(), effects.to_dtype(dtype)?),
                     ("scores".to_string(), scores),
+                    ("null_effects".to_string(), null.to_dtype(dtype)?),
                 ]),
             )?;
         }
@@ -194,6 +213,22 @@ impl EffectIndex {
     /// Effects `[examples, d_model]` f32 of the stored neurons `slots` of `layer` (indices into
     /// that layer's `neurons`), read chunk by chunk.
     pub fn read(&self, dir: &Path, layer: usize, slots: &[usize]) -> Result<Vec<Tensor>> {
+        self.read_tensor(dir, layer, slots, "effects")
+    }
+
+    /// The null's effects (on the shuffled prompts), as [`EffectIndex::read`].
+    pub fn read_null(&self, dir: &Path, layer: usize, slots: &[usize]) -> Result<Vec<Tensor>> {
+        self.read_tensor(dir, layer, slots, "null_effects")
+    }
+
+    /// The stored tensor `key` of `slots`, per slot `[examples, d_model]` f32.
+    fn read_tensor(
+        &self,
+        dir: &Path,
+        layer: usize,
+        slots: &[usize],
+        key: &str,
+    ) -> Result<Vec<Tensor>> {
         let stored = self
             .layers
             .iter()
@@ -207,7 +242,7 @@ impl EffectIndex {
         }
         let mut parts: Vec<Vec<Tensor>> = vec![Vec::with_capacity(self.chunks()); slots.len()];
         for c in 0..self.chunks() {
-            let [effects] = read_tensors(&chunk_path(dir, layer, c), ["effects"])?;
+            let [effects] = read_tensors(&chunk_path(dir, layer, c), [key])?;
             for (k, &s) in slots.iter().enumerate() {
                 parts[k].push(effects.narrow(1, s, 1)?.squeeze(1)?.to_dtype(DType::F32)?);
             }

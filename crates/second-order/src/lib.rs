@@ -60,6 +60,7 @@ pub mod effects;
 pub mod error;
 mod io;
 pub mod lexicon;
+pub mod null;
 pub mod omp;
 pub mod pca;
 pub mod pipeline;

@@ -24,7 +24,7 @@ use metarep_model::HookedTransformer;
 use metarep_testbeds::tokenization::Framing;
 use serde::{Deserialize, Serialize};
 
-use crate::ablate::ablations;
+use crate::ablate::{ablations, Controls};
 use crate::analysis::{analyse, NeuronAnalysis};
 use crate::data::{evaluate, load_problems, Problem, Representations};
 use crate::direction::{directions, Directions};
@@ -61,6 +61,14 @@ pub struct PipelineConfig {
     pub omp_atoms: usize,
     /// The lexicon file (stage 7).
     pub lexicon: PathBuf,
+    /// Keep only lexicon entries that are one token in the model's vocabulary (so the
+    /// decompositions read as words); otherwise multi-token entries are embedded too.
+    #[serde(default)]
+    pub single_token_lexicon: bool,
+    /// Draws of random neurons (as many per layer as selected) mean-ablated as the control of
+    /// the selected neurons' ablation (stage 8); 0: no control.
+    #[serde(default)]
+    pub random_controls: usize,
     /// Prompts per forward pass.
     pub batch: usize,
     /// Stored effect dtype: `f16` or `f32`.
@@ -288,6 +296,7 @@ impl<'a> Pipeline<'a> {
                 let opts = ChunkOptions {
                     chunk: cfg.batch,
                     dtype,
+                    null_seed: derive_seed(cfg.seed, "second-order/null"),
                 };
                 write_effects(
                     m,
@@ -302,7 +311,11 @@ impl<'a> Pipeline<'a> {
             }
             Stage::Pca => {
                 let index: EffectIndex = read_json(&dir.join("effects/index.json"))?;
-                let lexicon = Lexicon::load(&cfg.lexicon, m)?;
+                let lexicon = if cfg.single_token_lexicon {
+                    Lexicon::load_single_token(&cfg.lexicon, m)?
+                } else {
+                    Lexicon::load(&cfg.lexicon, m)?
+                };
                 write_json(
                     &dir.join("lexicon.json"),
                     &serde_json::json!({"kept": lexicon.entries, "skipped": lexicon.skipped}),
@@ -315,7 +328,12 @@ impl<'a> Pipeline<'a> {
                 let d = Directions::load(dir)?;
                 let index: EffectIndex = read_json(&dir.join("effects/index.json"))?;
                 let analyses: Vec<NeuronAnalysis> = read_json(&dir.join("neurons_pca.json"))?;
-                let results = ablations(m, &reps, &d.correctness, &index, &analyses, dir)?;
+                let controls = Controls {
+                    draws: cfg.random_controls,
+                    seed: derive_seed(cfg.seed, "second-order/controls"),
+                };
+                let results =
+                    ablations(m, &reps, &d.correctness, &index, &analyses, dir, controls)?;
                 write_json(&dir.join("ablations.json"), &results)
             }
             Stage::Report => crate::report::write_report(dir),

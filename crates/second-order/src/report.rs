@@ -9,6 +9,7 @@ use std::path::Path;
 use metarep_eval::plot::{write_checked, LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
 
+use crate::effect_chunks::EffectIndex;
 use crate::error::{Error, Result};
 use crate::run_files::RunFiles;
 
@@ -23,12 +24,37 @@ pub struct Summary {
     pub neuron_concentration: f64,
     /// Mean over neurons of the variance explained by PC1.
     pub mean_pc1_explained: f64,
-    /// Mean over neurons of the fraction of prompts on which it is significant.
-    pub mean_sparsity: f64,
+    /// Mean over neurons of the fraction of prompts on which its effect is significant against
+    /// the shuffled-prompt null (≈ 0.05 for effects that ignore the prompt's structure).
+    pub mean_significant_fraction: f64,
+    /// Share of all layers' second-order mass in the [`TOP_LAYERS`] heaviest layers.
+    pub top_layers_share: f64,
     /// Mean over neurons of the top-k share of effect mass.
     pub mean_top_k_mass: f64,
     /// Mean over neurons of the OMP reconstruction cosine.
     pub mean_text_cosine: f64,
+}
+
+/// How many of the heaviest layers [`Summary::top_layers_share`] adds up.
+pub const TOP_LAYERS: usize = 3;
+
+/// Each MLP layer's share of the second-order mass of all layers (`[n_layers]`, zeros when
+/// there is none).
+pub fn layer_mass_shares(index: &EffectIndex) -> Vec<f64> {
+    let total: f64 = index.mass_per_layer.iter().sum();
+    index
+        .mass_per_layer
+        .iter()
+        .map(|&m| if total > 0.0 { m / total } else { 0.0 })
+        .collect()
+}
+
+/// The `k` layers with the largest second-order mass and their shares, heaviest first.
+pub fn heaviest_layers(index: &EffectIndex, k: usize) -> Vec<(usize, f64)> {
+    let mut shares: Vec<(usize, f64)> = layer_mass_shares(index).into_iter().enumerate().collect();
+    shares.sort_by(|a, b| b.1.total_cmp(&a.1));
+    shares.truncate(k);
+    shares
 }
 
 /// Summarises `run`.
@@ -53,7 +79,11 @@ pub fn summary(run: &RunFiles) -> Summary {
             0.0
         },
         mean_pc1_explained: mean(&|a| a.pc.explained),
-        mean_sparsity: mean(&|a| a.sparsity),
+        mean_significant_fraction: mean(&|a| a.significant_fraction),
+        top_layers_share: heaviest_layers(&run.index, TOP_LAYERS)
+            .iter()
+            .map(|&(_, share)| share)
+            .sum(),
         mean_top_k_mass: mean(&|a| a.top_k_mass),
         mean_text_cosine: mean(&|a| a.text_cosine),
     }
@@ -74,7 +104,9 @@ pub fn write_report(dir: &Path) -> Result<()> {
         "Δ correctness score (mean-ablated)",
         "later attention",
         "selected",
+        "second-order mass share",
     ]);
+    let shares = layer_mass_shares(&run.index);
     for e in &run.layers.layers {
         layers
             .push_row(vec![
@@ -82,6 +114,7 @@ pub fn write_report(dir: &Path) -> Result<()> {
                 Cell::Num(e.delta_score),
                 Cell::Bool(e.has_later_attention),
                 Cell::Bool(run.layers.selected.contains(&e.layer)),
+                Cell::Num(shares.get(e.layer).copied().unwrap_or(0.0)),
             ])
             .map_err(table_err)?;
     }
@@ -93,7 +126,7 @@ pub fn write_report(dir: &Path) -> Result<()> {
         "variance",
         "mean |direct|",
         "PC1 explained",
-        "sparsity",
+        "significant (vs shuffled)",
         "top-k mass",
         "text cosine",
         "top lexicon entries",
@@ -119,7 +152,7 @@ pub fn write_report(dir: &Path) -> Result<()> {
                 Cell::Num(stats.map_or(f64::NAN, |s| s.variance)),
                 Cell::Num(stats.map_or(f64::NAN, |s| s.direct)),
                 Cell::Num(a.pc.explained),
-                Cell::Num(a.sparsity),
+                Cell::Num(a.significant_fraction),
                 Cell::Num(a.top_k_mass),
                 Cell::Num(a.text_cosine),
                 Cell::from(top.join("; ")),
@@ -201,9 +234,15 @@ pub fn write_report(dir: &Path) -> Result<()> {
     );
     let _ = writeln!(
         md,
-        "Selected layers {:?}; layer concentration {:.3} (share of all second-order mass in them), selected neurons carry {:.3} of their layers' mass. Per neuron (means): PC1 explains {:.3} of the top-k variance, significant on {:.3} of prompts, top-k share of effect mass {:.3}, OMP text cosine {:.3}. Later MLPs are not on the second-order path.\n",
-        run.layers.selected, s.layer_concentration, s.neuron_concentration, s.mean_pc1_explained,
-        s.mean_sparsity, s.mean_top_k_mass, s.mean_text_cosine
+        "Selected layers {:?}; layer concentration {:.3} (share of all second-order mass in them), selected neurons carry {:.3} of their layers' mass; the {TOP_LAYERS} heaviest layers {} carry {:.3} of all layers' mass. Per neuron (means): PC1 explains {:.3} of the top-k variance, significant against the shuffled-prompt null on {:.3} of prompts (≈ 0.05 when the effect ignores the prompt's structure), top-k share of effect mass {:.3}, OMP text cosine {:.3}. Later MLPs are not on the second-order path.\n",
+        run.layers.selected, s.layer_concentration, s.neuron_concentration,
+        heaviest_layers(&run.index, TOP_LAYERS)
+            .iter()
+            .map(|(l, share)| format!("L{l} ({share:.3})"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        s.top_layers_share, s.mean_pc1_explained,
+        s.mean_significant_fraction, s.mean_top_k_mass, s.mean_text_cosine
     );
     let _ = writeln!(md, "## Layers\n\n{}", layers.to_markdown());
     let _ = writeln!(md, "## Ablations\n\n{}", abl.to_markdown());

@@ -3,11 +3,16 @@
 
 use std::path::{Path, PathBuf};
 
+mod common;
+
 use metarep_core::compare::{max_abs, max_abs_diff};
+use metarep_core::rng::derive_seed;
 use metarep_model::{HookedTransformer, LoadOptions};
 use metarep_second_order::ablate::AblationResult;
+use metarep_second_order::analysis::NeuronAnalysis;
 use metarep_second_order::data::Representations;
 use metarep_second_order::effect_chunks::{chunk_path, EffectIndex};
+use metarep_second_order::null::shuffle_prompts;
 use metarep_second_order::{Pipeline, PipelineConfig, Readout, Stage};
 
 fn root() -> PathBuf {
@@ -34,6 +39,8 @@ fn config() -> PipelineConfig {
         pca_k: 20,
         omp_atoms: 8,
         lexicon: root().join("fixtures/lexicon/math.txt"),
+        single_token_lexicon: false,
+        random_controls: 2,
         batch: 32,
         effects_dtype: "f16".into(),
     }
@@ -79,6 +86,28 @@ fn the_pipeline_writes_every_stage_and_resumes() {
     let gap = max_abs_diff(&fresh, &stored).unwrap();
     assert!(gap <= 1e-3 * scale, "{gap} vs scale {scale}");
 
+    // The null's effects are the method's effects on the shuffled prompts.
+    let shuffled = shuffle_prompts(
+        &tokens,
+        &reps.positions[32..64],
+        derive_seed(3, "second-order/null"),
+        32,
+    )
+    .unwrap();
+    let fresh_null = Readout::new(&model, &shuffled, &reps.positions[32..64])
+        .unwrap()
+        .second_order(0, &index.layers[0].neurons)
+        .unwrap();
+    let stored_null = &index.read_null(&run, 0, &[0]).unwrap()[0];
+    let first = fresh_null.narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
+    let gap = max_abs_diff(&first, &stored_null.narrow(0, 32, 32).unwrap()).unwrap();
+    assert!(gap <= 1e-3 * scale, "null: {gap} vs scale {scale}");
+    assert!(max_abs_diff(&fresh_null, &fresh).unwrap() > 1e-2 * scale);
+    let analyses: Vec<NeuronAnalysis> = read(&run.join("neurons_pca.json"));
+    assert!(analyses
+        .iter()
+        .all(|a| (0.0..=1.0).contains(&a.significant_fraction) && a.null_threshold > 0.0));
+
     // Significant and insignificant removals split the full removal exactly.
     let abl: Vec<AblationResult> = read(&run.join("ablations.json"));
     let get = |n: &str| abl.iter().find(|r| r.name == n).unwrap().clone();
@@ -90,6 +119,9 @@ fn the_pipeline_writes_every_stage_and_resumes() {
     assert!((sig.delta_score + insig.delta_score - all.delta_score).abs() < 1e-4);
     assert!(all.mean_abs_score_change > 0.0);
     assert_eq!(get("clean").delta_score, 0.0);
+    let control = get("mean-ablate random neurons");
+    assert_eq!(control.draws, 2);
+    assert!(control.delta_accuracy_sd >= 0.0 && control.accuracy <= 1.0);
 
     // Resume: only the removed stages run again, with the same result.
     let before = std::fs::read(run.join("ablations.json")).unwrap();
@@ -193,4 +225,51 @@ fn greedy_transcripts_agree_with_teacher_forced_scores() {
         reps.transcripts.iter().any(|t| t.correct) && reps.transcripts.iter().any(|t| !t.correct)
     );
     assert_eq!(reps.split(true).len(), 12);
+}
+
+/// Stage 1 records what the unembedding reads: for an RMSNorm model (whose `hook_normalized` is
+/// before the norm's weight) that is the norm's output, the same as `readout_stream`, and its
+/// argmax through the unembedding is the first greedy token.
+#[test]
+fn recorded_streams_are_what_the_unembedding_reads_in_rmsnorm_models() {
+    use metarep_second_order::data::{evaluate, Problem};
+    use metarep_second_order::readout_stream;
+    use metarep_testbeds::arith::framing;
+
+    let tok = model().tokenizer().unwrap().clone();
+    let mut cfg = common::llama_cfg();
+    cfg.d_vocab = tok.vocab_size();
+    let rms = common::rich_model(cfg, 5).with_tokenizer(tok.clone());
+    let problems: Vec<Problem> = (0..12)
+        .map(|i| Problem {
+            prompt: format!("{} + {} =", i * 3 % 10, i % 7),
+            answer: format!(" {}", i * 3 % 10 + i % 7),
+        })
+        .collect();
+    let fr = framing(&tok).unwrap();
+    let reps = evaluate(&rms, &problems, &fr, 5).unwrap();
+    let stream = readout_stream(
+        &rms,
+        &reps.tokens,
+        &reps.positions,
+        &mut metarep_model::NoHooks,
+    )
+    .unwrap();
+    let gap = max_abs_diff(&stream, &reps.final_normed).unwrap();
+    assert!(gap < 1e-5, "{gap}");
+    let first = rms
+        .unembed(&reps.final_normed.unsqueeze(1).unwrap())
+        .unwrap()
+        .squeeze(1)
+        .unwrap()
+        .argmax(candle_core::D::Minus1)
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap();
+    for (t, f) in reps.transcripts.iter().zip(first) {
+        assert!(
+            t.completion.starts_with(&tok.decode(&[f], true).unwrap()),
+            "{t:?}"
+        );
+    }
 }
