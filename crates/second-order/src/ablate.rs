@@ -55,6 +55,9 @@ pub struct AblationResult {
     /// Standard deviation of `delta_accuracy` over the draws (0 for one draw).
     #[serde(default)]
     pub delta_accuracy_sd: f64,
+    /// Each draw's accuracy change (empty for one draw).
+    #[serde(default)]
+    pub per_draw_delta_accuracy: Vec<f64>,
 }
 
 fn one() -> usize {
@@ -234,6 +237,7 @@ pub fn ablations(
         delta_accuracy: (t.hits - clean.hits) / nf,
         draws: 1,
         delta_accuracy_sd: 0.0,
+        per_draw_delta_accuracy: Vec::new(),
     };
     let layers: Vec<usize> = index.layers.iter().map(|e| e.layer).collect();
     let means = layer_means(model, reps, &layers, index.chunk)?;
@@ -257,6 +261,7 @@ pub fn ablations(
         out.push(AblationResult {
             draws: controls.draws,
             delta_accuracy_sd: var.sqrt(),
+            per_draw_delta_accuracy: deltas,
             ..result("mean-ablate random neurons", sum.scaled(1.0 / k))
         });
     }

@@ -121,6 +121,9 @@ fn the_pipeline_writes_every_stage_and_resumes() {
     assert_eq!(get("clean").delta_score, 0.0);
     let control = get("mean-ablate random neurons");
     assert_eq!(control.draws, 2);
+    assert_eq!(control.per_draw_delta_accuracy.len(), 2);
+    let mean = control.per_draw_delta_accuracy.iter().sum::<f64>() / 2.0;
+    assert!((mean - control.delta_accuracy).abs() < 1e-9);
     assert!(control.delta_accuracy_sd >= 0.0 && control.accuracy <= 1.0);
 
     // Resume: only the removed stages run again, with the same result.

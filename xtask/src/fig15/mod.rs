@@ -1,10 +1,11 @@
 //! fig15: circuits and tokenization in the real SmolLM2-135M-Instruct (GGUF Q4_1, dequantized
 //! to f32; `cargo xtask fixtures smollm2`): indirect object identification with patching, direct
-//! logit attribution and path patching ([`ioi`]), and few-shot arithmetic by tokenization class
-//! and operand length ([`arith`]).
+//! logit attribution and path patching ([`ioi`]), few-shot arithmetic by tokenization class
+//! and operand length ([`arith`]), and second-order neuron effects on IOI ([`second_order`]).
 
 mod arith;
 mod ioi;
+mod second_order;
 
 use std::path::Path;
 
@@ -24,12 +25,14 @@ pub struct Fig15Config {
     seed: u64,
     ioi: ioi::IoiConfig,
     arithmetic: arith::ArithConfig,
+    second_order: second_order::SecondOrderConfig,
 }
 
 impl CheckedConfig for Fig15Config {
     fn check(&self) -> Result<(), BoxError> {
         self.ioi.check()?;
-        self.arithmetic.check()
+        self.arithmetic.check()?;
+        self.second_order.check()
     }
 }
 
@@ -42,5 +45,6 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     let model = HookedTransformer::from_gguf(&gguf, &LoadOptions::default())?;
     let pass = ioi::run(cfg.seed, &cfg.ioi, &model, &mut out)?;
     arith::run(cfg.seed, &cfg.arithmetic, &model, &mut out)?;
-    out.finish(pass)
+    let exact = second_order::run(cfg.seed, &cfg.second_order, &model, dir, &mut out)?;
+    out.finish(pass && exact)
 }
