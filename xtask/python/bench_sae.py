@@ -2,7 +2,7 @@
 ReLU + L1 sparse autoencoder (the same model, loss and optimiser as metarep-sae's), timed.
 
 Usage: python bench_sae.py {topk,relu} --d-in 768 --expansion 16 --batch 4096 --k 32
-       [--steps 6] [--warmup 2] [--threads N]
+       [--steps 6] [--warmup 2] [--threads N] [--memmap ACTS.npy]
 Prints one JSON object: median step wall and CPU time, tokens/s, peak RSS of this process
 (ru_maxrss).
 
@@ -12,6 +12,10 @@ by a dense matmul (SAELens's formulation); decoder rows renormalised after each 
 ReLU + L1: ReLU(pre); loss = Σ‖x̂ − x‖² / batch + λ Σ f_i ‖W_dec,i‖ / batch (decoder norms
 folded into the penalty). Optimiser: torch.optim.Adam with default settings (β = 0.9, 0.999,
 ε = 1e-8), lr 3e-4.
+
+Data: one fixed random batch, or with --memmap a `[rows, d_in]` .npy file (e.g. f16) opened as a
+NumPy memory map; each step then reads its batch (the next rows of a seeded permutation, read in
+sorted order) and converts it to float32 inside the timed step.
 """
 
 import argparse
@@ -20,6 +24,7 @@ import resource
 import statistics
 import time
 
+import numpy as np
 import torch
 
 
@@ -34,6 +39,7 @@ def main():
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--memmap", default=None)
     a = p.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
@@ -49,9 +55,25 @@ def main():
     b_enc = torch.nn.Parameter(torch.zeros(d_sae))
     b_dec = torch.nn.Parameter(torch.zeros(d_in))
     opt = torch.optim.Adam([W_enc, b_enc, W_dec, b_dec], lr=3e-4)
-    x = torch.randn(a.batch, d_in)
+    if a.memmap is None:
+        fixed = torch.randn(a.batch, d_in)
+        next_batch = lambda: fixed
+    else:
+        mm = np.load(a.memmap, mmap_mode="r")
+        if mm.ndim != 2 or mm.shape[1] != d_in or mm.shape[0] < a.batch:
+            raise SystemExit(f"{a.memmap}: shape {mm.shape}, expected [≥ {a.batch}, {d_in}]")
+        order = np.random.default_rng(0).permutation(mm.shape[0])
+        cursor = [0]
+
+        def next_batch():
+            if cursor[0] + a.batch > len(order):
+                cursor[0] = 0
+            idx = np.sort(order[cursor[0]:cursor[0] + a.batch])
+            cursor[0] += a.batch
+            return torch.from_numpy(np.asarray(mm[idx], dtype=np.float32))
 
     def step():
+        x = next_batch()
         pre = (x - b_dec) @ W_enc + b_enc
         if a.arch == "topk":
             top = pre.topk(a.k, dim=-1)

@@ -250,7 +250,11 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
 }
 
 /// Tokenises `docs` (each followed by the end-of-text token) into `path`, one document per line.
-fn write_ids(model: &HookedTransformer, docs: &[Document], path: &Path) -> Result<(), BoxError> {
+pub(crate) fn write_ids(
+    model: &HookedTransformer,
+    docs: &[Document],
+    path: &Path,
+) -> Result<(), BoxError> {
     let tok = model
         .tokenizer()
         .ok_or("the SmolLM2 GGUF carries no tokenizer")?;

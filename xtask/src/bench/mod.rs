@@ -10,6 +10,7 @@ mod lat_cg;
 mod py_server;
 mod real_forward;
 mod sae;
+mod sae_store;
 mod second_order;
 
 use std::collections::BTreeMap;

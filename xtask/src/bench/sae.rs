@@ -16,30 +16,35 @@ use metarep_sae::source::Batch;
 use metarep_sae::{Architecture, LossConfig, Sae, SaeConfig, SaeTrainConfig, SaeTrainer};
 use serde::Serialize;
 
-use super::{load_average, median, write_report};
+use super::{load_average, median, sae_store, write_report};
 use crate::error::BoxError;
 
 const D_IN: usize = 768;
-const EXPANSION: usize = 16;
-const BATCH: usize = 4096;
-const K: usize = 32;
+pub(super) const EXPANSION: usize = 16;
+pub(super) const BATCH: usize = 4096;
+pub(super) const K: usize = 32;
 const L1: f64 = 5.0;
 const LR: f64 = 3e-4;
 /// Timed steps per side (after one warm-up step).
-const STEPS: usize = 5;
+pub(super) const STEPS: usize = 5;
 /// Targets of the issue: metarep tokens/s over PyTorch tokens/s.
 const TOPK_TARGET: f64 = 4.0;
 const RELU_TARGET: f64 = 1.2;
+/// Target of the store row (end to end, real activations).
+const STORE_TARGET: f64 = 3.0;
 
+/// One side's timings.
 #[derive(Serialize)]
-struct Side {
+pub(super) struct Side {
     /// Median wall time of a step.
-    step_ms: f64,
+    pub step_ms: f64,
     /// Median CPU time (user + system, all threads) of a step: less sensitive than wall time to
     /// other processes competing for the 2 cores.
-    step_cpu_ms: f64,
-    tokens_per_s: f64,
-    peak_rss_mb: Option<f64>,
+    pub step_cpu_ms: f64,
+    /// Rows per second.
+    pub tokens_per_s: f64,
+    /// Peak resident memory of the side's process.
+    pub peak_rss_mb: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -58,11 +63,13 @@ struct Row {
 
 /// Runs the benchmark and writes `results/bench/sae.json`.
 pub fn run(out: &Path) -> Result<bool, BoxError> {
+    // The store row's capture runs first: nothing is timed next to it.
+    let captured = sae_store::prepare(&out.join("sae_store"))?;
     let load_before = load_average();
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     println!(
-        "  {:<6} {:>16} {:>9} {:>8} | {:>16} {:>9} {:>8} | speedup (target), CPU-time ratio",
+        "  {:<10} {:>16} {:>9} {:>8} | {:>16} {:>9} {:>8} | speedup (target), CPU-time ratio",
         "arch",
         "metarep ms (cpu)",
         "tokens/s",
@@ -76,45 +83,18 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
         (Architecture::Relu, "relu", RELU_TARGET),
     ] {
         let metarep = time_metarep(arch)?;
-        let (pytorch, pytorch_build) = match time_pytorch(name) {
-            Ok((s, build)) => (Some(s), Some(build)),
-            Err(e) => {
-                notes.push(format!("PyTorch side of {name} skipped: {e}"));
-                (None, None)
-            }
-        };
-        let speedup = pytorch
-            .as_ref()
-            .map(|p| metarep.tokens_per_s / p.tokens_per_s);
-        let cpu_time_ratio = pytorch
-            .as_ref()
-            .map(|p| p.step_cpu_ms / metarep.step_cpu_ms);
-        let fmt_mb = |s: &Side| s.peak_rss_mb.map_or("n/a".into(), |m| format!("{m:.0}"));
-        let fmt_ms = |s: &Side| format!("{:.1} ({:.0})", s.step_ms, s.step_cpu_ms);
-        println!(
-            "  {name:<6} {:>16} {:>9.0} {:>8} | {:>16} {:>9} {:>8} | {} ({target}×), {}",
-            fmt_ms(&metarep),
-            metarep.tokens_per_s,
-            fmt_mb(&metarep),
-            pytorch.as_ref().map_or("skipped".into(), fmt_ms),
-            pytorch
-                .as_ref()
-                .map_or("-".into(), |p| format!("{:.0}", p.tokens_per_s)),
-            pytorch.as_ref().map_or("-".into(), fmt_mb),
-            speedup.map_or("-".into(), |s| format!("{s:.2}×")),
-            cpu_time_ratio.map_or("-".into(), |r| format!("{r:.2}×")),
-        );
-        rows.push(Row {
-            arch: name,
-            metarep,
-            pytorch,
-            pytorch_build,
-            speedup,
-            cpu_time_ratio,
-            target,
-            meets_target: speedup.map(|s| s >= target),
-        });
+        let pytorch = time_pytorch(name, D_IN, None);
+        rows.push(row(name, target, metarep, pytorch, &mut notes));
     }
+    let metarep = sae_store::time_metarep(&captured)?;
+    let pytorch = time_pytorch("topk", captured.d_in, Some(&captured.npy));
+    rows.push(row(
+        "topk_store",
+        STORE_TARGET,
+        metarep,
+        pytorch,
+        &mut notes,
+    ));
     for n in &notes {
         println!("  note: {n}");
     }
@@ -122,26 +102,74 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
         out,
         "sae",
         serde_json::json!({
-            "what": "one SAE training step (forward, backward, AdamW, decoder renormalisation), d_in 768, expansion 16, batch 4096, f32 CPU; metarep-sae vs plain PyTorch, same run; median of 5 steps after 1 warm-up; step_cpu_ms = median CPU time (all threads) per step",
+            "what": "one SAE training step (forward, backward, AdamW, decoder renormalisation), expansion 16, batch 4096, f32 CPU; metarep-sae vs plain PyTorch, same run; median of 5 steps after 1 warm-up; step_cpu_ms = median CPU time (all threads) per step. Rows topk and relu: d_in 768, one fixed random batch. Row topk_store: d_in 576, real SmolLM2 activations, each step reads its shuffled batch (metarep from the f16 activation store, PyTorch from an f16 NumPy memmap of the same rows)",
             "d_in": D_IN, "expansion": EXPANSION, "batch": BATCH, "k": K, "l1": L1,
+            "store_rows": captured.rows, "store_d_in": captured.d_in,
             "rows": rows,
             "notes": notes,
             "load_average_before": load_before,
             "load_average_after": load_average(),
         }),
     )?;
+    std::fs::remove_dir_all(out.join("sae_store"))?;
     Ok(true)
 }
 
-fn time_metarep(arch: Architecture) -> Result<Side, BoxError> {
-    memory::reset_peak();
-    let config = SaeConfig::new(D_IN, EXPANSION, arch)?;
-    let mut sae = Sae::new(config, 0, DType::F32, &Device::Cpu)?;
+/// One row from both sides' timings (a PyTorch side that could not run becomes a note), printed.
+fn row(
+    name: &'static str,
+    target: f64,
+    metarep: Side,
+    pytorch: Result<(Side, serde_json::Value), BoxError>,
+    notes: &mut Vec<String>,
+) -> Row {
+    let (pytorch, pytorch_build) = match pytorch {
+        Ok((s, build)) => (Some(s), Some(build)),
+        Err(e) => {
+            notes.push(format!("PyTorch side of {name} skipped: {e}"));
+            (None, None)
+        }
+    };
+    let speedup = pytorch
+        .as_ref()
+        .map(|p| metarep.tokens_per_s / p.tokens_per_s);
+    let cpu_time_ratio = pytorch
+        .as_ref()
+        .map(|p| p.step_cpu_ms / metarep.step_cpu_ms);
+    let fmt_mb = |s: &Side| s.peak_rss_mb.map_or("n/a".into(), |m| format!("{m:.0}"));
+    let fmt_ms = |s: &Side| format!("{:.1} ({:.0})", s.step_ms, s.step_cpu_ms);
+    println!(
+        "  {name:<10} {:>16} {:>9.0} {:>8} | {:>16} {:>9} {:>8} | {} ({target}×), {}",
+        fmt_ms(&metarep),
+        metarep.tokens_per_s,
+        fmt_mb(&metarep),
+        pytorch.as_ref().map_or("skipped".into(), fmt_ms),
+        pytorch
+            .as_ref()
+            .map_or("-".into(), |p| format!("{:.0}", p.tokens_per_s)),
+        pytorch.as_ref().map_or("-".into(), fmt_mb),
+        speedup.map_or("-".into(), |s| format!("{s:.2}×")),
+        cpu_time_ratio.map_or("-".into(), |r| format!("{r:.2}×")),
+    );
+    Row {
+        arch: name,
+        metarep,
+        pytorch,
+        pytorch_build,
+        speedup,
+        cpu_time_ratio,
+        target,
+        meets_target: speedup.map(|s| s >= target),
+    }
+}
+
+/// The training settings of every row (`arch`'s L1 penalty for ReLU, none otherwise).
+pub(super) fn train_config(arch: Architecture) -> SaeTrainConfig {
     let loss = LossConfig {
         l1: if arch == Architecture::Relu { L1 } else { 0.0 },
         ..Default::default()
     };
-    let cfg = SaeTrainConfig {
+    SaeTrainConfig {
         seed: 0,
         batch: BATCH,
         steps: 1_000_000,
@@ -157,8 +185,14 @@ fn time_metarep(arch: Architecture) -> Result<Side, BoxError> {
         threshold_lr: 0.01,
         checkpoint_every: 0,
         log_every: 0,
-    };
-    let mut trainer = SaeTrainer::new(&sae, &cfg)?;
+    }
+}
+
+fn time_metarep(arch: Architecture) -> Result<Side, BoxError> {
+    memory::reset_peak();
+    let config = SaeConfig::new(D_IN, EXPANSION, arch)?;
+    let mut sae = Sae::new(config, 0, DType::F32, &Device::Cpu)?;
+    let mut trainer = SaeTrainer::new(&sae, &train_config(arch))?;
     let x = normal_vec(
         &mut seeded(derive_seed(0, "bench/sae")),
         BATCH * D_IN,
@@ -188,15 +222,25 @@ fn time_metarep(arch: Architecture) -> Result<Side, BoxError> {
 }
 
 /// The PyTorch side's timings and build facts (version, threads, CPU capability).
-fn time_pytorch(arch: &str) -> Result<(Side, serde_json::Value), BoxError> {
+/// `d_in` is the row width; with `memmap`, each step reads its shuffled batch from that `.npy`
+/// file instead of reusing one random batch.
+fn time_pytorch(
+    arch: &str,
+    d_in: usize,
+    memmap: Option<&Path>,
+) -> Result<(Side, serde_json::Value), BoxError> {
     let python = std::env::var("METAREP_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/bench_sae.py");
-    let out = Command::new(&python)
-        .arg(&script)
+    let mut cmd = Command::new(&python);
+    cmd.arg(&script);
+    if let Some(path) = memmap {
+        cmd.arg("--memmap").arg(path);
+    }
+    let out = cmd
         .arg(arch)
         .args([
             "--d-in",
-            &D_IN.to_string(),
+            &d_in.to_string(),
             "--expansion",
             &EXPANSION.to_string(),
         ])
@@ -239,7 +283,7 @@ fn time_pytorch(arch: &str) -> Result<(Side, serde_json::Value), BoxError> {
 }
 
 /// CPU time (user + system) of this process so far, in ms (Linux; clock ticks of 10 ms).
-fn cpu_ms() -> f64 {
+pub(super) fn cpu_ms() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit(')')
