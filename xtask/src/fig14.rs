@@ -65,6 +65,10 @@ pub struct Fig14Config {
     train_chars: usize,
     /// Held-out contexts every SAE is scored on.
     eval_contexts: usize,
+    /// Take them evenly spaced over the whole held-out split (every source) instead of the
+    /// first ones (the first held-out documents are news, like a quick config's training slice).
+    #[serde(default)]
+    eval_spread: bool,
     /// Contexts per forward pass (capture and scoring).
     batch_contexts: usize,
     /// Store dtype (`f16`, `bf16` or `f32`).
@@ -273,8 +277,8 @@ pub(crate) fn write_ids(
     Ok(())
 }
 
-/// The first `eval_contexts` held-out contexts: their token ids, and the same in batches of
-/// `batch_contexts` (`[b, n_ctx]`).
+/// `eval_contexts` held-out contexts (the first ones, or evenly spaced over the split with
+/// `eval_spread`): their token ids, and the same in batches of `batch_contexts` (`[b, n_ctx]`).
 fn held_out_contexts(
     model: &HookedTransformer,
     docs: &[Document],
@@ -293,7 +297,17 @@ fn held_out_contexts(
         )
         .into());
     }
-    let contexts = data.sequences[..cfg.eval_contexts].to_vec();
+    let total = data.sequences.len();
+    let contexts: Vec<Vec<u32>> = (0..cfg.eval_contexts)
+        .map(|i| {
+            let at = if cfg.eval_spread {
+                i * total / cfg.eval_contexts
+            } else {
+                i
+            };
+            data.sequences[at].clone()
+        })
+        .collect();
     let batches = contexts
         .chunks(cfg.batch_contexts)
         .map(|batch| Ok(Input::from_ids(batch, &Device::Cpu)?.tokens))
