@@ -11,8 +11,7 @@
 //!   reconstruction of `v`):
 //!   `remove all effects` (`e → μ`), `remove significant` (`e → μ` only where ‖c‖ is above the
 //!   neuron's shuffled-prompt null threshold, see [`crate::null`]), `remove insignificant` (only
-//!   where it is not), `rank-1` (`e → μ +
-//!   (c·v) v`), `text` (`e → μ + (c·v) t`).
+//!   where it is not), `rank-1` (`e → μ + (c·v) v`), `text` (`e → μ + (c·v) t`).
 //!
 //! The edits act on the recorded stream at the read-out, so they change only the first answer
 //! token's prediction; the task accuracy here is first-answer-token accuracy. File:

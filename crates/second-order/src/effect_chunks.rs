@@ -3,11 +3,12 @@
 //! `effects/L{layer}-{chunk:05}.safetensors` with `effects` `[chunk, neurons of the layer,
 //! d_model]` (f16 or f32), `scores` `[chunk, neurons]` f32 (projections on the correctness
 //! direction) and `null_effects` (same shape as `effects`: the effects on the same prompts with
-//! their tokens shuffled, the null of [`crate::null`]). The full `[examples × neurons × d_model]` tensor never exists in memory; an
-//! interrupted run keeps its finished chunks and resumes after them. `effects/index.json`
-//! lists layers, neurons and chunks, and the total second-order mass (Σ‖effect‖ over the first
-//! chunk's prompts) of every neuron of every layer, for the layer-concentration statistic; those
-//! path matrices are built one block of neurons at a time.
+//! their tokens shuffled, the null of [`crate::null`]). The full `[examples × neurons ×
+//! d_model]` tensor never exists in memory; an interrupted run keeps its finished chunks and
+//! resumes after them. `effects/index.json` lists layers, neurons and chunks, and the total
+//! second-order mass (Σ‖effect‖ over the first chunk's prompts) of every neuron of every layer,
+//! for the layer-concentration statistic; those path matrices are built one block of neurons at
+//! a time.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -175,11 +175,11 @@ fn layer_plot(files: &RunFiles) -> LinePlot {
 
 /// Whether the heaviest layers are where the plan expects: together more than twice a uniform
 /// share, and each in the middle-to-late part of the model (layer ≥ n_layers / 3).
-fn concentrated_middle_to_late(files: &RunFiles, n_layers: usize) -> bool {
-    let top = heaviest_layers(&files.index, TOP_LAYERS);
+/// `top`: the heaviest layers and their shares ([`heaviest_layers`]).
+fn concentrated_middle_to_late(top: &[(usize, f64)], n_layers: usize) -> bool {
     let with_paths = n_layers.saturating_sub(1).max(1) as f64;
     let share: f64 = top.iter().map(|t| t.1).sum();
-    share > 2.0 * TOP_LAYERS as f64 / with_paths && top.iter().all(|t| 3 * t.0 >= n_layers)
+    share > 2.0 * top.len() as f64 / with_paths && top.iter().all(|t| 3 * t.0 >= n_layers)
 }
 
 /// Prints and records the run's numbers.
@@ -187,7 +187,7 @@ fn report(files: &RunFiles, n_layers: usize, gap: f64, out: &mut ResultDir) {
     let s = summary(files);
     let info = &files.directions.info;
     let top = heaviest_layers(&files.index, TOP_LAYERS);
-    let expected = concentrated_middle_to_late(files, n_layers);
+    let expected = concentrated_middle_to_late(&top, n_layers);
     println!(
         "    {} prompts, exact-answer accuracy {:.3}; direction from {} correct / {} incorrect (validation scores {:.3} vs {:.3}); decomposition vs logits max |gap| {gap:.1e}",
         files.reps.len(), s.accuracy, info.correct, info.incorrect, info.validation_scores.0,
