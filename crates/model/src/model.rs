@@ -302,6 +302,18 @@ impl HookedTransformer {
         Ok((out, ActivationCache::new(self.clone(), cache.acts)))
     }
 
+    /// Blocks a pass up to `to` runs: `n` for `RunTo::Layer(n)` (at most the model's), else all.
+    fn layers_to(&self, to: RunTo) -> Result<usize> {
+        match to {
+            RunTo::Layer(n) if n > self.cfg.n_layers => Err(Error::Invalid(format!(
+                "stop_at_layer {n} is beyond the model's {} layers",
+                self.cfg.n_layers
+            ))),
+            RunTo::Layer(n) => Ok(n),
+            _ => Ok(self.cfg.n_layers),
+        }
+    }
+
     /// The general forward pass: embeddings, blocks and head, calling `hooks` at every hook
     /// point, up to `to`.
     pub fn run<H: Hooks>(&self, input: &Input, hooks: &mut H, to: RunTo) -> Result<Tensor> {
@@ -347,21 +359,14 @@ impl HookedTransformer {
         to: RunTo,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        let n_layers = match to {
-            RunTo::Layer(n) if n > self.cfg.n_layers => {
-                return Err(Error::Invalid(format!(
-                    "stop_at_layer {n} is beyond the model's {} layers",
-                    self.cfg.n_layers
-                )))
-            }
-            RunTo::Layer(n) => n,
-            _ => self.cfg.n_layers,
-        };
+        let n_layers = self.layers_to(to)?;
         let offset = cache.as_ref().map_or(0, |c| c.len);
         let tokens = self.check_tokens(&input.tokens, offset)?;
         let padding = input.attention_mask.as_ref();
-        let x = self.embed(&tokens, offset, input.token_type_ids.as_ref(), hooks)?;
-        self.run_blocks(x, 0..n_layers, offset, padding, cache, hooks, to)
+        let positions: Vec<usize> = (offset..offset + tokens.dim(1)?).collect();
+        let e = self.lookup(&tokens)?;
+        let x = self.embed(e, &positions, input.token_type_ids.as_ref(), hooks)?;
+        self.run_blocks(x, 0..n_layers, &positions, padding, cache, hooks, to)
     }
 
     /// TransformerLens's `start_at_layer`: runs blocks `start..` and the head (as far as `to`
@@ -395,38 +400,97 @@ impl HookedTransformer {
             ));
         }
         self.check_positions(p)?;
-        self.run_blocks(resid.clone(), start..end, 0, None, None, hooks, to)
+        let positions: Vec<usize> = (0..p).collect();
+        self.run_blocks(resid.clone(), start..end, &positions, None, None, hooks, to)
     }
 
-    /// Blocks `layers` from the residual stream `x` entering the first of them, then the head
-    /// as `to` says (`RunTo::Layer` returns the stream after the last block run).
+    /// The forward pass from input embeddings `[batch, pos, d_model]` (vectors of what
+    /// `hook_embed` outputs: token embeddings, or anything in their space such as a learned
+    /// summary of many tokens) at explicit, strictly increasing `positions` (one per input
+    /// row position). `hook_embed` sees `embeds`; learned position embeddings are those of
+    /// `positions`, rotary angles are taken at them, and a query attends to the inputs at its
+    /// own and earlier positions (sliding windows measured in positions). Gaps are allowed:
+    /// a run over tokens at positions with gaps equals the full run with the gaps' tokens
+    /// masked out as padding. With the token embeddings at `0..pos` it returns what
+    /// [`HookedTransformer::run`] returns for the tokens. Decoder models only.
+    pub fn run_embeddings<H: Hooks>(
+        &self,
+        embeds: &Tensor,
+        positions: &[usize],
+        hooks: &mut H,
+        to: RunTo,
+    ) -> Result<Tensor> {
+        if !self.cfg.causal {
+            return Err(Error::Unsupported(
+                "input embeddings at explicit positions need a causal (decoder) model".into(),
+            ));
+        }
+        let (_, p, d) = embeds.dims3().map_err(|_| {
+            Error::shape(
+                "input embeddings",
+                "[batch, pos, d_model]",
+                format!("{:?}", embeds.dims()),
+            )
+        })?;
+        if d != self.cfg.d_model || p == 0 {
+            return Err(Error::shape(
+                "input embeddings",
+                format!("a non-empty [batch, pos, {}]", self.cfg.d_model),
+                format!("{:?}", embeds.dims()),
+            ));
+        }
+        if positions.len() != p {
+            return Err(Error::shape(
+                "positions",
+                format!("{p} positions (one per input position)"),
+                format!("{}", positions.len()),
+            ));
+        }
+        if let Some(i) = positions.windows(2).position(|w| w[1] <= w[0]) {
+            return Err(Error::Invalid(format!(
+                "positions must be strictly increasing: {} then {} at index {}",
+                positions[i],
+                positions[i + 1],
+                i + 1
+            )));
+        }
+        self.check_positions(positions[p - 1] + 1)?;
+        let n_layers = self.layers_to(to)?;
+        let x = self.embed(embeds.clone(), positions, None, hooks)?;
+        self.run_blocks(x, 0..n_layers, positions, None, None, hooks, to)
+    }
+
+    /// Blocks `layers` from the residual stream `x` entering the first of them at `positions`
+    /// (after the cache's keys at `0..cache.len()`, if any), then the head as `to` says
+    /// (`RunTo::Layer` returns the stream after the last block run).
     #[allow(clippy::too_many_arguments)]
     fn run_blocks<H: Hooks>(
         &self,
         mut x: Tensor,
         layers: std::ops::Range<usize>,
-        offset: usize,
+        positions: &[usize],
         padding: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
         hooks: &mut H,
         to: RunTo,
     ) -> Result<Tensor> {
-        let (b, p, _) = x.dims3()?;
+        let b = x.dim(0)?;
+        let offset = cache.as_ref().map_or(0, |c| c.len);
         let windowed = |l: usize| self.cfg.window_of(l).is_some();
         // Full-attention and sliding-window layers differ in mask and (Gemma) rotary tables.
         let full_mask = if layers.clone().any(|l| !windowed(l)) {
-            self.attention_bias(b, p, offset, None, padding)?
+            self.attention_bias(b, positions, offset, None, padding)?
         } else {
             None
         };
         let window_mask = match self.cfg.sliding_window {
             Some(w) if layers.clone().any(windowed) => {
-                self.attention_bias(b, p, offset, Some(w), padding)?
+                self.attention_bias(b, positions, offset, Some(w), padding)?
             }
             _ => None,
         };
-        let rope = self.rope_tables(self.inv_freq.as_deref(), offset, p)?;
-        let local_rope = self.rope_tables(self.local_inv_freq.as_deref(), offset, p)?;
+        let rope = self.rope_tables(self.inv_freq.as_deref(), positions)?;
+        let local_rope = self.rope_tables(self.local_inv_freq.as_deref(), positions)?;
         for l in layers {
             let kv = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             let (mask, rope) = if windowed(l) {
@@ -487,6 +551,15 @@ impl HookedTransformer {
     /// [`HookedTransformer::check_positions`] asks, counting `offset` earlier ones) and returns
     /// them as u32.
     fn check_tokens(&self, tokens: &Tensor, offset: usize) -> Result<Tensor> {
+        let p = tokens.dims().get(1).copied().unwrap_or(0);
+        let ids = self.check_ids(tokens)?;
+        self.check_positions(offset + p)?;
+        Ok(ids)
+    }
+
+    /// Validates token ids (a non-empty `[batch, pos]` of an integer dtype, each `< d_vocab`)
+    /// and returns them as u32 on the model's device.
+    fn check_ids(&self, tokens: &Tensor) -> Result<Tensor> {
         let (b, p) = tokens
             .dims2()
             .map_err(|_| Error::shape("tokens", "[batch, pos]", format!("{:?}", tokens.dims())))?;
@@ -497,7 +570,6 @@ impl HookedTransformer {
                 format!("{:?}", tokens.dims()),
             ));
         }
-        self.check_positions(offset + p)?;
         if tokens.dtype().is_float() {
             return Err(Error::shape(
                 "tokens",
@@ -524,27 +596,29 @@ impl HookedTransformer {
         Ok(tokens.to_dtype(DType::U32)?.to_device(self.device())?)
     }
 
-    /// The additive attention bias `[batch or 1, 1, q, k]` (0 or `-inf`) of `p` queries at
-    /// positions `offset..offset + p` over keys `0..offset + p` (each query seeing at most the
-    /// `window` latest keys), or `None` when every query sees every key.
+    /// The additive attention bias `[batch or 1, 1, q, k]` (0 or `-inf`) of queries at
+    /// `positions` over keys at positions `0..offset` followed by `positions` (a query sees keys
+    /// at its own or earlier positions, at most `window` positions back), or `None` when every
+    /// query sees every key.
     fn attention_bias(
         &self,
         b: usize,
-        p: usize,
+        positions: &[usize],
         offset: usize,
         window: Option<usize>,
         padding: Option<&Tensor>,
     ) -> Result<Option<Tensor>> {
-        let keys_n = offset + p;
+        let p = positions.len();
+        let keys: Vec<usize> = (0..offset).chain(positions.iter().copied()).collect();
+        let keys_n = keys.len();
         let mut bias = if self.cfg.causal || window.is_some() {
             let mut m = vec![0f32; p * keys_n];
-            for qi in 0..p {
-                let q = offset + qi;
-                for k in 0..keys_n {
+            for (qi, &q) in positions.iter().enumerate() {
+                for (ki, &k) in keys.iter().enumerate() {
                     let future = self.cfg.causal && k > q;
                     let too_old = window.is_some_and(|w| q >= k + w);
                     if future || too_old {
-                        m[qi * keys_n + k] = f32::NEG_INFINITY;
+                        m[qi * keys_n + ki] = f32::NEG_INFINITY;
                     }
                 }
             }
@@ -594,21 +668,21 @@ impl HookedTransformer {
             .transpose()
     }
 
-    /// `(cos, sin)` tables `[1, pos, 1, rotary_dim / 2]` of the inverse frequencies `inv` for
-    /// positions `offset..offset + p`.
+    /// `(cos, sin)` tables `[1, pos, 1, rotary_dim / 2]` of the inverse frequencies `inv` at
+    /// `positions`.
     fn rope_tables(
         &self,
         inv: Option<&[f64]>,
-        offset: usize,
-        p: usize,
+        positions: &[usize],
     ) -> Result<Option<(Tensor, Tensor)>> {
         let Some(inv) = inv else {
             return Ok(None);
         };
         let half = inv.len();
+        let p = positions.len();
         let mut cos = Vec::with_capacity(p * half);
         let mut sin = Vec::with_capacity(p * half);
-        for pos in offset..offset + p {
+        for &pos in positions {
             for f in inv {
                 // f32 angles, as the reference implementations compute them.
                 let angle = (pos as f32) * (*f as f32);
@@ -624,29 +698,49 @@ impl HookedTransformer {
         )))
     }
 
+    /// Token embeddings `[batch, pos, d_model]` of `tokens` `[batch, pos]` (any integer dtype,
+    /// each `< d_vocab`), scaled as the model scales them (Gemma): what `hook_embed` sees, and
+    /// what [`HookedTransformer::run_embeddings`] takes.
+    pub fn token_embeddings(&self, tokens: &Tensor) -> Result<Tensor> {
+        self.lookup(&self.check_ids(tokens)?)
+    }
+
+    /// [`HookedTransformer::token_embeddings`] of checked u32 ids.
+    fn lookup(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (b, p) = tokens.dims2()?;
+        let e = self
+            .weights
+            .w_e
+            .index_select(&tokens.flatten_all()?, 0)?
+            .reshape((b, p, self.cfg.d_model))?;
+        Ok(match self.cfg.embed_scale {
+            Some(scale) => e.affine(scale, 0.0)?,
+            None => e,
+        })
+    }
+
+    /// The residual stream entering block 0 from input embeddings `e` `[batch, pos, d_model]`
+    /// at `positions`: `hook_embed`, learned position and token-type embeddings, and the
+    /// embedding norm where the model has them.
     fn embed<H: Hooks>(
         &self,
-        tokens: &Tensor,
-        offset: usize,
+        e: Tensor,
+        positions: &[usize],
         types: Option<&Tensor>,
         hooks: &mut H,
     ) -> Result<Tensor> {
-        let (b, p) = tokens.dims2()?;
-        let d = self.cfg.d_model;
+        let (b, p, d) = e.dims3()?;
         let w = &self.weights;
-        let mut e = w
-            .w_e
-            .index_select(&tokens.flatten_all()?, 0)?
-            .reshape((b, p, d))?;
-        if let Some(scale) = self.cfg.embed_scale {
-            e = e.affine(scale, 0.0)?;
-        }
         let mut x = hook(hooks, HookPoint::Embed, e)?;
         if let Some(w_pos) = &w.w_pos {
-            let pe = w_pos
-                .narrow(0, offset, p)?
-                .unsqueeze(0)?
-                .broadcast_as((b, p, d))?;
+            let contiguous = positions.windows(2).all(|w| w[1] == w[0] + 1);
+            let rows = if contiguous {
+                w_pos.narrow(0, positions[0], p)?
+            } else {
+                let ids: Vec<u32> = positions.iter().map(|&i| i as u32).collect();
+                w_pos.index_select(&Tensor::new(ids, w_pos.device())?, 0)?
+            };
+            let pe = rows.unsqueeze(0)?.broadcast_as((b, p, d))?;
             let pe = hook(hooks, HookPoint::PosEmbed, pe)?;
             x = (x + pe)?;
         }
