@@ -10,6 +10,8 @@
 //! - [`softmax_routes`]: softmax-attention transformers that solve kernel ridge regression in
 //!   context (Route A, Route B, width–rank sketches).
 //! - [`gist_tree`]: the crash-safe, versioned, disk-backed gist tree (MegaContext's memory).
+//! - [`megacontext`]: MegaContext's learned half: the fixed-budget working context over the
+//!   tree, GistNet and its ΔNLL training through a frozen base model, training-free baselines.
 //! - [`model`]: hookable transformers (GPT-2, GPT-NeoX, Llama family, BERT) loading Hugging Face
 //!   checkpoints, with TransformerLens hook points, caches, interventions, attribution, trainer.
 //! - [`kernels`]: hot ops as candle CustomOps (sparse latent ops, top-k selection, fused AdamW).
@@ -35,6 +37,7 @@ pub use metarep_eval as eval;
 pub use metarep_gist_tree as gist_tree;
 pub use metarep_kernels as kernels;
 pub use metarep_lat_cg as lat_cg;
+pub use metarep_megacontext as megacontext;
 pub use metarep_model as model;
 pub use metarep_sae as sae;
 pub use metarep_second_order as second_order;

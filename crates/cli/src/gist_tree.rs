@@ -1,6 +1,7 @@
 //! `metarep gist-tree ...`: build and check a gist tree from the shell. Every command takes
 //! `--tree DIR`; reads print JSON. Gists are made by the deterministic mean-pooling summariser
-//! (seed 0) — a learned compressor plugs in through the library's `Summarizer` trait.
+//! (seed 0), or, with `--gistnet DIR --model SPEC`, by a trained GistNet over the base model's
+//! token embeddings (the tree's width must be the model's `d_model`).
 
 use std::path::{Path, PathBuf};
 
@@ -10,8 +11,10 @@ use metarep_gist_tree::stats::TreeStats;
 use metarep_gist_tree::telemetry::AccessStats;
 use metarep_gist_tree::{
     FsyncPolicy, GistDType, LayoutTags, MeanPool, NodeRef, Provenance, Reader, Snapshot,
-    TreeConfig, TreeMeta, Writer, WriterOptions,
+    Summarizer, TreeConfig, TreeMeta, Writer, WriterOptions,
 };
+use metarep_megacontext::{GistNet, GistNetSummarizer};
+use metarep_model::{HookedTransformer, LoadOptions};
 
 type Res<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -32,6 +35,14 @@ pub struct GistTreeArgs {
     /// versions missing from a damaged commit log. `verify` lists such damage first.
     #[arg(long, global = true)]
     discard_uncommitted: bool,
+    /// Make gists with this GistNet checkpoint directory (`metarep_megacontext::GistNet::save`)
+    /// instead of mean pooling; needs `--model`.
+    #[arg(long, global = true, value_name = "DIR", requires = "model")]
+    gistnet: Option<PathBuf>,
+    /// The base model whose token embeddings GistNet reads (a GGUF file, a Hugging Face
+    /// directory or hub id).
+    #[arg(long, global = true, value_name = "SPEC")]
+    model: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -187,14 +198,29 @@ fn opts(args: &GistTreeArgs) -> Res<WriterOptions> {
     })
 }
 
-fn pool(width: u32) -> Res<Box<MeanPool>> {
-    Ok(Box::new(MeanPool::new(width as usize, POOL_SEED)?))
+/// The summariser writing commands use: GistNet when `--gistnet` is given, else mean pooling.
+fn summarizer(args: &GistTreeArgs, width: u32) -> Res<Box<dyn Summarizer + Send>> {
+    let (Some(dir), Some(spec)) = (&args.gistnet, &args.model) else {
+        return Ok(Box::new(MeanPool::new(width as usize, POOL_SEED)?));
+    };
+    let model = HookedTransformer::from_pretrained(spec, &LoadOptions::default())?;
+    let net = GistNet::load(dir, model.device())?;
+    let (d, gd) = (model.config().d_model, net.config().d_model);
+    if gd != d || width as usize != d {
+        return Err(format!(
+            "GistNet {} makes gists of width {gd}, the model's d_model is {d}, the tree's \
+             width {width}: all three must agree",
+            dir.display()
+        )
+        .into());
+    }
+    Ok(Box::new(GistNetSummarizer::new(net, model, 1)))
 }
 
 fn open_writer(args: &GistTreeArgs) -> Res<Writer> {
     let dir = tree_dir(args)?;
     let meta = TreeMeta::load(dir)?;
-    let (w, report) = Writer::open(dir, opts(args)?, pool(meta.config.width)?)?;
+    let (w, report) = Writer::open(dir, opts(args)?, summarizer(args, meta.config.width)?)?;
     if !report.is_clean() {
         eprintln!("{}", report.summary());
     }
@@ -264,7 +290,13 @@ pub fn run(args: GistTreeArgs) -> Res<bool> {
             };
             // Checked before the summariser allocates its width-sized table.
             cfg.validate()?;
-            Writer::create(tree_dir(&args)?, cfg, opts(&args)?, pool(*width)?)?.close()?;
+            Writer::create(
+                tree_dir(&args)?,
+                cfg,
+                opts(&args)?,
+                summarizer(&args, *width)?,
+            )?
+            .close()?;
             print_json(&serde_json::json!({ "created": tree_dir(&args)?, "config": cfg }))?;
         }
         Cmd::Append { input, prov } => {

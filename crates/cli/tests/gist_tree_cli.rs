@@ -278,3 +278,85 @@ fn read_commands_work_on_a_read_only_mount_and_a_full_disk() {
         std::panic::resume_unwind(e);
     }
 }
+
+#[test]
+fn a_trained_gistnet_makes_the_gists_of_a_tree_built_from_the_shell() {
+    use candle_core::{DType, Device, Tensor};
+    use metarep_megacontext::{GistNet, GistNetConfig};
+    use metarep_model::{HookedTransformer, ModelConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("model");
+    let model = HookedTransformer::random(
+        ModelConfig::gpt2_like(1, 16, 2, 50, 64),
+        5,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    model.save_pretrained(&model_dir).unwrap();
+    let cfg = GistNetConfig {
+        d_model: 16,
+        block: 4,
+        width: 16,
+        layers: 1,
+        heads: 2,
+        mlp: 32,
+    };
+    let net = GistNet::new(cfg, 2, &Device::Cpu).unwrap();
+    // Off mean pooling: a constant output projection.
+    let params = net.params();
+    let (_, proj) = params.iter().find(|(n, _)| n == "proj_out.weight").unwrap();
+    proj.set(&(Tensor::ones(proj.dims(), DType::F32, &Device::Cpu).unwrap() * 0.05).unwrap())
+        .unwrap();
+    let net_dir = dir.path().join("gistnet");
+    net.save(&net_dir).unwrap();
+    let (m, g) = (model_dir.to_str().unwrap(), net_dir.to_str().unwrap());
+    let tree = dir.path().join("t");
+    let t = tree.to_str().unwrap();
+    let learned = ["--gistnet", g, "--model", m];
+    let run = |args: &[&str]| {
+        let all: Vec<&str> = args.iter().chain(learned.iter()).copied().collect();
+        metarep(&all)
+    };
+    let (ok, _, err) = run(&[
+        "init", "--tree", t, "--block", "4", "--width", "16", "--dtype", "f32",
+    ]);
+    assert!(ok, "{err}");
+    let ids: Vec<u32> = (0..8).map(|i| i * 6 % 50).collect();
+    let text: Vec<String> = ids.iter().map(u32::to_string).collect();
+    let (ok, _, err) = run(&["append", "--tree", t, "--tokens", &text.join(" ")]);
+    assert!(ok, "{err}");
+    let (ok, j, err) = metarep(&[
+        "range", "--tree", t, "--start", "0", "--end", "2", "--level", "1",
+    ]);
+    assert!(ok, "{err}");
+    for b in 0..2 {
+        let block = Tensor::from_vec(ids[4 * b..4 * b + 4].to_vec(), (1, 4), &Device::Cpu).unwrap();
+        let want = net
+            .forward(&model.token_embeddings(&block).unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let got: Vec<f32> = j["gists"][b]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert!(
+            got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5),
+            "block {b}: {got:?} vs {want:?}"
+        );
+    }
+    // A tree whose width is not the model's is refused, naming the three widths.
+    let other = dir.path().join("narrow");
+    let o = other.to_str().unwrap();
+    let (ok, _, err) = run(&["init", "--tree", o, "--block", "4", "--width", "8"]);
+    assert!(!ok && err.contains("must agree"), "{err}");
+    // GistNet needs the model it reads embeddings from.
+    let (ok, _, err) = metarep(&["init", "--tree", o, "--gistnet", g]);
+    assert!(!ok && err.contains("--model"), "{err}");
+}

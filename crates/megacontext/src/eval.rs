@@ -1,0 +1,143 @@
+//! ΔNLL@H of a block replaced by each method, against the full context, over fixed windows:
+//! per-window values, their mean with a 95% interval, and the fraction of blocks under a
+//! threshold.
+
+use metarep_eval::stats::mean_ci;
+use metarep_model::HookedTransformer;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::gistnet::GistNet;
+use crate::objective::{nll_after_block, Replacement, WindowShape};
+use crate::train::block_embeddings;
+use crate::working_context::PositionRule;
+
+/// What stands in a block's place.
+#[derive(Debug, Clone, Copy)]
+pub enum Method<'a> {
+    /// Nothing (the block is dropped).
+    Drop,
+    /// The mean of the block's token embeddings (one slot).
+    MeanEmbedding,
+    /// The block's last `k` tokens.
+    LastK(usize),
+    /// A GistNet's gist (one slot).
+    Gist(&'a GistNet),
+}
+
+impl Method<'_> {
+    /// A short name for tables and metrics.
+    pub fn name(&self) -> String {
+        match self {
+            Method::Drop => "drop".into(),
+            Method::MeanEmbedding => "mean".into(),
+            Method::LastK(k) => format!("last_{k}"),
+            Method::Gist(_) => "gistnet".into(),
+        }
+    }
+
+    /// Slots the method spends on a block.
+    pub fn slots(&self) -> usize {
+        match self {
+            Method::Drop => 0,
+            Method::MeanEmbedding | Method::Gist(_) => 1,
+            Method::LastK(k) => *k,
+        }
+    }
+
+    /// The replacement of each window's block (gists carry no gradient).
+    pub fn replacement(
+        &self,
+        model: &HookedTransformer,
+        windows: &[Vec<u32>],
+        shape: WindowShape,
+    ) -> Result<Replacement> {
+        Ok(match self {
+            Method::Drop => Replacement::Drop,
+            Method::MeanEmbedding => {
+                Replacement::Vector(block_embeddings(model, windows, shape)?.mean(1)?)
+            }
+            Method::LastK(k) => {
+                if *k == 0 || *k > shape.block {
+                    return Err(Error::Config(format!(
+                        "last-k keeps 1..={} tokens, not {k}",
+                        shape.block
+                    )));
+                }
+                Replacement::Keep(vec![
+                    (shape.block - k..shape.block).collect();
+                    windows.len()
+                ])
+            }
+            Method::Gist(net) => Replacement::Vector(
+                net.forward(&block_embeddings(model, windows, shape)?)?
+                    .detach(),
+            ),
+        })
+    }
+}
+
+/// ΔNLL@H per window: NLL with the block replaced by `method` minus NLL with the block in full,
+/// in batches of `batch` windows.
+pub fn delta_nll(
+    model: &HookedTransformer,
+    windows: &[Vec<u32>],
+    shape: WindowShape,
+    rule: PositionRule,
+    method: Method<'_>,
+    batch: usize,
+) -> Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(windows.len());
+    for chunk in windows.chunks(batch.max(1)) {
+        let full = nll_after_block(model, chunk, shape, &Replacement::Full, rule)?;
+        let repl = method.replacement(model, chunk, shape)?;
+        let got = nll_after_block(model, chunk, shape, &repl, rule)?;
+        let d = (got - full)?
+            .to_dtype(candle_core::DType::F64)?
+            .to_vec1::<f64>()?;
+        out.extend(d);
+    }
+    Ok(out)
+}
+
+/// Summary of per-window ΔNLL values.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeltaSummary {
+    /// Method name.
+    pub method: String,
+    /// Tokens represented per slot (B / slots; infinite when dropped).
+    pub ratio: f64,
+    /// Windows.
+    pub n: usize,
+    /// Mean ΔNLL (nats).
+    pub mean: f64,
+    /// 95% interval of the mean (Student t).
+    pub low: f64,
+    /// Upper end of the interval.
+    pub high: f64,
+    /// Fraction of windows with ΔNLL below `threshold`.
+    pub below: f64,
+    /// The threshold of `below` (nats).
+    pub threshold: f64,
+}
+
+/// Summarises `deltas` of `method` on blocks of `block` tokens (≥ 2 windows).
+pub fn summarize(
+    method: &Method<'_>,
+    block: usize,
+    deltas: &[f64],
+    threshold: f64,
+) -> Result<DeltaSummary> {
+    let ci = mean_ci(deltas, 0.95).map_err(|e| Error::Invalid(format!("ΔNLL interval: {e}")))?;
+    let below = deltas.iter().filter(|&&d| d < threshold).count() as f64 / deltas.len() as f64;
+    Ok(DeltaSummary {
+        method: method.name(),
+        ratio: block as f64 / method.slots() as f64,
+        n: deltas.len(),
+        mean: ci.estimate,
+        low: ci.low,
+        high: ci.high,
+        below,
+        threshold,
+    })
+}

@@ -1,0 +1,25 @@
+//! MegaContext, the learned half: a fixed-budget **working context** over the gist tree
+//! ([`working_context`]), **GistNet**, a learned compressor of B embeddings into one
+//! ([`gistnet`]), the **ΔNLL@H** objective that scores a block's replacement by the loss of the
+//! tokens after it ([`objective`]), GistNet's training through a frozen base model
+//! ([`train`]), the comparison with training-free baselines ([`eval`]) and GistNet as the
+//! gist tree's summariser ([`summarizer`]).
+//!
+//! The base model is any decoder [`metarep_model::HookedTransformer`]: gists are vectors in
+//! its embedding space, read through
+//! [`metarep_model::HookedTransformer::run_embeddings`] at explicit positions.
+
+pub mod error;
+pub mod eval;
+pub mod gistnet;
+pub mod objective;
+pub mod summarizer;
+pub mod train;
+pub mod working_context;
+
+pub use error::{Error, Result};
+pub use gistnet::{GistNet, GistNetConfig};
+pub use objective::{nll_after_block, Replacement, WindowShape};
+pub use summarizer::GistNetSummarizer;
+pub use train::{train_gistnet, GistTrainConfig};
+pub use working_context::{CoverConfig, PositionRule, Slot, WorkingContext};

@@ -1,0 +1,194 @@
+//! ΔNLL@H: the next-token loss of the H tokens after a block when the block is replaced (by a
+//! gist, by nothing, by some of its tokens) against the loss with the block in full.
+//!
+//! A **window** is `P + B + H` consecutive tokens of a document: a prefix of P, the block of B
+//! that gets replaced, and the H tokens whose loss is measured. The model reads the prefix,
+//! the block's replacement and the first H − 1 tokens after it, each at its position in the
+//! window (a gist at the block's last token, [`PositionRule::SpanEnd`]) or at consecutive slots
+//! ([`PositionRule::Slot`]); the last H slots predict the H tokens after the block (the slot
+//! just before them — the gist, the block's last kept token, or the prefix's last token when
+//! the block is dropped — predicts the first).
+
+use candle_core::{DType, IndexOp, Tensor};
+use metarep_model::{HookedTransformer, NoHooks, RunTo};
+
+use crate::error::{Error, Result};
+use crate::working_context::PositionRule;
+
+/// The window's shape: prefix P, block B, horizon H.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WindowShape {
+    /// Tokens before the block.
+    pub prefix: usize,
+    /// The block that is replaced.
+    pub block: usize,
+    /// Tokens after it whose loss is measured (≥ 1).
+    pub horizon: usize,
+}
+
+impl WindowShape {
+    /// Tokens in a window: P + B + H.
+    pub fn len(&self) -> usize {
+        self.prefix + self.block + self.horizon
+    }
+
+    /// Whether the window is empty (never, for a valid shape).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Errors unless B ≥ 1 and H ≥ 1.
+    pub fn validate(&self) -> Result<()> {
+        if self.block == 0 || self.horizon == 0 {
+            return Err(Error::Config(format!(
+                "a window needs a block and a horizon of at least one token: {self:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What stands in the block's place.
+#[derive(Debug, Clone)]
+pub enum Replacement {
+    /// The block itself (the full-context reference).
+    Full,
+    /// Nothing: the block is dropped.
+    Drop,
+    /// One vector per window `[n, d_model]` in the embedding space (a gist, or the mean of the
+    /// block's token embeddings).
+    Vector(Tensor),
+    /// The block's tokens at these offsets (strictly increasing, `< B`), per window.
+    Keep(Vec<Vec<usize>>),
+}
+
+/// Mean NLL (nats) of the H tokens after the block of each window `[n]`, with the block
+/// replaced as `replacement` says. `windows` are `[n, P + B + H]` token ids. Gradients flow
+/// into a [`Replacement::Vector`] (the base model's own weights are plain tensors).
+pub fn nll_after_block(
+    model: &HookedTransformer,
+    windows: &[Vec<u32>],
+    shape: WindowShape,
+    replacement: &Replacement,
+    rule: PositionRule,
+) -> Result<Tensor> {
+    shape.validate()?;
+    let n = windows.len();
+    if n == 0 || windows.iter().any(|w| w.len() != shape.len()) {
+        return Err(Error::shape(
+            "windows",
+            format!("≥ 1 windows of P + B + H = {} tokens", shape.len()),
+            format!(
+                "lengths {:?}",
+                windows.iter().map(Vec::len).collect::<Vec<_>>()
+            ),
+        ));
+    }
+    let (p, b, h) = (shape.prefix, shape.block, shape.horizon);
+    let dev = model.device();
+    let ids = |range: std::ops::Range<usize>| -> Result<Tensor> {
+        let flat: Vec<u32> = windows
+            .iter()
+            .flat_map(|w| w[range.clone()].to_vec())
+            .collect();
+        Ok(Tensor::from_vec(flat, (n, range.len()), dev)?)
+    };
+    let embed = |range: std::ops::Range<usize>| -> Result<Tensor> {
+        Ok(model.token_embeddings(&ids(range)?)?.to_dtype(DType::F32)?)
+    };
+    // Pieces of the input, in order, with their window positions.
+    let mut pieces: Vec<Tensor> = Vec::new();
+    let mut positions: Vec<usize> = Vec::new();
+    if p > 0 {
+        pieces.push(embed(0..p)?);
+        positions.extend(0..p);
+    }
+    match replacement {
+        Replacement::Full => {
+            pieces.push(embed(p..p + b)?);
+            positions.extend(p..p + b);
+        }
+        Replacement::Drop => {}
+        Replacement::Vector(v) => {
+            let d = model.config().d_model;
+            if v.dims() != [n, d] {
+                return Err(Error::shape(
+                    "replacement vectors",
+                    format!("[{n}, {d}]"),
+                    format!("{:?}", v.dims()),
+                ));
+            }
+            pieces.push(v.to_dtype(DType::F32)?.unsqueeze(1)?);
+            positions.push(p + b - 1);
+        }
+        Replacement::Keep(kept) => {
+            let valid = kept.len() == n
+                && kept
+                    .iter()
+                    .all(|k| k.windows(2).all(|w| w[0] < w[1]) && k.iter().all(|&o| o < b));
+            if !valid {
+                return Err(Error::Invalid(format!(
+                    "kept offsets must be {n} lists (one per window), strictly increasing, < {b}"
+                )));
+            }
+            if kept.iter().any(|k| *k != kept[0]) {
+                // Positions differ between windows: one pass per window.
+                let rows = windows
+                    .iter()
+                    .zip(kept)
+                    .map(|(w, k)| {
+                        let one = Replacement::Keep(vec![k.clone()]);
+                        nll_after_block(model, std::slice::from_ref(w), shape, &one, rule)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                return Ok(Tensor::cat(&rows, 0)?);
+            }
+            let offsets = &kept[0];
+            if !offsets.is_empty() {
+                let flat: Vec<u32> = windows
+                    .iter()
+                    .flat_map(|w| offsets.iter().map(|&o| w[p + o]).collect::<Vec<_>>())
+                    .collect();
+                let t = Tensor::from_vec(flat, (n, offsets.len()), dev)?;
+                pieces.push(model.token_embeddings(&t)?.to_dtype(DType::F32)?);
+                positions.extend(offsets.iter().map(|&o| p + o));
+            }
+        }
+    }
+    if h > 1 {
+        pieces.push(embed(p + b..p + b + h - 1)?);
+        positions.extend(p + b..p + b + h - 1);
+    }
+    if pieces.is_empty() {
+        return Err(Error::Invalid(
+            "nothing to read: no prefix, the block dropped and H = 1".into(),
+        ));
+    }
+    let refs: Vec<&Tensor> = pieces.iter().collect();
+    let embeds = Tensor::cat(&refs, 1)?.to_dtype(model.dtype())?;
+    let slots = positions.len();
+    let positions = match rule {
+        PositionRule::SpanEnd => positions,
+        PositionRule::Slot => (0..slots).collect(),
+    };
+    let logits = model.run_embeddings(&embeds, &positions, &mut NoHooks, RunTo::Logits)?;
+    if slots < h {
+        return Err(Error::Invalid(format!(
+            "{slots} slots cannot predict {h} tokens: give a prefix"
+        )));
+    }
+    let logits = logits
+        .i((.., slots - h.., ..))?
+        .to_dtype(DType::F32)?
+        .contiguous()?;
+    let targets = ids(p + b..p + b + h)?;
+    token_nll(&logits, &targets)
+}
+
+/// Mean over positions of −log p(target) `[n]` from `logits` `[n, h, vocab]` and `targets`
+/// `[n, h]`.
+fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logp = candle_core::Tensor::log_sum_exp(logits, candle_core::D::Minus1)?;
+    let picked = logits.gather(&targets.unsqueeze(2)?, 2)?.squeeze(2)?;
+    Ok((logp - picked)?.mean(1)?)
+}

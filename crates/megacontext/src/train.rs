@@ -1,0 +1,177 @@
+//! Training GistNet through a frozen base model: each step draws windows from the documents
+//! (a function of the seed and the step, so a resumed run repeats the uninterrupted one),
+//! replaces each window's block by its gist and minimises the mean NLL of the H tokens after it
+//! ([`crate::objective`]). Only GistNet's parameters move: the base model's weights are plain
+//! tensors, so gradients pass through it into the gist. The loop is
+//! [`metarep_core::train::run`] (warmup + cosine schedule, checkpoints with exact resume, the
+//! metrics log, progress bar).
+
+use candle_core::{DType, Tensor};
+use metarep_core::optim::WarmupCosine;
+use metarep_core::rng::{derive_seed, seeded};
+use metarep_core::train::{run, AdamRun, Plan, RunControl, RunReport};
+use metarep_model::HookedTransformer;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::gistnet::GistNet;
+use crate::objective::{nll_after_block, Replacement, WindowShape};
+use crate::working_context::PositionRule;
+
+/// A GistNet training run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GistTrainConfig {
+    /// Seed of the window draws.
+    pub seed: u64,
+    /// Optimisation steps.
+    pub steps: usize,
+    /// Windows per step.
+    pub batch: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Linear warmup steps.
+    pub warmup: usize,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (0 = off).
+    pub clip: f64,
+    /// The windows' prefix, block and horizon.
+    pub shape: WindowShape,
+    /// Positions of the gist and the tokens around it.
+    pub rule: PositionRule,
+    /// Metrics line every this many steps (0 = only the last).
+    pub log_every: usize,
+    /// Checkpoint every this many steps (0 = only at the end).
+    pub checkpoint_every: usize,
+}
+
+impl Default for GistTrainConfig {
+    /// 1 000 steps of 8 windows (P 64, B 32, H 32), lr 1e-3 with 50 warmup steps, no decay,
+    /// clip 1.
+    fn default() -> Self {
+        GistTrainConfig {
+            seed: 0,
+            steps: 1000,
+            batch: 8,
+            lr: 1e-3,
+            warmup: 50,
+            weight_decay: 0.0,
+            clip: 1.0,
+            shape: WindowShape {
+                prefix: 64,
+                block: 32,
+                horizon: 32,
+            },
+            rule: PositionRule::SpanEnd,
+            log_every: 50,
+            checkpoint_every: 0,
+        }
+    }
+}
+
+/// `n` windows drawn uniformly over the documents' window starts (a document of length L
+/// offers `L − len + 1`), by `(seed, stream)`; errors when no document is long enough.
+pub fn draw_windows(
+    docs: &[Vec<u32>],
+    shape: WindowShape,
+    n: usize,
+    seed: u64,
+    stream: &str,
+) -> Result<Vec<Vec<u32>>> {
+    let len = shape.len();
+    let starts: Vec<usize> = docs
+        .iter()
+        .map(|d| (d.len() + 1).saturating_sub(len))
+        .collect();
+    let total: usize = starts.iter().sum();
+    if total == 0 {
+        return Err(Error::Invalid(format!(
+            "no document holds a window of {len} tokens (longest: {})",
+            docs.iter().map(Vec::len).max().unwrap_or(0)
+        )));
+    }
+    let mut rng = seeded(derive_seed(seed, stream));
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut at = rng.random_range(0..total);
+        let mut doc = 0;
+        while at >= starts[doc] {
+            at -= starts[doc];
+            doc += 1;
+        }
+        out.push(docs[doc][at..at + len].to_vec());
+    }
+    Ok(out)
+}
+
+/// The block's token embeddings of each window `[n, B, d_model]` (f32): GistNet's input.
+pub fn block_embeddings(
+    model: &HookedTransformer,
+    windows: &[Vec<u32>],
+    shape: WindowShape,
+) -> Result<Tensor> {
+    let flat: Vec<u32> = windows
+        .iter()
+        .flat_map(|w| w[shape.prefix..shape.prefix + shape.block].to_vec())
+        .collect();
+    let ids = Tensor::from_vec(flat, (windows.len(), shape.block), model.device())?;
+    Ok(model.token_embeddings(&ids)?.to_dtype(DType::F32)?)
+}
+
+/// Trains `net` on windows of `docs` with `model` frozen; writes metrics and checkpoints under
+/// `control.out` when given.
+pub fn train_gistnet(
+    model: &HookedTransformer,
+    net: &GistNet,
+    docs: &[Vec<u32>],
+    config: &GistTrainConfig,
+    control: RunControl,
+) -> Result<RunReport> {
+    config.shape.validate()?;
+    if net.config().block != config.shape.block || net.config().d_model != model.config().d_model {
+        return Err(Error::Config(format!(
+            "GistNet (block {}, d_model {}) does not fit windows of block {} on a model of \
+             d_model {}",
+            net.config().block,
+            net.config().d_model,
+            config.shape.block,
+            model.config().d_model
+        )));
+    }
+    let params = net.params();
+    let loss = |step: usize| -> Result<Tensor> {
+        let windows = draw_windows(
+            docs,
+            config.shape,
+            config.batch,
+            config.seed,
+            &format!("train step {step}"),
+        )?;
+        let gists = net.forward(&block_embeddings(model, &windows, config.shape)?)?;
+        let nll = nll_after_block(
+            model,
+            &windows,
+            config.shape,
+            &Replacement::Vector(gists),
+            config.rule,
+        )?;
+        Ok(nll.mean_all()?)
+    };
+    let mut fit = AdamRun::new(&params, config.weight_decay, config.clip, loss)?;
+    let mut plan = Plan::new(
+        config.steps,
+        WarmupCosine {
+            lr: config.lr,
+            warmup: config.warmup,
+            steps: config.steps,
+        },
+    );
+    plan.log_every = if config.log_every == 0 {
+        config.steps
+    } else {
+        config.log_every
+    };
+    plan.checkpoint_every = config.checkpoint_every;
+    run(&mut fit, &plan, config, control)
+}

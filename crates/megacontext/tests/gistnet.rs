@@ -1,0 +1,236 @@
+//! GistNet: shapes and parameter count, an untrained net is mean pooling, save/load round
+//! trip, bad inputs are errors; training through a frozen base model lowers ΔNLL below the
+//! mean-embedding baseline on held-out windows, and the objective's replacements agree with
+//! plain token runs.
+
+use candle_core::{DType, Device, Tensor};
+use metarep_core::compare::max_abs_diff;
+use metarep_core::train::RunControl;
+use metarep_megacontext::eval::{delta_nll, summarize, Method};
+use metarep_megacontext::train::{block_embeddings, draw_windows};
+use metarep_megacontext::{
+    nll_after_block, train_gistnet, GistNet, GistNetConfig, GistTrainConfig, PositionRule,
+    Replacement, WindowShape,
+};
+use metarep_model::init::random_weights;
+use metarep_model::{HookedTransformer, ModelConfig};
+
+/// A small Llama-style base model with large weights, so that its predictions depend
+/// strongly on the context.
+fn base_model() -> HookedTransformer {
+    let json = serde_json::json!({
+        "model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64,
+        "vocab_size": 48, "max_position_embeddings": 256, "tie_word_embeddings": false
+    });
+    let cfg: ModelConfig =
+        metarep_model::hf_config::parse_hf_config(&json.to_string(), std::path::Path::new("<cfg>"))
+            .unwrap();
+    let w = random_weights(&cfg, 7, 0.4, DType::F32, &Device::Cpu).unwrap();
+    HookedTransformer::new(cfg, w).unwrap()
+}
+
+fn docs() -> Vec<Vec<u32>> {
+    (0..6u32)
+        .map(|d| {
+            (0..120u32)
+                .map(|i| (i * 7 + d * 13 + (i / 5) * 3) % 48)
+                .collect()
+        })
+        .collect()
+}
+
+fn small_net(seed: u64) -> GistNet {
+    let cfg = GistNetConfig {
+        d_model: 32,
+        block: 8,
+        width: 32,
+        layers: 1,
+        heads: 4,
+        mlp: 64,
+    };
+    GistNet::new(cfg, seed, &Device::Cpu).unwrap()
+}
+
+const SHAPE: WindowShape = WindowShape {
+    prefix: 8,
+    block: 8,
+    horizon: 8,
+};
+
+#[test]
+fn an_untrained_gistnet_is_mean_pooling_with_the_stated_parameter_count() {
+    let net = small_net(0);
+    let x = Tensor::randn(0f32, 1.0, (3, 8, 32), &Device::Cpu).unwrap();
+    let g = net.forward(&x).unwrap();
+    assert_eq!(g.dims(), [3, 32]);
+    assert!(max_abs_diff(&g, &x.mean(1).unwrap()).unwrap() < 1e-6);
+    let counted: usize = net.params().iter().map(|(_, v)| v.elem_count()).sum();
+    assert_eq!(counted, net.config().n_params());
+    let big = GistNetConfig::for_model(576, 32);
+    assert!(
+        (500_000..2_000_000).contains(&big.n_params()),
+        "{}",
+        big.n_params()
+    );
+    for bad in [(3, 7, 32), (3, 8, 16)] {
+        let t = Tensor::zeros(bad, DType::F32, &Device::Cpu).unwrap();
+        let err = net.forward(&t).unwrap_err().to_string();
+        assert!(err.contains("[n, 8, 32]"), "{err}");
+    }
+}
+
+#[test]
+fn replacements_agree_with_plain_token_runs() {
+    let model = base_model();
+    let windows = draw_windows(&docs(), SHAPE, 4, 0, "agree").unwrap();
+    // Keeping all B tokens is the full context.
+    let full = nll_after_block(
+        &model,
+        &windows,
+        SHAPE,
+        &Replacement::Full,
+        PositionRule::SpanEnd,
+    )
+    .unwrap();
+    let all = Replacement::Keep(vec![(0..8).collect(); 4]);
+    let kept = nll_after_block(&model, &windows, SHAPE, &all, PositionRule::SpanEnd).unwrap();
+    assert!(max_abs_diff(&full, &kept).unwrap() < 1e-5);
+    // The full context's NLL is the token run's cross-entropy over the last H tokens.
+    let ids: Vec<u32> = windows.iter().flatten().copied().collect();
+    let t = Tensor::from_vec(ids, (4, SHAPE.len()), &Device::Cpu).unwrap();
+    let logits = model.forward(t.clone()).unwrap();
+    let lp = log_softmax_rows(&logits);
+    for (w, window) in windows.iter().enumerate() {
+        let mut sum = 0.0;
+        for j in 0..8 {
+            let pos = 16 + j - 1;
+            let tok = window[16 + j] as usize;
+            sum -= lp[w][pos][tok];
+        }
+        let want = sum / 8.0;
+        let got = full.to_vec1::<f32>().unwrap()[w] as f64;
+        assert!((got - want).abs() < 1e-4, "window {w}: {got} vs {want}");
+    }
+    // Offsets that differ between windows run window by window.
+    for bad in [vec![vec![8]; 4], vec![vec![3, 3]; 4], vec![vec![1]; 3]] {
+        let bad = Replacement::Keep(bad);
+        let err = nll_after_block(&model, &windows, SHAPE, &bad, PositionRule::SpanEnd);
+        assert!(err.is_err(), "{bad:?}");
+    }
+    let mixed = Replacement::Keep(vec![vec![7], vec![6], vec![4, 5], vec![0]]);
+    let per = nll_after_block(&model, &windows, SHAPE, &mixed, PositionRule::SpanEnd).unwrap();
+    let one = Replacement::Keep(vec![vec![6]]);
+    let second =
+        nll_after_block(&model, &windows[1..2], SHAPE, &one, PositionRule::SpanEnd).unwrap();
+    assert!((per.to_vec1::<f32>().unwrap()[1] - second.to_vec1::<f32>().unwrap()[0]).abs() < 1e-6);
+}
+
+fn log_softmax_rows(logits: &Tensor) -> Vec<Vec<Vec<f64>>> {
+    let v = logits
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec3::<f64>()
+        .unwrap();
+    v.into_iter()
+        .map(|rows| {
+            rows.into_iter()
+                .map(|r| {
+                    let m = r.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z = r.iter().map(|x| (x - m).exp()).sum::<f64>().ln() + m;
+                    r.into_iter().map(|x| x - z).collect()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn training_lowers_delta_nll_below_mean_pooling_on_held_out_windows() {
+    let model = base_model();
+    let docs = docs();
+    let net = small_net(1);
+    let held_out = draw_windows(&docs, SHAPE, 48, 99, "held out").unwrap();
+    let eval = |net: &GistNet| {
+        delta_nll(
+            &model,
+            &held_out,
+            SHAPE,
+            PositionRule::SpanEnd,
+            Method::Gist(net),
+            16,
+        )
+        .unwrap()
+    };
+    let mean = delta_nll(
+        &model,
+        &held_out,
+        SHAPE,
+        PositionRule::SpanEnd,
+        Method::MeanEmbedding,
+        16,
+    )
+    .unwrap();
+    let before = eval(&net);
+    assert!(
+        max_abs_diff_f64(&before, &mean) < 1e-5,
+        "untrained gist = mean"
+    );
+    let cfg = GistTrainConfig {
+        steps: 150,
+        batch: 8,
+        lr: 3e-3,
+        warmup: 10,
+        shape: SHAPE,
+        log_every: 0,
+        ..GistTrainConfig::default()
+    };
+    let report = train_gistnet(&model, &net, &docs, &cfg, RunControl::default()).unwrap();
+    assert!(report.final_loss.is_finite());
+    let after = eval(&net);
+    let m = summarize(&Method::MeanEmbedding, 8, &mean, 1.0).unwrap();
+    let g = summarize(&Method::Gist(&net), 8, &after, 1.0).unwrap();
+    assert!(
+        g.high < m.low,
+        "trained gist ΔNLL {:.3} [{:.3}, {:.3}] is not below mean pooling's {:.3} [{:.3}, {:.3}]",
+        g.mean,
+        g.low,
+        g.high,
+        m.mean,
+        m.low,
+        m.high
+    );
+    // The gists are GistNet's: its gradient reached every parameter.
+    let emb = block_embeddings(&model, &held_out[..2], SHAPE).unwrap();
+    assert!(max_abs_diff(&net.forward(&emb).unwrap(), &emb.mean(1).unwrap()).unwrap() > 1e-3);
+}
+
+fn max_abs_diff_f64(a: &[f64], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn a_saved_gistnet_loads_to_the_same_gists() {
+    let net = small_net(3);
+    // Move it off mean pooling so the output projection matters.
+    for (name, v) in net.params() {
+        if name.starts_with("proj_out") {
+            v.set(&Tensor::randn(0f32, 0.1, v.dims(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    net.save(dir.path()).unwrap();
+    let back = GistNet::load(dir.path(), &Device::Cpu).unwrap();
+    assert_eq!(back.config(), net.config());
+    let x = Tensor::randn(0f32, 1.0, (2, 8, 32), &Device::Cpu).unwrap();
+    assert_eq!(
+        max_abs_diff(&net.forward(&x).unwrap(), &back.forward(&x).unwrap()).unwrap(),
+        0.0
+    );
+    let missing = tempfile::tempdir().unwrap();
+    assert!(GistNet::load(&missing.path().join("nope"), &Device::Cpu).is_err());
+}
