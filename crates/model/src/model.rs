@@ -330,6 +330,24 @@ impl HookedTransformer {
         cache: &mut KvCache,
         hooks: &mut H,
     ) -> Result<Tensor> {
+        self.run_cached_to(input, cache, hooks, RunTo::Logits)
+    }
+
+    /// [`HookedTransformer::run_cached`] up to `to`: `RunTo::Hidden` fills the cache and returns
+    /// the final normalised stream without the unembedding (`RunTo::Layer` is refused: it would
+    /// leave later layers' keys and values out of the cache).
+    pub fn run_cached_to<H: Hooks>(
+        &self,
+        input: &Input,
+        cache: &mut KvCache,
+        hooks: &mut H,
+        to: RunTo,
+    ) -> Result<Tensor> {
+        if let RunTo::Layer(n) = to {
+            return Err(Error::Unsupported(format!(
+                "a cached pass up to layer {n}: the cache needs every layer"
+            )));
+        }
         if !self.cfg.causal {
             return Err(Error::Unsupported(
                 "a key/value cache needs a causal (decoder) model".into(),
@@ -340,14 +358,8 @@ impl HookedTransformer {
                 "padding masks with a key/value cache (give equal-length rows)".into(),
             ));
         }
-        if cache.layers.len() != self.cfg.n_layers {
-            return Err(Error::Invalid(format!(
-                "the cache has {} layers, the model {}",
-                cache.layers.len(),
-                self.cfg.n_layers
-            )));
-        }
-        let out = self.run_inner(input, hooks, RunTo::Logits, Some(cache))?;
+        self.check_cache(cache)?;
+        let out = self.run_inner(input, hooks, to, Some(cache))?;
         cache.len += input.tokens.dim(1)?;
         Ok(out)
     }
@@ -420,6 +432,47 @@ impl HookedTransformer {
         hooks: &mut H,
         to: RunTo,
     ) -> Result<Tensor> {
+        self.check_embeddings(embeds, positions, 0)?;
+        let n_layers = self.layers_to(to)?;
+        let x = self.embed(embeds.clone(), positions, None, hooks)?;
+        self.run_blocks(x, 0..n_layers, positions, None, None, hooks, to)
+    }
+
+    /// [`HookedTransformer::run_embeddings`] after a prefix whose keys and values `prefix`
+    /// holds (positions `0..prefix.len()`, e.g. filled by [`HookedTransformer::run_cached_to`]):
+    /// the inputs attend to the prefix and to each other, their positions all `≥ prefix.len()`.
+    /// `prefix` is left as it is (the new keys and values are not kept), so one prefix serves
+    /// many continuations. Returns what the run over prefix and inputs together returns at the
+    /// inputs.
+    pub fn run_embeddings_after<H: Hooks>(
+        &self,
+        embeds: &Tensor,
+        positions: &[usize],
+        prefix: &KvCache,
+        hooks: &mut H,
+        to: RunTo,
+    ) -> Result<Tensor> {
+        self.check_embeddings(embeds, positions, prefix.len)?;
+        self.check_cache(prefix)?;
+        if let Some((k, _)) = prefix.layers.iter().find_map(|l| l.kv.as_ref()) {
+            if k.dim(0)? != embeds.dim(0)? {
+                return Err(Error::shape(
+                    "input embeddings after a cached prefix",
+                    format!("the prefix's batch of {}", k.dim(0)?),
+                    format!("{:?}", embeds.dims()),
+                ));
+            }
+        }
+        let n_layers = self.layers_to(to)?;
+        let x = self.embed(embeds.clone(), positions, None, hooks)?;
+        let mut cache = prefix.clone();
+        self.run_blocks(x, 0..n_layers, positions, None, Some(&mut cache), hooks, to)
+    }
+
+    /// Errors unless the model is a decoder, `embeds` is a non-empty `[batch, pos, d_model]`
+    /// and `positions` holds one strictly increasing position `≥ first` per input, within the
+    /// context length ([`HookedTransformer::check_positions`]).
+    fn check_embeddings(&self, embeds: &Tensor, positions: &[usize], first: usize) -> Result<()> {
         if !self.cfg.causal {
             return Err(Error::Unsupported(
                 "input embeddings at explicit positions need a causal (decoder) model".into(),
@@ -446,6 +499,12 @@ impl HookedTransformer {
                 format!("{}", positions.len()),
             ));
         }
+        if positions[0] < first {
+            return Err(Error::Invalid(format!(
+                "positions must start at or after the cached prefix's {first} positions, got {}",
+                positions[0]
+            )));
+        }
         if let Some(i) = positions.windows(2).position(|w| w[1] <= w[0]) {
             return Err(Error::Invalid(format!(
                 "positions must be strictly increasing: {} then {} at index {}",
@@ -454,10 +513,19 @@ impl HookedTransformer {
                 i + 1
             )));
         }
-        self.check_positions(positions[p - 1] + 1)?;
-        let n_layers = self.layers_to(to)?;
-        let x = self.embed(embeds.clone(), positions, None, hooks)?;
-        self.run_blocks(x, 0..n_layers, positions, None, None, hooks, to)
+        self.check_positions(positions[p - 1] + 1)
+    }
+
+    /// Errors unless `cache` has one entry per layer of this model.
+    fn check_cache(&self, cache: &KvCache) -> Result<()> {
+        if cache.layers.len() != self.cfg.n_layers {
+            return Err(Error::Invalid(format!(
+                "the cache has {} layers, the model {}",
+                cache.layers.len(),
+                self.cfg.n_layers
+            )));
+        }
+        Ok(())
     }
 
     /// Blocks `layers` from the residual stream `x` entering the first of them at `positions`

@@ -133,3 +133,53 @@ fn bad_positions_and_shapes_are_errors() {
         assert!(model.token_embeddings(&bad_ids).is_err(), "{name}: id 40");
     }
 }
+
+#[test]
+fn inputs_after_a_cached_prefix_equal_the_run_over_both() {
+    use metarep_model::KvCache;
+    for (name, model) in common::decoder_families() {
+        let t = tokens(2, 10);
+        let all = model.token_embeddings(&t).unwrap();
+        let positions = [0usize, 1, 2, 3, 5, 6, 9];
+        let idx = Tensor::new(&[0u32, 1, 2, 3, 5, 6, 9], &Device::Cpu).unwrap();
+        let want = model
+            .run_embeddings(
+                &all.index_select(&idx, 1).unwrap(),
+                &positions,
+                &mut NoHooks,
+                RunTo::Logits,
+            )
+            .unwrap();
+        let mut cache = KvCache::new(&model);
+        model
+            .run_cached_to(
+                &Input::new(t.narrow(1, 0, 4).unwrap()),
+                &mut cache,
+                &mut NoHooks,
+                RunTo::Hidden,
+            )
+            .unwrap();
+        assert_eq!(cache.len(), 4);
+        let rest = all.index_select(&idx.narrow(0, 4, 3).unwrap(), 1).unwrap();
+        for _ in 0..2 {
+            let got = model
+                .run_embeddings_after(&rest, &[5, 6, 9], &cache, &mut NoHooks, RunTo::Logits)
+                .unwrap();
+            let tail = want.narrow(1, 4, 3).unwrap();
+            assert!(max_abs_diff(&got, &tail).unwrap() < 1e-5, "{name}");
+            assert_eq!(cache.len(), 4, "{name}: the prefix grew");
+        }
+        let err = model
+            .run_embeddings_after(&rest, &[3, 6, 9], &cache, &mut NoHooks, RunTo::Logits)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cached prefix"), "{name}: {err}");
+        let one = rest.narrow(0, 0, 1).unwrap();
+        assert!(model
+            .run_embeddings_after(&one, &[5, 6, 9], &cache, &mut NoHooks, RunTo::Logits)
+            .is_err());
+        let mut c = KvCache::new(&model);
+        let layer = model.run_cached_to(&Input::new(t), &mut c, &mut NoHooks, RunTo::Layer(1));
+        assert!(layer.is_err(), "{name}: a cached pass to layer 1");
+    }
+}
