@@ -10,6 +10,8 @@
 //! - [`text_regression`]: in-context linear regression written as text (`x: 0.42 -> y: 0.87`)
 //!   with a digit-level tokenizer, a small model trained on every line's answer, and greedy
 //!   numeric answers;
+//! - [`byte_lm`]: a byte-level Llama trained on real text in minutes, returned frozen: the base
+//!   LM of MegaContext's quick experiments;
 //! - [`tokenization`]: framing of (prompt, answer) problems, exact-answer scoring, and
 //!   accuracy by tokenization class and over stress grids of operand length and operation.
 //!
@@ -30,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod arith;
+pub mod byte_lm;
 pub mod error;
 pub mod grammar_lm;
 pub mod induction;
