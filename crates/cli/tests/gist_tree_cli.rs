@@ -282,7 +282,7 @@ fn read_commands_work_on_a_read_only_mount_and_a_full_disk() {
 #[test]
 fn a_trained_gistnet_makes_the_gists_of_a_tree_built_from_the_shell() {
     use candle_core::{DType, Device, Tensor};
-    use metarep_megacontext::{GistNet, GistNetConfig};
+    use metarep_megacontext::{GistNet, GistNetConfig, Skip};
     use metarep_model::{HookedTransformer, ModelConfig};
 
     let dir = tempfile::tempdir().unwrap();
@@ -302,6 +302,7 @@ fn a_trained_gistnet_makes_the_gists_of_a_tree_built_from_the_shell() {
         layers: 1,
         heads: 2,
         mlp: 32,
+        skip: Skip::Last,
     };
     let net = GistNet::new(cfg, 2, &Device::Cpu).unwrap();
     // Off mean pooling: a constant output projection.

@@ -8,12 +8,15 @@
 //! 2. a learned query slot `[h]` is appended as a (B+1)-th element;
 //! 3. `layers` pre-norm transformer layers (bidirectional multi-head self-attention over the
 //!    B+1 elements, then a GELU MLP of width `mlp`) read the block into the query slot;
-//! 4. the query slot's final state is layer-normed and projected back to d, and added to the
-//!    mean of the children.
+//! 4. the query slot's final state is layer-normed and projected back to d, and added to a
+//!    learned weighted sum of the children (weights `[B]`, the skip path).
 //!
-//! The output projection starts at zero, so an untrained GistNet is mean pooling (a
-//! training-free baseline) and training moves it away only where that lowers the loss. With
-//! d = 576 (SmolLM2-135M), h = 256, two layers and an MLP of 1 024 it has ≈ 1.9 M parameters.
+//! The output projection starts at zero and the skip weights at a training-free baseline
+//! ([`Skip`]): the block's last child (default: the gist sits at the block's last position, and
+//! keeping the last token is the strongest one-slot baseline measured in fig12) or the mean of
+//! the children. An untrained GistNet is that baseline, and training moves it away only where
+//! that lowers the loss. With d = 576 (SmolLM2-135M), h = 256, two layers and an MLP of 1 024 it
+//! has ≈ 1.9 M parameters.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -25,6 +28,17 @@ use metarep_model::ops::softmax_last_dim;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
+/// Where the skip path's weights over the children start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Skip {
+    /// All weight on the last child.
+    #[default]
+    Last,
+    /// Weight 1/B on each child (mean pooling).
+    Mean,
+}
 
 /// The shape of a GistNet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +55,9 @@ pub struct GistNetConfig {
     pub heads: usize,
     /// MLP hidden width.
     pub mlp: usize,
+    /// Initial skip weights.
+    #[serde(default)]
+    pub skip: Skip,
 }
 
 impl GistNetConfig {
@@ -53,6 +70,7 @@ impl GistNetConfig {
             layers: 2,
             heads: 4,
             mlp: 1024,
+            skip: Skip::Last,
         }
     }
 
@@ -71,7 +89,14 @@ impl GistNetConfig {
     pub fn n_params(&self) -> usize {
         let (d, h, m) = (self.d_model, self.width, self.mlp);
         let layer = 4 * h + (h * 3 * h + 3 * h) + (h * h + h) + (h * m + m) + (m * h + h);
-        2 * d + (d * h + h) + self.block * h + h + self.layers * layer + 2 * h + (h * d + d)
+        2 * d
+            + (d * h + h)
+            + self.block * h
+            + h
+            + self.layers * layer
+            + 2 * h
+            + (h * d + d)
+            + self.block
     }
 }
 
@@ -95,6 +120,7 @@ pub struct GistNet {
     proj_in: (Var, Var),
     place: Var,
     query: Var,
+    mix: Var,
     layers: Vec<Layer>,
     ln_out: (Var, Var),
     proj_out: (Var, Var),
@@ -104,7 +130,8 @@ pub struct GistNet {
 const EPS: f64 = 1e-5;
 
 impl GistNet {
-    /// A fresh net: weights N(0, 0.02²) (seeded), biases 0, norms 1, output projection 0.
+    /// A fresh net: weights N(0, 0.02²) (seeded), biases 0, norms 1, output projection 0, skip
+    /// weights as `config.skip` says.
     pub fn new(config: GistNetConfig, seed: u64, device: &Device) -> Result<Self> {
         config.validate()?;
         let (d, h, m, b) = (config.d_model, config.width, config.mlp, config.block);
@@ -131,7 +158,12 @@ impl GistNet {
                 down: (normal(&[m, h])?, zeros(&[h])?),
             });
         }
+        let mix: Vec<f32> = match config.skip {
+            Skip::Last => (0..b).map(|i| f32::from(u8::from(i + 1 == b))).collect(),
+            Skip::Mean => vec![1.0 / b as f32; b],
+        };
         Ok(GistNet {
+            mix: Var::from_tensor(&Tensor::from_vec(mix, b, device)?)?,
             config,
             ln_in: (ones(d)?, zeros(&[d])?),
             proj_in: (normal(&[d, h])?, zeros(&[h])?),
@@ -169,6 +201,7 @@ impl GistNet {
         pair("proj_out", &self.proj_out);
         out.push(("place".into(), self.place.clone()));
         out.push(("query".into(), self.query.clone()));
+        out.push(("mix".into(), self.mix.clone()));
         out
     }
 
@@ -196,7 +229,15 @@ impl GistNet {
         }
         let slot = s.narrow(1, b, 1)?.squeeze(1)?;
         let delta = linear(&layer_norm(&slot, &self.ln_out)?, &self.proj_out)?;
-        Ok((children.mean(1)? + delta)?)
+        let skip = self
+            .mix
+            .as_tensor()
+            .reshape((1, 1, b))?
+            .broadcast_as((n, 1, b))?
+            .contiguous()?
+            .matmul(&children)?
+            .squeeze(1)?;
+        Ok((skip + delta)?)
     }
 
     /// Bidirectional multi-head self-attention of `x` `[n, B+1, h]`.

@@ -18,7 +18,7 @@ pub mod train;
 pub mod working_context;
 
 pub use error::{Error, Result};
-pub use gistnet::{GistNet, GistNetConfig};
+pub use gistnet::{GistNet, GistNetConfig, Skip};
 pub use objective::{nll_after_block, Replacement, WindowShape};
 pub use summarizer::GistNetSummarizer;
 pub use train::{train_gistnet, GistTrainConfig};

@@ -9,8 +9,8 @@
 //! just before them — the gist, the block's last kept token, or the prefix's last token when
 //! the block is dropped — predicts the first).
 
-use candle_core::{DType, IndexOp, Tensor};
-use metarep_model::{HookedTransformer, NoHooks, RunTo};
+use candle_core::{DType, Tensor};
+use metarep_model::{HookedTransformer, Input, KvCache, NoHooks, RunTo};
 
 use crate::error::{Error, Result};
 use crate::working_context::PositionRule;
@@ -96,13 +96,10 @@ pub fn nll_after_block(
     let embed = |range: std::ops::Range<usize>| -> Result<Tensor> {
         Ok(model.token_embeddings(&ids(range)?)?.to_dtype(DType::F32)?)
     };
-    // Pieces of the input, in order, with their window positions.
+    // The prefix runs once, without gradient, into a key/value cache; the pieces after it
+    // (the replacement and the tokens after the block) run with their window positions.
     let mut pieces: Vec<Tensor> = Vec::new();
     let mut positions: Vec<usize> = Vec::new();
-    if p > 0 {
-        pieces.push(embed(0..p)?);
-        positions.extend(0..p);
-    }
     match replacement {
         Replacement::Full => {
             pieces.push(embed(p..p + b)?);
@@ -159,28 +156,40 @@ pub fn nll_after_block(
         pieces.push(embed(p + b..p + b + h - 1)?);
         positions.extend(p + b..p + b + h - 1);
     }
-    if pieces.is_empty() {
-        return Err(Error::Invalid(
-            "nothing to read: no prefix, the block dropped and H = 1".into(),
-        ));
-    }
-    let refs: Vec<&Tensor> = pieces.iter().collect();
-    let embeds = Tensor::cat(&refs, 1)?.to_dtype(model.dtype())?;
-    let slots = positions.len();
-    let positions = match rule {
-        PositionRule::SpanEnd => positions,
-        PositionRule::Slot => (0..slots).collect(),
-    };
-    let logits = model.run_embeddings(&embeds, &positions, &mut NoHooks, RunTo::Logits)?;
-    if slots < h {
+    let rest = positions.len();
+    if p + rest < h || p + rest == 0 {
         return Err(Error::Invalid(format!(
-            "{slots} slots cannot predict {h} tokens: give a prefix"
+            "{} slots cannot predict {h} tokens: give a prefix",
+            p + rest
         )));
     }
-    let logits = logits
-        .i((.., slots - h.., ..))?
-        .to_dtype(DType::F32)?
-        .contiguous()?;
+    let positions: Vec<usize> = match rule {
+        PositionRule::SpanEnd => positions,
+        PositionRule::Slot => (p..p + rest).collect(),
+    };
+    let mut cache = KvCache::new(model);
+    let mut hidden: Vec<Tensor> = Vec::new();
+    if p > 0 {
+        let prefix = Input::new(ids(0..p)?);
+        let ph = model.run_cached_to(&prefix, &mut cache, &mut NoHooks, RunTo::Hidden)?;
+        // The prefix's last position predicts the first target when fewer than H slots follow.
+        if rest < h {
+            hidden.push(ph.narrow(1, p - 1, 1)?);
+        }
+    }
+    if rest > 0 {
+        let refs: Vec<&Tensor> = pieces.iter().collect();
+        let embeds = Tensor::cat(&refs, 1)?.to_dtype(model.dtype())?;
+        hidden.push(if p > 0 {
+            model.run_embeddings_after(&embeds, &positions, &cache, &mut NoHooks, RunTo::Hidden)?
+        } else {
+            model.run_embeddings(&embeds, &positions, &mut NoHooks, RunTo::Hidden)?
+        });
+    }
+    let refs: Vec<&Tensor> = hidden.iter().collect();
+    let hidden = Tensor::cat(&refs, 1)?;
+    let last = hidden.narrow(1, hidden.dim(1)? - h, h)?;
+    let logits = model.unembed(&last)?.to_dtype(DType::F32)?.contiguous()?;
     let targets = ids(p + b..p + b + h)?;
     token_nll(&logits, &targets)
 }

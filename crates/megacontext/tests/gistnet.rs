@@ -10,7 +10,7 @@ use metarep_megacontext::eval::{delta_nll, summarize, Method};
 use metarep_megacontext::train::{block_embeddings, draw_windows};
 use metarep_megacontext::{
     nll_after_block, train_gistnet, GistNet, GistNetConfig, GistTrainConfig, PositionRule,
-    Replacement, WindowShape,
+    Replacement, Skip, WindowShape,
 };
 use metarep_model::init::random_weights;
 use metarep_model::{HookedTransformer, ModelConfig};
@@ -40,7 +40,7 @@ fn docs() -> Vec<Vec<u32>> {
         .collect()
 }
 
-fn small_net(seed: u64) -> GistNet {
+fn small_net(seed: u64, skip: Skip) -> GistNet {
     let cfg = GistNetConfig {
         d_model: 32,
         block: 8,
@@ -48,6 +48,7 @@ fn small_net(seed: u64) -> GistNet {
         layers: 1,
         heads: 4,
         mlp: 64,
+        skip,
     };
     GistNet::new(cfg, seed, &Device::Cpu).unwrap()
 }
@@ -59,12 +60,15 @@ const SHAPE: WindowShape = WindowShape {
 };
 
 #[test]
-fn an_untrained_gistnet_is_mean_pooling_with_the_stated_parameter_count() {
-    let net = small_net(0);
+fn an_untrained_gistnet_is_its_skip_baseline_with_the_stated_parameter_count() {
     let x = Tensor::randn(0f32, 1.0, (3, 8, 32), &Device::Cpu).unwrap();
+    let mean = small_net(0, Skip::Mean).forward(&x).unwrap();
+    assert!(max_abs_diff(&mean, &x.mean(1).unwrap()).unwrap() < 1e-6);
+    let net = small_net(0, Skip::Last);
     let g = net.forward(&x).unwrap();
     assert_eq!(g.dims(), [3, 32]);
-    assert!(max_abs_diff(&g, &x.mean(1).unwrap()).unwrap() < 1e-6);
+    let last = x.narrow(1, 7, 1).unwrap().squeeze(1).unwrap();
+    assert!(max_abs_diff(&g, &last).unwrap() < 1e-6);
     let counted: usize = net.params().iter().map(|(_, v)| v.elem_count()).sum();
     assert_eq!(counted, net.config().n_params());
     let big = GistNetConfig::for_model(576, 32);
@@ -146,11 +150,11 @@ fn log_softmax_rows(logits: &Tensor) -> Vec<Vec<Vec<f64>>> {
 }
 
 #[test]
-fn training_lowers_delta_nll_below_mean_pooling_on_held_out_windows() {
+fn training_lowers_delta_nll_below_the_one_slot_baselines_on_held_out_windows() {
     let model = base_model();
     let docs = docs();
-    let net = small_net(1);
-    let held_out = draw_windows(&docs, SHAPE, 48, 99, "held out").unwrap();
+    let net = small_net(1, Skip::Last);
+    let held_out = draw_windows(&docs, SHAPE, 160, 99, "held out").unwrap();
     let eval = |net: &GistNet| {
         delta_nll(
             &model,
@@ -162,22 +166,19 @@ fn training_lowers_delta_nll_below_mean_pooling_on_held_out_windows() {
         )
         .unwrap()
     };
-    let mean = delta_nll(
-        &model,
-        &held_out,
-        SHAPE,
-        PositionRule::SpanEnd,
-        Method::MeanEmbedding,
-        16,
-    )
-    .unwrap();
+    let baseline =
+        |m: Method| delta_nll(&model, &held_out, SHAPE, PositionRule::SpanEnd, m, 16).unwrap();
+    let mean = baseline(Method::MeanEmbedding);
+    let last = baseline(Method::LastK(1));
+    // Untrained, the gist is the block's last token embedding at the block's last position:
+    // the last-token baseline, through the gist path.
     let before = eval(&net);
     assert!(
-        max_abs_diff_f64(&before, &mean) < 1e-5,
-        "untrained gist = mean"
+        max_abs_diff_f64(&before, &last) < 1e-5,
+        "untrained gist = last token"
     );
     let cfg = GistTrainConfig {
-        steps: 150,
+        steps: 300,
         batch: 8,
         lr: 3e-3,
         warmup: 10,
@@ -188,21 +189,25 @@ fn training_lowers_delta_nll_below_mean_pooling_on_held_out_windows() {
     let report = train_gistnet(&model, &net, &docs, &cfg, RunControl::default()).unwrap();
     assert!(report.final_loss.is_finite());
     let after = eval(&net);
-    let m = summarize(&Method::MeanEmbedding, 8, &mean, 1.0).unwrap();
     let g = summarize(&Method::Gist(&net), 8, &after, 1.0).unwrap();
-    assert!(
-        g.high < m.low,
-        "trained gist ΔNLL {:.3} [{:.3}, {:.3}] is not below mean pooling's {:.3} [{:.3}, {:.3}]",
-        g.mean,
-        g.low,
-        g.high,
-        m.mean,
-        m.low,
-        m.high
-    );
-    // The gists are GistNet's: its gradient reached every parameter.
+    for (method, deltas) in [(Method::MeanEmbedding, &mean), (Method::LastK(1), &last)] {
+        let b = summarize(&method, 8, deltas, 1.0).unwrap();
+        assert!(
+            g.high < b.low,
+            "trained gist ΔNLL {:.3} [{:.3}, {:.3}] is not below {}'s {:.3} [{:.3}, {:.3}]",
+            g.mean,
+            g.low,
+            g.high,
+            b.method,
+            b.mean,
+            b.low,
+            b.high
+        );
+    }
+    // Training moved the gists off the last token.
     let emb = block_embeddings(&model, &held_out[..2], SHAPE).unwrap();
-    assert!(max_abs_diff(&net.forward(&emb).unwrap(), &emb.mean(1).unwrap()).unwrap() > 1e-3);
+    let last_emb = emb.narrow(1, 7, 1).unwrap().squeeze(1).unwrap();
+    assert!(max_abs_diff(&net.forward(&emb).unwrap(), &last_emb).unwrap() > 1e-3);
 }
 
 fn max_abs_diff_f64(a: &[f64], b: &[f64]) -> f64 {
@@ -214,8 +219,8 @@ fn max_abs_diff_f64(a: &[f64], b: &[f64]) -> f64 {
 
 #[test]
 fn a_saved_gistnet_loads_to_the_same_gists() {
-    let net = small_net(3);
-    // Move it off mean pooling so the output projection matters.
+    let net = small_net(3, Skip::Last);
+    // Move it off its skip baseline so the output projection matters.
     for (name, v) in net.params() {
         if name.starts_with("proj_out") {
             v.set(&Tensor::randn(0f32, 0.1, v.dims(), &Device::Cpu).unwrap())

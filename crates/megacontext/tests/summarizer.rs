@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use metarep_gist_tree::{
     FsyncPolicy, GistDType, NodeRef, Provenance, TreeConfig, Writer, WriterOptions,
 };
-use metarep_megacontext::{GistNet, GistNetConfig, GistNetSummarizer};
+use metarep_megacontext::{GistNet, GistNetConfig, GistNetSummarizer, Skip};
 use metarep_model::{HookedTransformer, ModelConfig};
 
 fn setup() -> (HookedTransformer, GistNet) {
@@ -24,6 +24,7 @@ fn setup() -> (HookedTransformer, GistNet) {
         layers: 1,
         heads: 2,
         mlp: 32,
+        skip: Skip::Last,
     };
     let net = GistNet::new(cfg, 2, &Device::Cpu).unwrap();
     for (name, v) in net.params() {
