@@ -72,6 +72,51 @@ pub fn nll_after_block(
     replacement: &Replacement,
     rule: PositionRule,
 ) -> Result<Tensor> {
+    let logits = logits_after_block(model, windows, shape, replacement, rule)?;
+    token_nll(&logits, &targets(model, windows, shape)?)
+}
+
+/// The H tokens after each window's block `[n, H]` (u32).
+pub fn targets(
+    model: &HookedTransformer,
+    windows: &[Vec<u32>],
+    shape: WindowShape,
+) -> Result<Tensor> {
+    let start = shape.prefix + shape.block;
+    let flat: Vec<u32> = windows
+        .iter()
+        .flat_map(|w| w[start..start + shape.horizon].to_vec())
+        .collect();
+    Ok(Tensor::from_vec(
+        flat,
+        (windows.len(), shape.horizon),
+        model.device(),
+    )?)
+}
+
+/// Mean over the H positions of KL(p_full ‖ p) `[n]`: how far the predictions with the block
+/// replaced (`logits`, `[n, H, vocab]`) are from the full context's (`full`, same shape; no
+/// gradient flows into it).
+pub fn kl_to_full(full: &Tensor, logits: &Tensor) -> Result<Tensor> {
+    let lp_full = log_softmax(&full.detach())?;
+    let lp = log_softmax(logits)?;
+    let kl = (lp_full.exp()? * (&lp_full - lp)?)?.sum(2)?;
+    Ok(kl.mean(1)?)
+}
+
+fn log_softmax(x: &Tensor) -> Result<Tensor> {
+    Ok(x.broadcast_sub(&x.log_sum_exp(candle_core::D::Minus1)?.unsqueeze(2)?)?)
+}
+
+/// The logits `[n, H, vocab]` (f32) that predict the H tokens after each window's block, with
+/// the block replaced as `replacement` says (see [`nll_after_block`]).
+pub fn logits_after_block(
+    model: &HookedTransformer,
+    windows: &[Vec<u32>],
+    shape: WindowShape,
+    replacement: &Replacement,
+    rule: PositionRule,
+) -> Result<Tensor> {
     shape.validate()?;
     let n = windows.len();
     if n == 0 || windows.iter().any(|w| w.len() != shape.len()) {
@@ -135,7 +180,7 @@ pub fn nll_after_block(
                     .zip(kept)
                     .map(|(w, k)| {
                         let one = Replacement::Keep(vec![k.clone()]);
-                        nll_after_block(model, std::slice::from_ref(w), shape, &one, rule)
+                        logits_after_block(model, std::slice::from_ref(w), shape, &one, rule)
                     })
                     .collect::<Result<Vec<_>>>()?;
                 return Ok(Tensor::cat(&rows, 0)?);
@@ -189,14 +234,12 @@ pub fn nll_after_block(
     let refs: Vec<&Tensor> = hidden.iter().collect();
     let hidden = Tensor::cat(&refs, 1)?;
     let last = hidden.narrow(1, hidden.dim(1)? - h, h)?;
-    let logits = model.unembed(&last)?.to_dtype(DType::F32)?.contiguous()?;
-    let targets = ids(p + b..p + b + h)?;
-    token_nll(&logits, &targets)
+    Ok(model.unembed(&last)?.to_dtype(DType::F32)?.contiguous()?)
 }
 
 /// Mean over positions of −log p(target) `[n]` from `logits` `[n, h, vocab]` and `targets`
 /// `[n, h]`.
-fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let logp = candle_core::Tensor::log_sum_exp(logits, candle_core::D::Minus1)?;
     let picked = logits.gather(&targets.unsqueeze(2)?, 2)?.squeeze(2)?;
     Ok((logp - picked)?.mean(1)?)

@@ -1,7 +1,8 @@
 //! Training GistNet through a frozen base model: each step draws windows from the documents
 //! (a function of the seed and the step, so a resumed run repeats the uninterrupted one),
 //! replaces each window's block by its gist and minimises the mean NLL of the H tokens after it
-//! ([`crate::objective`]). Only GistNet's parameters move: the base model's weights are plain
+//! ([`crate::objective`]), plus, with a `kl_weight`, the mean KL from the full context's
+//! predictions to the gist's. Only GistNet's parameters move: the base model's weights are plain
 //! tensors, so gradients pass through it into the gist. The loop is
 //! [`metarep_core::train::run`] (warmup + cosine schedule, checkpoints with exact resume, the
 //! metrics log, progress bar).
@@ -16,7 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gistnet::GistNet;
-use crate::objective::{nll_after_block, Replacement, WindowShape};
+use crate::objective::{
+    kl_to_full, logits_after_block, targets, token_nll, Replacement, WindowShape,
+};
 use crate::working_context::PositionRule;
 
 /// A GistNet training run.
@@ -40,6 +43,10 @@ pub struct GistTrainConfig {
     pub shape: WindowShape,
     /// Positions of the gist and the tokens around it.
     pub rule: PositionRule,
+    /// Weight of the mean KL from the full context's predictions to the gist's, added to the
+    /// NLL (0: NLL only).
+    #[serde(default)]
+    pub kl_weight: f64,
     /// Metrics line every this many steps (0 = only the last).
     pub log_every: usize,
     /// Checkpoint every this many steps (0 = only at the end).
@@ -64,6 +71,7 @@ impl Default for GistTrainConfig {
                 horizon: 32,
             },
             rule: PositionRule::SpanEnd,
+            kl_weight: 0.0,
             log_every: 50,
             checkpoint_every: 0,
         }
@@ -149,14 +157,15 @@ pub fn train_gistnet(
             &format!("train step {step}"),
         )?;
         let gists = net.forward(&block_embeddings(model, &windows, config.shape)?)?;
-        let nll = nll_after_block(
-            model,
-            &windows,
-            config.shape,
-            &Replacement::Vector(gists),
-            config.rule,
-        )?;
-        Ok(nll.mean_all()?)
+        let (shape, rule) = (config.shape, config.rule);
+        let logits = logits_after_block(model, &windows, shape, &Replacement::Vector(gists), rule)?;
+        let nll = token_nll(&logits, &targets(model, &windows, shape)?)?.mean_all()?;
+        if config.kl_weight == 0.0 {
+            return Ok(nll);
+        }
+        let full = logits_after_block(model, &windows, shape, &Replacement::Full, rule)?;
+        let kl = kl_to_full(&full, &logits)?.mean_all()?;
+        Ok((nll + (kl * config.kl_weight)?)?)
     };
     let mut fit = AdamRun::new(&params, config.weight_decay, config.clip, loss)?;
     let mut plan = Plan::new(

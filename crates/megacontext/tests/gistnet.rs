@@ -239,3 +239,37 @@ fn a_saved_gistnet_loads_to_the_same_gists() {
     let missing = tempfile::tempdir().unwrap();
     assert!(GistNet::load(&missing.path().join("nope"), &Device::Cpu).is_err());
 }
+
+#[test]
+fn kl_to_the_full_context_is_zero_for_the_full_block_and_positive_without_it() {
+    use metarep_megacontext::objective::{kl_to_full, logits_after_block};
+    let model = base_model();
+    let windows = draw_windows(&docs(), SHAPE, 6, 5, "kl").unwrap();
+    let logits = |r: &Replacement| {
+        logits_after_block(&model, &windows, SHAPE, r, PositionRule::SpanEnd).unwrap()
+    };
+    let full = logits(&Replacement::Full);
+    let same = kl_to_full(&full, &full).unwrap().to_vec1::<f32>().unwrap();
+    assert!(same.iter().all(|k| k.abs() < 1e-6), "{same:?}");
+    let dropped = kl_to_full(&full, &logits(&Replacement::Drop))
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(dropped.iter().all(|k| *k > 1e-4), "{dropped:?}");
+    // The KL term adds the first batch's mean KL (> 0 for an untrained gist) to its loss.
+    let first = |kl_weight: f64| {
+        let cfg = GistTrainConfig {
+            steps: 1,
+            batch: 8,
+            shape: SHAPE,
+            kl_weight,
+            log_every: 0,
+            ..GistTrainConfig::default()
+        };
+        let net = small_net(4, Skip::Last);
+        let r = train_gistnet(&model, &net, &docs(), &cfg, RunControl::default()).unwrap();
+        r.first_loss
+    };
+    let (plain, with_kl) = (first(0.0), first(1.0));
+    assert!(with_kl > plain + 1e-4, "{with_kl} vs {plain}");
+}
