@@ -3,7 +3,8 @@
 //! ([`gistnet`]), the **ΔNLL@H** objective that scores a block's replacement by the loss of the
 //! tokens after it ([`objective`]), GistNet's training through a frozen base model
 //! ([`train`]), the comparison with training-free baselines ([`eval`]) and GistNet as the
-//! gist tree's summariser ([`summarizer`]).
+//! gist tree's summariser ([`summarizer`]), and reading long documents through a fixed slot
+//! budget ([`stream`]).
 //!
 //! The base model is any decoder [`metarep_model::HookedTransformer`]: gists are vectors in
 //! its embedding space, read through
@@ -13,6 +14,7 @@ pub mod error;
 pub mod eval;
 pub mod gistnet;
 pub mod objective;
+pub mod stream;
 pub mod summarizer;
 pub mod train;
 pub mod working_context;
@@ -20,6 +22,7 @@ pub mod working_context;
 pub use error::{Error, Result};
 pub use gistnet::{GistNet, GistNetConfig, Skip};
 pub use objective::{nll_after_block, Replacement, WindowShape};
+pub use stream::{stream_nll, Policy, StreamConfig, StreamLoss};
 pub use summarizer::GistNetSummarizer;
 pub use train::{train_gistnet, GistTrainConfig};
 pub use working_context::{CoverConfig, PositionRule, Slot, WorkingContext};

@@ -1,0 +1,138 @@
+//! Streaming a document through the working context: with a budget that holds everything it is
+//! the plain token run's loss; with a small one the cover reaches further back than truncation
+//! within the same slots; gists are GistNet's; bad settings are errors.
+
+use candle_core::{DType, Device, Tensor};
+use metarep_gist_tree::NodeRef;
+use metarep_megacontext::stream::Gists;
+use metarep_megacontext::{
+    stream_nll, CoverConfig, GistNet, GistNetConfig, Policy, PositionRule, Skip, StreamConfig,
+};
+use metarep_model::{HookedTransformer, ModelConfig};
+
+fn setup() -> (HookedTransformer, GistNet, Vec<u32>) {
+    let json = serde_json::json!({
+        "model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64,
+        "vocab_size": 48, "max_position_embeddings": 512, "tie_word_embeddings": false
+    });
+    let cfg: ModelConfig =
+        metarep_model::hf_config::parse_hf_config(&json.to_string(), std::path::Path::new("<cfg>"))
+            .unwrap();
+    let model = HookedTransformer::random(cfg, 4, DType::F32, &Device::Cpu).unwrap();
+    let net = GistNet::new(
+        GistNetConfig {
+            width: 16,
+            layers: 1,
+            heads: 2,
+            mlp: 32,
+            skip: Skip::Mean,
+            ..GistNetConfig::for_model(32, 4)
+        },
+        1,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let tokens = (0..200u32).map(|i| (i * 5 + i / 7) % 48).collect();
+    (model, net, tokens)
+}
+
+fn config(budget: usize, rule: PositionRule) -> StreamConfig {
+    StreamConfig {
+        cover: CoverConfig {
+            block: 4,
+            budget,
+            recent: 8,
+            max_level: 2,
+        },
+        rule,
+        chunk: 8,
+        warmup: 40,
+    }
+}
+
+#[test]
+fn a_budget_that_holds_everything_is_the_plain_token_run() {
+    let (model, net, tokens) = setup();
+    let t = Tensor::from_vec(tokens.clone(), (1, 200), &Device::Cpu).unwrap();
+    let logits = model.forward(t).unwrap().squeeze(0).unwrap();
+    let lse = logits.log_sum_exp(1).unwrap().to_vec1::<f32>().unwrap();
+    let rows = logits.to_vec2::<f32>().unwrap();
+    let want: f64 = (40..200)
+        .map(|i| f64::from(lse[i - 1] - rows[i - 1][tokens[i] as usize]))
+        .sum::<f64>()
+        / 160.0;
+    for rule in [PositionRule::SpanEnd, PositionRule::Slot] {
+        for policy in [Policy::Cover, Policy::Truncate] {
+            let got = stream_nll(&model, &net, &tokens, &config(256, rule), policy).unwrap();
+            assert_eq!(got.tokens, 160);
+            assert!(
+                (got.nll - want).abs() < 1e-4,
+                "{rule:?} {policy:?}: {} vs {want}",
+                got.nll
+            );
+        }
+    }
+}
+
+#[test]
+fn a_small_budget_covers_more_with_gists_than_truncation() {
+    let (model, net, tokens) = setup();
+    let cfg = config(24, PositionRule::Slot);
+    let cover = stream_nll(&model, &net, &tokens, &cfg, Policy::Cover).unwrap();
+    let cut = stream_nll(&model, &net, &tokens, &cfg, Policy::Truncate).unwrap();
+    assert!(cover.nll.is_finite() && cut.nll.is_finite());
+    assert!(cover.mean_slots <= 24.0 && cut.mean_slots <= 24.0);
+    assert!(
+        cover.mean_span > 2.0 * cut.mean_span,
+        "cover spans {} tokens, truncation {}",
+        cover.mean_span,
+        cut.mean_span
+    );
+}
+
+#[test]
+fn gists_are_gistnets_at_every_level() {
+    let (model, net, tokens) = setup();
+    let mut gists = Gists::new(&model, &net, &tokens);
+    let ids = Tensor::from_vec(tokens[4..8].to_vec(), (1, 4), &Device::Cpu).unwrap();
+    let want = net.forward(&model.token_embeddings(&ids).unwrap()).unwrap();
+    let got = gists.get(NodeRef::new(1, 1)).unwrap();
+    let diff = (got - want.squeeze(0).unwrap()).unwrap().abs().unwrap();
+    assert!(diff.max_all().unwrap().to_scalar::<f32>().unwrap() < 1e-6);
+    let kids: Vec<Tensor> = (0..4)
+        .map(|j| gists.get(NodeRef::new(1, j)).unwrap())
+        .collect();
+    let want2 = net
+        .forward(&Tensor::stack(&kids, 0).unwrap().unsqueeze(0).unwrap())
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    let got2 = gists.get(NodeRef::new(2, 0)).unwrap();
+    let diff = (got2 - want2).unwrap().abs().unwrap();
+    assert!(diff.max_all().unwrap().to_scalar::<f32>().unwrap() < 1e-6);
+    // Nodes past the document's end or of level 0 have no gist.
+    assert!(gists.get(NodeRef::new(1, 50)).is_err());
+    assert!(gists.get(NodeRef::new(0, 0)).is_err());
+}
+
+#[test]
+fn bad_settings_are_errors() {
+    let (model, net, tokens) = setup();
+    let run = |cfg: StreamConfig, n: usize| {
+        stream_nll(&model, &net, &tokens[..n], &cfg, Policy::Cover).map_err(|e| e.to_string())
+    };
+    let ok = config(24, PositionRule::Slot);
+    assert!(run(StreamConfig { chunk: 0, ..ok }, 200).is_err());
+    assert!(run(StreamConfig { warmup: 0, ..ok }, 200).is_err());
+    assert!(run(ok, 45).is_err(), "shorter than warmup + chunk");
+    let other_block = StreamConfig {
+        cover: CoverConfig {
+            block: 8,
+            ..ok.cover
+        },
+        ..ok
+    };
+    let err = run(other_block, 200).unwrap_err();
+    assert!(err.contains("block"), "{err}");
+}
