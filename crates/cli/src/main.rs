@@ -9,6 +9,7 @@
 //!     [--temperature T [--top-k K] [--top-p P] [--seed S]] [--stop TEXT]
 //! metarep patch --model DIR --pairs PAIRS.jsonl [--prepend TOKEN] [--out DIR]
 //! metarep gist-tree init|append|get|range|edit|snapshot|prune|restore|compact|verify|stats --tree DIR
+//! metarep megacontext eval --model M --gistnet DIR --text FILE [--bytes] [--budget 512] [--chunk 32]
 //! metarep sae train --acts FILE --arch topk --k 32 --expansion 16 --out DIR [--steps N] ...
 //! metarep sae eval --sae DIR --acts FILE [--json]
 //! metarep sae dashboard --sae DIR --model FILE.gguf --text FILE.txt --out PAGE.html [--contexts N]
@@ -28,6 +29,7 @@ mod capture;
 mod forward;
 mod generate;
 mod gist_tree;
+mod megacontext;
 mod patch;
 mod sae;
 mod sae_dashboard;
@@ -66,6 +68,8 @@ enum Command {
     Patch(patch::Args),
     /// Build, read and check a disk-backed gist tree (MegaContext).
     GistTree(gist_tree::GistTreeArgs),
+    /// MegaContext's learned half: read a long text through a fixed slot budget.
+    Megacontext(megacontext::Args),
     /// Train and evaluate sparse autoencoders.
     Sae(sae::Args),
     /// Second-order neuron effects: the resumable pipeline, one stage or all.
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
         Command::Forward(args) => forward::run(args).map(|()| true),
         Command::Generate(args) => generate::run(args).map(|()| true),
         Command::GistTree(args) => gist_tree::run(args),
+        Command::Megacontext(args) => megacontext::run(args).map(|()| true),
         Command::Patch(args) => patch::run(args).map(|()| true),
         Command::Sae(args) => sae::run(args).map(|()| true),
         Command::SecondOrder(args) => second_order::run(args).map(|()| true),
