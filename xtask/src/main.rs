@@ -19,6 +19,7 @@ mod error;
 mod fig1;
 mod fig10;
 mod fig11;
+mod fig12;
 mod fig13;
 mod fig14;
 mod fig15;

@@ -114,6 +114,13 @@ pub const REGISTRY: &[Experiment] = &[
         run: crate::fig11::run,
     },
     Experiment {
+        id: "fig12",
+        title: "MegaContext: ΔNLL@H of the tokens after a block replaced by a learned GistNet gist vs training-free baselines (mean of embeddings, last k tokens, dropped), against tokens per slot",
+        example: "megacontext_gist",
+        threshold: "the plan's gates at 32:1, H = 32: GistNet ΔNLL < 0.5 nats, > 90% of blocks with ΔNLL < 1 nat, its 95% interval below every training-free baseline's spending ≤ 1 slot per block; the level-2 (1 024:1) gate is not measured yet",
+        run: crate::fig12::run,
+    },
+    Experiment {
         id: "fig13",
         title: "Induction heads in the real SmolLM2-135M (GGUF): greedy completion, detector heat maps of all 270 heads, first vs second copy loss, loss by position, top induction heads zero-ablated cumulatively",
         example: "real_model",
