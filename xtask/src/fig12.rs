@@ -1,9 +1,10 @@
 //! fig12: ΔNLL against compression. A frozen base model reads windows of held-out real text
 //! (`cargo xtask fixtures corpus`) with one 32-token block replaced — by a learned GistNet gist
-//! (one slot), by the mean of its token embeddings (one slot), by its last k tokens (k slots),
-//! or by nothing — and the loss of the H tokens after the block is compared with the full
-//! context's: ΔNLL@H with 95% intervals over windows, the fraction of blocks under 1 nat, and the
-//! retained context gain (NLL_drop − NLL_method) / (NLL_drop − NLL_full).
+//! (one slot), by the mean of its token embeddings (one slot), by its last k tokens or its k most
+//! surprising tokens under the base model (k slots, LLMLingua-style), or by nothing — and the
+//! loss of the H tokens after the block is compared with the full context's: ΔNLL@H with 95%
+//! intervals over windows, the fraction of blocks under 1 nat, and the retained context gain
+//! (NLL_drop − NLL_method) / (NLL_drop − NLL_full).
 //!
 //! End to end, the longest held-out documents are read chunk by chunk through a W-slot budget:
 //! truncation to the newest W tokens against the working context's oldest-first cover with
@@ -66,7 +67,7 @@ pub struct Fig12Config {
     eval_windows: usize,
     /// Horizons H measured.
     horizons: Vec<usize>,
-    /// k of the last-k-tokens baseline (ratio B / k).
+    /// k of the last-k-tokens and top-k-surprisal baselines (ratio B / k).
     keep: Vec<usize>,
     /// Windows per forward pass when measuring.
     eval_batch: usize,
@@ -426,6 +427,7 @@ fn measure(
 ) -> Result<Vec<Row>, BoxError> {
     let mut methods = vec![Method::Gist(net), Method::MeanEmbedding, Method::Drop];
     methods.extend(cfg.keep.iter().map(|&k| Method::LastK(k)));
+    methods.extend(cfg.keep.iter().map(|&k| Method::TopSurprisal(k)));
     let mut summaries = Vec::new();
     for m in &methods {
         let d = delta_nll(
@@ -518,6 +520,8 @@ fn plot(rows: &[Row], block: usize) -> LinePlot {
     };
     let mut keep = at("last_");
     keep.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut surprising = at("surprisal_");
+    surprising.sort_by(|a, b| a.0.total_cmp(&b.0));
     let drop = rows
         .iter()
         .find(|r| r.horizon == GATE_HORIZON && r.summary.method == "drop")
@@ -534,6 +538,11 @@ fn plot(rows: &[Row], block: usize) -> LinePlot {
         .y_label("ΔNLL@32 vs full context (nats)")
         .log_x(true)
         .series(series("last k tokens", keep, SeriesStyle::Solid))
+        .series(series(
+            "k most surprising tokens",
+            surprising,
+            SeriesStyle::Solid,
+        ))
         .series(series("GistNet", at("gistnet"), SeriesStyle::Markers))
         .series(series(
             "mean of embeddings",

@@ -115,7 +115,7 @@ pub const REGISTRY: &[Experiment] = &[
     },
     Experiment {
         id: "fig12",
-        title: "MegaContext: ΔNLL@H of the tokens after a block replaced by a learned GistNet gist vs training-free baselines (mean of embeddings, last k tokens, dropped), against tokens per slot",
+        title: "MegaContext: ΔNLL@H of the tokens after a block replaced by a learned GistNet gist vs training-free baselines (mean of embeddings, last k tokens, k most surprising tokens, dropped), against tokens per slot; long documents through a W-slot working context vs truncation",
         example: "megacontext_gist",
         threshold: "the plan's gates at 32:1, H = 32: GistNet ΔNLL < 0.5 nats, > 90% of blocks with ΔNLL < 1 nat, its 95% interval below every training-free baseline's spending ≤ 1 slot per block; the level-2 (1 024:1) gate is not measured yet",
         run: crate::fig12::run,

@@ -2,6 +2,7 @@
 //! per-window values, their mean with a 95% interval, and the fraction of blocks under a
 //! threshold.
 
+use candle_core::{DType, Tensor};
 use metarep_eval::stats::mean_ci;
 use metarep_model::HookedTransformer;
 use serde::Serialize;
@@ -21,6 +22,10 @@ pub enum Method<'a> {
     MeanEmbedding,
     /// The block's last `k` tokens.
     LastK(usize),
+    /// The block's `k` most surprising tokens under the base model reading the window from its
+    /// start (LLMLingua-style selection; the block's first token counts as most surprising when
+    /// there is no prefix to predict it from), in order.
+    TopSurprisal(usize),
     /// A GistNet's gist (one slot).
     Gist(&'a GistNet),
 }
@@ -32,6 +37,7 @@ impl Method<'_> {
             Method::Drop => "drop".into(),
             Method::MeanEmbedding => "mean".into(),
             Method::LastK(k) => format!("last_{k}"),
+            Method::TopSurprisal(k) => format!("surprisal_{k}"),
             Method::Gist(_) => "gistnet".into(),
         }
     }
@@ -41,7 +47,7 @@ impl Method<'_> {
         match self {
             Method::Drop => 0,
             Method::MeanEmbedding | Method::Gist(_) => 1,
-            Method::LastK(k) => *k,
+            Method::LastK(k) | Method::TopSurprisal(k) => *k,
         }
     }
 
@@ -58,16 +64,26 @@ impl Method<'_> {
                 Replacement::Vector(block_embeddings(model, windows, shape)?.mean(1)?)
             }
             Method::LastK(k) => {
-                if *k == 0 || *k > shape.block {
-                    return Err(Error::Config(format!(
-                        "last-k keeps 1..={} tokens, not {k}",
-                        shape.block
-                    )));
-                }
+                check_k(*k, shape)?;
                 Replacement::Keep(vec![
                     (shape.block - k..shape.block).collect();
                     windows.len()
                 ])
+            }
+            Method::TopSurprisal(k) => {
+                check_k(*k, shape)?;
+                let s = block_surprisal(model, windows, shape)?;
+                let kept = s
+                    .iter()
+                    .map(|row| {
+                        let mut order: Vec<usize> = (0..row.len()).collect();
+                        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+                        let mut top = order[..*k].to_vec();
+                        top.sort_unstable();
+                        top
+                    })
+                    .collect();
+                Replacement::Keep(kept)
             }
             Method::Gist(net) => Replacement::Vector(
                 net.forward(&block_embeddings(model, windows, shape)?)?
@@ -75,6 +91,44 @@ impl Method<'_> {
             ),
         })
     }
+}
+
+/// Errors unless `1 ≤ k ≤ B`.
+fn check_k(k: usize, shape: WindowShape) -> Result<()> {
+    if k == 0 || k > shape.block {
+        return Err(Error::Config(format!(
+            "a block keeps 1..={} of its tokens, not {k}",
+            shape.block
+        )));
+    }
+    Ok(())
+}
+
+/// −log p of each block token under `model` reading each window from its start `[n][B]` (the
+/// first token of a window has no prediction: +∞).
+pub fn block_surprisal(
+    model: &HookedTransformer,
+    windows: &[Vec<u32>],
+    shape: WindowShape,
+) -> Result<Vec<Vec<f64>>> {
+    let (p, b) = (shape.prefix, shape.block);
+    let flat: Vec<u32> = windows.iter().flat_map(|w| w[..p + b].to_vec()).collect();
+    let ids = Tensor::from_vec(flat, (windows.len(), p + b), model.device())?;
+    let logits = model.forward(ids)?.to_dtype(DType::F64)?;
+    let lse = logits.log_sum_exp(2)?.to_vec2::<f64>()?;
+    let rows = logits.to_vec3::<f64>()?;
+    Ok(windows
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            (0..b)
+                .map(|j| match p + j {
+                    0 => f64::INFINITY,
+                    at => lse[i][at - 1] - rows[i][at - 1][w[at] as usize],
+                })
+                .collect()
+        })
+        .collect())
 }
 
 /// ΔNLL@H per window: NLL with the block replaced by `method` minus NLL with the block in full,

@@ -273,3 +273,46 @@ fn kl_to_the_full_context_is_zero_for_the_full_block_and_positive_without_it() {
     let (plain, with_kl) = (first(0.0), first(1.0));
     assert!(with_kl > plain + 1e-4, "{with_kl} vs {plain}");
 }
+
+#[test]
+fn the_surprisal_baseline_keeps_the_most_surprising_tokens() {
+    use metarep_megacontext::eval::block_surprisal;
+    let model = base_model();
+    let windows = draw_windows(&docs(), SHAPE, 8, 3, "surprisal").unwrap();
+    let s = block_surprisal(&model, &windows, SHAPE).unwrap();
+    // The surprisal of a block token is the token run's cross-entropy at that position.
+    let t = Tensor::from_vec(windows[0][..16].to_vec(), (1, 16), &Device::Cpu).unwrap();
+    let lp = log_softmax_rows(&model.forward(t).unwrap());
+    for j in 0..8 {
+        let want = -lp[0][8 + j - 1][windows[0][8 + j] as usize];
+        assert!(
+            (s[0][j] - want).abs() < 1e-4,
+            "offset {j}: {} vs {want}",
+            s[0][j]
+        );
+    }
+    let Replacement::Keep(kept) = Method::TopSurprisal(1)
+        .replacement(&model, &windows, SHAPE)
+        .unwrap()
+    else {
+        panic!("surprisal selection keeps tokens");
+    };
+    for (row, k) in s.iter().zip(&kept) {
+        let best = (0..8).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+        assert_eq!(k, &vec![best]);
+    }
+    // Keeping every token is the full block; keeping none is refused.
+    let all = delta_nll(
+        &model,
+        &windows,
+        SHAPE,
+        PositionRule::SpanEnd,
+        Method::TopSurprisal(8),
+        4,
+    )
+    .unwrap();
+    assert!(all.iter().all(|d| d.abs() < 1e-5), "{all:?}");
+    assert!(Method::TopSurprisal(0)
+        .replacement(&model, &windows, SHAPE)
+        .is_err());
+}
