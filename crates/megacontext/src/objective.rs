@@ -10,6 +10,7 @@
 //! the block is dropped — predicts the first).
 
 use candle_core::{DType, Tensor};
+use metarep_model::ops::log_softmax_last_dim;
 use metarep_model::{HookedTransformer, Input, KvCache, NoHooks, RunTo};
 
 use crate::error::{Error, Result};
@@ -98,14 +99,10 @@ pub fn targets(
 /// replaced (`logits`, `[n, H, vocab]`) are from the full context's (`full`, same shape; no
 /// gradient flows into it).
 pub fn kl_to_full(full: &Tensor, logits: &Tensor) -> Result<Tensor> {
-    let lp_full = log_softmax(&full.detach())?;
-    let lp = log_softmax(logits)?;
+    let lp_full = log_softmax_last_dim(&full.detach())?;
+    let lp = log_softmax_last_dim(logits)?;
     let kl = (lp_full.exp()? * (&lp_full - lp)?)?.sum(2)?;
     Ok(kl.mean(1)?)
-}
-
-fn log_softmax(x: &Tensor) -> Result<Tensor> {
-    Ok(x.broadcast_sub(&x.log_sum_exp(candle_core::D::Minus1)?.unsqueeze(2)?)?)
 }
 
 /// The logits `[n, H, vocab]` (f32) that predict the H tokens after each window's block, with

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gistnet::GistNet;
+use crate::objective::token_nll;
 use crate::working_context::{CoverConfig, PositionRule, Slot, WorkingContext};
 
 /// Gists of one document's nodes, made by GistNet on first use.
@@ -205,12 +206,10 @@ pub fn stream_nll(
         let hidden = model.run_embeddings(&input, &positions, &mut NoHooks, RunTo::Hidden)?;
         let n = hidden.dim(1)?;
         let last = hidden.narrow(1, n - config.chunk, config.chunk)?;
-        let logits = model.unembed(&last)?.to_dtype(DType::F32)?.squeeze(0)?;
-        let lse = logits.log_sum_exp(1)?.to_vec1::<f32>()?;
-        let rows = logits.to_vec2::<f32>()?;
-        for (j, &t) in chunk_ids.iter().enumerate() {
-            total += f64::from(lse[j] - rows[j][t as usize]);
-        }
+        let logits = model.unembed(&last)?.to_dtype(DType::F32)?.contiguous()?;
+        let targets = Tensor::from_slice(chunk_ids, (1, config.chunk), model.device())?;
+        let mean = token_nll(&logits, &targets)?.to_vec1::<f32>()?[0];
+        total += f64::from(mean) * config.chunk as f64;
         scored += config.chunk;
         slots_sum += slots.len() as f64;
         span_sum += (at as u64 - start) as f64;
