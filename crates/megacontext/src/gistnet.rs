@@ -21,12 +21,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use metarep_core::checkpoint::{load_checkpoint, save_checkpoint};
-use metarep_core::rng::{derive_seed, normal_vec, seeded};
-use metarep_model::ops::softmax_last_dim;
 use serde::{Deserialize, Serialize};
 
+use crate::encoder::{layer_norm, linear, norm, push_pair, zeros, Encoder, Init};
 use crate::error::{Error, Result};
 
 /// Where the skip path's weights over the children start.
@@ -88,7 +87,7 @@ impl GistNetConfig {
     /// Number of parameters.
     pub fn n_params(&self) -> usize {
         let (d, h, m) = (self.d_model, self.width, self.mlp);
-        let layer = 4 * h + (h * 3 * h + 3 * h) + (h * h + h) + (h * m + m) + (m * h + h);
+        let layer = Encoder::layer_params(h, m);
         2 * d
             + (d * h + h)
             + self.block * h
@@ -98,17 +97,6 @@ impl GistNetConfig {
             + (h * d + d)
             + self.block
     }
-}
-
-/// One transformer layer's parameters.
-#[derive(Debug, Clone)]
-struct Layer {
-    ln1: (Var, Var),
-    qkv: (Var, Var),
-    out: (Var, Var),
-    ln2: (Var, Var),
-    up: (Var, Var),
-    down: (Var, Var),
 }
 
 /// A GistNet (see the module docs). Parameters are candle [`Var`]s: train them through
@@ -121,13 +109,10 @@ pub struct GistNet {
     place: Var,
     query: Var,
     mix: Var,
-    layers: Vec<Layer>,
+    encoder: Encoder,
     ln_out: (Var, Var),
     proj_out: (Var, Var),
 }
-
-/// Layer-norm epsilon.
-const EPS: f64 = 1e-5;
 
 impl GistNet {
     /// A fresh net: weights N(0, 0.02²) (seeded), biases 0, norms 1, output projection 0, skip
@@ -135,29 +120,8 @@ impl GistNet {
     pub fn new(config: GistNetConfig, seed: u64, device: &Device) -> Result<Self> {
         config.validate()?;
         let (d, h, m, b) = (config.d_model, config.width, config.mlp, config.block);
-        let mut rng = seeded(derive_seed(seed, "gistnet"));
-        let mut normal = |shape: &[usize]| -> Result<Var> {
-            let n = shape.iter().product();
-            let v: Vec<f32> = normal_vec(&mut rng, n, 0.0, 0.02)?
-                .into_iter()
-                .map(|x| x as f32)
-                .collect();
-            Ok(Var::from_tensor(&Tensor::from_vec(v, shape, device)?)?)
-        };
-        let zeros = |shape: &[usize]| Var::zeros(shape, DType::F32, device);
-        let ones = |n: usize| Var::ones(n, DType::F32, device);
-        let norm = || -> Result<(Var, Var)> { Ok((ones(h)?, zeros(&[h])?)) };
-        let mut layers = Vec::with_capacity(config.layers);
-        for _ in 0..config.layers {
-            layers.push(Layer {
-                ln1: norm()?,
-                qkv: (normal(&[h, 3 * h])?, zeros(&[3 * h])?),
-                out: (normal(&[h, h])?, zeros(&[h])?),
-                ln2: norm()?,
-                up: (normal(&[h, m])?, zeros(&[m])?),
-                down: (normal(&[m, h])?, zeros(&[h])?),
-            });
-        }
+        let mut init = Init::new(seed, "gistnet", device);
+        let encoder = Encoder::new(h, config.layers, config.heads, m, &mut init)?;
         let mix: Vec<f32> = match config.skip {
             Skip::Last => (0..b).map(|i| f32::from(u8::from(i + 1 == b))).collect(),
             Skip::Mean => vec![1.0 / b as f32; b],
@@ -165,13 +129,13 @@ impl GistNet {
         Ok(GistNet {
             mix: Var::from_tensor(&Tensor::from_vec(mix, b, device)?)?,
             config,
-            ln_in: (ones(d)?, zeros(&[d])?),
-            proj_in: (normal(&[d, h])?, zeros(&[h])?),
-            place: normal(&[b, h])?,
-            query: normal(&[h])?,
-            layers,
-            ln_out: norm()?,
-            proj_out: (zeros(&[h, d])?, zeros(&[d])?),
+            ln_in: norm(d, device)?,
+            proj_in: (init.normal(&[d, h])?, zeros(&[h], device)?),
+            place: init.normal(&[b, h])?,
+            query: init.normal(&[h])?,
+            encoder,
+            ln_out: norm(h, device)?,
+            proj_out: (zeros(&[h, d], device)?, zeros(&[d], device)?),
         })
     }
 
@@ -183,22 +147,11 @@ impl GistNet {
     /// Every parameter with its name (the checkpoint's tensor names).
     pub fn params(&self) -> Vec<(String, Var)> {
         let mut out = Vec::new();
-        let mut pair = |name: &str, (w, b): &(Var, Var)| {
-            out.push((format!("{name}.weight"), w.clone()));
-            out.push((format!("{name}.bias"), b.clone()));
-        };
-        pair("ln_in", &self.ln_in);
-        pair("proj_in", &self.proj_in);
-        for (i, l) in self.layers.iter().enumerate() {
-            pair(&format!("layers.{i}.ln1"), &l.ln1);
-            pair(&format!("layers.{i}.qkv"), &l.qkv);
-            pair(&format!("layers.{i}.out"), &l.out);
-            pair(&format!("layers.{i}.ln2"), &l.ln2);
-            pair(&format!("layers.{i}.up"), &l.up);
-            pair(&format!("layers.{i}.down"), &l.down);
-        }
-        pair("ln_out", &self.ln_out);
-        pair("proj_out", &self.proj_out);
+        push_pair(&mut out, "ln_in", &self.ln_in);
+        push_pair(&mut out, "proj_in", &self.proj_in);
+        self.encoder.params(&mut out);
+        push_pair(&mut out, "ln_out", &self.ln_out);
+        push_pair(&mut out, "proj_out", &self.proj_out);
         out.push(("place".into(), self.place.clone()));
         out.push(("query".into(), self.query.clone()));
         out.push(("mix".into(), self.mix.clone()));
@@ -221,12 +174,9 @@ impl GistNet {
             .as_tensor()
             .reshape((1, 1, h))?
             .broadcast_as((n, 1, h))?;
-        let mut s = Tensor::cat(&[&x, &q.contiguous()?], 1)?;
-        for l in &self.layers {
-            s = (&s + self.attention(&layer_norm(&s, &l.ln1)?, l)?)?;
-            let up = linear(&layer_norm(&s, &l.ln2)?, &l.up)?.gelu_erf()?;
-            s = (&s + linear(&up, &l.down)?)?;
-        }
+        let s = self
+            .encoder
+            .forward(&Tensor::cat(&[&x, &q.contiguous()?], 1)?)?;
         let slot = s.narrow(1, b, 1)?.squeeze(1)?;
         let delta = linear(&layer_norm(&slot, &self.ln_out)?, &self.proj_out)?;
         let skip = self
@@ -238,26 +188,6 @@ impl GistNet {
             .matmul(&children)?
             .squeeze(1)?;
         Ok((skip + delta)?)
-    }
-
-    /// Bidirectional multi-head self-attention of `x` `[n, B+1, h]`.
-    fn attention(&self, x: &Tensor, l: &Layer) -> Result<Tensor> {
-        let (n, t, h) = x.dims3()?;
-        let heads = self.config.heads;
-        let dh = h / heads;
-        let qkv = linear(x, &l.qkv)?.reshape((n, t, 3, heads, dh))?;
-        let part = |i: usize| -> Result<Tensor> {
-            Ok(qkv
-                .narrow(2, i, 1)?
-                .squeeze(2)?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
-        let scores = (q.matmul(&k.transpose(2, 3)?.contiguous()?)? / (dh as f64).sqrt())?;
-        let z = softmax_last_dim(&scores)?.matmul(&v)?;
-        let z = z.transpose(1, 2)?.contiguous()?.reshape((n, t, h))?;
-        linear(&z, &l.out)
     }
 
     fn bad_input(&self, t: &Tensor) -> Error {
@@ -304,28 +234,4 @@ impl GistNet {
         }
         Ok(())
     }
-}
-
-/// `x W + b` over the last dim of `x` `[.., in]` with `W: [in, out]`.
-fn linear(x: &Tensor, (w, b): &(Var, Var)) -> Result<Tensor> {
-    let dims = x.dims();
-    let rows: usize = dims[..dims.len() - 1].iter().product();
-    let y = x
-        .reshape((rows, dims[dims.len() - 1]))?
-        .matmul(w.as_tensor())?
-        .broadcast_add(b.as_tensor())?;
-    let mut out = dims[..dims.len() - 1].to_vec();
-    out.push(w.dim(1)?);
-    Ok(y.reshape(out)?)
-}
-
-/// Layer norm over the last dim with weight and bias.
-fn layer_norm(x: &Tensor, (w, b): &(Var, Var)) -> Result<Tensor> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let centred = x.broadcast_sub(&mean)?;
-    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = centred.broadcast_div(&(var + EPS)?.sqrt()?)?;
-    Ok(normed
-        .broadcast_mul(w.as_tensor())?
-        .broadcast_add(b.as_tensor())?)
 }

@@ -10,6 +10,7 @@
 //! its embedding space, read through
 //! [`metarep_model::HookedTransformer::run_embeddings`] at explicit positions.
 
+mod encoder;
 pub mod error;
 pub mod eval;
 pub mod gistnet;
