@@ -8,8 +8,10 @@
 //!
 //! End to end, the longest held-out documents are read chunk by chunk through a W-slot budget:
 //! truncation to the newest W tokens against the working context's oldest-first cover with
-//! GistNet gists (levels ≤ 2, and level 1 only) and with mean-pooled gists (LensNet's learned
-//! focus is not built yet).
+//! GistNet gists (levels ≤ 2, and level 1 only) and with mean-pooled gists, and the focus loop
+//! steered by LensNet or by random scores. LensNet trains on counterfactual utilities measured
+//! on training documents (`metarep_megacontext::lens_train`); its ranking of moves on states
+//! from other held-out documents is compared with random scores and the oracle.
 //!
 //! Base models: a byte-level Llama trained here on the corpus's training split (`base = "bytes"`,
 //! the quick config CI runs) or SmolLM2-135M from its GGUF (`base = "smollm2"`, the full
@@ -25,9 +27,11 @@ use metarep_eval::plot::{LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
 use metarep_megacontext::eval::{delta_nll, summarize, DeltaSummary, Method};
 use metarep_megacontext::train::draw_windows;
+use metarep_megacontext::lens_train::{rank_quality, RankQuality};
 use metarep_megacontext::{
-    stream_nll, train_gistnet, CoverConfig, GistNet, GistNetConfig, GistTrainConfig, Policy,
-    PositionRule, Skip, StreamConfig, WindowShape,
+    collect_samples, stream_nll, train_gistnet, train_lensnet, CoverConfig, FocusConfig, GistNet,
+    GistNetConfig, GistTrainConfig, LensDataConfig, LensNet, LensNetConfig, LensTrainConfig,
+    Policy, PositionRule, RandomScorer, Skip, StreamConfig, WindowShape,
 };
 use metarep_model::{HookedTransformer, LoadOptions};
 use metarep_testbeds::byte_lm::{encode as encode_bytes, ByteLmSpec};
@@ -73,6 +77,31 @@ pub struct Fig12Config {
     eval_batch: usize,
     /// Long held-out documents read through a fixed slot budget.
     stream: StreamSettings,
+    /// LensNet: its training states, size, training and the allocator it steers.
+    lens: LensSettings,
+}
+
+/// LensNet's part of fig12.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LensSettings {
+    /// Training states, measured on training documents streamed under the `[stream]` budget.
+    states: usize,
+    /// States measured on held-out documents (not the streamed ones) for rank quality.
+    held_states: usize,
+    /// A state every this many chunks.
+    every: usize,
+    /// Tokens whose NLL measures a move (H).
+    horizon: usize,
+    /// LensNet's internal width, layers, heads and MLP width.
+    width: usize,
+    layers: usize,
+    heads: usize,
+    mlp: usize,
+    /// LensNet training.
+    train: LensTrainConfig,
+    /// The allocator (also shaping the training states' covers, under random scores).
+    focus: FocusConfig,
 }
 
 /// The end-to-end measurement: the longest held-out documents streamed chunk by chunk.
@@ -162,6 +191,20 @@ impl CheckedConfig for Fig12Config {
             st.max_tokens,
             "≥ stream.warmup + stream.chunk",
         )?;
+        let lens = &self.lens;
+        for (key, v) in [
+            ("lens.states", lens.states),
+            ("lens.held_states", lens.held_states),
+            ("lens.every", lens.every),
+            ("lens.horizon", lens.horizon),
+            ("lens.width", lens.width),
+            ("lens.heads", lens.heads),
+            ("lens.train.steps", lens.train.steps),
+            ("lens.train.batch", lens.train.batch),
+        ] {
+            at_least_one(key, v)?;
+        }
+        positive("lens.train.lr", lens.train.lr)?;
         require(
             self.horizons.contains(&GATE_HORIZON),
             "horizons",
@@ -218,9 +261,16 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     let table = table(&rows)?;
     out.table("fig12_delta_nll", &table)?;
     out.plot("fig12_delta_nll", &plot(&rows, cfg.train.shape.block))?;
-    let streams = stream_rows(&cfg, &model, &net, &held_ids)?;
+    let stream_docs = longest(&cfg.stream, &held_ids)?;
+    let (mut lens, ranks) = train_lens(&cfg, &model, &net, &train_ids, &held_ids, dir)?;
+    out.table("fig12_lens_ranking", &rank_table(&ranks)?)?;
+    let streams = stream_rows(&cfg, &model, &net, &mut lens, &stream_docs, &held_ids)?;
     out.table("fig12_stream", &stream_table(&streams)?)?;
     let pass = record(&rows, &mut out);
+    for (name, q) in &ranks {
+        out.metrics.set_number(format!("lens_{name}_pair_accuracy"), q.pair_accuracy);
+        out.metrics.set_number(format!("lens_{name}_chosen_utility"), q.chosen_utility);
+    }
     for s in &streams {
         let key = format!("stream_{}", s.name);
         out.metrics.set_number(format!("{key}_nll"), s.nll);
@@ -240,30 +290,28 @@ struct StreamRow {
     slots: f64,
     /// Mean tokens those slots stood for.
     span: f64,
+    /// Focus-loop moves per step and slot utilisation (focus policies only).
+    focus: Option<(f64, f64)>,
 }
 
-/// The longest held-out documents streamed under truncation and under working-context covers
-/// with GistNet gists (levels ≤ max_level and level 1 only) and with mean-pooled gists.
-fn stream_rows(
-    cfg: &Fig12Config,
-    model: &HookedTransformer,
-    net: &GistNet,
-    held: &[Vec<u32>],
-) -> Result<Vec<StreamRow>, BoxError> {
-    let st = cfg.stream;
-    let mut docs: Vec<&Vec<u32>> = held
-        .iter()
-        .filter(|d| d.len() >= st.warmup + st.chunk)
+/// The `docs` longest held-out documents that hold a warmup and a chunk, longest first, cut to
+/// `max_tokens`, as indices into `held`.
+fn longest(st: &StreamSettings, held: &[Vec<u32>]) -> Result<Vec<usize>, BoxError> {
+    let mut docs: Vec<usize> = (0..held.len())
+        .filter(|i| held[*i].len() >= st.warmup + st.chunk)
         .collect();
-    docs.sort_by_key(|d| std::cmp::Reverse(d.len()));
+    docs.sort_by_key(|i| std::cmp::Reverse(held[*i].len()));
     docs.truncate(st.docs);
     if docs.is_empty() {
         return Err(format!("no held-out document holds {} tokens", st.warmup + st.chunk).into());
     }
-    let mut mean_cfg = *net.config();
-    mean_cfg.skip = Skip::Mean;
-    let mean_net = GistNet::new(mean_cfg, 0, model.device())?;
-    let config = |max_level: u8| StreamConfig {
+    Ok(docs)
+}
+
+/// The stream settings as a [`StreamConfig`] with gists up to `max_level`.
+fn stream_config(cfg: &Fig12Config, max_level: u8) -> StreamConfig {
+    let st = cfg.stream;
+    StreamConfig {
         cover: CoverConfig {
             block: cfg.train.shape.block as u32,
             budget: st.budget,
@@ -273,23 +321,162 @@ fn stream_rows(
         rule: st.rule,
         chunk: st.chunk,
         warmup: st.warmup,
+    }
+}
+
+/// Measures LensNet's training states on the training documents and held-out states on the
+/// held-out documents not streamed, trains LensNet into `dir/lensnet`, and ranks the held-out
+/// states' moves with it and with random scores.
+fn train_lens(
+    cfg: &Fig12Config,
+    model: &HookedTransformer,
+    net: &GistNet,
+    train: &[Vec<u32>],
+    held: &[Vec<u32>],
+    dir: &Path,
+) -> Result<(LensNet, Vec<(&'static str, RankQuality)>), BoxError> {
+    let l = cfg.lens;
+    let data = LensDataConfig {
+        stream: stream_config(cfg, cfg.stream.max_level),
+        horizon: l.horizon,
+        every: l.every,
+        focus: l.focus,
+        seed: derive_seed(cfg.seed, "lens states"),
     };
-    let runs: [(&str, &GistNet, u8, Policy); 4] = [
-        ("truncate", net, st.max_level, Policy::Truncate),
-        ("gistnet_cover", net, st.max_level, Policy::Cover),
-        ("gistnet_level1_cover", net, 1, Policy::Cover),
-        ("mean_cover", &mean_net, st.max_level, Policy::Cover),
+    let streamed = longest(&cfg.stream, held)?;
+    let others: Vec<Vec<u32>> = (0..held.len())
+        .filter(|i| !streamed.contains(i))
+        .map(|i| held[i].clone())
+        .collect();
+    let start = std::time::Instant::now();
+    let samples = collect_samples(model, net, train, &data, l.states)?;
+    let held_samples = collect_samples(model, net, &others, &data, l.held_states)?;
+    let candidates: usize = samples.iter().map(|s| s.candidates.len()).sum();
+    println!(
+        "  LensNet states: {} training ({:.1} moves each), {} held out, measured in {:.0} s",
+        samples.len(),
+        candidates as f64 / samples.len().max(1) as f64,
+        held_samples.len(),
+        start.elapsed().as_secs_f64()
+    );
+    if samples.is_empty() || held_samples.is_empty() {
+        return Err("no document is long enough for a LensNet state".into());
+    }
+    let lcfg = LensNetConfig {
+        d_model: model.config().d_model,
+        width: l.width,
+        layers: l.layers,
+        heads: l.heads,
+        mlp: l.mlp,
+        max_level: cfg.stream.max_level,
+    };
+    let mut lens = LensNet::new(lcfg, derive_seed(cfg.seed, "lensnet"), model.device())?;
+    let run_dir = dir.join("lensnet");
+    let control = RunControl {
+        out: Some(&run_dir),
+        ..RunControl::default()
+    };
+    let report = train_lensnet(&lens, &samples, &l.train, control)?;
+    println!(
+        "  LensNet ({} parameters): ranking + budget loss {:.4} → {:.4} over {} steps",
+        lcfg.n_params(),
+        report.first_loss,
+        report.final_loss,
+        report.steps
+    );
+    lens.save(&dir.join("lensnet_final"))?;
+    let tol = l.train.tolerance;
+    let mut random = RandomScorer::new(derive_seed(cfg.seed, "random lens ranking"));
+    let ranks = vec![
+        ("lensnet", rank_quality(&mut lens, &held_samples, tol)?),
+        ("random", rank_quality(&mut random, &held_samples, tol)?),
+    ];
+    for (name, q) in &ranks {
+        println!(
+            "  rank quality of {name:<8} on {} held-out states: pair accuracy {:.3}; chosen move's utility {:+.5} (oracle {:+.5}, no move 0) nats/token",
+            q.samples, q.pair_accuracy, q.chosen_utility, q.best_utility
+        );
+    }
+    Ok((lens, ranks))
+}
+
+fn rank_table(ranks: &[(&str, RankQuality)]) -> Result<Table, BoxError> {
+    let mut t = Table::new(vec![
+        "scorer",
+        "pair accuracy",
+        "chosen move utility (nats/token)",
+        "oracle utility",
+        "held-out states",
+    ]);
+    for (name, q) in ranks {
+        t.push_row(vec![
+            Cell::Text((*name).into()),
+            Cell::Num(q.pair_accuracy),
+            Cell::Num(q.chosen_utility),
+            Cell::Num(q.best_utility),
+            Cell::from(q.samples as i64),
+        ])?;
+    }
+    Ok(t)
+}
+
+/// The streamed held-out documents read under truncation, working-context covers with GistNet
+/// gists (levels ≤ max_level and level 1 only) and with mean-pooled gists, and the focus loop
+/// steered by LensNet and by random scores.
+fn stream_rows(
+    cfg: &Fig12Config,
+    model: &HookedTransformer,
+    net: &GistNet,
+    lens: &mut LensNet,
+    docs: &[usize],
+    held: &[Vec<u32>],
+) -> Result<Vec<StreamRow>, BoxError> {
+    let st = cfg.stream;
+    let mut mean_cfg = *net.config();
+    mean_cfg.skip = Skip::Mean;
+    let mean_net = GistNet::new(mean_cfg, 0, model.device())?;
+    let names = [
+        "truncate",
+        "gistnet_cover",
+        "gistnet_level1_cover",
+        "mean_cover",
+        "lensnet_focus",
+        "random_focus",
     ];
     let mut rows = Vec::new();
-    for (name, n, level, policy) in runs {
+    for name in names {
+        let (n, level) = match name {
+            "mean_cover" => (&mean_net, st.max_level),
+            "gistnet_level1_cover" => (net, 1),
+            _ => (net, st.max_level),
+        };
         let (mut total, mut tokens, mut slots, mut span) = (0.0, 0, 0.0, 0.0);
-        for d in &docs {
-            let d = &d[..d.len().min(st.max_tokens)];
-            let r = stream_nll(model, n, d, &config(level), policy)?;
+        let (mut moves, mut util, mut steps) = (0.0, 0.0, 0.0);
+        for (k, &i) in docs.iter().enumerate() {
+            let d = &held[i][..held[i].len().min(st.max_tokens)];
+            let mut random = RandomScorer::new(derive_seed(cfg.seed, &format!("random focus {k}")));
+            let policy = match name {
+                "truncate" => Policy::Truncate,
+                "lensnet_focus" => Policy::Focus {
+                    scorer: &mut *lens,
+                    config: cfg.lens.focus,
+                },
+                "random_focus" => Policy::Focus {
+                    scorer: &mut random,
+                    config: cfg.lens.focus,
+                },
+                _ => Policy::Cover,
+            };
+            let r = stream_nll(model, n, d, &stream_config(cfg, level), policy, None)?;
             total += r.nll * r.tokens as f64;
             tokens += r.tokens;
             slots += r.mean_slots * r.tokens as f64;
             span += r.mean_span * r.tokens as f64;
+            if let Some(f) = &r.focus {
+                moves += (f.expansions + f.collapses) as f64;
+                util += f.utilisation_sum;
+                steps += f.steps as f64;
+            }
         }
         let row = StreamRow {
             name,
@@ -297,9 +484,13 @@ fn stream_rows(
             tokens,
             slots: slots / tokens as f64,
             span: span / tokens as f64,
+            focus: (steps > 0.0).then(|| (moves / steps, util / steps)),
         };
+        let focus = row.focus.map_or(String::new(), |(m, u)| {
+            format!("; {m:.2} moves per step, {:.1}% of the budget used", 100.0 * u)
+        });
         println!(
-            "  stream {:<22} NLL {:.4} nats/token over {} tokens of {} documents; {:.1} slots standing for {:.0} tokens",
+            "  stream {:<22} NLL {:.4} nats/token over {} tokens of {} documents; {:.1} slots standing for {:.0} tokens{focus}",
             row.name,
             row.nll,
             row.tokens,
@@ -319,14 +510,22 @@ fn stream_table(rows: &[StreamRow]) -> Result<Table, BoxError> {
         "tokens scored",
         "mean slots",
         "mean tokens covered",
+        "moves per step",
+        "slot utilisation",
     ]);
     for r in rows {
+        let (moves, util) = match r.focus {
+            Some((m, u)) => (Cell::Num(m), Cell::Num(u)),
+            None => (Cell::Text("—".into()), Cell::Text("—".into())),
+        };
         t.push_row(vec![
             Cell::Text(r.name.into()),
             Cell::Num(r.nll),
             Cell::from(r.tokens as i64),
             Cell::Num(r.slots),
             Cell::Num(r.span),
+            moves,
+            util,
         ])?;
     }
     Ok(t)

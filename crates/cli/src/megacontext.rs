@@ -98,7 +98,7 @@ fn eval(a: EvalArgs) -> Res<()> {
     let mut out = serde_json::Map::new();
     out.insert("tokens".into(), tokens.len().into());
     for (name, policy) in [("cover", Policy::Cover), ("truncate", Policy::Truncate)] {
-        let loss = stream_nll(&model, &net, &tokens, &config, policy)?;
+        let loss = stream_nll(&model, &net, &tokens, &config, policy, None)?;
         out.insert(name.into(), serde_json::to_value(loss)?);
     }
     println!("{}", serde_json::to_string_pretty(&out)?);

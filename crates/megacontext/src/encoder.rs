@@ -2,12 +2,17 @@
 //! layers of multi-head self-attention over a set of elements, then a GELU MLP, with plain
 //! `x W + b` projections and layer norms as free functions.
 
+use std::collections::HashMap;
+use std::path::Path;
+
 use candle_core::{DType, Device, Tensor, Var, D};
+use metarep_core::checkpoint::save_checkpoint;
 use metarep_core::rng::{derive_seed, normal_vec, seeded};
 use metarep_model::ops::softmax_last_dim;
 use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// A projection's weight `[in, out]` and bias `[out]`, or a layer norm's weight and bias.
 pub(crate) type Pair = (Var, Var);
@@ -139,6 +144,42 @@ impl Init {
             &self.device,
         )?)?)
     }
+}
+
+/// Overwrites every variable of `params` with the tensor of its name in `tensors` (shapes must
+/// match); `what` names the net in errors.
+pub(crate) fn set_params(
+    params: &[(String, Var)],
+    tensors: &HashMap<String, Tensor>,
+    what: &str,
+) -> Result<()> {
+    for (name, var) in params {
+        let t = tensors
+            .get(name)
+            .ok_or_else(|| Error::Invalid(format!("{what} tensor `{name}` is missing")))?;
+        if t.dims() != var.dims() {
+            return Err(Error::shape(
+                format!("{what} tensor `{name}`"),
+                format!("{:?}", var.dims()),
+                format!("{:?}", t.dims()),
+            ));
+        }
+        var.set(&t.to_dtype(DType::F32)?)?;
+    }
+    Ok(())
+}
+
+/// Saves `params` and `config` into the checkpoint directory `dir`.
+pub(crate) fn save_params(
+    dir: &Path,
+    params: &[(String, Var)],
+    config: &impl Serialize,
+) -> Result<()> {
+    let tensors: Vec<(String, Tensor)> = params
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    Ok(save_checkpoint(dir, &tensors, config)?)
 }
 
 /// Appends `{name}.weight` and `{name}.bias`.

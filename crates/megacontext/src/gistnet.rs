@@ -22,10 +22,12 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
-use metarep_core::checkpoint::{load_checkpoint, save_checkpoint};
+use metarep_core::checkpoint::load_checkpoint;
 use serde::{Deserialize, Serialize};
 
-use crate::encoder::{layer_norm, linear, norm, push_pair, zeros, Encoder, Init};
+use crate::encoder::{
+    layer_norm, linear, norm, push_pair, save_params, set_params, zeros, Encoder, Init,
+};
 use crate::error::{Error, Result};
 
 /// Where the skip path's weights over the children start.
@@ -200,12 +202,7 @@ impl GistNet {
 
     /// Saves the parameters and config into the checkpoint directory `dir`.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let tensors: Vec<(String, Tensor)> = self
-            .params()
-            .into_iter()
-            .map(|(n, v)| (n, v.as_tensor().clone()))
-            .collect();
-        Ok(save_checkpoint(dir, &tensors, &self.config)?)
+        save_params(dir, &self.params(), &self.config)
     }
 
     /// Loads a net saved by [`GistNet::save`] (or a GistNet training checkpoint) onto `device`.
@@ -219,19 +216,6 @@ impl GistNet {
 
     /// Overwrites every parameter with the tensor of its name in `tensors` (shapes must match).
     pub fn set(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
-        for (name, var) in self.params() {
-            let t = tensors
-                .get(&name)
-                .ok_or_else(|| Error::Invalid(format!("GistNet tensor `{name}` is missing")))?;
-            if t.dims() != var.dims() {
-                return Err(Error::shape(
-                    format!("GistNet tensor `{name}`"),
-                    format!("{:?}", var.dims()),
-                    format!("{:?}", t.dims()),
-                ));
-            }
-            var.set(&t.to_dtype(DType::F32)?)?;
-        }
-        Ok(())
+        set_params(&self.params(), tensors, "GistNet")
     }
 }

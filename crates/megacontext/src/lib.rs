@@ -3,8 +3,10 @@
 //! ([`gistnet`]), the **ΔNLL@H** objective that scores a block's replacement by the loss of the
 //! tokens after it ([`objective`]), GistNet's training through a frozen base model
 //! ([`train`]), the comparison with training-free baselines ([`eval`]) and GistNet as the
-//! gist tree's summariser ([`summarizer`]), and reading long documents through a fixed slot
-//! budget ([`stream`]).
+//! gist tree's summariser ([`summarizer`]), reading long documents through a fixed slot
+//! budget ([`stream`]), and the focus loop: **LensNet** ([`lensnet`]) scores expansions and
+//! collapses of the working context, trained on counterfactual utilities ([`lens_train`]),
+//! and an allocator with hysteresis applies them ([`focus`]).
 //!
 //! The base model is any decoder [`metarep_model::HookedTransformer`]: gists are vectors in
 //! its embedding space, read through
@@ -13,7 +15,10 @@
 mod encoder;
 pub mod error;
 pub mod eval;
+pub mod focus;
 pub mod gistnet;
+pub mod lens_train;
+pub mod lensnet;
 pub mod objective;
 pub mod stream;
 pub mod summarizer;
@@ -21,7 +26,10 @@ pub mod train;
 pub mod working_context;
 
 pub use error::{Error, Result};
+pub use focus::{Allocator, FocusConfig, FocusStats, RandomScorer, Scorer};
 pub use gistnet::{GistNet, GistNetConfig, Skip};
+pub use lens_train::{collect_samples, train_lensnet, LensDataConfig, LensTrainConfig};
+pub use lensnet::{LensNet, LensNetConfig};
 pub use objective::{nll_after_block, Replacement, WindowShape};
 pub use stream::{stream_nll, Policy, StreamConfig, StreamLoss};
 pub use summarizer::GistNetSummarizer;

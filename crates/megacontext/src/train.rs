@@ -168,19 +168,27 @@ pub fn train_gistnet(
         Ok((nll + (kl * config.kl_weight)?)?)
     };
     let mut fit = AdamRun::new(&params, config.weight_decay, config.clip, loss)?;
-    let mut plan = Plan::new(
+    let plan = plan(
         config.steps,
-        WarmupCosine {
-            lr: config.lr,
-            warmup: config.warmup,
-            steps: config.steps,
-        },
+        config.lr,
+        config.warmup,
+        config.log_every,
+        config.checkpoint_every,
     );
-    plan.log_every = if config.log_every == 0 {
-        config.steps
-    } else {
-        config.log_every
-    };
-    plan.checkpoint_every = config.checkpoint_every;
     run(&mut fit, &plan, config, control)
+}
+
+/// The schedule of a net's training: `steps` of warmup + cosine to `lr`, a metrics line every
+/// `log_every` steps (0: only the last), a checkpoint every `checkpoint_every` (0: at the end).
+pub(crate) fn plan(
+    steps: usize,
+    lr: f64,
+    warmup: usize,
+    log_every: usize,
+    checkpoint_every: usize,
+) -> Plan {
+    let mut plan = Plan::new(steps, WarmupCosine { lr, warmup, steps });
+    plan.log_every = if log_every == 0 { steps } else { log_every };
+    plan.checkpoint_every = checkpoint_every;
+    plan
 }

@@ -126,6 +126,14 @@ impl WorkingContext {
         &self.config
     }
 
+    /// A copy with another slot budget (at least the current one), for counterfactual moves
+    /// measured beyond the budget.
+    pub fn with_budget(&self, budget: usize) -> WorkingContext {
+        let mut out = self.clone();
+        out.config.budget = budget.max(self.config.budget);
+        out
+    }
+
     /// Tokens in the stream so far.
     pub fn len(&self) -> u64 {
         self.len
@@ -201,6 +209,13 @@ impl WorkingContext {
     /// Appends `n` tokens to the stream (they enter as raw blocks, extending a partial last
     /// block first), then makes room with [`WorkingContext::fit`].
     pub fn push(&mut self, n: u64) {
+        self.append(n);
+        self.fit();
+    }
+
+    /// Appends `n` tokens as raw blocks without making room: the cover may exceed the budget
+    /// until collapses (a focus allocator's, or [`WorkingContext::fit`]) bring it back.
+    pub fn append(&mut self, n: u64) {
         let b = self.config.block as u64;
         let end = self.len + n;
         let mut next = self.len.div_ceil(b);
@@ -209,30 +224,44 @@ impl WorkingContext {
             self.entries.push(NodeRef::new(0, next));
             next += 1;
         }
-        self.fit();
     }
 
     /// Makes the cover fit the budget, oldest first: repeatedly collapses the oldest entry that
     /// can be collapsed ([`WorkingContext::collapsible`]) and, when none can, drops the oldest
-    /// entry (its tokens leave the working context).
-    pub fn fit(&mut self) {
+    /// entry (its tokens leave the working context). Returns the collapses made.
+    pub fn fit(&mut self) -> usize {
+        let mut collapses = 0;
         while self.used() > self.config.budget {
             let oldest = (0..self.entries.len()).find_map(|i| Some((i, self.family_at(i)?)));
             match oldest {
                 Some((i, (parent, n))) => {
                     self.entries.splice(i..i + n, [parent]);
+                    collapses += 1;
                 }
                 None => {
                     self.entries.remove(0);
                 }
             }
         }
+        collapses
     }
 
     /// Whether [`WorkingContext::collapse`] at entry `i` would succeed (budget aside: a
     /// collapse only frees slots).
     pub fn collapsible(&self, i: usize) -> bool {
         self.family_at(i).is_some()
+    }
+
+    /// Slots a collapse at entry `i` would free, if it can collapse.
+    pub fn collapse_gain(&self, i: usize) -> Option<usize> {
+        let (_, n) = self.family_at(i)?;
+        Some(
+            self.entries[i..i + n]
+                .iter()
+                .map(|e| self.entry_slots(*e))
+                .sum::<usize>()
+                - 1,
+        )
     }
 
     /// The parent a collapse at `i` makes and how many entries it replaces, if any.

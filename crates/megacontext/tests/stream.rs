@@ -1,12 +1,14 @@
 //! Streaming a document through the working context: with a budget that holds everything it is
-//! the plain token run's loss; with a small one the cover reaches further back than truncation
-//! within the same slots; gists are GistNet's; bad settings are errors.
+//! the plain token run's loss (under every policy); with a small one the cover reaches further
+//! back than truncation within the same slots and the focus loop moves entries within them;
+//! gists are GistNet's; bad settings are errors.
 
 use candle_core::{DType, Device, Tensor};
 use metarep_gist_tree::NodeRef;
 use metarep_megacontext::stream::Gists;
 use metarep_megacontext::{
-    stream_nll, CoverConfig, GistNet, GistNetConfig, Policy, PositionRule, Skip, StreamConfig,
+    stream_nll, CoverConfig, FocusConfig, GistNet, GistNetConfig, Policy, PositionRule,
+    RandomScorer, Skip, StreamConfig,
 };
 use metarep_model::{HookedTransformer, ModelConfig};
 
@@ -63,14 +65,24 @@ fn a_budget_that_holds_everything_is_the_plain_token_run() {
         .sum::<f64>()
         / 160.0;
     for rule in [PositionRule::SpanEnd, PositionRule::Slot] {
-        for policy in [Policy::Cover, Policy::Truncate] {
-            let got = stream_nll(&model, &net, &tokens, &config(256, rule), policy).unwrap();
+        for name in ["cover", "truncate", "focus"] {
+            let mut random = RandomScorer::new(0);
+            let policy = match name {
+                "cover" => Policy::Cover,
+                "truncate" => Policy::Truncate,
+                _ => Policy::Focus {
+                    scorer: &mut random,
+                    config: FocusConfig::default(),
+                },
+            };
+            let got = stream_nll(&model, &net, &tokens, &config(256, rule), policy, None).unwrap();
             assert_eq!(got.tokens, 160);
             assert!(
                 (got.nll - want).abs() < 1e-4,
-                "{rule:?} {policy:?}: {} vs {want}",
+                "{rule:?} {name}: {} vs {want}",
                 got.nll
             );
+            assert_eq!(got.focus.is_some(), name == "focus");
         }
     }
 }
@@ -79,10 +91,21 @@ fn a_budget_that_holds_everything_is_the_plain_token_run() {
 fn a_small_budget_covers_more_with_gists_than_truncation() {
     let (model, net, tokens) = setup();
     let cfg = config(24, PositionRule::Slot);
-    let cover = stream_nll(&model, &net, &tokens, &cfg, Policy::Cover).unwrap();
-    let cut = stream_nll(&model, &net, &tokens, &cfg, Policy::Truncate).unwrap();
-    assert!(cover.nll.is_finite() && cut.nll.is_finite());
-    assert!(cover.mean_slots <= 24.0 && cut.mean_slots <= 24.0);
+    let cover = stream_nll(&model, &net, &tokens, &cfg, Policy::Cover, None).unwrap();
+    let cut = stream_nll(&model, &net, &tokens, &cfg, Policy::Truncate, None).unwrap();
+    let mut random = RandomScorer::new(3);
+    let focus = Policy::Focus {
+        scorer: &mut random,
+        config: FocusConfig::default(),
+    };
+    let moved = stream_nll(&model, &net, &tokens, &cfg, focus, None).unwrap();
+    assert!(cover.nll.is_finite() && cut.nll.is_finite() && moved.nll.is_finite());
+    assert!(cover.mean_slots <= 24.0 && cut.mean_slots <= 24.0 && moved.mean_slots <= 24.0);
+    // Random scores trade expansions for collapses: the focus loop moves entries (every chunk
+    // but the first, which has no query yet).
+    let stats = moved.focus.unwrap();
+    assert!(stats.expansions > 0 && stats.steps == 19, "{stats:?}");
+    assert!(stats.reads.iter().sum::<u64>() > 0);
     assert!(
         cover.mean_span > 2.0 * cut.mean_span,
         "cover spans {} tokens, truncation {}",
@@ -120,7 +143,7 @@ fn gists_are_gistnets_at_every_level() {
 fn bad_settings_are_errors() {
     let (model, net, tokens) = setup();
     let run = |cfg: StreamConfig, n: usize| {
-        stream_nll(&model, &net, &tokens[..n], &cfg, Policy::Cover).map_err(|e| e.to_string())
+        stream_nll(&model, &net, &tokens[..n], &cfg, Policy::Cover, None).map_err(|e| e.to_string())
     };
     let ok = config(24, PositionRule::Slot);
     assert!(run(StreamConfig { chunk: 0, ..ok }, 200).is_err());

@@ -1,0 +1,344 @@
+//! LensNet's training data and training.
+//!
+//! **Counterfactual utilities** ([`measure`]): for a working context before a chunk, the NLL of
+//! the next H tokens is measured once as it is and once per candidate move applied alone
+//! (budget aside); a move's utility is the loss it removes (nats per token). States come from
+//! streaming training documents under random moves ([`collect_samples`]), so LensNet sees
+//! covers of every shape, not only the oldest-first one.
+//!
+//! **Loss** ([`lens_loss`]): a pairwise logistic ranking loss over the candidates and a no-op
+//! (score 0, utility 0) — for every pair whose utilities differ by more than `tolerance`, the
+//! better one should score higher — plus a budget term: with each candidate taken with
+//! probability σ(score), the expected slots it would add beyond the free ones, over the budget,
+//! times `budget_weight`.
+
+use candle_core::{DType, Tensor};
+use metarep_core::rng::{derive_seed, seeded};
+use metarep_core::train::{run, AdamRun, RunControl, RunReport};
+use metarep_model::HookedTransformer;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::focus::{
+    apply, candidates, focus_input, Allocator, Candidate, FocusConfig, Move, RandomScorer, Scorer,
+};
+use crate::gistnet::GistNet;
+use crate::lensnet::{FocusInput, LensNet};
+use crate::stream::{read_cover, Gists, StreamConfig};
+use crate::train::plan;
+use crate::working_context::{PositionRule, WorkingContext};
+
+/// One training state: what LensNet reads, the candidate moves and their measured utilities.
+#[derive(Debug, Clone)]
+pub struct LensSample {
+    /// LensNet's input.
+    pub input: FocusInput,
+    /// The moves the state allows.
+    pub candidates: Vec<Candidate>,
+    /// Each candidate's utility: the next tokens' NLL as is minus with the move (nats/token).
+    pub utilities: Vec<f32>,
+    /// Free slots (budget − used).
+    pub free: i64,
+    /// The budget W.
+    pub budget: usize,
+}
+
+/// Measures every candidate move of `wc` on the `next` tokens (see the module docs); `query`
+/// is LensNet's query for the state.
+pub fn measure(
+    model: &HookedTransformer,
+    gists: &mut Gists,
+    wc: &WorkingContext,
+    rule: PositionRule,
+    next: &[u32],
+    query: &Tensor,
+) -> Result<LensSample> {
+    let (base, _) = read_cover(model, gists, wc, rule, next)?;
+    let cands = candidates(wc);
+    let mut utilities = Vec::with_capacity(cands.len());
+    for c in &cands {
+        let mut trial = wc.with_budget(wc.used() + c.slots.max(0) as usize);
+        apply(&mut trial, c)?;
+        let (nll, _) = read_cover(model, gists, &trial, rule, next)?;
+        utilities.push(base - nll);
+    }
+    Ok(LensSample {
+        input: focus_input(wc, gists, query)?,
+        candidates: cands,
+        utilities,
+        free: wc.config().budget as i64 - wc.used() as i64,
+        budget: wc.config().budget,
+    })
+}
+
+/// How training states are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LensDataConfig {
+    /// The stream the states come from.
+    pub stream: StreamConfig,
+    /// Tokens after the state whose NLL measures a move (H).
+    pub horizon: usize,
+    /// A state every this many chunks.
+    pub every: usize,
+    /// The random moves that shape the covers between states.
+    pub focus: FocusConfig,
+    /// Seed of the random moves.
+    pub seed: u64,
+}
+
+/// Streams each document under random moves and measures a state every `every` chunks, until
+/// `max` states; shows a progress bar.
+pub fn collect_samples(
+    model: &HookedTransformer,
+    net: &GistNet,
+    docs: &[Vec<u32>],
+    config: &LensDataConfig,
+    max: usize,
+) -> Result<Vec<LensSample>> {
+    let sc = &config.stream;
+    if config.horizon == 0 || config.every == 0 {
+        return Err(Error::Config(format!(
+            "horizon ({}) and every ({}) must be ≥ 1",
+            config.horizon, config.every
+        )));
+    }
+    let bar = metarep_core::progress::bar(max as u64, "LensNet states");
+    let mut out = Vec::with_capacity(max);
+    for (d, tokens) in docs.iter().enumerate() {
+        if out.len() >= max {
+            break;
+        }
+        if tokens.len() < sc.warmup + sc.chunk.max(config.horizon) {
+            continue;
+        }
+        sc.validate(tokens.len(), net)?;
+        let mut gists = Gists::new(model, net, tokens);
+        let mut wc = WorkingContext::new(sc.cover)?;
+        wc.push(sc.warmup as u64);
+        let mut scorer = RandomScorer::new(derive_seed(config.seed, &format!("doc {d}")));
+        let mut allocator = Allocator::new(config.focus);
+        let mut query: Option<Tensor> = None;
+        let (mut at, mut step) = (sc.warmup, 0usize);
+        while at + sc.chunk.max(config.horizon) <= tokens.len() && out.len() < max {
+            match &query {
+                Some(q) => {
+                    let scores = scorer.score(&focus_input(&wc, &mut gists, q)?)?;
+                    allocator.step(&mut wc, &scores)?;
+                    if step.is_multiple_of(config.every) {
+                        let next = &tokens[at..at + config.horizon];
+                        out.push(measure(model, &mut gists, &wc, sc.rule, next, q)?);
+                        bar.inc(1);
+                    }
+                }
+                None => {
+                    wc.fit();
+                }
+            }
+            let (_, q) = read_cover(model, &mut gists, &wc, sc.rule, &tokens[at..at + sc.chunk])?;
+            query = Some(q);
+            wc.append(sc.chunk as u64);
+            at += sc.chunk;
+            step += 1;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+/// A LensNet training run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LensTrainConfig {
+    /// Seed of the state draws.
+    pub seed: u64,
+    /// Optimisation steps.
+    pub steps: usize,
+    /// States per step.
+    pub batch: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Linear warmup steps.
+    pub warmup: usize,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (0 = off).
+    pub clip: f64,
+    /// Utility gap (nats/token) below which a pair is not ranked.
+    pub tolerance: f32,
+    /// Weight of the budget term.
+    pub budget_weight: f64,
+    /// Metrics line every this many steps (0 = only the last).
+    pub log_every: usize,
+    /// Checkpoint every this many steps (0 = only at the end).
+    pub checkpoint_every: usize,
+}
+
+impl Default for LensTrainConfig {
+    /// 500 steps of 8 states, lr 1e-3 with 25 warmup steps, tolerance 1e-3, budget weight 0.1.
+    fn default() -> Self {
+        LensTrainConfig {
+            seed: 0,
+            steps: 500,
+            batch: 8,
+            lr: 1e-3,
+            warmup: 25,
+            weight_decay: 0.0,
+            clip: 1.0,
+            tolerance: 1e-3,
+            budget_weight: 0.1,
+            log_every: 50,
+            checkpoint_every: 0,
+        }
+    }
+}
+
+/// The scores of a sample's candidates `[c]` (f32).
+fn candidate_scores(net: &LensNet, sample: &LensSample) -> Result<Tensor> {
+    let scores = net.forward(&sample.input)?.flatten_all()?;
+    let idx: Vec<u32> = sample
+        .candidates
+        .iter()
+        .map(|c| (c.entry * 2 + usize::from(c.kind == Move::Collapse)) as u32)
+        .collect();
+    let idx = Tensor::from_vec(idx, sample.candidates.len(), scores.device())?;
+    Ok(scores.index_select(&idx, 0)?)
+}
+
+/// `ln(1 + eˣ)`, computed stably.
+fn softplus(x: &Tensor) -> Result<Tensor> {
+    let tail = (x.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    Ok((x.relu()? + tail)?)
+}
+
+/// The ranking + budget loss of one sample (a scalar; see the module docs).
+pub fn lens_loss(net: &LensNet, sample: &LensSample, config: &LensTrainConfig) -> Result<Tensor> {
+    let n = sample.candidates.len();
+    if n == 0 || sample.utilities.len() != n {
+        return Err(Error::Invalid(format!(
+            "a LensNet sample needs ≥ 1 candidate and one utility each ({n} candidates, {} utilities)",
+            sample.utilities.len()
+        )));
+    }
+    let device = sample.input.vectors.device();
+    let sc = candidate_scores(net, sample)?;
+    let s = Tensor::cat(&[&sc, &Tensor::zeros(1, DType::F32, device)?], 0)?;
+    let mut u = sample.utilities.clone();
+    u.push(0.0);
+    let m = n + 1;
+    let mut mask = vec![0f32; m * m];
+    for i in 0..m {
+        for j in 0..m {
+            if u[i] - u[j] > config.tolerance {
+                mask[i * m + j] = 1.0;
+            }
+        }
+    }
+    let pairs: f32 = mask.iter().sum();
+    let mask = Tensor::from_vec(mask, (m, m), device)?;
+    // diff[i][j] = s_j − s_i: the loss of ranking i above j.
+    let diff = s.unsqueeze(0)?.broadcast_sub(&s.unsqueeze(1)?)?;
+    let ranking = (softplus(&diff)? * mask)?
+        .sum_all()?
+        .affine(1.0 / f64::from(pairs.max(1.0)), 0.0)?;
+    let slots: Vec<f32> = sample.candidates.iter().map(|c| c.slots as f32).collect();
+    let slots = Tensor::from_vec(slots, n, device)?;
+    let take = (sc.neg()?.exp()? + 1.0)?.recip()?;
+    let excess = ((take * slots)?.sum_all()? - sample.free as f64)?.relu()?;
+    let budget = excess.affine(config.budget_weight / sample.budget as f64, 0.0)?;
+    Ok((ranking + budget)?)
+}
+
+/// How well a scorer ranks moves on held-out samples.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RankQuality {
+    /// Fraction of pairs (utilities apart by more than the tolerance, the no-op included)
+    /// ordered right.
+    pub pair_accuracy: f64,
+    /// Mean utility of each sample's top-scored move (the no-op, 0, when every score is ≤ 0).
+    pub chosen_utility: f64,
+    /// Mean utility of each sample's best move (or 0): the oracle.
+    pub best_utility: f64,
+    /// Samples scored.
+    pub samples: usize,
+}
+
+/// Ranks `samples` with `scorer` and compares with the measured utilities.
+pub fn rank_quality(
+    scorer: &mut dyn Scorer,
+    samples: &[LensSample],
+    tolerance: f32,
+) -> Result<RankQuality> {
+    let (mut right, mut pairs, mut chosen, mut best) = (0usize, 0usize, 0.0, 0.0);
+    for s in samples {
+        let rows = scorer.score(&s.input)?;
+        let mut sc: Vec<f32> = s
+            .candidates
+            .iter()
+            .map(|c| rows[c.entry][usize::from(c.kind == Move::Collapse)])
+            .collect();
+        sc.push(0.0);
+        let mut u = s.utilities.clone();
+        u.push(0.0);
+        for i in 0..u.len() {
+            for j in 0..u.len() {
+                if u[i] - u[j] > tolerance {
+                    pairs += 1;
+                    right += usize::from(sc[i] > sc[j]);
+                }
+            }
+        }
+        let top = (0..sc.len())
+            .max_by(|a, b| sc[*a].total_cmp(&sc[*b]))
+            .unwrap_or(0);
+        chosen += f64::from(u[top]);
+        best += f64::from(u.iter().copied().fold(0.0, f32::max));
+    }
+    let n = samples.len().max(1) as f64;
+    Ok(RankQuality {
+        pair_accuracy: right as f64 / pairs.max(1) as f64,
+        chosen_utility: chosen / n,
+        best_utility: best / n,
+        samples: samples.len(),
+    })
+}
+
+/// Trains `net` on `samples` (drawn `batch` a step by `(seed, step)`); writes metrics and
+/// checkpoints under `control.out` when given.
+pub fn train_lensnet(
+    net: &LensNet,
+    samples: &[LensSample],
+    config: &LensTrainConfig,
+    control: RunControl,
+) -> Result<RunReport> {
+    if samples.is_empty() || config.batch == 0 {
+        return Err(Error::Config(format!(
+            "LensNet training needs samples ({}) and a batch ≥ 1 ({})",
+            samples.len(),
+            config.batch
+        )));
+    }
+    let params = net.params();
+    let loss = |step: usize| -> Result<Tensor> {
+        let mut rng = seeded(derive_seed(config.seed, &format!("lens step {step}")));
+        let mut total: Option<Tensor> = None;
+        for _ in 0..config.batch {
+            let s = &samples[rng.random_range(0..samples.len())];
+            let l = lens_loss(net, s, config)?;
+            total = Some(match total {
+                Some(t) => (t + l)?,
+                None => l,
+            });
+        }
+        let total = total.ok_or_else(|| Error::Invalid("empty LensNet batch".into()))?;
+        Ok(total.affine(1.0 / config.batch as f64, 0.0)?)
+    };
+    let mut fit = AdamRun::new(&params, config.weight_decay, config.clip, loss)?;
+    let plan = plan(
+        config.steps,
+        config.lr,
+        config.warmup,
+        config.log_every,
+        config.checkpoint_every,
+    );
+    run(&mut fit, &plan, config, control)
+}
