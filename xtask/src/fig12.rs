@@ -26,8 +26,8 @@ use metarep_eval::corpus::{head_chars, read_split, Document, Split};
 use metarep_eval::plot::{LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
 use metarep_megacontext::eval::{delta_nll, summarize, DeltaSummary, Method};
-use metarep_megacontext::train::draw_windows;
 use metarep_megacontext::lens_train::{rank_quality, RankQuality};
+use metarep_megacontext::train::draw_windows;
 use metarep_megacontext::{
     collect_samples, stream_nll, train_gistnet, train_lensnet, CoverConfig, FocusConfig, GistNet,
     GistNetConfig, GistTrainConfig, LensDataConfig, LensNet, LensNetConfig, LensTrainConfig,
@@ -268,8 +268,10 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     out.table("fig12_stream", &stream_table(&streams)?)?;
     let pass = record(&rows, &mut out);
     for (name, q) in &ranks {
-        out.metrics.set_number(format!("lens_{name}_pair_accuracy"), q.pair_accuracy);
-        out.metrics.set_number(format!("lens_{name}_chosen_utility"), q.chosen_utility);
+        out.metrics
+            .set_number(format!("lens_{name}_pair_accuracy"), q.pair_accuracy);
+        out.metrics
+            .set_number(format!("lens_{name}_chosen_utility"), q.chosen_utility);
     }
     for s in &streams {
         let key = format!("stream_{}", s.name);
@@ -467,7 +469,7 @@ fn stream_rows(
                 },
                 _ => Policy::Cover,
             };
-            let r = stream_nll(model, n, d, &stream_config(cfg, level), policy, None)?;
+            let r = stream_nll(model, n, d, &stream_config(cfg, level), policy)?;
             total += r.nll * r.tokens as f64;
             tokens += r.tokens;
             slots += r.mean_slots * r.tokens as f64;
@@ -487,7 +489,10 @@ fn stream_rows(
             focus: (steps > 0.0).then(|| (moves / steps, util / steps)),
         };
         let focus = row.focus.map_or(String::new(), |(m, u)| {
-            format!("; {m:.2} moves per step, {:.1}% of the budget used", 100.0 * u)
+            format!(
+                "; {m:.2} moves per step, {:.1}% of the budget used",
+                100.0 * u
+            )
         });
         println!(
             "  stream {:<22} NLL {:.4} nats/token over {} tokens of {} documents; {:.1} slots standing for {:.0} tokens{focus}",

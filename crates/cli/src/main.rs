@@ -9,7 +9,7 @@
 //!     [--temperature T [--top-k K] [--top-p P] [--seed S]] [--stop TEXT]
 //! metarep patch --model DIR --pairs PAIRS.jsonl [--prepend TOKEN] [--out DIR]
 //! metarep gist-tree init|append|get|range|edit|snapshot|prune|restore|compact|verify|stats --tree DIR
-//! metarep megacontext eval --model M --gistnet DIR --text FILE [--bytes] [--budget 512] [--chunk 32]
+//! metarep megacontext ingest|eval|generate --model M --gistnet DIR (--text FILE | --tree DIR) [--bytes] [--lensnet DIR] [--budget 512]
 //! metarep sae train --acts FILE --arch topk --k 32 --expansion 16 --out DIR [--steps N] ...
 //! metarep sae eval --sae DIR --acts FILE [--json]
 //! metarep sae dashboard --sae DIR --model FILE.gguf --text FILE.txt --out PAGE.html [--contexts N]

@@ -334,10 +334,16 @@ impl Snapshot {
     /// telemetry.
     pub fn get_raw(&self, node: NodeRef) -> Result<RawNode> {
         let raw = self.peek(node)?;
+        self.record_access(node);
+        Ok(raw)
+    }
+
+    /// Counts one read of `node` in telemetry without reading it: for a caller that reads a
+    /// node once and then uses its own copy again (a working context re-reading a gist).
+    pub fn record_access(&self, node: NodeRef) {
         if let Some(t) = self.pin.shared.telemetry.as_ref() {
             t.record(node);
         }
-        Ok(raw)
     }
 
     /// Like [`Snapshot::get_raw`] but not counted in telemetry (for maintenance such as choosing

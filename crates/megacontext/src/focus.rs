@@ -20,14 +20,13 @@
 //! nothing by `margin`, so entries do not flap between two covers of equal score.
 //!
 //! **Telemetry** ([`FocusStats`]): moves per step (swap rate), slot utilisation, and reads per
-//! level; [`Allocator::record`] also counts every gist the model reads into a gist tree's
-//! access telemetry.
+//! level. Streaming over a gist tree ([`crate::Gists::from_tree`]) also counts every gist the
+//! model reads in the tree's own access telemetry.
 
 use std::collections::HashMap;
 
 use candle_core::Tensor;
 use metarep_core::rng::{derive_seed, seeded};
-use metarep_gist_tree::telemetry::Telemetry;
 use metarep_gist_tree::NodeRef;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -369,18 +368,14 @@ impl Allocator {
         Ok(moves)
     }
 
-    /// Counts the gists of `wc` the model is about to read: per level in the stats, and into
-    /// a gist tree's access telemetry when given.
-    pub fn record(&mut self, wc: &WorkingContext, tree: Option<&Telemetry>) {
+    /// Counts the gists of `wc` the model is about to read, per level.
+    pub fn record(&mut self, wc: &WorkingContext) {
         for e in wc.entries().iter().filter(|e| e.level > 0) {
             let l = usize::from(e.level);
             if self.stats.reads.len() <= l {
                 self.stats.reads.resize(l + 1, 0);
             }
             self.stats.reads[l] += 1;
-            if let Some(t) = tree {
-                t.record(*e);
-            }
         }
     }
 }

@@ -47,20 +47,19 @@ pub struct LensSample {
 /// Measures every candidate move of `wc` on the `next` tokens (see the module docs); `query`
 /// is LensNet's query for the state.
 pub fn measure(
-    model: &HookedTransformer,
     gists: &mut Gists,
     wc: &WorkingContext,
     rule: PositionRule,
     next: &[u32],
     query: &Tensor,
 ) -> Result<LensSample> {
-    let (base, _) = read_cover(model, gists, wc, rule, next)?;
+    let (base, _) = read_cover(gists, wc, rule, next)?;
     let cands = candidates(wc);
     let mut utilities = Vec::with_capacity(cands.len());
     for c in &cands {
         let mut trial = wc.with_budget(wc.used() + c.slots.max(0) as usize);
         apply(&mut trial, c)?;
-        let (nll, _) = read_cover(model, gists, &trial, rule, next)?;
+        let (nll, _) = read_cover(gists, &trial, rule, next)?;
         utilities.push(base - nll);
     }
     Ok(LensSample {
@@ -127,7 +126,7 @@ pub fn collect_samples(
                     allocator.step(&mut wc, &scores)?;
                     if step.is_multiple_of(config.every) {
                         let next = &tokens[at..at + config.horizon];
-                        out.push(measure(model, &mut gists, &wc, sc.rule, next, q)?);
+                        out.push(measure(&mut gists, &wc, sc.rule, next, q)?);
                         bar.inc(1);
                     }
                 }
@@ -135,7 +134,7 @@ pub fn collect_samples(
                     wc.fit();
                 }
             }
-            let (_, q) = read_cover(model, &mut gists, &wc, sc.rule, &tokens[at..at + sc.chunk])?;
+            let (_, q) = read_cover(&mut gists, &wc, sc.rule, &tokens[at..at + sc.chunk])?;
             query = Some(q);
             wc.append(sc.chunk as u64);
             at += sc.chunk;

@@ -1,131 +1,22 @@
 //! Reading a long document through a fixed slot budget: the model's input is a working context
 //! (raw tokens and gists, [`crate::working_context`]) and each chunk of new tokens is predicted
-//! from it. Gists are made on demand by GistNet — a level-1 gist from its block's token
-//! embeddings, a level-k gist from its B level-(k−1) gists — and kept per node, so each is
-//! computed once per document.
+//! from it. Gists come from [`Gists`]: made on demand by GistNet, or read from a gist tree.
 //!
 //! [`stream_nll`] scores a document chunk by chunk under a [`Policy`]: the working context's
 //! default oldest-first cover ([`crate::WorkingContext::fit`]), the focus loop (a scorer such as
 //! LensNet and the [`crate::focus::Allocator`]), or plain truncation to the newest tokens that
 //! fit the same budget.
 
-use std::collections::HashMap;
-
 use candle_core::{DType, Tensor};
-use metarep_gist_tree::telemetry::Telemetry;
-use metarep_gist_tree::NodeRef;
 use metarep_model::{HookedTransformer, NoHooks, RunTo};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::focus::{focus_input, Allocator, FocusConfig, FocusStats, Scorer};
 use crate::gistnet::GistNet;
+pub use crate::gists::Gists;
 use crate::objective::token_nll;
 use crate::working_context::{CoverConfig, PositionRule, Slot, WorkingContext};
-
-/// Gists of one document's nodes, made by GistNet on first use.
-pub struct Gists<'a> {
-    model: &'a HookedTransformer,
-    net: &'a GistNet,
-    tokens: &'a [u32],
-    made: HashMap<NodeRef, Tensor>,
-}
-
-impl<'a> Gists<'a> {
-    /// Gists of the document `tokens` by `net` over `model`'s token embeddings.
-    pub fn new(model: &'a HookedTransformer, net: &'a GistNet, tokens: &'a [u32]) -> Self {
-        Gists {
-            model,
-            net,
-            tokens,
-            made: HashMap::new(),
-        }
-    }
-
-    /// The gist of `node` (level ≥ 1, complete within the document) `[d_model]`, no gradient.
-    pub fn get(&mut self, node: NodeRef) -> Result<Tensor> {
-        if let Some(g) = self.made.get(&node) {
-            return Ok(g.clone());
-        }
-        let b = self.net.config().block;
-        let span = node.token_span(b as u32);
-        if node.level == 0 || span.end > self.tokens.len() as u64 {
-            return Err(Error::Invalid(format!(
-                "no gist for {node:?}: gists are of complete nodes of level ≥ 1 (document of {} tokens)",
-                self.tokens.len()
-            )));
-        }
-        let children = if node.level == 1 {
-            let ids = &self.tokens[span.start as usize..span.end as usize];
-            let ids = Tensor::from_slice(ids, (1, b), self.model.device())?;
-            self.model.token_embeddings(&ids)?.to_dtype(DType::F32)?
-        } else {
-            let kids = node
-                .children(b as u32)
-                .into_iter()
-                .map(|k| self.get(k))
-                .collect::<Result<Vec<_>>>()?;
-            Tensor::stack(&kids, 0)?.unsqueeze(0)?
-        };
-        let g = self.net.forward(&children)?.detach().squeeze(0)?;
-        self.made.insert(node, g.clone());
-        Ok(g)
-    }
-
-    /// The vector LensNet reads for a working-context entry `[d_model]` (f32): its gist, or
-    /// for a raw block the mean of its tokens' embeddings (those in the document).
-    pub fn entry_vector(&mut self, node: NodeRef) -> Result<Tensor> {
-        if node.level > 0 {
-            return self.get(node);
-        }
-        let span = node.token_span(self.net.config().block as u32);
-        let end = (span.end as usize).min(self.tokens.len());
-        let start = span.start as usize;
-        if start >= end {
-            return Err(Error::Invalid(format!(
-                "{node:?} holds no token of a document of {} tokens",
-                self.tokens.len()
-            )));
-        }
-        let ids = Tensor::from_slice(
-            &self.tokens[start..end],
-            (1, end - start),
-            self.model.device(),
-        )?;
-        let e = self.model.token_embeddings(&ids)?.to_dtype(DType::F32)?;
-        Ok(e.squeeze(0)?.mean(0)?)
-    }
-
-    /// The input embeddings of `slots` in order `[1, slots, d_model]` (model dtype).
-    pub fn embed_slots(&mut self, slots: &[Slot]) -> Result<Tensor> {
-        let model = self.model;
-        let mut rows = Vec::with_capacity(slots.len());
-        let mut run: Vec<u32> = Vec::new();
-        let flush = |run: &mut Vec<u32>, rows: &mut Vec<Tensor>| -> Result<()> {
-            if !run.is_empty() {
-                let ids = Tensor::from_slice(run, (1, run.len()), model.device())?;
-                let e = model.token_embeddings(&ids)?.to_dtype(DType::F32)?;
-                rows.push(e.squeeze(0)?);
-                run.clear();
-            }
-            Ok(())
-        };
-        for s in slots {
-            match s {
-                Slot::Token(t) => run.push(self.tokens[*t as usize]),
-                Slot::Gist(n) => {
-                    flush(&mut run, &mut rows)?;
-                    rows.push(self.get(*n)?.unsqueeze(0)?);
-                }
-            }
-        }
-        flush(&mut run, &mut rows)?;
-        let refs: Vec<&Tensor> = rows.iter().collect();
-        Ok(Tensor::cat(&refs, 0)?
-            .unsqueeze(0)?
-            .to_dtype(model.dtype())?)
-    }
-}
 
 /// What the model reads before each chunk.
 pub enum Policy<'s> {
@@ -197,7 +88,6 @@ pub struct StreamLoss {
 /// the mean NLL of `next` (each token predicted from everything before it) and the final
 /// hidden state at `next`'s last token `[d_model]` (f32), the focus loop's query.
 pub fn read_cover(
-    model: &HookedTransformer,
     gists: &mut Gists,
     wc: &WorkingContext,
     rule: PositionRule,
@@ -209,56 +99,101 @@ pub fn read_cover(
         PositionRule::SpanEnd => (wc.len() - wc.start()) as usize,
         PositionRule::Slot => slots.len(),
     };
-    read_then_score(model, gists, &slots, positions, after, next)
+    read_then_score(gists, &slots, positions, after, next)
 }
 
 /// Reads `slots` at `positions`, then `next` at positions `after..`; returns the mean NLL of
 /// `next` and the last token's final hidden state `[d_model]` (f32).
 fn read_then_score(
-    model: &HookedTransformer,
+    gists: &mut Gists,
+    slots: &[Slot],
+    positions: Vec<usize>,
+    after: usize,
+    next: &[u32],
+) -> Result<(f32, Tensor)> {
+    if next.is_empty() {
+        return Err(Error::Invalid(
+            "scoring needs at least one next token".into(),
+        ));
+    }
+    let hidden = run_slots(gists, slots, positions, after, next)?;
+    let (n, c) = (hidden.dim(0)?, next.len());
+    let scoring = hidden.narrow(0, n - c - 1, c)?.unsqueeze(0)?;
+    let model = gists.model();
+    let logits = model
+        .unembed(&scoring)?
+        .to_dtype(DType::F32)?
+        .contiguous()?;
+    let ids = Tensor::from_slice(next, (1, c), model.device())?;
+    let mean = token_nll(&logits, &ids)?.to_vec1::<f32>()?[0];
+    Ok((mean, hidden.get(n - 1)?.to_dtype(DType::F32)?))
+}
+
+/// The final hidden states `[slots + next, d_model]` of `slots` read at `positions` and then
+/// the raw tokens `next` at positions `after..`.
+fn run_slots(
     gists: &mut Gists,
     slots: &[Slot],
     mut positions: Vec<usize>,
     after: usize,
     next: &[u32],
-) -> Result<(f32, Tensor)> {
-    if slots.is_empty() || next.is_empty() {
+) -> Result<Tensor> {
+    if slots.is_empty() {
         return Err(Error::Invalid(
-            "reading needs at least one context slot and one next token".into(),
+            "reading needs at least one context slot".into(),
         ));
     }
-    let context = gists.embed_slots(slots)?;
-    let ids = Tensor::from_slice(next, (1, next.len()), model.device())?;
-    let next_emb = model.token_embeddings(&ids)?.to_dtype(model.dtype())?;
-    positions.extend(after..after + next.len());
-    let input = Tensor::cat(&[&context, &next_emb], 1)?;
+    let model = gists.model();
+    let mut input = gists.embed_slots(slots)?;
+    if !next.is_empty() {
+        let ids = Tensor::from_slice(next, (1, next.len()), model.device())?;
+        let next_emb = model.token_embeddings(&ids)?.to_dtype(model.dtype())?;
+        input = Tensor::cat(&[&input, &next_emb], 1)?;
+        positions.extend(after..after + next.len());
+    }
     let hidden = model.run_embeddings(&input, &positions, &mut NoHooks, RunTo::Hidden)?;
-    let n = hidden.dim(1)?;
-    let c = next.len();
-    let scoring = hidden.narrow(1, n - c - 1, c)?;
-    let logits = model
-        .unembed(&scoring)?
-        .to_dtype(DType::F32)?
-        .contiguous()?;
-    let mean = token_nll(&logits, &ids)?.to_vec1::<f32>()?[0];
-    let query = hidden.get(0)?.get(n - 1)?.to_dtype(DType::F32)?;
-    Ok((mean, query))
+    Ok(hidden.squeeze(0)?)
+}
+
+/// The next-token logits `[vocab]` (f32) after the slots of `wc` (positions by `rule`) and
+/// the final hidden state at its last slot `[d_model]` (f32).
+pub fn read_last(
+    gists: &mut Gists,
+    wc: &WorkingContext,
+    rule: PositionRule,
+) -> Result<(Tensor, Tensor)> {
+    let hidden = run_slots(gists, &wc.slots(), wc.positions(rule), 0, &[])?;
+    let last = hidden.get(hidden.dim(0)? - 1)?;
+    let logits = gists.model().unembed(&last.reshape((1, 1, ()))?)?;
+    Ok((
+        logits.flatten_all()?.to_dtype(DType::F32)?,
+        last.to_dtype(DType::F32)?,
+    ))
 }
 
 /// Scores `tokens` chunk by chunk after `warmup` tokens: before each chunk the model reads the
 /// context `policy` keeps of everything before it, then the chunk's tokens; the loss is the
-/// chunk's next-token NLL (its first token predicted from the context's last slot). With
-/// `tree`, every gist read is counted in that gist tree's access telemetry.
+/// chunk's next-token NLL (its first token predicted from the context's last slot).
 pub fn stream_nll(
     model: &HookedTransformer,
     net: &GistNet,
     tokens: &[u32],
     config: &StreamConfig,
     policy: Policy<'_>,
-    tree: Option<&Telemetry>,
 ) -> Result<StreamLoss> {
-    config.validate(tokens.len(), net)?;
-    let mut gists = Gists::new(model, net, tokens);
+    stream_gists(&mut Gists::new(model, net, tokens), config, policy)
+}
+
+/// [`stream_nll`] over the document of `gists` (for instance one held by a gist tree, whose
+/// stored gists are then read and counted in its telemetry).
+pub fn stream_gists(
+    gists: &mut Gists,
+    config: &StreamConfig,
+    policy: Policy<'_>,
+) -> Result<StreamLoss> {
+    let tokens = gists.tokens().to_vec();
+    let tokens = tokens.as_slice();
+    config.validate(tokens.len(), gists.net())?;
     let mut wc = WorkingContext::new(config.cover)?;
     wc.push(config.warmup as u64);
     let (mut focus, truncate) = match policy {
@@ -274,25 +209,19 @@ pub fn stream_nll(
         let (mean, used, start, q) = if truncate {
             let keep = config.cover.budget.min(at);
             let slots: Vec<Slot> = (at - keep..at).map(|t| Slot::Token(t as u64)).collect();
-            let (mean, q) =
-                read_then_score(model, &mut gists, &slots, (0..keep).collect(), keep, chunk)?;
+            let (mean, q) = read_then_score(gists, &slots, (0..keep).collect(), keep, chunk)?;
             (mean, keep, (at - keep) as u64, q)
         } else {
             if let (Some((scorer, allocator)), Some(q)) = (focus.as_mut(), query.as_ref()) {
-                let scores = scorer.score(&focus_input(&wc, &mut gists, q)?)?;
+                let scores = scorer.score(&focus_input(&wc, gists, q)?)?;
                 allocator.step(&mut wc, &scores)?;
             } else {
                 wc.fit();
             }
             if let Some((_, allocator)) = focus.as_mut() {
-                allocator.record(&wc, tree);
-            } else if let Some(t) = tree {
-                wc.entries()
-                    .iter()
-                    .filter(|e| e.level > 0)
-                    .for_each(|e| t.record(*e));
+                allocator.record(&wc);
             }
-            let (mean, q) = read_cover(model, &mut gists, &wc, config.rule, chunk)?;
+            let (mean, q) = read_cover(gists, &wc, config.rule, chunk)?;
             (mean, wc.used(), wc.start(), q)
         };
         query = Some(q);

@@ -180,7 +180,7 @@ fn new_tokens_are_made_room_for_by_collapses() {
         let s = scores(&wc, [-1.0, -0.5], &[]);
         alloc.step(&mut wc, &s).unwrap();
         wc.check().unwrap();
-        alloc.record(&wc, None);
+        alloc.record(&wc);
     }
     let st = alloc.stats();
     assert_eq!(st.steps, 20);

@@ -75,7 +75,7 @@ fn a_budget_that_holds_everything_is_the_plain_token_run() {
                     config: FocusConfig::default(),
                 },
             };
-            let got = stream_nll(&model, &net, &tokens, &config(256, rule), policy, None).unwrap();
+            let got = stream_nll(&model, &net, &tokens, &config(256, rule), policy).unwrap();
             assert_eq!(got.tokens, 160);
             assert!(
                 (got.nll - want).abs() < 1e-4,
@@ -91,14 +91,14 @@ fn a_budget_that_holds_everything_is_the_plain_token_run() {
 fn a_small_budget_covers_more_with_gists_than_truncation() {
     let (model, net, tokens) = setup();
     let cfg = config(24, PositionRule::Slot);
-    let cover = stream_nll(&model, &net, &tokens, &cfg, Policy::Cover, None).unwrap();
-    let cut = stream_nll(&model, &net, &tokens, &cfg, Policy::Truncate, None).unwrap();
+    let cover = stream_nll(&model, &net, &tokens, &cfg, Policy::Cover).unwrap();
+    let cut = stream_nll(&model, &net, &tokens, &cfg, Policy::Truncate).unwrap();
     let mut random = RandomScorer::new(3);
     let focus = Policy::Focus {
         scorer: &mut random,
         config: FocusConfig::default(),
     };
-    let moved = stream_nll(&model, &net, &tokens, &cfg, focus, None).unwrap();
+    let moved = stream_nll(&model, &net, &tokens, &cfg, focus).unwrap();
     assert!(cover.nll.is_finite() && cut.nll.is_finite() && moved.nll.is_finite());
     assert!(cover.mean_slots <= 24.0 && cut.mean_slots <= 24.0 && moved.mean_slots <= 24.0);
     // Random scores trade expansions for collapses: the focus loop moves entries (every chunk
@@ -143,7 +143,7 @@ fn gists_are_gistnets_at_every_level() {
 fn bad_settings_are_errors() {
     let (model, net, tokens) = setup();
     let run = |cfg: StreamConfig, n: usize| {
-        stream_nll(&model, &net, &tokens[..n], &cfg, Policy::Cover, None).map_err(|e| e.to_string())
+        stream_nll(&model, &net, &tokens[..n], &cfg, Policy::Cover).map_err(|e| e.to_string())
     };
     let ok = config(24, PositionRule::Slot);
     assert!(run(StreamConfig { chunk: 0, ..ok }, 200).is_err());
