@@ -326,6 +326,9 @@ fn stream_config(cfg: &Fig12Config, max_level: u8) -> StreamConfig {
     }
 }
 
+/// A scorer's name and its rank quality on held-out states.
+type Ranked = (&'static str, RankQuality);
+
 /// Measures LensNet's training states on the training documents and held-out states on the
 /// held-out documents not streamed, trains LensNet into `dir/lensnet`, and ranks the held-out
 /// states' moves with it and with random scores.
@@ -336,7 +339,7 @@ fn train_lens(
     train: &[Vec<u32>],
     held: &[Vec<u32>],
     dir: &Path,
-) -> Result<(LensNet, Vec<(&'static str, RankQuality)>), BoxError> {
+) -> Result<(LensNet, Vec<Ranked>), BoxError> {
     let l = cfg.lens;
     let data = LensDataConfig {
         stream: stream_config(cfg, cfg.stream.max_level),
@@ -402,7 +405,7 @@ fn train_lens(
     Ok((lens, ranks))
 }
 
-fn rank_table(ranks: &[(&str, RankQuality)]) -> Result<Table, BoxError> {
+fn rank_table(ranks: &[Ranked]) -> Result<Table, BoxError> {
     let mut t = Table::new(vec![
         "scorer",
         "pair accuracy",

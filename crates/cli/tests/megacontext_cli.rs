@@ -94,7 +94,7 @@ fn ingest_resumes_and_eval_and_generate_read_the_tree() {
     let text = dir.path().join("doc.txt");
     let tree = dir.path().join("tree");
     let os = |s: &str| std::ffi::OsString::from(s);
-    let nets = vec![
+    let nets = [
         os("--model"),
         model_dir.clone().into_os_string(),
         os("--gistnet"),

@@ -3,6 +3,8 @@
 //! GistNet) and appends one token a step; between steps the focus loop (when given) or the
 //! oldest-first cover reshapes the context.
 
+use std::time::Instant;
+
 use metarep_core::rng::seeded;
 use metarep_model::generate::{argmax, sample, Sampling};
 use rand::Rng;
@@ -38,6 +40,10 @@ pub struct Generation {
     pub mean_span: f64,
     /// The focus loop's telemetry (with a scorer only).
     pub focus: Option<FocusStats>,
+    /// Wall seconds spent reading the context and choosing tokens (the decode steps).
+    pub decode_seconds: f64,
+    /// Wall seconds spent in the focus loop (LensNet's input, its scores, the allocator).
+    pub focus_seconds: f64,
 }
 
 /// Appends `config.max_new` tokens to the document of `gists` (which gains them), reading it
@@ -69,7 +75,9 @@ pub fn generate(
     };
     let (mut out, mut slots, mut span) = (Vec::with_capacity(config.max_new), 0.0, 0.0);
     let mut query = None;
+    let (mut decode_seconds, mut focus_seconds) = (0.0, 0.0);
     for _ in 0..config.max_new {
+        let start = Instant::now();
         match (focus.as_mut(), &query) {
             (Some((scorer, allocator)), Some(q)) => {
                 let scores = scorer.score(&focus_input(&wc, gists, q)?)?;
@@ -80,6 +88,8 @@ pub fn generate(
                 wc.fit();
             }
         }
+        focus_seconds += start.elapsed().as_secs_f64();
+        let start = Instant::now();
         slots += wc.used() as f64;
         span += (wc.len() - wc.start()) as f64;
         let (logits, q) = read_last(gists, &wc, config.rule)?;
@@ -96,6 +106,7 @@ pub fn generate(
             ) => sample(&logits, temperature, top_k, top_p, r.random::<f64>()),
             _ => argmax(&logits),
         } as u32;
+        decode_seconds += start.elapsed().as_secs_f64();
         out.push(token);
         gists.extend(&[token]);
         wc.append(1);
@@ -107,5 +118,7 @@ pub fn generate(
         mean_slots: slots / steps,
         mean_span: span / steps,
         focus: focus.map(|(_, a)| a.stats().clone()),
+        decode_seconds,
+        focus_seconds,
     })
 }

@@ -91,7 +91,7 @@ fn a_tree_serves_gistnets_gists_and_counts_every_read() {
     drop(from_tree);
     drop(snap);
     drop(reader);
-    let meta = Reader::open(dir.path(), false).unwrap().meta().clone();
+    let meta = *Reader::open(dir.path(), false).unwrap().meta();
     let stats = AccessStats::load(dir.path(), &meta).unwrap();
     assert!(stats.total() >= 15, "{} reads recorded", stats.total());
     // A GistNet of another arity cannot read this tree.

@@ -7,6 +7,7 @@ mod disk;
 mod forward;
 mod gist_tree;
 mod lat_cg;
+mod megacontext;
 mod py_server;
 mod real_forward;
 mod sae;
@@ -36,6 +37,7 @@ const BENCHES: &[Bench] = &[
     ("sae", sae::run, &[]),
     ("second_order", second_order::run, second_order::SETTINGS),
     ("real_forward", real_forward::run, real_forward::SETTINGS),
+    ("megacontext", megacontext::run, megacontext::SETTINGS),
 ];
 
 static SETTINGS: OnceLock<BTreeMap<String, String>> = OnceLock::new();

@@ -1,0 +1,186 @@
+//! `megacontext`: the learned half of MegaContext over SmolLM2-135M (the GGUF fetched by
+//! `cargo xtask fixtures smollm2`, dequantized to f32) on the CPU, in one run:
+//!
+//! - **ingest**: held-out corpus text (`cargo xtask fixtures corpus`) appended to an on-disk
+//!   gist tree whose level-1 and level-2 gists GistNet makes (`GistNetSummarizer`, commits of
+//!   4 096 tokens, fsync per commit), tokens/s, against the base model's plain forward over the
+//!   same tokens in windows of 1 024 (target: ingest ≥ 50% of the plain forward's tokens/s —
+//!   gisting should cost less than reading);
+//! - **eval**: next-token loss over the same document read through a 512-slot working context
+//!   (oldest-first cover, chunks of 32), tokens scored/s;
+//! - **focus overhead**: 16 tokens generated after the document through the working context
+//!   with LensNet's focus loop, the loop's time (LensNet's input and scores, the allocator) over
+//!   the decode steps' time (target ≤ 10%). A decode step re-reads the whole context (no KV
+//!   cache across steps, since the focus loop may change any slot).
+//!
+//! GistNet and LensNet have fig12's SmolLM2 shapes and are untrained: their cost does not depend
+//! on their weights. Each repetition runs every workload once; the report gives medians. The
+//! tree is written under `target/megacontext-bench/` and deleted afterwards.
+//! Settings: `tokens` (document length, default 8 192), `reps` (default 3).
+
+use std::path::Path;
+use std::time::Instant;
+
+use metarep_eval::corpus::{read_split, Split};
+use metarep_gist_tree::{FsyncPolicy, GistDType, Provenance, TreeConfig, Writer, WriterOptions};
+use metarep_megacontext::generate::{generate, GenerateConfig};
+use metarep_megacontext::stream::{stream_gists, Gists};
+use metarep_megacontext::{
+    CoverConfig, FocusConfig, GistNet, GistNetConfig, GistNetSummarizer, LensNet, LensNetConfig,
+    Policy, PositionRule, StreamConfig,
+};
+use metarep_model::generate::Sampling;
+use metarep_model::{HookedTransformer, Input, LoadOptions};
+use serde_json::json;
+
+use super::{load_average, median, setting, write_report};
+use crate::error::BoxError;
+use crate::fixtures::gguf::smollm2_file;
+
+/// The `--set` keys this benchmark accepts.
+pub const SETTINGS: &[&str] = &["tokens", "reps"];
+
+const WINDOW: usize = 1024;
+const COMMIT: usize = 4096;
+const NEW_TOKENS: usize = 16;
+const INGEST_TARGET: f64 = 0.5;
+const FOCUS_TARGET: f64 = 0.1;
+
+fn number(key: &str, default: usize) -> Result<usize, BoxError> {
+    match setting(key) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| format!("--set {key}={v}: expected a whole number").into()),
+    }
+}
+
+/// Runs the benchmark and writes `results/bench/megacontext.json`.
+pub fn run(out: &Path) -> Result<bool, BoxError> {
+    let n = number("tokens", 8192)?;
+    let reps = number("reps", 3)?.max(1);
+    let root = crate::fixtures::repo_root();
+    let model = HookedTransformer::from_gguf(&smollm2_file(&root)?, &LoadOptions::default())?;
+    let tok = model
+        .tokenizer()
+        .ok_or("the SmolLM2 GGUF carries no tokenizer")?;
+    let held = read_split(&root.join("target/fixtures/corpus"), Split::HeldOut)
+        .map_err(|e| format!("{e} (fetch it: cargo xtask fixtures corpus)"))?;
+    let text: String = held
+        .iter()
+        .map(|d| d.text.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut tokens = tok.encode(&text, false)?.ids;
+    if tokens.len() < n {
+        return Err(format!(
+            "the held-out corpus has {} tokens, fewer than {n}",
+            tokens.len()
+        )
+        .into());
+    }
+    tokens.truncate(n);
+    let d = model.config().d_model;
+    let net = GistNet::new(GistNetConfig::for_model(d, 32), 0, model.device())?;
+    let mut lens = LensNet::new(LensNetConfig::for_model(d, 2), 0, model.device())?;
+    let cover = CoverConfig::default();
+    let (mut plain, mut ingest, mut eval, mut focus_share, mut decode_ms) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut scored = 0;
+    for rep in 0..reps {
+        println!("  repetition {}/{reps}", rep + 1);
+        let start = Instant::now();
+        for w in tokens.chunks(WINDOW) {
+            model.forward(Input::from_ids(&[w.to_vec()], model.device())?)?;
+        }
+        plain.push(n as f64 / start.elapsed().as_secs_f64());
+
+        let dir = root.join("target/megacontext-bench");
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        let config = TreeConfig {
+            block: 32,
+            width: d as u32,
+            dtype: GistDType::F16,
+            ..TreeConfig::default()
+        };
+        let opts = WriterOptions {
+            fsync: FsyncPolicy::EveryCommit,
+            ..WriterOptions::default()
+        };
+        let summarizer = GistNetSummarizer::new(net.clone(), model.clone(), 1);
+        let start = Instant::now();
+        let mut w = Writer::create(&dir, config, opts, Box::new(summarizer))?;
+        for part in tokens.chunks(COMMIT) {
+            w.append(part, &Provenance::default())?;
+            w.commit()?;
+        }
+        w.close()?;
+        ingest.push(n as f64 / start.elapsed().as_secs_f64());
+        std::fs::remove_dir_all(&dir)?;
+
+        let stream = StreamConfig {
+            cover,
+            rule: PositionRule::SpanEnd,
+            chunk: 32,
+            warmup: cover.budget,
+        };
+        let start = Instant::now();
+        let loss = stream_gists(
+            &mut Gists::new(&model, &net, &tokens),
+            &stream,
+            Policy::Cover,
+        )?;
+        eval.push(loss.tokens as f64 / start.elapsed().as_secs_f64());
+        scored = loss.tokens;
+
+        let gen = GenerateConfig {
+            cover,
+            rule: PositionRule::SpanEnd,
+            max_new: NEW_TOKENS,
+            sampling: Sampling::Greedy,
+        };
+        let mut gists = Gists::new(&model, &net, &tokens);
+        let g = generate(&mut gists, &gen, Some((&mut lens, FocusConfig::default())))?;
+        focus_share.push(g.focus_seconds / g.decode_seconds);
+        decode_ms.push(1e3 * g.decode_seconds / NEW_TOKENS as f64);
+    }
+    let (plain_tps, ingest_tps, eval_tps) = (median(&plain), median(&ingest), median(&eval));
+    let ingest_ratio = ingest_tps / plain_tps;
+    let share = median(&focus_share);
+    println!(
+        "  plain forward {plain_tps:.0} tokens/s; ingest with GistNet gists {ingest_tps:.0} tokens/s ({ingest_ratio:.2}× the forward, target ≥ {INGEST_TARGET}); eval through {} slots {eval_tps:.0} tokens/s; focus loop {:.1}% of a {:.0} ms decode step (target ≤ {:.0}%)",
+        cover.budget,
+        100.0 * share,
+        median(&decode_ms),
+        100.0 * FOCUS_TARGET
+    );
+    let body = json!({
+        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF, f32)",
+        "document_tokens": n,
+        "repetitions": reps,
+        "load_average": load_average(),
+        "plain_forward": {"window": WINDOW, "tokens_per_s": plain_tps, "all": plain},
+        "ingest": {
+            "commit_tokens": COMMIT, "fsync": "every commit", "gist_dtype": "f16",
+            "gistnet_params": net.config().n_params(),
+            "tokens_per_s": ingest_tps, "all": ingest,
+            "ratio_to_plain_forward": ingest_ratio, "target": INGEST_TARGET,
+            "met": ingest_ratio >= INGEST_TARGET,
+        },
+        "eval": {
+            "budget": cover.budget, "chunk": 32, "tokens_scored": scored,
+            "tokens_per_s": eval_tps, "all": eval,
+            "ratio_to_plain_forward": eval_tps / plain_tps,
+        },
+        "focus_overhead": {
+            "new_tokens": NEW_TOKENS, "lensnet_params": lens.config().n_params(),
+            "decode_ms_per_token": median(&decode_ms),
+            "focus_over_decode": share, "all": focus_share,
+            "target": FOCUS_TARGET, "met": share <= FOCUS_TARGET,
+        },
+    });
+    write_report(out, "megacontext", body)?;
+    Ok(true)
+}
