@@ -28,6 +28,9 @@ pub enum Method<'a> {
     TopSurprisal(usize),
     /// A GistNet's gist (one slot).
     Gist(&'a GistNet),
+    /// A level-2 gist (one slot for a block of B² tokens): the GistNet's gist of the gists of
+    /// the block's B sub-blocks.
+    Gist2(&'a GistNet),
 }
 
 impl Method<'_> {
@@ -39,6 +42,7 @@ impl Method<'_> {
             Method::LastK(k) => format!("last_{k}"),
             Method::TopSurprisal(k) => format!("surprisal_{k}"),
             Method::Gist(_) => "gistnet".into(),
+            Method::Gist2(_) => "gistnet_level2".into(),
         }
     }
 
@@ -46,7 +50,7 @@ impl Method<'_> {
     pub fn slots(&self) -> usize {
         match self {
             Method::Drop => 0,
-            Method::MeanEmbedding | Method::Gist(_) => 1,
+            Method::MeanEmbedding | Method::Gist(_) | Method::Gist2(_) => 1,
             Method::LastK(k) | Method::TopSurprisal(k) => *k,
         }
     }
@@ -89,6 +93,20 @@ impl Method<'_> {
                 net.forward(&block_embeddings(model, windows, shape)?)?
                     .detach(),
             ),
+            Method::Gist2(net) => {
+                let b = net.config().block;
+                if shape.block != b * b {
+                    return Err(Error::Config(format!(
+                        "a level-2 gist stands for {} tokens, not a block of {}",
+                        b * b,
+                        shape.block
+                    )));
+                }
+                let (n, d) = (windows.len(), model.config().d_model);
+                let tokens = block_embeddings(model, windows, shape)?.reshape((n * b, b, d))?;
+                let level1 = net.forward(&tokens)?.reshape((n, b, d))?;
+                Replacement::Vector(net.forward(&level1)?.detach())
+            }
         })
     }
 }

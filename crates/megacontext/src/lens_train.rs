@@ -8,9 +8,9 @@
 //!
 //! **Loss** ([`lens_loss`]): a pairwise logistic ranking loss over the candidates and a no-op
 //! (score 0, utility 0) — for every pair whose utilities differ by more than `tolerance`, the
-//! better one should score higher — plus a budget term: with each candidate taken with
-//! probability σ(score), the expected slots it would add beyond the free ones, over the budget,
-//! times `budget_weight`.
+//! better one should score higher, each pair weighted by its utility gap — plus a budget term:
+//! with each candidate taken with probability σ(score), the expected slots it would add beyond
+//! the free ones, over the budget, times `budget_weight`.
 
 use candle_core::{DType, Tensor};
 use metarep_core::rng::{derive_seed, seeded};
@@ -224,21 +224,27 @@ pub fn lens_loss(net: &LensNet, sample: &LensSample, config: &LensTrainConfig) -
     let mut u = sample.utilities.clone();
     u.push(0.0);
     let m = n + 1;
-    let mut mask = vec![0f32; m * m];
+    // Pair (i, j) with u_i − u_j > tolerance weighs its gap: the pairs that matter most count
+    // most, and near-ties barely at all.
+    let mut weight = vec![0f32; m * m];
     for i in 0..m {
         for j in 0..m {
-            if u[i] - u[j] > config.tolerance {
-                mask[i * m + j] = 1.0;
+            let gap = u[i] - u[j];
+            if gap > config.tolerance {
+                weight[i * m + j] = gap;
             }
         }
     }
-    let pairs: f32 = mask.iter().sum();
-    let mask = Tensor::from_vec(mask, (m, m), device)?;
+    let total: f32 = weight.iter().sum();
+    let weight = Tensor::from_vec(weight, (m, m), device)?;
     // diff[i][j] = s_j − s_i: the loss of ranking i above j.
     let diff = s.unsqueeze(0)?.broadcast_sub(&s.unsqueeze(1)?)?;
-    let ranking = (softplus(&diff)? * mask)?
-        .sum_all()?
-        .affine(1.0 / f64::from(pairs.max(1.0)), 0.0)?;
+    let norm = if total > 0.0 {
+        1.0 / f64::from(total)
+    } else {
+        0.0
+    };
+    let ranking = (softplus(&diff)? * weight)?.sum_all()?.affine(norm, 0.0)?;
     let slots: Vec<f32> = sample.candidates.iter().map(|c| c.slots as f32).collect();
     let slots = Tensor::from_vec(slots, n, device)?;
     let take = (sc.neg()?.exp()? + 1.0)?.recip()?;

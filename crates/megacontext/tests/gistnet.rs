@@ -316,3 +316,57 @@ fn the_surprisal_baseline_keeps_the_most_surprising_tokens() {
         .replacement(&model, &windows, SHAPE)
         .is_err());
 }
+
+#[test]
+fn a_level2_gist_is_the_gist_of_its_sub_blocks_gists() {
+    let model = base_model();
+    let net = small_net(3, Skip::Mean);
+    // Windows of 8 + 64 + 8 tokens: the 64-token block is 8 sub-blocks of 8.
+    let shape = WindowShape {
+        prefix: 8,
+        block: 64,
+        horizon: 8,
+    };
+    let windows = draw_windows(&docs(), shape, 3, 0, "level 2").unwrap();
+    let Replacement::Vector(got) = Method::Gist2(&net)
+        .replacement(&model, &windows, shape)
+        .unwrap()
+    else {
+        panic!("a level-2 gist is one vector");
+    };
+    assert_eq!(got.dims(), [3, 32]);
+    for (i, w) in windows.iter().enumerate() {
+        let subs: Vec<Tensor> = (0..8)
+            .map(|j| {
+                let ids = Tensor::from_vec(w[8 + 8 * j..16 + 8 * j].to_vec(), (1, 8), &Device::Cpu)
+                    .unwrap();
+                net.forward(&model.token_embeddings(&ids).unwrap())
+                    .unwrap()
+                    .squeeze(0)
+                    .unwrap()
+            })
+            .collect();
+        let want = net
+            .forward(&Tensor::stack(&subs, 0).unwrap().unsqueeze(0).unwrap())
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        let diff = max_abs_diff(&got.get(i).unwrap(), &want).unwrap();
+        assert!(diff < 1e-5, "window {i}: {diff}");
+    }
+    let d = delta_nll(
+        &model,
+        &windows,
+        shape,
+        PositionRule::SpanEnd,
+        Method::Gist2(&net),
+        3,
+    )
+    .unwrap();
+    let s = summarize(&Method::Gist2(&net), 64, &d, 1.0).unwrap();
+    assert_eq!((s.method.as_str(), s.ratio), ("gistnet_level2", 64.0));
+    // A block that is not B² tokens has no level-2 gist.
+    assert!(Method::Gist2(&net)
+        .replacement(&model, &windows, SHAPE)
+        .is_err());
+}
