@@ -20,7 +20,7 @@
 //! nothing by `margin`, so entries do not flap between two covers of equal score.
 //!
 //! **Telemetry** ([`FocusStats`]): moves per step (swap rate), slot utilisation, and reads per
-//! level. Streaming over a gist tree ([`crate::Gists::from_tree`]) also counts every gist the
+//! level. Streaming over a gist tree ([`crate::gists::Gists::from_tree`]) also counts every gist the
 //! model reads in the tree's own access telemetry.
 
 use std::collections::HashMap;
