@@ -9,16 +9,23 @@ use candle_core::{DType, Device};
 use metarep_megacontext::{GistNet, GistNetConfig, LensNet, LensNetConfig};
 use metarep_model::{HookedTransformer, ModelConfig};
 
+/// A random byte-vocabulary GPT-2-style model and an untrained GistNet of arity 8, saved under
+/// `dir`: (model directory, GistNet directory).
+fn save_nets(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let cfg = ModelConfig::gpt2_like(1, 16, 2, 256, 512);
+    let model = HookedTransformer::random(cfg, 1, DType::F32, &Device::Cpu).unwrap();
+    let model_dir = dir.join("model");
+    model.save_pretrained(&model_dir).unwrap();
+    let net = GistNet::new(GistNetConfig::for_model(16, 8), 0, &Device::Cpu).unwrap();
+    let net_dir = dir.join("gistnet");
+    net.save(&net_dir).unwrap();
+    (model_dir, net_dir)
+}
+
 #[test]
 fn eval_reads_a_text_through_the_budget_for_both_policies() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = ModelConfig::gpt2_like(1, 16, 2, 256, 512);
-    let model = HookedTransformer::random(cfg, 1, DType::F32, &Device::Cpu).unwrap();
-    let model_dir = dir.path().join("model");
-    model.save_pretrained(&model_dir).unwrap();
-    let net = GistNet::new(GistNetConfig::for_model(16, 8), 0, &Device::Cpu).unwrap();
-    let net_dir = dir.path().join("gistnet");
-    net.save(&net_dir).unwrap();
+    let (model_dir, net_dir) = save_nets(dir.path());
     let text = dir.path().join("doc.txt");
     std::fs::write(
         &text,
@@ -80,13 +87,7 @@ fn metarep(args: &[&std::ffi::OsStr]) -> (Option<i32>, String, String) {
 #[test]
 fn ingest_resumes_and_eval_and_generate_read_the_tree() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = ModelConfig::gpt2_like(1, 16, 2, 256, 512);
-    let model = HookedTransformer::random(cfg, 1, DType::F32, &Device::Cpu).unwrap();
-    let model_dir = dir.path().join("model");
-    model.save_pretrained(&model_dir).unwrap();
-    let net = GistNet::new(GistNetConfig::for_model(16, 8), 0, &Device::Cpu).unwrap();
-    let net_dir = dir.path().join("gistnet");
-    net.save(&net_dir).unwrap();
+    let (model_dir, net_dir) = save_nets(dir.path());
     let lens = LensNet::new(LensNetConfig::for_model(16, 2), 0, &Device::Cpu).unwrap();
     let lens_dir = dir.path().join("lensnet");
     lens.save(&lens_dir).unwrap();

@@ -2,7 +2,9 @@
 //! makes, every gist read counts in the tree's telemetry, and generation through a working
 //! context that holds everything is the model's own greedy continuation.
 
-use candle_core::{DType, Device, Tensor};
+mod common;
+
+use candle_core::{Device, Tensor};
 use metarep_gist_tree::telemetry::AccessStats;
 use metarep_gist_tree::{
     FsyncPolicy, GistDType, NodeRef, Provenance, Reader, TreeConfig, Writer, WriterOptions,
@@ -11,32 +13,14 @@ use metarep_megacontext::generate::{generate, GenerateConfig};
 use metarep_megacontext::stream::{stream_gists, Gists};
 use metarep_megacontext::{
     CoverConfig, FocusConfig, GistNet, GistNetConfig, GistNetSummarizer, Policy, PositionRule,
-    RandomScorer, Skip, StreamConfig,
+    RandomScorer, StreamConfig,
 };
 use metarep_model::generate::{argmax, Sampling};
-use metarep_model::{HookedTransformer, ModelConfig};
+use metarep_model::HookedTransformer;
 
 fn setup() -> (HookedTransformer, GistNet, Vec<u32>) {
-    let json = serde_json::json!({
-        "model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64,
-        "vocab_size": 48, "max_position_embeddings": 512, "tie_word_embeddings": false
-    });
-    let cfg: ModelConfig =
-        metarep_model::hf_config::parse_hf_config(&json.to_string(), std::path::Path::new("<cfg>"))
-            .unwrap();
-    let model = HookedTransformer::random(cfg, 4, DType::F32, &Device::Cpu).unwrap();
-    let gcfg = GistNetConfig {
-        width: 16,
-        layers: 1,
-        heads: 2,
-        mlp: 32,
-        skip: Skip::Mean,
-        ..GistNetConfig::for_model(32, 4)
-    };
-    let net = GistNet::new(gcfg, 1, &Device::Cpu).unwrap();
     let tokens = (0..160u32).map(|i| (i * 5 + i / 7) % 48).collect();
-    (model, net, tokens)
+    (common::tiny_llama(), common::tiny_gistnet(), tokens)
 }
 
 fn cover(budget: usize) -> CoverConfig {

@@ -2,17 +2,17 @@
 //! synthetic rule it must learn to rank moves far better than chance; on states measured
 //! through a small model the samples are well formed.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
 use metarep_gist_tree::NodeRef;
 use metarep_megacontext::focus::{Candidate, Move};
 use metarep_megacontext::lens_train::{lens_loss, rank_quality, LensSample};
 use metarep_megacontext::lensnet::FocusInput;
 use metarep_megacontext::{
-    collect_samples, train_lensnet, CoverConfig, FocusConfig, GistNet, GistNetConfig,
-    LensDataConfig, LensNet, LensNetConfig, LensTrainConfig, PositionRule, RandomScorer, Skip,
-    StreamConfig,
+    collect_samples, train_lensnet, CoverConfig, FocusConfig, LensDataConfig, LensNet,
+    LensNetConfig, LensTrainConfig, PositionRule, RandomScorer, StreamConfig,
 };
-use metarep_model::{HookedTransformer, ModelConfig};
 use rand::{Rng, SeedableRng};
 
 fn small(d: usize) -> LensNetConfig {
@@ -161,24 +161,7 @@ fn a_sample_without_candidates_is_an_error() {
 
 #[test]
 fn measured_states_are_well_formed() {
-    let json = serde_json::json!({
-        "model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64,
-        "vocab_size": 48, "max_position_embeddings": 512, "tie_word_embeddings": false
-    });
-    let cfg: ModelConfig =
-        metarep_model::hf_config::parse_hf_config(&json.to_string(), std::path::Path::new("<cfg>"))
-            .unwrap();
-    let model = HookedTransformer::random(cfg, 4, DType::F32, &Device::Cpu).unwrap();
-    let gist_cfg = GistNetConfig {
-        width: 16,
-        layers: 1,
-        heads: 2,
-        mlp: 32,
-        skip: Skip::Mean,
-        ..GistNetConfig::for_model(32, 4)
-    };
-    let net = GistNet::new(gist_cfg, 1, &Device::Cpu).unwrap();
+    let (model, net) = (common::tiny_llama(), common::tiny_gistnet());
     let doc: Vec<u32> = (0..300u32).map(|i| (i * 7 + i / 5) % 48).collect();
     let config = LensDataConfig {
         stream: StreamConfig {

@@ -3,40 +3,19 @@
 //! back than truncation within the same slots and the focus loop moves entries within them;
 //! gists are GistNet's; bad settings are errors.
 
-use candle_core::{DType, Device, Tensor};
+mod common;
+
+use candle_core::{Device, Tensor};
 use metarep_gist_tree::NodeRef;
 use metarep_megacontext::stream::Gists;
 use metarep_megacontext::{
-    stream_nll, CoverConfig, FocusConfig, GistNet, GistNetConfig, Policy, PositionRule,
-    RandomScorer, Skip, StreamConfig,
+    stream_nll, CoverConfig, FocusConfig, GistNet, Policy, PositionRule, RandomScorer, StreamConfig,
 };
-use metarep_model::{HookedTransformer, ModelConfig};
+use metarep_model::HookedTransformer;
 
 fn setup() -> (HookedTransformer, GistNet, Vec<u32>) {
-    let json = serde_json::json!({
-        "model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64,
-        "vocab_size": 48, "max_position_embeddings": 512, "tie_word_embeddings": false
-    });
-    let cfg: ModelConfig =
-        metarep_model::hf_config::parse_hf_config(&json.to_string(), std::path::Path::new("<cfg>"))
-            .unwrap();
-    let model = HookedTransformer::random(cfg, 4, DType::F32, &Device::Cpu).unwrap();
-    let net = GistNet::new(
-        GistNetConfig {
-            width: 16,
-            layers: 1,
-            heads: 2,
-            mlp: 32,
-            skip: Skip::Mean,
-            ..GistNetConfig::for_model(32, 4)
-        },
-        1,
-        &Device::Cpu,
-    )
-    .unwrap();
     let tokens = (0..200u32).map(|i| (i * 5 + i / 7) % 48).collect();
-    (model, net, tokens)
+    (common::tiny_llama(), common::tiny_gistnet(), tokens)
 }
 
 fn config(budget: usize, rule: PositionRule) -> StreamConfig {
