@@ -327,18 +327,15 @@ impl Allocator {
             let mut free = budget - wc.used() as i64;
             let mut total = es;
             let mut trade = Vec::new();
+            let block = wc.config().block;
+            let e_span = e.node.token_span(block);
             for (k, (c, cs)) in collapses.iter().enumerate() {
                 if free >= e.slots {
                     break;
                 }
-                let covers_e = c
-                    .node
-                    .parent(wc.config().block)
-                    .token_span(wc.config().block);
-                let e_span = e.node.token_span(wc.config().block);
-                if used_collapse[k]
-                    || (covers_e.start <= e_span.start && e_span.end <= covers_e.end)
-                {
+                // A family holding the gist to expand cannot pay for it.
+                let family = c.node.parent(block).token_span(block);
+                if used_collapse[k] || (family.start <= e_span.start && e_span.end <= family.end) {
                     continue;
                 }
                 trade.push(k);

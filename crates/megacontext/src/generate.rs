@@ -5,9 +5,7 @@
 
 use std::time::Instant;
 
-use metarep_core::rng::seeded;
-use metarep_model::generate::{argmax, sample, Sampling};
-use rand::Rng;
+use metarep_model::generate::{Chooser, Sampling};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -69,10 +67,7 @@ pub fn generate(
         wc.push(step.min(n - at));
     }
     let mut focus = focus.map(|(s, c)| (s, Allocator::new(c)));
-    let mut rng = match config.sampling {
-        Sampling::Sample { seed, .. } => Some(seeded(seed)),
-        Sampling::Greedy => None,
-    };
+    let mut chooser = Chooser::new(config.sampling);
     let (mut out, mut slots, mut span) = (Vec::with_capacity(config.max_new), 0.0, 0.0);
     let mut query = None;
     let (mut decode_seconds, mut focus_seconds) = (0.0, 0.0);
@@ -94,18 +89,7 @@ pub fn generate(
         span += (wc.len() - wc.start()) as f64;
         let (logits, q) = read_last(gists, &wc, config.rule)?;
         let logits = logits.to_vec1::<f32>()?;
-        let token = match (config.sampling, rng.as_mut()) {
-            (
-                Sampling::Sample {
-                    temperature,
-                    top_k,
-                    top_p,
-                    ..
-                },
-                Some(r),
-            ) => sample(&logits, temperature, top_k, top_p, r.random::<f64>()),
-            _ => argmax(&logits),
-        } as u32;
+        let token = chooser.choose(&logits);
         decode_seconds += start.elapsed().as_secs_f64();
         out.push(token);
         gists.extend(&[token]);

@@ -230,7 +230,9 @@ pub fn stream_gists(
         slots_sum += used as f64;
         span_sum += (at as u64 - start) as f64;
         steps += 1;
-        wc.append(config.chunk as u64);
+        if !truncate {
+            wc.append(config.chunk as u64);
+        }
         at += config.chunk;
     }
     Ok(StreamLoss {

@@ -20,6 +20,7 @@
 use candle_core::DType;
 use metarep_core::rng::seeded;
 use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Error, Result};
 use crate::hooks::Hooks;
@@ -96,6 +97,40 @@ impl Sampling {
     }
 }
 
+/// Picks tokens from logits as a [`Sampling`] says, drawing from its own seeded generator.
+#[derive(Debug, Clone)]
+pub struct Chooser {
+    sampling: Sampling,
+    rng: ChaCha8Rng,
+}
+
+impl Chooser {
+    /// A chooser for `sampling` (seeded by its seed; greedy choice draws nothing).
+    pub fn new(sampling: Sampling) -> Self {
+        let seed = match sampling {
+            Sampling::Sample { seed, .. } => seed,
+            Sampling::Greedy => 0,
+        };
+        Chooser {
+            sampling,
+            rng: seeded(seed),
+        }
+    }
+
+    /// The next token for `logits` `[vocab]`.
+    pub fn choose(&mut self, logits: &[f32]) -> u32 {
+        match self.sampling {
+            Sampling::Greedy => argmax(logits) as u32,
+            Sampling::Sample {
+                temperature,
+                top_k,
+                top_p,
+                ..
+            } => sample(logits, temperature, top_k, top_p, self.rng.random::<f64>()) as u32,
+        }
+    }
+}
+
 /// The index of the largest value (the first of equals; NaN never wins).
 pub fn argmax(logits: &[f32]) -> usize {
     let mut best = 0;
@@ -166,10 +201,7 @@ impl HookedTransformer {
             return Err(Error::Invalid("generation needs a non-empty prompt".into()));
         }
         opts.sampling.validate()?;
-        let mut rng = match opts.sampling {
-            Sampling::Sample { seed, .. } => Some(seeded(seed)),
-            Sampling::Greedy => None,
-        };
+        let mut chooser = Chooser::new(opts.sampling);
         let mut cache = KvCache::new(self);
         let mut next: Vec<u32> = prompt.to_vec();
         let mut out = Vec::with_capacity(opts.max_new_tokens);
@@ -182,18 +214,7 @@ impl HookedTransformer {
                 .get(last)?
                 .to_dtype(DType::F32)?
                 .to_vec1::<f32>()?;
-            let token = match (opts.sampling, rng.as_mut()) {
-                (
-                    Sampling::Sample {
-                        temperature,
-                        top_k,
-                        top_p,
-                        ..
-                    },
-                    Some(rng),
-                ) => sample(&row, temperature, top_k, top_p, rng.random::<f64>()),
-                _ => argmax(&row),
-            } as u32;
+            let token = chooser.choose(&row);
             out.push(token);
             on_token(token)?;
             if opts.stop_tokens.contains(&token) {
