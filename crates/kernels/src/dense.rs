@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use crate::cpu::{check_cpu, check_float, cpu_slice, dims2, same_dtype, Real};
 use crate::error::{Error, Result};
+use crate::matmul::{counted_matmul, gemm_into, View};
 
 /// `act(x·wᵀ + bias)` `[batch, n]`, differentiable in all three (gradients only for tracked
 /// arguments). `x`: `[batch, d]`, `w`: `[n, d]`, `bias`: `[n]`; f32 or f64, CPU.
@@ -56,35 +57,12 @@ impl Encode {
         (b, d, n): (usize, usize, usize),
     ) -> Vec<T> {
         let mut out = vec![T::zero(); b * n];
-        if b == 0 || n == 0 {
-            return out;
-        }
-        // SAFETY: `out` holds b·n elements written row-major (row stride n, column stride 1);
-        // `x` holds b·d (row stride d); `w` holds n·d, read as wᵀ (k-stride 1, column stride d);
-        // every index gemm touches lies inside these slices, which outlive the call.
-        unsafe {
-            gemm::gemm(
-                b,
-                n,
-                d,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                x.as_ptr(),
-                1,
-                d as isize,
-                w.as_ptr(),
-                d as isize,
-                1,
-                T::zero(),
-                T::one(),
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(rayon::current_num_threads()),
-            );
-        }
+        gemm_into(
+            &mut out,
+            View::row_major(x, b, d),
+            View::transposed(w, n, d),
+            false,
+        );
         let relu = self.relu;
         out.par_chunks_mut(ROWS * n).for_each(|rows| {
             for row in rows.chunks_mut(n) {
@@ -196,12 +174,12 @@ impl CustomOp3 for Encode {
             _ => candle_core::bail!("linear_encode: expected f32 or f64"),
         };
         let gw = if w.track_op() {
-            Some(gp.t()?.matmul(x)?)
+            Some(counted_matmul(&gp.t()?, x)?)
         } else {
             None
         };
         let gx = if x.track_op() {
-            Some(gp.matmul(w)?)
+            Some(counted_matmul(&gp, w)?)
         } else {
             None
         };

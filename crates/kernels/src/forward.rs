@@ -18,6 +18,7 @@ use rayon::prelude::*;
 
 use crate::cpu::cpu_slice;
 use crate::error::Result;
+use crate::matmul::{gemm_into, View};
 
 /// An activation function with a fused kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,37 +285,12 @@ impl CustomOp3 for LinearBias {
         for _ in 0..m {
             dst.extend_from_slice(b);
         }
-        let threads = candle_core::utils::get_num_threads();
-        let parallelism = if threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
-        // SAFETY: dst is m·n elements with row stride n; x is a contiguous m·k slice; every
-        // weight element read, off + i·rs + j·cs for i < k, j < n, was bounds-checked above.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                1,
-                n as isize,
-                true,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr().add(off),
-                cs as isize,
-                rs as isize,
-                1.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
+        gemm_into(
+            &mut dst,
+            View::row_major(x, m, k),
+            View::strided(&w[off..], (k, n), (rs, cs)),
+            true,
+        );
         Ok((CpuStorage::F32(dst), Shape::from((m, n))))
     }
 }

@@ -9,7 +9,9 @@
 //! into such a sparse code. For dense (ReLU-family) encoders, [`linear_encode`] is
 //! `act(x·wᵀ + b)` with a backward that skips the input gradient an SAE does not need.
 //! [`adamw_update`] is a fused in-place AdamW step and [`normalize_rows_`] keeps decoder rows
-//! at unit norm. [`forward`] holds the fused forward-pass kernels of the hooked transformers
+//! at unit norm. [`ReluSaeStep`] is a ReLU SAE's whole training step (reconstruction + L1)
+//! written out by hand into buffers reused across steps. [`profile`] counts the time spent in
+//! dense products. [`forward`] holds the fused forward-pass kernels of the hooked transformers
 //! (activations, softmax, bias-fused linear, norms).
 //!
 //! Shapes are `[batch, slots]` for indices (u32) and values, `[n, d]` for weights whose rows are
@@ -41,6 +43,9 @@ mod cpu;
 pub mod dense;
 pub mod error;
 pub mod forward;
+mod matmul;
+pub mod profile;
+pub mod relu_sae;
 pub mod rows;
 pub mod select;
 pub mod sparse;
@@ -49,6 +54,7 @@ pub use adam::{adamw_update, AdamStep};
 pub use cpu::{Real, INACTIVE};
 pub use dense::{column_sums, count_positive, linear_encode};
 pub use error::{Error, Result};
+pub use relu_sae::{ReluSaeLoss, ReluSaeOutput, ReluSaeParams, ReluSaeStep};
 pub use rows::normalize_rows_;
 pub use select::{batch_topk, select_above, topk_of_product, topk_per_row, Selection};
 pub use sparse::{gather_dot, gather_vector, scatter_outer, sparse_decode, to_dense};

@@ -18,6 +18,7 @@ use rayon::prelude::*;
 
 use crate::cpu::{check_cpu, check_float, dims2, same_dtype, slice, with_simd, Real, INACTIVE};
 use crate::error::{Error, Result};
+use crate::matmul::counted_matmul;
 
 /// Active latents of a batch: `indices` `[batch, slots]` u32 (`INACTIVE` pads) and `values`
 /// `[batch, slots]` (0 at pads).
@@ -79,7 +80,7 @@ pub fn topk_of_product(
     let mut parts: Vec<Vec<Selection>> = vec![Vec::new(); requests.len()];
     for r0 in (0..b).step_by(PRODUCT_TILE) {
         let len = PRODUCT_TILE.min(b - r0);
-        let p = x.narrow(0, r0, len)?.matmul(&wt)?;
+        let p = counted_matmul(&x.narrow(0, r0, len)?, &wt)?;
         for (part, &(k, offset)) in parts.iter_mut().zip(requests) {
             part.push(topk_per_row(&p, k, offset)?);
         }

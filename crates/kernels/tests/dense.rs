@@ -6,20 +6,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 mod common;
-use common::{on_one_thread, randn};
-
-/// Largest absolute entry-wise difference.
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    let flat = |t: &Tensor| t.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
-    let (a, b) = (
-        flat(a).to_vec1::<f64>().unwrap(),
-        flat(b).to_vec1::<f64>().unwrap(),
-    );
-    a.iter()
-        .zip(&b)
-        .map(|(p, q)| (p - q).abs())
-        .fold(0.0, f64::max)
-}
+use common::{max_diff, on_one_thread, randn};
 
 #[test]
 fn values_and_gradients_equal_the_composed_ops() {

@@ -102,6 +102,16 @@ pub struct Temporal {
 }
 
 impl LossConfig {
+    /// The factor on the L1 and L0 coefficients at `step`: rising linearly from `1/l1_warmup`
+    /// to 1 over the warm-up, then 1.
+    pub fn sparsity_ramp(&self, step: usize) -> f64 {
+        if self.l1_warmup == 0 {
+            1.0
+        } else {
+            ((step + 1) as f64 / self.l1_warmup as f64).min(1.0)
+        }
+    }
+
     /// Errors naming a term that does not fit the architecture.
     pub fn validate(&self, arch: &Architecture) -> Result<()> {
         if self.l0 > 0.0 && !matches!(arch, Architecture::JumpRelu { .. }) {
@@ -227,11 +237,7 @@ pub fn total_loss(
     };
     let recon = (&pass.recon - &pass.x)?.sqr()?.sum(D::Minus1)?.mean_all()?;
     add("reconstruction", cfg.reconstruction, &recon)?;
-    let ramp = if cfg.l1_warmup == 0 {
-        1.0
-    } else {
-        ((step + 1) as f64 / cfg.l1_warmup as f64).min(1.0)
-    };
+    let ramp = cfg.sparsity_ramp(step);
     if cfg.l1 > 0.0 {
         let l1 = match &pass.gate_l1 {
             Some(g) => g.clone(),

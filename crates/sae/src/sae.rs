@@ -317,7 +317,8 @@ impl Sae {
 }
 
 impl ForwardPass {
-    fn new(x: Tensor, latents: Latents, recon: Tensor, aux_k: Option<Tensor>) -> Self {
+    /// A pass with no sparsity terms.
+    pub(crate) fn new(x: Tensor, latents: Latents, recon: Tensor, aux_k: Option<Tensor>) -> Self {
         Self {
             x,
             latents,

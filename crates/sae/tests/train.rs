@@ -7,7 +7,8 @@ use metarep_core::train::RunControl;
 use metarep_sae::metrics::{evaluate, EvalConfig};
 use metarep_sae::SaeTrainer;
 use metarep_sae::{
-    train, ActivationSource, Architecture, Sae, SaeConfig, SaeTrainConfig, TensorSource,
+    train, ActivationSource, Architecture, DecoderNorm, Sae, SaeConfig, SaeTrainConfig,
+    TensorSource,
 };
 
 fn cfg(extra: &str) -> SaeTrainConfig {
@@ -113,6 +114,93 @@ fn stepping_a_trainer_by_hand_equals_train() {
     assert_eq!(params_of(&by_hand), params_of(&by_train));
     assert_eq!(last, report.final_loss);
     assert_eq!(trainer.dead_fraction(), report.dead_fraction);
+}
+
+/// Parameters of an f64 SAE, flattened.
+fn params_f64(sae: &Sae) -> Vec<f64> {
+    sae.params()
+        .iter()
+        .flat_map(|(_, v)| {
+            v.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn the_fused_relu_step_trains_as_candle_autograd_does() {
+    let (x, _) = mixture(5);
+    let x = x.to_dtype(DType::F64).unwrap();
+    for (norm, pre) in [
+        (DecoderNorm::Unit, true),
+        (DecoderNorm::Folded, true),
+        (DecoderNorm::Folded, false),
+    ] {
+        // A ramped L1 (the warm-up factor changes every step) and renormalised or free rows.
+        let cfg = cfg("b_dec_init_mean = false\n[loss]\nl1 = 0.03\nl1_warmup = 4\n");
+        let mut config = SaeConfig::new(16, 4, Architecture::Relu).unwrap();
+        config.decoder_norm = norm;
+        config.pre_encoder_bias = pre;
+        let mut fused_sae = Sae::new(config, 0, DType::F64, &Device::Cpu).unwrap();
+        let mut autograd_sae = Sae::new(config, 0, DType::F64, &Device::Cpu).unwrap();
+        let mut fused = SaeTrainer::new(&fused_sae, &cfg).unwrap();
+        let mut autograd = SaeTrainer::new(&autograd_sae, &cfg).unwrap();
+        assert!(fused.fused.is_some(), "a ReLU + L1 SAE gets the fused step");
+        autograd.fused = None;
+        let mut source = TensorSource::new(x.clone(), 3).unwrap();
+        source.start_epoch(0).unwrap();
+        for step in 0..6 {
+            let batch = source.next_batch(cfg.batch).unwrap().unwrap();
+            let a = fused.step(&mut fused_sae, &batch, step).unwrap();
+            let b = autograd.step(&mut autograd_sae, &batch, step).unwrap();
+            let case = format!("{norm:?}, pre-encoder bias {pre}, step {step}");
+            assert!(
+                (a.loss - b.loss).abs() < 1e-10,
+                "{case}: {} vs {}",
+                a.loss,
+                b.loss
+            );
+            assert_eq!(a.parts.len(), b.parts.len(), "{case}");
+            for ((na, va), (nb, vb)) in a.parts.iter().zip(&b.parts) {
+                assert!(
+                    na == nb && (va - vb).abs() < 1e-10,
+                    "{case}: {na} {va} vs {nb} {vb}"
+                );
+            }
+            let (pa, pb) = (params_f64(&fused_sae), params_f64(&autograd_sae));
+            let diff = pa
+                .iter()
+                .zip(&pb)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f64::max);
+            assert!(diff < 1e-9, "{case}: parameters differ by {diff}");
+            assert_eq!(fused.since_fired, autograd.since_fired, "{case}");
+        }
+    }
+    // Other architectures and loss terms keep the autograd path.
+    let topk = Sae::new(
+        SaeConfig::new(16, 4, Architecture::TopK { k: 4 }).unwrap(),
+        0,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert!(SaeTrainer::new(&topk, &cfg("")).unwrap().fused.is_none());
+    let relu = Sae::new(
+        SaeConfig::new(16, 4, Architecture::Relu).unwrap(),
+        0,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let decorrelated = cfg("[loss]\nl1 = 0.03\n[loss.decorrelation]\ncoeff = 0.1\nrows = 8\n");
+    assert!(SaeTrainer::new(&relu, &decorrelated)
+        .unwrap()
+        .fused
+        .is_none());
 }
 
 fn metrics_lines(dir: &std::path::Path) -> Vec<serde_json::Value> {

@@ -1,5 +1,8 @@
 //! Helpers shared by the kernel tests.
 
+// Each test crate that includes this module uses only some of its helpers.
+#![allow(dead_code)]
+
 use candle_core::{DType, Device, Shape, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -23,4 +26,17 @@ pub fn on_one_thread<R: Send>(run: impl FnOnce() -> R + Send) -> R {
         .build()
         .unwrap()
         .install(run)
+}
+
+/// Largest absolute entry-wise difference.
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let flat = |t: &Tensor| t.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+    let (a, b) = (
+        flat(a).to_vec1::<f64>().unwrap(),
+        flat(b).to_vec1::<f64>().unwrap(),
+    );
+    a.iter()
+        .zip(&b)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f64::max)
 }

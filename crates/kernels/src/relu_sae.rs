@@ -1,0 +1,462 @@
+//! The whole forward and backward pass of a ReLU SAE trained on reconstruction + L1, written out
+//! by hand into buffers that live across steps.
+//!
+//! With `x` `[batch, d]`, `W_enc`, `W_dec` `[n, d]`, `b_enc` `[n]`, `b_dec` `[d]`, `B = batch`:
+//!
+//! ```text
+//! x̃ = x − b_dec (pre-encoder bias) or x      f = ReLU(x̃·W_encᵀ + b_enc)      r = f·W_dec + b_dec
+//! loss = c·Σ‖r − x‖²/B + λ·Σ_i s_i·Σ_rows f_i/B      s_i = ‖d_i‖ (norms folded) or 1
+//! ∂r = 2c(r − x)/B     ∂W_dec = fᵀ·∂r (+ λ·S_i·d_i/(B‖d_i‖) folded)     ∂f = ∂r·W_decᵀ
+//! ∂z = (∂f + λs/B) ⊙ [f > 0]     ∂b_enc = Σ_rows ∂z     ∂W_enc = ∂zᵀ·x̃
+//! ∂b_dec = Σ_rows ∂r (− ∂b_enc·W_enc with the pre-encoder bias)
+//! ```
+//!
+//! Four gemms and three fused element-wise passes. Through candle's autograd the same step
+//! allocates a fresh `[batch, n]` buffer for each intermediate gradient and adds them in
+//! separate passes; here the code gradient `∂f` and the parameter gradients are written into
+//! buffers kept by [`ReluSaeStep`], so a step in steady state allocates only what it returns (the
+//! codes and the reconstruction).
+
+use std::any::Any;
+use std::marker::PhantomData;
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Tensor, WithDType};
+use rayon::prelude::*;
+
+use crate::cpu::{axpy, check_cpu, check_float, dims2, dot, same_dtype, slice, Real};
+use crate::error::{Error, Result};
+use crate::matmul::{gemm_into, View};
+
+/// Loss settings of one [`ReluSaeStep::run`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReluSaeLoss {
+    /// Coefficient `c` of the reconstruction term.
+    pub reconstruction: f64,
+    /// Coefficient `λ` of the L1 term (any warm-up ramp already applied).
+    pub l1: f64,
+    /// Weigh each latent's L1 by its decoder row's norm.
+    pub fold_norms: bool,
+    /// Subtract `b_dec` from the input before the encoder.
+    pub pre_encoder_bias: bool,
+}
+
+/// The parameters of a ReLU SAE: `w_enc`, `w_dec` `[n, d]`, `b_enc` `[n]`, `b_dec` `[d]`.
+#[derive(Debug, Clone, Copy)]
+pub struct ReluSaeParams<'a> {
+    /// Encoder weight `[n, d]` (rows are latents).
+    pub w_enc: &'a Tensor,
+    /// Encoder bias `[n]`.
+    pub b_enc: &'a Tensor,
+    /// Decoder weight `[n, d]` (rows are latent directions).
+    pub w_dec: &'a Tensor,
+    /// Decoder bias `[d]`.
+    pub b_dec: &'a Tensor,
+}
+
+/// What one step computed.
+#[derive(Debug, Clone)]
+pub struct ReluSaeOutput {
+    /// Codes `f` `[batch, n]`.
+    pub codes: Tensor,
+    /// Reconstruction `r` `[batch, d]`.
+    pub recon: Tensor,
+    /// `Σ‖r − x‖²/B` (before its coefficient).
+    pub reconstruction: f64,
+    /// `Σ_i s_i·Σ_rows f_i/B` (before its coefficient).
+    pub l1: f64,
+    /// For each latent, the rows where it fired (`f > 0`).
+    pub fired: Vec<u64>,
+}
+
+/// Buffers of the fused ReLU SAE step, reused from one [`ReluSaeStep::run`] to the next: the
+/// code gradient `[batch, n]`, two `[batch, d]` scratch matrices and the four parameter
+/// gradients (tensors, read by the optimiser through [`ReluSaeStep::grads`]).
+#[derive(Default)]
+pub struct ReluSaeStep {
+    scratch: Option<Box<dyn Any + Send + Sync>>,
+    grads: Vec<Tensor>,
+}
+
+impl std::fmt::Debug for ReluSaeStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReluSaeStep")
+            .field("grads", &self.grads.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `[batch, ·]` scratch of one dtype.
+struct Scratch<T> {
+    /// Encoder input `x̃` `[batch, d]`.
+    input: Vec<T>,
+    /// `∂r` `[batch, d]`.
+    grad_recon: Vec<T>,
+    /// `∂f`, then `∂z`, `[batch, n]`.
+    grad_codes: Vec<T>,
+}
+
+/// Rows per work item of the element-wise passes over `[batch, n]`.
+const ROWS: usize = 256;
+
+const OP: &str = "relu_sae_step";
+
+impl ReluSaeStep {
+    /// A step with no buffers yet (the first run sizes them).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Gradients of the last run's loss: `w_enc`, `b_enc`, `w_dec`, `b_dec` (empty before the
+    /// first run). The next run overwrites them in place.
+    pub fn grads(&self) -> &[Tensor] {
+        &self.grads
+    }
+
+    /// One forward and backward pass on `x` `[batch, d]` (f32 or f64, CPU, all arguments the
+    /// same dtype); the gradients land in [`ReluSaeStep::grads`].
+    pub fn run(
+        &mut self,
+        x: &Tensor,
+        p: &ReluSaeParams,
+        loss: &ReluSaeLoss,
+    ) -> Result<ReluSaeOutput> {
+        let dims = check(x, p)?;
+        let shapes = [(dims.1, dims.2), (dims.1, 1), (dims.1, dims.2), (dims.2, 1)];
+        let stale = self.grads.len() != 4
+            || self.grads[0].dtype() != x.dtype()
+            || self
+                .grads
+                .iter()
+                .zip(shapes)
+                .any(|(g, (r, c))| g.elem_count() != r * c || g.dim(0).ok() != Some(r));
+        if stale {
+            let zeros = |s: &[usize]| Tensor::zeros(s, x.dtype(), x.device());
+            self.grads = vec![
+                zeros(&[dims.1, dims.2])?,
+                zeros(&[dims.1])?,
+                zeros(&[dims.1, dims.2])?,
+                zeros(&[dims.2])?,
+            ];
+        }
+        match x.dtype() {
+            DType::F32 => self.run_typed::<f32>(x, p, loss, dims),
+            _ => self.run_typed::<f64>(x, p, loss, dims),
+        }
+    }
+
+    /// The scratch of dtype `T` in `slot`, sized for `(b, d, n)` (replaced when the dtype
+    /// changed).
+    fn scratch<T: Real>(
+        slot: &mut Option<Box<dyn Any + Send + Sync>>,
+        (b, d, n): (usize, usize, usize),
+    ) -> &mut Scratch<T> {
+        if !matches!(slot, Some(s) if s.is::<Scratch<T>>()) {
+            *slot = Some(Box::new(Scratch::<T> {
+                input: Vec::new(),
+                grad_recon: Vec::new(),
+                grad_codes: Vec::new(),
+            }));
+        }
+        let s = slot
+            .as_mut()
+            .and_then(|s| s.downcast_mut::<Scratch<T>>())
+            .expect("scratch of this dtype was just created");
+        s.input.resize(b * d, T::zero());
+        s.grad_recon.resize(b * d, T::zero());
+        s.grad_codes.resize(b * n, T::zero());
+        s
+    }
+
+    fn run_typed<T: Real>(
+        &mut self,
+        x: &Tensor,
+        p: &ReluSaeParams,
+        loss: &ReluSaeLoss,
+        (b, n, d): (usize, usize, usize),
+    ) -> Result<ReluSaeOutput> {
+        let guards = [x, p.w_enc, p.b_enc, p.w_dec, p.b_dec].map(|t| t.storage_and_layout());
+        let [xs, w_enc, b_enc, w_dec, b_dec] = [0, 1, 2, 3, 4].map(|i| {
+            let (s, l) = &guards[i];
+            slice::<T>(s, l)
+        });
+        let (xs, w_enc, b_enc, w_dec, b_dec) = (xs?, w_enc?, b_enc?, w_dec?, b_dec?);
+        let (c, lambda) = (T::from_f64(loss.reconstruction), T::from_f64(loss.l1));
+        let inv_b = T::one() / T::from_f64(b as f64);
+        let norms: Vec<T> = w_dec
+            .par_chunks(d)
+            .map(|row| dot(row, row).sqrt())
+            .collect();
+        // The L1 gradient of each code, before the ReLU mask.
+        let l1_grad: Vec<T> = if loss.fold_norms {
+            norms.iter().map(|&s| lambda * s * inv_b).collect()
+        } else {
+            vec![lambda * inv_b; n]
+        };
+
+        let scratch = Self::scratch::<T>(&mut self.scratch, (b, d, n));
+        // Forward: x̃, f = ReLU(x̃·W_encᵀ + b_enc) with column sums and fire counts, r.
+        scratch.input.copy_from_slice(xs);
+        if loss.pre_encoder_bias {
+            for row in scratch.input.chunks_mut(d) {
+                row.iter_mut().zip(b_dec).for_each(|(v, &bd)| *v -= bd);
+            }
+        }
+        let mut codes = vec![T::zero(); b * n];
+        gemm_into(
+            &mut codes,
+            View::row_major(&scratch.input, b, d),
+            View::transposed(w_enc, n, d),
+            false,
+        );
+        let (sums, fired) = bias_relu(&mut codes, b_enc, n);
+        let mut recon = vec![T::zero(); b * d];
+        gemm_into(
+            &mut recon,
+            View::row_major(&codes, b, n),
+            View::row_major(w_dec, n, d),
+            false,
+        );
+        let (rec, grad_b_dec) = recon_and_grad(&mut recon, &mut scratch.grad_recon, xs, b_dec, c);
+        let l1 = sums
+            .iter()
+            .zip(&norms)
+            .map(|(&s, &nm)| {
+                let w = if loss.fold_norms { nm } else { T::one() };
+                WithDType::to_f64(s) * WithDType::to_f64(w)
+            })
+            .sum::<f64>()
+            / b as f64;
+
+        // Backward.
+        let grad_recon = &scratch.grad_recon;
+        write_into::<T>(&self.grads[2], |g| {
+            gemm_into(
+                g,
+                View::transposed(&codes, b, n),
+                View::row_major(grad_recon, b, d),
+                false,
+            );
+            if loss.fold_norms && loss.l1 != 0.0 {
+                g.par_chunks_mut(d)
+                    .zip(w_dec.par_chunks(d))
+                    .zip(sums.par_iter().zip(&norms))
+                    .for_each(|((gi, di), (&s, &nm))| {
+                        if nm > T::zero() {
+                            axpy(lambda * s * inv_b / nm, di, gi);
+                        }
+                    });
+            }
+        })?;
+        let grad_codes = &mut scratch.grad_codes;
+        gemm_into(
+            grad_codes,
+            View::row_major(grad_recon, b, d),
+            View::transposed(w_dec, n, d),
+            false,
+        );
+        let grad_b_enc = mask_and_sum(grad_codes, &codes, &l1_grad, n);
+        write_into::<T>(&self.grads[1], |g| g.copy_from_slice(&grad_b_enc))?;
+        write_into::<T>(&self.grads[0], |g| {
+            gemm_into(
+                g,
+                View::transposed(grad_codes, b, n),
+                View::row_major(&scratch.input, b, d),
+                false,
+            )
+        })?;
+        write_into::<T>(&self.grads[3], |g| {
+            g.copy_from_slice(&grad_b_dec);
+            if loss.pre_encoder_bias {
+                // ∂b_dec −= ∂b_enc·W_enc, one latent row at a time.
+                for (&gb, row) in grad_b_enc.iter().zip(w_enc.chunks(d)) {
+                    axpy(-gb, row, g);
+                }
+            }
+        })?;
+        drop(guards);
+        Ok(ReluSaeOutput {
+            codes: Tensor::from_vec(codes, (b, n), x.device())?,
+            recon: Tensor::from_vec(recon, (b, d), x.device())?,
+            reconstruction: rec,
+            l1,
+            fired,
+        })
+    }
+}
+
+/// Checks the arguments; returns `(batch, n, d)`.
+fn check(x: &Tensor, p: &ReluSaeParams) -> Result<(usize, usize, usize)> {
+    let all = [
+        ("input", x),
+        ("w_enc", p.w_enc),
+        ("b_enc", p.b_enc),
+        ("w_dec", p.w_dec),
+        ("b_dec", p.b_dec),
+    ];
+    for (name, t) in all {
+        check_cpu(OP, t)?;
+        if !t.is_contiguous() {
+            return Err(Error::shape(OP, format!("{name} must be contiguous")));
+        }
+    }
+    let dtype = check_float(OP, "input", x)?;
+    same_dtype(OP, dtype, &all[1..])?;
+    let (b, d) = dims2(OP, "input", x)?;
+    let (n, de) = dims2(OP, "w_enc", p.w_enc)?;
+    if b == 0 {
+        return Err(Error::shape(OP, "the batch has no rows"));
+    }
+    let expect = [
+        ("w_enc", p.w_enc, vec![n, d]),
+        ("w_dec", p.w_dec, vec![n, d]),
+        ("b_enc", p.b_enc, vec![n]),
+        ("b_dec", p.b_dec, vec![d]),
+    ];
+    for (name, t, shape) in expect {
+        if t.dims() != shape.as_slice() {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "{name} has shape {:?}, expected {shape:?} (input [{b}, {d}], w_enc [{n}, {de}])",
+                    t.dims()
+                ),
+            ));
+        }
+    }
+    Ok((b, n, d))
+}
+
+/// `f ← ReLU(f + bias)` over `codes` `[batch, n]`; returns each column's sum and count of
+/// positive entries (partial sums over fixed row blocks, added in order: the result does not
+/// depend on the thread count).
+fn bias_relu<T: Real>(codes: &mut [T], bias: &[T], n: usize) -> (Vec<T>, Vec<u64>) {
+    let parts: Vec<(Vec<T>, Vec<u64>)> = codes
+        .par_chunks_mut(ROWS * n)
+        .map(|block| {
+            let mut sums = vec![T::zero(); n];
+            let mut count = vec![0u64; n];
+            for row in block.chunks_mut(n) {
+                for (((v, &bi), s), k) in row
+                    .iter_mut()
+                    .zip(bias)
+                    .zip(sums.iter_mut())
+                    .zip(count.iter_mut())
+                {
+                    let z = *v + bi;
+                    let on = z > T::zero();
+                    *v = if on { z } else { T::zero() };
+                    *s += *v;
+                    *k += on as u64;
+                }
+            }
+            (sums, count)
+        })
+        .collect();
+    let mut sums = vec![T::zero(); n];
+    let mut fired = vec![0u64; n];
+    for (s, k) in parts {
+        sums.iter_mut().zip(s).for_each(|(a, v)| *a += v);
+        fired.iter_mut().zip(k).for_each(|(a, v)| *a += v);
+    }
+    (sums, fired)
+}
+
+/// `g ← (g + l1_grad) ⊙ [f > 0]` over `[batch, n]`; returns each column's sum (`∂b_enc`), added
+/// as in [`bias_relu`].
+fn mask_and_sum<T: Real>(grad: &mut [T], codes: &[T], l1_grad: &[T], n: usize) -> Vec<T> {
+    let parts: Vec<Vec<T>> = grad
+        .par_chunks_mut(ROWS * n)
+        .zip(codes.par_chunks(ROWS * n))
+        .map(|(block, fblock)| {
+            let mut sums = vec![T::zero(); n];
+            for (row, frow) in block.chunks_mut(n).zip(fblock.chunks(n)) {
+                for (((g, &fv), &lg), s) in
+                    row.iter_mut().zip(frow).zip(l1_grad).zip(sums.iter_mut())
+                {
+                    *g = if fv > T::zero() { *g + lg } else { T::zero() };
+                    *s += *g;
+                }
+            }
+            sums
+        })
+        .collect();
+    let mut out = vec![T::zero(); n];
+    for s in parts {
+        out.iter_mut().zip(s).for_each(|(a, v)| *a += v);
+    }
+    out
+}
+
+/// `r ← r + b_dec`, `∂r ← 2c(r − x)/B`; returns `Σ‖r − x‖²/B` and `Σ_rows ∂r`.
+fn recon_and_grad<T: Real>(
+    recon: &mut [T],
+    grad: &mut [T],
+    x: &[T],
+    b_dec: &[T],
+    c: T,
+) -> (f64, Vec<T>) {
+    let d = b_dec.len();
+    let rows = recon.len() / d;
+    let scale = (c + c) / T::from_f64(rows as f64);
+    let mut sq = 0.0f64;
+    let mut col = vec![T::zero(); d];
+    for ((r, g), xr) in recon.chunks_mut(d).zip(grad.chunks_mut(d)).zip(x.chunks(d)) {
+        let mut row_sq = T::zero();
+        for ((((rv, gv), &xv), &bd), s) in r
+            .iter_mut()
+            .zip(g.iter_mut())
+            .zip(xr)
+            .zip(b_dec)
+            .zip(col.iter_mut())
+        {
+            *rv += bd;
+            let e = *rv - xv;
+            row_sq += e * e;
+            *gv = scale * e;
+            *s += *gv;
+        }
+        sq += WithDType::to_f64(row_sq);
+    }
+    (sq / rows as f64, col)
+}
+
+/// Runs `f` on the contiguous elements of `t` (dtype `T`, CPU) in place.
+fn write_into<T: Real>(t: &Tensor, f: impl FnOnce(&mut [T]) + Send) -> Result<()> {
+    t.inplace_op1(&Write {
+        f: Mutex::new(Some(f)),
+        dtype: PhantomData::<fn(&mut [T])>,
+    })?;
+    Ok(())
+}
+
+/// The in-place op behind [`write_into`].
+struct Write<T, F> {
+    f: Mutex<Option<F>>,
+    dtype: PhantomData<fn(&mut [T])>,
+}
+
+impl<T: Real, F: FnOnce(&mut [T]) + Send> InplaceOp1 for Write<T, F> {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        let (a, b) = l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg(format!("{OP}: gradient not contiguous")))?;
+        let data: &mut dyn Any = match s {
+            CpuStorage::F32(v) => v,
+            CpuStorage::F64(v) => v,
+            _ => candle_core::bail!("{OP}: expected f32 or f64"),
+        };
+        let Some(v) = data.downcast_mut::<Vec<T>>() else {
+            candle_core::bail!("{OP}: gradient has another dtype");
+        };
+        let f = self.f.lock().ok().and_then(|mut f| f.take());
+        if let Some(f) = f {
+            f(&mut v[a..b]);
+        }
+        Ok(())
+    }
+}
