@@ -45,6 +45,57 @@ pub(super) struct Side {
     pub tokens_per_s: f64,
     /// Peak resident memory of the side's process.
     pub peak_rss_mb: Option<f64>,
+    /// Where a metarep step's time goes (not measured for PyTorch).
+    pub profile: Option<StepProfile>,
+}
+
+/// A metarep step split into time inside dense products (`metarep_kernels::profile`: the
+/// kernels' gemm calls and the candle matmuls they issue) and everything else, per step, from
+/// the mean over the timed steps.
+#[derive(Serialize)]
+pub(super) struct StepProfile {
+    /// Wall ms per step inside dense products.
+    pub matmul_ms: f64,
+    /// The products' rate, GFLOP/s.
+    pub matmul_gflops: f64,
+    /// Wall ms per step elsewhere (element-wise passes, selection, sparse kernels, optimiser,
+    /// allocation, batch reading).
+    pub other_ms: f64,
+    /// `other_ms` over the mean step time.
+    pub other_fraction: f64,
+}
+
+/// Times `step(i)` for `i` in `0..=STEPS` (step 0 is a warm-up, not timed) with the kernels'
+/// matmul counters around the timed steps; `rows` per step.
+pub(super) fn time_steps(
+    rows: usize,
+    mut step: impl FnMut(usize) -> Result<(), BoxError>,
+) -> Result<Side, BoxError> {
+    step(0)?;
+    metarep_kernels::profile::reset();
+    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+    for i in 1..=STEPS {
+        let (c0, t0) = (cpu_ms(), std::time::Instant::now());
+        step(i)?;
+        wall.push(t0.elapsed().as_secs_f64() * 1e3);
+        cpu.push(cpu_ms() - c0);
+    }
+    let mm = metarep_kernels::profile::matmul_time();
+    let mean = wall.iter().sum::<f64>() / STEPS as f64;
+    let matmul_ms = mm.seconds * 1e3 / STEPS as f64;
+    let ms = median(&wall);
+    Ok(Side {
+        step_ms: ms,
+        step_cpu_ms: median(&cpu),
+        tokens_per_s: rows as f64 / (ms / 1e3),
+        peak_rss_mb: memory::peak_resident_mib(),
+        profile: Some(StepProfile {
+            matmul_ms,
+            matmul_gflops: mm.gflops(),
+            other_ms: mean - matmul_ms,
+            other_fraction: (mean - matmul_ms) / mean,
+        }),
+    })
 }
 
 #[derive(Serialize)]
@@ -151,6 +202,16 @@ fn row(
         speedup.map_or("-".into(), |s| format!("{s:.2}×")),
         cpu_time_ratio.map_or("-".into(), |r| format!("{r:.2}×")),
     );
+    if let Some(p) = &metarep.profile {
+        println!(
+            "  {:<10} metarep step: {:.0} ms in products ({:.0} GFLOP/s), {:.0} ms elsewhere ({:.0}%)",
+            "",
+            p.matmul_ms,
+            p.matmul_gflops,
+            p.other_ms,
+            p.other_fraction * 100.0
+        );
+    }
     Row {
         arch: name,
         metarep,
@@ -204,20 +265,9 @@ fn time_metarep(arch: Architecture) -> Result<Side, BoxError> {
         labels: None,
         window: 1,
     };
-    trainer.step(&mut sae, &batch, 0)?; // warm-up
-    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
-    for step in 1..=STEPS {
-        let (c0, t0) = (cpu_ms(), std::time::Instant::now());
+    time_steps(BATCH, |step| {
         trainer.step(&mut sae, &batch, step)?;
-        wall.push(t0.elapsed().as_secs_f64() * 1e3);
-        cpu.push(cpu_ms() - c0);
-    }
-    let ms = median(&wall);
-    Ok(Side {
-        step_ms: ms,
-        step_cpu_ms: median(&cpu),
-        tokens_per_s: BATCH as f64 / (ms / 1e3),
-        peak_rss_mb: memory::peak_resident_mib(),
+        Ok(())
     })
 }
 
@@ -273,6 +323,7 @@ fn time_pytorch(
         step_cpu_ms: num("step_cpu_ms")?,
         tokens_per_s: num("tokens_per_s")?,
         peak_rss_mb: v.get("peak_rss_mb").and_then(|x| x.as_f64()),
+        profile: None,
     };
     let build = serde_json::json!({
         "torch": v.get("torch"),

@@ -16,8 +16,7 @@ use metarep_model::{HookPoint, HookedTransformer, LoadOptions};
 use metarep_sae::source::ActivationSource;
 use metarep_sae::{Architecture, Sae, SaeConfig, SaeTrainer, StoreSource};
 
-use super::median;
-use super::sae::{cpu_ms, train_config, Side, BATCH, EXPANSION, K, STEPS};
+use super::sae::{time_steps, train_config, Side, BATCH, EXPANSION, K};
 use crate::error::BoxError;
 use crate::fig14::write_ids;
 use crate::fixtures::gguf::smollm2_file;
@@ -128,9 +127,7 @@ pub fn time_metarep(c: &Captured) -> Result<Side, BoxError> {
     let mut source = StoreSource::open(&c.store, 0, BUFFER_ROWS)?;
     source.start_epoch(0)?;
     let mut epoch = 0;
-    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
-    for step in 0..=STEPS {
-        let (c0, t0) = (cpu_ms(), std::time::Instant::now());
+    time_steps(BATCH, |step| {
         let batch = match source.next_batch(BATCH)? {
             Some(b) if b.x.dim(0)? == BATCH => b,
             _ => {
@@ -142,16 +139,6 @@ pub fn time_metarep(c: &Captured) -> Result<Side, BoxError> {
             }
         };
         trainer.step(&mut sae, &batch, step)?;
-        if step > 0 {
-            wall.push(t0.elapsed().as_secs_f64() * 1e3);
-            cpu.push(cpu_ms() - c0);
-        }
-    }
-    let ms = median(&wall);
-    Ok(Side {
-        step_ms: ms,
-        step_cpu_ms: median(&cpu),
-        tokens_per_s: BATCH as f64 / (ms / 1e3),
-        peak_rss_mb: metarep_core::memory::peak_resident_mib(),
+        Ok(())
     })
 }
