@@ -1,6 +1,6 @@
 //! `linear_encode` against candle's own matmul, bias and ReLU (values and gradients).
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Var};
 use metarep_kernels::linear_encode;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
