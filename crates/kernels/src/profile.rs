@@ -1,5 +1,6 @@
-//! Process-wide counters of the wall time metarep-kernels spends inside dense matrix products
-//! (its own gemm calls and the candle matmuls it issues), so that a benchmark can split a step
+//! Process-wide counters of the wall time spent inside dense matrix products (metarep-kernels'
+//! own gemm calls, the candle matmuls it issues, and products others report through
+//! [`count`]), so that a benchmark can split a step
 //! into matmul time and everything else. Counting costs two clock reads per product; the
 //! counters are shared by every thread of the process, so read them around code that runs
 //! alone.
@@ -49,12 +50,18 @@ pub fn reset() {
     }
 }
 
-/// Runs the product `f` of shape `m × k` by `k × n`, adding its time to the counters.
-pub(crate) fn timed<R>((m, n, k): (usize, usize, usize), f: impl FnOnce() -> R) -> R {
+/// Runs `f`, a dense product of `flop` floating-point operations, adding its time to the
+/// counters (for products issued outside this crate, such as a model's attention matmuls).
+pub fn count<R>(flop: u64, f: impl FnOnce() -> R) -> R {
     let start = Instant::now();
     let out = f();
     NANOS.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
     CALLS.fetch_add(1, Ordering::Relaxed);
-    FLOP.fetch_add(2 * (m * n * k) as u64, Ordering::Relaxed);
+    FLOP.fetch_add(flop, Ordering::Relaxed);
     out
+}
+
+/// [`count`] for a product of shape `m × k` by `k × n`.
+pub(crate) fn timed<R>((m, n, k): (usize, usize, usize), f: impl FnOnce() -> R) -> R {
+    count(2 * (m * n * k) as u64, f)
 }

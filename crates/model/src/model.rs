@@ -15,7 +15,7 @@ use crate::hf_config::{metarep_config_json, parse_hf_config};
 use crate::hooks::{CacheHooks, HookFilter, HookPoint, Hooks, NoHooks};
 use crate::loading::{resolve, LoadOptions, ModelFiles};
 use crate::ops::{
-    activation, linear, norm_apply, norm_stats, softmax_last_dim, upcast, use_norm_kernel,
+    activation, linear, matmul, norm_apply, norm_stats, softmax_last_dim, upcast, use_norm_kernel,
 };
 use crate::tokenizer::Tokenizer;
 use crate::weights::{NormWeights, Weights};
@@ -281,7 +281,10 @@ impl HookedTransformer {
         self.run(&input.into(), hooks, self.default_output())
     }
 
-    /// Forward pass recording the hooks `filter` selects.
+    /// Forward pass recording the hooks `filter` selects. The first call in a process keeps freed
+    /// memory in the process from then on ([`crate::memory`]: repeated cached passes reuse
+    /// their pages instead of faulting them in again) unless
+    /// [`crate::memory::keep_allocator_defaults`] was called before.
     pub fn run_with_cache(
         &self,
         input: impl Into<Input>,
@@ -297,6 +300,7 @@ impl HookedTransformer {
         filter: impl Into<HookFilter>,
         to: RunTo,
     ) -> Result<(Tensor, ActivationCache)> {
+        crate::memory::retain_for_caching();
         let mut cache = CacheHooks::new(filter.into().resolve(&self.cfg)?);
         let out = self.run(input, &mut cache, to)?;
         Ok((out, ActivationCache::new(self.clone(), cache.acts)))
@@ -1098,7 +1102,7 @@ impl HookedTransformer {
         };
         let kh = repeat_kv(k, cfg.kv_group())?;
         let vh = repeat_kv(v, cfg.kv_group())?;
-        let mut scores = qh.contiguous()?.matmul(&kh.t()?)?;
+        let mut scores = matmul(&qh.contiguous()?, &kh.t()?)?;
         if let Some(m) = mask {
             scores = scores.broadcast_add(m)?;
         }
@@ -1107,7 +1111,7 @@ impl HookedTransformer {
             .and_then(|s| softmax_last_dim(&s))?
             .to_dtype(scores.dtype())?;
         let pattern = hook(hooks, HookPoint::Pattern(l), pattern)?;
-        let z = pattern.matmul(&vh)?.transpose(1, 2)?.contiguous()?;
+        let z = matmul(&pattern, &vh)?.transpose(1, 2)?.contiguous()?;
         let z = hook(hooks, HookPoint::Z(l), z)?;
         let out = if hooks.wants(HookPoint::HeadResult(l)) {
             let result = self.head_results(l, &z)?;
@@ -1147,7 +1151,7 @@ impl HookedTransformer {
                 let pre = hook(
                     hooks,
                     HookPoint::MlpPre(l),
-                    x2.matmul(w_gate)?.reshape((b, p, dm))?,
+                    linear(&x2, w_gate, None)?.reshape((b, p, dm))?,
                 )?;
                 let lin = linear(&x2, &m.w_in, m.b_in.as_ref())?.reshape((b, p, dm))?;
                 let lin = hook(hooks, HookPoint::MlpPreLinear(l), lin)?;

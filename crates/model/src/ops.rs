@@ -26,11 +26,21 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
             return Ok(forward::linear_bias(x, w, b)?);
         }
     }
-    let y = x.matmul(w)?;
+    let y = matmul(x, w)?;
     Ok(match b {
         Some(b) => y.broadcast_add(b)?,
         None => y,
     })
+}
+
+/// `a.matmul(b)` (`[..., m, k]` by `[..., k, n]`), its time counted by
+/// [`metarep_kernels::profile`].
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (dims, n) = (a.dims(), b.dims().last().copied().unwrap_or(1));
+    let flop = 2 * dims.iter().product::<usize>() * n;
+    Ok(metarep_kernels::profile::count(flop as u64, || {
+        a.matmul(b)
+    })?)
 }
 
 /// Whether the fused kernels apply: CPU, not f64, no gradient to track.

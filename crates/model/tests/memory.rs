@@ -1,6 +1,7 @@
 //! `run_with_cache` of every hook in a loop of 1 000 passes holds flat memory: the resident set
 //! after the last pass is within a few MiB of the one after a warm-up, both with glibc's default
-//! trimming and with [`retain_freed_memory`]. A cache kept alive by anything (a hook registry, a
+//! trimming ([`keep_allocator_defaults`]) and with [`retain_freed_memory`], which caching
+//! applies by default. A cache kept alive by anything (a hook registry, a
 //! reference cycle) would grow it by the cache's size on every pass, hundreds of times the bound.
 //!
 //! This file holds one test (Linux: it reads `/proc/self/status`), so its binary runs nothing
@@ -10,7 +11,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use metarep_core::memory::resident_mib;
-use metarep_model::memory::retain_freed_memory;
+use metarep_model::memory::{keep_allocator_defaults, retain_freed_memory};
 use metarep_model::{HookFilter, HookedTransformer, ModelConfig};
 
 const WARMUP: usize = 100;
@@ -50,6 +51,7 @@ fn cache_mib(model: &HookedTransformer, tokens: &Tensor) -> f64 {
 
 #[test]
 fn run_with_cache_in_a_loop_holds_flat_memory() {
+    keep_allocator_defaults();
     let model = HookedTransformer::random(
         ModelConfig::gpt2_like(4, 64, 4, 100, 64),
         0,
