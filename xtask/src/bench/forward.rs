@@ -156,18 +156,6 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
     println!();
     let tl_info = tl.as_ref().ok().map(|s| s.info.clone());
     drop(tl);
-    // Phase 2: the same metarep runs after `retain_freed_memory` (glibc keeps freed pages).
-    let retained = metarep_model::memory::retain_freed_memory();
-    let mut kept = vec![Vec::new(); 3];
-    for v in VARIANTS {
-        ours(v)?;
-    }
-    for rep in 0..REPS {
-        for k in 0..3 {
-            let i = (rep + k) % 3;
-            kept[i].push(ours(VARIANTS[i])?);
-        }
-    }
     let tokens = (BATCH * POS) as f64;
     let tps = |ms: f64| tokens / (ms / 1e3);
     let flops = forward_flops(&cfg, BATCH, POS);
@@ -217,7 +205,6 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
         "best_over_best": flops / (min(&times[0][0]) * 1e6) / peak,
         "median_of_same_repetition": median(&frac_per_rep),
     });
-    let with_retain = summary(&kept);
     let products = plain_products.borrow();
     let product_ms = median(&products.iter().map(|p| p.0).collect::<Vec<_>>());
     let plain_median = median(&times[0][0]);
@@ -235,15 +222,13 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
     );
     let g = |v: &serde_json::Value, a: &str, b: &str| v[a][b].as_f64().unwrap_or(f64::NAN);
     println!(
-        "  metarep: plain {:.1} ms median / {:.1} best ({:.0}% of the {peak:.1} GFLOP/s matmul peak best-over-best, {:.0}% median of same-repetition ratios); cache all {all} hooks {:+.1}% (median ratio) / {:+.1}% (minimums); with retain_freed_memory {:+.1}% / {:+.1}%",
+        "  metarep: plain {:.1} ms median / {:.1} best ({:.0}% of the {peak:.1} GFLOP/s matmul peak best-over-best, {:.0}% median of same-repetition ratios); cache all {all} hooks {:+.1}% (median ratio) / {:+.1}% (minimums), by default",
         g(&default, "plain_ms", "median"),
         g(&default, "plain_ms", "min"),
         100.0 * fraction["best_over_best"].as_f64().unwrap_or(f64::NAN),
         100.0 * fraction["median_of_same_repetition"].as_f64().unwrap_or(f64::NAN),
         100.0 * g(&default, "cache_all_overhead", "median_of_ratios"),
         100.0 * g(&default, "cache_all_overhead", "of_minimums"),
-        100.0 * g(&with_retain, "cache_all_overhead", "median_of_ratios"),
-        100.0 * g(&with_retain, "cache_all_overhead", "of_minimums"),
     );
     let tl_json = match tl_info {
         Some(mut info) => {
@@ -278,7 +263,7 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
     let target = |v: &serde_json::Value, a: &str, b: &str, ok: &dyn Fn(f64) -> bool| ok(g(v, a, b));
     let body = serde_json::json!({
         "what": "GPT-2-small shape (12 layers, d_model 768, 12 heads, d_mlp 3072, vocab 50257), random weights, batch 4 x 128, f32 CPU",
-        "method": "15 repetitions; each times the matmul peak shapes once and every variant once on each side, interleaved with TransformerLens (the machine is shared); reported as medians and minimums (least interference), ratios as medians of per-repetition ratios and as ratios of minimums; then the metarep runs again after metarep_model::memory::retain_freed_memory()",
+        "method": "15 repetitions; each times the matmul peak shapes once and every variant once on each side, interleaved with TransformerLens (the machine is shared); reported as medians and minimums (least interference), ratios as medians of per-repetition ratios and as ratios of minimums; caching keeps freed memory in the process from the first run_with_cache on, as it does by default (metarep_model::memory)",
         "tokens": BATCH * POS,
         "load_average_at_end": load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         "cache_all_hooks": all,
@@ -288,8 +273,6 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
         "fraction_of_matmul_peak": fraction,
         "metarep": default,
         "metarep_plain_profile": profile,
-        "metarep_retain_freed_memory": with_retain,
-        "retain_freed_memory_applied": retained,
         "transformer_lens": tl_json,
         "note": note,
         "targets": {
@@ -298,8 +281,6 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
             "cache_all_overhead_le_0_1": {
                 "default_median": target(&default, "cache_all_overhead", "median_of_ratios", &|f| f <= 0.1),
                 "default_minimums": target(&default, "cache_all_overhead", "of_minimums", &|f| f <= 0.1),
-                "retain_freed_memory_median": target(&with_retain, "cache_all_overhead", "median_of_ratios", &|f| f <= 0.1),
-                "retain_freed_memory_minimums": target(&with_retain, "cache_all_overhead", "of_minimums", &|f| f <= 0.1),
             },
         },
     });
