@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::cpu::{check_cpu, check_float, dims2, same_dtype, slice, with_simd, Real, INACTIVE};
 use crate::error::{Error, Result};
-use crate::matmul::counted_matmul;
+use crate::matmul::{gemm_into, View};
 
 /// Active latents of a batch: `indices` `[batch, slots]` u32 (`INACTIVE` pads) and `values`
 /// `[batch, slots]` (0 at pads).
@@ -56,8 +56,7 @@ pub fn topk_per_row(x: &Tensor, k: usize, offset: Option<&Tensor>) -> Result<Sel
 
 /// Top-k selections of the rows of the product `x · wᵀ` (`x`: `[batch, d]`, `w`: `[n, d]`), one
 /// per request `(k, offset)`, computed [`PRODUCT_TILE`] rows at a time so that the dense
-/// `[batch, n]` product is never materialised whole (a TopK encoder's selection step; the
-/// product itself is candle's matmul).
+/// `[batch, n]` product is never materialised whole (a TopK encoder's selection step).
 pub fn topk_of_product(
     x: &Tensor,
     w: &Tensor,
@@ -68,7 +67,7 @@ pub fn topk_of_product(
     check_cpu(OP, w)?;
     let dtype = check_float(OP, "input", x)?;
     same_dtype(OP, dtype, &[("weight", w)])?;
-    let (b, d) = dims2(OP, "input", x)?;
+    let (_, d) = dims2(OP, "input", x)?;
     let (_, dw) = dims2(OP, "weight", w)?;
     if d != dw {
         return Err(Error::shape(
@@ -76,32 +75,83 @@ pub fn topk_of_product(
             format!("input has {d} columns, weight rows have {dw}"),
         ));
     }
-    let wt = w.t()?;
-    let mut parts: Vec<Vec<Selection>> = vec![Vec::new(); requests.len()];
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let ks: Vec<usize> = requests.iter().map(|&(k, _)| k).collect();
+    let n = w.dim(0)?;
+    if let Some(k) = ks.iter().find(|&&k| k > n) {
+        return Err(Error::shape(
+            OP,
+            format!("k = {k} exceeds the row length {n}"),
+        ));
+    }
+    let offsets = requests
+        .iter()
+        .map(|&(_, o)| o.map(|o| o.contiguous()).transpose())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    for o in offsets.iter().flatten() {
+        check_vector(OP, "offset", o, &x, n)?;
+    }
+    match dtype {
+        DType::F32 => product_topk::<f32>(&x, &w, &ks, &offsets),
+        _ => product_topk::<f64>(&x, &w, &ks, &offsets),
+    }
+}
+
+/// [`topk_of_product`] on contiguous arguments: each tile's product goes into one buffer
+/// reused for every tile, and each request's selection runs on it.
+fn product_topk<T: Real>(
+    x: &Tensor,
+    w: &Tensor,
+    ks: &[usize],
+    offsets: &[Option<Tensor>],
+) -> Result<Vec<Selection>> {
+    let (b, d) = x.dims2()?;
+    let n = w.dim(0)?;
+    let (xs, xl) = x.storage_and_layout();
+    let (ws, wl) = w.storage_and_layout();
+    let (xd, wd) = (slice::<T>(&xs, xl)?, slice::<T>(&ws, wl)?);
+    let guards: Vec<_> = offsets
+        .iter()
+        .map(|o| o.as_ref().map(|o| o.storage_and_layout()))
+        .collect();
+    let offs = guards
+        .iter()
+        .map(|g| g.as_ref().map(|(s, l)| slice::<T>(s, l)).transpose())
+        .collect::<Result<Vec<_>>>()?;
+    let mut rows: Vec<Vec<Row<T>>> = vec![Vec::with_capacity(b); ks.len()];
+    let mut tile = vec![T::zero(); PRODUCT_TILE.min(b) * n];
     for r0 in (0..b).step_by(PRODUCT_TILE) {
         let len = PRODUCT_TILE.min(b - r0);
-        let p = counted_matmul(&x.narrow(0, r0, len)?, &wt)?;
-        for (part, &(k, offset)) in parts.iter_mut().zip(requests) {
-            part.push(topk_per_row(&p, k, offset)?);
+        let t = &mut tile[..len * n];
+        gemm_into(
+            t,
+            View::row_major(&xd[r0 * d..(r0 + len) * d], len, d),
+            View::transposed(wd, n, d),
+            false,
+        );
+        for ((out, &k), off) in rows.iter_mut().zip(ks).zip(&offs) {
+            if n == 0 {
+                out.extend((0..len).map(|_| Vec::new()));
+                continue;
+            }
+            let sel: Vec<Option<Row<T>>> = t
+                .par_chunks(n)
+                .map(|r| with_simd(|| top_k(r, *off, k)))
+                .collect();
+            for (i, r) in sel.into_iter().enumerate() {
+                let r = r.ok_or_else(|| {
+                    Error::shape(
+                        "topk_of_product",
+                        format!("product row {} contains NaN", r0 + i),
+                    )
+                })?;
+                out.push(r);
+            }
         }
     }
-    parts
-        .into_iter()
-        .zip(requests)
-        .map(|(part, &(k, _))| {
-            if part.is_empty() {
-                return Ok(Selection {
-                    indices: Tensor::zeros((0, k), DType::U32, x.device())?,
-                    values: Tensor::zeros((0, k), dtype, x.device())?,
-                });
-            }
-            let idx: Vec<&Tensor> = part.iter().map(|s| &s.indices).collect();
-            let val: Vec<&Tensor> = part.iter().map(|s| &s.values).collect();
-            Ok(Selection {
-                indices: Tensor::cat(&idx, 0)?,
-                values: Tensor::cat(&val, 0)?,
-            })
-        })
+    rows.into_iter()
+        .zip(ks)
+        .map(|(r, &k)| pad(r, Some(k), x.device()))
         .collect()
 }
 

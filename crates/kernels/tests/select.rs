@@ -223,3 +223,20 @@ fn topk_of_product_equals_topk_of_the_full_product() {
         );
     }
 }
+
+#[test]
+fn topk_of_product_checks_its_requests_and_takes_an_empty_batch() {
+    let x = Tensor::ones((3, 4), DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::ones((5, 4), DType::F32, &Device::Cpu).unwrap();
+    let err = |r: &[(usize, Option<&Tensor>)]| {
+        metarep_kernels::topk_of_product(&x, &w, r)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err(&[(6, None)]).contains("k = 6 exceeds the row length 5"));
+    let short = Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap();
+    assert!(err(&[(2, Some(&short))]).contains("offset has shape [4], expected [5]"));
+    let empty = x.narrow(0, 0, 0).unwrap();
+    let sel = metarep_kernels::topk_of_product(&empty, &w, &[(2, None)]).unwrap();
+    assert_eq!(sel[0].indices.dims(), &[0, 2]);
+}
