@@ -18,7 +18,8 @@ use rayon::prelude::*;
 
 use crate::cpu::cpu_slice;
 use crate::error::Result;
-use crate::matmul::{gemm_into, View};
+use crate::matmul::{gemm_into, gemm_serial, View};
+use crate::profile;
 
 /// An activation function with a fused kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,8 +40,9 @@ pub const GELU_A: f32 = 0.044715;
 /// `√(2/π)`.
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 
-/// `e^x` for f32 without libm: `x = n ln2 + r`, `e^r` by a degree-6 Taylor polynomial on
-/// `|r| ≤ ln2/2`, `2^n` through the exponent bits; branch-free so that loops over it vectorise.
+/// `e^x` for f32 without libm: `x = n ln2 + r` (`n` the integer nearest `x/ln2`), `e^r` by a
+/// degree-6 Taylor polynomial on `|r| ≤ ln2/2`, `2^n` through the exponent bits; branch-free
+/// so that loops over it vectorise.
 /// Relative error ≤ 3e-7 on `[-87, 88]`; 0 below (so masked `-inf` scores give exactly 0),
 /// `e^88` above.
 #[inline(always)]
@@ -48,8 +50,12 @@ pub fn fast_exp(x_in: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
+    // Adding and subtracting 1.5·2²³ rounds to the nearest integer (ties to even) in the
+    // default rounding mode without a call to libm's `roundf`, which would stop the loops
+    // around this function from vectorising.
+    const ROUNDER: f32 = 12_582_912.0;
     let x = x_in.clamp(-87.0, 88.0);
-    let n = (x * LOG2E).round();
+    let n = (x * LOG2E + ROUNDER) - ROUNDER;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + r * (1.0
@@ -73,21 +79,31 @@ fn erf_nonneg(x: f32) -> f32 {
     1.0 - poly * fast_exp(-x * x)
 }
 
+/// `x σ(2z)`, `z = √(2/π)(x + 0.044715 x³)`.
 #[inline(always)]
-fn act_f32(act: Act, x: f32) -> f32 {
-    match act {
-        Act::GeluTanh => {
-            let two_z = 2.0 * SQRT_2_OVER_PI * (x + GELU_A * x * x * x);
-            x / (1.0 + fast_exp(-two_z))
-        }
-        Act::Gelu => {
-            let u = x * std::f32::consts::FRAC_1_SQRT_2;
-            let e = erf_nonneg(u.abs());
-            0.5 * x * (1.0 + if u < 0.0 { -e } else { e })
-        }
-        Act::Silu => x / (1.0 + fast_exp(-x)),
-        Act::Relu => x.max(0.0),
-    }
+fn gelu_tanh(x: f32) -> f32 {
+    let two_z = 2.0 * SQRT_2_OVER_PI * (x + GELU_A * x * x * x);
+    x / (1.0 + fast_exp(-two_z))
+}
+
+/// `x Φ(x)`.
+#[inline(always)]
+fn gelu_erf(x: f32) -> f32 {
+    let u = x * std::f32::consts::FRAC_1_SQRT_2;
+    let e = erf_nonneg(u.abs());
+    0.5 * x * (1.0 + if u < 0.0 { -e } else { e })
+}
+
+/// `x σ(x)`.
+#[inline(always)]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + fast_exp(-x))
+}
+
+/// `max(x, 0)`.
+#[inline(always)]
+fn relu(x: f32) -> f32 {
+    x.max(0.0)
 }
 
 /// Elements per parallel work item.
@@ -180,8 +196,13 @@ impl CustomOp1 for Elementwise {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let act = self.0;
-        map_storage(storage, layout, |x| par_map(x, |v| act_f32(act, v)))
+        // One `par_map` per function item, so that each is inlined into the SIMD loops.
+        map_storage(storage, layout, |x| match self.0 {
+            Act::GeluTanh => par_map(x, gelu_tanh),
+            Act::Gelu => par_map(x, gelu_erf),
+            Act::Silu => par_map(x, silu),
+            Act::Relu => par_map(x, relu),
+        })
     }
 }
 
@@ -292,6 +313,102 @@ impl CustomOp3 for LinearBias {
             true,
         );
         Ok((CpuStorage::F32(dst), Shape::from((m, n))))
+    }
+}
+
+/// `a · b` over batches (f32, CPU): `a: [..., m, k]`, `b: [..., k, n]` with the same leading
+/// dims, any strides within each matrix (a transposed view is read in place). The batch's
+/// products are small (attention: `[heads, pos, d_head]`), so they run in parallel, one thread
+/// each, instead of one after the other with every thread on each as candle's matmul does.
+pub fn batched_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (a, b) = (batchable(a)?, batchable(b)?);
+    Ok(a.apply_op2_no_bwd(&b, &BatchedMatmul)?)
+}
+
+/// `t` itself when its leading dims collapse to one batch stride (any strides in the last two
+/// dims), else a contiguous copy.
+fn batchable(t: &Tensor) -> Result<Tensor> {
+    let (dims, strides) = (t.dims(), t.stride());
+    let r = dims.len();
+    let collapses = r >= 3
+        && (0..r - 3).all(|i| dims[i + 1] <= 1 || strides[i] == strides[i + 1] * dims[i + 1]);
+    Ok(if collapses {
+        t.clone()
+    } else {
+        t.contiguous()?
+    })
+}
+
+struct BatchedMatmul;
+
+/// One operand's batch count, matrix shape and strides, and each matrix's start offset.
+fn matrices(
+    l: &Layout,
+) -> candle_core::Result<(usize, (usize, usize), (usize, usize), Vec<usize>)> {
+    let (dims, strides) = (l.dims(), l.stride());
+    let r = dims.len();
+    if r < 3 {
+        candle_core::bail!("batched_matmul: operands need rank ≥ 3, got {dims:?}");
+    }
+    let batch: usize = dims[..r - 2].iter().product();
+    let step = strides[r - 3];
+    let starts = (0..batch).map(|i| l.start_offset() + i * step).collect();
+    Ok((
+        batch,
+        (dims[r - 2], dims[r - 1]),
+        (strides[r - 2], strides[r - 1]),
+        starts,
+    ))
+}
+
+impl candle_core::CustomOp2 for BatchedMatmul {
+    fn name(&self) -> &'static str {
+        "metarep-batched-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
+            candle_core::bail!("batched_matmul: f32 only");
+        };
+        let (batch, (m, k), sa, starts_a) = matrices(l1)?;
+        let (batch_b, (k2, n), sb, starts_b) = matrices(l2)?;
+        let (da, db) = (l1.dims(), l2.dims());
+        if batch != batch_b || k != k2 || da[..da.len() - 2] != db[..db.len() - 2] {
+            candle_core::bail!("batched_matmul: shapes {da:?} and {db:?} do not multiply");
+        }
+        // Every element each view reaches must lie inside its storage.
+        let reach = |starts: &[usize], (r, c): (usize, usize), (rs, cs): (usize, usize)| {
+            starts
+                .last()
+                .map_or(0, |&s| s + (r.max(1) - 1) * rs + (c.max(1) - 1) * cs)
+        };
+        if batch > 0
+            && m * k * n > 0
+            && (reach(&starts_a, (m, k), sa) >= a.len() || reach(&starts_b, (k, n), sb) >= b.len())
+        {
+            candle_core::bail!("batched_matmul: operand layout out of bounds");
+        }
+        let mut dst = vec![0f32; batch * m * n];
+        if m * n > 0 {
+            profile::timed((batch * m, n, k), || {
+                dst.par_chunks_mut(m * n).enumerate().for_each(|(i, out)| {
+                    gemm_serial(
+                        out,
+                        View::strided(&a[starts_a[i]..], (m, k), sa),
+                        View::strided(&b[starts_b[i]..], (k, n), sb),
+                    )
+                })
+            });
+        }
+        let mut shape = da[..da.len() - 2].to_vec();
+        shape.extend([m, n]);
+        Ok((CpuStorage::F32(dst), Shape::from(shape)))
     }
 }
 

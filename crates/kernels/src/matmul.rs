@@ -52,8 +52,32 @@ impl<'a, T> View<'a, T> {
 }
 
 /// `dst ← lhs·rhs` (or `dst ← dst + lhs·rhs` when `accumulate`), `dst` row-major
-/// `[lhs.rows, rhs.cols]`; threaded with rayon.
+/// `[lhs.rows, rhs.cols]`; threaded with rayon, counted by [`crate::profile`].
 pub(crate) fn gemm_into<T: Real>(dst: &mut [T], lhs: View<T>, rhs: View<T>, accumulate: bool) {
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    profile::timed((lhs.rows, rhs.cols, lhs.cols), || {
+        gemm_uncounted(dst, lhs, rhs, accumulate, parallelism)
+    });
+}
+
+/// [`gemm_into`] on the calling thread only, not counted (for many small products run in
+/// parallel, counted once around all of them).
+pub(crate) fn gemm_serial<T: Real>(dst: &mut [T], lhs: View<T>, rhs: View<T>) {
+    gemm_uncounted(dst, lhs, rhs, false, gemm::Parallelism::None);
+}
+
+fn gemm_uncounted<T: Real>(
+    dst: &mut [T],
+    lhs: View<T>,
+    rhs: View<T>,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(rhs.rows, k, "inner dimensions differ");
     assert_eq!(dst.len(), m * n, "destination size");
@@ -66,41 +90,33 @@ pub(crate) fn gemm_into<T: Real>(dst: &mut [T], lhs: View<T>, rhs: View<T>, accu
         }
         return;
     }
-    let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    profile::timed((m, n, k), || {
-        // SAFETY: `dst` holds m·n elements, written row-major (column stride 1, row stride n);
-        // `lhs` and `rhs` are views whose every element lies inside their slices (checked when
-        // they were built), and all three slices outlive the call. `dst` is a `&mut` borrow, so
-        // it aliases neither operand.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                1,
-                n as isize,
-                accumulate,
-                lhs.data.as_ptr(),
-                lhs.col_stride as isize,
-                lhs.row_stride as isize,
-                rhs.data.as_ptr(),
-                rhs.col_stride as isize,
-                rhs.row_stride as isize,
-                T::one(),
-                T::one(),
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
-    });
+    // SAFETY: `dst` holds m·n elements, written row-major (column stride 1, row stride n);
+    // `lhs` and `rhs` are views whose every element lies inside their slices (checked when
+    // they were built), and all three slices outlive the call. `dst` is a `&mut` borrow, so
+    // it aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
 }
 
 /// candle's `a.matmul(b)` (`[m, k]` by `[k, n]`), counted by [`crate::profile`].

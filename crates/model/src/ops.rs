@@ -34,8 +34,13 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 }
 
 /// `a.matmul(b)` (`[..., m, k]` by `[..., k, n]`), its time counted by
-/// [`metarep_kernels::profile`].
+/// [`metarep_kernels::profile`]. Batched f32 products on the CPU without gradients (attention
+/// scores and mixing) go through [`forward::batched_matmul`], one batch element per thread.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let batched = |t: &Tensor| t.dtype() == DType::F32 && use_kernel(t) && t.rank() >= 3;
+    if batched(a) && batched(b) && a.rank() == b.rank() {
+        return Ok(forward::batched_matmul(a, b)?);
+    }
     let (dims, n) = (a.dims(), b.dims().last().copied().unwrap_or(1));
     let flop = 2 * dims.iter().product::<usize>() * n;
     Ok(metarep_kernels::profile::count(flop as u64, || {
@@ -220,6 +225,34 @@ mod tests {
         let wide = Tensor::cat(&[&w, &w], 1).unwrap();
         let block = wide.narrow(1, 50, 50).unwrap();
         assert!(max_diff(&linear(&x, &block, Some(&b)).unwrap(), &want) < 1e-4);
+    }
+
+    #[test]
+    fn batched_matmul_matches_candle_for_every_layout() {
+        let dev = &Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (2, 3, 17, 8), dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (2, 3, 17, 8), dev).unwrap();
+        // Attention scores: a transposed right operand, read in place.
+        let kt = k.t().unwrap();
+        let want = q.matmul(&kt.contiguous().unwrap()).unwrap();
+        assert!(max_diff(&matmul(&q, &kt).unwrap(), &want) < 1e-5);
+        // A non-collapsible batch layout (heads and batch swapped) is copied first.
+        let qs = q.transpose(0, 1).unwrap();
+        let want = qs
+            .contiguous()
+            .unwrap()
+            .matmul(&kt.transpose(0, 1).unwrap().contiguous().unwrap())
+            .unwrap();
+        let got = matmul(&qs, &kt.transpose(0, 1).unwrap()).unwrap();
+        assert!(max_diff(&got, &want) < 1e-5);
+        // A narrowed operand (start offset ≠ 0) and rank 3.
+        let wide = Tensor::randn(0f32, 1.0, (4, 17, 20), dev).unwrap();
+        let v = wide.narrow(2, 5, 8).unwrap();
+        let p = Tensor::randn(0f32, 1.0, (4, 6, 17), dev).unwrap();
+        let want = p.matmul(&v.contiguous().unwrap()).unwrap();
+        assert!(max_diff(&matmul(&p, &v).unwrap(), &want) < 1e-5);
+        // Shapes that do not multiply are errors, not panics.
+        assert!(matmul(&p, &q).is_err());
     }
 
     #[test]
