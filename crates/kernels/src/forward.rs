@@ -341,24 +341,42 @@ fn batchable(t: &Tensor) -> Result<Tensor> {
 
 struct BatchedMatmul;
 
-/// One operand's batch count, matrix shape and strides, and each matrix's start offset.
-fn matrices(
-    l: &Layout,
-) -> candle_core::Result<(usize, (usize, usize), (usize, usize), Vec<usize>)> {
-    let (dims, strides) = (l.dims(), l.stride());
-    let r = dims.len();
-    if r < 3 {
-        candle_core::bail!("batched_matmul: operands need rank ≥ 3, got {dims:?}");
+/// One operand of [`batched_matmul`] as a batch of strided matrices.
+struct Matrices {
+    /// Matrices in the batch.
+    batch: usize,
+    /// `(rows, columns)` of each.
+    shape: (usize, usize),
+    /// `(row, column)` strides within each.
+    strides: (usize, usize),
+    /// Storage offset of each matrix's first element.
+    starts: Vec<usize>,
+}
+
+impl Matrices {
+    fn of(l: &Layout) -> candle_core::Result<Self> {
+        let (dims, strides) = (l.dims(), l.stride());
+        let r = dims.len();
+        if r < 3 {
+            candle_core::bail!("batched_matmul: operands need rank ≥ 3, got {dims:?}");
+        }
+        let batch: usize = dims[..r - 2].iter().product();
+        let step = strides[r - 3];
+        Ok(Self {
+            batch,
+            shape: (dims[r - 2], dims[r - 1]),
+            strides: (strides[r - 2], strides[r - 1]),
+            starts: (0..batch).map(|i| l.start_offset() + i * step).collect(),
+        })
     }
-    let batch: usize = dims[..r - 2].iter().product();
-    let step = strides[r - 3];
-    let starts = (0..batch).map(|i| l.start_offset() + i * step).collect();
-    Ok((
-        batch,
-        (dims[r - 2], dims[r - 1]),
-        (strides[r - 2], strides[r - 1]),
-        starts,
-    ))
+
+    /// The largest storage index any matrix reaches (0 for an empty operand).
+    fn reach(&self) -> usize {
+        let ((r, c), (rs, cs)) = (self.shape, self.strides);
+        self.starts
+            .last()
+            .map_or(0, |&s| s + (r.max(1) - 1) * rs + (c.max(1) - 1) * cs)
+    }
 }
 
 impl candle_core::CustomOp2 for BatchedMatmul {
@@ -376,32 +394,24 @@ impl candle_core::CustomOp2 for BatchedMatmul {
         let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
             candle_core::bail!("batched_matmul: f32 only");
         };
-        let (batch, (m, k), sa, starts_a) = matrices(l1)?;
-        let (batch_b, (k2, n), sb, starts_b) = matrices(l2)?;
+        let (ma, mb) = (Matrices::of(l1)?, Matrices::of(l2)?);
+        let ((m, k), (k2, n)) = (ma.shape, mb.shape);
         let (da, db) = (l1.dims(), l2.dims());
-        if batch != batch_b || k != k2 || da[..da.len() - 2] != db[..db.len() - 2] {
+        if k != k2 || da[..da.len() - 2] != db[..db.len() - 2] {
             candle_core::bail!("batched_matmul: shapes {da:?} and {db:?} do not multiply");
         }
         // Every element each view reaches must lie inside its storage.
-        let reach = |starts: &[usize], (r, c): (usize, usize), (rs, cs): (usize, usize)| {
-            starts
-                .last()
-                .map_or(0, |&s| s + (r.max(1) - 1) * rs + (c.max(1) - 1) * cs)
-        };
-        if batch > 0
-            && m * k * n > 0
-            && (reach(&starts_a, (m, k), sa) >= a.len() || reach(&starts_b, (k, n), sb) >= b.len())
-        {
+        if ma.batch > 0 && m * k * n > 0 && (ma.reach() >= a.len() || mb.reach() >= b.len()) {
             candle_core::bail!("batched_matmul: operand layout out of bounds");
         }
-        let mut dst = vec![0f32; batch * m * n];
+        let mut dst = vec![0f32; ma.batch * m * n];
         if m * n > 0 {
-            profile::timed((batch * m, n, k), || {
+            profile::timed((ma.batch * m, n, k), || {
                 dst.par_chunks_mut(m * n).enumerate().for_each(|(i, out)| {
                     gemm_serial(
                         out,
-                        View::strided(&a[starts_a[i]..], (m, k), sa),
-                        View::strided(&b[starts_b[i]..], (k, n), sb),
+                        View::strided(&a[ma.starts[i]..], (m, k), ma.strides),
+                        View::strided(&b[mb.starts[i]..], (k, n), mb.strides),
                     )
                 })
             });
