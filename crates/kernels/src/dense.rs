@@ -76,35 +76,51 @@ impl Encode {
     }
 
     /// The pre-activation gradient (`g` masked by `f > 0` under ReLU) and its column sums (the
-    /// bias gradient), chunk partial sums added in chunk order.
+    /// bias gradient).
     fn mask_and_sum<T: Real>(&self, g: &[T], f: &[T], n: usize) -> (Vec<T>, Vec<T>) {
         let mut gp = g.to_vec();
-        if n == 0 {
-            return (gp, Vec::new());
-        }
-        let relu = self.relu;
-        let partial: Vec<Vec<T>> = gp
-            .par_chunks_mut(ROWS * n)
-            .zip(f.par_chunks(ROWS * n))
-            .map(|(gc, fc)| {
-                let mut acc = vec![T::zero(); n];
-                for (grow, frow) in gc.chunks_mut(n).zip(fc.chunks(n)) {
-                    for ((gv, &fv), a) in grow.iter_mut().zip(frow).zip(acc.iter_mut()) {
-                        if relu && fv <= T::zero() {
-                            *gv = T::zero();
-                        }
-                        *a += *gv;
-                    }
-                }
-                acc
-            })
-            .collect();
-        let mut sum = vec![T::zero(); n];
-        for p in partial {
-            sum.iter_mut().zip(p).for_each(|(s, v)| *s += v);
-        }
+        let sum = mask_and_sum(&mut gp, f, None, self.relu, n);
         (gp, sum)
     }
+}
+
+/// Over `grad` and the codes `f` (both `[batch, n]`): `g ← g + add` (per column, when given),
+/// then `g ← 0` where `f ≤ 0` (when `relu`); returns each column's sum. Partial sums over fixed
+/// row blocks are added in block order, so the result does not depend on the thread count.
+pub(crate) fn mask_and_sum<T: Real>(
+    grad: &mut [T],
+    f: &[T],
+    add: Option<&[T]>,
+    relu: bool,
+    n: usize,
+) -> Vec<T> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let partial: Vec<Vec<T>> = grad
+        .par_chunks_mut(ROWS * n)
+        .zip(f.par_chunks(ROWS * n))
+        .map(|(gc, fc)| {
+            let mut acc = vec![T::zero(); n];
+            for (grow, frow) in gc.chunks_mut(n).zip(fc.chunks(n)) {
+                for (j, ((gv, &fv), a)) in grow.iter_mut().zip(frow).zip(acc.iter_mut()).enumerate()
+                {
+                    if relu && fv <= T::zero() {
+                        *gv = T::zero();
+                    } else if let Some(add) = add {
+                        *gv += add[j];
+                    }
+                    *a += *gv;
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut sum = vec![T::zero(); n];
+    for p in partial {
+        sum.iter_mut().zip(p).for_each(|(s, v)| *s += v);
+    }
+    sum
 }
 
 impl CustomOp3 for Encode {

@@ -25,6 +25,7 @@ use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Tensor, WithDType};
 use rayon::prelude::*;
 
 use crate::cpu::{axpy, check_cpu, check_float, dims2, dot, same_dtype, slice, Real};
+use crate::dense::mask_and_sum;
 use crate::error::{Error, Result};
 use crate::matmul::{gemm_into, View};
 
@@ -255,7 +256,7 @@ impl ReluSaeStep {
             View::transposed(w_dec, n, d),
             false,
         );
-        let grad_b_enc = mask_and_sum(grad_codes, &codes, &l1_grad, n);
+        let grad_b_enc = mask_and_sum(grad_codes, &codes, Some(&l1_grad), true, n);
         write_into::<T>(&self.grads[1], |g| g.copy_from_slice(&grad_b_enc))?;
         write_into::<T>(&self.grads[0], |g| {
             gemm_into(
@@ -360,32 +361,6 @@ fn bias_relu<T: Real>(codes: &mut [T], bias: &[T], n: usize) -> (Vec<T>, Vec<u64
         fired.iter_mut().zip(k).for_each(|(a, v)| *a += v);
     }
     (sums, fired)
-}
-
-/// `g ← (g + l1_grad) ⊙ [f > 0]` over `[batch, n]`; returns each column's sum (`∂b_enc`), added
-/// as in [`bias_relu`].
-fn mask_and_sum<T: Real>(grad: &mut [T], codes: &[T], l1_grad: &[T], n: usize) -> Vec<T> {
-    let parts: Vec<Vec<T>> = grad
-        .par_chunks_mut(ROWS * n)
-        .zip(codes.par_chunks(ROWS * n))
-        .map(|(block, fblock)| {
-            let mut sums = vec![T::zero(); n];
-            for (row, frow) in block.chunks_mut(n).zip(fblock.chunks(n)) {
-                for (((g, &fv), &lg), s) in
-                    row.iter_mut().zip(frow).zip(l1_grad).zip(sums.iter_mut())
-                {
-                    *g = if fv > T::zero() { *g + lg } else { T::zero() };
-                    *s += *g;
-                }
-            }
-            sums
-        })
-        .collect();
-    let mut out = vec![T::zero(); n];
-    for s in parts {
-        out.iter_mut().zip(s).for_each(|(a, v)| *a += v);
-    }
-    out
 }
 
 /// `r ← r + b_dec`, `∂r ← 2c(r − x)/B`; returns `Σ‖r − x‖²/B` and `Σ_rows ∂r`.
