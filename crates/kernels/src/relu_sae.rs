@@ -122,23 +122,19 @@ impl ReluSaeStep {
         p: &ReluSaeParams,
         loss: &ReluSaeLoss,
     ) -> Result<ReluSaeOutput> {
-        let dims = check(x, p)?;
-        let shapes = [(dims.1, dims.2), (dims.1, 1), (dims.1, dims.2), (dims.2, 1)];
-        let stale = self.grads.len() != 4
-            || self.grads[0].dtype() != x.dtype()
-            || self
+        let dims @ (_, n, d) = check(x, p)?;
+        let shapes: [&[usize]; 4] = [&[n, d], &[n], &[n, d], &[d]];
+        let fits = self.grads.len() == 4
+            && self
                 .grads
                 .iter()
                 .zip(shapes)
-                .any(|(g, (r, c))| g.elem_count() != r * c || g.dim(0).ok() != Some(r));
-        if stale {
-            let zeros = |s: &[usize]| Tensor::zeros(s, x.dtype(), x.device());
-            self.grads = vec![
-                zeros(&[dims.1, dims.2])?,
-                zeros(&[dims.1])?,
-                zeros(&[dims.1, dims.2])?,
-                zeros(&[dims.2])?,
-            ];
+                .all(|(g, s)| g.dims() == s && g.dtype() == x.dtype());
+        if !fits {
+            self.grads = shapes
+                .iter()
+                .map(|s| Tensor::zeros(*s, x.dtype(), x.device()))
+                .collect::<candle_core::Result<_>>()?;
         }
         match x.dtype() {
             DType::F32 => self.run_typed::<f32>(x, p, loss, dims),
@@ -184,16 +180,16 @@ impl ReluSaeStep {
         let (xs, w_enc, b_enc, w_dec, b_dec) = (xs?, w_enc?, b_enc?, w_dec?, b_dec?);
         let (c, lambda) = (T::from_f64(loss.reconstruction), T::from_f64(loss.l1));
         let inv_b = T::one() / T::from_f64(b as f64);
-        let norms: Vec<T> = w_dec
-            .par_chunks(d)
-            .map(|row| dot(row, row).sqrt())
-            .collect();
+        // Each latent's L1 weight s_i: its decoder row's norm when folded, else 1.
+        let norms: Option<Vec<T>> = loss.fold_norms.then(|| {
+            w_dec
+                .par_chunks(d)
+                .map(|row| dot(row, row).sqrt())
+                .collect()
+        });
+        let weight = |i: usize| norms.as_ref().map_or(T::one(), |v| v[i]);
         // The L1 gradient of each code, before the ReLU mask.
-        let l1_grad: Vec<T> = if loss.fold_norms {
-            norms.iter().map(|&s| lambda * s * inv_b).collect()
-        } else {
-            vec![lambda * inv_b; n]
-        };
+        let l1_grad: Vec<T> = (0..n).map(|i| lambda * weight(i) * inv_b).collect();
 
         let scratch = Self::scratch::<T>(&mut self.scratch, (b, d, n));
         // Forward: x̃, f = ReLU(x̃·W_encᵀ + b_enc) with column sums and fire counts, r.
@@ -221,11 +217,8 @@ impl ReluSaeStep {
         let (rec, grad_b_dec) = recon_and_grad(&mut recon, &mut scratch.grad_recon, xs, b_dec, c);
         let l1 = sums
             .iter()
-            .zip(&norms)
-            .map(|(&s, &nm)| {
-                let w = if loss.fold_norms { nm } else { T::one() };
-                WithDType::to_f64(s) * WithDType::to_f64(w)
-            })
+            .enumerate()
+            .map(|(i, &s)| WithDType::to_f64(s) * WithDType::to_f64(weight(i)))
             .sum::<f64>()
             / b as f64;
 
@@ -238,10 +231,10 @@ impl ReluSaeStep {
                 View::row_major(grad_recon, b, d),
                 false,
             );
-            if loss.fold_norms && loss.l1 != 0.0 {
+            if let (Some(norms), true) = (&norms, loss.l1 != 0.0) {
                 g.par_chunks_mut(d)
                     .zip(w_dec.par_chunks(d))
-                    .zip(sums.par_iter().zip(&norms))
+                    .zip(sums.par_iter().zip(norms))
                     .for_each(|((gi, di), (&s, &nm))| {
                         if nm > T::zero() {
                             axpy(lambda * s * inv_b / nm, di, gi);

@@ -80,16 +80,10 @@ fn every_architecture_learns_a_sparse_mixture() {
     assert!(failures.is_empty(), "{failures:?}");
 }
 
-fn params_of(sae: &Sae) -> Vec<Vec<f32>> {
+fn params_of<T: candle_core::WithDType>(sae: &Sae) -> Vec<Vec<T>> {
     sae.params()
         .iter()
-        .map(|(_, v)| {
-            v.as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-        })
+        .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<T>().unwrap())
         .collect()
 }
 
@@ -111,23 +105,9 @@ fn stepping_a_trainer_by_hand_equals_train() {
         let batch = source.next_batch(cfg.batch).unwrap().unwrap();
         last = trainer.step(&mut by_hand, &batch, step).unwrap().loss;
     }
-    assert_eq!(params_of(&by_hand), params_of(&by_train));
+    assert_eq!(params_of::<f32>(&by_hand), params_of::<f32>(&by_train));
     assert_eq!(last, report.final_loss);
     assert_eq!(trainer.dead_fraction(), report.dead_fraction);
-}
-
-/// Parameters of an f64 SAE, flattened.
-fn params_f64(sae: &Sae) -> Vec<f64> {
-    sae.params()
-        .iter()
-        .flat_map(|(_, v)| {
-            v.as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap()
-        })
-        .collect()
 }
 
 #[test]
@@ -170,7 +150,8 @@ fn the_fused_relu_step_trains_as_candle_autograd_does() {
                     "{case}: {na} {va} vs {nb} {vb}"
                 );
             }
-            let (pa, pb) = (params_f64(&fused_sae), params_f64(&autograd_sae));
+            let flat = |sae: &Sae| params_of::<f64>(sae).concat();
+            let (pa, pb) = (flat(&fused_sae), flat(&autograd_sae));
             let diff = pa
                 .iter()
                 .zip(&pb)
@@ -272,8 +253,8 @@ fn a_resumed_run_equals_the_uninterrupted_run() {
         let rest = run(None, true, part_dir.path(), &mut resumed);
         assert_eq!(rest.start_step, 28);
         assert_eq!(
-            params_of(&full),
-            params_of(&resumed),
+            params_of::<f32>(&full),
+            params_of::<f32>(&resumed),
             "{arch:?}: parameters differ"
         );
         assert_eq!(whole.final_loss, rest.final_loss);
