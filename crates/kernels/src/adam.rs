@@ -36,6 +36,9 @@ pub fn adamw_update(
     v: &Tensor,
     step: &AdamStep,
 ) -> Result<()> {
+    if !param.device().is_cpu() {
+        return crate::portable::adamw_update(param, grad, m, v, step);
+    }
     const OP: &str = "adamw_update";
     for (name, t) in [("param", param), ("grad", grad), ("m", m), ("v", v)] {
         check_cpu(OP, t)?;

@@ -17,6 +17,9 @@ use crate::matmul::{counted_matmul, gemm_into, View};
 /// `act(x·wᵀ + bias)` `[batch, n]`, differentiable in all three (gradients only for tracked
 /// arguments). `x`: `[batch, d]`, `w`: `[n, d]`, `bias`: `[n]`; f32 or f64, CPU.
 pub fn linear_encode(x: &Tensor, w: &Tensor, bias: &Tensor, relu: bool) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return crate::portable::linear_encode(x, w, bias, relu);
+    }
     const OP: &str = "linear_encode";
     for t in [x, w, bias] {
         check_cpu(OP, t)?;
@@ -207,6 +210,9 @@ impl CustomOp3 for Encode {
 /// gradient repeated on every row). A parallel contiguous reduction — candle's `sum(0)` walks
 /// the columns with a stride.
 pub fn column_sums(x: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return crate::portable::column_sums(x);
+    }
     const OP: &str = "column_sums";
     check_cpu(OP, x)?;
     check_float(OP, "input", x)?;
@@ -216,6 +222,9 @@ pub fn column_sums(x: &Tensor) -> Result<Tensor> {
 
 /// For every column of `x` `[batch, n]`, the number of rows where it is > 0.
 pub fn count_positive(x: &Tensor) -> Result<Vec<u64>> {
+    if !x.device().is_cpu() {
+        return crate::portable::count_positive(x);
+    }
     const OP: &str = "count_positive";
     check_cpu(OP, x)?;
     check_float(OP, "input", x)?;

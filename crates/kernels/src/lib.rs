@@ -14,6 +14,9 @@
 //! dense products. [`forward`] holds the fused forward-pass kernels of the hooked transformers
 //! (activations, softmax, bias-fused linear, norms).
 //!
+//! Tensors on other devices (CUDA) take the same calls: each kernel hands them to its twin in
+//! [`portable`], the same op composed of candle ops, so every SAE path runs on a GPU.
+//!
 //! Shapes are `[batch, slots]` for indices (u32) and values, `[n, d]` for weights whose rows are
 //! latent directions, `[batch, d]` for dense inputs and outputs; f32 and f64. An index equal to
 //! [`INACTIVE`] marks an empty slot. Bad shapes, dtypes, devices and out-of-range indices are
@@ -44,6 +47,7 @@ pub mod dense;
 pub mod error;
 pub mod forward;
 mod matmul;
+pub mod portable;
 pub mod profile;
 pub mod relu_sae;
 pub mod rows;

@@ -9,6 +9,9 @@ use crate::error::Result;
 /// Scales every row of `w` (`[n, d]`, contiguous, CPU) to unit L2 norm in place; all-zero rows
 /// are left as they are.
 pub fn normalize_rows_(w: &Tensor) -> Result<()> {
+    if !w.device().is_cpu() {
+        return crate::portable::normalize_rows_(w);
+    }
     const OP: &str = "normalize_rows_";
     check_cpu(OP, w)?;
     check_float(OP, "weight", w)?;

@@ -32,6 +32,9 @@ pub struct Selection {
 
 /// The `k` largest entries of each row of `x + offset` (`k ≤ n`).
 pub fn topk_per_row(x: &Tensor, k: usize, offset: Option<&Tensor>) -> Result<Selection> {
+    if !x.device().is_cpu() {
+        return crate::portable::topk_per_row(x, k, offset);
+    }
     const OP: &str = "topk_per_row";
     let (_, n) = check_input(OP, x, offset)?;
     if k > n {
@@ -62,6 +65,9 @@ pub fn topk_of_product(
     w: &Tensor,
     requests: &[(usize, Option<&Tensor>)],
 ) -> Result<Vec<Selection>> {
+    if !x.device().is_cpu() {
+        return crate::portable::topk_of_product(x, w, requests);
+    }
     const OP: &str = "topk_of_product";
     check_cpu(OP, x)?;
     check_cpu(OP, w)?;
@@ -161,6 +167,9 @@ pub const PRODUCT_TILE: usize = 512;
 /// Every entry of `x + offset` strictly above `threshold[column]` (`threshold`: `[n]`), in
 /// column order; `slots` is the largest count over rows.
 pub fn select_above(x: &Tensor, offset: Option<&Tensor>, threshold: &Tensor) -> Result<Selection> {
+    if !x.device().is_cpu() {
+        return crate::portable::select_above(x, offset, threshold);
+    }
     const OP: &str = "select_above";
     let (_, n) = check_input(OP, x, offset)?;
     check_vector(OP, "threshold", threshold, x, n)?;
@@ -188,6 +197,9 @@ fn select_above_t<T: Real>(
 /// The `total` largest positive entries of `x + offset` over the whole batch (ties: earlier row,
 /// then lower column first), and the smallest selected value (0 when none is selected).
 pub fn batch_topk(x: &Tensor, total: usize, offset: Option<&Tensor>) -> Result<(Selection, f64)> {
+    if !x.device().is_cpu() {
+        return crate::portable::batch_topk(x, total, offset);
+    }
     const OP: &str = "batch_topk";
     check_input(OP, x, offset)?;
     match x.dtype() {

@@ -36,6 +36,9 @@ use crate::error::{Error, Result};
 /// `indices`: `[batch, slots]` u32 (each `< n` or `INACTIVE`); `values`: `[batch, slots]`;
 /// `weight`: `[n, d]`; f32 or f64, CPU.
 pub fn sparse_decode(indices: &Tensor, values: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    if !weight.device().is_cpu() {
+        return crate::portable::sparse_decode(indices, values, weight);
+    }
     const OP: &str = "sparse_decode";
     let (n, _) = check_weight(OP, weight)?;
     let (b, k) = check_indices(OP, indices, n)?;
@@ -54,6 +57,9 @@ pub fn sparse_decode(indices: &Tensor, values: &Tensor, weight: &Tensor) -> Resu
 ///
 /// `indices`: `[batch, slots]` u32; `input`: `[batch, d]`; `weight`: `[n, d]`; f32 or f64, CPU.
 pub fn gather_dot(indices: &Tensor, input: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    if !weight.device().is_cpu() {
+        return crate::portable::gather_dot(indices, input, weight);
+    }
     const OP: &str = "gather_dot";
     let (n, d) = check_weight(OP, weight)?;
     let (b, _) = check_indices(OP, indices, n)?;
@@ -75,6 +81,9 @@ pub fn scatter_outer(
     input: &Tensor,
     rows: usize,
 ) -> Result<Tensor> {
+    if !input.device().is_cpu() {
+        return crate::portable::scatter_outer(indices, values, input, rows);
+    }
     const OP: &str = "scatter_outer";
     let (b, k) = check_indices(OP, indices, rows)?;
     let dtype = check_float(OP, "values", values)?;
@@ -98,6 +107,9 @@ pub fn scatter_outer(
 ///
 /// `indices`: `[batch, slots]` u32; `v`: `[n]`, f32 or f64, CPU.
 pub fn gather_vector(indices: &Tensor, v: &Tensor) -> Result<Tensor> {
+    if !v.device().is_cpu() {
+        return crate::portable::gather_vector(indices, v);
+    }
     const OP: &str = "gather_vector";
     check_cpu(OP, v)?;
     check_float(OP, "vector", v)?;
@@ -121,6 +133,9 @@ pub fn gather_vector(indices: &Tensor, v: &Tensor) -> Result<Tensor> {
 ///
 /// `indices`, `values`: `[batch, slots]`; f32 or f64, CPU.
 pub fn to_dense(indices: &Tensor, values: &Tensor, n: usize) -> Result<Tensor> {
+    if !values.device().is_cpu() {
+        return crate::portable::to_dense(indices, values, n);
+    }
     const OP: &str = "to_dense";
     let (b, k) = check_indices(OP, indices, n)?;
     check_float(OP, "values", values)?;

@@ -3,10 +3,13 @@
 
 use candle_core::{DType, Device, Tensor};
 use metarep_kernels::{
-    adamw_update, batch_topk, normalize_rows_, select_above, topk_per_row, AdamStep, INACTIVE,
+    adamw_update, batch_topk, normalize_rows_, select_above, topk_per_row, INACTIVE,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+mod common;
+use common::adam_step;
 
 /// Rows with many ties (values on a coarse grid).
 fn coarse(rng: &mut ChaCha8Rng, b: usize, n: usize) -> Vec<f64> {
@@ -158,14 +161,7 @@ fn fused_adamw_follows_the_formula_and_normalisation_gives_unit_rows() {
     let (p0, g, m0, v0) = (v(2.0), v(1.0), v(0.1), v(0.01));
     let t = |x: &Vec<f64>| Tensor::from_vec(x.clone(), n, &Device::Cpu).unwrap();
     let (p, gt, m, vv) = (t(&p0), t(&g), t(&m0), t(&v0));
-    let s = AdamStep {
-        lr: 0.01,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.1,
-        t: 3,
-    };
+    let s = adam_step(3);
     adamw_update(&p, &gt, &m, &vv, &s).unwrap();
     let (p1, m1, v1) = (
         p.to_vec1::<f64>().unwrap(),

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Shape, Tensor};
+use metarep_kernels::AdamStep;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -39,4 +40,16 @@ pub fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
         .zip(&b)
         .map(|(p, q)| (p - q).abs())
         .fold(0.0, f64::max)
+}
+
+/// The AdamW step the tests use: lr 0.01, β (0.9, 0.999), ε 1e-8, weight decay 0.1, step `t`.
+pub fn adam_step(t: usize) -> AdamStep {
+    AdamStep {
+        lr: 0.01,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        t,
+    }
 }
