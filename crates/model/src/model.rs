@@ -15,7 +15,8 @@ use crate::hf_config::{metarep_config_json, parse_hf_config};
 use crate::hooks::{CacheHooks, HookFilter, HookPoint, Hooks, NoHooks};
 use crate::loading::{resolve, LoadOptions, ModelFiles};
 use crate::ops::{
-    activation, linear, matmul, norm_apply, norm_stats, softmax_last_dim, upcast, use_norm_kernel,
+    activation, linear, matmul, norm_apply, norm_stats, softmax_f32, upcast, use_device_op,
+    use_norm_kernel,
 };
 use crate::tokenizer::Tokenizer;
 use crate::weights::{NormWeights, Weights};
@@ -612,11 +613,28 @@ impl HookedTransformer {
                 )?
                 .squeeze(0)?;
         }
-        let mut logits = linear(&h, w_u, self.weights.b_u.as_ref())?;
+        let v = self.cfg.d_vocab;
+        // An output row of an odd length sends cuBLAS to a slow unaligned kernel (7× the
+        // time on an H200): on a GPU, multiply by the unembedding padded to a multiple of 8
+        // columns and return a view of the first `d_vocab` (a copy would cost three times
+        // the product).
+        let pad = if use_device_op(&h) {
+            (8 - v % 8) % 8
+        } else {
+            0
+        };
+        let b_u = self
+            .weights
+            .b_u
+            .as_ref()
+            .map(|b| b.pad_with_zeros(0, 0, pad))
+            .transpose()?;
+        let w_u = w_u.pad_with_zeros(1, 0, pad)?;
+        let mut logits = linear(&h, &w_u, b_u.as_ref())?;
         if let Some(cap) = self.cfg.final_softcap {
             logits = soft_cap(&logits, cap)?;
         }
-        Ok(logits.reshape((b, p, self.cfg.d_vocab))?)
+        Ok(logits.reshape((b, p, v + pad))?.narrow(2, 0, v)?)
     }
 
     /// Validates token ids (`[batch, pos]`, each `< d_vocab`, positions within `n_ctx` as
@@ -668,7 +686,8 @@ impl HookedTransformer {
         Ok(tokens.to_dtype(DType::U32)?.to_device(self.device())?)
     }
 
-    /// The additive attention bias `[batch or 1, 1, q, k]` (0 or `-inf`) of queries at
+    /// The additive attention bias `[batch or 1, 1, q, k]` (0 or `-inf`; on a GPU expanded to
+    /// `[batch, heads, q, k]`) of queries at
     /// `positions` over keys at positions `0..offset` followed by `positions` (a query sees keys
     /// at its own or earlier positions, at most `window` positions back), or `None` when every
     /// query sees every key.
@@ -679,7 +698,7 @@ impl HookedTransformer {
         offset: usize,
         window: Option<usize>,
         padding: Option<&Tensor>,
-    ) -> Result<Option<Tensor>> {
+    ) -> Result<Option<AttnMask>> {
         let p = positions.len();
         let keys: Vec<usize> = (0..offset).chain(positions.iter().copied()).collect();
         let keys_n = keys.len();
@@ -736,8 +755,29 @@ impl HookedTransformer {
                 None => keys,
             });
         }
-        bias.map(|t| Ok(t.to_dtype(self.dtype())?.to_device(self.device())?))
-            .transpose()
+        let Some(bias) = bias else {
+            return Ok(None);
+        };
+        // A query that sees no key at all (padding before it, or a window past it) gets a row
+        // of zeros from the softmax; the GPU's fused softmax needs telling.
+        // The CPU kernels give such rows zeros anyway; only the GPU's fused softmax needs to
+        // know.
+        let gpu = !self.device().is_cpu();
+        let empty_rows = gpu
+            && bias
+                .max_keepdim(3)?
+                .flatten_all()?
+                .to_vec1::<f32>()?
+                .contains(&f32::NEG_INFINITY);
+        let mut bias = bias.to_dtype(self.dtype())?.to_device(self.device())?;
+        if gpu {
+            // candle's GPU add of a broadcast operand does index arithmetic per element (ten
+            // times the time of a plain add): expand the mask to the scores' shape once.
+            bias = bias
+                .broadcast_as((b, self.cfg.n_heads, p, keys_n))?
+                .contiguous()?;
+        }
+        Ok(Some(AttnMask { bias, empty_rows }))
     }
 
     /// `(cos, sin)` tables `[1, pos, 1, rotary_dim / 2]` of the inverse frequencies `inv` at
@@ -871,6 +911,10 @@ impl HookedTransformer {
         if use_norm_kernel(x) && ln.w.dtype() == DType::F32 {
             return self.norm_fused(x, ln, scale_at, normalized_at, hooks);
         }
+        let hooked = hooks.wants(scale_at) || hooks.wants(normalized_at);
+        if use_device_op(x) && ln.w.dtype() == x.dtype() && !hooked {
+            return self.norm_device(x, ln);
+        }
         let dtype = x.dtype();
         let x = upcast(x)?;
         let eps = self.cfg.eps;
@@ -895,6 +939,23 @@ impl HookedTransformer {
             }
         };
         Ok(out.to_dtype(dtype)?)
+    }
+
+    /// [`HookedTransformer::norm`] on a GPU when neither of its hooks is wanted: candle-nn's
+    /// fused layer / RMS norm (one kernel, f32 accumulation for half-precision inputs).
+    fn norm_device(&self, x: &Tensor, ln: &NormWeights) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        let eps = self.cfg.eps as f32;
+        Ok(match self.cfg.norm {
+            NormKind::LayerNorm => {
+                let b = match &ln.b {
+                    Some(b) => b.clone(),
+                    None => ln.w.zeros_like()?,
+                };
+                candle_nn::ops::layer_norm(&x, &ln.w, &b, eps)?
+            }
+            NormKind::RmsNorm => candle_nn::ops::rms_norm(&x, &ln.w, eps)?,
+        })
     }
 
     /// [`HookedTransformer::norm`] with the fused kernels (two passes instead of nine ops).
@@ -958,7 +1019,7 @@ impl HookedTransformer {
         &self,
         l: usize,
         x: Tensor,
-        mask: Option<&Tensor>,
+        mask: Option<&AttnMask>,
         rope: Option<&(Tensor, Tensor)>,
         kv: Option<&mut LayerKv>,
         hooks: &mut H,
@@ -1047,7 +1108,7 @@ impl HookedTransformer {
         &self,
         l: usize,
         x: &Tensor,
-        mask: Option<&Tensor>,
+        mask: Option<&AttnMask>,
         rope: Option<&(Tensor, Tensor)>,
         kv: Option<&mut LayerKv>,
         hooks: &mut H,
@@ -1104,12 +1165,10 @@ impl HookedTransformer {
         let vh = repeat_kv(v, cfg.kv_group())?;
         let mut scores = matmul(&qh.contiguous()?, &kh.t()?)?;
         if let Some(m) = mask {
-            scores = scores.broadcast_add(m)?;
+            scores = scores.broadcast_add(&m.bias)?;
         }
         let scores = hook(hooks, HookPoint::AttnScores(l), scores)?;
-        let pattern = upcast(&scores)
-            .and_then(|s| softmax_last_dim(&s))?
-            .to_dtype(scores.dtype())?;
+        let pattern = softmax_f32(&scores, mask.is_some_and(|m| m.empty_rows))?;
         let pattern = hook(hooks, HookPoint::Pattern(l), pattern)?;
         let z = matmul(&pattern, &vh)?.transpose(1, 2)?.contiguous()?;
         let z = hook(hooks, HookPoint::Z(l), z)?;
@@ -1408,4 +1467,14 @@ impl HookedTransformer {
     pub fn ln2(&self, l: usize) -> Result<Option<&NormWeights>> {
         Ok(self.layer(l)?.ln2.as_ref())
     }
+}
+
+/// An attention mask: the additive bias the scores get, and whether some query sees no key
+/// (its softmax row must come out as zeros).
+#[derive(Debug, Clone)]
+struct AttnMask {
+    /// `[batch or 1, 1 or heads, q, k]`, 0 or `-inf`.
+    bias: Tensor,
+    /// Some row of `bias` is entirely `-inf`.
+    empty_rows: bool,
 }

@@ -1,9 +1,11 @@
 //! Tensor operations the forward pass is built from: linear layers, activations, softmax, norms.
 //!
 //! Each dispatches by tensor: f32/f16/bf16 tensors on the CPU that carry no gradient go through
-//! the fused kernels of [`metarep_kernels::forward`] (one parallel pass each); tensors that take
-//! part in autograd (training), f64 tensors and other devices go through the equivalent
-//! composition of candle ops, which the tests compare with the kernels.
+//! the fused kernels of [`metarep_kernels::forward`] (one parallel pass each); untracked tensors
+//! on a GPU go through candle-nn's fused ops and candle's unary kernels, which have CUDA
+//! kernels (softmax, layer and RMS norm, tanh-GELU); tensors that take part in autograd
+//! (training) and f64 tensors go through the equivalent composition of candle ops, which the
+//! tests compare with the kernels.
 
 use candle_core::{DType, Tensor, D};
 use metarep_kernels::forward::{self, Act, GELU_A};
@@ -15,6 +17,9 @@ use crate::error::Result;
 /// gradients the bias is fused into the matmul (the output starts as the bias rows and the
 /// product is accumulated onto it), saving a pass over the output.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    if let (Some(b), true) = (b, use_device_op(x) && x.rank() == 2) {
+        return linear_device(x, w, b);
+    }
     if let Some(b) = b {
         let f32_untracked = |t: &Tensor| use_norm_kernel(t);
         if f32_untracked(x)
@@ -31,6 +36,20 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         Some(b) => y.broadcast_add(b)?,
         None => y,
     })
+}
+
+/// [`linear`] with a bias on a GPU: the bias rides in the product as an extra row of the
+/// weight against a column of ones in `x` (`[x 1 0…] · [W; b; 0…]`, padded to keep the inner
+/// dimension a multiple of 8), because candle's GPU add of a broadcast row does index
+/// arithmetic per element and costs as much as a third of the product.
+fn linear_device(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (n, _) = x.dims2()?;
+    let out = w.dim(1)?;
+    let ones = Tensor::ones((n, 1), x.dtype(), x.device())?.pad_with_zeros(1, 0, 7)?;
+    let bias_rows = b.reshape((1, out))?.pad_with_zeros(0, 0, 7)?;
+    let x_aug = Tensor::cat(&[x, &ones], 1)?;
+    let w_aug = Tensor::cat(&[w, &bias_rows], 0)?;
+    matmul(&x_aug, &w_aug)
 }
 
 /// `a.matmul(b)` (`[..., m, k]` by `[..., k, n]`), its time counted by
@@ -53,8 +72,16 @@ fn use_kernel(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() != DType::F64 && !x.track_op()
 }
 
+/// Whether the fused device ops apply: not on the CPU, no gradient to track.
+pub fn use_device_op(x: &Tensor) -> bool {
+    !x.device().is_cpu() && !x.track_op()
+}
+
 /// Applies an activation function elementwise.
 pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
+    if act == Activation::GeluNew && use_device_op(x) {
+        return Ok(x.gelu()?); // candle's tanh-GELU kernel: one pass instead of eight
+    }
     if act != Activation::Relu && use_kernel(x) {
         let act = match act {
             Activation::Gelu => Act::Gelu,
@@ -91,7 +118,35 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if use_kernel(x) {
         return Ok(forward::softmax_last_dim(x)?);
     }
+    if use_device_op(x) {
+        return softmax_device(x, true);
+    }
     softmax_composite(x)
+}
+
+/// Softmax over the last dimension in f32, returned in `x`'s dtype: half-precision inputs are
+/// upcast first, except on a GPU, where the fused kernel reads them and accumulates in f32.
+/// `empty_rows`: some row may be entirely `-inf` (it must come out as zeros; the GPU kernel
+/// needs an extra pass for that, the CPU kernel and the composite handle it anyway).
+pub fn softmax_f32(x: &Tensor, empty_rows: bool) -> Result<Tensor> {
+    if use_device_op(x) {
+        return softmax_device(x, empty_rows);
+    }
+    Ok(softmax_last_dim(&upcast(x)?)?.to_dtype(x.dtype())?)
+}
+
+/// candle-nn's fused softmax; with `empty_rows`, rows that are entirely `-inf` are set to
+/// zeros (TransformerLens's semantics; the fused kernel gives NaN there).
+fn softmax_device(x: &Tensor, empty_rows: bool) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let p = candle_nn::ops::softmax_last_dim(&x)?;
+    if !empty_rows {
+        return Ok(p);
+    }
+    let empty = x.max_keepdim(D::Minus1)?.eq(f64::NEG_INFINITY)?;
+    Ok(empty
+        .broadcast_as(p.shape())?
+        .where_cond(&p.zeros_like()?, &p)?)
 }
 
 /// `log softmax` over the last dimension, in f32 (inputs of other dtypes are converted):
