@@ -175,7 +175,7 @@ pub fn evaluate(
         };
         let rows = batch.x.dim(0)?.min(left);
         left -= rows;
-        let x = batch.x.narrow(0, 0, rows)?;
+        let x = batch.x.narrow(0, 0, rows)?.to_device(sae.w_dec.device())?;
         let (xn, factor) = sae.normalize_input(&x)?;
         let latents = sae.encode_normalized(&xn)?;
         let recon = sae.decode(&latents, factor.as_ref())?;

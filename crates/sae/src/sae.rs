@@ -171,6 +171,24 @@ impl Sae {
         Ok(sae)
     }
 
+    /// A copy of this SAE with every parameter on `device` (thresholds and scales kept).
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        let moved = |v: &Var| -> Result<Var> { Ok(Var::from_tensor(&v.to_device(device)?)?) };
+        let opt = |v: &Option<Var>| v.as_ref().map(moved).transpose();
+        Ok(Self {
+            config: self.config,
+            w_enc: moved(&self.w_enc)?,
+            b_enc: moved(&self.b_enc)?,
+            w_dec: moved(&self.w_dec)?,
+            b_dec: moved(&self.b_dec)?,
+            log_threshold: opt(&self.log_threshold)?,
+            r_mag: opt(&self.r_mag)?,
+            b_mag: opt(&self.b_mag)?,
+            batch_threshold: self.batch_threshold,
+            input_scale: self.input_scale,
+        })
+    }
+
     /// `θ = exp(log_threshold)` of a JumpReLU SAE.
     pub fn threshold(&self) -> Result<Option<Tensor>> {
         Ok(match &self.log_threshold {
@@ -204,11 +222,13 @@ impl Sae {
         }
     }
 
-    /// Scales raw inputs as the config says; returns them and, for per-row scaling, the
-    /// per-row factors `[batch, 1]` needed to undo it.
+    /// Scales raw inputs as the config says (on the SAE's device and in its dtype); returns
+    /// them and, for per-row scaling, the per-row factors `[batch, 1]` needed to undo it.
     pub fn normalize_input(&self, x: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         self.check_input(x)?;
-        let x = x.to_dtype(self.w_dec.dtype())?;
+        let x = x
+            .to_device(self.w_dec.device())?
+            .to_dtype(self.w_dec.dtype())?;
         Ok(match self.config.input_norm {
             InputNorm::None => (x, None),
             InputNorm::ExpectedNorm => ((x * self.input_scale)?, None),
