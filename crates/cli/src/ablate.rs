@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use metarep_capture::TokenDataset;
 use metarep_circuits::ablation::{run_ablations, AblationConfig};
 use metarep_model::predictions::EvalSet;
-use metarep_model::{HookedTransformer, LoadOptions};
+use metarep_model::HookedTransformer;
 
 /// Arguments of `metarep ablate`.
 #[derive(clap::Args)]
@@ -58,7 +58,7 @@ fn load_tokens(
 
 /// Runs `metarep ablate`.
 pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let model = HookedTransformer::from_pretrained(&args.model, &LoadOptions::default())?
+    let model = HookedTransformer::from_pretrained(&args.model, &crate::device::load_options())?
         .with_strict_positions(args.strict);
     model
         .check_positions(args.context)

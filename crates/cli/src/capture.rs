@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use metarep_capture::{capture, CaptureSpec, TokenDataset};
-use metarep_model::{HookFilter, HookedTransformer, LoadOptions};
+use metarep_model::{HookFilter, HookedTransformer};
 
 /// Arguments of `metarep capture`.
 #[derive(clap::Args)]
@@ -46,7 +46,7 @@ pub struct Args {
 
 /// Runs `metarep capture`.
 pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let model = HookedTransformer::from_pretrained(&args.model, &LoadOptions::default())?
+    let model = HookedTransformer::from_pretrained(&args.model, &crate::device::load_options())?
         .with_strict_positions(args.strict);
     metarep_model::memory::retain_freed_memory();
     let mut hooks: Vec<_> = HookFilter::Patterns(args.hooks.clone())

@@ -63,7 +63,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let opts = LoadOptions {
         revision: args.revision.clone(),
         offline: args.offline || LoadOptions::default().offline,
-        ..LoadOptions::default()
+        ..crate::device::load_options()
     };
     let model =
         HookedTransformer::from_pretrained(&args.model, &opts)?.with_strict_positions(args.strict);

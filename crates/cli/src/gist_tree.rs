@@ -14,7 +14,7 @@ use metarep_gist_tree::{
     Summarizer, TreeConfig, TreeMeta, Writer, WriterOptions,
 };
 use metarep_megacontext::{GistNet, GistNetSummarizer};
-use metarep_model::{HookedTransformer, LoadOptions};
+use metarep_model::HookedTransformer;
 
 type Res<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -203,7 +203,7 @@ fn summarizer(args: &GistTreeArgs, width: u32) -> Res<Box<dyn Summarizer + Send>
     let (Some(dir), Some(spec)) = (&args.gistnet, &args.model) else {
         return Ok(Box::new(MeanPool::new(width as usize, POOL_SEED)?));
     };
-    let model = HookedTransformer::from_pretrained(spec, &LoadOptions::default())?;
+    let model = HookedTransformer::from_pretrained(spec, &crate::device::load_options())?;
     let net = GistNet::load(dir, model.device())?;
     let (d, gd) = (model.config().d_model, net.config().d_model);
     if gd != d || width as usize != d {

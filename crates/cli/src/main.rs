@@ -17,8 +17,9 @@
 //! metarep second-order [STAGE] --model DIR --run RUN [--config FILE.toml] [--force]
 //! ```
 //!
-//! Every `--model` takes a model directory (config.json + safetensors), a GGUF file or a
-//! Hugging Face hub id. An input longer than the model's context length (`n_ctx`) is an error
+//! Every command takes `--device cpu|cuda|cuda:N` (default `cpu`; CUDA needs a build with
+//! `--features cuda`). Every `--model` takes a model directory (config.json + safetensors), a
+//! GGUF file or a Hugging Face hub id. An input longer than the model's context length (`n_ctx`) is an error
 //! for learned positions and, for rotary ones, runs with a warning — an error under `--strict`
 //! (ablate, capture, forward, generate, patch).
 //!
@@ -26,6 +27,7 @@
 
 mod ablate;
 mod capture;
+mod device;
 mod forward;
 mod generate;
 mod gist_tree;
@@ -49,6 +51,9 @@ use clap::{Parser, Subcommand};
     about = "metarep: transformer research in Rust"
 )]
 struct Cli {
+    /// Where models and SAEs run: `cpu`, `cuda` or `cuda:N` (CUDA needs `--features cuda`).
+    #[arg(long, global = true, default_value = "cpu")]
+    device: metarep_core::device::DeviceSpec,
     #[command(subcommand)]
     command: Command,
 }
@@ -95,6 +100,10 @@ fn main() -> ExitCode {
     end_quietly_on_closed_pipe();
     metarep_core::threads::fix_cpu_threads();
     let cli = Cli::parse();
+    if let Err(e) = device::choose(&cli.device) {
+        eprintln!("error: --device {}: {e}", cli.device);
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Ablate(args) => ablate::run(args).map(|()| true),
         Command::Capture(args) => capture::run(args).map(|()| true),

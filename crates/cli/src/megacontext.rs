@@ -17,7 +17,7 @@ use metarep_megacontext::{
     StreamConfig,
 };
 use metarep_model::generate::Sampling;
-use metarep_model::{HookedTransformer, LoadOptions};
+use metarep_model::HookedTransformer;
 
 type Res<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -171,7 +171,7 @@ struct Loaded {
 
 impl Loaded {
     fn new(n: &Nets) -> Res<Self> {
-        let model = HookedTransformer::from_pretrained(&n.model, &LoadOptions::default())?;
+        let model = HookedTransformer::from_pretrained(&n.model, &crate::device::load_options())?;
         let net = GistNet::load(&n.gistnet, model.device())?;
         let (d, gd) = (model.config().d_model, net.config().d_model);
         if d != gd {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use metarep_circuits::patching::{patch, PatchReport, PatchSet};
 use metarep_eval::plot::Heatmap;
-use metarep_model::{HookedTransformer, LoadOptions, Tokenizer};
+use metarep_model::{HookedTransformer, Tokenizer};
 use serde::Deserialize;
 
 /// Arguments of `metarep patch`.
@@ -182,7 +182,7 @@ fn write_maps(
 
 /// Runs `metarep patch`.
 pub fn run(args: Args) -> Result<(), BoxError> {
-    let model = HookedTransformer::from_pretrained(&args.model, &LoadOptions::default())?
+    let model = HookedTransformer::from_pretrained(&args.model, &crate::device::load_options())?
         .with_strict_positions(args.strict);
     let tok = model.tokenizer();
     let prepend =

@@ -19,7 +19,7 @@ use metarep_capture::StoreMeta;
 use metarep_core::config::parse_config_from;
 use metarep_core::fsutil::write_json_pretty;
 use metarep_core::train::RunControl;
-use metarep_model::{HookPoint, HookedTransformer, Input, LoadOptions};
+use metarep_model::{HookPoint, HookedTransformer, Input};
 use metarep_sae::metrics::{evaluate, EvalConfig};
 use metarep_sae::saelens::{export, import, SaeLensInfo};
 use metarep_sae::splice::{splice_scores, SpliceScores};
@@ -280,7 +280,7 @@ fn run_train(mut a: TrainArgs) -> Result<(), Box<dyn Error>> {
             StoreSource::open(&a.acts, seed, a.buffer_rows)?.skip_positions(a.skip_positions)?,
         ),
     };
-    let mut sae = Sae::new(config, file.train.seed, DType::F32, &Device::Cpu)?;
+    let mut sae = Sae::new(config, file.train.seed, DType::F32, crate::device::device())?;
     std::fs::create_dir_all(&a.out).map_err(|e| format!("creating {}: {e}", a.out.display()))?;
     // A resumed run's config is recorded only once the checkpoint has accepted it.
     if !a.resume {
@@ -347,6 +347,7 @@ fn check_batch_fits(batch: usize, rows: usize, acts: &Path) -> Result<(), Box<dy
 
 fn run_eval(a: EvalArgs) -> Result<(), Box<dyn Error>> {
     let (sae, info) = import(&a.sae)?;
+    let sae = sae.to_device(crate::device::device())?;
     let mut source: Box<dyn ActivationSource> = if a.acts.is_dir() {
         Box::new(
             StoreSource::open(&a.acts, 0, a.batch.max(1 << 16))?
@@ -425,7 +426,7 @@ fn splice(
     tokens: &Path,
     per_batch: usize,
 ) -> Result<SpliceScores, Box<dyn Error>> {
-    let model = HookedTransformer::from_pretrained(model, &LoadOptions::default())?;
+    let model = HookedTransformer::from_pretrained(model, &crate::device::load_options())?;
     let point = HookPoint::parse_for(hook, model.config())?;
     let rows = read_token_rows(tokens)?;
     let batches = rows

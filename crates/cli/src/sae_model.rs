@@ -4,7 +4,7 @@
 use std::error::Error;
 use std::path::{Path, PathBuf};
 
-use metarep_model::{HookPoint, HookedTransformer, LoadOptions};
+use metarep_model::{HookPoint, HookedTransformer};
 use metarep_sae::saelens::import;
 use metarep_sae::Sae;
 
@@ -49,8 +49,9 @@ impl SaeOnModel {
     /// The SAE, model and hook `a` names, with the contexts of its text.
     pub fn load(a: &SaeModelArgs) -> Result<Self, Box<dyn Error>> {
         let (sae, info) = import(&a.sae)?;
+        let sae = sae.to_device(crate::device::device())?;
         let hook = crate::sae::hook_of(&info, a.hook.as_deref())?;
-        let model = HookedTransformer::from_pretrained(&a.model, &LoadOptions::default())?;
+        let model = HookedTransformer::from_pretrained(&a.model, &crate::device::load_options())?;
         let point = HookPoint::parse_for(&hook, model.config())?;
         let contexts = contexts(&model, &a.text, a.contexts, a.ctx_len)?;
         eprintln!(

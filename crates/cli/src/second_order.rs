@@ -13,7 +13,7 @@
 
 use std::path::PathBuf;
 
-use metarep_model::{HookedTransformer, LoadOptions};
+use metarep_model::HookedTransformer;
 use metarep_second_order::{Pipeline, PipelineConfig, Stage};
 
 /// Arguments of `metarep second-order`.
@@ -49,7 +49,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             serde_json::from_str(&text).map_err(|e| format!("{}: {e}", saved.display()))?
         }
     };
-    let model = HookedTransformer::from_pretrained(&args.model, &LoadOptions::default())?;
+    let model = HookedTransformer::from_pretrained(&args.model, &crate::device::load_options())?;
     let pipeline = Pipeline::open(&model, config, &args.run)?;
     pipeline.run_to(stage, args.force, |line| println!("{line}"))?;
     Ok(())

@@ -191,3 +191,34 @@ fn bad_input_is_reported_by_name() {
         "{text}"
     );
 }
+
+#[test]
+fn the_device_flag_runs_on_the_cpu_and_names_what_is_wrong() {
+    let model_dir = fixtures().join("parity/gpt2");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("logits.safetensors");
+    let run = |device: &str| {
+        metarep(&[
+            "forward",
+            "--device",
+            device,
+            "--model",
+            model_dir.to_str().unwrap(),
+            "--tokens",
+            "1,2,3",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let (ok, text) = run("cpu");
+    assert!(ok, "{text}");
+    let (ok, text) = run("gpu");
+    assert!(!ok && text.contains("unknown device `gpu`"), "{text}");
+    // Without a GPU (and, in a build without the feature, without CUDA support) a CUDA device
+    // is an error that names the flag; with `--features cuda` on a GPU machine it runs.
+    if !cfg!(feature = "cuda") {
+        let (ok, text) = run("cuda:0");
+        assert!(!ok && text.contains("--device cuda:0"), "{text}");
+        assert!(text.contains("--features cuda"), "{text}");
+    }
+}
