@@ -2,9 +2,10 @@
 ReLU + L1 sparse autoencoder (the same model, loss and optimiser as metarep-sae's), timed.
 
 Usage: python bench_sae.py {topk,relu} --d-in 768 --expansion 16 --batch 4096 --k 32
-       [--steps 6] [--warmup 2] [--threads N] [--memmap ACTS.npy]
+       [--steps 6] [--warmup 2] [--threads N] [--memmap ACTS.npy] [--device cuda:0]
 Prints one JSON object: median step wall and CPU time, tokens/s, peak RSS of this process
-(ru_maxrss).
+(ru_maxrss), and on a GPU the peak of torch's GPU allocations. Every step ends with
+`loss.item()`, which waits for the GPU, so wall times cover the whole step there too.
 
 The model: W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_in], b_dec; the encoder sees x − b_dec.
 TopK: top-k pre-activations per row, ReLU, scattered into a dense [batch, d_sae] code, decoded
@@ -40,7 +41,9 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--memmap", default=None)
+    p.add_argument("--device", default="cpu")
     a = p.parse_args()
+    torch.set_default_device(a.device)
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -70,7 +73,7 @@ def main():
                 cursor[0] = 0
             idx = np.sort(order[cursor[0]:cursor[0] + a.batch])
             cursor[0] += a.batch
-            return torch.from_numpy(np.asarray(mm[idx], dtype=np.float32))
+            return torch.from_numpy(np.asarray(mm[idx], dtype=np.float32)).to(a.device)
 
     def step():
         x = next_batch()
@@ -111,6 +114,9 @@ def main():
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "device": a.device,
+        "peak_gpu_mb": (torch.cuda.max_memory_allocated(a.device) / 2**20
+                        if a.device.startswith("cuda") else None),
     }))
 
 

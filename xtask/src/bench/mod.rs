@@ -6,6 +6,7 @@ mod capture;
 mod disk;
 mod forward;
 mod gist_tree;
+mod gpu;
 mod lat_cg;
 mod megacontext;
 mod py_server;
@@ -38,6 +39,7 @@ const BENCHES: &[Bench] = &[
     ("second_order", second_order::run, second_order::SETTINGS),
     ("real_forward", real_forward::run, real_forward::SETTINGS),
     ("megacontext", megacontext::run, megacontext::SETTINGS),
+    ("gpu", gpu::run, gpu::SETTINGS),
 ];
 
 static SETTINGS: OnceLock<BTreeMap<String, String>> = OnceLock::new();
