@@ -41,7 +41,8 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 /// [`linear`] with a bias on a GPU: the bias rides in the product as an extra row of the
 /// weight against a column of ones in `x` (`[x 1 0…] · [W; b; 0…]`, padded to keep the inner
 /// dimension a multiple of 8), because candle's GPU add of a broadcast row does index
-/// arithmetic per element and costs as much as a third of the product.
+/// arithmetic per element: on an H200 it took longer than the product itself (0.45 ms against
+/// 0.12–0.24 ms for GPT-2's `[32 768, 768]` rows), the extra column 0.09 ms.
 fn linear_device(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (n, _) = x.dims2()?;
     let out = w.dim(1)?;

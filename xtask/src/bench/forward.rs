@@ -29,7 +29,8 @@ const POS: usize = 128;
 const REPS: usize = 15;
 const VARIANTS: [&str; 3] = ["plain", "cache_all", "cache_resid_post"];
 
-fn gpt2_small() -> ModelConfig {
+/// GPT-2 small's shapes: 12 layers, d_model 768, 12 heads, d_mlp 3072, vocab 50257.
+pub(super) fn gpt2_small() -> ModelConfig {
     let mut cfg = ModelConfig::gpt2_like(12, 768, 12, 50257, 1024);
     cfg.d_mlp = 3072;
     cfg

@@ -25,11 +25,12 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use metarep_capture::{capture, CaptureSpec, TokenDataset};
 use metarep_core::rng::{derive_seed, normal_vec, seeded};
-use metarep_model::{HookPoint, HookedTransformer, Input, ModelConfig};
+use metarep_model::{HookPoint, HookedTransformer, Input};
 use metarep_sae::source::Batch;
 use metarep_sae::{Architecture, Sae, SaeConfig, SaeTrainer};
 use serde_json::{json, Value};
 
+use super::forward::gpt2_small;
 use super::{median, setting, write_report};
 use crate::error::BoxError;
 
@@ -155,12 +156,6 @@ fn python_json(script: &str, args: &[String]) -> Result<Value, String> {
     let text = String::from_utf8_lossy(&out.stdout);
     let last = text.lines().last().unwrap_or("");
     serde_json::from_str(last).map_err(|e| format!("{script}: bad JSON ({e}): {last}"))
-}
-
-fn gpt2_small() -> ModelConfig {
-    let mut cfg = ModelConfig::gpt2_like(12, 768, 12, 50257, 1024);
-    cfg.d_mlp = 3072;
-    cfg
 }
 
 /// Random token ids `[b, p]` below `vocab`, on the CPU.
