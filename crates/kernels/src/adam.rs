@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{check_cpu, check_float, cpu_slice, same_dtype, Real};
+use crate::cpu::{check_device, check_float, cpu_slice, same_dtype, Real};
 use crate::error::{Error, Result};
 
 /// AdamW hyper-parameters of one step.
@@ -36,12 +36,12 @@ pub fn adamw_update(
     v: &Tensor,
     step: &AdamStep,
 ) -> Result<()> {
-    if !param.device().is_cpu() {
+    if !param.device().is_cpu() && !crate::cuda::native(param) {
         return crate::portable::adamw_update(param, grad, m, v, step);
     }
     const OP: &str = "adamw_update";
     for (name, t) in [("param", param), ("grad", grad), ("m", m), ("v", v)] {
-        check_cpu(OP, t)?;
+        check_device(OP, t)?;
         if t.dims() != param.dims() {
             return Err(Error::shape(
                 OP,
@@ -133,18 +133,38 @@ impl InplaceOp2 for Moment {
         }
         Ok(())
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        dst: &mut candle_core::CudaStorage,
+        dl: &Layout,
+        g: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<()> {
+        crate::cuda::adam_moment(dst, dl, (g, gl), self.beta, self.square)
+    }
 }
 
 /// `p ← p(1 − lr·wd) − lr·(m/c₁)/(√(v/c₂) + ε)`.
 struct Update(AdamStep);
 
 impl Update {
-    fn run<T: Real>(&self, p: &mut [T], m: &[T], v: &[T]) {
+    /// `[c1, c2, decay, lr, eps]`: the bias corrections `1 − βᵗ`, the weight decay factor
+    /// `1 − lr·λ`, the learning rate and ε.
+    fn coefficients(&self) -> [f64; 5] {
         let s = &self.0;
-        let c1 = T::from_f64(1.0 - s.beta1.powi(s.t as i32));
-        let c2 = T::from_f64(1.0 - s.beta2.powi(s.t as i32));
-        let decay = T::from_f64(1.0 - s.lr * s.weight_decay);
-        let (lr, eps) = (T::from_f64(s.lr), T::from_f64(s.eps));
+        [
+            1.0 - s.beta1.powi(s.t as i32),
+            1.0 - s.beta2.powi(s.t as i32),
+            1.0 - s.lr * s.weight_decay,
+            s.lr,
+            s.eps,
+        ]
+    }
+
+    fn run<T: Real>(&self, p: &mut [T], m: &[T], v: &[T]) {
+        let [c1, c2, decay, lr, eps] = self.coefficients().map(T::from_f64);
         p.par_chunks_mut(CHUNK)
             .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
             .for_each(|(p, (m, v))| {
@@ -180,5 +200,18 @@ impl InplaceOp3 for Update {
             _ => candle_core::bail!("adamw_update: expected f32 or f64"),
         }
         Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        dst: &mut candle_core::CudaStorage,
+        dl: &Layout,
+        m: &candle_core::CudaStorage,
+        ml: &Layout,
+        v: &candle_core::CudaStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<()> {
+        crate::cuda::adam_update(dst, dl, (m, ml), (v, vl), self.coefficients())
     }
 }

@@ -27,6 +27,14 @@ pub(crate) fn check_cpu(op: &'static str, t: &Tensor) -> Result<()> {
     }
 }
 
+/// Errors unless `t` lives on the CPU or is one of the CUDA tensors [`crate::cuda`] takes.
+pub(crate) fn check_device(op: &'static str, t: &Tensor) -> Result<()> {
+    if crate::cuda::native(t) || (t.device().is_cuda() && t.dtype() == DType::U32) {
+        return Ok(());
+    }
+    check_cpu(op, t)
+}
+
 /// Checks that `t` has rank 2 and returns its dims.
 pub(crate) fn dims2(op: &'static str, name: &str, t: &Tensor) -> Result<(usize, usize)> {
     match t.dims() {
@@ -62,14 +70,15 @@ pub(crate) fn same_dtype(op: &'static str, dtype: DType, ts: &[(&str, &Tensor)])
     Ok(())
 }
 
-/// Checks `indices` ([rows, slots] u32, CPU) and that each entry is `< n` or [`INACTIVE`];
-/// returns (rows, slots).
+/// Checks `indices` ([rows, slots] u32, CPU or CUDA) and that each entry is `< n` or
+/// [`INACTIVE`]; returns (rows, slots). On CUDA the largest active index is checked there, and
+/// only a failing batch is copied to the CPU to name the entry.
 pub(crate) fn check_indices(
     op: &'static str,
     indices: &Tensor,
     n: usize,
 ) -> Result<(usize, usize)> {
-    check_cpu(op, indices)?;
+    check_device(op, indices)?;
     let (rows, slots) = dims2(op, "indices", indices)?;
     if indices.dtype() != DType::U32 {
         return Err(Error::shape(
@@ -82,6 +91,21 @@ pub(crate) fn check_indices(
             op,
             format!("{rows} × {slots} slots exceed the 2^32 a batch may hold"),
         ));
+    }
+    if !indices.device().is_cpu() {
+        if rows * slots == 0 {
+            return Ok((rows, slots));
+        }
+        let active = indices.ne(INACTIVE)?;
+        let max = active
+            .where_cond(indices, &indices.zeros_like()?)?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<u32>()?;
+        if (max as usize) < n {
+            return Ok((rows, slots));
+        }
+        return check_indices(op, &indices.to_device(&candle_core::Device::Cpu)?, n);
     }
     let indices = indices.contiguous()?;
     let (storage, layout) = indices.storage_and_layout();

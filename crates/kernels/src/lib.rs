@@ -12,10 +12,14 @@
 //! at unit norm. [`ReluSaeStep`] is a ReLU SAE's whole training step (reconstruction + L1)
 //! written out by hand into buffers reused across steps. [`profile`] counts the time spent in
 //! dense products. [`forward`] holds the fused forward-pass kernels of the hooked transformers
-//! (activations, softmax, bias-fused linear, norms).
+//! (activations, softmax, bias-fused linear, norms); [`device_ops`] the GPU ones (masked
+//! attention softmax, bias added to a product).
 //!
-//! Tensors on other devices (CUDA) take the same calls: each kernel hands them to its twin in
-//! [`portable`], the same op composed of candle ops, so every SAE path runs on a GPU.
+//! Tensors on other devices take the same calls. With the `cuda` feature, f32 tensors on a
+//! CUDA device run CUDA kernels for the sparse ops and their gradients, the per-row top-k,
+//! AdamW and row normalisation (compiled from `src/cuda/kernels.cu` by the build script);
+//! everything else hands them to its twin in [`portable`], the same op composed of candle ops,
+//! so every SAE path runs on a GPU.
 //!
 //! Shapes are `[batch, slots]` for indices (u32) and values, `[n, d]` for weights whose rows are
 //! latent directions, `[batch, d]` for dense inputs and outputs; f32 and f64. An index equal to
@@ -43,7 +47,9 @@
 
 pub mod adam;
 mod cpu;
+mod cuda;
 pub mod dense;
+pub mod device_ops;
 pub mod error;
 pub mod forward;
 mod matmul;

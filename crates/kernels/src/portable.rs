@@ -1,7 +1,9 @@
 //! Every kernel of this crate as a composition of candle ops, for tensors on devices other
-//! than the CPU (CUDA, Metal): each public kernel calls its twin here when its data tensor
-//! (input, weight or values) is not on the CPU, so no path of an SAE or a model errors on a GPU. The functions
-//! take any device, so the tests compare them with the CPU kernels on the CPU.
+//! than the CPU: each public kernel calls its twin here when its data tensor (input, weight or
+//! values) is neither on the CPU nor one the CUDA kernels take (f32 with the `cuda` feature),
+//! so no path of an SAE or a model errors on a GPU. The top-k here hands f32 CUDA rows to the
+//! CUDA kernel too. The functions take any device, so the tests compare them with the CPU
+//! kernels on the CPU.
 //!
 //! These are dense fallbacks, not tuned GPU kernels: the sparse ops go through the dense
 //! `[batch, n]` codes or product and a matmul (as a plain PyTorch SAE does), the top-k sorts
@@ -36,6 +38,13 @@ pub fn topk_per_row(x: &Tensor, k: usize, offset: Option<&Tensor>) -> Result<Sel
             OP,
             format!("k = {k} exceeds the row length {n}"),
         ));
+    }
+    #[cfg(feature = "cuda")]
+    if crate::cuda::native(x) {
+        check_offset(OP, x, offset)?;
+        if let Some((idx, val)) = crate::cuda::top_k(OP, x, k, offset)? {
+            return mark_inactive(idx, val);
+        }
     }
     let v = with_offset(OP, x, offset)?;
     check_no_nan(OP, &v)?;
@@ -226,10 +235,19 @@ fn write_in_place(dst: &Tensor, src: &Tensor) -> Result<()> {
 
 /// `x + offset` (offset `[n]` broadcast over rows), with shape and dtype checks.
 fn with_offset(op: &'static str, x: &Tensor, offset: Option<&Tensor>) -> Result<Tensor> {
+    check_offset(op, x, offset)?;
+    Ok(match offset {
+        None => x.clone(),
+        Some(o) => x.broadcast_add(o)?,
+    })
+}
+
+/// Errors unless `offset` is `[n]` in the dtype of `x` (`[b, n]`).
+fn check_offset(op: &'static str, x: &Tensor, offset: Option<&Tensor>) -> Result<()> {
     let (_, n) = x.dims2()?;
     match offset {
-        None => Ok(x.clone()),
-        Some(o) if o.dims() == [n] && o.dtype() == x.dtype() => Ok(x.broadcast_add(o)?),
+        None => Ok(()),
+        Some(o) if o.dims() == [n] && o.dtype() == x.dtype() => Ok(()),
         Some(o) => Err(Error::shape(
             op,
             format!(
@@ -263,6 +281,12 @@ fn empty_selection(x: &Tensor, b: usize, slots: usize) -> Result<Selection> {
 /// (`u32` columns, values): rows are sorted in [`SORT_CHUNK`]-column pieces, the best `k` of
 /// each piece become candidates, and the candidates are sorted once more.
 fn top_k(v: &Tensor, k: usize) -> Result<(Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::native(v) {
+        if let Some(found) = crate::cuda::top_k("top-k", v, k, None)? {
+            return Ok(found);
+        }
+    }
     let (b, n) = v.dims2()?;
     let v = v.contiguous()?;
     if n <= SORT_CHUNK {

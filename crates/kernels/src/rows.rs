@@ -3,17 +3,17 @@
 use candle_core::{CpuStorage, InplaceOp1, Layout, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{check_cpu, check_float, dims2, dot, Real};
+use crate::cpu::{check_device, check_float, dims2, dot, Real};
 use crate::error::Result;
 
-/// Scales every row of `w` (`[n, d]`, contiguous, CPU) to unit L2 norm in place; all-zero rows
+/// Scales every row of `w` (`[n, d]`, contiguous) to unit L2 norm in place; all-zero rows
 /// are left as they are.
 pub fn normalize_rows_(w: &Tensor) -> Result<()> {
-    if !w.device().is_cpu() {
+    if !w.device().is_cpu() && !crate::cuda::native(w) {
         return crate::portable::normalize_rows_(w);
     }
     const OP: &str = "normalize_rows_";
-    check_cpu(OP, w)?;
+    check_device(OP, w)?;
     check_float(OP, "weight", w)?;
     let (_, d) = dims2(OP, "weight", w)?;
     w.inplace_op1(&NormalizeRows { d })?;
@@ -53,5 +53,10 @@ impl InplaceOp1 for NormalizeRows {
             _ => candle_core::bail!("normalize_rows_: expected f32 or f64"),
         }
         Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &mut candle_core::CudaStorage, l: &Layout) -> candle_core::Result<()> {
+        crate::cuda::normalize_rows(s, l)
     }
 }

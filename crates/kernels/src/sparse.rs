@@ -26,7 +26,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Storage, Tens
 use rayon::prelude::*;
 
 use crate::cpu::{
-    axpy, check_cpu, check_float, check_indices, cpu_slice, dims2, dot, same_dtype, with_simd,
+    axpy, check_device, check_float, check_indices, cpu_slice, dims2, dot, same_dtype, with_simd,
     Real, INACTIVE,
 };
 use crate::error::{Error, Result};
@@ -36,7 +36,7 @@ use crate::error::{Error, Result};
 /// `indices`: `[batch, slots]` u32 (each `< n` or `INACTIVE`); `values`: `[batch, slots]`;
 /// `weight`: `[n, d]`; f32 or f64, CPU.
 pub fn sparse_decode(indices: &Tensor, values: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    if !weight.device().is_cpu() {
+    if !weight.device().is_cpu() && !crate::cuda::native(weight) {
         return crate::portable::sparse_decode(indices, values, weight);
     }
     const OP: &str = "sparse_decode";
@@ -57,7 +57,7 @@ pub fn sparse_decode(indices: &Tensor, values: &Tensor, weight: &Tensor) -> Resu
 ///
 /// `indices`: `[batch, slots]` u32; `input`: `[batch, d]`; `weight`: `[n, d]`; f32 or f64, CPU.
 pub fn gather_dot(indices: &Tensor, input: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    if !weight.device().is_cpu() {
+    if !weight.device().is_cpu() && !crate::cuda::native(weight) {
         return crate::portable::gather_dot(indices, input, weight);
     }
     const OP: &str = "gather_dot";
@@ -81,7 +81,7 @@ pub fn scatter_outer(
     input: &Tensor,
     rows: usize,
 ) -> Result<Tensor> {
-    if !input.device().is_cpu() {
+    if !input.device().is_cpu() && !crate::cuda::native(input) {
         return crate::portable::scatter_outer(indices, values, input, rows);
     }
     const OP: &str = "scatter_outer";
@@ -107,11 +107,11 @@ pub fn scatter_outer(
 ///
 /// `indices`: `[batch, slots]` u32; `v`: `[n]`, f32 or f64, CPU.
 pub fn gather_vector(indices: &Tensor, v: &Tensor) -> Result<Tensor> {
-    if !v.device().is_cpu() {
+    if !v.device().is_cpu() && !crate::cuda::native(v) {
         return crate::portable::gather_vector(indices, v);
     }
     const OP: &str = "gather_vector";
-    check_cpu(OP, v)?;
+    check_device(OP, v)?;
     check_float(OP, "vector", v)?;
     let n = match v.dims() {
         &[n] => n,
@@ -146,7 +146,7 @@ pub fn to_dense(indices: &Tensor, values: &Tensor, n: usize) -> Result<Tensor> {
 }
 
 fn check_weight(op: &'static str, weight: &Tensor) -> Result<(usize, usize)> {
-    check_cpu(op, weight)?;
+    check_device(op, weight)?;
     check_float(op, "weight", weight)?;
     dims2(op, "weight", weight)
 }
@@ -157,7 +157,7 @@ fn check_same_shape(
     t: &Tensor,
     expected: (usize, usize),
 ) -> Result<()> {
-    check_cpu(op, t)?;
+    check_device(op, t)?;
     if t.dims() != [expected.0, expected.1] {
         return Err(Error::shape(
             op,
@@ -170,6 +170,25 @@ fn check_same_shape(
         ));
     }
     Ok(())
+}
+
+/// The `cuda_fwd` of a [`CustomOp3`]: `$f(self, a, b, c)` of its three (storage, layout)
+/// arguments (feature `cuda`).
+macro_rules! cuda_fwd3 {
+    ($f:expr) => {
+        #[cfg(feature = "cuda")]
+        fn cuda_fwd(
+            &self,
+            s1: &candle_core::CudaStorage,
+            l1: &Layout,
+            s2: &candle_core::CudaStorage,
+            l2: &Layout,
+            s3: &candle_core::CudaStorage,
+            l3: &Layout,
+        ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+            ($f)(self, (s1, l1), (s2, l2), (s3, l3))
+        }
+    };
 }
 
 /// Runs `$body` with `$T` bound to the element type of storage `$s` (f32 or f64).
@@ -461,6 +480,8 @@ impl CustomOp3 for SparseDecode {
         Ok((out, Shape::from((b, d))))
     }
 
+    cuda_fwd3!(|_: &Self, a, b, c| crate::cuda::sparse_decode(a, b, c));
+
     fn bwd(
         &self,
         indices: &Tensor,
@@ -476,6 +497,18 @@ impl CustomOp3 for SparseDecode {
         let grad = grad.contiguous()?;
         let (b, k) = indices.dims2()?;
         let (n, d) = weight.dims2()?;
+        if !grad.device().is_cpu() {
+            // The two gradients as the ops they are (the CPU fuses them into one pass).
+            let gv = match need.0 {
+                true => Some(indices.apply_op3_no_bwd(&grad, weight, &GatherDot)?),
+                false => None,
+            };
+            let gw = match need.1 {
+                true => Some(indices.apply_op3_no_bwd(values, &grad, &ScatterOuter { rows: n })?),
+                false => None,
+            };
+            return Ok((None, gv, gw));
+        }
         let (is, il) = indices.storage_and_layout();
         let (vs, vl) = values.storage_and_layout();
         let (ws, wl) = weight.storage_and_layout();
@@ -528,6 +561,8 @@ impl CustomOp3 for GatherDot {
         });
         Ok((out, Shape::from((b, k))))
     }
+
+    cuda_fwd3!(|_: &Self, a, b, c| crate::cuda::gather_dot(a, b, c));
 
     fn bwd(
         &self,
@@ -582,6 +617,8 @@ impl CustomOp3 for ScatterOuter {
         });
         Ok((out, Shape::from((n, d))))
     }
+
+    cuda_fwd3!(|op: &Self, a, b, c| crate::cuda::scatter_outer(a, b, c, op.rows));
 }
 
 struct GatherVector;
@@ -614,6 +651,17 @@ impl CustomOp2 for GatherVector {
         Ok((out, li.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        si: &candle_core::CudaStorage,
+        li: &Layout,
+        sv: &candle_core::CudaStorage,
+        lv: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::gather_vector((si, li), (sv, lv))
+    }
+
     fn bwd(
         &self,
         indices: &Tensor,
@@ -626,6 +674,12 @@ impl CustomOp2 for GatherVector {
         }
         let grad = grad.contiguous()?;
         let n = v.dim(0)?;
+        if !grad.device().is_cpu() {
+            // The scatter-add of the gradient is a scatter_outer against a column of ones.
+            let ones = Tensor::ones((grad.dim(0)?, 1), grad.dtype(), grad.device())?;
+            let g = indices.apply_op3_no_bwd(&grad, &ones, &ScatterOuter { rows: n })?;
+            return Ok((None, Some(g.reshape(n)?)));
+        }
         let (is, il) = indices.storage_and_layout();
         let (gs, gl) = grad.storage_and_layout();
         let (Storage::Cpu(is), Storage::Cpu(gs)) = (&*is, &*gs) else {

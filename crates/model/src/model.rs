@@ -20,6 +20,7 @@ use crate::ops::{
 };
 use crate::tokenizer::Tokenizer;
 use crate::weights::{NormWeights, Weights};
+use metarep_kernels::device_ops::{causal_bias, masked_softmax, swap_axes12};
 
 use crate::input::Input;
 
@@ -46,6 +47,9 @@ pub struct HookedTransformer {
     weights: Arc<Weights>,
     /// The effective unembedding `[d_model, d_vocab]` (a view of `W_E` when tied).
     w_u: Option<Tensor>,
+    /// On a GPU with `d_vocab` not a multiple of 8: the unembedding and its bias padded with
+    /// zero columns to one (see [`HookedTransformer::unembed`]).
+    padded_head: Option<(Tensor, Option<Tensor>)>,
     /// Rotary inverse frequencies of the global layers and (Gemma) of the sliding-window ones.
     inv_freq: Option<Vec<f64>>,
     local_inv_freq: Option<Vec<f64>>,
@@ -89,12 +93,25 @@ impl HookedTransformer {
             (Some(w_u), _) => Some(w_u.clone()),
             (None, _) => Some(weights.w_e.t()?),
         };
+        let pad = (8 - cfg.d_vocab % 8) % 8;
+        let padded_head = match &w_u {
+            Some(w) if pad > 0 && !w.device().is_cpu() => Some((
+                w.pad_with_zeros(1, 0, pad)?,
+                weights
+                    .b_u
+                    .as_ref()
+                    .map(|b| b.pad_with_zeros(0, 0, pad))
+                    .transpose()?,
+            )),
+            _ => None,
+        };
         let inv_freq = cfg.rotary.as_ref().map(|r| r.inv_freq());
         let local_inv_freq = cfg.local_rotary.as_ref().map(|r| r.inv_freq());
         Ok(Self {
             cfg: Arc::new(cfg),
             weights: Arc::new(weights),
             w_u,
+            padded_head,
             inv_freq,
             local_inv_freq,
             tokenizer: None,
@@ -616,25 +633,18 @@ impl HookedTransformer {
         let v = self.cfg.d_vocab;
         // An output row of an odd length sends cuBLAS to a slow unaligned kernel (7× the
         // time on an H200): on a GPU, multiply by the unembedding padded to a multiple of 8
-        // columns and return a view of the first `d_vocab` (a copy would cost three times
-        // the product).
-        let pad = if use_device_op(&h) {
-            (8 - v % 8) % 8
-        } else {
-            0
+        // columns (built once, at construction) and return a view of the first `d_vocab` (a
+        // copy would cost three times the product).
+        let (w_u, b_u) = match &self.padded_head {
+            Some((w, b)) if use_device_op(&h) => (w, b.as_ref()),
+            _ => (w_u, self.weights.b_u.as_ref()),
         };
-        let b_u = self
-            .weights
-            .b_u
-            .as_ref()
-            .map(|b| b.pad_with_zeros(0, 0, pad))
-            .transpose()?;
-        let w_u = w_u.pad_with_zeros(1, 0, pad)?;
-        let mut logits = linear(&h, &w_u, b_u.as_ref())?;
+        let width = w_u.dim(1)?;
+        let mut logits = linear(&h, w_u, b_u)?;
         if let Some(cap) = self.cfg.final_softcap {
             logits = soft_cap(&logits, cap)?;
         }
-        Ok(logits.reshape((b, p, v + pad))?.narrow(2, 0, v)?)
+        Ok(logits.reshape((b, p, width))?.narrow(2, 0, v)?)
     }
 
     /// Validates token ids (`[batch, pos]`, each `< d_vocab`, positions within `n_ctx` as
@@ -702,7 +712,14 @@ impl HookedTransformer {
         let p = positions.len();
         let keys: Vec<usize> = (0..offset).chain(positions.iter().copied()).collect();
         let keys_n = keys.len();
-        let mut bias = if self.cfg.causal || window.is_some() {
+        let gpu = !self.device().is_cpu();
+        // On a GPU the plain causal rule is applied inside the softmax kernel, not built here.
+        let rule = gpu
+            && self.cfg.causal
+            && window.is_none()
+            && positions.iter().enumerate().all(|(i, &q)| q == offset + i);
+        let mut left_padded = false;
+        let mut bias = if (self.cfg.causal && !rule) || window.is_some() {
             let mut m = vec![0f32; p * keys_n];
             for (qi, &q) in positions.iter().enumerate() {
                 for (ki, &k) in keys.iter().enumerate() {
@@ -730,6 +747,7 @@ impl HookedTransformer {
                 .to_device(&Device::Cpu)?
                 .to_vec2::<f32>()?;
             let mut keys = vec![0f32; b * p];
+            left_padded = rows.iter().any(|row| row.first() == Some(&0.0));
             for (bi, row) in rows.iter().enumerate() {
                 if row.iter().all(|&v| v == 0.0) {
                     return Err(Error::Invalid(format!(
@@ -755,29 +773,34 @@ impl HookedTransformer {
                 None => keys,
             });
         }
-        let Some(bias) = bias else {
+        let causal = rule.then_some(keys_n - p);
+        if bias.is_none() && causal.is_none() {
             return Ok(None);
-        };
-        // A query that sees no key at all (padding before it, or a window past it) gets a row
-        // of zeros from the softmax; the GPU's fused softmax needs telling.
-        // The CPU kernels give such rows zeros anyway; only the GPU's fused softmax needs to
-        // know.
-        let gpu = !self.device().is_cpu();
-        let empty_rows = gpu
-            && bias
-                .max_keepdim(3)?
-                .flatten_all()?
-                .to_vec1::<f32>()?
-                .contains(&f32::NEG_INFINITY);
-        let mut bias = bias.to_dtype(self.dtype())?.to_device(self.device())?;
-        if gpu {
-            // candle's GPU add of a broadcast operand does index arithmetic per element (ten
-            // times the time of a plain add): expand the mask to the scores' shape once.
-            bias = bias
-                .broadcast_as((b, self.cfg.n_heads, p, keys_n))?
-                .contiguous()?;
         }
-        Ok(Some(AttnMask { bias, empty_rows }))
+        // A query that sees no key at all (padding before it, or a window past it) gets a row
+        // of zeros from the softmax. The CPU kernels and the GPU's masked softmax give zeros
+        // anyway; only candle-nn's fused softmax (hooked scores on a GPU) needs telling.
+        let empty_rows = gpu
+            && (left_padded && rule
+                || match &bias {
+                    Some(bias) => bias
+                        .max_keepdim(3)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?
+                        .contains(&f32::NEG_INFINITY),
+                    None => false,
+                });
+        // On a GPU the bias stays compact and f32 (the masked softmax reads it as it is).
+        let dtype = if gpu { DType::F32 } else { self.dtype() };
+        let bias = match bias {
+            Some(bias) => Some(bias.to_dtype(dtype)?.to_device(self.device())?),
+            None => None,
+        };
+        Ok(Some(AttnMask {
+            bias,
+            causal,
+            empty_rows,
+        }))
     }
 
     /// `(cos, sin)` tables `[1, pos, 1, rotary_dim / 2]` of the inverse frequencies `inv` at
@@ -1151,26 +1174,39 @@ impl HookedTransformer {
             }
             None => (q, k),
         };
-        // [batch, head, pos, d_head]; the score scale (1/√d_head) rides along the copy of q.
-        let qh = q.transpose(1, 2)?.affine(cfg.score_scale(), 0.0)?;
-        let (k, v) = (
-            k.transpose(1, 2)?.contiguous()?,
-            v.transpose(1, 2)?.contiguous()?,
-        );
+        // On a GPU without hooked scores the masked softmax scales, masks and normalises the
+        // raw scores in one kernel.
+        let fused = use_device_op(&q) && !hooks.wants(HookPoint::AttnScores(l));
+        // [batch, head, pos, d_head]; else the score scale (1/√d_head) rides along q's copy.
+        let qh = match fused {
+            true => swap_axes12(&q)?,
+            false => q.transpose(1, 2)?.affine(cfg.score_scale(), 0.0)?,
+        };
+        let (k, v) = (swap_axes12(&k)?, swap_axes12(&v)?);
         let (k, v) = match kv {
             Some(slot) => slot.append(k, v)?,
             None => (k, v),
         };
         let kh = repeat_kv(k, cfg.kv_group())?;
         let vh = repeat_kv(v, cfg.kv_group())?;
-        let mut scores = matmul(&qh.contiguous()?, &kh.t()?)?;
-        if let Some(m) = mask {
-            scores = scores.broadcast_add(&m.bias)?;
-        }
-        let scores = hook(hooks, HookPoint::AttnScores(l), scores)?;
-        let pattern = softmax_f32(&scores, mask.is_some_and(|m| m.empty_rows))?;
+        let scores = matmul(&qh.contiguous()?, &kh.t()?)?;
+        let pattern = if fused {
+            masked_softmax(
+                &scores,
+                mask.and_then(|m| m.bias.as_ref()),
+                mask.and_then(|m| m.causal),
+                cfg.score_scale(),
+            )?
+        } else {
+            let scores = match mask {
+                Some(m) => scores.broadcast_add(&m.additive(&scores)?)?,
+                None => scores,
+            };
+            let scores = hook(hooks, HookPoint::AttnScores(l), scores)?;
+            softmax_f32(&scores, mask.is_some_and(|m| m.empty_rows))?
+        };
         let pattern = hook(hooks, HookPoint::Pattern(l), pattern)?;
-        let z = matmul(&pattern, &vh)?.transpose(1, 2)?.contiguous()?;
+        let z = swap_axes12(&matmul(&pattern, &vh)?)?;
         let z = hook(hooks, HookPoint::Z(l), z)?;
         let out = if hooks.wants(HookPoint::HeadResult(l)) {
             let result = self.head_results(l, &z)?;
@@ -1469,12 +1505,40 @@ impl HookedTransformer {
     }
 }
 
-/// An attention mask: the additive bias the scores get, and whether some query sees no key
-/// (its softmax row must come out as zeros).
+/// An attention mask: the additive bias the scores get and, on a GPU, the causal rule applied
+/// by the masked softmax; and whether some query sees no key (its softmax row must come out as
+/// zeros).
 #[derive(Debug, Clone)]
 struct AttnMask {
-    /// `[batch or 1, 1 or heads, q, k]`, 0 or `-inf`.
-    bias: Tensor,
-    /// Some row of `bias` is entirely `-inf`.
+    /// `[batch or 1, 1, q or 1, k]`, 0 or `-inf` (on a GPU in f32, else the model's dtype).
+    bias: Option<Tensor>,
+    /// On a GPU: query `i` sees keys `≤ i + shift` (not part of `bias`).
+    causal: Option<usize>,
+    /// Some query sees no key.
     empty_rows: bool,
+}
+
+impl AttnMask {
+    /// The whole mask as one additive bias in the dtype of `scores` (`[batch, heads, q, k]`),
+    /// for the unfused path; on a GPU expanded to the scores' shape (candle's GPU add of a
+    /// broadcast operand does index arithmetic per element, ten times a plain add).
+    fn additive(&self, scores: &Tensor) -> Result<Tensor> {
+        let (b, h, q, k) = scores.dims4()?;
+        let (dev, dtype) = (scores.device(), scores.dtype());
+        let causal = match self.causal {
+            Some(shift) => Some(causal_bias(q, k, shift, DType::F32, dev)?),
+            None => None,
+        };
+        let bias = match (&self.bias, causal) {
+            (Some(m), Some(c)) => m.broadcast_add(&c)?,
+            (Some(m), None) => m.clone(),
+            (None, Some(c)) => c,
+            (None, None) => return Err(Error::Invalid("an attention mask hides nothing".into())),
+        };
+        let bias = bias.to_dtype(dtype)?;
+        if dev.is_cpu() {
+            return Ok(bias);
+        }
+        Ok(bias.broadcast_as((b, h, q, k))?.contiguous()?)
+    }
 }

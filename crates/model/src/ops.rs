@@ -38,19 +38,14 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     })
 }
 
-/// [`linear`] with a bias on a GPU: the bias rides in the product as an extra row of the
-/// weight against a column of ones in `x` (`[x 1 0…] · [W; b; 0…]`, padded to keep the inner
-/// dimension a multiple of 8), because candle's GPU add of a broadcast row does index
-/// arithmetic per element: on an H200 it took longer than the product itself (0.45 ms against
-/// 0.12–0.24 ms for GPT-2's `[32 768, 768]` rows), the extra column 0.09 ms.
+/// [`linear`] with a bias on a GPU: the product, then the bias added in place by one kernel
+/// ([`metarep_kernels::device_ops::add_bias_rows`]; candle's broadcast add does index
+/// arithmetic per element and took longer than the product on an H200).
 fn linear_device(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let (n, _) = x.dims2()?;
-    let out = w.dim(1)?;
-    let ones = Tensor::ones((n, 1), x.dtype(), x.device())?.pad_with_zeros(1, 0, 7)?;
-    let bias_rows = b.reshape((1, out))?.pad_with_zeros(0, 0, 7)?;
-    let x_aug = Tensor::cat(&[x, &ones], 1)?;
-    let w_aug = Tensor::cat(&[w, &bias_rows], 0)?;
-    matmul(&x_aug, &w_aug)
+    Ok(metarep_kernels::device_ops::add_bias_rows(
+        matmul(x, w)?,
+        b,
+    )?)
 }
 
 /// `a.matmul(b)` (`[..., m, k]` by `[..., k, n]`), its time counted by
