@@ -75,7 +75,9 @@ fn hook<H: Hooks>(hooks: &mut H, point: HookPoint, act: Tensor) -> Result<Tensor
             got: out.dims().to_vec(),
         });
     }
-    if out.dtype() != dtype {
+    // A hook may compute elsewhere (an SAE on the CPU for a model on a GPU): its output comes
+    // back in the activation's dtype and device.
+    if out.dtype() != dtype || !out.device().same_device(&device) {
         return Ok(out.to_dtype(dtype)?.to_device(&device)?);
     }
     Ok(out)

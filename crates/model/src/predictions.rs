@@ -76,6 +76,9 @@ pub fn metrics<H: Hooks>(
     let logits = model
         .run_with_hooks(Input::new(input), hooks)?
         .to_dtype(DType::F32)?;
+    // Targets, mask and alternatives may come from the CPU for a model on a GPU.
+    let dev = logits.device().clone();
+    let targets = targets.to_device(&dev)?;
     let logp = log_softmax_last_dim(&logits)?;
     let pick = |ids: &Tensor| -> Result<Tensor> {
         Ok(logits
@@ -92,7 +95,7 @@ pub fn metrics<H: Hooks>(
         .to_dtype(DType::F32)?;
     let entropy = (logp.exp()? * &logp)?.sum(D::Minus1)?.neg()?;
     let mask = match &eval.mask {
-        Some(m) => m.ne(0u32 as f64)?.to_dtype(DType::F32)?,
+        Some(m) => m.ne(0u32 as f64)?.to_dtype(DType::F32)?.to_device(&dev)?,
         None => Tensor::ones(nll.dims(), DType::F32, nll.device())?,
     };
     if mask.dims() != nll.dims() {
@@ -118,7 +121,7 @@ pub fn metrics<H: Hooks>(
                     nll.dims()
                 )));
             }
-            avg(&(pick(&targets)? - pick(&alt.to_dtype(DType::U32)?)?)?)?
+            avg(&(pick(&targets)? - pick(&alt.to_dtype(DType::U32)?.to_device(&dev)?)?)?)?
         }
         None => f64::NAN,
     };

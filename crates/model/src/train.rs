@@ -111,7 +111,11 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, mask: Option<&Tensor>) -
     let max = logits.max_keepdim(D::Minus1)?.detach();
     let shifted = logits.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    let idx = targets.to_dtype(DType::U32)?.contiguous()?.unsqueeze(2)?;
+    let idx = targets
+        .to_dtype(DType::U32)?
+        .to_device(logits.device())?
+        .contiguous()?
+        .unsqueeze(2)?;
     let picked = shifted.gather(&idx, 2)?;
     let nll = (lse - picked)?.squeeze(2)?; // [b, p]
     match mask {

@@ -19,7 +19,7 @@ use crate::config::{Architecture, DecoderNorm, SaeConfig};
 use crate::error::{Error, Result};
 use crate::sae::{unit_rows, Sae};
 
-/// The untrained null SAE for data with column mean `data_mean` `[d_in]`.
+/// The untrained null SAE for data with column mean `data_mean` `[d_in]`, on its device.
 pub fn null_sae(config: SaeConfig, data_mean: &Tensor, seed: u64) -> Result<Sae> {
     let mut config = config;
     config.decoder_norm = DecoderNorm::Unit;
@@ -27,7 +27,7 @@ pub fn null_sae(config: SaeConfig, data_mean: &Tensor, seed: u64) -> Result<Sae>
         config,
         derive_seed(seed, "baseline/null"),
         DType::F32,
-        &Device::Cpu,
+        data_mean.device(),
     )?;
     if data_mean.dims() != [config.d_in] {
         return Err(Error::shape(
@@ -36,8 +36,7 @@ pub fn null_sae(config: SaeConfig, data_mean: &Tensor, seed: u64) -> Result<Sae>
             format!("{:?}", data_mean.dims()),
         ));
     }
-    sae.b_dec
-        .set(&data_mean.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)?;
+    sae.b_dec.set(&data_mean.to_dtype(DType::F32)?)?;
     Ok(sae)
 }
 
