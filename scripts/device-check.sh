@@ -12,6 +12,7 @@
 # driver, a libcuda.so there (the driver's, or a stub). Running needs the driver and the CUDA
 # 13 runtime libraries (cuBLAS, cuRAND, cudart): the script looks for them next to PyTorch's
 # and CUDA's usual folders. The PyTorch references run with $METAREP_PYTHON (default python3).
+# PARTS (default "tests cli xtask bench") picks what runs; PROFILE=1 adds a kernel-time summary.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -76,10 +77,15 @@ fi
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 status=0
+parts=" ${PARTS:-tests cli xtask bench} "
+want() { [[ "$parts" == *" $1 "* ]]; }
+if want tests; then
 echo "== GPU tests"
 start=$(date +%s)
 timeout 240 "$tests" --ignored --test-threads=1 --nocapture || status=1
 echo "   ($(( $(date +%s) - start )) s)"
+fi
+if want cli; then
 echo "== the CLI on the GPU: metarep forward --device cuda:0 against --device cpu"
 for dev in cpu cuda:0; do
   "$cli" forward --device "$dev" --model fixtures/parity/llama_gqa --tokens 1,5,9,13,2,7 \
@@ -92,10 +98,29 @@ worst = max(float(abs(a[k].astype("float64") - b[k].astype("float64")).max()) fo
 print(f"   {len(a)} tensors, max |cpu - cuda| = {worst:.2e}")
 assert a.keys() == b.keys() and worst <= 1e-4
 PY
+fi
+if want xtask; then
+echo "== xtask targets on the GPU (--set device=cuda:0)"
+start=$(date +%s)
+for fig in fig1 fig10; do
+  timeout 150 "$xtask" reproduce "$fig" --quick --check --set device=cuda:0 --out /tmp/xtask-gpu \
+    > "/tmp/$fig.log" 2>&1 || { status=1; grep -v "^ *[0-9]*: " "/tmp/$fig.log" | tail -20; }
+  grep -E "^== |pass =" "/tmp/$fig.log"
+done
+refusal=$("$xtask" reproduce fig3 --quick --set device=cuda:0 --out /tmp/xtask-gpu 2>&1)
+if grep -q "runs on the CPU only" <<< "$refusal"; then
+  echo "   fig3 refuses the GPU, naming itself"
+else
+  status=1; echo "   fig3 did not refuse --set device=cuda:0: $refusal"
+fi
+echo "   ($(( $(date +%s) - start )) s)"
+fi
+if want bench; then
 echo "== GPU benchmark"
 start=$(date +%s)
 METAREP_PYTHON=${METAREP_PYTHON:-python3} timeout 300 "$xtask" bench gpu --set device=cuda:0 || status=1
 echo "   ($(( $(date +%s) - start )) s)"
+fi
 if [ "${PROFILE:-0}" = 1 ]; then
   # Where the time goes: kernel durations of one plain and one cached forward, then of SAE
   # steps, summed by kernel name (Nsight Compute, clocks left alone).

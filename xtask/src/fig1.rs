@@ -2,7 +2,6 @@
 
 use std::path::Path;
 
-use candle_core::Device;
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_eval::plot::{LegendPosition, LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
@@ -12,6 +11,7 @@ use metarep_lat_cg::reference::Preconditioner;
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{self, CheckedConfig};
+use crate::device::device;
 use crate::error::BoxError;
 use crate::output::ResultDir;
 
@@ -65,7 +65,7 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     for (i, &kappa) in cfg.kappas.iter().enumerate() {
         let mut prob = base.clone();
         prob.lambda = lambda_for_condition(&prob.phi, kappa)?;
-        let run = run_convergence(&prob, cfg.steps, Preconditioner::None, &Device::Cpu)?;
+        let run = run_convergence(&prob, cfg.steps, Preconditioner::None, &device())?;
         add_rows(&mut table, kappa, &run)?;
         plot = add_series(plot, i, kappa, &run);
         record(&mut out, kappa, prob.lambda, &run);

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use metarep_capture::{capture, store_dir, CaptureSpec, TokenDataset};
 use metarep_core::config::load_config;
 use metarep_core::rng::{derive_seed, seeded};
@@ -15,7 +15,7 @@ use metarep_core::train::RunControl;
 use metarep_eval::plot::{write_checked, LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
 use metarep_eval::tasks::grammar::{GrammarSpec, LATENTS};
-use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input, LoadOptions};
+use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input};
 use metarep_sae::baselines::{null_sae, random_directions};
 use metarep_sae::metrics::VarianceSums;
 use metarep_sae::splice::{splice_scores, SpliceScores};
@@ -25,6 +25,7 @@ use metarep_testbeds::grammar_lm::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::device::{device, load_options};
 use crate::error::BoxError;
 use crate::output::ResultDir;
 
@@ -172,7 +173,7 @@ fn language_model(cfg: &Fig10Config, config: &Path) -> Result<HookedTransformer,
         );
         return Ok(model);
     }
-    let m = HookedTransformer::from_dir(&fixture_dir(), &LoadOptions::default())?;
+    let m = HookedTransformer::from_dir(&fixture_dir(), &load_options())?;
     if m.config() != &cfg.lm.model_config(&cfg.grammar) {
         return Err(format!(
             "{} does not match the [lm] settings of {} (rebuild it: cargo xtask fixtures grammar-lm)",
@@ -242,7 +243,7 @@ fn sae_sweep(s: &Setup, store: &Path) -> Result<Vec<Row>, BoxError> {
         for &k in &cfg.sweep.ks {
             let sae_cfg = topk_spec(expansion, k).config(cfg.lm.d_model)?;
             let seed = derive_seed(cfg.seed, &format!("fig10/sae/{expansion}/{k}"));
-            let mut sae = Sae::new(sae_cfg, seed, DType::F32, &Device::Cpu)?;
+            let mut sae = Sae::new(sae_cfg, seed, DType::F32, &device())?;
             let mut source = StoreSource::open(store, cfg.seed, 1 << 16)?;
             let tr = train(
                 &mut sae,
@@ -320,7 +321,9 @@ fn baselines(
     out.metrics
         .set_number("null_ce_recovered_zero", null_splice.recovered_zero);
     let dirs = random_directions(widest, d, cfg.seed)?;
-    let random = s.questions.best(&s.x.matmul(&dirs.t()?)?, true)?;
+    let random = s
+        .questions
+        .best(&s.x.matmul(&dirs.to_device(s.x.device())?.t()?)?, true)?;
     println!(
         "   random directions ({widest}, either sign): {}",
         fmt_aurocs(&random)

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use metarep_capture::{capture, store_dir, CaptureSpec, TokenDataset};
 use metarep_core::fsutil::write_json_pretty;
 use metarep_core::memory;
@@ -15,7 +15,7 @@ use metarep_core::rng::derive_seed;
 use metarep_core::train::RunControl;
 use metarep_eval::corpus::{head_chars, read_split, Document, Split};
 use metarep_eval::table::{Cell, Table};
-use metarep_model::{HookPoint, HookedTransformer, Input, LoadOptions};
+use metarep_model::{HookPoint, HookedTransformer, Input};
 use metarep_sae::baselines::null_sae;
 use metarep_sae::dashboard::{build_dashboard, render_page, DashboardSettings};
 use metarep_sae::hook_rows::hook_rows;
@@ -26,6 +26,7 @@ use metarep_sae::{train, Architecture, Sae, SaeSpec, SaeTrainConfig, StoreSource
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{self, CheckedConfig};
+use crate::device::{device, load_options};
 use crate::error::BoxError;
 use crate::fixtures::gguf::smollm2_file;
 use crate::output::{metric_key, ResultDir};
@@ -220,7 +221,7 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     let corpus = root.join("target/fixtures/corpus");
     let mut out = ResultDir::start(dir, &cfg, vec![cfg.seed])?;
     out.extra("smollm2_sha256", &crate::fixtures::sha256_file(&gguf)?)?;
-    let model = HookedTransformer::from_gguf(&gguf, &LoadOptions::default())?;
+    let model = HookedTransformer::from_gguf(&gguf, &load_options())?;
     let train_docs = read_split(&corpus, Split::Train)?;
     let train_docs = head_chars(&train_docs, cfg.train_chars);
     let held_docs = read_split(&corpus, Split::HeldOut)?;
@@ -310,7 +311,7 @@ fn held_out_contexts(
         .collect();
     let batches = contexts
         .chunks(cfg.batch_contexts)
-        .map(|batch| Ok(Input::from_ids(batch, &Device::Cpu)?.tokens))
+        .map(|batch| Ok(Input::from_ids(batch, &device())?.tokens))
         .collect::<Result<_, BoxError>>()?;
     Ok(HeldOut { contexts, batches })
 }
@@ -387,7 +388,7 @@ fn layer_sweep(
     let rest: Vec<u32> = (0..x.dim(0)? as u32)
         .filter(|&i| !(i as usize).is_multiple_of(cfg.n_ctx))
         .collect();
-    let x_rest = x.index_select(&Tensor::new(rest.as_slice(), &Device::Cpu)?, 0)?;
+    let x_rest = x.index_select(&Tensor::new(rest.as_slice(), x.device())?, 0)?;
     // The null SAE's b_dec: the mean the SAEs are trained towards (positions ≥ 1).
     let mean = x_rest.mean(0)?;
     let norms = x.sqr()?.sum(1)?.sqrt()?.to_vec1::<f32>()?;
@@ -415,7 +416,7 @@ fn layer_sweep(
         let name = sae_name(entry);
         let sae_cfg = entry.spec.config(d_model)?;
         let seed = derive_seed(cfg.seed, &format!("fig14/{layer}/{name}"));
-        let mut sae = Sae::new(sae_cfg, seed, DType::F32, &Device::Cpu)?;
+        let mut sae = Sae::new(sae_cfg, seed, DType::F32, &device())?;
         let mut train_cfg = cfg.train.clone();
         if let Some(l1) = entry.l1 {
             train_cfg.loss.l1 = l1;

@@ -2,7 +2,6 @@
 
 use std::path::Path;
 
-use candle_core::Device;
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_eval::plot::{LegendPosition, LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
@@ -12,6 +11,7 @@ use metarep_lat_cg::reference::Preconditioner;
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{self, CheckedConfig};
+use crate::device::device;
 use crate::error::BoxError;
 use crate::output::ResultDir;
 
@@ -55,8 +55,8 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         &log_spaced_scales(cfg.problem.n_support, cfg.spread),
         cfg.nugget,
     )?;
-    let plain = run_convergence(&prob, cfg.steps, Preconditioner::None, &Device::Cpu)?;
-    let jacobi = run_convergence(&prob, cfg.steps, Preconditioner::Jacobi, &Device::Cpu)?;
+    let plain = run_convergence(&prob, cfg.steps, Preconditioner::None, &device())?;
+    let jacobi = run_convergence(&prob, cfg.steps, Preconditioner::Jacobi, &device())?;
 
     let pass = record(&mut out, &cfg, &plain, &jacobi);
     out.table("residuals", &table(&plain, &jacobi)?)?;

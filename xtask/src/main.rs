@@ -15,6 +15,7 @@ mod bench;
 mod browser;
 mod checks;
 mod detector_maps;
+mod device;
 mod error;
 mod fig1;
 mod fig10;

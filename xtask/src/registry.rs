@@ -209,12 +209,16 @@ pub fn reproduce(
         vec![found
             .ok_or_else(|| format!("unknown result id '{id}'; known: {}", ids().join(", ")))?]
     };
+    let config_overrides = crate::device::take(overrides)?;
+    for e in &selected {
+        crate::device::check(e.id, crate::device::ON_DEVICE.contains(&e.id))?;
+    }
     let mut all_pass = true;
     for e in selected {
         let cfg = config_path(e.id, config, quick);
         let dir = out.join(e.id);
         println!("== {} : {} ({})", e.id, e.title, cfg.display());
-        let pass = (e.run)(&cfg, overrides, &dir)?;
+        let pass = (e.run)(&cfg, &config_overrides, &dir)?;
         record_command(&dir, &command_line(e.id, quick, config, overrides))?;
         println!("   wrote {} (pass = {pass})", dir.display());
         all_pass &= pass;

@@ -35,7 +35,7 @@ use super::{median, setting, write_report};
 use crate::error::BoxError;
 
 /// The `--set` keys this benchmark accepts.
-pub const SETTINGS: &[&str] = &["device", "parts", "quick", "reps", "torch"];
+pub const SETTINGS: &[&str] = &["parts", "quick", "reps", "torch"];
 
 const FORWARD_TARGET: f64 = 1.2;
 const CACHE_TARGET: f64 = 0.10;
@@ -85,7 +85,7 @@ impl Shapes {
 
 /// Runs the benchmark and writes `results/bench/gpu.json`.
 pub fn run(out: &Path) -> Result<bool, BoxError> {
-    let spec: metarep_core::device::DeviceSpec = setting("device").unwrap_or("cuda:0").parse()?;
+    let spec = crate::device::chosen().unwrap_or(metarep_core::device::DeviceSpec::Cuda(0));
     let dev = spec.to_device()?;
     let mut shapes = Shapes::new(setting("quick") == Some("1"));
     if let Some(r) = setting("reps") {

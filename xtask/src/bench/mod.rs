@@ -56,8 +56,10 @@ pub fn run(name: &str, out: &Path, settings: &[String]) -> Result<bool, BoxError
         .iter()
         .find(|(n, _, _)| *n == name)
         .ok_or_else(|| format!("unknown benchmark '{name}'; known: {}", known.join(", ")))?;
+    let settings = crate::device::take(settings)?;
+    crate::device::check(&format!("benchmark '{name}'"), name == "gpu")?;
     let mut map = BTreeMap::new();
-    for s in settings {
+    for s in &settings {
         let (k, v) = s
             .split_once('=')
             .ok_or_else(|| format!("bad --set `{s}`: expected key=value"))?;
