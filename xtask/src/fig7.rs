@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::DType;
+use candle_core::{DType, Device};
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_core::DTypePolicy;
 use metarep_eval::baselines::StepSize;
@@ -187,7 +187,7 @@ fn constructed_probes(cfg: &ConstructedConfig, seed: u64) -> Result<Vec<ProbeRow
     let first = train.first().ok_or("fig7: train_problems must be ≥ 1")?;
     let model = CgLat::build(
         CgSpec::for_problem(first, cfg.steps, Preconditioner::None)?,
-        &crate::device::device(),
+        &Device::Cpu,
     )?;
     Ok(probe_layers(
         &ProbeSet::constructed(&model, &train)?,
