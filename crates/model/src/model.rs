@@ -1115,6 +1115,21 @@ impl HookedTransformer {
     fn apply_rope(&self, x: &Tensor, (cos, sin): &(Tensor, Tensor)) -> Result<Tensor> {
         let dh = self.cfg.d_head;
         let half = cos.dim(3)?;
+        if use_device_op(x) {
+            // candle-nn's fused rotary kernel for `[batch, pos, head, d]` rows (tables
+            // `[pos, d / 2]`); a partial rotary dimension leaves the rest of each head as it is.
+            let p = cos.dim(1)?;
+            let table = |t: &Tensor| t.reshape((p, half))?.to_dtype(x.dtype())?.contiguous();
+            let rotated = x.narrow(3, 0, 2 * half)?.contiguous()?;
+            let r = candle_nn::rotary_emb::rope_thd(&rotated, &table(cos)?, &table(sin)?)?;
+            if 2 * half == dh {
+                return Ok(r);
+            }
+            return Ok(Tensor::cat(
+                &[&r, &x.narrow(3, 2 * half, dh - 2 * half)?],
+                3,
+            )?);
+        }
         let x1 = x.narrow(3, 0, half)?;
         let x2 = x.narrow(3, half, half)?;
         let r1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;

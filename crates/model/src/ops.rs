@@ -3,7 +3,8 @@
 //! Each dispatches by tensor: f32/f16/bf16 tensors on the CPU that carry no gradient go through
 //! the fused kernels of [`metarep_kernels::forward`] (one parallel pass each); untracked tensors
 //! on a GPU go through candle-nn's fused ops and candle's unary kernels, which have CUDA
-//! kernels (softmax, layer and RMS norm, tanh-GELU); tensors that take part in autograd
+//! kernels (softmax, layer and RMS norm, tanh-GELU; rotary embeddings in the model), and
+//! metarep-kernels' own (`device_ops`: masked attention softmax, bias epilogue); tensors that take part in autograd
 //! (training) and f64 tensors go through the equivalent composition of candle ops, which the
 //! tests compare with the kernels.
 
