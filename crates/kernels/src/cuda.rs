@@ -1,8 +1,8 @@
 //! CUDA kernels (feature `cuda`): `cuda/kernels.cu`, compiled to PTX by the build script and
 //! loaded once per device. f32 tensors on a CUDA device take these: the sparse latent ops and
-//! their gradients, the per-row top-k, AdamW and row normalisation here, and two forward-pass
-//! kernels (masked softmax, bias added to a product's rows) used by the models. Other dtypes
-//! and devices use the candle-op twins in [`crate::portable`].
+//! their gradients, the per-row top-k, AdamW and row normalisation here; the forward-pass
+//! kernels of [`crate::device_ops`] (masked softmax, bias epilogue, head-axis swap) also take
+//! f16 and bf16. Other dtypes and devices use the candle-op twins in [`crate::portable`].
 //!
 //! Differences from the CPU kernels: `scatter_outer` adds with atomics, so its sums are
 //! taken in a varying order (results differ from run to run in the last bits, as with
@@ -57,6 +57,7 @@ mod launch {
         Ok(arg.0.as_cuda_slice::<T>()?.slice(a..b))
     }
 
+    /// The two dims of a rank-2 layout.
     fn dims2(l: &Layout) -> Result<(usize, usize)> {
         match l.dims() {
             &[a, b] => Ok((a, b)),
@@ -64,11 +65,13 @@ mod launch {
         }
     }
 
+    /// `v` as a kernel's `int` argument; an error names `what` when it does not fit.
     fn i32_of(v: usize, what: &str) -> Result<i32> {
         i32::try_from(v)
             .map_err(|_| candle_core::Error::Msg(format!("metarep-kernels: {what} {v} > 2^31")))
     }
 
+    /// One block of `threads` per row for `n` rows, with `shared` bytes of dynamic shared memory.
     fn rows(n: usize, threads: u32, shared: u32) -> Result<LaunchConfig> {
         Ok(LaunchConfig {
             grid_dim: (
