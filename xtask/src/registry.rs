@@ -218,9 +218,14 @@ pub fn reproduce(
         let cfg = config_path(e.id, config, quick);
         let dir = out.join(e.id);
         println!("== {} : {} ({})", e.id, e.title, cfg.display());
+        let started = std::time::Instant::now();
         let pass = (e.run)(&cfg, &config_overrides, &dir)?;
         record_command(&dir, &command_line(e.id, quick, config, overrides))?;
-        println!("   wrote {} (pass = {pass})", dir.display());
+        println!(
+            "   wrote {} (pass = {pass}, {:.0} s)",
+            dir.display(),
+            started.elapsed().as_secs_f64()
+        );
         all_pass &= pass;
     }
     Ok(!check || all_pass)
