@@ -9,36 +9,41 @@
 //! error naming its file, never data.
 
 use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use candle_core::{DType, Device, Tensor};
+use memmap2::{Advice, Mmap};
 use metarep_core::rng::{derive_seed, seeded};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 use crate::codec::{decode, prefetch};
 use crate::error::{Error, Result};
 use crate::store::{ShardInfo, StoreMeta, TENSOR_NAME};
 
-/// Spent buffers kept for reuse.
-const MAX_SPARES: usize = 2;
-
 /// Rows ahead of the one being decoded whose bytes are prefetched.
 const PREFETCH_AHEAD: usize = 4;
 
+/// Marks a place no row of the shard being copied in goes to.
+const NO_ROW: usize = usize::MAX;
+
+/// Rows one parallel task of a batch's decoding takes.
+const DECODE_RUN: usize = 256;
+
 /// A shuffled, bounded-memory reader of one store.
 ///
-/// Rows stay in the stored encoding (f16 rows take half the memory of f32) and where they
-/// were read until a batch decodes them to f32: a shard's file buffer joins the shuffle buffer
-/// as it is, and a served row is dropped from an index rather than moved. While batches are
-/// served, the next shard is read and checked by a background thread. Memory holds the rows
-/// to serve (at most `buffer_rows` plus one shard), served rows sharing buffers with them (no
-/// more than the rows to serve plus one shard: beyond that, the rows to serve are compacted
-/// into one buffer), one shard read ahead and up to two spare buffers (kept because fresh
-/// memory costs a page fault per 4 KiB, which dominated reading before they were).
+/// Rows stay in the stored encoding (f16 rows take half the memory of f32) until a batch
+/// decodes them to f32. The shuffle buffer is one allocation of fixed places, one row each,
+/// kept across epochs: a loaded shard's rows are copied into free places and a served row
+/// frees its place, so after the first epoch reading allocates nothing but the batches it
+/// returns (fresh memory costs a page fault per 4 KiB, which dominated reading before). While
+/// rows are copied and batches served, the next shard is mapped, read through and checked by a
+/// background thread. Copying rows in and decoding batches use both cores (rayon). Memory: the
+/// places (the larger of `buffer_rows` and the batch size, plus one shard) and the page cache
+/// behind two mapped shards.
 #[derive(Debug)]
 pub struct StoreReader {
     dir: PathBuf,
@@ -49,32 +54,33 @@ pub struct StoreReader {
     rng: ChaCha8Rng,
     /// Shards of the current epoch still to load, next last.
     queue: Vec<usize>,
-    /// Byte buffers holding the buffered rows (stored encoding, `row_bytes` each) next to
-    /// rows already served; an emptied buffer becomes a spare.
-    chunks: Vec<Chunk>,
-    /// Where the rows not yet served this epoch are: (chunk, byte offset).
-    slots: Vec<(usize, usize)>,
+    /// The shuffle buffer's places, `row_bytes` each, holding rows in the stored encoding.
+    places: Vec<u8>,
+    /// Places holding a row not yet served this epoch, in the order draws index them.
+    slots: Vec<usize>,
+    /// Places free for the next shard's rows.
+    free: Vec<usize>,
+    /// For each place, the row of the shard being copied in that goes there, or [`NO_ROW`].
+    source: Vec<usize>,
     row_bytes: usize,
     /// The shard being read ahead and its reader thread.
     ahead: Option<(usize, JoinHandle<Result<Shard>>)>,
-    /// Spent byte buffers (at most [`MAX_SPARES`]), reused for reads and compaction.
-    spares: Vec<Vec<u8>>,
     /// Rows at positions below this in their context are not served.
     skip_positions: usize,
 }
 
-/// One byte buffer of the shuffle buffer and how many of its rows are still to serve.
-#[derive(Debug, Default)]
-struct Chunk {
-    bytes: Vec<u8>,
-    live: usize,
-}
-
-/// A shard file read into memory and checked: its rows are `bytes[start..]`.
+/// A shard file mapped into memory and checked: its rows are `map[start..]`.
 #[derive(Debug)]
 struct Shard {
-    bytes: Vec<u8>,
+    map: Mmap,
     start: usize,
+}
+
+impl Shard {
+    /// The stored rows' bytes.
+    fn data(&self) -> &[u8] {
+        &self.map[self.start..]
+    }
 }
 
 impl StoreReader {
@@ -94,11 +100,12 @@ impl StoreReader {
             buffer_rows: buffer_rows.max(1),
             rng: seeded(0),
             queue: Vec::new(),
-            chunks: Vec::new(),
+            places: Vec::new(),
             slots: Vec::new(),
+            free: Vec::new(),
+            source: Vec::new(),
             row_bytes,
             ahead: None,
-            spares: Vec::new(),
             skip_positions: 0,
         };
         reader.start_epoch(0)?;
@@ -146,9 +153,9 @@ impl StoreReader {
         order.reverse();
         self.queue = order;
         self.slots.clear();
-        for chunk in std::mem::take(&mut self.chunks) {
-            self.recycle(chunk.bytes);
-        }
+        self.free.clear();
+        self.free
+            .extend((0..self.places.len() / self.row_bytes).rev());
         // A read-ahead of the previous epoch is of no use now (its errors do not matter).
         if let Some((_, handle)) = self.ahead.take() {
             let _ = handle.join();
@@ -167,110 +174,90 @@ impl StoreReader {
                 Some((j, handle)) if j == i => handle
                     .join()
                     .unwrap_or_else(|_| Err(Error::Invalid("the shard reader panicked".into())))?,
-                _ => {
-                    let spare = self.spare();
-                    read_shard(&self.dir, &self.meta, i, spare)?
-                }
+                _ => read_shard(&self.dir, &self.meta, i)?,
             };
-            self.take_rows(shard);
+            // The next shard is read while this one's rows are copied in.
             self.read_ahead();
+            self.take_rows(&shard, batch);
         }
         let n = self.buffered_rows().min(batch);
         if n == 0 {
             return Ok(None);
         }
-        let picks: Vec<(usize, usize)> = (0..n)
+        let picks: Vec<usize> = (0..n)
             .map(|_| {
                 let pick = self.rng.random_range(0..self.slots.len());
                 self.slots.swap_remove(pick)
             })
             .collect();
-        let rb = self.row_bytes;
+        let (rb, dtype, places) = (self.row_bytes, self.dtype, &self.places);
         let mut out = vec![0f32; n * d];
-        for (k, row) in out.chunks_exact_mut(d).enumerate() {
-            // Rows sit anywhere in a buffer far larger than the caches: ask for one ahead.
-            if let Some(&(c, at)) = picks.get(k + PREFETCH_AHEAD) {
-                prefetch(&self.chunks[c].bytes[at..at + rb]);
-            }
-            let (c, at) = picks[k];
-            let chunk = &mut self.chunks[c];
-            decode(self.dtype, &chunk.bytes[at..at + rb], row);
-            chunk.live -= 1;
-            if chunk.live == 0 {
-                let bytes = std::mem::take(&mut chunk.bytes);
-                self.recycle(bytes);
-            }
-        }
+        // Decoded in parallel runs of rows (the reader's other work is the shard thread's).
+        out.par_chunks_mut(DECODE_RUN * d)
+            .zip(picks.par_chunks(DECODE_RUN))
+            .for_each(|(out, picks)| {
+                for (k, row) in out.chunks_exact_mut(d).enumerate() {
+                    // Rows sit anywhere in a buffer far larger than the caches: ask ahead.
+                    if let Some(&p) = picks.get(k + PREFETCH_AHEAD) {
+                        prefetch(&places[p * rb..(p + 1) * rb]);
+                    }
+                    let p = picks[k];
+                    decode(dtype, &places[p * rb..(p + 1) * rb], row);
+                }
+            });
+        self.free.extend_from_slice(&picks);
         Ok(Some(Tensor::from_vec(out, (n, d), &Device::Cpu)?))
     }
 
     /// Shard `i` as `[tokens, d_in]` f32, after checking its checksum and shape.
     pub fn load_shard(&self, i: usize) -> Result<Tensor> {
-        let shard = read_shard(&self.dir, &self.meta, i, Vec::new())?;
-        let data = &shard.bytes[shard.start..];
+        let shard = read_shard(&self.dir, &self.meta, i)?;
+        let data = shard.data();
         let rows = data.len() / self.row_bytes;
         let mut out = vec![0f32; rows * self.meta.d_in];
         decode(self.dtype, data, &mut out);
         Ok(Tensor::from_vec(out, (rows, self.meta.d_in), &Device::Cpu)?)
     }
 
-    /// Adds a shard's rows to the shuffle buffer, first compacting the rows to serve when
-    /// served rows would otherwise take more memory than they do plus one shard.
-    fn take_rows(&mut self, shard: Shard) {
+    /// Copies a shard's servable rows into free places of the shuffle buffer, first growing it
+    /// (once, in the first epoch) to hold the rows to serve plus the largest shard.
+    fn take_rows(&mut self, shard: &Shard, batch: usize) {
         let rb = self.row_bytes;
-        let Shard { bytes, start } = shard;
-        let rows = (bytes.len() - start) / rb;
-        let held: usize = self.chunks.iter().map(|c| c.bytes.len()).sum();
-        if held > 2 * self.slots.len() * rb + bytes.len() {
-            self.compact();
-        }
-        let c = self.chunks.len();
-        // Shards hold whole contexts, so a row's position is its index modulo the context.
-        let (context, skip) = (self.meta.context, self.skip_positions);
-        let before = self.slots.len();
-        self.slots.extend(
-            (0..rows)
-                .filter(|r| r % context >= skip)
-                .map(|r| (c, start + r * rb)),
-        );
-        let live = self.slots.len() - before;
-        self.chunks.push(Chunk { bytes, live });
-    }
-
-    /// Moves the rows to serve into one buffer, freeing the others.
-    fn compact(&mut self) {
-        let rb = self.row_bytes;
-        let mut fresh = self.spare();
-        fresh.reserve(self.slots.len() * rb);
-        for (c, at) in &mut self.slots {
-            let to = fresh.len();
-            fresh.extend_from_slice(&self.chunks[*c].bytes[*at..*at + rb]);
-            (*c, *at) = (0, to);
-        }
-        let live = self.slots.len();
-        for chunk in std::mem::take(&mut self.chunks) {
-            self.recycle(chunk.bytes);
-        }
-        self.chunks.push(Chunk { bytes: fresh, live });
-    }
-
-    /// The largest spare buffer, emptied (a new one when there is none).
-    fn spare(&mut self) -> Vec<u8> {
-        let largest = (0..self.spares.len()).max_by_key(|&i| self.spares[i].capacity());
-        let mut spare = largest.map_or_else(Vec::new, |i| self.spares.swap_remove(i));
-        spare.clear();
-        spare
-    }
-
-    /// Keeps `bytes` as a spare if there is room or it is larger than the smallest one.
-    fn recycle(&mut self, bytes: Vec<u8>) {
-        if self.spares.len() < MAX_SPARES {
-            self.spares.push(bytes);
-        } else if let Some(smallest) = self.spares.iter_mut().min_by_key(|b| b.capacity()) {
-            if smallest.capacity() < bytes.capacity() {
-                *smallest = bytes;
+        let data = shard.data();
+        let rows = data.len() / rb;
+        if self.free.len() < rows {
+            let largest = self.meta.shards.iter().map(|s| s.tokens).max().unwrap_or(0);
+            let total: usize = self.meta.shards.iter().map(|s| s.tokens).sum();
+            let want =
+                (self.buffer_rows.max(batch).min(total) + largest).max(self.slots.len() + rows);
+            let have = self.places.len() / rb;
+            if want > have {
+                self.places.resize(want * rb, 0);
+                self.free.extend((have..want).rev());
             }
         }
+        // Shards hold whole contexts, so a row's position is its index modulo the context.
+        let (context, skip) = (self.meta.context, self.skip_positions);
+        self.source.resize(self.places.len() / rb, NO_ROW);
+        for r in (0..rows).filter(|r| r % context >= skip) {
+            let p = self
+                .free
+                .pop()
+                .expect("the shuffle buffer was grown to hold the shard");
+            self.source[p] = r;
+            self.slots.push(p);
+        }
+        // The rows land at scattered places: both cores copy, each over its own places.
+        self.places
+            .par_chunks_mut(rb)
+            .zip(self.source.par_iter_mut())
+            .with_min_len(4096)
+            .for_each(|(place, source)| {
+                if *source != NO_ROW {
+                    place.copy_from_slice(&data[*source * rb..(*source + 1) * rb]);
+                    *source = NO_ROW;
+                }
+            });
     }
 
     /// Starts reading the next queued shard in the background.
@@ -280,28 +267,38 @@ impl StoreReader {
         }
         if let Some(&i) = self.queue.last() {
             let (dir, meta) = (self.dir.clone(), self.meta.clone());
-            let spare = self.spare();
-            self.ahead = Some((
-                i,
-                std::thread::spawn(move || read_shard(&dir, &meta, i, spare)),
-            ));
+            self.ahead = Some((i, std::thread::spawn(move || read_shard(&dir, &meta, i))));
         }
     }
 }
 
-/// Reads shard `i` of the store in `dir` into `bytes` (reused) after checking its checksum,
+/// Maps shard `i` of the store in `dir` and reads it through once, checking its checksum,
 /// header, dtype and shape against `meta`.
-fn read_shard(dir: &Path, meta: &StoreMeta, i: usize, mut bytes: Vec<u8>) -> Result<Shard> {
+///
+/// A map rather than a read into a buffer saves the kernel's copy of every byte (a third of the
+/// reader's work). Shard files are never changed once renamed into place (a rerun writes new
+/// files), the same assumption candle's memory-mapped safetensors loading makes.
+fn read_shard(dir: &Path, meta: &StoreMeta, i: usize) -> Result<Shard> {
     let info: &ShardInfo = meta
         .shards
         .get(i)
         .ok_or_else(|| Error::Invalid(format!("shard index {i} out of range")))?;
     let path = dir.join(&info.file);
     let io = |e: std::io::Error| Error::file(&path, e.to_string());
-    let mut file = File::open(&path).map_err(io)?;
-    bytes.clear();
-    file.read_to_end(&mut bytes).map_err(io)?;
-    let crc = crc32c::crc32c(&bytes);
+    let file = File::open(&path).map_err(io)?;
+    if file.metadata().map_err(io)?.len() == 0 {
+        return Err(Error::file(
+            &path,
+            "corrupt or truncated shard: the file is empty",
+        ));
+    }
+    // SAFETY: the file is only read through the map, and shard files are not modified once
+    // written (see above).
+    let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+    // The checksum reads the file front to back: read ahead of it.
+    let _ = map.advise(Advice::Sequential);
+    let bytes = &map[..];
+    let crc = crc32c::crc32c(bytes);
     if crc != info.crc32c {
         return Err(Error::file(
             &path,
@@ -312,7 +309,7 @@ fn read_shard(dir: &Path, meta: &StoreMeta, i: usize, mut bytes: Vec<u8>) -> Res
             ),
         ));
     }
-    let st = safetensors::SafeTensors::deserialize(&bytes)
+    let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| Error::file(&path, format!("not a safetensors file: {e}")))?;
     let view = st
         .tensor(TENSOR_NAME)
@@ -339,5 +336,5 @@ fn read_shard(dir: &Path, meta: &StoreMeta, i: usize, mut bytes: Vec<u8>) -> Res
             ),
         ));
     }
-    Ok(Shard { bytes, start })
+    Ok(Shard { map, start })
 }

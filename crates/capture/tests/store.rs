@@ -250,6 +250,16 @@ fn corrupt_shards_mismatched_settings_and_bad_data_are_named_errors() {
         }
     };
     assert!(e.contains("shard_000002.safetensors"), "{e}");
+    // An emptied shard and a deleted one are named too.
+    std::fs::write(&shard, b"").unwrap();
+    let e = reader.load_shard(2).unwrap_err().to_string();
+    assert!(
+        e.contains("shard_000002.safetensors") && e.contains("empty"),
+        "{e}"
+    );
+    std::fs::remove_file(&shard).unwrap();
+    let e = reader.load_shard(2).unwrap_err().to_string();
+    assert!(e.contains("shard_000002.safetensors"), "{e}");
 
     // Datasets.
     let bad = tmp.path().join("bad.ids");

@@ -10,7 +10,7 @@
 //! - Read, cold (page cache dropped with `posix_fadvise(DONTNEED)` before each side): the
 //!   shuffled reader (read ahead in a thread, CRC-32C check, f16 → f32, shuffle buffer of
 //!   2^18 rows as `metarep sae train` uses, batches of 4096 rows) vs reading the plain file
-//!   sequentially. Target: ≥ 80%.
+//!   sequentially. Target: ≥ 80% (issue 24's: ≥ 50%, reported as its own flag).
 //! - End to end: `capture` of `blocks.0.hook_resid_post` of a GPT-2-small-shaped random model
 //!   (tokens/s), where the forward pass, not the disk, is the limit.
 //!
@@ -249,7 +249,7 @@ fn run_in(out: &Path, root: &Path, shards: usize, reps: usize) -> Result<bool, B
         "write": {"store_mb_s": store_w, "store_cpu_s": store_w_cpu, "plain_sync_per_chunk_mb_s": plain_w_sync, "plain_sync_at_end_mb_s": plain_w_end, "ratio_to_faster_plain": wr},
         "read_cold": {"store_epoch0_mb_s": store_r0, "store_epoch0_cpu_s": store_r0_cpu, "store_epoch1_mb_s": store_r1, "store_epoch1_cpu_s": store_r1_cpu, "plain_mb_s": plain_r, "ratio_epoch0": rr0, "ratio_epoch1": rr1},
         "end_to_end_tokens_per_s": e2e_tps,
-        "targets": {"write_ge_0_8": wr >= TARGET, "read_epoch1_ge_0_8": rr1 >= TARGET},
+        "targets": {"write_ge_0_8": wr >= TARGET, "read_epoch1_ge_0_8": rr1 >= TARGET, "read_epoch1_ge_0_5_issue24": rr1 >= 0.5},
     });
     write_report(out, "capture", body)?;
     Ok(true)
