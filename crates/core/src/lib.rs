@@ -41,6 +41,7 @@ pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod fsutil;
+pub mod half_bytes;
 pub mod html;
 pub mod manifest;
 pub mod memory;

@@ -241,6 +241,15 @@ pub struct RecordHeader {
     pub provenance: Provenance,
 }
 
+/// Appends `values` as little-endian u32s (the token records' data) to `out`.
+pub fn extend_le_u32(out: &mut Vec<u8>, values: &[u32]) {
+    if cfg!(target_endian = "little") {
+        out.extend_from_slice(bytemuck::cast_slice(values));
+    } else {
+        out.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    }
+}
+
 /// Encodes a node record payload: header then `data` (token ids LE u32, or gist bytes).
 pub fn encode_node(h: &RecordHeader, data: &[u8], out: &mut Vec<u8>) {
     encode_node_header(h, out);

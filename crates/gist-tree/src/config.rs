@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use metarep_core::half_bytes::{self, Half};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -45,50 +46,35 @@ impl GistDType {
     /// Encodes `values` in this dtype, appending little-endian bytes to `out` (f16/bf16 use the
     /// CPU's vector conversions where it has them).
     pub fn encode(self, values: &[f32], out: &mut Vec<u8>) {
-        use half::slice::HalfFloatSliceExt;
-        out.reserve(values.len() * self.size());
-        match self {
-            GistDType::F16 => {
-                let mut h = vec![half::f16::ZERO; values.len()];
-                h.convert_from_f32_slice(values);
-                out.extend(h.iter().flat_map(|x| x.to_le_bytes()));
-            }
-            GistDType::Bf16 => {
-                let mut h = vec![half::bf16::ZERO; values.len()];
-                h.convert_from_f32_slice(values);
-                out.extend(h.iter().flat_map(|x| x.to_le_bytes()));
-            }
-            GistDType::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
+        match self.half() {
+            Some(kind) => half_bytes::encode(kind, values, out),
+            None => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
         }
     }
 
     /// Decodes little-endian `bytes` (a whole number of elements) and appends them to `out`.
     pub fn decode(self, bytes: &[u8], out: &mut Vec<f32>) {
-        use half::slice::HalfFloatSliceExt;
         let start = out.len();
         let n = bytes.len() / self.size();
-        match self {
-            GistDType::F16 => {
-                let h: Vec<half::f16> = bytes
-                    .chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
-                    .collect();
+        match self.half() {
+            Some(kind) => {
                 out.resize(start + n, 0.0);
-                h.convert_to_f32_slice(&mut out[start..]);
+                half_bytes::decode(kind, bytes, &mut out[start..]);
             }
-            GistDType::Bf16 => {
-                let h: Vec<half::bf16> = bytes
-                    .chunks_exact(2)
-                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]))
-                    .collect();
-                out.resize(start + n, 0.0);
-                h.convert_to_f32_slice(&mut out[start..]);
-            }
-            GistDType::F32 => out.extend(
+            None => out.extend(
                 bytes
                     .chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
             ),
+        }
+    }
+
+    /// The 16-bit format of this dtype (`None` for f32).
+    fn half(self) -> Option<Half> {
+        match self {
+            GistDType::F16 => Some(Half::F16),
+            GistDType::Bf16 => Some(Half::Bf16),
+            GistDType::F32 => None,
         }
     }
 

@@ -35,6 +35,7 @@
 
 #![warn(missing_docs)]
 
+mod background;
 pub mod codec;
 pub mod compact;
 pub mod config;

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use memmap2::{Advice, Mmap};
 
+use crate::background::BackgroundWrites;
 use crate::codec::{self, FileHeader, FrameRead, HEADER_LEN, MAX_LEVELS, SEGMENT_MAGIC};
 use crate::config::{TreeMeta, FORMAT_VERSION};
 use crate::error::{Error, Result};
@@ -228,17 +229,23 @@ impl Storage {
     }
 }
 
-/// Appends records to one level's active segment, buffering writes until `flush`.
+/// Appends records to one level's active segment. Records collect in a buffer that a
+/// background thread checksums and writes (see [`crate::background`]) each time it fills and
+/// at `flush`, which waits for the thread.
 pub struct SegmentWriter {
     level: u8,
     gen_dir: PathBuf,
     seg: u32,
-    file: File,
+    file: Arc<File>,
     /// Logical length of the active segment, buffered bytes included.
     len: u64,
     buf: Vec<u8>,
+    /// Where each frame in `buf` starts (their prefixes are sealed by the write thread).
+    frames: Vec<usize>,
+    /// The write thread, started by the first write.
+    writes: Option<BackgroundWrites>,
     /// Files written since the last sync (sealed segments and the active one).
-    unsynced: Vec<File>,
+    unsynced: Vec<Arc<File>>,
     dirty: bool,
     new_files: bool,
     /// Segments sealed since the last `take_sealed`, with their final lengths.
@@ -276,9 +283,11 @@ impl SegmentWriter {
             level,
             gen_dir: gen_dir.to_path_buf(),
             seg,
-            file,
+            file: Arc::new(file),
             len: len.max(HEADER_LEN as u64),
             buf: Vec::with_capacity(WRITE_BUF),
+            frames: Vec::new(),
+            writes: None,
             unsynced: Vec::new(),
             dirty: new_files,
             new_files,
@@ -331,7 +340,7 @@ impl SegmentWriter {
                 "record encoder wrote {got} bytes, announced {payload_len}"
             )));
         }
-        codec::seal_frame(&mut self.buf[start..]);
+        self.frames.push(start);
         self.len += total;
         self.dirty = true;
         if self.buf.len() >= WRITE_BUF {
@@ -349,13 +358,14 @@ impl SegmentWriter {
         segment_path(&self.gen_dir, self.level, self.seg)
     }
 
+    /// Hands the buffered records to the write thread (started on first use).
     fn write_buf(&mut self) -> Result<()> {
         if !self.buf.is_empty() {
             let path = self.path();
-            self.file
-                .write_all(&self.buf)
-                .map_err(|e| Error::io(&path, e))?;
-            self.buf.clear();
+            let writes = self.writes.get_or_insert_with(BackgroundWrites::start);
+            let bytes = std::mem::take(&mut self.buf);
+            let frames = std::mem::take(&mut self.frames);
+            (self.buf, self.frames) = writes.submit(&self.file, path, bytes, frames)?;
         }
         Ok(())
     }
@@ -387,6 +397,9 @@ impl SegmentWriter {
     /// handles of sealed files that were not synced (fsync policy off).
     pub fn flush(&mut self, sync: bool, forget: bool) -> Result<()> {
         self.write_buf()?;
+        if let Some(writes) = &mut self.writes {
+            writes.wait()?;
+        }
         if forget && !sync {
             self.unsynced.clear();
         }

@@ -338,11 +338,11 @@ impl Writer {
                 }
             } else {
                 Block {
-                    tokens: Vec::new(),
+                    tokens: Vec::with_capacity(self.config().block as usize),
                     prov: Provenance::default(),
                 }
             };
-            self.pending.blocks.insert(blk, block);
+            return Ok(self.pending.blocks.entry(blk).or_insert(block));
         }
         self.pending
             .blocks
@@ -582,7 +582,7 @@ impl Writer {
                 provenance: blk.prov,
             };
             self.write_record(&h, blk.tokens.len() * 4, |buf| {
-                buf.extend(blk.tokens.iter().flat_map(|t| t.to_le_bytes()))
+                codec::extend_le_u32(buf, &blk.tokens)
             })?;
         }
 
@@ -750,12 +750,20 @@ impl Writer {
             children,
         };
         self.summarizer.summarize(&batch, out)?;
-        if let Some(bad) = out.iter().position(|v| !v.is_finite()) {
+        // Whole gists are checked with bit tests the compiler vectorises; only a gist that has a
+        // non-finite value is searched for its node.
+        let non_finite = |g: &[f32]| {
+            g.iter()
+                .fold(0u32, |acc, v| acc | u32::from(v.to_bits() & EXP == EXP))
+                != 0
+        };
+        const EXP: u32 = 0x7f80_0000;
+        if let Some(bad) = out.chunks(cfg.width as usize).position(non_finite) {
             return Err(Error::Summarizer {
                 producer: self.summarizer.producer().to_string(),
                 reason: format!(
                     "non-finite value in the gist of node {level}:{}",
-                    nodes[bad / cfg.width as usize]
+                    nodes[bad]
                 ),
             });
         }
