@@ -35,6 +35,15 @@ pub fn cpu_secs() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
+/// User-mode CPU seconds used by this process so far (the part outside the kernel).
+pub fn user_cpu_secs() -> f64 {
+    // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one rusage we own.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru.ru_utime.tv_sec as f64 + ru.ru_utime.tv_usec as f64 * 1e-6
+}
+
 /// When a plain write syncs to disk (inside the timing).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Sync {
