@@ -105,6 +105,40 @@ pub fn kl_to_full(full: &Tensor, logits: &Tensor) -> Result<Tensor> {
     Ok(kl.mean(1)?)
 }
 
+/// In-batch contrastive loss (InfoNCE) that keeps gists apart and tied to their own blocks:
+/// with `s_ij = cos(g_i, m_j) / temperature`, where `g` are the gists `[n, d]` and `m` the mean
+/// of each block's token embeddings (`blocks`, `[n, B, d]`; no gradient flows into them), the
+/// mean over i of `−log softmax_j(s_ij)` at `j = i`. It is `ln n` when every gist is equally
+/// close to every block, at least `ln n` when all gists are one vector, and falls as each gist
+/// becomes closer to its own block than to the others: it pushes gists of different blocks
+/// apart and towards their own block's content.
+pub fn contrastive(gists: &Tensor, blocks: &Tensor, temperature: f64) -> Result<Tensor> {
+    let (n, d) = gists.dims2()?;
+    let (nb, _, db) = blocks.dims3()?;
+    if n < 2 || nb != n || db != d {
+        return Err(Error::Invalid(format!(
+            "the contrastive term needs gists [n ≥ 2, d] and blocks [n, B, d]: got {:?} and {:?}",
+            gists.dims(),
+            blocks.dims()
+        )));
+    }
+    if !(temperature.is_finite() && temperature > 0.0) {
+        return Err(Error::Invalid(format!(
+            "the contrastive temperature must be positive, got {temperature}"
+        )));
+    }
+    let unit = |x: &Tensor| -> Result<Tensor> {
+        let norm = (x.sqr()?.sum_keepdim(1)?.sqrt()? + 1e-12)?;
+        Ok(x.broadcast_div(&norm)?)
+    };
+    let g = unit(gists)?;
+    let m = unit(&blocks.detach().mean(1)?)?;
+    let scores = (g.matmul(&m.t()?)? / temperature)?;
+    // Row i's own block is class i: a one-position "sequence" per row for `token_nll`.
+    let own = Tensor::arange(0u32, n as u32, gists.device())?.unsqueeze(1)?;
+    Ok(token_nll(&scores.unsqueeze(1)?, &own)?.mean_all()?)
+}
+
 /// The logits `[n, H, vocab]` (f32) that predict the H tokens after each window's block, with
 /// the block replaced as `replacement` says (see [`nll_after_block`]).
 pub fn logits_after_block(

@@ -2,7 +2,8 @@
 //! (a function of the seed and the step, so a resumed run repeats the uninterrupted one),
 //! replaces each window's block by its gist and minimises the mean NLL of the H tokens after it
 //! ([`crate::objective`]), plus, with a `kl_weight`, the mean KL from the full context's
-//! predictions to the gist's. Only GistNet's parameters move: the base model's weights are plain
+//! predictions to the gist's and, with a `contrastive_weight`, an in-batch contrastive term
+//! that keeps gists of different blocks apart ([`crate::objective::contrastive`]). Only GistNet's parameters move: the base model's weights are plain
 //! tensors, so gradients pass through it into the gist. The loop is
 //! [`metarep_core::train::run`] (warmup + cosine schedule, checkpoints with exact resume, the
 //! metrics log, progress bar).
@@ -18,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::gistnet::GistNet;
 use crate::objective::{
-    kl_to_full, logits_after_block, targets, token_nll, Replacement, WindowShape,
+    contrastive, kl_to_full, logits_after_block, targets, token_nll, Replacement, WindowShape,
 };
 use crate::working_context::PositionRule;
 
@@ -47,6 +48,13 @@ pub struct GistTrainConfig {
     /// NLL (0: NLL only).
     #[serde(default)]
     pub kl_weight: f64,
+    /// Weight of the in-batch contrastive term ([`crate::objective::contrastive`]) added to the
+    /// loss (0: off).
+    #[serde(default)]
+    pub contrastive_weight: f64,
+    /// Temperature of the contrastive term's cosine scores.
+    #[serde(default = "default_temperature")]
+    pub contrastive_temperature: f64,
     /// Metrics line every this many steps (0 = only the last).
     pub log_every: usize,
     /// Checkpoint every this many steps (0 = only at the end).
@@ -72,10 +80,17 @@ impl Default for GistTrainConfig {
             },
             rule: PositionRule::SpanEnd,
             kl_weight: 0.0,
+            contrastive_weight: 0.0,
+            contrastive_temperature: default_temperature(),
             log_every: 50,
             checkpoint_every: 0,
         }
     }
+}
+
+/// The contrastive term's default temperature, 0.1.
+fn default_temperature() -> f64 {
+    0.1
 }
 
 /// `n` windows drawn uniformly over the documents' window starts (a document of length L
@@ -156,16 +171,22 @@ pub fn train_gistnet(
             config.seed,
             &format!("train step {step}"),
         )?;
-        let gists = net.forward(&block_embeddings(model, &windows, config.shape)?)?;
+        let blocks = block_embeddings(model, &windows, config.shape)?;
+        let gists = net.forward(&blocks)?;
         let (shape, rule) = (config.shape, config.rule);
-        let logits = logits_after_block(model, &windows, shape, &Replacement::Vector(gists), rule)?;
-        let nll = token_nll(&logits, &targets(model, &windows, shape)?)?.mean_all()?;
-        if config.kl_weight == 0.0 {
-            return Ok(nll);
+        let replacement = Replacement::Vector(gists.clone());
+        let logits = logits_after_block(model, &windows, shape, &replacement, rule)?;
+        let mut loss = token_nll(&logits, &targets(model, &windows, shape)?)?.mean_all()?;
+        if config.kl_weight != 0.0 {
+            let full = logits_after_block(model, &windows, shape, &Replacement::Full, rule)?;
+            let kl = kl_to_full(&full, &logits)?.mean_all()?;
+            loss = (loss + (kl * config.kl_weight)?)?;
         }
-        let full = logits_after_block(model, &windows, shape, &Replacement::Full, rule)?;
-        let kl = kl_to_full(&full, &logits)?.mean_all()?;
-        Ok((nll + (kl * config.kl_weight)?)?)
+        if config.contrastive_weight != 0.0 {
+            let c = contrastive(&gists, &blocks, config.contrastive_temperature)?;
+            loss = (loss + (c * config.contrastive_weight)?)?;
+        }
+        Ok(loss)
     };
     let mut fit = AdamRun::new(&params, config.weight_decay, config.clip, loss)?;
     let plan = plan(

@@ -275,6 +275,83 @@ fn kl_to_the_full_context_is_zero_for_the_full_block_and_positive_without_it() {
 }
 
 #[test]
+fn the_contrastive_term_is_infonce_over_cosines_and_enters_the_loss() {
+    use metarep_megacontext::objective::contrastive;
+    // Against a direct f64 computation on random gists and blocks.
+    let (n, b, d, tau) = (5, 3, 4, 0.2);
+    let g = Tensor::randn(0f32, 1.0, (n, d), &Device::Cpu).unwrap();
+    let blocks = Tensor::randn(0f32, 1.0, (n, b, d), &Device::Cpu).unwrap();
+    let got = contrastive(&g, &blocks, tau)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
+    let gv = g.to_vec2::<f32>().unwrap();
+    let bv = blocks.to_vec3::<f32>().unwrap();
+    let mean: Vec<Vec<f64>> = bv
+        .iter()
+        .map(|blk| {
+            (0..d)
+                .map(|k| blk.iter().map(|t| t[k] as f64).sum::<f64>() / b as f64)
+                .collect()
+        })
+        .collect();
+    let cos = |x: &[f32], y: &[f64]| {
+        let dot: f64 = x.iter().zip(y).map(|(a, b)| *a as f64 * b).sum();
+        let nx = x.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+        let ny = y.iter().map(|a| a * a).sum::<f64>().sqrt();
+        dot / (nx * ny)
+    };
+    let want = (0..n)
+        .map(|i| {
+            let s: Vec<f64> = (0..n).map(|j| cos(&gv[i], &mean[j]) / tau).collect();
+            let lse = s.iter().map(|x| x.exp()).sum::<f64>().ln();
+            lse - s[i]
+        })
+        .sum::<f64>()
+        / n as f64;
+    assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    // Gists equal to their own blocks' means score below ln n; collapsed gists (all equal)
+    // score at least ln n (the mean over rows of lse(s) − s_i is lse(s) − mean(s) ≥ ln n).
+    let means = blocks.mean(1).unwrap();
+    let own = contrastive(&means, &blocks, tau)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!((own as f64) < (n as f64).ln(), "{own}");
+    let same = Tensor::ones((n, d), DType::F32, &Device::Cpu).unwrap();
+    let flat = contrastive(&same, &blocks, tau)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(flat as f64 >= (n as f64).ln() - 1e-5, "{flat}");
+    assert!(flat > own, "{flat} vs {own}");
+    // Bad shapes and temperatures are named errors.
+    assert!(contrastive(&g.narrow(0, 0, 1).unwrap(), &blocks, tau).is_err());
+    assert!(contrastive(&g, &blocks.narrow(0, 0, 4).unwrap(), tau).is_err());
+    let e = contrastive(&g, &blocks, 0.0).unwrap_err().to_string();
+    assert!(e.contains("temperature"), "{e}");
+
+    // In training, the weighted term is added to the first batch's loss (> 0: an untrained
+    // net's gists are not yet matched to their blocks).
+    let model = base_model();
+    let first = |contrastive_weight: f64| {
+        let cfg = GistTrainConfig {
+            steps: 1,
+            batch: 8,
+            shape: SHAPE,
+            contrastive_weight,
+            log_every: 0,
+            ..GistTrainConfig::default()
+        };
+        let net = small_net(4, Skip::Last);
+        let r = train_gistnet(&model, &net, &docs(), &cfg, RunControl::default()).unwrap();
+        r.first_loss
+    };
+    let (plain, with_c) = (first(0.0), first(1.0));
+    assert!(with_c > plain + 0.1, "{with_c} vs {plain}");
+}
+
+#[test]
 fn the_surprisal_baseline_keeps_the_most_surprising_tokens() {
     use metarep_megacontext::eval::block_surprisal;
     let model = base_model();
