@@ -257,21 +257,25 @@ fn kl_to_the_full_context_is_zero_for_the_full_block_and_positive_without_it() {
         .unwrap();
     assert!(dropped.iter().all(|k| *k > 1e-4), "{dropped:?}");
     // The KL term adds the first batch's mean KL (> 0 for an untrained gist) to its loss.
-    let first = |kl_weight: f64| {
-        let cfg = GistTrainConfig {
-            steps: 1,
-            batch: 8,
-            shape: SHAPE,
-            kl_weight,
-            log_every: 0,
-            ..GistTrainConfig::default()
-        };
-        let net = small_net(4, Skip::Last);
-        let r = train_gistnet(&model, &net, &docs(), &cfg, RunControl::default()).unwrap();
-        r.first_loss
-    };
-    let (plain, with_kl) = (first(0.0), first(1.0));
+    let (plain, with_kl) = (first_loss(&model, 0.0, 0.0), first_loss(&model, 1.0, 0.0));
     assert!(with_kl > plain + 1e-4, "{with_kl} vs {plain}");
+}
+
+/// The loss of the first step of a fresh small net trained on batches of 8 windows with these
+/// weights of the KL and contrastive terms.
+fn first_loss(model: &HookedTransformer, kl_weight: f64, contrastive_weight: f64) -> f64 {
+    let cfg = GistTrainConfig {
+        steps: 1,
+        batch: 8,
+        shape: SHAPE,
+        log_every: 0,
+        kl_weight,
+        contrastive_weight,
+        ..GistTrainConfig::default()
+    };
+    let net = small_net(4, Skip::Last);
+    let r = train_gistnet(model, &net, &docs(), &cfg, RunControl::default()).unwrap();
+    r.first_loss
 }
 
 #[test]
@@ -334,20 +338,7 @@ fn the_contrastive_term_is_infonce_over_cosines_and_enters_the_loss() {
     // In training, the weighted term is added to the first batch's loss (> 0: an untrained
     // net's gists are not yet matched to their blocks).
     let model = base_model();
-    let first = |contrastive_weight: f64| {
-        let cfg = GistTrainConfig {
-            steps: 1,
-            batch: 8,
-            shape: SHAPE,
-            contrastive_weight,
-            log_every: 0,
-            ..GistTrainConfig::default()
-        };
-        let net = small_net(4, Skip::Last);
-        let r = train_gistnet(&model, &net, &docs(), &cfg, RunControl::default()).unwrap();
-        r.first_loss
-    };
-    let (plain, with_c) = (first(0.0), first(1.0));
+    let (plain, with_c) = (first_loss(&model, 0.0, 0.0), first_loss(&model, 0.0, 1.0));
     assert!(with_c > plain + 0.1, "{with_c} vs {plain}");
 }
 
