@@ -230,7 +230,7 @@ impl Storage {
 }
 
 /// Appends records to one level's active segment. Records collect in a buffer that a
-/// background thread checksums and writes (see [`crate::background`]) each time it fills and
+/// background thread checksums and writes (the crate's `background` module) each time it fills and
 /// at `flush`, which waits for the thread.
 pub struct SegmentWriter {
     level: u8,
