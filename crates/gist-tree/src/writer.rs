@@ -752,12 +752,12 @@ impl Writer {
         self.summarizer.summarize(&batch, out)?;
         // Whole gists are checked with bit tests the compiler vectorises; only a gist that has a
         // non-finite value is searched for its node.
+        const EXP: u32 = 0x7f80_0000; // all exponent bits set: ±inf or NaN
         let non_finite = |g: &[f32]| {
             g.iter()
                 .fold(0u32, |acc, v| acc | u32::from(v.to_bits() & EXP == EXP))
                 != 0
         };
-        const EXP: u32 = 0x7f80_0000;
         if let Some(bad) = out.chunks(cfg.width as usize).position(non_finite) {
             return Err(Error::Summarizer {
                 producer: self.summarizer.producer().to_string(),

@@ -10,7 +10,8 @@
 //!
 //! Settings (`--set key=value`): `size_gib` (tree size, default 1), `reads` (samples per
 //! latency measurement, default 20000), `fsync_mib` (data written in the fsync-per-commit run,
-//! default 64), `reps` (append rounds, default 3). The tree is written under `target/gist-bench/` and deleted afterwards.
+//! default 64), `reps` (append rounds, default 3). The tree is written under
+//! `target/gist-bench/` and deleted afterwards.
 
 use std::fs::File;
 use std::io::Write;
@@ -284,16 +285,8 @@ fn time_plain_reads(locs: &[(usize, u64, usize)], files: &[PathBuf]) -> Result<V
 fn settle_and_prime(dir: &Path, bytes: u64) -> Result<(), BoxError> {
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };
-    let scratch = dir.join("prime.bin");
-    let chunk = vec![1u8; 1 << 20];
-    let mut f = File::create(&scratch)?;
-    let mut done = 0u64;
-    while done < bytes {
-        f.write_all(&chunk)?;
-        done += chunk.len() as u64;
-    }
-    drop(f);
-    std::fs::remove_file(&scratch)?;
+    // A plain write, untimed, deleted at once: its pages are freed just before the timed write.
+    plain_write(&dir.join("prime.bin"), bytes, 1 << 20, Sync::Never)?;
     Ok(())
 }
 
@@ -328,14 +321,14 @@ fn run_in(
     let plain = root.join("plain.bin");
 
     // Alternating rounds: the tree, then a plain write of the same bytes in the same chunk
-    // size, each starting from the same page-cache state (`settle_and_prime`); medians. The last round's tree stays for the
-    // rest of the benchmark.
+    // size, each starting from the same page-cache state (`settle_and_prime`); medians. The
+    // last round's tree stays for the rest of the benchmark.
+    let expected = (size_gib * (1u64 << 30) as f64) as u64;
     let mut rounds: Vec<AppendRound> = Vec::with_capacity(reps);
     for r in 0..reps {
         if tree.exists() {
             std::fs::remove_dir_all(&tree)?;
         }
-        let expected = (size_gib * (1u64 << 30) as f64) as u64;
         settle_and_prime(root, 2 * expected)?;
         println!("  round {r}: append {tokens} tokens (fsync off) ...");
         let run = append_tree(&tree, tokens, FsyncPolicy::Off, Box::new(CheapSummarizer))?;
