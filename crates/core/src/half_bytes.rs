@@ -1,9 +1,9 @@
 //! f32 values to and from little-endian 16-bit floats (f16, bf16), the on-disk encodings of the
 //! activation store and the gist tree.
 //!
-//! Both directions work on whole slices without temporary buffers: encoding converts in place
-//! inside the output bytes (with `half`'s slice conversion, which uses F16C where the CPU has
-//! it), and f16 decoding reads unaligned bytes eight values at a time with F16C. Rounding is to
+//! Both directions work on whole slices without temporary buffers, converting in place inside
+//! the output; f16 is converted eight values at a time with F16C where the CPU has it (unaligned
+//! loads and stores), bf16 through `half`'s slice conversion. Rounding is to
 //! nearest even, bit-identical to `half`'s scalar conversions (the reference in the tests).
 //!
 //! ```
@@ -37,26 +37,113 @@ pub fn encode(kind: Half, values: &[f32], out: &mut Vec<u8>) {
     let start = out.len();
     out.resize(start + 2 * values.len(), 0);
     let tail = &mut out[start..];
-    match bytemuck::try_cast_slice_mut::<u8, u16>(tail) {
-        // Converted in place when the bytes are 2-byte aligned (always, in practice).
-        Ok(bits) => match kind {
-            Half::F16 => bits
-                .reinterpret_cast_mut::<half::f16>()
-                .convert_from_f32_slice(values),
-            Half::Bf16 => bits
+    match kind {
+        Half::F16 => encode_f16(values, tail),
+        Half::Bf16 => match bytemuck::try_cast_slice_mut::<u8, u16>(tail) {
+            // Converted in place when the bytes are 2-byte aligned (always, in practice).
+            Ok(bits) => bits
                 .reinterpret_cast_mut::<half::bf16>()
                 .convert_from_f32_slice(values),
+            Err(_) => {
+                for (b, x) in tail.chunks_exact_mut(2).zip(values) {
+                    b.copy_from_slice(&half::bf16::from_f32(*x).to_le_bytes());
+                }
+            }
         },
-        Err(_) => {
-            for (b, x) in tail.chunks_exact_mut(2).zip(values) {
-                let bits = match kind {
-                    Half::F16 => half::f16::from_f32(*x).to_bits(),
-                    Half::Bf16 => half::bf16::from_f32(*x).to_bits(),
-                };
-                b.copy_from_slice(&bits.to_le_bytes());
+    }
+}
+
+fn encode_f16(values: &[f32], bytes: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU has F16C and AVX (checked just above); `encode` sized `bytes`.
+        unsafe { encode_f16_f16c(values, bytes) };
+        return;
+    }
+    encode_f16_scalar(values, bytes);
+}
+
+fn encode_f16_scalar(values: &[f32], bytes: &mut [u8]) {
+    for (b, x) in bytes.chunks_exact_mut(2).zip(values) {
+        b.copy_from_slice(&half::f16::from_f32(*x).to_le_bytes());
+    }
+}
+
+/// # Safety
+/// The CPU must support F16C and AVX, and `bytes.len() >= 2 * values.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn encode_f16_f16c(values: &[f32], bytes: &mut [u8]) {
+    use std::arch::x86_64::{
+        __m128i, _mm256_cvtps_ph, _mm256_loadu_ps, _mm_storeu_si128, _MM_FROUND_TO_NEAREST_INT,
+    };
+    let n = values.len();
+    let full = n / 8 * 8;
+    for i in (0..full).step_by(8) {
+        // SAFETY: values i..i + 8 lie inside both slices (i + 8 ≤ n and bytes holds 2n bytes);
+        // the loads and stores are unaligned ones.
+        unsafe {
+            let v = _mm256_loadu_ps(values.as_ptr().add(i));
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+            _mm_storeu_si128(bytes.as_mut_ptr().add(2 * i).cast::<__m128i>(), h);
+        }
+    }
+    encode_f16_scalar(&values[full..], &mut bytes[2 * full..]);
+}
+
+/// Appends `values` encoded as little-endian `kind` to `out` and replaces each value by what its
+/// encoding decodes back to (the stored value), in one pass over `values`.
+pub fn encode_rounding(kind: Half, values: &mut [f32], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + 2 * values.len(), 0);
+    let tail = &mut out[start..];
+    match kind {
+        Half::F16 => {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("f16c")
+                && std::arch::is_x86_feature_detected!("avx")
+            {
+                // SAFETY: the CPU has F16C and AVX (checked just above); `tail` was sized above.
+                unsafe { encode_rounding_f16_f16c(values, tail) };
+                return;
+            }
+            encode_f16_scalar(values, tail);
+            decode_f16_scalar(tail, values);
+        }
+        Half::Bf16 => {
+            for (b, x) in tail.chunks_exact_mut(2).zip(values.iter_mut()) {
+                let h = half::bf16::from_f32(*x);
+                b.copy_from_slice(&h.to_le_bytes());
+                *x = h.to_f32();
             }
         }
     }
+}
+
+/// # Safety
+/// The CPU must support F16C and AVX, and `bytes.len() >= 2 * values.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn encode_rounding_f16_f16c(values: &mut [f32], bytes: &mut [u8]) {
+    use std::arch::x86_64::{
+        __m128i, _mm256_cvtph_ps, _mm256_cvtps_ph, _mm256_loadu_ps, _mm256_storeu_ps,
+        _mm_storeu_si128, _MM_FROUND_TO_NEAREST_INT,
+    };
+    let n = values.len();
+    let full = n / 8 * 8;
+    for i in (0..full).step_by(8) {
+        // SAFETY: values i..i + 8 lie inside both slices (i + 8 ≤ n and bytes holds 2n bytes);
+        // the loads and stores are unaligned ones.
+        unsafe {
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(
+                values.as_ptr().add(i),
+            ));
+            _mm_storeu_si128(bytes.as_mut_ptr().add(2 * i).cast::<__m128i>(), h);
+            _mm256_storeu_ps(values.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        }
+    }
+    encode_f16_scalar(&values[full..], &mut bytes[2 * full..]);
+    decode_f16_scalar(&bytes[2 * full..], &mut values[full..]);
 }
 
 /// Decodes `out.len()` little-endian `kind` values from the front of `bytes` into `out`.
@@ -142,6 +229,51 @@ mod tests {
                 .chunks_exact(2)
                 .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32());
             assert!(out.iter().zip(want).all(|(a, b)| same(*a, b)));
+        }
+    }
+
+    #[test]
+    fn f16_encode_matches_half_across_the_f32_bit_patterns() {
+        // Every 4099th bit pattern (all exponents, both signs, NaNs and infinities) plus every
+        // tail length.
+        let x: Vec<f32> = (0..=u32::MAX).step_by(4099).map(f32::from_bits).collect();
+        let mut bytes = Vec::new();
+        encode(Half::F16, &x, &mut bytes);
+        for (b, v) in bytes.chunks_exact(2).zip(&x) {
+            let got = half::f16::from_le_bytes([b[0], b[1]]);
+            let want = half::f16::from_f32(*v);
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{:#010x}: {:#06x} vs {:#06x}",
+                v.to_bits(),
+                got.to_bits(),
+                want.to_bits()
+            );
+        }
+        for n in 0..20 {
+            let mut short = Vec::new();
+            encode(Half::F16, &x[7..7 + n], &mut short);
+            assert_eq!(short, bytes[14..14 + 2 * n]);
+        }
+    }
+
+    #[test]
+    fn encode_rounding_is_encode_then_decode() {
+        let x: Vec<f32> = (0..=u32::MAX).step_by(65_537).map(f32::from_bits).collect();
+        for kind in [Half::F16, Half::Bf16] {
+            for n in [0, 1, 7, 8, 9, 100, x.len()] {
+                let (mut want_bytes, mut got_bytes) = (vec![1u8], vec![1u8]);
+                encode(kind, &x[..n], &mut want_bytes);
+                let mut want = vec![0f32; n];
+                decode(kind, &want_bytes[1..], &mut want);
+                let mut got = x[..n].to_vec();
+                encode_rounding(kind, &mut got, &mut got_bytes);
+                assert_eq!(got_bytes, want_bytes, "{kind:?} n {n}");
+                assert!(
+                    got.iter().zip(&want).all(|(a, b)| same(*a, *b)),
+                    "{kind:?} n {n}"
+                );
+            }
         }
     }
 

@@ -259,24 +259,28 @@ pub fn encode_node(h: &RecordHeader, data: &[u8], out: &mut Vec<u8>) {
 /// Encodes the fixed header of a node record (the data bytes follow it).
 pub fn encode_node_header(h: &RecordHeader, out: &mut Vec<u8>) {
     let p = &h.provenance;
-    out.push(h.kind);
-    out.push(h.node.level);
-    out.extend_from_slice(&p.tags.0.to_le_bytes());
-    out.extend_from_slice(&h.count.to_le_bytes());
-    for v in [
+    // Filled at fixed offsets, then appended in one piece.
+    let mut b = [0u8; NODE_HEADER];
+    b[0] = h.kind;
+    b[1] = h.node.level;
+    b[2..4].copy_from_slice(&p.tags.0.to_le_bytes());
+    b[4..8].copy_from_slice(&h.count.to_le_bytes());
+    let words = [
         h.node.index,
         h.version,
         p.source,
         p.byte_start,
         p.byte_end,
         p.timestamp_ms,
-    ] {
-        out.extend_from_slice(&v.to_le_bytes());
+    ];
+    for (i, v) in words.into_iter().enumerate() {
+        b[8 + 8 * i..16 + 8 * i].copy_from_slice(&v.to_le_bytes());
     }
-    out.extend_from_slice(&p.producer.id.to_le_bytes());
-    out.extend_from_slice(&p.producer.version.to_le_bytes());
-    out.extend_from_slice(&p.score.unwrap_or(0.0).to_le_bytes());
-    out.extend_from_slice(&u32::from(p.score.is_some()).to_le_bytes());
+    b[56..60].copy_from_slice(&p.producer.id.to_le_bytes());
+    b[60..64].copy_from_slice(&p.producer.version.to_le_bytes());
+    b[64..68].copy_from_slice(&p.score.unwrap_or(0.0).to_le_bytes());
+    b[68..72].copy_from_slice(&u32::from(p.score.is_some()).to_le_bytes());
+    out.extend_from_slice(&b);
 }
 
 /// Decodes a node record payload into its header and data bytes.

@@ -52,6 +52,15 @@ impl GistDType {
         }
     }
 
+    /// Encodes `values` like [`GistDType::encode`] and replaces each by its stored value (what
+    /// decoding gives back), in one pass.
+    pub fn encode_rounding(self, values: &mut [f32], out: &mut Vec<u8>) {
+        match self.half() {
+            Some(kind) => half_bytes::encode_rounding(kind, values, out),
+            None => self.encode(values, out),
+        }
+    }
+
     /// Decodes little-endian `bytes` (a whole number of elements) and appends them to `out`.
     pub fn decode(self, bytes: &[u8], out: &mut Vec<f32>) {
         let start = out.len();

@@ -46,6 +46,7 @@ pub mod log;
 pub mod log_end;
 pub mod node;
 pub mod open;
+mod pending;
 pub mod prune;
 pub mod segment;
 pub mod snapshot;

@@ -253,7 +253,7 @@ pub struct SegmentWriter {
 }
 
 /// Write buffer size of a segment appender.
-const WRITE_BUF: usize = 1 << 20;
+const WRITE_BUF: usize = 256 << 10;
 
 impl SegmentWriter {
     /// Opens the active segment `seg` of `level` for appending at `len` (its committed length),
@@ -358,8 +358,10 @@ impl SegmentWriter {
         segment_path(&self.gen_dir, self.level, self.seg)
     }
 
-    /// Hands the buffered records to the write thread (started on first use).
-    fn write_buf(&mut self) -> Result<()> {
+    /// Hands the buffered records to the write thread (started on first use) without waiting;
+    /// a commit hands every level's records over before it waits for any, so levels are written
+    /// in parallel.
+    pub fn write_buf(&mut self) -> Result<()> {
         if !self.buf.is_empty() {
             let path = self.path();
             let writes = self.writes.get_or_insert_with(BackgroundWrites::start);

@@ -3,7 +3,7 @@
 //! on their paths to the root (batched through the [`Summarizer`]), flushes the segments, and
 //! then appends the commit entry that makes it all visible at once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -15,33 +15,30 @@ use crate::index::{Loc, ABSENT, PRUNED};
 use crate::log::{History, LogWriter};
 use crate::node::{now_ms, NodeRef, Provenance};
 use crate::open::{checkpoint_path, gen_dir, load, write_current, Mode, RecoveryReport};
+use crate::pending::{Block, Pending};
 use crate::segment::{SegmentWriter, Storage};
 use crate::snapshot::{Head, Shared, Snapshot};
 use crate::state::VersionState;
 use crate::summarize::{ChildData, Summarizer, SummaryBatch};
 use crate::telemetry::Telemetry;
 
-/// A level-0 block being rewritten by the pending commit: its full content.
-#[derive(Debug, Clone)]
-struct Block {
-    tokens: Vec<u32>,
-    prov: Provenance,
-}
-
 /// Buffers reused by every commit.
 #[derive(Debug, Default)]
 struct Scratch {
     ids: Vec<u32>,
     gists: Vec<f32>,
-    out: Vec<f32>,
-    bytes: Vec<u8>,
     provs: Vec<Provenance>,
+    /// The gists of the level below and of the level being made.
+    prev: Made,
+    made: Made,
 }
 
-/// The gists one level of a commit made, in index order (flat, `[n, d]`).
+/// The gists one level of a commit made, in index order.
 #[derive(Debug, Default)]
 struct Made {
     nodes: Vec<u64>,
+    /// Flat `[n, d]` for the `n` nodes; values past those are stale (the buffer is kept across
+    /// commits and only grows).
     gists: Vec<f32>,
     provs: Vec<Provenance>,
 }
@@ -49,27 +46,36 @@ struct Made {
 impl Made {
     fn clear(&mut self) {
         self.nodes.clear();
-        self.gists.clear();
         self.provs.clear();
+    }
+
+    /// Room for the gists of `n` more nodes of width `d`.
+    fn reserve(&mut self, n: usize, d: usize) {
+        let need = (self.nodes.len() + n) * d;
+        if self.gists.len() < need {
+            self.gists.resize(need, 0.0);
+        }
     }
 
     fn get(&self, node: u64, d: usize) -> Option<(&[f32], Provenance)> {
         let k = self.nodes.binary_search(&node).ok()?;
         Some((&self.gists[k * d..(k + 1) * d], self.provs[k]))
     }
+
+    /// Where nodes `first..first + n` start when all of them were made (they are then stored
+    /// consecutively, since `nodes` is sorted and has no repeats).
+    fn run(&self, first: u64, n: usize) -> Option<usize> {
+        let k = self.nodes.binary_search(&first).ok()?;
+        (self.nodes.get(k + n - 1) == Some(&(first + n as u64 - 1))).then_some(k)
+    }
 }
 
-/// Changes since the last commit.
-#[derive(Debug, Default)]
-struct Pending {
-    /// Token count including pending appends.
-    tokens: u64,
-    /// Blocks to write, with their full new content.
-    blocks: BTreeMap<u64, Block>,
-    /// Blocks whose ancestors' gists must be recomputed although the block is unchanged.
-    touched: BTreeSet<u64>,
-    /// Prunes and restores, in call order (already applied to the writer's state).
-    ops: Vec<PruneOp>,
+/// The provenance of a parent: its children's, merged.
+fn merged(provs: &[Provenance]) -> Provenance {
+    provs
+        .split_first()
+        .map(|(p, rest)| rest.iter().fold(*p, |acc, q| acc.merge(q)))
+        .unwrap_or_default()
 }
 
 /// The one writer of a tree (holds `DIR/LOCK`). Readers take [`Snapshot`]s from it or open a
@@ -229,10 +235,7 @@ impl Writer {
             pin_files: false,
             telemetry,
         });
-        let pending = Pending {
-            tokens: loaded.state.tokens,
-            ..Pending::default()
-        };
+        let pending = Pending::new(loaded.state.tokens, meta.config.block);
         let writer = Writer {
             shared,
             storage,
@@ -286,9 +289,7 @@ impl Writer {
 
     /// Whether there are uncommitted changes.
     pub fn has_pending(&self) -> bool {
-        !self.pending.blocks.is_empty()
-            || !self.pending.touched.is_empty()
-            || !self.pending.ops.is_empty()
+        !self.pending.is_empty()
     }
 
     /// The commit history and named snapshots.
@@ -320,32 +321,28 @@ impl Writer {
         Ok(())
     }
 
-    /// The pending content of block `blk` (loaded from the committed tree on first touch).
-    fn block_mut(&mut self, blk: u64) -> Result<&mut Block> {
-        if !self.pending.blocks.contains_key(&blk) {
+    /// The pending content of committed block `blk` (loaded from the tree on first touch).
+    fn committed_block_mut(&mut self, blk: u64) -> Result<&mut Block> {
+        if !self.pending.rewritten.contains_key(&blk) {
             let node = NodeRef::new(0, blk);
+            if blk >= self.state.count(0) {
+                return Err(Error::Invalid(format!("block {blk} is not committed")));
+            }
             if let Some(root) = self.state.hidden_by(node, self.config().block) {
                 return Err(Error::Pruned { node, root });
             }
-            let block = if blk < self.state.count(0) {
-                let (h, data) = self.read_committed(node)?;
-                Block {
-                    tokens: data
-                        .chunks_exact(4)
-                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect(),
-                    prov: h.provenance,
-                }
-            } else {
-                Block {
-                    tokens: Vec::with_capacity(self.config().block as usize),
-                    prov: Provenance::default(),
-                }
+            let (h, data) = self.read_committed(node)?;
+            let block = Block {
+                tokens: data
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+                prov: h.provenance,
             };
-            return Ok(self.pending.blocks.entry(blk).or_insert(block));
+            return Ok(self.pending.rewritten.entry(blk).or_insert(block));
         }
         self.pending
-            .blocks
+            .rewritten
             .get_mut(&blk)
             .ok_or_else(|| Error::Invalid(format!("block {blk} vanished from the pending set")))
     }
@@ -376,22 +373,20 @@ impl Writer {
         self.check_usable()?;
         prov.validate()?;
         let b = self.config().block as u64;
-        let mut pos = self.pending.tokens;
+        let pos = self.pending.tokens;
         let mut rest = tokens;
-        while !rest.is_empty() {
-            let blk = pos / b;
-            let block = self.block_mut(blk)?;
+        // A partial last committed block is filled first, as a rewritten block.
+        if !pos.is_multiple_of(b) && !self.pending.is_new(pos / b) {
+            let block = self.committed_block_mut(pos / b)?;
             let take = ((b - pos % b) as usize).min(rest.len());
-            block.prov = if block.tokens.is_empty() {
-                *prov
-            } else {
-                block.prov.merge(prov)
-            };
+            block.prov = block.prov.merge(prov);
             block.tokens.extend_from_slice(&rest[..take]);
-            pos += take as u64;
+            self.pending.tokens += take as u64;
             rest = &rest[take..];
         }
-        self.pending.tokens = pos;
+        if !rest.is_empty() {
+            self.pending.append_new(rest, prov);
+        }
         Ok(())
     }
 
@@ -423,11 +418,19 @@ impl Writer {
         let mut rest = tokens;
         while !rest.is_empty() {
             let blk = pos / b;
-            let block = self.block_mut(blk)?;
             let off = (pos % b) as usize;
             let take = (b as usize - off).min(rest.len());
-            block.tokens[off..off + take].copy_from_slice(&rest[..take]);
-            block.prov = block.prov.merge(prov);
+            let (block_tokens, block_prov) = match self.pending.is_new(blk) {
+                true => self.pending.new_block_mut(blk).ok_or_else(|| {
+                    Error::Invalid(format!("block {blk} is missing from the appended tokens"))
+                })?,
+                false => {
+                    let block = self.committed_block_mut(blk)?;
+                    (&mut block.tokens[..], &mut block.prov)
+                }
+            };
+            block_tokens[off..off + take].copy_from_slice(&rest[..take]);
+            *block_prov = block_prov.merge(prov);
             pos += take as u64;
             rest = &rest[take..];
         }
@@ -485,7 +488,7 @@ impl Writer {
         let span = node.token_span(b as u32);
         if self
             .pending
-            .blocks
+            .rewritten
             .range(span.start / b..span.end / b)
             .next()
             .is_some()
@@ -561,28 +564,21 @@ impl Writer {
     fn commit_inner(&mut self) -> Result<u64> {
         let version = self.state.version + 1;
         let cfg = *self.config();
-        let pending = std::mem::take(&mut self.pending);
-        self.pending.tokens = pending.tokens;
+        let fresh = Pending::new(self.pending.tokens, cfg.block);
+        let mut pending = std::mem::replace(&mut self.pending, fresh);
         self.state.set_tokens(pending.tokens, cfg.block);
 
-        let level_nodes: Vec<u64> = pending
-            .blocks
-            .keys()
-            .chain(&pending.touched)
-            .copied()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        for (idx, blk) in &pending.blocks {
+        let level_nodes = pending.dirty_blocks();
+        for (idx, tokens, prov) in pending.blocks() {
             let h = RecordHeader {
                 kind: KIND_TOKENS,
-                node: NodeRef::new(0, *idx),
-                count: blk.tokens.len() as u32,
+                node: NodeRef::new(0, idx),
+                count: tokens.len() as u32,
                 version,
-                provenance: blk.prov,
+                provenance: prov,
             };
-            self.write_record(&h, blk.tokens.len() * 4, |buf| {
-                codec::extend_le_u32(buf, &blk.tokens)
+            self.write_record(&h, tokens.len() * 4, |buf| {
+                codec::extend_le_u32(buf, tokens)
             })?;
         }
 
@@ -590,6 +586,7 @@ impl Writer {
         let r = self.make_gists(&mut sc, &pending, level_nodes, version);
         self.scratch = sc;
         r?;
+        self.pending.reuse_buffers(pending.tail_buffers());
 
         let sync = match self.opts.fsync {
             FsyncPolicy::EveryCommit => true,
@@ -597,6 +594,9 @@ impl Writer {
             FsyncPolicy::Off => false,
         };
         let forget = self.opts.fsync == FsyncPolicy::Off;
+        for s in &mut self.segs {
+            s.write_buf()?;
+        }
         for s in &mut self.segs {
             s.flush(sync, forget)?;
         }
@@ -634,9 +634,12 @@ impl Writer {
     ) -> Result<()> {
         let cfg = *self.config();
         let (b, d) = (cfg.block as usize, cfg.width as usize);
-        let mut prev = Made::default();
-        let mut made = Made::default();
-        for level in 1..self.state.levels.len() as u8 {
+        let levels = self.state.levels.len() as u8;
+        // Taken out of the scratch space for the borrow checker; put back (with their
+        // allocations) at the end.
+        let (mut prev, mut made) = (std::mem::take(&mut sc.prev), std::mem::take(&mut sc.made));
+        prev.clear();
+        for level in 1..levels {
             let count = self.state.count(level);
             let nodes: Vec<u64> = if level == 1 {
                 level_nodes.iter().copied().filter(|j| *j < count).collect()
@@ -653,64 +656,41 @@ impl Writer {
             let max_batch = self.summarizer.max_batch().max(1);
             for chunk in nodes.chunks(max_batch) {
                 sc.provs.clear();
-                sc.out.clear();
-                sc.out.resize(chunk.len() * d, 0.0);
+                // The summariser writes the gists into `made` (it overwrites every value, so the
+                // buffer is only zeroed where it grows).
+                made.reserve(chunk.len(), d);
+                let at = made.nodes.len() * d;
+                let out = &mut made.gists[at..at + chunk.len() * d];
                 if level == 1 {
-                    sc.ids.clear();
-                    for j in chunk {
-                        let start = sc.ids.len();
-                        let prov = match pending.blocks.get(j) {
-                            Some(blk) => {
-                                sc.ids.extend_from_slice(&blk.tokens);
-                                blk.prov
-                            }
-                            None => {
-                                let (h, data) = self.read_committed(NodeRef::new(0, *j))?;
-                                sc.ids.extend(
-                                    data.chunks_exact(4)
-                                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-                                );
-                                h.provenance
-                            }
-                        };
-                        if sc.ids.len() - start != b {
-                            return Err(Error::Invalid(format!(
-                                "block {j} holds {} tokens, a complete block needs {b}",
-                                sc.ids.len() - start
-                            )));
+                    let ids = match pending.new_run(chunk) {
+                        Some((run, provs)) => {
+                            sc.provs.extend_from_slice(provs);
+                            run
                         }
-                        sc.provs.push(prov);
-                    }
-                    self.run_summarizer(level, chunk, ChildData::Tokens(&sc.ids), &mut sc.out)?;
+                        None => {
+                            self.gather_blocks(sc, pending, chunk)?;
+                            &sc.ids[..]
+                        }
+                    };
+                    self.run_summarizer(level, chunk, ChildData::Tokens(ids), out)?;
                 } else {
-                    sc.gists.clear();
-                    for j in chunk {
-                        let mut prov: Option<Provenance> = None;
-                        for c in j * b as u64..(j + 1) * b as u64 {
-                            let p = match prev.get(c, d) {
-                                Some((g, p)) => {
-                                    sc.gists.extend_from_slice(g);
-                                    p
-                                }
-                                None => {
-                                    let (h, data) =
-                                        self.read_committed(NodeRef::new(level - 1, c))?;
-                                    cfg.dtype.decode(&data, &mut sc.gists);
-                                    h.provenance
-                                }
-                            };
-                            prov = Some(prov.map_or(p, |q| q.merge(&p)));
+                    let first = chunk[0] * b as u64;
+                    let gists = match prev.run(first, chunk.len() * b) {
+                        Some(k) => {
+                            for i in 0..chunk.len() {
+                                let provs = &prev.provs[k + i * b..k + (i + 1) * b];
+                                sc.provs.push(merged(provs));
+                            }
+                            &prev.gists[k * d..(k + chunk.len() * b) * d]
                         }
-                        sc.provs.push(prov.unwrap_or_default());
-                    }
-                    self.run_summarizer(level, chunk, ChildData::Gists(&sc.gists), &mut sc.out)?;
+                        None => {
+                            self.gather_gists(sc, &prev, level, chunk)?;
+                            &sc.gists[..]
+                        }
+                    };
+                    self.run_summarizer(level, chunk, ChildData::Gists(gists), out)?;
                 }
                 let producer = self.summarizer.producer();
-                sc.bytes.clear();
-                cfg.dtype.encode(&sc.out, &mut sc.bytes);
-                // What a reader will get back: the gists rounded to the stored dtype.
-                let first = made.gists.len();
-                cfg.dtype.decode(&sc.bytes, &mut made.gists);
                 let gb = cfg.gist_bytes();
                 for (k, (j, prov)) in chunk.iter().zip(&sc.provs).enumerate() {
                     let prov = Provenance { producer, ..*prov };
@@ -721,15 +701,76 @@ impl Writer {
                         version,
                         provenance: prov,
                     };
-                    let data = &sc.bytes[k * gb..(k + 1) * gb];
-                    self.write_record(&h, gb, |buf| buf.extend_from_slice(data))?;
+                    let gist = &mut made.gists[(at + k * d)..(at + (k + 1) * d)];
+                    self.check_finite(h.node, gist)?;
+                    // The next level reads the gist as stored (rounded to the dtype).
+                    self.write_record(&h, gb, |buf| cfg.dtype.encode_rounding(gist, buf))?;
                     made.nodes.push(*j);
                     made.provs.push(prov);
                 }
-                debug_assert_eq!(made.gists.len() - first, chunk.len() * d);
             }
             std::mem::swap(&mut prev, &mut made);
             level_nodes = nodes;
+        }
+        (sc.prev, sc.made) = (prev, made);
+        Ok(())
+    }
+
+    /// Copies the tokens of complete blocks `chunk` (pending or committed) into `sc.ids` and
+    /// their provenance into `sc.provs`.
+    fn gather_blocks(&self, sc: &mut Scratch, pending: &Pending, chunk: &[u64]) -> Result<()> {
+        let b = self.config().block as usize;
+        sc.ids.clear();
+        for j in chunk {
+            let start = sc.ids.len();
+            let prov = match pending.get(*j) {
+                Some((tokens, prov)) => {
+                    sc.ids.extend_from_slice(tokens);
+                    prov
+                }
+                None => {
+                    let (h, data) = self.read_committed(NodeRef::new(0, *j))?;
+                    sc.ids.extend(
+                        data.chunks_exact(4)
+                            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                    );
+                    h.provenance
+                }
+            };
+            if sc.ids.len() - start != b {
+                return Err(Error::Invalid(format!(
+                    "block {j} holds {} tokens, a complete block needs {b}",
+                    sc.ids.len() - start
+                )));
+            }
+            sc.provs.push(prov);
+        }
+        Ok(())
+    }
+
+    /// Copies the children's gists of level-`level` nodes `chunk` (made by this commit or
+    /// committed) into `sc.gists` and the nodes' merged provenance into `sc.provs`.
+    fn gather_gists(&self, sc: &mut Scratch, prev: &Made, level: u8, chunk: &[u64]) -> Result<()> {
+        let cfg = *self.config();
+        let (b, d) = (cfg.block as u64, cfg.width as usize);
+        sc.gists.clear();
+        for j in chunk {
+            let mut prov: Option<Provenance> = None;
+            for c in j * b..(j + 1) * b {
+                let p = match prev.get(c, d) {
+                    Some((g, p)) => {
+                        sc.gists.extend_from_slice(g);
+                        p
+                    }
+                    None => {
+                        let (h, data) = self.read_committed(NodeRef::new(level - 1, c))?;
+                        cfg.dtype.decode(&data, &mut sc.gists);
+                        h.provenance
+                    }
+                };
+                prov = Some(prov.map_or(p, |q| q.merge(&p)));
+            }
+            sc.provs.push(prov.unwrap_or_default());
         }
         Ok(())
     }
@@ -749,22 +790,17 @@ impl Writer {
             width: cfg.width as usize,
             children,
         };
-        self.summarizer.summarize(&batch, out)?;
-        // Whole gists are checked with bit tests the compiler vectorises; only a gist that has a
-        // non-finite value is searched for its node.
-        const EXP: u32 = 0x7f80_0000; // all exponent bits set: ±inf or NaN
-        let non_finite = |g: &[f32]| {
-            g.iter()
-                .fold(0u32, |acc, v| acc | u32::from(v.to_bits() & EXP == EXP))
-                != 0
-        };
-        if let Some(bad) = out.chunks(cfg.width as usize).position(non_finite) {
+        self.summarizer.summarize(&batch, out)
+    }
+
+    /// Refuses a gist with a non-finite value (checked with a maximum the compiler vectorises,
+    /// just before the gist is encoded, while it is in cache).
+    fn check_finite(&self, node: NodeRef, gist: &[f32]) -> Result<()> {
+        const INF: u32 = 0x7f80_0000; // magnitudes from here up are ±inf or NaN
+        if gist.iter().fold(0, |m, v| m.max(v.to_bits() & !(1 << 31))) >= INF {
             return Err(Error::Summarizer {
                 producer: self.summarizer.producer().to_string(),
-                reason: format!(
-                    "non-finite value in the gist of node {level}:{}",
-                    nodes[bad]
-                ),
+                reason: format!("non-finite value in the gist of node {node}"),
             });
         }
         Ok(())

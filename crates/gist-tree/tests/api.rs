@@ -6,8 +6,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use metarep_gist_tree::node::MIXED_SOURCE;
 use metarep_gist_tree::prune::{select_by_signal, Signal};
 use metarep_gist_tree::telemetry::AccessStats;
+use metarep_gist_tree::Summarizer;
 use metarep_gist_tree::{
     FsyncPolicy, GistDType, MeanPool, NodeRef, Piece, Provenance, Reader, TreeConfig, WorkingItem,
     Writer, WriterOptions,
@@ -292,4 +294,88 @@ fn readers_read_where_they_cannot_write_pins() {
     assert_eq!(s.tokens(10..13).unwrap(), vec![10, 11, 12]);
     drop(s);
     assert!(metarep_gist_tree::verify(dir.path()).unwrap().ok());
+}
+
+#[test]
+fn provenance_follows_blocks_across_appends_commits_and_edits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = writer(dir.path(), 4);
+    let src = |s, a, b| Provenance::source(s, a, b);
+    // 6 tokens from document 1: block 0 full, block 1 half (committed partial).
+    w.append(&[0; 6], &src(1, 0, 6)).unwrap();
+    w.commit().unwrap();
+    // 60 tokens from document 2 fill block 1 and blocks 2..16; then an edit by document 3.
+    w.append(&[1; 60], &src(2, 0, 60)).unwrap();
+    w.edit(9, &[5], &src(3, 9, 10)).unwrap();
+    w.commit().unwrap();
+    let s = w.snapshot().unwrap();
+    let prov = |l, i| s.get(NodeRef::new(l, i)).unwrap().provenance;
+    assert_eq!(prov(0, 0).source, 1);
+    let b1 = prov(0, 1);
+    assert_eq!(
+        (b1.source, b1.byte_start, b1.byte_end),
+        (MIXED_SOURCE, 0, 60)
+    );
+    let b2 = prov(0, 2);
+    assert_eq!(
+        (b2.source, b2.byte_start, b2.byte_end),
+        (MIXED_SOURCE, 0, 60)
+    );
+    assert_eq!(prov(0, 3).source, 2);
+    // Level 1 gists one block each; level 2 gathers 4 blocks (0..4 mix documents, 4..8 are
+    // document 2 only); level 3 gathers 16 and mixes.
+    assert_eq!(prov(1, 0).source, 1);
+    assert_eq!(prov(1, 2).byte_end, 60);
+    assert_eq!(prov(1, 2).producer, MeanPool::new(8, 1).unwrap().producer());
+    assert_eq!(prov(2, 0).source, MIXED_SOURCE);
+    assert_eq!(prov(2, 1).source, 2);
+    assert_eq!(prov(3, 0).source, MIXED_SOURCE);
+    assert_eq!((prov(3, 0).byte_start, prov(3, 0).byte_end), (0, 60));
+}
+
+/// Gists of 1.0, except node 1:5 whose gist has a NaN.
+struct NanAtFive;
+
+impl Summarizer for NanAtFive {
+    fn producer(&self) -> metarep_gist_tree::Producer {
+        metarep_gist_tree::Producer { id: 7, version: 1 }
+    }
+
+    fn summarize(
+        &mut self,
+        batch: &metarep_gist_tree::SummaryBatch<'_>,
+        out: &mut [f32],
+    ) -> metarep_gist_tree::Result<()> {
+        out.fill(1.0);
+        for (k, n) in batch.nodes.iter().enumerate() {
+            if batch.level == 1 && *n == 5 {
+                out[k * batch.width + 3] = f32::NAN;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_non_finite_gist_fails_the_commit_naming_its_node_and_keeps_the_last_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = writer(dir.path(), 4);
+    w.set_summarizer(Box::new(NanAtFive));
+    w.append(&[1; 16], &Provenance::default()).unwrap();
+    let v = w.commit().unwrap();
+    w.append(&[2; 16], &Provenance::default()).unwrap();
+    let e = w.commit().unwrap_err().to_string();
+    assert!(e.contains("non-finite") && e.contains("1:5"), "{e}");
+    assert!(
+        w.append(&[3], &Provenance::default()).is_err(),
+        "a failed writer stays refused"
+    );
+    drop(w);
+    let (w, _) = Writer::open(
+        dir.path(),
+        WriterOptions::default(),
+        Box::new(MeanPool::new(8, 1).unwrap()),
+    )
+    .unwrap();
+    assert_eq!((w.version(), w.token_count()), (v, 16));
 }
