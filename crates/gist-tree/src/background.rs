@@ -14,8 +14,8 @@ use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::codec;
 use crate::error::{Error, Result};
+use crate::{codec, crc};
 
 /// Buffers in flight at most (the one being written and the one queued behind it).
 const IN_FLIGHT: usize = 2;
@@ -154,8 +154,18 @@ impl Drop for BackgroundWrites {
 fn run(jobs: Receiver<Job>, done: Sender<Done>) {
     for mut job in jobs {
         let ends = job.frames.iter().skip(1).copied().chain([job.bytes.len()]);
-        for (start, end) in job.frames.iter().copied().zip(ends) {
-            codec::seal_frame(&mut job.bytes[start..end]);
+        let mut group = [(0, 0); 3];
+        let mut n = 0;
+        for frame in job.frames.iter().copied().zip(ends) {
+            group[n] = frame;
+            n += 1;
+            if n == 3 {
+                seal_three(&mut job.bytes, group);
+                n = 0;
+            }
+        }
+        for (start, end) in &group[..n] {
+            codec::seal_frame(&mut job.bytes[*start..*end]);
         }
         let result = (&*job.file)
             .write_all(&job.bytes)
@@ -168,6 +178,19 @@ fn run(jobs: Receiver<Job>, done: Sender<Done>) {
         if done.send(reply).is_err() {
             return;
         }
+    }
+}
+
+/// Seals the frames at `bytes[start..end]` for each of `frames`, checksumming the three payloads
+/// together.
+fn seal_three(bytes: &mut [u8], frames: [(usize, usize); 3]) {
+    let payload = |(start, end): (usize, usize)| start + codec::FRAME_PREFIX..end;
+    let crcs = {
+        let b: &[u8] = bytes;
+        crc::crc32c_3(frames.map(|f| &b[payload(f)]))
+    };
+    for ((start, end), crc) in frames.into_iter().zip(crcs) {
+        codec::seal_frame_with(&mut bytes[start..end], crc);
     }
 }
 
@@ -194,7 +217,8 @@ mod tests {
         let mut w = BackgroundWrites::start();
         let payloads: Vec<Vec<u8>> = (0..7u8).map(|i| vec![i; 3 + i as usize]).collect();
         let mut want = Vec::new();
-        for chunk in payloads.chunks(2) {
+        // Hand-overs of 4 and 3 frames: sealed three at a time plus one, and three.
+        for chunk in payloads.chunks(4) {
             for p in chunk {
                 codec::encode_frame(p, &mut want);
             }

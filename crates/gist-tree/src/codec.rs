@@ -168,11 +168,18 @@ pub fn encode_frame(payload: &[u8], out: &mut Vec<u8>) {
 /// Fills in the prefix of a frame whose payload was written in place after `FRAME_PREFIX`
 /// reserved bytes (`frame` is the whole frame).
 pub fn seal_frame(frame: &mut [u8]) {
+    let crc = crc32c::crc32c(&frame[FRAME_PREFIX..]);
+    seal_frame_with(frame, crc);
+}
+
+/// [`seal_frame`] given the CRC-32C of the payload (computed by the caller, e.g. several
+/// frames' at once).
+pub fn seal_frame_with(frame: &mut [u8], payload_crc: u32) {
     let (prefix, payload) = frame.split_at_mut(FRAME_PREFIX);
     let len = (payload.len() as u32).to_le_bytes();
     prefix[..4].copy_from_slice(&len);
     prefix[4..8].copy_from_slice(&(crc32c::crc32c(&len) ^ LEN_CHECK_SALT).to_le_bytes());
-    prefix[8..].copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    prefix[8..].copy_from_slice(&payload_crc.to_le_bytes());
 }
 
 /// The outcome of reading one frame at an offset.

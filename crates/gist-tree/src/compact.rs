@@ -58,6 +58,8 @@ impl Writer {
     /// Compacts the tree (see the module docs). Pending changes must be committed first.
     pub fn compact(&mut self) -> Result<CompactReport> {
         self.ensure_no_pending("compaction")?;
+        // A checkpoint still being written into the old generation finishes first.
+        self.wait_for_checkpoint()?;
         let meta = self.shared_meta();
         let block = meta.config.block;
         let head = self.version();

@@ -36,9 +36,11 @@
 #![warn(missing_docs)]
 
 mod background;
+mod checkpoint;
 pub mod codec;
 pub mod compact;
 pub mod config;
+mod crc;
 pub mod error;
 mod evidence;
 pub mod index;

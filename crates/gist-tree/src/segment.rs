@@ -253,7 +253,7 @@ pub struct SegmentWriter {
 }
 
 /// Write buffer size of a segment appender.
-const WRITE_BUF: usize = 256 << 10;
+const WRITE_BUF: usize = 512 << 10;
 
 impl SegmentWriter {
     /// Opens the active segment `seg` of `level` for appending at `len` (its committed length),

@@ -8,6 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use crate::checkpoint::{self, Checkpointer};
 use crate::codec::{self, CommitRecord, LogEntry, PruneOp, RecordHeader, KIND_GIST, KIND_TOKENS};
 use crate::config::{FsyncPolicy, TreeConfig, TreeMeta, WriterOptions, FORMAT_VERSION};
 use crate::error::{Error, Result};
@@ -93,6 +94,7 @@ pub struct Writer {
     pub(crate) state: VersionState,
     pending: Pending,
     scratch: Scratch,
+    checkpointer: Checkpointer,
     commits_since_sync: u32,
     bytes_since_checkpoint: u64,
     poisoned: bool,
@@ -248,6 +250,7 @@ impl Writer {
             state: loaded.state,
             pending,
             scratch: Scratch::default(),
+            checkpointer: Checkpointer::default(),
             commits_since_sync: 0,
             // Recovery rescanned records newer than the checkpoint; checkpoint again soon.
             bytes_since_checkpoint: if report.checkpoint_version == Some(report.version) {
@@ -619,7 +622,7 @@ impl Writer {
         self.history.commits.push(record);
         self.publish(self.storage.clone());
         if self.bytes_since_checkpoint >= self.opts.checkpoint_bytes {
-            self.write_checkpoint()?;
+            self.start_checkpoint()?;
         }
         Ok(version)
     }
@@ -793,11 +796,15 @@ impl Writer {
         self.summarizer.summarize(&batch, out)
     }
 
-    /// Refuses a gist with a non-finite value (checked with a maximum the compiler vectorises,
-    /// just before the gist is encoded, while it is in cache).
+    /// Refuses a gist with a non-finite value, checked just before the gist is encoded, while it
+    /// is in cache. A magnitude's bits plus the lowest exponent bit carry into the sign bit
+    /// exactly when the exponent is all ones (±inf or NaN); OR-ing those sums vectorises with
+    /// plain SSE2.
     fn check_finite(&self, node: NodeRef, gist: &[f32]) -> Result<()> {
-        const INF: u32 = 0x7f80_0000; // magnitudes from here up are ±inf or NaN
-        if gist.iter().fold(0, |m, v| m.max(v.to_bits() & !(1 << 31))) >= INF {
+        let carry = gist.iter().fold(0u32, |acc, v| {
+            acc | (v.to_bits() & 0x7fff_ffff).wrapping_add(0x0080_0000)
+        });
+        if carry & 0x8000_0000 != 0 {
             return Err(Error::Summarizer {
                 producer: self.summarizer.producer().to_string(),
                 reason: format!("non-finite value in the gist of node {node}"),
@@ -816,8 +823,28 @@ impl Writer {
     }
 
     /// Writes the index checkpoint of the head version (so that the next open reads it instead
-    /// of scanning the segments).
+    /// of scanning the segments), after any checkpoint in flight; returns once it is written.
     pub fn write_checkpoint(&mut self) -> Result<()> {
+        self.checkpointer.wait()?;
+        self.checkpoint_job().write()?;
+        self.bytes_since_checkpoint = 0;
+        Ok(())
+    }
+
+    /// Waits for the checkpoint being written in the background, if any; its outcome.
+    pub(crate) fn wait_for_checkpoint(&mut self) -> Result<()> {
+        self.checkpointer.wait()
+    }
+
+    /// Starts a checkpoint of the head version on the checkpoint thread.
+    fn start_checkpoint(&mut self) -> Result<()> {
+        let job = self.checkpoint_job();
+        self.checkpointer.start(job)?;
+        self.bytes_since_checkpoint = 0;
+        Ok(())
+    }
+
+    fn checkpoint_job(&self) -> checkpoint::Job {
         let state = self
             .shared
             .head
@@ -825,33 +852,18 @@ impl Writer {
             .unwrap_or_else(|p| p.into_inner())
             .state
             .clone();
-        let ck = codec::Checkpoint {
-            version: state.version,
-            tokens: state.tokens,
-            hwms: state.hwms.clone(),
-            entries: state.levels.iter().map(|l| l.to_vec()).collect(),
-        };
-        let header = codec::FileHeader {
-            magic: codec::CHECKPOINT_MAGIC,
-            tree_id: self.shared.meta.tree_id,
-            tag: 0,
-            seq: self.gen,
-            format: FORMAT_VERSION,
-        };
-        let mut bytes = header.encode().to_vec();
-        bytes.extend_from_slice(&ck.encode_body());
-        let path = checkpoint_path(&self.storage.gen_dir);
-        if self.opts.fsync == FsyncPolicy::EveryCommit {
-            metarep_core::atomic_write(&path, &bytes)?;
-        } else {
-            // No fsync (it would flush every dirty segment page with it on ext4): a checkpoint
-            // lost or torn by power loss fails its checksum and open rescans instead.
-            let tmp = path.with_extension("ckpt.tmp");
-            std::fs::write(&tmp, &bytes).map_err(|e| Error::io(&tmp, e))?;
-            std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        checkpoint::Job {
+            state,
+            header: codec::FileHeader {
+                magic: codec::CHECKPOINT_MAGIC,
+                tree_id: self.shared.meta.tree_id,
+                tag: 0,
+                seq: self.gen,
+                format: FORMAT_VERSION,
+            },
+            path: checkpoint_path(&self.storage.gen_dir),
+            durable: self.opts.fsync == FsyncPolicy::EveryCommit,
         }
-        self.bytes_since_checkpoint = 0;
-        Ok(())
     }
 
     /// Names version `version` (a persistent snapshot, pinned against compaction).
@@ -906,6 +918,7 @@ impl Writer {
         if let Some(t) = &self.shared.telemetry {
             t.flush()?;
         }
+        self.checkpointer.wait()?;
         if !self.poisoned && self.bytes_since_checkpoint > 0 {
             self.write_checkpoint()?;
         }
