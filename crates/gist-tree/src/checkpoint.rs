@@ -88,3 +88,41 @@ impl Drop for Checkpointer {
         let _ = self.wait();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(path: PathBuf) -> Job {
+        Job {
+            state: Arc::new(VersionState::default()),
+            header: FileHeader {
+                magic: codec::CHECKPOINT_MAGIC,
+                tree_id: 1,
+                tag: 0,
+                seq: 1,
+                format: crate::config::FORMAT_VERSION,
+            },
+            path,
+            durable: false,
+        }
+    }
+
+    #[test]
+    fn a_background_checkpoint_is_written_and_a_failed_one_is_reported_once_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Checkpointer::default();
+        let path = dir.path().join("index.ckpt");
+        c.start(job(path.clone())).unwrap();
+        c.wait().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let body = codec::Checkpoint::decode_body(&bytes[codec::HEADER_LEN..]).unwrap();
+        assert_eq!((body.version, body.tokens), (0, 0));
+        // Into a directory that does not exist: the start succeeds, the wait names the file.
+        c.start(job(dir.path().join("gone").join("index.ckpt")))
+            .unwrap();
+        let e = c.wait().unwrap_err().to_string();
+        assert!(e.contains("gone"), "{e}");
+        assert!(c.wait().is_ok(), "reported once");
+    }
+}
