@@ -96,6 +96,13 @@ impl BackgroundWrites {
         Ok((bytes, frames))
     }
 
+    /// Whether nothing handed over is still being written and nothing failed (so a write in the
+    /// caller's thread keeps the file's order).
+    pub(crate) fn is_idle(&mut self) -> bool {
+        self.collect_ready();
+        self.in_flight == 0 && self.failed.is_none()
+    }
+
     /// Waits until every handed-over buffer is written; the first failure, if any.
     pub(crate) fn wait(&mut self) -> Result<()> {
         while self.in_flight > 0 {
@@ -153,23 +160,7 @@ impl Drop for BackgroundWrites {
 /// The thread: seal each job's frames, write them, hand the buffers back.
 fn run(jobs: Receiver<Job>, done: Sender<Done>) {
     for mut job in jobs {
-        let ends = job.frames.iter().skip(1).copied().chain([job.bytes.len()]);
-        let mut group = [(0, 0); 3];
-        let mut n = 0;
-        for frame in job.frames.iter().copied().zip(ends) {
-            group[n] = frame;
-            n += 1;
-            if n == 3 {
-                seal_three(&mut job.bytes, group);
-                n = 0;
-            }
-        }
-        for (start, end) in &group[..n] {
-            codec::seal_frame(&mut job.bytes[*start..*end]);
-        }
-        let result = (&*job.file)
-            .write_all(&job.bytes)
-            .map_err(|e| Error::io(&job.path, e));
+        let result = seal_and_write(&job.file, &job.path, &mut job.bytes, &job.frames);
         let reply = Done {
             bytes: job.bytes,
             frames: job.frames,
@@ -179,6 +170,32 @@ fn run(jobs: Receiver<Job>, done: Sender<Done>) {
             return;
         }
     }
+}
+
+/// Seals the frames of `bytes` (starting at `frames`, their prefixes still to fill) and appends
+/// them to `file` (named `path` in errors).
+pub(crate) fn seal_and_write(
+    file: &File,
+    path: &std::path::Path,
+    bytes: &mut [u8],
+    frames: &[usize],
+) -> Result<()> {
+    let ends = frames.iter().skip(1).copied().chain([bytes.len()]);
+    let mut group = [(0, 0); 3];
+    let mut n = 0;
+    for frame in frames.iter().copied().zip(ends) {
+        group[n] = frame;
+        n += 1;
+        if n == 3 {
+            seal_three(bytes, group);
+            n = 0;
+        }
+    }
+    for (start, end) in &group[..n] {
+        codec::seal_frame(&mut bytes[*start..*end]);
+    }
+    let mut f = file;
+    f.write_all(bytes).map_err(|e| Error::io(path, e))
 }
 
 /// Seals the frames at `bytes[start..end]` for each of `frames`, checksumming the three payloads

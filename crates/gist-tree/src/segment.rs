@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use memmap2::{Advice, Mmap};
 
-use crate::background::BackgroundWrites;
+use crate::background::{self, BackgroundWrites};
 use crate::codec::{self, FileHeader, FrameRead, HEADER_LEN, MAX_LEVELS, SEGMENT_MAGIC};
 use crate::config::{TreeMeta, FORMAT_VERSION};
 use crate::error::{Error, Result};
@@ -254,6 +254,8 @@ pub struct SegmentWriter {
 
 /// Write buffer size of a segment appender.
 const WRITE_BUF: usize = 512 << 10;
+/// Hand-overs smaller than this are written by the appender itself.
+const INLINE_WRITE: usize = 64 << 10;
 
 impl SegmentWriter {
     /// Opens the active segment `seg` of `level` for appending at `len` (its committed length),
@@ -360,15 +362,23 @@ impl SegmentWriter {
 
     /// Hands the buffered records to the write thread (started on first use) without waiting;
     /// a commit hands every level's records over before it waits for any, so levels are written
-    /// in parallel.
+    /// in parallel. Less than [`INLINE_WRITE`] bytes with nothing in flight (the upper levels'
+    /// records of a commit) are written here instead: waking a thread costs more than that.
     pub fn write_buf(&mut self) -> Result<()> {
-        if !self.buf.is_empty() {
-            let path = self.path();
-            let writes = self.writes.get_or_insert_with(BackgroundWrites::start);
-            let bytes = std::mem::take(&mut self.buf);
-            let frames = std::mem::take(&mut self.frames);
-            (self.buf, self.frames) = writes.submit(&self.file, path, bytes, frames)?;
+        if self.buf.is_empty() {
+            return Ok(());
         }
+        let path = self.path();
+        if self.buf.len() < INLINE_WRITE && self.writes.as_mut().is_none_or(|w| w.is_idle()) {
+            background::seal_and_write(&self.file, &path, &mut self.buf, &self.frames)?;
+            self.buf.clear();
+            self.frames.clear();
+            return Ok(());
+        }
+        let writes = self.writes.get_or_insert_with(BackgroundWrites::start);
+        let bytes = std::mem::take(&mut self.buf);
+        let frames = std::mem::take(&mut self.frames);
+        (self.buf, self.frames) = writes.submit(&self.file, path, bytes, frames)?;
         Ok(())
     }
 
