@@ -99,8 +99,32 @@ impl CheckedConfig for Fig14Config {
             if let Some(l1) = e.l1 {
                 checks::non_negative(&format!("saes[{i}].l1"), l1)?;
             }
+            // Every SAE's training settings are checked now, not after hours of capture.
+            self.train_config(e)
+                .validate(&e.spec.architecture)
+                .map_err(|err| format!("saes[{i}] ({}): {err}", sae_name(e)))?;
         }
         Ok(())
+    }
+}
+
+impl Fig14Config {
+    /// The training settings of one SAE: the shared ones, with the entry's L1 coefficient, and
+    /// without the auxiliary-k loss for SAEs outside the TopK family (it revives dead TopK
+    /// latents; a ReLU or JumpReLU SAE has no top-k to extend).
+    fn train_config(&self, entry: &SaeEntry) -> SaeTrainConfig {
+        let mut cfg = self.train.clone();
+        if let Some(l1) = entry.l1 {
+            cfg.loss.l1 = l1;
+        }
+        let topk_family = matches!(
+            entry.spec.architecture,
+            Architecture::TopK { .. } | Architecture::BatchTopK { .. }
+        );
+        if !topk_family {
+            cfg.loss.aux_k = None;
+        }
+        cfg
     }
 }
 
@@ -417,10 +441,7 @@ fn layer_sweep(
         let sae_cfg = entry.spec.config(d_model)?;
         let seed = derive_seed(cfg.seed, &format!("fig14/{layer}/{name}"));
         let mut sae = Sae::new(sae_cfg, seed, DType::F32, &device())?;
-        let mut train_cfg = cfg.train.clone();
-        if let Some(l1) = entry.l1 {
-            train_cfg.loss.l1 = l1;
-        }
+        let train_cfg = cfg.train_config(entry);
         let mut source =
             StoreSource::open(store, cfg.seed, 1 << 16)?.skip_positions(cfg.skip_positions)?;
         memory::reset_peak();
@@ -636,4 +657,28 @@ fn record(rows: &[Row], capture_peak_mib: f64, out: &mut ResultDir) -> bool {
         "  check: {checked} SAEs with k ≥ {CHECKED_K} held to EV and CE recovered ≥ {TARGET}: {pass}; peak resident memory of capture and training {peak:.0} MiB ≤ 8 GB: {within}"
     );
     checked > 0 && pass && within
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_configs_pass_their_checks_and_the_relu_sae_trains_without_aux_k() {
+        for name in ["fig14.toml", "fig14.quick.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../configs")
+                .join(name);
+            let cfg: Fig14Config = checks::load_checked(&path, &[]).unwrap();
+            for e in &cfg.saes {
+                let train = cfg.train_config(e);
+                assert!(train.validate(&e.spec.architecture).is_ok(), "{name}");
+                if e.spec.architecture == Architecture::Relu {
+                    assert!(train.loss.aux_k.is_none() && train.loss.l1 == e.l1.unwrap());
+                    // The shared settings as they stand would be refused for it.
+                    assert!(cfg.train.validate(&e.spec.architecture).is_err());
+                }
+            }
+        }
+    }
 }
