@@ -362,8 +362,8 @@ impl SegmentWriter {
 
     /// Hands the buffered records to the write thread (started on first use) without waiting;
     /// a commit hands every level's records over before it waits for any, so levels are written
-    /// in parallel. Less than [`INLINE_WRITE`] bytes with nothing in flight (the upper levels'
-    /// records of a commit) are written here instead: waking a thread costs more than that.
+    /// in parallel. Less than 64 KiB with nothing in flight (the upper levels' records of a
+    /// commit) are written here instead: waking a thread costs more than that.
     pub fn write_buf(&mut self) -> Result<()> {
         if self.buf.is_empty() {
             return Ok(());
