@@ -53,9 +53,15 @@ pub fn encode(kind: Half, values: &[f32], out: &mut Vec<u8>) {
     }
 }
 
+/// Whether the CPU converts f16 in hardware (F16C, with AVX for the 256-bit forms).
+#[cfg(target_arch = "x86_64")]
+fn has_f16c() -> bool {
+    std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx")
+}
+
 fn encode_f16(values: &[f32], bytes: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx") {
+    if has_f16c() {
         // SAFETY: the CPU has F16C and AVX (checked just above); `encode` sized `bytes`.
         unsafe { encode_f16_f16c(values, bytes) };
         return;
@@ -100,9 +106,7 @@ pub fn encode_rounding(kind: Half, values: &mut [f32], out: &mut Vec<u8>) {
     match kind {
         Half::F16 => {
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("f16c")
-                && std::arch::is_x86_feature_detected!("avx")
-            {
+            if has_f16c() {
                 // SAFETY: the CPU has F16C and AVX (checked just above); `tail` was sized above.
                 unsafe { encode_rounding_f16_f16c(values, tail) };
                 return;
@@ -170,7 +174,7 @@ pub fn decode(kind: Half, bytes: &[u8], out: &mut [f32]) {
 
 fn decode_f16(bytes: &[u8], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx") {
+    if has_f16c() {
         // SAFETY: the CPU has F16C and AVX (checked just above); `decode` checked the length.
         unsafe { decode_f16_f16c(bytes, out) };
         return;

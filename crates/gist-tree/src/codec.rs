@@ -257,6 +257,14 @@ pub fn extend_le_u32(out: &mut Vec<u8>, values: &[u32]) {
     }
 }
 
+/// The little-endian u32s of `bytes` (a token record's data; a trailing partial word is
+/// ignored).
+pub fn le_u32s(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+}
+
 /// Encodes a node record payload: header then `data` (token ids LE u32, or gist bytes).
 pub fn encode_node(h: &RecordHeader, data: &[u8], out: &mut Vec<u8>) {
     encode_node_header(h, out);

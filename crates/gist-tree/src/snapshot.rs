@@ -378,12 +378,7 @@ impl Snapshot {
         let raw = self.get_raw(node)?;
         let bytes = raw.data();
         let data = if node.level == 0 {
-            NodeData::Tokens(
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            )
+            NodeData::Tokens(codec::le_u32s(bytes).collect())
         } else {
             let mut g = Vec::with_capacity(self.config().width as usize);
             self.config().dtype.decode(bytes, &mut g);
@@ -436,11 +431,7 @@ impl Snapshot {
                     data.len() / 4
                 )));
             }
-            out.extend(
-                data[from * 4..to * 4]
-                    .chunks_exact(4)
-                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-            );
+            out.extend(codec::le_u32s(&data[from * 4..to * 4]));
             pos = blk * b + to as u64;
         }
         Ok(out)

@@ -336,10 +336,7 @@ impl Writer {
             }
             let (h, data) = self.read_committed(node)?;
             let block = Block {
-                tokens: data
-                    .chunks_exact(4)
-                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
+                tokens: codec::le_u32s(&data).collect(),
                 prov: h.provenance,
             };
             return Ok(self.pending.rewritten.entry(blk).or_insert(block));
@@ -733,10 +730,7 @@ impl Writer {
                 }
                 None => {
                     let (h, data) = self.read_committed(NodeRef::new(0, *j))?;
-                    sc.ids.extend(
-                        data.chunks_exact(4)
-                            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-                    );
+                    sc.ids.extend(codec::le_u32s(&data));
                     h.provenance
                 }
             };
