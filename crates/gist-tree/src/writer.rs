@@ -101,7 +101,8 @@ pub struct Writer {
     _lock: File,
 }
 
-fn lock(dir: &Path) -> Result<File> {
+/// Takes `DIR/LOCK`, polling for up to `wait` while another holder has it.
+fn lock(dir: &Path, wait: std::time::Duration) -> Result<File> {
     let path = dir.join("LOCK");
     let f = OpenOptions::new()
         .create(true)
@@ -109,25 +110,28 @@ fn lock(dir: &Path) -> Result<File> {
         .write(true)
         .open(&path)
         .map_err(|e| Error::io(&path, e))?;
-    exclusive(&f, path)?;
+    let start = std::time::Instant::now();
+    while !exclusive(&f, &path)? {
+        if start.elapsed() >= wait {
+            return Err(Error::Locked { path });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     Ok(f)
 }
 
-/// Takes the writer lock on `f` (a non-blocking `flock`, released when the file closes,
-/// including when the process dies).
+/// Tries to take the writer lock on `f` (a non-blocking `flock`, released when the file
+/// closes, including when the process dies); `false` while another open file holds it.
 #[cfg(unix)]
-fn exclusive(f: &File, path: std::path::PathBuf) -> Result<()> {
+fn exclusive(f: &File, _: &Path) -> Result<bool> {
     use std::os::unix::io::AsRawFd;
     // SAFETY: flock on a file descriptor we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(Error::Locked { path });
-    }
-    Ok(())
+    Ok(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0)
 }
 
 /// Without `flock` a second writer could not be refused, so writing is refused instead.
 #[cfg(not(unix))]
-fn exclusive(_: &File, path: std::path::PathBuf) -> Result<()> {
+fn exclusive(_: &File, path: &Path) -> Result<bool> {
     Err(Error::Invalid(format!(
         "{}: writing a gist tree needs an exclusive writer lock (flock), which this platform \
          does not have; gist trees are written on Unix systems only (reading works anywhere)",
@@ -166,7 +170,7 @@ impl Writer {
             tree_id: new_tree_id(dir),
             config,
         };
-        let _lock = lock(dir)?;
+        let lock = lock(dir, opts.lock_wait)?;
         // Leftovers of an interrupted `create` (no tree.json yet) are ours to replace.
         let g = gen_dir(dir, 1);
         if g.exists() {
@@ -188,8 +192,9 @@ impl Writer {
         crate::segment::sync_dir(&g)?;
         write_current(dir, 1)?;
         metarep_core::fsutil::write_json_pretty(&dir.join("tree.json"), &meta)?;
-        drop(_lock);
-        Ok(Writer::open(dir, opts, summarizer)?.0)
+        // The lock is kept: released and retaken, it could be held for a moment by a child
+        // process another thread is spawning (a forked child shares the open file until exec).
+        Ok(Writer::open_locked(dir, opts, summarizer, lock)?.0)
     }
 
     /// Opens the tree in `dir` for writing, recovering from a crash: uncommitted tails are cut
@@ -199,9 +204,20 @@ impl Writer {
         opts: WriterOptions,
         summarizer: Box<dyn Summarizer + Send>,
     ) -> Result<(Writer, RecoveryReport)> {
+        TreeMeta::load(dir)?;
+        let lock = lock(dir, opts.lock_wait)?;
+        Writer::open_locked(dir, opts, summarizer, lock)
+    }
+
+    /// [`Writer::open`] with `DIR/LOCK` already held (`lock`).
+    fn open_locked(
+        dir: &Path,
+        opts: WriterOptions,
+        summarizer: Box<dyn Summarizer + Send>,
+        lock: File,
+    ) -> Result<(Writer, RecoveryReport)> {
         let meta = TreeMeta::load(dir)?;
         let dir = &crate::snapshot::canonical(dir)?;
-        let lock = lock(dir)?;
         let mode = Mode::Repair {
             discard_uncommitted: opts.discard_uncommitted,
         };

@@ -379,3 +379,69 @@ fn a_non_finite_gist_fails_the_commit_naming_its_node_and_keeps_the_last_version
     .unwrap();
     assert_eq!((w.version(), w.token_count()), (v, 16));
 }
+
+#[test]
+fn a_second_writer_is_refused_at_once_or_waits_for_the_lock_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = writer(dir.path(), 4);
+    let pool = || Box::new(MeanPool::new(8, 1).unwrap());
+    match Writer::open(dir.path(), WriterOptions::default(), pool()) {
+        Err(metarep_gist_tree::Error::Locked { path }) => assert!(path.ends_with("LOCK")),
+        other => panic!("a second writer opened: {:?}", other.err()),
+    }
+    let at_once = WriterOptions {
+        lock_wait: std::time::Duration::ZERO,
+        ..WriterOptions::default()
+    };
+    assert!(matches!(
+        Writer::open(dir.path(), at_once, pool()),
+        Err(metarep_gist_tree::Error::Locked { .. })
+    ));
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        drop(first);
+    });
+    let patient = WriterOptions {
+        lock_wait: std::time::Duration::from_secs(30),
+        ..WriterOptions::default()
+    };
+    let (w, _) = Writer::open(dir.path(), patient, pool()).unwrap();
+    closer.join().unwrap();
+    assert_eq!(w.version(), 0);
+}
+
+#[test]
+fn a_writer_reopened_beside_a_thread_spawning_processes_is_not_refused() {
+    // A child being forked shares the open LOCK file until it executes its program; with no
+    // wait for the lock, about one reopen in ten was refused here.
+    let dir = tempfile::tempdir().unwrap();
+    drop(writer(dir.path(), 4));
+    let stop = Arc::new(AtomicBool::new(false));
+    let spawner = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::process::Command::new("true").status().unwrap();
+            }
+        })
+    };
+    let opts = WriterOptions {
+        fsync: FsyncPolicy::Off,
+        ..WriterOptions::default()
+    };
+    let mut refused = 0;
+    for _ in 0..500 {
+        match Writer::open(
+            dir.path(),
+            opts.clone(),
+            Box::new(MeanPool::new(8, 1).unwrap()),
+        ) {
+            Ok((w, _)) => drop(w),
+            Err(metarep_gist_tree::Error::Locked { .. }) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    spawner.join().unwrap();
+    assert_eq!(refused, 0, "reopens refused by a lock held across a fork");
+}
