@@ -116,7 +116,7 @@ fn main() -> BoxResult<()> {
         println!(
             "  {:<8} {} slot(s) per block: {:+.4} [{:+.4}, {:+.4}]",
             s.method,
-            m.slots(),
+            m.slots(32),
             s.mean,
             s.low,
             s.high

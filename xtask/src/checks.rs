@@ -109,6 +109,7 @@ mod tests {
         shipped_pass::<crate::fig2::Fig2Config>("fig2");
         shipped_pass::<crate::fig4::Fig4Config>("fig4");
         shipped_pass::<crate::fig7::Fig7Config>("fig7");
+        shipped_pass::<crate::fig12::Fig12Config>("fig12");
     }
 
     #[test]

@@ -81,10 +81,27 @@ pub struct Fig12Config {
     /// the base model's context must hold prefix + B² + 32 tokens).
     #[serde(default)]
     level2_windows: usize,
+    /// Held-out windows with several consecutive blocks replaced by gists in a row (not
+    /// measured without the table).
+    #[serde(default)]
+    multi: Option<MultiSettings>,
     /// Long held-out documents read through a fixed slot budget.
     stream: StreamSettings,
     /// LensNet: its training states, size, training and the allocator it steers.
     lens: LensSettings,
+}
+
+/// Gists in a row: `blocks` consecutive blocks of B tokens, each replaced by its own gist (as a
+/// working context holds them), against the same per-block baselines, at H = 32.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MultiSettings {
+    /// Consecutive blocks replaced (≥ 2).
+    blocks: usize,
+    /// Tokens before them.
+    prefix: usize,
+    /// Held-out windows.
+    windows: usize,
 }
 
 /// LensNet's part of fig12.
@@ -211,6 +228,11 @@ impl CheckedConfig for Fig12Config {
             at_least_one(key, v)?;
         }
         positive("lens.train.lr", lens.train.lr)?;
+        at_least_one("train.blocks", self.train.blocks)?;
+        if let Some(m) = &self.multi {
+            require(m.blocks >= 2, "multi.blocks", m.blocks, "≥ 2")?;
+            require(m.windows >= 2, "multi.windows", m.windows, "≥ 2")?;
+        }
         require(
             self.horizons.contains(&GATE_HORIZON),
             "horizons",
@@ -265,7 +287,7 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         let mut methods = vec![Method::Gist(&net), Method::MeanEmbedding, Method::Drop];
         methods.extend(cfg.keep.iter().map(|&k| Method::LastK(k)));
         methods.extend(cfg.keep.iter().map(|&k| Method::TopSurprisal(k)));
-        rows.extend(measure(&cfg, &model, &windows, shape, &methods)?);
+        rows.extend(measure(&cfg, &model, &windows, shape, &methods, "")?);
     }
     if cfg.level2_windows > 0 {
         let b = cfg.train.shape.block;
@@ -287,7 +309,29 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
             Method::Drop,
             Method::LastK(b),
         ];
-        rows.extend(measure(&cfg, &model, &windows, shape, &methods)?);
+        rows.extend(measure(&cfg, &model, &windows, shape, &methods, "level2_")?);
+    }
+    if let Some(multi) = cfg.multi {
+        let b = cfg.train.shape.block;
+        let shape = WindowShape {
+            prefix: multi.prefix,
+            block: multi.blocks * b,
+            horizon: GATE_HORIZON,
+        };
+        let windows = draw_windows(
+            &held_ids,
+            shape,
+            multi.windows,
+            cfg.seed,
+            "eval gists in a row",
+        )?;
+        let methods = [
+            Method::Gists(&net),
+            Method::MeanEach(b),
+            Method::LastEach(b),
+            Method::Drop,
+        ];
+        rows.extend(measure(&cfg, &model, &windows, shape, &methods, "row_")?);
     }
     let table = table(&rows)?;
     out.table("fig12_delta_nll", &table)?;
@@ -297,7 +341,7 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     out.table("fig12_lens_ranking", &rank_table(&ranks)?)?;
     let streams = stream_rows(&cfg, &model, &net, &mut lens, &stream_docs, &held_ids)?;
     out.table("fig12_stream", &stream_table(&streams)?)?;
-    let pass = record(&rows, cfg.train.shape.block, &mut out);
+    let pass = record(&rows, &mut out);
     for (name, q) in &ranks {
         out.metrics
             .set_number(format!("lens_{name}_pair_accuracy"), q.pair_accuracy);
@@ -650,8 +694,10 @@ fn train_net(
 /// One measured method at one horizon.
 struct Row {
     horizon: usize,
-    /// Tokens in the replaced block (B, or B² for level-2 gists).
+    /// Tokens in the replaced block (B, B² for level-2 gists, m·B for gists in a row).
     block: usize,
+    /// The metric keys' part: `` (one block), `level2_` or `row_` (gists in a row).
+    part: &'static str,
     summary: DeltaSummary,
     /// (NLL_drop − NLL_method) / (NLL_drop − NLL_full), from the means.
     retained: f64,
@@ -664,6 +710,7 @@ fn measure(
     windows: &[Vec<u32>],
     shape: WindowShape,
     methods: &[Method<'_>],
+    part: &'static str,
 ) -> Result<Vec<Row>, BoxError> {
     let mut summaries = Vec::new();
     for m in methods {
@@ -687,6 +734,7 @@ fn measure(
         .map(|s| Row {
             horizon: shape.horizon,
             block: shape.block,
+            part,
             retained: (drop - s.mean) / drop,
             summary: s,
         })
@@ -755,7 +803,7 @@ fn plot(rows: &[Row], block: usize) -> LinePlot {
     let at = |name: &str| {
         rows.iter()
             .filter(|r| {
-                r.horizon == GATE_HORIZON && r.block == block && r.summary.method.starts_with(name)
+                r.horizon == GATE_HORIZON && r.part.is_empty() && r.summary.method.starts_with(name)
             })
             .map(|r| (r.summary.ratio, r.summary.mean))
             .filter(|(x, _)| x.is_finite())
@@ -767,7 +815,7 @@ fn plot(rows: &[Row], block: usize) -> LinePlot {
     surprising.sort_by(|a, b| a.0.total_cmp(&b.0));
     let drop = rows
         .iter()
-        .find(|r| r.horizon == GATE_HORIZON && r.block == block && r.summary.method == "drop")
+        .find(|r| r.horizon == GATE_HORIZON && r.part.is_empty() && r.summary.method == "drop")
         .map_or(0.0, |r| r.summary.mean);
     let lowest = keep.first().map_or(1.0, |p| p.0);
     let series = |name: &str, points, style| Series {
@@ -800,12 +848,11 @@ fn plot(rows: &[Row], block: usize) -> LinePlot {
 }
 
 /// The metrics and the gates; returns whether every gate measured here holds.
-fn record(rows: &[Row], block: usize, out: &mut ResultDir) -> bool {
+fn record(rows: &[Row], out: &mut ResultDir) -> bool {
     let m = &mut out.metrics;
     for r in rows {
         let s = &r.summary;
-        let level = if r.block == block { "" } else { "level2_" };
-        let key = format!("h{}_{level}{}", r.horizon, metric_key(&s.method));
+        let key = format!("h{}_{}{}", r.horizon, r.part, metric_key(&s.method));
         m.set_number(format!("{key}_delta_nll"), s.mean);
         m.set_number(format!("{key}_delta_nll_low"), s.low);
         m.set_number(format!("{key}_delta_nll_high"), s.high);
@@ -814,7 +861,7 @@ fn record(rows: &[Row], block: usize, out: &mut ResultDir) -> bool {
     }
     let at32: Vec<&DeltaSummary> = rows
         .iter()
-        .filter(|r| r.horizon == GATE_HORIZON && r.block == block)
+        .filter(|r| r.horizon == GATE_HORIZON && r.part.is_empty())
         .map(|r| &r.summary)
         .collect();
     let level2 = rows

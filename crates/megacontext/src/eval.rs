@@ -31,6 +31,13 @@ pub enum Method<'a> {
     /// A level-2 gist (one slot for a block of B² tokens): the GistNet's gist of the gists of
     /// the block's B sub-blocks.
     Gist2(&'a GistNet),
+    /// One GistNet gist per sub-block of the net's block size: m gists in a row for a block of
+    /// m·B tokens, as a working context holds them.
+    Gists(&'a GistNet),
+    /// The mean of the token embeddings of each sub-block of this many tokens (one slot each).
+    MeanEach(usize),
+    /// The last token of each sub-block of this many tokens (one slot each).
+    LastEach(usize),
 }
 
 impl Method<'_> {
@@ -43,15 +50,20 @@ impl Method<'_> {
             Method::TopSurprisal(k) => format!("surprisal_{k}"),
             Method::Gist(_) => "gistnet".into(),
             Method::Gist2(_) => "gistnet_level2".into(),
+            Method::Gists(_) => "gistnet_each".into(),
+            Method::MeanEach(_) => "mean_each".into(),
+            Method::LastEach(_) => "last_each".into(),
         }
     }
 
-    /// Slots the method spends on a block.
-    pub fn slots(&self) -> usize {
+    /// Slots the method spends on a block of `block` tokens.
+    pub fn slots(&self, block: usize) -> usize {
         match self {
             Method::Drop => 0,
             Method::MeanEmbedding | Method::Gist(_) | Method::Gist2(_) => 1,
             Method::LastK(k) | Method::TopSurprisal(k) => *k,
+            Method::Gists(net) => block / net.config().block.max(1),
+            Method::MeanEach(sub) | Method::LastEach(sub) => block / (*sub).max(1),
         }
     }
 
@@ -107,8 +119,52 @@ impl Method<'_> {
                 let level1 = net.forward(&tokens)?.reshape((n, b, d))?;
                 Replacement::Vector(net.forward(&level1)?.detach())
             }
+            Method::Gists(net) => {
+                let sub = net.config().block;
+                let blocks = sub_blocks(model, windows, shape, sub)?;
+                let m = shape.block / sub;
+                let (n, d) = (windows.len(), model.config().d_model);
+                Replacement::Vector(net.forward(&blocks)?.reshape((n, m, d))?.detach())
+            }
+            Method::MeanEach(sub) => {
+                let blocks = sub_blocks(model, windows, shape, *sub)?;
+                let (n, d) = (windows.len(), model.config().d_model);
+                Replacement::Vector(blocks.mean(1)?.reshape((n, shape.block / sub, d))?)
+            }
+            Method::LastEach(sub) => {
+                check_sub(*sub, shape)?;
+                Replacement::Keep(vec![
+                    (1..=shape.block / sub).map(|j| j * sub - 1).collect();
+                    windows.len()
+                ])
+            }
         })
     }
+}
+
+/// Errors unless `sub` ≥ 1 divides the block.
+fn check_sub(sub: usize, shape: WindowShape) -> Result<()> {
+    if sub == 0 || shape.block % sub != 0 {
+        return Err(Error::Config(format!(
+            "a block of {} tokens does not split into sub-blocks of {sub}",
+            shape.block
+        )));
+    }
+    Ok(())
+}
+
+/// The token embeddings of each window's block cut into sub-blocks of `sub` tokens
+/// `[n · B / sub, sub, d_model]` (f32).
+fn sub_blocks(
+    model: &HookedTransformer,
+    windows: &[Vec<u32>],
+    shape: WindowShape,
+    sub: usize,
+) -> Result<Tensor> {
+    check_sub(sub, shape)?;
+    let d = model.config().d_model;
+    let n = windows.len();
+    Ok(block_embeddings(model, windows, shape)?.reshape((n * shape.block / sub, sub, d))?)
 }
 
 /// Errors unless `1 ≤ k ≤ B`.
@@ -204,7 +260,7 @@ pub fn summarize(
     let below = deltas.iter().filter(|&&d| d < threshold).count() as f64 / deltas.len() as f64;
     Ok(DeltaSummary {
         method: method.name(),
-        ratio: block as f64 / method.slots() as f64,
+        ratio: block as f64 / method.slots(block) as f64,
         n: deltas.len(),
         mean: ci.estimate,
         low: ci.low,

@@ -7,7 +7,9 @@
 //! window (a gist at the block's last token, [`PositionRule::SpanEnd`]) or at consecutive slots
 //! ([`PositionRule::Slot`]); the last H slots predict the H tokens after the block (the slot
 //! just before them — the gist, the block's last kept token, or the prefix's last token when
-//! the block is dropped — predicts the first).
+//! the block is dropped — predicts the first). A block may also be replaced by m vectors, one
+//! per equal sub-block (m gists in a row, as in a working context), each at its sub-block's
+//! last token.
 
 use candle_core::{DType, Tensor};
 use metarep_model::ops::log_softmax_last_dim;
@@ -56,8 +58,9 @@ pub enum Replacement {
     Full,
     /// Nothing: the block is dropped.
     Drop,
-    /// One vector per window `[n, d_model]` in the embedding space (a gist, or the mean of the
-    /// block's token embeddings).
+    /// Vectors in the embedding space: one per window `[n, d_model]` (a gist, or the mean of
+    /// the block's token embeddings), or one per each of m equal sub-blocks `[n, m, d_model]`
+    /// (m divides B; m gists in a row).
     Vector(Tensor),
     /// The block's tokens at these offsets (strictly increasing, `< B`), per window.
     Keep(Vec<Vec<usize>>),
@@ -184,15 +187,22 @@ pub fn logits_after_block(
         Replacement::Drop => {}
         Replacement::Vector(v) => {
             let d = model.config().d_model;
-            if v.dims() != [n, d] {
+            let v = if v.rank() == 2 {
+                v.unsqueeze(1)?
+            } else {
+                v.clone()
+            };
+            let m = v.dims().get(1).copied().unwrap_or(0);
+            if v.rank() != 3 || v.dims() != [n, m, d] || m == 0 || b % m != 0 {
                 return Err(Error::shape(
                     "replacement vectors",
-                    format!("[{n}, {d}]"),
+                    format!("[{n}, {d}] or [{n}, m, {d}] with m dividing the block of {b}"),
                     format!("{:?}", v.dims()),
                 ));
             }
-            pieces.push(v.to_dtype(DType::F32)?.unsqueeze(1)?);
-            positions.push(p + b - 1);
+            pieces.push(v.to_dtype(DType::F32)?);
+            let sub = b / m;
+            positions.extend((1..=m).map(|j| p + j * sub - 1));
         }
         Replacement::Keep(kept) => {
             let valid = kept.len() == n

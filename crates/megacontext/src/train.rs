@@ -1,6 +1,8 @@
 //! Training GistNet through a frozen base model: each step draws windows from the documents
 //! (a function of the seed and the step, so a resumed run repeats the uninterrupted one),
-//! replaces each window's block by its gist and minimises the mean NLL of the H tokens after it
+//! replaces each window's block by its gist (or, with `blocks` = m > 1, each of m consecutive
+//! blocks by its own gist, so the model learns to read gists in a row as a working context
+//! holds them) and minimises the mean NLL of the H tokens after it
 //! ([`crate::objective`]), plus, with a `kl_weight`, the mean KL from the full context's
 //! predictions to the gist's and, with a `contrastive_weight`, an in-batch contrastive term
 //! that keeps gists of different blocks apart ([`crate::objective::contrastive`]). Only GistNet's parameters move: the base model's weights are plain
@@ -40,8 +42,12 @@ pub struct GistTrainConfig {
     pub weight_decay: f64,
     /// Global gradient-norm clip (0 = off).
     pub clip: f64,
-    /// The windows' prefix, block and horizon.
+    /// The windows' prefix, block (GistNet's block size) and horizon.
     pub shape: WindowShape,
+    /// Consecutive blocks replaced by gists in each window (≥ 1): windows of
+    /// P + blocks·B + H tokens.
+    #[serde(default = "one")]
+    pub blocks: usize,
     /// Positions of the gist and the tokens around it.
     pub rule: PositionRule,
     /// Weight of the mean KL from the full context's predictions to the gist's, added to the
@@ -78,12 +84,29 @@ impl Default for GistTrainConfig {
                 block: 32,
                 horizon: 32,
             },
+            blocks: 1,
             rule: PositionRule::SpanEnd,
             kl_weight: 0.0,
             contrastive_weight: 0.0,
             contrastive_temperature: default_temperature(),
             log_every: 50,
             checkpoint_every: 0,
+        }
+    }
+}
+
+/// One block per window by default.
+fn one() -> usize {
+    1
+}
+
+impl GistTrainConfig {
+    /// The shape of a training window: the `blocks` replaced blocks as one block of
+    /// `blocks · B` tokens.
+    pub fn window_shape(&self) -> WindowShape {
+        WindowShape {
+            block: self.shape.block * self.blocks,
+            ..self.shape
         }
     }
 }
@@ -152,6 +175,11 @@ pub fn train_gistnet(
     control: RunControl,
 ) -> Result<RunReport> {
     config.shape.validate()?;
+    if config.blocks == 0 {
+        return Err(Error::Config(
+            "blocks (gisted blocks per window) must be ≥ 1".into(),
+        ));
+    }
     if net.config().block != config.shape.block || net.config().d_model != model.config().d_model {
         return Err(Error::Config(format!(
             "GistNet (block {}, d_model {}) does not fit windows of block {} on a model of \
@@ -164,17 +192,21 @@ pub fn train_gistnet(
     }
     let params = net.params();
     let loss = |step: usize| -> Result<Tensor> {
+        let shape = config.window_shape();
         let windows = draw_windows(
             docs,
-            config.shape,
+            shape,
             config.batch,
             config.seed,
             &format!("train step {step}"),
         )?;
-        let blocks = block_embeddings(model, &windows, config.shape)?;
+        let (n, b, d) = (windows.len(), config.shape.block, model.config().d_model);
+        // [n, m·B, d] → one row of B token embeddings per gisted block.
+        let blocks =
+            block_embeddings(model, &windows, shape)?.reshape((n * config.blocks, b, d))?;
         let gists = net.forward(&blocks)?;
-        let (shape, rule) = (config.shape, config.rule);
-        let replacement = Replacement::Vector(gists.clone());
+        let rule = config.rule;
+        let replacement = Replacement::Vector(gists.reshape((n, config.blocks, d))?);
         let logits = logits_after_block(model, &windows, shape, &replacement, rule)?;
         let mut loss = token_nll(&logits, &targets(model, &windows, shape)?)?.mean_all()?;
         if config.kl_weight != 0.0 {

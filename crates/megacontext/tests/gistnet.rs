@@ -1,7 +1,8 @@
 //! GistNet: shapes and parameter count, an untrained net is mean pooling, save/load round
 //! trip, bad inputs are errors; training through a frozen base model lowers ΔNLL below the
 //! mean-embedding baseline on held-out windows, and the objective's replacements agree with
-//! plain token runs.
+//! plain token runs; gists in a row (one per sub-block) are exact where they must be, and
+//! training on them lowers their ΔNLL below the per-block baselines.
 
 use candle_core::{DType, Device, Tensor};
 use metarep_core::compare::max_abs_diff;
@@ -208,6 +209,103 @@ fn training_lowers_delta_nll_below_the_one_slot_baselines_on_held_out_windows() 
     let emb = block_embeddings(&model, &held_out[..2], SHAPE).unwrap();
     let last_emb = emb.narrow(1, 7, 1).unwrap().squeeze(1).unwrap();
     assert!(max_abs_diff(&net.forward(&emb).unwrap(), &last_emb).unwrap() > 1e-3);
+}
+
+#[test]
+fn a_block_replaced_by_vectors_in_a_row_puts_each_at_its_sub_block_end() {
+    let model = base_model();
+    let windows = draw_windows(&docs(), SHAPE, 4, 3, "rows").unwrap();
+    let nll = |r: &Replacement| {
+        nll_after_block(&model, &windows, SHAPE, r, PositionRule::SpanEnd).unwrap()
+    };
+    let emb = block_embeddings(&model, &windows, SHAPE).unwrap(); // [4, 8, 32]
+                                                                  // Eight sub-blocks of one token, each replaced by its own embedding: the full block.
+    let full = nll(&Replacement::Full);
+    let own = nll(&Replacement::Vector(emb.clone()));
+    assert!(max_abs_diff(&full, &own).unwrap() < 1e-5);
+    // Two sub-blocks replaced by their last tokens' embeddings: keeping tokens 3 and 7.
+    let lasts = Tensor::cat(
+        &[emb.narrow(1, 3, 1).unwrap(), emb.narrow(1, 7, 1).unwrap()],
+        1,
+    )
+    .unwrap();
+    let kept = nll(&Replacement::Keep(vec![vec![3, 7]; 4]));
+    assert!(max_abs_diff(&kept, &nll(&Replacement::Vector(lasts))).unwrap() < 1e-5);
+    let each = |m: Method| delta_nll(&model, &windows, SHAPE, PositionRule::SpanEnd, m, 4);
+    let diff = |a: Vec<f64>, b: Vec<f64>| max_abs_diff_f64(&a, &b);
+    assert!(
+        diff(
+            each(Method::LastEach(4)).unwrap(),
+            each(Method::LastK(1)).unwrap()
+        ) > 1e-4
+    );
+    assert!(
+        diff(
+            each(Method::MeanEach(8)).unwrap(),
+            each(Method::MeanEmbedding).unwrap()
+        ) < 1e-6
+    );
+    let net = small_net(2, Skip::Last);
+    assert!(
+        diff(
+            each(Method::Gists(&net)).unwrap(),
+            each(Method::Gist(&net)).unwrap()
+        ) < 1e-6
+    );
+    assert_eq!(Method::LastEach(4).slots(8), 2);
+    // Three vectors cannot split a block of eight; nor can sub-blocks of three.
+    let three = Replacement::Vector(emb.narrow(1, 0, 3).unwrap());
+    let err = nll_after_block(&model, &windows, SHAPE, &three, PositionRule::SpanEnd)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("m dividing the block of 8"), "{err}");
+    assert!(each(Method::LastEach(3)).is_err() && each(Method::MeanEach(0)).is_err());
+}
+
+#[test]
+fn training_on_gists_in_a_row_lowers_their_delta_nll_below_the_per_block_baselines() {
+    let model = base_model();
+    let docs = docs();
+    let net = small_net(5, Skip::Last);
+    // Two blocks of 8 replaced by two gists.
+    let shape = WindowShape { block: 16, ..SHAPE };
+    let held_out = draw_windows(&docs, shape, 160, 98, "held out, two blocks").unwrap();
+    let eval =
+        |m: Method| delta_nll(&model, &held_out, shape, PositionRule::SpanEnd, m, 16).unwrap();
+    let last = eval(Method::LastEach(8));
+    let mean = eval(Method::MeanEach(8));
+    // Untrained, the gists are the blocks' last tokens.
+    assert!(max_abs_diff_f64(&eval(Method::Gists(&net)), &last) < 1e-5);
+    let cfg = GistTrainConfig {
+        steps: 300,
+        batch: 8,
+        lr: 3e-3,
+        warmup: 10,
+        shape: SHAPE,
+        blocks: 2,
+        log_every: 0,
+        ..GistTrainConfig::default()
+    };
+    assert_eq!(cfg.window_shape(), shape);
+    train_gistnet(&model, &net, &docs, &cfg, RunControl::default()).unwrap();
+    let g = summarize(&Method::Gists(&net), 16, &eval(Method::Gists(&net)), 1.0).unwrap();
+    assert_eq!(g.ratio, 8.0);
+    for (method, deltas) in [(Method::MeanEach(8), &mean), (Method::LastEach(8), &last)] {
+        let b = summarize(&method, 16, deltas, 1.0).unwrap();
+        assert!(
+            g.high < b.low,
+            "trained gists ΔNLL {:.3} [{:.3}, {:.3}] not below {}'s {:.3} [{:.3}, {:.3}]",
+            g.mean,
+            g.low,
+            g.high,
+            b.method,
+            b.mean,
+            b.low,
+            b.high
+        );
+    }
+    let zero = GistTrainConfig { blocks: 0, ..cfg };
+    assert!(train_gistnet(&model, &net, &docs, &zero, RunControl::default()).is_err());
 }
 
 fn max_abs_diff_f64(a: &[f64], b: &[f64]) -> f64 {
