@@ -7,7 +7,7 @@
 use candle_core::{DType, Device, Tensor};
 use metarep_core::compare::max_abs_diff;
 use metarep_core::train::RunControl;
-use metarep_megacontext::eval::{delta_nll, summarize, Method};
+use metarep_megacontext::eval::{delta_nll, summarize, DeltaSummary, Method};
 use metarep_megacontext::train::{block_embeddings, draw_windows};
 use metarep_megacontext::{
     nll_after_block, train_gistnet, GistNet, GistNetConfig, GistTrainConfig, PositionRule,
@@ -150,6 +150,20 @@ fn log_softmax_rows(logits: &Tensor) -> Vec<Vec<Vec<f64>>> {
         .collect()
 }
 
+/// 300 steps of 8 windows of `SHAPE` with `blocks` gisted blocks each.
+fn trained_on(blocks: usize) -> GistTrainConfig {
+    GistTrainConfig {
+        steps: 300,
+        batch: 8,
+        lr: 3e-3,
+        warmup: 10,
+        shape: SHAPE,
+        blocks,
+        log_every: 0,
+        ..GistTrainConfig::default()
+    }
+}
+
 #[test]
 fn training_lowers_delta_nll_below_the_one_slot_baselines_on_held_out_windows() {
     let model = base_model();
@@ -178,32 +192,13 @@ fn training_lowers_delta_nll_below_the_one_slot_baselines_on_held_out_windows() 
         max_abs_diff_f64(&before, &last) < 1e-5,
         "untrained gist = last token"
     );
-    let cfg = GistTrainConfig {
-        steps: 300,
-        batch: 8,
-        lr: 3e-3,
-        warmup: 10,
-        shape: SHAPE,
-        log_every: 0,
-        ..GistTrainConfig::default()
-    };
+    let cfg = trained_on(1);
     let report = train_gistnet(&model, &net, &docs, &cfg, RunControl::default()).unwrap();
     assert!(report.final_loss.is_finite());
     let after = eval(&net);
     let g = summarize(&Method::Gist(&net), 8, &after, 1.0).unwrap();
     for (method, deltas) in [(Method::MeanEmbedding, &mean), (Method::LastK(1), &last)] {
-        let b = summarize(&method, 8, deltas, 1.0).unwrap();
-        assert!(
-            g.high < b.low,
-            "trained gist ΔNLL {:.3} [{:.3}, {:.3}] is not below {}'s {:.3} [{:.3}, {:.3}]",
-            g.mean,
-            g.low,
-            g.high,
-            b.method,
-            b.mean,
-            b.low,
-            b.high
-        );
+        assert_interval_below(&g, &summarize(&method, 8, deltas, 1.0).unwrap());
     }
     // Training moved the gists off the last token.
     let emb = block_embeddings(&model, &held_out[..2], SHAPE).unwrap();
@@ -276,36 +271,32 @@ fn training_on_gists_in_a_row_lowers_their_delta_nll_below_the_per_block_baselin
     let mean = eval(Method::MeanEach(8));
     // Untrained, the gists are the blocks' last tokens.
     assert!(max_abs_diff_f64(&eval(Method::Gists(&net)), &last) < 1e-5);
-    let cfg = GistTrainConfig {
-        steps: 300,
-        batch: 8,
-        lr: 3e-3,
-        warmup: 10,
-        shape: SHAPE,
-        blocks: 2,
-        log_every: 0,
-        ..GistTrainConfig::default()
-    };
+    let cfg = trained_on(2);
     assert_eq!(cfg.window_shape(), shape);
     train_gistnet(&model, &net, &docs, &cfg, RunControl::default()).unwrap();
     let g = summarize(&Method::Gists(&net), 16, &eval(Method::Gists(&net)), 1.0).unwrap();
     assert_eq!(g.ratio, 8.0);
     for (method, deltas) in [(Method::MeanEach(8), &mean), (Method::LastEach(8), &last)] {
-        let b = summarize(&method, 16, deltas, 1.0).unwrap();
-        assert!(
-            g.high < b.low,
-            "trained gists ΔNLL {:.3} [{:.3}, {:.3}] not below {}'s {:.3} [{:.3}, {:.3}]",
-            g.mean,
-            g.low,
-            g.high,
-            b.method,
-            b.mean,
-            b.low,
-            b.high
-        );
+        assert_interval_below(&g, &summarize(&method, 16, deltas, 1.0).unwrap());
     }
     let zero = GistTrainConfig { blocks: 0, ..cfg };
     assert!(train_gistnet(&model, &net, &docs, &zero, RunControl::default()).is_err());
+}
+
+/// Asserts that `g`'s 95% interval lies below `b`'s.
+fn assert_interval_below(g: &DeltaSummary, b: &DeltaSummary) {
+    assert!(
+        g.high < b.low,
+        "trained {} ΔNLL {:.3} [{:.3}, {:.3}] is not below {}'s {:.3} [{:.3}, {:.3}]",
+        g.method,
+        g.mean,
+        g.low,
+        g.high,
+        b.method,
+        b.mean,
+        b.low,
+        b.high
+    );
 }
 
 fn max_abs_diff_f64(a: &[f64], b: &[f64]) -> f64 {
