@@ -123,10 +123,20 @@ fn lock(dir: &Path, wait: std::time::Duration) -> Result<File> {
 /// Tries to take the writer lock on `f` (a non-blocking `flock`, released when the file
 /// closes, including when the process dies); `false` while another open file holds it.
 #[cfg(unix)]
-fn exclusive(f: &File, _: &Path) -> Result<bool> {
+fn exclusive(f: &File, path: &Path) -> Result<bool> {
     use std::os::unix::io::AsRawFd;
-    // SAFETY: flock on a file descriptor we own.
-    Ok(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0)
+    loop {
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            std::io::ErrorKind::WouldBlock => return Ok(false),
+            std::io::ErrorKind::Interrupted => continue,
+            _ => return Err(Error::io(path, e)),
+        }
+    }
 }
 
 /// Without `flock` a second writer could not be refused, so writing is refused instead.
