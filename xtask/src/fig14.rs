@@ -374,12 +374,13 @@ fn capture_stores(
             bar.set_position(done as u64)
         });
         bar.finish_and_clear();
-        report
+        report.map_err(Box::new)
     };
     let clock = Instant::now();
     let mut report = run();
     for _ in hooks {
-        let Err(metarep_capture::Error::Mismatch { path, key, .. }) = &report else {
+        let Err(e) = &report else { break };
+        let metarep_capture::Error::Mismatch { path, key, .. } = e.as_ref() else {
             break;
         };
         println!(

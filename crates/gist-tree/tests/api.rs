@@ -431,11 +431,7 @@ fn a_writer_reopened_beside_a_thread_spawning_processes_is_not_refused() {
     };
     let mut refused = 0;
     for _ in 0..500 {
-        match Writer::open(
-            dir.path(),
-            opts.clone(),
-            Box::new(MeanPool::new(8, 1).unwrap()),
-        ) {
+        match Writer::open(dir.path(), opts, Box::new(MeanPool::new(8, 1).unwrap())) {
             Ok((w, _)) => drop(w),
             Err(metarep_gist_tree::Error::Locked { .. }) => refused += 1,
             Err(e) => panic!("{e}"),

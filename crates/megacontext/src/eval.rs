@@ -144,7 +144,7 @@ impl Method<'_> {
 
 /// Errors unless `sub` ≥ 1 divides the block.
 fn check_sub(sub: usize, shape: WindowShape) -> Result<()> {
-    if sub == 0 || shape.block % sub != 0 {
+    if sub == 0 || !shape.block.is_multiple_of(sub) {
         return Err(Error::Config(format!(
             "a block of {} tokens does not split into sub-blocks of {sub}",
             shape.block

@@ -193,7 +193,7 @@ pub fn logits_after_block(
                 v.clone()
             };
             let m = v.dims().get(1).copied().unwrap_or(0);
-            if v.rank() != 3 || v.dims() != [n, m, d] || m == 0 || b % m != 0 {
+            if v.rank() != 3 || v.dims() != [n, m, d] || m == 0 || !b.is_multiple_of(m) {
                 return Err(Error::shape(
                     "replacement vectors",
                     format!("[{n}, {d}] or [{n}, m, {d}] with m dividing the block of {b}"),
