@@ -254,10 +254,10 @@ pub struct WriterOptions {
     /// missing from a damaged commit log. Without it, opening refuses and names the evidence.
     pub discard_uncommitted: bool,
     /// How long opening waits for another holder of `DIR/LOCK` to let go before refusing with
-    /// [`Error::Locked`](crate::Error::Locked). Default one second. Zero refuses at once, but
-    /// then a process that closes and reopens a tree while other threads spawn child processes
-    /// is refused now and then: a child being forked holds the lock file for a moment, until it
-    /// executes its program (measured: 11% of 3 000 close-reopens beside a spawning thread).
+    /// [`Error::Locked`]. Default one second. Zero refuses at once, but then a process that
+    /// closes and reopens a tree while other threads spawn child processes is refused now and
+    /// then: a child being forked holds the lock file for a moment, until it executes its
+    /// program (measured: 11% of 3 000 close-reopens beside a spawning thread).
     pub lock_wait: std::time::Duration,
 }
 
