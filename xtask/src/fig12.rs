@@ -232,6 +232,8 @@ impl CheckedConfig for Fig12Config {
         if let Some(m) = &self.multi {
             require(m.blocks >= 2, "multi.blocks", m.blocks, "≥ 2")?;
             require(m.windows >= 2, "multi.windows", m.windows, "≥ 2")?;
+            // The dropped baseline predicts the first token after the blocks from the prefix.
+            at_least_one("multi.prefix", m.prefix)?;
         }
         require(
             self.horizons.contains(&GATE_HORIZON),
