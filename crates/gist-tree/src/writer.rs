@@ -204,7 +204,7 @@ impl Writer {
         metarep_core::fsutil::write_json_pretty(&dir.join("tree.json"), &meta)?;
         // The lock is kept: released and retaken, it could be held for a moment by a child
         // process another thread is spawning (a forked child shares the open file until exec).
-        Ok(Writer::open_locked(dir, opts, summarizer, lock)?.0)
+        Ok(Writer::open_locked(dir, meta, opts, summarizer, lock)?.0)
     }
 
     /// Opens the tree in `dir` for writing, recovering from a crash: uncommitted tails are cut
@@ -214,19 +214,19 @@ impl Writer {
         opts: WriterOptions,
         summarizer: Box<dyn Summarizer + Send>,
     ) -> Result<(Writer, RecoveryReport)> {
-        TreeMeta::load(dir)?;
+        let meta = TreeMeta::load(dir)?;
         let lock = lock(dir, opts.lock_wait)?;
-        Writer::open_locked(dir, opts, summarizer, lock)
+        Writer::open_locked(dir, meta, opts, summarizer, lock)
     }
 
-    /// [`Writer::open`] with `DIR/LOCK` already held (`lock`).
+    /// [`Writer::open`] of the tree described by `meta`, with `DIR/LOCK` already held (`lock`).
     fn open_locked(
         dir: &Path,
+        meta: TreeMeta,
         opts: WriterOptions,
         summarizer: Box<dyn Summarizer + Send>,
         lock: File,
     ) -> Result<(Writer, RecoveryReport)> {
-        let meta = TreeMeta::load(dir)?;
         let dir = &crate::snapshot::canonical(dir)?;
         let mode = Mode::Repair {
             discard_uncommitted: opts.discard_uncommitted,

@@ -213,8 +213,9 @@ fn a_block_replaced_by_vectors_in_a_row_puts_each_at_its_sub_block_end() {
     let nll = |r: &Replacement| {
         nll_after_block(&model, &windows, SHAPE, r, PositionRule::SpanEnd).unwrap()
     };
-    let emb = block_embeddings(&model, &windows, SHAPE).unwrap(); // [4, 8, 32]
-                                                                  // Eight sub-blocks of one token, each replaced by its own embedding: the full block.
+    // [4, 8, 32]. Eight sub-blocks of one token, each replaced by its own embedding: the full
+    // block.
+    let emb = block_embeddings(&model, &windows, SHAPE).unwrap();
     let full = nll(&Replacement::Full);
     let own = nll(&Replacement::Vector(emb.clone()));
     assert!(max_abs_diff(&full, &own).unwrap() < 1e-5);
