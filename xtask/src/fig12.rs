@@ -9,9 +9,10 @@
 //! End to end, the longest held-out documents are read chunk by chunk through a W-slot budget:
 //! truncation to the newest W tokens against the working context's oldest-first cover with
 //! GistNet gists (levels ≤ 2, and level 1 only) and with mean-pooled gists, and the focus loop
-//! steered by LensNet or by random scores. LensNet trains on counterfactual utilities measured
-//! on training documents (`metarep_megacontext::lens_train`); its ranking of moves on states
-//! from other held-out documents is compared with random scores and the oracle.
+//! steered by LensNet, by random scores or by the recency rule (newest gists expanded first).
+//! LensNet trains on counterfactual utilities measured on training documents
+//! (`metarep_megacontext::lens_train`); its ranking of moves on states from other held-out
+//! documents is compared with random scores, the recency rule and the oracle.
 //!
 //! Base models: a byte-level Llama trained here on the corpus's training split (`base = "bytes"`,
 //! the quick config CI runs) or SmolLM2-135M from its GGUF (`base = "smollm2"`, the full
@@ -31,7 +32,7 @@ use metarep_megacontext::train::draw_windows;
 use metarep_megacontext::{
     collect_samples, stream_nll, train_gistnet, train_lensnet, CoverConfig, FocusConfig, GistNet,
     GistNetConfig, GistTrainConfig, LensDataConfig, LensNet, LensNetConfig, LensTrainConfig,
-    Policy, PositionRule, RandomScorer, Skip, StreamConfig, WindowShape,
+    Policy, PositionRule, RandomScorer, RecencyScorer, Skip, StreamConfig, WindowShape,
 };
 use metarep_model::{HookedTransformer, LoadOptions};
 use metarep_testbeds::byte_lm::{encode as encode_bytes, ByteLmSpec};
@@ -472,6 +473,10 @@ fn train_lens(
     let ranks = vec![
         ("lensnet", rank_quality(&mut lens, &held_samples, tol)?),
         ("random", rank_quality(&mut random, &held_samples, tol)?),
+        (
+            "recency",
+            rank_quality(&mut recency(cfg), &held_samples, tol)?,
+        ),
     ];
     for (name, q) in &ranks {
         println!(
@@ -480,6 +485,14 @@ fn train_lens(
         );
     }
     Ok((lens, ranks))
+}
+
+/// The recency rule (newest gists expanded first, oldest families collapsed first), its
+/// preference falling by e over as many tokens as the budget has slots.
+fn recency(cfg: &Fig12Config) -> RecencyScorer {
+    RecencyScorer {
+        scale: cfg.stream.budget as f32,
+    }
 }
 
 fn rank_table(ranks: &[Ranked]) -> Result<Table, BoxError> {
@@ -504,7 +517,7 @@ fn rank_table(ranks: &[Ranked]) -> Result<Table, BoxError> {
 
 /// The streamed held-out documents read under truncation, working-context covers with GistNet
 /// gists (levels ≤ max_level and level 1 only) and with mean-pooled gists, and the focus loop
-/// steered by LensNet and by random scores.
+/// steered by LensNet, by random scores and by the recency rule.
 fn stream_rows(
     cfg: &Fig12Config,
     model: &HookedTransformer,
@@ -524,6 +537,7 @@ fn stream_rows(
         "mean_cover",
         "lensnet_focus",
         "random_focus",
+        "recency_focus",
     ];
     let mut rows = Vec::new();
     for name in names {
@@ -537,6 +551,7 @@ fn stream_rows(
         for (k, &i) in docs.iter().enumerate() {
             let d = &held[i][..held[i].len().min(st.max_tokens)];
             let mut random = RandomScorer::new(derive_seed(cfg.seed, &format!("random focus {k}")));
+            let mut rule = recency(cfg);
             let policy = match name {
                 "truncate" => Policy::Truncate,
                 "lensnet_focus" => Policy::Focus {
@@ -545,6 +560,10 @@ fn stream_rows(
                 },
                 "random_focus" => Policy::Focus {
                     scorer: &mut random,
+                    config: cfg.lens.focus,
+                },
+                "recency_focus" => Policy::Focus {
+                    scorer: &mut rule,
                     config: cfg.lens.focus,
                 },
                 _ => Policy::Cover,

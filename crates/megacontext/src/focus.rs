@@ -1,6 +1,6 @@
-//! The focus loop: before each chunk a [`Scorer`] (LensNet, or random scores as a control)
-//! rates every possible move of the working context, and the [`Allocator`] applies the best
-//! ones that keep the budget.
+//! The focus loop: before each chunk a [`Scorer`] (LensNet; random scores or the recency rule
+//! as controls) rates every possible move of the working context, and the [`Allocator`]
+//! applies the best ones that keep the budget.
 //!
 //! **Moves** ([`Candidate`]): expand a gist (costs its children's slots minus one) or collapse
 //! the family an entry starts (frees its slots minus one). A candidate's score is the scorer's
@@ -176,6 +176,36 @@ impl Scorer for RandomScorer {
                     self.rng.random_range(-1.0..1.0),
                     self.rng.random_range(-1.0..1.0),
                 ]
+            })
+            .collect())
+    }
+}
+
+/// The rule of thumb a learned scorer has to beat: detail where the stream ends. An entry whose
+/// span ends `t` tokens before the query scores `r = exp(−t / scale)`: expanding it `r` (the
+/// newest gist first, always above doing nothing), collapsing the family it starts `−r` (the
+/// oldest family first, the least harmful). Its ranking does not depend on `scale`; the
+/// allocator's trades (sums of scores) do.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RecencyScorer {
+    /// Tokens over which the preference falls by a factor e (> 0).
+    pub scale: f32,
+}
+
+impl Scorer for RecencyScorer {
+    fn score(&mut self, input: &FocusInput) -> Result<Vec<[f32; 2]>> {
+        if !(self.scale > 0.0 && self.scale.is_finite()) {
+            return Err(Error::Config(format!(
+                "the recency scale must be a positive number of tokens, got {}",
+                self.scale
+            )));
+        }
+        Ok(input
+            .geometry
+            .iter()
+            .map(|g| {
+                let r = (-g[0] / self.scale).exp();
+                [r, -r]
             })
             .collect())
     }

@@ -28,7 +28,7 @@ pub mod train;
 pub mod working_context;
 
 pub use error::{Error, Result};
-pub use focus::{Allocator, FocusConfig, FocusStats, RandomScorer, Scorer};
+pub use focus::{Allocator, FocusConfig, FocusStats, RandomScorer, RecencyScorer, Scorer};
 pub use gistnet::{GistNet, GistNetConfig, Skip};
 pub use lens_train::{collect_samples, train_lensnet, LensDataConfig, LensTrainConfig};
 pub use lensnet::{LensNet, LensNetConfig};

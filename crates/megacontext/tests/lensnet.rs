@@ -11,7 +11,8 @@ use metarep_megacontext::lens_train::{lens_loss, rank_quality, LensSample};
 use metarep_megacontext::lensnet::FocusInput;
 use metarep_megacontext::{
     collect_samples, train_lensnet, CoverConfig, FocusConfig, LensDataConfig, LensNet,
-    LensNetConfig, LensTrainConfig, PositionRule, RandomScorer, StreamConfig,
+    LensNetConfig, LensTrainConfig, PositionRule, RandomScorer, RecencyScorer, Scorer,
+    StreamConfig,
 };
 use rand::{Rng, SeedableRng};
 
@@ -199,4 +200,26 @@ fn measured_states_are_well_formed() {
         .iter()
         .flat_map(|s| &s.utilities)
         .any(|u| u.abs() > 1e-6));
+}
+
+#[test]
+fn the_recency_rule_expands_the_newest_and_collapses_the_oldest() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let mut x = input(3, 16, &mut rng);
+    x.geometry = vec![[100.0, 32.0], [10.0, 32.0], [1000.0, 32.0]];
+    let s = RecencyScorer { scale: 96.0 }.score(&x).unwrap();
+    // Expansions: newest first, every one above doing nothing.
+    assert!(
+        s[1][0] > s[0][0] && s[0][0] > s[2][0] && s[2][0] > 0.0,
+        "{s:?}"
+    );
+    // Collapses: oldest first, every one below doing nothing.
+    assert!(
+        s[2][1] > s[0][1] && s[0][1] > s[1][1] && s[2][1] < 0.0,
+        "{s:?}"
+    );
+    for scale in [0.0, -1.0, f32::NAN] {
+        let err = RecencyScorer { scale }.score(&x).unwrap_err().to_string();
+        assert!(err.contains("recency scale"), "{err}");
+    }
 }
