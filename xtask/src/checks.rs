@@ -113,6 +113,30 @@ mod tests {
     }
 
     #[test]
+    fn fig12_reads_stay_within_the_byte_lms_trained_length() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let load = |file: &str, set: &[&str]| {
+            let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+            load_checked::<crate::fig12::Fig12Config>(&dir.join(file), &set)
+        };
+        // 96 slots + an expansion's 31 + 32 tokens of horizon = 159 > 128.
+        let e = load("fig12.quick.toml", &["stream.budget=96"]).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("(a LensNet state's expansion) = 159"), "{e}");
+        assert!(e.contains("bytes.seq = 128"), "{e}");
+        // Two gisted blocks after a 64-byte prefix: 64 + 64 + 32 = 160.
+        let e = load("fig12.quick.toml", &["train.blocks=2"]).unwrap_err();
+        assert!(e.to_string().contains("train.blocks · B"), "{e}");
+        load(
+            "fig12.quick.toml",
+            &["train.blocks=2", "train.shape.prefix=32"],
+        )
+        .unwrap();
+        // SmolLM2 is not held to the byte LM's length.
+        load("fig12.toml", &["stream.budget=4000"]).unwrap();
+    }
+
+    #[test]
     fn a_bad_value_in_a_list_or_a_problem_table_is_named() {
         let e = each("kappas", &[2.0, -1.0], positive).unwrap_err();
         assert!(e.to_string().contains("kappas[1] = -1"), "{e}");

@@ -241,7 +241,55 @@ impl CheckedConfig for Fig12Config {
             "horizons",
             format!("{:?}", self.horizons),
             "a list holding the gates' horizon 32",
-        )
+        )?;
+        self.check_trained_length()
+    }
+}
+
+impl Fig12Config {
+    /// The byte LM is trained on `bytes.seq`-byte windows: every input fig12 reads must fit in
+    /// one, or positions it never saw confound what is measured. The longest reads: GistNet's
+    /// windows, the stream's slots and chunk, and a LensNet state's expansion (up to B − 1
+    /// slots past the budget, then the horizon).
+    fn check_trained_length(&self) -> Result<(), BoxError> {
+        let Some(bytes) = self.bytes.as_ref().filter(|_| self.base == "bytes") else {
+            return Ok(());
+        };
+        let (p, b) = (self.train.shape.prefix, self.train.shape.block);
+        let (st, lens) = (&self.stream, &self.lens);
+        let mut reads = vec![
+            (
+                "train.shape.prefix + train.blocks · B + train.shape.horizon",
+                p + self.train.blocks * b + self.train.shape.horizon,
+            ),
+            ("stream.budget + stream.chunk", st.budget + st.chunk),
+            (
+                "stream.budget + B − 1 + lens.horizon (a LensNet state's expansion)",
+                st.budget + b - 1 + lens.horizon,
+            ),
+        ];
+        let longest = self.horizons.iter().max().copied().unwrap_or(0);
+        reads.push((
+            "train.shape.prefix + B + the longest horizon",
+            p + b + longest,
+        ));
+        if let Some(m) = &self.multi {
+            reads.push((
+                "multi.prefix + multi.blocks · B + 32",
+                m.prefix + m.blocks * b + GATE_HORIZON,
+            ));
+        }
+        if self.level2_windows > 0 {
+            reads.push((
+                "train.shape.prefix + B² + 32 (level 2)",
+                p + b * b + GATE_HORIZON,
+            ));
+        }
+        let expected = format!("≤ bytes.seq = {} (the byte LM's trained length)", bytes.seq);
+        for (what, len) in reads {
+            require(len <= bytes.seq, what, len, &expected)?;
+        }
+        Ok(())
     }
 }
 
