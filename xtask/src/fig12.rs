@@ -247,42 +247,68 @@ impl CheckedConfig for Fig12Config {
 }
 
 impl Fig12Config {
+    /// The held-out windows at horizon `h`: one block of B after the training prefix.
+    fn eval_shape(&self, h: usize) -> WindowShape {
+        WindowShape {
+            horizon: h,
+            ..self.train.shape
+        }
+    }
+
+    /// The level-2 windows: a block of B² tokens after the training prefix, H = 32.
+    fn level2_shape(&self) -> WindowShape {
+        let b = self.train.shape.block;
+        WindowShape {
+            prefix: self.train.shape.prefix,
+            block: b * b,
+            horizon: GATE_HORIZON,
+        }
+    }
+
+    /// The gists-in-a-row windows: `m.blocks` blocks of B after `m.prefix` tokens, H = 32.
+    fn multi_shape(&self, m: &MultiSettings) -> WindowShape {
+        WindowShape {
+            prefix: m.prefix,
+            block: m.blocks * self.train.shape.block,
+            horizon: GATE_HORIZON,
+        }
+    }
+
     /// The byte LM is trained on `bytes.seq`-byte windows: every input fig12 reads must fit in
     /// one, or positions it never saw confound what is measured. The longest reads: GistNet's
-    /// windows, the stream's slots and chunk, and a LensNet state's expansion (up to B − 1
-    /// slots past the budget, then the horizon).
+    /// windows, the held-out windows, the stream's slots and chunk, and a LensNet state's
+    /// expansion (up to B − 1 slots past the budget, then the horizon).
     fn check_trained_length(&self) -> Result<(), BoxError> {
         let Some(bytes) = self.bytes.as_ref().filter(|_| self.base == "bytes") else {
             return Ok(());
         };
-        let (p, b) = (self.train.shape.prefix, self.train.shape.block);
-        let (st, lens) = (&self.stream, &self.lens);
+        let (st, b) = (&self.stream, self.train.shape.block);
+        let longest = self.horizons.iter().max().copied().unwrap_or(0);
         let mut reads = vec![
             (
                 "train.shape.prefix + train.blocks · B + train.shape.horizon",
-                p + self.train.blocks * b + self.train.shape.horizon,
+                self.train.window_shape().len(),
+            ),
+            (
+                "train.shape.prefix + B + the longest horizon",
+                self.eval_shape(longest).len(),
             ),
             ("stream.budget + stream.chunk", st.budget + st.chunk),
             (
                 "stream.budget + B − 1 + lens.horizon (a LensNet state's expansion)",
-                st.budget + b - 1 + lens.horizon,
+                st.budget + b - 1 + self.lens.horizon,
             ),
         ];
-        let longest = self.horizons.iter().max().copied().unwrap_or(0);
-        reads.push((
-            "train.shape.prefix + B + the longest horizon",
-            p + b + longest,
-        ));
         if let Some(m) = &self.multi {
             reads.push((
                 "multi.prefix + multi.blocks · B + 32",
-                m.prefix + m.blocks * b + GATE_HORIZON,
+                self.multi_shape(m).len(),
             ));
         }
         if self.level2_windows > 0 {
             reads.push((
                 "train.shape.prefix + B² + 32 (level 2)",
-                p + b * b + GATE_HORIZON,
+                self.level2_shape().len(),
             ));
         }
         let expected = format!("≤ bytes.seq = {} (the byte LM's trained length)", bytes.seq);
@@ -324,10 +350,7 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     let net = train_net(&cfg, &model, &train_ids, dir)?;
     let mut rows = Vec::new();
     for &h in &cfg.horizons {
-        let shape = WindowShape {
-            horizon: h,
-            ..cfg.train.shape
-        };
+        let shape = cfg.eval_shape(h);
         let windows = draw_windows(
             &held_ids,
             shape,
@@ -342,11 +365,7 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     }
     if cfg.level2_windows > 0 {
         let b = cfg.train.shape.block;
-        let shape = WindowShape {
-            prefix: cfg.train.shape.prefix,
-            block: b * b,
-            horizon: GATE_HORIZON,
-        };
+        let shape = cfg.level2_shape();
         let windows = draw_windows(
             &held_ids,
             shape,
@@ -364,11 +383,7 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     }
     if let Some(multi) = cfg.multi {
         let b = cfg.train.shape.block;
-        let shape = WindowShape {
-            prefix: multi.prefix,
-            block: multi.blocks * b,
-            horizon: GATE_HORIZON,
-        };
+        let shape = cfg.multi_shape(&multi);
         let windows = draw_windows(
             &held_ids,
             shape,
