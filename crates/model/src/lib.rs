@@ -37,6 +37,7 @@ pub mod config;
 pub mod dla;
 pub mod error;
 pub mod families;
+mod frozen_matmul;
 pub mod frozen_norm;
 pub mod generate;
 pub mod gguf;

@@ -51,7 +51,9 @@ fn linear_device(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// `a.matmul(b)` (`[..., m, k]` by `[..., k, n]`), its time counted by
 /// [`metarep_kernels::profile`]. Batched f32 products on the CPU without gradients (attention
-/// scores and mixing) go through [`forward::batched_matmul`], one batch element per thread.
+/// scores and mixing) go through [`forward::batched_matmul`], one batch element per thread. When
+/// `a` carries a gradient and `b` does not (frozen weights under a trained adapter), the backward
+/// pass computes `a`'s gradient only ([`crate::frozen_matmul`]).
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let batched = |t: &Tensor| t.dtype() == DType::F32 && use_kernel(t) && t.rank() >= 3;
     if batched(a) && batched(b) && a.rank() == b.rank() {
@@ -59,9 +61,13 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
     let (dims, n) = (a.dims(), b.dims().last().copied().unwrap_or(1));
     let flop = 2 * dims.iter().product::<usize>() * n;
-    Ok(metarep_kernels::profile::count(flop as u64, || {
-        a.matmul(b)
-    })?)
+    metarep_kernels::profile::count(flop as u64, || {
+        if a.track_op() && !b.track_op() {
+            crate::frozen_matmul::matmul_frozen_rhs(a, b)
+        } else {
+            Ok(a.matmul(b)?)
+        }
+    })
 }
 
 /// Whether the fused kernels apply: CPU, not f64, no gradient to track.
