@@ -107,6 +107,14 @@ for fig in fig1 fig10; do
     > "/tmp/$fig.log" 2>&1 || { status=1; grep -v "^ *[0-9]*: " "/tmp/$fig.log" | tail -20; }
   grep -E "^== |pass =" "/tmp/$fig.log"
 done
+# fig12 shortened to a smoke run (its byte LM trains on the CPU, then GistNet, the ΔNLL
+# measurements, LensNet and the streams run on the GPU); no --check: the budget is cut.
+timeout 150 "$xtask" reproduce fig12 --quick --set device=cuda:0 --out /tmp/xtask-gpu \
+  --set bytes.steps=100 --set train.steps=100 --set eval_windows=64 --set multi.windows=32 \
+  --set stream.docs=1 --set stream.max_tokens=1024 --set lens.states=40 \
+  --set lens.held_states=20 --set lens.train.steps=50 > /tmp/fig12.log 2>&1 ||
+  { status=1; grep -v "^ *[0-9]*: " /tmp/fig12.log | tail -20; }
+grep -E "^== |gistnet +ratio|pass =" /tmp/fig12.log
 refusal=$("$xtask" reproduce fig3 --quick --set device=cuda:0 --out /tmp/xtask-gpu 2>&1)
 if grep -q "runs on the CPU only" <<< "$refusal"; then
   echo "   fig3 refuses the GPU, naming itself"

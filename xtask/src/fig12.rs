@@ -34,11 +34,12 @@ use metarep_megacontext::{
     GistNetConfig, GistTrainConfig, LensDataConfig, LensNet, LensNetConfig, LensTrainConfig,
     Policy, PositionRule, RandomScorer, RecencyScorer, Skip, StreamConfig, WindowShape,
 };
-use metarep_model::{HookedTransformer, LoadOptions};
+use metarep_model::HookedTransformer;
 use metarep_testbeds::byte_lm::{encode as encode_bytes, ByteLmSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{self, at_least_one, positive, require, CheckedConfig};
+use crate::device::{device, load_options};
 use crate::error::BoxError;
 use crate::fixtures::gguf::smollm2_file;
 use crate::output::{metric_key, ResultDir};
@@ -713,7 +714,7 @@ fn base_model(
         let root = crate::fixtures::repo_root();
         let gguf = smollm2_file(&root)?;
         out.extra("smollm2_sha256", &crate::fixtures::sha256_file(&gguf)?)?;
-        let model = HookedTransformer::from_gguf(&gguf, &LoadOptions::default())?;
+        let model = HookedTransformer::from_gguf(&gguf, &load_options())?;
         let tok = model
             .tokenizer()
             .ok_or("the SmolLM2 GGUF carries no tokenizer")?
@@ -735,7 +736,13 @@ fn base_model(
         report.first_loss, report.final_loss, report.steps
     );
     // Kept for `metarep megacontext eval --model DIR/base_model --bytes`.
-    model.save_pretrained(&dir.join("base_model"))?;
+    let saved = dir.join("base_model");
+    model.save_pretrained(&saved)?;
+    // Trained on the CPU (minutes); loaded from the saved copy onto another chosen device.
+    let model = match device().is_cpu() {
+        true => model,
+        false => HookedTransformer::from_dir(&saved, &load_options())?,
+    };
     let encode: Encoder = Box::new(|text| Ok(encode_bytes(text)));
     Ok((model, encode))
 }
