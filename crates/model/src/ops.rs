@@ -53,7 +53,7 @@ fn linear_device(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// [`metarep_kernels::profile`]. Batched f32 products on the CPU without gradients (attention
 /// scores and mixing) go through [`forward::batched_matmul`], one batch element per thread. When
 /// `a` carries a gradient and `b` does not (frozen weights under a trained adapter), the backward
-/// pass computes `a`'s gradient only ([`crate::frozen_matmul`]).
+/// pass computes `a`'s gradient only (a custom op, `frozen_matmul.rs`).
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let batched = |t: &Tensor| t.dtype() == DType::F32 && use_kernel(t) && t.rank() >= 3;
     if batched(a) && batched(b) && a.rank() == b.rank() {
