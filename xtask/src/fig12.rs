@@ -21,6 +21,7 @@
 
 use std::path::Path;
 
+use metarep_core::metrics::{FlatMetrics, MetricValue};
 use metarep_core::rng::derive_seed;
 use metarep_core::train::RunControl;
 use metarep_eval::corpus::{head_chars, read_split, Document, Split};
@@ -91,6 +92,25 @@ pub struct Fig12Config {
     stream: StreamSettings,
     /// LensNet: its training states, size, training and the allocator it steers.
     lens: LensSettings,
+    /// The parts measured after GistNet's training (both by default). A rerun into the same
+    /// `--out` finds GistNet trained, so on a slow machine the parts can run one at a time.
+    #[serde(default = "every_part")]
+    parts: Vec<Part>,
+}
+
+/// A part of fig12 after GistNet's training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Part {
+    /// The ΔNLL windows (one block, level 2, gists in a row) and the gates.
+    DeltaNll,
+    /// LensNet and the streamed documents.
+    Focus,
+}
+
+/// Both parts.
+fn every_part() -> Vec<Part> {
+    vec![Part::DeltaNll, Part::Focus]
 }
 
 /// Gists in a row: `blocks` consecutive blocks of B tokens, each replaced by its own gist (as a
@@ -197,6 +217,12 @@ impl CheckedConfig for Fig12Config {
             "≥ 2",
         )?;
         positive("train.lr", self.train.lr)?;
+        require(
+            !self.parts.is_empty(),
+            "parts",
+            "[]",
+            "delta_nll, focus or both",
+        )?;
         checks::each("horizons", &self.horizons, at_least_one)?;
         checks::each("keep", &self.keep, |key, k| {
             require(
@@ -349,66 +375,127 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         held_ids.iter().map(Vec::len).sum::<usize>()
     );
     let net = train_net(&cfg, &model, &train_ids, dir)?;
+    let kept_pass = keep_previous_metrics(&cfg, dir, &mut out)?;
+    let pass = if cfg.parts.contains(&Part::DeltaNll) {
+        let rows = delta_rows(&cfg, &model, &net, &held_ids)?;
+        out.table("fig12_delta_nll", &table(&rows)?)?;
+        out.plot("fig12_delta_nll", &plot(&rows, cfg.train.shape.block))?;
+        record(&rows, &mut out)
+    } else {
+        kept_pass
+    };
+    if cfg.parts.contains(&Part::Focus) {
+        focus(&cfg, &model, &net, (&train_ids, &held_ids), dir, &mut out)?;
+    }
+    out.finish(pass)
+}
+
+/// With only some `parts` run, the metrics of the others are kept from the previous run's
+/// `metrics.json` in `dir` (the same trained GistNet); returns the gates' verdict kept with
+/// them (false when none was recorded). An unreadable `metrics.json` is an error.
+fn keep_previous_metrics(
+    cfg: &Fig12Config,
+    dir: &Path,
+    out: &mut ResultDir,
+) -> Result<bool, BoxError> {
+    let path = dir.join("metrics.json");
+    if every_part().iter().all(|p| cfg.parts.contains(p)) || !path.exists() {
+        return Ok(false);
+    }
+    let previous = FlatMetrics::read_json(&path).map_err(|e| {
+        format!(
+            "keeping the other parts' metrics from {}: {e}",
+            path.display()
+        )
+    })?;
+    let pass = matches!(previous.get("pass"), Some(MetricValue::Bool(true)));
+    println!(
+        "  parts {:?}: the other parts' {} metrics kept from {}",
+        cfg.parts,
+        previous.len(),
+        path.display()
+    );
+    out.metrics.values.extend(previous.values);
+    Ok(pass)
+}
+
+/// ΔNLL of every method on held-out windows: one block at each horizon, a level-2 block, and
+/// gists in a row.
+fn delta_rows(
+    cfg: &Fig12Config,
+    model: &HookedTransformer,
+    net: &GistNet,
+    held_ids: &[Vec<u32>],
+) -> Result<Vec<Row>, BoxError> {
     let mut rows = Vec::new();
     for &h in &cfg.horizons {
         let shape = cfg.eval_shape(h);
         let windows = draw_windows(
-            &held_ids,
+            held_ids,
             shape,
             cfg.eval_windows,
             cfg.seed,
             &format!("eval H={h}"),
         )?;
-        let mut methods = vec![Method::Gist(&net), Method::MeanEmbedding, Method::Drop];
+        let mut methods = vec![Method::Gist(net), Method::MeanEmbedding, Method::Drop];
         methods.extend(cfg.keep.iter().map(|&k| Method::LastK(k)));
         methods.extend(cfg.keep.iter().map(|&k| Method::TopSurprisal(k)));
-        rows.extend(measure(&cfg, &model, &windows, shape, &methods, "")?);
+        rows.extend(measure(cfg, model, &windows, shape, &methods, "")?);
     }
     if cfg.level2_windows > 0 {
         let b = cfg.train.shape.block;
         let shape = cfg.level2_shape();
         let windows = draw_windows(
-            &held_ids,
+            held_ids,
             shape,
             cfg.level2_windows,
             cfg.seed,
             "eval level 2",
         )?;
         let methods = [
-            Method::Gist2(&net),
+            Method::Gist2(net),
             Method::MeanEmbedding,
             Method::Drop,
             Method::LastK(b),
         ];
-        rows.extend(measure(&cfg, &model, &windows, shape, &methods, "level2_")?);
+        rows.extend(measure(cfg, model, &windows, shape, &methods, "level2_")?);
     }
     if let Some(multi) = cfg.multi {
         let b = cfg.train.shape.block;
         let shape = cfg.multi_shape(&multi);
         let windows = draw_windows(
-            &held_ids,
+            held_ids,
             shape,
             multi.windows,
             cfg.seed,
             "eval gists in a row",
         )?;
         let methods = [
-            Method::Gists(&net),
+            Method::Gists(net),
             Method::MeanEach(b),
             Method::LastEach(b),
             Method::Drop,
         ];
-        rows.extend(measure(&cfg, &model, &windows, shape, &methods, "row_")?);
+        rows.extend(measure(cfg, model, &windows, shape, &methods, "row_")?);
     }
-    let table = table(&rows)?;
-    out.table("fig12_delta_nll", &table)?;
-    out.plot("fig12_delta_nll", &plot(&rows, cfg.train.shape.block))?;
-    let stream_docs = longest(&cfg.stream, &held_ids)?;
-    let (mut lens, ranks) = train_lens(&cfg, &model, &net, &train_ids, &held_ids, dir)?;
+    Ok(rows)
+}
+
+/// The focus part: LensNet trained on counterfactual states and ranked on held-out ones, then
+/// the longest held-out documents streamed under each policy; tables and metrics into `out`.
+fn focus(
+    cfg: &Fig12Config,
+    model: &HookedTransformer,
+    net: &GistNet,
+    (train_ids, held_ids): (&[Vec<u32>], &[Vec<u32>]),
+    dir: &Path,
+    out: &mut ResultDir,
+) -> Result<(), BoxError> {
+    let stream_docs = longest(&cfg.stream, held_ids)?;
+    let (mut lens, ranks) = train_lens(cfg, model, net, train_ids, held_ids, dir)?;
     out.table("fig12_lens_ranking", &rank_table(&ranks)?)?;
-    let streams = stream_rows(&cfg, &model, &net, &mut lens, &stream_docs, &held_ids)?;
+    let streams = stream_rows(cfg, model, net, &mut lens, &stream_docs, held_ids)?;
     out.table("fig12_stream", &stream_table(&streams)?)?;
-    let pass = record(&rows, &mut out);
     for (name, q) in &ranks {
         out.metrics
             .set_number(format!("lens_{name}_pair_accuracy"), q.pair_accuracy);
@@ -420,7 +507,7 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         out.metrics.set_number(format!("{key}_nll"), s.nll);
         out.metrics.set_number(format!("{key}_mean_span"), s.span);
     }
-    out.finish(pass)
+    Ok(())
 }
 
 /// One streaming policy over the long documents.
