@@ -5,7 +5,10 @@
 
 use std::io::IsTerminal;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressStyle;
+
+/// The bar type [`bar`] returns.
+pub use indicatif::ProgressBar;
 
 /// Environment variable that turns every progress bar off when set (to anything).
 pub const NO_PROGRESS_ENV: &str = "METAREP_NO_PROGRESS";

@@ -46,7 +46,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{load_checkpoint, save_checkpoint};
+use crate::checkpoint::{load_checkpoint, save_checkpoint, STATE_FILE};
 use crate::config::canonical_value;
 use crate::error::{Error, Result};
 use crate::metrics::{truncate_metrics, MetricsSink};
@@ -288,6 +288,18 @@ pub struct RunControl<'a> {
     /// Resume even when the run's config differs from the checkpoint's (the new one is used
     /// and recorded from then on).
     pub accept_config_change: bool,
+}
+
+impl<'a> RunControl<'a> {
+    /// Writes to `out` and continues from `out/checkpoint` when a checkpoint is there (a run
+    /// that finished resumes at its end and takes no step), else starts afresh.
+    pub fn resuming(out: &'a Path) -> Self {
+        Self {
+            out: Some(out),
+            resume: out.join(CHECKPOINT_DIR).join(STATE_FILE).exists(),
+            ..Self::default()
+        }
+    }
 }
 
 /// Summary of a run.
@@ -622,6 +634,32 @@ mod tests {
         assert_eq!(train_steps, vec![0, 3, 6, 9, 12, 15, 18, 19]);
         let eval_steps: Vec<u64> = la.iter().filter(|s| s.1).map(|s| s.0).collect();
         assert_eq!(eval_steps, vec![4, 9, 14, 19]);
+    }
+
+    #[test]
+    fn resuming_continues_from_a_checkpoint_when_there_is_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run");
+        let mut straight = Toy::new();
+        run(&mut straight, &plan(), &"cfg", RunControl::default()).unwrap();
+        let stopped = RunControl {
+            stop_at: Some(8),
+            ..RunControl::resuming(&out)
+        };
+        assert!(!stopped.resume, "no checkpoint yet: a fresh start");
+        let first = run(&mut Toy::new(), &plan(), &"cfg", stopped).unwrap();
+        assert_eq!((first.start_step, first.steps), (0, 8));
+        let mut second = Toy::new();
+        let rest = run(&mut second, &plan(), &"cfg", RunControl::resuming(&out)).unwrap();
+        assert_eq!((rest.start_step, rest.steps), (8, 20));
+        assert_eq!(second.started, 0);
+        assert_eq!(straight.w(), second.w());
+        // A finished run resumes at its end: the trained weights, no step taken.
+        let mut third = Toy::new();
+        let done = run(&mut third, &plan(), &"cfg", RunControl::resuming(&out)).unwrap();
+        assert_eq!((done.start_step, done.steps), (20, 20));
+        assert!(done.first_loss.is_nan());
+        assert_eq!(straight.w(), third.w());
     }
 
     #[test]
