@@ -205,6 +205,30 @@ pub fn block_surprisal(
         .collect())
 }
 
+/// NLL@H per window (nats per token over the H tokens after the block) with the block replaced
+/// by `method`, or in full for `None`, in batches of `batch` windows. A window's value does not
+/// depend on the others in its batch, so the full context's values can be computed once and
+/// shared by every method (`delta_nll` is the difference).
+pub fn nll_per_window(
+    model: &HookedTransformer,
+    windows: &[Vec<u32>],
+    shape: WindowShape,
+    rule: PositionRule,
+    method: Option<Method<'_>>,
+    batch: usize,
+) -> Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(windows.len());
+    for chunk in windows.chunks(batch.max(1)) {
+        let repl = match method {
+            Some(m) => m.replacement(model, chunk, shape)?,
+            None => Replacement::Full,
+        };
+        let nll = nll_after_block(model, chunk, shape, &repl, rule)?;
+        out.extend(nll.to_dtype(DType::F64)?.to_vec1::<f64>()?);
+    }
+    Ok(out)
+}
+
 /// ΔNLL@H per window: NLL with the block replaced by `method` minus NLL with the block in full,
 /// in batches of `batch` windows.
 pub fn delta_nll(
@@ -215,17 +239,9 @@ pub fn delta_nll(
     method: Method<'_>,
     batch: usize,
 ) -> Result<Vec<f64>> {
-    let mut out = Vec::with_capacity(windows.len());
-    for chunk in windows.chunks(batch.max(1)) {
-        let full = nll_after_block(model, chunk, shape, &Replacement::Full, rule)?;
-        let repl = method.replacement(model, chunk, shape)?;
-        let got = nll_after_block(model, chunk, shape, &repl, rule)?;
-        let d = (got - full)?
-            .to_dtype(candle_core::DType::F64)?
-            .to_vec1::<f64>()?;
-        out.extend(d);
-    }
-    Ok(out)
+    let full = nll_per_window(model, windows, shape, rule, None, batch)?;
+    let got = nll_per_window(model, windows, shape, rule, Some(method), batch)?;
+    Ok(got.iter().zip(&full).map(|(g, f)| g - f).collect())
 }
 
 /// Summary of per-window ΔNLL values.

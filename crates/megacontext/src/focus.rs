@@ -48,7 +48,7 @@ pub enum Move {
 }
 
 /// One possible move of a working context.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Candidate {
     /// The entry's index when the candidate was listed.
     pub entry: usize,
@@ -234,7 +234,7 @@ impl Default for FocusConfig {
 }
 
 /// Focus-loop telemetry.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FocusStats {
     /// Allocation steps.
     pub steps: u64,

@@ -13,6 +13,7 @@
 //! the free ones, over the budget, times `budget_weight`.
 
 use candle_core::{DType, Tensor};
+use metarep_core::progress::{self, ProgressBar};
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_core::train::{run, AdamRun, RunControl, RunReport};
 use metarep_model::HookedTransformer;
@@ -86,8 +87,21 @@ pub struct LensDataConfig {
     pub seed: u64,
 }
 
+impl LensDataConfig {
+    /// Errors unless `horizon` and `every` are ≥ 1.
+    fn check(&self) -> Result<()> {
+        if self.horizon == 0 || self.every == 0 {
+            return Err(Error::Config(format!(
+                "horizon ({}) and every ({}) must be ≥ 1",
+                self.horizon, self.every
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Streams each document under random moves and measures a state every `every` chunks, until
-/// `max` states; shows a progress bar.
+/// `max` states ([`doc_samples`] document by document); shows a progress bar.
 pub fn collect_samples(
     model: &HookedTransformer,
     net: &GistNet,
@@ -95,53 +109,73 @@ pub fn collect_samples(
     config: &LensDataConfig,
     max: usize,
 ) -> Result<Vec<LensSample>> {
-    let sc = &config.stream;
-    if config.horizon == 0 || config.every == 0 {
-        return Err(Error::Config(format!(
-            "horizon ({}) and every ({}) must be ≥ 1",
-            config.horizon, config.every
-        )));
-    }
-    let bar = metarep_core::progress::bar(max as u64, "LensNet states");
+    config.check()?;
+    let bar = progress::bar(max as u64, "LensNet states");
     let mut out = Vec::with_capacity(max);
     for (d, tokens) in docs.iter().enumerate() {
         if out.len() >= max {
             break;
         }
-        if tokens.len() < sc.warmup + sc.chunk.max(config.horizon) {
-            continue;
-        }
-        sc.validate(tokens.len(), net)?;
-        let mut gists = Gists::new(model, net, tokens);
-        let mut wc = WorkingContext::new(sc.cover)?;
-        wc.push(sc.warmup as u64);
-        let mut scorer = RandomScorer::new(derive_seed(config.seed, &format!("doc {d}")));
-        let mut allocator = Allocator::new(config.focus);
-        let mut query: Option<Tensor> = None;
-        let (mut at, mut step) = (sc.warmup, 0usize);
-        while at + sc.chunk.max(config.horizon) <= tokens.len() && out.len() < max {
-            match &query {
-                Some(q) => {
-                    let scores = scorer.score(&focus_input(&wc, &mut gists, q)?)?;
-                    allocator.step(&mut wc, &scores)?;
-                    if step.is_multiple_of(config.every) {
-                        let next = &tokens[at..at + config.horizon];
-                        out.push(measure(&mut gists, &wc, sc.rule, next, q)?);
-                        bar.inc(1);
-                    }
-                }
-                None => {
-                    wc.fit();
-                }
-            }
-            let (_, q) = read_cover(&mut gists, &wc, sc.rule, &tokens[at..at + sc.chunk])?;
-            query = Some(q);
-            wc.append(sc.chunk as u64);
-            at += sc.chunk;
-            step += 1;
-        }
+        out.extend(doc_samples(
+            model,
+            net,
+            (d, tokens),
+            config,
+            max - out.len(),
+            &bar,
+        )?);
     }
     bar.finish_and_clear();
+    Ok(out)
+}
+
+/// The states of one document `(d, tokens)`, at most `max`: it is streamed under random moves
+/// (seeded by `d`, its index in the collection) and a state is measured every `every` chunks;
+/// `bar` advances by one per state. A document too short for one chunk after the warmup gives
+/// none.
+pub fn doc_samples(
+    model: &HookedTransformer,
+    net: &GistNet,
+    (d, tokens): (usize, &[u32]),
+    config: &LensDataConfig,
+    max: usize,
+    bar: &ProgressBar,
+) -> Result<Vec<LensSample>> {
+    config.check()?;
+    let sc = &config.stream;
+    let mut out = Vec::new();
+    if max == 0 || tokens.len() < sc.warmup + sc.chunk.max(config.horizon) {
+        return Ok(out);
+    }
+    sc.validate(tokens.len(), net)?;
+    let mut gists = Gists::new(model, net, tokens);
+    let mut wc = WorkingContext::new(sc.cover)?;
+    wc.push(sc.warmup as u64);
+    let mut scorer = RandomScorer::new(derive_seed(config.seed, &format!("doc {d}")));
+    let mut allocator = Allocator::new(config.focus);
+    let mut query: Option<Tensor> = None;
+    let (mut at, mut step) = (sc.warmup, 0usize);
+    while at + sc.chunk.max(config.horizon) <= tokens.len() && out.len() < max {
+        match &query {
+            Some(q) => {
+                let scores = scorer.score(&focus_input(&wc, &mut gists, q)?)?;
+                allocator.step(&mut wc, &scores)?;
+                if step.is_multiple_of(config.every) {
+                    let next = &tokens[at..at + config.horizon];
+                    out.push(measure(&mut gists, &wc, sc.rule, next, q)?);
+                    bar.inc(1);
+                }
+            }
+            None => {
+                wc.fit();
+            }
+        }
+        let (_, q) = read_cover(&mut gists, &wc, sc.rule, &tokens[at..at + sc.chunk])?;
+        query = Some(q);
+        wc.append(sc.chunk as u64);
+        at += sc.chunk;
+        step += 1;
+    }
     Ok(out)
 }
 

@@ -22,6 +22,7 @@ pub mod gists;
 pub mod lens_train;
 pub mod lensnet;
 pub mod objective;
+pub mod sample_store;
 pub mod stream;
 pub mod summarizer;
 pub mod train;
@@ -30,7 +31,9 @@ pub mod working_context;
 pub use error::{Error, Result};
 pub use focus::{Allocator, FocusConfig, FocusStats, RandomScorer, RecencyScorer, Scorer};
 pub use gistnet::{GistNet, GistNetConfig, Skip};
-pub use lens_train::{collect_samples, train_lensnet, LensDataConfig, LensTrainConfig};
+pub use lens_train::{
+    collect_samples, doc_samples, train_lensnet, LensDataConfig, LensTrainConfig,
+};
 pub use lensnet::{LensNet, LensNetConfig};
 pub use objective::{nll_after_block, Replacement, WindowShape};
 pub use stream::{stream_nll, Policy, StreamConfig, StreamLoss};

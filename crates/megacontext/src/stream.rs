@@ -70,7 +70,7 @@ impl StreamConfig {
 }
 
 /// Loss of a streamed document.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StreamLoss {
     /// Mean NLL per scored token (nats).
     pub nll: f64,

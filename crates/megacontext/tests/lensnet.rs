@@ -5,12 +5,14 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
+use metarep_core::progress::ProgressBar;
 use metarep_gist_tree::NodeRef;
 use metarep_megacontext::focus::{Candidate, Move};
 use metarep_megacontext::lens_train::{lens_loss, rank_quality, LensSample};
 use metarep_megacontext::lensnet::FocusInput;
+use metarep_megacontext::sample_store::{load_samples, save_samples};
 use metarep_megacontext::{
-    collect_samples, train_lensnet, CoverConfig, FocusConfig, LensDataConfig, LensNet,
+    collect_samples, doc_samples, train_lensnet, CoverConfig, FocusConfig, LensDataConfig, LensNet,
     LensNetConfig, LensTrainConfig, PositionRule, RandomScorer, RecencyScorer, Scorer,
     StreamConfig,
 };
@@ -160,11 +162,9 @@ fn a_sample_without_candidates_is_an_error() {
     assert!(err.contains("candidate"), "{err}");
 }
 
-#[test]
-fn measured_states_are_well_formed() {
-    let (model, net) = (common::tiny_llama(), common::tiny_gistnet());
-    let doc: Vec<u32> = (0..300u32).map(|i| (i * 7 + i / 5) % 48).collect();
-    let config = LensDataConfig {
+/// States every 2 chunks of 8 tokens through a 24-slot budget.
+fn data_config() -> LensDataConfig {
+    LensDataConfig {
         stream: StreamConfig {
             cover: CoverConfig {
                 block: 4,
@@ -180,7 +180,17 @@ fn measured_states_are_well_formed() {
         every: 2,
         focus: FocusConfig::default(),
         seed: 0,
-    };
+    }
+}
+
+fn doc() -> Vec<u32> {
+    (0..300u32).map(|i| (i * 7 + i / 5) % 48).collect()
+}
+
+#[test]
+fn measured_states_are_well_formed() {
+    let (model, net) = (common::tiny_llama(), common::tiny_gistnet());
+    let (doc, config) = (doc(), data_config());
     let samples = collect_samples(&model, &net, &[doc.clone(), doc], &config, 20).unwrap();
     assert_eq!(samples.len(), 20);
     for s in &samples {
@@ -222,4 +232,48 @@ fn the_recency_rule_expands_the_newest_and_collapses_the_oldest() {
         let err = RecencyScorer { scale }.score(&x).unwrap_err().to_string();
         assert!(err.contains("recency scale"), "{err}");
     }
+}
+
+#[test]
+fn states_collect_document_by_document_and_load_back_exactly_under_their_key() {
+    let (model, net) = (common::tiny_llama(), common::tiny_gistnet());
+    let (doc, config) = (doc(), data_config());
+    let short: Vec<u32> = doc[..40].to_vec();
+    let docs = [short.clone(), doc.clone(), doc.clone()];
+    let all = collect_samples(&model, &net, &docs, &config, 40).unwrap();
+    let bar = ProgressBar::hidden();
+    let none = doc_samples(&model, &net, (0, &short), &config, 40, &bar).unwrap();
+    assert!(none.is_empty(), "too short for a chunk after the warmup");
+    let first = doc_samples(&model, &net, (1, &doc), &config, 40, &bar).unwrap();
+    let rest = 40 - first.len();
+    let second = doc_samples(&model, &net, (2, &doc), &config, rest, &bar).unwrap();
+    assert_eq!(first.len() + second.len(), all.len());
+    let dir = tempfile::tempdir().unwrap();
+    let at = dir.path().join("doc1");
+    assert!(load_samples(&at, "k", &Device::Cpu).unwrap().is_none());
+    save_samples(&at, &first, "k").unwrap();
+    assert!(load_samples(&at, "other", &Device::Cpu).unwrap().is_none());
+    let back = load_samples(&at, "k", &Device::Cpu).unwrap().unwrap();
+    for (got, want) in back.iter().zip(&all) {
+        assert_eq!(got.candidates, want.candidates);
+        assert_eq!(got.utilities, want.utilities);
+        assert_eq!((got.free, got.budget), (want.free, want.budget));
+        assert_eq!(got.input.levels, want.input.levels);
+        assert_eq!(got.input.geometry, want.input.geometry);
+        for (a, b) in [
+            (&got.input.vectors, &want.input.vectors),
+            (&got.input.query, &want.input.query),
+        ] {
+            let (a, b) = (a.flatten_all().unwrap(), b.flatten_all().unwrap());
+            assert_eq!(a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
+        }
+    }
+    assert_eq!(back.len(), first.len());
+    // A damaged save is an error, not states.
+    let tensors = at.join("tensors.safetensors");
+    let mut bytes = std::fs::read(&tensors).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&tensors, bytes).unwrap();
+    assert!(load_samples(&at, "k", &Device::Cpu).is_err());
 }
