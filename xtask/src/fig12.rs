@@ -18,22 +18,33 @@
 //! the quick config CI runs) or SmolLM2-135M from its GGUF (`base = "smollm2"`, the full
 //! config). GistNet trains through the frozen base model on training-split windows
 //! (`metarep_megacontext::train_gistnet`).
+//!
+//! Everything slow is kept in `--out` as it is done, so the same command run again after an
+//! interruption (or with one of `parts`) resumes: GistNet and LensNet from their checkpoints
+//! (refused if they were trained from another config or base model), and each method's window
+//! NLLs, each document's LensNet states and each policy's stream of each document from their
+//! saved copies, reused only under the digests of what they were measured from ([`RunKeys`]).
 
 use std::path::Path;
 
+use candle_core::{DType, Var};
+use metarep_core::atomic_write;
+use metarep_core::config::{config_hash, sha256_hex};
 use metarep_core::metrics::{FlatMetrics, MetricValue};
+use metarep_core::progress;
 use metarep_core::rng::derive_seed;
-use metarep_core::train::RunControl;
+use metarep_core::train::{RunControl, RunReport};
 use metarep_eval::corpus::{head_chars, read_split, Document, Split};
 use metarep_eval::plot::{LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
-use metarep_megacontext::eval::{delta_nll, summarize, DeltaSummary, Method};
-use metarep_megacontext::lens_train::{rank_quality, RankQuality};
+use metarep_megacontext::eval::{nll_per_window, summarize, DeltaSummary, Method};
+use metarep_megacontext::lens_train::{rank_quality, LensSample, RankQuality};
+use metarep_megacontext::sample_store::{load_samples, save_samples};
 use metarep_megacontext::train::draw_windows;
 use metarep_megacontext::{
-    collect_samples, stream_nll, train_gistnet, train_lensnet, CoverConfig, FocusConfig, GistNet,
+    doc_samples, stream_nll, train_gistnet, train_lensnet, CoverConfig, FocusConfig, GistNet,
     GistNetConfig, GistTrainConfig, LensDataConfig, LensNet, LensNetConfig, LensTrainConfig,
-    Policy, PositionRule, RandomScorer, RecencyScorer, Skip, StreamConfig, WindowShape,
+    Policy, PositionRule, RandomScorer, RecencyScorer, Skip, StreamConfig, StreamLoss, WindowShape,
 };
 use metarep_model::HookedTransformer;
 use metarep_testbeds::byte_lm::{encode as encode_bytes, ByteLmSpec};
@@ -43,6 +54,7 @@ use crate::checks::{self, at_least_one, positive, require, CheckedConfig};
 use crate::device::{device, load_options};
 use crate::error::BoxError;
 use crate::fixtures::gguf::smollm2_file;
+use crate::measure_cache::MeasureCache;
 use crate::output::{metric_key, ResultDir};
 
 /// The plan's gate: ΔNLL@32 of the learned gist at 32:1 (nats).
@@ -356,7 +368,7 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     let train_docs = head_chars(&train_docs, cfg.train_chars);
     let held_docs = read_split(&corpus, Split::HeldOut)?;
     let mut out = ResultDir::start(dir, &cfg, vec![cfg.seed])?;
-    let (model, encode) = base_model(&cfg, train_docs, dir, &mut out)?;
+    let (model, encode, base_digest) = base_model(&cfg, train_docs, dir, &mut out)?;
     let train_ids: Vec<Vec<u32>> = train_docs
         .iter()
         .map(|d| encode(&d.text))
@@ -374,10 +386,12 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         held_ids.len(),
         held_ids.iter().map(Vec::len).sum::<usize>()
     );
-    let net = train_net(&cfg, &model, &train_ids, dir)?;
+    let net = train_net(&cfg, (&model, &base_digest), &train_ids, dir)?;
+    let keys = RunKeys::new((&model, &base_digest), &net)?;
     let kept_pass = keep_previous_metrics(&cfg, dir, &mut out)?;
     let pass = if cfg.parts.contains(&Part::DeltaNll) {
-        let rows = delta_rows(&cfg, &model, &net, &held_ids)?;
+        let nlls = WindowNlls::new(&cfg, (&model, &net), &keys, dir);
+        let rows = delta_rows(&cfg, &nlls, &held_ids)?;
         out.table("fig12_delta_nll", &table(&rows)?)?;
         out.plot("fig12_delta_nll", &plot(&rows, cfg.train.shape.block))?;
         record(&rows, &mut out)
@@ -385,7 +399,13 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
         kept_pass
     };
     if cfg.parts.contains(&Part::Focus) {
-        focus(&cfg, &model, &net, (&train_ids, &held_ids), dir, &mut out)?;
+        focus(
+            &cfg,
+            (&model, &net),
+            (&train_ids, &held_ids),
+            (&keys, dir),
+            &mut out,
+        )?;
     }
     out.finish(pass)
 }
@@ -423,10 +443,10 @@ fn keep_previous_metrics(
 /// gists in a row.
 fn delta_rows(
     cfg: &Fig12Config,
-    model: &HookedTransformer,
-    net: &GistNet,
+    nlls: &WindowNlls<'_>,
     held_ids: &[Vec<u32>],
 ) -> Result<Vec<Row>, BoxError> {
+    let net = nlls.net;
     let mut rows = Vec::new();
     for &h in &cfg.horizons {
         let shape = cfg.eval_shape(h);
@@ -440,7 +460,7 @@ fn delta_rows(
         let mut methods = vec![Method::Gist(net), Method::MeanEmbedding, Method::Drop];
         methods.extend(cfg.keep.iter().map(|&k| Method::LastK(k)));
         methods.extend(cfg.keep.iter().map(|&k| Method::TopSurprisal(k)));
-        rows.extend(measure(cfg, model, &windows, shape, &methods, "")?);
+        rows.extend(measure(nlls, &windows, shape, &methods, "")?);
     }
     if cfg.level2_windows > 0 {
         let b = cfg.train.shape.block;
@@ -458,7 +478,7 @@ fn delta_rows(
             Method::Drop,
             Method::LastK(b),
         ];
-        rows.extend(measure(cfg, model, &windows, shape, &methods, "level2_")?);
+        rows.extend(measure(nlls, &windows, shape, &methods, "level2_")?);
     }
     if let Some(multi) = cfg.multi {
         let b = cfg.train.shape.block;
@@ -476,7 +496,7 @@ fn delta_rows(
             Method::LastEach(b),
             Method::Drop,
         ];
-        rows.extend(measure(cfg, model, &windows, shape, &methods, "row_")?);
+        rows.extend(measure(nlls, &windows, shape, &methods, "row_")?);
     }
     Ok(rows)
 }
@@ -485,16 +505,16 @@ fn delta_rows(
 /// the longest held-out documents streamed under each policy; tables and metrics into `out`.
 fn focus(
     cfg: &Fig12Config,
-    model: &HookedTransformer,
-    net: &GistNet,
+    (model, net): (&HookedTransformer, &GistNet),
     (train_ids, held_ids): (&[Vec<u32>], &[Vec<u32>]),
-    dir: &Path,
+    (keys, dir): (&RunKeys, &Path),
     out: &mut ResultDir,
 ) -> Result<(), BoxError> {
     let stream_docs = longest(&cfg.stream, held_ids)?;
-    let (mut lens, ranks) = train_lens(cfg, model, net, train_ids, held_ids, dir)?;
+    let (mut lens, ranks) = train_lens(cfg, (model, net), (train_ids, held_ids), (keys, dir))?;
     out.table("fig12_lens_ranking", &rank_table(&ranks)?)?;
-    let streams = stream_rows(cfg, model, net, &mut lens, &stream_docs, held_ids)?;
+    let docs = (&stream_docs[..], held_ids);
+    let streams = stream_rows(cfg, (model, net), &mut lens, docs, (keys, dir))?;
     out.table("fig12_stream", &stream_table(&streams)?)?;
     for (name, q) in &ranks {
         out.metrics
@@ -508,6 +528,60 @@ fn focus(
         out.metrics.set_number(format!("{key}_mean_span"), s.span);
     }
     Ok(())
+}
+
+/// Where LensNet's states are saved in `--out`.
+const LENS_STATES: &str = "lens_states";
+
+/// LensNet states of `docs` (`max` at most), collected document by document and saved in
+/// `DIR/lens_states/{what}_doc{d}` under the models' [`RunKeys`], the document's tokens, its
+/// index, the states still wanted and `data`, so that an interrupted collection resumes at the
+/// first document not yet measured. Returns them with a digest of their keys.
+fn lens_states(
+    (model, net): (&HookedTransformer, &GistNet),
+    (docs, what): (&[Vec<u32>], &str),
+    data: &LensDataConfig,
+    max: usize,
+    (keys, dir): (&RunKeys, &Path),
+) -> Result<(Vec<LensSample>, String), BoxError> {
+    let bar = progress::bar(max as u64, "LensNet states");
+    let data_key = config_hash(data)?;
+    let mut out = Vec::with_capacity(max);
+    let mut all_keys = String::new();
+    for (d, tokens) in docs.iter().enumerate() {
+        if out.len() >= max {
+            break;
+        }
+        let left = max - out.len();
+        let at = dir.join(LENS_STATES).join(format!("{what}_doc{d}"));
+        let key = format!(
+            "{} {} {} {d} {left} {data_key}",
+            keys.base,
+            keys.gistnet,
+            tokens_digest(tokens)
+        );
+        all_keys.push_str(&key);
+        let saved = load_samples(&at, &key, model.device()).unwrap_or_else(|e| {
+            eprintln!("  {e}; measuring these states again");
+            None
+        });
+        let states = match saved {
+            Some(s) => {
+                bar.inc(s.len() as u64);
+                s
+            }
+            None => {
+                let s = doc_samples(model, net, (d, tokens), data, left, &bar)?;
+                if !s.is_empty() {
+                    save_samples(&at, &s, &key)?;
+                }
+                s
+            }
+        };
+        out.extend(states);
+    }
+    bar.finish_and_clear();
+    Ok((out, sha256_hex(all_keys.as_bytes())))
 }
 
 /// One streaming policy over the long documents.
@@ -563,11 +637,9 @@ type Ranked = (&'static str, RankQuality);
 /// states' moves with it and with random scores.
 fn train_lens(
     cfg: &Fig12Config,
-    model: &HookedTransformer,
-    net: &GistNet,
-    train: &[Vec<u32>],
-    held: &[Vec<u32>],
-    dir: &Path,
+    (model, net): (&HookedTransformer, &GistNet),
+    (train, held): (&[Vec<u32>], &[Vec<u32>]),
+    (keys, dir): (&RunKeys, &Path),
 ) -> Result<(LensNet, Vec<Ranked>), BoxError> {
     let l = cfg.lens;
     let data = LensDataConfig {
@@ -583,15 +655,19 @@ fn train_lens(
         .map(|i| held[i].clone())
         .collect();
     let start = std::time::Instant::now();
-    let samples = collect_samples(model, net, train, &data, l.states)?;
-    let held_samples = collect_samples(model, net, &others, &data, l.held_states)?;
+    let states = |docs: &[Vec<u32>], what: &str, max: usize| {
+        lens_states((model, net), (docs, what), &data, max, (keys, dir))
+    };
+    let (samples, states_key) = states(train, "train", l.states)?;
+    let (held_samples, _) = states(&others, "held", l.held_states)?;
     let candidates: usize = samples.iter().map(|s| s.candidates.len()).sum();
     println!(
-        "  LensNet states: {} training ({:.1} moves each), {} held out, measured in {:.0} s",
+        "  LensNet states: {} training ({:.1} moves each), {} held out, in {:.0} s (saved in {})",
         samples.len(),
         candidates as f64 / samples.len().max(1) as f64,
         held_samples.len(),
-        start.elapsed().as_secs_f64()
+        start.elapsed().as_secs_f64(),
+        dir.join(LENS_STATES).display()
     );
     if samples.is_empty() || held_samples.is_empty() {
         return Err("no document is long enough for a LensNet state".into());
@@ -606,17 +682,14 @@ fn train_lens(
     };
     let mut lens = LensNet::new(lcfg, derive_seed(cfg.seed, "lensnet"), model.device())?;
     let run_dir = dir.join("lensnet");
-    let control = RunControl {
-        out: Some(&run_dir),
-        ..RunControl::default()
-    };
+    let from = serde_json::json!({ "seed": cfg.seed, "net": lcfg, "train": l.train });
+    let key = format!("{states_key} {}", config_hash(&from)?);
+    let control = resume_for(&run_dir, &key, "LensNet")?;
     let report = train_lensnet(&lens, &samples, &l.train, control)?;
     println!(
-        "  LensNet ({} parameters): ranking + budget loss {:.4} → {:.4} over {} steps",
+        "  LensNet ({} parameters): {}",
         lcfg.n_params(),
-        report.first_loss,
-        report.final_loss,
-        report.steps
+        run_text(&report, "ranking + budget loss", "")
     );
     lens.save(&dir.join("lensnet_final"))?;
     let tol = l.train.tolerance;
@@ -671,16 +744,23 @@ fn rank_table(ranks: &[Ranked]) -> Result<Table, BoxError> {
 /// steered by LensNet, by random scores and by the recency rule.
 fn stream_rows(
     cfg: &Fig12Config,
-    model: &HookedTransformer,
-    net: &GistNet,
+    (model, net): (&HookedTransformer, &GistNet),
     lens: &mut LensNet,
-    docs: &[usize],
-    held: &[Vec<u32>],
+    (docs, held): (&[usize], &[Vec<u32>]),
+    (keys, dir): (&RunKeys, &Path),
 ) -> Result<Vec<StreamRow>, BoxError> {
     let st = cfg.stream;
+    let cache = MeasureCache::new(&dir.join("stream"));
     let mut mean_cfg = *net.config();
     mean_cfg.skip = Skip::Mean;
     let mean_net = GistNet::new(mean_cfg, 0, model.device())?;
+    let mean_key = weights_digest(mean_net.params())?;
+    let lens_key = weights_digest(lens.params())?;
+    let settings = serde_json::json!({
+        "seed": cfg.seed, "stream": cfg.stream, "focus": cfg.lens.focus,
+        "block": cfg.train.shape.block,
+    });
+    let settings = config_hash(&settings)?;
     let names = [
         "truncate",
         "gistnet_cover",
@@ -719,7 +799,25 @@ fn stream_rows(
                 },
                 _ => Policy::Cover,
             };
-            let r = stream_nll(model, n, d, &stream_config(cfg, level), policy)?;
+            // Saved per policy and document (see [`RunKeys`]): an interrupted part resumes.
+            let key = format!(
+                "{} {} {k} {} {} {settings}",
+                keys.base,
+                if name == "mean_cover" {
+                    &mean_key
+                } else {
+                    &keys.gistnet
+                },
+                tokens_digest(d),
+                if name == "lensnet_focus" {
+                    &lens_key
+                } else {
+                    ""
+                }
+            );
+            let r: StreamLoss = cache.get_or_measure(&format!("{name}_doc{k}"), &key, || {
+                Ok(stream_nll(model, n, d, &stream_config(cfg, level), policy)?)
+            })?;
             total += r.nll * r.tokens as f64;
             tokens += r.tokens;
             slots += r.mean_slots * r.tokens as f64;
@@ -796,18 +894,19 @@ fn base_model(
     train_docs: &[Document],
     dir: &Path,
     out: &mut ResultDir,
-) -> Result<(HookedTransformer, Encoder), BoxError> {
+) -> Result<(HookedTransformer, Encoder, String), BoxError> {
     if cfg.base == "smollm2" {
         let root = crate::fixtures::repo_root();
         let gguf = smollm2_file(&root)?;
-        out.extra("smollm2_sha256", &crate::fixtures::sha256_file(&gguf)?)?;
+        let digest = crate::fixtures::sha256_file(&gguf)?;
+        out.extra("smollm2_sha256", &digest)?;
         let model = HookedTransformer::from_gguf(&gguf, &load_options())?;
         let tok = model
             .tokenizer()
             .ok_or("the SmolLM2 GGUF carries no tokenizer")?
             .clone();
         let encode: Encoder = Box::new(move |text| Ok(tok.encode(text, false)?.ids));
-        return Ok((model, encode));
+        return Ok((model, encode, digest));
     }
     let spec = cfg
         .bytes
@@ -825,19 +924,20 @@ fn base_model(
     // Kept for `metarep megacontext eval --model DIR/base_model --bytes`.
     let saved = dir.join("base_model");
     model.save_pretrained(&saved)?;
+    let digest = crate::fixtures::sha256_file(&saved.join("model.safetensors"))?;
     // Trained on the CPU (minutes); loaded from the saved copy onto another chosen device.
     let model = match device().is_cpu() {
         true => model,
         false => HookedTransformer::from_dir(&saved, &load_options())?,
     };
     let encode: Encoder = Box::new(|text| Ok(encode_bytes(text)));
-    Ok((model, encode))
+    Ok((model, encode, digest))
 }
 
 /// Trains GistNet through the frozen base model into `dir/gistnet`.
 fn train_net(
     cfg: &Fig12Config,
-    model: &HookedTransformer,
+    (model, base): (&HookedTransformer, &str),
     docs: &[Vec<u32>],
     dir: &Path,
 ) -> Result<GistNet, BoxError> {
@@ -853,20 +953,72 @@ fn train_net(
     };
     let net = GistNet::new(ncfg, derive_seed(cfg.seed, "gistnet"), model.device())?;
     let run_dir = dir.join("gistnet");
-    let control = RunControl {
-        out: Some(&run_dir),
-        ..RunControl::default()
-    };
+    let from = serde_json::json!({
+        "seed": cfg.seed, "base": cfg.base, "bytes": cfg.bytes,
+        "train_chars": cfg.train_chars, "gistnet": cfg.gistnet, "train": cfg.train,
+    });
+    let key = format!(
+        "{} {base} {:?}",
+        config_hash(&from)?,
+        model.device().location()
+    );
+    let control = resume_for(&run_dir, &key, "GistNet")?;
     let report = train_gistnet(model, &net, docs, &cfg.train, control)?;
     println!(
-        "  GistNet ({} parameters): NLL after the gist {:.3} → {:.3} nats over {} steps",
+        "  GistNet ({} parameters): {}",
         ncfg.n_params(),
-        report.first_loss,
-        report.final_loss,
-        report.steps
+        run_text(&report, "NLL after the gist", " nats")
     );
     net.save(&dir.join("gistnet_final"))?;
     Ok(net)
+}
+
+/// The file in a training run's directory recording what the net is trained from.
+const TRAINED_FOR: &str = "trained_for.txt";
+
+/// The run in `run_dir` continued from its checkpoint, when there is one, provided it was
+/// trained from `key` (config, base model, device: see [`RunKeys`]); a net trained from
+/// another is an error, never overwritten. Records `key` for the next run.
+fn resume_for<'a>(run_dir: &'a Path, key: &str, what: &str) -> Result<RunControl<'a>, BoxError> {
+    let control = RunControl::resuming(run_dir);
+    let path = run_dir.join(TRAINED_FOR);
+    match std::fs::read_to_string(&path) {
+        Ok(k) if k != key && control.resume => {
+            return Err(format!(
+                "{} holds a {what} trained from another config or base model; use a fresh \
+                 --out, or remove that directory to train it again",
+                run_dir.display()
+            )
+            .into())
+        }
+        Err(_) if control.resume => println!(
+            "  {what} in {}: no record of what it was trained from (a run before {TRAINED_FOR} \
+             existed); resumed as this config's",
+            run_dir.display()
+        ),
+        _ => {}
+    }
+    atomic_write(&path, key.as_bytes())?;
+    Ok(control)
+}
+
+/// A training run's losses for the log, saying where it resumed (a finished run loaded from
+/// its checkpoint takes no step).
+fn run_text(report: &RunReport, loss: &str, unit: &str) -> String {
+    let resumed = match report.start_step {
+        0 => String::new(),
+        s if s == report.steps => {
+            return format!(
+                "trained ({} steps), loaded from its checkpoint",
+                report.steps
+            )
+        }
+        s => format!(", resumed at step {s}"),
+    };
+    format!(
+        "{loss} {:.4} → {:.4}{unit} over steps {}..{}{resumed}",
+        report.first_loss, report.final_loss, report.start_step, report.steps
+    )
 }
 
 /// One measured method at one horizon.
@@ -881,25 +1033,119 @@ struct Row {
     retained: f64,
 }
 
+/// The models a saved measurement was measured with, as digests. Measurements are kept in
+/// `--out` (a [`MeasureCache`] or saved LensNet states) so that an interrupted part resumes
+/// where it stopped; each is keyed by these and by what else it depends on (its inputs' tokens
+/// and settings), so it is reused only where it would come out the same.
+struct RunKeys {
+    /// The base model's weights and the device.
+    base: String,
+    /// GistNet's weights.
+    gistnet: String,
+}
+
+impl RunKeys {
+    /// Keys of `model` (whose weights' digest is `base`) and GistNet `net`.
+    fn new((model, base): (&HookedTransformer, &str), net: &GistNet) -> Result<Self, BoxError> {
+        Ok(Self {
+            base: format!("{base} {:?}", model.device().location()),
+            gistnet: weights_digest(net.params())?,
+        })
+    }
+}
+
+/// SHA-256 of the parameters' names and f32 values, in order.
+fn weights_digest(params: Vec<(String, Var)>) -> Result<String, BoxError> {
+    let mut bytes = Vec::new();
+    for (name, var) in params {
+        bytes.extend_from_slice(name.as_bytes());
+        for x in var.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()? {
+            bytes.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    Ok(sha256_hex(&bytes))
+}
+
+/// SHA-256 of token ids.
+fn tokens_digest<'t>(tokens: impl IntoIterator<Item = &'t u32>) -> String {
+    let bytes: Vec<u8> = tokens.into_iter().flat_map(|t| t.to_le_bytes()).collect();
+    sha256_hex(&bytes)
+}
+
+/// The held-out windows' NLLs, measured once each and kept in `DIR/window_nll` so that an
+/// interrupted ΔNLL part resumes at the first method not yet measured; the full context's NLLs
+/// are shared by every method. An entry is keyed by the base model, the windows, their shape
+/// and batch and, for GistNet's methods, the net's weights (see [`RunKeys`]).
+struct WindowNlls<'a> {
+    model: &'a HookedTransformer,
+    net: &'a GistNet,
+    batch: usize,
+    cache: MeasureCache,
+    keys: &'a RunKeys,
+}
+
+impl<'a> WindowNlls<'a> {
+    fn new(
+        cfg: &Fig12Config,
+        (model, net): (&'a HookedTransformer, &'a GistNet),
+        keys: &'a RunKeys,
+        dir: &Path,
+    ) -> Self {
+        Self {
+            model,
+            net,
+            batch: cfg.eval_batch,
+            cache: MeasureCache::new(&dir.join("window_nll")),
+            keys,
+        }
+    }
+
+    /// NLL@H per window with the block replaced by `method` (`None`: in full), saved as `name`.
+    fn get(
+        &self,
+        name: &str,
+        windows: &[Vec<u32>],
+        shape: WindowShape,
+        method: Option<Method<'_>>,
+    ) -> Result<Vec<f64>, BoxError> {
+        let learned = matches!(
+            method,
+            Some(Method::Gist(_) | Method::Gist2(_) | Method::Gists(_))
+        );
+        let key = format!(
+            "{} {shape:?} {} {} {}",
+            self.keys.base,
+            self.batch,
+            tokens_digest(windows.iter().flatten()),
+            if learned {
+                self.keys.gistnet.as_str()
+            } else {
+                ""
+            }
+        );
+        self.cache.get_or_measure(name, &key, || {
+            let rule = PositionRule::SpanEnd;
+            Ok(nll_per_window(
+                self.model, windows, shape, rule, method, self.batch,
+            )?)
+        })
+    }
+}
+
 /// ΔNLL of each of `methods` on `windows` (one of them `drop`, for the retained gain).
 fn measure(
-    cfg: &Fig12Config,
-    model: &HookedTransformer,
+    nlls: &WindowNlls<'_>,
     windows: &[Vec<u32>],
     shape: WindowShape,
     methods: &[Method<'_>],
     part: &'static str,
 ) -> Result<Vec<Row>, BoxError> {
+    let at = format!("{part}H{}_", shape.horizon);
+    let full = nlls.get(&format!("{at}full"), windows, shape, None)?;
     let mut summaries = Vec::new();
     for m in methods {
-        let d = delta_nll(
-            model,
-            windows,
-            shape,
-            PositionRule::SpanEnd,
-            *m,
-            cfg.eval_batch,
-        )?;
+        let got = nlls.get(&format!("{at}{}", m.name()), windows, shape, Some(*m))?;
+        let d: Vec<f64> = got.iter().zip(&full).map(|(g, f)| g - f).collect();
         summaries.push(summarize(m, shape.block, &d, GATE_BLOCK)?);
     }
     let drop = summaries
@@ -1073,4 +1319,102 @@ fn record(rows: &[Row], out: &mut ResultDir) -> bool {
         gist.mean, gist.below
     );
     mean_gate && block_gate && apart && level2_gate
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+    use metarep_megacontext::eval::delta_nll;
+    use metarep_megacontext::{GistNetConfig, Skip};
+    use metarep_model::init::random_weights;
+    use metarep_model::ModelConfig;
+
+    fn mean_of(rows: &[Row], method: &str) -> f64 {
+        rows.iter()
+            .find(|r| r.summary.method == method)
+            .map(|r| r.summary.mean)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_trained_net_resumes_only_under_the_key_it_was_trained_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("gistnet");
+        assert!(!resume_for(&run, "a", "GistNet").unwrap().resume);
+        std::fs::create_dir_all(run.join("checkpoint")).unwrap();
+        std::fs::write(run.join("checkpoint/state.json"), "{}").unwrap();
+        assert!(resume_for(&run, "a", "GistNet").unwrap().resume);
+        let err = resume_for(&run, "b", "GistNet").unwrap_err().to_string();
+        assert!(err.contains("trained from another config"), "{err}");
+        assert_eq!(std::fs::read_to_string(run.join(TRAINED_FOR)).unwrap(), "a");
+        // A run from before the record: resumed, and recorded from then on.
+        std::fs::remove_file(run.join(TRAINED_FOR)).unwrap();
+        assert!(resume_for(&run, "b", "GistNet").unwrap().resume);
+        assert!(resume_for(&run, "a", "GistNet").is_err());
+    }
+
+    #[test]
+    fn window_nlls_are_kept_per_method_and_measured_again_for_another_gistnet() {
+        let mcfg = ModelConfig::gpt2_like(1, 16, 2, 32, 64);
+        let w = random_weights(&mcfg, 3, 0.5, DType::F32, &Device::Cpu).unwrap();
+        let model = HookedTransformer::new(mcfg, w).unwrap();
+        let quick = crate::fixtures::repo_root().join("configs/fig12.quick.toml");
+        let cfg: Fig12Config = checks::load_checked(&quick, &[]).unwrap();
+        let shape = WindowShape {
+            prefix: 8,
+            block: 8,
+            horizon: 4,
+        };
+        let windows: Vec<Vec<u32>> = (0..6u32)
+            .map(|i| (0..20u32).map(|t| (t * 5 + i * 3 + t / 4) % 32).collect())
+            .collect();
+        let ncfg = GistNetConfig {
+            d_model: 16,
+            block: 8,
+            width: 16,
+            layers: 1,
+            heads: 2,
+            mlp: 32,
+            skip: Skip::Last,
+        };
+        let net = GistNet::new(ncfg, 1, &Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let run = |net: &GistNet| {
+            let keys = RunKeys::new((&model, "test model"), net).unwrap();
+            let nlls = WindowNlls::new(&cfg, (&model, net), &keys, dir.path());
+            let methods = [Method::Gist(net), Method::MeanEmbedding, Method::Drop];
+            measure(&nlls, &windows, shape, &methods, "").unwrap()
+        };
+        let direct = |m: Method| {
+            let d = delta_nll(&model, &windows, shape, PositionRule::SpanEnd, m, 2).unwrap();
+            d.iter().sum::<f64>() / d.len() as f64
+        };
+        let first = run(&net);
+        assert!((mean_of(&first, "gistnet") - direct(Method::Gist(&net))).abs() < 1e-6);
+        assert!((mean_of(&first, "mean") - direct(Method::MeanEmbedding)).abs() < 1e-6);
+        let cached = dir.path().join("window_nll");
+        for name in ["H4_full", "H4_gistnet", "H4_mean", "H4_drop"] {
+            assert!(cached.join(format!("{name}.json")).exists(), "{name}");
+        }
+        // A rerun reads the saved values: a doctored entry under its own key shows through.
+        let path = cached.join("H4_mean.json");
+        let mut entry: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        entry["value"] = serde_json::json!(vec![100.0; windows.len()]);
+        std::fs::write(&path, entry.to_string()).unwrap();
+        let again = run(&net);
+        assert!(mean_of(&again, "mean") > 50.0);
+        assert_eq!(mean_of(&again, "gistnet"), mean_of(&first, "gistnet"));
+        // Other weights: the gist is measured again, the baselines are not.
+        let b = ncfg.block;
+        let (_, mix) = net.params().into_iter().find(|(n, _)| n == "mix").unwrap();
+        mix.set(&Tensor::from_vec(vec![1.0f32 / b as f32; b], b, &Device::Cpu).unwrap())
+            .unwrap();
+        let other = run(&net);
+        let gist = mean_of(&other, "gistnet");
+        assert!((gist - mean_of(&first, "gistnet")).abs() > 1e-4);
+        assert!((gist - direct(Method::Gist(&net))).abs() < 1e-6);
+        assert!(mean_of(&other, "mean") > 50.0);
+    }
 }

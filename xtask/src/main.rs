@@ -37,6 +37,7 @@ mod fig8;
 mod fig9;
 mod fixtures;
 mod gallery;
+mod measure_cache;
 mod output;
 mod registry;
 mod routes_ablations;
