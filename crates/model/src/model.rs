@@ -345,7 +345,8 @@ impl HookedTransformer {
     }
 
     /// The forward pass of new tokens after the ones `cache` holds (keys and values of every
-    /// layer): positions continue from `cache.len()`, the new keys and values are appended,
+    /// layer): positions continue after the cache's last one (from `cache.len()` for a cache
+    /// filled by token runs), the new keys and values are appended,
     /// and hooks see the new positions only. Returns the logits of the new positions
     /// `[batch, new, d_vocab]`. Decoder models only.
     pub fn run_cached<H: Hooks>(
@@ -367,11 +368,7 @@ impl HookedTransformer {
         hooks: &mut H,
         to: RunTo,
     ) -> Result<Tensor> {
-        if let RunTo::Layer(n) = to {
-            return Err(Error::Unsupported(format!(
-                "a cached pass up to layer {n}: the cache needs every layer"
-            )));
-        }
+        self.check_cached_run(cache, to)?;
         if !self.cfg.causal {
             return Err(Error::Unsupported(
                 "a key/value cache needs a causal (decoder) model".into(),
@@ -382,10 +379,7 @@ impl HookedTransformer {
                 "padding masks with a key/value cache (give equal-length rows)".into(),
             ));
         }
-        self.check_cache(cache)?;
-        let out = self.run_inner(input, hooks, to, Some(cache))?;
-        cache.len += input.tokens.dim(1)?;
-        Ok(out)
+        self.run_inner(input, hooks, to, Some(cache))
     }
 
     fn run_inner<H: Hooks>(
@@ -396,7 +390,7 @@ impl HookedTransformer {
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let n_layers = self.layers_to(to)?;
-        let offset = cache.as_ref().map_or(0, |c| c.len);
+        let offset = cache.as_ref().map_or(0, |c| c.next_position());
         let tokens = self.check_tokens(&input.tokens, offset)?;
         let padding = input.attention_mask.as_ref();
         let positions: Vec<usize> = (offset..offset + tokens.dim(1)?).collect();
@@ -463,8 +457,9 @@ impl HookedTransformer {
     }
 
     /// [`HookedTransformer::run_embeddings`] after a prefix whose keys and values `prefix`
-    /// holds (positions `0..prefix.len()`, e.g. filled by [`HookedTransformer::run_cached_to`]):
-    /// the inputs attend to the prefix and to each other, their positions all `≥ prefix.len()`.
+    /// holds with their positions (filled by [`HookedTransformer::run_cached_to`] or
+    /// [`HookedTransformer::run_embeddings_cached`], perhaps [`KvCache::truncated`]): the inputs
+    /// attend to the prefix and to each other, their positions all after the prefix's last.
     /// `prefix` is left as it is (the new keys and values are not kept), so one prefix serves
     /// many continuations. Returns what the run over prefix and inputs together returns at the
     /// inputs.
@@ -476,9 +471,25 @@ impl HookedTransformer {
         hooks: &mut H,
         to: RunTo,
     ) -> Result<Tensor> {
-        self.check_embeddings(embeds, positions, prefix.len)?;
-        self.check_cache(prefix)?;
-        if let Some((k, _)) = prefix.layers.iter().find_map(|l| l.kv.as_ref()) {
+        let mut cache = prefix.clone();
+        self.run_embeddings_cached(embeds, positions, &mut cache, hooks, to)
+    }
+
+    /// [`HookedTransformer::run_embeddings`] after the keys and values `cache` holds, which it
+    /// then holds for the inputs too (positions as in
+    /// [`HookedTransformer::run_embeddings_after`]). `to` must run every layer (logits or
+    /// hidden states), so that the cache is whole.
+    pub fn run_embeddings_cached<H: Hooks>(
+        &self,
+        embeds: &Tensor,
+        positions: &[usize],
+        cache: &mut KvCache,
+        hooks: &mut H,
+        to: RunTo,
+    ) -> Result<Tensor> {
+        self.check_cached_run(cache, to)?;
+        self.check_embeddings(embeds, positions, cache.next_position())?;
+        if let Some((k, _)) = cache.layers.iter().find_map(|l| l.kv.as_ref()) {
             if k.dim(0)? != embeds.dim(0)? {
                 return Err(Error::shape(
                     "input embeddings after a cached prefix",
@@ -489,8 +500,7 @@ impl HookedTransformer {
         }
         let n_layers = self.layers_to(to)?;
         let x = self.embed(embeds.clone(), positions, None, hooks)?;
-        let mut cache = prefix.clone();
-        self.run_blocks(x, 0..n_layers, positions, None, Some(&mut cache), hooks, to)
+        self.run_blocks(x, 0..n_layers, positions, None, Some(cache), hooks, to)
     }
 
     /// Errors unless the model is a decoder, `embeds` is a non-empty `[batch, pos, d_model]`
@@ -525,7 +535,7 @@ impl HookedTransformer {
         }
         if positions[0] < first {
             return Err(Error::Invalid(format!(
-                "positions must start at or after the cached prefix's {first} positions, got {}",
+                "positions must start after the cached prefix's last position (at {first} or later), got {}",
                 positions[0]
             )));
         }
@@ -540,8 +550,14 @@ impl HookedTransformer {
         self.check_positions(positions[p - 1] + 1)
     }
 
-    /// Errors unless `cache` has one entry per layer of this model.
-    fn check_cache(&self, cache: &KvCache) -> Result<()> {
+    /// Errors unless `cache` has one entry per layer of this model and `to` runs every layer (a
+    /// pass up to a layer would leave later layers' keys and values out of the cache).
+    fn check_cached_run(&self, cache: &KvCache, to: RunTo) -> Result<()> {
+        if let RunTo::Layer(n) = to {
+            return Err(Error::Unsupported(format!(
+                "a cached pass up to layer {n}: the cache needs every layer"
+            )));
+        }
         if cache.layers.len() != self.cfg.n_layers {
             return Err(Error::Invalid(format!(
                 "the cache has {} layers, the model {}",
@@ -567,17 +583,17 @@ impl HookedTransformer {
         to: RunTo,
     ) -> Result<Tensor> {
         let b = x.dim(0)?;
-        let offset = cache.as_ref().map_or(0, |c| c.len);
+        let cached: Vec<usize> = cache.as_ref().map_or(Vec::new(), |c| c.positions.clone());
         let windowed = |l: usize| self.cfg.window_of(l).is_some();
         // Full-attention and sliding-window layers differ in mask and (Gemma) rotary tables.
         let full_mask = if layers.clone().any(|l| !windowed(l)) {
-            self.attention_bias(b, positions, offset, None, padding)?
+            self.attention_bias(b, positions, &cached, None, padding)?
         } else {
             None
         };
         let window_mask = match self.cfg.sliding_window {
             Some(w) if layers.clone().any(windowed) => {
-                self.attention_bias(b, positions, offset, Some(w), padding)?
+                self.attention_bias(b, positions, &cached, Some(w), padding)?
             }
             _ => None,
         };
@@ -591,6 +607,9 @@ impl HookedTransformer {
                 (full_mask.as_ref(), rope.as_ref())
             };
             x = self.block(l, x, mask, rope, kv, hooks)?;
+        }
+        if let Some(c) = cache {
+            c.positions.extend_from_slice(positions);
         }
         if let RunTo::Layer(_) = to {
             return Ok(x);
@@ -700,26 +719,26 @@ impl HookedTransformer {
 
     /// The additive attention bias `[batch or 1, 1, q, k]` (0 or `-inf`; on a GPU expanded to
     /// `[batch, heads, q, k]`) of queries at
-    /// `positions` over keys at positions `0..offset` followed by `positions` (a query sees keys
+    /// `positions` over keys at positions `cached` followed by `positions` (a query sees keys
     /// at its own or earlier positions, at most `window` positions back), or `None` when every
     /// query sees every key.
     fn attention_bias(
         &self,
         b: usize,
         positions: &[usize],
-        offset: usize,
+        cached: &[usize],
         window: Option<usize>,
         padding: Option<&Tensor>,
     ) -> Result<Option<AttnMask>> {
         let p = positions.len();
-        let keys: Vec<usize> = (0..offset).chain(positions.iter().copied()).collect();
+        let keys: Vec<usize> = cached.iter().chain(positions).copied().collect();
         let keys_n = keys.len();
         let gpu = !self.device().is_cpu();
         // On a GPU the plain causal rule is applied inside the softmax kernel, not built here.
         let rule = gpu
             && self.cfg.causal
             && window.is_none()
-            && positions.iter().enumerate().all(|(i, &q)| q == offset + i);
+            && keys.iter().enumerate().all(|(i, &k)| k == i);
         let mut left_padded = false;
         let mut bias = if (self.cfg.causal && !rule) || window.is_some() {
             let mut m = vec![0f32; p * keys_n];
@@ -1292,7 +1311,8 @@ fn soft_cap(x: &Tensor, cap: f64) -> Result<Tensor> {
 #[derive(Debug, Clone)]
 pub struct KvCache {
     layers: Vec<LayerKv>,
-    len: usize,
+    /// The positions of the keys held, in order.
+    positions: Vec<usize>,
 }
 
 impl KvCache {
@@ -1300,18 +1320,49 @@ impl KvCache {
     pub fn new(model: &HookedTransformer) -> Self {
         KvCache {
             layers: vec![LayerKv::default(); model.cfg.n_layers],
-            len: 0,
+            positions: Vec::new(),
         }
     }
 
     /// Positions held.
     pub fn len(&self) -> usize {
-        self.len
+        self.positions.len()
     }
 
     /// Whether no position is held.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.positions.is_empty()
+    }
+
+    /// The first position after the last one held (`len()` for a cache filled by token runs).
+    fn next_position(&self) -> usize {
+        self.positions.last().map_or(0, |p| p + 1)
+    }
+
+    /// The cache of the first `len` positions only (≤ [`KvCache::len`]), sharing nothing it
+    /// would write to: a prefix many continuations can start from.
+    pub fn truncated(&self, len: usize) -> Result<KvCache> {
+        if len > self.len() {
+            return Err(Error::Invalid(format!(
+                "cannot keep {len} positions of a cache holding {}",
+                self.len()
+            )));
+        }
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                let kv = match (&l.kv, len) {
+                    (_, 0) | (None, _) => None,
+                    (Some((k, v)), _) => Some((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?)),
+                };
+                Ok(LayerKv { kv })
+            })
+            .collect::<Result<_>>()?;
+        Ok(KvCache {
+            layers,
+            positions: self.positions[..len].to_vec(),
+        })
     }
 }
 

@@ -183,3 +183,64 @@ fn inputs_after_a_cached_prefix_equal_the_run_over_both() {
         assert!(layer.is_err(), "{name}: a cached pass to layer 1");
     }
 }
+
+#[test]
+fn embeddings_run_into_a_cache_and_any_prefix_of_it_continues_exactly() {
+    use metarep_model::KvCache;
+    for (name, model) in common::decoder_families() {
+        let t = tokens(2, 10);
+        let idx = Tensor::new(&[0u32, 1, 2, 3, 5, 6, 9], &Device::Cpu).unwrap();
+        let sel = model
+            .token_embeddings(&t)
+            .unwrap()
+            .index_select(&idx, 1)
+            .unwrap();
+        let positions = [0usize, 1, 2, 3, 5, 6, 9];
+        let want = model
+            .run_embeddings(&sel, &positions, &mut NoHooks, RunTo::Logits)
+            .unwrap();
+        let mut cache = KvCache::new(&model);
+        let head = model
+            .run_embeddings_cached(
+                &sel.narrow(1, 0, 5).unwrap(),
+                &positions[..5],
+                &mut cache,
+                &mut NoHooks,
+                RunTo::Logits,
+            )
+            .unwrap();
+        assert_eq!(cache.len(), 5, "{name}");
+        assert!(max_abs_diff(&head, &want.narrow(1, 0, 5).unwrap()).unwrap() < 1e-5);
+        for keep in [0, 3, 5] {
+            let prefix = cache.truncated(keep).unwrap();
+            assert_eq!(prefix.len(), keep);
+            let rest = sel.narrow(1, keep, 7 - keep).unwrap();
+            let got = model
+                .run_embeddings_after(
+                    &rest,
+                    &positions[keep..],
+                    &prefix,
+                    &mut NoHooks,
+                    RunTo::Logits,
+                )
+                .unwrap();
+            let tail = want.narrow(1, keep, 7 - keep).unwrap();
+            assert!(
+                max_abs_diff(&got, &tail).unwrap() < 1e-5,
+                "{name}: after {keep}"
+            );
+        }
+        assert_eq!(cache.len(), 5, "{name}: truncating changed the cache");
+        let err = cache.truncated(6).unwrap_err().to_string();
+        assert!(err.contains("cannot keep 6"), "{name}: {err}");
+        let layer = model.run_embeddings_cached(
+            &sel.narrow(1, 5, 2).unwrap(),
+            &positions[5..],
+            &mut cache,
+            &mut NoHooks,
+            RunTo::Layer(1),
+        );
+        assert!(layer.is_err(), "{name}: a cached pass to layer 1");
+        assert_eq!(cache.len(), 5, "{name}: a refused pass grew the cache");
+    }
+}
