@@ -26,7 +26,7 @@ use crate::focus::{
 };
 use crate::gistnet::GistNet;
 use crate::lensnet::{FocusInput, LensNet};
-use crate::stream::{read_cover, Gists, StreamConfig};
+use crate::stream::{read_cover, read_cover_and_trials, Gists, StreamConfig};
 use crate::train::plan;
 use crate::working_context::{PositionRule, WorkingContext};
 
@@ -54,15 +54,9 @@ pub fn measure(
     next: &[u32],
     query: &Tensor,
 ) -> Result<LensSample> {
-    let (base, _) = read_cover(gists, wc, rule, next)?;
-    let cands = candidates(wc);
-    let mut utilities = Vec::with_capacity(cands.len());
-    for c in &cands {
-        let mut trial = wc.with_budget(wc.used() + c.slots.max(0) as usize);
-        apply(&mut trial, c)?;
-        let (nll, _) = read_cover(gists, &trial, rule, next)?;
-        utilities.push(base - nll);
-    }
+    let (cands, trials) = move_trials(wc)?;
+    let (base, nlls) = read_cover_and_trials(gists, wc, &trials, rule, next)?;
+    let utilities = nlls.iter().map(|nll| base - nll).collect();
     Ok(LensSample {
         input: focus_input(wc, gists, query)?,
         candidates: cands,
@@ -70,6 +64,21 @@ pub fn measure(
         free: wc.config().budget as i64 - wc.used() as i64,
         budget: wc.config().budget,
     })
+}
+
+/// Every move `wc` allows now ([`candidates`]) and `wc` with each applied alone, its budget
+/// raised by what an expansion adds (the covers whose NLL measures a move's utility).
+pub fn move_trials(wc: &WorkingContext) -> Result<(Vec<Candidate>, Vec<WorkingContext>)> {
+    let cands = candidates(wc);
+    let trials = cands
+        .iter()
+        .map(|c| {
+            let mut trial = wc.with_budget(wc.used() + c.slots.max(0) as usize);
+            apply(&mut trial, c)?;
+            Ok(trial)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((cands, trials))
 }
 
 /// How training states are drawn.

@@ -8,7 +8,7 @@
 //! fit the same budget.
 
 use candle_core::{DType, Tensor};
-use metarep_model::{HookedTransformer, NoHooks, RunTo};
+use metarep_model::{HookedTransformer, KvCache, NoHooks, RunTo};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -93,19 +93,95 @@ pub fn read_cover(
     rule: PositionRule,
     next: &[u32],
 ) -> Result<(f32, Tensor)> {
-    let slots = wc.slots();
-    let positions = wc.positions(rule);
-    let after = match rule {
-        PositionRule::SpanEnd => (wc.len() - wc.start()) as usize,
-        PositionRule::Slot => slots.len(),
-    };
-    read_then_score(gists, &slots, positions, after, next)
+    let c = Read::of(wc, rule);
+    read_then_score(gists, None, &c.slots, c.positions, c.after, next)
 }
 
-/// Reads `slots` at `positions`, then `next` at positions `after..`; returns the mean NLL of
-/// `next` and the last token's final hidden state `[d_model]` (f32).
+/// What reading a working context runs: its slots, their positions, and the position of the
+/// first token after them.
+struct Read {
+    slots: Vec<Slot>,
+    positions: Vec<usize>,
+    after: usize,
+}
+
+impl Read {
+    fn of(wc: &WorkingContext, rule: PositionRule) -> Self {
+        let slots = wc.slots();
+        let after = match rule {
+            PositionRule::SpanEnd => (wc.len() - wc.start()) as usize,
+            PositionRule::Slot => slots.len(),
+        };
+        Read {
+            positions: wc.positions(rule),
+            slots,
+            after,
+        }
+    }
+}
+
+/// [`read_cover`]'s NLL of `next` after the cover of `wc`, then after each of `trials` (other
+/// covers of the same tokens, e.g. `wc` with one move applied). The keys and values of `wc`'s
+/// slots are computed once; a trial reuses those of the slots it shares with `wc` from the
+/// start (same slot at the same position) and runs only the rest, so a move among the newest
+/// slots costs a fraction of a pass. Equal to [`read_cover`] of each up to rounding.
+pub fn read_cover_and_trials(
+    gists: &mut Gists,
+    wc: &WorkingContext,
+    trials: &[WorkingContext],
+    rule: PositionRule,
+    next: &[u32],
+) -> Result<(f32, Vec<f32>)> {
+    let base = Read::of(wc, rule);
+    if base.slots.is_empty() || next.is_empty() {
+        return Err(Error::Invalid(
+            "scoring needs at least one context slot and one next token".into(),
+        ));
+    }
+    let model = gists.model();
+    let mut cache = KvCache::new(model);
+    let embedded = gists.embed_slots(&base.slots)?;
+    model.run_embeddings_cached(
+        &embedded,
+        &base.positions,
+        &mut cache,
+        &mut NoHooks,
+        RunTo::Hidden,
+    )?;
+    let mut score = |r: &Read| -> Result<f32> {
+        if r.slots.is_empty() {
+            return Err(Error::Invalid(
+                "reading needs at least one context slot".into(),
+            ));
+        }
+        let shared = base
+            .slots
+            .iter()
+            .zip(&base.positions)
+            .zip(r.slots.iter().zip(&r.positions))
+            .take_while(|(a, b)| a == b)
+            .count();
+        // The last slot always runs: its hidden state predicts the first next token.
+        let j = shared.min(r.slots.len() - 1);
+        let prefix = cache.truncated(j)?;
+        let rest = r.positions[j..].to_vec();
+        let (nll, _) = read_then_score(gists, Some(&prefix), &r.slots[j..], rest, r.after, next)?;
+        Ok(nll)
+    };
+    let first = score(&base)?;
+    let each = trials
+        .iter()
+        .map(|t| score(&Read::of(t, rule)))
+        .collect::<Result<_>>()?;
+    Ok((first, each))
+}
+
+/// Reads `slots` at `positions` (after `prefix`'s keys and values, if given), then `next` at
+/// positions `after..`; returns the mean NLL of `next` and the last token's final hidden state
+/// `[d_model]` (f32).
 fn read_then_score(
     gists: &mut Gists,
+    prefix: Option<&KvCache>,
     slots: &[Slot],
     positions: Vec<usize>,
     after: usize,
@@ -116,7 +192,7 @@ fn read_then_score(
             "scoring needs at least one next token".into(),
         ));
     }
-    let hidden = run_slots(gists, slots, positions, after, next)?;
+    let hidden = run_slots(gists, prefix, slots, positions, after, next)?;
     let (n, c) = (hidden.dim(0)?, next.len());
     let scoring = hidden.narrow(0, n - c - 1, c)?.unsqueeze(0)?;
     let model = gists.model();
@@ -129,10 +205,11 @@ fn read_then_score(
     Ok((mean, hidden.get(n - 1)?.to_dtype(DType::F32)?))
 }
 
-/// The final hidden states `[slots + next, d_model]` of `slots` read at `positions` and then
-/// the raw tokens `next` at positions `after..`.
+/// The final hidden states `[slots + next, d_model]` of `slots` read at `positions` (after
+/// `prefix`'s keys and values, if given) and then the raw tokens `next` at positions `after..`.
 fn run_slots(
     gists: &mut Gists,
+    prefix: Option<&KvCache>,
     slots: &[Slot],
     mut positions: Vec<usize>,
     after: usize,
@@ -151,7 +228,12 @@ fn run_slots(
         input = Tensor::cat(&[&input, &next_emb], 1)?;
         positions.extend(after..after + next.len());
     }
-    let hidden = model.run_embeddings(&input, &positions, &mut NoHooks, RunTo::Hidden)?;
+    let hidden = match prefix {
+        Some(p) => {
+            model.run_embeddings_after(&input, &positions, p, &mut NoHooks, RunTo::Hidden)?
+        }
+        None => model.run_embeddings(&input, &positions, &mut NoHooks, RunTo::Hidden)?,
+    };
     Ok(hidden.squeeze(0)?)
 }
 
@@ -162,7 +244,7 @@ pub fn read_last(
     wc: &WorkingContext,
     rule: PositionRule,
 ) -> Result<(Tensor, Tensor)> {
-    let hidden = run_slots(gists, &wc.slots(), wc.positions(rule), 0, &[])?;
+    let hidden = run_slots(gists, None, &wc.slots(), wc.positions(rule), 0, &[])?;
     let last = hidden.get(hidden.dim(0)? - 1)?;
     let logits = gists.model().unembed(&last.reshape((1, 1, ()))?)?;
     Ok((
@@ -209,7 +291,7 @@ pub fn stream_gists(
         let (mean, used, start, q) = if truncate {
             let keep = config.cover.budget.min(at);
             let slots: Vec<Slot> = (at - keep..at).map(|t| Slot::Token(t as u64)).collect();
-            let (mean, q) = read_then_score(gists, &slots, (0..keep).collect(), keep, chunk)?;
+            let (mean, q) = read_then_score(gists, None, &slots, (0..keep).collect(), keep, chunk)?;
             (mean, keep, (at - keep) as u64, q)
         } else {
             if let (Some((scorer, allocator)), Some(q)) = (focus.as_mut(), query.as_ref()) {

@@ -138,3 +138,31 @@ fn bad_settings_are_errors() {
     let err = run(other_block, 200).unwrap_err();
     assert!(err.contains("block"), "{err}");
 }
+
+#[test]
+fn trials_read_after_a_shared_prefix_equal_reading_each_in_full() {
+    use metarep_megacontext::lens_train::move_trials;
+    use metarep_megacontext::stream::{read_cover, read_cover_and_trials};
+    use metarep_megacontext::WorkingContext;
+    let (model, net, tokens) = setup();
+    for rule in [PositionRule::SpanEnd, PositionRule::Slot] {
+        let cover = config(24, rule).cover;
+        let mut wc = WorkingContext::new(cover).unwrap();
+        wc.push(120);
+        let (_, trials) = move_trials(&wc).unwrap();
+        assert!(trials.len() >= 3, "{rule:?}: {} moves", trials.len());
+        let next = &tokens[120..128];
+        let mut gists = Gists::new(&model, &net, &tokens);
+        let (base, each) = read_cover_and_trials(&mut gists, &wc, &trials, rule, next).unwrap();
+        let (want, _) = read_cover(&mut gists, &wc, rule, next).unwrap();
+        assert!((base - want).abs() < 1e-5, "{rule:?}: {base} vs {want}");
+        assert_eq!(each.len(), trials.len());
+        let mut moved = 0;
+        for (t, got) in trials.iter().zip(&each) {
+            let (want, _) = read_cover(&mut gists, t, rule, next).unwrap();
+            assert!((got - want).abs() < 1e-5, "{rule:?}: {got} vs {want}");
+            moved += usize::from((got - base).abs() > 1e-4);
+        }
+        assert!(moved > 0, "{rule:?}: no move changed the loss");
+    }
+}

@@ -12,6 +12,11 @@
 //!   with LensNet's focus loop, the loop's time (LensNet's input and scores, the allocator) over
 //!   the decode steps' time (target ≤ 10%). A decode step re-reads the whole context (no KV
 //!   cache across steps, since the focus loop may change any slot).
+//! - **LensNet states**: the counterfactual measurement LensNet trains on (every move of a
+//!   512-slot cover scored on the next 32 tokens) at a quarter, a half and three quarters of
+//!   the document: each move's cover read in full against `read_cover_and_trials`, which reads
+//!   the moves after the keys and values of the prefix they share with the cover; seconds,
+//!   moves, and the largest difference in a move's NLL.
 //!
 //! GistNet and LensNet have fig12's SmolLM2 shapes and are untrained: their cost does not depend
 //! on their weights. Each repetition runs every workload once; the report gives medians, and
@@ -25,10 +30,11 @@ use std::time::Instant;
 use metarep_eval::corpus::{read_split, Split};
 use metarep_gist_tree::{FsyncPolicy, GistDType, Provenance, TreeConfig, Writer, WriterOptions};
 use metarep_megacontext::generate::{generate, GenerateConfig};
-use metarep_megacontext::stream::{stream_gists, Gists};
+use metarep_megacontext::lens_train::move_trials;
+use metarep_megacontext::stream::{read_cover, read_cover_and_trials, stream_gists, Gists};
 use metarep_megacontext::{
     CoverConfig, FocusConfig, GistNet, GistNetConfig, GistNetSummarizer, LensNet, LensNetConfig,
-    Policy, PositionRule, StreamConfig,
+    Policy, PositionRule, StreamConfig, WorkingContext,
 };
 use metarep_model::generate::Sampling;
 use metarep_model::{HookedTransformer, Input, LoadOptions};
@@ -46,6 +52,59 @@ const COMMIT: usize = 4096;
 const NEW_TOKENS: usize = 16;
 const INGEST_TARGET: f64 = 0.5;
 const FOCUS_TARGET: f64 = 0.1;
+/// Tokens after a LensNet state whose NLL measures a move (fig12's `lens.horizon`).
+const HORIZON: usize = 32;
+
+/// One repetition of the LensNet-states workload.
+struct StateCost {
+    /// Seconds reading each move's cover in full (and the cover itself).
+    full: f64,
+    /// Seconds with `read_cover_and_trials`.
+    shared: f64,
+    moves: usize,
+    /// Largest |NLL difference| of a move between the two.
+    max_diff: f32,
+}
+
+/// The LensNet-states workload over `tokens` (see the module docs).
+fn state_cost(
+    gists: &mut Gists,
+    tokens: &[u32],
+    cover: CoverConfig,
+) -> Result<StateCost, BoxError> {
+    let rule = PositionRule::SpanEnd;
+    let mut cost = StateCost {
+        full: 0.0,
+        shared: 0.0,
+        moves: 0,
+        max_diff: 0.0,
+    };
+    for at in [tokens.len() / 4, tokens.len() / 2, 3 * tokens.len() / 4] {
+        let mut wc = WorkingContext::new(cover)?;
+        wc.push(at as u64);
+        let (_, trials) = move_trials(&wc)?;
+        let next = &tokens[at..at + HORIZON];
+        // Gists are made on first use: made before either is timed.
+        for t in &trials {
+            read_cover(gists, t, rule, &next[..1])?;
+        }
+        let start = Instant::now();
+        read_cover(gists, &wc, rule, next)?;
+        let each = trials
+            .iter()
+            .map(|t| Ok(read_cover(gists, t, rule, next)?.0))
+            .collect::<Result<Vec<f32>, BoxError>>()?;
+        cost.full += start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let (_, got) = read_cover_and_trials(gists, &wc, &trials, rule, next)?;
+        cost.shared += start.elapsed().as_secs_f64();
+        cost.moves += trials.len();
+        for (a, b) in each.iter().zip(&got) {
+            cost.max_diff = cost.max_diff.max((a - b).abs());
+        }
+    }
+    Ok(cost)
+}
 
 fn number(key: &str, default: usize) -> Result<usize, BoxError> {
     match setting(key) {
@@ -87,6 +146,7 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
     let cover = CoverConfig::default();
     let (mut plain, mut ingest, mut eval, mut focus_share, mut decode_ms) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut states = Vec::new();
     let mut scored = 0;
     for rep in 0..reps {
         println!("  repetition {}/{reps}", rep + 1);
@@ -146,7 +206,14 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
         let g = generate(&mut gists, &gen, Some((&mut lens, FocusConfig::default())))?;
         focus_share.push(g.focus_seconds / g.decode_seconds);
         decode_ms.push(1e3 * g.decode_seconds / NEW_TOKENS as f64);
+
+        states.push(state_cost(&mut gists, &tokens, cover)?);
     }
+    let full_s: Vec<f64> = states.iter().map(|c| c.full).collect();
+    let shared_s: Vec<f64> = states.iter().map(|c| c.shared).collect();
+    let state_ratio = median_ratio(&full_s, &shared_s);
+    let max_diff = states.iter().map(|c| c.max_diff).fold(0.0f32, f32::max);
+    let moves = states.first().map_or(0, |c| c.moves);
     let (plain_tps, ingest_tps, eval_tps) = (median(&plain), median(&ingest), median(&eval));
     let ingest_ratio = median_ratio(&ingest, &plain);
     let eval_ratio = median_ratio(&eval, &plain);
@@ -157,6 +224,11 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
         100.0 * share,
         median(&decode_ms),
         100.0 * FOCUS_TARGET
+    );
+    println!(
+        "  LensNet states: {moves} moves at 3 points, each cover read in full {:.1} s, after the shared prefix {:.1} s ({state_ratio:.2}× faster; largest NLL difference {max_diff:.1e})",
+        median(&full_s),
+        median(&shared_s)
     );
     let body = json!({
         "model": "SmolLM2-135M-Instruct (Q4_1 GGUF, f32)",
@@ -181,6 +253,12 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
             "decode_ms_per_token": median(&decode_ms),
             "focus_over_decode": share, "all": focus_share,
             "target": FOCUS_TARGET, "met": share <= FOCUS_TARGET,
+        },
+        "lens_states": {
+            "points": 3, "budget": cover.budget, "horizon": HORIZON, "moves": moves,
+            "full_reads_s": median(&full_s), "shared_prefix_s": median(&shared_s),
+            "speedup": state_ratio, "max_nll_difference": max_diff,
+            "all_full": full_s, "all_shared": shared_s,
         },
     });
     write_report(out, "megacontext", body)?;
