@@ -84,9 +84,9 @@ fn state_cost(
         wc.push(at as u64);
         let (_, trials) = move_trials(&wc)?;
         let next = &tokens[at..at + HORIZON];
-        // Gists are made on first use: made before either is timed.
+        // Gists are made on first use: made (without the base model) before either is timed.
         for t in &trials {
-            read_cover(gists, t, rule, &next[..1])?;
+            gists.embed_slots(&t.slots())?;
         }
         let start = Instant::now();
         read_cover(gists, &wc, rule, next)?;
