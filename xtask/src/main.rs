@@ -93,6 +93,11 @@ enum Command {
         /// Benchmark settings `key=value` (repeatable; each benchmark lists its keys).
         #[arg(long = "set")]
         settings: Vec<String>,
+        /// Hide the CPU's AVX-512 from every process of the benchmark (CPUID faulting; needs
+        /// `cpuid_fault` in /proc/cpuinfo and a C compiler): a stand-in for a machine without
+        /// AVX-512.
+        #[arg(long)]
+        hide_avx512: bool,
     },
     /// Build or fetch test fixtures (an unknown name lists the known ones).
     Fixtures {
@@ -135,10 +140,12 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Bench { hide_avx512, .. } if hide_avx512 => return bench::hide_avx512::rerun(),
         Command::Bench {
             name,
             out,
             settings,
+            ..
         } => bench::run(&name, &out, &settings),
         Command::Fixtures { name } => fixtures::run(&name),
         Command::Gallery { results, out } => gallery::run(&results, &out),

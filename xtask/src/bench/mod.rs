@@ -7,6 +7,7 @@ mod disk;
 mod forward;
 mod gist_tree;
 mod gpu;
+pub mod hide_avx512;
 mod lat_cg;
 mod megacontext;
 mod py_server;
@@ -56,6 +57,7 @@ pub fn run(name: &str, out: &Path, settings: &[String]) -> Result<bool, BoxError
         .iter()
         .find(|(n, _, _)| *n == name)
         .ok_or_else(|| format!("unknown benchmark '{name}'; known: {}", known.join(", ")))?;
+    hide_avx512::check_active()?;
     let settings = crate::device::take(settings)?;
     crate::device::check(&format!("benchmark '{name}'"), name == "gpu")?;
     let mut map = BTreeMap::new();
@@ -100,8 +102,10 @@ pub fn load_average() -> Option<f64> {
 }
 
 /// The machine the timings come from: CPU model (`/proc/cpuinfo`), the widest SIMD level the
-/// CPU offers to runtime-dispatched kernels (gemm's, metarep-kernels'), and the threads the
-/// CPU kernels use (candle's count: `RAYON_NUM_THREADS` or the available parallelism).
+/// CPU offers to runtime-dispatched kernels (gemm's, metarep-kernels'), the hardware's own
+/// level (`/proc/cpuinfo`'s flags) and whether AVX-512 was hidden (`--hide-avx512`), and the
+/// threads the CPU kernels use (candle's count: `RAYON_NUM_THREADS` or the available
+/// parallelism).
 pub fn machine() -> serde_json::Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
         s.lines()
@@ -112,6 +116,8 @@ pub fn machine() -> serde_json::Value {
     serde_json::json!({
         "cpu_model": cpu,
         "simd": simd_level(),
+        "simd_hardware": hardware_simd_level(),
+        "avx512_hidden": hide_avx512::active(),
         "threads": candle_core::utils::get_num_threads(),
     })
 }
@@ -137,6 +143,22 @@ fn simd_level() -> &'static str {
     }
     #[allow(unreachable_code)]
     "baseline"
+}
+
+/// `AVX512F`, `AVX2+FMA` or `AVX` from `/proc/cpuinfo`'s flags (what the hardware has, even
+/// while `--hide-avx512` hides AVX-512 from CPUID); `unknown` without them.
+fn hardware_simd_level() -> &'static str {
+    let flags = hide_avx512::cpu_flags().unwrap_or_default();
+    let has = |f: &str| flags.iter().any(|x| x == f);
+    if has("avx512f") {
+        "AVX512F"
+    } else if has("avx2") && has("fma") {
+        "AVX2+FMA"
+    } else if has("avx") {
+        "AVX"
+    } else {
+        "unknown"
+    }
 }
 
 /// Median wall time in milliseconds of `f` over `reps` runs after one warm-up.
