@@ -607,6 +607,11 @@ impl Writer {
                 codec::extend_le_u32(buf, tokens)
             })?;
         }
+        // The token records go to their write thread now, to be written while the gists are
+        // computed (the commit still waits for them before it publishes).
+        if let Some(tokens) = self.segs.first_mut() {
+            tokens.write_buf()?;
+        }
 
         let mut sc = std::mem::take(&mut self.scratch);
         let r = self.make_gists(&mut sc, &pending, level_nodes, version);
