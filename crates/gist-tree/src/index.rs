@@ -67,14 +67,11 @@ impl LevelIndex {
 
     /// The entry of node `i` (ABSENT past the end).
     pub fn get(&self, i: u64) -> u64 {
-        let (c, k) = ((i / CHUNK as u64) as usize, (i % CHUNK as u64) as usize);
+        let (c, k) = chunk_and_offset(i);
         match self.chunks.get(c) {
             Some(chunk) => chunk[k],
-            None => (i - (self.chunks.len() * CHUNK) as u64)
-                .try_into()
-                .ok()
-                .and_then(|t: usize| self.tail.get(t).copied())
-                .unwrap_or(ABSENT),
+            None if c == self.chunks.len() => self.tail.get(k).copied().unwrap_or(ABSENT),
+            None => ABSENT,
         }
     }
 
@@ -83,17 +80,16 @@ impl LevelIndex {
         if i >= self.len() {
             self.resize(i + 1);
         }
-        let c = (i / CHUNK as u64) as usize;
+        let (c, k) = chunk_and_offset(i);
         match self.chunks.get_mut(c) {
-            Some(chunk) => Arc::make_mut(chunk)[(i % CHUNK as u64) as usize] = entry,
-            None => self.tail[(i % CHUNK as u64) as usize] = entry,
+            Some(chunk) => Arc::make_mut(chunk)[k] = entry,
+            None => self.tail[k] = entry,
         }
     }
 
     /// Grows or shrinks to `len` entries (new entries ABSENT).
     pub fn resize(&mut self, len: u64) {
-        let full = (len / CHUNK as u64) as usize;
-        let rest = (len % CHUNK as u64) as usize;
+        let (full, rest) = chunk_and_offset(len);
         if full < self.chunks.len() {
             // The new end falls in a full chunk: it becomes the tail (the dropped entries go).
             self.tail.clear();
@@ -128,6 +124,11 @@ impl LevelIndex {
             tail: parts.remainder().to_vec(),
         }
     }
+}
+
+/// Entry `i`'s chunk and its offset in that chunk (the tail counts as chunk `chunks.len()`).
+fn chunk_and_offset(i: u64) -> (usize, usize) {
+    ((i / CHUNK as u64) as usize, (i % CHUNK as u64) as usize)
 }
 
 #[cfg(test)]
