@@ -5,10 +5,10 @@
 //! emptied one back (two take turns, so memory stays at two buffers). [`BackgroundWrites::wait`]
 //! returns once everything handed over is in the file, with the first failure if any; a commit
 //! waits before it publishes or syncs anything, so durability and the commit protocol are those
-//! of writing in the foreground.
+//! of writing in the foreground. Each buffer is written at its own offset, so the appender may
+//! write a later buffer itself while earlier ones are still in flight.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
@@ -24,6 +24,8 @@ const IN_FLIGHT: usize = 2;
 struct Job {
     file: Arc<File>,
     path: PathBuf,
+    /// Where `bytes` go in the file.
+    offset: u64,
     bytes: Vec<u8>,
     /// Start of each frame in `bytes`; frame `i` ends where `i + 1` starts (the last at the end).
     frames: Vec<usize>,
@@ -65,12 +67,13 @@ impl BackgroundWrites {
     }
 
     /// Hands `bytes` (whole frames, starting at `frames`, their prefixes still to seal) to the
-    /// thread for `file` and returns empty buffers for the next ones. Fails with the first
-    /// failure of an earlier write, if one has come back.
+    /// thread, to be written at `offset` of `file`, and returns empty buffers for the next ones.
+    /// Fails with the first failure of an earlier write, if one has come back.
     pub(crate) fn submit(
         &mut self,
         file: &Arc<File>,
         path: PathBuf,
+        offset: u64,
         bytes: Vec<u8>,
         frames: Vec<usize>,
     ) -> Result<(Vec<u8>, Vec<usize>)> {
@@ -82,6 +85,7 @@ impl BackgroundWrites {
         let job = Job {
             file: file.clone(),
             path,
+            offset,
             bytes,
             frames,
         };
@@ -96,11 +100,10 @@ impl BackgroundWrites {
         Ok((bytes, frames))
     }
 
-    /// Whether nothing handed over is still being written and nothing failed (so a write in the
-    /// caller's thread keeps the file's order).
-    pub(crate) fn is_idle(&mut self) -> bool {
+    /// Whether the queue is full, so that a [`submit`](Self::submit) would wait for the thread.
+    pub(crate) fn is_full(&mut self) -> bool {
         self.collect_ready();
-        self.in_flight == 0 && self.failed.is_none()
+        self.in_flight >= IN_FLIGHT
     }
 
     /// Waits until every handed-over buffer is written; the first failure, if any.
@@ -160,7 +163,13 @@ impl Drop for BackgroundWrites {
 /// The thread: seal each job's frames, write them, hand the buffers back.
 fn run(jobs: Receiver<Job>, done: Sender<Done>) {
     for mut job in jobs {
-        let result = seal_and_write(&job.file, &job.path, &mut job.bytes, &job.frames);
+        let result = seal_and_write(
+            &job.file,
+            &job.path,
+            job.offset,
+            &mut job.bytes,
+            &job.frames,
+        );
         let reply = Done {
             bytes: job.bytes,
             frames: job.frames,
@@ -172,11 +181,12 @@ fn run(jobs: Receiver<Job>, done: Sender<Done>) {
     }
 }
 
-/// Seals the frames of `bytes` (starting at `frames`, their prefixes still to fill) and appends
-/// them to `file` (named `path` in errors).
+/// Seals the frames of `bytes` (starting at `frames`, their prefixes still to fill) and writes
+/// them at `offset` of `file` (named `path` in errors).
 pub(crate) fn seal_and_write(
     file: &File,
     path: &std::path::Path,
+    offset: u64,
     bytes: &mut [u8],
     frames: &[usize],
 ) -> Result<()> {
@@ -194,8 +204,29 @@ pub(crate) fn seal_and_write(
     for (start, end) in &group[..n] {
         codec::seal_frame(&mut bytes[*start..*end]);
     }
-    let mut f = file;
-    f.write_all(bytes).map_err(|e| Error::io(path, e))
+    write_all_at(file, bytes, offset).map_err(|e| Error::io(path, e))
+}
+
+/// Writes all of `bytes` at `offset` of `file` without moving a cursor other writers share.
+#[cfg(unix)]
+pub(crate) fn write_all_at(file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
+}
+
+/// Writes all of `bytes` at `offset` of `file` (each call positioned by itself).
+#[cfg(windows)]
+pub(crate) fn write_all_at(file: &File, mut bytes: &[u8], mut offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !bytes.is_empty() {
+        match file.seek_write(bytes, offset)? {
+            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+            n => {
+                bytes = &bytes[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Seals the frames at `bytes[start..end]` for each of `frames`, checksumming the three payloads
@@ -236,12 +267,15 @@ mod tests {
         let mut want = Vec::new();
         // Hand-overs of 4 and 3 frames: sealed three at a time plus one, and three.
         for chunk in payloads.chunks(4) {
+            let offset = want.len() as u64;
             for p in chunk {
                 codec::encode_frame(p, &mut want);
             }
             let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
             let (bytes, starts) = frames(&refs);
-            let (empty, no_frames) = w.submit(&file, path.clone(), bytes, starts).unwrap();
+            let (empty, no_frames) = w
+                .submit(&file, path.clone(), offset, bytes, starts)
+                .unwrap();
             assert!(empty.is_empty() && no_frames.is_empty());
         }
         w.wait().unwrap();
@@ -257,11 +291,11 @@ mod tests {
         let file = Arc::new(File::open(&path).unwrap());
         let mut w = BackgroundWrites::start();
         let (bytes, starts) = frames(&[b"abc"]);
-        w.submit(&file, path.clone(), bytes, starts).unwrap();
+        w.submit(&file, path.clone(), 0, bytes, starts).unwrap();
         let e = w.wait().unwrap_err().to_string();
         assert!(e.contains("read-only"), "{e}");
         let (bytes, starts) = frames(&[b"def"]);
-        let e = w.submit(&file, path.clone(), bytes, starts).unwrap_err();
+        let e = w.submit(&file, path.clone(), 0, bytes, starts).unwrap_err();
         assert!(e.to_string().contains("read-only"), "{e}");
         assert!(w.wait().is_err());
     }

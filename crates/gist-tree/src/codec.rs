@@ -747,6 +747,30 @@ pub fn scan_frames(bytes: &[u8], start: usize) -> (Vec<FrameAt>, ScanEnd) {
     (frames, ScanEnd::Clean)
 }
 
+/// Every intact frame of `bytes`, in order, looking past damage and zero-filled holes: after an
+/// offset where no frame reads, the scan moves on a byte at a time to the next offset where a
+/// frame's checked length and checksum both match. For a segment's uncommitted tail, whose
+/// buffers are written at their own offsets side by side, so that a crash can leave a hole
+/// before records that did reach the file.
+pub fn scan_frames_past_holes(bytes: &[u8]) -> Vec<FrameAt> {
+    let mut frames = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        pos += match read_frame(&bytes[pos..]) {
+            FrameRead::Ok { total, .. } => {
+                let offset = pos as u64;
+                frames.push(FrameAt {
+                    offset,
+                    total: total as u64,
+                });
+                total
+            }
+            FrameRead::Truncated | FrameRead::Bad(_) => 1,
+        };
+    }
+    frames
+}
+
 /// A parsed file of frames: its header, each item with its offset, and how the scan ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedFile<T> {
@@ -835,6 +859,38 @@ mod tests {
         let mut zeros = buf.clone();
         zeros.extend_from_slice(&[0; 20]);
         assert_eq!(scan_frames(&zeros, 0).1, ScanEnd::Torn(buf.len() as u64));
+    }
+
+    #[test]
+    fn a_scan_past_holes_finds_the_frames_after_zeros_and_damage() {
+        let mut buf = Vec::new();
+        let mut starts = Vec::new();
+        for (i, payload) in [&b"one"[..], b"", b"three", b"four!", b"five"]
+            .iter()
+            .enumerate()
+        {
+            match i {
+                2 => buf.extend_from_slice(&[0; 100]),
+                3 => buf.extend_from_slice(&[7, 0, 0, 0, 1, 2]),
+                _ => {}
+            }
+            starts.push(buf.len() as u64);
+            encode_frame(payload, &mut buf);
+        }
+        // The last frame torn: not found.
+        let cut = &buf[..buf.len() - 1];
+        let found: Vec<u64> = scan_frames_past_holes(cut)
+            .iter()
+            .map(|f| f.offset)
+            .collect();
+        assert_eq!(found, starts[..4]);
+        let found: Vec<u64> = scan_frames_past_holes(&buf)
+            .iter()
+            .map(|f| f.offset)
+            .collect();
+        assert_eq!(found, starts);
+        // The plain scan stops at the hole.
+        assert_eq!(scan_frames(&buf, 0).0.len(), 2);
     }
 
     #[test]

@@ -30,7 +30,8 @@ fn newest_uncommitted(gen: &Path, level: u8, hwm: Option<Hwm>) -> Result<Option<
                 f.read_to_end(&mut tail)
             })
             .map_err(|e| Error::io(&path, e))?;
-        for f in codec::scan_frames(&tail, 0).0 {
+        // Past holes: a commit's buffers are written side by side, so a crash can leave one.
+        for f in codec::scan_frames_past_holes(&tail) {
             let payload =
                 &tail[f.offset as usize + codec::FRAME_PREFIX..(f.offset + f.total) as usize];
             if let Ok((h, _)) = codec::decode_node(payload) {

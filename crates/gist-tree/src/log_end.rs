@@ -146,20 +146,8 @@ impl EndWriter {
     /// Records `end`.
     pub fn record(&mut self, end: LogEnd) -> Result<()> {
         let bytes = end.encode(&self.meta, self.gen);
-        write_at_start(&self.file, &bytes).map_err(|e| Error::io(&self.path, e))
+        crate::background::write_all_at(&self.file, &bytes, 0).map_err(|e| Error::io(&self.path, e))
     }
-}
-
-#[cfg(unix)]
-fn write_at_start(file: &File, bytes: &[u8]) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::write_all_at(file, bytes, 0)
-}
-
-#[cfg(not(unix))]
-fn write_at_start(mut file: &File, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::{Seek, SeekFrom, Write};
-    file.seek(SeekFrom::Start(0))?;
-    file.write_all(bytes)
 }
 
 #[cfg(test)]

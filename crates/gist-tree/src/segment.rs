@@ -276,8 +276,9 @@ impl SegmentWriter {
             new_files = true;
             f
         } else {
+            // Not in append mode: every buffer is written at its own offset.
             OpenOptions::new()
-                .append(true)
+                .write(true)
                 .open(&path)
                 .map_err(|e| Error::io(&path, e))?
         };
@@ -362,24 +363,47 @@ impl SegmentWriter {
 
     /// Hands the buffered records to the write thread (started on first use) without waiting;
     /// a commit hands every level's records over before it waits for any, so levels are written
-    /// in parallel. Less than 64 KiB with nothing in flight (the upper levels' records of a
-    /// commit) are written here instead: waking a thread costs more than that.
+    /// in parallel. Less than 64 KiB (the upper levels' records of a commit), or a full queue,
+    /// are written here instead: waking the thread costs more than the former, and waiting for
+    /// it no less than the latter.
     pub fn write_buf(&mut self) -> Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let path = self.path();
-        if self.buf.len() < INLINE_WRITE && self.writes.as_mut().is_none_or(|w| w.is_idle()) {
-            background::seal_and_write(&self.file, &path, &mut self.buf, &self.frames)?;
-            self.buf.clear();
-            self.frames.clear();
-            return Ok(());
+        if self.buf.len() < INLINE_WRITE || self.writes.as_mut().is_some_and(|w| w.is_full()) {
+            return self.write_here();
         }
+        let path = self.path();
+        let offset = self.buf_offset();
         let writes = self.writes.get_or_insert_with(BackgroundWrites::start);
         let bytes = std::mem::take(&mut self.buf);
         let frames = std::mem::take(&mut self.frames);
-        (self.buf, self.frames) = writes.submit(&self.file, path, bytes, frames)?;
+        (self.buf, self.frames) = writes.submit(&self.file, path, offset, bytes, frames)?;
         Ok(())
+    }
+
+    /// Seals and writes the buffered records in the caller's thread, at their offset (so while
+    /// earlier buffers may still be in flight on the write thread).
+    pub fn write_here(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let offset = self.buf_offset();
+        background::seal_and_write(
+            &self.file,
+            &self.path(),
+            offset,
+            &mut self.buf,
+            &self.frames,
+        )?;
+        self.buf.clear();
+        self.frames.clear();
+        Ok(())
+    }
+
+    /// Where the buffer's first byte goes in the active segment.
+    fn buf_offset(&self) -> u64 {
+        self.len - self.buf.len() as u64
     }
 
     fn rotate(&mut self, meta: &TreeMeta) -> Result<()> {
@@ -408,7 +432,7 @@ impl SegmentWriter {
     /// last sync (and the level directory if files were created); with `forget`, drops the
     /// handles of sealed files that were not synced (fsync policy off).
     pub fn flush(&mut self, sync: bool, forget: bool) -> Result<()> {
-        self.write_buf()?;
+        self.write_here()?;
         if let Some(writes) = &mut self.writes {
             writes.wait()?;
         }

@@ -625,8 +625,10 @@ impl Writer {
             FsyncPolicy::Off => false,
         };
         let forget = self.opts.fsync == FsyncPolicy::Off;
+        // The last records of each level are written here, next to the write threads still
+        // busy with the earlier ones; then the commit waits for them.
         for s in &mut self.segs {
-            s.write_buf()?;
+            s.write_here()?;
         }
         for s in &mut self.segs {
             s.flush(sync, forget)?;

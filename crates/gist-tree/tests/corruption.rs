@@ -257,20 +257,43 @@ fn image(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
+/// Zeroes the first record of `version` in every segment file: the hole a crash leaves when a
+/// commit's later buffer reached the file before an earlier one.
+fn punch_holes(dir: &Path, version: u64) {
+    for path in files(&dir.join("gen-000001")) {
+        if path.extension().is_none_or(|e| e != "seg") {
+            continue;
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        let items = metarep_gist_tree::codec::parse_segment(&bytes)
+            .unwrap()
+            .items;
+        let Some(i) = items.iter().position(|(_, h)| h.version == version) else {
+            continue;
+        };
+        let end = items.get(i + 1).map_or(bytes.len(), |(at, _)| *at as usize);
+        bytes[items[i].0 as usize..end].fill(0);
+        std::fs::write(&path, bytes).unwrap();
+    }
+}
+
 /// A commit log cut back to an entry boundary (what a crash before the commit leaves, except
 /// that here the commit had happened) is refused by readers, `verify` and writers, naming the
 /// evidence, and nothing is deleted until a writer is told to discard.
 #[test]
 fn commit_log_cut_back_by_whole_entries_is_refused_until_discarded() {
-    // (entries cut, keep the checkpoint, keep commits.end): each leaves some evidence.
-    for (cut, keep_ckpt, keep_end) in [
-        (1, true, true),
-        (1, false, true),
-        (2, false, true),
-        (3, true, false),
-        (2, false, false),
+    // (entries cut, keep the checkpoint, keep commits.end, a hole before the last version's
+    // records): each leaves some evidence.
+    for (cut, keep_ckpt, keep_end, hole) in [
+        (1, true, true, false),
+        (1, false, true, false),
+        (2, false, true, false),
+        (3, true, false, false),
+        (2, false, false, false),
+        (2, false, false, true),
     ] {
-        let case = format!("cut {cut}, checkpoint {keep_ckpt}, commits.end {keep_end}");
+        let case =
+            format!("cut {cut}, checkpoint {keep_ckpt}, commits.end {keep_end}, hole {hole}");
         let work = tempfile::tempdir().unwrap();
         build(work.path());
         let gen = work.path().join("gen-000001");
@@ -281,6 +304,9 @@ fn commit_log_cut_back_by_whole_entries_is_refused_until_discarded() {
         }
         if !keep_end {
             std::fs::remove_file(gen.join("commits.end")).unwrap();
+        }
+        if hole {
+            punch_holes(work.path(), 12);
         }
         let before = image(work.path());
         let head = 12 - cut as u64;
