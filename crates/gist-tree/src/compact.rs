@@ -122,7 +122,8 @@ impl Writer {
         let mut new_hwms: Vec<Vec<Hwm>> = Vec::with_capacity(head_hwms.len());
         for (level, to) in head_hwms.iter().enumerate() {
             let level = level as u8;
-            let mut w = SegmentWriter::open(&new_gen, &meta, level, 0, 0)?;
+            let mut w =
+                SegmentWriter::open(&new_gen, &meta, (level, 0), 0, self.opts.write_buffer)?;
             let mut ends: Vec<Option<Hwm>> = vec![None; retained.len()];
             let mut payload = Vec::new();
             scan_level(

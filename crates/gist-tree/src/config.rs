@@ -259,6 +259,9 @@ pub struct WriterOptions {
     /// then: a child being forked holds the lock file for a moment, until it executes its
     /// program (measured: 11% of 3 000 close-reopens beside a spawning thread).
     pub lock_wait: std::time::Duration,
+    /// Bytes of records each level collects before they are written (default 512 KiB): a write
+    /// thread per level takes the full buffers, the committing thread writes the rest.
+    pub write_buffer: usize,
 }
 
 impl Default for WriterOptions {
@@ -269,6 +272,7 @@ impl Default for WriterOptions {
             telemetry: true,
             discard_uncommitted: false,
             lock_wait: std::time::Duration::from_secs(1),
+            write_buffer: 512 << 10,
         }
     }
 }

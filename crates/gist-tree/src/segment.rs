@@ -250,17 +250,21 @@ pub struct SegmentWriter {
     new_files: bool,
     /// Segments sealed since the last `take_sealed`, with their final lengths.
     sealed: Vec<codec::Sealed>,
+    /// Bytes collected before a hand-over ([`WriterOptions::write_buffer`](crate::WriterOptions)).
+    buf_size: usize,
 }
-
-/// Write buffer size of a segment appender.
-const WRITE_BUF: usize = 512 << 10;
-/// Hand-overs smaller than this are written by the appender itself.
-const INLINE_WRITE: usize = 64 << 10;
 
 impl SegmentWriter {
     /// Opens the active segment `seg` of `level` for appending at `len` (its committed length),
-    /// creating it with a header when `len == 0`.
-    pub fn open(gen_dir: &Path, meta: &TreeMeta, level: u8, seg: u32, len: u64) -> Result<Self> {
+    /// creating it with a header when `len == 0`; records are handed over in buffers of
+    /// `buf_size` bytes.
+    pub fn open(
+        gen_dir: &Path,
+        meta: &TreeMeta,
+        (level, seg): (u8, u32),
+        len: u64,
+        buf_size: usize,
+    ) -> Result<Self> {
         let path = segment_path(gen_dir, level, seg);
         let mut new_files = false;
         let file = if len == 0 {
@@ -288,13 +292,14 @@ impl SegmentWriter {
             seg,
             file: Arc::new(file),
             len: len.max(HEADER_LEN as u64),
-            buf: Vec::with_capacity(WRITE_BUF),
+            buf: Vec::with_capacity(buf_size),
             frames: Vec::new(),
             writes: None,
             unsynced: Vec::new(),
             dirty: new_files,
             new_files,
             sealed: Vec::new(),
+            buf_size,
         })
     }
 
@@ -346,7 +351,7 @@ impl SegmentWriter {
         self.frames.push(start);
         self.len += total;
         self.dirty = true;
-        if self.buf.len() >= WRITE_BUF {
+        if self.buf.len() >= self.buf_size {
             self.write_buf()?;
         }
         Ok(loc)
@@ -363,14 +368,15 @@ impl SegmentWriter {
 
     /// Hands the buffered records to the write thread (started on first use) without waiting;
     /// a commit hands every level's records over before it waits for any, so levels are written
-    /// in parallel. Less than 64 KiB (the upper levels' records of a commit), or a full queue,
-    /// are written here instead: waking the thread costs more than the former, and waiting for
-    /// it no less than the latter.
+    /// in parallel. Less than an eighth of a buffer (the upper levels' records of a commit), or a
+    /// full queue, are written here instead: waking the thread costs more than the former, and
+    /// waiting for it no less than the latter.
     pub fn write_buf(&mut self) -> Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        if self.buf.len() < INLINE_WRITE || self.writes.as_mut().is_some_and(|w| w.is_full()) {
+        let small = self.buf.len() < self.buf_size / 8;
+        if small || self.writes.as_mut().is_some_and(|w| w.is_full()) {
             return self.write_here();
         }
         let path = self.path();
@@ -419,7 +425,8 @@ impl SegmentWriter {
             seg: self.seg,
             len: self.len,
         });
-        let next = SegmentWriter::open(&self.gen_dir, meta, self.level, self.seg + 1, 0)?;
+        let at = (self.level, self.seg + 1);
+        let next = SegmentWriter::open(&self.gen_dir, meta, at, 0, self.buf_size)?;
         let old = std::mem::replace(&mut self.file, next.file);
         self.unsynced.push(old);
         self.seg += 1;

@@ -236,7 +236,14 @@ impl Writer {
         let g = gen_dir(dir, loaded.gen);
         let mut segs = Vec::with_capacity(loaded.state.hwms.len());
         for (level, h) in loaded.state.hwms.iter().enumerate() {
-            segs.push(SegmentWriter::open(&g, &meta, level as u8, h.seg, h.end)?);
+            let at = (level as u8, h.seg);
+            segs.push(SegmentWriter::open(
+                &g,
+                &meta,
+                at,
+                h.end,
+                opts.write_buffer,
+            )?);
         }
         let log = LogWriter::open(
             &g,
@@ -550,7 +557,8 @@ impl Writer {
     fn seg(&mut self, level: u8) -> Result<&mut SegmentWriter> {
         while self.segs.len() <= level as usize {
             let l = self.segs.len() as u8;
-            let w = SegmentWriter::open(&self.storage.gen_dir, &self.shared.meta, l, 0, 0)?;
+            let (gen, meta) = (&self.storage.gen_dir, &self.shared.meta);
+            let w = SegmentWriter::open(gen, meta, (l, 0), 0, self.opts.write_buffer)?;
             self.segs.push(w);
         }
         Ok(&mut self.segs[level as usize])

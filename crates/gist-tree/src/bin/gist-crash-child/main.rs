@@ -4,6 +4,8 @@
 //!   and commits the seeded workload of `plan.rs` forever, printing `open V` after recovery and
 //!   `committed V` after each commit returns (FSYNC: `off`, `commit` or `every:N`); it compacts
 //!   after the plan's compacting commits and, with COMPACT_EVERY, after every COMPACT_EVERY-th.
+//!   `GIST_WRITE_BUFFER=BYTES` in the environment sets `WriterOptions::write_buffer` (tiny
+//!   buffers make even these small commits go through the write threads).
 //! - `gist-crash-child read DIR` opens the tree read-only (with telemetry) again and again,
 //!   reads every token and prints `read V` — a reader killed anywhere, telemetry writes
 //!   included.
@@ -16,12 +18,19 @@ use std::path::Path;
 use metarep_gist_tree::{FsyncPolicy, MeanPool, Provenance, Reader, Result, Writer, WriterOptions};
 
 fn write(dir: &Path, seed: u64, fsync: FsyncPolicy, compact_every: u64) -> Result<()> {
-    let opts = WriterOptions {
+    let mut opts = WriterOptions {
         fsync,
         checkpoint_bytes: 16 << 10,
         telemetry: true,
         ..WriterOptions::default()
     };
+    if let Ok(bytes) = std::env::var("GIST_WRITE_BUFFER") {
+        opts.write_buffer = bytes.parse().map_err(|_| {
+            metarep_gist_tree::Error::Invalid(format!(
+                "GIST_WRITE_BUFFER={bytes}: not a byte count"
+            ))
+        })?;
+    }
     let cfg = plan::config();
     let pool = || MeanPool::new(cfg.width as usize, plan::POOL_SEED);
     let mut w = if dir.join("tree.json").exists() {
