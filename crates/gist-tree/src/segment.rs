@@ -366,11 +366,11 @@ impl SegmentWriter {
         segment_path(&self.gen_dir, self.level, self.seg)
     }
 
-    /// Hands the buffered records to the write thread (started on first use) without waiting;
-    /// a commit hands every level's records over before it waits for any, so levels are written
-    /// in parallel. Less than an eighth of a buffer (the upper levels' records of a commit), or a
-    /// full queue, are written here instead: waking the thread costs more than the former, and
-    /// waiting for it no less than the latter.
+    /// Hands the buffered records to the write thread (started on first use) without waiting.
+    /// Less than an eighth of a buffer (the upper levels' records of a commit), or a full queue,
+    /// are written here instead: waking the thread costs more than the former, and waiting for
+    /// it no less than the latter. (A commit writes each level's last records with
+    /// [`write_here`](Self::write_here) before it waits for any level's thread.)
     pub fn write_buf(&mut self) -> Result<()> {
         if self.buf.is_empty() {
             return Ok(());
