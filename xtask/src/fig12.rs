@@ -148,6 +148,9 @@ pub struct LensSettings {
     held_states: usize,
     /// A state every this many chunks.
     every: usize,
+    /// Moves measured per state, drawn at random (0: every move; each costs a read of the
+    /// whole context).
+    trials: usize,
     /// Tokens whose NLL measures a move (H).
     horizon: usize,
     /// LensNet's internal width, layers, heads and MLP width.
@@ -646,6 +649,7 @@ fn train_lens(
         stream: stream_config(cfg, cfg.stream.max_level),
         horizon: l.horizon,
         every: l.every,
+        trials: l.trials,
         focus: l.focus,
         seed: derive_seed(cfg.seed, "lens states"),
     };
@@ -660,11 +664,14 @@ fn train_lens(
     };
     let (samples, states_key) = states(train, "train", l.states)?;
     let (held_samples, _) = states(&others, "held", l.held_states)?;
-    let candidates: usize = samples.iter().map(|s| s.candidates.len()).sum();
+    let measured: usize = samples.iter().map(|s| s.candidates.len()).sum();
+    let moves = measured + samples.iter().map(|s| s.unmeasured.len()).sum::<usize>();
+    let per = |n: usize| n as f64 / samples.len().max(1) as f64;
     println!(
-        "  LensNet states: {} training ({:.1} moves each), {} held out, in {:.0} s (saved in {})",
+        "  LensNet states: {} training ({:.1} of their {:.1} moves measured each), {} held out, in {:.0} s (saved in {})",
         samples.len(),
-        candidates as f64 / samples.len().max(1) as f64,
+        per(measured),
+        per(moves),
         held_samples.len(),
         start.elapsed().as_secs_f64(),
         dir.join(LENS_STATES).display()

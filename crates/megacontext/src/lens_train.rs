@@ -2,15 +2,17 @@
 //!
 //! **Counterfactual utilities** ([`measure`]): for a working context before a chunk, the NLL of
 //! the next H tokens is measured once as it is and once per candidate move applied alone
-//! (budget aside); a move's utility is the loss it removes (nats per token). States come from
-//! streaming training documents under random moves ([`collect_samples`]), so LensNet sees
+//! (budget aside); a move's utility is the loss it removes (nats per token). Each move costs a
+//! forward pass of the base model over almost the whole context, so a state may measure only a
+//! random draw of its moves (`trials`); the others still count in the budget term. States come
+//! from streaming training documents under random moves ([`collect_samples`]), so LensNet sees
 //! covers of every shape, not only the oldest-first one.
 //!
-//! **Loss** ([`lens_loss`]): a pairwise logistic ranking loss over the candidates and a no-op
+//! **Loss** ([`lens_loss`]): a pairwise logistic ranking loss over the measured moves and a no-op
 //! (score 0, utility 0) — for every pair whose utilities differ by more than `tolerance`, the
 //! better one should score higher, each pair weighted by its utility gap — plus a budget term:
-//! with each candidate taken with probability σ(score), the expected slots it would add beyond
-//! the free ones, over the budget, times `budget_weight`.
+//! with each move (measured or not) taken with probability σ(score), the expected slots they
+//! would add beyond the free ones, over the budget, times `budget_weight`.
 
 use candle_core::{DType, Tensor};
 use metarep_core::progress::{self, ProgressBar};
@@ -35,50 +37,87 @@ use crate::working_context::{PositionRule, WorkingContext};
 pub struct LensSample {
     /// LensNet's input.
     pub input: FocusInput,
-    /// The moves the state allows.
+    /// The moves measured (all the state allows, or a random draw of them).
     pub candidates: Vec<Candidate>,
-    /// Each candidate's utility: the next tokens' NLL as is minus with the move (nats/token).
+    /// Each measured move's utility: the next tokens' NLL as is minus with the move
+    /// (nats/token).
     pub utilities: Vec<f32>,
+    /// The state's other moves, not measured: they count in the budget term only.
+    pub unmeasured: Vec<Candidate>,
     /// Free slots (budget − used).
     pub free: i64,
     /// The budget W.
     pub budget: usize,
 }
 
-/// Measures every candidate move of `wc` on the `next` tokens (see the module docs); `query`
-/// is LensNet's query for the state.
+/// Measures `trials` moves of `wc` drawn at random by `rng` (every move when `trials` is 0 or
+/// covers them all; see [`draw_moves`]) on the `next` tokens (see the module docs); `query` is
+/// LensNet's query for the state.
 pub fn measure(
     gists: &mut Gists,
     wc: &WorkingContext,
-    rule: PositionRule,
+    (rule, trials): (PositionRule, usize),
     next: &[u32],
     query: &Tensor,
+    rng: &mut impl Rng,
 ) -> Result<LensSample> {
-    let (cands, trials) = move_trials(wc)?;
-    let (base, nlls) = read_cover_and_trials(gists, wc, &trials, rule, next)?;
+    let (cands, unmeasured) = draw_moves(candidates(wc), trials, rng);
+    let covers = trial_covers(wc, &cands)?;
+    let (base, nlls) = read_cover_and_trials(gists, wc, &covers, rule, next)?;
     let utilities = nlls.iter().map(|nll| base - nll).collect();
     Ok(LensSample {
         input: focus_input(wc, gists, query)?,
         candidates: cands,
         utilities,
+        unmeasured,
         free: wc.config().budget as i64 - wc.used() as i64,
         budget: wc.config().budget,
     })
+}
+
+/// Splits `moves` into `at_most` of them drawn at random by `rng` and the rest, each part in
+/// the order given; all of them are drawn when `at_most` is 0 or at least their number.
+pub fn draw_moves(
+    moves: Vec<Candidate>,
+    at_most: usize,
+    rng: &mut impl Rng,
+) -> (Vec<Candidate>, Vec<Candidate>) {
+    if at_most == 0 || at_most >= moves.len() {
+        return (moves, Vec::new());
+    }
+    let mut drawn = vec![false; moves.len()];
+    for i in rand::seq::index::sample(rng, moves.len(), at_most) {
+        drawn[i] = true;
+    }
+    let (mut picked, mut rest) = (Vec::with_capacity(at_most), Vec::new());
+    for (m, d) in moves.into_iter().zip(drawn) {
+        if d {
+            picked.push(m);
+        } else {
+            rest.push(m);
+        }
+    }
+    (picked, rest)
 }
 
 /// Every move `wc` allows now ([`candidates`]) and `wc` with each applied alone, its budget
 /// raised by what an expansion adds (the covers whose NLL measures a move's utility).
 pub fn move_trials(wc: &WorkingContext) -> Result<(Vec<Candidate>, Vec<WorkingContext>)> {
     let cands = candidates(wc);
-    let trials = cands
+    let trials = trial_covers(wc, &cands)?;
+    Ok((cands, trials))
+}
+
+/// `wc` with each of `moves` applied alone, its budget raised by what an expansion adds.
+fn trial_covers(wc: &WorkingContext, moves: &[Candidate]) -> Result<Vec<WorkingContext>> {
+    moves
         .iter()
         .map(|c| {
             let mut trial = wc.with_budget(wc.used() + c.slots.max(0) as usize);
             apply(&mut trial, c)?;
             Ok(trial)
         })
-        .collect::<Result<Vec<_>>>()?;
-    Ok((cands, trials))
+        .collect()
 }
 
 /// How training states are drawn.
@@ -90,9 +129,11 @@ pub struct LensDataConfig {
     pub horizon: usize,
     /// A state every this many chunks.
     pub every: usize,
+    /// Moves measured per state, drawn at random from those it allows (0: every move).
+    pub trials: usize,
     /// The random moves that shape the covers between states.
     pub focus: FocusConfig,
-    /// Seed of the random moves.
+    /// Seed of the random moves and of the draws of moves measured.
     pub seed: u64,
 }
 
@@ -139,7 +180,8 @@ pub fn collect_samples(
 }
 
 /// The states of one document `(d, tokens)`, at most `max`: it is streamed under random moves
-/// (seeded by `d`, its index in the collection) and a state is measured every `every` chunks;
+/// and a state is measured every `every` chunks (the moves and each state's draw of moves
+/// measured seeded by `d`, its index in the collection);
 /// `bar` advances by one per state. A document too short for one chunk after the warmup gives
 /// none.
 pub fn doc_samples(
@@ -161,6 +203,7 @@ pub fn doc_samples(
     let mut wc = WorkingContext::new(sc.cover)?;
     wc.push(sc.warmup as u64);
     let mut scorer = RandomScorer::new(derive_seed(config.seed, &format!("doc {d}")));
+    let mut draws = seeded(derive_seed(config.seed, &format!("doc {d} measured moves")));
     let mut allocator = Allocator::new(config.focus);
     let mut query: Option<Tensor> = None;
     let (mut at, mut step) = (sc.warmup, 0usize);
@@ -171,7 +214,8 @@ pub fn doc_samples(
                 allocator.step(&mut wc, &scores)?;
                 if step.is_multiple_of(config.every) {
                     let next = &tokens[at..at + config.horizon];
-                    out.push(measure(&mut gists, &wc, sc.rule, next, q)?);
+                    let how = (sc.rule, config.trials);
+                    out.push(measure(&mut gists, &wc, how, next, q, &mut draws)?);
                     bar.inc(1);
                 }
             }
@@ -234,15 +278,20 @@ impl Default for LensTrainConfig {
     }
 }
 
-/// The scores of a sample's candidates `[c]` (f32).
+/// The scores `[c + u]` (f32) of a sample's `c` measured moves, then its `u` unmeasured ones.
 fn candidate_scores(net: &LensNet, sample: &LensSample) -> Result<Tensor> {
     let scores = net.forward(&sample.input)?.flatten_all()?;
     let idx: Vec<u32> = sample
         .candidates
         .iter()
+        .chain(&sample.unmeasured)
         .map(|c| (c.entry * 2 + usize::from(c.kind == Move::Collapse)) as u32)
         .collect();
-    let idx = Tensor::from_vec(idx, sample.candidates.len(), scores.device())?;
+    let idx = Tensor::from_vec(
+        idx,
+        sample.candidates.len() + sample.unmeasured.len(),
+        scores.device(),
+    )?;
     Ok(scores.index_select(&idx, 0)?)
 }
 
@@ -262,7 +311,8 @@ pub fn lens_loss(net: &LensNet, sample: &LensSample, config: &LensTrainConfig) -
         )));
     }
     let device = sample.input.vectors.device();
-    let sc = candidate_scores(net, sample)?;
+    let every = candidate_scores(net, sample)?;
+    let sc = every.narrow(0, 0, n)?;
     let s = Tensor::cat(&[&sc, &Tensor::zeros(1, DType::F32, device)?], 0)?;
     let mut u = sample.utilities.clone();
     u.push(0.0);
@@ -288,15 +338,20 @@ pub fn lens_loss(net: &LensNet, sample: &LensSample, config: &LensTrainConfig) -
         0.0
     };
     let ranking = (softplus(&diff)? * weight)?.sum_all()?.affine(norm, 0.0)?;
-    let slots: Vec<f32> = sample.candidates.iter().map(|c| c.slots as f32).collect();
-    let slots = Tensor::from_vec(slots, n, device)?;
-    let take = (sc.neg()?.exp()? + 1.0)?.recip()?;
+    let slots: Vec<f32> = sample
+        .candidates
+        .iter()
+        .chain(&sample.unmeasured)
+        .map(|c| c.slots as f32)
+        .collect();
+    let slots = Tensor::from_vec(slots, every.dim(0)?, device)?;
+    let take = (every.neg()?.exp()? + 1.0)?.recip()?;
     let excess = ((take * slots)?.sum_all()? - sample.free as f64)?.relu()?;
     let budget = excess.affine(config.budget_weight / sample.budget as f64, 0.0)?;
     Ok((ranking + budget)?)
 }
 
-/// How well a scorer ranks moves on held-out samples.
+/// How well a scorer ranks moves on held-out samples (among each sample's measured moves).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RankQuality {
     /// Fraction of pairs (utilities apart by more than the tolerance, the no-op included)

@@ -1,5 +1,5 @@
 //! LensNet's training states saved to disk, so that a long collection (each state measures
-//! every candidate move with a forward pass of the base model) can stop and resume document by
+//! its candidate moves with a forward pass of the base model each) can stop and resume document by
 //! document.
 //!
 //! The format is a `metarep_core` checkpoint directory: tensors `{i}.vectors` `[n_i, d_model]`
@@ -32,6 +32,9 @@ struct SavedState {
     geometry: Vec<[f32; 2]>,
     candidates: Vec<Candidate>,
     utilities: Vec<f32>,
+    /// Absent from saves made before states measured a draw of their moves.
+    #[serde(default)]
+    unmeasured: Vec<Candidate>,
     free: i64,
     budget: usize,
 }
@@ -48,6 +51,7 @@ pub fn save_samples(dir: &Path, samples: &[LensSample], key: &str) -> Result<()>
             geometry: s.input.geometry.clone(),
             candidates: s.candidates.clone(),
             utilities: s.utilities.clone(),
+            unmeasured: s.unmeasured.clone(),
             free: s.free,
             budget: s.budget,
         });
@@ -95,6 +99,7 @@ pub fn load_samples(dir: &Path, key: &str, device: &Device) -> Result<Option<Vec
             input,
             candidates: s.candidates,
             utilities: s.utilities,
+            unmeasured: s.unmeasured,
             free: s.free,
             budget: s.budget,
         });

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use metarep_core::progress::ProgressBar;
 use metarep_gist_tree::NodeRef;
 use metarep_megacontext::focus::{Candidate, Move};
-use metarep_megacontext::lens_train::{lens_loss, rank_quality, LensSample};
+use metarep_megacontext::lens_train::{draw_moves, lens_loss, rank_quality, LensSample};
 use metarep_megacontext::lensnet::FocusInput;
 use metarep_megacontext::sample_store::{load_samples, save_samples};
 use metarep_megacontext::{
@@ -101,6 +101,7 @@ fn synthetic(rng: &mut impl Rng) -> LensSample {
         input: x,
         candidates,
         utilities,
+        unmeasured: Vec::new(),
         free: 3,
         budget: 64,
     }
@@ -162,6 +163,62 @@ fn a_sample_without_candidates_is_an_error() {
     assert!(err.contains("candidate"), "{err}");
 }
 
+#[test]
+fn moves_left_unmeasured_still_count_in_the_budget_term() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let net = LensNet::new(small(16), 0, &Device::Cpu).unwrap();
+    let config = LensTrainConfig {
+        budget_weight: 10.0,
+        ..LensTrainConfig::default()
+    };
+    let mut s = synthetic(&mut rng);
+    // The measured moves alone fit: nothing is over the budget.
+    s.free = 1000;
+    let measured = lens_loss(&net, &s, &config).unwrap();
+    // Expansions nobody measured, each taken with probability σ(score) > 0, overflow it.
+    s.unmeasured = (0..s.input.levels.len())
+        .map(|i| Candidate {
+            entry: i,
+            node: NodeRef::new(1, i as u64),
+            kind: Move::Expand,
+            slots: 10_000,
+        })
+        .collect();
+    let with_unmeasured = lens_loss(&net, &s, &config).unwrap();
+    let (a, b) = (
+        measured.to_scalar::<f32>().unwrap(),
+        with_unmeasured.to_scalar::<f32>().unwrap(),
+    );
+    assert!(
+        b > a + 1.0,
+        "loss {a} without the unmeasured moves, {b} with them"
+    );
+}
+
+#[test]
+fn a_draw_of_moves_keeps_their_order_and_loses_none() {
+    let moves: Vec<Candidate> = (0..10)
+        .map(|i| Candidate {
+            entry: i,
+            node: NodeRef::new(1, i as u64),
+            kind: Move::Expand,
+            slots: 3,
+        })
+        .collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+    for at_most in [0, 10, 11] {
+        let (drawn, rest) = draw_moves(moves.clone(), at_most, &mut rng);
+        assert_eq!((drawn, rest.len()), (moves.clone(), 0), "at most {at_most}");
+    }
+    let (drawn, rest) = draw_moves(moves.clone(), 4, &mut rng);
+    assert_eq!((drawn.len(), rest.len()), (4, 6));
+    let mut all: Vec<usize> = drawn.iter().chain(&rest).map(|c| c.entry).collect();
+    assert!(drawn.windows(2).all(|w| w[0].entry < w[1].entry));
+    assert!(rest.windows(2).all(|w| w[0].entry < w[1].entry));
+    all.sort_unstable();
+    assert_eq!(all, (0..10).collect::<Vec<_>>());
+}
+
 /// States every 2 chunks of 8 tokens through a 24-slot budget.
 fn data_config() -> LensDataConfig {
     LensDataConfig {
@@ -178,6 +235,7 @@ fn data_config() -> LensDataConfig {
         },
         horizon: 8,
         every: 2,
+        trials: 0,
         focus: FocusConfig::default(),
         seed: 0,
     }
@@ -210,6 +268,48 @@ fn measured_states_are_well_formed() {
         .iter()
         .flat_map(|s| &s.utilities)
         .any(|u| u.abs() > 1e-6));
+}
+
+#[test]
+fn a_state_measures_a_draw_of_its_moves_exactly_as_it_measures_them_all() {
+    let (model, net) = (common::tiny_llama(), common::tiny_gistnet());
+    let (doc, every) = (doc(), data_config());
+    let drawn = LensDataConfig {
+        trials: 2,
+        ..data_config()
+    };
+    let bar = ProgressBar::hidden();
+    let all = doc_samples(&model, &net, (0, &doc), &every, 12, &bar).unwrap();
+    let some = doc_samples(&model, &net, (0, &doc), &drawn, 12, &bar).unwrap();
+    assert_eq!(all.len(), some.len());
+    let mut partial = 0;
+    for (a, s) in all.iter().zip(&some) {
+        assert!(a.unmeasured.is_empty());
+        assert_eq!(s.candidates.len(), a.candidates.len().min(2));
+        let mut union = s.candidates.clone();
+        union.extend(s.unmeasured.iter().copied());
+        union.sort_by_key(|c| (c.entry, c.kind == Move::Collapse));
+        assert_eq!(union, a.candidates, "the same state, its moves split");
+        // Each drawn move's utility is the one measuring every move gives it.
+        for (c, u) in s.candidates.iter().zip(&s.utilities) {
+            let i = a.candidates.iter().position(|x| x == c).unwrap();
+            assert_eq!(*u, a.utilities[i], "{c:?}");
+        }
+        partial += usize::from(!s.unmeasured.is_empty());
+    }
+    assert!(partial > 0, "no state had more than 2 moves");
+    // The unmeasured moves are saved with the state.
+    let dir = tempfile::tempdir().unwrap();
+    save_samples(dir.path(), &some, "k").unwrap();
+    let back = load_samples(dir.path(), "k", &Device::Cpu)
+        .unwrap()
+        .unwrap();
+    for (b, s) in back.iter().zip(&some) {
+        assert_eq!(
+            (&b.candidates, &b.unmeasured),
+            (&s.candidates, &s.unmeasured)
+        );
+    }
 }
 
 #[test]
