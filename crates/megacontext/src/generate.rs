@@ -1,7 +1,9 @@
 //! Continuing a document longer than the model's context: the model reads a working context
 //! over everything so far (raw recent tokens, gists further back — from a gist tree or made by
 //! GistNet) and appends one token a step; between steps the focus loop (when given) or the
-//! oldest-first cover reshapes the context.
+//! oldest-first cover reshapes the context. A step runs only the inputs after the start of the
+//! context it shares with the previous step ([`Reader`]): a step that only appended a token
+//! runs two positions.
 
 use std::time::Instant;
 
@@ -11,7 +13,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::focus::{focus_input, Allocator, FocusConfig, FocusStats, Scorer};
 use crate::gists::Gists;
-use crate::stream::read_last;
+use crate::stream::Reader;
 use crate::working_context::{CoverConfig, PositionRule, WorkingContext};
 
 /// How a continuation is generated.
@@ -70,6 +72,7 @@ pub fn generate(
     let mut chooser = Chooser::new(config.sampling);
     let (mut out, mut slots, mut span) = (Vec::with_capacity(config.max_new), 0.0, 0.0);
     let mut query = None;
+    let mut reader = Reader::new();
     let (mut decode_seconds, mut focus_seconds) = (0.0, 0.0);
     for _ in 0..config.max_new {
         let start = Instant::now();
@@ -87,7 +90,7 @@ pub fn generate(
         let start = Instant::now();
         slots += wc.used() as f64;
         span += (wc.len() - wc.start()) as f64;
-        let (logits, q) = read_last(gists, &wc, config.rule)?;
+        let (logits, q) = reader.read_last(gists, &wc, config.rule)?;
         let logits = logits.to_vec1::<f32>()?;
         let token = chooser.choose(&logits);
         decode_seconds += start.elapsed().as_secs_f64();

@@ -28,7 +28,7 @@ use crate::focus::{
 };
 use crate::gistnet::GistNet;
 use crate::lensnet::{FocusInput, LensNet};
-use crate::stream::{read_cover, read_cover_and_trials, Gists, StreamConfig};
+use crate::stream::{read_cover_and_trials, Gists, Reader, StreamConfig};
 use crate::train::plan;
 use crate::working_context::{PositionRule, WorkingContext};
 
@@ -206,6 +206,7 @@ pub fn doc_samples(
     let mut draws = seeded(derive_seed(config.seed, &format!("doc {d} measured moves")));
     let mut allocator = Allocator::new(config.focus);
     let mut query: Option<Tensor> = None;
+    let mut reader = Reader::new();
     let (mut at, mut step) = (sc.warmup, 0usize);
     while at + sc.chunk.max(config.horizon) <= tokens.len() && out.len() < max {
         match &query {
@@ -223,7 +224,7 @@ pub fn doc_samples(
                 wc.fit();
             }
         }
-        let (_, q) = read_cover(&mut gists, &wc, sc.rule, &tokens[at..at + sc.chunk])?;
+        let (_, q) = reader.read(&mut gists, &wc, sc.rule, &tokens[at..at + sc.chunk])?;
         query = Some(q);
         wc.append(sc.chunk as u64);
         at += sc.chunk;

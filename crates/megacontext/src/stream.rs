@@ -5,9 +5,11 @@
 //! [`stream_nll`] scores a document chunk by chunk under a [`Policy`]: the working context's
 //! default oldest-first cover ([`crate::WorkingContext::fit`]), the focus loop (a scorer such as
 //! LensNet and the [`crate::focus::Allocator`]), or plain truncation to the newest tokens that
-//! fit the same budget.
+//! fit the same budget. Its [`Reader`] reuses, from one chunk to the next, the keys and values
+//! of the context's unchanged start.
 
 use candle_core::{DType, Tensor};
+use metarep_gist_tree::NodeRef;
 use metarep_model::{HookedTransformer, KvCache, NoHooks, RunTo};
 use serde::{Deserialize, Serialize};
 
@@ -93,8 +95,28 @@ pub fn read_cover(
     rule: PositionRule,
     next: &[u32],
 ) -> Result<(f32, Tensor)> {
-    let c = Read::of(wc, rule);
-    read_then_score(gists, None, &c.slots, c.positions, c.after, next)
+    Reader::new().read(gists, wc, rule, next)
+}
+
+/// [`read_cover`]'s NLL of `next` after the cover of `wc`, then after each of `trials` (other
+/// covers of the same tokens, e.g. `wc` with one move applied). `wc` is read once; each trial
+/// is read by a copy of that [`Reader`], reusing the keys and values of the slots it shares
+/// with `wc` from the start (same slot at the same position), so a move among the newest slots
+/// costs a fraction of a pass. Equal to [`read_cover`] of each up to rounding.
+pub fn read_cover_and_trials(
+    gists: &mut Gists,
+    wc: &WorkingContext,
+    trials: &[WorkingContext],
+    rule: PositionRule,
+    next: &[u32],
+) -> Result<(f32, Vec<f32>)> {
+    let mut base = Reader::new();
+    let (first, _) = base.read(gists, wc, rule, next)?;
+    let each = trials
+        .iter()
+        .map(|t| Ok(base.clone().read(gists, t, rule, next)?.0))
+        .collect::<Result<_>>()?;
+    Ok((first, each))
 }
 
 /// What reading a working context runs: its slots, their positions, and the position of the
@@ -118,84 +140,34 @@ impl Read {
             after,
         }
     }
-}
 
-/// [`read_cover`]'s NLL of `next` after the cover of `wc`, then after each of `trials` (other
-/// covers of the same tokens, e.g. `wc` with one move applied). The keys and values of `wc`'s
-/// slots are computed once; a trial reuses those of the slots it shares with `wc` from the
-/// start (same slot at the same position) and runs only the rest, so a move among the newest
-/// slots costs a fraction of a pass. Equal to [`read_cover`] of each up to rounding.
-pub fn read_cover_and_trials(
-    gists: &mut Gists,
-    wc: &WorkingContext,
-    trials: &[WorkingContext],
-    rule: PositionRule,
-    next: &[u32],
-) -> Result<(f32, Vec<f32>)> {
-    let base = Read::of(wc, rule);
-    if base.slots.is_empty() || next.is_empty() {
-        return Err(Error::Invalid(
-            "scoring needs at least one context slot and one next token".into(),
-        ));
-    }
-    let model = gists.model();
-    let mut cache = KvCache::new(model);
-    let embedded = gists.embed_slots(&base.slots)?;
-    model.run_embeddings_cached(
-        &embedded,
-        &base.positions,
-        &mut cache,
-        &mut NoHooks,
-        RunTo::Hidden,
-    )?;
-    let mut score = |r: &Read| -> Result<f32> {
-        if r.slots.is_empty() {
+    /// The input embeddings `[1, slots + next, d_model]` of the slots (at least one), then of
+    /// the raw tokens `next`, with their positions (the slots', then `after..`).
+    fn embed(self, gists: &mut Gists, next: &[u32]) -> Result<(Tensor, Vec<usize>)> {
+        if self.slots.is_empty() {
             return Err(Error::Invalid(
                 "reading needs at least one context slot".into(),
             ));
         }
-        let shared = base
-            .slots
-            .iter()
-            .zip(&base.positions)
-            .zip(r.slots.iter().zip(&r.positions))
-            .take_while(|(a, b)| a == b)
-            .count();
-        // The last slot always runs: its hidden state predicts the first next token.
-        let j = shared.min(r.slots.len() - 1);
-        let prefix = cache.truncated(j)?;
-        let rest = r.positions[j..].to_vec();
-        let (nll, _) = read_then_score(gists, Some(&prefix), &r.slots[j..], rest, r.after, next)?;
-        Ok(nll)
-    };
-    let first = score(&base)?;
-    let each = trials
-        .iter()
-        .map(|t| score(&Read::of(t, rule)))
-        .collect::<Result<_>>()?;
-    Ok((first, each))
+        let model = gists.model();
+        let mut input = gists.embed_slots(&self.slots)?;
+        let mut positions = self.positions;
+        if !next.is_empty() {
+            let ids = Tensor::from_slice(next, (1, next.len()), model.device())?;
+            let next_emb = model.token_embeddings(&ids)?.to_dtype(model.dtype())?;
+            input = Tensor::cat(&[&input, &next_emb], 1)?;
+            positions.extend(self.after..self.after + next.len());
+        }
+        Ok((input, positions))
+    }
 }
 
-/// Reads `slots` at `positions` (after `prefix`'s keys and values, if given), then `next` at
-/// positions `after..`; returns the mean NLL of `next` and the last token's final hidden state
-/// `[d_model]` (f32).
-fn read_then_score(
-    gists: &mut Gists,
-    prefix: Option<&KvCache>,
-    slots: &[Slot],
-    positions: Vec<usize>,
-    after: usize,
-    next: &[u32],
-) -> Result<(f32, Tensor)> {
-    if next.is_empty() {
-        return Err(Error::Invalid(
-            "scoring needs at least one next token".into(),
-        ));
-    }
-    let hidden = run_slots(gists, prefix, slots, positions, after, next)?;
+/// The mean NLL of `next` (non-empty), the last `next.len()` tokens of a read whose final
+/// hidden states are `hidden` `[n, d_model]` (each predicted from the row before it), and the
+/// last row (f32).
+fn score_next(model: &HookedTransformer, hidden: &Tensor, next: &[u32]) -> Result<(f32, Tensor)> {
     let (n, c) = (hidden.dim(0)?, next.len());
     let scoring = hidden.narrow(0, n - c - 1, c)?.unsqueeze(0)?;
-    let model = gists.model();
     let logits = model
         .unembed(&scoring)?
         .to_dtype(DType::F32)?
@@ -205,52 +177,136 @@ fn read_then_score(
     Ok((mean, hidden.get(n - 1)?.to_dtype(DType::F32)?))
 }
 
-/// The final hidden states `[slots + next, d_model]` of `slots` read at `positions` (after
-/// `prefix`'s keys and values, if given) and then the raw tokens `next` at positions `after..`.
-fn run_slots(
-    gists: &mut Gists,
-    prefix: Option<&KvCache>,
-    slots: &[Slot],
-    mut positions: Vec<usize>,
-    after: usize,
-    next: &[u32],
-) -> Result<Tensor> {
-    if slots.is_empty() {
-        return Err(Error::Invalid(
-            "reading needs at least one context slot".into(),
-        ));
-    }
-    let model = gists.model();
-    let mut input = gists.embed_slots(slots)?;
-    if !next.is_empty() {
-        let ids = Tensor::from_slice(next, (1, next.len()), model.device())?;
-        let next_emb = model.token_embeddings(&ids)?.to_dtype(model.dtype())?;
-        input = Tensor::cat(&[&input, &next_emb], 1)?;
-        positions.extend(after..after + next.len());
-    }
-    let hidden = match prefix {
-        Some(p) => {
-            model.run_embeddings_after(&input, &positions, p, &mut NoHooks, RunTo::Hidden)?
-        }
-        None => model.run_embeddings(&input, &positions, &mut NoHooks, RunTo::Hidden)?,
-    };
-    Ok(hidden.squeeze(0)?)
+/// One input of a read as far as its embedding goes: a gist, or a raw token's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Input {
+    Gist(NodeRef),
+    Token(u32),
 }
 
-/// The next-token logits `[vocab]` (f32) after the slots of `wc` (positions by `rule`) and
-/// the final hidden state at its last slot `[d_model]` (f32).
-pub fn read_last(
-    gists: &mut Gists,
-    wc: &WorkingContext,
-    rule: PositionRule,
-) -> Result<(Tensor, Tensor)> {
-    let hidden = run_slots(gists, None, &wc.slots(), wc.positions(rule), 0, &[])?;
-    let last = hidden.get(hidden.dim(0)? - 1)?;
-    let logits = gists.model().unembed(&last.reshape((1, 1, ()))?)?;
-    Ok((
-        logits.flatten_all()?.to_dtype(DType::F32)?,
-        last.to_dtype(DType::F32)?,
-    ))
+/// Positions a [`Reader`] was asked to read and those it ran through the model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Positions read (slots and scored tokens).
+    pub read: usize,
+    /// Positions run through the model; the others reused the previous read's keys and values.
+    pub run: usize,
+}
+
+/// Reads working contexts one after another, as a document is streamed chunk by chunk: a read
+/// reuses the keys and values of the longest start it shares with the previous read (the same
+/// inputs at the same positions, the previous read's scored tokens included), so a cover that
+/// only grew by the last chunk costs a pass over the new slots, not over the whole context.
+/// Equal to reading everything up to rounding. A reader serves one document (one [`Gists`]):
+/// it matches gists by their node.
+#[derive(Debug, Clone, Default)]
+pub struct Reader {
+    /// What the previous read ran, input by input with its position, and its keys and values.
+    last: Option<(Vec<(Input, usize)>, KvCache)>,
+    stats: ReadStats,
+}
+
+impl Reader {
+    /// A reader with nothing read yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// [`read_cover`] of `wc` then `next`, after the keys and values it shares with the
+    /// previous read.
+    pub fn read(
+        &mut self,
+        gists: &mut Gists,
+        wc: &WorkingContext,
+        rule: PositionRule,
+        next: &[u32],
+    ) -> Result<(f32, Tensor)> {
+        self.read_then_score(gists, Read::of(wc, rule), next)
+    }
+
+    /// The next-token logits `[vocab]` (f32) after the slots of `wc` (positions by `rule`) and
+    /// the final hidden state at its last slot `[d_model]` (f32), after the keys and values it
+    /// shares with the previous read.
+    pub fn read_last(
+        &mut self,
+        gists: &mut Gists,
+        wc: &WorkingContext,
+        rule: PositionRule,
+    ) -> Result<(Tensor, Tensor)> {
+        let hidden = self.run_shared(gists, Read::of(wc, rule), &[])?;
+        let last = hidden.get(hidden.dim(0)? - 1)?;
+        let logits = gists.model().unembed(&last.reshape((1, 1, ()))?)?;
+        Ok((
+            logits.flatten_all()?.to_dtype(DType::F32)?,
+            last.to_dtype(DType::F32)?,
+        ))
+    }
+
+    /// The positions read and run so far.
+    pub fn stats(&self) -> ReadStats {
+        self.stats
+    }
+
+    /// Reads `read`'s slots then `next` (non-empty) after the keys and values shared with the
+    /// previous read; returns the mean NLL of `next` and the last token's final hidden state
+    /// `[d_model]` (f32).
+    fn read_then_score(
+        &mut self,
+        gists: &mut Gists,
+        read: Read,
+        next: &[u32],
+    ) -> Result<(f32, Tensor)> {
+        if next.is_empty() {
+            return Err(Error::Invalid(
+                "scoring needs at least one next token".into(),
+            ));
+        }
+        let hidden = self.run_shared(gists, read, next)?;
+        score_next(gists.model(), &hidden, next)
+    }
+
+    /// The final hidden states `[k, d_model]` of the last `k` inputs of `read`'s slots then
+    /// `next`: those after the start shared with the previous read (always the last slot and
+    /// `next`), run after its keys and values, which this read's then replace.
+    fn run_shared(&mut self, gists: &mut Gists, read: Read, next: &[u32]) -> Result<Tensor> {
+        let tokens = gists.tokens();
+        let keys: Vec<Input> = read
+            .slots
+            .iter()
+            .map(|s| match s {
+                Slot::Token(t) => Input::Token(tokens[*t as usize]),
+                Slot::Gist(n) => Input::Gist(*n),
+            })
+            .chain(next.iter().map(|t| Input::Token(*t)))
+            .collect();
+        let n_slots = read.slots.len();
+        // Every slot is embedded (a tree's access telemetry counts each read), then only the
+        // inputs after the shared start run.
+        let (input, positions) = read.embed(gists, next)?;
+        let inputs: Vec<(Input, usize)> = keys.into_iter().zip(positions.iter().copied()).collect();
+        let model = gists.model();
+        let (shared, mut cache) = match self.last.take() {
+            Some((prev, cache)) => {
+                let shared = prev.iter().zip(&inputs).take_while(|(a, b)| a == b).count();
+                // The last slot always runs: its hidden state predicts the first next token.
+                let j = shared.min(n_slots - 1);
+                (j, cache.truncated(j)?)
+            }
+            None => (0, KvCache::new(model)),
+        };
+        let n = inputs.len();
+        let hidden = model.run_embeddings_cached(
+            &input.narrow(1, shared, n - shared)?,
+            &positions[shared..],
+            &mut cache,
+            &mut NoHooks,
+            RunTo::Hidden,
+        )?;
+        self.stats.read += n;
+        self.stats.run += n - shared;
+        self.last = Some((inputs, cache));
+        Ok(hidden.squeeze(0)?)
+    }
 }
 
 /// Scores `tokens` chunk by chunk after `warmup` tokens: before each chunk the model reads the
@@ -285,13 +341,19 @@ pub fn stream_gists(
     };
     let (mut total, mut scored, mut slots_sum, mut span_sum, mut steps) = (0.0, 0, 0.0, 0.0, 0);
     let mut query: Option<Tensor> = None;
+    let mut reader = Reader::new();
     let mut at = config.warmup;
     while at + config.chunk <= tokens.len() {
         let chunk = &tokens[at..at + config.chunk];
         let (mean, used, start, q) = if truncate {
             let keep = config.cover.budget.min(at);
             let slots: Vec<Slot> = (at - keep..at).map(|t| Slot::Token(t as u64)).collect();
-            let (mean, q) = read_then_score(gists, None, &slots, (0..keep).collect(), keep, chunk)?;
+            let read = Read {
+                slots,
+                positions: (0..keep).collect(),
+                after: keep,
+            };
+            let (mean, q) = reader.read_then_score(gists, read, chunk)?;
             (mean, keep, (at - keep) as u64, q)
         } else {
             if let (Some((scorer, allocator)), Some(q)) = (focus.as_mut(), query.as_ref()) {
@@ -303,7 +365,7 @@ pub fn stream_gists(
             if let Some((_, allocator)) = focus.as_mut() {
                 allocator.record(&wc);
             }
-            let (mean, q) = read_cover(gists, &wc, config.rule, chunk)?;
+            let (mean, q) = reader.read(gists, &wc, config.rule, chunk)?;
             (mean, wc.used(), wc.start(), q)
         };
         query = Some(q);

@@ -166,3 +166,75 @@ fn trials_read_after_a_shared_prefix_equal_reading_each_in_full() {
         assert!(moved > 0, "{rule:?}: no move changed the loss");
     }
 }
+
+/// Streams `tokens` with a [`Reader`] under `c`'s oldest-first cover, each read checked against
+/// reading the cover in full (and another reader's `read_last` against a fresh reader's);
+/// returns the first reader's stats and the reads made.
+fn read_stream(
+    (model, net, tokens): (&HookedTransformer, &GistNet, &[u32]),
+    c: StreamConfig,
+) -> (metarep_megacontext::stream::ReadStats, usize) {
+    use metarep_megacontext::stream::{read_cover, Reader};
+    use metarep_megacontext::WorkingContext;
+    let mut wc = WorkingContext::new(c.cover).unwrap();
+    wc.push(c.warmup as u64);
+    let mut gists = Gists::new(model, net, tokens);
+    let (mut reader, mut last) = (Reader::new(), Reader::new());
+    let (mut at, mut reads) = (c.warmup, 0);
+    while at + c.chunk <= tokens.len() {
+        wc.fit();
+        let next = &tokens[at..at + c.chunk];
+        let (got, q) = reader.read(&mut gists, &wc, c.rule, next).unwrap();
+        let (want, q_want) = read_cover(&mut gists, &wc, c.rule, next).unwrap();
+        assert!(
+            (got - want).abs() < 1e-5,
+            "{:?} at {at}: {got} vs {want}",
+            c.rule
+        );
+        let gap = (q - q_want).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(
+            gap.to_scalar::<f32>().unwrap() < 1e-4,
+            "{:?} at {at}",
+            c.rule
+        );
+        // The next-token logits after the cover alone, as generation reads them, against a
+        // fresh reader's (which runs every slot).
+        let (got, _) = last.read_last(&mut gists, &wc, c.rule).unwrap();
+        let (want, _) = Reader::new().read_last(&mut gists, &wc, c.rule).unwrap();
+        let gap = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(
+            gap.to_scalar::<f32>().unwrap() < 1e-4,
+            "{:?} at {at}",
+            c.rule
+        );
+        wc.append(c.chunk as u64);
+        at += c.chunk;
+        reads += 1;
+    }
+    let l = last.stats();
+    assert!(
+        l.run < l.read,
+        "{:?}: read_last ran {} of {}",
+        c.rule,
+        l.run,
+        l.read
+    );
+    (reader.stats(), reads)
+}
+
+#[test]
+fn a_reader_reuses_the_unchanged_start_and_reads_as_in_full() {
+    let (model, net, tokens) = setup();
+    for rule in [PositionRule::SpanEnd, PositionRule::Slot] {
+        // A budget that holds everything: each cover is the last read's, so after the first
+        // read only the last slot (whose state predicts the chunk) and the chunk run.
+        let c = config(1000, rule);
+        let (s, reads) = read_stream((&model, &net, &tokens), c);
+        let first = c.warmup + c.chunk;
+        assert_eq!(s.run, first + (reads - 1) * (c.chunk + 1), "{rule:?}");
+        // Covers that gist their oldest raw blocks and collapse families as the text grows:
+        // still equal to full reads, reusing what comes before the first change.
+        let (s, _) = read_stream((&model, &net, &tokens), config(24, rule));
+        assert!(s.run < s.read, "{rule:?}: ran {} of {}", s.run, s.read);
+    }
+}

@@ -7,11 +7,16 @@
 //!   same tokens in windows of 1 024 (target: ingest ≥ 50% of the plain forward's tokens/s —
 //!   gisting should cost less than reading);
 //! - **eval**: next-token loss over the same document read through a 512-slot working context
-//!   (oldest-first cover, chunks of 32), tokens scored/s;
+//!   (oldest-first cover, chunks of 32), tokens scored/s, as `stream_gists` reads it (each
+//!   chunk after the keys and values of the context's start unchanged since the last chunk,
+//!   `stream::Reader`) and with the whole context read for every chunk (`read_cover`), with the
+//!   largest difference in a chunk's NLL;
 //! - **focus overhead**: 16 tokens generated after the document through the working context
 //!   with LensNet's focus loop, the loop's time (LensNet's input and scores, the allocator) over
-//!   the decode steps' time (target ≤ 10%). A decode step re-reads the whole context (no KV
-//!   cache across steps, since the focus loop may change any slot).
+//!   the decode steps' time (target ≤ 10%). A decode step runs the context after the start it
+//!   shares with the previous step (`stream::Reader`): two positions when the step only
+//!   appended a token, all of them when a move or a new gist changed the context's front. The
+//!   same 16 tokens' decode steps without the focus loop (oldest-first cover) are reported too.
 //! - **LensNet states**: the counterfactual measurement LensNet trains on (every move of a
 //!   512-slot cover scored on the next 32 tokens) at a quarter, a half and three quarters of
 //!   the document: each move's cover read in full against `read_cover_and_trials`, which reads
@@ -106,6 +111,24 @@ fn state_cost(
     Ok(cost)
 }
 
+/// The eval workload with the whole cover read for every chunk: tokens scored/s and each
+/// chunk's mean NLL.
+fn full_read_eval(gists: &mut Gists, stream: &StreamConfig) -> Result<(f64, Vec<f32>), BoxError> {
+    let tokens = gists.tokens().to_vec();
+    let mut wc = WorkingContext::new(stream.cover)?;
+    wc.push(stream.warmup as u64);
+    let (mut at, mut nlls) = (stream.warmup, Vec::new());
+    let start = Instant::now();
+    while at + stream.chunk <= tokens.len() {
+        wc.fit();
+        nlls.push(read_cover(gists, &wc, stream.rule, &tokens[at..at + stream.chunk])?.0);
+        wc.append(stream.chunk as u64);
+        at += stream.chunk;
+    }
+    let tps = (nlls.len() * stream.chunk) as f64 / start.elapsed().as_secs_f64();
+    Ok((tps, nlls))
+}
+
 fn number(key: &str, default: usize) -> Result<usize, BoxError> {
     match setting(key) {
         None => Ok(default),
@@ -146,6 +169,8 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
     let cover = CoverConfig::default();
     let (mut plain, mut ingest, mut eval, mut focus_share, mut decode_ms) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut eval_full, mut eval_diff) = (Vec::new(), 0.0f64);
+    let mut cover_decode_ms = Vec::new();
     let mut states = Vec::new();
     let mut scored = 0;
     for rep in 0..reps {
@@ -195,6 +220,10 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
         )?;
         eval.push(loss.tokens as f64 / start.elapsed().as_secs_f64());
         scored = loss.tokens;
+        let (tps, nlls) = full_read_eval(&mut Gists::new(&model, &net, &tokens), &stream)?;
+        eval_full.push(tps);
+        let mean = nlls.iter().map(|x| f64::from(*x)).sum::<f64>() / nlls.len().max(1) as f64;
+        eval_diff = eval_diff.max((mean - loss.nll).abs());
 
         let gen = GenerateConfig {
             cover,
@@ -202,6 +231,9 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
             max_new: NEW_TOKENS,
             sampling: Sampling::Greedy,
         };
+        let mut plain_gists = Gists::new(&model, &net, &tokens);
+        let g = generate(&mut plain_gists, &gen, None)?;
+        cover_decode_ms.push(1e3 * g.decode_seconds / NEW_TOKENS as f64);
         let mut gists = Gists::new(&model, &net, &tokens);
         let g = generate(&mut gists, &gen, Some((&mut lens, FocusConfig::default())))?;
         focus_share.push(g.focus_seconds / g.decode_seconds);
@@ -217,6 +249,7 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
     let (plain_tps, ingest_tps, eval_tps) = (median(&plain), median(&ingest), median(&eval));
     let ingest_ratio = median_ratio(&ingest, &plain);
     let eval_ratio = median_ratio(&eval, &plain);
+    let reuse_ratio = median_ratio(&eval, &eval_full);
     let share = median(&focus_share);
     println!(
         "  plain forward {plain_tps:.0} tokens/s; ingest with GistNet gists {ingest_tps:.0} tokens/s ({ingest_ratio:.2}× the forward, target ≥ {INGEST_TARGET}); eval through {} slots {eval_tps:.0} tokens/s; focus loop {:.1}% of a {:.0} ms decode step (target ≤ {:.0}%)",
@@ -224,6 +257,14 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
         100.0 * share,
         median(&decode_ms),
         100.0 * FOCUS_TARGET
+    );
+    println!(
+        "  decode step without the focus loop (oldest-first cover) {:.0} ms",
+        median(&cover_decode_ms)
+    );
+    println!(
+        "  eval reading the whole context for every chunk {:.1} tokens/s: reusing its unchanged start is {reuse_ratio:.2}× faster (mean NLLs {eval_diff:.1e} apart)",
+        median(&eval_full)
     );
     println!(
         "  LensNet states: {moves} moves at 3 points, each cover read in full {:.1} s, after the shared prefix {:.1} s ({state_ratio:.2}× faster; largest NLL difference {max_diff:.1e})",
@@ -247,10 +288,13 @@ pub fn run(out: &Path) -> Result<bool, BoxError> {
             "budget": cover.budget, "chunk": 32, "tokens_scored": scored,
             "tokens_per_s": eval_tps, "all": eval,
             "ratio_to_plain_forward": eval_ratio,
+            "full_reads_tokens_per_s": median(&eval_full), "all_full_reads": eval_full,
+            "reuse_speedup": reuse_ratio, "mean_nll_difference": eval_diff,
         },
         "focus_overhead": {
             "new_tokens": NEW_TOKENS, "lensnet_params": lens.config().n_params(),
             "decode_ms_per_token": median(&decode_ms),
+            "decode_ms_per_token_without_focus": median(&cover_decode_ms),
             "focus_over_decode": share, "all": focus_share,
             "target": FOCUS_TARGET, "met": share <= FOCUS_TARGET,
         },
