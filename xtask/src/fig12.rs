@@ -36,6 +36,7 @@ use metarep_core::rng::derive_seed;
 use metarep_core::train::{RunControl, RunReport};
 use metarep_eval::corpus::{head_chars, read_split, Document, Split};
 use metarep_eval::plot::{LinePlot, Series, SeriesStyle};
+use metarep_eval::stats::{mean_ci, Interval};
 use metarep_eval::table::{Cell, Table};
 use metarep_megacontext::eval::{nll_per_window, summarize, DeltaSummary, Method};
 use metarep_megacontext::lens_train::{rank_quality, LensSample, RankQuality};
@@ -1038,6 +1039,9 @@ struct Row {
     summary: DeltaSummary,
     /// (NLL_drop − NLL_method) / (NLL_drop − NLL_full), from the means.
     retained: f64,
+    /// The learned gist's ΔNLL minus this method's, window by window: mean and 95% interval
+    /// (`None` on the learned gist's own row).
+    paired: Option<Interval>,
 }
 
 /// The models a saved measurement was measured with, as digests. Measurements are kept in
@@ -1139,7 +1143,8 @@ impl<'a> WindowNlls<'a> {
     }
 }
 
-/// ΔNLL of each of `methods` on `windows` (one of them `drop`, for the retained gain).
+/// ΔNLL of each of `methods` on `windows` (one of them `drop`, for the retained gain); the
+/// first is the learned gist, which every other is compared with window by window.
 fn measure(
     nlls: &WindowNlls<'_>,
     windows: &[Vec<u32>],
@@ -1149,31 +1154,54 @@ fn measure(
 ) -> Result<Vec<Row>, BoxError> {
     let at = format!("{part}H{}_", shape.horizon);
     let full = nlls.get(&format!("{at}full"), windows, shape, None)?;
-    let mut summaries = Vec::new();
+    let mut deltas = Vec::new();
     for m in methods {
         let got = nlls.get(&format!("{at}{}", m.name()), windows, shape, Some(*m))?;
-        let d: Vec<f64> = got.iter().zip(&full).map(|(g, f)| g - f).collect();
-        summaries.push(summarize(m, shape.block, &d, GATE_BLOCK)?);
+        deltas.push(
+            got.iter()
+                .zip(&full)
+                .map(|(g, f)| g - f)
+                .collect::<Vec<f64>>(),
+        );
+    }
+    let mut summaries = Vec::new();
+    for (m, d) in methods.iter().zip(&deltas) {
+        summaries.push(summarize(m, shape.block, d, GATE_BLOCK)?);
     }
     let drop = summaries
         .iter()
         .find(|s| s.method == "drop")
         .map(|s| s.mean)
         .ok_or("no drop baseline")?;
-    let rows: Vec<Row> = summaries
-        .into_iter()
-        .map(|s| Row {
+    let learned = deltas.first().ok_or("no methods")?;
+    let mut rows = Vec::new();
+    for (k, (s, d)) in summaries.into_iter().zip(&deltas).enumerate() {
+        let paired = match k {
+            0 => None,
+            _ => {
+                let diff: Vec<f64> = learned.iter().zip(d).map(|(g, o)| g - o).collect();
+                Some(mean_ci(&diff, 0.95)?)
+            }
+        };
+        rows.push(Row {
             horizon: shape.horizon,
             block: shape.block,
             part,
             retained: (drop - s.mean) / drop,
             summary: s,
-        })
-        .collect();
+            paired,
+        });
+    }
     for r in &rows {
         let s = &r.summary;
+        let paired = r.paired.map_or(String::new(), |p| {
+            format!(
+                "; {} − this, paired: {:+.4} [{:+.4}, {:+.4}]",
+                rows[0].summary.method, p.estimate, p.low, p.high
+            )
+        });
         println!(
-            "  H={:<4} block {:<5} {:<14} ratio {:>6} ΔNLL {:+.4} [{:+.4}, {:+.4}], {:.3} of blocks < {} nat, retained gain {:.3}",
+            "  H={:<4} block {:<5} {:<14} ratio {:>6} ΔNLL {:+.4} [{:+.4}, {:+.4}], {:.3} of blocks < {} nat, retained gain {:.3}{paired}",
             r.horizon,
             r.block,
             s.method,
@@ -1208,10 +1236,18 @@ fn table(rows: &[Row]) -> Result<Table, BoxError> {
         "95% high",
         "blocks with ΔNLL < 1",
         "retained context gain",
+        "learned − this, paired",
+        "paired 95% low",
+        "paired 95% high",
         "windows",
     ]);
     for r in rows {
         let s = &r.summary;
+        let paired = |f: fn(&Interval) -> f64| {
+            r.paired
+                .as_ref()
+                .map_or(Cell::from(""), |p| Cell::Num(f(p)))
+        };
         t.push_row(vec![
             Cell::from(r.horizon as i64),
             Cell::from(r.block as i64),
@@ -1222,6 +1258,9 @@ fn table(rows: &[Row]) -> Result<Table, BoxError> {
             Cell::Num(s.high),
             Cell::Num(s.below),
             Cell::Num(r.retained),
+            paired(|p| p.estimate),
+            paired(|p| p.low),
+            paired(|p| p.high),
             Cell::from(s.n as i64),
         ])?;
     }
@@ -1289,6 +1328,11 @@ fn record(rows: &[Row], out: &mut ResultDir) -> bool {
         m.set_number(format!("{key}_delta_nll_high"), s.high);
         m.set_number(format!("{key}_below_1"), s.below);
         m.set_number(format!("{key}_retained_gain"), r.retained);
+        if let Some(p) = &r.paired {
+            m.set_number(format!("{key}_learned_minus_this"), p.estimate);
+            m.set_number(format!("{key}_learned_minus_this_low"), p.low);
+            m.set_number(format!("{key}_learned_minus_this_high"), p.high);
+        }
     }
     let at32: Vec<&DeltaSummary> = rows
         .iter()
@@ -1399,6 +1443,14 @@ mod tests {
         };
         let first = run(&net);
         assert!((mean_of(&first, "gistnet") - direct(Method::Gist(&net))).abs() < 1e-6);
+        // The paired comparison: the learned gist minus each other method, window by window.
+        assert!(first[0].paired.is_none());
+        for r in &first[1..] {
+            let p = r.paired.unwrap();
+            let gap = mean_of(&first, "gistnet") - r.summary.mean;
+            assert!((p.estimate - gap).abs() < 1e-9, "{}", r.summary.method);
+            assert!(p.low < p.estimate && p.estimate < p.high);
+        }
         assert!((mean_of(&first, "mean") - direct(Method::MeanEmbedding)).abs() < 1e-6);
         let cached = dir.path().join("window_nll");
         for name in ["H4_full", "H4_gistnet", "H4_mean", "H4_drop"] {
