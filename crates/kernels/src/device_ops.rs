@@ -1,16 +1,20 @@
 //! Forward-pass ops for models on a GPU: the attention softmax with its scale and mask applied
 //! inside the kernel ([`masked_softmax`], so no `[batch, heads, q, keys]` mask is ever built or
 //! added), a bias added to the rows of a product ([`add_bias_rows`]) and the swap of the head
-//! and position axes ([`swap_axes12`]; candle's strided copy computes a 4-d index per element). With the `cuda` feature, CUDA
-//! tensors in f32, f16 or bf16 without a gradient to track run one kernel each; everything else
-//! gets the same values from candle ops (differentiable).
+//! and position axes ([`swap_axes12`]; candle's strided copy computes a 4-d index per element).
+//! With the `cuda` feature, CUDA tensors in f32, f16 or bf16 without a gradient to track run one
+//! kernel each; [`masked_softmax`] also has one for f32 CPU tensors without a gradient (which
+//! reads only the keys a causal query sees); everything else gets the same values from candle
+//! ops (differentiable).
 //!
 //! Shapes: scores `[batch, heads, q, keys]`; a mask bias `[batch or 1, 1, q or 1, keys]` in f32
 //! holding 0 (visible) or `-inf` (hidden); a product `[..., n]` and its bias `[n]`.
 
 use candle_core::{CustomOp1, DType, Device, InplaceOp2, Layout, Shape, Tensor, D};
 
+use crate::cpu::cpu_slice;
 use crate::error::{Error, Result};
+use crate::forward::{masked_softmax_rows, RowMask};
 
 /// `[1, 1, q, keys]` in `dtype`: 0 where `key ≤ query + shift`, `-inf` elsewhere (the causal
 /// rule for `q` queries after `shift` cached keys).
@@ -35,7 +39,7 @@ pub fn causal_bias(
 /// Softmax over the keys of `scale · scores` (`[batch, heads, q, keys]`) after adding `bias`
 /// (f32 `[batch or 1, 1, q or 1, keys]`) and, with `causal = Some(shift)`, hiding keys past
 /// `query + shift`; accumulated in f32, returned in the scores' dtype. Rows with no visible key
-/// give zeros.
+/// give zeros. One kernel on CUDA and, for f32, on the CPU (no gradient to track).
 pub fn masked_softmax(
     scores: &Tensor,
     bias: Option<&Tensor>,
@@ -68,7 +72,9 @@ pub fn masked_softmax(
             ));
         }
     }
-    if use_cuda_kernel(scores) {
+    let cpu_kernel = scores.device().is_cpu() && scores.dtype() == DType::F32;
+    let untracked = !scores.track_op() && !bias.is_some_and(|m| m.track_op());
+    if use_cuda_kernel(scores) || (cpu_kernel && untracked) {
         let op = MaskedSoftmax {
             bias: bias.map(|m| m.contiguous()).transpose()?,
             causal,
@@ -177,12 +183,21 @@ fn use_cuda_kernel(t: &Tensor) -> bool {
         && matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16)
 }
 
-/// The CUDA kernel of [`masked_softmax`] (its fields are read only by the `cuda` build).
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+/// The fused kernel of [`masked_softmax`]: on the CPU for f32, on CUDA for f32, f16 and bf16.
 struct MaskedSoftmax {
     bias: Option<Tensor>,
     causal: Option<usize>,
     scale: f64,
+}
+
+/// The batch and query strides (in elements, 0 where broadcast) of a contiguous mask bias
+/// `[batch or 1, 1, q or 1, keys]`.
+fn bias_strides(ml: &Layout) -> candle_core::Result<(usize, usize)> {
+    let (mb, _, mq, keys) = ml.shape().dims4()?;
+    Ok((
+        if mb == 1 { 0 } else { mq * keys },
+        if mq == 1 { 0 } else { keys },
+    ))
 }
 
 impl MaskedSoftmax {
@@ -210,14 +225,53 @@ impl MaskedSoftmax {
         let candle_core::Storage::Cuda(ms) = &*guard else {
             candle_core::bail!("masked_softmax: the bias is not on the scores' GPU")
         };
-        let (mb, _, mq, keys) = ml.shape().dims4()?;
-        let bstride = if mb == 1 { 0 } else { mq * keys };
-        let qstride = if mq == 1 { 0 } else { keys };
+        let (bstride, qstride) = bias_strides(ml)?;
         crate::cuda::masked_softmax((s, l), Some(((ms, ml), bstride, qstride)), heads, rule)
     }
 }
 
-cuda_only_op1!(MaskedSoftmax, "masked_softmax", |op, s, l| op.launch(s, l));
+impl CustomOp1 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "masked_softmax"
+    }
+
+    /// The fused CPU kernel ([`crate::forward::masked_softmax_rows`]) on f32 scores.
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+        let (_, heads, q, keys) = l.shape().dims4()?;
+        let scores = cpu_slice::<f32>(s, l)?;
+        let guard = self.bias.as_ref().map(|b| b.storage_and_layout());
+        let bias = match &guard {
+            Some((storage, ml)) => {
+                let candle_core::Storage::Cpu(ms) = &**storage else {
+                    candle_core::bail!("masked_softmax: the bias is not on the CPU")
+                };
+                let (bstride, qstride) = bias_strides(ml)?;
+                Some((cpu_slice::<f32>(ms, ml)?, bstride, qstride))
+            }
+            None => None,
+        };
+        let mask = RowMask {
+            bias,
+            causal: self.causal,
+            scale: self.scale as f32,
+        };
+        let out = masked_softmax_rows(scores, (heads, q, keys), mask);
+        Ok((candle_core::CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        self.launch(s, l)
+    }
+}
 
 /// The CUDA kernel of [`add_bias_rows`].
 struct AddBiasRows;

@@ -258,6 +258,129 @@ impl CustomOp1 for SoftmaxLastDim {
     }
 }
 
+/// The mask of a [`masked_softmax_rows`] call: an additive bias and the causal rule.
+#[derive(Debug, Clone, Copy)]
+pub struct RowMask<'a> {
+    /// The bias (0 or `-inf`, contiguous `[batch or 1, 1, q or 1, keys]`) with its batch and
+    /// query strides in elements (0 where it is broadcast).
+    pub bias: Option<(&'a [f32], usize, usize)>,
+    /// With `Some(shift)`, query `i` sees keys `≤ i + shift` only (the others are not read).
+    pub causal: Option<usize>,
+    /// What the scores are multiplied by before the bias is added.
+    pub scale: f32,
+}
+
+/// Softmax over the keys of `scale · scores + bias` under `mask`, for contiguous f32 scores
+/// `[batch, heads, q, keys]` given as `(heads, q, keys)`: one pass per row, in parallel, hidden
+/// keys 0, rows that see no key all 0 (CPU, no gradient).
+pub fn masked_softmax_rows(
+    src: &[f32],
+    (heads, q, keys): (usize, usize, usize),
+    mask: RowMask<'_>,
+) -> Vec<f32> {
+    let mut dst = vec![0f32; src.len()];
+    if keys == 0 {
+        return dst;
+    }
+    let rows_per_task = (CHUNK / keys).max(1);
+    dst.par_chunks_mut(rows_per_task * keys)
+        .zip(src.par_chunks(rows_per_task * keys))
+        .enumerate()
+        .for_each(|(task, (d, s))| {
+            let first = task * rows_per_task;
+            for (i, (dr, sr)) in d.chunks_mut(keys).zip(s.chunks(keys)).enumerate() {
+                let row = first + i;
+                let (qi, bi) = (row % q, row / (q * heads));
+                let visible = mask.causal.map_or(keys, |shift| (qi + shift + 1).min(keys));
+                let bias = mask
+                    .bias
+                    .map(|(b, bs, qs)| &b[bi * bs + qi * qs..][..visible]);
+                widest(|| softmax_row(&mut dr[..visible], &sr[..visible], bias, mask.scale));
+            }
+        });
+    dst
+}
+
+/// `out = softmax(scale · s + bias)` (all zeros when every entry is `-inf`). Maxima and sums
+/// run over 16 lanes so that the loops vectorise.
+#[inline(always)]
+fn softmax_row(out: &mut [f32], s: &[f32], bias: Option<&[f32]>, scale: f32) {
+    const LANES: usize = 16;
+    let larger = |m: f32, v: f32| if v > m { v } else { m };
+    match bias {
+        Some(b) => {
+            for ((o, &x), &m) in out.iter_mut().zip(s).zip(b) {
+                *o = x * scale + m;
+            }
+        }
+        None => {
+            for (o, &x) in out.iter_mut().zip(s) {
+                *o = x * scale;
+            }
+        }
+    }
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = out.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = larger(*l, v);
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &v| larger(m, v));
+    if max == f32::NEG_INFINITY {
+        out.fill(0.0);
+        return;
+    }
+    let mut sums = [0f32; LANES];
+    let mut chunks = out.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for (a, v) in sums.iter_mut().zip(c) {
+            *v = fast_exp(*v - max);
+            *a += *v;
+        }
+    }
+    let mut sum: f32 = sums.iter().sum();
+    for v in chunks.into_remainder() {
+        *v = fast_exp(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in out.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Runs `f` compiled for AVX-512 or for AVX2 + FMA when the CPU has them (the crate is built
+/// for baseline x86-64; `f`'s body is inlined into the wide copy and vectorised there).
+#[inline(always)]
+fn widest<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        fn wide512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn wide256<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { wide512(f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { wide256(f) };
+        }
+    }
+    f()
+}
+
 /// `x W + b` for `x: [m, k]`, `W: [k, n]` (any strides), `b: [n]` with the output starting as
 /// the bias rows and the product accumulated onto it (CPU, f32, no gradient).
 pub fn linear_bias(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {

@@ -734,11 +734,10 @@ impl HookedTransformer {
         let keys: Vec<usize> = cached.iter().chain(positions).copied().collect();
         let keys_n = keys.len();
         let gpu = !self.device().is_cpu();
-        // On a GPU the plain causal rule is applied inside the softmax kernel, not built here.
-        let rule = gpu
-            && self.cfg.causal
-            && window.is_none()
-            && keys.iter().enumerate().all(|(i, &k)| k == i);
+        // With positions that only increase, "no key after the query's position" is the causal
+        // rule on indices, which the softmax kernels apply themselves (reading only the keys a
+        // query sees); it is not built here.
+        let rule = self.cfg.causal && window.is_none() && keys.windows(2).all(|w| w[0] < w[1]);
         let mut left_padded = false;
         let mut bias = if (self.cfg.causal && !rule) || window.is_some() {
             let mut m = vec![0f32; p * keys_n];
@@ -1210,9 +1209,10 @@ impl HookedTransformer {
             }
             None => (q, k),
         };
-        // On a GPU without hooked scores the masked softmax scales, masks and normalises the
-        // raw scores in one kernel.
-        let fused = use_device_op(&q) && !hooks.wants(HookPoint::AttnScores(l));
+        // Without hooked scores the masked softmax scales, masks and normalises the raw scores
+        // in one kernel (on a GPU; on the CPU in f32).
+        let kernel = use_device_op(&q) || (q.dtype() == DType::F32 && !q.track_op());
+        let fused = kernel && !hooks.wants(HookPoint::AttnScores(l));
         // [batch, head, pos, d_head]; else the score scale (1/√d_head) rides along q's copy.
         let qh = match fused {
             true => swap_axes12(&q)?,
@@ -1580,7 +1580,8 @@ impl HookedTransformer {
 struct AttnMask {
     /// `[batch or 1, 1, q or 1, k]`, 0 or `-inf` (on a GPU in f32, else the model's dtype).
     bias: Option<Tensor>,
-    /// On a GPU: query `i` sees keys `≤ i + shift` (not part of `bias`).
+    /// Query `i` sees keys `≤ i + shift` (not part of `bias`: the softmax kernels apply it, the
+    /// unfused path adds it to the bias).
     causal: Option<usize>,
     /// Some query sees no key.
     empty_rows: bool,
