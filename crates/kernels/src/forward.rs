@@ -216,31 +216,12 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 struct SoftmaxLastDim;
 
 fn softmax_rows(src: &[f32], n: usize) -> Vec<f32> {
-    let mut dst = vec![0f32; src.len()];
-    let rows_per_task = (CHUNK / n.max(1)).max(1);
-    dst.par_chunks_mut(rows_per_task * n)
-        .zip(src.par_chunks(rows_per_task * n))
-        .for_each(|(d, s)| {
-            for (dr, sr) in d.chunks_mut(n).zip(s.chunks(n)) {
-                let max = sr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                if max == f32::NEG_INFINITY {
-                    dr.fill(0.0);
-                    continue;
-                }
-                let mut sum = 0f32;
-                for (o, &v) in dr.iter_mut().zip(sr) {
-                    *o = fast_exp(v - max);
-                }
-                for &o in dr.iter() {
-                    sum += o;
-                }
-                let inv = 1.0 / sum;
-                for o in dr.iter_mut() {
-                    *o *= inv;
-                }
-            }
-        });
-    dst
+    let mask = RowMask {
+        bias: None,
+        causal: None,
+        scale: 1.0,
+    };
+    masked_softmax_rows(src, (1, src.len() / n.max(1), n), mask)
 }
 
 impl CustomOp1 for SoftmaxLastDim {
