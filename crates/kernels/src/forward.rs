@@ -654,4 +654,34 @@ mod tests {
         assert_eq!(fast_exp(-1000.0), 0.0);
         assert_eq!(fast_exp(f32::NEG_INFINITY), 0.0);
     }
+
+    #[test]
+    fn row_softmax_matches_the_definition_on_every_row_length() {
+        for n in [1usize, 15, 16, 17, 100] {
+            let rows = 3;
+            let mut src: Vec<f32> = (0..rows * n)
+                .map(|i| ((i * 37 % 23) as f32) - 11.0)
+                .collect();
+            src[n / 2] = f32::NEG_INFINITY; // row 0: one hidden entry
+            src[2 * n..].fill(f32::NEG_INFINITY); // row 2: nothing visible
+            let got = softmax_rows(&src, n);
+            for (r, row) in src.chunks(n).enumerate() {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let e: Vec<f64> = row.iter().map(|&v| ((v - max) as f64).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for (c, &want) in e.iter().enumerate() {
+                    let want = if max == f32::NEG_INFINITY {
+                        0.0
+                    } else {
+                        want / sum
+                    };
+                    let g = got[r * n + c] as f64;
+                    assert!(
+                        (g - want).abs() < 1e-6,
+                        "n {n}, row {r}, col {c}: {g} vs {want}"
+                    );
+                }
+            }
+        }
+    }
 }
