@@ -241,7 +241,7 @@ impl CustomOp1 for SoftmaxLastDim {
 
 /// The mask of a [`masked_softmax_rows`] call: an additive bias and the causal rule.
 #[derive(Debug, Clone, Copy)]
-pub struct RowMask<'a> {
+pub(crate) struct RowMask<'a> {
     /// The bias (0 or `-inf`, contiguous `[batch or 1, 1, q or 1, keys]`) with its batch and
     /// query strides in elements (0 where it is broadcast).
     pub bias: Option<(&'a [f32], usize, usize)>,
@@ -254,7 +254,7 @@ pub struct RowMask<'a> {
 /// Softmax over the keys of `scale · scores + bias` under `mask`, for contiguous f32 scores
 /// `[batch, heads, q, keys]` given as `(heads, q, keys)`: one pass per row, in parallel, hidden
 /// keys 0, rows that see no key all 0 (CPU, no gradient).
-pub fn masked_softmax_rows(
+pub(crate) fn masked_softmax_rows(
     src: &[f32],
     (heads, q, keys): (usize, usize, usize),
     mask: RowMask<'_>,
