@@ -200,36 +200,6 @@ fn bias_strides(ml: &Layout) -> candle_core::Result<(usize, usize)> {
     ))
 }
 
-impl MaskedSoftmax {
-    /// The kernel launch on scores `s` with layout `l`.
-    #[cfg(feature = "cuda")]
-    fn launch(
-        &self,
-        s: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let (_, heads, _, _) = l.shape().dims4()?;
-        let causal = match self.causal {
-            Some(shift) => i32::try_from(shift)
-                .map_err(|_| candle_core::Error::Msg(format!("masked_softmax: shift {shift}")))?,
-            None => -1,
-        };
-        let rule = crate::cuda::SoftmaxRule {
-            causal,
-            scale: self.scale as f32,
-        };
-        let Some(bias) = &self.bias else {
-            return crate::cuda::masked_softmax((s, l), None, heads, rule);
-        };
-        let (guard, ml) = bias.storage_and_layout();
-        let candle_core::Storage::Cuda(ms) = &*guard else {
-            candle_core::bail!("masked_softmax: the bias is not on the scores' GPU")
-        };
-        let (bstride, qstride) = bias_strides(ml)?;
-        crate::cuda::masked_softmax((s, l), Some(((ms, ml), bstride, qstride)), heads, rule)
-    }
-}
-
 impl CustomOp1 for MaskedSoftmax {
     fn name(&self) -> &'static str {
         "masked_softmax"
@@ -269,7 +239,25 @@ impl CustomOp1 for MaskedSoftmax {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        self.launch(s, l)
+        let (_, heads, _, _) = l.shape().dims4()?;
+        let causal = match self.causal {
+            Some(shift) => i32::try_from(shift)
+                .map_err(|_| candle_core::Error::Msg(format!("masked_softmax: shift {shift}")))?,
+            None => -1,
+        };
+        let rule = crate::cuda::SoftmaxRule {
+            causal,
+            scale: self.scale as f32,
+        };
+        let Some(bias) = &self.bias else {
+            return crate::cuda::masked_softmax((s, l), None, heads, rule);
+        };
+        let (guard, ml) = bias.storage_and_layout();
+        let candle_core::Storage::Cuda(ms) = &*guard else {
+            candle_core::bail!("masked_softmax: the bias is not on the scores' GPU")
+        };
+        let (bstride, qstride) = bias_strides(ml)?;
+        crate::cuda::masked_softmax((s, l), Some(((ms, ml), bstride, qstride)), heads, rule)
     }
 }
 

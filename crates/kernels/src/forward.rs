@@ -127,27 +127,7 @@ fn map_chunk(d: &mut [f32], s: &[f32], f: impl Fn(f32) -> f32 + Copy) {
             *o = f(x);
         }
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        fn wide512(d: &mut [f32], s: &[f32], f: impl Fn(f32) -> f32) {
-            body(d, s, f)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        fn wide256(d: &mut [f32], s: &[f32], f: impl Fn(f32) -> f32) {
-            body(d, s, f)
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { wide512(d, s, f) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { wide256(d, s, f) };
-        }
-    }
-    body(d, s, f)
+    widest(|| body(d, s, f))
 }
 
 /// Applies `f` to an f32/f16/bf16 CPU storage (halves through f32).
