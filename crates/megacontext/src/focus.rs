@@ -166,18 +166,24 @@ impl RandomScorer {
             rng: seeded(derive_seed(seed, "random lens")),
         }
     }
-}
 
-impl Scorer for RandomScorer {
-    fn score(&mut self, input: &FocusInput) -> Result<Vec<[f32; 2]>> {
-        Ok((0..input.levels.len())
+    /// The next `[expand, collapse]` pairs for a context of `entries` entries: what
+    /// [`Scorer::score`] gives, without the input it ignores.
+    pub fn draw(&mut self, entries: usize) -> Vec<[f32; 2]> {
+        (0..entries)
             .map(|_| {
                 [
                     self.rng.random_range(-1.0..1.0),
                     self.rng.random_range(-1.0..1.0),
                 ]
             })
-            .collect())
+            .collect()
+    }
+}
+
+impl Scorer for RandomScorer {
+    fn score(&mut self, input: &FocusInput) -> Result<Vec<[f32; 2]>> {
+        Ok(self.draw(input.levels.len()))
     }
 }
 

@@ -52,8 +52,10 @@ pub struct LensSample {
 
 /// Measures `trials` moves of `wc` drawn at random by `rng` (every move when `trials` is 0 or
 /// covers them all; see [`draw_moves`]) on the `next` tokens (see the module docs); `query` is
-/// LensNet's query for the state.
+/// LensNet's query for the state. `reader` reads `wc` after the start it shares with its
+/// previous read, and keeps that read ([`read_cover_and_trials`]).
 pub fn measure(
+    reader: &mut Reader,
     gists: &mut Gists,
     wc: &WorkingContext,
     (rule, trials): (PositionRule, usize),
@@ -63,7 +65,7 @@ pub fn measure(
 ) -> Result<LensSample> {
     let (cands, unmeasured) = draw_moves(candidates(wc), trials, rng);
     let covers = trial_covers(wc, &cands)?;
-    let (base, nlls) = read_cover_and_trials(gists, wc, &covers, rule, next)?;
+    let (base, nlls) = read_cover_and_trials(reader, gists, wc, &covers, (rule, next))?;
     let utilities = nlls.iter().map(|nll| base - nll).collect();
     Ok(LensSample {
         input: focus_input(wc, gists, query)?,
@@ -209,23 +211,37 @@ pub fn doc_samples(
     let mut reader = Reader::new();
     let (mut at, mut step) = (sc.warmup, 0usize);
     while at + sc.chunk.max(config.horizon) <= tokens.len() && out.len() < max {
-        match &query {
-            Some(q) => {
-                let scores = scorer.score(&focus_input(&wc, &mut gists, q)?)?;
-                allocator.step(&mut wc, &scores)?;
-                if step.is_multiple_of(config.every) {
+        if step == 0 {
+            wc.fit();
+        } else {
+            // Random moves need no query: draws of the entries' scores.
+            let scores = scorer.draw(wc.entries().len());
+            allocator.step(&mut wc, &scores)?;
+            // The query is the last hidden state of the chunk read just before a state.
+            match query.take() {
+                Some(q) if step.is_multiple_of(config.every) => {
                     let next = &tokens[at..at + config.horizon];
                     let how = (sc.rule, config.trials);
-                    out.push(measure(&mut gists, &wc, how, next, q, &mut draws)?);
+                    out.push(measure(
+                        &mut reader,
+                        &mut gists,
+                        &wc,
+                        how,
+                        next,
+                        &q,
+                        &mut draws,
+                    )?);
                     bar.inc(1);
                 }
-            }
-            None => {
-                wc.fit();
+                _ => {}
             }
         }
-        let (_, q) = reader.read(&mut gists, &wc, sc.rule, &tokens[at..at + sc.chunk])?;
-        query = Some(q);
+        // Only the chunk before a state is read (the reader keeps the keys and values for the
+        // state's reads to reuse).
+        if (step + 1).is_multiple_of(config.every) {
+            let (_, q) = reader.read(&mut gists, &wc, sc.rule, &tokens[at..at + sc.chunk])?;
+            query = Some(q);
+        }
         wc.append(sc.chunk as u64);
         at += sc.chunk;
         step += 1;

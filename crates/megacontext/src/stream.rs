@@ -99,22 +99,22 @@ pub fn read_cover(
 }
 
 /// [`read_cover`]'s NLL of `next` after the cover of `wc`, then after each of `trials` (other
-/// covers of the same tokens, e.g. `wc` with one move applied). `wc` is read once; each trial
-/// is read by a copy of that [`Reader`], reusing the keys and values of the slots it shares
-/// with `wc` from the start (same slot at the same position), so a move among the newest slots
-/// costs a fraction of a pass. Equal to [`read_cover`] of each up to rounding.
+/// covers of the same tokens, e.g. `wc` with one move applied). `reader` reads `wc`, after the
+/// keys and values it shares with `reader`'s previous read, and keeps that read; each trial is
+/// read by a copy of it, reusing the keys and values of the slots it shares with `wc` from the
+/// start (same slot at the same position), so a move among the newest slots costs a fraction
+/// of a pass. Equal to [`read_cover`] of each up to rounding.
 pub fn read_cover_and_trials(
+    reader: &mut Reader,
     gists: &mut Gists,
     wc: &WorkingContext,
     trials: &[WorkingContext],
-    rule: PositionRule,
-    next: &[u32],
+    (rule, next): (PositionRule, &[u32]),
 ) -> Result<(f32, Vec<f32>)> {
-    let mut base = Reader::new();
-    let (first, _) = base.read(gists, wc, rule, next)?;
+    let (first, _) = reader.read(gists, wc, rule, next)?;
     let each = trials
         .iter()
-        .map(|t| Ok(base.clone().read(gists, t, rule, next)?.0))
+        .map(|t| Ok(reader.clone().read(gists, t, rule, next)?.0))
         .collect::<Result<_>>()?;
     Ok((first, each))
 }

@@ -142,7 +142,7 @@ fn bad_settings_are_errors() {
 #[test]
 fn trials_read_after_a_shared_prefix_equal_reading_each_in_full() {
     use metarep_megacontext::lens_train::move_trials;
-    use metarep_megacontext::stream::{read_cover, read_cover_and_trials};
+    use metarep_megacontext::stream::{read_cover, read_cover_and_trials, Reader};
     use metarep_megacontext::WorkingContext;
     let (model, net, tokens) = setup();
     for rule in [PositionRule::SpanEnd, PositionRule::Slot] {
@@ -153,7 +153,23 @@ fn trials_read_after_a_shared_prefix_equal_reading_each_in_full() {
         assert!(trials.len() >= 3, "{rule:?}: {} moves", trials.len());
         let next = &tokens[120..128];
         let mut gists = Gists::new(&model, &net, &tokens);
-        let (base, each) = read_cover_and_trials(&mut gists, &wc, &trials, rule, next).unwrap();
+        // The reader has read an earlier cover of the document first, as a stream's has: `wc`
+        // reuses the keys and values of the start they share.
+        let mut reader = Reader::new();
+        let mut earlier = WorkingContext::new(cover).unwrap();
+        earlier.push(112);
+        reader
+            .read(&mut gists, &earlier, rule, &tokens[112..120])
+            .unwrap();
+        let read_before = reader.stats();
+        let (base, each) =
+            read_cover_and_trials(&mut reader, &mut gists, &wc, &trials, (rule, next)).unwrap();
+        let reused =
+            reader.stats().read - read_before.read - (reader.stats().run - read_before.run);
+        assert!(
+            reused > 0,
+            "{rule:?}: the earlier read's start was not reused"
+        );
         let (want, _) = read_cover(&mut gists, &wc, rule, next).unwrap();
         assert!((base - want).abs() < 1e-5, "{rule:?}: {base} vs {want}");
         assert_eq!(each.len(), trials.len());

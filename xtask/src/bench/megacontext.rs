@@ -36,7 +36,7 @@ use metarep_eval::corpus::{read_split, Split};
 use metarep_gist_tree::{FsyncPolicy, GistDType, Provenance, TreeConfig, Writer, WriterOptions};
 use metarep_megacontext::generate::{generate, GenerateConfig};
 use metarep_megacontext::lens_train::move_trials;
-use metarep_megacontext::stream::{read_cover, read_cover_and_trials, stream_gists, Gists};
+use metarep_megacontext::stream::{read_cover, read_cover_and_trials, stream_gists, Gists, Reader};
 use metarep_megacontext::{
     CoverConfig, FocusConfig, GistNet, GistNetConfig, GistNetSummarizer, LensNet, LensNetConfig,
     Policy, PositionRule, StreamConfig, WorkingContext,
@@ -101,7 +101,8 @@ fn state_cost(
             .collect::<Result<Vec<f32>, BoxError>>()?;
         cost.full += start.elapsed().as_secs_f64();
         let start = Instant::now();
-        let (_, got) = read_cover_and_trials(gists, &wc, &trials, rule, next)?;
+        let (_, got) =
+            read_cover_and_trials(&mut Reader::new(), gists, &wc, &trials, (rule, next))?;
         cost.shared += start.elapsed().as_secs_f64();
         cost.moves += trials.len();
         for (a, b) in each.iter().zip(&got) {
