@@ -217,24 +217,22 @@ pub fn doc_samples(
             // Random moves need no query: draws of the entries' scores.
             let scores = scorer.draw(wc.entries().len());
             allocator.step(&mut wc, &scores)?;
-            // The query is the last hidden state of the chunk read just before a state.
-            match query.take() {
-                Some(q) if step.is_multiple_of(config.every) => {
-                    let next = &tokens[at..at + config.horizon];
-                    let how = (sc.rule, config.trials);
-                    out.push(measure(
-                        &mut reader,
-                        &mut gists,
-                        &wc,
-                        how,
-                        next,
-                        &q,
-                        &mut draws,
-                    )?);
-                    bar.inc(1);
-                }
-                _ => {}
-            }
+        }
+        // A query is there only after the chunk read just before a state (below): its last
+        // hidden state is the state's query.
+        if let Some(q) = query.take() {
+            let next = &tokens[at..at + config.horizon];
+            let how = (sc.rule, config.trials);
+            out.push(measure(
+                &mut reader,
+                &mut gists,
+                &wc,
+                how,
+                next,
+                &q,
+                &mut draws,
+            )?);
+            bar.inc(1);
         }
         // Only the chunk before a state is read (the reader keeps the keys and values for the
         // state's reads to reuse).
