@@ -11,8 +11,9 @@
 //! GistNet gists (levels ≤ 2, and level 1 only) and with mean-pooled gists, and the focus loop
 //! steered by LensNet, by random scores or by the recency rule (newest gists expanded first).
 //! LensNet trains on counterfactual utilities measured on training documents
-//! (`metarep_megacontext::lens_train`); its ranking of moves on states from other held-out
-//! documents is compared with random scores, the recency rule and the oracle.
+//! (`metarep_megacontext::lens_train`), keeping the step that ranks the states of every
+//! `val_stride`-th training document (not trained on) best; its ranking of moves on states from
+//! other held-out documents is compared with random scores, the recency rule and the oracle.
 //!
 //! Base models: a byte-level Llama trained here on the corpus's training split (`base = "bytes"`,
 //! the quick config CI runs) or SmolLM2-135M from its GGUF (`base = "smollm2"`, the full
@@ -147,6 +148,9 @@ pub struct LensSettings {
     states: usize,
     /// States measured on held-out documents (not the streamed ones) for rank quality.
     held_states: usize,
+    /// Every this many training documents, one's states validate LensNet (choose its step)
+    /// instead of training it (0: none; 1 is refused).
+    val_stride: usize,
     /// A state every this many chunks.
     every: usize,
     /// Moves measured per state, drawn at random (0: every move; each costs a read of the
@@ -272,6 +276,12 @@ impl CheckedConfig for Fig12Config {
             at_least_one(key, v)?;
         }
         positive("lens.train.lr", lens.train.lr)?;
+        require(
+            lens.val_stride != 1,
+            "lens.val_stride",
+            lens.val_stride,
+            "0 (no validation) or ≥ 2 (1 would leave no training states)",
+        )?;
         at_least_one("train.blocks", self.train.blocks)?;
         if let Some(m) = &self.multi {
             require(m.blocks >= 2, "multi.blocks", m.blocks, "≥ 2")?;
@@ -515,8 +525,12 @@ fn focus(
     out: &mut ResultDir,
 ) -> Result<(), BoxError> {
     let stream_docs = longest(&cfg.stream, held_ids)?;
-    let (mut lens, ranks) = train_lens(cfg, (model, net), (train_ids, held_ids), (keys, dir))?;
+    let (mut lens, ranks, validation) =
+        train_lens(cfg, (model, net), (train_ids, held_ids), (keys, dir))?;
     out.table("fig12_lens_ranking", &rank_table(&ranks)?)?;
+    for (name, v) in validation {
+        out.metrics.set_number(format!("lens_{name}"), v);
+    }
     let docs = (&stream_docs[..], held_ids);
     let streams = stream_rows(cfg, (model, net), &mut lens, docs, (keys, dir))?;
     out.table("fig12_stream", &stream_table(&streams)?)?;
@@ -540,23 +554,25 @@ const LENS_STATES: &str = "lens_states";
 /// LensNet states of `docs` (`max` at most), collected document by document and saved in
 /// `DIR/lens_states/{what}_doc{d}` under the models' [`RunKeys`], the document's tokens, its
 /// index, the states still wanted and `data`, so that an interrupted collection resumes at the
-/// first document not yet measured. Returns them with a digest of their keys.
+/// first document not yet measured. Returns them document by document (those with none
+/// included) with a digest of their keys.
 fn lens_states(
     (model, net): (&HookedTransformer, &GistNet),
     (docs, what): (&[Vec<u32>], &str),
     data: &LensDataConfig,
     max: usize,
     (keys, dir): (&RunKeys, &Path),
-) -> Result<(Vec<LensSample>, String), BoxError> {
+) -> Result<(Vec<Vec<LensSample>>, String), BoxError> {
     let bar = progress::bar(max as u64, "LensNet states");
     let data_key = config_hash(data)?;
-    let mut out = Vec::with_capacity(max);
+    let mut out = Vec::new();
+    let mut taken = 0;
     let mut all_keys = String::new();
     for (d, tokens) in docs.iter().enumerate() {
-        if out.len() >= max {
+        if taken >= max {
             break;
         }
-        let left = max - out.len();
+        let left = max - taken;
         let at = dir.join(LENS_STATES).join(format!("{what}_doc{d}"));
         let key = format!(
             "{} {} {} {d} {left} {data_key}",
@@ -582,7 +598,8 @@ fn lens_states(
                 s
             }
         };
-        out.extend(states);
+        taken += states.len();
+        out.push(states);
     }
     bar.finish_and_clear();
     Ok((out, sha256_hex(all_keys.as_bytes())))
@@ -635,16 +652,20 @@ fn stream_config(cfg: &Fig12Config, max_level: u8) -> StreamConfig {
 
 /// A scorer's name and its rank quality on held-out states.
 type Ranked = (&'static str, RankQuality);
+/// Named numbers: a training run's evaluation.
+type Named = Vec<(String, f64)>;
 
 /// Measures LensNet's training states on the training documents and held-out states on the
-/// held-out documents not streamed, trains LensNet into `dir/lensnet`, and ranks the held-out
-/// states' moves with it and with random scores.
+/// held-out documents not streamed, trains LensNet into `dir/lensnet` (choosing its step on the
+/// states of every `val_stride`-th training document), and ranks the held-out states' moves with
+/// it, with random scores and with the recency rule. Returns LensNet, the rankings and the
+/// validation's metrics (the step kept and its pair accuracy).
 fn train_lens(
     cfg: &Fig12Config,
     (model, net): (&HookedTransformer, &GistNet),
     (train, held): (&[Vec<u32>], &[Vec<u32>]),
     (keys, dir): (&RunKeys, &Path),
-) -> Result<(LensNet, Vec<Ranked>), BoxError> {
+) -> Result<(LensNet, Vec<Ranked>, Named), BoxError> {
     let l = cfg.lens;
     let data = LensDataConfig {
         stream: stream_config(cfg, cfg.stream.max_level),
@@ -663,16 +684,26 @@ fn train_lens(
     let states = |docs: &[Vec<u32>], what: &str, max: usize| {
         lens_states((model, net), (docs, what), &data, max, (keys, dir))
     };
-    let (samples, states_key) = states(train, "train", l.states)?;
+    let (by_doc, states_key) = states(train, "train", l.states)?;
     let (held_samples, _) = states(&others, "held", l.held_states)?;
+    let (mut samples, mut validation) = (Vec::new(), Vec::new());
+    for (d, doc) in by_doc.into_iter().enumerate() {
+        match l.val_stride {
+            k if k > 0 && d % k == k - 1 => validation.extend(doc),
+            _ => samples.extend(doc),
+        }
+    }
+    let held_samples: Vec<LensSample> = held_samples.into_iter().flatten().collect();
     let measured: usize = samples.iter().map(|s| s.candidates.len()).sum();
     let moves = measured + samples.iter().map(|s| s.unmeasured.len()).sum::<usize>();
     let per = |n: usize| n as f64 / samples.len().max(1) as f64;
     println!(
-        "  LensNet states: {} training ({:.1} of their {:.1} moves measured each), {} held out, in {:.0} s (saved in {})",
+        "  LensNet states: {} training ({:.1} of their {:.1} moves measured each), {} validating (every {}th training document's), {} held out, in {:.0} s (saved in {})",
         samples.len(),
         per(measured),
         per(moves),
+        validation.len(),
+        l.val_stride,
         held_samples.len(),
         start.elapsed().as_secs_f64(),
         dir.join(LENS_STATES).display()
@@ -693,9 +724,16 @@ fn train_lens(
     let from = serde_json::json!({ "seed": cfg.seed, "net": lcfg, "train": l.train });
     let key = format!("{states_key} {}", config_hash(&from)?);
     let control = resume_for(&run_dir, &key, "LensNet")?;
-    let report = train_lensnet(&lens, &samples, &l.train, control)?;
+    let report = train_lensnet(&lens, &samples, &validation, &l.train, control)?;
+    let kept = |name: &str| report.eval.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+    let best = match (kept("best_step"), kept("best_val_pair_accuracy")) {
+        (Some(step), Some(acc)) => {
+            format!("; kept step {step:.0}, pair accuracy {acc:.3} on the validation states")
+        }
+        _ => String::new(),
+    };
     println!(
-        "  LensNet ({} parameters): {}",
+        "  LensNet ({} parameters): {}{best}",
         lcfg.n_params(),
         run_text(&report, "ranking + budget loss", "")
     );
@@ -716,7 +754,7 @@ fn train_lens(
             q.samples, q.pair_accuracy, q.chosen_utility, q.best_utility
         );
     }
-    Ok((lens, ranks))
+    Ok((lens, ranks, report.eval))
 }
 
 /// The recency rule (newest gists expanded first, oldest families collapsed first), its

@@ -14,7 +14,12 @@
 //! with each move (measured or not) taken with probability σ(score), the expected slots they
 //! would add beyond the free ones, over the budget, times `budget_weight`.
 
-use candle_core::{DType, Tensor};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use metarep_core::checkpoint::{load_checkpoint, save_checkpoint};
 use metarep_core::progress::{self, ProgressBar};
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_core::train::{run, AdamRun, RunControl, RunReport};
@@ -272,10 +277,15 @@ pub struct LensTrainConfig {
     pub log_every: usize,
     /// Checkpoint every this many steps (0 = only at the end).
     pub checkpoint_every: usize,
+    /// Rank the validation states every this many steps (0 = only after the last) and keep the
+    /// parameters that rank them best (see [`train_lensnet`]).
+    #[serde(default)]
+    pub eval_every: usize,
 }
 
 impl Default for LensTrainConfig {
-    /// 500 steps of 8 states, lr 1e-3 with 25 warmup steps, tolerance 1e-3, budget weight 0.1.
+    /// 500 steps of 8 states, lr 1e-3 with 25 warmup steps, tolerance 1e-3, budget weight 0.1,
+    /// validation every 50 steps.
     fn default() -> Self {
         LensTrainConfig {
             seed: 0,
@@ -289,6 +299,7 @@ impl Default for LensTrainConfig {
             budget_weight: 0.1,
             log_every: 50,
             checkpoint_every: 0,
+            eval_every: 50,
         }
     }
 }
@@ -420,11 +431,64 @@ pub fn rank_quality(
     })
 }
 
+/// Where [`train_lensnet`] keeps the best parameters inside its output directory.
+pub const BEST_DIR: &str = "best";
+
+/// When the kept parameters ranked the validation states best, and how well.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct BestState {
+    /// Steps done.
+    step: usize,
+    /// Their pair accuracy on the validation states.
+    pair_accuracy: f64,
+}
+
+/// The parameters that ranked the validation states best so far.
+struct Best {
+    state: BestState,
+    /// A copy of each parameter, in [`LensNet::params`] order.
+    values: Vec<Tensor>,
+}
+
+impl Best {
+    /// The best of a run being resumed from `dir` (none if it has not evaluated yet).
+    fn load(dir: &Path, params: &[(String, Var)]) -> Result<Option<Best>> {
+        if !dir.exists() {
+            return Ok(None);
+        }
+        let device = params
+            .first()
+            .map_or(Device::Cpu, |(_, v)| v.device().clone());
+        let (mut tensors, state): (HashMap<String, Tensor>, BestState) =
+            load_checkpoint(dir, &device)?;
+        let values = params
+            .iter()
+            .map(|(name, var)| match tensors.remove(name) {
+                Some(t) if t.dims() == var.dims() => Ok(t),
+                _ => Err(Error::Invalid(format!(
+                    "{}: LensNet's best parameters lack `{name}` of shape {:?}",
+                    dir.display(),
+                    var.dims()
+                ))),
+            })
+            .collect::<Result<_>>()?;
+        Ok(Some(Best { state, values }))
+    }
+}
+
 /// Trains `net` on `samples` (drawn `batch` a step by `(seed, step)`); writes metrics and
 /// checkpoints under `control.out` when given.
+///
+/// With `validation` states (e.g. from training documents kept out of `samples`), the run ranks
+/// them every [`LensTrainConfig::eval_every`] steps and after the last, and `net` ends with the
+/// parameters that ranked them best (highest pair accuracy, the earliest on a tie): early
+/// stopping, since LensNet can memorise a few hundred states. The report's `eval` names
+/// `val_pair_accuracy` (the last), `best_step` and `best_val_pair_accuracy`; with an output
+/// directory the best parameters are saved in [`BEST_DIR`] there, so a resumed run keeps them.
 pub fn train_lensnet(
     net: &LensNet,
     samples: &[LensSample],
+    validation: &[LensSample],
     config: &LensTrainConfig,
     control: RunControl,
 ) -> Result<RunReport> {
@@ -436,6 +500,16 @@ pub fn train_lensnet(
         )));
     }
     let params = net.params();
+    let best_dir = control.out.map(|o| o.join(BEST_DIR));
+    let best = match &best_dir {
+        Some(dir) if control.resume => Best::load(dir, &params)?,
+        Some(dir) if dir.exists() => {
+            std::fs::remove_dir_all(dir).map_err(|e| metarep_core::Error::io(dir, e))?;
+            None
+        }
+        _ => None,
+    };
+    let best = RefCell::new(best);
     let loss = |step: usize| -> Result<Tensor> {
         let mut rng = seeded(derive_seed(config.seed, &format!("lens step {step}")));
         let mut total: Option<Tensor> = None;
@@ -450,13 +524,70 @@ pub fn train_lensnet(
         let total = total.ok_or_else(|| Error::Invalid("empty LensNet batch".into()))?;
         Ok(total.affine(1.0 / config.batch as f64, 0.0)?)
     };
-    let mut fit = AdamRun::new(&params, config.weight_decay, config.clip, loss)?;
-    let plan = plan(
+    let mut scorer = net.clone();
+    let validate = |done: usize| -> Result<Vec<(String, f64)>> {
+        let q = rank_quality(&mut scorer, validation, config.tolerance)?;
+        let mut kept = best.borrow_mut();
+        let better = kept
+            .as_ref()
+            .is_none_or(|b| q.pair_accuracy > b.state.pair_accuracy);
+        if better {
+            let state = BestState {
+                step: done,
+                pair_accuracy: q.pair_accuracy,
+            };
+            let values = params
+                .iter()
+                .map(|(_, v)| v.as_tensor().copy())
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            if let Some(dir) = &best_dir {
+                let named: Vec<(String, Tensor)> = params
+                    .iter()
+                    .map(|(n, _)| n.clone())
+                    .zip(values.iter().cloned())
+                    .collect();
+                save_checkpoint(dir, &named, &state)?;
+            }
+            *kept = Some(Best { state, values });
+        }
+        let state = kept.as_ref().map_or(
+            BestState {
+                step: done,
+                pair_accuracy: q.pair_accuracy,
+            },
+            |b| b.state,
+        );
+        Ok(vec![
+            ("val_pair_accuracy".into(), q.pair_accuracy),
+            ("best_step".into(), state.step as f64),
+            ("best_val_pair_accuracy".into(), state.pair_accuracy),
+        ])
+    };
+    let mut plan = plan(
         config.steps,
         config.lr,
         config.warmup,
         config.log_every,
         config.checkpoint_every,
     );
-    run(&mut fit, &plan, config, control)
+    let fit = AdamRun::new(&params, config.weight_decay, config.clip, loss)?;
+    let mut report = if validation.is_empty() {
+        run(&mut { fit }, &plan, config, control)?
+    } else {
+        plan.eval_every = config.eval_every;
+        run(&mut fit.with_eval(validate), &plan, config, control)?
+    };
+    if let Some(b) = best.into_inner() {
+        for ((_, var), value) in params.iter().zip(&b.values) {
+            var.set(value)?;
+        }
+        if report.eval.is_empty() {
+            // A finished run loaded from its checkpoint takes no step and ranks nothing.
+            report.eval = vec![
+                ("best_step".into(), b.state.step as f64),
+                ("best_val_pair_accuracy".into(), b.state.pair_accuracy),
+            ];
+        }
+    }
+    Ok(report)
 }

@@ -1,11 +1,12 @@
 //! LensNet: shapes and errors, save/load, and training on counterfactual utilities — on a
 //! synthetic rule it must learn to rank moves far better than chance; on states measured
-//! through a small model the samples are well formed.
+//! through a small model the samples are well formed; validation states choose the step kept.
 
 mod common;
 
 use candle_core::{DType, Device, Tensor};
 use metarep_core::progress::ProgressBar;
+use metarep_core::train::{RunControl, RunReport};
 use metarep_gist_tree::NodeRef;
 use metarep_megacontext::focus::{Candidate, Move};
 use metarep_megacontext::lens_train::{draw_moves, lens_loss, rank_quality, LensSample};
@@ -124,7 +125,7 @@ fn training_learns_to_rank_moves_by_utility() {
     // Pairs whose utilities differ by more than 0.1 nats: a clear preference.
     let clear = 0.1;
     let before = rank_quality(&mut net, &held, clear).unwrap();
-    let report = train_lensnet(&net, &train, &config, Default::default()).unwrap();
+    let report = train_lensnet(&net, &train, &[], &config, Default::default()).unwrap();
     assert_eq!(report.steps, 500);
     assert!(report.final_loss < report.first_loss, "{report:?}");
     let after = rank_quality(&mut net, &held, clear).unwrap();
@@ -148,6 +149,79 @@ fn training_learns_to_rank_moves_by_utility() {
         "random ranks at {}",
         chance.pair_accuracy
     );
+}
+
+/// `s` with every utility negated: the opposite preference.
+fn reversed(mut s: LensSample) -> LensSample {
+    s.utilities.iter_mut().for_each(|u| *u = -*u);
+    s
+}
+
+/// The value of `name` in a training report's evaluation.
+fn eval_value(report: &RunReport, name: &str) -> f64 {
+    let found = report.eval.iter().find(|(n, _)| n == name);
+    found.unwrap_or_else(|| panic!("no {name} in {report:?}")).1
+}
+
+#[test]
+fn validation_keeps_the_step_that_ranks_it_best_and_survives_a_resume() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let train: Vec<LensSample> = (0..128).map(|_| synthetic(&mut rng)).collect();
+    // Validation states that prefer the opposite: the better LensNet learns the training
+    // rule, the worse it ranks them, so the kept step must be an early one.
+    let val: Vec<LensSample> = (0..32).map(|_| reversed(synthetic(&mut rng))).collect();
+    let config = LensTrainConfig {
+        steps: 120,
+        lr: 1e-3,
+        warmup: 20,
+        log_every: 0,
+        eval_every: 10,
+        ..LensTrainConfig::default()
+    };
+    // A fresh net trained under `control`, and the run's report.
+    let fit = |control: RunControl| {
+        let net = LensNet::new(small(16), 0, &Device::Cpu).unwrap();
+        let report = train_lensnet(&net, &train, &val, &config, control).unwrap();
+        (net, report)
+    };
+    let whole = tempfile::tempdir().unwrap();
+    let (mut net, report) = fit(RunControl {
+        out: Some(whole.path()),
+        ..Default::default()
+    });
+    let (best_step, best) = (
+        eval_value(&report, "best_step"),
+        eval_value(&report, "best_val_pair_accuracy"),
+    );
+    let last = eval_value(&report, "val_pair_accuracy");
+    assert!(best_step < 120.0 && best > last + 0.1, "{report:?}");
+    let kept = rank_quality(&mut net, &val, config.tolerance).unwrap();
+    assert_eq!(kept.pair_accuracy, best);
+    let logged = std::fs::read_to_string(whole.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(logged.matches("eval.val_pair_accuracy").count(), 12);
+    let scores = |net: &LensNet| {
+        net.forward(&val[0].input)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+    };
+    // The same run stopped after 60 steps and resumed: the best (kept before the stop, on
+    // disk) must come back, not the best of the steps after the resume.
+    let halves = tempfile::tempdir().unwrap();
+    fit(RunControl {
+        out: Some(halves.path()),
+        stop_at: Some(60),
+        ..Default::default()
+    });
+    let (resumed_net, resumed) = fit(RunControl::resuming(halves.path()));
+    assert_eq!(resumed.start_step, 60);
+    assert_eq!(eval_value(&resumed, "best_step"), best_step);
+    assert_eq!(scores(&resumed_net), scores(&net));
+    // A finished run loaded from its checkpoint also ends with the kept parameters.
+    let (loaded_net, loaded) = fit(RunControl::resuming(whole.path()));
+    assert_eq!(loaded.start_step, 120);
+    assert_eq!(eval_value(&loaded, "best_step"), best_step);
+    assert_eq!(scores(&loaded_net), scores(&net));
 }
 
 #[test]
