@@ -721,7 +721,12 @@ fn train_lens(
     };
     let mut lens = LensNet::new(lcfg, derive_seed(cfg.seed, "lensnet"), model.device())?;
     let run_dir = dir.join("lensnet");
-    let from = serde_json::json!({ "seed": cfg.seed, "net": lcfg, "train": l.train });
+    let from = serde_json::json!({
+        "seed": cfg.seed,
+        "net": lcfg,
+        "train": l.train,
+        "val_stride": l.val_stride,
+    });
     let key = format!("{states_key} {}", config_hash(&from)?);
     let control = resume_for(&run_dir, &key, "LensNet")?;
     let report = train_lensnet(&lens, &samples, &validation, &l.train, control)?;

@@ -502,7 +502,7 @@ pub fn train_lensnet(
     let params = net.params();
     let best_dir = control.out.map(|o| o.join(BEST_DIR));
     let best = match &best_dir {
-        Some(dir) if control.resume => Best::load(dir, &params)?,
+        Some(dir) if control.resume && !validation.is_empty() => Best::load(dir, &params)?,
         Some(dir) if dir.exists() => {
             std::fs::remove_dir_all(dir).map_err(|e| metarep_core::Error::io(dir, e))?;
             None
@@ -528,35 +528,29 @@ pub fn train_lensnet(
     let validate = |done: usize| -> Result<Vec<(String, f64)>> {
         let q = rank_quality(&mut scorer, validation, config.tolerance)?;
         let mut kept = best.borrow_mut();
-        let better = kept
-            .as_ref()
-            .is_none_or(|b| q.pair_accuracy > b.state.pair_accuracy);
-        if better {
-            let state = BestState {
-                step: done,
-                pair_accuracy: q.pair_accuracy,
-            };
-            let values = params
-                .iter()
-                .map(|(_, v)| v.as_tensor().copy())
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            if let Some(dir) = &best_dir {
-                let named: Vec<(String, Tensor)> = params
+        let state = match kept.as_ref() {
+            Some(b) if b.state.pair_accuracy >= q.pair_accuracy => b.state,
+            _ => {
+                let state = BestState {
+                    step: done,
+                    pair_accuracy: q.pair_accuracy,
+                };
+                let values = params
                     .iter()
-                    .map(|(n, _)| n.clone())
-                    .zip(values.iter().cloned())
-                    .collect();
-                save_checkpoint(dir, &named, &state)?;
+                    .map(|(_, v)| v.as_tensor().copy())
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                if let Some(dir) = &best_dir {
+                    let named: Vec<(String, Tensor)> = params
+                        .iter()
+                        .map(|(n, _)| n.clone())
+                        .zip(values.iter().cloned())
+                        .collect();
+                    save_checkpoint(dir, &named, &state)?;
+                }
+                *kept = Some(Best { state, values });
+                state
             }
-            *kept = Some(Best { state, values });
-        }
-        let state = kept.as_ref().map_or(
-            BestState {
-                step: done,
-                pair_accuracy: q.pair_accuracy,
-            },
-            |b| b.state,
-        );
+        };
         Ok(vec![
             ("val_pair_accuracy".into(), q.pair_accuracy),
             ("best_step".into(), state.step as f64),

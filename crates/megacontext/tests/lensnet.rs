@@ -222,6 +222,17 @@ fn validation_keeps_the_step_that_ranks_it_best_and_survives_a_resume() {
     assert_eq!(loaded.start_step, 120);
     assert_eq!(eval_value(&loaded, "best_step"), best_step);
     assert_eq!(scores(&loaded_net), scores(&net));
+    // Resumed without validation states, it keeps its last step's parameters instead.
+    let last_net = LensNet::new(small(16), 0, &Device::Cpu).unwrap();
+    train_lensnet(
+        &last_net,
+        &train,
+        &[],
+        &config,
+        RunControl::resuming(whole.path()),
+    )
+    .unwrap();
+    assert_ne!(scores(&last_net), scores(&net));
 }
 
 #[test]
