@@ -18,8 +18,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, Var};
-use metarep_core::checkpoint::{load_checkpoint, save_checkpoint};
+use candle_core::{DType, Device, Tensor};
+use metarep_core::checkpoint::load_checkpoint;
 use metarep_core::progress::{self, ProgressBar};
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_core::train::{run, AdamRun, RunControl, RunReport};
@@ -27,6 +27,7 @@ use metarep_model::HookedTransformer;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::encoder::{save_params, set_params};
 use crate::error::{Error, Result};
 use crate::focus::{
     apply, candidates, focus_input, Allocator, Candidate, FocusConfig, Move, RandomScorer, Scorer,
@@ -446,32 +447,17 @@ struct BestState {
 /// The parameters that ranked the validation states best so far.
 struct Best {
     state: BestState,
-    /// A copy of each parameter, in [`LensNet::params`] order.
-    values: Vec<Tensor>,
+    /// A copy of each parameter, by [`LensNet::params`] name.
+    values: HashMap<String, Tensor>,
 }
 
 impl Best {
     /// The best of a run being resumed from `dir` (none if it has not evaluated yet).
-    fn load(dir: &Path, params: &[(String, Var)]) -> Result<Option<Best>> {
+    fn load(dir: &Path, device: &Device) -> Result<Option<Best>> {
         if !dir.exists() {
             return Ok(None);
         }
-        let device = params
-            .first()
-            .map_or(Device::Cpu, |(_, v)| v.device().clone());
-        let (mut tensors, state): (HashMap<String, Tensor>, BestState) =
-            load_checkpoint(dir, &device)?;
-        let values = params
-            .iter()
-            .map(|(name, var)| match tensors.remove(name) {
-                Some(t) if t.dims() == var.dims() => Ok(t),
-                _ => Err(Error::Invalid(format!(
-                    "{}: LensNet's best parameters lack `{name}` of shape {:?}",
-                    dir.display(),
-                    var.dims()
-                ))),
-            })
-            .collect::<Result<_>>()?;
+        let (values, state) = load_checkpoint(dir, device)?;
         Ok(Some(Best { state, values }))
     }
 }
@@ -502,7 +488,12 @@ pub fn train_lensnet(
     let params = net.params();
     let best_dir = control.out.map(|o| o.join(BEST_DIR));
     let best = match &best_dir {
-        Some(dir) if control.resume && !validation.is_empty() => Best::load(dir, &params)?,
+        Some(dir) if control.resume && !validation.is_empty() => {
+            let device = params
+                .first()
+                .map_or(Device::Cpu, |(_, v)| v.device().clone());
+            Best::load(dir, &device)?
+        }
         Some(dir) if dir.exists() => {
             std::fs::remove_dir_all(dir).map_err(|e| metarep_core::Error::io(dir, e))?;
             None
@@ -537,15 +528,10 @@ pub fn train_lensnet(
                 };
                 let values = params
                     .iter()
-                    .map(|(_, v)| v.as_tensor().copy())
-                    .collect::<candle_core::Result<Vec<_>>>()?;
+                    .map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?)))
+                    .collect::<Result<HashMap<_, _>>>()?;
                 if let Some(dir) = &best_dir {
-                    let named: Vec<(String, Tensor)> = params
-                        .iter()
-                        .map(|(n, _)| n.clone())
-                        .zip(values.iter().cloned())
-                        .collect();
-                    save_checkpoint(dir, &named, &state)?;
+                    save_params(dir, &params, &state)?;
                 }
                 *kept = Some(Best { state, values });
                 state
@@ -572,9 +558,7 @@ pub fn train_lensnet(
         run(&mut fit.with_eval(validate), &plan, config, control)?
     };
     if let Some(b) = best.into_inner() {
-        for ((_, var), value) in params.iter().zip(&b.values) {
-            var.set(value)?;
-        }
+        set_params(&params, &b.values, "LensNet's best")?;
         if report.eval.is_empty() {
             // A finished run loaded from its checkpoint takes no step and ranks nothing.
             report.eval = vec![
