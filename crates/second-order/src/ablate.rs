@@ -19,7 +19,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Tensor, D};
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_model::interventions::{Action, Intervention, Interventions};
 use metarep_model::{HookFilter, HookPoint, HookedTransformer, Input};
@@ -175,7 +175,7 @@ pub fn ablations(
             Ok(Tensor::from_vec(
                 rows,
                 (an.len(), cfg.d_model),
-                &Device::Cpu,
+                model.device(),
             )?)
         };
         per_layer.push((
@@ -186,7 +186,7 @@ pub fn ablations(
             Tensor::from_vec(
                 an.iter().map(|a| a.null_threshold).collect::<Vec<_>>(),
                 an.len(),
-                &Device::Cpu,
+                model.device(),
             )?,
         ));
     }
@@ -198,7 +198,9 @@ pub fn ablations(
         clean.add(measure(&finals, &idx)?);
         let mut deltas = vec![finals.zeros_like()?; EDITS.len()];
         for (layer, mu, v, t, thr) in &per_layer {
-            let e = index.read_chunk(dir, *layer, c)?; // [b, k, d]
+            let e = index
+                .read_chunk(dir, *layer, c)?
+                .to_device(model.device())?; // [b, k, d]
             let centred = e.broadcast_sub(&mu.unsqueeze(0)?)?;
             let proj = centred
                 .broadcast_mul(&v.unsqueeze(0)?)?
@@ -319,7 +321,7 @@ fn layer_means(
     for idx in all.chunks(chunk.max(1)) {
         let tokens = take_rows(&reps.tokens, idx)?;
         let pos: Vec<usize> = idx.iter().map(|&i| reps.positions[i]).collect();
-        let mask = real_positions(&pos, tokens.dim(1)?)?;
+        let mask = real_positions(&pos, tokens.dim(1)?, model.device())?;
         count += mask.sum_all()?.to_scalar::<f32>()? as f64;
         let (_, cache) =
             model.run_with_cache(Input::new(tokens), HookFilter::Points(points.clone()))?;

@@ -68,7 +68,7 @@ pub fn analyse(
                         &candle_core::Tensor::from_vec(
                             fit.atoms.iter().map(|&a| a as u32).collect::<Vec<_>>(),
                             fit.atoms.len(),
-                            &candle_core::Device::Cpu,
+                            lexicon.atoms.device(),
                         )?,
                         0,
                     )?
@@ -77,7 +77,7 @@ pub fn analyse(
                     .matmul(&candle_core::Tensor::from_vec(
                         fit.coefficients.clone(),
                         (fit.coefficients.len(), 1),
-                        &candle_core::Device::Cpu,
+                        lexicon.atoms.device(),
                     )?)?
                     .squeeze(1)?
                     .to_vec1::<f64>()?;

@@ -122,7 +122,7 @@ fn greedy(
             })
             .collect();
         let next = model
-            .forward(Input::from_ids(&rows, &Device::Cpu)?)?
+            .forward(Input::from_ids(&rows, model.device())?)?
             .argmax(D::Minus1)?
             .to_vec2::<u32>()?;
         for (r, f) in framed.iter().enumerate() {
@@ -228,12 +228,15 @@ impl Representations {
         write_tensors(&dir.join("eval.safetensors"), &tensors)
     }
 
-    /// Reads what [`Representations::save`] wrote.
-    pub fn load(dir: &Path) -> Result<Self> {
+    /// Reads what [`Representations::save`] wrote, its tensors onto `device` (the model's).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let transcripts: Vec<Transcript> = read_jsonl(&dir.join("eval.jsonl"))?;
         let path = dir.join("eval.safetensors");
-        let [tokens, positions, answer_first, final_normed] =
-            read_tensors(&path, ["tokens", "positions", "answer_first", "final"])?;
+        let [tokens, positions, answer_first, final_normed] = read_tensors(
+            &path,
+            ["tokens", "positions", "answer_first", "final"],
+            device,
+        )?;
         let positions: Vec<usize> = positions
             .to_vec1::<u32>()?
             .into_iter()

@@ -83,7 +83,7 @@ pub fn directions(model: &HookedTransformer, reps: &Representations) -> Result<D
         .to_dtype(DType::F32)?;
     let centred = w_u.broadcast_sub(&w_u.mean_keepdim(D::Minus1)?)?; // [d, vocab]
     let firsts: Vec<u32> = train.iter().map(|&i| reps.answer_first[i]).collect();
-    let ids = Tensor::from_vec(firsts.clone(), firsts.len(), &Device::Cpu)?;
+    let ids = Tensor::from_vec(firsts.clone(), firsts.len(), centred.device())?;
     let (logit_diff, _) = unit(
         &centred.t()?.contiguous()?.index_select(&ids, 0)?.mean(0)?,
         "logit-difference",
@@ -127,11 +127,12 @@ impl Directions {
         write_json(&dir.join("direction.json"), &self.info)
     }
 
-    /// Reads what [`Directions::save`] wrote.
-    pub fn load(dir: &Path) -> Result<Self> {
+    /// Reads what [`Directions::save`] wrote, its tensors onto `device` (the model's).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let [correctness, logit_diff] = read_tensors(
             &dir.join("direction.safetensors"),
             ["correctness", "logit_diff"],
+            device,
         )?;
         Ok(Directions {
             correctness,

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use metarep_model::HookedTransformer;
 use serde::{Deserialize, Serialize};
 
@@ -222,7 +222,7 @@ impl EffectIndex {
         self.read_tensor(dir, layer, slots, "null_effects")
     }
 
-    /// The stored tensor `key` of `slots`, per slot `[examples, d_model]` f32.
+    /// The stored tensor `key` of `slots`, per slot `[examples, d_model]` f32 on the CPU.
     fn read_tensor(
         &self,
         dir: &Path,
@@ -243,7 +243,7 @@ impl EffectIndex {
         }
         let mut parts: Vec<Vec<Tensor>> = vec![Vec::with_capacity(self.chunks()); slots.len()];
         for c in 0..self.chunks() {
-            let [effects] = read_tensors(&chunk_path(dir, layer, c), [key])?;
+            let [effects] = read_tensors(&chunk_path(dir, layer, c), [key], &Device::Cpu)?;
             for (k, &s) in slots.iter().enumerate() {
                 parts[k].push(effects.narrow(1, s, 1)?.squeeze(1)?.to_dtype(DType::F32)?);
             }
@@ -252,9 +252,9 @@ impl EffectIndex {
     }
 
     /// All stored effects of `layer` for the prompts of chunk `c`, `[chunk, neurons, d_model]`
-    /// f32.
+    /// f32 on the CPU.
     pub fn read_chunk(&self, dir: &Path, layer: usize, c: usize) -> Result<Tensor> {
-        let [effects] = read_tensors(&chunk_path(dir, layer, c), ["effects"])?;
+        let [effects] = read_tensors(&chunk_path(dir, layer, c), ["effects"], &Device::Cpu)?;
         Ok(effects.to_dtype(DType::F32)?)
     }
 }

@@ -57,13 +57,17 @@ pub fn write_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<(
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
-/// Reads the tensors `names` (in that order) from a safetensors file; an error names a missing
-/// one.
-pub fn read_tensors<const K: usize>(path: &Path, names: [&str; K]) -> Result<[Tensor; K]> {
+/// Reads the tensors `names` (in that order) from a safetensors file onto `device`; an error
+/// names a missing one.
+pub fn read_tensors<const K: usize>(
+    path: &Path,
+    names: [&str; K],
+    device: &Device,
+) -> Result<[Tensor; K]> {
     if !path.is_file() {
         return Err(Error::Invalid(format!("{} does not exist", path.display())));
     }
-    let mut all = candle_core::safetensors::load(path, &Device::Cpu)
+    let mut all = candle_core::safetensors::load(path, device)
         .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
     let mut out = Vec::with_capacity(K);
     for name in names {

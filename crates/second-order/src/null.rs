@@ -10,7 +10,7 @@
 //! structure is significant on about 5% of prompts; one that reads structure on more, and one
 //! whose effects are larger on scrambled text on fewer.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use metarep_core::rng::{derive_seed, seeded};
 use rand::seq::SliceRandom;
 
@@ -49,13 +49,13 @@ pub fn shuffle_prompts(
         }
     }
     let (b, n) = tokens.dims2()?;
-    Ok(Tensor::from_vec(rows.concat(), (b, n), &Device::Cpu)?)
+    Ok(Tensor::from_vec(rows.concat(), (b, n), tokens.device())?)
 }
 
 /// `‖row − mean‖` of every row of `effects: [examples, d]`.
 pub fn centred_norms(effects: &Tensor, mean: &[f32]) -> Result<Vec<f32>> {
     let d = mean.len();
-    let mean = Tensor::from_vec(mean.to_vec(), (1, d), &Device::Cpu)?;
+    let mean = Tensor::from_vec(mean.to_vec(), (1, d), effects.device())?;
     Ok(effects
         .to_dtype(DType::F32)?
         .broadcast_sub(&mean)?

@@ -263,16 +263,16 @@ impl<'a> Pipeline<'a> {
         let (m, dir, cfg) = (self.model, &self.dir, &self.config);
         match stage {
             Stage::Eval => evaluate(m, &self.problems()?, &self.framing()?, cfg.batch)?.save(dir),
-            Stage::Direction => directions(m, &Representations::load(dir)?)?.save(dir),
+            Stage::Direction => directions(m, &Representations::load(dir, m.device())?)?.save(dir),
             Stage::Layers => {
-                let reps = Representations::load(dir)?;
-                let d = Directions::load(dir)?;
+                let reps = Representations::load(dir, m.device())?;
+                let d = Directions::load(dir, m.device())?;
                 let sel = select_layers(m, &reps, &d.correctness, cfg.top_layers)?;
                 write_json(&dir.join("layers.json"), &sel)
             }
             Stage::Neurons => {
-                let reps = Representations::load(dir)?;
-                let d = Directions::load(dir)?;
+                let reps = Representations::load(dir, m.device())?;
+                let d = Directions::load(dir, m.device())?;
                 let layers: LayerSelection = read_json(&dir.join("layers.json"))?;
                 let sel = rank_neurons(
                     m,
@@ -285,8 +285,8 @@ impl<'a> Pipeline<'a> {
                 write_json(&dir.join("neurons.json"), &sel)
             }
             Stage::Effects => {
-                let reps = Representations::load(dir)?;
-                let d = Directions::load(dir)?;
+                let reps = Representations::load(dir, m.device())?;
+                let d = Directions::load(dir, m.device())?;
                 let neurons: NeuronSelection = read_json(&dir.join("neurons.json"))?;
                 let dtype = if cfg.effects_dtype == "f16" {
                     DType::F16
@@ -324,8 +324,8 @@ impl<'a> Pipeline<'a> {
                 write_json(&dir.join("neurons_pca.json"), &analyses)
             }
             Stage::Ablate => {
-                let reps = Representations::load(dir)?;
-                let d = Directions::load(dir)?;
+                let reps = Representations::load(dir, m.device())?;
+                let d = Directions::load(dir, m.device())?;
                 let index: EffectIndex = read_json(&dir.join("effects/index.json"))?;
                 let analyses: Vec<NeuronAnalysis> = read_json(&dir.join("neurons_pca.json"))?;
                 let controls = Controls {

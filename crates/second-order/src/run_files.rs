@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use candle_core::Device;
+
 use crate::ablate::AblationResult;
 use crate::analysis::NeuronAnalysis;
 use crate::data::Representations;
@@ -30,11 +32,11 @@ pub struct RunFiles {
 }
 
 impl RunFiles {
-    /// Reads every stage's output from `dir`.
+    /// Reads every stage's output from `dir` (tensors on the CPU, for reports).
     pub fn load(dir: &Path) -> Result<Self> {
         Ok(RunFiles {
-            reps: Representations::load(dir)?,
-            directions: Directions::load(dir)?,
+            reps: Representations::load(dir, &Device::Cpu)?,
+            directions: Directions::load(dir, &Device::Cpu)?,
             layers: read_json(&dir.join("layers.json"))?,
             neurons: read_json(&dir.join("neurons.json"))?,
             index: read_json(&dir.join("effects/index.json"))?,

@@ -71,18 +71,18 @@ pub(crate) fn take_rows(t: &Tensor, idx: &[usize]) -> Result<Tensor> {
     let ids = Tensor::from_vec(
         idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
         idx.len(),
-        &Device::Cpu,
+        t.device(),
     )?;
     Ok(t.index_select(&ids, 0)?)
 }
 
-/// `[b, n, 1]` f32: 1 at each prompt's real positions (`≤` its read-out position).
-pub(crate) fn real_positions(positions: &[usize], n: usize) -> Result<Tensor> {
+/// `[b, n, 1]` f32 on `device`: 1 at each prompt's real positions (`≤` its read-out position).
+pub(crate) fn real_positions(positions: &[usize], n: usize, device: &Device) -> Result<Tensor> {
     let m: Vec<f32> = positions
         .iter()
         .flat_map(|&q| (0..n).map(move |p| f32::from(u8::from(p <= q))))
         .collect();
-    Ok(Tensor::from_vec(m, (positions.len(), n, 1), &Device::Cpu)?)
+    Ok(Tensor::from_vec(m, (positions.len(), n, 1), device)?)
 }
 
 /// Mean of `act: [b, n, k]` over real positions `[k]`.
@@ -112,7 +112,7 @@ pub fn select_layers(
     }
     let tokens = take_rows(&reps.tokens, &val)?;
     let positions: Vec<usize> = val.iter().map(|&i| reps.positions[i]).collect();
-    let mask = real_positions(&positions, tokens.dim(1)?)?;
+    let mask = real_positions(&positions, tokens.dim(1)?, model.device())?;
     let names: Vec<HookPoint> = (0..cfg.n_layers).map(HookPoint::MlpOut).collect();
     let (_, cache) = model.run_with_cache(Input::new(tokens.clone()), HookFilter::Points(names))?;
     let clean = take_rows(&reps.final_normed, &val)?;
@@ -178,7 +178,7 @@ pub fn rank_neurons(
     for chunk in train.chunks(batch.max(1)) {
         let tokens = take_rows(&reps.tokens, chunk)?;
         let positions: Vec<usize> = chunk.iter().map(|&i| reps.positions[i]).collect();
-        let mask = real_positions(&positions, tokens.dim(1)?)?;
+        let mask = real_positions(&positions, tokens.dim(1)?, model.device())?;
         count += mask.sum_all()?.to_scalar::<f32>()? as f64;
         let readout = Readout::new(model, &tokens, &positions)?;
         let all: Vec<usize> = (0..k).collect();

@@ -75,7 +75,7 @@ fn the_pipeline_writes_every_stage_and_resumes() {
     assert!(chunk_path(&run, 0, 4).is_file() && !chunk_path(&run, 0, 5).exists());
 
     // The stored effects are the method's effects (to f16 rounding).
-    let reps = Representations::load(&run).unwrap();
+    let reps = Representations::load(&run, model.device()).unwrap();
     let tokens = reps.tokens.narrow(0, 32, 32).unwrap();
     let fresh = Readout::new(&model, &tokens, &reps.positions[32..64])
         .unwrap()
