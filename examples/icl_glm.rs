@@ -5,6 +5,7 @@
 //! Run: `cargo run --release --example icl_glm [-- logistic|poisson [SEED [LAYERS [STEPS]]]]`
 //! (default logistic, seed 0, 1 layer, 4000 steps as fig17).
 
+use candle_core::Device;
 use metarep::eval::baselines::glm::{tuned_glm_gd, GlmMle, GlmScore, Irls, TrueWeights};
 use metarep::eval::tasks::glm::{FeatureMap, GlmFamily};
 use metarep::lat_cg::glm::{lat_score, one_layer_directions, GlmIclSetting};
@@ -43,8 +44,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "training a {layers}-layer LAT on in-context {family:?} regression (d = 5, n = 40): {} steps × {} tasks, AdamW lr {:.4}",
         setting.train.steps, setting.train.batch, setting.train.lr
     );
-    let (model, report) =
-        setting.train_model(setting.model(layers, 1, IclAttention::Linear), seed, None)?;
+    let (model, report) = setting.train_model(
+        setting.model(layers, 1, IclAttention::Linear),
+        seed,
+        &Device::Cpu,
+        None,
+    )?;
     println!("  trained in {:.1} s", report.seconds);
     let held = setting.problems(999, 10_000)?;
     let tuning = setting.problems(998, 2000)?;

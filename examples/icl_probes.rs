@@ -41,7 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(3);
     let setting = VonOswaldSetting::default().depth_scaled(layers);
     println!("training a {layers}-layer LAT on in-context regression (d = 10, n = 10) ...");
-    let (model, report) = setting.train_lat(layers, 0, None)?;
+    let (model, report) = setting.train_lat(layers, 0, &Device::Cpu, None)?;
     println!("  trained in {:.0} s", report.seconds);
     let StepSize::Fixed(eta) = tuned_gd(layers, &setting.tasks(1, 2000)?)?.0.step else {
         return Err("the GD grid gives fixed steps".into());

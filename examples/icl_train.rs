@@ -5,6 +5,7 @@
 //! Run: `cargo run --release --example icl_train [-- SEED [LAYERS [linear|softmax]]]` (the
 //! softmax variant has 2 heads and peak lr `SOFTMAX_LR`).
 
+use candle_core::Device;
 use metarep::eval::baselines::StepSize;
 use metarep::lat_cg::icl::{
     gd_one_step_sensitivity, lat_loss, sensitivity_cosine, tuned_gd, VonOswaldSetting, SOFTMAX_LR,
@@ -44,8 +45,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "training a {layers}-layer {attention:?}-attention model ({heads} head(s)) on d = {}, n = {}: {} steps × {} tasks, AdamW lr {}",
         setting.dim, setting.n_support, setting.train.steps, setting.train.batch, setting.train.lr
     );
-    let (model, report) =
-        setting.train_model(setting.model(layers, heads, attention), seed, None)?;
+    let (model, report) = setting.train_model(
+        setting.model(layers, heads, attention),
+        seed,
+        &Device::Cpu,
+        None,
+    )?;
     println!(
         "  trained in {:.1} s, last batch loss {:.4}",
         report.seconds, report.final_loss

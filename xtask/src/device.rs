@@ -12,7 +12,9 @@ use metarep_model::LoadOptions;
 use crate::error::BoxError;
 
 /// Experiments whose models, SAEs and tensors live on the chosen device.
-pub const ON_DEVICE: &[&str] = &["fig1", "fig2", "fig10", "fig12", "fig14"];
+pub const ON_DEVICE: &[&str] = &[
+    "fig1", "fig2", "fig6", "fig10", "fig11", "fig12", "fig14", "fig17",
+];
 
 static CHOSEN: OnceLock<(DeviceSpec, Device)> = OnceLock::new();
 

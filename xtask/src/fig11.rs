@@ -7,11 +7,12 @@
 use std::path::Path;
 
 use metarep_core::config::load_config;
-use metarep_model::{HookedTransformer, LoadOptions};
+use metarep_model::HookedTransformer;
 use metarep_second_order::report::summary;
 use metarep_second_order::{decomposition_gap, Pipeline, PipelineConfig, RunFiles, Stage};
 use serde::{Deserialize, Serialize};
 
+use crate::device::load_options;
 use crate::error::BoxError;
 use crate::output::ResultDir;
 
@@ -52,7 +53,7 @@ fn run_pipeline(
 ) -> Result<(HookedTransformer, RunFiles), BoxError> {
     let root = crate::fixtures::repo_root();
     let model_dir = root.join(&cfg.model);
-    let model = HookedTransformer::from_dir(&model_dir, &LoadOptions::default())
+    let model = HookedTransformer::from_dir(&model_dir, &load_options())
         .map_err(|e| format!("{e} (build it: cargo xtask fixtures arith)"))?;
     out.extra(
         "model_sha256",

@@ -23,6 +23,7 @@ use metarep_lat_cg::icl::lat_predictions;
 use metarep_lat_cg::train::{IclAttention, IclLatConfig, IclSetting, IclTrainConfig, TrainableLat};
 use serde::{Deserialize, Serialize};
 
+use crate::device::device;
 use crate::error::BoxError;
 use crate::fig6::SoftmaxConfig;
 use crate::output::{metric_key, ResultDir};
@@ -401,7 +402,7 @@ fn train_or_diverge(
     shape: IclLatConfig,
     seed: u64,
 ) -> Result<Option<(TrainableLat, RunReport)>, BoxError> {
-    match setting.train_model(shape, seed, None) {
+    match setting.train_model(shape, seed, &device(), None) {
         Ok(trained) => Ok(Some(trained)),
         // The run loop's only error for a non-finite loss.
         Err(metarep_lat_cg::Error::Core(metarep_core::Error::Invalid(msg)))

@@ -15,6 +15,7 @@ use metarep_lat_cg::icl::{
 use metarep_lat_cg::train::{IclAttention, IclTrainConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::device::device;
 use crate::error::BoxError;
 use crate::output::ResultDir;
 
@@ -141,7 +142,7 @@ fn compare(cfg: &Fig6Config, seed: u64, layers: usize) -> Result<Comparison, Box
     let setting = base.depth_scaled(layers);
     let held = setting.tasks(derive_seed(seed, "fig6/held-out"), cfg.held_out)?;
     let tuning = setting.tasks(derive_seed(seed, "fig6/tuning"), cfg.tuning_tasks)?;
-    let (model, report) = setting.train_lat(layers, seed, None)?;
+    let (model, report) = setting.train_lat(layers, seed, &device(), None)?;
     let (gd, _) = tuned_gd(layers, &tuning)?;
     let (gdpp, _) = tuned_gdpp(layers, &tuning)?;
     let lat = lat_loss(&model, &held)?;
@@ -163,7 +164,7 @@ fn compare(cfg: &Fig6Config, seed: u64, layers: usize) -> Result<Comparison, Box
         let mut soft = base;
         soft.train.lr = cfg.softmax.lr;
         let shape = soft.model(layers, cfg.softmax.heads, IclAttention::Softmax);
-        let (model, report) = soft.train_model(shape, seed, None)?;
+        let (model, report) = soft.train_model(shape, seed, &device(), None)?;
         let loss = lat_loss(&model, &held)?;
         println!(
             "   seed {seed}, {layers} layer(s): softmax TF {loss:.4} (trained in {:.0}s)",

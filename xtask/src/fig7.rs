@@ -202,7 +202,7 @@ fn trained_probes(cfg: &Fig7Config, depth: usize, seed: u64) -> Result<Vec<Probe
         ..Default::default()
     }
     .depth_scaled(depth);
-    let (model, report) = setting.train_lat(depth, seed, None)?;
+    let (model, report) = setting.train_lat(depth, seed, &Device::Cpu, None)?;
     let tuning = setting.tasks(derive_seed(seed, "fig7/tuning"), cfg.tuning_tasks)?;
     let eta = match tuned_gd(depth, &tuning)?.0.step {
         StepSize::Fixed(eta) => eta,

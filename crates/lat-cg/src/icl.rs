@@ -86,25 +86,33 @@ impl VonOswaldSetting {
         IclSetting::model(self, layers, heads, attention)
     }
 
-    /// Trains a LAT with `layers` layers (1 head, f32) from `seed`; returns it with its report.
+    /// Trains a LAT with `layers` layers (1 head, f32) on `device` from `seed`; returns it with
+    /// its report.
     pub fn train_lat(
         &self,
         layers: usize,
         seed: u64,
+        device: &Device,
         out: Option<&std::path::Path>,
     ) -> Result<(TrainableLat, RunReport)> {
-        self.train_model(self.model(layers, 1, IclAttention::Linear), seed, out)
+        self.train_model(
+            self.model(layers, 1, IclAttention::Linear),
+            seed,
+            device,
+            out,
+        )
     }
 
-    /// Trains a model of shape `config` from `seed` ([`IclSetting::train_model`]); with `out`
-    /// it writes `metrics.jsonl` there. Returns the model with its report.
+    /// Trains a model of shape `config` on `device` from `seed` ([`IclSetting::train_model`]);
+    /// with `out` it writes `metrics.jsonl` there. Returns the model with its report.
     pub fn train_model(
         &self,
         config: IclLatConfig,
         seed: u64,
+        device: &Device,
         out: Option<&std::path::Path>,
     ) -> Result<(TrainableLat, RunReport)> {
-        IclSetting::train_model(self, config, seed, out)
+        IclSetting::train_model(self, config, seed, device, out)
     }
 }
 
@@ -149,7 +157,7 @@ pub fn baseline_loss(p: &dyn Predictor, tasks: &[RegressionTask]) -> Result<f64>
 pub fn lat_loss<T: IclTask>(model: &TrainableLat, tasks: &[T]) -> Result<f64> {
     let mut total = 0.0;
     for chunk in tasks.chunks(2048) {
-        let batch = icl_batch(chunk, model.dtype(), &Device::Cpu)?;
+        let batch = icl_batch(chunk, model.dtype(), model.device())?;
         let l = model
             .loss(&batch)?
             .to_dtype(DType::F64)?
@@ -163,7 +171,7 @@ pub fn lat_loss<T: IclTask>(model: &TrainableLat, tasks: &[T]) -> Result<f64> {
 pub fn lat_predictions<T: IclTask>(model: &TrainableLat, tasks: &[T]) -> Result<Vec<f64>> {
     let mut out = Vec::with_capacity(tasks.len());
     for chunk in tasks.chunks(2048) {
-        let batch = icl_batch(chunk, model.dtype(), &Device::Cpu)?;
+        let batch = icl_batch(chunk, model.dtype(), model.device())?;
         out.extend(
             model
                 .predict(&batch.tokens)?
@@ -223,7 +231,7 @@ pub fn cg_loss(steps: usize, tasks: &[RegressionTask]) -> Result<f64> {
 /// Each task's sensitivity `∂ŷ/∂x_q` `[d]` of a model's first-query prediction (autodiff). For a
 /// one-layer LAT `ŷ` is linear in `x_q`, so this is the weight vector it applies to the query.
 pub fn query_sensitivities<T: IclTask>(model: &TrainableLat, tasks: &[T]) -> Result<Vec<Vec<f64>>> {
-    let batch = icl_batch(tasks, model.dtype(), &Device::Cpu)?;
+    let batch = icl_batch(tasks, model.dtype(), model.device())?;
     let tokens = Var::from_tensor(&batch.tokens)?;
     let pred = model.predict(tokens.as_tensor())?;
     // Each prediction depends only on its own task's tokens, so the gradient of the sum gives

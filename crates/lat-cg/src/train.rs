@@ -78,6 +78,17 @@ pub struct IclBatch {
     pub loss: QueryLoss,
 }
 
+impl IclBatch {
+    /// The same batch on `device` (a no-op where it already is).
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            tokens: self.tokens.to_device(device)?,
+            targets: self.targets.to_device(device)?,
+            loss: self.loss,
+        })
+    }
+}
+
 /// An in-context problem the LAT can read: supports, queries (the first is the one read) and a
 /// target per query, with the loss that fits the targets.
 pub trait IclTask {
@@ -269,6 +280,11 @@ impl TrainableLat {
         self.mask.dtype()
     }
 
+    /// The device its weights (and so its inputs) are on.
+    pub fn device(&self) -> &Device {
+        self.mask.device()
+    }
+
     /// The LAT these weights define (tensors share the variables, so gradients flow).
     pub fn lat(&self) -> Result<Lat> {
         let c = self.config.dim + 1;
@@ -387,25 +403,28 @@ pub fn train(
     if cfg.batch == 0 {
         return Err(Error::invalid("train config", "batch must be ≥ 1"));
     }
-    let loss = |step: usize| model.loss(&sample(derive_seed(cfg.seed, &format!("batch/{step}")))?);
+    let loss = |step: usize| {
+        let batch = sample(derive_seed(cfg.seed, &format!("batch/{step}")))?;
+        model.loss(&batch.to_device(model.device())?)
+    };
     let mut steps = AdamRun::new(&model.params, cfg.weight_decay, cfg.clip, loss)?;
     let config = serde_json::json!({ "model": model.config, "train": cfg });
     run(&mut steps, &cfg.plan(), &config, control)
 }
 
-/// Trains a fresh model of shape `config` (`dtype` on the CPU, init `N(0, 0.02²)` from
+/// Trains a fresh model of shape `config` (`dtype` on `device`, init `N(0, 0.02²)` from
 /// `derive_seed(seed, "init")`) with `cfg`, its data seed replaced by `derive_seed(seed, "data")`,
-/// on batches from `sample(step_seed, cfg.batch)`; with `out` it writes `metrics.jsonl` there.
-/// Returns the model with its report.
+/// on batches from `sample(step_seed, cfg.batch)` (moved to `device`); with `out` it writes
+/// `metrics.jsonl` there. Returns the model with its report.
 pub fn train_seeded(
     config: IclLatConfig,
     cfg: &IclTrainConfig,
     seed: u64,
-    dtype: DType,
+    (dtype, device): (DType, &Device),
     out: Option<&std::path::Path>,
     sample: impl Fn(u64, usize) -> Result<IclBatch>,
 ) -> Result<(TrainableLat, RunReport)> {
-    let model = TrainableLat::new(config, 0.02, derive_seed(seed, "init"), dtype, &Device::Cpu)?;
+    let model = TrainableLat::new(config, 0.02, derive_seed(seed, "init"), dtype, device)?;
     let mut cfg = *cfg;
     cfg.seed = derive_seed(seed, "data");
     let report = train(
@@ -459,17 +478,23 @@ pub trait IclSetting: Copy {
         }
     }
 
-    /// Trains a model of shape `config` from `seed` ([`train_seeded`]); with `out` it writes
-    /// `metrics.jsonl` there. Returns the model with its report.
+    /// Trains a model of shape `config` on `device` from `seed` ([`train_seeded`]); with `out`
+    /// it writes `metrics.jsonl` there. Returns the model with its report.
     fn train_model(
         &self,
         config: IclLatConfig,
         seed: u64,
+        device: &Device,
         out: Option<&std::path::Path>,
     ) -> Result<(TrainableLat, RunReport)> {
         let cfg = self.train_config();
-        train_seeded(config, &cfg, seed, self.dtype(), out, |s, count| {
-            self.batch(s, count)
-        })
+        train_seeded(
+            config,
+            &cfg,
+            seed,
+            (self.dtype(), device),
+            out,
+            |s, count| self.batch(s, count),
+        )
     }
 }

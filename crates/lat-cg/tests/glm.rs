@@ -140,7 +140,7 @@ fn glm_problems_lay_out_as_feature_tokens_with_mean_targets() {
 fn a_short_logistic_run_learns_in_context() {
     let s = setting(GlmFamily::Logistic, 2, 20);
     let (model, report) = s
-        .train_model(s.model(1, 1, IclAttention::Linear), 0, None)
+        .train_model(s.model(1, 1, IclAttention::Linear), 0, &Device::Cpu, None)
         .unwrap();
     let held = s.problems(99, 4000).unwrap();
     let lat = lat_score(&model, &held).unwrap();

@@ -13,7 +13,7 @@ use metarep_lat_cg::train::{
 #[test]
 fn one_trained_layer_matches_one_optimally_tuned_gd_step() {
     let setting = VonOswaldSetting::default();
-    let (model, report) = setting.train_lat(1, 0, None).unwrap();
+    let (model, report) = setting.train_lat(1, 0, &Device::Cpu, None).unwrap();
     let held_out = setting.tasks(999, setting.held_out).unwrap();
     let lat = lat_loss(&model, &held_out).unwrap();
     let (gd, gd_loss) = tuned_gd(1, &held_out).unwrap();
