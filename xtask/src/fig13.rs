@@ -17,9 +17,10 @@ use metarep_eval::plot::{LinePlot, Series, SeriesStyle};
 use metarep_eval::stats::Interval;
 use metarep_eval::table::{Cell, Table};
 use metarep_model::generate::GenerateOptions;
-use metarep_model::{HookedTransformer, LoadOptions, NoHooks};
+use metarep_model::{HookedTransformer, NoHooks};
 use serde::{Deserialize, Serialize};
 
+use crate::device::load_options;
 use crate::error::BoxError;
 use crate::fixtures::gguf::smollm2_file;
 use crate::output::{interval_cells, set_interval, ResultDir};
@@ -71,7 +72,7 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     let mut out = ResultDir::start(dir, &cfg, vec![cfg.seed])?;
     out.extra("smollm2_sha256", &crate::fixtures::sha256_file(&gguf)?)?;
     let clock = Instant::now();
-    let model = HookedTransformer::from_gguf(&gguf, &LoadOptions::default())?;
+    let model = HookedTransformer::from_gguf(&gguf, &load_options())?;
     println!("  loaded {} in {:.1} s", gguf.display(), secs(&clock));
     let completion = complete(&cfg, &model, &mut out)?;
 

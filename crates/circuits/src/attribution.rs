@@ -71,7 +71,7 @@ impl AnswerAttribution {
         targets: &[u32],
     ) -> Result<AttributionCheck> {
         let logits = rows_at_f32(&model.forward(Input::new(tokens.clone()))?, positions)?;
-        let ids = Tensor::from_vec(targets.to_vec(), (targets.len(), 1), tokens.device())?;
+        let ids = Tensor::from_vec(targets.to_vec(), (targets.len(), 1), logits.device())?;
         let logit = logits.gather(&ids, 1)?.mean_all()?.to_scalar::<f32>()? as f64;
         let layer_gap = self
             .mlps
@@ -135,7 +135,7 @@ pub fn answer_attribution(
     }
     let dla = direct_logit_attribution(
         &cache,
-        &LogitTarget::Tokens(Tensor::from_vec(ids, (b, n), tokens.device())?),
+        &LogitTarget::Tokens(Tensor::from_vec(ids, (b, n), model.device())?),
         true,
     )?;
     // [components, batch] at the chosen positions.

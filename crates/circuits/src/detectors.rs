@@ -228,7 +228,8 @@ pub fn token_losses<H: metarep_model::Hooks>(
         .gather(
             &targets
                 .unsqueeze(D::Minus1)?
-                .to_dtype(candle_core::DType::U32)?,
+                .to_dtype(candle_core::DType::U32)?
+                .to_device(logp.device())?,
             D::Minus1,
         )?
         .squeeze(D::Minus1)?

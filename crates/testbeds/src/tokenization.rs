@@ -317,6 +317,7 @@ pub fn score_problems<T: AsRef<Framed>, H: Hooks>(
     let mut out = Vec::with_capacity(problems.len());
     for chunk in problems.chunks(batch.max(1)) {
         let (tokens, mask) = padded(chunk, pad)?;
+        let tokens = tokens.to_device(model.device())?;
         let n = tokens.dim(1)?;
         let d = model.config().d_model;
         // Only the scored predictions are unembedded: rows of the flattened `[batch · (n − 1)]`.

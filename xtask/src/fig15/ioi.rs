@@ -8,7 +8,6 @@
 
 use std::time::Instant;
 
-use candle_core::Device;
 use metarep_circuits::ioi::{
     ioi_attribution, ioi_logit_diffs, ioi_prompts, patch_set, single_token_names, IoiPrompt, Order,
     NAMES, TEMPLATES,
@@ -202,7 +201,7 @@ fn circuit(
         .filter(|p| p.template == 0)
         .take(cfg.patch_prompts)
         .collect();
-    let set = patch_set(&rows, &Device::Cpu)?;
+    let set = patch_set(&rows, model.device())?;
     let clock = Instant::now();
     let patching = patch(model, &set)?;
     println!(

@@ -9,10 +9,11 @@ mod second_order;
 
 use std::path::Path;
 
-use metarep_model::{HookedTransformer, LoadOptions};
+use metarep_model::HookedTransformer;
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{self, CheckedConfig};
+use crate::device::load_options;
 use crate::error::BoxError;
 use crate::fixtures::gguf::smollm2_file;
 use crate::output::ResultDir;
@@ -42,7 +43,7 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     let gguf = smollm2_file(&crate::fixtures::repo_root())?;
     let mut out = ResultDir::start(dir, &cfg, vec![cfg.seed])?;
     out.extra("smollm2_sha256", &crate::fixtures::sha256_file(&gguf)?)?;
-    let model = HookedTransformer::from_gguf(&gguf, &LoadOptions::default())?;
+    let model = HookedTransformer::from_gguf(&gguf, &load_options())?;
     let pass = ioi::run(cfg.seed, &cfg.ioi, &model, &mut out)?;
     arith::run(cfg.seed, &cfg.arithmetic, &model, &mut out)?;
     let exact = second_order::run(cfg.seed, &cfg.second_order, &model, dir, &mut out)?;
