@@ -16,11 +16,12 @@ use metarep_eval::harness::{SummaryRow, Sweep, SweepResult};
 use metarep_eval::tasks::linear::RegressionTask;
 use metarep_eval::tasks::text::{numeric_mae, token_accuracy, TextExample};
 use metarep_lat_cg::icl::tuned_gd;
-use metarep_model::{HookedTransformer, LoadOptions};
+use metarep_model::HookedTransformer;
 use metarep_testbeds::text_regression::{answer, number_tokens, TextRegressionSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{at_least_one, each, require, CheckedConfig};
+use crate::device::{device, load_options};
 use crate::error::BoxError;
 use crate::output::{metric_key, ResultDir};
 
@@ -103,7 +104,7 @@ pub fn fixture_dir(seed: u64) -> std::path::PathBuf {
 pub const FIXTURE_SPEC: &str = "text-regression.json";
 
 /// Seed `seed`'s model: the checked-in fixture (checked against `spec`) or freshly trained.
-fn model_for(cfg: &Fig18Config, seed: u64) -> Result<HookedTransformer, BoxError> {
+fn model_for(cfg: &Fig18Config, seed: u64, dir: &Path) -> Result<HookedTransformer, BoxError> {
     let spec = cfg.model.with_seed(seed);
     if !cfg.fixture {
         let (model, report) = spec.train()?;
@@ -111,7 +112,13 @@ fn model_for(cfg: &Fig18Config, seed: u64) -> Result<HookedTransformer, BoxError
             "  seed {seed}: trained {} steps, loss {:.3} → {:.3} ({:.0} s)",
             report.steps, report.first_loss, report.final_loss, report.seconds
         );
-        return Ok(model);
+        if device().is_cpu() {
+            return Ok(model);
+        }
+        // Trained on the CPU; loaded from a saved copy onto the chosen device.
+        let saved = dir.join(format!("model-seed-{seed}"));
+        model.save_pretrained(&saved)?;
+        return Ok(HookedTransformer::from_dir(&saved, &load_options())?);
     }
     let dir = fixture_dir(seed);
     let rebuild = "rebuild it: cargo xtask fixtures text-regression";
@@ -126,7 +133,7 @@ fn model_for(cfg: &Fig18Config, seed: u64) -> Result<HookedTransformer, BoxError
         .into());
     }
     println!("  seed {seed}: {}", dir.display());
-    Ok(HookedTransformer::from_dir(&dir, &LoadOptions::default())?)
+    Ok(HookedTransformer::from_dir(&dir, &load_options())?)
 }
 
 /// Runs fig18 and writes `dir`.
@@ -135,7 +142,7 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     let mut out = ResultDir::start(dir, &cfg, cfg.seeds.clone())?;
     let mut models = BTreeMap::new();
     for &seed in &cfg.seeds {
-        models.insert(seed, model_for(&cfg, seed)?);
+        models.insert(seed, model_for(&cfg, seed, dir)?);
     }
     let xs: Vec<f64> = cfg.ns.iter().map(|&n| n as f64).collect();
     let result = Sweep::new(&cfg.seeds, &xs).run(|seed, x| {
@@ -391,7 +398,9 @@ mod tests {
     fn a_fixture_trained_with_other_settings_is_refused() {
         let mut cfg = config();
         cfg.model.decoder.steps += 1;
-        let e = model_for(&cfg, cfg.seeds[0]).unwrap_err().to_string();
+        let e = model_for(&cfg, cfg.seeds[0], Path::new("unused"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cargo xtask fixtures text-regression"), "{e}");
     }
 

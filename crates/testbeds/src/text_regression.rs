@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{Device, D};
+use candle_core::D;
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_core::train::RunReport;
 use metarep_eval::tasks::linear::{LinearTaskSpec, RegressionTask, Spectrum};
@@ -288,7 +288,7 @@ pub fn greedy_numbers(
     for group in by_length.values() {
         for chunk in group.chunks(batch.max(1)) {
             let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
-            let mut input = Input::from_ids(&rows, &Device::Cpu)?;
+            let mut input = Input::from_ids(&rows, model.device())?;
             let mut cache = KvCache::new(model);
             let mut state = vec![NumberState::default(); chunk.len()];
             while state.iter().any(|s| !s.done) && cache.len() < n_ctx {
@@ -305,7 +305,7 @@ pub fn greedy_numbers(
                     }
                 }
                 let step: Vec<Vec<u32>> = next.iter().map(|&id| vec![id]).collect();
-                input = Input::from_ids(&step, &Device::Cpu)?;
+                input = Input::from_ids(&step, model.device())?;
             }
         }
     }
@@ -363,6 +363,7 @@ pub fn number_tokens(tokenizer: &Tokenizer, value: f64, decimals: usize) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     fn spec() -> TextRegressionSpec {
         TextRegressionSpec {
