@@ -16,7 +16,7 @@ use metarep_core::rng::{derive_seed, seeded};
 use metarep_eval::plot::{Heatmap, LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
 use metarep_eval::tasks::text::Op;
-use metarep_model::{Component, HookedTransformer, LoadOptions, NoHooks, Tokenizer};
+use metarep_model::{Component, HookedTransformer, NoHooks, Tokenizer};
 use metarep_testbeds::arith::{addition_pairs, framing, ArithSpec};
 use metarep_testbeds::tokenization::{
     by_class, by_op, eval_set, prompt_batch, score_problems, summarize, tokenize_all, Framing,
@@ -25,6 +25,7 @@ use metarep_testbeds::tokenization::{
 use serde::{Deserialize, Serialize};
 
 use crate::detector_maps::{resid_map, RESTORED};
+use crate::device::load_options;
 use crate::error::BoxError;
 use crate::fixtures::arith::{dir as seed_dir, SEEDS};
 use crate::output::ResultDir;
@@ -60,7 +61,7 @@ struct Loaded {
 
 fn load(root: &Path, seed: u64) -> Result<(Loaded, ArithSpec), BoxError> {
     let dir = seed_dir(root, seed);
-    let model = HookedTransformer::from_dir(&dir, &LoadOptions::default())
+    let model = HookedTransformer::from_dir(&dir, &load_options())
         .map_err(|e| format!("{e} (build it: cargo xtask fixtures arith)"))?;
     let spec: ArithSpec = serde_json::from_str(&std::fs::read_to_string(dir.join("arith.json"))?)?;
     let tokenizer = model

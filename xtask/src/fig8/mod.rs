@@ -24,11 +24,12 @@ use metarep_eval::plot::{Heatmap, LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
 use metarep_model::interventions::{Intervention, Interventions};
 use metarep_model::predictions::EvalSet;
-use metarep_model::{Component, HookedTransformer, LoadOptions, NoHooks};
+use metarep_model::{Component, HookedTransformer, NoHooks};
 use metarep_testbeds::induction::InductionSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::detector_maps::{resid_map, RESTORED};
+use crate::device::load_options;
 use crate::error::BoxError;
 use crate::output::ResultDir;
 
@@ -105,7 +106,7 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
 /// Loads `fixtures/induction-2l` and checks it against its `induction.json`.
 fn load_fixture(out: &mut ResultDir) -> Result<(HookedTransformer, InductionSpec), BoxError> {
     let fixture = crate::fixtures::induction_2l::dir(&crate::fixtures::repo_root());
-    let model = HookedTransformer::from_dir(&fixture, &LoadOptions::default())?;
+    let model = HookedTransformer::from_dir(&fixture, &load_options())?;
     let spec: InductionSpec =
         serde_json::from_str(&std::fs::read_to_string(fixture.join("induction.json"))?)?;
     if model.config() != &spec.model_config() {
