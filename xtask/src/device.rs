@@ -3,11 +3,12 @@
 //! it; every other target runs on the CPU only and refuses another device with an error
 //! naming the target, so no run silently ignores the setting.
 
+use std::path::Path;
 use std::sync::OnceLock;
 
 use candle_core::Device;
 use metarep_core::device::DeviceSpec;
-use metarep_model::LoadOptions;
+use metarep_model::{HookedTransformer, LoadOptions};
 
 use crate::error::BoxError;
 
@@ -59,6 +60,15 @@ pub fn load_options() -> LoadOptions {
     LoadOptions {
         device: device(),
         ..LoadOptions::default()
+    }
+}
+
+/// `model`, trained on the CPU and saved at `saved`, on [`device`]: itself on the CPU, else
+/// loaded from the saved copy onto the chosen device.
+pub fn onto_device(model: HookedTransformer, saved: &Path) -> Result<HookedTransformer, BoxError> {
+    match device().is_cpu() {
+        true => Ok(model),
+        false => Ok(HookedTransformer::from_dir(saved, &load_options())?),
     }
 }
 

@@ -53,7 +53,7 @@ use metarep_testbeds::byte_lm::{encode as encode_bytes, ByteLmSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{self, at_least_one, positive, require, CheckedConfig};
-use crate::device::{device, load_options};
+use crate::device::{load_options, onto_device};
 use crate::error::BoxError;
 use crate::fixtures::gguf::smollm2_file;
 use crate::measure_cache::MeasureCache;
@@ -976,11 +976,7 @@ fn base_model(
     let saved = dir.join("base_model");
     model.save_pretrained(&saved)?;
     let digest = crate::fixtures::sha256_file(&saved.join("model.safetensors"))?;
-    // Trained on the CPU (minutes); loaded from the saved copy onto another chosen device.
-    let model = match device().is_cpu() {
-        true => model,
-        false => HookedTransformer::from_dir(&saved, &load_options())?,
-    };
+    let model = onto_device(model, &saved)?;
     let encode: Encoder = Box::new(|text| Ok(encode_bytes(text)));
     Ok((model, encode, digest))
 }

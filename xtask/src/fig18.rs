@@ -21,7 +21,7 @@ use metarep_testbeds::text_regression::{answer, number_tokens, TextRegressionSpe
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{at_least_one, each, require, CheckedConfig};
-use crate::device::{device, load_options};
+use crate::device::{load_options, onto_device};
 use crate::error::BoxError;
 use crate::output::{metric_key, ResultDir};
 
@@ -112,13 +112,9 @@ fn model_for(cfg: &Fig18Config, seed: u64, dir: &Path) -> Result<HookedTransform
             "  seed {seed}: trained {} steps, loss {:.3} → {:.3} ({:.0} s)",
             report.steps, report.first_loss, report.final_loss, report.seconds
         );
-        if device().is_cpu() {
-            return Ok(model);
-        }
-        // Trained on the CPU; loaded from a saved copy onto the chosen device.
         let saved = dir.join(format!("model-seed-{seed}"));
         model.save_pretrained(&saved)?;
-        return Ok(HookedTransformer::from_dir(&saved, &load_options())?);
+        return onto_device(model, &saved);
     }
     let dir = fixture_dir(seed);
     let rebuild = "rebuild it: cargo xtask fixtures text-regression";
