@@ -11,6 +11,7 @@
 
 use std::path::PathBuf;
 
+use candle_core::Device;
 use metarep::core::config::load_config;
 use metarep::sae::ground_truth::experiment::run;
 use metarep::sae::ground_truth::GroundTruthConfig;
@@ -25,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cfg: GroundTruthConfig = load_config(&path, &[])?;
     println!("config: {}", path.display());
     println!("system  nonlinear  sae        explained var.  MMCS   F1     causal pass  | null SAE: EV, MMCS");
-    run(&cfg, None, |r| {
+    run(&cfg, &Device::Cpu, None, |r| {
         println!(
             "{:<7} {:<10} {:<10} {:<15.4} {:<6.3} {:<6.3} {:<12.3} | {:.3}, {:.3}",
             r.system,

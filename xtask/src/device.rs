@@ -14,8 +14,8 @@ use crate::error::BoxError;
 
 /// Experiments whose models, SAEs and tensors live on the chosen device.
 pub const ON_DEVICE: &[&str] = &[
-    "fig1", "fig2", "fig6", "fig8", "fig10", "fig11", "fig12", "fig13", "fig14", "fig15", "fig17",
-    "fig18",
+    "fig1", "fig2", "fig6", "fig7", "fig8", "fig9", "fig10", "fig11", "fig12", "fig13", "fig14",
+    "fig15", "fig17", "fig18",
 ];
 
 static CHOSEN: OnceLock<(DeviceSpec, Device)> = OnceLock::new();

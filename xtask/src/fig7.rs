@@ -2,12 +2,14 @@
 //! solution) in every layer's residual stream of trained LATs, of the constructed CG LAT and of
 //! the softmax routes (Route A; Route B at several logit scales), each next to two controls:
 //! shuffled targets, and the same probe on the query tokens' rows, a location that carries no
-//! per-support solver state (`metarep_lat_cg::solver_probe` says why).
+//! per-support solver state (`metarep_lat_cg::solver_probe` says why). The trained and
+//! constructed LATs run on `--set device`; the softmax routes (exact f64 constructions) on the
+//! CPU.
 
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_core::DTypePolicy;
 use metarep_eval::baselines::StepSize;
@@ -29,6 +31,7 @@ use metarep_softmax_routes::route_b::{self, centred_problem, CentredSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{self, CheckedConfig};
+use crate::device::device;
 use crate::error::BoxError;
 use crate::output::{metric_key, ResultDir};
 
@@ -187,7 +190,7 @@ fn constructed_probes(cfg: &ConstructedConfig, seed: u64) -> Result<Vec<ProbeRow
     let first = train.first().ok_or("fig7: train_problems must be ≥ 1")?;
     let model = CgLat::build(
         CgSpec::for_problem(first, cfg.steps, Preconditioner::None)?,
-        &Device::Cpu,
+        &device(),
     )?;
     Ok(probe_layers(
         &ProbeSet::constructed(&model, &train)?,
@@ -202,7 +205,7 @@ fn trained_probes(cfg: &Fig7Config, depth: usize, seed: u64) -> Result<Vec<Probe
         ..Default::default()
     }
     .depth_scaled(depth);
-    let (model, report) = setting.train_lat(depth, seed, &Device::Cpu, None)?;
+    let (model, report) = setting.train_lat(depth, seed, &device(), None)?;
     let tuning = setting.tasks(derive_seed(seed, "fig7/tuning"), cfg.tuning_tasks)?;
     let eta = match tuned_gd(depth, &tuning)?.0.step {
         StepSize::Fixed(eta) => eta,

@@ -10,6 +10,7 @@ use metarep_eval::table::{Cell, Table};
 use metarep_sae::ground_truth::experiment::{run as run_experiment, GroundTruthRow};
 use metarep_sae::ground_truth::GroundTruthConfig;
 
+use crate::device::device;
 use crate::error::BoxError;
 use crate::output::ResultDir;
 
@@ -22,7 +23,7 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     let mut out = ResultDir::start(dir, &cfg, vec![cfg.seed])?;
     let runs = dir.join("runs");
     println!("   system γ    sae        EV     MMCS   F1     causal  (null: EV, MMCS, F1, causal; random MMCS)");
-    let rows = run_experiment(&cfg, Some(&runs), |r| {
+    let rows = run_experiment(&cfg, &device(), Some(&runs), |r| {
         let (t, n) = (&r.trained, &r.null);
         println!(
             "   {:<6} {:<4} {:<9} {:.4} {:.3}  {:.3}  {:.3}   ({:.3}, {:.3}, {:.3}, {:.3}; {:.3})  {:.1}s",

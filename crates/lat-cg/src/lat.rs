@@ -338,6 +338,22 @@ impl Lat {
         Ok(states)
     }
 
+    /// The device its weights are on (the CPU for a LAT without weights, whose forward pass is
+    /// the identity).
+    pub fn device(&self) -> Device {
+        let heads = self
+            .layers
+            .iter()
+            .flat_map(|l| &l.heads)
+            .map(|h| h.w_q.device());
+        let mlps = self
+            .layers
+            .iter()
+            .flat_map(|l| &l.mlp)
+            .map(|g| g.w_a.device());
+        heads.chain(mlps).next().cloned().unwrap_or(Device::Cpu)
+    }
+
     /// Converts every weight and mask to `dtype` on `device`.
     pub fn to(&self, dtype: DType, device: &Device) -> Result<Lat> {
         let cv = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?.to_device(device)?) };

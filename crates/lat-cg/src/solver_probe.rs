@@ -44,7 +44,7 @@
 
 use std::ops::Range;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use nalgebra::{DMatrix, DVector};
 
 use crate::construct::cg::CgLat;
@@ -362,9 +362,10 @@ impl ProbeSet {
     }
 
     /// The probe set of a trained LAT on regression `tasks` (GD compared at primal step
-    /// `gd_step`); the unrelated location is the query token (token `n`).
+    /// `gd_step`); the unrelated location is the query token (token `n`). The tasks are laid
+    /// out in the model's dtype on its device.
     pub fn trained(model: &TrainableLat, tasks: &[RegressionTask], gd_step: f64) -> Result<Self> {
-        let batch = icl_batch(tasks, DType::F32, &Device::Cpu)?;
+        let batch = icl_batch(tasks, model.dtype(), model.device())?;
         let states = model.lat()?.forward_with_states(&batch.tokens)?;
         let n = model.config.n_support;
         let systems: Vec<_> = tasks
@@ -374,11 +375,12 @@ impl ProbeSet {
         Self::new(StreamRows::read(&states, n, n..n + 1)?, &systems)
     }
 
-    /// The probe set of a constructed CG LAT on kernel `problems` (layer `t` = after CG step `t`).
+    /// The probe set of a constructed CG LAT on kernel `problems` (layer `t` = after CG step `t`),
+    /// run on the model's device.
     pub fn constructed(model: &CgLat, problems: &[KrrProblem]) -> Result<Self> {
         let states = model
             .lat
-            .forward_with_states(&model.embed(problems, &Device::Cpu)?)?;
+            .forward_with_states(&model.embed(problems, &model.lat.device())?)?;
         let picked: Vec<Tensor> = (0..=model.spec.steps)
             .map(|t| Ok(states[model.state_index(t)?].clone()))
             .collect::<Result<_>>()?;
@@ -442,6 +444,7 @@ mod tests {
     use crate::construct::cg::CgSpec;
     use crate::problem::{rbf_problem, RbfProblemSpec};
     use crate::train::{IclAttention, IclLatConfig};
+    use candle_core::Device;
 
     #[test]
     fn stream_rows_pair_support_i_with_query_i_mod_m() {

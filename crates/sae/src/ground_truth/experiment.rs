@@ -111,10 +111,12 @@ impl GroundTruthRow {
     }
 }
 
-/// Runs every system × mixing × SAE; training logs go to `out/<id>/metrics.jsonl` when `out`
-/// is given. `progress` is called with a line per finished row.
+/// Runs every system × mixing × SAE, the SAEs and their scoring on `device` (the systems and
+/// mixings are drawn on the CPU); training logs go to `out/<id>/metrics.jsonl` when `out` is
+/// given. `progress` is called with a line per finished row.
 pub fn run(
     cfg: &GroundTruthConfig,
+    device: &Device,
     out: Option<&Path>,
     mut progress: impl FnMut(&GroundTruthRow),
 ) -> Result<Vec<GroundTruthRow>> {
@@ -140,18 +142,20 @@ pub fn run(
                     &format!("{}/mixing/{}", system.name(), mixing.nonlinear),
                 ),
             )?;
-            let obs = mix.observe(
-                &traj,
-                derive_seed(
-                    cfg.seed,
-                    &format!("{}/noise/{}", system.name(), mixing.nonlinear),
-                ),
-            )?;
+            let obs = mix
+                .observe(
+                    &traj,
+                    derive_seed(
+                        cfg.seed,
+                        &format!("{}/noise/{}", system.name(), mixing.nonlinear),
+                    ),
+                )?
+                .to_device(device)?;
             let (train_obs, test_obs) = (
                 obs.narrow(0, 0, split)?,
                 obs.narrow(0, split, traj.rows() - split)?,
             );
-            let truth = mix.directions()?;
+            let truth = mix.directions()?.to_device(device)?;
             let readout = Readout::fit(&train_obs, train_states, f)?;
             for named in &cfg.saes {
                 let config = named.sae.config(mixing.d_obs)?;
@@ -159,7 +163,7 @@ pub fn run(
                     cfg.seed,
                     &format!("{}/{}/{}", system.name(), mixing.nonlinear, named.name),
                 );
-                let mut sae = Sae::new(config, seed, DType::F32, &Device::Cpu)?;
+                let mut sae = Sae::new(config, seed, DType::F32, device)?;
                 let mut source = TensorSource::new(train_obs.clone(), seed)?;
                 let mut row = GroundTruthRow {
                     system: system.name().to_string(),
@@ -243,7 +247,7 @@ pub fn score(
     let matches = if live.is_empty() {
         vec![0; truth.dim(0)?]
     } else {
-        let idx = Tensor::from_vec(live.clone(), live.len(), &Device::Cpu)?;
+        let idx = Tensor::from_vec(live.clone(), live.len(), codes.device())?;
         let (_, m) = max_cosines(&sae.w_dec.as_tensor().index_select(&idx, 0)?, truth)?;
         m.iter().map(|&j| live[j] as usize).collect()
     };

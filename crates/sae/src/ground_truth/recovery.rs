@@ -12,7 +12,8 @@ use crate::latents::Latents;
 use crate::sae::Sae;
 
 /// For each true direction (rows of `truth` `[F, d]`), the best cosine over the rows of
-/// `decoder` `[N, d]` and which row gives it; the mean of the best cosines is the MMCS.
+/// `decoder` `[N, d]` and which row gives it (computed on the decoder's device); the mean of the
+/// best cosines is the MMCS.
 pub fn max_cosines(decoder: &Tensor, truth: &Tensor) -> Result<(Vec<f64>, Vec<usize>)> {
     let unit = |t: &Tensor| -> Result<Tensor> {
         let t = t.to_dtype(DType::F64)?;
@@ -25,7 +26,7 @@ pub fn max_cosines(decoder: &Tensor, truth: &Tensor) -> Result<(Vec<f64>, Vec<us
             format!("{}", decoder.dim(1)?),
         ));
     }
-    let cos = unit(truth)?
+    let cos = unit(&truth.to_device(decoder.device())?)?
         .matmul(&unit(decoder)?.t()?)?
         .to_vec2::<f64>()?;
     let mut best = Vec::with_capacity(cos.len());
