@@ -80,6 +80,11 @@ pub struct Fig12Config {
     /// The byte-level LM (for `base = "bytes"`).
     #[serde(default)]
     bytes: Option<ByteLmSpec>,
+    /// Load the byte-level LM from the checked-in `fixtures/byte-lm` (built by `cargo xtask
+    /// fixtures byte-lm` with the same `[bytes]` settings on the same training text) instead of
+    /// training it.
+    #[serde(default)]
+    bytes_fixture: bool,
     /// Characters of training documents read (whole documents, in file order).
     train_chars: usize,
     /// GistNet's internal width, layers, heads and MLP width.
@@ -216,6 +221,12 @@ impl CheckedConfig for Fig12Config {
             "bytes",
             "(missing)",
             "a [bytes] table for base = \"bytes\"",
+        )?;
+        require(
+            !self.bytes_fixture || self.base == "bytes",
+            "bytes_fixture",
+            self.bytes_fixture,
+            "false unless base = \"bytes\"",
         )?;
         for (key, v) in [
             ("train_chars", self.train_chars),
@@ -963,22 +974,111 @@ fn base_model(
         .bytes
         .as_ref()
         .ok_or("base = \"bytes\" needs a [bytes] table")?;
-    let text: Vec<u32> = train_docs
-        .iter()
-        .flat_map(|d| encode_bytes(&d.text).into_iter().chain([u32::from(b'\n')]))
-        .collect();
-    let (model, report) = spec.train(&text)?;
-    println!(
-        "  byte-level LM: loss {:.3} → {:.3} nats/byte over {} steps",
-        report.first_loss, report.final_loss, report.steps
-    );
+    let text = training_bytes(train_docs);
     // Kept for `metarep megacontext eval --model DIR/base_model --bytes`.
     let saved = dir.join("base_model");
-    model.save_pretrained(&saved)?;
+    let model = if cfg.bytes_fixture {
+        let model = load_byte_fixture(spec, &text)?;
+        model.save_pretrained(&saved)?;
+        model
+    } else {
+        let (model, report) = spec.train(&text)?;
+        println!(
+            "  byte-level LM: loss {:.3} → {:.3} nats/byte over {} steps",
+            report.first_loss, report.final_loss, report.steps
+        );
+        model.save_pretrained(&saved)?;
+        onto_device(model, &saved)?
+    };
     let digest = crate::fixtures::sha256_file(&saved.join("model.safetensors"))?;
-    let model = onto_device(model, &saved)?;
     let encode: Encoder = Box::new(|text| Ok(encode_bytes(text)));
     Ok((model, encode, digest))
+}
+
+/// The byte-level LM's training text: the training documents' bytes, each followed by a
+/// newline.
+fn training_bytes(train_docs: &[Document]) -> Vec<u32> {
+    train_docs
+        .iter()
+        .flat_map(|d| encode_bytes(&d.text).into_iter().chain([u32::from(b'\n')]))
+        .collect()
+}
+
+/// The checked-in byte-level LM.
+pub fn byte_fixture_dir() -> std::path::PathBuf {
+    crate::fixtures::repo_root().join("fixtures/byte-lm")
+}
+
+/// What `fixtures/byte-lm/fig12.json` records: how the fixture was trained.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ByteFixture {
+    /// The `[bytes]` settings it was trained with.
+    pub bytes: ByteLmSpec,
+    /// SHA-256 of its training text (one byte per id).
+    pub text_sha256: String,
+}
+
+/// SHA-256 of a byte-id text.
+fn text_digest(text: &[u32]) -> String {
+    let raw: Vec<u8> = text.iter().map(|&b| b as u8).collect();
+    sha256_hex(&raw)
+}
+
+/// The fixture byte-level LM on the chosen device, after checking it was trained with `spec`
+/// on `text`.
+fn load_byte_fixture(spec: &ByteLmSpec, text: &[u32]) -> Result<HookedTransformer, BoxError> {
+    let dir = byte_fixture_dir();
+    let rebuild = "rebuild it: cargo xtask fixtures byte-lm";
+    let about = dir.join("fig12.json");
+    let stored: ByteFixture = serde_json::from_str(
+        &std::fs::read_to_string(&about)
+            .map_err(|e| format!("{}: {e} ({rebuild})", about.display()))?,
+    )
+    .map_err(|e| format!("{}: {e} ({rebuild})", about.display()))?;
+    if &stored.bytes != spec {
+        return Err(format!(
+            "{} was trained with other [bytes] settings ({rebuild})",
+            dir.display()
+        )
+        .into());
+    }
+    if stored.text_sha256 != text_digest(text) {
+        return Err(format!(
+            "{} was trained on other text than train_chars of the corpus fixture's training split ({rebuild})",
+            dir.display()
+        )
+        .into());
+    }
+    println!("  byte-level LM: {}", dir.display());
+    Ok(HookedTransformer::from_dir(&dir, &load_options())?)
+}
+
+/// Trains the byte-level LM of `config` (its `[bytes]` settings, on its `train_chars` of the
+/// corpus fixture's training documents) into `dir` with a `fig12.json` saying how.
+pub fn build_byte_fixture(config: &Path, dir: &Path) -> Result<(), BoxError> {
+    let cfg: Fig12Config = checks::load_checked(config, &[])?;
+    let spec = cfg
+        .bytes
+        .ok_or_else(|| format!("{} has no [bytes] table", config.display()))?;
+    let corpus = crate::fixtures::repo_root().join("target/fixtures/corpus");
+    let docs = read_split(&corpus, Split::Train)
+        .map_err(|e| format!("{e} (fetch it: cargo xtask fixtures corpus)"))?;
+    let text = training_bytes(head_chars(&docs, cfg.train_chars));
+    let (model, report) = spec.train(&text)?;
+    println!(
+        "  byte-lm: loss {:.3} → {:.3} nats/byte over {} steps ({:.0} s)",
+        report.first_loss, report.final_loss, report.steps, report.seconds
+    );
+    model.save_pretrained(dir)?;
+    let about = ByteFixture {
+        text_sha256: text_digest(&text),
+        bytes: spec,
+    };
+    std::fs::write(
+        dir.join("fig12.json"),
+        serde_json::to_string_pretty(&about)? + "\n",
+    )?;
+    Ok(())
 }
 
 /// Trains GistNet through the frozen base model into `dir/gistnet`.
@@ -1514,5 +1614,34 @@ mod tests {
         assert!((gist - mean_of(&first, "gistnet")).abs() > 1e-4);
         assert!((gist - direct(Method::Gist(&net))).abs() < 1e-6);
         assert!(mean_of(&other, "mean") > 50.0);
+    }
+
+    #[test]
+    fn the_byte_fixture_loads_only_for_its_settings_and_text() {
+        let about = byte_fixture_dir().join("fig12.json");
+        let stored: ByteFixture =
+            serde_json::from_str(&std::fs::read_to_string(about).unwrap()).unwrap();
+        let text = vec![u32::from(b'a'); 300];
+        let err = load_byte_fixture(&stored.bytes, &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("other text") && err.contains("cargo xtask fixtures byte-lm"),
+            "{err}"
+        );
+        let other = ByteLmSpec {
+            steps: stored.bytes.steps + 1,
+            ..stored.bytes.clone()
+        };
+        let err = load_byte_fixture(&other, &text).unwrap_err().to_string();
+        assert!(err.contains("[bytes] settings"), "{err}");
+        assert_ne!(text_digest(&text), stored.text_sha256);
+        let config: Fig12Config = checks::load_checked(
+            &crate::fixtures::repo_root().join("configs/fig12.quick.toml"),
+            &[],
+        )
+        .unwrap();
+        assert!(config.bytes_fixture);
+        assert_eq!(config.bytes.as_ref(), Some(&stored.bytes));
     }
 }
