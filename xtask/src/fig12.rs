@@ -56,6 +56,7 @@ use crate::checks::{self, at_least_one, positive, require, CheckedConfig};
 use crate::device::{load_options, onto_device};
 use crate::error::BoxError;
 use crate::fixtures::gguf::smollm2_file;
+use crate::fixtures::{read_record, stale};
 use crate::measure_cache::MeasureCache;
 use crate::output::{metric_key, ResultDir};
 
@@ -1028,26 +1029,16 @@ fn text_digest(text: &[u32]) -> String {
 /// on `text`.
 fn load_byte_fixture(spec: &ByteLmSpec, text: &[u32]) -> Result<HookedTransformer, BoxError> {
     let dir = byte_fixture_dir();
-    let rebuild = "rebuild it: cargo xtask fixtures byte-lm";
-    let about = dir.join("fig12.json");
-    let stored: ByteFixture = serde_json::from_str(
-        &std::fs::read_to_string(&about)
-            .map_err(|e| format!("{}: {e} ({rebuild})", about.display()))?,
-    )
-    .map_err(|e| format!("{}: {e} ({rebuild})", about.display()))?;
+    let stored: ByteFixture = read_record(&dir, "fig12.json", "byte-lm")?;
     if &stored.bytes != spec {
-        return Err(format!(
-            "{} was trained with other [bytes] settings ({rebuild})",
-            dir.display()
-        )
-        .into());
+        return Err(stale(&dir, "byte-lm", "with other [bytes] settings"));
     }
     if stored.text_sha256 != text_digest(text) {
-        return Err(format!(
-            "{} was trained on other text than train_chars of the corpus fixture's training split ({rebuild})",
-            dir.display()
-        )
-        .into());
+        return Err(stale(
+            &dir,
+            "byte-lm",
+            "on other text than train_chars of the corpus fixture's training split",
+        ));
     }
     println!("  byte-level LM: {}", dir.display());
     Ok(HookedTransformer::from_dir(&dir, &load_options())?)

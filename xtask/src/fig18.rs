@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::checks::{at_least_one, each, require, CheckedConfig};
 use crate::device::{load_options, onto_device};
 use crate::error::BoxError;
+use crate::fixtures::{read_record, stale};
 use crate::output::{metric_key, ResultDir};
 
 /// At the largest n the model's MAE must be at most this fraction of the better of the
@@ -117,16 +118,13 @@ fn model_for(cfg: &Fig18Config, seed: u64, dir: &Path) -> Result<HookedTransform
         return onto_device(model, &saved);
     }
     let dir = fixture_dir(seed);
-    let rebuild = "rebuild it: cargo xtask fixtures text-regression";
-    let text = std::fs::read_to_string(dir.join(FIXTURE_SPEC))
-        .map_err(|e| format!("{}: {e} ({rebuild})", dir.join(FIXTURE_SPEC).display()))?;
-    let stored: TextRegressionSpec = serde_json::from_str(&text)?;
+    let stored: TextRegressionSpec = read_record(&dir, FIXTURE_SPEC, "text-regression")?;
     if stored != spec {
-        return Err(format!(
-            "{} was trained with other settings than [model] (seed {seed}): {rebuild}",
-            dir.display()
-        )
-        .into());
+        return Err(stale(
+            &dir,
+            "text-regression",
+            &format!("with other settings than [model] (seed {seed})"),
+        ));
     }
     println!("  seed {seed}: {}", dir.display());
     Ok(HookedTransformer::from_dir(&dir, &load_options())?)
