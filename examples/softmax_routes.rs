@@ -11,7 +11,7 @@
 //!
 //! Run: `cargo run --release --example softmax_routes`
 
-use candle_core::DType;
+use candle_core::{DType, Device};
 use metarep::core::rng::seeded;
 use metarep::softmax_routes::construct::{HeadSharing, Preconditioning};
 use metarep::softmax_routes::kernel::{sample_exp_task, ExpTaskSpec};
@@ -43,7 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             width: None,
             preconditioner: Preconditioning::None,
         };
-        let e = evaluate(&task, &model, DType::F32)?;
+        let e = evaluate(&task, &model, DType::F32, &Device::Cpu)?;
         println!(
             "  {steps:>8} | {:>16.4} | {:>11.4} | {:>5.3} | {:>24.2e} | {:.4}",
             e.rmse_model, e.rmse_oracle, e.rmse_ratio, e.rel_dev_vs_oracle, e.rmse_nadaraya_watson
@@ -63,8 +63,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("\nRoute B: (n/ε_s)(softmax_ε_s − uniform) vs ΦΦᵀ, n = 128, p = 64, centred inputs");
     println!("  ε_s     | rel. error f64 | rel. error f32 | bound");
     for eps in [1e-1, 1e-2, 1e-3, 1e-4] {
-        let a = operator_error(&prob, eps, DType::F64)?;
-        let b = operator_error(&prob, eps, DType::F32)?;
+        let a = operator_error(&prob, eps, DType::F64, &Device::Cpu)?;
+        let b = operator_error(&prob, eps, DType::F32, &Device::Cpu)?;
         println!(
             "  {eps:<7e} | {:>14.2e} | {:>14.2e} | {:.2e}",
             a.measured, b.measured, a.bound
@@ -82,7 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("\nWidth–rank: spectrum i^-1, p = 32, λ = 1 (population sketch: fixed weights)");
     println!("  m  | query error | bound    | a-posteriori bound | σ_(m+1)(K) | d_λ");
     for m in [1, 4, 8, 16, 24, 32] {
-        let p = measure(&task, wr.lambda, Sketch::Population, m)?;
+        let p = measure(&task, wr.lambda, Sketch::Population, m, &Device::Cpu)?;
         println!(
             "  {m:<2} | {:>11.3e} | {:>8.2e} | {:>18.2e} | {:>10.2e} | {:.1}",
             p.error, p.bound, p.bound_a_posteriori, p.sigma_next, p.effective_dim

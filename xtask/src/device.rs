@@ -1,7 +1,7 @@
 //! The device an xtask target computes on: `--set device=cpu|cuda|cuda:N` on `reproduce` and
-//! `bench` (the CPU when not given). The experiments in [`ON_DEVICE`] and `bench gpu` take
-//! it; every other target runs on the CPU only and refuses another device with an error
-//! naming the target, so no run silently ignores the setting.
+//! `bench` (the CPU when not given). Every experiment and `bench gpu` take it; the other
+//! benchmarks (CPU speed against a CPU reference) refuse another device with an error naming
+//! them, so no run silently ignores the setting.
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -11,12 +11,6 @@ use metarep_core::device::DeviceSpec;
 use metarep_model::{HookedTransformer, LoadOptions};
 
 use crate::error::BoxError;
-
-/// Experiments whose models, SAEs and tensors live on the chosen device.
-pub const ON_DEVICE: &[&str] = &[
-    "fig1", "fig2", "fig6", "fig7", "fig8", "fig9", "fig10", "fig11", "fig12", "fig13", "fig14",
-    "fig15", "fig17", "fig18",
-];
 
 static CHOSEN: OnceLock<(DeviceSpec, Device)> = OnceLock::new();
 
@@ -77,8 +71,8 @@ pub fn onto_device(model: HookedTransformer, saved: &Path) -> Result<HookedTrans
 pub fn check(target: &str, supported: bool) -> Result<(), BoxError> {
     match chosen() {
         Some(spec) if spec.is_cuda() && !supported => Err(format!(
-            "{target} runs on the CPU only; --set device={spec} is taken by {} and `bench gpu`",
-            ON_DEVICE.join(", ")
+            "{target} runs on the CPU only; --set device={spec} is taken by every experiment \
+             and `bench gpu`"
         )
         .into()),
         _ => Ok(()),

@@ -20,6 +20,7 @@ use metarep_softmax_routes::route_a::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::device::device;
 use crate::error::BoxError;
 use crate::output::ResultDir;
 
@@ -83,7 +84,7 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
 /// Accuracy against the oracle and attention alignment, per seed; returns the worst RMSE
 /// ratio and the lowest attention-vs-Nadaraya–Watson correlation.
 fn accuracy(cfg: &Fig3Config, out: &mut ResultDir) -> Result<(f64, f64), BoxError> {
-    let dtype = cfg.dtype.compute;
+    let (dtype, dev) = (cfg.dtype.compute, device());
     let mut acc = Table::new(vec![
         "seed",
         "rmse_model",
@@ -101,9 +102,9 @@ fn accuracy(cfg: &Fig3Config, out: &mut ResultDir) -> Result<(f64, f64), BoxErro
     let (mut worst_ratio, mut min_nw, mut krr_corr) = (0.0f64, 1.0f64, Vec::new());
     for &seed in &cfg.seeds {
         let t = task(&cfg.task, seed)?;
-        let e = evaluate(&t, &cfg.model, dtype)?;
-        let e64 = evaluate(&t, &cfg.model, DType::F64)?;
-        let al = smoother_alignment(&cfg.model.build(&t)?, &t, dtype)?;
+        let e = evaluate(&t, &cfg.model, dtype, &dev)?;
+        let e64 = evaluate(&t, &cfg.model, DType::F64, &dev)?;
+        let al = smoother_alignment(&cfg.model.build(&t, &dev)?, &t, dtype)?;
         acc.push_row(vec![
             Cell::from(seed as i64),
             Cell::from(e.rmse_model),
@@ -140,7 +141,7 @@ fn accuracy(cfg: &Fig3Config, out: &mut ResultDir) -> Result<(f64, f64), BoxErro
 
 /// RMSE ratio vs depth (f32 and f64 model, row-sum PCG, Nadaraya–Watson for reference).
 fn rmse_by_depth(cfg: &Fig3Config, dir: &Path) -> Result<(), BoxError> {
-    let dtype = cfg.dtype.compute;
+    let (dtype, dev) = (cfg.dtype.compute, device());
     let depths: Vec<f64> = cfg.depths.iter().map(|&t| t as f64).collect();
     let by_depth = Sweep::new(&cfg.seeds, &depths).run(|seed, t| -> Result<_, BoxError> {
         let tk = task(&cfg.task, seed)?;
@@ -148,8 +149,8 @@ fn rmse_by_depth(cfg: &Fig3Config, dir: &Path) -> Result<(), BoxError> {
             steps: t as usize,
             ..cfg.model
         };
-        let e = evaluate(&tk, &model, dtype)?;
-        let e64 = evaluate(&tk, &model, DType::F64)?;
+        let e = evaluate(&tk, &model, dtype, &dev)?;
+        let e64 = evaluate(&tk, &model, DType::F64, &dev)?;
         let pre = evaluate(
             &tk,
             &RouteAModel {
@@ -157,6 +158,7 @@ fn rmse_by_depth(cfg: &Fig3Config, dir: &Path) -> Result<(), BoxError> {
                 ..model
             },
             dtype,
+            &dev,
         )?;
         Ok(vec![
             (format!("model ({})", cfg.dtype.name()), e.rmse_ratio),
@@ -185,7 +187,7 @@ fn rmse_by_depth(cfg: &Fig3Config, dir: &Path) -> Result<(), BoxError> {
 /// ε = ‖K̃ − K_exp‖₂ (run dtype) vs τ for each ‖U‖, with the rounding bound; returns whether
 /// the bound holds everywhere.
 fn kernel_error_sweep(cfg: &Fig3Config, out: &mut ResultDir) -> Result<bool, BoxError> {
-    let dtype = cfg.dtype.compute;
+    let (dtype, dev) = (cfg.dtype.compute, device());
     let mut eps_table = Table::new(vec![
         "seed",
         "u_norm",
@@ -221,7 +223,7 @@ fn kernel_error_sweep(cfg: &Fig3Config, out: &mut ResultDir) -> Result<bool, Box
                     steps: 1,
                     ..cfg.model
                 }
-                .build(&t)?;
+                .build(&t, &dev)?;
                 let k = kernel_error(&model, &t, dtype)?;
                 bound_holds &= k.op_error <= k.bound;
                 eps_table.push_row(vec![
@@ -268,6 +270,7 @@ fn kernel_error_sweep(cfg: &Fig3Config, out: &mut ResultDir) -> Result<bool, Box
 /// number of silently failing cells.
 fn silent_failure(cfg: &Fig3Config, out: &mut ResultDir) -> Result<usize, BoxError> {
     let g = &cfg.silent;
+    let dev = device();
     let mut silent = Table::new(vec![
         "dim",
         "u_norm",
@@ -301,6 +304,7 @@ fn silent_failure(cfg: &Fig3Config, out: &mut ResultDir) -> Result<usize, BoxErr
                     &t,
                     &model,
                     cfg.dtype.compute,
+                    &dev,
                     g.rmse_tolerance,
                     g.spearman_floor,
                 )?;

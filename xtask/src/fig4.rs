@@ -15,6 +15,7 @@ use metarep_softmax_routes::route_b::{
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{self, CheckedConfig};
+use crate::device::device;
 use crate::error::BoxError;
 use crate::output::ResultDir;
 
@@ -119,7 +120,7 @@ fn operator_errors(cfg: &Fig4Config, out: &mut ResultDir) -> Result<(f64, bool),
                     .into_iter()
                     .enumerate()
                 {
-                    let e = operator_error(&prob, eps, dtype)?;
+                    let e = operator_error(&prob, eps, dtype, &device())?;
                     op.push_row(vec![
                         Cell::from(seed as i64),
                         Cell::from(n as i64),
@@ -209,7 +210,8 @@ fn cumulative_errors(cfg: &Fig4Config, out: &mut ResultDir) -> Result<(bool, boo
             .eps
             .iter()
             .map(|&eps| {
-                analyse_cumulative(&prob, eps, c.steps, c.converged).map_err(BoxError::from)
+                analyse_cumulative(&prob, eps, c.steps, c.converged, &device())
+                    .map_err(BoxError::from)
             })
             .collect::<Result<Vec<_>, _>>()?;
         for (i, (&eps, run)) in c.eps.iter().zip(&runs).enumerate() {

@@ -17,6 +17,7 @@ use metarep_softmax_routes::width_rank::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::device::device;
 use crate::error::BoxError;
 use crate::output::ResultDir;
 
@@ -115,8 +116,8 @@ fn error_vs_width(
     let xs: Vec<f64> = cfg.widths.iter().map(|&m| m as f64).collect();
     let result = Sweep::new(&cfg.seeds, &xs).run(|seed, m| -> Result<_, BoxError> {
         let task = task_for(seed)?;
-        let pop = measure(&task, lambda, Sketch::Population, m as usize)?;
-        let opt = measure(&task, lambda, Sketch::Optimal, m as usize)?;
+        let pop = measure(&task, lambda, Sketch::Population, m as usize, &device())?;
+        let opt = measure(&task, lambda, Sketch::Optimal, m as usize, &device())?;
         checks.add(&pop);
         checks.add(&opt);
         Ok(vec![

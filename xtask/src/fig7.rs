@@ -230,7 +230,7 @@ fn route_a_probes(cfg: &RouteAConfig, seed: u64) -> Result<Vec<ModelProbes>, Box
     let mut rng = seeded(derive_seed(seed, "fig7/route-a"));
     let tasks = sample_exp_tasks(&mut rng, &cfg.task, cfg.train_tasks + cfg.test_tasks)?;
     let (train, test) = tasks.split_at(cfg.train_tasks);
-    let model = RouteAModel::plain(cfg.steps).build(&tasks[0])?;
+    let model = RouteAModel::plain(cfg.steps).build(&tasks[0], &device())?;
     let (train, test) = (ProbeTasks::route_a(train)?, ProbeTasks::route_a(test)?);
     cfg.dtypes
         .iter()
@@ -267,7 +267,7 @@ fn route_b_probes(cfg: &RouteBConfig, seed: u64) -> Result<Vec<ModelProbes>, Box
     cfg.eps
         .iter()
         .map(|&eps| {
-            let model = route_b::build(&test_problems[0], eps, cfg.steps)?;
+            let model = route_b::build(&test_problems[0], eps, cfg.steps, &device())?;
             let probes = probe_route(
                 &model,
                 &train,

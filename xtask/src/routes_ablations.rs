@@ -11,6 +11,7 @@ use metarep_softmax_routes::sweeps::{
     head_sharing_table, means, temperature_table, AblationConfig,
 };
 
+use crate::device::device;
 use crate::error::BoxError;
 use crate::output::ResultDir;
 
@@ -32,10 +33,10 @@ const RMSE_TOL: f64 = 0.05;
 pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxError> {
     let cfg: AblationConfig = load_config(config, overrides)?;
     let mut out = ResultDir::start(dir, &cfg, cfg.seeds.clone())?;
-    let (sharing, sharing_table) = head_sharing_table(&cfg)?;
+    let (sharing, sharing_table) = head_sharing_table(&cfg, &device())?;
     out.table("head_sharing", &sharing_table)?;
     println!("{}", sharing_table.to_markdown());
-    let (temperature, temperature_table) = temperature_table(&cfg)?;
+    let (temperature, temperature_table) = temperature_table(&cfg, &device())?;
     out.table("temperature", &temperature_table)?;
     println!("{}", temperature_table.to_markdown());
     let sharing_pass = check_sharing(&mut out.metrics, &sharing)?;

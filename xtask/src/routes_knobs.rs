@@ -9,6 +9,7 @@ use metarep_core::metrics::FlatMetrics;
 use metarep_eval::harness::SweepResult;
 use metarep_softmax_routes::sweeps::{means, run_knobs, write_knob, Knob, KnobConfig};
 
+use crate::device::device;
 use crate::error::BoxError;
 use crate::output::ResultDir;
 
@@ -32,7 +33,7 @@ pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxE
     let mut out = ResultDir::start(dir, &cfg, cfg.seeds.clone())?;
     let mut finite = true;
     let mut pass = true;
-    for (knob, result) in run_knobs(&cfg)? {
+    for (knob, result) in run_knobs(&cfg, &device())? {
         write_knob(dir, knob, &result)?;
         for row in result.summary(0.95)? {
             finite &= row.mean.is_finite();

@@ -162,7 +162,13 @@ mod tests {
             lambda: 0.1,
             noise: 0.1,
         };
-        build(&centred_problem(&mut seeded(0), &spec).unwrap(), 1e-3, 2).unwrap()
+        build(
+            &centred_problem(&mut seeded(0), &spec).unwrap(),
+            1e-3,
+            2,
+            &Device::Cpu,
+        )
+        .unwrap()
     }
 
     #[test]

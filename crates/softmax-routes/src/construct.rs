@@ -367,9 +367,10 @@ impl SoftmaxCg {
         )?)
     }
 
-    /// Runs the model in `dtype` on a batch of prompts; returns every residual stream (f64).
+    /// Runs the model in `dtype` on a batch of prompts, on the device its weights are on;
+    /// returns every residual stream (f64).
     pub fn run(&self, prompts: &[Prompt], dtype: DType) -> Result<Vec<Tensor>> {
-        let dev = Device::Cpu;
+        let dev = self.model.device();
         let model = self.model.to(dtype, &dev)?;
         let x = self.embed(prompts, &dev)?.to_dtype(dtype)?;
         model
@@ -394,7 +395,7 @@ impl SoftmaxCg {
 
     /// The support operator `K̃` `[n, n]` the kernel heads and their MLP rescaling realise in
     /// `dtype` (without `λ`): column `j` is the first mat-vec layer's `(A r)` output for `r = e_j`,
-    /// read before `λr` is added.
+    /// read before `λr` is added (computed on the device its weights are on).
     pub fn realised_operator(&self, prompt: &Prompt, dtype: DType) -> Result<DMatrix<f64>> {
         let n = self.spec.layout.n_support;
         let probes: Vec<Prompt> = (0..n)
@@ -403,7 +404,7 @@ impl SoftmaxCg {
                 ..prompt.clone()
             })
             .collect();
-        let dev = Device::Cpu;
+        let dev = self.model.device();
         let model = self.model.to(dtype, &dev)?;
         let x = model.layers[0].forward(&self.embed(&probes, &dev)?.to_dtype(dtype)?)?;
         let layer = &model.layers[SETUP_LAYERS];

@@ -284,6 +284,7 @@ mod tests {
     use crate::kernel::{sample_exp_tasks, ExpTaskSpec};
     use crate::route_a::RouteAModel;
     use crate::route_b::{build, centred_problem, CentredSpec};
+    use candle_core::Device;
     use metarep_core::rng::seeded;
     use metarep_lat_cg::solver_probe::first_query_write;
 
@@ -333,11 +334,11 @@ mod tests {
             .into_iter()
             .flat_map(|sh| {
                 [Preconditioning::None, Preconditioning::RowSum]
-                    .map(|pre| route_a(3, sh, pre).build(&tasks[0]).unwrap())
+                    .map(|pre| route_a(3, sh, pre).build(&tasks[0], &Device::Cpu).unwrap())
             })
             .collect();
         let problems = centred(1, 2);
-        models.push(build(&problems[0], 1e-2, 3).unwrap());
+        models.push(build(&problems[0], 1e-2, 3, &Device::Cpu).unwrap());
         for model in &models {
             let prompts: Vec<Prompt> = match model.spec.matvec {
                 MatVec::ExpKernel { .. } => tasks.iter().map(|t| t.prompt.clone()).collect(),
@@ -358,7 +359,7 @@ mod tests {
     fn route_a_in_f64_carries_exact_cg_state_and_the_controls_fail() {
         let tasks = exp_tasks(300);
         let model = route_a(3, HeadSharing::Shared, Preconditioning::None)
-            .build(&tasks[0])
+            .build(&tasks[0], &Device::Cpu)
             .unwrap();
         let train = ProbeTasks::route_a(&tasks[..200]).unwrap();
         let test = ProbeTasks::route_a(&tasks[200..]).unwrap();
@@ -383,7 +384,7 @@ mod tests {
         assert_eq!(got.registers.len(), 4);
         assert!(got.registers.iter().flatten().all(|(_, c)| *c > 1.0 - 1e-9));
         let pcg = route_a(3, HeadSharing::Shared, Preconditioning::RowSum)
-            .build(&tasks[0])
+            .build(&tasks[0], &Device::Cpu)
             .unwrap();
         assert!(probe_set(&pcg, &test, DType::F64).is_err());
     }
@@ -419,7 +420,7 @@ mod tests {
         let problems = centred(2, 6);
         let tasks = ProbeTasks::route_b(&problems).unwrap();
         let at = |eps: f64| {
-            let model = build(&problems[0], eps, 4).unwrap();
+            let model = build(&problems[0], eps, 4, &Device::Cpu).unwrap();
             let regs = register_cosines(&model, &tasks, DType::F64).unwrap();
             let last = regs[4]
                 .iter()

@@ -43,8 +43,8 @@ impl RouteAModel {
         }
     }
 
-    /// The constructed transformer for `task`.
-    pub fn build(&self, task: &ExpTask) -> Result<SoftmaxCg> {
+    /// The constructed transformer for `task`, its weights on `device`.
+    pub fn build(&self, task: &ExpTask, device: &Device) -> Result<SoftmaxCg> {
         let kernel = match self.width {
             Some(w) => task.kernel.truncated(w)?,
             None => task.kernel.clone(),
@@ -62,7 +62,7 @@ impl RouteAModel {
                     preconditioner: self.preconditioner,
                 },
             },
-            &Device::Cpu,
+            device,
         )
     }
 }
@@ -98,9 +98,14 @@ pub fn nadaraya_watson(task: &ExpTask) -> Result<DVector<f64>> {
     }))
 }
 
-/// Runs `model` on `task` in `dtype` and compares it with the oracle.
-pub fn evaluate(task: &ExpTask, model: &RouteAModel, dtype: DType) -> Result<RouteAEval> {
-    let m = model.build(task)?;
+/// Runs `model` on `task` in `dtype` on `device` and compares it with the oracle.
+pub fn evaluate(
+    task: &ExpTask,
+    model: &RouteAModel,
+    dtype: DType,
+    device: &Device,
+) -> Result<RouteAEval> {
+    let m = model.build(task, device)?;
     let states = m.run(std::slice::from_ref(&task.prompt), dtype)?;
     let out = states
         .last()
@@ -329,15 +334,16 @@ pub struct SilentCell {
     pub silent_failure: bool,
 }
 
-/// Evaluates `model` on `task` in `dtype` as a [`SilentCell`].
+/// Evaluates `model` on `task` in `dtype` on `device` as a [`SilentCell`].
 pub fn silent_failure_cell(
     task: &ExpTask,
     model: &RouteAModel,
     dtype: DType,
+    device: &Device,
     rmse_tolerance: f64,
     spearman_floor: f64,
 ) -> Result<SilentCell> {
-    let (ratio, rank, out_of_range) = match evaluate(task, model, dtype) {
+    let (ratio, rank, out_of_range) = match evaluate(task, model, dtype, device) {
         Ok(e) => (e.rmse_ratio, e.spearman_vs_oracle, false),
         Err(Error::NonFinite { .. }) => (f64::NAN, f64::NAN, true),
         Err(e) => return Err(e),

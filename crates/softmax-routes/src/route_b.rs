@@ -57,8 +57,9 @@ pub fn centred_problem(rng: &mut impl Rng, spec: &CentredSpec) -> Result<KrrProb
     Ok(KrrProblem::new(phi, y, spec.lambda, phi_query)?)
 }
 
-/// The Route B transformer for `prob` with logit scale `eps` and `steps` CG steps.
-pub fn build(prob: &KrrProblem, eps: f64, steps: usize) -> Result<SoftmaxCg> {
+/// The Route B transformer for `prob` with logit scale `eps` and `steps` CG steps, its weights on
+/// `device`.
+pub fn build(prob: &KrrProblem, eps: f64, steps: usize, device: &Device) -> Result<SoftmaxCg> {
     SoftmaxCg::build(
         SoftmaxCgSpec {
             layout: TokenLayout::new(prob.n(), prob.phi_query.nrows())?,
@@ -67,7 +68,7 @@ pub fn build(prob: &KrrProblem, eps: f64, steps: usize) -> Result<SoftmaxCg> {
             steps,
             matvec: MatVec::SmallLogit { eps },
         },
-        &Device::Cpu,
+        device,
     )
 }
 
@@ -117,9 +118,14 @@ pub struct OperatorError {
     pub bound: f64,
 }
 
-/// Measures the relative operator error of Route B's mat-vec on `prob` in `dtype`.
-pub fn operator_error(prob: &KrrProblem, eps: f64, dtype: DType) -> Result<OperatorError> {
-    let model = build(prob, eps, 1)?;
+/// Measures the relative operator error of Route B's mat-vec on `prob` in `dtype` on `device`.
+pub fn operator_error(
+    prob: &KrrProblem,
+    eps: f64,
+    dtype: DType,
+    device: &Device,
+) -> Result<OperatorError> {
+    let model = build(prob, eps, 1, device)?;
     let exact = &prob.phi * prob.phi.transpose();
     Ok(OperatorError {
         measured: relative_matvec_error(&model, &Prompt::from(prob), &exact, dtype)?,
@@ -148,15 +154,16 @@ pub struct CumulativeRow {
     pub gap_bound: f64,
 }
 
-/// Runs the Route B model for `steps` CG steps on `prob` in `dtype` and compares every step with
-/// exact CG on `A = ΦΦᵀ + λI` (`E` is the operator realised in `dtype`).
+/// Runs the Route B model for `steps` CG steps on `prob` in `dtype` on `device` and compares
+/// every step with exact CG on `A = ΦΦᵀ + λI` (`E` is the operator realised in `dtype`).
 pub fn cumulative(
     prob: &KrrProblem,
     eps: f64,
     steps: usize,
     dtype: DType,
+    device: &Device,
 ) -> Result<Vec<CumulativeRow>> {
-    let model = build(prob, eps, steps)?;
+    let model = build(prob, eps, steps, device)?;
     let prompt = Prompt::from(prob);
     let states = model.run(std::slice::from_ref(&prompt), dtype)?;
     let a = prob.system_matrix();
@@ -214,16 +221,17 @@ pub struct CumulativeAnalysis {
     pub gap_holds: bool,
 }
 
-/// Runs [`cumulative`] in f64 at logit scale `eps` and summarises it (see
+/// Runs [`cumulative`] in f64 on `device` at logit scale `eps` and summarises it (see
 /// [`CumulativeAnalysis`]).
 pub fn analyse_cumulative(
     prob: &KrrProblem,
     eps: f64,
     steps: usize,
     converged: f64,
+    device: &Device,
 ) -> Result<CumulativeAnalysis> {
-    let eps_rel = operator_error(prob, eps, DType::F64)?.measured;
-    let rows = cumulative(prob, eps, steps, DType::F64)?;
+    let eps_rel = operator_error(prob, eps, DType::F64, device)?.measured;
+    let rows = cumulative(prob, eps, steps, DType::F64, device)?;
     let gap_holds = rows.iter().all(|r| {
         r.gap <= r.gap_bound * (1.0 + 1e-9) + 1e-14
             && (r.gap - r.gap_identity).abs() <= 1e-6 * r.gap_identity + 1e-14

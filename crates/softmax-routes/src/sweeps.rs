@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use candle_core::DType;
+use candle_core::{DType, Device};
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_core::DTypePolicy;
 use metarep_eval::baselines::cg::{
@@ -97,7 +97,13 @@ fn as_count(x: f64, what: &str) -> Result<usize> {
 }
 
 /// The named numbers one knob setting yields on one seed.
-pub fn measure_knob(cfg: &KnobConfig, knob: Knob, seed: u64, x: f64) -> Result<Vec<(String, f64)>> {
+pub fn measure_knob(
+    cfg: &KnobConfig,
+    knob: Knob,
+    seed: u64,
+    x: f64,
+    device: &Device,
+) -> Result<Vec<(String, f64)>> {
     let (mut spec, mut model) = (cfg.task, cfg.model);
     match knob {
         Knob::Lambda => spec.lambda = x,
@@ -127,6 +133,7 @@ pub fn measure_knob(cfg: &KnobConfig, knob: Knob, seed: u64, x: f64) -> Result<V
                     ..model
                 },
                 dtype,
+                device,
             )?;
             out.push((format!("{name}: rmse ratio"), e.rmse_ratio));
             out.push((format!("{name}: rel dev vs oracle"), e.rel_dev_vs_oracle));
@@ -139,7 +146,7 @@ pub fn measure_knob(cfg: &KnobConfig, knob: Knob, seed: u64, x: f64) -> Result<V
         }
         return Ok(out);
     }
-    let e = evaluate(&task, &model, dtype)?;
+    let e = evaluate(&task, &model, dtype, device)?;
     Ok(vec![
         ("rmse ratio".to_string(), e.rmse_ratio),
         ("spearman vs oracle".to_string(), e.spearman_vs_oracle),
@@ -147,8 +154,8 @@ pub fn measure_knob(cfg: &KnobConfig, knob: Knob, seed: u64, x: f64) -> Result<V
     ])
 }
 
-/// Runs every sweep of `cfg` (with a progress bar).
-pub fn run_knobs(cfg: &KnobConfig) -> Result<Vec<(Knob, SweepResult)>> {
+/// Runs every sweep of `cfg` on `device` (with a progress bar).
+pub fn run_knobs(cfg: &KnobConfig, device: &Device) -> Result<Vec<(Knob, SweepResult)>> {
     let total: usize = cfg
         .sweep
         .iter()
@@ -159,7 +166,7 @@ pub fn run_knobs(cfg: &KnobConfig) -> Result<Vec<(Knob, SweepResult)>> {
     for s in &cfg.sweep {
         let result = Sweep::new(&cfg.seeds, &s.values).run(|seed, x| {
             bar.inc(1);
-            measure_knob(cfg, s.knob, seed, x)
+            measure_knob(cfg, s.knob, seed, x, device)
         })?;
         out.push((s.knob, result));
     }
@@ -283,8 +290,8 @@ pub const SHARING_METRICS: [&str; 8] = [
 /// error, the f64 model's deviation from reference CG over the reproducible steps, deviation of
 /// the readout from reference CG after the same `t` (f64 and f32, next to how far a second
 /// textbook f64 CG drifts from it), RMSE ratio and rank correlation (f32). Returns the
-/// measurements ([`SHARING_METRICS`]) and the table (mean ± 95% CI).
-pub fn head_sharing_table(cfg: &AblationConfig) -> Result<(SweepResult, Table)> {
+/// measurements ([`SHARING_METRICS`]) and the table (mean ± 95% CI); the models run on `device`.
+pub fn head_sharing_table(cfg: &AblationConfig, device: &Device) -> Result<(SweepResult, Table)> {
     let variants = [HeadSharing::Shared, HeadSharing::Dedicated];
     let t = cfg.steps;
     let result =
@@ -308,7 +315,7 @@ pub fn head_sharing_table(cfg: &AblationConfig) -> Result<(SweepResult, Table)> 
             )?;
             let kq = task.query_gram()?;
             let f_cg = &kq * &cg.states[t].alpha;
-            let built = model.build(&task)?;
+            let built = model.build(&task, device)?;
             let states = built.run(std::slice::from_ref(&task.prompt), DType::F64)?;
             let last = states
                 .last()
@@ -321,7 +328,7 @@ pub fn head_sharing_table(cfg: &AblationConfig) -> Result<(SweepResult, Table)> 
                 max_dev = max_dev.max(rel_diff(&alpha, &cg.states[k].alpha));
             }
             let kernel = kernel_error(&built, &task, DType::F64)?;
-            let e32 = evaluate(&task, &model, DType::F32)?;
+            let e32 = evaluate(&task, &model, DType::F32, device)?;
             let values = [
                 rel_diff(&(&kq * &other.states[t].alpha), &f_cg),
                 kernel.op_error / kernel.kernel_norm,
@@ -346,7 +353,7 @@ pub fn head_sharing_table(cfg: &AblationConfig) -> Result<(SweepResult, Table)> 
             width: None,
             preconditioner: Preconditioning::None,
         }
-        .build(&task)?;
+        .build(&task, device)?;
         let weights: usize = model
             .model
             .layers
@@ -408,16 +415,16 @@ pub const TEMPERATURE_METRICS: [&str; 11] = [
 /// Temperature ablation: conditioning (plain and row-sum preconditioned), logit range, the f32
 /// kernel error and its bound, the f32 model's RMSE ratio and rank correlation, and steps to a
 /// 1e-6 residual for CG and row-sum PCG at each `τ`. Returns the measurements
-/// ([`TEMPERATURE_METRICS`]) and the table (mean ± 95% CI).
-pub fn temperature_table(cfg: &AblationConfig) -> Result<(SweepResult, Table)> {
+/// ([`TEMPERATURE_METRICS`]) and the table (mean ± 95% CI); the models run on `device`.
+pub fn temperature_table(cfg: &AblationConfig, device: &Device) -> Result<(SweepResult, Table)> {
     let result =
         Sweep::new(&cfg.seeds, &cfg.taus).run(|seed, tau| -> Result<Vec<(String, f64)>> {
             let spec = ExpTaskSpec { tau, ..cfg.task };
             let task = task_for(&spec, seed)?;
             let model = RouteAModel::plain(cfg.steps);
             let a = task.system_matrix()?;
-            let k = kernel_error(&model.build(&task)?, &task, DType::F32)?;
-            let e = evaluate(&task, &model, DType::F32)?;
+            let k = kernel_error(&model.build(&task, device)?, &task, DType::F32)?;
+            let e = evaluate(&task, &model, DType::F32, device)?;
             let y_norm = task.prompt.y.norm();
             let to_tol = |pre| -> Result<f64> {
                 Ok(reference_cg(&task, 4 * task.prompt.n(), pre)?
@@ -433,6 +440,7 @@ pub fn temperature_table(cfg: &AblationConfig) -> Result<(SweepResult, Table)> {
                     ..model
                 },
                 DType::F32,
+                device,
             )?;
             let values = [
                 condition_number(&a),

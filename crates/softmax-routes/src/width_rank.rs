@@ -214,12 +214,13 @@ impl WidthRankPoint {
 
 /// Runs the width-`m` LAT on `task` with ridge `lambda` (f64, `m + 1` CG steps: `K̂ + λI` has at
 /// most `m + 1` distinct eigenvalues, so CG terminates there in exact arithmetic; further steps
-/// would divide a vanishing residual by itself) and compares it with full KRR.
+/// would divide a vanishing residual by itself) on `device` and compares it with full KRR.
 pub fn measure(
     task: &RegressionTask,
     lambda: f64,
     sketch: Sketch,
     m: usize,
+    device: &Device,
 ) -> Result<WidthRankPoint> {
     if !(lambda.is_finite() && lambda > 0.0) {
         return Err(Error::invalid(
@@ -236,11 +237,11 @@ pub fn measure(
     let sketched = KrrProblem::new(x * &p_basis, y.clone(), lambda, xq * &p_basis)?;
     let model = CgLat::build(
         CgSpec::for_problem(&sketched, m + 1, Preconditioner::None)?,
-        &Device::Cpu,
+        device,
     )?;
     let out = model
         .lat
-        .forward(&model.embed(std::slice::from_ref(&sketched), &Device::Cpu)?)?;
+        .forward(&model.embed(std::slice::from_ref(&sketched), device)?)?;
     let f_model = model
         .predictions(&out.to_dtype(DType::F64)?)?
         .row(0)

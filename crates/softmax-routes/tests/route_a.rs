@@ -72,7 +72,9 @@ fn every_cg_step_equals_reference_cg_in_f64() {
         let (cg, repro) = reference(&a, task.lambda, &task.prompt.y, steps);
         assert!(repro >= 4, "only {repro} reproducible steps");
         for (sharing, normalised) in VARIANTS {
-            let m = model(steps, sharing, normalised).build(&task).unwrap();
+            let m = model(steps, sharing, normalised)
+                .build(&task, &Device::Cpu)
+                .unwrap();
             let states = m
                 .run(std::slice::from_ref(&task.prompt), DType::F64)
                 .unwrap();
@@ -103,7 +105,9 @@ fn every_cg_step_equals_reference_cg_in_f64() {
 fn realised_kernel_is_exp_kernel_and_f32_error_is_within_the_rounding_bound() {
     let task = exp_task(3, 20, 4, 3);
     for (sharing, normalised) in VARIANTS {
-        let m = model(1, sharing, normalised).build(&task).unwrap();
+        let m = model(1, sharing, normalised)
+            .build(&task, &Device::Cpu)
+            .unwrap();
         let e64 = kernel_error(&m, &task, DType::F64).unwrap();
         assert!(e64.op_error <= 1e-12 * e64.kernel_norm, "{e64:?}");
         let e32 = kernel_error(&m, &task, DType::F32).unwrap();
@@ -115,9 +119,10 @@ fn realised_kernel_is_exp_kernel_and_f32_error_is_within_the_rounding_bound() {
 #[test]
 fn converges_to_the_oracle_and_f32_stays_within_one_percent() {
     let task = exp_task(5, 32, 8, 2);
-    let e64 = evaluate(&task, &model(48, HeadSharing::Shared, true), DType::F64).unwrap();
+    let shared = model(48, HeadSharing::Shared, true);
+    let e64 = evaluate(&task, &shared, DType::F64, &Device::Cpu).unwrap();
     assert!(e64.rel_dev_vs_oracle <= 1e-6, "{}", e64.rel_dev_vs_oracle);
-    let e32 = evaluate(&task, &model(48, HeadSharing::Shared, true), DType::F32).unwrap();
+    let e32 = evaluate(&task, &shared, DType::F32, &Device::Cpu).unwrap();
     let dev = (&e32.predictions - &e64.predictions).norm() / e64.predictions.norm();
     assert!(dev <= 1e-2, "f32 vs f64 {dev}");
     assert!(e32.rmse_ratio <= 1.05, "{}", e32.rmse_ratio);
@@ -126,7 +131,9 @@ fn converges_to_the_oracle_and_f32_stays_within_one_percent() {
 #[test]
 fn attention_rows_are_the_kernel_over_one_plus_row_sum() {
     let task = exp_task(7, 16, 3, 2);
-    let m = model(2, HeadSharing::Shared, true).build(&task).unwrap();
+    let m = model(2, HeadSharing::Shared, true)
+        .build(&task, &Device::Cpu)
+        .unwrap();
     let states = m
         .run(std::slice::from_ref(&task.prompt), DType::F64)
         .unwrap();
@@ -156,7 +163,9 @@ fn attention_rows_are_the_kernel_over_one_plus_row_sum() {
 #[test]
 fn queries_never_influence_supports_and_batches_are_independent() {
     let task = exp_task(9, 12, 3, 2);
-    let m = model(4, HeadSharing::Shared, true).build(&task).unwrap();
+    let m = model(4, HeadSharing::Shared, true)
+        .build(&task, &Device::Cpu)
+        .unwrap();
     let mut other = task.prompt.clone();
     other.x_query[(1, 0)] += 0.7;
     let a = m
@@ -199,7 +208,9 @@ fn queries_never_influence_supports_and_batches_are_independent() {
 fn scratch_is_clear_between_steps() {
     let task = exp_task(11, 10, 2, 2);
     for (sharing, normalised) in VARIANTS {
-        let m = model(3, sharing, normalised).build(&task).unwrap();
+        let m = model(3, sharing, normalised)
+            .build(&task, &Device::Cpu)
+            .unwrap();
         let states = m
             .run(std::slice::from_ref(&task.prompt), DType::F64)
             .unwrap();
@@ -265,7 +276,13 @@ fn bad_construction_inputs_are_errors_naming_the_problem() {
     // Logits far past f32's exp range: a clear error, not silent NaN predictions.
     let mut hot = task.clone();
     hot.kernel = ExpKernel::new(task.kernel.u.clone() * 40.0, 1.0).unwrap();
-    let e = evaluate(&hot, &model(2, HeadSharing::Shared, true), DType::F32).unwrap_err();
+    let e = evaluate(
+        &hot,
+        &model(2, HeadSharing::Shared, true),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap_err();
     assert!(
         matches!(e, metarep_softmax_routes::Error::NonFinite { .. }),
         "{e}"
@@ -278,7 +295,13 @@ fn running_far_past_convergence_stays_finite() {
     // n = 4 supports: CG is done after ≤ 4 steps; 20 more must not divide 0 by 0.
     let task = exp_task(13, 4, 2, 2);
     for dtype in [DType::F64, DType::F32] {
-        let e = evaluate(&task, &model(24, HeadSharing::Shared, true), dtype).unwrap();
+        let e = evaluate(
+            &task,
+            &model(24, HeadSharing::Shared, true),
+            dtype,
+            &Device::Cpu,
+        )
+        .unwrap();
         assert!(
             e.rel_dev_vs_oracle <= if dtype == DType::F64 { 1e-8 } else { 1e-3 },
             "{dtype:?}: {}",
@@ -326,7 +349,7 @@ fn row_sum_preconditioned_model_equals_reference_pcg_in_f64() {
             preconditioner: Preconditioning::RowSum,
             ..model(steps, sharing, true)
         }
-        .build(&task)
+        .build(&task, &Device::Cpu)
         .unwrap();
         let states = m
             .run(std::slice::from_ref(&task.prompt), DType::F64)

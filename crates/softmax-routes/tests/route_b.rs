@@ -3,6 +3,7 @@
 mod common;
 
 use candle_core::DType;
+use candle_core::Device;
 use common::reference;
 use metarep_core::rng::seeded;
 use metarep_eval::baselines::cg::{pcg, Preconditioner};
@@ -28,7 +29,7 @@ fn per_matvec_operator_error_is_below_1e_2_on_toy_problems() {
     for (n, p) in [(16, 4), (32, 16), (64, 64), (128, 8), (128, 64)] {
         let prob = centred_problem(&mut seeded(n as u64 + p as u64), &spec(n, p)).unwrap();
         for dtype in [DType::F64, DType::F32] {
-            let e = operator_error(&prob, 1e-2, dtype).unwrap();
+            let e = operator_error(&prob, 1e-2, dtype, &Device::Cpu).unwrap();
             assert!(e.measured <= 1e-2, "n={n} p={p} {dtype:?}: {e:?}");
             if dtype == DType::F64 {
                 assert!(e.measured <= e.bound, "bound violated: {e:?}");
@@ -43,11 +44,15 @@ fn realised_operator_is_the_small_logit_formula_and_error_is_linear_in_eps() {
     let prompt = Prompt::from(&prob);
     let mut errors = Vec::new();
     for eps in [1e-1, 1e-2, 1e-3] {
-        let m = build(&prob, eps, 1).unwrap();
+        let m = build(&prob, eps, 1, &Device::Cpu).unwrap();
         let realised = m.realised_operator(&prompt, DType::F64).unwrap();
         let formula = small_logit_operator(&prob.phi, eps);
         assert!(spectral_norm(&(&realised - &formula)) <= 1e-9 * spectral_norm(&formula));
-        errors.push(operator_error(&prob, eps, DType::F64).unwrap().measured);
+        errors.push(
+            operator_error(&prob, eps, DType::F64, &Device::Cpu)
+                .unwrap()
+                .measured,
+        );
     }
     // First order in ε_s: a tenfold smaller scale gives a tenfold smaller error (within 10%).
     for w in errors.windows(2) {
@@ -62,7 +67,7 @@ fn uncentred_inputs_break_the_approximation() {
     for mut row in prob.phi.row_iter_mut() {
         row.add_scalar_mut(0.5);
     }
-    let e = operator_error(&prob, 1e-2, DType::F64).unwrap();
+    let e = operator_error(&prob, 1e-2, DType::F64, &Device::Cpu).unwrap();
     assert!(e.measured > 0.1, "{e:?}");
 }
 
@@ -71,7 +76,7 @@ fn model_runs_cg_with_its_realised_operator() {
     let prob = centred_problem(&mut seeded(3), &spec(20, 8)).unwrap();
     let eps = 1e-2;
     let steps = 10;
-    let m = build(&prob, eps, steps).unwrap();
+    let m = build(&prob, eps, steps, &Device::Cpu).unwrap();
     let prompt = Prompt::from(&prob);
     let n = prob.n();
     let a_hat = m.realised_operator(&prompt, DType::F64).unwrap()
@@ -93,7 +98,7 @@ fn residual_gap_is_e_alpha_and_deviation_scales_with_eps() {
     let prob = centred_problem(&mut seeded(4), &spec(32, 16)).unwrap();
     let mut devs = Vec::new();
     for eps in [1e-2, 1e-3] {
-        let rows = cumulative(&prob, eps, 12, DType::F64).unwrap();
+        let rows = cumulative(&prob, eps, 12, DType::F64, &Device::Cpu).unwrap();
         for r in &rows {
             assert!(
                 (r.gap - r.gap_identity).abs() <= 1e-6 * r.gap_identity.max(1e-12),
@@ -112,7 +117,7 @@ fn the_cumulative_analysis_finds_an_eps_t_constant_that_does_not_depend_on_eps()
     let prob = centred_problem(&mut seeded(4), &spec(32, 16)).unwrap();
     let runs: Vec<_> = [1e-2, 1e-3]
         .iter()
-        .map(|&eps| analyse_cumulative(&prob, eps, 12, 1e-6).unwrap())
+        .map(|&eps| analyse_cumulative(&prob, eps, 12, 1e-6, &Device::Cpu).unwrap())
         .collect();
     for r in &runs {
         assert!(r.gap_holds);

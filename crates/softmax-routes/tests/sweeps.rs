@@ -1,5 +1,6 @@
 //! The knob sweeps' CI subset (`configs/routes_knobs.quick.toml`) and a small ablation run.
 
+use candle_core::Device;
 use metarep_core::config::load_config;
 use metarep_softmax_routes::kernel::ExpTaskSpec;
 use metarep_softmax_routes::sweeps::{
@@ -23,7 +24,7 @@ fn mean(result: &metarep_eval::harness::SweepResult, method: &str, x: f64) -> f6
 #[test]
 fn ci_subset_of_the_knob_sweeps_runs_and_shows_the_expected_trends() {
     let cfg: KnobConfig = load_config(std::path::Path::new(QUICK), &[]).unwrap();
-    let results = run_knobs(&cfg).unwrap();
+    let results = run_knobs(&cfg, &Device::Cpu).unwrap();
     let knobs: Vec<Knob> = results.iter().map(|(k, _)| *k).collect();
     assert_eq!(
         knobs,
@@ -59,7 +60,7 @@ fn ci_subset_of_the_knob_sweeps_runs_and_shows_the_expected_trends() {
     let mut f64_cfg: KnobConfig =
         load_config(std::path::Path::new(QUICK), &["dtype=\"f64\"".to_string()]).unwrap();
     f64_cfg.sweep.retain(|s| s.knob == Knob::Normalisation);
-    let f64_results = run_knobs(&f64_cfg).unwrap();
+    let f64_results = run_knobs(&f64_cfg, &Device::Cpu).unwrap();
     let norm = &f64_results[0].1;
     for tau in [0.5, 2.0] {
         let (s, e) = (
@@ -98,7 +99,7 @@ fn ablation_tables_have_a_row_per_variant() {
         steps: 16,
         taus: vec![0.5, 2.0],
     };
-    let (result, sharing) = head_sharing_table(&cfg).unwrap();
+    let (result, sharing) = head_sharing_table(&cfg, &Device::Cpu).unwrap();
     assert_eq!(sharing.rows.len(), 2);
     // The raw measurements come back too: means by variant (0 shared, 1 dedicated).
     let ratios = means(&result, "rmse ratio (f32)").unwrap();
@@ -107,7 +108,7 @@ fn ablation_tables_have_a_row_per_variant() {
     // Shared: one kernel head + one sum head, then one sum head; dedicated: one more.
     let heads: Vec<String> = sharing.rows.iter().map(|r| format!("{:?}", r[1])).collect();
     assert_eq!(heads, ["Int(3)", "Int(4)"]);
-    let (_, temperature) = temperature_table(&cfg).unwrap();
+    let (_, temperature) = temperature_table(&cfg, &Device::Cpu).unwrap();
     assert_eq!(temperature.rows.len(), 2);
     assert!(temperature.to_markdown().contains("eps_f32"));
 }

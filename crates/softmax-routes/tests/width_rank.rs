@@ -1,5 +1,6 @@
 //! Width–rank: the width-m LAT runs KRR on a rank-m sketch; its query error is under the bound.
 
+use candle_core::Device;
 use metarep_core::rng::seeded;
 use metarep_softmax_routes::width_rank::{
     effective_dimension, kernel_spectrum, measure, power_law_task, Sketch, WidthRankSpec,
@@ -23,7 +24,7 @@ fn error_is_under_the_bound_and_the_model_solves_the_sketched_krr() {
         for sketch in [Sketch::Population, Sketch::Optimal] {
             let mut last = f64::INFINITY;
             for m in [1, 3, 6, 12] {
-                let p = measure(&task, 0.5, sketch, m).unwrap();
+                let p = measure(&task, 0.5, sketch, m, &Device::Cpu).unwrap();
                 if p.reproducible {
                     reproducible += 1;
                     assert!(p.model_vs_cg <= 1e-6, "{sketch:?} m={m}: {p:?}");
@@ -47,7 +48,7 @@ fn error_is_under_the_bound_and_the_model_solves_the_sketched_krr() {
                     last = p.bound;
                 }
             }
-            let full = measure(&task, 0.5, sketch, 12).unwrap();
+            let full = measure(&task, 0.5, sketch, 12, &Device::Cpu).unwrap();
             assert!(
                 full.sketch_error <= 1e-12 * full.f_rms
                     && full.error <= 1e-6 * full.f_rms
@@ -85,12 +86,12 @@ fn width_two_effective_dimensions_puts_the_next_eigenvalue_below_lambda() {
 #[test]
 fn bad_widths_and_ridges_are_errors() {
     let task = power_law_task(&mut seeded(3), &spec(), 1.0).unwrap();
-    assert!(measure(&task, 0.5, Sketch::Population, 0)
+    assert!(measure(&task, 0.5, Sketch::Population, 0, &Device::Cpu)
         .unwrap_err()
         .to_string()
         .contains("width"));
-    assert!(measure(&task, 0.5, Sketch::Optimal, 13).is_err());
-    assert!(measure(&task, 0.0, Sketch::Optimal, 2)
+    assert!(measure(&task, 0.5, Sketch::Optimal, 13, &Device::Cpu).is_err());
+    assert!(measure(&task, 0.0, Sketch::Optimal, 2, &Device::Cpu)
         .unwrap_err()
         .to_string()
         .contains("λ"));

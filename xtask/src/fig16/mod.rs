@@ -8,7 +8,6 @@ mod routes;
 
 use std::path::Path;
 
-use candle_core::Device;
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_eval::plot::{Heatmap, HeatmapPlot, LegendPosition, LinePlot, Series, SeriesStyle};
 use metarep_eval::table::{Cell, Table};
@@ -23,6 +22,7 @@ use nalgebra::{DMatrix, DVector};
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{self, CheckedConfig};
+use crate::device::device;
 use crate::error::BoxError;
 use crate::output::ResultDir;
 
@@ -170,7 +170,7 @@ struct Measured {
 pub fn run(config: &Path, overrides: &[String], dir: &Path) -> Result<bool, BoxError> {
     let cfg: Fig16Config = checks::load_checked(config, overrides)?;
     let mut out = ResultDir::start(dir, &cfg, cfg.seeds.clone())?;
-    let dev = Device::Cpu;
+    let dev = device();
     let problems = cfg
         .seeds
         .iter()
@@ -539,7 +539,7 @@ fn short(v: Invariant) -> &'static str {
 /// Attention patterns (problem 0) of each head class in the first CG layer and of the readout
 /// head of the plain CG LAT, and their masks.
 fn attention_maps(model: &CgLat, problems: &[KrrProblem], out: &ResultDir) -> Result<(), BoxError> {
-    let dev = Device::Cpu;
+    let dev = model.lat.device();
     let streams = model
         .lat
         .forward_with_states(&model.embed(&problems[..1], &dev)?)?;
@@ -616,6 +616,7 @@ impl Attention<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     /// The B1 ablation of a small plain CG LAT, measured against `pred`.
     fn b1_against(pred: &Prediction) -> Row {

@@ -2,7 +2,7 @@
 //! part removed from every CG step, measured against the predictions of `docs/cg_ablations.md`
 //! ("The softmax routes") on the operator the intact model realises.
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_eval::table::Table;
 use metarep_lat_cg::invariants::Invariant;
@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{report, Attention, Prediction, Progress, Reference};
 use crate::checks;
+use crate::device::device;
 use crate::error::BoxError;
 use crate::output::ResultDir;
 
@@ -74,7 +75,7 @@ fn predictions(route_b: bool) -> Vec<(RoutePart, Prediction)> {
 
 /// Runs the ablations of both routes; returns whether every prediction was observed.
 pub fn run(cfg: &RoutesConfig, table: &mut Table, out: &mut ResultDir) -> Result<bool, BoxError> {
-    let dev = Device::Cpu;
+    let dev = device();
     out.metrics.set_number("route_b_eps_s", cfg.eps);
     let mut all = true;
     for route_b in [false, true] {
@@ -86,7 +87,7 @@ pub fn run(cfg: &RoutesConfig, table: &mut Table, out: &mut ResultDir) -> Result
                     &mut seeded(derive_seed(seed, "fig16/route-b")),
                     &cfg.route_b,
                 )?;
-                (build(&prob, cfg.eps, cfg.steps)?, Prompt::from(&prob))
+                (build(&prob, cfg.eps, cfg.steps, &dev)?, Prompt::from(&prob))
             } else {
                 let task = sample_exp_task(
                     &mut seeded(derive_seed(seed, "fig16/route-a")),
@@ -99,7 +100,7 @@ pub fn run(cfg: &RoutesConfig, table: &mut Table, out: &mut ResultDir) -> Result
                     width: None,
                     preconditioner: Default::default(),
                 };
-                (spec.build(&task)?, task.prompt)
+                (spec.build(&task, &dev)?, task.prompt)
             };
             models.push(model);
             prompts.push(prompt);
