@@ -140,6 +140,82 @@ fn staged_ablations_report_deltas_and_bad_indices_are_named() {
     assert!(e.contains("reference"), "{e}");
 }
 
+/// Stages rerun from the first block they ablate in; each must give the metrics of the whole
+/// pass with the same interventions.
+#[test]
+fn ablations_resumed_mid_pass_give_the_whole_pass_metrics() {
+    use metarep_model::interventions::{mean_activation, Intervention, Interventions};
+    use metarep_model::predictions::metrics;
+    use metarep_model::HookPoint;
+    let model = small();
+    let eval = EvalSet {
+        tokens: repeated_tokens(&mut seeded(6), 4, 6, 12).unwrap(),
+        mask: None,
+        alternative: None,
+    };
+    let reference = repeated_tokens(&mut seeded(7), 4, 6, 12).unwrap();
+    let (_, cache) = model
+        .run_with_cache(
+            reference.narrow(1, 0, 12).unwrap(),
+            vec![HookPoint::MlpPost(0), HookPoint::MlpPost(1)],
+        )
+        .unwrap();
+    let mean_of =
+        |l: usize| mean_activation(cache.get(HookPoint::MlpPost(l)).unwrap(), true).unwrap();
+    let neurons: Vec<Component> = (0..2)
+        .flat_map(|layer| (0..8).map(move |neuron| Component::Neuron { layer, neuron }))
+        .collect();
+    let whole =
+        |list: Vec<Intervention>| metrics(&model, &eval, &mut Interventions::new(list)).unwrap();
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
+
+    let alone = AblationConfig::each_alone(&neurons, AblationKind::Mean);
+    let r = run_ablations(&model, &alone, &eval, Some(&reference)).unwrap();
+    for (c, s) in neurons.iter().zip(&r.stages) {
+        let Component::Neuron { layer, neuron } = *c else {
+            unreachable!()
+        };
+        let want = whole(vec![Intervention::mean_neurons(
+            layer,
+            &[neuron],
+            mean_of(layer),
+        )]);
+        assert!(
+            close(s.ablated.loss, want.loss),
+            "{c}: {:?} vs {want:?}",
+            s.ablated
+        );
+        assert!(close(s.ablated.entropy, want.entropy), "{c}");
+        assert_eq!(s.ablated.accuracy, want.accuracy, "{c}");
+    }
+
+    // Cumulative: the late stage first, then an early one; both runs cover every component.
+    let staged = AblationConfig {
+        cumulative: true,
+        stages: vec![
+            stage(AblationKind::Zero, &["L1N3"]),
+            stage(AblationKind::Zero, &["L0N5"]),
+        ],
+    };
+    let r = run_ablations(&model, &staged, &eval, None).unwrap();
+    let first = whole(vec![Intervention::zero_neurons(1, &[3])]);
+    let both = whole(vec![
+        Intervention::zero_neurons(1, &[3]),
+        Intervention::zero_neurons(0, &[5]),
+    ]);
+    assert!(
+        close(r.stages[0].ablated.loss, first.loss),
+        "{:?} vs {first:?}",
+        r.stages[0]
+    );
+    assert!(
+        close(r.stages[1].ablated.loss, both.loss),
+        "{:?} vs {both:?}",
+        r.stages[1]
+    );
+    assert!(both.loss != first.loss);
+}
+
 #[test]
 fn the_induction_fixture_has_a_layer_one_induction_head_that_matters() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/induction-2l");

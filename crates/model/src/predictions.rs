@@ -61,21 +61,58 @@ pub fn metrics<H: Hooks>(
     eval: &EvalSet,
     hooks: &mut H,
 ) -> Result<Metrics> {
-    let (_, n) = eval.tokens.dims2()?;
+    let (_, n) = eval_dims(eval)?;
+    let input = eval.tokens.narrow(1, 0, n - 1)?;
+    score(&model.run_with_hooks(Input::new(input), hooks)?, eval)
+}
+
+/// [`metrics`] of a pass that starts at block `start` from `resid`, the residual stream
+/// entering that block in the clean pass over `eval` (`[batch, n − 1, d_model]`, e.g. its
+/// `blocks.{start}.hook_resid_pre`), as TransformerLens's `start_at_layer`: only blocks
+/// `start..` and the head run again. Equals [`metrics`] when `hooks` touch nothing before
+/// block `start`; hooks of earlier blocks are not called.
+pub fn metrics_from<H: Hooks>(
+    model: &HookedTransformer,
+    eval: &EvalSet,
+    resid: &Tensor,
+    start: usize,
+    hooks: &mut H,
+) -> Result<Metrics> {
+    let (b, n) = eval_dims(eval)?;
+    let (rb, rn, _) = resid.dims3()?;
+    if (rb, rn + 1) != (b, n) {
+        return Err(Error::Invalid(format!(
+            "metrics_from: a residual stream of {rb} × {rn} positions does not match an \
+             evaluation set of {b} sequences of {n} tokens (it needs {b} × {})",
+            n.saturating_sub(1)
+        )));
+    }
+    score(
+        &model.run_from(resid, start, hooks, model.default_output())?,
+        eval,
+    )
+}
+
+/// `[batch, n]` of `eval`'s tokens, with the n ≥ 2 that a prediction needs.
+fn eval_dims(eval: &EvalSet) -> Result<(usize, usize)> {
+    let (b, n) = eval.tokens.dims2()?;
     if n < 2 {
         return Err(Error::Invalid(
             "evaluation sequences need ≥ 2 tokens".into(),
         ));
     }
-    let input = eval.tokens.narrow(1, 0, n - 1)?;
+    Ok((b, n))
+}
+
+/// The metrics of `logits` `[batch, n − 1, d_vocab]` predicting `eval`'s tokens `1..n`.
+fn score(logits: &Tensor, eval: &EvalSet) -> Result<Metrics> {
+    let (_, n) = eval.tokens.dims2()?;
     let targets = eval
         .tokens
         .narrow(1, 1, n - 1)?
         .to_dtype(DType::U32)?
         .contiguous()?;
-    let logits = model
-        .run_with_hooks(Input::new(input), hooks)?
-        .to_dtype(DType::F32)?;
+    let logits = logits.to_dtype(DType::F32)?;
     // Targets, mask and alternatives may come from the CPU for a model on a GPU.
     let dev = logits.device().clone();
     let targets = targets.to_device(&dev)?;

@@ -67,3 +67,47 @@ fn the_rest_of_a_pass_from_its_residual_stream_is_the_pass() {
         );
     }
 }
+
+#[test]
+fn metrics_from_a_residual_stream_are_the_metrics_of_the_pass() {
+    use metarep_model::predictions::{metrics, metrics_from, EvalSet};
+    for (name, model) in common::decoder_families() {
+        let n = model.config().n_layers;
+        let ids: Vec<u32> = (0..3 * 8).map(|i| (i * 5 % 37) as u32).collect();
+        let eval = EvalSet {
+            tokens: Tensor::from_vec(ids, (3, 8), &Device::Cpu).unwrap(),
+            mask: None,
+            alternative: None,
+        };
+        let input = eval.tokens.narrow(1, 0, 7).unwrap();
+        let points: Vec<HookPoint> = (0..n).map(HookPoint::ResidPre).collect();
+        let (_, cache) = model.run_with_cache(input, points).unwrap();
+        let zero = || Interventions::new(vec![Intervention::zero_neurons(n - 1, &[0, 2])]);
+        let clean = metrics(&model, &eval, &mut NoHooks).unwrap();
+        let ablated = metrics(&model, &eval, &mut zero()).unwrap();
+        assert!(
+            ablated.loss != clean.loss,
+            "{name}: the ablation changed nothing"
+        );
+        for l in 0..n {
+            let resid = cache.get(HookPoint::ResidPre(l)).unwrap();
+            let from = metrics_from(&model, &eval, resid, l, &mut NoHooks).unwrap();
+            let hooked = metrics_from(&model, &eval, resid, l, &mut zero()).unwrap();
+            for (got, want) in [(from, clean), (hooked, ablated)] {
+                assert!(
+                    (got.loss - want.loss).abs() < 1e-5
+                        && (got.accuracy - want.accuracy).abs() < 1e-9
+                        && (got.entropy - want.entropy).abs() < 1e-5,
+                    "{name}, from {l}: {got:?} vs {want:?}"
+                );
+            }
+        }
+        let resid = cache.get(HookPoint::ResidPre(0)).unwrap();
+        let short = resid.narrow(1, 0, 6).unwrap();
+        let err = metrics_from(&model, &eval, &short, 0, &mut NoHooks).unwrap_err();
+        assert!(
+            err.to_string().contains("3 × 6 positions") && err.to_string().contains("3 × 7"),
+            "{name}: {err}"
+        );
+    }
+}
