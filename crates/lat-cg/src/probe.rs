@@ -17,6 +17,8 @@
 //! their direction (about `1/√channels` in magnitude), and an uncentred target with a common
 //! offset gets credit for the bias alone.
 
+use std::sync::Arc;
+
 use nalgebra::{DMatrix, DVector};
 use rand::seq::SliceRandom;
 
@@ -25,8 +27,9 @@ use crate::error::{Error, Result};
 /// One task's probe data: token states `[tokens, channels]` and a target per token `[tokens]`.
 #[derive(Debug, Clone)]
 pub struct ProbeTask {
-    /// Residual-stream rows of the probed tokens.
-    pub states: DMatrix<f64>,
+    /// Residual-stream rows of the probed tokens (shared by the tasks that probe the same
+    /// states for other targets or with shuffled ones).
+    pub states: Arc<DMatrix<f64>>,
     /// The target value at each token.
     pub targets: DVector<f64>,
 }
@@ -236,7 +239,10 @@ mod tests {
         let targets = DVector::from_fn(12, |i, _| {
             f(&states.row(i).iter().copied().collect::<Vec<_>>())
         });
-        ProbeTask { states, targets }
+        ProbeTask {
+            states: Arc::new(states),
+            targets,
+        }
     }
 
     /// The same tasks with states drawn independently of their targets (seeded).
@@ -340,8 +346,9 @@ mod tests {
         let train: Vec<_> = (0..10)
             .map(|k| {
                 let mut t = task(k, f);
-                t.states.column_mut(3).fill(0.0);
-                t.states *= 1e3;
+                let states = Arc::make_mut(&mut t.states);
+                states.column_mut(3).fill(0.0);
+                *states *= 1e3;
                 t
             })
             .collect();

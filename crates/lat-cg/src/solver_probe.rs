@@ -43,6 +43,7 @@
 //! through `A`.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 use nalgebra::{DMatrix, DVector};
@@ -322,8 +323,9 @@ impl ProbeSet {
             }
             let mut by_target: Vec<TargetTasks> = Vec::new();
             for ((st, elsewhere), targets) in here.into_iter().zip(there).zip(&per_task) {
+                let (st, elsewhere) = (Arc::new(st), Arc::new(elsewhere));
                 for (target, values) in &targets[l] {
-                    let task = |states: &DMatrix<f64>| ProbeTask {
+                    let task = |states: &Arc<DMatrix<f64>>| ProbeTask {
                         states: states.clone(),
                         targets: values.clone(),
                     };
