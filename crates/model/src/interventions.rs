@@ -297,16 +297,22 @@ impl Intervention {
             true => act.copy()?,
             false => act.contiguous()?,
         };
+        // The value is converted and moved to `act`'s device once, not once per run.
+        let value = match &self.action {
+            Action::Replace(v) | Action::Add(v, _) => Some(self.broadcast_value(v, act)?),
+            Action::Zero | Action::Scale(_) => None,
+        };
         for (start, len) in runs {
             let old = act.narrow(cd, start, len)?;
-            let value = |v: &Tensor| -> Result<Tensor> {
-                Ok(self.broadcast_value(v, act)?.narrow(cd, start, len)?)
-            };
-            let new = match &self.action {
-                Action::Zero => old.zeros_like()?,
-                Action::Replace(v) => value(v)?,
-                Action::Scale(f) => (old * *f)?,
-                Action::Add(v, c) => (old + (value(v)? * *c)?)?,
+            let slice = value
+                .as_ref()
+                .map(|v| v.narrow(cd, start, len))
+                .transpose()?;
+            let new = match (&self.action, slice) {
+                (Action::Replace(_), Some(v)) => v,
+                (Action::Add(_, c), Some(v)) => (old + (v * *c)?)?,
+                (Action::Scale(f), _) => (old * *f)?,
+                _ => old.zeros_like()?,
             };
             out.slice_set(&new.contiguous()?, cd, start)?;
         }
