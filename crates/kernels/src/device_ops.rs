@@ -4,8 +4,9 @@
 //! and position axes ([`swap_axes12`]; candle's strided copy computes a 4-d index per element).
 //! With the `cuda` feature, CUDA tensors in f32, f16 or bf16 without a gradient to track run one
 //! kernel each; [`masked_softmax`] also has one for f32 CPU tensors without a gradient (which
-//! reads only the keys a causal query sees); everything else gets the same values from candle
-//! ops (differentiable).
+//! reads only the keys a causal query sees), as do the masked scores it normalises
+//! ([`masked_scores`], what a hook on the attention scores sees); everything else gets the same
+//! values from candle ops (differentiable).
 //!
 //! Shapes: scores `[batch, heads, q, keys]`; a mask bias `[batch or 1, 1, q or 1, keys]` in f32
 //! holding 0 (visible) or `-inf` (hidden); a product `[..., n]` and its bias `[n]`.
@@ -14,7 +15,7 @@ use candle_core::{CustomOp1, DType, Device, InplaceOp2, Layout, Shape, Tensor, D
 
 use crate::cpu::cpu_slice;
 use crate::error::{Error, Result};
-use crate::forward::{masked_softmax_rows, RowMask};
+use crate::forward::{masked_rows, RowMask, RowOut};
 
 /// `[1, 1, q, keys]` in `dtype`: 0 where `key ≤ query + shift`, `-inf` elsewhere (the causal
 /// rule for `q` queries after `shift` cached keys).
@@ -46,10 +47,77 @@ pub fn masked_softmax(
     causal: Option<usize>,
     scale: f64,
 ) -> Result<Tensor> {
-    const OP: &str = "masked_softmax";
+    check_mask("masked_softmax", scores, bias)?;
+    if use_cuda_kernel(scores) || cpu_kernel(scores, bias) {
+        let op = MaskedRows::new(bias, causal, scale, RowOut::Softmax)?;
+        return Ok(scores.contiguous()?.apply_op1_no_bwd(&op)?);
+    }
+    let x = scaled_masked(scores, bias, causal, scale)?;
+    let max = x.max_keepdim(D::Minus1)?;
+    let max = max
+        .eq(f64::NEG_INFINITY)?
+        .where_cond(&max.zeros_like()?, &max)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let sum = e.sum_keepdim(D::Minus1)?;
+    let sum = sum.eq(0f64)?.where_cond(&sum.ones_like()?, &sum)?;
+    Ok(e.broadcast_div(&sum)?.to_dtype(scores.dtype())?)
+}
+
+/// The masked attention scores `scale · scores + bias` (`[batch, heads, q, keys]`, bias and
+/// `causal` as for [`masked_softmax`]), with every hidden key `-inf`: what
+/// [`masked_softmax`] normalises, so `masked_softmax(&masked_scores(s, bias, causal, scale)?,
+/// None, causal, 1.0)` equals `masked_softmax(s, bias, causal, scale)` exactly on the CPU. One
+/// pass for f32 CPU tensors without a gradient (the keys past the causal rule are not read);
+/// candle ops otherwise. Returned in the scores' dtype.
+pub fn masked_scores(
+    scores: &Tensor,
+    bias: Option<&Tensor>,
+    causal: Option<usize>,
+    scale: f64,
+) -> Result<Tensor> {
+    check_mask("masked_scores", scores, bias)?;
+    if cpu_kernel(scores, bias) {
+        let op = MaskedRows::new(bias, causal, scale, RowOut::Scores)?;
+        return Ok(scores.contiguous()?.apply_op1_no_bwd(&op)?);
+    }
+    Ok(scaled_masked(scores, bias, causal, scale)?.to_dtype(scores.dtype())?)
+}
+
+/// Whether the CPU row kernel takes `scores` under `bias`: f32 on the CPU, no gradient to track.
+fn cpu_kernel(scores: &Tensor, bias: Option<&Tensor>) -> bool {
+    scores.device().is_cpu()
+        && scores.dtype() == DType::F32
+        && !scores.track_op()
+        && !bias.is_some_and(|m| m.track_op())
+}
+
+/// `scale · scores + bias` with the causal rule's hidden keys `-inf`, in f32, as candle ops.
+fn scaled_masked(
+    scores: &Tensor,
+    bias: Option<&Tensor>,
+    causal: Option<usize>,
+    scale: f64,
+) -> Result<Tensor> {
+    let (_, _, q, keys) = scores.dims4()?;
+    let mut x = scores.to_dtype(DType::F32)?;
+    if scale != 1.0 {
+        x = (x * scale)?;
+    }
+    if let Some(m) = bias {
+        x = x.broadcast_add(&m.to_device(x.device())?)?;
+    }
+    if let Some(shift) = causal {
+        x = x.broadcast_add(&causal_bias(q, keys, shift, DType::F32, x.device())?)?;
+    }
+    Ok(x)
+}
+
+/// Errors unless `scores` is `[batch, heads, q, keys]` and `bias`, if any, an f32
+/// `[batch or 1, 1, q or 1, keys]`.
+fn check_mask(op: &'static str, scores: &Tensor, bias: Option<&Tensor>) -> Result<()> {
     let (b, _, q, keys) = scores.dims4().map_err(|_| {
         Error::shape(
-            OP,
+            op,
             format!(
                 "scores must be [batch, heads, q, keys], got {:?}",
                 scores.dims()
@@ -63,7 +131,7 @@ pub fn masked_softmax(
         };
         if !ok || m.dtype() != DType::F32 {
             return Err(Error::shape(
-                OP,
+                op,
                 format!(
                     "bias must be f32 [{b} or 1, 1, {q} or 1, {keys}], got {:?} {:?}",
                     m.dtype(),
@@ -72,34 +140,7 @@ pub fn masked_softmax(
             ));
         }
     }
-    let cpu_kernel = scores.device().is_cpu() && scores.dtype() == DType::F32;
-    let untracked = !scores.track_op() && !bias.is_some_and(|m| m.track_op());
-    if use_cuda_kernel(scores) || (cpu_kernel && untracked) {
-        let op = MaskedSoftmax {
-            bias: bias.map(|m| m.contiguous()).transpose()?,
-            causal,
-            scale,
-        };
-        return Ok(scores.contiguous()?.apply_op1_no_bwd(&op)?);
-    }
-    let mut x = scores.to_dtype(DType::F32)?;
-    if scale != 1.0 {
-        x = (x * scale)?;
-    }
-    if let Some(m) = bias {
-        x = x.broadcast_add(&m.to_device(x.device())?)?;
-    }
-    if let Some(shift) = causal {
-        x = x.broadcast_add(&causal_bias(q, keys, shift, DType::F32, x.device())?)?;
-    }
-    let max = x.max_keepdim(D::Minus1)?;
-    let max = max
-        .eq(f64::NEG_INFINITY)?
-        .where_cond(&max.zeros_like()?, &max)?;
-    let e = x.broadcast_sub(&max)?.exp()?;
-    let sum = e.sum_keepdim(D::Minus1)?;
-    let sum = sum.eq(0f64)?.where_cond(&sum.ones_like()?, &sum)?;
-    Ok(e.broadcast_div(&sum)?.to_dtype(scores.dtype())?)
+    Ok(())
 }
 
 /// `y + bias` over the rows of `y` (`[..., n]`, bias `[n]`, same dtype). On CUDA (f32, f16,
@@ -183,11 +224,25 @@ fn use_cuda_kernel(t: &Tensor) -> bool {
         && matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16)
 }
 
-/// The fused kernel of [`masked_softmax`]: on the CPU for f32, on CUDA for f32, f16 and bf16.
-struct MaskedSoftmax {
+/// The fused kernels of [`masked_softmax`] (on the CPU for f32, on CUDA for f32, f16 and bf16)
+/// and of [`masked_scores`] (on the CPU for f32).
+struct MaskedRows {
     bias: Option<Tensor>,
     causal: Option<usize>,
     scale: f64,
+    out: RowOut,
+}
+
+impl MaskedRows {
+    /// The op writing `out`, with `bias` made contiguous.
+    fn new(bias: Option<&Tensor>, causal: Option<usize>, scale: f64, out: RowOut) -> Result<Self> {
+        Ok(MaskedRows {
+            bias: bias.map(|m| m.contiguous()).transpose()?,
+            causal,
+            scale,
+            out,
+        })
+    }
 }
 
 /// The batch and query strides (in elements, 0 where broadcast) of a contiguous mask bias
@@ -200,12 +255,15 @@ fn bias_strides(ml: &Layout) -> candle_core::Result<(usize, usize)> {
     ))
 }
 
-impl CustomOp1 for MaskedSoftmax {
+impl CustomOp1 for MaskedRows {
     fn name(&self) -> &'static str {
-        "masked_softmax"
+        match self.out {
+            RowOut::Softmax => "masked_softmax",
+            RowOut::Scores => "masked_scores",
+        }
     }
 
-    /// The fused CPU kernel ([`crate::forward::masked_softmax_rows`]) on f32 scores.
+    /// The fused CPU kernel ([`crate::forward::masked_rows`]) on f32 scores.
     fn cpu_fwd(
         &self,
         s: &candle_core::CpuStorage,
@@ -229,7 +287,7 @@ impl CustomOp1 for MaskedSoftmax {
             causal: self.causal,
             scale: self.scale as f32,
         };
-        let out = masked_softmax_rows(scores, (heads, q, keys), mask);
+        let out = masked_rows(scores, (heads, q, keys), mask, self.out);
         Ok((candle_core::CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -239,6 +297,9 @@ impl CustomOp1 for MaskedSoftmax {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        if self.out != RowOut::Softmax {
+            candle_core::bail!("masked_scores has no CUDA kernel");
+        }
         let (_, heads, _, _) = l.shape().dims4()?;
         let causal = match self.causal {
             Some(shift) => i32::try_from(shift)

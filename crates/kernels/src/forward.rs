@@ -201,7 +201,7 @@ fn softmax_rows(src: &[f32], n: usize) -> Vec<f32> {
         causal: None,
         scale: 1.0,
     };
-    masked_softmax_rows(src, (1, src.len() / n.max(1), n), mask)
+    masked_rows(src, (1, src.len() / n.max(1), n), mask, RowOut::Softmax)
 }
 
 impl CustomOp1 for SoftmaxLastDim {
@@ -219,7 +219,7 @@ impl CustomOp1 for SoftmaxLastDim {
     }
 }
 
-/// The mask of a [`masked_softmax_rows`] call: an additive bias and the causal rule.
+/// The mask of a [`masked_rows`] call: an additive bias and the causal rule.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RowMask<'a> {
     /// The bias (0 or `-inf`, contiguous `[batch or 1, 1, q or 1, keys]`) with its batch and
@@ -231,14 +231,26 @@ pub(crate) struct RowMask<'a> {
     pub scale: f32,
 }
 
-/// Softmax over the keys of `scale · scores + bias` under `mask`, for contiguous f32 scores
-/// `[batch, heads, q, keys]` given as `(heads, q, keys)`: one pass per row, in parallel, hidden
-/// keys 0, rows that see no key all 0 (CPU, no gradient).
-pub(crate) fn masked_softmax_rows(
+/// What [`masked_rows`] writes for each row of scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RowOut {
+    /// The softmax of `scale · scores + bias`: hidden keys 0, rows that see no key all 0.
+    Softmax,
+    /// `scale · scores + bias` itself, hidden keys `-inf` (the masked attention scores).
+    Scores,
+}
+
+/// Row by row over the keys of contiguous f32 scores `[batch, heads, q, keys]` given as
+/// `(heads, q, keys)`, under `mask`: the softmax of `scale · scores + bias` or those masked
+/// scores (`out`); one pass per row, in parallel, reading only the keys a row sees (CPU, no
+/// gradient).
+pub(crate) fn masked_rows(
     src: &[f32],
     (heads, q, keys): (usize, usize, usize),
     mask: RowMask<'_>,
+    out: RowOut,
 ) -> Vec<f32> {
+    // Zeros come as fresh pages; the hidden keys of masked scores are filled row by row.
     let mut dst = vec![0f32; src.len()];
     if keys == 0 {
         return dst;
@@ -256,18 +268,23 @@ pub(crate) fn masked_softmax_rows(
                 let bias = mask
                     .bias
                     .map(|(b, bs, qs)| &b[bi * bs + qi * qs..][..visible]);
-                widest(|| softmax_row(&mut dr[..visible], &sr[..visible], bias, mask.scale));
+                let (dr, hidden) = dr.split_at_mut(visible);
+                let sr = &sr[..visible];
+                match out {
+                    RowOut::Softmax => widest(|| softmax_row(dr, sr, bias, mask.scale)),
+                    RowOut::Scores => {
+                        widest(|| scaled_row(dr, sr, bias, mask.scale));
+                        hidden.fill(f32::NEG_INFINITY);
+                    }
+                }
             }
         });
     dst
 }
 
-/// `out = softmax(scale · s + bias)` (all zeros when every entry is `-inf`). Maxima and sums
-/// run over 16 lanes so that the loops vectorise.
+/// `out = scale · s + bias`.
 #[inline(always)]
-fn softmax_row(out: &mut [f32], s: &[f32], bias: Option<&[f32]>, scale: f32) {
-    const LANES: usize = 16;
-    let larger = |m: f32, v: f32| if v > m { v } else { m };
+fn scaled_row(out: &mut [f32], s: &[f32], bias: Option<&[f32]>, scale: f32) {
     match bias {
         Some(b) => {
             for ((o, &x), &m) in out.iter_mut().zip(s).zip(b) {
@@ -280,6 +297,15 @@ fn softmax_row(out: &mut [f32], s: &[f32], bias: Option<&[f32]>, scale: f32) {
             }
         }
     }
+}
+
+/// `out = softmax(scale · s + bias)` (all zeros when every entry is `-inf`). Maxima and sums
+/// run over 16 lanes so that the loops vectorise.
+#[inline(always)]
+fn softmax_row(out: &mut [f32], s: &[f32], bias: Option<&[f32]>, scale: f32) {
+    const LANES: usize = 16;
+    let larger = |m: f32, v: f32| if v > m { v } else { m };
+    scaled_row(out, s, bias, scale);
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let mut chunks = out.chunks_exact(LANES);
     for c in &mut chunks {

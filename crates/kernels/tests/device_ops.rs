@@ -2,7 +2,9 @@
 //! kernels are compared with in tests/gpu.rs) against a softmax written out by hand.
 
 use candle_core::{DType, Device, Tensor};
-use metarep_kernels::device_ops::{add_bias_rows, causal_bias, masked_softmax, swap_axes12};
+use metarep_kernels::device_ops::{
+    add_bias_rows, causal_bias, masked_scores, masked_softmax, swap_axes12,
+};
 
 /// Softmax of `row` over the entries where `visible` holds; zeros when none is.
 fn reference(row: &[f32], visible: impl Fn(usize) -> bool) -> Vec<f32> {
@@ -54,7 +56,7 @@ fn masked_softmax_hides_padding_and_future_keys() {
 }
 
 #[test]
-fn masked_softmax_rejects_a_bias_of_the_wrong_shape_or_dtype() {
+fn masked_softmax_and_scores_reject_a_bias_of_the_wrong_shape_or_dtype() {
     let scores = Tensor::zeros((1, 2, 3, 4), DType::F32, &Device::Cpu).unwrap();
     for bias in [
         Tensor::zeros((1, 1, 3, 5), DType::F32, &Device::Cpu).unwrap(),
@@ -63,9 +65,13 @@ fn masked_softmax_rejects_a_bias_of_the_wrong_shape_or_dtype() {
     ] {
         let err = masked_softmax(&scores, Some(&bias), None, 1.0).unwrap_err();
         assert!(err.to_string().contains("bias must be f32"), "{err}");
+        let err = masked_scores(&scores, Some(&bias), None, 1.0).unwrap_err();
+        assert!(err.to_string().contains("masked_scores"), "{err}");
+        assert!(err.to_string().contains("bias must be f32"), "{err}");
     }
     let flat = Tensor::zeros((3, 4), DType::F32, &Device::Cpu).unwrap();
     assert!(masked_softmax(&flat, None, Some(0), 1.0).is_err());
+    assert!(masked_scores(&flat, None, Some(0), 1.0).is_err());
 }
 
 #[test]
@@ -125,7 +131,7 @@ fn swap_axes12_swaps_heads_and_positions() {
 }
 
 #[test]
-fn the_fused_cpu_softmax_matches_the_candle_ops_under_every_mask() {
+fn the_fused_cpu_softmax_and_masked_scores_match_the_candle_ops_under_every_mask() {
     let (b, h, q, keys) = (2, 3, 5, 37);
     let dev = Device::Cpu;
     let scores = (Tensor::randn(0f32, 1.0, (b, h, q, keys), &dev).unwrap() * 20.0).unwrap();
@@ -169,6 +175,27 @@ fn the_fused_cpu_softmax_matches_the_candle_ops_under_every_mask() {
                     bias.as_ref().map(|m| m.dims().to_vec())
                 );
             }
+            // The masked scores: the same values as the ops (hidden keys -inf on both), and
+            // normalised by the kernel with the causal rule alone they give the fused softmax
+            // bit for bit.
+            let masked = masked_scores(&scores, bias.as_ref(), causal, 0.125).unwrap();
+            let masked_ops =
+                masked_scores(tracked.as_tensor(), bias.as_ref(), causal, 0.125).unwrap();
+            let (m, mo) = (
+                masked.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                masked_ops.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            assert_eq!(masked.dims(), scores.dims());
+            for (i, (x, y)) in m.iter().zip(&mo).enumerate() {
+                let same = (x.is_infinite() && x == y) || (x - y).abs() < 1e-5;
+                assert!(
+                    same,
+                    "masked scores, causal {causal:?}, entry {i}: {x} vs {y}"
+                );
+            }
+            let renormed = masked_softmax(&masked, None, causal, 1.0).unwrap();
+            let r = renormed.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(r, f, "softmax of the masked scores, causal {causal:?}");
         }
     }
 }

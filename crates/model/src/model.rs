@@ -20,7 +20,7 @@ use crate::ops::{
 };
 use crate::tokenizer::Tokenizer;
 use crate::weights::{NormWeights, Weights};
-use metarep_kernels::device_ops::{causal_bias, masked_softmax, swap_axes12};
+use metarep_kernels::device_ops::{causal_bias, masked_scores, masked_softmax, swap_axes12};
 
 use crate::input::Input;
 
@@ -1210,9 +1210,12 @@ impl HookedTransformer {
             None => (q, k),
         };
         // Without hooked scores the masked softmax scales, masks and normalises the raw scores
-        // in one kernel (on a GPU; on the CPU in f32).
-        let kernel = use_device_op(&q) || (q.dtype() == DType::F32 && !q.track_op());
-        let fused = kernel && !hooks.wants(HookPoint::AttnScores(l));
+        // in one kernel (on a GPU; on the CPU in f32). On the CPU, hooked scores are scaled and
+        // masked by the same kernel, and normalised by it when the hook hands them back as they
+        // were (a cache): the pattern is then the plain pass's, bit for bit.
+        let cpu_kernel = q.device().is_cpu() && q.dtype() == DType::F32 && !q.track_op();
+        let hooked = hooks.wants(HookPoint::AttnScores(l));
+        let fused = cpu_kernel || (use_device_op(&q) && !hooked);
         // [batch, head, pos, d_head]; else the score scale (1/√d_head) rides along q's copy.
         let qh = match fused {
             true => swap_axes12(&q)?,
@@ -1226,13 +1229,19 @@ impl HookedTransformer {
         let kh = repeat_kv(k, cfg.kv_group())?;
         let vh = repeat_kv(v, cfg.kv_group())?;
         let scores = matmul(&qh.contiguous()?, &kh.t()?)?;
-        let pattern = if fused {
-            masked_softmax(
-                &scores,
-                mask.and_then(|m| m.bias.as_ref()),
-                mask.and_then(|m| m.causal),
-                cfg.score_scale(),
-            )?
+        let (bias, causal) = (
+            mask.and_then(|m| m.bias.as_ref()),
+            mask.and_then(|m| m.causal),
+        );
+        let pattern = if fused && !hooked {
+            masked_softmax(&scores, bias, causal, cfg.score_scale())?
+        } else if fused {
+            let masked = masked_scores(&scores, bias, causal, cfg.score_scale())?;
+            let seen = hook(hooks, HookPoint::AttnScores(l), masked.clone())?;
+            match seen.id() == masked.id() {
+                true => masked_softmax(&seen, None, causal, 1.0)?,
+                false => softmax_f32(&seen, mask.is_some_and(|m| m.empty_rows))?,
+            }
         } else {
             let scores = match mask {
                 Some(m) => scores.broadcast_add(&m.additive(&scores)?)?,
