@@ -1,5 +1,6 @@
 //! Fused CPU kernels of the forward pass (candle custom ops without a backward pass, for
-//! tensors that carry no gradient): elementwise activations, row softmax, `x W + b` with the
+//! tensors that carry no gradient): elementwise activations, gated activations `act(g) · x`
+//! (the SwiGLU / GeGLU MLP), row softmax, `x W + b` with the
 //! bias as the matmul's initial output, and norms as two passes (per-row statistics, then the
 //! normalisation with weight and bias). `metarep-model`'s ops dispatch to these on the CPU and
 //! to differentiable candle compositions elsewhere.
@@ -11,9 +12,10 @@
 //!
 //! Shapes: any rank for activations and softmax (softmax over the last axis); `x: [m, k]`,
 //! `W: [k, n]`, `b: [n]` for [`linear_bias`]; `x: [..., d]` for the norms. Activations and
-//! softmax take f32, f16 and bf16 (halves through f32); the linear and norm kernels f32.
+//! softmax take f32, f16 and bf16 (halves through f32); the gated activation, linear and norm
+//! kernels f32.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use crate::cpu::cpu_slice;
@@ -186,6 +188,67 @@ impl CustomOp1 for Elementwise {
     }
 }
 
+/// `act(gate) · x` elementwise in one parallel pass, for `gate` and `x` of one shape (CPU, f32, no
+/// gradient): the product of a gated MLP, with the same values as the activation followed by
+/// the product.
+pub fn gated_activation(gate: &Tensor, x: &Tensor, act: Act) -> Result<Tensor> {
+    if gate.dims() != x.dims() {
+        return Err(crate::error::Error::shape(
+            "gated_activation",
+            format!(
+                "gate {:?} and x {:?} must have one shape",
+                gate.dims(),
+                x.dims()
+            ),
+        ));
+    }
+    Ok(gate
+        .contiguous()?
+        .apply_op2_no_bwd(&x.contiguous()?, &Gated(act))?)
+}
+
+/// Fused gated activation kernel.
+struct Gated(Act);
+
+impl CustomOp2 for Gated {
+    fn name(&self) -> &'static str {
+        "metarep-gated-activation"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        xs: &CpuStorage,
+        xl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (g, x) = (cpu_slice::<f32>(gs, gl)?, cpu_slice::<f32>(xs, xl)?);
+        let out = match self.0 {
+            Act::GeluTanh => par_map2(g, x, gelu_tanh),
+            Act::Gelu => par_map2(g, x, gelu_erf),
+            Act::Silu => par_map2(g, x, silu),
+            Act::Relu => par_map2(g, x, relu),
+        };
+        Ok((CpuStorage::F32(out), gl.shape().clone()))
+    }
+}
+
+/// `f(g[i]) · x[i]` over contiguous f32 views in parallel chunks, compiled for the widest SIMD
+/// the CPU has.
+fn par_map2(g: &[f32], x: &[f32], f: impl Fn(f32) -> f32 + Sync + Copy) -> Vec<f32> {
+    #[inline(always)]
+    fn body(d: &mut [f32], g: &[f32], x: &[f32], f: impl Fn(f32) -> f32) {
+        for ((o, &g), &x) in d.iter_mut().zip(g).zip(x) {
+            *o = f(g) * x;
+        }
+    }
+    let mut dst = vec![0f32; g.len()];
+    dst.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK).zip(x.par_chunks(CHUNK)))
+        .for_each(|(d, (g, x))| widest(|| body(d, g, x, f)));
+    dst
+}
+
 /// Softmax over the last axis in one parallel pass (CPU, f32/f16/bf16, no gradient); rows that
 /// are entirely `-inf` give zeros rather than NaN.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -344,7 +407,7 @@ fn softmax_row(out: &mut [f32], s: &[f32], bias: Option<&[f32]>, scale: f32) {
 /// Runs `f` compiled for AVX-512 or for AVX2 + FMA when the CPU has them (the crate is built
 /// for baseline x86-64; `f`'s body is inlined into the wide copy and vectorised there).
 #[inline(always)]
-fn widest<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn widest<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f")]

@@ -12,8 +12,9 @@
 //! at unit norm. [`ReluSaeStep`] is a ReLU SAE's whole training step (reconstruction + L1)
 //! written out by hand into buffers reused across steps. [`profile`] counts the time spent in
 //! dense products. [`forward`] holds the fused forward-pass kernels of the hooked transformers
-//! (activations, softmax, bias-fused linear, norms); [`device_ops`] the GPU ones (masked
-//! attention softmax, bias added to a product).
+//! (activations and gated activations, softmax, bias-fused linear, norms) and [`rotary`] their
+//! rotary embedding; [`device_ops`] the GPU ones (masked attention softmax, bias added to a
+//! product).
 //!
 //! Tensors on other devices take the same calls. With the `cuda` feature, f32 tensors on a
 //! CUDA device run CUDA kernels for the sparse ops and their gradients, the per-row top-k,
@@ -56,6 +57,7 @@ mod matmul;
 pub mod portable;
 pub mod profile;
 pub mod relu_sae;
+pub mod rotary;
 pub mod rows;
 pub mod select;
 pub mod sparse;

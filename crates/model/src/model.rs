@@ -15,8 +15,8 @@ use crate::hf_config::{metarep_config_json, parse_hf_config};
 use crate::hooks::{CacheHooks, HookFilter, HookPoint, Hooks, NoHooks};
 use crate::loading::{resolve, LoadOptions, ModelFiles};
 use crate::ops::{
-    activation, linear, matmul, norm_apply, norm_stats, softmax_f32, upcast, use_device_op,
-    use_norm_kernel,
+    activation, gated_activation, linear, matmul, norm_apply, norm_stats, softmax_f32, upcast,
+    use_device_op, use_f32_kernel,
 };
 use crate::tokenizer::Tokenizer;
 use crate::weights::{NormWeights, Weights};
@@ -951,7 +951,7 @@ impl HookedTransformer {
         normalized_at: HookPoint,
         hooks: &mut H,
     ) -> Result<Tensor> {
-        if use_norm_kernel(x) && ln.w.dtype() == DType::F32 {
+        if use_f32_kernel(x) && ln.w.dtype() == DType::F32 {
             return self.norm_fused(x, ln, scale_at, normalized_at, hooks);
         }
         let hooked = hooks.wants(scale_at) || hooks.wants(normalized_at);
@@ -1148,6 +1148,9 @@ impl HookedTransformer {
                 3,
             )?);
         }
+        if use_f32_kernel(x) && cos.dtype() == DType::F32 {
+            return Ok(metarep_kernels::rotary::rope(x, cos, sin)?);
+        }
         let x1 = x.narrow(3, 0, half)?;
         let x2 = x.narrow(3, half, half)?;
         let r1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
@@ -1295,7 +1298,7 @@ impl HookedTransformer {
                 )?;
                 let lin = linear(&x2, &m.w_in, m.b_in.as_ref())?.reshape((b, p, dm))?;
                 let lin = hook(hooks, HookPoint::MlpPreLinear(l), lin)?;
-                (activation(&pre, self.cfg.act)? * lin)?
+                gated_activation(&pre, &lin, self.cfg.act)?
             }
             None => {
                 let pre = linear(&x2, &m.w_in, m.b_in.as_ref())?.reshape((b, p, dm))?;

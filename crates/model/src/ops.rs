@@ -22,7 +22,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         return linear_device(x, w, b);
     }
     if let Some(b) = b {
-        let f32_untracked = |t: &Tensor| use_norm_kernel(t);
+        let f32_untracked = |t: &Tensor| use_f32_kernel(t);
         if f32_untracked(x)
             && f32_untracked(w)
             && f32_untracked(b)
@@ -86,15 +86,28 @@ pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
         return Ok(x.gelu()?); // candle's tanh-GELU kernel: one pass instead of eight
     }
     if act != Activation::Relu && use_kernel(x) {
-        let act = match act {
-            Activation::Gelu => Act::Gelu,
-            Activation::GeluNew => Act::GeluTanh,
-            Activation::Silu => Act::Silu,
-            Activation::Relu => Act::Relu,
-        };
-        return Ok(forward::activation(x, act)?);
+        return Ok(forward::activation(x, kernel_act(act))?);
     }
     activation_composite(x, act)
+}
+
+/// `act(gate) · x`, the product of a gated MLP: one kernel for f32 CPU tensors without a
+/// gradient, [`activation`] and a product otherwise (the same values).
+pub fn gated_activation(gate: &Tensor, x: &Tensor, act: Activation) -> Result<Tensor> {
+    if use_f32_kernel(gate) && use_f32_kernel(x) {
+        return Ok(forward::gated_activation(gate, x, kernel_act(act))?);
+    }
+    Ok((activation(gate, act)? * x)?)
+}
+
+/// The kernels' name for `act`.
+fn kernel_act(act: Activation) -> Act {
+    match act {
+        Activation::Gelu => Act::Gelu,
+        Activation::GeluNew => Act::GeluTanh,
+        Activation::Silu => Act::Silu,
+        Activation::Relu => Act::Relu,
+    }
 }
 
 /// The activations as compositions of differentiable candle ops (autograd, f64).
@@ -203,8 +216,9 @@ pub fn softmax_composite(x: &Tensor) -> Result<Tensor> {
     Ok(e.broadcast_div(&s)?)
 }
 
-/// Whether the fused norm kernels apply (f32 on the CPU, no gradient).
-pub fn use_norm_kernel(x: &Tensor) -> bool {
+/// Whether the f32-only CPU kernels apply (norms, rotary embedding, gated activation): f32 on
+/// the CPU, no gradient.
+pub fn use_f32_kernel(x: &Tensor) -> bool {
     use_kernel(x) && x.dtype() == DType::F32
 }
 
