@@ -273,7 +273,7 @@ fn check_vector(op: &'static str, name: &str, v: &Tensor, x: &Tensor, n: usize) 
     Ok(())
 }
 
-/// Entries per block of [`top_k`]'s scan: a block whose maximum cannot enter the heap is skipped.
+/// Entries per block of [`top_k`]'s sweeps: a block whose maximum is below the bound is skipped.
 const CHUNK: usize = 32;
 
 /// Selected (column, value) pairs of one row.
@@ -307,91 +307,58 @@ fn per_row<T: Real>(
         .collect()
 }
 
-/// Heap key: larger value first, then lower column.
-#[inline]
-fn better<T: Real>(a: (u32, T), b: (u32, T)) -> bool {
-    a.1 > b.1 || (a.1 == b.1 && a.0 < b.0)
-}
-
-/// The `k` best entries of one row (see [`better`]), best first, via a size-`k` min-heap: most
-/// entries are rejected by one comparison with the heap's worst.
+/// The `k` best entries of one row (larger value first, then lower column), best first; `-inf` entries are never
+/// taken, so a row with fewer finite entries gives fewer. Two sweeps: the first checks for NaN
+/// and takes each block's maximum; each maximum is an entry, so the `k`-th largest of them,
+/// `t`, is at most the `k`-th best value, and only entries `≥ t` (in blocks whose maximum
+/// reaches `t`) can be among the best. The second sweep gathers those, typically a little more
+/// than `k`, and they are ordered. With fewer than `k` blocks every finite entry is gathered.
 fn top_k<T: Real>(row: &[T], off: Option<&[T]>, k: usize) -> Option<Row<T>> {
-    let mut heap: Vec<(u32, T)> = Vec::with_capacity(k);
-    let mut buf = [T::zero(); CHUNK];
+    let value = |i: usize, v: T| off.map_or(v, |o| v + o[i]);
+    let mut maxima = Vec::with_capacity(row.len().div_ceil(CHUNK));
     for (c, chunk) in row.chunks(CHUNK).enumerate() {
-        let base = c * CHUNK;
-        // Offset, NaN check and chunk maximum in one vectorisable sweep.
-        let mut nan = false;
-        let mut max = T::neg_infinity();
+        // Offset, NaN check and block maximum in one vectorisable sweep.
+        let (mut nan, mut max) = (false, T::neg_infinity());
         for (l, &v) in chunk.iter().enumerate() {
-            let v = off.map_or(v, |o| v + o[base + l]);
-            buf[l] = v;
+            let v = value(c * CHUNK + l, v);
             nan |= v.is_nan();
             max = if v > max { v } else { max };
         }
         if nan {
             return None;
         }
-        // A full heap's worst has a lower column than this chunk, so a tie cannot displace it.
-        if k == 0 || (heap.len() == k && max <= heap[0].1) {
+        maxima.push(max);
+    }
+    if k == 0 {
+        return Some(Vec::new());
+    }
+    let t = if k <= maxima.len() {
+        let mut m = maxima.clone();
+        let (_, kth, _) = m.select_nth_unstable_by(k - 1, |a, b| b.partial_cmp(a).unwrap());
+        *kth
+    } else {
+        T::neg_infinity()
+    };
+    let mut out: Row<T> = Vec::with_capacity(2 * k);
+    for (c, chunk) in row.chunks(CHUNK).enumerate() {
+        if maxima[c] < t || maxima[c] == T::neg_infinity() {
             continue;
         }
-        for (l, &v) in buf[..chunk.len()].iter().enumerate() {
-            if v == T::neg_infinity() {
-                continue;
-            }
-            let e = ((base + l) as u32, v);
-            if heap.len() < k {
-                heap.push(e);
-                sift_up(&mut heap);
-            } else if better(e, heap[0]) {
-                heap[0] = e;
-                sift_down(&mut heap);
+        for (l, &v) in chunk.iter().enumerate() {
+            let v = value(c * CHUNK + l, v);
+            if v >= t && v != T::neg_infinity() {
+                out.push(((c * CHUNK + l) as u32, v));
             }
         }
     }
-    heap.sort_by(|a, b| {
-        if better(*a, *b) {
-            std::cmp::Ordering::Less
-        } else {
-            std::cmp::Ordering::Greater
-        }
-    });
-    Some(heap)
-}
-
-/// Restores the min-heap (worst at the root) after a push.
-fn sift_up<T: Real>(h: &mut [(u32, T)]) {
-    let mut c = h.len() - 1;
-    while c > 0 {
-        let p = (c - 1) / 2;
-        if better(h[p], h[c]) {
-            h.swap(p, c);
-            c = p;
-        } else {
-            break;
-        }
+    // Larger value first, then lower column; no entry is NaN here.
+    let order = |a: &(u32, T), b: &(u32, T)| b.1.partial_cmp(&a.1).unwrap().then(a.0.cmp(&b.0));
+    if out.len() > k {
+        out.select_nth_unstable_by(k - 1, order);
+        out.truncate(k);
     }
-}
-
-/// Restores the min-heap after replacing the root.
-fn sift_down<T: Real>(h: &mut [(u32, T)]) {
-    let mut p = 0;
-    loop {
-        let (l, r) = (2 * p + 1, 2 * p + 2);
-        let mut w = p;
-        if l < h.len() && better(h[w], h[l]) {
-            w = l;
-        }
-        if r < h.len() && better(h[w], h[r]) {
-            w = r;
-        }
-        if w == p {
-            return;
-        }
-        h.swap(p, w);
-        p = w;
-    }
+    out.sort_unstable_by(order);
+    Some(out)
 }
 
 /// Entries of one row above `threshold[i]` (0 when `None`), in column order.

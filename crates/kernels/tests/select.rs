@@ -32,6 +32,14 @@ fn reference_topk(row: &[f64], k: usize) -> Vec<(u32, f64)> {
         .collect()
 }
 
+/// `v` as a tensor of `shape` in `dtype`.
+fn tensor(v: &[f64], shape: impl Into<candle_core::Shape>, dtype: DType) -> Tensor {
+    Tensor::from_vec(v.to_vec(), shape, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
 fn rows_of(sel: &metarep_kernels::Selection) -> Vec<Vec<(u32, f64)>> {
     let idx = sel.indices.to_vec2::<u32>().unwrap();
     let val = sel
@@ -60,14 +68,7 @@ fn topk_matches_a_full_sort_with_ties_offsets_and_masks() {
     let mut off: Vec<f64> = (0..n).map(|i| (i % 3) as f64 * 0.5).collect();
     off[5] = f64::NEG_INFINITY; // a masked column
     for dtype in [DType::F32, DType::F64] {
-        let xt = Tensor::from_vec(x.clone(), (b, n), &Device::Cpu)
-            .unwrap()
-            .to_dtype(dtype)
-            .unwrap();
-        let ot = Tensor::from_vec(off.clone(), n, &Device::Cpu)
-            .unwrap()
-            .to_dtype(dtype)
-            .unwrap();
+        let (xt, ot) = (tensor(&x, (b, n), dtype), tensor(&off, n, dtype));
         for k in [0, 1, 7, n - 1, n] {
             let got = rows_of(&topk_per_row(&xt, k, Some(&ot)).unwrap());
             for r in 0..b {
@@ -84,6 +85,40 @@ fn topk_matches_a_full_sort_with_ties_offsets_and_masks() {
             .unwrap()
             .iter()
             .all(|r| r[n - 1] == INACTIVE));
+    }
+}
+
+#[test]
+fn topk_of_long_rows_matches_a_full_sort_with_ties_and_masked_stretches() {
+    // Rows of many 32-entry blocks, so the bound from the blocks' maxima prunes: coarse values
+    // (ties across blocks), a row masked but for a few entries (fewer than k remain), a row
+    // with whole blocks masked, and a row of one repeated value.
+    let (b, n) = (6, 1000);
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut x = coarse(&mut rng, b, n);
+    for (i, v) in x[n..2 * n].iter_mut().enumerate() {
+        if i % 97 != 0 {
+            *v = f64::NEG_INFINITY;
+        }
+    }
+    x[2 * n + 64..2 * n + 640].fill(f64::NEG_INFINITY);
+    x[3 * n..4 * n].fill(1.5);
+    let off: Vec<f64> = (0..n).map(|i| ((i * 7) % 5) as f64 * 0.25).collect();
+    for dtype in [DType::F32, DType::F64] {
+        let (xt, ot) = (tensor(&x, (b, n), dtype), tensor(&off, n, dtype));
+        for k in [1, 7, 31, 32, 33, 64] {
+            for with_offset in [false, true] {
+                let o = with_offset.then_some(&ot);
+                let got = rows_of(&topk_per_row(&xt, k, o).unwrap());
+                for r in 0..b {
+                    let row: Vec<f64> = (0..n)
+                        .map(|i| x[r * n + i] + if with_offset { off[i] } else { 0.0 })
+                        .collect();
+                    let what = format!("{dtype:?} k = {k} offset {with_offset} row {r}");
+                    assert_eq!(got[r], reference_topk(&row, k), "{what}");
+                }
+            }
+        }
     }
 }
 
