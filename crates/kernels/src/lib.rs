@@ -10,7 +10,8 @@
 //! `act(x·wᵀ + b)` with a backward that skips the input gradient an SAE does not need.
 //! [`adamw_update`] is a fused in-place AdamW step and [`normalize_rows_`] keeps decoder rows
 //! at unit norm. [`ReluSaeStep`] is a ReLU SAE's whole training step (reconstruction + L1)
-//! written out by hand into buffers reused across steps. [`profile`] counts the time spent in
+//! and [`TopkSaeStep`] a TopK SAE's (reconstruction + auxiliary-K), written out by hand into
+//! buffers reused across steps. [`profile`] counts the time spent in
 //! dense products. [`forward`] holds the fused forward-pass kernels of the hooked transformers
 //! (activations and gated activations, softmax, bias-fused linear, norms) and [`rotary`] their
 //! rotary embedding; [`device_ops`] the GPU ones (masked attention softmax, bias added to a
@@ -59,14 +60,18 @@ pub mod profile;
 pub mod relu_sae;
 pub mod rotary;
 pub mod rows;
+pub mod sae_step;
 pub mod select;
 pub mod sparse;
+pub mod topk_sae;
 
 pub use adam::{adamw_update, AdamStep};
 pub use cpu::{Real, INACTIVE};
 pub use dense::{column_sums, count_positive, linear_encode};
 pub use error::{Error, Result};
-pub use relu_sae::{ReluSaeLoss, ReluSaeOutput, ReluSaeParams, ReluSaeStep};
+pub use relu_sae::{ReluSaeLoss, ReluSaeOutput, ReluSaeStep};
 pub use rows::normalize_rows_;
+pub use sae_step::SaeParams;
 pub use select::{batch_topk, select_above, topk_of_product, topk_per_row, Selection};
 pub use sparse::{gather_dot, gather_vector, scatter_outer, sparse_decode, to_dense};
+pub use topk_sae::{TopkSaeLoss, TopkSaeOutput, TopkSaeStep};

@@ -17,17 +17,16 @@
 //! buffers kept by [`ReluSaeStep`], so a step in steady state allocates only what it returns (the
 //! codes and the reconstruction).
 
-use std::any::Any;
-use std::marker::PhantomData;
-use std::sync::Mutex;
-
-use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Tensor, WithDType};
+use candle_core::{DType, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::cpu::{axpy, check_cpu, check_float, dims2, dot, same_dtype, slice, Real};
+use crate::cpu::{axpy, dot, slice, Real};
 use crate::dense::mask_and_sum;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::matmul::{gemm_into, View};
+use crate::sae_step::{
+    check_step, encoder_input, recon_and_grad, typed_scratch, write_into, SaeParams, StepBuffers,
+};
 
 /// Loss settings of one [`ReluSaeStep::run`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -40,19 +39,6 @@ pub struct ReluSaeLoss {
     pub fold_norms: bool,
     /// Subtract `b_dec` from the input before the encoder.
     pub pre_encoder_bias: bool,
-}
-
-/// The parameters of a ReLU SAE: `w_enc`, `w_dec` `[n, d]`, `b_enc` `[n]`, `b_dec` `[d]`.
-#[derive(Debug, Clone, Copy)]
-pub struct ReluSaeParams<'a> {
-    /// Encoder weight `[n, d]` (rows are latents).
-    pub w_enc: &'a Tensor,
-    /// Encoder bias `[n]`.
-    pub b_enc: &'a Tensor,
-    /// Decoder weight `[n, d]` (rows are latent directions).
-    pub w_dec: &'a Tensor,
-    /// Decoder bias `[d]`.
-    pub b_dec: &'a Tensor,
 }
 
 /// What one step computed.
@@ -73,18 +59,9 @@ pub struct ReluSaeOutput {
 /// Buffers of the fused ReLU SAE step, reused from one [`ReluSaeStep::run`] to the next: the
 /// code gradient `[batch, n]`, two `[batch, d]` scratch matrices and the four parameter
 /// gradients (tensors, read by the optimiser through [`ReluSaeStep::grads`]).
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct ReluSaeStep {
-    scratch: Option<Box<dyn Any + Send + Sync>>,
-    grads: Vec<Tensor>,
-}
-
-impl std::fmt::Debug for ReluSaeStep {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReluSaeStep")
-            .field("grads", &self.grads.len())
-            .finish_non_exhaustive()
-    }
+    buffers: StepBuffers,
 }
 
 /// The `[batch, ·]` scratch of one dtype.
@@ -95,6 +72,16 @@ struct Scratch<T> {
     grad_recon: Vec<T>,
     /// `∂f`, then `∂z`, `[batch, n]`.
     grad_codes: Vec<T>,
+}
+
+impl<T> Default for Scratch<T> {
+    fn default() -> Self {
+        Self {
+            input: Vec::new(),
+            grad_recon: Vec::new(),
+            grad_codes: Vec::new(),
+        }
+    }
 }
 
 /// Rows per work item of the element-wise passes over `[batch, n]`.
@@ -111,64 +98,24 @@ impl ReluSaeStep {
     /// Gradients of the last run's loss: `w_enc`, `b_enc`, `w_dec`, `b_dec` (empty before the
     /// first run). The next run overwrites them in place.
     pub fn grads(&self) -> &[Tensor] {
-        &self.grads
+        &self.buffers.grads
     }
 
     /// One forward and backward pass on `x` `[batch, d]` (f32 or f64, CPU, all arguments the
     /// same dtype); the gradients land in [`ReluSaeStep::grads`].
-    pub fn run(
-        &mut self,
-        x: &Tensor,
-        p: &ReluSaeParams,
-        loss: &ReluSaeLoss,
-    ) -> Result<ReluSaeOutput> {
-        let dims @ (_, n, d) = check(x, p)?;
-        let shapes: [&[usize]; 4] = [&[n, d], &[n], &[n, d], &[d]];
-        let fits = self.grads.len() == 4
-            && self
-                .grads
-                .iter()
-                .zip(shapes)
-                .all(|(g, s)| g.dims() == s && g.dtype() == x.dtype());
-        if !fits {
-            self.grads = shapes
-                .iter()
-                .map(|s| Tensor::zeros(*s, x.dtype(), x.device()))
-                .collect::<candle_core::Result<_>>()?;
-        }
+    pub fn run(&mut self, x: &Tensor, p: &SaeParams, loss: &ReluSaeLoss) -> Result<ReluSaeOutput> {
+        let dims @ (_, n, d) = check_step(OP, x, p)?;
+        self.buffers.fit_grads(x, n, d)?;
         match x.dtype() {
             DType::F32 => self.run_typed::<f32>(x, p, loss, dims),
             _ => self.run_typed::<f64>(x, p, loss, dims),
         }
     }
 
-    /// The scratch of dtype `T` in `slot`, sized for `(b, d, n)` (replaced when the dtype
-    /// changed).
-    fn scratch<T: Real>(
-        slot: &mut Option<Box<dyn Any + Send + Sync>>,
-        (b, d, n): (usize, usize, usize),
-    ) -> &mut Scratch<T> {
-        if !matches!(slot, Some(s) if s.is::<Scratch<T>>()) {
-            *slot = Some(Box::new(Scratch::<T> {
-                input: Vec::new(),
-                grad_recon: Vec::new(),
-                grad_codes: Vec::new(),
-            }));
-        }
-        let s = slot
-            .as_mut()
-            .and_then(|s| s.downcast_mut::<Scratch<T>>())
-            .expect("scratch of this dtype was just created");
-        s.input.resize(b * d, T::zero());
-        s.grad_recon.resize(b * d, T::zero());
-        s.grad_codes.resize(b * n, T::zero());
-        s
-    }
-
     fn run_typed<T: Real>(
         &mut self,
         x: &Tensor,
-        p: &ReluSaeParams,
+        p: &SaeParams,
         loss: &ReluSaeLoss,
         (b, n, d): (usize, usize, usize),
     ) -> Result<ReluSaeOutput> {
@@ -191,14 +138,11 @@ impl ReluSaeStep {
         // The L1 gradient of each code, before the ReLU mask.
         let l1_grad: Vec<T> = (0..n).map(|i| lambda * weight(i) * inv_b).collect();
 
-        let scratch = Self::scratch::<T>(&mut self.scratch, (b, d, n));
+        let scratch = typed_scratch::<Scratch<T>>(&mut self.buffers.scratch);
+        scratch.grad_recon.resize(b * d, T::zero());
+        scratch.grad_codes.resize(b * n, T::zero());
         // Forward: x̃, f = ReLU(x̃·W_encᵀ + b_enc) with column sums and fire counts, r.
-        scratch.input.copy_from_slice(xs);
-        if loss.pre_encoder_bias {
-            for row in scratch.input.chunks_mut(d) {
-                row.iter_mut().zip(b_dec).for_each(|(v, &bd)| *v -= bd);
-            }
-        }
+        encoder_input(&mut scratch.input, xs, b_dec, loss.pre_encoder_bias);
         let mut codes = vec![T::zero(); b * n];
         gemm_into(
             &mut codes,
@@ -224,7 +168,7 @@ impl ReluSaeStep {
 
         // Backward.
         let grad_recon = &scratch.grad_recon;
-        write_into::<T>(&self.grads[2], |g| {
+        write_into::<T>(OP, &self.buffers.grads[2], |g| {
             gemm_into(
                 g,
                 View::transposed(&codes, b, n),
@@ -250,8 +194,10 @@ impl ReluSaeStep {
             false,
         );
         let grad_b_enc = mask_and_sum(grad_codes, &codes, Some(&l1_grad), true, n);
-        write_into::<T>(&self.grads[1], |g| g.copy_from_slice(&grad_b_enc))?;
-        write_into::<T>(&self.grads[0], |g| {
+        write_into::<T>(OP, &self.buffers.grads[1], |g| {
+            g.copy_from_slice(&grad_b_enc)
+        })?;
+        write_into::<T>(OP, &self.buffers.grads[0], |g| {
             gemm_into(
                 g,
                 View::transposed(grad_codes, b, n),
@@ -259,7 +205,7 @@ impl ReluSaeStep {
                 false,
             )
         })?;
-        write_into::<T>(&self.grads[3], |g| {
+        write_into::<T>(OP, &self.buffers.grads[3], |g| {
             g.copy_from_slice(&grad_b_dec);
             if loss.pre_encoder_bias {
                 // ∂b_dec −= ∂b_enc·W_enc, one latent row at a time.
@@ -277,48 +223,6 @@ impl ReluSaeStep {
             fired,
         })
     }
-}
-
-/// Checks the arguments; returns `(batch, n, d)`.
-fn check(x: &Tensor, p: &ReluSaeParams) -> Result<(usize, usize, usize)> {
-    let all = [
-        ("input", x),
-        ("w_enc", p.w_enc),
-        ("b_enc", p.b_enc),
-        ("w_dec", p.w_dec),
-        ("b_dec", p.b_dec),
-    ];
-    for (name, t) in all {
-        check_cpu(OP, t)?;
-        if !t.is_contiguous() {
-            return Err(Error::shape(OP, format!("{name} must be contiguous")));
-        }
-    }
-    let dtype = check_float(OP, "input", x)?;
-    same_dtype(OP, dtype, &all[1..])?;
-    let (b, d) = dims2(OP, "input", x)?;
-    let (n, de) = dims2(OP, "w_enc", p.w_enc)?;
-    if b == 0 {
-        return Err(Error::shape(OP, "the batch has no rows"));
-    }
-    let expect = [
-        ("w_enc", p.w_enc, vec![n, d]),
-        ("w_dec", p.w_dec, vec![n, d]),
-        ("b_enc", p.b_enc, vec![n]),
-        ("b_dec", p.b_dec, vec![d]),
-    ];
-    for (name, t, shape) in expect {
-        if t.dims() != shape.as_slice() {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "{name} has shape {:?}, expected {shape:?} (input [{b}, {d}], w_enc [{n}, {de}])",
-                    t.dims()
-                ),
-            ));
-        }
-    }
-    Ok((b, n, d))
 }
 
 /// `f ← ReLU(f + bias)` over `codes` `[batch, n]`; returns each column's sum and count of
@@ -354,77 +258,4 @@ fn bias_relu<T: Real>(codes: &mut [T], bias: &[T], n: usize) -> (Vec<T>, Vec<u64
         fired.iter_mut().zip(k).for_each(|(a, v)| *a += v);
     }
     (sums, fired)
-}
-
-/// `r ← r + b_dec`, `∂r ← 2c(r − x)/B`; returns `Σ‖r − x‖²/B` and `Σ_rows ∂r`.
-fn recon_and_grad<T: Real>(
-    recon: &mut [T],
-    grad: &mut [T],
-    x: &[T],
-    b_dec: &[T],
-    c: T,
-) -> (f64, Vec<T>) {
-    let d = b_dec.len();
-    let rows = recon.len() / d;
-    let scale = (c + c) / T::from_f64(rows as f64);
-    let mut sq = 0.0f64;
-    let mut col = vec![T::zero(); d];
-    for ((r, g), xr) in recon.chunks_mut(d).zip(grad.chunks_mut(d)).zip(x.chunks(d)) {
-        let mut row_sq = T::zero();
-        for ((((rv, gv), &xv), &bd), s) in r
-            .iter_mut()
-            .zip(g.iter_mut())
-            .zip(xr)
-            .zip(b_dec)
-            .zip(col.iter_mut())
-        {
-            *rv += bd;
-            let e = *rv - xv;
-            row_sq += e * e;
-            *gv = scale * e;
-            *s += *gv;
-        }
-        sq += WithDType::to_f64(row_sq);
-    }
-    (sq / rows as f64, col)
-}
-
-/// Runs `f` on the contiguous elements of `t` (dtype `T`, CPU) in place.
-fn write_into<T: Real>(t: &Tensor, f: impl FnOnce(&mut [T]) + Send) -> Result<()> {
-    t.inplace_op1(&Write {
-        f: Mutex::new(Some(f)),
-        dtype: PhantomData::<fn(&mut [T])>,
-    })?;
-    Ok(())
-}
-
-/// The in-place op behind [`write_into`].
-struct Write<T, F> {
-    f: Mutex<Option<F>>,
-    dtype: PhantomData<fn(&mut [T])>,
-}
-
-impl<T: Real, F: FnOnce(&mut [T]) + Send> InplaceOp1 for Write<T, F> {
-    fn name(&self) -> &'static str {
-        OP
-    }
-
-    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
-        let (a, b) = l
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg(format!("{OP}: gradient not contiguous")))?;
-        let data: &mut dyn Any = match s {
-            CpuStorage::F32(v) => v,
-            CpuStorage::F64(v) => v,
-            _ => candle_core::bail!("{OP}: expected f32 or f64"),
-        };
-        let Some(v) = data.downcast_mut::<Vec<T>>() else {
-            candle_core::bail!("{OP}: gradient has another dtype");
-        };
-        let f = self.f.lock().ok().and_then(|mut f| f.take());
-        if let Some(f) = f {
-            f(&mut v[a..b]);
-        }
-        Ok(())
-    }
 }

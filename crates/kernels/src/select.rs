@@ -103,8 +103,7 @@ pub fn topk_of_product(
     }
 }
 
-/// [`topk_of_product`] on contiguous arguments: each tile's product goes into one buffer
-/// reused for every tile, and each request's selection runs on it.
+/// [`topk_of_product`] on contiguous arguments.
 fn product_topk<T: Real>(
     x: &Tensor,
     w: &Tensor,
@@ -124,6 +123,23 @@ fn product_topk<T: Real>(
         .iter()
         .map(|g| g.as_ref().map(|(s, l)| slice::<T>(s, l)).transpose())
         .collect::<Result<Vec<_>>>()?;
+    product_rows(xd, wd, (b, d, n), ks, &offs)?
+        .into_iter()
+        .zip(ks)
+        .map(|(r, &k)| pad(r, Some(k), x.device()))
+        .collect()
+}
+
+/// The rows of [`topk_of_product`] from slices (`x` `[b, d]`, `w` `[n, d]`, each `k ≤ n`):
+/// each tile's product goes into one buffer reused for every tile, and each request's
+/// selection runs on it.
+pub(crate) fn product_rows<T: Real>(
+    xd: &[T],
+    wd: &[T],
+    (b, d, n): (usize, usize, usize),
+    ks: &[usize],
+    offs: &[Option<&[T]>],
+) -> Result<Vec<Vec<Row<T>>>> {
     let mut rows: Vec<Vec<Row<T>>> = vec![Vec::with_capacity(b); ks.len()];
     let mut tile = vec![T::zero(); PRODUCT_TILE.min(b) * n];
     for r0 in (0..b).step_by(PRODUCT_TILE) {
@@ -135,7 +151,7 @@ fn product_topk<T: Real>(
             View::transposed(wd, n, d),
             false,
         );
-        for ((out, &k), off) in rows.iter_mut().zip(ks).zip(&offs) {
+        for ((out, &k), off) in rows.iter_mut().zip(ks).zip(offs) {
             if n == 0 {
                 out.extend((0..len).map(|_| Vec::new()));
                 continue;
@@ -155,10 +171,7 @@ fn product_topk<T: Real>(
             }
         }
     }
-    rows.into_iter()
-        .zip(ks)
-        .map(|(r, &k)| pad(r, Some(k), x.device()))
-        .collect()
+    Ok(rows)
 }
 
 /// Rows per tile of [`topk_of_product`].
@@ -277,7 +290,7 @@ fn check_vector(op: &'static str, name: &str, v: &Tensor, x: &Tensor, n: usize) 
 const CHUNK: usize = 32;
 
 /// Selected (column, value) pairs of one row.
-type Row<T> = Vec<(u32, T)>;
+pub(crate) type Row<T> = Vec<(u32, T)>;
 
 /// Applies `rule` to every row of `x` (with the offset slice) in parallel; `rule` returns `None`
 /// when the row holds a NaN.
@@ -380,16 +393,22 @@ fn above<T: Real>(row: &[T], off: Option<&[T]>, threshold: Option<&[T]>) -> Opti
 fn pad<T: Real>(rows: Vec<Row<T>>, slots: Option<usize>, device: &Device) -> Result<Selection> {
     let b = rows.len();
     let w = slots.unwrap_or_else(|| rows.iter().map(Vec::len).max().unwrap_or(0));
-    let mut idx = vec![INACTIVE; b * w];
-    let mut val = vec![T::zero(); b * w];
+    let (idx, val) = flatten(&rows, w);
+    Ok(Selection {
+        indices: Tensor::from_vec(idx, (b, w), device)?,
+        values: Tensor::from_vec(val, (b, w), device)?,
+    })
+}
+
+/// Rows padded to `w` slots with `INACTIVE` / 0, as flat `[rows, w]` indices and values.
+pub(crate) fn flatten<T: Real>(rows: &[Row<T>], w: usize) -> (Vec<u32>, Vec<T>) {
+    let mut idx = vec![INACTIVE; rows.len() * w];
+    let mut val = vec![T::zero(); rows.len() * w];
     for (r, row) in rows.iter().enumerate() {
         for (j, &(i, v)) in row.iter().enumerate() {
             idx[r * w + j] = i;
             val[r * w + j] = v;
         }
     }
-    Ok(Selection {
-        indices: Tensor::from_vec(idx, (b, w), device)?,
-        values: Tensor::from_vec(val, (b, w), device)?,
-    })
+    (idx, val)
 }

@@ -251,8 +251,22 @@ fn decode_kernel<T: Real>(
     d: usize,
 ) -> Vec<T> {
     let mut out = vec![T::zero(); b * d];
+    decode_into(&mut out, idx, vals, w, k, d);
+    out
+}
+
+/// [`decode_kernel`] adding into `out` `[batch, d]`.
+pub(crate) fn decode_into<T: Real>(
+    out: &mut [T],
+    idx: &[u32],
+    vals: &[T],
+    w: &[T],
+    k: usize,
+    d: usize,
+) {
+    let b = out.len() / d.max(1);
     if d == 0 || k == 0 {
-        return out;
+        return;
     }
     out.par_chunks_mut(TILE * d)
         .enumerate()
@@ -269,12 +283,11 @@ fn decode_kernel<T: Real>(
                 }
             })
         });
-    out
 }
 
 /// The slots of a batch grouped by latent (a stable counting sort): latent `i` owns
 /// `slots[start[i]..start[i + 1]]`, in slot order.
-struct ByLatent {
+pub(crate) struct ByLatent {
     start: Vec<usize>,
     slots: Vec<usize>,
 }
@@ -288,7 +301,8 @@ struct Group<'a, T> {
 }
 
 impl ByLatent {
-    fn new(idx: &[u32], n: usize) -> Self {
+    /// Groups the slots of `idx` (`INACTIVE` and indices ≥ `n` are left out).
+    pub(crate) fn new(idx: &[u32], n: usize) -> Self {
         let mut start = vec![0usize; n + 1];
         for &i in idx.iter().filter(|&&i| (i as usize) < n) {
             start[i as usize + 1] += 1;
@@ -309,6 +323,11 @@ impl ByLatent {
 
     fn n(&self) -> usize {
         self.start.len() - 1
+    }
+
+    /// The flat slots of latent `i`, in slot order.
+    pub(crate) fn slots_of(&self, i: usize) -> &[usize] {
+        &self.slots[self.start[i]..self.start[i + 1]]
     }
 
     /// Calls `f(latent, its slots, its output row, its per-slot outputs)` for every latent, in

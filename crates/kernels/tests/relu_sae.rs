@@ -2,23 +2,12 @@
 //! candle's autograd: codes, reconstruction, loss terms, fire counts and all four gradients.
 
 use candle_core::{DType, Tensor, Var, D};
-use metarep_kernels::{ReluSaeLoss, ReluSaeParams, ReluSaeStep};
+use metarep_kernels::{ReluSaeLoss, ReluSaeStep, SaeParams};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 mod common;
-use common::{max_diff, randn};
-
-/// Random parameters of an SAE with `n` latents over `d` dimensions.
-fn params(rng: &mut ChaCha8Rng, n: usize, d: usize, dtype: DType) -> [Var; 4] {
-    [
-        randn(rng, (n, d), dtype),
-        randn(rng, n, dtype),
-        randn(rng, (n, d), dtype),
-        randn(rng, d, dtype),
-    ]
-    .map(|t| Var::from_tensor(&t).unwrap())
-}
+use common::{assert_grads_close, fire_counts, max_diff, randn, sae_params as params, sae_view};
 
 /// The loss of the module docs from candle ops: (codes, recon, reconstruction, l1, gradients).
 fn reference(
@@ -89,44 +78,18 @@ fn values_and_gradients_equal_candle_autograd() {
                         let x = randn(&mut rng, (rows, 7), dtype);
                         let p = params(&mut rng, 19, 7, dtype);
                         let (f, r, rec, l1v, grads) = reference(&x, &p, &loss);
-                        let [w_enc, b_enc, w_dec, b_dec] = p.each_ref().map(|v| v.as_tensor());
-                        let out = step
-                            .run(
-                                &x,
-                                &ReluSaeParams {
-                                    w_enc,
-                                    b_enc,
-                                    w_dec,
-                                    b_dec,
-                                },
-                                &loss,
-                            )
-                            .unwrap();
+                        let out = step.run(&x, &sae_view(&p), &loss).unwrap();
                         let case = format!("{dtype:?} {loss:?} rows {rows}");
                         assert!(max_diff(&out.codes, &f) < tol, "codes, {case}");
                         assert!(max_diff(&out.recon, &r) < tol, "recon, {case}");
                         assert!((out.reconstruction - rec).abs() < tol * 10.0, "rec, {case}");
                         assert!((out.l1 - l1v).abs() < tol * 10.0, "l1, {case}");
-                        let fired: Vec<u64> = f
-                            .gt(0.0)
-                            .unwrap()
-                            .to_dtype(DType::U32)
-                            .unwrap()
-                            .sum(0)
-                            .unwrap()
-                            .to_vec1::<u32>()
-                            .unwrap()
-                            .into_iter()
-                            .map(u64::from)
-                            .collect();
+                        let fired = fire_counts(&f);
                         assert_eq!(out.fired, fired, "{case}");
                         assert!(
                             fired.iter().any(|&c| c > 0) && fired.iter().any(|&c| c < rows as u64)
                         );
-                        for (i, (got, want)) in step.grads().iter().zip(&grads).enumerate() {
-                            assert_eq!(got.dims(), want.dims(), "gradient {i}, {case}");
-                            assert!(max_diff(got, want) < tol, "gradient {i}, {case}");
-                        }
+                        assert_grads_close(step.grads(), &grads, tol, &case);
                     }
                 }
             }
@@ -139,27 +102,20 @@ fn bad_arguments_are_errors_naming_the_problem() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let x = randn(&mut rng, (4, 6), DType::F32);
     let p = params(&mut rng, 8, 6, DType::F32);
-    let [w_enc, b_enc, w_dec, b_dec] = p.each_ref().map(|v| v.as_tensor());
     let loss = ReluSaeLoss {
         reconstruction: 1.0,
         l1: 1.0,
         fold_norms: false,
         pre_encoder_bias: true,
     };
-    let good = ReluSaeParams {
-        w_enc,
-        b_enc,
-        w_dec,
-        b_dec,
-    };
+    let good = sae_view(&p);
     let mut step = ReluSaeStep::new();
-    let err = |x: &Tensor, p: &ReluSaeParams| {
-        ReluSaeStep::new().run(x, p, &loss).unwrap_err().to_string()
-    };
+    let err =
+        |x: &Tensor, p: &SaeParams| ReluSaeStep::new().run(x, p, &loss).unwrap_err().to_string();
     let short = randn(&mut rng, (8, 5), DType::F32);
     assert!(err(
         &x,
-        &ReluSaeParams {
+        &SaeParams {
             w_dec: &short,
             ..good
         }
@@ -168,7 +124,7 @@ fn bad_arguments_are_errors_naming_the_problem() {
     let bias = randn(&mut rng, 7, DType::F32);
     assert!(err(
         &x,
-        &ReluSaeParams {
+        &SaeParams {
             b_enc: &bias,
             ..good
         }

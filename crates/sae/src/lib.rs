@@ -38,6 +38,7 @@ pub mod baselines;
 pub mod config;
 pub mod dashboard;
 pub mod error;
+pub mod fused;
 pub mod ground_truth;
 pub mod hook_rows;
 pub mod latents;

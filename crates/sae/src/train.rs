@@ -16,13 +16,13 @@ use candle_core::{DType, Device, Tensor, Var};
 use metarep_core::optim::{clip_grad_norm, gradients, AdamW, WarmupCosine};
 use metarep_core::rng::{derive_seed, seeded};
 use metarep_core::train::{run, Checkpoint, Plan, RunControl, StepContext, StepOutput, TrainStep};
-use metarep_kernels::{adamw_update, AdamStep, ReluSaeLoss, ReluSaeParams, ReluSaeStep};
+use metarep_kernels::{adamw_update, AdamStep};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Architecture, DecoderNorm, InputNorm};
+use crate::config::{Architecture, InputNorm};
 use crate::error::{Error, Result};
-use crate::latents::Latents;
+use crate::fused::{FusedStep, StepResult};
 use crate::loss::{total_loss, LossConfig, Probe};
 use crate::metrics::VarianceSums;
 use crate::sae::{ForwardPass, Sae, TrainForward};
@@ -184,10 +184,10 @@ pub struct SaeTrainer {
     pub adam: AdamW,
     /// Tokens since each latent last fired.
     pub since_fired: Vec<u64>,
-    /// The hand-written step of ReLU SAEs whose loss is reconstruction + L1 (set by
-    /// [`SaeTrainer::new`] when it applies; its buffers are reused across steps). `None` runs
-    /// the forward pass and loss through candle's autograd, as every other SAE does.
-    pub fused: Option<ReluSaeStep>,
+    /// The hand-written step of this SAE and loss (set by [`SaeTrainer::new`] when
+    /// [`FusedStep::for_sae`] has one; its buffers are reused across steps). `None` runs the
+    /// forward pass and loss through candle's autograd, as every other SAE does.
+    pub fused: Option<FusedStep>,
 }
 
 /// What one step produced.
@@ -225,7 +225,7 @@ impl SaeTrainer {
             params,
             adam,
             since_fired: vec![0; sae.config.d_sae],
-            fused: fused_relu_fits(sae, &cfg.loss).then(ReluSaeStep::new),
+            fused: FusedStep::for_sae(sae, &cfg.loss),
         })
     }
 
@@ -248,9 +248,10 @@ impl SaeTrainer {
     pub fn step(&mut self, sae: &mut Sae, batch: &Batch, step: usize) -> Result<StepOutcome> {
         let rows = batch.x.dim(0)?;
         let (x, _) = sae.normalize_input(&batch.x)?;
+        let dead = self.dead_mask();
         let (pass, value, parts, grads, fired) = match self.fused.as_mut() {
-            Some(fused) => fused_relu_step(fused, sae, x, &self.cfg.loss, step)?,
-            None => self.autograd_step(sae, x, batch, step)?,
+            Some(fused) => fused.run(sae, x, &self.cfg.loss, step, &dead)?,
+            None => self.autograd_step(sae, x, batch, step, &dead)?,
         };
         if !value.is_finite() {
             return Err(Error::Training(format!(
@@ -288,11 +289,11 @@ impl SaeTrainer {
         x: Tensor,
         batch: &Batch,
         step: usize,
+        dead: &[bool],
     ) -> Result<StepResult> {
-        let dead = self.dead_mask();
         let opts = TrainForward {
             sparsity: self.cfg.loss.wants_sparsity(),
-            aux_k: self.cfg.loss.aux_k.map(|a| (a.k_aux, dead.as_slice())),
+            aux_k: self.cfg.loss.aux_k.map(|a| (a.k_aux, dead)),
         };
         let pass = sae.forward(&x, &opts)?;
         let loss = total_loss(sae, &pass, batch, &self.cfg.loss, self.probe.as_ref(), step)?;
@@ -301,54 +302,6 @@ impl SaeTrainer {
         let fired = pass.latents.fire_counts(sae.config.d_sae)?;
         Ok((pass, value, loss.parts, grads, fired))
     }
-}
-
-/// What a step's forward and backward produced: the pass, the total loss and its named parts,
-/// the gradients (in parameter order) and each latent's fire count.
-type StepResult = (ForwardPass, f64, Vec<(String, f64)>, Vec<Tensor>, Vec<u64>);
-
-/// Whether [`ReluSaeStep`] computes `loss` on `sae`: a ReLU SAE on the CPU whose loss has only
-/// the reconstruction and L1 terms.
-fn fused_relu_fits(sae: &Sae, loss: &LossConfig) -> bool {
-    sae.config.architecture == Architecture::Relu
-        && sae.w_dec.device().is_cpu()
-        && matches!(sae.w_dec.dtype(), DType::F32 | DType::F64)
-        && loss.aux_k.is_none()
-        && loss.decorrelation.is_none()
-        && loss.probe.is_none()
-        && loss.temporal.is_none()
-}
-
-/// Forward, loss and gradients of a ReLU SAE through [`ReluSaeStep`]: the same loss as
-/// [`total_loss`], the same parts.
-fn fused_relu_step(
-    fused: &mut ReluSaeStep,
-    sae: &Sae,
-    x: Tensor,
-    cfg: &LossConfig,
-    step: usize,
-) -> Result<StepResult> {
-    let l1 = cfg.l1 * cfg.sparsity_ramp(step);
-    let loss = ReluSaeLoss {
-        reconstruction: cfg.reconstruction,
-        l1,
-        fold_norms: sae.config.decoder_norm == DecoderNorm::Folded,
-        pre_encoder_bias: sae.config.pre_encoder_bias,
-    };
-    let params = ReluSaeParams {
-        w_enc: sae.w_enc.as_tensor(),
-        b_enc: sae.b_enc.as_tensor(),
-        w_dec: sae.w_dec.as_tensor(),
-        b_dec: sae.b_dec.as_tensor(),
-    };
-    let out = fused.run(&x, &params, &loss)?;
-    let mut parts = vec![("reconstruction".to_string(), out.reconstruction)];
-    if cfg.l1 > 0.0 {
-        parts.push(("l1".to_string(), out.l1));
-    }
-    let value = cfg.reconstruction * out.reconstruction + l1 * out.l1;
-    let pass = ForwardPass::new(x, Latents::Dense(out.codes), out.recon, None);
-    Ok((pass, value, parts, fused.grads().to_vec(), out.fired))
 }
 
 /// Trains `sae` (and a probe, when the probe loss is on) on `source`. A resumed run must use

@@ -110,10 +110,54 @@ fn stepping_a_trainer_by_hand_equals_train() {
     assert_eq!(trainer.dead_fraction(), report.dead_fraction);
 }
 
-#[test]
-fn the_fused_relu_step_trains_as_candle_autograd_does() {
+/// Six steps of the fused trainer and of the autograd trainer on the same SAE and batches give
+/// the same losses, parts, parameters and fire counters; returns the parts' names seen.
+fn fused_trains_as_autograd(config: SaeConfig, cfg: &SaeTrainConfig, case: &str) -> Vec<String> {
     let (x, _) = mixture(5);
     let x = x.to_dtype(DType::F64).unwrap();
+    let mut fused_sae = Sae::new(config, 0, DType::F64, &Device::Cpu).unwrap();
+    let mut autograd_sae = Sae::new(config, 0, DType::F64, &Device::Cpu).unwrap();
+    let mut fused = SaeTrainer::new(&fused_sae, cfg).unwrap();
+    let mut autograd = SaeTrainer::new(&autograd_sae, cfg).unwrap();
+    assert!(fused.fused.is_some(), "{case}: gets a fused step");
+    autograd.fused = None;
+    let mut source = TensorSource::new(x, 3).unwrap();
+    source.start_epoch(0).unwrap();
+    let mut names = Vec::new();
+    for step in 0..6 {
+        let batch = source.next_batch(cfg.batch).unwrap().unwrap();
+        let a = fused.step(&mut fused_sae, &batch, step).unwrap();
+        let b = autograd.step(&mut autograd_sae, &batch, step).unwrap();
+        let case = format!("{case}, step {step}");
+        assert!(
+            (a.loss - b.loss).abs() < 1e-10,
+            "{case}: {} vs {}",
+            a.loss,
+            b.loss
+        );
+        assert_eq!(a.parts.len(), b.parts.len(), "{case}");
+        for ((na, va), (nb, vb)) in a.parts.iter().zip(&b.parts) {
+            assert!(
+                na == nb && (va - vb).abs() < 1e-10,
+                "{case}: {na} {va} vs {nb} {vb}"
+            );
+            names.push(na.clone());
+        }
+        let flat = |sae: &Sae| params_of::<f64>(sae).concat();
+        let (pa, pb) = (flat(&fused_sae), flat(&autograd_sae));
+        let diff = pa
+            .iter()
+            .zip(&pb)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f64::max);
+        assert!(diff < 1e-9, "{case}: parameters differ by {diff}");
+        assert_eq!(fused.since_fired, autograd.since_fired, "{case}");
+    }
+    names
+}
+
+#[test]
+fn the_fused_relu_step_trains_as_candle_autograd_does() {
     for (norm, pre) in [
         (DecoderNorm::Unit, true),
         (DecoderNorm::Folded, true),
@@ -124,52 +168,21 @@ fn the_fused_relu_step_trains_as_candle_autograd_does() {
         let mut config = SaeConfig::new(16, 4, Architecture::Relu).unwrap();
         config.decoder_norm = norm;
         config.pre_encoder_bias = pre;
-        let mut fused_sae = Sae::new(config, 0, DType::F64, &Device::Cpu).unwrap();
-        let mut autograd_sae = Sae::new(config, 0, DType::F64, &Device::Cpu).unwrap();
-        let mut fused = SaeTrainer::new(&fused_sae, &cfg).unwrap();
-        let mut autograd = SaeTrainer::new(&autograd_sae, &cfg).unwrap();
-        assert!(fused.fused.is_some(), "a ReLU + L1 SAE gets the fused step");
-        autograd.fused = None;
-        let mut source = TensorSource::new(x.clone(), 3).unwrap();
-        source.start_epoch(0).unwrap();
-        for step in 0..6 {
-            let batch = source.next_batch(cfg.batch).unwrap().unwrap();
-            let a = fused.step(&mut fused_sae, &batch, step).unwrap();
-            let b = autograd.step(&mut autograd_sae, &batch, step).unwrap();
-            let case = format!("{norm:?}, pre-encoder bias {pre}, step {step}");
-            assert!(
-                (a.loss - b.loss).abs() < 1e-10,
-                "{case}: {} vs {}",
-                a.loss,
-                b.loss
-            );
-            assert_eq!(a.parts.len(), b.parts.len(), "{case}");
-            for ((na, va), (nb, vb)) in a.parts.iter().zip(&b.parts) {
-                assert!(
-                    na == nb && (va - vb).abs() < 1e-10,
-                    "{case}: {na} {va} vs {nb} {vb}"
-                );
-            }
-            let flat = |sae: &Sae| params_of::<f64>(sae).concat();
-            let (pa, pb) = (flat(&fused_sae), flat(&autograd_sae));
-            let diff = pa
-                .iter()
-                .zip(&pb)
-                .map(|(p, q)| (p - q).abs())
-                .fold(0.0, f64::max);
-            assert!(diff < 1e-9, "{case}: parameters differ by {diff}");
-            assert_eq!(fused.since_fired, autograd.since_fired, "{case}");
-        }
+        let names = fused_trains_as_autograd(config, &cfg, &format!("ReLU {norm:?}, {pre}"));
+        assert!(names.iter().any(|n| n == "l1"));
     }
     // Other architectures and loss terms keep the autograd path.
-    let topk = Sae::new(
-        SaeConfig::new(16, 4, Architecture::TopK { k: 4 }).unwrap(),
+    let batch_topk = Sae::new(
+        SaeConfig::new(16, 4, Architecture::BatchTopK { k: 4 }).unwrap(),
         0,
         DType::F32,
         &Device::Cpu,
     )
     .unwrap();
-    assert!(SaeTrainer::new(&topk, &cfg("")).unwrap().fused.is_none());
+    assert!(SaeTrainer::new(&batch_topk, &cfg(""))
+        .unwrap()
+        .fused
+        .is_none());
     let relu = Sae::new(
         SaeConfig::new(16, 4, Architecture::Relu).unwrap(),
         0,
@@ -182,6 +195,36 @@ fn the_fused_relu_step_trains_as_candle_autograd_does() {
         .unwrap()
         .fused
         .is_none());
+}
+
+#[test]
+fn the_fused_topk_step_trains_as_candle_autograd_does() {
+    // A dead window of one batch: latents that miss a step feed the auxiliary-K term next step.
+    let aux = "b_dec_init_mean = false\ndead_window = 128\n[loss.aux_k]\nk_aux = 8\ncoeff = 0.1\n";
+    for (pre, extra) in [
+        (true, aux),
+        (false, aux),
+        (true, "b_dec_init_mean = false\n"),
+    ] {
+        let mut config = SaeConfig::new(16, 4, Architecture::TopK { k: 3 }).unwrap();
+        config.pre_encoder_bias = pre;
+        let cfg = cfg(extra);
+        let names = fused_trains_as_autograd(config, &cfg, &format!("TopK, {pre}, {extra:?}"));
+        assert_eq!(
+            names.iter().any(|n| n == "aux_k"),
+            extra == aux,
+            "{extra:?}"
+        );
+    }
+    let topk = Sae::new(
+        SaeConfig::new(16, 4, Architecture::TopK { k: 4 }).unwrap(),
+        0,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let l1 = cfg("[loss]\nl1 = 0.03\n");
+    assert!(SaeTrainer::new(&topk, &l1).unwrap().fused.is_none());
 }
 
 fn metrics_lines(dir: &std::path::Path) -> Vec<serde_json::Value> {

@@ -3,8 +3,8 @@
 // Each test crate that includes this module uses only some of its helpers.
 #![allow(dead_code)]
 
-use candle_core::{DType, Device, Shape, Tensor};
-use metarep_kernels::AdamStep;
+use candle_core::{DType, Device, Shape, Tensor, Var};
+use metarep_kernels::{AdamStep, SaeParams};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -18,6 +18,54 @@ pub fn randn(rng: &mut ChaCha8Rng, shape: impl Into<Shape>, dtype: DType) -> Ten
         .unwrap()
         .to_dtype(dtype)
         .unwrap()
+}
+
+/// Random parameters `[w_enc, b_enc, w_dec, b_dec]` of an SAE with `n` latents over `d`
+/// dimensions.
+pub fn sae_params(rng: &mut ChaCha8Rng, n: usize, d: usize, dtype: DType) -> [Var; 4] {
+    [
+        randn(rng, (n, d), dtype),
+        randn(rng, n, dtype),
+        randn(rng, (n, d), dtype),
+        randn(rng, d, dtype),
+    ]
+    .map(|t| Var::from_tensor(&t).unwrap())
+}
+
+/// The parameters `[w_enc, b_enc, w_dec, b_dec]` as a step reads them.
+pub fn sae_view(p: &[Var; 4]) -> SaeParams<'_> {
+    let [w_enc, b_enc, w_dec, b_dec] = p.each_ref().map(|v| v.as_tensor());
+    SaeParams {
+        w_enc,
+        b_enc,
+        w_dec,
+        b_dec,
+    }
+}
+
+/// For each column of `codes` `[rows, n]`, the rows where it is positive.
+pub fn fire_counts(codes: &Tensor) -> Vec<u64> {
+    codes
+        .gt(0.0)
+        .unwrap()
+        .to_dtype(DType::U32)
+        .unwrap()
+        .sum(0)
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap()
+        .into_iter()
+        .map(u64::from)
+        .collect()
+}
+
+/// Asserts that each gradient has the reference's shape and is within `tol` of it.
+pub fn assert_grads_close(got: &[Tensor], want: &[Tensor], tol: f64, case: &str) {
+    assert_eq!(got.len(), want.len(), "{case}");
+    for (i, (got, want)) in got.iter().zip(want).enumerate() {
+        assert_eq!(got.dims(), want.dims(), "gradient {i}, {case}");
+        assert!(max_diff(got, want) < tol, "gradient {i}, {case}");
+    }
 }
 
 /// `run` inside a one-thread rayon pool.
