@@ -74,4 +74,4 @@ pub use rows::normalize_rows_;
 pub use sae_step::SaeParams;
 pub use select::{batch_topk, select_above, topk_of_product, topk_per_row, Selection};
 pub use sparse::{gather_dot, gather_vector, scatter_outer, sparse_decode, to_dense};
-pub use topk_sae::{TopkSaeLoss, TopkSaeOutput, TopkSaeStep};
+pub use topk_sae::{TopkRule, TopkSaeLoss, TopkSaeOutput, TopkSaeStep};

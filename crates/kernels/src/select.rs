@@ -227,6 +227,14 @@ fn batch_topk_t<T: Real>(
     offset: Option<&Tensor>,
 ) -> Result<(Selection, f64)> {
     let mut rows = per_row::<T>("batch_topk", x, offset, |r, o| above(r, o, None))?;
+    let threshold = keep_batch_top(&mut rows, total);
+    let t = threshold.map_or(0.0, |t| candle_core::WithDType::to_f64(t));
+    Ok((pad(rows, None, x.device())?, t))
+}
+
+/// Keeps the `total` largest entries of `rows` (all positive entries of their rows; ties: earlier
+/// row, then lower column first); returns the smallest kept value (`None` when none is kept).
+pub(crate) fn keep_batch_top<T: Real>(rows: &mut [Row<T>], total: usize) -> Option<T> {
     let mut all: Vec<T> = rows
         .iter()
         .flat_map(|r| r.iter().map(|&(_, v)| v))
@@ -260,8 +268,7 @@ fn batch_topk_t<T: Real>(
             threshold = Some(t);
         }
     }
-    let t = threshold.map_or(0.0, |t| candle_core::WithDType::to_f64(t));
-    Ok((pad(rows, None, x.device())?, t))
+    threshold
 }
 
 fn check_input(op: &'static str, x: &Tensor, offset: Option<&Tensor>) -> Result<(usize, usize)> {
@@ -310,6 +317,17 @@ fn per_row<T: Real>(
     if n == 0 {
         return Ok(vec![Vec::new(); x.dim(0)?]);
     }
+    select_rows(op, data, n, off, rule)
+}
+
+/// [`per_row`] on the `n`-entry rows of a slice (`n > 0`).
+pub(crate) fn select_rows<T: Real>(
+    op: &'static str,
+    data: &[T],
+    n: usize,
+    off: Option<&[T]>,
+    rule: impl Fn(&[T], Option<&[T]>) -> Option<Row<T>> + Sync,
+) -> Result<Vec<Row<T>>> {
     let rows: Vec<Option<Row<T>>> = data
         .par_chunks(n)
         .map(|r| with_simd(|| rule(r, off)))
@@ -326,7 +344,7 @@ fn per_row<T: Real>(
 /// `t`, is at most the `k`-th best value, and only entries `≥ t` (in blocks whose maximum
 /// reaches `t`) can be among the best. The second sweep gathers those, typically a little more
 /// than `k`, and they are ordered. With fewer than `k` blocks every finite entry is gathered.
-fn top_k<T: Real>(row: &[T], off: Option<&[T]>, k: usize) -> Option<Row<T>> {
+pub(crate) fn top_k<T: Real>(row: &[T], off: Option<&[T]>, k: usize) -> Option<Row<T>> {
     let value = |i: usize, v: T| off.map_or(v, |o| v + o[i]);
     let mut maxima = Vec::with_capacity(row.len().div_ceil(CHUNK));
     for (c, chunk) in row.chunks(CHUNK).enumerate() {
@@ -375,7 +393,11 @@ fn top_k<T: Real>(row: &[T], off: Option<&[T]>, k: usize) -> Option<Row<T>> {
 }
 
 /// Entries of one row above `threshold[i]` (0 when `None`), in column order.
-fn above<T: Real>(row: &[T], off: Option<&[T]>, threshold: Option<&[T]>) -> Option<Row<T>> {
+pub(crate) fn above<T: Real>(
+    row: &[T],
+    off: Option<&[T]>,
+    threshold: Option<&[T]>,
+) -> Option<Row<T>> {
     let mut out = Vec::new();
     for (i, &v) in row.iter().enumerate() {
         let v = off.map_or(v, |o| v + o[i]);

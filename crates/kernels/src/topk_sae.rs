@@ -1,11 +1,12 @@
-//! The whole training step of a TopK SAE — reconstruction plus the optional auxiliary-K loss of
-//! dead latents — written out by hand into buffers kept across steps.
+//! The whole training step of a TopK or BatchTopK SAE — reconstruction plus the optional
+//! auxiliary-K loss of dead latents — written out by hand into buffers kept across steps.
 //!
 //! With `x` `[batch, d]`, `W_enc`, `W_dec` `[n, d]`, `b_enc` `[n]`, `b_dec` `[d]`, `B = batch`:
 //!
 //! ```text
 //! x̃ = x − b_dec (pre-encoder bias) or x             z = x̃·W_encᵀ + b_enc
-//! I = each row's k largest z        f = ReLU(z_I)    r = Σ_I f·W_dec,i + b_dec
+//! I = each row's k largest z (TopK), or the batch's k·B largest positive z (BatchTopK)
+//! f = ReLU(z_I)      r = Σ_I f·W_dec,i + b_dec
 //! J = each row's k_a largest z among dead latents    g = ReLU(z_J)    ê = Σ_J g·W_dec,i
 //! loss = c·Σ‖r − x‖²/B + a·s·Σ‖ê − (x − r)‖²/B       s = min(n_dead/k_aux, 1), k_a = min(k_aux, n_dead)
 //! ∂r = 2c(r − x)/B       ∂ê = 2as(ê − x + r)/B       (r is held fixed in the auxiliary term)
@@ -15,8 +16,10 @@
 //! ∂b_dec = Σ_rows ∂r (− W_encᵀ·∂b_enc with the pre-encoder bias)
 //! ```
 //!
-//! The selection reads the encoder product tile by tile, as [`crate::topk_of_product`] does, and
-//! keeps the selected values, so the codes cost no second product. The backward is one
+//! The per-row selection reads the encoder product tile by tile, as [`crate::topk_of_product`]
+//! does (BatchTopK needs the whole product, kept in a buffer reused across steps, as
+//! [`crate::batch_topk`] selects on it), and keeps the selected values, so the codes cost no
+//! second product. The backward is one
 //! latent-major pass that writes each latent's two weight-gradient rows once, into gradient
 //! tensors kept by [`TopkSaeStep`]: no zeroed `[n, d]` buffers per step and no sums of separate
 //! gradients, which is what the same step through candle's autograd spends its time on.
@@ -26,17 +29,29 @@ use rayon::prelude::*;
 
 use crate::cpu::{axpy, dot, slice, with_simd, Real};
 use crate::error::{Error, Result};
+use crate::matmul::{gemm_into, View};
 use crate::sae_step::{
     check_step, encoder_input, recon_and_grad, typed_scratch, write_into, SaeParams, StepBuffers,
 };
-use crate::select::{flatten, product_rows};
+use crate::select::{above, flatten, keep_batch_top, product_rows, select_rows, top_k, Row};
 use crate::sparse::{decode_into, ByLatent};
+
+/// Which latents a step keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopkRule {
+    /// Each row's `k` largest pre-activations (TopK).
+    PerRow,
+    /// The batch's `k·batch` largest positive pre-activations (BatchTopK).
+    Batch,
+}
 
 /// Loss settings of one [`TopkSaeStep::run`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TopkSaeLoss {
-    /// Latents kept per row (`k ≤ n`).
+    /// Latents kept per row (`k ≤ n`), on average over the batch with [`TopkRule::Batch`].
     pub k: usize,
+    /// How they are chosen.
+    pub rule: TopkRule,
     /// Coefficient `c` of the reconstruction term.
     pub reconstruction: f64,
     /// The auxiliary-K term `(k_aux, a)`: dead latents per row and the term's coefficient.
@@ -48,10 +63,10 @@ pub struct TopkSaeLoss {
 /// What one step computed.
 #[derive(Debug, Clone)]
 pub struct TopkSaeOutput {
-    /// The selected latents `I`, `[batch, k]` u32 ([`crate::INACTIVE`] where a row had fewer
-    /// than `k` finite entries).
+    /// The selected latents `I`, `[batch, slots]` u32: `k` slots per row (TopK) or the most any
+    /// row got (BatchTopK), [`crate::INACTIVE`] where a row has fewer.
     pub indices: Tensor,
-    /// Their codes `f`, `[batch, k]` (0 at padding).
+    /// Their codes `f`, `[batch, slots]` (0 at padding).
     pub codes: Tensor,
     /// Reconstruction `r` `[batch, d]`.
     pub recon: Tensor,
@@ -62,6 +77,9 @@ pub struct TopkSaeOutput {
     pub aux_k: Option<f64>,
     /// For each latent, the rows where it fired (`f > 0`).
     pub fired: Vec<u64>,
+    /// BatchTopK: the smallest selected pre-activation (`None` when none was selected, and for
+    /// TopK).
+    pub batch_min: Option<f64>,
 }
 
 /// Buffers of the fused TopK SAE step, reused from one [`TopkSaeStep::run`] to the next: the
@@ -80,6 +98,8 @@ struct Scratch<T> {
     grad_recon: Vec<T>,
     /// `ê`, then `∂ê`.
     grad_aux: Vec<T>,
+    /// BatchTopK: the encoder product `x̃·W_encᵀ` `[batch, n]`.
+    product: Vec<T>,
 }
 
 impl<T> Default for Scratch<T> {
@@ -88,6 +108,7 @@ impl<T> Default for Scratch<T> {
             input: Vec::new(),
             grad_recon: Vec::new(),
             grad_aux: Vec::new(),
+            product: Vec::new(),
         }
     }
 }
@@ -110,7 +131,7 @@ struct Picked<T> {
 
 impl<T: Real> Picked<T> {
     /// The selected rows padded to `slots`, the values through the ReLU.
-    fn new(rows: &[Vec<(u32, T)>], slots: usize) -> Self {
+    fn new(rows: &[Row<T>], slots: usize) -> Self {
         let (idx, mut codes) = flatten(rows, slots);
         for v in &mut codes {
             if *v <= T::zero() {
@@ -144,6 +165,9 @@ impl TopkSaeStep {
         dead: &[bool],
     ) -> Result<TopkSaeOutput> {
         let dims @ (_, n, d) = check_step(OP, x, p)?;
+        if n == 0 {
+            return Err(Error::shape(OP, "the SAE has no latents"));
+        }
         if loss.k > n {
             return Err(Error::shape(
                 OP,
@@ -194,16 +218,42 @@ impl TopkSaeStep {
                 .map(|(&v, &off)| if off { v } else { T::neg_infinity() })
                 .collect()
         });
-        let mut ks = vec![loss.k];
-        let mut offsets = vec![Some(b_enc)];
-        if let (Some((k_aux, _)), Some(o)) = (aux, &dead_offset) {
-            ks.push(k_aux.min(n_dead));
-            offsets.push(Some(o.as_slice()));
-        }
-        let rows = product_rows(xt, w_enc, (b, d, n), &ks, &offsets)?;
-        let main = Picked::new(&rows[0], loss.k);
-        let aux_picked = rows.get(1).map(|r| Picked::new(r, ks[1]));
-        drop(rows);
+        let k_a = aux.map_or(0, |(k_aux, _)| k_aux.min(n_dead));
+        let (main, aux_picked, batch_min) = match loss.rule {
+            TopkRule::PerRow => {
+                let mut ks = vec![loss.k];
+                let mut offsets = vec![Some(b_enc)];
+                if let Some(o) = &dead_offset {
+                    ks.push(k_a);
+                    offsets.push(Some(o.as_slice()));
+                }
+                let rows = product_rows(xt, w_enc, (b, d, n), &ks, &offsets)?;
+                let main = Picked::new(&rows[0], loss.k);
+                (main, rows.get(1).map(|r| Picked::new(r, k_a)), None)
+            }
+            TopkRule::Batch => {
+                let product = &mut scratch.product;
+                product.resize(b * n, T::zero());
+                gemm_into(
+                    product,
+                    View::row_major(xt, b, d),
+                    View::transposed(w_enc, n, d),
+                    false,
+                );
+                let mut rows = select_rows(OP, product, n, Some(b_enc), |r, o| above(r, o, None))?;
+                let min = keep_batch_top(&mut rows, loss.k * b);
+                let slots = rows.iter().map(Vec::len).max().unwrap_or(0);
+                let aux = match &dead_offset {
+                    Some(o) => {
+                        let rows = select_rows(OP, product, n, Some(o), |r, o| top_k(r, o, k_a))?;
+                        Some(Picked::new(&rows, k_a))
+                    }
+                    None => None,
+                };
+                let min = min.map(|t| WithDType::to_f64(t));
+                (Picked::new(&rows, slots), aux, min)
+            }
+        };
 
         // Forward: r and ∂r, then ê and ∂ê.
         let c = T::from_f64(loss.reconstruction);
@@ -297,6 +347,7 @@ impl TopkSaeStep {
             reconstruction: rec,
             aux_k: aux_value,
             fired,
+            batch_min,
         })
     }
 }

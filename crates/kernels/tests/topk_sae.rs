@@ -3,7 +3,7 @@
 //! and all four gradients, with and without the auxiliary-K term.
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use metarep_kernels::{to_dense, TopkSaeLoss, TopkSaeStep};
+use metarep_kernels::{to_dense, TopkRule, TopkSaeLoss, TopkSaeStep, INACTIVE};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -20,6 +20,27 @@ fn top(row: &[f64], k: usize, allowed: impl Fn(usize) -> bool) -> Vec<usize> {
     cols
 }
 
+/// The `total` largest positive entries of the batch (ties: earlier row, then lower column),
+/// per row in column order.
+fn batch_top(rows: &[Vec<f64>], total: usize) -> Vec<Vec<usize>> {
+    let mut all: Vec<(usize, usize)> = (0..rows.len())
+        .flat_map(|r| (0..rows[r].len()).map(move |c| (r, c)))
+        .filter(|&(r, c)| rows[r][c] > 0.0)
+        .collect();
+    all.sort_by(|&(ra, ca), &(rb, cb)| {
+        rows[rb][cb]
+            .partial_cmp(&rows[ra][ca])
+            .unwrap()
+            .then((ra, ca).cmp(&(rb, cb)))
+    });
+    let mut picked = vec![Vec::new(); rows.len()];
+    for &(r, c) in all.iter().take(total) {
+        picked[r].push(c);
+    }
+    picked.iter_mut().for_each(|p| p.sort());
+    picked
+}
+
 /// A `[rows, n]` 0/1 mask with ones at `picked` per row.
 fn mask(picked: &[Vec<usize>], n: usize, dtype: DType) -> Tensor {
     let mut m = vec![0f64; picked.len() * n];
@@ -34,11 +55,13 @@ fn mask(picked: &[Vec<usize>], n: usize, dtype: DType) -> Tensor {
 
 /// What the reference computed.
 struct Reference {
+    /// Each row's selected latents, in column order.
     picked: Vec<Vec<usize>>,
     codes: Tensor,
     recon: Tensor,
     reconstruction: f64,
     aux_k: Option<f64>,
+    batch_min: Option<f64>,
     grads: Vec<Tensor>,
 }
 
@@ -57,7 +80,26 @@ fn reference(x: &Tensor, p: &[Var; 4], loss: &TopkSaeLoss, dead: &[bool]) -> Ref
         .broadcast_add(b_enc)
         .unwrap();
     let rows = z.to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
-    let picked: Vec<Vec<usize>> = rows.iter().map(|r| top(r, loss.k, |_| true)).collect();
+    let picked: Vec<Vec<usize>> = match loss.rule {
+        TopkRule::PerRow => rows
+            .iter()
+            .map(|r| {
+                let mut p = top(r, loss.k, |_| true);
+                p.sort();
+                p
+            })
+            .collect(),
+        TopkRule::Batch => batch_top(&rows, loss.k * rows.len()),
+    };
+    let batch_min = (loss.rule == TopkRule::Batch)
+        .then(|| {
+            let kept = picked
+                .iter()
+                .enumerate()
+                .flat_map(|(r, p)| p.iter().map(move |&c| (r, c)));
+            kept.map(|(r, c)| rows[r][c]).reduce(f64::min)
+        })
+        .flatten();
     let f = (z.relu().unwrap() * mask(&picked, n, x.dtype())).unwrap();
     let r = f.matmul(w_dec).unwrap().broadcast_add(b_dec).unwrap();
     let sq = |t: &Tensor| t.sqr().unwrap().sum(D::Minus1).unwrap().mean_all().unwrap();
@@ -82,6 +124,7 @@ fn reference(x: &Tensor, p: &[Var; 4], loss: &TopkSaeLoss, dead: &[bool]) -> Ref
         recon: r.detach(),
         reconstruction: scalar(&rec),
         aux_k: aux_value,
+        batch_min,
         grads: [w_enc, b_enc, w_dec, b_dec]
             .map(|t| grads.get(t).unwrap().clone())
             .to_vec(),
@@ -101,7 +144,11 @@ fn values_and_gradients_equal_candle_autograd() {
     let none = vec![false; n];
     let mut step = TopkSaeStep::new();
     for (dtype, tol) in [(DType::F64, 1e-10), (DType::F32, 2e-4)] {
-        for pre_encoder_bias in [false, true] {
+        for (rule, pre_encoder_bias) in [
+            (TopkRule::PerRow, false),
+            (TopkRule::PerRow, true),
+            (TopkRule::Batch, true),
+        ] {
             for (aux_k, dead) in [
                 (None, &none),
                 (Some((5, 0.3)), &every_third),
@@ -110,6 +157,7 @@ fn values_and_gradients_equal_candle_autograd() {
             ] {
                 let loss = TopkSaeLoss {
                     k: 8,
+                    rule,
                     reconstruction: 0.7,
                     aux_k,
                     pre_encoder_bias,
@@ -119,8 +167,10 @@ fn values_and_gradients_equal_candle_autograd() {
                     let mut rng = ChaCha8Rng::seed_from_u64(rows as u64);
                     let x = randn(&mut rng, (rows, d), dtype);
                     let p = sae_params(&mut rng, n, d, dtype);
-                    // Negative encoder biases: some selected pre-activations are below 0.
-                    let b_enc = Var::from_tensor(&(p[1].as_tensor() - 2.0).unwrap()).unwrap();
+                    // TopK: negative encoder biases, so some selected pre-activations are below
+                    // 0. BatchTopK: more positive pre-activations than the batch keeps.
+                    let shift = if rule == TopkRule::PerRow { 2.0 } else { 0.0 };
+                    let b_enc = Var::from_tensor(&(p[1].as_tensor() - shift).unwrap()).unwrap();
                     let p = [p[0].clone(), b_enc, p[2].clone(), p[3].clone()];
                     let want = reference(&x, &p, &loss, dead);
                     let out = step.run(&x, &sae_view(&p), &loss, dead).unwrap();
@@ -129,8 +179,17 @@ fn values_and_gradients_equal_candle_autograd() {
                     });
                     let idx = out.indices.to_vec2::<u32>().unwrap();
                     for (r, (got, want)) in idx.iter().zip(&want.picked).enumerate() {
-                        let got: Vec<usize> = got.iter().map(|&i| i as usize).collect();
+                        let mut got: Vec<usize> = got
+                            .iter()
+                            .filter(|&&i| i != INACTIVE)
+                            .map(|&i| i as usize)
+                            .collect();
+                        got.sort();
                         assert_eq!(&got, want, "row {r}, {case}");
+                    }
+                    match (out.batch_min, want.batch_min) {
+                        (Some(a), Some(b)) => assert!((a - b).abs() < tol, "min, {case}"),
+                        (a, b) => assert_eq!(a, b, "min, {case}"),
                     }
                     let dense = to_dense(&out.indices, &out.codes, n).unwrap();
                     assert!(max_diff(&dense, &want.codes) < tol, "codes, {case}");
@@ -138,7 +197,16 @@ fn values_and_gradients_equal_candle_autograd() {
                     let selected_zero = (zeros.sum_all().unwrap().to_scalar::<f64>().unwrap()
                         as usize)
                         > rows * (n - loss.k);
-                    assert!(rows < 300 || selected_zero, "no selected code is 0, {case}");
+                    match rule {
+                        TopkRule::PerRow => {
+                            assert!(rows < 300 || selected_zero, "no selected code is 0, {case}")
+                        }
+                        TopkRule::Batch => {
+                            let lens: Vec<usize> = want.picked.iter().map(Vec::len).collect();
+                            assert_eq!(lens.iter().sum::<usize>(), rows * loss.k, "{case}");
+                            assert!(lens.iter().any(|&l| l != loss.k), "{case}");
+                        }
+                    }
                     assert!(max_diff(&out.recon, &want.recon) < tol, "recon, {case}");
                     assert!(
                         (out.reconstruction - want.reconstruction).abs() < tol * 10.0,
@@ -164,6 +232,7 @@ fn bad_arguments_are_errors_naming_the_problem() {
     let params = sae_view(&p);
     let loss = TopkSaeLoss {
         k: 3,
+        rule: TopkRule::PerRow,
         reconstruction: 1.0,
         aux_k: Some((2, 0.1)),
         pre_encoder_bias: true,
@@ -206,26 +275,29 @@ fn results_do_not_depend_on_the_thread_count() {
     let x = randn(&mut rng, (rows, d), DType::F32);
     let p = sae_params(&mut rng, n, d, DType::F32);
     let dead: Vec<bool> = (0..n).map(|i| i % 4 == 1).collect();
-    let loss = TopkSaeLoss {
-        k: 16,
-        reconstruction: 1.0,
-        aux_k: Some((8, 0.1)),
-        pre_encoder_bias: true,
-    };
-    let run = || {
-        let mut step = TopkSaeStep::new();
-        let out = step.run(&x, &sae_view(&p), &loss, &dead).unwrap();
-        let flat = |t: &Tensor| {
-            t.flatten_all()
-                .unwrap()
-                .to_dtype(DType::F64)
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap()
+    for rule in [TopkRule::PerRow, TopkRule::Batch] {
+        let loss = TopkSaeLoss {
+            k: 16,
+            rule,
+            reconstruction: 1.0,
+            aux_k: Some((8, 0.1)),
+            pre_encoder_bias: true,
         };
-        let mut all = vec![flat(&out.codes), flat(&out.recon)];
-        all.extend(step.grads().iter().map(flat));
-        (all, out.reconstruction, out.aux_k, out.fired)
-    };
-    assert_eq!(run(), on_one_thread(run));
+        let run = || {
+            let mut step = TopkSaeStep::new();
+            let out = step.run(&x, &sae_view(&p), &loss, &dead).unwrap();
+            let flat = |t: &Tensor| {
+                t.flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap()
+            };
+            let mut all = vec![flat(&out.codes), flat(&out.recon)];
+            all.extend(step.grads().iter().map(flat));
+            (all, out.reconstruction, out.aux_k, out.fired, out.batch_min)
+        };
+        assert_eq!(run(), on_one_thread(run), "{rule:?}");
+    }
 }

@@ -3,7 +3,7 @@
 //! autograd path gives — the same loss, the same named parts, gradients in parameter order.
 
 use candle_core::{DType, Tensor};
-use metarep_kernels::{ReluSaeLoss, ReluSaeStep, SaeParams, TopkSaeLoss, TopkSaeStep};
+use metarep_kernels::{ReluSaeLoss, ReluSaeStep, SaeParams, TopkRule, TopkSaeLoss, TopkSaeStep};
 
 use crate::config::{Architecture, DecoderNorm};
 use crate::error::Result;
@@ -20,14 +20,14 @@ pub(crate) type StepResult = (ForwardPass, f64, Vec<(String, f64)>, Vec<Tensor>,
 pub enum FusedStep {
     /// ReLU SAEs trained on reconstruction + L1.
     Relu(ReluSaeStep),
-    /// TopK SAEs trained on reconstruction (+ auxiliary-K).
+    /// TopK and BatchTopK SAEs trained on reconstruction (+ auxiliary-K).
     TopK(TopkSaeStep),
 }
 
 impl FusedStep {
     /// The step that computes `loss` on `sae`, if one does: CPU, f32 or f64, no decorrelation,
-    /// probe or temporal term; a ReLU SAE without the auxiliary-K term, or a TopK SAE without
-    /// L1 or L0 terms.
+    /// probe or temporal term; a ReLU SAE without the auxiliary-K term, or a TopK or BatchTopK
+    /// SAE without L1 or L0 terms.
     pub fn for_sae(sae: &Sae, loss: &LossConfig) -> Option<Self> {
         let common = sae.w_dec.device().is_cpu()
             && matches!(sae.w_dec.dtype(), DType::F32 | DType::F64)
@@ -38,7 +38,9 @@ impl FusedStep {
             Architecture::Relu if common && loss.aux_k.is_none() => {
                 Some(Self::Relu(ReluSaeStep::new()))
             }
-            Architecture::TopK { .. } if common && loss.l1 == 0.0 && loss.l0 == 0.0 => {
+            Architecture::TopK { .. } | Architecture::BatchTopK { .. }
+                if common && loss.l1 == 0.0 && loss.l0 == 0.0 =>
+            {
                 Some(Self::TopK(TopkSaeStep::new()))
             }
             _ => None,
@@ -82,13 +84,18 @@ impl FusedStep {
                 Ok((pass, value, parts, fused.grads().to_vec(), out.fired))
             }
             Self::TopK(fused) => {
-                let Architecture::TopK { k } = sae.config.architecture else {
-                    return Err(crate::Error::Invalid(
-                        "the fused TopK step was given another architecture".into(),
-                    ));
+                let (k, rule) = match sae.config.architecture {
+                    Architecture::TopK { k } => (k, TopkRule::PerRow),
+                    Architecture::BatchTopK { k } => (k, TopkRule::Batch),
+                    other => {
+                        return Err(crate::Error::Invalid(format!(
+                            "the fused TopK step cannot train a {other:?} SAE"
+                        )))
+                    }
                 };
                 let loss = TopkSaeLoss {
                     k,
+                    rule,
                     reconstruction: cfg.reconstruction,
                     aux_k: cfg.aux_k.map(|a| (a.k_aux, a.coeff)),
                     pre_encoder_bias,
@@ -104,7 +111,8 @@ impl FusedStep {
                     indices: out.indices,
                     values: out.codes,
                 };
-                let pass = ForwardPass::new(x, latents, out.recon, None);
+                let mut pass = ForwardPass::new(x, latents, out.recon, None);
+                pass.batch_min = out.batch_min;
                 Ok((pass, value, parts, fused.grads().to_vec(), out.fired))
             }
         }

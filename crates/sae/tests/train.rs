@@ -152,6 +152,11 @@ fn fused_trains_as_autograd(config: SaeConfig, cfg: &SaeTrainConfig, case: &str)
             .fold(0.0, f64::max);
         assert!(diff < 1e-9, "{case}: parameters differ by {diff}");
         assert_eq!(fused.since_fired, autograd.since_fired, "{case}");
+        let thresholds = (fused_sae.batch_threshold, autograd_sae.batch_threshold);
+        assert!(
+            (thresholds.0 - thresholds.1).abs() < 1e-10,
+            "{case}: {thresholds:?}"
+        );
     }
     names
 }
@@ -172,14 +177,14 @@ fn the_fused_relu_step_trains_as_candle_autograd_does() {
         assert!(names.iter().any(|n| n == "l1"));
     }
     // Other architectures and loss terms keep the autograd path.
-    let batch_topk = Sae::new(
-        SaeConfig::new(16, 4, Architecture::BatchTopK { k: 4 }).unwrap(),
+    let gated = Sae::new(
+        SaeConfig::new(16, 4, Architecture::Gated).unwrap(),
         0,
         DType::F32,
         &Device::Cpu,
     )
     .unwrap();
-    assert!(SaeTrainer::new(&batch_topk, &cfg(""))
+    assert!(SaeTrainer::new(&gated, &cfg("[loss]\nl1 = 0.03\n"))
         .unwrap()
         .fused
         .is_none());
@@ -198,23 +203,22 @@ fn the_fused_relu_step_trains_as_candle_autograd_does() {
 }
 
 #[test]
-fn the_fused_topk_step_trains_as_candle_autograd_does() {
+fn the_fused_topk_and_batch_topk_steps_train_as_candle_autograd_does() {
     // A dead window of one batch: latents that miss a step feed the auxiliary-K term next step.
     let aux = "b_dec_init_mean = false\ndead_window = 128\n[loss.aux_k]\nk_aux = 8\ncoeff = 0.1\n";
-    for (pre, extra) in [
-        (true, aux),
-        (false, aux),
-        (true, "b_dec_init_mean = false\n"),
+    let plain = "b_dec_init_mean = false\n";
+    for arch in [
+        Architecture::TopK { k: 3 },
+        Architecture::BatchTopK { k: 3 },
     ] {
-        let mut config = SaeConfig::new(16, 4, Architecture::TopK { k: 3 }).unwrap();
-        config.pre_encoder_bias = pre;
-        let cfg = cfg(extra);
-        let names = fused_trains_as_autograd(config, &cfg, &format!("TopK, {pre}, {extra:?}"));
-        assert_eq!(
-            names.iter().any(|n| n == "aux_k"),
-            extra == aux,
-            "{extra:?}"
-        );
+        for (pre, extra) in [(true, aux), (false, aux), (true, plain)] {
+            let mut config = SaeConfig::new(16, 4, arch).unwrap();
+            config.pre_encoder_bias = pre;
+            let cfg = cfg(extra);
+            let case = format!("{arch:?}, {pre}, {extra:?}");
+            let names = fused_trains_as_autograd(config, &cfg, &case);
+            assert_eq!(names.iter().any(|n| n == "aux_k"), extra == aux, "{case}");
+        }
     }
     let topk = Sae::new(
         SaeConfig::new(16, 4, Architecture::TopK { k: 4 }).unwrap(),
