@@ -208,7 +208,8 @@ impl TopkSaeStep {
         encoder_input(&mut scratch.input, xs, b_dec, loss.pre_encoder_bias);
         let xt = &scratch.input;
 
-        // Selection: each row's top k of z, and with dead latents its top k_a among them.
+        // Selection: each row's top k of z (or the batch's top k·B), and with dead latents each
+        // row's top k_a among them.
         let n_dead = dead.iter().filter(|&&v| v).count();
         let aux = loss.aux_k.filter(|&(k_aux, _)| k_aux > 0 && n_dead > 0);
         let dead_offset: Option<Vec<T>> = aux.map(|_| {

@@ -1,9 +1,12 @@
-//! Training an SAE from an [`ActivationSource`]: AdamW (state and checkpoint format of
-//! [`metarep_core::optim::AdamW`], update by the fused kernel [`adamw_update`]) with linear
-//! warmup and cosine decay, optional gradient clipping, dead-latent tracking (tokens since each
-//! latent last fired) feeding the auxiliary-K loss and optional resampling, input-scale
-//! estimation and `b_dec` initialisation from the data; the run loop of [`metarep_core::train`]
-//! does the rest (checkpoints with exact resume, the JSONL metrics log, progress bar).
+//! Training an SAE from an [`ActivationSource`]: forward and backward through candle's autograd,
+//! or through a hand-written step of `metarep-kernels` where one computes the loss
+//! ([`crate::fused::FusedStep`]: ReLU + L1, TopK and BatchTopK with auxiliary-K, on the CPU);
+//! AdamW (state and checkpoint format of [`metarep_core::optim::AdamW`], update by the fused
+//! kernel [`adamw_update`]) with linear warmup and cosine decay, optional gradient clipping,
+//! dead-latent tracking (tokens since each latent last fired) feeding the auxiliary-K loss and
+//! optional resampling, input-scale estimation and `b_dec` initialisation from the data; the run
+//! loop of [`metarep_core::train`] does the rest (checkpoints with exact resume, the JSONL
+//! metrics log, progress bar).
 //!
 //! Exact resume: a checkpoint stores the parameters, Adam moments and step count, the dead-latent
 //! counters, the data position (epoch, batches into it), the BatchTopK threshold and the input
