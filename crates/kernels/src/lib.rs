@@ -10,10 +10,10 @@
 //! `act(x·wᵀ + b)` with a backward that skips the input gradient an SAE does not need.
 //! [`adamw_update`] is a fused in-place AdamW step and [`normalize_rows_`] keeps decoder rows
 //! at unit norm. [`ReluSaeStep`] is a ReLU SAE's whole training step (reconstruction + L1)
-//! and [`TopkSaeStep`] a TopK SAE's (reconstruction + auxiliary-K), written out by hand into
-//! buffers reused across steps. [`profile`] counts the time spent in
-//! dense products. [`forward`] holds the fused forward-pass kernels of the hooked transformers
-//! (activations and gated activations, softmax, bias-fused linear, norms) and [`rotary`] their
+//! and [`TopkSaeStep`] a TopK or BatchTopK SAE's (reconstruction + auxiliary-K), written out by
+//! hand into buffers reused across steps. [`profile`] counts the time spent in dense products.
+//! [`forward`] holds the fused forward-pass kernels of the hooked transformers (activations and
+//! gated activations, softmax, bias-fused linear, norms) and [`rotary`] their
 //! rotary embedding; [`device_ops`] the GPU ones (masked attention softmax, bias added to a
 //! product).
 //!

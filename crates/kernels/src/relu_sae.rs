@@ -20,12 +20,13 @@
 use candle_core::{DType, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::cpu::{axpy, dot, slice, Real};
+use crate::cpu::{axpy, dot, Real};
 use crate::dense::mask_and_sum;
 use crate::error::Result;
 use crate::matmul::{gemm_into, View};
 use crate::sae_step::{
-    check_step, encoder_input, recon_and_grad, typed_scratch, write_into, SaeParams, StepBuffers,
+    check_step, encoder_input, recon_and_grad, slices, typed_scratch, write_into, SaeParams,
+    StepBuffers,
 };
 
 /// Loss settings of one [`ReluSaeStep::run`].
@@ -119,12 +120,8 @@ impl ReluSaeStep {
         loss: &ReluSaeLoss,
         (b, n, d): (usize, usize, usize),
     ) -> Result<ReluSaeOutput> {
-        let guards = [x, p.w_enc, p.b_enc, p.w_dec, p.b_dec].map(|t| t.storage_and_layout());
-        let [xs, w_enc, b_enc, w_dec, b_dec] = [0, 1, 2, 3, 4].map(|i| {
-            let (s, l) = &guards[i];
-            slice::<T>(s, l)
-        });
-        let (xs, w_enc, b_enc, w_dec, b_dec) = (xs?, w_enc?, b_enc?, w_dec?, b_dec?);
+        let locks = p.lock(x);
+        let [xs, w_enc, b_enc, w_dec, b_dec] = slices::<T, _>(&locks)?;
         let (c, lambda) = (T::from_f64(loss.reconstruction), T::from_f64(loss.l1));
         let inv_b = T::one() / T::from_f64(b as f64);
         // Each latent's L1 weight s_i: its decoder row's norm when folded, else 1.
@@ -214,7 +211,7 @@ impl ReluSaeStep {
                 }
             }
         })?;
-        drop(guards);
+        drop(locks);
         Ok(ReluSaeOutput {
             codes: Tensor::from_vec(codes, (b, n), x.device())?,
             recon: Tensor::from_vec(recon, (b, d), x.device())?,

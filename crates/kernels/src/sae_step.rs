@@ -4,11 +4,12 @@
 
 use std::any::Any;
 use std::marker::PhantomData;
+use std::ops::Deref;
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, InplaceOp1, Layout, Tensor, WithDType};
+use candle_core::{CpuStorage, InplaceOp1, Layout, Storage, Tensor, WithDType};
 
-use crate::cpu::{check_cpu, check_float, dims2, same_dtype, Real};
+use crate::cpu::{check_cpu, check_float, dims2, same_dtype, slice, Real};
 use crate::error::{Error, Result};
 
 /// The parameters of an SAE: `w_enc`, `w_dec` `[n, d]`, `b_enc` `[n]`, `b_dec` `[d]`.
@@ -22,6 +23,28 @@ pub struct SaeParams<'a> {
     pub w_dec: &'a Tensor,
     /// Decoder bias `[d]`.
     pub b_dec: &'a Tensor,
+}
+
+impl<'a> SaeParams<'a> {
+    /// Read locks on the storage of `x` and the parameters, in the order `x, w_enc, b_enc,
+    /// w_dec, b_dec` (held while a step reads them through [`slices`]).
+    pub(crate) fn lock(
+        &self,
+        x: &'a Tensor,
+    ) -> [(impl Deref<Target = Storage> + 'a, &'a Layout); 5] {
+        [x, self.w_enc, self.b_enc, self.w_dec, self.b_dec].map(|t| t.storage_and_layout())
+    }
+}
+
+/// The contiguous elements (dtype `T`) of tensors locked by [`SaeParams::lock`], in its order.
+pub(crate) fn slices<'g, T: WithDType, G: Deref<Target = Storage>>(
+    locks: &'g [(G, &Layout); 5],
+) -> Result<[&'g [T]; 5]> {
+    let mut out: [&[T]; 5] = [&[]; 5];
+    for (o, (s, l)) in out.iter_mut().zip(locks) {
+        *o = slice::<T>(s, l)?;
+    }
+    Ok(out)
 }
 
 /// The buffers a step keeps across runs: typed scratch and the four parameter gradients

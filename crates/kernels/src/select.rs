@@ -338,8 +338,8 @@ pub(crate) fn select_rows<T: Real>(
         .collect()
 }
 
-/// The `k` best entries of one row (larger value first, then lower column), best first; `-inf` entries are never
-/// taken, so a row with fewer finite entries gives fewer. Two sweeps: the first checks for NaN
+/// The `k` best entries of one row (larger value first, then lower column), best first; `-inf`
+/// entries are never taken, so a row with fewer finite entries gives fewer. Two sweeps: the first checks for NaN
 /// and takes each block's maximum; each maximum is an entry, so the `k`-th largest of them,
 /// `t`, is at most the `k`-th best value, and only entries `≥ t` (in blocks whose maximum
 /// reaches `t`) can be among the best. The second sweep gathers those, typically a little more

@@ -365,7 +365,7 @@ impl ByLatent {
             with_simd(|| {
                 let (mut rows, mut per_slot) = (g.rows, g.per_slot);
                 for i in g.first..(g.first + GROUP).min(n) {
-                    let slots = &self.slots[self.start[i]..self.start[i + 1]];
+                    let slots = self.slots_of(i);
                     let mut row = None;
                     if let Some(r) = rows.take() {
                         let (head, tail) = r.split_at_mut(d);

@@ -27,11 +27,12 @@
 use candle_core::{DType, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::cpu::{axpy, dot, slice, with_simd, Real};
+use crate::cpu::{axpy, dot, with_simd, Real};
 use crate::error::{Error, Result};
 use crate::matmul::{gemm_into, View};
 use crate::sae_step::{
-    check_step, encoder_input, recon_and_grad, typed_scratch, write_into, SaeParams, StepBuffers,
+    check_step, encoder_input, recon_and_grad, slices, typed_scratch, write_into, SaeParams,
+    StepBuffers,
 };
 use crate::select::{above, flatten, keep_batch_top, product_rows, select_rows, top_k, Row};
 use crate::sparse::{decode_into, ByLatent};
@@ -198,12 +199,8 @@ impl TopkSaeStep {
         dead: &[bool],
         (b, n, d): (usize, usize, usize),
     ) -> Result<TopkSaeOutput> {
-        let guards = [x, p.w_enc, p.b_enc, p.w_dec, p.b_dec].map(|t| t.storage_and_layout());
-        let [xs, w_enc, b_enc, w_dec, b_dec] = [0, 1, 2, 3, 4].map(|i| {
-            let (s, l) = &guards[i];
-            slice::<T>(s, l)
-        });
-        let (xs, w_enc, b_enc, w_dec, b_dec) = (xs?, w_enc?, b_enc?, w_dec?, b_dec?);
+        let locks = p.lock(x);
+        let [xs, w_enc, b_enc, w_dec, b_dec] = slices::<T, _>(&locks)?;
         let scratch = typed_scratch::<Scratch<T>>(&mut self.buffers.scratch);
         encoder_input(&mut scratch.input, xs, b_dec, loss.pre_encoder_bias);
         let xt = &scratch.input;
@@ -340,7 +337,7 @@ impl TopkSaeStep {
             }
         }
         write_into::<T>(OP, &grads[3], |g| g.copy_from_slice(&grad_b_dec))?;
-        drop(guards);
+        drop(locks);
         Ok(TopkSaeOutput {
             indices: Tensor::from_vec(main.idx, (b, main.slots), x.device())?,
             codes: Tensor::from_vec(main.codes, (b, main.slots), x.device())?,
