@@ -339,11 +339,12 @@ pub(crate) fn select_rows<T: Real>(
 }
 
 /// The `k` best entries of one row (larger value first, then lower column), best first; `-inf`
-/// entries are never taken, so a row with fewer finite entries gives fewer. Two sweeps: the first checks for NaN
-/// and takes each block's maximum; each maximum is an entry, so the `k`-th largest of them,
-/// `t`, is at most the `k`-th best value, and only entries `≥ t` (in blocks whose maximum
-/// reaches `t`) can be among the best. The second sweep gathers those, typically a little more
-/// than `k`, and they are ordered. With fewer than `k` blocks every finite entry is gathered.
+/// entries are never taken, so a row with fewer finite entries gives fewer. Two sweeps: the
+/// first checks for NaN and takes each block's maximum; each maximum is an entry, so the `k`-th
+/// largest of them, `t`, is at most the `k`-th best value, and only entries `≥ t` (in blocks
+/// whose maximum reaches `t`) can be among the best. The second sweep gathers those, typically a
+/// little more than `k`, and they are ordered. With fewer than `k` blocks every finite entry is
+/// gathered.
 pub(crate) fn top_k<T: Real>(row: &[T], off: Option<&[T]>, k: usize) -> Option<Row<T>> {
     let value = |i: usize, v: T| off.map_or(v, |o| v + o[i]);
     let mut maxima = Vec::with_capacity(row.len().div_ceil(CHUNK));
