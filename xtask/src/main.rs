@@ -3,7 +3,7 @@
 //! ```text
 //! cargo xtask reproduce --list
 //! cargo xtask reproduce fig1 [--check] [--config FILE] [--set key=value ...] [--out results]
-//! cargo xtask reproduce all --check [--quick]
+//! cargo xtask reproduce all --check [--quick] [--jobs 2]
 //! cargo xtask bench lat_cg
 //! cargo xtask bench gist_tree --set size_gib=0.25
 //! cargo xtask fixtures parity|minilm|minilm-reference
@@ -37,6 +37,7 @@ mod fig8;
 mod fig9;
 mod fixtures;
 mod gallery;
+mod jobs;
 mod measure_cache;
 mod output;
 mod registry;
@@ -82,6 +83,11 @@ enum Command {
         /// Output root.
         #[arg(long, default_value = "results")]
         out: PathBuf,
+        /// With `all`: experiments run at once, each in its own process (one that trains a small
+        /// model keeps a single core busy); each one's output is printed whole, in registry
+        /// order, once it and those before it have finished.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
     },
     /// Run a benchmark (writes results/bench/<name>.json).
     Bench {
@@ -128,6 +134,7 @@ fn main() -> ExitCode {
             config,
             overrides,
             out,
+            jobs,
         } => {
             if list {
                 print!("{}", registry::listing());
@@ -136,7 +143,8 @@ fn main() -> ExitCode {
             match id {
                 None => Err("give a result id or --list".into()),
                 Some(id) => {
-                    registry::reproduce(&id, check, quick, config.as_deref(), &overrides, &out)
+                    let flags = registry::Flags { check, quick, jobs };
+                    registry::reproduce(&id, flags, config.as_deref(), &overrides, &out)
                 }
             }
         }

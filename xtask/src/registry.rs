@@ -190,15 +190,30 @@ pub fn config_path(id: &str, explicit: Option<&Path>, quick: bool) -> PathBuf {
     PathBuf::from(format!("configs/{id}.toml"))
 }
 
-/// Reproduces `id` (or `all`); returns whether every check passed (always `true` without `check`).
+/// How `reproduce` runs: the command line's flags.
+#[derive(Clone, Copy, Debug)]
+pub struct Flags {
+    /// Fail when an acceptance threshold is not met.
+    pub check: bool,
+    /// Use the quick configs where they exist (see [`config_path`]).
+    pub quick: bool,
+    /// Experiments run at once by `all`, each in its own process (1: one after the other here).
+    pub jobs: usize,
+}
+
+/// Reproduces `id` (or `all`); returns whether every check passed (always `true` without
+/// `flags.check`).
 pub fn reproduce(
     id: &str,
-    check: bool,
-    quick: bool,
+    flags: Flags,
     config: Option<&Path>,
     overrides: &[String],
     out: &Path,
 ) -> Result<bool, BoxError> {
+    let Flags { check, quick, jobs } = flags;
+    if jobs == 0 {
+        return Err("--jobs must be at least 1".into());
+    }
     let selected: Vec<&Experiment> = if id == "all" {
         if config.is_some() {
             return Err("--config cannot be combined with `all`".into());
@@ -210,6 +225,9 @@ pub fn reproduce(
             .ok_or_else(|| format!("unknown result id '{id}'; known: {}", ids().join(", ")))?]
     };
     let config_overrides = crate::device::take(overrides)?;
+    if selected.len() > 1 && jobs > 1 {
+        return reproduce_in_children(&selected, flags, overrides, out);
+    }
     let mut all_pass = true;
     for e in selected {
         let cfg = config_path(e.id, config, quick);
@@ -226,6 +244,52 @@ pub fn reproduce(
         all_pass &= pass;
     }
     Ok(!check || all_pass)
+}
+
+/// `all` with `--jobs N`: each experiment as its own `xtask reproduce <id>` child process, N at
+/// a time (see [`crate::jobs`]), each child's output printed whole, in registry order. A child
+/// that fails a check (exit status 1) does not stop the others; one that errs does.
+fn reproduce_in_children(
+    selected: &[&Experiment],
+    flags: Flags,
+    overrides: &[String],
+    out: &Path,
+) -> Result<bool, BoxError> {
+    let exe = std::env::current_exe()?;
+    let commands = selected
+        .iter()
+        .map(|e| {
+            let mut c = std::process::Command::new(&exe);
+            c.args(["reproduce", e.id, "--out"]).arg(out);
+            if flags.check {
+                c.arg("--check");
+            }
+            if flags.quick {
+                c.arg("--quick");
+            }
+            for o in overrides {
+                c.args(["--set", o]);
+            }
+            c
+        })
+        .collect();
+    let mut all_pass = true;
+    let mut relayed = Ok(());
+    let failed = crate::jobs::run_ordered(commands, flags.jobs, &[0, 1], |_, output| {
+        all_pass &= output.status.success();
+        if relayed.is_ok() {
+            relayed = crate::jobs::relay(output);
+        }
+    });
+    relayed?;
+    if !failed.is_empty() {
+        let why: Vec<String> = failed
+            .iter()
+            .map(|(i, why)| format!("{} {why}", selected[*i].id))
+            .collect();
+        return Err(format!("reproduce all --jobs {}: {}", flags.jobs, why.join("; ")).into());
+    }
+    Ok(!flags.check || all_pass)
 }
 
 /// The command that reproduces `id` as this run did (`--check` and `--out` aside), each word
@@ -314,10 +378,20 @@ mod tests {
     }
 
     #[test]
-    fn unknown_id_is_an_error_naming_it() {
-        let err = reproduce("fig99", false, false, None, &[], Path::new("/nonexistent"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("fig99") && err.contains("fig1"), "{err}");
+    fn bad_requests_are_errors_naming_what_is_wrong() {
+        // (id, jobs, words the error must contain)
+        let cases: [(&str, usize, &[&str]); 2] =
+            [("fig99", 1, &["fig99", "fig1"]), ("all", 0, &["--jobs"])];
+        for (id, jobs, words) in cases {
+            let flags = Flags {
+                check: false,
+                quick: true,
+                jobs,
+            };
+            let err = reproduce(id, flags, None, &[], Path::new("/nonexistent"))
+                .unwrap_err()
+                .to_string();
+            assert!(words.iter().all(|w| err.contains(w)), "{err}");
+        }
     }
 }
