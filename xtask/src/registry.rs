@@ -260,15 +260,11 @@ fn reproduce_in_children(
         .iter()
         .map(|e| {
             let mut c = std::process::Command::new(&exe);
-            c.args(["reproduce", e.id, "--out"]).arg(out);
+            c.args(reproduce_args(e.id, flags.quick, None, overrides))
+                .arg("--out")
+                .arg(out);
             if flags.check {
                 c.arg("--check");
-            }
-            if flags.quick {
-                c.arg("--quick");
-            }
-            for o in overrides {
-                c.args(["--set", o]);
             }
             c
         })
@@ -295,10 +291,23 @@ fn reproduce_in_children(
 /// The command that reproduces `id` as this run did (`--check` and `--out` aside), each word
 /// quoted for a POSIX shell where it needs it.
 pub fn command_line(id: &str, quick: bool, config: Option<&Path>, overrides: &[String]) -> String {
-    let mut words = vec!["cargo", "xtask", "reproduce", id]
+    ["cargo".to_string(), "xtask".to_string()]
         .into_iter()
-        .map(String::from)
-        .collect::<Vec<_>>();
+        .chain(reproduce_args(id, quick, config, overrides))
+        .map(|w| shell_word(&w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The arguments of `xtask reproduce` for `id` with these settings (`--check` and `--out`
+/// aside), one word each.
+fn reproduce_args(
+    id: &str,
+    quick: bool,
+    config: Option<&Path>,
+    overrides: &[String],
+) -> Vec<String> {
+    let mut words = vec!["reproduce".to_string(), id.to_string()];
     if quick {
         words.push("--quick".into());
     }
@@ -309,10 +318,6 @@ pub fn command_line(id: &str, quick: bool, config: Option<&Path>, overrides: &[S
         words.extend(["--set".into(), o.clone()]);
     }
     words
-        .iter()
-        .map(|w| shell_word(w))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// `word` as is when it holds only characters a shell leaves alone, else in single quotes.
