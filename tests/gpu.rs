@@ -16,7 +16,7 @@ use metarep::sae::{
     ActivationSource, Architecture, Sae, SaeConfig, SaeTrainConfig, SaeTrainer, TensorSource,
 };
 
-#[path = "../crates/model/tests/common/mod.rs"]
+#[path = "../crates/model/tests/model/common/mod.rs"]
 mod common;
 use common::case_input;
 

@@ -7,7 +7,7 @@
 //! stream, so each component `c` contributes `((c − mean(c)) / s) ⊙ w` (LayerNorm; RMSNorm:
 //! `c / s ⊙ w`) to the normalised stream and that times `W_U` to the logits; the norm's bias
 //! `b` and the unembedding bias `b_U` form one more component, [`Component::Bias`]. The
-//! contributions sum to the logits exactly (up to float rounding), which `tests/analysis.rs`
+//! contributions sum to the logits exactly (up to float rounding), which `tests/model/analysis.rs`
 //! checks.
 
 use candle_core::{DType, Tensor, D};
