@@ -33,8 +33,8 @@ fn listed(doc: &str, heading: &str) -> Graph {
         .collect()
 }
 
-/// Every workspace package with its normal and its dev dependencies (names).
-fn metadata() -> BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> {
+/// `cargo metadata` of the workspace (no dependencies' packages).
+fn cargo_metadata() -> serde_json::Value {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(env!("CARGO"))
         .args([
@@ -52,8 +52,12 @@ fn metadata() -> BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    m["packages"]
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every workspace package with its normal and its dev dependencies (names).
+fn metadata() -> BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> {
+    cargo_metadata()["packages"]
         .as_array()
         .unwrap()
         .iter()
@@ -73,11 +77,15 @@ fn metadata() -> BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> {
         .collect()
 }
 
+/// docs/architecture.md.
+fn architecture_doc() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/architecture.md"))
+        .unwrap()
+}
+
 #[test]
 fn the_crate_graph_is_the_documented_one() {
-    let doc =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/architecture.md"))
-            .unwrap();
+    let doc = architecture_doc();
     let edges = listed(&doc, "## Edges");
     let packages = metadata();
     let ours: BTreeSet<&String> = packages.keys().collect();
@@ -144,4 +152,33 @@ fn reaches(edges: &Graph, from: &str, to: &str, seen: &mut BTreeSet<String>) -> 
     edges
         .get(from)
         .is_some_and(|next| next.iter().any(|n| reaches(edges, n, to, seen)))
+}
+
+/// Each package's integration tests are one binary, but for the packages the document lists
+/// with theirs (tests that must have a process to themselves).
+#[test]
+fn each_crate_links_one_integration_test_binary() {
+    let exceptions = listed(&architecture_doc(), "## Integration-test binaries");
+    let mut wrong = Vec::new();
+    for p in cargo_metadata()["packages"].as_array().unwrap() {
+        let name = p["name"].as_str().unwrap();
+        let tests: BTreeSet<String> = p["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["kind"].as_array().unwrap().iter().any(|k| k == "test"))
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect();
+        match exceptions.get(name) {
+            Some(listed) if *listed != tests => wrong.push(format!(
+                "{name}: has {tests:?}, the document lists {listed:?}"
+            )),
+            None if tests.len() > 1 => wrong.push(format!(
+                "{name}: {tests:?} are {} test binaries; make them modules of one",
+                tests.len()
+            )),
+            _ => {}
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
