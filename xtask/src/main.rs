@@ -83,9 +83,10 @@ enum Command {
         /// Output root.
         #[arg(long, default_value = "results")]
         out: PathBuf,
-        /// With `all`: experiments run at once, each in its own process (one that trains a small
-        /// model keeps a single core busy); each one's output is printed whole, in registry
-        /// order, once it and those before it have finished.
+        /// With `all`: experiments run at once, each in its own process with an equal share of
+        /// the threads (`RAYON_NUM_THREADS`, else every core; at least one each); each one's
+        /// output is printed whole, in registry order, once it and those before it have
+        /// finished.
         #[arg(long, default_value_t = 1)]
         jobs: usize,
     },

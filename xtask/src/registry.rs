@@ -247,8 +247,9 @@ pub fn reproduce(
 }
 
 /// `all` with `--jobs N`: each experiment as its own `xtask reproduce <id>` child process, N at
-/// a time (see [`crate::jobs`]), each child's output printed whole, in registry order. A child
-/// that fails a check (exit status 1) does not stop the others; one that errs does.
+/// a time (see [`crate::jobs`]) with an N-th of this process's threads
+/// ([`crate::jobs::threads_per_child`]), each child's output printed whole, in registry order.
+/// A child that fails a check (exit status 1) does not stop the others; one that errs does.
 fn reproduce_in_children(
     selected: &[&Experiment],
     flags: Flags,
@@ -256,18 +257,10 @@ fn reproduce_in_children(
     out: &Path,
 ) -> Result<bool, BoxError> {
     let exe = std::env::current_exe()?;
+    let threads = crate::jobs::threads_per_child(candle_core::utils::get_num_threads(), flags.jobs);
     let commands = selected
         .iter()
-        .map(|e| {
-            let mut c = std::process::Command::new(&exe);
-            c.args(reproduce_args(e.id, flags.quick, None, overrides))
-                .arg("--out")
-                .arg(out);
-            if flags.check {
-                c.arg("--check");
-            }
-            c
-        })
+        .map(|e| child_command(&exe, e.id, flags, overrides, out, threads))
         .collect();
     let mut all_pass = true;
     let mut relayed = Ok(());
@@ -286,6 +279,26 @@ fn reproduce_in_children(
         return Err(format!("reproduce all --jobs {}: {}", flags.jobs, why.join("; ")).into());
     }
     Ok(!flags.check || all_pass)
+}
+
+/// The child process of `reproduce all --jobs` that runs `id` with `threads` threads.
+fn child_command(
+    exe: &Path,
+    id: &str,
+    flags: Flags,
+    overrides: &[String],
+    out: &Path,
+    threads: usize,
+) -> std::process::Command {
+    let mut c = std::process::Command::new(exe);
+    c.env("RAYON_NUM_THREADS", threads.to_string())
+        .args(reproduce_args(id, flags.quick, None, overrides))
+        .arg("--out")
+        .arg(out);
+    if flags.check {
+        c.arg("--check");
+    }
+    c
 }
 
 /// The command that reproduces `id` as this run did (`--check` and `--out` aside), each word
@@ -380,6 +393,39 @@ mod tests {
             let path = format!("{}/../configs/{id}.toml", env!("CARGO_MANIFEST_DIR"));
             assert!(Path::new(&path).exists(), "missing {path}");
         }
+    }
+
+    #[test]
+    fn a_child_runs_its_experiment_with_its_share_of_the_threads() {
+        let flags = Flags {
+            check: true,
+            quick: true,
+            jobs: 2,
+        };
+        let set = ["train.steps=5".to_string()];
+        let c = child_command(Path::new("xtask"), "fig6", flags, &set, Path::new("o"), 3);
+        let env: Vec<_> = c.get_envs().collect();
+        assert_eq!(
+            env,
+            [(
+                std::ffi::OsStr::new("RAYON_NUM_THREADS"),
+                Some(std::ffi::OsStr::new("3"))
+            )]
+        );
+        let args: Vec<_> = c.get_args().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            args,
+            [
+                "reproduce",
+                "fig6",
+                "--quick",
+                "--set",
+                "train.steps=5",
+                "--out",
+                "o",
+                "--check"
+            ]
+        );
     }
 
     #[test]
