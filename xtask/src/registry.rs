@@ -176,18 +176,20 @@ pub fn listing() -> String {
     s
 }
 
-/// The config an experiment runs with: `explicit` if given; with `quick`,
-/// `configs/<id>.quick.toml` where it exists (a smaller run with the same checks, for CI);
-/// otherwise `configs/<id>.toml`.
+/// The config an experiment runs with: `explicit` if given (as given, so relative to the
+/// working directory); with `quick`, the repository's `configs/<id>.quick.toml` where it exists
+/// (a smaller run with the same checks, for CI); otherwise its `configs/<id>.toml`. The
+/// repository's configs are found from any working directory, as the fixtures are.
 pub fn config_path(id: &str, explicit: Option<&Path>, quick: bool) -> PathBuf {
     if let Some(p) = explicit {
         return p.to_path_buf();
     }
-    let quick_path = PathBuf::from(format!("configs/{id}.quick.toml"));
+    let configs = crate::fixtures::repo_root().join("configs");
+    let quick_path = configs.join(format!("{id}.quick.toml"));
     if quick && quick_path.exists() {
         return quick_path;
     }
-    PathBuf::from(format!("configs/{id}.toml"))
+    configs.join(format!("{id}.toml"))
 }
 
 /// How `reproduce` runs: the command line's flags.
@@ -385,6 +387,25 @@ mod tests {
                 "docs/results.md does not list {id}"
             );
         }
+    }
+
+    #[test]
+    fn default_configs_are_the_repository_s_from_any_working_directory() {
+        let configs = crate::fixtures::repo_root().join("configs");
+        assert!(configs.is_absolute(), "{}", configs.display());
+        assert_eq!(
+            config_path("fig12", None, false),
+            configs.join("fig12.toml")
+        );
+        assert_eq!(
+            config_path("fig12", None, true),
+            configs.join("fig12.quick.toml")
+        );
+        // No quick config: the full one.
+        assert_eq!(config_path("fig1", None, true), configs.join("fig1.toml"));
+        // An explicit path is the caller's, relative to their working directory.
+        let mine = Path::new("my/a.toml");
+        assert_eq!(config_path("fig12", Some(mine), true), mine);
     }
 
     #[test]
