@@ -1,11 +1,18 @@
-//! Progress bars for long work: one place decides whether they are drawn.
+//! Progress bars for long work: one place decides whether and how they are drawn.
 //!
-//! A bar is drawn on stderr only when stderr is a terminal and the environment variable
-//! `METAREP_NO_PROGRESS` is unset (tests, CI and scripted runs set it or redirect stderr).
+//! - stderr is a terminal: a bar drawn in place (position, rate, ETA);
+//! - stderr is a file or a pipe (a run under `nohup`, a batch job's log, CI): a plain line
+//!   with the same numbers at most every [`LOG_EVERY_SECS`] seconds (60 unless the variable
+//!   says otherwise; the first update is always written), so an hours-long run's log shows
+//!   where it is;
+//! - `METAREP_NO_PROGRESS` set (to anything): nothing.
 
+use std::fmt;
 use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use indicatif::ProgressStyle;
+use indicatif::{ProgressDrawTarget, ProgressState, ProgressStyle, TermLike};
 
 /// The bar type [`bar`] returns.
 pub use indicatif::ProgressBar;
@@ -13,34 +20,225 @@ pub use indicatif::ProgressBar;
 /// Environment variable that turns every progress bar off when set (to anything).
 pub const NO_PROGRESS_ENV: &str = "METAREP_NO_PROGRESS";
 
-/// Whether progress bars are drawn: stderr is a terminal and `METAREP_NO_PROGRESS` is unset.
+/// Environment variable giving the seconds between two progress lines when stderr is not a
+/// terminal (default 60).
+pub const LOG_EVERY_SECS: &str = "METAREP_PROGRESS_EVERY";
+
+/// Whether progress bars are drawn in place: stderr is a terminal and `METAREP_NO_PROGRESS` is
+/// unset.
 pub fn enabled() -> bool {
     std::env::var_os(NO_PROGRESS_ENV).is_none() && std::io::stderr().is_terminal()
 }
 
-/// A bar of `len` steps labelled `what`, showing position, rate and ETA; hidden unless
-/// [`enabled`].
+/// A bar of `len` steps labelled `what`, showing position, rate and ETA: drawn in place when
+/// [`enabled`], written as plain lines every [`LOG_EVERY_SECS`] seconds when stderr is not a
+/// terminal, hidden when `METAREP_NO_PROGRESS` is set.
 pub fn bar(len: u64, what: &str) -> ProgressBar {
-    if !enabled() {
+    if std::env::var_os(NO_PROGRESS_ENV).is_some() {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::new(len);
-    let template =
-        format!("{what} {{bar:32}} {{human_pos}}/{{human_len}} {{per_sec}} eta {{eta}} {{msg}}");
+    if enabled() {
+        let bar = ProgressBar::new(len);
+        let template = format!(
+            "{what} {{bar:32}} {{human_pos}}/{{human_len}} {{per_sec}} eta {{eta}} {{msg}}"
+        );
+        if let Ok(style) = ProgressStyle::with_template(&template) {
+            bar.set_style(style);
+        }
+        return bar;
+    }
+    log_bar(len, what, LineSink::Stderr, log_interval())
+}
+
+/// The seconds between progress lines: `METAREP_PROGRESS_EVERY` when it is a number, else 60.
+fn log_interval() -> Duration {
+    let secs = std::env::var(LOG_EVERY_SECS)
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .unwrap_or(60.0);
+    Duration::from_secs_f64(secs)
+}
+
+/// A bar that writes each drawn state as one plain line to `sink`, at most once per `every`
+/// (the first state always).
+fn log_bar(len: u64, what: &str, sink: LineSink, every: Duration) -> ProgressBar {
+    let term = LineTerm {
+        sink,
+        every,
+        state: Mutex::new(LineState::default()),
+    };
+    // One redraw a second at most: the line filter then keeps one per `every`.
+    let bar = ProgressBar::with_draw_target(
+        Some(len),
+        ProgressDrawTarget::term_like_with_hz(Box::new(term), 1),
+    );
+    let template = format!(
+        "{what}: {{human_pos}}/{{human_len}} ({{percent}}%), {{rate}}, {{elapsed}} in, \
+         eta {{eta}} {{msg}}"
+    );
     if let Ok(style) = ProgressStyle::with_template(&template) {
-        bar.set_style(style);
+        bar.set_style(
+            style.with_key("rate", |s: &ProgressState, w: &mut dyn fmt::Write| {
+                let _ = w.write_str(&rate(s.per_sec()));
+            }),
+        );
     }
     bar
 }
 
+/// A rate for a log line: `12.3/s`, or the seconds each step takes when under one a second.
+fn rate(per_sec: f64) -> String {
+    if per_sec >= 1.0 || per_sec <= 0.0 || !per_sec.is_finite() {
+        format!("{per_sec:.1}/s")
+    } else {
+        format!("{:.1} s each", 1.0 / per_sec)
+    }
+}
+
+/// Where progress lines go.
+#[derive(Debug, Clone)]
+enum LineSink {
+    /// The process's stderr (through `eprintln!`, so a test's harness captures it).
+    Stderr,
+    /// Kept in memory (tests).
+    #[cfg(test)]
+    Memory(std::sync::Arc<Mutex<Vec<String>>>),
+}
+
+/// The text of a drawing in progress and when the last line was written.
+#[derive(Debug, Default)]
+struct LineState {
+    text: String,
+    last: Option<Instant>,
+}
+
+/// A [`TermLike`] that turns each drawing of a bar into one line, ignoring cursor movements.
+#[derive(Debug)]
+struct LineTerm {
+    sink: LineSink,
+    every: Duration,
+    state: Mutex<LineState>,
+}
+
+impl LineTerm {
+    fn with_state<R>(&self, f: impl FnOnce(&mut LineState) -> R) -> R {
+        let mut guard = self
+            .state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        f(&mut guard)
+    }
+}
+
+impl TermLike for LineTerm {
+    fn width(&self) -> u16 {
+        // Wide enough that the template is never cut.
+        200
+    }
+
+    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        self.write_str(s)
+    }
+
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        self.with_state(|st| st.text.push_str(s));
+        Ok(())
+    }
+
+    fn clear_line(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    /// Ends a drawing: its text becomes a line when `every` has passed since the last one.
+    fn flush(&self) -> std::io::Result<()> {
+        let line = self.with_state(|st| {
+            let text = std::mem::take(&mut st.text);
+            let line = text.replace('\r', "").trim().to_string();
+            let due = st.last.is_none_or(|t| t.elapsed() >= self.every);
+            (due && !line.is_empty()).then(|| {
+                st.last = Some(Instant::now());
+                line
+            })
+        });
+        if let Some(line) = line {
+            match &self.sink {
+                LineSink::Stderr => eprintln!("{line}"),
+                #[cfg(test)]
+                LineSink::Memory(lines) => lines
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .push(line),
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+
+    fn memory_bar(len: u64, every: Duration) -> (ProgressBar, Arc<Mutex<Vec<String>>>) {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let bar = log_bar(len, "steps", LineSink::Memory(lines.clone()), every);
+        (bar, lines)
+    }
 
     #[test]
     fn the_variable_hides_every_bar() {
         std::env::set_var(NO_PROGRESS_ENV, "1");
         assert!(!enabled());
         assert!(bar(10, "steps").is_hidden());
+    }
+
+    #[test]
+    fn a_log_bar_writes_plain_lines_with_position_and_eta() {
+        let (bar, lines) = memory_bar(10, Duration::ZERO);
+        bar.set_position(3);
+        bar.finish();
+        let lines = lines.lock().unwrap().clone();
+        assert!(!lines.is_empty());
+        let last = lines.last().unwrap();
+        assert!(last.starts_with("steps: 10/10 (100%)"), "{last}");
+        assert!(last.contains("eta"), "{last}");
+        assert!(lines.iter().all(|l| !l.contains('\r') && !l.contains('\n')));
+    }
+
+    #[test]
+    fn rates_under_one_a_second_read_as_seconds_each() {
+        assert_eq!(rate(169.79), "169.8/s");
+        assert_eq!(rate(0.25), "4.0 s each");
+        assert_eq!(rate(0.0), "0.0/s");
+    }
+
+    #[test]
+    fn a_log_bar_writes_at_most_one_line_per_interval() {
+        let (bar, lines) = memory_bar(100, Duration::from_secs(3600));
+        for i in 0..100 {
+            bar.set_position(i);
+        }
+        bar.finish();
+        let lines = lines.lock().unwrap().clone();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].starts_with("steps: "), "{}", lines[0]);
     }
 }
