@@ -833,8 +833,12 @@ fn stream_rows(
         "random_focus",
         "recency_focus",
     ];
+    let doc_tokens = |i: usize| held[i].len().min(st.max_tokens);
+    let per_policy: usize = docs.iter().map(|&i| doc_tokens(i)).sum();
+    let bar = progress::bar((names.len() * per_policy) as u64, "stream tokens");
     let mut rows = Vec::new();
     for name in names {
+        bar.set_message(name);
         let (n, level) = match name {
             "mean_cover" => (&mean_net, st.max_level),
             "gistnet_level1_cover" => (net, 1),
@@ -843,7 +847,7 @@ fn stream_rows(
         let (mut total, mut tokens, mut slots, mut span) = (0.0, 0, 0.0, 0.0);
         let (mut moves, mut util, mut steps) = (0.0, 0.0, 0.0);
         for (k, &i) in docs.iter().enumerate() {
-            let d = &held[i][..held[i].len().min(st.max_tokens)];
+            let d = &held[i][..doc_tokens(i)];
             let mut random = RandomScorer::new(derive_seed(cfg.seed, &format!("random focus {k}")));
             let mut rule = recency(cfg);
             let policy = match name {
@@ -881,6 +885,7 @@ fn stream_rows(
             let r: StreamLoss = cache.get_or_measure(&format!("{name}_doc{k}"), &key, || {
                 Ok(stream_nll(model, n, d, &stream_config(cfg, level), policy)?)
             })?;
+            bar.inc(d.len() as u64);
             total += r.nll * r.tokens as f64;
             tokens += r.tokens;
             slots += r.mean_slots * r.tokens as f64;
@@ -916,6 +921,7 @@ fn stream_rows(
         );
         rows.push(row);
     }
+    bar.finish_and_clear();
     Ok(rows)
 }
 
