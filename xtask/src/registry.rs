@@ -411,8 +411,8 @@ mod tests {
     #[test]
     fn every_registered_config_exists() {
         for id in ids() {
-            let path = format!("{}/../configs/{id}.toml", env!("CARGO_MANIFEST_DIR"));
-            assert!(Path::new(&path).exists(), "missing {path}");
+            let path = config_path(id, None, false);
+            assert!(path.exists(), "missing {}", path.display());
         }
     }
 

@@ -37,7 +37,7 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
     if std::env::var_os(NO_PROGRESS_ENV).is_some() {
         return ProgressBar::hidden();
     }
-    if enabled() {
+    if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(len);
         let template = format!(
             "{what} {{bar:32}} {{human_pos}}/{{human_len}} {{per_sec}} eta {{eta}} {{msg}}"
