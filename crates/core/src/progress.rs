@@ -9,10 +9,10 @@
 
 use std::fmt;
 use std::io::IsTerminal;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressDrawTarget, ProgressState, ProgressStyle, TermLike};
+use indicatif::{HumanDuration, ProgressDrawTarget, ProgressState, ProgressStyle, TermLike};
 
 /// The bar type [`bar`] returns.
 pub use indicatif::ProgressBar;
@@ -77,17 +77,71 @@ fn log_bar(len: u64, what: &str, sink: LineSink, every: Duration) -> ProgressBar
         ProgressDrawTarget::term_like_with_hz(Box::new(term), 1),
     );
     let template = format!(
-        "{what}: {{human_pos}}/{{human_len}} ({{percent}}%), {{rate}}, {{elapsed}} in, \
-         eta {{eta}} {{msg}}"
+        "{what}: {{human_pos}}/{{human_len}} ({{percent}}%), {{pace}}, {{elapsed}} in {{msg}}"
     );
+    let pace = Arc::new(Mutex::new(Pace::new(every.max(Duration::from_secs(1)))));
     if let Ok(style) = ProgressStyle::with_template(&template) {
         bar.set_style(
-            style.with_key("rate", |s: &ProgressState, w: &mut dyn fmt::Write| {
-                let _ = w.write_str(&rate(s.per_sec()));
+            style.with_key("pace", move |s: &ProgressState, w: &mut dyn fmt::Write| {
+                let mut pace = pace.lock().unwrap_or_else(|poison| poison.into_inner());
+                let per_sec = pace.update(Instant::now(), s.pos());
+                let left = s.len().unwrap_or(0).saturating_sub(s.pos());
+                let _ = w.write_str(&pace_text(per_sec, left));
             }),
         );
     }
     bar
+}
+
+/// A log line's rate over its last window of work. (indicatif's own estimate decays towards
+/// zero when no update comes for a while, e.g. while the process is stopped, and its ETA then
+/// reads as centuries.)
+#[derive(Debug)]
+struct Pace {
+    /// The shortest span a rate is taken over.
+    window: Duration,
+    /// Where the current window began (time, position).
+    start: Option<(Instant, u64)>,
+    /// Steps per second over the last finished window.
+    per_sec: Option<f64>,
+}
+
+impl Pace {
+    fn new(window: Duration) -> Self {
+        Self {
+            window,
+            start: None,
+            per_sec: None,
+        }
+    }
+
+    /// Records position `pos` at `now`; the rate of the last window of at least `window`.
+    fn update(&mut self, now: Instant, pos: u64) -> Option<f64> {
+        match self.start {
+            None => self.start = Some((now, pos)),
+            Some((t, p)) => {
+                let dt = now.saturating_duration_since(t);
+                if dt >= self.window {
+                    self.per_sec = Some(pos.saturating_sub(p) as f64 / dt.as_secs_f64());
+                    self.start = Some((now, pos));
+                }
+            }
+        }
+        self.per_sec
+    }
+}
+
+/// `rate, eta …` for a log line with `left` steps to go.
+fn pace_text(per_sec: Option<f64>, left: u64) -> String {
+    match per_sec {
+        None => "rate pending, eta pending".to_string(),
+        Some(r) if r > 0.0 => {
+            let eta = Duration::try_from_secs_f64(left as f64 / r)
+                .map_or("unknown".to_string(), |d| HumanDuration(d).to_string());
+            format!("{}, eta {eta}", rate(r))
+        }
+        Some(_) => "stalled, eta unknown".to_string(),
+    }
 }
 
 /// A rate for a log line: `12.3/s`, or the seconds each step takes when under one a second.
@@ -106,7 +160,7 @@ enum LineSink {
     Stderr,
     /// Kept in memory (tests).
     #[cfg(test)]
-    Memory(std::sync::Arc<Mutex<Vec<String>>>),
+    Memory(Arc<Mutex<Vec<String>>>),
 }
 
 /// The text of a drawing in progress and when the last line was written (at first: when the
@@ -197,8 +251,6 @@ impl TermLike for LineTerm {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     fn memory_bar(len: u64, every: Duration) -> (ProgressBar, Arc<Mutex<Vec<String>>>) {
@@ -232,6 +284,25 @@ mod tests {
         assert_eq!(rate(169.79), "169.8/s");
         assert_eq!(rate(0.25), "4.0 s each");
         assert_eq!(rate(0.0), "0.0/s");
+    }
+
+    #[test]
+    fn the_rate_is_the_last_window_s_and_survives_a_stall() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(Duration::from_secs(60));
+        // A resumed run starts at step 400: the jump is not counted.
+        assert_eq!(pace.update(t0, 400), None);
+        assert_eq!(pace.update(t0 + Duration::from_secs(30), 405), None);
+        let r = pace.update(t0 + Duration::from_secs(60), 410).unwrap();
+        assert!((r - 10.0 / 60.0).abs() < 1e-12, "{r}");
+        assert_eq!(pace_text(Some(r), 60), "6.0 s each, eta 6 minutes");
+        // 37 minutes stopped, then one step: slow, but a rate and an ETA that mean something.
+        let r = pace
+            .update(t0 + Duration::from_secs(60 + 37 * 60), 411)
+            .unwrap();
+        assert!((r - 1.0 / 2220.0).abs() < 1e-12, "{r}");
+        assert_eq!(pace_text(Some(r), 1), "2220.0 s each, eta 37 minutes");
+        assert_eq!(pace_text(Some(0.0), 5), "stalled, eta unknown");
     }
 
     #[test]
